@@ -1,0 +1,18 @@
+#pragma once
+
+#include <functional>
+
+#include <CLI/CLI.hpp>
+
+#include "settings.hpp"
+
+namespace ledger::app {
+
+// A subcommand registers its flags and returns what to run once parsing succeeded.
+using CommandAction = std::function<int()>;
+
+CommandAction register_migrate_command(CLI::App& root, Settings& settings);
+CommandAction register_broker_command(CLI::App& root, Settings& settings);
+CommandAction register_dev_command(CLI::App& root, Settings& settings);
+
+}  // namespace ledger::app

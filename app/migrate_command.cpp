@@ -1,0 +1,68 @@
+#include <iostream>
+
+#include "commands.hpp"
+#include "ledger/db/migrations.hpp"
+
+namespace ledger::app {
+
+CommandAction register_migrate_command(CLI::App& root, Settings& settings) {
+  auto* migrate = root.add_subcommand("migrate", "Apply, revert and inspect schema migrations");
+  migrate->require_subcommand(1);
+  auto* up = migrate->add_subcommand("up", "Apply pending migrations");
+  auto* down = migrate->add_subcommand("down", "Revert the most recent migrations");
+  auto* status = migrate->add_subcommand("status", "List applied and pending migrations");
+  auto* validate = migrate->add_subcommand("validate", "Check applied migrations are unchanged");
+  auto* create = migrate->add_subcommand("create", "Write a new pair of migration files");
+
+  auto target = std::make_shared<int>(0);
+  up->add_option("--to", *target, "Apply up to and including this version");
+  auto count = std::make_shared<int>(1);
+  down->add_option("count", *count, "How many to revert")->check(CLI::Range(1, 10'000));
+  auto name = std::make_shared<std::string>();
+  auto directory = std::make_shared<std::string>("migrations");
+  create->add_option("name", *name, "Name: a-z, 0-9 and _")->required();
+  create->add_option("--dir", *directory, "Migrations directory of the source tree")
+      ->capture_default_str();
+
+  return [=, &settings]() -> int {
+    configure_logging(settings, "migrate");
+    if (create->parsed()) {
+      std::cout << db::create_migration_files(*directory, *name) << "\n";
+      return 0;
+    }
+    db::MigrationRunner runner(resolve_admin_database_url(settings));
+    if (up->parsed()) {
+      const auto applied =
+          runner.up(*target > 0 ? std::optional<int>(*target) : std::optional<int>());
+      std::cout << (applied.empty() ? "no pending migrations" : "applied " + std::to_string(applied.size()) + " migration(s)") << "\n";
+      return 0;
+    }
+    if (down->parsed()) {
+      const auto reverted = runner.down(*count);
+      std::cout << "reverted " << reverted.size() << " migration(s)\n";
+      return 0;
+    }
+    const auto current = runner.status();
+    if (status->parsed()) {
+      for (const auto& applied : current.applied) {
+        std::printf("applied  %04d_%s  %s  %lld ms  %s\n", applied.version, applied.name.c_str(),
+                    applied.applied_at.c_str(), applied.duration_ms,
+                    applied.checksum.substr(0, 12).c_str());
+      }
+      for (const auto& pending : current.pending) {
+        std::printf("pending  %04d_%s\n", pending.version, pending.name.c_str());
+      }
+      for (const auto& problem : current.problems) std::printf("PROBLEM  %s\n", problem.c_str());
+      return current.problems.empty() ? 0 : 1;
+    }
+    if (validate->parsed()) {
+      runner.validate();
+      std::cout << "ok: " << current.applied.size() << " applied, " << current.pending.size()
+                << " pending\n";
+      return 0;
+    }
+    return 1;
+  };
+}
+
+}  // namespace ledger::app

@@ -1,0 +1,140 @@
+#include "settings.hpp"
+
+#include <filesystem>
+#include <fstream>
+
+#include "ledger/core/logging.hpp"
+#include "ledger/db/database_url.hpp"
+
+namespace ledger::app {
+namespace {
+
+CLI::Validator database_url_validator() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string {
+        if (value.empty()) return {};
+        if (auto problem = db::validate_database_url(value)) return "invalid URL: " + *problem;
+        return {};
+      },
+      "URL", "database URL");
+}
+
+CLI::Validator broker_list_validator() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string {
+        if (value.empty()) return {};
+        std::size_t start = 0;
+        while (start <= value.size()) {
+          const auto comma = value.find(',', start);
+          const std::string broker =
+              value.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+          const auto colon = broker.rfind(':');
+          if (colon == std::string::npos || colon == 0) {
+            return "invalid broker '" + broker + "': expected host:port";
+          }
+          const std::string port = broker.substr(colon + 1);
+          if (port.empty() || port.size() > 5 ||
+              port.find_first_not_of("0123456789") != std::string::npos ||
+              std::stoi(port) < 1 || std::stoi(port) > 65535) {
+            return "invalid broker '" + broker + "': port must be 1 to 65535";
+          }
+          if (comma == std::string::npos) break;
+          start = comma + 1;
+        }
+        return {};
+      },
+      "HOST:PORT,...", "broker list");
+}
+
+}  // namespace
+
+void add_settings(CLI::App& app, Settings& settings) {
+  app.set_config("--config", "", "Optional config file (TOML or INI) with any of these settings")
+      ->envname("LEDGER_CONFIG");
+  app.add_option("--home", settings.home, "Directory of the embedded stack (dev.env, data)")
+      ->envname("LEDGER_HOME")
+      ->capture_default_str();
+  app.add_option("--log-level", settings.log_level, "trace|debug|info|warn|error|critical|off")
+      ->envname("LEDGER_LOG_LEVEL")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+      ->capture_default_str();
+  app.add_option("--log-format", settings.log_format, "text (human) or json (one object a line)")
+      ->envname("LEDGER_LOG_FORMAT")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
+  app.add_option("--database-url", settings.database_url,
+                 "PostgreSQL URL the services connect with (default: the embedded stack's)")
+      ->envname("LEDGER_DATABASE_URL")
+      ->check(database_url_validator());
+  app.add_option("--admin-database-url", settings.admin_database_url,
+                 "PostgreSQL URL of the schema owner, for migrations (default: --database-url)")
+      ->envname("LEDGER_ADMIN_DATABASE_URL")
+      ->check(database_url_validator());
+  app.add_option("--database-pool-size", settings.database_pool_size, "Connections per process")
+      ->envname("LEDGER_DATABASE_POOL_SIZE")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--database-connect-timeout-ms", settings.database_connect_timeout_ms,
+                 "Timeout of one connection attempt")
+      ->envname("LEDGER_DATABASE_CONNECT_TIMEOUT_MS")
+      ->check(CLI::Range(100, 600'000))
+      ->capture_default_str();
+  app.add_option("--database-statement-timeout-ms", settings.database_statement_timeout_ms,
+                 "Server-side statement timeout (0: none)")
+      ->envname("LEDGER_DATABASE_STATEMENT_TIMEOUT_MS")
+      ->check(CLI::Range(0, 3'600'000))
+      ->capture_default_str();
+  app.add_option("--kafka-brokers", settings.kafka_brokers,
+                 "Kafka bootstrap servers host:port,... (default: the embedded stack's)")
+      ->envname("LEDGER_KAFKA_BROKERS")
+      ->check(broker_list_validator());
+  app.add_option("--topic-prefix", settings.topic_prefix, "Kafka topic prefix (<prefix>.events)")
+      ->envname("LEDGER_TOPIC_PREFIX")
+      ->capture_default_str();
+}
+
+std::map<std::string, std::string> read_dev_env(const std::string& home) {
+  std::map<std::string, std::string> values;
+  std::ifstream in(std::filesystem::path(home) / "dev.env");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const auto equals = line.find('=');
+    if (equals == std::string::npos) continue;
+    std::string value = line.substr(equals + 1);
+    if (value.size() >= 2 && value.front() == '\'' && value.back() == '\'') {
+      value = value.substr(1, value.size() - 2);
+    }
+    values[line.substr(0, equals)] = value;
+  }
+  return values;
+}
+
+std::string resolve_database_url(const Settings& settings) {
+  if (!settings.database_url.empty()) return settings.database_url;
+  const auto dev = read_dev_env(settings.home);
+  if (auto found = dev.find("LEDGER_DATABASE_URL"); found != dev.end()) return found->second;
+  throw SettingError("--database-url (LEDGER_DATABASE_URL)",
+                     "not set, and no embedded stack in " + settings.home +
+                         " (start `ledger dev` or give the URL)");
+}
+
+std::string resolve_admin_database_url(const Settings& settings) {
+  if (!settings.admin_database_url.empty()) return settings.admin_database_url;
+  if (settings.database_url.empty()) {
+    const auto dev = read_dev_env(settings.home);
+    if (auto found = dev.find("LEDGER_ADMIN_DATABASE_URL"); found != dev.end()) {
+      return found->second;
+    }
+  }
+  return resolve_database_url(settings);
+}
+
+void configure_logging(const Settings& settings, const std::string& process_name) {
+  // Both were validated by CLI11 (IsMember), so the parses cannot fail here.
+  logging::configure(logging::parse_format(settings.log_format).value_or(logging::Format::text),
+                     logging::parse_level(settings.log_level).value_or(spdlog::level::info),
+                     process_name);
+}
+
+}  // namespace ledger::app

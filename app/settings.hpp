@@ -1,0 +1,48 @@
+#pragma once
+
+#include <map>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+namespace ledger::app {
+
+// Every setting is a flag, an environment variable LEDGER_<NAME> and a key of the optional
+// config file (--config, TOML or INI). Defaults run the embedded stack under --home.
+struct Settings {
+  std::string home = ".ledger";
+  std::string log_level = "info";
+  std::string log_format = "text";
+
+  std::string database_url;        // empty: the embedded cluster of `ledger dev` (dev.env)
+  std::string admin_database_url;  // owner role for migrations; empty: database_url
+  int database_pool_size = 16;
+  int database_connect_timeout_ms = 5'000;
+  int database_statement_timeout_ms = 30'000;
+
+  std::string kafka_brokers;  // empty: the development broker of `ledger dev` (dev.env)
+  std::string topic_prefix = "ledger";
+};
+
+// Registers the shared settings on `app` (inherited by subcommands through fallthrough).
+void add_settings(CLI::App& app, Settings& settings);
+
+// Reads KEY=value lines of <home>/dev.env; empty when it does not exist.
+[[nodiscard]] std::map<std::string, std::string> read_dev_env(const std::string& home);
+
+// The database URL to use: the setting, else the embedded stack's from dev.env. Throws
+// CLI::ValidationError (exit code 2) naming the setting when there is none.
+[[nodiscard]] std::string resolve_database_url(const Settings& settings);
+[[nodiscard]] std::string resolve_admin_database_url(const Settings& settings);
+
+// Installs logging per --log-format/--log-level for a process called `process_name`.
+void configure_logging(const Settings& settings, const std::string& process_name);
+
+// A one-line start-up error: "ledger: error: <setting>: <problem>", exit code 2.
+class SettingError : public std::runtime_error {
+ public:
+  SettingError(const std::string& setting, const std::string& problem)
+      : std::runtime_error(setting + ": " + problem) {}
+};
+
+}  // namespace ledger::app

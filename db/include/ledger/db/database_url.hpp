@@ -1,0 +1,22 @@
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+
+namespace ledger::db {
+
+// Returns a description of the problem, or std::nullopt when libpq accepts the URL
+// (postgresql:// URI or key=value conninfo).
+[[nodiscard]] std::optional<std::string> validate_database_url(const std::string& url);
+
+// The connection string libpq gets: the URL's own settings (sslmode and friends pass
+// through) plus a connect timeout and a server-side statement timeout.
+[[nodiscard]] std::string connection_string(const std::string& url,
+                                            std::chrono::milliseconds connect_timeout,
+                                            std::chrono::milliseconds statement_timeout);
+
+// The URL without its password, for logs and error messages.
+[[nodiscard]] std::string redact_database_url(const std::string& url);
+
+}  // namespace ledger::db

@@ -1,0 +1,103 @@
+#include "ledger/db/pool.hpp"
+
+#include <pqxx/except>
+#include <spdlog/spdlog.h>
+
+#include <thread>
+
+#include "ledger/db/database_url.hpp"
+
+namespace ledger::db {
+
+std::unique_ptr<pqxx::connection> connect_with_retry(const std::string& url,
+                                                     const PoolSettings& settings) {
+  const std::string conninfo =
+      connection_string(url, settings.connect_timeout, settings.statement_timeout);
+  auto backoff = settings.backoff_initial;
+  for (int attempt = 1;; ++attempt) {
+    try {
+      return std::make_unique<pqxx::connection>(conninfo);
+    } catch (const pqxx::broken_connection& error) {
+      std::string reason = error.what();
+      while (!reason.empty() && (reason.back() == '\n' || reason.back() == ' ')) reason.pop_back();
+      if (attempt >= settings.connect_attempts_max) {
+        throw DatabaseUnavailable("cannot connect to PostgreSQL at " + redact_database_url(url) +
+                                  " after " + std::to_string(attempt) + " attempts: " + reason);
+      }
+      spdlog::warn("cannot connect to PostgreSQL (attempt {}/{}), retrying in {} ms: {}", attempt,
+                   settings.connect_attempts_max, backoff.count(), reason);
+      std::this_thread::sleep_for(backoff);
+      backoff = std::min(backoff * 2, std::chrono::milliseconds(5'000));
+    }
+  }
+}
+
+ConnectionPool::ConnectionPool(PoolSettings settings)
+    : settings_(std::move(settings)),
+      connection_string_(connection_string(settings_.url, settings_.connect_timeout,
+                                           settings_.statement_timeout)) {}
+
+ConnectionPool::~ConnectionPool() = default;
+
+ConnectionPool::Lease::Lease(Lease&& other) noexcept
+    : pool_(std::exchange(other.pool_, nullptr)),
+      connection_(std::move(other.connection_)),
+      discard_(other.discard_) {}
+
+ConnectionPool::Lease::~Lease() {
+  if (pool_ != nullptr) pool_->release(std::move(connection_), discard_);
+}
+
+ConnectionPool::Lease ConnectionPool::acquire() {
+  std::unique_lock lock(mutex_);
+  const bool got_slot = available_.wait_for(lock, settings_.acquire_timeout, [&] {
+    return !idle_.empty() || open_ < settings_.connections_max;
+  });
+  if (!got_slot) {
+    throw DatabaseUnavailable("no PostgreSQL connection free within " +
+                              std::to_string(settings_.acquire_timeout.count()) + " ms (pool of " +
+                              std::to_string(settings_.connections_max) + ")");
+  }
+  if (!idle_.empty()) {
+    auto connection = std::move(idle_.back());
+    idle_.pop_back();
+    ++in_use_;
+    return Lease(this, std::move(connection));
+  }
+  // Reserve the slot, then connect without holding the lock.
+  ++open_;
+  ++in_use_;
+  lock.unlock();
+  try {
+    return Lease(this, connect_with_retry(settings_.url, settings_));
+  } catch (...) {
+    lock.lock();
+    --open_;
+    --in_use_;
+    available_.notify_one();
+    throw;
+  }
+}
+
+std::unique_ptr<pqxx::connection> ConnectionPool::connect_dedicated() const {
+  return connect_with_retry(settings_.url, settings_);
+}
+
+void ConnectionPool::release(std::unique_ptr<pqxx::connection> connection, bool discard) {
+  const bool keep = connection && !discard && connection->is_open();
+  std::lock_guard lock(mutex_);
+  --in_use_;
+  if (keep) {
+    idle_.push_back(std::move(connection));
+  } else {
+    --open_;
+  }
+  available_.notify_one();
+}
+
+PoolStats ConnectionPool::stats() const {
+  std::lock_guard lock(mutex_);
+  return {settings_.connections_max, open_, in_use_};
+}
+
+}  // namespace ledger::db

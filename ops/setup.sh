@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package that building, running, testing and benchmarking ledger need.
+# Idempotent: packages already present are skipped by apt-get; the package index is refreshed
+# only when something is missing.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libpqxx-dev libpq-dev postgresql-15 postgresql-client-15
+  librdkafka-dev
+  librocksdb-dev
+  flatbuffers-compiler libflatbuffers-dev
+  libboost-dev libboost-system-dev
+  libspdlog-dev libfmt-dev
+  doctest-dev
+  libcli11-dev
+  libcpp-jwt-dev nlohmann-json3-dev
+  rapidjson-dev
+  libssl-dev
+  curl procps python3 gnuplot-nox kafkacat python3-flatbuffers
+)
+
+if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
+
+missing=()
+for package in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$package")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "setup: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,169 @@
+// `ledger dev` as a developer runs it: start, use, stop with SIGTERM leaving nothing behind,
+// start again on the same data, and recover from a run that was SIGKILLed.
+#include <doctest/doctest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <pqxx/pqxx>
+
+#include <filesystem>
+#include <algorithm>
+#include <fstream>
+#include <map>
+#include <thread>
+
+#include "ledger/core/process.hpp"
+#include "test_cluster.hpp"
+
+using namespace ledger;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::map<std::string, std::string> read_env(const fs::path& file) {
+  std::map<std::string, std::string> values;
+  std::ifstream in(file);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto equals = line.find('=');
+    if (line.empty() || line[0] == '#' || equals == std::string::npos) continue;
+    std::string value = line.substr(equals + 1);
+    if (value.size() >= 2 && value.front() == '\'') value = value.substr(1, value.size() - 2);
+    values[line.substr(0, equals)] = value;
+  }
+  return values;
+}
+
+struct DevRun {
+  pid_t pid = 0;
+  std::map<std::string, std::string> env;
+};
+
+DevRun start_dev(const fs::path& home) {
+  process::SpawnOptions options;
+  options.output_file = (home.string() + ".log");
+  DevRun run;
+  run.pid = process::spawn({test::ledger_binary(), "--home", home.string(), "dev"}, options);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline) {
+    // Only the dev.env written by this run counts (a killed run leaves its own behind).
+    std::ifstream env_file(home / "dev.env");
+    std::string first_line;
+    if (std::getline(env_file, first_line) &&
+        first_line.find("(pid " + std::to_string(run.pid) + ")") != std::string::npos) {
+      run.env = read_env(home / "dev.env");
+      if (run.env.contains("LEDGER_KAFKA_BROKERS")) return run;
+    }
+    REQUIRE_MESSAGE(process::is_alive(run.pid), "ledger dev exited early; see " << options.output_file);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  FAIL("ledger dev did not become ready within 120 s; see " << options.output_file);
+  return run;
+}
+
+bool tcp_connects(const std::string& host_port) {
+  const auto colon = host_port.rfind(':');
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(std::stoi(host_port.substr(colon + 1))));
+  inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
+  const bool connected = connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0;
+  close(fd);
+  return connected;
+}
+
+std::vector<pid_t> stack_pids(const fs::path& home) {
+  std::vector<pid_t> pids;
+  for (const auto& entry : fs::directory_iterator(home / "run")) {
+    if (entry.path().extension() == ".pid") {
+      std::ifstream in(entry.path());
+      pid_t pid = 0;
+      in >> pid;
+      pids.push_back(pid);
+    }
+  }
+  std::ifstream postmaster(home / "postgres" / "data" / "postmaster.pid");
+  pid_t postgres = 0;
+  if (postmaster >> postgres) pids.push_back(postgres);
+  return pids;
+}
+
+void wait_all_gone(const std::vector<pid_t>& pids) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  for (pid_t pid : pids) {
+    while (process::is_alive(pid) && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    CHECK_MESSAGE(!process::is_alive(pid), "process " << pid << " was left running");
+  }
+}
+
+}  // namespace
+
+TEST_CASE("ledger dev starts, stops cleanly, restarts on the same data and survives a SIGKILL") {
+  const fs::path home = "/tmp/ledger-dev-e2e-" + std::to_string(getpid());
+  fs::remove_all(home);
+
+  // First run: everything comes up and is reachable.
+  DevRun first = start_dev(home);
+  {
+    pqxx::connection app(first.env.at("LEDGER_DATABASE_URL"));
+    pqxx::read_transaction work(app);
+    CHECK(work.exec1("SELECT count(*) FROM events")[0].as<int>() == 0);
+    CHECK(work.exec1("SELECT current_user")[0].as<std::string>() == "ledger_app");
+  }
+  {
+    pqxx::connection admin(first.env.at("LEDGER_ADMIN_DATABASE_URL"));
+    pqxx::work work(admin);
+    work.exec("CREATE TABLE survives_restart (note text)");
+    work.exec("INSERT INTO survives_restart VALUES ('kept')");
+    work.commit();
+  }
+  CHECK(tcp_connects(first.env.at("LEDGER_KAFKA_BROKERS")));
+  auto pids = stack_pids(home);
+  CHECK(pids.size() >= 2);  // broker and postgres at least
+
+  // SIGTERM stops every child and exits 0.
+  kill(first.pid, SIGTERM);
+  auto status = process::wait_for(first.pid, std::chrono::seconds(90));
+  REQUIRE(status.has_value());
+  CHECK(status->success());
+  wait_all_gone(pids);
+  CHECK_FALSE(fs::exists(home / "dev.env"));
+  CHECK_FALSE(fs::exists(home / "dev.pid"));
+
+  // Second run reuses the data.
+  DevRun second = start_dev(home);
+  {
+    pqxx::connection admin(second.env.at("LEDGER_ADMIN_DATABASE_URL"));
+    pqxx::read_transaction work(admin);
+    CHECK(work.exec1("SELECT note FROM survives_restart")[0].as<std::string>() == "kept");
+  }
+  // A run killed without warning leaves its children behind ...
+  const auto orphans = stack_pids(home);
+  kill(second.pid, SIGKILL);
+  (void)process::wait_for(second.pid, std::chrono::seconds(10));
+
+  // ... and the next run finds and stops them, then comes up normally.
+  DevRun third = start_dev(home);
+  const auto current = stack_pids(home);
+  for (pid_t orphan : orphans) {
+    // Every process of the killed run is gone (unless the kernel reused its pid for the new run).
+    const bool reused = std::find(current.begin(), current.end(), orphan) != current.end();
+    CHECK_MESSAGE((!process::is_alive(orphan) || reused),
+                  "orphan " << orphan << " of the killed run is still running");
+  }
+  CHECK(tcp_connects(third.env.at("LEDGER_KAFKA_BROKERS")));
+  pids = stack_pids(home);
+  kill(third.pid, SIGTERM);
+  status = process::wait_for(third.pid, std::chrono::seconds(90));
+  REQUIRE(status.has_value());
+  CHECK(status->success());
+  wait_all_gone(pids);
+  fs::remove_all(home);
+  fs::remove(home.string() + ".log");
+}
