@@ -63,7 +63,9 @@ std::string connection_string(const std::string& url, std::chrono::milliseconds 
     const auto seconds = std::max<long>(1, static_cast<long>((connect_timeout.count() + 999) / 1000));
     append_value(result, "connect_timeout", std::to_string(seconds));
   }
-  std::string server_options = "-c statement_timeout=" + std::to_string(statement_timeout.count());
+  // synchronous_commit is forced on: a 2xx means the commit is on disk (DESIGN.md invariant 9).
+  std::string server_options = "-c statement_timeout=" + std::to_string(statement_timeout.count()) +
+                               " -c synchronous_commit=on";
   if (!extra_options.empty()) server_options += " " + extra_options;
   append_value(result, "options", server_options);
   return result;

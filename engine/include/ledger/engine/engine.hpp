@@ -1,0 +1,109 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "ledger/engine/commands.hpp"
+#include "ledger/engine/state.hpp"
+
+namespace ledger::engine {
+
+struct EngineSettings {
+  std::string database_url;
+  std::size_t database_connections = 4;
+  std::chrono::milliseconds database_connect_timeout{5'000};
+  std::chrono::milliseconds database_statement_timeout{30'000};
+
+  // Group commit: a batch holds at most this many commands; the writer waits at most
+  // commit_wait_max for more once one has arrived (0: take what is queued, no waiting).
+  std::size_t append_batch_commands_max = 2'000;
+  std::chrono::microseconds commit_wait_max{0};
+  // Submissions beyond this many queued commands are refused (EngineOverloaded).
+  std::size_t command_queue_commands_max = 100'000;
+  // A batch that loses an optimistic-concurrency race is reloaded and re-decided this often.
+  int conflict_retries_max = 5;
+  // A batch whose connection fails is retried this often (with backoff) before failing.
+  int connection_retries_max = 5;
+
+  // In-memory state cache (LRU), in streams.
+  std::size_t state_cache_streams_max = 500'000;
+  // RocksDB snapshot directory; empty disables snapshots.
+  std::string snapshot_directory;
+  // A snapshot is written each time a stream's version passes a multiple of this.
+  std::int64_t snapshot_every_events = 64;
+  std::size_t snapshot_queue_max = 10'000;
+
+  // How often expired holds are looked for; 0 disables the sweeper.
+  std::chrono::milliseconds expiry_sweep_interval{1'000};
+
+  // Seams for determinism: the clock (microseconds since the Unix epoch) and id generation.
+  std::function<std::int64_t()> clock_us;
+  std::function<std::string()> generate_id;
+};
+
+// The database stayed unreachable, or the engine is stopping: nothing was written.
+class EngineUnavailable : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// The command queue is full: nothing was written; retry later (HTTP 503).
+class EngineOverloaded : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct EngineStats {
+  std::uint64_t commands = 0;
+  std::uint64_t commands_accepted = 0;
+  std::uint64_t commands_rejected = 0;
+  std::uint64_t batches = 0;
+  std::uint64_t events = 0;
+  std::uint64_t conflicts = 0;
+  std::uint64_t cache_streams = 0;
+  std::uint64_t queued = 0;
+  // Commit latency of recent batches (microseconds), newest last; bounded.
+  std::vector<std::uint32_t> recent_commit_latency_us;
+  std::vector<std::uint32_t> recent_batch_commands;
+};
+
+// The write side. Commands are queued and a single writer thread decides and appends them in
+// batches (group commit): one PostgreSQL transaction per batch. A future is fulfilled only
+// after its batch committed (synchronous_commit on) or was refused. Several engines (threads or
+// processes) may share one database: optimistic concurrency per stream keeps them correct.
+// Thread-safe: submit from any thread.
+class Engine {
+ public:
+  explicit Engine(EngineSettings settings);
+  // Stops: drains the queue, flushes the last batch, joins its threads.
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Throws EngineOverloaded when the queue is full, EngineUnavailable when stopping. The future
+  // throws EngineUnavailable when the database could not be reached.
+  [[nodiscard]] std::future<CommandOutcome> submit(Command command);
+  [[nodiscard]] CommandOutcome execute(Command command);
+
+  // Stops accepting, finishes everything queued. Idempotent.
+  void stop();
+
+  // The state of a stream folded from the event store (no cache): for tests and tools.
+  [[nodiscard]] std::optional<AccountState> read_account(const std::string& account_id);
+  [[nodiscard]] std::optional<TransferState> read_transfer(const std::string& transfer_id);
+
+  [[nodiscard]] EngineStats stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ledger::engine

@@ -1,0 +1,48 @@
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "ledger/engine/domain.hpp"
+
+namespace ledger::engine {
+
+// Aggregate snapshots in RocksDB (schemas/snapshot.fbs). Only a cache (DESIGN.md invariant 7):
+// the engine trusts a snapshot only when its (version, hash) matches the event store, and a
+// value that fails its checksum or the FlatBuffers verifier is deleted and reported as missing.
+// A directory RocksDB cannot open is reported, wiped and recreated. Thread-safe.
+class SnapshotStore {
+ public:
+  explicit SnapshotStore(const std::string& directory);
+  ~SnapshotStore();
+  SnapshotStore(const SnapshotStore&) = delete;
+  SnapshotStore& operator=(const SnapshotStore&) = delete;
+
+  [[nodiscard]] std::optional<StreamState> get(const std::string& stream_id);
+  void put(const std::string& stream_id, const StreamState& state);
+  void remove(const std::string& stream_id);
+  // Writes raw bytes under a stream's key (tests use it to plant corrupt values).
+  void put_raw(const std::string& stream_id, const std::string& bytes);
+
+  struct Stats {
+    std::uint64_t hits = 0;
+    std::uint64_t misses = 0;
+    std::uint64_t corrupt = 0;
+    std::uint64_t written = 0;
+  };
+  [[nodiscard]] Stats stats() const;
+
+  // Encoding, exposed for tests.
+  [[nodiscard]] static std::string encode(const std::string& stream_id, const StreamState& state);
+  [[nodiscard]] static std::optional<StreamState> decode(const std::string& stream_id,
+                                                         const std::string& bytes);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ledger::engine

@@ -1,0 +1,60 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "ledger/core/money.hpp"
+#include "ledger/core/strong_type.hpp"
+#include "ledger/engine/types.hpp"
+
+namespace ledger::engine {
+
+// The fold of an account stream.
+struct AccountState {
+  bool exists = false;
+  std::string id;
+  Currency currency;
+  std::string owner;
+  AccountKind kind = AccountKind::customer;
+  std::uint32_t ledger_code = 0;
+  std::uint32_t flags = 0;
+  Amount overdraft_limit{0};
+  AccountStatus status = AccountStatus::open;
+  Amount debits_posted{0};
+  Amount credits_posted{0};
+  Amount debits_pending{0};
+  Amount credits_pending{0};
+  std::int64_t pending_count = 0;  // holds not yet posted or ended
+  StreamVersion version{0};
+
+  // credits_posted - debits_posted (a customer's money; negative for the cash account).
+  [[nodiscard]] std::optional<Amount> balance() const {
+    return credits_posted.checked_sub(debits_posted);
+  }
+  // balance - debits_pending + overdraft_limit.
+  [[nodiscard]] std::optional<Amount> available() const;
+
+  friend bool operator==(const AccountState&, const AccountState&) = default;
+};
+
+enum class TransferStatus : std::uint8_t { posted = 0, pending = 1, pending_posted = 2, voided = 3, expired = 4 };
+[[nodiscard]] std::string_view to_string(TransferStatus status);
+
+// The fold of a transfer stream.
+struct TransferState {
+  bool exists = false;
+  std::string id;
+  std::string debit_account;
+  std::string credit_account;
+  Amount amount{0};
+  Currency currency;
+  std::string reference;
+  TransferStatus status = TransferStatus::posted;
+  std::int64_t expires_at_us = 0;  // 0: no timeout
+  Amount posted_amount{0};
+  StreamVersion version{0};
+
+  friend bool operator==(const TransferState&, const TransferState&) = default;
+};
+
+}  // namespace ledger::engine

@@ -1,0 +1,66 @@
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace ledger::engine {
+
+// Stable codes of business rejections. Part of the API contract: never renumber or rename.
+enum class RejectionCode {
+  none = 0,
+  invalid_id,
+  invalid_amount,
+  invalid_currency,
+  invalid_command,
+  reserved_id,
+  unknown_account,
+  unknown_transfer,
+  currency_mismatch,
+  insufficient_funds,
+  credits_exceed_debits,
+  account_frozen,
+  account_closed,
+  account_not_frozen,
+  account_not_empty,
+  same_account,
+  amount_overflow,
+  duplicate_id,
+  transfer_not_pending,
+  pending_transfer_expired,
+  amount_exceeds_pending,
+  version_conflict,
+  idempotency_key_reused,
+  linked_command_failed,
+};
+
+[[nodiscard]] std::string_view to_string(RejectionCode code);
+
+enum class AccountKind : std::uint8_t { customer = 0, system = 1 };
+enum class AccountStatus : std::uint8_t { open = 0, frozen = 1, closed = 2 };
+
+[[nodiscard]] std::string_view to_string(AccountKind kind);
+[[nodiscard]] std::string_view to_string(AccountStatus status);
+
+// Account flags (bit values are stored in events: never change them).
+struct AccountFlags {
+  static constexpr std::uint32_t debits_must_not_exceed_credits = 1u << 0;
+  static constexpr std::uint32_t credits_must_not_exceed_debits = 1u << 1;
+};
+
+// Client-chosen ids: 1 to 64 of A-Za-z0-9._:- (API.md).
+constexpr std::size_t id_length_max = 64;
+[[nodiscard]] bool is_valid_id(std::string_view id);
+
+// Ids beginning with this prefix belong to the engine's per-currency system accounts.
+constexpr std::string_view system_id_prefix = "system.";
+
+// The system accounts that exist per currency, created on first use.
+enum class SystemAccount { cash, loan_receivable, interest_income, fee_income, write_off_expense };
+[[nodiscard]] std::string system_account_id(SystemAccount account, std::string_view currency);
+
+[[nodiscard]] std::string account_stream(std::string_view account_id);
+[[nodiscard]] std::string transfer_stream(std::string_view transfer_id);
+
+}  // namespace ledger::engine

@@ -1,0 +1,52 @@
+#pragma once
+// Writes one batch of events in one PostgreSQL transaction (private to the engine).
+
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <pqxx/pqxx>
+
+#include "ledger/engine/event_store.hpp"
+
+namespace ledger::engine {
+
+struct IdempotencyRecord {
+  std::string actor;
+  std::string key;
+  std::string request_hash;  // 32 bytes
+  std::string outcome;       // JSON
+  std::int64_t position = 0;
+};
+
+struct ExpiryRecord {
+  std::string transfer_id;
+  std::int64_t expires_at_us = 0;
+};
+
+// Another writer appended to one of the batch's streams first (unique (stream_id, version)),
+// or stored the same idempotency key first.
+class AppendConflict : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct AppendOutcome {
+  GlobalPosition first_position{0};
+  GlobalPosition last_position{0};
+};
+
+// Appends `events` (position and hash are filled in here) in one transaction: takes the head
+// row (UPDATE ... RETURNING), which serializes appenders and keeps positions dense and in
+// commit order; extends the hash chain; inserts events, idempotency records (built by
+// `records_for` once positions are known) and expiries in one statement; commits with
+// synchronous_commit on. Throws AppendConflict on a version or key conflict (nothing written),
+// pqxx::broken_connection when the connection is lost before the commit, and
+// pqxx::in_doubt_error when it is lost during it.
+AppendOutcome append_batch(
+    pqxx::connection& connection, std::vector<RecordedEvent>& events,
+    const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
+    const std::vector<ExpiryRecord>& expiries);
+
+}  // namespace ledger::engine

@@ -1,0 +1,473 @@
+#include "ledger/engine/domain.hpp"
+
+#include "ledger/core/assert.hpp"
+
+namespace ledger::engine {
+
+namespace {
+
+template <typename... Ts>
+struct Overloaded : Ts... {
+  using Ts::operator()...;
+};
+
+bool is_account_stream(const std::string& stream_id) { return stream_id.starts_with("account-"); }
+
+Decision reject(RejectionCode code, std::string detail) {
+  Decision decision;
+  decision.code = code;
+  decision.detail = std::move(detail);
+  return decision;
+}
+
+Decision accept(std::string resource_id) {
+  Decision decision;
+  decision.resource_ids.push_back(std::move(resource_id));
+  return decision;
+}
+
+// Checks an account can take part in a movement of money.
+std::optional<Decision> check_usable(const AccountState& account, const std::string& id) {
+  if (!account.exists) return reject(RejectionCode::unknown_account, "no account " + id);
+  if (account.status == AccountStatus::closed) {
+    return reject(RejectionCode::account_closed, "account " + id + " is closed");
+  }
+  if (account.status == AccountStatus::frozen) {
+    return reject(RejectionCode::account_frozen, "account " + id + " is frozen");
+  }
+  return std::nullopt;
+}
+
+std::optional<Amount> sum(Amount a, Amount b) { return a.checked_add(b); }
+
+// The shared core of every movement of money: a posted or a pending transfer.
+struct Movement {
+  std::string id;
+  std::string from;
+  std::string to;
+  Amount amount;
+  Currency currency;
+  std::string reference;
+  bool pending = false;
+  std::int64_t expires_at_us = 0;
+};
+
+Decision decide_movement(const Movement& m, WorkingSet& set) {
+  if (!is_valid_id(m.id)) return reject(RejectionCode::invalid_id, "invalid transfer id");
+  if (!is_valid_id(m.from) || !is_valid_id(m.to)) {
+    return reject(RejectionCode::invalid_id, "invalid account id");
+  }
+  if (m.amount.minor_units() <= 0) {
+    return reject(RejectionCode::invalid_amount, "amount must be a positive integer of minor units");
+  }
+  if (m.from == m.to) return reject(RejectionCode::same_account, "from and to are the same account");
+  if (set.transfer(m.id).exists) {
+    return reject(RejectionCode::duplicate_id, "transfer " + m.id + " already exists");
+  }
+  const AccountState& debit = set.account(m.from);
+  const AccountState& credit = set.account(m.to);
+  if (auto problem = check_usable(debit, m.from)) return *problem;
+  if (auto problem = check_usable(credit, m.to)) return *problem;
+  if (debit.currency != m.currency || credit.currency != m.currency) {
+    return reject(RejectionCode::currency_mismatch,
+                  "transfer in " + m.currency.str() + " between accounts in " +
+                      debit.currency.str() + " and " + credit.currency.str());
+  }
+
+  // Every total the transfer grows must stay within int64.
+  const auto debit_total = m.pending ? sum(debit.debits_pending, m.amount) : sum(debit.debits_posted, m.amount);
+  const auto credit_total = m.pending ? sum(credit.credits_pending, m.amount) : sum(credit.credits_posted, m.amount);
+  const auto debit_exposure = sum(debit.debits_posted, debit.debits_pending);
+  const auto debit_after = debit_exposure ? sum(*debit_exposure, m.amount) : std::nullopt;
+  const auto credit_exposure = sum(credit.credits_posted, credit.credits_pending);
+  const auto credit_after = credit_exposure ? sum(*credit_exposure, m.amount) : std::nullopt;
+  const auto debit_allowance = sum(debit.credits_posted, debit.overdraft_limit);
+  if (!debit_total || !credit_total || !debit_after || !credit_after || !debit_allowance) {
+    return reject(RejectionCode::amount_overflow, "the amount would overflow an account total");
+  }
+  if ((debit.flags & AccountFlags::debits_must_not_exceed_credits) != 0 &&
+      *debit_after > *debit_allowance) {
+    return reject(RejectionCode::insufficient_funds,
+                  "account " + m.from + " has insufficient available funds");
+  }
+  if ((credit.flags & AccountFlags::credits_must_not_exceed_debits) != 0 &&
+      *credit_after > credit.debits_posted) {
+    return reject(RejectionCode::credits_exceed_debits,
+                  "account " + m.to + " may not have credits exceed its debits");
+  }
+
+  const auto phase = m.pending ? events::Phase::pending : events::Phase::posted;
+  if (m.pending) {
+    set.append(transfer_stream(m.id),
+               events::TransferPending{m.id, m.from, m.to, m.amount.minor_units(), m.currency.str(),
+                                       m.reference, m.expires_at_us});
+  } else {
+    set.append(transfer_stream(m.id),
+               events::TransferPosted{m.id, m.from, m.to, m.amount.minor_units(), m.currency.str(),
+                                      m.reference});
+  }
+  set.append(account_stream(m.from), events::AccountEntry{m.id, events::Direction::debit, phase,
+                                                          m.amount.minor_units(), 0, m.to});
+  set.append(account_stream(m.to), events::AccountEntry{m.id, events::Direction::credit, phase,
+                                                        m.amount.minor_units(), 0, m.from});
+  return accept(m.id);
+}
+
+// The currency's cash account, opened on first use.
+const std::string& ensure_system_account(WorkingSet& set, SystemAccount which, Currency currency,
+                                         std::string& id_out) {
+  id_out = system_account_id(which, currency.code());
+  if (!set.account(id_out).exists) {
+    set.append(account_stream(id_out),
+               events::AccountOpened{id_out, currency.str(), 0, "system", AccountKind::system, 0, 0});
+  }
+  return id_out;
+}
+
+Decision decide_cash_movement(const std::string& account_id, Amount amount,
+                              const std::string& reference, const std::string& transfer_id,
+                              bool deposit, WorkingSet& set) {
+  if (!is_valid_id(account_id)) return reject(RejectionCode::invalid_id, "invalid account id");
+  const AccountState& account = set.account(account_id);
+  if (!account.exists) return reject(RejectionCode::unknown_account, "no account " + account_id);
+  if (account.kind == AccountKind::system) {
+    return reject(RejectionCode::reserved_id, "deposits and withdrawals are for customer accounts");
+  }
+  const Currency currency = account.currency;
+  const auto mark = set.mark();
+  std::string cash;
+  ensure_system_account(set, SystemAccount::cash, currency, cash);
+  Movement movement{transfer_id, deposit ? cash : account_id, deposit ? account_id : cash, amount,
+                    currency, reference};
+  Decision decision = decide_movement(movement, set);
+  if (!decision.accepted()) set.rollback_to(mark);
+  return decision;
+}
+
+Decision decide_single(const SingleCommand& command, WorkingSet& set,
+                       const DecisionContext& context) {
+  return std::visit(
+      Overloaded{
+          [&](const OpenAccount& c) -> Decision {
+            if (!is_valid_id(c.id)) return reject(RejectionCode::invalid_id, "invalid account id");
+            if (c.id.starts_with(system_id_prefix)) {
+              return reject(RejectionCode::reserved_id,
+                            "ids beginning with 'system.' are reserved for the engine");
+            }
+            if (c.overdraft_limit.minor_units() < 0) {
+              return reject(RejectionCode::invalid_amount, "overdraft_limit must not be negative");
+            }
+            const std::uint32_t flags =
+                c.flags.value_or(c.kind == AccountKind::customer
+                                     ? AccountFlags::debits_must_not_exceed_credits
+                                     : 0u);
+            constexpr std::uint32_t both = AccountFlags::debits_must_not_exceed_credits |
+                                           AccountFlags::credits_must_not_exceed_debits;
+            if ((flags & both) == both || (flags & ~both) != 0) {
+              return reject(RejectionCode::invalid_command, "contradictory or unknown account flags");
+            }
+            if (set.account(c.id).exists) {
+              return reject(RejectionCode::duplicate_id, "account " + c.id + " already exists");
+            }
+            set.append(account_stream(c.id),
+                       events::AccountOpened{c.id, c.currency.str(), c.ledger_code, c.owner, c.kind,
+                                             flags, c.overdraft_limit.minor_units()});
+            return accept(c.id);
+          },
+          [&](const Transfer& c) -> Decision {
+            return decide_movement({c.id, c.from, c.to, c.amount, c.currency, c.reference}, set);
+          },
+          [&](const Deposit& c) -> Decision {
+            return decide_cash_movement(c.account_id, c.amount, c.reference, c.transfer_id, true, set);
+          },
+          [&](const Withdrawal& c) -> Decision {
+            return decide_cash_movement(c.account_id, c.amount, c.reference, c.transfer_id, false, set);
+          },
+          [&](const PlaceHold& c) -> Decision {
+            std::int64_t expires_at_us = 0;
+            if (c.timeout_seconds) {
+              constexpr std::int64_t timeout_seconds_max = 366LL * 24 * 3600;
+              if (*c.timeout_seconds <= 0 || *c.timeout_seconds > timeout_seconds_max) {
+                return reject(RejectionCode::invalid_command,
+                              "timeout_seconds must be 1 to 31622400");
+              }
+              expires_at_us = context.now_us + *c.timeout_seconds * 1'000'000;
+            }
+            return decide_movement(
+                {c.id, c.from, c.to, c.amount, c.currency, c.reference, true, expires_at_us}, set);
+          },
+          [&](const PostHold& c) -> Decision {
+            if (!is_valid_id(c.id)) return reject(RejectionCode::invalid_id, "invalid transfer id");
+            const TransferState& hold = set.transfer(c.id);
+            if (!hold.exists) return reject(RejectionCode::unknown_transfer, "no transfer " + c.id);
+            if (hold.status != TransferStatus::pending) {
+              return reject(RejectionCode::transfer_not_pending,
+                            "transfer " + c.id + " is " + std::string(to_string(hold.status)));
+            }
+            if (hold.expires_at_us != 0 && context.now_us >= hold.expires_at_us) {
+              return reject(RejectionCode::pending_transfer_expired, "hold " + c.id + " has expired");
+            }
+            const Amount amount = c.amount.value_or(hold.amount);
+            if (amount.minor_units() <= 0) {
+              return reject(RejectionCode::invalid_amount, "amount must be positive");
+            }
+            if (amount > hold.amount) {
+              return reject(RejectionCode::amount_exceeds_pending,
+                            "amount exceeds the held " + std::to_string(hold.amount.minor_units()));
+            }
+            const std::string debit = hold.debit_account;
+            const std::string credit = hold.credit_account;
+            const std::int64_t held = hold.amount.minor_units();
+            if (auto problem = check_usable(set.account(debit), debit)) return *problem;
+            if (auto problem = check_usable(set.account(credit), credit)) return *problem;
+            if (!set.account(debit).debits_posted.checked_add(amount) ||
+                !set.account(credit).credits_posted.checked_add(amount)) {
+              return reject(RejectionCode::amount_overflow, "the amount would overflow an account total");
+            }
+            set.append(transfer_stream(c.id), events::PendingTransferPosted{amount.minor_units(), held});
+            set.append(account_stream(debit),
+                       events::AccountEntry{c.id, events::Direction::debit,
+                                            events::Phase::pending_posted, amount.minor_units(),
+                                            held, credit});
+            set.append(account_stream(credit),
+                       events::AccountEntry{c.id, events::Direction::credit,
+                                            events::Phase::pending_posted, amount.minor_units(),
+                                            held, debit});
+            return accept(c.id);
+          },
+          [&](const auto& c) -> Decision
+            requires(std::is_same_v<std::decay_t<decltype(c)>, VoidHold> ||
+                     std::is_same_v<std::decay_t<decltype(c)>, ExpireHold>)
+          {
+            constexpr bool expiring = std::is_same_v<std::decay_t<decltype(c)>, ExpireHold>;
+            if (!is_valid_id(c.id)) return reject(RejectionCode::invalid_id, "invalid transfer id");
+            const TransferState& hold = set.transfer(c.id);
+            if (!hold.exists) return reject(RejectionCode::unknown_transfer, "no transfer " + c.id);
+            if (hold.status != TransferStatus::pending) {
+              return reject(RejectionCode::transfer_not_pending,
+                            "transfer " + c.id + " is " + std::string(to_string(hold.status)));
+            }
+            if (expiring && (hold.expires_at_us == 0 || context.now_us < hold.expires_at_us)) {
+              return reject(RejectionCode::invalid_command, "hold " + c.id + " has not expired");
+            }
+            const auto end = expiring ? events::PendingEnd::expired : events::PendingEnd::voided;
+            const std::string debit = hold.debit_account;
+            const std::string credit = hold.credit_account;
+            const std::int64_t held = hold.amount.minor_units();
+            // Releasing a hold is allowed on a frozen account: it only gives money back.
+            set.append(transfer_stream(c.id), events::PendingTransferEnded{held, end});
+            set.append(account_stream(debit),
+                       events::AccountEntry{c.id, events::Direction::debit,
+                                            events::Phase::pending_released, held, 0, credit});
+            set.append(account_stream(credit),
+                       events::AccountEntry{c.id, events::Direction::credit,
+                                            events::Phase::pending_released, held, 0, debit});
+            return accept(c.id);
+          },
+          [&](const FreezeAccount& c) -> Decision {
+            if (!is_valid_id(c.id)) return reject(RejectionCode::invalid_id, "invalid account id");
+            const AccountState& account = set.account(c.id);
+            if (!account.exists) return reject(RejectionCode::unknown_account, "no account " + c.id);
+            if (account.kind == AccountKind::system) {
+              return reject(RejectionCode::reserved_id, "system accounts cannot be frozen");
+            }
+            if (account.status == AccountStatus::closed) {
+              return reject(RejectionCode::account_closed, "account " + c.id + " is closed");
+            }
+            if (account.status == AccountStatus::frozen) {
+              return reject(RejectionCode::account_frozen, "account " + c.id + " is already frozen");
+            }
+            set.append(account_stream(c.id), events::AccountFrozen{});
+            return accept(c.id);
+          },
+          [&](const UnfreezeAccount& c) -> Decision {
+            if (!is_valid_id(c.id)) return reject(RejectionCode::invalid_id, "invalid account id");
+            const AccountState& account = set.account(c.id);
+            if (!account.exists) return reject(RejectionCode::unknown_account, "no account " + c.id);
+            if (account.status == AccountStatus::closed) {
+              return reject(RejectionCode::account_closed, "account " + c.id + " is closed");
+            }
+            if (account.status != AccountStatus::frozen) {
+              return reject(RejectionCode::account_not_frozen, "account " + c.id + " is not frozen");
+            }
+            set.append(account_stream(c.id), events::AccountUnfrozen{});
+            return accept(c.id);
+          },
+          [&](const CloseAccount& c) -> Decision {
+            if (!is_valid_id(c.id)) return reject(RejectionCode::invalid_id, "invalid account id");
+            const AccountState& account = set.account(c.id);
+            if (!account.exists) return reject(RejectionCode::unknown_account, "no account " + c.id);
+            if (account.kind == AccountKind::system) {
+              return reject(RejectionCode::reserved_id, "system accounts cannot be closed");
+            }
+            if (account.status == AccountStatus::closed) {
+              return reject(RejectionCode::account_closed, "account " + c.id + " is already closed");
+            }
+            if (account.debits_posted != account.credits_posted || account.pending_count != 0 ||
+                account.debits_pending.minor_units() != 0 ||
+                account.credits_pending.minor_units() != 0) {
+              return reject(RejectionCode::account_not_empty,
+                            "account " + c.id + " has a balance or pending transfers");
+            }
+            set.append(account_stream(c.id), events::AccountClosed{});
+            return accept(c.id);
+          },
+      },
+      command);
+}
+
+}  // namespace
+
+WorkingSet::WorkingSet(Loader loader) : loader_(std::move(loader)) {}
+
+void WorkingSet::put(const std::string& stream_id, StreamState state) {
+  streams_[stream_id] = std::move(state);
+}
+
+bool WorkingSet::contains(const std::string& stream_id) const {
+  return streams_.contains(stream_id);
+}
+
+StreamState& WorkingSet::load(const std::string& stream_id) {
+  auto found = streams_.find(stream_id);
+  if (found != streams_.end()) return found->second;
+  StreamState state = loader_(stream_id);
+  if (std::holds_alternative<std::monostate>(state.aggregate)) {
+    if (is_account_stream(stream_id)) {
+      state.aggregate = AccountState{};
+    } else {
+      state.aggregate = TransferState{};
+    }
+  }
+  return streams_.emplace(stream_id, std::move(state)).first->second;
+}
+
+const StreamState& WorkingSet::stream(const std::string& stream_id) { return load(stream_id); }
+
+const AccountState& WorkingSet::account(const std::string& account_id) {
+  return std::get<AccountState>(load(account_stream(account_id)).aggregate);
+}
+
+const TransferState& WorkingSet::transfer(const std::string& transfer_id) {
+  return std::get<TransferState>(load(transfer_stream(transfer_id)).aggregate);
+}
+
+void WorkingSet::append(const std::string& stream_id, DomainEvent event) {
+  StreamState& state = load(stream_id);
+  undo_.emplace_back(stream_id, state);
+  std::visit(
+      [&](auto& aggregate) {
+        if constexpr (std::is_same_v<std::decay_t<decltype(aggregate)>, std::monostate>) {
+          LEDGER_ASSERT(false, "append to a stream of unknown kind");
+        } else {
+          engine::apply(aggregate, event);
+        }
+      },
+      state.aggregate);
+  state.version = StreamVersion(state.version.value() + 1);
+  new_events_.push_back({stream_id, state.version, std::move(event)});
+}
+
+void WorkingSet::rollback_to(Mark mark) {
+  LEDGER_ASSERT(mark.events <= new_events_.size() && mark.undo <= undo_.size(), "bad mark");
+  while (undo_.size() > mark.undo) {
+    streams_[undo_.back().first] = std::move(undo_.back().second);
+    undo_.pop_back();
+  }
+  new_events_.resize(mark.events);
+}
+
+Decision decide(const CommandBody& command, WorkingSet& set, const DecisionContext& context) {
+  const auto mark = set.mark();
+  Decision decision = std::visit(
+      Overloaded{
+          [&](const SingleCommand& single) { return decide_single(single, set, context); },
+          [&](const LinkedCommands& linked) {
+            Decision all;
+            if (linked.commands.empty()) {
+              return reject(RejectionCode::invalid_command, "a linked list needs at least one command");
+            }
+            for (std::size_t i = 0; i < linked.commands.size(); ++i) {
+              Decision member = decide_single(linked.commands[i], set, context);
+              if (!member.accepted()) {
+                member.failed_member = i;
+                member.detail = "command " + std::to_string(i) + " (" +
+                                std::string(command_name(linked.commands[i])) + "): " + member.detail;
+                return member;
+              }
+              for (auto& id : member.resource_ids) all.resource_ids.push_back(std::move(id));
+            }
+            return all;
+          },
+      },
+      command);
+  if (!decision.accepted()) set.rollback_to(mark);
+  return decision;
+}
+
+namespace {
+void assign_single(SingleCommand& command, const std::function<std::string()>& generate_id) {
+  std::visit(Overloaded{
+                 [&](OpenAccount& c) { if (c.id.empty()) c.id = generate_id(); },
+                 [&](Transfer& c) { if (c.id.empty()) c.id = generate_id(); },
+                 [&](Deposit& c) { if (c.transfer_id.empty()) c.transfer_id = generate_id(); },
+                 [&](Withdrawal& c) { if (c.transfer_id.empty()) c.transfer_id = generate_id(); },
+                 [&](PlaceHold& c) { if (c.id.empty()) c.id = generate_id(); },
+                 [&](auto&) {},
+             },
+             command);
+}
+
+void collect_single(const SingleCommand& command, std::vector<std::string>& ids) {
+  std::visit(Overloaded{
+                 [&](const OpenAccount& c) { ids.push_back(account_stream(c.id)); },
+                 [&](const Transfer& c) {
+                   ids.push_back(transfer_stream(c.id));
+                   ids.push_back(account_stream(c.from));
+                   ids.push_back(account_stream(c.to));
+                 },
+                 [&](const Deposit& c) {
+                   ids.push_back(transfer_stream(c.transfer_id));
+                   ids.push_back(account_stream(c.account_id));
+                 },
+                 [&](const Withdrawal& c) {
+                   ids.push_back(transfer_stream(c.transfer_id));
+                   ids.push_back(account_stream(c.account_id));
+                 },
+                 [&](const PlaceHold& c) {
+                   ids.push_back(transfer_stream(c.id));
+                   ids.push_back(account_stream(c.from));
+                   ids.push_back(account_stream(c.to));
+                 },
+                 [&](const PostHold& c) { ids.push_back(transfer_stream(c.id)); },
+                 [&](const VoidHold& c) { ids.push_back(transfer_stream(c.id)); },
+                 [&](const ExpireHold& c) { ids.push_back(transfer_stream(c.id)); },
+                 [&](const FreezeAccount& c) { ids.push_back(account_stream(c.id)); },
+                 [&](const UnfreezeAccount& c) { ids.push_back(account_stream(c.id)); },
+                 [&](const CloseAccount& c) { ids.push_back(account_stream(c.id)); },
+             },
+             command);
+}
+}  // namespace
+
+void assign_ids(CommandBody& command, const std::function<std::string()>& generate_id) {
+  std::visit(Overloaded{
+                 [&](SingleCommand& single) { assign_single(single, generate_id); },
+                 [&](LinkedCommands& linked) {
+                   for (auto& member : linked.commands) assign_single(member, generate_id);
+                 },
+             },
+             command);
+}
+
+void collect_streams(const CommandBody& command, std::vector<std::string>& stream_ids) {
+  std::visit(Overloaded{
+                 [&](const SingleCommand& single) { collect_single(single, stream_ids); },
+                 [&](const LinkedCommands& linked) {
+                   for (const auto& member : linked.commands) collect_single(member, stream_ids);
+                 },
+             },
+             command);
+}
+
+}  // namespace ledger::engine

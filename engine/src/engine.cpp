@@ -1,0 +1,670 @@
+#include "ledger/engine/engine.hpp"
+
+#include <openssl/evp.h>
+#include <pqxx/pqxx>
+#include <spdlog/spdlog.h>
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "appender.hpp"
+#include "ledger/core/assert.hpp"
+#include "ledger/core/logging.hpp"
+#include "ledger/db/pool.hpp"
+#include "ledger/engine/domain.hpp"
+#include "ledger/engine/snapshot_store.hpp"
+#include "outcome_codec.hpp"
+#include "state_cache.hpp"
+#include "stream_loader.hpp"
+
+namespace ledger::engine {
+
+namespace {
+
+constexpr std::size_t recent_samples_max = 65'536;
+constexpr std::size_t expiry_sweep_batch_max = 500;
+constexpr const char* expiry_actor = "engine:expiry";
+
+std::int64_t system_clock_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string sha256(std::string_view bytes) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr);
+  return std::string(reinterpret_cast<const char*>(digest), length);
+}
+
+// Random UUIDv4 text; one generator per engine, used by its writer thread and submitters.
+class UuidGenerator {
+ public:
+  UuidGenerator() : random_(std::random_device{}()) {}
+  std::string next() {
+    std::lock_guard lock(mutex_);
+    std::uint64_t high = random_();
+    std::uint64_t low = random_();
+    high = (high & 0xffffffffffff0fffULL) | 0x0000000000004000ULL;  // version 4
+    low = (low & 0x3fffffffffffffffULL) | 0x8000000000000000ULL;    // variant 1
+    char text[37];
+    std::snprintf(text, sizeof text, "%08x-%04x-%04x-%04x-%012llx",
+                  static_cast<unsigned>(high >> 32), static_cast<unsigned>((high >> 16) & 0xffff),
+                  static_cast<unsigned>(high & 0xffff), static_cast<unsigned>(low >> 48),
+                  static_cast<unsigned long long>(low & 0xffffffffffffULL));
+    return text;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::mt19937_64 random_;
+};
+
+template <typename T>
+void push_bounded(std::vector<T>& samples, T value) {
+  if (samples.size() >= recent_samples_max) samples.erase(samples.begin(), samples.begin() + recent_samples_max / 2);
+  samples.push_back(value);
+}
+
+}  // namespace
+
+struct Engine::Impl {
+  struct Pending {
+    Command command;
+    std::promise<CommandOutcome> promise;
+  };
+
+  // Per command of a batch: how it is answered.
+  struct Slot {
+    enum class Kind { decide, answered, follows } kind = Kind::decide;
+    CommandOutcome outcome;    // answered (replay, reused key) or decided
+    std::size_t follows = 0;   // same idempotency key as an earlier command of the batch
+    std::string request_hash;  // SHA-256 of the fingerprint, when keyed
+    std::size_t first_event = 0;
+    std::size_t end_event = 0;
+  };
+
+  explicit Impl(EngineSettings s)
+      : settings(std::move(s)),
+        pool(db::PoolSettings{settings.database_url, settings.database_connections,
+                              settings.database_connect_timeout,
+                              settings.database_statement_timeout, settings.database_connect_timeout}),
+        cache(settings.state_cache_streams_max) {
+    if (!settings.clock_us) settings.clock_us = system_clock_us;
+    if (!settings.generate_id) settings.generate_id = [this] { return uuids.next(); };
+    if (!settings.snapshot_directory.empty()) {
+      snapshots = std::make_unique<SnapshotStore>(settings.snapshot_directory);
+      snapshot_thread = std::thread([this] { run_snapshot_writer(); });
+    }
+    writer_thread = std::thread([this] { run_writer(); });
+    if (settings.expiry_sweep_interval.count() > 0) {
+      expiry_thread = std::thread([this] { run_expiry_sweeper(); });
+    }
+  }
+
+  EngineSettings settings;
+  db::ConnectionPool pool;
+  UuidGenerator uuids;
+  std::unique_ptr<SnapshotStore> snapshots;
+  StateCache cache;  // writer thread only
+
+  std::mutex queue_mutex;
+  std::condition_variable queue_not_empty;
+  std::deque<Pending> queue;
+  bool stopping = false;
+
+  std::mutex snapshot_mutex;
+  std::condition_variable snapshot_ready;
+  std::deque<std::pair<std::string, StreamState>> snapshot_queue;
+  bool snapshot_stopping = false;
+
+  std::mutex expiry_mutex;
+  std::condition_variable expiry_wake;
+  bool expiry_stopping = false;
+
+  mutable std::mutex stats_mutex;
+  EngineStats counters;
+
+  std::thread writer_thread;
+  std::thread snapshot_thread;
+  std::thread expiry_thread;
+
+  // ---- writer ---------------------------------------------------------------------------
+
+  void run_writer() {
+    std::vector<Pending> batch;
+    while (true) {
+      {
+        std::unique_lock lock(queue_mutex);
+        queue_not_empty.wait(lock, [&] { return stopping || !queue.empty(); });
+        if (queue.empty() && stopping) return;
+        if (settings.commit_wait_max.count() > 0 &&
+            queue.size() < settings.append_batch_commands_max && !stopping) {
+          queue_not_empty.wait_for(lock, settings.commit_wait_max, [&] {
+            return stopping || queue.size() >= settings.append_batch_commands_max;
+          });
+        }
+        const std::size_t take = std::min(queue.size(), settings.append_batch_commands_max);
+        for (std::size_t i = 0; i < take; ++i) {
+          batch.push_back(std::move(queue.front()));
+          queue.pop_front();
+        }
+      }
+      process_batch(batch);
+      batch.clear();
+    }
+  }
+
+  void process_batch(std::vector<Pending>& batch) {
+    for (auto& pending : batch) {
+      assign_ids(pending.command.body, settings.generate_id);
+      if (pending.command.context.command_id.empty()) {
+        pending.command.context.command_id = uuids.next();
+      }
+    }
+    int conflicts = 0;
+    int connection_failures = 0;
+    bool fresh = false;  // after a conflict, read streams from the store, not the cache
+    while (true) {
+      try {
+        auto lease = pool.acquire();
+        try {
+          if (attempt_batch(*lease, batch, fresh)) return;
+          // Lost an optimistic-concurrency race: reload and decide again.
+          ++conflicts;
+          {
+            std::lock_guard lock(stats_mutex);
+            ++counters.conflicts;
+          }
+          if (conflicts > settings.conflict_retries_max) {
+            answer_all_conflict(batch);
+            return;
+          }
+          fresh = true;
+        } catch (const pqxx::in_doubt_error& error) {
+          lease.discard();
+          throw;
+        } catch (const pqxx::broken_connection&) {
+          lease.discard();
+          throw;
+        }
+      } catch (const pqxx::in_doubt_error& error) {
+        // The commit may or may not have happened: find out before answering or retrying.
+        spdlog::warn("commit outcome unknown ({}); checking the event store", error.what());
+        if (in_doubt_batch_committed()) return;
+        fresh = true;
+        if (++connection_failures > settings.connection_retries_max) {
+          fail_all(batch, error.what());
+          return;
+        }
+      } catch (const std::exception& error) {
+        const bool transient = dynamic_cast<const pqxx::broken_connection*>(&error) != nullptr ||
+                               dynamic_cast<const db::DatabaseUnavailable*>(&error) != nullptr ||
+                               dynamic_cast<const pqxx::serialization_failure*>(&error) != nullptr ||
+                               dynamic_cast<const pqxx::deadlock_detected*>(&error) != nullptr;
+        if (!transient || ++connection_failures > settings.connection_retries_max) {
+          spdlog::error("batch of {} commands failed: {}", batch.size(), error.what());
+          fail_all(batch, error.what());
+          return;
+        }
+        spdlog::warn("batch failed on a database error (attempt {}), retrying: {}",
+                     connection_failures, error.what());
+        std::this_thread::sleep_for(std::chrono::milliseconds(50) * (1 << std::min(connection_failures, 6)));
+        fresh = true;
+      }
+    }
+  }
+
+  // The batch whose commit was in doubt: its outcome is known once we know whether its first
+  // event is stored. Recorded by attempt_batch before committing.
+  std::string in_doubt_event_id;
+  std::function<void()> in_doubt_on_committed;
+
+  bool in_doubt_batch_committed() {
+    for (int attempt = 0; attempt < settings.connection_retries_max; ++attempt) {
+      try {
+        auto lease = pool.acquire();
+        pqxx::read_transaction work(*lease);
+        const bool committed =
+            !work.exec_params("SELECT 1 FROM events WHERE event_id = $1::uuid", in_doubt_event_id)
+                 .empty();
+        if (committed && in_doubt_on_committed) in_doubt_on_committed();
+        return committed;
+      } catch (const std::exception& error) {
+        spdlog::warn("checking an in-doubt commit failed: {}", error.what());
+        std::this_thread::sleep_for(std::chrono::milliseconds(200) * (attempt + 1));
+      }
+    }
+    return false;
+  }
+
+  // One try at deciding and appending the batch. False on a version or key conflict.
+  bool attempt_batch(pqxx::connection& connection, std::vector<Pending>& batch, bool fresh) {
+    std::vector<Slot> slots(batch.size());
+    resolve_idempotency(connection, batch, slots);
+
+    // Load every stream the batch names (one query), then decide in order.
+    std::vector<std::string> wanted;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      if (slots[i].kind == Slot::Kind::decide) collect_streams(batch[i].command.body, wanted);
+    }
+    std::sort(wanted.begin(), wanted.end());
+    wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
+
+    auto load_uncached = [&](const std::vector<std::string>& ids) {
+      pqxx::read_transaction work(connection);
+      return load_streams(work, ids, snapshots.get());
+    };
+    WorkingSet working([&](const std::string& stream_id) {
+      if (!fresh) {
+        if (const StreamState* cached = cache.find(stream_id)) return *cached;
+      }
+      return load_uncached({stream_id}).at(stream_id);
+    });
+    std::vector<std::string> missing;
+    for (const auto& id : wanted) {
+      const StreamState* cached = fresh ? nullptr : cache.find(id);
+      if (cached != nullptr) {
+        working.put(id, *cached);
+      } else {
+        missing.push_back(id);
+      }
+    }
+    if (!missing.empty()) {
+      for (auto& [id, state] : load_uncached(missing)) working.put(id, std::move(state));
+    }
+
+    const std::int64_t now_us = settings.clock_us();
+    const DecisionContext context{now_us};
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      Slot& slot = slots[i];
+      if (slot.kind != Slot::Kind::decide) continue;
+      slot.first_event = working.new_events().size();
+      Decision decision = decide(batch[i].command.body, working, context);
+      slot.end_event = working.new_events().size();
+      slot.outcome.code = decision.code;
+      slot.outcome.detail = std::move(decision.detail);
+      slot.outcome.failed_member = decision.failed_member;
+      slot.outcome.resource_ids = std::move(decision.resource_ids);
+      slot.outcome.command_id = batch[i].command.context.command_id;
+    }
+
+    // Turn the decided events into rows.
+    const auto& decided = working.new_events();
+    std::vector<RecordedEvent> rows(decided.size());
+    std::vector<ExpiryRecord> expiries;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const Slot& slot = slots[i];
+      if (slot.kind != Slot::Kind::decide) continue;
+      const CommandContext& ctx = batch[i].command.context;
+      const EventMetadata metadata{ctx.actor,      ctx.command_id, ctx.correlation_id,
+                                   ctx.causation_id, ctx.request_id, ctx.client_address};
+      for (std::size_t e = slot.first_event; e < slot.end_event; ++e) {
+        RecordedEvent& row = rows[e];
+        row.stream_id = decided[e].stream_id;
+        row.version = decided[e].version;
+        row.event_id = uuids.next();
+        row.type = std::string(event_type(decided[e].event));
+        row.schema_version = event_schema_version;
+        row.payload = encode_event(decided[e].event);
+        row.metadata = metadata;
+        row.recorded_at_us = now_us;
+        if (const auto* pending = std::get_if<events::TransferPending>(&decided[e].event)) {
+          if (pending->expires_at_us != 0) expiries.push_back({pending->transfer_id, pending->expires_at_us});
+        }
+      }
+    }
+
+    const bool keyed_decisions = std::any_of(batch.begin(), batch.end(), [&](const Pending& p) {
+      const auto index = static_cast<std::size_t>(&p - batch.data());
+      return slots[index].kind == Slot::Kind::decide && !p.command.context.idempotency_key.empty();
+    });
+    AppendOutcome appended;
+    const auto commit_started = std::chrono::steady_clock::now();
+    if (!rows.empty() || keyed_decisions) {
+      auto records_for = [&](GlobalPosition first) {
+        fill_positions(slots, rows, first);
+        std::vector<IdempotencyRecord> records;
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+          const auto& ctx = batch[i].command.context;
+          if (slots[i].kind != Slot::Kind::decide || ctx.idempotency_key.empty()) continue;
+          records.push_back({ctx.actor, ctx.idempotency_key, slots[i].request_hash,
+                             outcome_to_json(slots[i].outcome), slots[i].outcome.position.value()});
+        }
+        return records;
+      };
+      in_doubt_event_id = rows.empty() ? std::string() : rows.front().event_id;
+      in_doubt_on_committed = [&] { finish_batch(batch, slots, working, rows, commit_started); };
+      try {
+        appended = append_batch(connection, rows, records_for, expiries);
+      } catch (const AppendConflict& conflict) {
+        spdlog::debug("append conflict, reloading: {}", conflict.what());
+        for (const auto& [id, state] : working.streams()) cache.erase(id);
+        in_doubt_on_committed = nullptr;
+        return false;
+      }
+      in_doubt_on_committed = nullptr;
+    }
+    finish_batch(batch, slots, working, rows, commit_started);
+    return true;
+  }
+
+  // Positions and versions of each decided command's outcome, from the batch's first position.
+  static void fill_positions(std::vector<Slot>& slots, const std::vector<RecordedEvent>& rows,
+                             GlobalPosition first) {
+    for (Slot& slot : slots) {
+      if (slot.kind != Slot::Kind::decide || slot.first_event == slot.end_event) continue;
+      slot.outcome.position = GlobalPosition(first.value() + static_cast<std::int64_t>(slot.end_event) - 1);
+      slot.outcome.versions.clear();
+      for (std::size_t e = slot.first_event; e < slot.end_event; ++e) {
+        auto existing = std::find_if(slot.outcome.versions.begin(), slot.outcome.versions.end(),
+                                     [&](const auto& pair) { return pair.first == rows[e].stream_id; });
+        if (existing != slot.outcome.versions.end()) {
+          existing->second = rows[e].version;
+        } else {
+          slot.outcome.versions.emplace_back(rows[e].stream_id, rows[e].version);
+        }
+      }
+    }
+  }
+
+  void finish_batch(std::vector<Pending>& batch, std::vector<Slot>& slots, WorkingSet& working,
+                    const std::vector<RecordedEvent>& rows,
+                    std::chrono::steady_clock::time_point commit_started) {
+    const auto latency_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                                std::chrono::steady_clock::now() - commit_started)
+                                .count();
+    // Each changed stream's last hash, then the cache and snapshots.
+    std::unordered_map<std::string, const RecordedEvent*> last_row;
+    for (const auto& row : rows) last_row[row.stream_id] = &row;
+    for (auto& [stream_id, state] : working.streams()) {
+      auto changed = last_row.find(stream_id);
+      if (changed != last_row.end()) {
+        LEDGER_ASSERT(changed->second->version == state.version, "working set and rows disagree");
+        state.last_hash = changed->second->hash;
+        const std::int64_t every = settings.snapshot_every_events;
+        if (snapshots && every > 0) {
+          const std::int64_t before = state.version.value() - static_cast<std::int64_t>(
+                                          std::count_if(rows.begin(), rows.end(), [&](const auto& r) {
+                                            return r.stream_id == stream_id;
+                                          }));
+          if (state.version.value() / every != before / every) enqueue_snapshot(stream_id, state);
+        }
+      }
+      cache.put(stream_id, std::move(state));
+    }
+
+    std::uint64_t accepted = 0;
+    std::uint64_t rejected = 0;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      Slot& slot = slots[i];
+      if (slot.kind == Slot::Kind::follows) {
+        slot.outcome = slots[slot.follows].outcome;
+        slot.outcome.replayed = true;
+      }
+      (slot.outcome.accepted() ? accepted : rejected) += 1;
+      if (!slot.outcome.accepted()) {
+        logging::RequestIdScope scope(batch[i].command.context.request_id);
+        spdlog::debug("command {} rejected: {} ({})", slot.outcome.command_id,
+                      to_string(slot.outcome.code), slot.outcome.detail);
+      }
+      batch[i].promise.set_value(std::move(slot.outcome));
+    }
+    std::lock_guard lock(stats_mutex);
+    counters.commands += batch.size();
+    counters.commands_accepted += accepted;
+    counters.commands_rejected += rejected;
+    counters.events += rows.size();
+    if (!rows.empty()) {
+      ++counters.batches;
+      push_bounded(counters.recent_commit_latency_us, static_cast<std::uint32_t>(latency_us));
+      push_bounded(counters.recent_batch_commands, static_cast<std::uint32_t>(batch.size()));
+    }
+  }
+
+  // Answers commands whose idempotency key was seen before (in the store or earlier in the batch).
+  void resolve_idempotency(pqxx::connection& connection, std::vector<Pending>& batch,
+                           std::vector<Slot>& slots) {
+    std::map<std::pair<std::string, std::string>, std::size_t> first_with_key;
+    std::string actors = "{";
+    std::string keys = "{";
+    auto append_text = [](std::string& array, const std::string& value) {
+      if (array.size() > 1) array.push_back(',');
+      array.push_back('"');
+      for (char c : value) {
+        if (c == '"' || c == '\\') array.push_back('\\');
+        array.push_back(c);
+      }
+      array.push_back('"');
+    };
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const auto& ctx = batch[i].command.context;
+      if (ctx.idempotency_key.empty()) continue;
+      slots[i].request_hash = sha256(ctx.request_fingerprint);
+      auto [it, inserted] = first_with_key.try_emplace({ctx.actor, ctx.idempotency_key}, i);
+      if (inserted) {
+        append_text(actors, ctx.actor);
+        append_text(keys, ctx.idempotency_key);
+      } else if (slots[it->second].request_hash == slots[i].request_hash) {
+        slots[i].kind = Slot::Kind::follows;
+        slots[i].follows = it->second;
+      } else {
+        answer_key_reused(slots[i], batch[i]);
+      }
+    }
+    if (first_with_key.empty()) return;
+    actors.push_back('}');
+    keys.push_back('}');
+    pqxx::read_transaction work(connection);
+    const auto rows = work.exec_params(
+        "SELECT k.actor, k.key, k.request_hash, k.outcome FROM idempotency_keys k "
+        "JOIN unnest($1::text[], $2::text[]) AS w(actor, key) ON k.actor = w.actor AND k.key = w.key",
+        actors, keys);
+    for (const auto& row : rows) {
+      const std::size_t i = first_with_key.at({row[0].as<std::string>(), row[1].as<std::string>()});
+      if (pqxx::binarystring(row[2]).str() != slots[i].request_hash) {
+        answer_key_reused(slots[i], batch[i]);
+        continue;
+      }
+      auto stored = outcome_from_json(pqxx::binarystring(row[3]).str());
+      LEDGER_ASSERT(stored.has_value(), "stored idempotency outcome is not valid JSON");
+      slots[i].kind = Slot::Kind::answered;
+      slots[i].outcome = std::move(*stored);
+      slots[i].outcome.replayed = true;
+    }
+  }
+
+  static void answer_key_reused(Slot& slot, const Pending& pending) {
+    slot.kind = Slot::Kind::answered;
+    slot.outcome = CommandOutcome{};
+    slot.outcome.code = RejectionCode::idempotency_key_reused;
+    slot.outcome.detail = "idempotency key '" + pending.command.context.idempotency_key +
+                          "' was used for a different request";
+    slot.outcome.command_id = pending.command.context.command_id;
+  }
+
+  void answer_all_conflict(std::vector<Pending>& batch) {
+    for (auto& pending : batch) {
+      CommandOutcome outcome;
+      outcome.code = RejectionCode::version_conflict;
+      outcome.detail = "the streams kept changing under concurrent writers; retry";
+      outcome.command_id = pending.command.context.command_id;
+      pending.promise.set_value(std::move(outcome));
+    }
+  }
+
+  static void fail_all(std::vector<Pending>& batch, const std::string& reason) {
+    for (auto& pending : batch) {
+      pending.promise.set_exception(
+          std::make_exception_ptr(EngineUnavailable("the event store is unavailable: " + reason)));
+    }
+  }
+
+  // ---- snapshots ------------------------------------------------------------------------
+
+  void enqueue_snapshot(const std::string& stream_id, const StreamState& state) {
+    std::lock_guard lock(snapshot_mutex);
+    if (snapshot_queue.size() >= settings.snapshot_queue_max) return;  // only a cache
+    snapshot_queue.emplace_back(stream_id, state);
+    snapshot_ready.notify_one();
+  }
+
+  void run_snapshot_writer() {
+    while (true) {
+      std::pair<std::string, StreamState> item;
+      {
+        std::unique_lock lock(snapshot_mutex);
+        snapshot_ready.wait(lock, [&] { return snapshot_stopping || !snapshot_queue.empty(); });
+        if (snapshot_queue.empty()) return;
+        item = std::move(snapshot_queue.front());
+        snapshot_queue.pop_front();
+      }
+      snapshots->put(item.first, item.second);
+    }
+  }
+
+  // ---- hold expiry ----------------------------------------------------------------------
+
+  void run_expiry_sweeper() {
+    while (true) {
+      {
+        std::unique_lock lock(expiry_mutex);
+        if (expiry_wake.wait_for(lock, settings.expiry_sweep_interval, [&] { return expiry_stopping; })) {
+          return;
+        }
+      }
+      try {
+        sweep_expired_holds();
+      } catch (const std::exception& error) {
+        spdlog::warn("expiry sweep failed (will retry): {}", error.what());
+      }
+    }
+  }
+
+  void sweep_expired_holds() {
+    std::vector<std::string> due;
+    {
+      auto lease = pool.acquire();
+      pqxx::read_transaction work(*lease);
+      const auto rows = work.exec_params(
+          "SELECT transfer_id FROM pending_expiries "
+          "WHERE expires_at <= 'epoch'::timestamptz + $1 * interval '1 microsecond' "
+          "ORDER BY expires_at LIMIT $2",
+          settings.clock_us(), static_cast<long long>(expiry_sweep_batch_max));
+      for (const auto& row : rows) due.push_back(row[0].as<std::string>());
+    }
+    if (due.empty()) return;
+    std::vector<std::future<CommandOutcome>> outcomes;
+    for (const auto& id : due) {
+      Command command{SingleCommand{ExpireHold{id}}, CommandContext{}};
+      command.context.actor = expiry_actor;
+      outcomes.push_back(enqueue(std::move(command)));
+    }
+    std::string done = "{";
+    for (std::size_t i = 0; i < due.size(); ++i) {
+      const CommandOutcome outcome = outcomes[i].get();
+      if (outcome.accepted() || outcome.code == RejectionCode::transfer_not_pending ||
+          outcome.code == RejectionCode::unknown_transfer) {
+        if (done.size() > 1) done.push_back(',');
+        done += "\"" + due[i] + "\"";
+      }
+    }
+    done.push_back('}');
+    auto lease = pool.acquire();
+    pqxx::work work(*lease);
+    work.exec_params("DELETE FROM pending_expiries WHERE transfer_id = ANY($1::text[])", done);
+    work.commit();
+  }
+
+  // ---- submission -----------------------------------------------------------------------
+
+  std::future<CommandOutcome> enqueue(Command command) {
+    Pending pending{std::move(command), {}};
+    auto future = pending.promise.get_future();
+    {
+      std::lock_guard lock(queue_mutex);
+      if (stopping) throw EngineUnavailable("the engine is stopping");
+      if (queue.size() >= settings.command_queue_commands_max) {
+        throw EngineOverloaded("the command queue is full (" +
+                               std::to_string(settings.command_queue_commands_max) + ")");
+      }
+      queue.push_back(std::move(pending));
+    }
+    queue_not_empty.notify_one();
+    return future;
+  }
+
+  void stop() {
+    {
+      std::lock_guard lock(expiry_mutex);
+      expiry_stopping = true;
+    }
+    expiry_wake.notify_all();
+    if (expiry_thread.joinable()) expiry_thread.join();
+    {
+      std::lock_guard lock(queue_mutex);
+      stopping = true;
+    }
+    queue_not_empty.notify_all();
+    if (writer_thread.joinable()) writer_thread.join();
+    {
+      std::lock_guard lock(snapshot_mutex);
+      snapshot_stopping = true;
+    }
+    snapshot_ready.notify_all();
+    if (snapshot_thread.joinable()) snapshot_thread.join();
+  }
+
+  template <typename State>
+  std::optional<State> read_state(const std::string& stream_id) {
+    auto lease = pool.acquire();
+    pqxx::read_transaction work(*lease);
+    auto states = load_streams(work, {stream_id}, nullptr);
+    auto& state = states.at(stream_id);
+    const auto& aggregate = std::get<State>(state.aggregate);
+    if (!aggregate.exists) return std::nullopt;
+    return aggregate;
+  }
+};
+
+Engine::Engine(EngineSettings settings) : impl_(std::make_unique<Impl>(std::move(settings))) {}
+
+Engine::~Engine() { impl_->stop(); }
+
+std::future<CommandOutcome> Engine::submit(Command command) {
+  return impl_->enqueue(std::move(command));
+}
+
+CommandOutcome Engine::execute(Command command) { return submit(std::move(command)).get(); }
+
+void Engine::stop() { impl_->stop(); }
+
+std::optional<AccountState> Engine::read_account(const std::string& account_id) {
+  return impl_->read_state<AccountState>(account_stream(account_id));
+}
+
+std::optional<TransferState> Engine::read_transfer(const std::string& transfer_id) {
+  return impl_->read_state<TransferState>(transfer_stream(transfer_id));
+}
+
+EngineStats Engine::stats() const {
+  EngineStats stats;
+  {
+    std::lock_guard lock(impl_->stats_mutex);
+    stats = impl_->counters;
+  }
+  {
+    std::lock_guard lock(impl_->queue_mutex);
+    stats.queued = impl_->queue.size();
+  }
+  return stats;
+}
+
+}  // namespace ledger::engine

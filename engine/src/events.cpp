@@ -1,0 +1,311 @@
+#include "ledger/engine/events.hpp"
+
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "ledger/core/assert.hpp"
+#include "ledger/schemas/events_generated.h"
+
+namespace ledger::engine {
+namespace fb = ledger::schema;
+
+namespace {
+
+template <typename... Ts>
+struct Overloaded : Ts... {
+  using Ts::operator()...;
+};
+
+std::string to_string(const flatbuffers::String* value) {
+  return value == nullptr ? std::string() : value->str();
+}
+
+std::int64_t add_checked(std::int64_t a, std::int64_t b) {
+  std::int64_t result = 0;
+  LEDGER_ASSERT(!__builtin_add_overflow(a, b, &result), "fold overflow: validation let it pass");
+  return result;
+}
+
+Amount add(Amount a, std::int64_t b) { return Amount(add_checked(a.minor_units(), b)); }
+Amount sub(Amount a, std::int64_t b) {
+  LEDGER_ASSERT(b != INT64_MIN, "fold underflow");
+  return Amount(add_checked(a.minor_units(), -b));
+}
+
+}  // namespace
+
+std::string_view event_type(const DomainEvent& event) {
+  static constexpr std::string_view names[] = {
+      "account_opened",   "account_frozen",  "account_unfrozen",
+      "account_closed",   "account_entry",   "transfer_posted",
+      "transfer_pending", "pending_transfer_posted", "pending_transfer_ended"};
+  static_assert(std::size(names) == std::variant_size_v<DomainEvent>);
+  return names[event.index()];
+}
+
+std::string encode_event(const DomainEvent& event) {
+  flatbuffers::FlatBufferBuilder builder(256);
+  flatbuffers::Offset<fb::Event> root = std::visit(
+      Overloaded{
+          [&](const events::AccountOpened& e) {
+            auto id = builder.CreateString(e.account_id);
+            auto currency = builder.CreateString(e.currency);
+            auto owner = builder.CreateString(e.owner);
+            auto table = fb::CreateAccountOpened(builder, id, currency, e.ledger_code, owner,
+                                                 static_cast<fb::AccountKind>(e.kind), e.flags,
+                                                 e.overdraft_limit);
+            return fb::CreateEvent(builder, fb::EventData::AccountOpened, table.Union());
+          },
+          [&](const events::AccountFrozen&) {
+            return fb::CreateEvent(builder, fb::EventData::AccountFrozen,
+                                   fb::CreateAccountFrozen(builder).Union());
+          },
+          [&](const events::AccountUnfrozen&) {
+            return fb::CreateEvent(builder, fb::EventData::AccountUnfrozen,
+                                   fb::CreateAccountUnfrozen(builder).Union());
+          },
+          [&](const events::AccountClosed&) {
+            return fb::CreateEvent(builder, fb::EventData::AccountClosed,
+                                   fb::CreateAccountClosed(builder).Union());
+          },
+          [&](const events::AccountEntry& e) {
+            auto transfer = builder.CreateString(e.transfer_id);
+            auto counterparty = builder.CreateString(e.counterparty);
+            auto table = fb::CreateAccountEntry(
+                builder, transfer, static_cast<fb::EntryDirection>(e.direction),
+                static_cast<fb::EntryPhase>(e.phase), e.amount, e.released, counterparty);
+            return fb::CreateEvent(builder, fb::EventData::AccountEntry, table.Union());
+          },
+          [&](const events::TransferPosted& e) {
+            auto id = builder.CreateString(e.transfer_id);
+            auto debit = builder.CreateString(e.debit_account);
+            auto credit = builder.CreateString(e.credit_account);
+            auto currency = builder.CreateString(e.currency);
+            auto reference = builder.CreateString(e.reference);
+            auto table = fb::CreateTransferPosted(builder, id, debit, credit, e.amount, currency,
+                                                  reference);
+            return fb::CreateEvent(builder, fb::EventData::TransferPosted, table.Union());
+          },
+          [&](const events::TransferPending& e) {
+            auto id = builder.CreateString(e.transfer_id);
+            auto debit = builder.CreateString(e.debit_account);
+            auto credit = builder.CreateString(e.credit_account);
+            auto currency = builder.CreateString(e.currency);
+            auto reference = builder.CreateString(e.reference);
+            auto table = fb::CreateTransferPending(builder, id, debit, credit, e.amount, currency,
+                                                   reference, e.expires_at_us);
+            return fb::CreateEvent(builder, fb::EventData::TransferPending, table.Union());
+          },
+          [&](const events::PendingTransferPosted& e) {
+            auto table = fb::CreatePendingTransferPosted(builder, e.amount, e.released);
+            return fb::CreateEvent(builder, fb::EventData::PendingTransferPosted, table.Union());
+          },
+          [&](const events::PendingTransferEnded& e) {
+            auto table = fb::CreatePendingTransferEnded(builder, e.amount,
+                                                        static_cast<fb::PendingEnd>(e.end));
+            return fb::CreateEvent(builder, fb::EventData::PendingTransferEnded, table.Union());
+          },
+      },
+      event);
+  builder.Finish(root);
+  return std::string(reinterpret_cast<const char*>(builder.GetBufferPointer()), builder.GetSize());
+}
+
+std::optional<DomainEvent> decode_event(std::string_view type, std::string_view payload) {
+  flatbuffers::Verifier verifier(reinterpret_cast<const std::uint8_t*>(payload.data()),
+                                 payload.size());
+  if (!fb::VerifyEventBuffer(verifier)) return std::nullopt;
+  const fb::Event* root = fb::GetEvent(payload.data());
+  std::optional<DomainEvent> decoded;
+  switch (root->data_type()) {
+    case fb::EventData::AccountOpened: {
+      const auto* e = root->data_as_AccountOpened();
+      decoded = events::AccountOpened{to_string(e->account_id()), to_string(e->currency()),
+                                      e->ledger_code(), to_string(e->owner()),
+                                      static_cast<AccountKind>(e->kind()), e->flags(),
+                                      e->overdraft_limit()};
+      break;
+    }
+    case fb::EventData::AccountFrozen: decoded = events::AccountFrozen{}; break;
+    case fb::EventData::AccountUnfrozen: decoded = events::AccountUnfrozen{}; break;
+    case fb::EventData::AccountClosed: decoded = events::AccountClosed{}; break;
+    case fb::EventData::AccountEntry: {
+      const auto* e = root->data_as_AccountEntry();
+      decoded = events::AccountEntry{to_string(e->transfer_id()),
+                                     static_cast<events::Direction>(e->direction()),
+                                     static_cast<events::Phase>(e->phase()), e->amount(),
+                                     e->released(), to_string(e->counterparty())};
+      break;
+    }
+    case fb::EventData::TransferPosted: {
+      const auto* e = root->data_as_TransferPosted();
+      decoded = events::TransferPosted{to_string(e->transfer_id()), to_string(e->debit_account()),
+                                       to_string(e->credit_account()), e->amount(),
+                                       to_string(e->currency()), to_string(e->reference())};
+      break;
+    }
+    case fb::EventData::TransferPending: {
+      const auto* e = root->data_as_TransferPending();
+      decoded = events::TransferPending{
+          to_string(e->transfer_id()), to_string(e->debit_account()),
+          to_string(e->credit_account()), e->amount(), to_string(e->currency()),
+          to_string(e->reference()), e->expires_at_us()};
+      break;
+    }
+    case fb::EventData::PendingTransferPosted: {
+      const auto* e = root->data_as_PendingTransferPosted();
+      decoded = events::PendingTransferPosted{e->amount(), e->released()};
+      break;
+    }
+    case fb::EventData::PendingTransferEnded: {
+      const auto* e = root->data_as_PendingTransferEnded();
+      decoded = events::PendingTransferEnded{e->amount(), static_cast<events::PendingEnd>(e->end())};
+      break;
+    }
+    default: return std::nullopt;
+  }
+  if (event_type(*decoded) != type) return std::nullopt;
+  return decoded;
+}
+
+std::string event_to_json(const DomainEvent& event) {
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+  auto string_field = [&](const char* key, const std::string& value) {
+    w.Key(key);
+    w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
+  };
+  auto int_field = [&](const char* key, std::int64_t value) {
+    w.Key(key);
+    w.Int64(value);
+  };
+  w.StartObject();
+  std::visit(
+      Overloaded{
+          [&](const events::AccountOpened& e) {
+            string_field("account_id", e.account_id);
+            string_field("currency", e.currency);
+            int_field("ledger_code", e.ledger_code);
+            string_field("owner", e.owner);
+            string_field("kind", std::string(to_string(e.kind)));
+            int_field("flags", e.flags);
+            int_field("overdraft_limit", e.overdraft_limit);
+          },
+          [&](const events::AccountFrozen&) {}, [&](const events::AccountUnfrozen&) {},
+          [&](const events::AccountClosed&) {},
+          [&](const events::AccountEntry& e) {
+            static constexpr const char* phases[] = {"posted", "pending", "pending_posted",
+                                                     "pending_released"};
+            string_field("transfer_id", e.transfer_id);
+            string_field("direction", e.direction == events::Direction::debit ? "debit" : "credit");
+            string_field("phase", phases[static_cast<int>(e.phase)]);
+            int_field("amount", e.amount);
+            int_field("released", e.released);
+            string_field("counterparty", e.counterparty);
+          },
+          [&](const events::TransferPosted& e) {
+            string_field("transfer_id", e.transfer_id);
+            string_field("debit_account", e.debit_account);
+            string_field("credit_account", e.credit_account);
+            int_field("amount", e.amount);
+            string_field("currency", e.currency);
+            string_field("reference", e.reference);
+          },
+          [&](const events::TransferPending& e) {
+            string_field("transfer_id", e.transfer_id);
+            string_field("debit_account", e.debit_account);
+            string_field("credit_account", e.credit_account);
+            int_field("amount", e.amount);
+            string_field("currency", e.currency);
+            string_field("reference", e.reference);
+            int_field("expires_at_us", e.expires_at_us);
+          },
+          [&](const events::PendingTransferPosted& e) {
+            int_field("amount", e.amount);
+            int_field("released", e.released);
+          },
+          [&](const events::PendingTransferEnded& e) {
+            int_field("amount", e.amount);
+            string_field("end", e.end == events::PendingEnd::voided ? "voided" : "expired");
+          },
+      },
+      event);
+  w.EndObject();
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+void apply(AccountState& state, const DomainEvent& event) {
+  std::visit(
+      Overloaded{
+          [&](const events::AccountOpened& e) {
+            LEDGER_ASSERT(!state.exists, "account opened twice");
+            state.exists = true;
+            state.id = e.account_id;
+            state.currency = Currency::parse(e.currency).value_or(Currency{});
+            state.owner = e.owner;
+            state.kind = e.kind;
+            state.ledger_code = e.ledger_code;
+            state.flags = e.flags;
+            state.overdraft_limit = Amount(e.overdraft_limit);
+            state.status = AccountStatus::open;
+          },
+          [&](const events::AccountFrozen&) { state.status = AccountStatus::frozen; },
+          [&](const events::AccountUnfrozen&) { state.status = AccountStatus::open; },
+          [&](const events::AccountClosed&) { state.status = AccountStatus::closed; },
+          [&](const events::AccountEntry& e) {
+            const bool debit = e.direction == events::Direction::debit;
+            Amount& posted = debit ? state.debits_posted : state.credits_posted;
+            Amount& pending = debit ? state.debits_pending : state.credits_pending;
+            switch (e.phase) {
+              case events::Phase::posted: posted = add(posted, e.amount); break;
+              case events::Phase::pending:
+                pending = add(pending, e.amount);
+                ++state.pending_count;
+                break;
+              case events::Phase::pending_posted:
+                pending = sub(pending, e.released);
+                posted = add(posted, e.amount);
+                --state.pending_count;
+                break;
+              case events::Phase::pending_released:
+                pending = sub(pending, e.amount);
+                --state.pending_count;
+                break;
+            }
+          },
+          [&](const auto&) { LEDGER_ASSERT(false, "transfer event on an account stream"); },
+      },
+      event);
+  state.version = StreamVersion(state.version.value() + 1);
+}
+
+void apply(TransferState& state, const DomainEvent& event) {
+  std::visit(
+      Overloaded{
+          [&](const events::TransferPosted& e) {
+            state = TransferState{true, e.transfer_id, e.debit_account, e.credit_account,
+                                  Amount(e.amount), Currency::parse(e.currency).value_or(Currency{}),
+                                  e.reference, TransferStatus::posted, 0, Amount(e.amount),
+                                  state.version};
+          },
+          [&](const events::TransferPending& e) {
+            state = TransferState{true, e.transfer_id, e.debit_account, e.credit_account,
+                                  Amount(e.amount), Currency::parse(e.currency).value_or(Currency{}),
+                                  e.reference, TransferStatus::pending, e.expires_at_us, Amount(0),
+                                  state.version};
+          },
+          [&](const events::PendingTransferPosted& e) {
+            state.status = TransferStatus::pending_posted;
+            state.posted_amount = Amount(e.amount);
+          },
+          [&](const events::PendingTransferEnded& e) {
+            state.status = e.end == events::PendingEnd::voided ? TransferStatus::voided
+                                                                 : TransferStatus::expired;
+          },
+          [&](const auto&) { LEDGER_ASSERT(false, "account event on a transfer stream"); },
+      },
+      event);
+  state.version = StreamVersion(state.version.value() + 1);
+}
+
+}  // namespace ledger::engine

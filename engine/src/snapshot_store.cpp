@@ -1,0 +1,196 @@
+#include "ledger/engine/snapshot_store.hpp"
+
+#include <openssl/evp.h>
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <stdexcept>
+
+#include "ledger/schemas/snapshot_generated.h"
+
+namespace ledger::engine {
+namespace fb = ledger::schema;
+
+namespace {
+
+constexpr std::size_t checksum_size = 8;
+
+std::string checksum(std::string_view bytes) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr);
+  return std::string(reinterpret_cast<const char*>(digest), checksum_size);
+}
+
+std::string str(const flatbuffers::String* value) { return value ? value->str() : std::string(); }
+
+}  // namespace
+
+struct SnapshotStore::Impl {
+  std::unique_ptr<rocksdb::DB> db;
+  std::atomic<std::uint64_t> hits{0}, misses{0}, corrupt{0}, written{0};
+};
+
+SnapshotStore::SnapshotStore(const std::string& directory) : impl_(std::make_unique<Impl>()) {
+  std::filesystem::create_directories(directory);
+  rocksdb::Options options;
+  options.create_if_missing = true;
+  options.paranoid_checks = true;
+  options.max_open_files = 256;
+  rocksdb::DB* db = nullptr;
+  rocksdb::Status status = rocksdb::DB::Open(options, directory, &db);
+  if (!status.ok()) {
+    spdlog::error("snapshot cache at {} cannot be opened ({}); wiping and rebuilding it",
+                  directory, status.ToString());
+    rocksdb::DestroyDB(directory, options).PermitUncheckedError();
+    std::filesystem::remove_all(directory);
+    std::filesystem::create_directories(directory);
+    status = rocksdb::DB::Open(options, directory, &db);
+    if (!status.ok()) {
+      throw std::runtime_error("cannot create the snapshot cache at " + directory + ": " +
+                               status.ToString());
+    }
+  }
+  impl_->db.reset(db);
+}
+
+SnapshotStore::~SnapshotStore() = default;
+
+std::string SnapshotStore::encode(const std::string& stream_id, const StreamState& state) {
+  flatbuffers::FlatBufferBuilder builder(256);
+  auto stream = builder.CreateString(stream_id);
+  auto hash = builder.CreateVector(reinterpret_cast<const std::uint8_t*>(state.last_hash.data()),
+                                   state.last_hash.size());
+  flatbuffers::Offset<fb::AccountSnapshot> account = 0;
+  flatbuffers::Offset<fb::TransferSnapshot> transfer = 0;
+  if (const auto* a = std::get_if<AccountState>(&state.aggregate)) {
+    auto id = builder.CreateString(a->id);
+    auto currency = builder.CreateString(a->exists ? a->currency.str() : "");
+    auto owner = builder.CreateString(a->owner);
+    account = fb::CreateAccountSnapshot(
+        builder, id, currency, a->ledger_code, owner, static_cast<std::int8_t>(a->kind), a->flags,
+        a->overdraft_limit.minor_units(), static_cast<std::int8_t>(a->status),
+        a->debits_posted.minor_units(), a->credits_posted.minor_units(),
+        a->debits_pending.minor_units(), a->credits_pending.minor_units(), a->pending_count);
+  } else if (const auto* t = std::get_if<TransferState>(&state.aggregate)) {
+    auto id = builder.CreateString(t->id);
+    auto debit = builder.CreateString(t->debit_account);
+    auto credit = builder.CreateString(t->credit_account);
+    auto currency = builder.CreateString(t->exists ? t->currency.str() : "");
+    auto reference = builder.CreateString(t->reference);
+    transfer = fb::CreateTransferSnapshot(builder, id, debit, credit, t->amount.minor_units(),
+                                          currency, reference, static_cast<std::int8_t>(t->status),
+                                          t->expires_at_us, t->posted_amount.minor_units());
+  }
+  auto root = fb::CreateSnapshot(builder, 1, stream, state.version.value(), hash, account, transfer);
+  builder.Finish(root);
+  std::string bytes(reinterpret_cast<const char*>(builder.GetBufferPointer()), builder.GetSize());
+  bytes += checksum(bytes);
+  return bytes;
+}
+
+std::optional<StreamState> SnapshotStore::decode(const std::string& stream_id,
+                                                 const std::string& bytes) {
+  if (bytes.size() <= checksum_size) return std::nullopt;
+  const std::string_view body(bytes.data(), bytes.size() - checksum_size);
+  if (checksum(body) != bytes.substr(bytes.size() - checksum_size)) return std::nullopt;
+  flatbuffers::Verifier verifier(reinterpret_cast<const std::uint8_t*>(body.data()), body.size());
+  if (!fb::VerifySnapshotBuffer(verifier)) return std::nullopt;
+  const fb::Snapshot* snapshot = fb::GetSnapshot(body.data());
+  if (snapshot->format_version() != 1 || str(snapshot->stream_id()) != stream_id ||
+      snapshot->event_hash() == nullptr || snapshot->version() <= 0) {
+    return std::nullopt;
+  }
+  StreamState state;
+  state.version = StreamVersion(snapshot->version());
+  state.last_hash.assign(reinterpret_cast<const char*>(snapshot->event_hash()->data()),
+                         snapshot->event_hash()->size());
+  if (const auto* a = snapshot->account()) {
+    AccountState account;
+    account.exists = true;
+    account.id = str(a->account_id());
+    auto currency = Currency::parse(str(a->currency()));
+    if (!currency) return std::nullopt;
+    account.currency = *currency;
+    account.owner = str(a->owner());
+    account.kind = static_cast<AccountKind>(a->kind());
+    account.ledger_code = a->ledger_code();
+    account.flags = a->flags();
+    account.overdraft_limit = Amount(a->overdraft_limit());
+    account.status = static_cast<AccountStatus>(a->status());
+    account.debits_posted = Amount(a->debits_posted());
+    account.credits_posted = Amount(a->credits_posted());
+    account.debits_pending = Amount(a->debits_pending());
+    account.credits_pending = Amount(a->credits_pending());
+    account.pending_count = a->pending_count();
+    account.version = state.version;
+    state.aggregate = std::move(account);
+  } else if (const auto* t = snapshot->transfer()) {
+    TransferState transfer;
+    transfer.exists = true;
+    transfer.id = str(t->transfer_id());
+    transfer.debit_account = str(t->debit_account());
+    transfer.credit_account = str(t->credit_account());
+    transfer.amount = Amount(t->amount());
+    auto currency = Currency::parse(str(t->currency()));
+    if (!currency) return std::nullopt;
+    transfer.currency = *currency;
+    transfer.reference = str(t->reference());
+    transfer.status = static_cast<TransferStatus>(t->status());
+    transfer.expires_at_us = t->expires_at_us();
+    transfer.posted_amount = Amount(t->posted_amount());
+    transfer.version = state.version;
+    state.aggregate = std::move(transfer);
+  } else {
+    return std::nullopt;
+  }
+  return state;
+}
+
+std::optional<StreamState> SnapshotStore::get(const std::string& stream_id) {
+  std::string bytes;
+  const auto status = impl_->db->Get(rocksdb::ReadOptions(), stream_id, &bytes);
+  if (status.IsNotFound()) {
+    ++impl_->misses;
+    return std::nullopt;
+  }
+  if (!status.ok()) {
+    spdlog::warn("snapshot of {} unreadable ({}); dropping it", stream_id, status.ToString());
+    ++impl_->corrupt;
+    remove(stream_id);
+    return std::nullopt;
+  }
+  auto state = decode(stream_id, bytes);
+  if (!state) {
+    spdlog::warn("snapshot of {} is corrupt; dropping it", stream_id);
+    ++impl_->corrupt;
+    remove(stream_id);
+    return std::nullopt;
+  }
+  ++impl_->hits;
+  return state;
+}
+
+void SnapshotStore::put(const std::string& stream_id, const StreamState& state) {
+  put_raw(stream_id, encode(stream_id, state));
+  ++impl_->written;
+}
+
+void SnapshotStore::put_raw(const std::string& stream_id, const std::string& bytes) {
+  rocksdb::WriteOptions options;
+  options.disableWAL = true;  // a lost snapshot costs a refold, nothing more
+  const auto status = impl_->db->Put(options, stream_id, bytes);
+  if (!status.ok()) spdlog::warn("writing the snapshot of {} failed: {}", stream_id, status.ToString());
+}
+
+void SnapshotStore::remove(const std::string& stream_id) {
+  impl_->db->Delete(rocksdb::WriteOptions(), stream_id).PermitUncheckedError();
+}
+
+SnapshotStore::Stats SnapshotStore::stats() const {
+  return {impl_->hits.load(), impl_->misses.load(), impl_->corrupt.load(), impl_->written.load()};
+}
+
+}  // namespace ledger::engine

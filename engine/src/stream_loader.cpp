@@ -1,0 +1,148 @@
+#include "stream_loader.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <stdexcept>
+
+namespace ledger::engine {
+
+namespace {
+
+std::string array_of_text(const std::vector<std::string>& values) {
+  std::string text = "{";
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (i > 0) text.push_back(',');
+    text.push_back('"');
+    for (char c : values[i]) {
+      if (c == '"' || c == '\\') text.push_back('\\');
+      text.push_back(c);
+    }
+    text.push_back('"');
+  }
+  text.push_back('}');
+  return text;
+}
+
+std::string array_of_numbers(const std::vector<std::int64_t>& values) {
+  std::string text = "{";
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (i > 0) text.push_back(',');
+    text += std::to_string(values[i]);
+  }
+  text.push_back('}');
+  return text;
+}
+
+void fold_row(const std::string& stream_id, StreamState& state, const pqxx::row& row) {
+  const std::int64_t version = row[1].as<std::int64_t>();
+  if (version != state.version.value() + 1) {
+    throw std::runtime_error("stream " + stream_id + " is not dense at version " +
+                             std::to_string(version));
+  }
+  const std::string type = row[2].as<std::string>();
+  const std::string payload = pqxx::binarystring(row[3]).str();
+  auto event = decode_event(type, payload);
+  if (!event) {
+    throw std::runtime_error("event " + stream_id + "@" + std::to_string(version) +
+                             " cannot be decoded as " + type);
+  }
+  std::visit(
+      [&](auto& aggregate) {
+        if constexpr (!std::is_same_v<std::decay_t<decltype(aggregate)>, std::monostate>) {
+          engine::apply(aggregate, *event);
+        }
+      },
+      state.aggregate);
+  state.version = StreamVersion(version);
+  state.last_hash = pqxx::binarystring(row[4]).str();
+}
+
+pqxx::result query(pqxx::transaction_base& work, const std::vector<std::string>& ids,
+                   const std::vector<std::int64_t>& from_versions) {
+  return work.exec_params(
+      "SELECT e.stream_id, e.version, e.type, e.payload, e.hash "
+      "FROM unnest($1::text[], $2::bigint[]) AS s(id, from_version) "
+      "JOIN events e ON e.stream_id = s.id AND e.version >= s.from_version "
+      "ORDER BY e.stream_id, e.version",
+      array_of_text(ids), array_of_numbers(from_versions));
+}
+
+}  // namespace
+
+StreamState empty_stream_state(const std::string& stream_id) {
+  StreamState state;
+  if (stream_id.starts_with("account-")) {
+    state.aggregate = AccountState{};
+  } else {
+    state.aggregate = TransferState{};
+  }
+  return state;
+}
+
+std::unordered_map<std::string, StreamState> load_streams(pqxx::transaction_base& work,
+                                                          const std::vector<std::string>& stream_ids,
+                                                          SnapshotStore* snapshots) {
+  std::unordered_map<std::string, StreamState> states;
+  std::unordered_map<std::string, StreamState> snapshot_states;
+  std::vector<std::int64_t> from_versions;
+  from_versions.reserve(stream_ids.size());
+  for (const auto& id : stream_ids) {
+    states.emplace(id, empty_stream_state(id));
+    std::optional<StreamState> snapshot = snapshots ? snapshots->get(id) : std::nullopt;
+    if (snapshot) {
+      from_versions.push_back(snapshot->version.value());
+      snapshot_states.emplace(id, std::move(*snapshot));
+    } else {
+      from_versions.push_back(1);
+    }
+  }
+  if (stream_ids.empty()) return states;
+
+  std::vector<std::string> stale;
+  const auto rows = query(work, stream_ids, from_versions);
+  std::string current;
+  bool skipping = false;
+  for (const auto& row : rows) {
+    const std::string stream_id = row[0].as<std::string>();
+    StreamState& state = states.at(stream_id);
+    if (stream_id != current) {
+      current = stream_id;
+      skipping = false;
+      auto snapshot = snapshot_states.find(stream_id);
+      if (snapshot != snapshot_states.end()) {
+        // The first row is the event the snapshot was taken at: it must still match.
+        if (row[1].as<std::int64_t>() == snapshot->second.version.value() &&
+            pqxx::binarystring(row[4]).str() == snapshot->second.last_hash) {
+          state = std::move(snapshot->second);
+          snapshot_states.erase(snapshot);
+          continue;
+        }
+        spdlog::warn("snapshot of {} does not match the event store; refolding", stream_id);
+        snapshots->remove(stream_id);
+        snapshot_states.erase(snapshot);
+        stale.push_back(stream_id);
+        skipping = true;
+        continue;
+      }
+    }
+    if (skipping) continue;
+    fold_row(stream_id, state, row);
+  }
+  // Snapshots of streams that returned no row at all (the event store has no such version).
+  for (auto& [stream_id, snapshot] : snapshot_states) {
+    spdlog::warn("snapshot of {} is ahead of the event store; refolding", stream_id);
+    snapshots->remove(stream_id);
+    stale.push_back(stream_id);
+  }
+  if (!stale.empty()) {
+    for (const auto& id : stale) states[id] = empty_stream_state(id);
+    const auto again = query(work, stale, std::vector<std::int64_t>(stale.size(), 1));
+    for (const auto& row : again) {
+      const std::string stream_id = row[0].as<std::string>();
+      fold_row(stream_id, states.at(stream_id), row);
+    }
+  }
+  return states;
+}
+
+}  // namespace ledger::engine

@@ -1,0 +1,25 @@
+#pragma once
+// Folding streams from the event store, optionally starting from trusted snapshots.
+
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <pqxx/pqxx>
+
+#include "ledger/engine/domain.hpp"
+#include "ledger/engine/snapshot_store.hpp"
+
+namespace ledger::engine {
+
+// An empty state of the right aggregate kind for `stream_id` (account- or transfer-).
+[[nodiscard]] StreamState empty_stream_state(const std::string& stream_id);
+
+// Loads every stream in `stream_ids` with one query (two when snapshots go stale). A snapshot
+// is used only when the event at its version still has its hash; otherwise it is dropped and
+// the stream refolded from version 1. Streams without events come back empty (version 0).
+[[nodiscard]] std::unordered_map<std::string, StreamState> load_streams(
+    pqxx::transaction_base& work, const std::vector<std::string>& stream_ids,
+    SnapshotStore* snapshots);
+
+}  // namespace ledger::engine

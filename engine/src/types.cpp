@@ -1,0 +1,114 @@
+#include "ledger/engine/commands.hpp"
+#include "ledger/engine/state.hpp"
+#include "ledger/engine/types.hpp"
+
+namespace ledger::engine {
+
+std::string_view to_string(RejectionCode code) {
+  switch (code) {
+    case RejectionCode::none: return "none";
+    case RejectionCode::invalid_id: return "invalid_id";
+    case RejectionCode::invalid_amount: return "invalid_amount";
+    case RejectionCode::invalid_currency: return "invalid_currency";
+    case RejectionCode::invalid_command: return "invalid_command";
+    case RejectionCode::reserved_id: return "reserved_id";
+    case RejectionCode::unknown_account: return "unknown_account";
+    case RejectionCode::unknown_transfer: return "unknown_transfer";
+    case RejectionCode::currency_mismatch: return "currency_mismatch";
+    case RejectionCode::insufficient_funds: return "insufficient_funds";
+    case RejectionCode::credits_exceed_debits: return "credits_exceed_debits";
+    case RejectionCode::account_frozen: return "account_frozen";
+    case RejectionCode::account_closed: return "account_closed";
+    case RejectionCode::account_not_frozen: return "account_not_frozen";
+    case RejectionCode::account_not_empty: return "account_not_empty";
+    case RejectionCode::same_account: return "same_account";
+    case RejectionCode::amount_overflow: return "amount_overflow";
+    case RejectionCode::duplicate_id: return "duplicate_id";
+    case RejectionCode::transfer_not_pending: return "transfer_not_pending";
+    case RejectionCode::pending_transfer_expired: return "pending_transfer_expired";
+    case RejectionCode::amount_exceeds_pending: return "amount_exceeds_pending";
+    case RejectionCode::version_conflict: return "version_conflict";
+    case RejectionCode::idempotency_key_reused: return "idempotency_key_reused";
+    case RejectionCode::linked_command_failed: return "linked_command_failed";
+  }
+  return "unknown";
+}
+
+std::string_view to_string(AccountKind kind) {
+  return kind == AccountKind::system ? "system" : "customer";
+}
+
+std::string_view to_string(AccountStatus status) {
+  switch (status) {
+    case AccountStatus::open: return "open";
+    case AccountStatus::frozen: return "frozen";
+    case AccountStatus::closed: return "closed";
+  }
+  return "unknown";
+}
+
+std::string_view to_string(TransferStatus status) {
+  switch (status) {
+    case TransferStatus::posted: return "posted";
+    case TransferStatus::pending: return "pending";
+    case TransferStatus::pending_posted: return "pending_posted";
+    case TransferStatus::voided: return "voided";
+    case TransferStatus::expired: return "expired";
+  }
+  return "unknown";
+}
+
+bool is_valid_id(std::string_view id) {
+  if (id.empty() || id.size() > id_length_max) return false;
+  for (char c : id) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == ':' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+std::string system_account_id(SystemAccount account, std::string_view currency) {
+  std::string_view name;
+  switch (account) {
+    case SystemAccount::cash: name = "cash"; break;
+    case SystemAccount::loan_receivable: name = "loan_receivable"; break;
+    case SystemAccount::interest_income: name = "interest_income"; break;
+    case SystemAccount::fee_income: name = "fee_income"; break;
+    case SystemAccount::write_off_expense: name = "write_off_expense"; break;
+  }
+  std::string id(system_id_prefix);
+  id += name;
+  id += '.';
+  id += currency;
+  return id;
+}
+
+std::string account_stream(std::string_view account_id) {
+  std::string stream = "account-";
+  stream += account_id;
+  return stream;
+}
+
+std::string transfer_stream(std::string_view transfer_id) {
+  std::string stream = "transfer-";
+  stream += transfer_id;
+  return stream;
+}
+
+std::optional<Amount> AccountState::available() const {
+  auto result = balance();
+  if (result) result = result->checked_sub(debits_pending);
+  if (result) result = result->checked_add(overdraft_limit);
+  return result;
+}
+
+std::string_view command_name(const SingleCommand& command) {
+  static constexpr std::string_view names[] = {
+      "open_account", "transfer", "deposit", "withdrawal", "hold", "post_hold", "void_hold",
+      "expire_hold", "freeze_account", "unfreeze_account", "close_account"};
+  static_assert(std::size(names) == std::variant_size_v<SingleCommand>);
+  return names[command.index()];
+}
+
+}  // namespace ledger::engine
