@@ -66,12 +66,14 @@ class ArrayLiteral {
 
 }  // namespace
 
+void prepare_append(pqxx::connection& connection) {
+  connection.prepare(append_statement, append_sql);
+}
+
 AppendOutcome append_batch(
-    pqxx::connection& connection, std::vector<RecordedEvent>& events,
+    pqxx::work& work, std::vector<RecordedEvent>& events,
     const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
     const std::vector<ExpiryRecord>& expiries) {
-  connection.prepare(append_statement, append_sql);
-  pqxx::work work(connection);
   const auto count = static_cast<std::int64_t>(events.size());
   const auto head = work.exec_params1(
       "UPDATE event_store_head SET position = position + $1 RETURNING position, hash", count);

@@ -25,6 +25,9 @@ struct ExpiryRecord {
   std::int64_t expires_at_us = 0;
 };
 
+// Prepares the append statement on a connection (once per connection; repeats are no-ops).
+void prepare_append(pqxx::connection& connection);
+
 // Another writer appended to one of the batch's streams first (unique (stream_id, version)),
 // or stored the same idempotency key first.
 class AppendConflict : public std::runtime_error {
@@ -37,15 +40,15 @@ struct AppendOutcome {
   GlobalPosition last_position{0};
 };
 
-// Appends `events` (position and hash are filled in here) in one transaction: takes the head
-// row (UPDATE ... RETURNING), which serializes appenders and keeps positions dense and in
-// commit order; extends the hash chain; inserts events, idempotency records (built by
-// `records_for` once positions are known) and expiries in one statement; commits with
-// synchronous_commit on. Throws AppendConflict on a version or key conflict (nothing written),
-// pqxx::broken_connection when the connection is lost before the commit, and
-// pqxx::in_doubt_error when it is lost during it.
+// Appends `events` (position and hash are filled in here) in the caller's transaction and
+// commits it: takes the head row (UPDATE ... RETURNING), which serializes appenders and keeps
+// positions dense and in commit order; extends the hash chain; inserts events, idempotency
+// records (built by `records_for` once positions are known) and expiries in one statement;
+// commits with synchronous_commit on. Throws AppendConflict on a version or key conflict
+// (nothing written), pqxx::broken_connection when the connection is lost before the commit,
+// and pqxx::in_doubt_error when it is lost during it.
 AppendOutcome append_batch(
-    pqxx::connection& connection, std::vector<RecordedEvent>& events,
+    pqxx::work& work, std::vector<RecordedEvent>& events,
     const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
     const std::vector<ExpiryRecord>& expiries);
 

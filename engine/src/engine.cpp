@@ -245,10 +245,16 @@ struct Engine::Impl {
     return false;
   }
 
-  // One try at deciding and appending the batch. False on a version or key conflict.
+  // One try at deciding and appending the batch, in one transaction. False on a version or
+  // key conflict. After a conflict (`fresh`), the head row is locked first: no other appender
+  // can commit until this transaction ends, so what it reads stays current and the retry
+  // cannot conflict again.
   bool attempt_batch(pqxx::connection& connection, std::vector<Pending>& batch, bool fresh) {
+    prepare_append(connection);
+    pqxx::work work(connection);
+    if (fresh) work.exec("SELECT 1 FROM event_store_head FOR UPDATE");
     std::vector<Slot> slots(batch.size());
-    resolve_idempotency(connection, batch, slots);
+    resolve_idempotency(work, batch, slots);
 
     // Load every stream the batch names (one query), then decide in order.
     std::vector<std::string> wanted;
@@ -258,15 +264,11 @@ struct Engine::Impl {
     std::sort(wanted.begin(), wanted.end());
     wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
 
-    auto load_uncached = [&](const std::vector<std::string>& ids) {
-      pqxx::read_transaction work(connection);
-      return load_streams(work, ids, snapshots.get());
-    };
     WorkingSet working([&](const std::string& stream_id) {
       if (!fresh) {
         if (const StreamState* cached = cache.find(stream_id)) return *cached;
       }
-      return load_uncached({stream_id}).at(stream_id);
+      return load_streams(work, {stream_id}, snapshots.get()).at(stream_id);
     });
     std::vector<std::string> missing;
     for (const auto& id : wanted) {
@@ -278,7 +280,9 @@ struct Engine::Impl {
       }
     }
     if (!missing.empty()) {
-      for (auto& [id, state] : load_uncached(missing)) working.put(id, std::move(state));
+      for (auto& [id, state] : load_streams(work, missing, snapshots.get())) {
+        working.put(id, std::move(state));
+      }
     }
 
     const std::int64_t now_us = settings.clock_us();
@@ -326,7 +330,6 @@ struct Engine::Impl {
       const auto index = static_cast<std::size_t>(&p - batch.data());
       return slots[index].kind == Slot::Kind::decide && !p.command.context.idempotency_key.empty();
     });
-    AppendOutcome appended;
     const auto commit_started = std::chrono::steady_clock::now();
     if (!rows.empty() || keyed_decisions) {
       auto records_for = [&](GlobalPosition first) {
@@ -343,7 +346,7 @@ struct Engine::Impl {
       in_doubt_event_id = rows.empty() ? std::string() : rows.front().event_id;
       in_doubt_on_committed = [&] { finish_batch(batch, slots, working, rows, commit_started); };
       try {
-        appended = append_batch(connection, rows, records_for, expiries);
+        (void)append_batch(work, rows, records_for, expiries);
       } catch (const AppendConflict& conflict) {
         spdlog::debug("append conflict, reloading: {}", conflict.what());
         for (const auto& [id, state] : working.streams()) cache.erase(id);
@@ -430,7 +433,7 @@ struct Engine::Impl {
   }
 
   // Answers commands whose idempotency key was seen before (in the store or earlier in the batch).
-  void resolve_idempotency(pqxx::connection& connection, std::vector<Pending>& batch,
+  void resolve_idempotency(pqxx::work& work, std::vector<Pending>& batch,
                            std::vector<Slot>& slots) {
     std::map<std::pair<std::string, std::string>, std::size_t> first_with_key;
     std::string actors = "{";
@@ -462,7 +465,6 @@ struct Engine::Impl {
     if (first_with_key.empty()) return;
     actors.push_back('}');
     keys.push_back('}');
-    pqxx::read_transaction work(connection);
     const auto rows = work.exec_params(
         "SELECT k.actor, k.key, k.request_hash, k.outcome FROM idempotency_keys k "
         "JOIN unnest($1::text[], $2::text[]) AS w(actor, key) ON k.actor = w.actor AND k.key = w.key",
@@ -620,6 +622,7 @@ struct Engine::Impl {
     }
     snapshot_ready.notify_all();
     if (snapshot_thread.joinable()) snapshot_thread.join();
+    snapshots.reset();  // releases the RocksDB directory
   }
 
   template <typename State>

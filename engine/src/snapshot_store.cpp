@@ -41,6 +41,12 @@ SnapshotStore::SnapshotStore(const std::string& directory) : impl_(std::make_uni
   options.max_open_files = 256;
   rocksdb::DB* db = nullptr;
   rocksdb::Status status = rocksdb::DB::Open(options, directory, &db);
+  if (!status.ok() && status.ToString().find("lock") != std::string::npos) {
+    // Another engine uses this directory: never wipe what a live process holds.
+    throw std::runtime_error("the snapshot cache at " + directory +
+                             " is in use by another process: give each engine its own directory (" +
+                             status.ToString() + ")");
+  }
   if (!status.ok()) {
     spdlog::error("snapshot cache at {} cannot be opened ({}); wiping and rebuilding it",
                   directory, status.ToString());

@@ -1,0 +1,37 @@
+#pragma once
+// Shared helpers for engine tests against a real PostgreSQL.
+
+#include <pqxx/pqxx>
+
+#include <string>
+
+#include "ledger/engine/engine.hpp"
+#include "test_cluster.hpp"
+
+namespace ledger::test {
+
+inline engine::EngineSettings engine_settings(const TestDatabase& database) {
+  engine::EngineSettings settings;
+  settings.database_url = database.app_url();
+  settings.expiry_sweep_interval = std::chrono::milliseconds(0);
+  return settings;
+}
+
+inline Currency eur() { return *Currency::parse("EUR"); }
+
+inline engine::Command command(engine::SingleCommand body, std::string idempotency_key = {},
+                               std::string fingerprint = {}) {
+  engine::Command command{engine::CommandBody{std::move(body)}, {}};
+  command.context.actor = "test";
+  command.context.idempotency_key = std::move(idempotency_key);
+  command.context.request_fingerprint = std::move(fingerprint);
+  return command;
+}
+
+inline long long scalar(const std::string& url, const std::string& sql) {
+  pqxx::connection connection(url);
+  pqxx::read_transaction work(connection);
+  return work.exec1(sql)[0].as<long long>();
+}
+
+}  // namespace ledger::test
