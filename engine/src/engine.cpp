@@ -67,6 +67,21 @@ class UuidGenerator {
   std::mt19937_64 random_;
 };
 
+// Errors after which the batch, which did not commit, may safely run again: the connection
+// was lost or shut down (SQLSTATE classes 08 and 57P), or PostgreSQL asks for a retry.
+bool is_retryable(const std::exception& error) {
+  if (dynamic_cast<const pqxx::broken_connection*>(&error) != nullptr ||
+      dynamic_cast<const db::DatabaseUnavailable*>(&error) != nullptr) {
+    return true;
+  }
+  if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&error)) {
+    const std::string& state = sql->sqlstate();
+    return state.starts_with("08") || state.starts_with("57P") || state == "40001" ||
+           state == "40P01";
+  }
+  return false;
+}
+
 template <typename T>
 void push_bounded(std::vector<T>& samples, T value) {
   if (samples.size() >= recent_samples_max) samples.erase(samples.begin(), samples.begin() + recent_samples_max / 2);
@@ -191,8 +206,8 @@ struct Engine::Impl {
         } catch (const pqxx::in_doubt_error& error) {
           lease.discard();
           throw;
-        } catch (const pqxx::broken_connection&) {
-          lease.discard();
+        } catch (const std::exception&) {
+          lease.discard();  // its state is unknown after an error
           throw;
         }
       } catch (const pqxx::in_doubt_error& error) {
@@ -205,11 +220,7 @@ struct Engine::Impl {
           return;
         }
       } catch (const std::exception& error) {
-        const bool transient = dynamic_cast<const pqxx::broken_connection*>(&error) != nullptr ||
-                               dynamic_cast<const db::DatabaseUnavailable*>(&error) != nullptr ||
-                               dynamic_cast<const pqxx::serialization_failure*>(&error) != nullptr ||
-                               dynamic_cast<const pqxx::deadlock_detected*>(&error) != nullptr;
-        if (!transient || ++connection_failures > settings.connection_retries_max) {
+        if (!is_retryable(error) || ++connection_failures > settings.connection_retries_max) {
           spdlog::error("batch of {} commands failed: {}", batch.size(), error.what());
           fail_all(batch, error.what());
           return;

@@ -146,7 +146,7 @@ TEST_CASE("a batch whose connection dies before commit leaves nothing behind; th
       killed = work.exec1(
                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                        "WHERE datname = current_database() AND usename = 'ledger_app' "
-                       "AND query LIKE '%INSERT INTO events%' AND state = 'active'")[0]
+                       "AND wait_event = 'PgSleep'")[0]
                    .as<int>();
       work.commit();
       if (killed == 0) std::this_thread::sleep_for(std::chrono::milliseconds(25));

@@ -1,0 +1,373 @@
+// ledger-bench: measures the performance targets of the issues (never a timed test).
+// Scenarios run in one process against one PostgreSQL (fsync on): the raw PostgreSQL
+// baselines first, then the engine, so every figure can be read as a ratio to the baselines.
+#include <CLI/CLI.hpp>
+#include <pqxx/pqxx>
+#include <spdlog/spdlog.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "ledger/core/logging.hpp"
+#include "ledger/db/embedded_postgres.hpp"
+#include "ledger/db/migrations.hpp"
+#include "ledger/engine/engine.hpp"
+
+using namespace ledger;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+long peak_rss_kib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+  }
+  return 0;
+}
+
+template <typename T>
+T percentile(std::vector<T> samples, double p) {
+  if (samples.empty()) return T{};
+  std::sort(samples.begin(), samples.end());
+  const auto index = static_cast<std::size_t>(p * static_cast<double>(samples.size() - 1));
+  return samples[index];
+}
+
+
+struct Result {
+  std::string scenario;
+  std::string metric;
+  double value = 0;
+  std::string unit;
+  std::string target;
+  std::string verdict;  // met, missed, or empty (no target)
+};
+
+constexpr const char* baseline_table_sql = R"sql(
+DROP TABLE IF EXISTS bench_events;
+CREATE TABLE bench_events (
+  position bigint PRIMARY KEY, stream_id text NOT NULL, version bigint NOT NULL,
+  event_id uuid NOT NULL UNIQUE, type text NOT NULL, schema_version smallint NOT NULL,
+  payload bytea NOT NULL, metadata jsonb NOT NULL, recorded_at timestamptz NOT NULL,
+  hash bytea NOT NULL, UNIQUE (stream_id, version));
+CREATE INDEX ON bench_events (recorded_at);
+)sql";
+
+constexpr const char* metadata_json =
+    R"({"actor":"bench","command_id":"3f1c2a4e-8a51-4c55-9b0f-0a8e2f7d9c11","correlation_id":"","causation_id":"","request_id":"","client_address":""})";
+
+// Raw single-row INSERT transactions with `connections` connections for `duration`.
+double baseline_single_row(const std::string& url, int connections, double duration) {
+  std::atomic<std::int64_t> next_position{1};
+  std::atomic<std::int64_t> done{0};
+  std::vector<std::thread> threads;
+  const auto start = Clock::now();
+  const std::string payload = "\\x" + std::string(160, 'a');
+  for (int c = 0; c < connections; ++c) {
+    threads.emplace_back([&, c] {
+      pqxx::connection connection(url);
+      connection.prepare("insert",
+                         "INSERT INTO bench_events VALUES ($1, $2, $3, gen_random_uuid(), "
+                         "'account_entry', 1, $4::bytea, $5::jsonb, now(), $6::bytea)");
+      std::int64_t version = 0;
+      while (seconds_since(start) < duration) {
+        const std::int64_t position = next_position++;
+        pqxx::work work(connection);
+        work.exec_prepared("insert", position, "single-" + std::to_string(c), ++version, payload,
+                           metadata_json, "\\x" + std::string(64, 'b'));
+        work.commit();
+        ++done;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  return static_cast<double>(done.load()) / seconds_since(start);
+}
+
+// Raw batched INSERT (unnest arrays, one transaction per batch) on one connection.
+double baseline_batched(const std::string& url, std::size_t batch_rows, double duration,
+                        std::int64_t first_position) {
+  pqxx::connection connection(url);
+  connection.prepare("insert_batch",
+                     "INSERT INTO bench_events SELECT p, s, v, gen_random_uuid(), 'account_entry', 1, "
+                     "pl, md, now(), h FROM unnest($1::bigint[], $2::text[], $3::bigint[], "
+                     "$4::bytea[], $5::jsonb[], $6::bytea[]) AS u(p, s, v, pl, md, h)");
+  std::int64_t position = first_position;
+  std::int64_t rows = 0;
+  std::string quoted_metadata;
+  for (char ch : std::string(metadata_json)) {
+    if (ch == '"' || ch == '\\') quoted_metadata.push_back('\\');
+    quoted_metadata.push_back(ch);
+  }
+  const auto start = Clock::now();
+  while (seconds_since(start) < duration) {
+    std::string positions = "{", streams = "{", versions = "{", payloads = "{", metadata = "{",
+                hashes = "{";
+    for (std::size_t i = 0; i < batch_rows; ++i) {
+      const char* sep = i == 0 ? "" : ",";
+      positions += sep + std::to_string(position);
+      streams += std::string(sep) + "\"batch-" + std::to_string(position) + "\"";
+      versions += std::string(sep) + "1";
+      payloads += std::string(sep) + "\"\\\\x" + std::string(160, 'a') + "\"";
+      metadata += std::string(sep) + "\"" + quoted_metadata + "\"";
+      hashes += std::string(sep) + "\"\\\\x" + std::string(64, 'b') + "\"";
+      ++position;
+    }
+    for (auto* text : {&positions, &streams, &versions, &payloads, &metadata, &hashes}) *text += "}";
+    pqxx::work work(connection);
+    work.exec_prepared("insert_batch", positions, streams, versions, payloads, metadata, hashes);
+    work.commit();
+    rows += static_cast<std::int64_t>(batch_rows);
+  }
+  return static_cast<double>(rows) / seconds_since(start);
+}
+
+struct EngineRun {
+  double transfers_per_second = 0;
+  double events_per_second = 0;
+  std::uint32_t commit_p50_us = 0;
+  std::uint32_t commit_p99_us = 0;
+  double mean_batch_commands = 0;
+  std::int64_t transfers = 0;
+  std::int64_t rejected = 0;
+};
+
+EngineRun engine_append(engine::Engine& engine, int accounts, int clients, std::size_t window,
+                        double duration) {
+  const Currency eur = *Currency::parse("EUR");
+  const auto before = engine.stats();
+  std::atomic<std::int64_t> accepted{0};
+  std::atomic<std::int64_t> rejected{0};
+  std::vector<std::thread> threads;
+  const auto start = Clock::now();
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&, c] {
+      std::mt19937 random(99 + c);
+      std::deque<std::future<engine::CommandOutcome>> in_flight;
+      auto settle_one = [&] {
+        const auto outcome = in_flight.front().get();
+        in_flight.pop_front();
+        (outcome.accepted() ? accepted : rejected) += 1;
+      };
+      while (seconds_since(start) < duration) {
+        const int from = static_cast<int>(random() % accounts);
+        int to = static_cast<int>(random() % accounts);
+        if (to == from) to = (to + 1) % accounts;
+        engine::Command command{engine::CommandBody{engine::SingleCommand{engine::Transfer{
+                                    "", "a" + std::to_string(from), "a" + std::to_string(to),
+                                    Amount(1 + static_cast<std::int64_t>(random() % 100)), eur}}},
+                                {}};
+        command.context.actor = "bench";
+        in_flight.push_back(engine.submit(std::move(command)));
+        if (in_flight.size() >= window) settle_one();
+      }
+      while (!in_flight.empty()) settle_one();
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  const double elapsed = seconds_since(start);
+  const auto after = engine.stats();
+  EngineRun run;
+  run.transfers = accepted.load();
+  run.rejected = rejected.load();
+  run.transfers_per_second = static_cast<double>(accepted.load()) / elapsed;
+  run.events_per_second = static_cast<double>(after.events - before.events) / elapsed;
+  std::vector<std::uint32_t> latencies(after.recent_commit_latency_us.end() -
+                                           std::min(after.recent_commit_latency_us.size(),
+                                                    static_cast<std::size_t>(after.batches - before.batches)),
+                                       after.recent_commit_latency_us.end());
+  run.commit_p50_us = percentile(latencies, 0.50);
+  run.commit_p99_us = percentile(latencies, 0.99);
+  run.mean_batch_commands = after.batches == before.batches
+                                ? 0
+                                : static_cast<double>(after.commands - before.commands) /
+                                      static_cast<double>(after.batches - before.batches);
+  return run;
+}
+
+void setup_accounts(engine::Engine& engine, int accounts) {
+  const Currency eur = *Currency::parse("EUR");
+  std::vector<std::future<engine::CommandOutcome>> pending;
+  auto drain = [&] {
+    for (auto& f : pending) {
+      const auto outcome = f.get();
+      if (!outcome.accepted()) throw std::runtime_error("setup failed: " + outcome.detail);
+    }
+    pending.clear();
+  };
+  for (int i = 0; i < accounts; ++i) {
+    engine::LinkedCommands linked;
+    linked.commands.push_back(engine::OpenAccount{"a" + std::to_string(i), eur});
+    linked.commands.push_back(engine::Deposit{"a" + std::to_string(i), Amount(1'000'000'000)});
+    engine::Command command{engine::CommandBody{std::move(linked)}, {}};
+    command.context.actor = "bench-setup";
+    pending.push_back(engine.submit(std::move(command)));
+    if (pending.size() >= 5'000) drain();
+  }
+  drain();
+}
+
+std::string git_commit() {
+  std::string commit;
+  if (FILE* pipe = popen("git rev-parse --short HEAD 2>/dev/null", "r")) {
+    char buffer[64];
+    if (fgets(buffer, sizeof buffer, pipe)) commit = buffer;
+    pclose(pipe);
+  }
+  while (!commit.empty() && commit.back() == '\n') commit.pop_back();
+  return commit;
+}
+
+std::string machine_summary() {
+  std::ostringstream out;
+  std::ifstream meminfo("/proc/meminfo");
+  std::string label;
+  long kib = 0;
+  meminfo >> label >> kib;
+  out << std::thread::hardware_concurrency() << " cores, " << (kib / 1024 / 1024) << " GiB";
+  return out.str();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ledger-bench: the standard performance suite"};
+  std::string database_url;
+  std::string work_directory = "bench/results";
+  double seconds = 20;
+  int accounts = 100'000;
+  int clients = 8;
+  std::size_t window = 512;
+  bool quick = false;
+  app.add_option("--database-url", database_url, "Benchmark against this PostgreSQL (superuser)")
+      ->envname("LEDGER_BENCH_DATABASE_URL");
+  app.add_option("--out", work_directory, "Results directory")->capture_default_str();
+  app.add_option("--seconds", seconds, "Duration of each measured phase")->capture_default_str();
+  app.add_option("--accounts", accounts, "Account population")->capture_default_str();
+  app.add_option("--clients", clients, "Engine client threads")->capture_default_str();
+  app.add_option("--window", window, "Commands in flight per client")->capture_default_str();
+  app.add_flag("--quick", quick, "Short run (5 s phases, 10,000 accounts) for a smoke test");
+  CLI11_PARSE(app, argc, argv);
+  if (quick) {
+    seconds = 5;
+    accounts = 10'000;
+  }
+  logging::configure(logging::Format::text, spdlog::level::warn, "bench");
+  std::filesystem::create_directories(work_directory);
+
+  std::unique_ptr<db::EmbeddedPostgres> postgres;
+  std::string admin_url = database_url;
+  std::string app_url = database_url;
+  if (database_url.empty()) {
+    db::EmbeddedPostgresOptions options;
+    options.directory = "/tmp/ledger-bench-pg-" + std::to_string(getuid());
+    std::filesystem::remove_all(options.directory);
+    options.fsync = true;
+    postgres = std::make_unique<db::EmbeddedPostgres>(options);
+    postgres->start();
+    postgres->ensure_database("bench");
+    admin_url = postgres->superuser_url("bench");
+    app_url = postgres->url("ledger_app", "bench");
+  }
+  db::MigrationRunner(admin_url).up();
+  {
+    pqxx::connection connection(admin_url);
+    pqxx::work work(connection);
+    work.exec(baseline_table_sql);
+    const auto settings = work.exec(
+        "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', "
+        "'shared_buffers', 'wal_level', 'full_page_writes')");
+    std::cout << "PostgreSQL:";
+    for (const auto& row : settings) std::cout << " " << row[0].c_str() << "=" << row[1].c_str();
+    std::cout << "\n";
+    work.commit();
+  }
+
+  std::vector<Result> results;
+  std::cout << "baseline: single-row INSERT transactions, 8 connections, " << seconds << " s ...\n";
+  const double single = baseline_single_row(admin_url, 8, seconds);
+  results.push_back({"baseline", "single-row INSERT transactions (8 connections)", single, "tx/s", "", ""});
+  std::cout << "baseline: batched INSERT, " << seconds << " s ...\n";
+  const double batched = baseline_batched(admin_url, 3'000, seconds, 1'000'000'000);
+  results.push_back({"baseline", "batched INSERT rows (3,000 a transaction)", batched, "rows/s", "", ""});
+  {
+    pqxx::connection connection(admin_url);
+    pqxx::work work(connection);
+    work.exec("DROP TABLE bench_events");
+    work.commit();
+  }
+
+  engine::EngineSettings settings;
+  settings.database_url = app_url;
+  settings.expiry_sweep_interval = std::chrono::milliseconds(0);
+  settings.snapshot_directory = work_directory + "/snapshots";
+  std::filesystem::remove_all(settings.snapshot_directory);
+  auto engine = std::make_unique<engine::Engine>(settings);
+  std::cout << "engine: opening and funding " << accounts << " accounts ...\n";
+  auto setup_start = Clock::now();
+  setup_accounts(*engine, accounts);
+  std::cout << "  done in " << seconds_since(setup_start) << " s\n";
+  std::cout << "engine: random transfers, " << clients << " clients x " << window
+            << " in flight, " << seconds << " s ...\n";
+  const EngineRun run = engine_append(*engine, accounts, clients, window, seconds);
+  engine->stop();
+  const long rss_kib = peak_rss_kib();
+
+  const double ratio = run.events_per_second / batched;
+  results.push_back({"engine", "transfers", run.transfers_per_second, "transfers/s", "", ""});
+  results.push_back({"engine", "events", run.events_per_second, "events/s", ">= 100,000",
+                     run.events_per_second >= 100'000 ? "met" : "missed"});
+  results.push_back({"engine", "events / batched INSERT baseline", ratio * 100, "%", ">= 60%",
+                     ratio >= 0.6 ? "met" : "missed"});
+  results.push_back({"engine", "batch commit latency p50", run.commit_p50_us / 1000.0, "ms", "", ""});
+  results.push_back({"engine", "batch commit latency p99", run.commit_p99_us / 1000.0, "ms", "", ""});
+  results.push_back({"engine", "mean batch size", run.mean_batch_commands, "commands", "", ""});
+  results.push_back({"engine", "peak RSS (bench process, engine in-process)",
+                     static_cast<double>(rss_kib) / 1024.0, "MiB", "", ""});
+
+  // Markdown and JSON reports.
+  std::ostringstream markdown;
+  markdown << "| scenario | metric | value | unit | target | verdict |\n|---|---|---:|---|---|---|\n";
+  for (const auto& r : results) {
+    char value[64];
+    std::snprintf(value, sizeof value, "%.1f", r.value);
+    markdown << "| " << r.scenario << " | " << r.metric << " | " << value << " | " << r.unit
+             << " | " << r.target << " | " << r.verdict << " |\n";
+  }
+  std::ostringstream json;
+  utsname names{};
+  uname(&names);
+  json << "{\n  \"machine\": \"" << machine_summary() << "\",\n  \"kernel\": \"" << names.release
+       << "\",\n  \"git_commit\": \"" << git_commit() << "\",\n  \"seconds_per_phase\": " << seconds
+       << ",\n  \"accounts\": " << accounts << ",\n  \"results\": [\n";
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const auto& r = results[i];
+    json << "    {\"scenario\": \"" << r.scenario << "\", \"metric\": \"" << r.metric
+         << "\", \"value\": " << r.value << ", \"unit\": \"" << r.unit << "\", \"target\": \""
+         << r.target << "\", \"verdict\": \"" << r.verdict << "\"}" << (i + 1 < results.size() ? "," : "")
+         << "\n";
+  }
+  json << "  ]\n}\n";
+  std::ofstream(work_directory + "/results.md") << markdown.str();
+  std::ofstream(work_directory + "/results.json") << json.str();
+  std::cout << "\n" << machine_summary() << ", commit " << git_commit() << "\n" << markdown.str();
+  engine.reset();
+  if (postgres) postgres->stop();
+  return 0;
+}
