@@ -44,16 +44,19 @@ std::string sha256(std::string_view bytes) {
   return std::string(reinterpret_cast<const char*>(digest), length);
 }
 
-// Random UUIDv4 text; one generator per engine, used by its writer thread and submitters.
+// Time-ordered UUIDv7 text (RFC 9562): 48 bits of Unix milliseconds, then randomness. Ordered
+// ids keep the events' unique index growing at its right edge instead of at random pages.
 class UuidGenerator {
  public:
   UuidGenerator() : random_(std::random_device{}()) {}
   std::string next() {
     std::lock_guard lock(mutex_);
-    std::uint64_t high = random_();
-    std::uint64_t low = random_();
-    high = (high & 0xffffffffffff0fffULL) | 0x0000000000004000ULL;  // version 4
-    low = (low & 0x3fffffffffffffffULL) | 0x8000000000000000ULL;    // variant 1
+    const auto millis = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::chrono::system_clock::now().time_since_epoch())
+            .count());
+    std::uint64_t high = (millis << 16) | (random_() & 0x0fffULL) | 0x7000ULL;  // version 7
+    std::uint64_t low = (random_() & 0x3fffffffffffffffULL) | 0x8000000000000000ULL;  // variant
     char text[37];
     std::snprintf(text, sizeof text, "%08x-%04x-%04x-%04x-%012llx",
                   static_cast<unsigned>(high >> 32), static_cast<unsigned>((high >> 16) & 0xffff),
@@ -395,21 +398,28 @@ struct Engine::Impl {
     const auto latency_us = std::chrono::duration_cast<std::chrono::microseconds>(
                                 std::chrono::steady_clock::now() - commit_started)
                                 .count();
-    // Each changed stream's last hash, then the cache and snapshots.
-    std::unordered_map<std::string, const RecordedEvent*> last_row;
-    for (const auto& row : rows) last_row[row.stream_id] = &row;
+    // Each changed stream's last hash and appended count, then the cache and snapshots.
+    struct Appended {
+      const RecordedEvent* last = nullptr;
+      std::int64_t count = 0;
+    };
+    std::unordered_map<std::string_view, Appended> appended;
+    appended.reserve(rows.size());
+    for (const auto& row : rows) {
+      auto& entry = appended[row.stream_id];
+      entry.last = &row;
+      ++entry.count;
+    }
     for (auto& [stream_id, state] : working.streams()) {
-      auto changed = last_row.find(stream_id);
-      if (changed != last_row.end()) {
-        LEDGER_ASSERT(changed->second->version == state.version, "working set and rows disagree");
-        state.last_hash = changed->second->hash;
+      auto changed = appended.find(stream_id);
+      if (changed != appended.end()) {
+        LEDGER_ASSERT(changed->second.last->version == state.version,
+                      "working set and rows disagree");
+        state.last_hash = changed->second.last->hash;
         const std::int64_t every = settings.snapshot_every_events;
-        if (snapshots && every > 0) {
-          const std::int64_t before = state.version.value() - static_cast<std::int64_t>(
-                                          std::count_if(rows.begin(), rows.end(), [&](const auto& r) {
-                                            return r.stream_id == stream_id;
-                                          }));
-          if (state.version.value() / every != before / every) enqueue_snapshot(stream_id, state);
+        const std::int64_t before = state.version.value() - changed->second.count;
+        if (snapshots && every > 0 && state.version.value() / every != before / every) {
+          enqueue_snapshot(stream_id, state);
         }
       }
       cache.put(stream_id, std::move(state));
