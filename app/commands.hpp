@@ -14,5 +14,6 @@ using CommandAction = std::function<int()>;
 CommandAction register_migrate_command(CLI::App& root, Settings& settings);
 CommandAction register_broker_command(CLI::App& root, Settings& settings);
 CommandAction register_dev_command(CLI::App& root, Settings& settings);
+CommandAction register_serve_command(CLI::App& root, Settings& settings);
 
 }  // namespace ledger::app

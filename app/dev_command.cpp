@@ -1,6 +1,9 @@
 // `ledger dev`: the embedded stack. A private PostgreSQL cluster, the development broker and
 // the services, supervised from this process until Ctrl-C or SIGTERM stops them all.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <spdlog/spdlog.h>
@@ -12,6 +15,7 @@
 #include <thread>
 
 #include "commands.hpp"
+#include "ledger/api/auth.hpp"
 #include "ledger/core/process.hpp"
 #include "ledger/db/embedded_postgres.hpp"
 #include "ledger/db/migrations.hpp"
@@ -82,8 +86,9 @@ class Supervisor {
     }
   }
 
-  void start(const std::string& name, const std::vector<std::string>& argv) {
-    const pid_t pid = process::spawn(argv);
+  void start(const std::string& name, const std::vector<std::string>& argv,
+             const process::SpawnOptions& options = {}) {
+    const pid_t pid = process::spawn(argv, options);
     std::ofstream(run_directory_ / (name + ".pid")) << pid << "\n";
     children_.push_back({name, pid});
     spdlog::info("started {} (pid {})", name, pid);
@@ -151,6 +156,24 @@ class DevLock {
   fs::path path_;
 };
 
+// The preferred port when it is free, otherwise any free one.
+int choose_http_port(int preferred) {
+  if (preferred == 0) return db::find_free_port();
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(static_cast<std::uint16_t>(preferred));
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  const bool free = bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0;
+  close(fd);
+  if (free) return preferred;
+  const int port = db::find_free_port();
+  spdlog::warn("port {} is taken; the HTTP front uses {}", preferred, port);
+  return port;
+}
+
 std::string wait_for_file_line(const fs::path& path, std::chrono::seconds timeout,
                                const std::string& what) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -171,6 +194,11 @@ CommandAction register_dev_command(CLI::App& root, Settings& settings) {
   auto* dev = root.add_subcommand(
       "dev", "Start the embedded stack: private PostgreSQL, development broker and services");
   auto postgres_port = std::make_shared<int>(0);
+  auto http_port = std::make_shared<int>(8080);
+  dev->add_option("--http-port", *http_port, "Port of the HTTP front (taken: any free one)")
+      ->envname("LEDGER_HTTP_PORT")
+      ->check(CLI::Range(0, 65535))
+      ->capture_default_str();
   dev->add_option("--postgres-port", *postgres_port, "Port of the private cluster (0: any free)")
       ->envname("LEDGER_POSTGRES_PORT")
       ->check(CLI::Range(0, 65535));
@@ -212,16 +240,36 @@ CommandAction register_dev_command(CLI::App& root, Settings& settings) {
                                 settings.log_level, "--topic-prefix", settings.topic_prefix,
                                 "broker", "--address-file", broker_address.string()});
     std::string kafka_brokers;
+    const int port = choose_http_port(*http_port);
+    const fs::path port_file = home / "run" / "serve.port";
+    fs::remove(port_file);
+    const std::string secret(api::development_jwt_secret);
     try {
       kafka_brokers = wait_for_file_line(broker_address, child_ready_timeout, "the broker");
+      process::SpawnOptions serve_options;
+      serve_options.extra_environment = {"LEDGER_DATABASE_URL=" + app_url,
+                                         "LEDGER_ADMIN_DATABASE_URL=" + admin_url,
+                                         "LEDGER_KAFKA_BROKERS=" + kafka_brokers,
+                                         "LEDGER_JWT_SECRET=" + secret, "LEDGER_DEV_MODE=1"};
+      supervisor.start("serve",
+                       {self, "--home", home.string(), "--log-format", settings.log_format,
+                        "--log-level", settings.log_level, "serve", "--http-port",
+                        std::to_string(port), "--port-file", port_file.string()},
+                       serve_options);
+      (void)wait_for_file_line(port_file, child_ready_timeout, "the HTTP front");
     } catch (...) {
       supervisor.stop_all();
       throw;
     }
+    const std::string url = "http://127.0.0.1:" + std::to_string(port);
+    const std::string token = api::issue_token(secret, "dev-admin", {"admin"}, std::chrono::hours(24 * 30));
 
     {
       std::ofstream out(home / "dev.env.tmp");
       out << "# Written by `ledger dev` (pid " << getpid() << "); valid while it runs.\n";
+      out << "LEDGER_URL=" << shell_quote(url) << "\n";
+      out << "LEDGER_TOKEN=" << shell_quote(token) << "\n";
+      out << "LEDGER_JWT_SECRET=" << shell_quote(secret) << "\n";
       out << "LEDGER_DATABASE_URL=" << shell_quote(app_url) << "\n";
       out << "LEDGER_ADMIN_DATABASE_URL=" << shell_quote(admin_url) << "\n";
       out << "LEDGER_KAFKA_BROKERS=" << shell_quote(kafka_brokers) << "\n";
@@ -229,6 +277,8 @@ CommandAction register_dev_command(CLI::App& root, Settings& settings) {
     fs::rename(home / "dev.env.tmp", env_file);
 
     std::cout << "\nledger dev is up (home " << home.string() << ")\n"
+              << "  HTTP        " << url << "  (ready: " << url << "/health/ready)\n"
+              << "  token       " << token << "  (admin, 30 days)\n"
               << "  PostgreSQL  " << app_url << "\n"
               << "              port " << postgres.port() << " on 127.0.0.1, socket in "
               << postgres.socket_directory().string() << "\n"

@@ -96,7 +96,7 @@ void push_bounded(std::vector<T>& samples, T value) {
 struct Engine::Impl {
   struct Pending {
     Command command;
-    std::promise<CommandOutcome> promise;
+    Completion completion;
   };
 
   // Per command of a batch: how it is answered.
@@ -439,7 +439,7 @@ struct Engine::Impl {
         spdlog::debug("command {} rejected: {} ({})", slot.outcome.command_id,
                       to_string(slot.outcome.code), slot.outcome.detail);
       }
-      batch[i].promise.set_value(std::move(slot.outcome));
+      batch[i].completion(nullptr, std::move(slot.outcome));
     }
     std::lock_guard lock(stats_mutex);
     counters.commands += batch.size();
@@ -519,14 +519,15 @@ struct Engine::Impl {
       outcome.code = RejectionCode::version_conflict;
       outcome.detail = "the streams kept changing under concurrent writers; retry";
       outcome.command_id = pending.command.context.command_id;
-      pending.promise.set_value(std::move(outcome));
+      pending.completion(nullptr, std::move(outcome));
     }
   }
 
   static void fail_all(std::vector<Pending>& batch, const std::string& reason) {
     for (auto& pending : batch) {
-      pending.promise.set_exception(
-          std::make_exception_ptr(EngineUnavailable("the event store is unavailable: " + reason)));
+      pending.completion(
+          std::make_exception_ptr(EngineUnavailable("the event store is unavailable: " + reason)),
+          CommandOutcome{});
     }
   }
 
@@ -609,8 +610,20 @@ struct Engine::Impl {
   // ---- submission -----------------------------------------------------------------------
 
   std::future<CommandOutcome> enqueue(Command command) {
-    Pending pending{std::move(command), {}};
-    auto future = pending.promise.get_future();
+    auto promise = std::make_shared<std::promise<CommandOutcome>>();
+    auto future = promise->get_future();
+    enqueue(std::move(command), [promise](std::exception_ptr error, CommandOutcome outcome) {
+      if (error) {
+        promise->set_exception(error);
+      } else {
+        promise->set_value(std::move(outcome));
+      }
+    });
+    return future;
+  }
+
+  void enqueue(Command command, Completion completion) {
+    Pending pending{std::move(command), std::move(completion)};
     {
       std::lock_guard lock(queue_mutex);
       if (stopping) throw EngineUnavailable("the engine is stopping");
@@ -621,7 +634,6 @@ struct Engine::Impl {
       queue.push_back(std::move(pending));
     }
     queue_not_empty.notify_one();
-    return future;
   }
 
   void stop() {
@@ -664,6 +676,10 @@ Engine::~Engine() { impl_->stop(); }
 
 std::future<CommandOutcome> Engine::submit(Command command) {
   return impl_->enqueue(std::move(command));
+}
+
+void Engine::submit(Command command, Completion completion) {
+  impl_->enqueue(std::move(command), std::move(completion));
 }
 
 CommandOutcome Engine::execute(Command command) { return submit(std::move(command)).get(); }

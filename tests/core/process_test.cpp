@@ -19,7 +19,7 @@ TEST_CASE("run captures output and the exit code") {
 
 TEST_CASE("stop escalates to SIGKILL when a child ignores SIGTERM") {
   const std::string ready = "/tmp/ledger-process-test-" + std::to_string(getpid());
-  const pid_t pid = process::spawn({"sh", "-c", "trap '' TERM; touch " + ready + "; sleep 30"});
+  const pid_t pid = process::spawn({"sh", "-c", "trap '' TERM; touch " + ready + "; exec sleep 30"});
   // Signal only once the trap is in place (before exec the child still has our handlers).
   for (int i = 0; i < 500 && !std::filesystem::exists(ready); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));

@@ -87,9 +87,14 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
+  // Called once per command on the engine's writer thread: with the outcome, or with an
+  // EngineUnavailable error (then the outcome is empty). Keep it short: post elsewhere.
+  using Completion = std::function<void(std::exception_ptr error, CommandOutcome outcome)>;
+
   // Throws EngineOverloaded when the queue is full, EngineUnavailable when stopping. The future
   // throws EngineUnavailable when the database could not be reached.
   [[nodiscard]] std::future<CommandOutcome> submit(Command command);
+  void submit(Command command, Completion completion);
   [[nodiscard]] CommandOutcome execute(Command command);
 
   // Stops accepting, finishes everything queued. Idempotent.

@@ -1,0 +1,73 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ledger::engine {
+class Engine;
+class EventStore;
+}  // namespace ledger::engine
+
+namespace ledger::api {
+
+struct ServerSettings {
+  std::string host = "127.0.0.1";
+  int port = 8080;  // 0 picks a free port (see Server::port)
+  int threads = 2;
+  std::size_t body_bytes_max = 1 << 20;
+  std::size_t header_bytes_max = 16 * 1024;
+  // A client must send its headers, and then its body, within these; idle keep-alive
+  // connections are closed after idle_timeout.
+  std::chrono::milliseconds header_timeout{10'000};
+  std::chrono::milliseconds body_timeout{30'000};
+  std::chrono::milliseconds idle_timeout{60'000};
+  std::size_t connections_max = 1'024;
+  std::string jwt_secret;
+};
+
+struct DatabaseHealth {
+  bool reachable = false;
+  double latency_ms = 0;
+  std::size_t pool_open = 0;
+  std::size_t pool_in_use = 0;
+  std::size_t pool_max = 0;
+  std::vector<std::string> pending_migrations;
+  std::string error;
+};
+
+// What the server needs from the rest of the process (wired by the composition root).
+struct Services {
+  engine::Engine* engine = nullptr;
+  engine::EventStore* event_store = nullptr;
+  // Blocking: checks the database (run on the server's blocking pool, never on I/O threads).
+  std::function<DatabaseHealth()> check_database;
+};
+
+// The HTTP/1.1 front (Boost.Beast): keep-alive, pipelining (answered in order), limits on
+// header and body size, header/body/idle timeouts and a connection limit. Owns its I/O
+// threads and a small pool for blocking work. Thread-safe start/shutdown from one owner.
+class Server {
+ public:
+  Server(ServerSettings settings, Services services);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds (throws std::runtime_error naming the address when it cannot) and starts serving.
+  void start();
+  [[nodiscard]] int port() const;
+  // Stops accepting, lets in-flight requests finish (at most `grace`), closes idle
+  // connections and joins the threads.
+  void shutdown(std::chrono::milliseconds grace);
+  [[nodiscard]] std::size_t active_connections() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ledger::api

@@ -1,0 +1,52 @@
+#include "metrics.hpp"
+
+#include <fmt/format.h>
+
+namespace ledger::api {
+
+void Metrics::observe_request(const std::string& route, const std::string& method, int status,
+                              double seconds) {
+  std::lock_guard lock(mutex_);
+  ++requests_[{route, method, status}];
+  for (std::size_t i = 0; i < latency_buckets_seconds.size(); ++i) {
+    if (seconds <= latency_buckets_seconds[i]) ++latency_counts_[i];
+  }
+  ++latency_count_;
+  latency_sum_ += seconds;
+}
+
+void Metrics::count_command(const std::string& type, const std::string& outcome) {
+  std::lock_guard lock(mutex_);
+  ++commands_[{type, outcome}];
+}
+
+std::string Metrics::render(const std::string& extra) const {
+  std::string out;
+  std::lock_guard lock(mutex_);
+  out += "# HELP ledger_http_requests_total HTTP requests by route, method and status.\n";
+  out += "# TYPE ledger_http_requests_total counter\n";
+  for (const auto& [key, count] : requests_) {
+    const auto& [route, method, status] = key;
+    out += fmt::format("ledger_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{}\"}} {}\n",
+                       route, method, status, count);
+  }
+  out += "# HELP ledger_http_request_duration_seconds HTTP request latency.\n";
+  out += "# TYPE ledger_http_request_duration_seconds histogram\n";
+  for (std::size_t i = 0; i < latency_buckets_seconds.size(); ++i) {
+    out += fmt::format("ledger_http_request_duration_seconds_bucket{{le=\"{}\"}} {}\n",
+                       latency_buckets_seconds[i], latency_counts_[i]);
+  }
+  out += fmt::format("ledger_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\n", latency_count_);
+  out += fmt::format("ledger_http_request_duration_seconds_sum {}\n", latency_sum_);
+  out += fmt::format("ledger_http_request_duration_seconds_count {}\n", latency_count_);
+  out += "# HELP ledger_commands_total Commands by type and outcome.\n";
+  out += "# TYPE ledger_commands_total counter\n";
+  for (const auto& [key, count] : commands_) {
+    out += fmt::format("ledger_commands_total{{type=\"{}\",outcome=\"{}\"}} {}\n", key.first,
+                       key.second, count);
+  }
+  out += extra;
+  return out;
+}
+
+}  // namespace ledger::api

@@ -1,0 +1,629 @@
+#include "router.hpp"
+
+#include <boost/asio/post.hpp>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+#include <spdlog/spdlog.h>
+
+#include <charconv>
+#include <chrono>
+#include <random>
+
+#include "command_parser.hpp"
+#include "ledger/api/auth.hpp"
+#include "ledger/core/logging.hpp"
+#include "ledger/engine/engine.hpp"
+#include "ledger/engine/event_store.hpp"
+#include "ledger/engine/events.hpp"
+
+namespace ledger::api {
+
+namespace http = boost::beast::http;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+constexpr std::size_t request_id_length_max = 128;
+constexpr std::size_t idempotency_key_length_max = 255;
+constexpr std::int64_t stream_page_events_max = 1'000;
+
+std::string_view view(boost::beast::string_view text) { return {text.data(), text.size()}; }
+
+bool is_token_text(std::string_view text, std::size_t length_max) {
+  if (text.empty() || text.size() > length_max) return false;
+  for (char c : text) {
+    if (c < 0x21 || c > 0x7e) return false;
+  }
+  return true;
+}
+
+std::string generate_request_id() {
+  thread_local std::mt19937_64 random(std::random_device{}());
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(random()));
+  return text;
+}
+
+void write_string(JsonWriter& w, std::string_view value) {
+  w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
+}
+
+std::string rfc3339(std::int64_t micros_since_epoch) {
+  const std::time_t seconds = static_cast<std::time_t>(micros_since_epoch / 1'000'000);
+  std::tm utc{};
+  gmtime_r(&seconds, &utc);
+  char text[96];
+  std::snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ", utc.tm_year + 1900,
+                utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec,
+                static_cast<long long>(std::abs(micros_since_epoch % 1'000'000)));
+  return text;
+}
+
+// HTTP status of each business rejection.
+int status_of(engine::RejectionCode code) {
+  using engine::RejectionCode;
+  switch (code) {
+    case RejectionCode::unknown_account:
+    case RejectionCode::unknown_transfer: return 404;
+    case RejectionCode::duplicate_id:
+    case RejectionCode::version_conflict:
+    case RejectionCode::idempotency_key_reused: return 409;
+    case RejectionCode::invalid_id:
+    case RejectionCode::invalid_amount:
+    case RejectionCode::invalid_currency: return 400;
+    default: return 422;
+  }
+}
+
+std::string title_of(engine::RejectionCode code) {
+  std::string title(engine::to_string(code));
+  for (char& c : title) {
+    if (c == '_') c = ' ';
+  }
+  if (!title.empty()) title[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(title[0])));
+  return title;
+}
+
+std::optional<std::int64_t> parse_integer(std::string_view text) {
+  std::int64_t value = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (error != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+std::string percent_decode(std::string_view text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '%' && i + 2 < text.size()) {
+      int value = 0;
+      const auto [end, error] = std::from_chars(text.data() + i + 1, text.data() + i + 3, value, 16);
+      if (error == std::errc() && end == text.data() + i + 3) {
+        out.push_back(static_cast<char>(value));
+        i += 2;
+        continue;
+      }
+    }
+    out.push_back(text[i]);
+  }
+  return out;
+}
+
+struct Target {
+  std::vector<std::string> segments;
+  std::vector<std::pair<std::string, std::string>> query;
+};
+
+Target split_target(std::string_view target) {
+  Target result;
+  const auto question = target.find('?');
+  const std::string_view path = target.substr(0, question);
+  std::size_t start = 1;
+  while (start <= path.size()) {
+    const auto slash = path.find('/', start);
+    const auto end = slash == std::string_view::npos ? path.size() : slash;
+    if (end > start) result.segments.push_back(percent_decode(path.substr(start, end - start)));
+    if (slash == std::string_view::npos) break;
+    start = slash + 1;
+  }
+  if (question != std::string_view::npos) {
+    std::string_view query = target.substr(question + 1);
+    while (!query.empty()) {
+      const auto amp = query.find('&');
+      const auto pair = query.substr(0, amp);
+      const auto equals = pair.find('=');
+      result.query.emplace_back(percent_decode(pair.substr(0, equals)),
+                                equals == std::string_view::npos ? "" : percent_decode(pair.substr(equals + 1)));
+      if (amp == std::string_view::npos) break;
+      query = query.substr(amp + 1);
+    }
+  }
+  return result;
+}
+
+// What a route is: its template (for metrics), method, role, and handler kind.
+enum class Handler { command, stream_events, health, health_live, health_ready, metrics };
+
+struct Route {
+  std::string pattern;
+  http::verb method = http::verb::post;
+  Handler handler = Handler::command;
+  CommandRoute command = CommandRoute::open_account;
+  std::optional<Role> role;
+  std::string path_id;
+};
+
+// Matches the path; `allowed` lists the methods of a matching path when the method differs.
+std::optional<Route> match(const std::vector<std::string>& s, http::verb method,
+                           std::string& allowed) {
+  std::vector<Route> candidates;
+  auto command = [&](std::string pattern, CommandRoute route, std::string id = {}) {
+    candidates.push_back({std::move(pattern), http::verb::post, Handler::command, route, Role::teller,
+                          std::move(id)});
+  };
+  const std::size_t n = s.size();
+  if (n == 1 && s[0] == "health") candidates.push_back({"/health", http::verb::get, Handler::health});
+  if (n == 2 && s[0] == "health" && s[1] == "live") {
+    candidates.push_back({"/health/live", http::verb::get, Handler::health_live});
+  }
+  if (n == 2 && s[0] == "health" && s[1] == "ready") {
+    candidates.push_back({"/health/ready", http::verb::get, Handler::health_ready});
+  }
+  if (n == 1 && s[0] == "metrics") candidates.push_back({"/metrics", http::verb::get, Handler::metrics});
+  if (n >= 2 && s[0] == "v1") {
+    if (n == 2 && s[1] == "accounts") command("/v1/accounts", CommandRoute::open_account);
+    if (n == 4 && s[1] == "accounts") {
+      static const std::pair<const char*, CommandRoute> account_actions[] = {
+          {"deposits", CommandRoute::deposit}, {"withdrawals", CommandRoute::withdrawal},
+          {"freeze", CommandRoute::freeze},    {"unfreeze", CommandRoute::unfreeze},
+          {"close", CommandRoute::close}};
+      for (const auto& [action, route] : account_actions) {
+        if (s[3] == action) command(std::string("/v1/accounts/{id}/") + action, route, s[2]);
+      }
+    }
+    if (n == 2 && s[1] == "transfers") command("/v1/transfers", CommandRoute::transfer);
+    if (n == 2 && s[1] == "holds") command("/v1/holds", CommandRoute::hold);
+    if (n == 4 && s[1] == "holds" && s[3] == "post") command("/v1/holds/{id}/post", CommandRoute::post_hold, s[2]);
+    if (n == 4 && s[1] == "holds" && s[3] == "void") command("/v1/holds/{id}/void", CommandRoute::void_hold, s[2]);
+    if (n == 2 && s[1] == "batch") command("/v1/batch", CommandRoute::batch);
+    if (n == 4 && s[1] == "streams" && s[3] == "events") {
+      candidates.push_back({"/v1/streams/{id}/events", http::verb::get, Handler::stream_events,
+                            CommandRoute::open_account, Role::auditor, s[2]});
+    }
+  }
+  for (auto& candidate : candidates) {
+    if (candidate.method == method) return std::move(candidate);
+  }
+  for (const auto& candidate : candidates) {
+    if (!allowed.empty()) allowed += ", ";
+    allowed += std::string(http::to_string(candidate.method));
+  }
+  return std::nullopt;
+}
+
+std::string command_type_name(const engine::CommandBody& body) {
+  if (const auto* single = std::get_if<engine::SingleCommand>(&body)) {
+    return std::string(engine::command_name(*single));
+  }
+  return "batch";
+}
+
+std::string resource_kind(CommandRoute route) {
+  switch (route) {
+    case CommandRoute::open_account:
+    case CommandRoute::freeze:
+    case CommandRoute::unfreeze:
+    case CommandRoute::close: return "account";
+    case CommandRoute::batch: return "batch";
+    default: return "transfer";
+  }
+}
+
+}  // namespace
+
+Router::Router(const ServerSettings& settings, Services services,
+               boost::asio::thread_pool& blocking)
+    : settings_(settings), services_(std::move(services)), blocking_(blocking) {}
+
+Response Router::problem_response(int status, const std::string& code, const std::string& title,
+                                  const std::string& detail, const std::string& request_id,
+                                  unsigned version) const {
+  rapidjson::StringBuffer buffer;
+  JsonWriter w(buffer);
+  w.StartObject();
+  w.Key("type");
+  write_string(w, "/problems/" + code);
+  w.Key("title");
+  write_string(w, title);
+  w.Key("status");
+  w.Int(status);
+  w.Key("detail");
+  write_string(w, detail);
+  w.Key("code");
+  write_string(w, code);
+  w.Key("request_id");
+  write_string(w, request_id);
+  w.EndObject();
+  Response response{static_cast<http::status>(status), version};
+  response.set(http::field::content_type, "application/problem+json");
+  response.set("X-Request-Id", request_id);
+  response.body() = std::string(buffer.GetString(), buffer.GetSize());
+  response.prepare_payload();
+  return response;
+}
+
+void Router::handle(Request request, const std::string& client_address, Respond respond) {
+  const auto started = Clock::now();
+  std::string request_id(request["X-Request-Id"]);
+  if (!is_token_text(request_id, request_id_length_max)) request_id = generate_request_id();
+  logging::RequestIdScope scope(request_id);
+  const unsigned version = request.version();
+  const std::string method(request.method_string());
+
+  const Target target = split_target(view(request.target()));
+  std::string allowed;
+  auto route = match(target.segments, request.method(), allowed);
+  const std::string route_name = route ? route->pattern : (allowed.empty() ? "unmatched" : "wrong_method");
+
+  // Every answer passes here: metrics, access log, request id header.
+  auto finish = [this, respond, route_name, method, started, request_id](Response response) {
+    response.set("X-Request-Id", request_id);
+    const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
+    metrics_.observe_request(route_name, method, response.result_int(), seconds);
+    if (response.result_int() >= 500) {
+      logging::RequestIdScope scope(request_id);
+      spdlog::warn("{} {} -> {}", method, route_name, response.result_int());
+    } else if (spdlog::should_log(spdlog::level::debug)) {
+      logging::RequestIdScope scope(request_id);
+      spdlog::debug("{} {} -> {} in {:.3f} ms", method, route_name, response.result_int(), seconds * 1e3);
+    }
+    respond(std::move(response));
+  };
+  auto fail = [&](int status, const std::string& code, const std::string& title,
+                  const std::string& detail) {
+    finish(problem_response(status, code, title, detail, request_id, version));
+  };
+  auto json = [&, version](http::status status, std::string body) {
+    Response response{status, version};
+    response.set(http::field::content_type, "application/json");
+    response.body() = std::move(body);
+    response.prepare_payload();
+    return response;
+  };
+
+  if (!route) {
+    if (!allowed.empty()) {
+      Response response = problem_response(405, "method_not_allowed", "Method not allowed",
+                                            method + " is not allowed here; use " + allowed,
+                                            request_id, version);
+      response.set(http::field::allow, allowed);
+      finish(std::move(response));
+      return;
+    }
+    fail(404, "not_found", "Not found", "no route for " + std::string(request.target()));
+    return;
+  }
+
+  // Health and metrics need no token.
+  if (route->handler == Handler::health_live) {
+    finish(json(http::status::ok, R"({"status":"alive"})"));
+    return;
+  }
+  if (route->handler == Handler::health || route->handler == Handler::health_ready ||
+      route->handler == Handler::metrics) {
+    const Handler kind = route->handler;
+    boost::asio::post(blocking_, [this, kind, finish, json, version] {
+      const DatabaseHealth database =
+          services_.check_database ? services_.check_database() : DatabaseHealth{};
+      const bool ready = database.reachable && database.pending_migrations.empty();
+      if (kind == Handler::metrics) {
+        std::string extra;
+        extra += "# TYPE ledger_database_pool_connections gauge\n";
+        extra += fmt::format("ledger_database_pool_connections{{state=\"open\"}} {}\n", database.pool_open);
+        extra += fmt::format("ledger_database_pool_connections{{state=\"in_use\"}} {}\n", database.pool_in_use);
+        extra += fmt::format("ledger_database_pool_connections{{state=\"max\"}} {}\n", database.pool_max);
+        extra += fmt::format("ledger_database_up {}\n", database.reachable ? 1 : 0);
+        if (services_.engine != nullptr) {
+          const auto stats = services_.engine->stats();
+          extra += "# TYPE ledger_engine_batches_total counter\n";
+          extra += fmt::format("ledger_engine_batches_total {}\n", stats.batches);
+          extra += fmt::format("ledger_engine_events_total {}\n", stats.events);
+          extra += fmt::format("ledger_engine_commands_total{{outcome=\"accepted\"}} {}\n", stats.commands_accepted);
+          extra += fmt::format("ledger_engine_commands_total{{outcome=\"rejected\"}} {}\n", stats.commands_rejected);
+          extra += fmt::format("ledger_engine_conflicts_total {}\n", stats.conflicts);
+          extra += fmt::format("ledger_engine_queued_commands {}\n", stats.queued);
+          const auto& latencies = stats.recent_commit_latency_us;
+          const auto& sizes = stats.recent_batch_commands;
+          if (!latencies.empty()) {
+            extra += fmt::format("ledger_engine_last_commit_latency_seconds {}\n", latencies.back() / 1e6);
+            extra += fmt::format("ledger_engine_last_batch_commands {}\n", sizes.back());
+          }
+        }
+        Response response{http::status::ok, version};
+        response.set(http::field::content_type, "text/plain; version=0.0.4");
+        response.body() = metrics_.render(extra);
+        response.prepare_payload();
+        finish(std::move(response));
+        return;
+      }
+      rapidjson::StringBuffer buffer;
+      JsonWriter w(buffer);
+      w.StartObject();
+      if (kind == Handler::health_ready) {
+        w.Key("status");
+        write_string(w, ready ? "ready" : "not_ready");
+        if (!database.reachable) {
+          w.Key("reason");
+          write_string(w, "database unreachable: " + database.error);
+        } else if (!database.pending_migrations.empty()) {
+          w.Key("reason");
+          write_string(w, "migrations pending");
+        }
+        w.EndObject();
+        finish(json(ready ? http::status::ok : http::status::service_unavailable,
+                    std::string(buffer.GetString(), buffer.GetSize())));
+        return;
+      }
+      w.Key("status");
+      write_string(w, !database.reachable ? "unhealthy" : (ready ? "healthy" : "degraded"));
+      w.Key("components");
+      w.StartObject();
+      w.Key("database");
+      w.StartObject();
+      w.Key("status");
+      write_string(w, database.reachable ? "up" : "down");
+      w.Key("latency_ms");
+      w.Double(database.latency_ms);
+      w.Key("pool");
+      w.StartObject();
+      w.Key("open");
+      w.Uint64(database.pool_open);
+      w.Key("in_use");
+      w.Uint64(database.pool_in_use);
+      w.Key("max");
+      w.Uint64(database.pool_max);
+      w.EndObject();
+      if (!database.error.empty()) {
+        w.Key("error");
+        write_string(w, database.error);
+      }
+      w.EndObject();
+      w.Key("migrations");
+      w.StartObject();
+      w.Key("status");
+      write_string(w, database.pending_migrations.empty() ? "up" : "pending");
+      w.Key("pending");
+      w.StartArray();
+      for (const auto& pending : database.pending_migrations) write_string(w, pending);
+      w.EndArray();
+      w.EndObject();
+      if (services_.engine != nullptr) {
+        const auto stats = services_.engine->stats();
+        w.Key("engine");
+        w.StartObject();
+        w.Key("status");
+        write_string(w, "up");
+        w.Key("queued_commands");
+        w.Uint64(stats.queued);
+        w.Key("batches");
+        w.Uint64(stats.batches);
+        w.EndObject();
+      }
+      // The relay, Kafka and projections join the process with the read side.
+      for (const char* component : {"kafka", "relay", "projections"}) {
+        w.Key(component);
+        w.StartObject();
+        w.Key("status");
+        write_string(w, "not_running");
+        w.EndObject();
+      }
+      w.EndObject();
+      w.EndObject();
+      finish(json(database.reachable ? http::status::ok : http::status::service_unavailable,
+                  std::string(buffer.GetString(), buffer.GetSize())));
+    });
+    return;
+  }
+
+  // Everything else needs a token with the route's role.
+  auto authenticated = authenticate(view(request[http::field::authorization]), settings_.jwt_secret);
+  if (const auto* problem = std::get_if<Problem>(&authenticated)) {
+    Response response = problem_response(problem->status, problem->code, problem->title,
+                                          problem->detail, request_id, version);
+    response.set(http::field::www_authenticate, "Bearer");
+    finish(std::move(response));
+    return;
+  }
+  const Principal principal = std::get<Principal>(authenticated);
+  if (route->role && !principal.has(*route->role)) {
+    fail(403, "forbidden", "Forbidden",
+         std::string("this route needs the ") + (*route->role == Role::auditor ? "auditor" : "teller") +
+             " role");
+    return;
+  }
+
+  if (route->handler == Handler::stream_events) {
+    std::int64_t from_version = 1;
+    std::int64_t limit = 100;
+    for (const auto& [name, value] : target.query) {
+      const auto number = parse_integer(value);
+      if (name == "from_version" && number && *number >= 1) {
+        from_version = *number;
+      } else if (name == "limit" && number && *number >= 1 && *number <= stream_page_events_max) {
+        limit = *number;
+      } else {
+        fail(400, "invalid_query", "Invalid query parameter",
+             "invalid " + name + " (from_version >= 1, limit 1 to 1000)");
+        return;
+      }
+    }
+    if (!engine::is_valid_id(route->path_id) && route->path_id.find('-') == std::string::npos) {
+      fail(400, "invalid_id", "Invalid id", "invalid stream id");
+      return;
+    }
+    if (services_.event_store == nullptr) {
+      fail(503, "unavailable", "Service unavailable", "the event store is not configured");
+      return;
+    }
+    const std::string stream_id = route->path_id;
+    boost::asio::post(blocking_, [this, stream_id, from_version, limit, finish, json, request_id,
+                                  version] {
+      std::vector<engine::RecordedEvent> events;
+      try {
+        events = services_.event_store->read_stream(stream_id, StreamVersion(from_version),
+                                                    static_cast<std::size_t>(limit));
+      } catch (const std::exception& error) {
+        logging::RequestIdScope scope(request_id);
+        spdlog::warn("reading stream {} failed: {}", stream_id, error.what());
+        finish(problem_response(503, "database_unavailable", "Service unavailable",
+                                "the event store cannot be read now", request_id, version));
+        return;
+      }
+      if (events.empty() && from_version == 1) {
+        finish(problem_response(404, "unknown_stream", "Not found", "no stream " + stream_id,
+                                request_id, version));
+        return;
+      }
+      rapidjson::StringBuffer buffer;
+      JsonWriter w(buffer);
+      w.StartObject();
+      w.Key("events");
+      w.StartArray();
+      for (const auto& event : events) {
+        w.StartObject();
+        w.Key("position");
+        w.Int64(event.position.value());
+        w.Key("stream_id");
+        write_string(w, event.stream_id);
+        w.Key("version");
+        w.Int64(event.version.value());
+        w.Key("type");
+        write_string(w, event.type);
+        w.Key("event_id");
+        write_string(w, event.event_id);
+        w.Key("recorded_at");
+        write_string(w, rfc3339(event.recorded_at_us));
+        w.Key("data");
+        const auto decoded = engine::decode_event(event.type, event.payload);
+        const std::string data = decoded ? engine::event_to_json(*decoded) : "null";
+        w.RawValue(data.data(), data.size(), rapidjson::kObjectType);
+        w.Key("metadata");
+        const std::string metadata = engine::metadata_to_json(event.metadata);
+        w.RawValue(metadata.data(), metadata.size(), rapidjson::kObjectType);
+        w.EndObject();
+      }
+      w.EndArray();
+      w.Key("next_from_version");
+      if (static_cast<std::int64_t>(events.size()) == limit) {
+        w.Int64(events.back().version.value() + 1);
+      } else {
+        w.Null();
+      }
+      w.EndObject();
+      finish(json(http::status::ok, std::string(buffer.GetString(), buffer.GetSize())));
+    });
+    return;
+  }
+
+  // Commands.
+  if (!request.body().empty()) {
+    const std::string content_type(request[http::field::content_type]);
+    if (content_type.rfind("application/json", 0) != 0) {
+      fail(415, "unsupported_media_type", "Unsupported media type",
+           "send the body as application/json");
+      return;
+    }
+  }
+  const std::string idempotency_key(request["Idempotency-Key"]);
+  if (request.count("Idempotency-Key") > 0 &&
+      !is_token_text(idempotency_key, idempotency_key_length_max)) {
+    fail(400, "invalid_idempotency_key", "Invalid Idempotency-Key",
+         "Idempotency-Key must be 1 to 255 visible ASCII characters");
+    return;
+  }
+  auto parsed = parse_command(route->command, route->path_id, request.body());
+  if (const auto* problem = std::get_if<Problem>(&parsed)) {
+    fail(problem->status, problem->code, problem->title, problem->detail);
+    return;
+  }
+  engine::Command command{std::move(std::get<engine::CommandBody>(parsed)), {}};
+  command.context.actor = principal.subject;
+  command.context.request_id = request_id;
+  command.context.correlation_id = std::string(request["X-Correlation-Id"]);
+  command.context.client_address = client_address;
+  command.context.idempotency_key = idempotency_key;
+  if (!idempotency_key.empty()) {
+    command.context.request_fingerprint = method + " " + std::string(request.target()) + "\n" + request.body();
+  }
+  const std::string type = command_type_name(command.body);
+  const std::string kind = resource_kind(route->command);
+  try {
+    services_.engine->submit(
+        std::move(command), [this, finish, json, type, kind, request_id, version](
+                                std::exception_ptr error, engine::CommandOutcome outcome) {
+          if (error) {
+            metrics_.count_command(type, "unavailable");
+            std::string detail = "the event store is unavailable; nothing was written";
+            try {
+              std::rethrow_exception(error);
+            } catch (const std::exception& exception) {
+              logging::RequestIdScope scope(request_id);
+              spdlog::error("command failed: {}", exception.what());
+            }
+            finish(problem_response(503, "database_unavailable", "Service unavailable", detail,
+                                    request_id, version));
+            return;
+          }
+          metrics_.count_command(type, std::string(outcome.accepted() ? "accepted" : engine::to_string(outcome.code)));
+          if (!outcome.accepted()) {
+            Response response = problem_response(status_of(outcome.code),
+                                                 std::string(engine::to_string(outcome.code)),
+                                                 title_of(outcome.code), outcome.detail, request_id,
+                                                 version);
+            finish(std::move(response));
+            return;
+          }
+          rapidjson::StringBuffer buffer;
+          JsonWriter w(buffer);
+          w.StartObject();
+          w.Key("command_id");
+          write_string(w, outcome.command_id);
+          w.Key("position");
+          w.Int64(outcome.position.value());
+          w.Key("versions");
+          w.StartObject();
+          for (const auto& [stream, stream_version] : outcome.versions) {
+            write_string(w, stream);
+            w.Int64(stream_version.value());
+          }
+          w.EndObject();
+          if (kind == "batch") {
+            w.Key("ids");
+            w.StartArray();
+            for (const auto& id : outcome.resource_ids) write_string(w, id);
+            w.EndArray();
+          } else {
+            w.Key(kind.c_str());
+            w.StartObject();
+            w.Key("id");
+            write_string(w, outcome.resource_ids.empty() ? "" : outcome.resource_ids.front());
+            w.EndObject();
+          }
+          w.Key("replayed");
+          w.Bool(outcome.replayed);
+          w.EndObject();
+          finish(json(outcome.replayed ? http::status::ok : http::status::created,
+                      std::string(buffer.GetString(), buffer.GetSize())));
+        });
+  } catch (const engine::EngineOverloaded& error) {
+    Response response = problem_response(503, "overloaded", "Service unavailable", error.what(),
+                                         request_id, version);
+    response.set(http::field::retry_after, "1");
+    finish(std::move(response));
+  } catch (const engine::EngineUnavailable& error) {
+    fail(503, "shutting_down", "Service unavailable", error.what());
+  }
+}
+
+}  // namespace ledger::api

@@ -1,0 +1,42 @@
+#pragma once
+// Routes one HTTP request to its handler and produces the response (private to the API).
+
+#include <boost/asio/thread_pool.hpp>
+#include <boost/beast/http.hpp>
+
+#include <functional>
+#include <string>
+
+#include "ledger/api/server.hpp"
+#include "metrics.hpp"
+
+namespace ledger::api {
+
+using Request = boost::beast::http::request<boost::beast::http::string_body>;
+using Response = boost::beast::http::response<boost::beast::http::string_body>;
+using Respond = std::function<void(Response)>;
+
+// Stateless apart from metrics; called on I/O threads. Command handlers complete on the
+// engine's writer thread and blocking reads run on `blocking`, so `respond` may be called from
+// any thread (the session posts it back to its own strand).
+class Router {
+ public:
+  Router(const ServerSettings& settings, Services services, boost::asio::thread_pool& blocking);
+
+  void handle(Request request, const std::string& client_address, Respond respond);
+
+  // A problem response for errors found before routing (timeouts, limits, malformed HTTP).
+  [[nodiscard]] Response problem_response(int status, const std::string& code,
+                                          const std::string& title, const std::string& detail,
+                                          const std::string& request_id, unsigned version) const;
+
+  [[nodiscard]] Metrics& metrics() { return metrics_; }
+
+ private:
+  const ServerSettings& settings_;
+  Services services_;
+  boost::asio::thread_pool& blocking_;
+  Metrics metrics_;
+};
+
+}  // namespace ledger::api

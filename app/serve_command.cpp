@@ -1,0 +1,214 @@
+// `ledger serve`: the HTTP front, the command engine (and, with the read side, the relay).
+#include <signal.h>
+
+#include <pqxx/pqxx>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "commands.hpp"
+#include "ledger/api/auth.hpp"
+#include "ledger/api/server.hpp"
+#include "ledger/db/migrations.hpp"
+#include "ledger/db/pool.hpp"
+#include "ledger/engine/engine.hpp"
+#include "ledger/engine/event_store.hpp"
+
+namespace ledger::app {
+namespace {
+
+struct ServeOptions {
+  std::string http_host = "127.0.0.1";
+  int http_port = 8080;
+  int http_threads = 2;
+  std::size_t body_bytes_max = 1 << 20;
+  std::size_t connections_max = 1'024;
+  int header_timeout_ms = 10'000;
+  int body_timeout_ms = 30'000;
+  std::string jwt_secret;
+  bool dev_mode = false;
+  std::string migrate = "check";
+  std::string port_file;
+  std::string snapshot_directory;
+  std::size_t append_batch_commands_max = 2'000;
+  int commit_wait_us = 0;
+  std::size_t state_cache_streams_max = 500'000;
+  int shutdown_grace_ms = 15'000;
+};
+
+std::vector<std::string> pending_migrations(const std::string& url) {
+  std::vector<std::string> pending;
+  for (const auto& migration : db::MigrationRunner(url).status().pending) {
+    char label[16];
+    std::snprintf(label, sizeof label, "%04d_", migration.version);
+    pending.push_back(label + migration.name);
+  }
+  return pending;
+}
+
+}  // namespace
+
+CommandAction register_serve_command(CLI::App& root, Settings& settings) {
+  auto* serve = root.add_subcommand("serve", "Run the HTTP front and the command engine");
+  auto options = std::make_shared<ServeOptions>();
+  serve->add_option("--http-host", options->http_host, "Listen address")
+      ->envname("LEDGER_HTTP_HOST")->capture_default_str();
+  serve->add_option("--http-port", options->http_port, "Listen port (0: any free port)")
+      ->envname("LEDGER_HTTP_PORT")->check(CLI::Range(0, 65535))->capture_default_str();
+  serve->add_option("--http-threads", options->http_threads, "I/O threads")
+      ->envname("LEDGER_HTTP_THREADS")->check(CLI::Range(1, 64))->capture_default_str();
+  serve->add_option("--http-body-bytes-max", options->body_bytes_max, "Largest request body")
+      ->envname("LEDGER_HTTP_BODY_BYTES_MAX")->check(CLI::Range(1'024, 64 << 20))->capture_default_str();
+  serve->add_option("--http-connections-max", options->connections_max, "Open connections allowed")
+      ->envname("LEDGER_HTTP_CONNECTIONS_MAX")->check(CLI::Range(1, 100'000))->capture_default_str();
+  serve->add_option("--http-header-timeout-ms", options->header_timeout_ms, "Time allowed for headers")
+      ->envname("LEDGER_HTTP_HEADER_TIMEOUT_MS")->check(CLI::Range(100, 600'000))->capture_default_str();
+  serve->add_option("--http-body-timeout-ms", options->body_timeout_ms, "Time allowed for a body")
+      ->envname("LEDGER_HTTP_BODY_TIMEOUT_MS")->check(CLI::Range(100, 600'000))->capture_default_str();
+  serve->add_option("--jwt-secret", options->jwt_secret, "HS256 secret of bearer tokens (required)")
+      ->envname("LEDGER_JWT_SECRET");
+  serve->add_flag("--dev-mode", options->dev_mode, "Started by `ledger dev` (allows its secret)")
+      ->envname("LEDGER_DEV_MODE")->group("");
+  serve->add_option("--migrate", options->migrate, "check: refuse to start with pending migrations; auto: apply them")
+      ->envname("LEDGER_MIGRATE")->check(CLI::IsMember({"check", "auto"}))->capture_default_str();
+  serve->add_option("--port-file", options->port_file, "Write the bound port here once serving")
+      ->envname("LEDGER_PORT_FILE");
+  serve->add_option("--snapshot-directory", options->snapshot_directory,
+                    "RocksDB snapshot cache (default <home>/snapshots)")
+      ->envname("LEDGER_SNAPSHOT_DIRECTORY");
+  serve->add_option("--append-batch-commands-max", options->append_batch_commands_max,
+                    "Group commit: commands per batch")
+      ->envname("LEDGER_APPEND_BATCH_COMMANDS_MAX")->check(CLI::Range(1, 100'000))->capture_default_str();
+  serve->add_option("--commit-wait-us", options->commit_wait_us, "Group commit: wait for more commands")
+      ->envname("LEDGER_COMMIT_WAIT_US")->check(CLI::Range(0, 1'000'000))->capture_default_str();
+  serve->add_option("--state-cache-streams-max", options->state_cache_streams_max,
+                    "In-memory state cache, in streams")
+      ->envname("LEDGER_STATE_CACHE_STREAMS_MAX")->check(CLI::Range(0, 100'000'000))->capture_default_str();
+
+  return [options, &settings]() -> int {
+    // The stop signals are waited for by the main thread; block them before threads start.
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    configure_logging(settings, "serve");
+
+    if (options->jwt_secret.empty()) {
+      throw SettingError("--jwt-secret (LEDGER_JWT_SECRET)", "required");
+    }
+    if (options->jwt_secret == api::development_jwt_secret && !options->dev_mode) {
+      throw SettingError("--jwt-secret (LEDGER_JWT_SECRET)",
+                         "the development secret is refused outside `ledger dev`");
+    }
+    if (options->jwt_secret.size() < api::jwt_secret_length_min) {
+      throw SettingError("--jwt-secret (LEDGER_JWT_SECRET)",
+                         "must be at least " + std::to_string(api::jwt_secret_length_min) + " bytes");
+    }
+    const std::string database_url = resolve_database_url(settings);
+
+    if (options->migrate == "auto") {
+      db::MigrationRunner(resolve_admin_database_url(settings)).up();
+    } else {
+      const auto pending = pending_migrations(database_url);
+      if (!pending.empty()) {
+        std::string names;
+        for (const auto& name : pending) names += (names.empty() ? "" : ", ") + name;
+        throw std::runtime_error("migrations are pending (" + names +
+                                 "): run `ledger migrate up` or start with --migrate=auto");
+      }
+    }
+
+    engine::EngineSettings engine_settings;
+    engine_settings.database_url = database_url;
+    engine_settings.database_connect_timeout = std::chrono::milliseconds(settings.database_connect_timeout_ms);
+    engine_settings.database_statement_timeout = std::chrono::milliseconds(settings.database_statement_timeout_ms);
+    engine_settings.database_connections = static_cast<std::size_t>(std::max(2, settings.database_pool_size / 2));
+    engine_settings.append_batch_commands_max = options->append_batch_commands_max;
+    engine_settings.commit_wait_max = std::chrono::microseconds(options->commit_wait_us);
+    engine_settings.state_cache_streams_max = options->state_cache_streams_max;
+    engine_settings.snapshot_directory = options->snapshot_directory.empty()
+                                             ? (std::filesystem::path(settings.home) / "snapshots").string()
+                                             : options->snapshot_directory;
+    engine::Engine engine(engine_settings);
+
+    db::PoolSettings read_pool_settings;
+    read_pool_settings.url = database_url;
+    read_pool_settings.connections_max = static_cast<std::size_t>(std::max(2, settings.database_pool_size / 2));
+    read_pool_settings.connect_timeout = std::chrono::milliseconds(settings.database_connect_timeout_ms);
+    read_pool_settings.statement_timeout = std::chrono::milliseconds(settings.database_statement_timeout_ms);
+    read_pool_settings.connect_attempts_max = 1;  // health answers now, retries are the caller's
+    read_pool_settings.acquire_timeout = std::chrono::milliseconds(2'000);
+    db::ConnectionPool read_pool(read_pool_settings);
+    engine::EventStore event_store(read_pool);
+
+    api::Services services;
+    services.engine = &engine;
+    services.event_store = &event_store;
+    services.check_database = [&read_pool, database_url]() {
+      api::DatabaseHealth health;
+      const auto stats = read_pool.stats();
+      health.pool_open = stats.open;
+      health.pool_in_use = stats.in_use;
+      health.pool_max = stats.connections_max;
+      const auto started = std::chrono::steady_clock::now();
+      try {
+        auto lease = read_pool.acquire();
+        try {
+          pqxx::read_transaction work(*lease);
+          std::set<int> applied;
+          for (const auto& row : work.exec("SELECT version FROM schema_migrations")) {
+            applied.insert(row[0].as<int>());
+          }
+          for (const auto& migration : db::embedded_migrations()) {
+            if (!applied.contains(migration.version)) {
+              health.pending_migrations.push_back(std::to_string(migration.version) + "_" + migration.name);
+            }
+          }
+        } catch (const std::exception&) {
+          lease.discard();
+          throw;
+        }
+        health.reachable = true;
+      } catch (const std::exception& error) {
+        health.error = error.what();
+        while (!health.error.empty() && health.error.back() == '\n') health.error.pop_back();
+      }
+      health.latency_ms = std::chrono::duration<double, std::milli>(
+                              std::chrono::steady_clock::now() - started)
+                              .count();
+      return health;
+    };
+
+    api::ServerSettings server_settings;
+    server_settings.host = options->http_host;
+    server_settings.port = options->http_port;
+    server_settings.threads = options->http_threads;
+    server_settings.body_bytes_max = options->body_bytes_max;
+    server_settings.connections_max = options->connections_max;
+    server_settings.header_timeout = std::chrono::milliseconds(options->header_timeout_ms);
+    server_settings.body_timeout = std::chrono::milliseconds(options->body_timeout_ms);
+    server_settings.jwt_secret = options->jwt_secret;
+    api::Server server(server_settings, services);
+    server.start();
+    spdlog::info("serving on http://{}:{}", options->http_host, server.port());
+    if (!options->port_file.empty()) {
+      const std::string temporary = options->port_file + ".tmp";
+      std::ofstream(temporary) << server.port() << "\n";
+      std::filesystem::rename(temporary, options->port_file);
+    }
+
+    int received = 0;
+    sigwait(&stop_signals, &received);
+    spdlog::info("shutting down (signal {}): finishing in-flight requests", received);
+    server.shutdown(std::chrono::milliseconds(options->shutdown_grace_ms));
+    engine.stop();  // flushes the last batch
+    spdlog::info("stopped");
+    return 0;
+  };
+}
+
+}  // namespace ledger::app

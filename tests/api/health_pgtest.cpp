@@ -1,0 +1,57 @@
+// /health and /health/ready follow PostgreSQL going away and coming back, without a restart.
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "ledger/db/embedded_postgres.hpp"
+#include "ledger/db/migrations.hpp"
+#include "server_fixture.hpp"
+
+using namespace ledger;
+
+TEST_CASE("readiness turns 503 while PostgreSQL is stopped and 200 when it returns") {
+  db::EmbeddedPostgresOptions options;
+  options.directory = "/tmp/ledger-health-test-" + std::to_string(getpid());
+  options.fsync = false;
+  std::filesystem::remove_all(options.directory);
+  db::EmbeddedPostgres postgres(options);
+  postgres.start();
+  postgres.ensure_database("ledger");
+  db::MigrationRunner(postgres.superuser_url("ledger")).up();
+  const int port = postgres.port();
+
+  {
+    test::ServerFixture server(postgres.url("ledger_app", "ledger"));
+    auto client = server.client();
+    CHECK(client.request("GET", "/health/ready").status == 200);
+
+    postgres.stop();
+    const auto down = client.request("GET", "/health/ready");
+    CHECK(down.status == 503);
+    const auto health = client.request("GET", "/health");
+    CHECK(health.status == 503);
+    CHECK(health.body.find("\"unhealthy\"") != std::string::npos);
+    CHECK(client.request("GET", "/health/live").status == 200);
+    // A command while the database is down is refused with 503, not lost or hung.
+    const auto refused = client.request("POST", "/v1/accounts", R"({"currency":"EUR"})",
+                                        test::ServerFixture::auth({"teller"}));
+    CHECK(refused.status == 503);
+
+    db::EmbeddedPostgresOptions again = options;
+    again.port = port;
+    db::EmbeddedPostgres restarted(again);
+    restarted.start();
+    int status = 0;
+    for (int attempt = 0; attempt < 50 && status != 200; ++attempt) {
+      status = client.request("GET", "/health/ready").status;
+      if (status != 200) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    CHECK(status == 200);
+    CHECK(client.request("POST", "/v1/accounts", R"({"currency":"EUR"})",
+                         test::ServerFixture::auth({"teller"})).status == 201);
+    restarted.stop();
+  }
+  std::filesystem::remove_all(options.directory);
+}

@@ -1,0 +1,364 @@
+// The HTTP front through a real HTTP client on loopback, over a real engine and PostgreSQL.
+#include <doctest/doctest.h>
+#include <rapidjson/document.h>
+
+#include <thread>
+
+#include "server_fixture.hpp"
+
+using namespace ledger;
+using test::HttpClient;
+using test::ServerFixture;
+
+namespace {
+
+rapidjson::Document parse(const std::string& body) {
+  rapidjson::Document document;
+  document.Parse(body.c_str());
+  REQUIRE_MESSAGE(!document.HasParseError(), "not JSON: " << body);
+  return document;
+}
+
+std::string code_of(const test::HttpResponse& response) {
+  auto document = parse(response.body);
+  REQUIRE_MESSAGE(document.HasMember("code"), response.body);
+  return document["code"].GetString();
+}
+
+const auto teller = ServerFixture::auth({"teller"});
+
+void post_ok(HttpClient& client, const std::string& target, const std::string& body) {
+  const auto response = client.request("POST", target, body, teller);
+  REQUIRE_MESSAGE(response.status == 201, target << " " << body << " -> " << response.status << " " << response.body);
+}
+
+}  // namespace
+
+TEST_CASE("every command route succeeds and answers command id, position and versions") {
+  test::TestDatabase database;
+  ServerFixture server(database.app_url());
+  auto client = server.client();
+
+  auto opened = client.request("POST", "/v1/accounts", R"({"id":"alice","currency":"EUR","owner":"Alice"})", teller);
+  REQUIRE(opened.status == 201);
+  auto body = parse(opened.body);
+  CHECK(body["account"]["id"].GetString() == std::string("alice"));
+  CHECK(body["position"].GetInt64() == 1);
+  CHECK(body["versions"]["account-alice"].GetInt64() == 1);
+  CHECK(!std::string(body["command_id"].GetString()).empty());
+  CHECK(opened.header("Content-Type") == "application/json");
+  CHECK(!opened.header("X-Request-Id").empty());
+
+  post_ok(client, "/v1/accounts", R"({"id":"bob","currency":"EUR","kind":"customer","overdraft_limit":100,"ledger_code":7})");
+  post_ok(client, "/v1/accounts/alice/deposits", R"({"amount":10000,"reference":"salary"})");
+  post_ok(client, "/v1/accounts/alice/withdrawals", R"({"amount":500,"transfer_id":"w-1"})");
+  const auto transfer = client.request("POST", "/v1/transfers",
+                                       R"({"id":"t-1","from":"alice","to":"bob","amount":1250,"currency":"EUR"})", teller);
+  REQUIRE(transfer.status == 201);
+  body = parse(transfer.body);
+  CHECK(body["transfer"]["id"].GetString() == std::string("t-1"));
+  CHECK(body["versions"].HasMember("transfer-t-1"));
+  CHECK(body["versions"].HasMember("account-alice"));
+  CHECK(body["versions"].HasMember("account-bob"));
+
+  post_ok(client, "/v1/holds", R"({"id":"h-1","from":"alice","to":"bob","amount":300,"currency":"EUR","timeout_seconds":3600})");
+  post_ok(client, "/v1/holds/h-1/post", R"({"amount":200})");
+  post_ok(client, "/v1/holds", R"({"id":"h-2","from":"alice","to":"bob","amount":300,"currency":"EUR"})");
+  post_ok(client, "/v1/holds/h-2/void", "");
+  post_ok(client, "/v1/accounts/bob/freeze", "");
+  post_ok(client, "/v1/accounts/bob/unfreeze", "");
+  post_ok(client, "/v1/accounts", R"({"id":"empty","currency":"EUR"})");
+  post_ok(client, "/v1/accounts/empty/close", "");
+  const auto batch = client.request(
+      "POST", "/v1/batch",
+      R"({"commands":[{"type":"open_account","id":"carol","currency":"EUR"},{"type":"deposit","account_id":"carol","amount":50},{"type":"transfer","from":"carol","to":"bob","amount":20,"currency":"EUR"}]})",
+      teller);
+  REQUIRE_MESSAGE(batch.status == 201, batch.body);
+  CHECK(parse(batch.body)["ids"].Size() == 3);
+
+  // History, for the auditor.
+  const auto history = client.request("GET", "/v1/streams/account-alice/events?from_version=1&limit=2", "",
+                                      ServerFixture::auth({"auditor"}));
+  REQUIRE(history.status == 200);
+  body = parse(history.body);
+  REQUIRE(body["events"].Size() == 2);
+  CHECK(body["events"][0]["type"].GetString() == std::string("account_opened"));
+  CHECK(body["events"][0]["data"]["currency"].GetString() == std::string("EUR"));
+  CHECK(body["events"][0]["metadata"]["actor"].GetString() == std::string("tester"));
+  CHECK(body["next_from_version"].GetInt64() == 3);
+  CHECK(client.request("GET", "/v1/streams/account-nobody/events", "", ServerFixture::auth({"auditor"})).status == 404);
+
+  // Health and metrics need no token.
+  CHECK(client.request("GET", "/health/live").status == 200);
+  CHECK(client.request("GET", "/health/ready").status == 200);
+  const auto health = client.request("GET", "/health");
+  CHECK(health.status == 200);
+  CHECK(parse(health.body)["status"].GetString() == std::string("healthy"));
+  CHECK(parse(health.body)["components"]["database"]["status"].GetString() == std::string("up"));
+  const auto metrics = client.request("GET", "/metrics");
+  CHECK(metrics.status == 200);
+  CHECK(metrics.body.find("ledger_http_requests_total{route=\"/v1/transfers\",method=\"POST\",status=\"201\"} 1") != std::string::npos);
+  CHECK(metrics.body.find("ledger_commands_total{type=\"transfer\",outcome=\"accepted\"}") != std::string::npos);
+  CHECK(metrics.body.find("ledger_http_request_duration_seconds_bucket") != std::string::npos);
+  CHECK(metrics.body.find("ledger_engine_batches_total") != std::string::npos);
+}
+
+TEST_CASE("business rejections are problem+json with the engine's code and write nothing") {
+  test::TestDatabase database;
+  ServerFixture server(database.app_url());
+  auto client = server.client();
+  post_ok(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
+  post_ok(client, "/v1/accounts", R"({"id":"usd","currency":"USD"})");
+  const auto before = test::event_count(database.app_url());
+  struct Case {
+    std::string target, body;
+    int status;
+    std::string code;
+  };
+  for (const auto& c : std::vector<Case>{
+           {"/v1/accounts/alice/withdrawals", R"({"amount":1})", 422, "insufficient_funds"},
+           {"/v1/accounts/nobody/deposits", R"({"amount":1})", 404, "unknown_account"},
+           {"/v1/transfers", R"({"from":"alice","to":"usd","amount":1,"currency":"EUR"})", 422, "currency_mismatch"},
+           {"/v1/transfers", R"({"from":"alice","to":"alice","amount":1,"currency":"EUR"})", 422, "same_account"},
+           {"/v1/accounts", R"({"id":"alice","currency":"EUR"})", 409, "duplicate_id"},
+           {"/v1/holds/none/post", "", 404, "unknown_transfer"},
+           {"/v1/accounts/alice/unfreeze", "", 422, "account_not_frozen"},
+       }) {
+    INFO(c.target << " " << c.body);
+    const auto response = client.request("POST", c.target, c.body, teller);
+    CHECK(response.status == c.status);
+    CHECK(response.header("Content-Type") == "application/problem+json");
+    CHECK(code_of(response) == c.code);
+    auto problem = parse(response.body);
+    CHECK(problem["status"].GetInt() == c.status);
+    CHECK(problem.HasMember("title"));
+    CHECK(problem.HasMember("detail"));
+    CHECK(problem.HasMember("type"));
+    CHECK(problem["request_id"].GetString() == response.header("X-Request-Id"));
+  }
+  CHECK(test::event_count(database.app_url()) == before);
+}
+
+TEST_CASE("each class of bad input gets its status and code and changes nothing") {
+  test::TestDatabase database;
+  api::ServerSettings settings;
+  settings.body_bytes_max = 4'096;
+  settings.header_bytes_max = 2'048;
+  ServerFixture server(database.app_url(), settings);
+  auto client = server.client();
+  post_ok(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
+  post_ok(client, "/v1/accounts/alice/deposits", R"({"amount":1000})");
+  const auto before = test::event_count(database.app_url());
+
+  struct Case {
+    std::string name, target, body;
+    int status;
+    std::string code;
+  };
+  const std::string long_id(65, 'x');
+  for (const auto& c : std::vector<Case>{
+           {"malformed JSON", "/v1/transfers", R"({"from":"alice",)", 400, "malformed_json"},
+           {"truncated JSON", "/v1/transfers", R"({"from":"alice","to":"b)", 400, "malformed_json"},
+           {"wrong type", "/v1/transfers", R"({"from":"alice","to":"bob","amount":1,"currency":"EUR","reference":5})", 400, "invalid_field"},
+           {"unknown field", "/v1/accounts/alice/deposits", R"({"amount":1,"colour":"red"})", 400, "unknown_field"},
+           {"missing field", "/v1/accounts/alice/deposits", R"({})", 400, "missing_field"},
+           {"negative amount", "/v1/accounts/alice/deposits", R"({"amount":-5})", 400, "invalid_amount"},
+           {"zero amount", "/v1/accounts/alice/deposits", R"({"amount":0})", 400, "invalid_amount"},
+           {"fractional amount", "/v1/accounts/alice/deposits", R"({"amount":12.5})", 400, "invalid_amount"},
+           {"string amount", "/v1/accounts/alice/deposits", R"({"amount":"100"})", 400, "invalid_amount"},
+           {"amount beyond int64", "/v1/accounts/alice/deposits", R"({"amount":9223372036854775808})", 400, "invalid_amount"},
+           {"lowercase currency", "/v1/accounts", R"({"currency":"eur"})", 400, "invalid_currency"},
+           {"four-letter currency", "/v1/accounts", R"({"currency":"EURO"})", 400, "invalid_currency"},
+           {"id too long", "/v1/accounts", R"({"id":")" + long_id + R"(","currency":"EUR"})", 400, "invalid_id"},
+           {"id with a control character", "/v1/accounts", "{\"id\":\"a\\u0001b\",\"currency\":\"EUR\"}", 400, "invalid_id"},
+           {"invalid UTF-8", "/v1/accounts", "{\"id\":\"a\",\"currency\":\"EUR\",\"owner\":\"\xff\xfe\"}", 400, "invalid_utf8"},
+           {"duplicate keys", "/v1/accounts/alice/deposits", R"({"amount":1,"amount":2})", 400, "duplicate_key"},
+       }) {
+    INFO(c.name);
+    const auto response = client.request("POST", c.target, c.body, teller);
+    CHECK(response.status == c.status);
+    CHECK(code_of(response) == c.code);
+  }
+
+  SUBCASE("not JSON") {
+    const auto response = client.request("POST", "/v1/accounts/alice/deposits", "amount=1",
+                                         {{"Authorization", teller.at("Authorization")}, {"Content-Type", "text/plain"}}, false);
+    CHECK(response.status == 415);
+    CHECK(code_of(response) == "unsupported_media_type");
+  }
+  SUBCASE("unknown route and wrong method") {
+    CHECK(client.request("POST", "/v1/nothing", "{}", teller).status == 404);
+    const auto wrong = client.request("GET", "/v1/transfers", "", teller);
+    CHECK(wrong.status == 405);
+    CHECK(wrong.header("Allow") == "POST");
+    CHECK(code_of(wrong) == "method_not_allowed");
+  }
+  SUBCASE("body over the limit") {
+    const auto response = client.request("POST", "/v1/accounts", R"({"owner":")" + std::string(8'000, 'o') + R"("})", teller);
+    CHECK(response.status == 413);
+    CHECK(code_of(response) == "body_too_large");
+  }
+  SUBCASE("headers over the limit") {
+    auto headers = teller;
+    headers["X-Padding"] = std::string(4'000, 'p');
+    const auto response = client.request("POST", "/v1/accounts", R"({"currency":"EUR"})", headers);
+    CHECK(response.status == 431);
+    CHECK(code_of(response) == "headers_too_large");
+  }
+  SUBCASE("an invalid idempotency key") {
+    auto headers = teller;
+    headers["Idempotency-Key"] = std::string(300, 'k');
+    CHECK(code_of(client.request("POST", "/v1/accounts/alice/deposits", R"({"amount":1})", headers)) ==
+          "invalid_idempotency_key");
+  }
+  CHECK(test::event_count(database.app_url()) == before);
+}
+
+TEST_CASE("slow and stalled clients time out; connections beyond the limit are refused") {
+  test::TestDatabase database;
+  api::ServerSettings settings;
+  settings.header_timeout = std::chrono::milliseconds(300);
+  settings.body_timeout = std::chrono::milliseconds(300);
+  settings.connections_max = 4;
+  ServerFixture server(database.app_url(), settings);
+  const auto before = test::event_count(database.app_url());
+
+  SUBCASE("headers that never finish") {
+    HttpClient client(server.port());
+    client.send_raw("POST /v1/accounts HTTP/1.1\r\nHost: x\r\n");
+    const auto response = client.read();
+    CHECK(response.status == 408);
+    CHECK(client.closed_by_server());
+  }
+  SUBCASE("a body that never finishes") {
+    HttpClient client(server.port());
+    client.send_raw("POST /v1/accounts HTTP/1.1\r\nHost: x\r\nAuthorization: " + teller.at("Authorization") +
+                    "\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"currency\"");
+    const auto response = client.read();
+    CHECK(response.status == 408);
+  }
+  SUBCASE("more connections than the limit") {
+    std::vector<std::unique_ptr<HttpClient>> held;
+    for (int i = 0; i < 4; ++i) {
+      held.push_back(std::make_unique<HttpClient>(server.port()));
+      CHECK(held.back()->request("GET", "/health/live").status == 200);
+    }
+    HttpClient extra(server.port());
+    const auto refused = extra.read();
+    CHECK(refused.status == 503);
+    CHECK(code_of(refused) == "too_many_connections");
+  }
+  CHECK(test::event_count(database.app_url()) == before);
+}
+
+TEST_CASE("keep-alive and pipelined requests are answered in order; request ids are echoed") {
+  test::TestDatabase database;
+  ServerFixture server(database.app_url());
+  auto client = server.client();
+  const std::string auth = teller.at("Authorization");
+  auto request = [&](const std::string& id, const std::string& body) {
+    return "POST /v1/accounts HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth +
+           "\r\nContent-Type: application/json\r\nX-Request-Id: " + id +
+           "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  };
+  client.send_raw(request("first", R"({"id":"p1","currency":"EUR"})") +
+                  request("second", R"({"id":"p2","currency":"EUR"})") +
+                  request("third", R"({"id":"p1","currency":"EUR"})"));
+  const auto first = client.read();
+  const auto second = client.read();
+  const auto third = client.read();
+  CHECK(first.status == 201);
+  CHECK(first.header("X-Request-Id") == "first");
+  CHECK(second.status == 201);
+  CHECK(second.header("X-Request-Id") == "second");
+  CHECK(third.status == 409);
+  CHECK(third.header("X-Request-Id") == "third");
+  CHECK(parse(third.body)["request_id"].GetString() == std::string("third"));
+  // The connection stays open.
+  CHECK(client.request("GET", "/health/live").status == 200);
+}
+
+TEST_CASE("Idempotency-Key: the same request replays its answer, another request is refused") {
+  test::TestDatabase database;
+  ServerFixture server(database.app_url());
+  auto client = server.client();
+  post_ok(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
+  auto headers = teller;
+  headers["Idempotency-Key"] = "deposit-0001";
+  const auto first = client.request("POST", "/v1/accounts/alice/deposits", R"({"amount":700})", headers);
+  CHECK(first.status == 201);
+  const auto count = test::event_count(database.app_url());
+  const auto again = client.request("POST", "/v1/accounts/alice/deposits", R"({"amount":700})", headers);
+  CHECK(again.status == 200);
+  CHECK(parse(again.body)["command_id"].GetString() == std::string(parse(first.body)["command_id"].GetString()));
+  CHECK(parse(again.body)["replayed"].GetBool());
+  const auto other = client.request("POST", "/v1/accounts/alice/deposits", R"({"amount":900})", headers);
+  CHECK(other.status == 409);
+  CHECK(code_of(other) == "idempotency_key_reused");
+  CHECK(test::event_count(database.app_url()) == count);
+}
+
+TEST_CASE("the auth matrix: every role against every route") {
+  test::TestDatabase database;
+  ServerFixture server(database.app_url());
+  auto client = server.client();
+  post_ok(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
+
+  struct Route {
+    std::string method, target, body;
+    bool needs_teller;  // else auditor
+  };
+  const std::vector<Route> routes = {
+      {"POST", "/v1/accounts", R"({"currency":"EUR"})", true},
+      {"POST", "/v1/accounts/alice/deposits", R"({"amount":10})", true},
+      {"POST", "/v1/accounts/alice/withdrawals", R"({"amount":1})", true},
+      {"POST", "/v1/transfers", R"({"from":"alice","to":"alice","amount":1,"currency":"EUR"})", true},
+      {"POST", "/v1/holds", R"({"from":"alice","to":"alice","amount":1,"currency":"EUR"})", true},
+      {"POST", "/v1/holds/h/post", "", true},
+      {"POST", "/v1/holds/h/void", "", true},
+      {"POST", "/v1/accounts/alice/freeze", "", true},
+      {"POST", "/v1/accounts/alice/unfreeze", "", true},
+      {"POST", "/v1/accounts/zed/close", "", true},
+      {"POST", "/v1/batch", R"({"commands":[{"type":"deposit","account_id":"alice","amount":1}]})", true},
+      {"GET", "/v1/streams/account-alice/events", "", false},
+  };
+  struct Caller {
+    std::string name;
+    std::map<std::string, std::string> headers;
+    bool teller, auditor;
+  };
+  const std::vector<Caller> callers = {
+      {"no token", {}, false, false},
+      {"malformed token", {{"Authorization", "Bearer not.a.jwt"}}, false, false},
+      {"wrong scheme", {{"Authorization", "Basic dXNlcjpwYXNz"}}, false, false},
+      {"bad signature", {{"Authorization", "Bearer " + api::issue_token("another-secret-of-32-bytes-or-more!!", "x", {"admin"}, std::chrono::hours(1))}}, false, false},
+      {"expired", {{"Authorization", "Bearer " + api::issue_token(test::test_jwt_secret, "x", {"admin"}, std::chrono::seconds(-120))}}, false, false},
+      {"no roles", ServerFixture::auth({}), false, false},
+      {"teller", ServerFixture::auth({"teller"}), true, false},
+      {"auditor", ServerFixture::auth({"auditor"}), false, true},
+      {"admin", ServerFixture::auth({"admin"}), true, true},
+  };
+  for (const auto& caller : callers) {
+    const bool authenticated = caller.name != "no token" && caller.name != "malformed token" &&
+                               caller.name != "wrong scheme" && caller.name != "bad signature" &&
+                               caller.name != "expired";
+    for (const auto& route : routes) {
+      INFO(caller.name << " " << route.method << " " << route.target);
+      const auto response = client.request(route.method, route.target, route.body, caller.headers);
+      const bool allowed = route.needs_teller ? caller.teller : caller.auditor;
+      if (!authenticated) {
+        CHECK(response.status == 401);
+        CHECK(code_of(response) == "unauthorized");
+      } else if (!allowed) {
+        CHECK(response.status == 403);
+        CHECK(code_of(response) == "forbidden");
+      } else {
+        CHECK(response.status != 401);
+        CHECK(response.status != 403);
+      }
+    }
+  }
+  for (const char* open : {"/health", "/health/live", "/health/ready", "/metrics"}) {
+    CHECK(client.request("GET", open).status == 200);
+  }
+}
