@@ -66,13 +66,22 @@ class AdvisoryLock {
   pqxx::connection& connection_;
 };
 
-MigrationStatus read_status(pqxx::connection& connection, const std::vector<Migration>& known) {
-  {
+// Reads what is applied. `create` makes the table when missing (runners, under the lock);
+// status readers (possibly the application role) only look.
+MigrationStatus read_status(pqxx::connection& connection, const std::vector<Migration>& known,
+                            bool create) {
+  MigrationStatus status;
+  if (create) {
     pqxx::work work(connection);
     work.exec(create_table_sql);
     work.commit();
+  } else {
+    pqxx::read_transaction work(connection);
+    if (work.exec1("SELECT to_regclass('schema_migrations') IS NULL")[0].as<bool>()) {
+      status.pending = known;
+      return status;
+    }
   }
-  MigrationStatus status;
   pqxx::read_transaction work(connection);
   const auto rows = work.exec(
       "SELECT version, name, checksum, to_char(applied_at AT TIME ZONE 'UTC', "
@@ -131,7 +140,7 @@ MigrationRunner::MigrationRunner(std::string url, std::vector<Migration> migrati
 
 MigrationStatus MigrationRunner::status() const {
   auto connection = connect(url_);
-  return read_status(*connection, migrations_);
+  return read_status(*connection, migrations_, /*create=*/false);
 }
 
 void MigrationRunner::validate() const { throw_if_problems(status()); }
@@ -140,7 +149,7 @@ std::vector<int> MigrationRunner::up(std::optional<int> target_version) {
   auto connection = connect(url_);
   AdvisoryLock lock(*connection);
   // Read the status under the lock: a runner that waited sees what the other one applied.
-  const MigrationStatus status = read_status(*connection, migrations_);
+  const MigrationStatus status = read_status(*connection, migrations_, /*create=*/true);
   throw_if_problems(status);
   std::vector<int> applied;
   for (const auto& migration : status.pending) {
@@ -171,7 +180,7 @@ std::vector<int> MigrationRunner::up(std::optional<int> target_version) {
 std::vector<int> MigrationRunner::down(int count) {
   auto connection = connect(url_);
   AdvisoryLock lock(*connection);
-  const MigrationStatus status = read_status(*connection, migrations_);
+  const MigrationStatus status = read_status(*connection, migrations_, /*create=*/true);
   throw_if_problems(status);
   std::vector<int> reverted;
   for (auto it = status.applied.rbegin(); it != status.applied.rend() && count > 0; ++it, --count) {

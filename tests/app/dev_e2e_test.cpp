@@ -15,6 +15,7 @@
 #include <map>
 #include <thread>
 
+#include "http_client.hpp"
 #include "ledger/core/process.hpp"
 #include "test_cluster.hpp"
 
@@ -55,7 +56,16 @@ DevRun start_dev(const fs::path& home) {
     if (std::getline(env_file, first_line) &&
         first_line.find("(pid " + std::to_string(run.pid) + ")") != std::string::npos) {
       run.env = read_env(home / "dev.env");
-      if (run.env.contains("LEDGER_KAFKA_BROKERS")) return run;
+      if (run.env.contains("LEDGER_URL")) {
+        // Ready when /health/ready answers 200 (API.md).
+        const int port = std::stoi(run.env.at("LEDGER_URL").substr(run.env.at("LEDGER_URL").rfind(':') + 1));
+        try {
+          test::HttpClient client(port);
+          if (client.request("GET", "/health/ready").status == 200) return run;
+        } catch (const std::exception&) {
+          // not listening yet
+        }
+      }
     }
     REQUIRE_MESSAGE(process::is_alive(run.pid), "ledger dev exited early; see " << options.output_file);
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -113,7 +123,7 @@ TEST_CASE("ledger dev starts, stops cleanly, restarts on the same data and survi
   {
     pqxx::connection app(first.env.at("LEDGER_DATABASE_URL"));
     pqxx::read_transaction work(app);
-    CHECK(work.exec1("SELECT count(*) FROM events")[0].as<int>() == 0);
+    CHECK(work.exec1("SELECT count(*) FROM pending_expiries")[0].as<int>() == 0);
     CHECK(work.exec1("SELECT current_user")[0].as<std::string>() == "ledger_app");
   }
   {
@@ -124,8 +134,18 @@ TEST_CASE("ledger dev starts, stops cleanly, restarts on the same data and survi
     work.commit();
   }
   CHECK(tcp_connects(first.env.at("LEDGER_KAFKA_BROKERS")));
+  {
+    // The printed development token works against the printed URL.
+    const auto& url = first.env.at("LEDGER_URL");
+    test::HttpClient client(std::stoi(url.substr(url.rfind(':') + 1)));
+    const auto opened = client.request("POST", "/v1/accounts", R"({"id":"dev-check","currency":"EUR"})",
+                                       {{"Authorization", "Bearer " + first.env.at("LEDGER_TOKEN")}});
+    CHECK(opened.status == 201);
+    CHECK(client.request("GET", "/v1/streams/account-dev-check/events", "",
+                         {{"Authorization", "Bearer " + first.env.at("LEDGER_TOKEN")}}).status == 200);
+  }
   auto pids = stack_pids(home);
-  CHECK(pids.size() >= 2);  // broker and postgres at least
+  CHECK(pids.size() >= 3);  // broker, serve and postgres
 
   // SIGTERM stops every child and exits 0.
   kill(first.pid, SIGTERM);

@@ -75,3 +75,13 @@ TEST_CASE("help exits 0") {
   CHECK(outcome.status.success());
   CHECK(outcome.output.find("migrate") != std::string::npos);
 }
+
+TEST_CASE("serve needs a strong JWT secret and refuses the development one outside ledger dev") {
+  check_one_line_error(run_ledger({"serve"}), "--jwt-secret");
+  check_one_line_error(run_ledger({"serve", "--jwt-secret", "short"}), "--jwt-secret");
+  check_one_line_error(
+      run_ledger({"serve"}, {"LEDGER_JWT_SECRET=ledger-development-secret-never-use-in-production"}),
+      "development secret");
+  check_one_line_error(run_ledger({"serve", "--http-port", "70000"}), "--http-port");
+  check_one_line_error(run_ledger({"serve", "--migrate", "sometimes"}), "--migrate");
+}
