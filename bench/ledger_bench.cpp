@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <pqxx/pqxx>
 #include <spdlog/spdlog.h>
+#include <signal.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -18,7 +19,10 @@
 #include <sstream>
 #include <thread>
 
+#include "http_load.hpp"
+#include "ledger/api/auth.hpp"
 #include "ledger/core/logging.hpp"
+#include "ledger/core/process.hpp"
 #include "ledger/db/embedded_postgres.hpp"
 #include "ledger/db/migrations.hpp"
 #include "ledger/engine/engine.hpp"
@@ -225,6 +229,15 @@ void setup_accounts(engine::Engine& engine, int accounts) {
   drain();
 }
 
+long peak_rss_kib_of(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+  }
+  return 0;
+}
+
 std::string git_commit() {
   std::string commit;
   if (FILE* pipe = popen("git rev-parse --short HEAD 2>/dev/null", "r")) {
@@ -265,7 +278,23 @@ int main(int argc, char** argv) {
   app.add_option("--clients", clients, "Engine client threads")->capture_default_str();
   app.add_option("--window", window, "Commands in flight per client")->capture_default_str();
   app.add_flag("--quick", quick, "Short run (5 s phases, 10,000 accounts) for a smoke test");
+  int load_port = 0;
+  std::string load_token;
+  double load_rate = 0;
+  app.add_option("--load-port", load_port,
+                 "Only drive transfers at a running server on 127.0.0.1:PORT (accounts a0..a<N-1>)");
+  app.add_option("--load-token", load_token, "Bearer token for --load-port")->envname("LEDGER_TOKEN");
+  app.add_option("--load-rate", load_rate, "Fixed rate for --load-port (0: maximum)");
   CLI11_PARSE(app, argc, argv);
+  if (load_port != 0) {
+    bench::LoadSettings load{load_port, 64, seconds, load_rate, accounts, load_token};
+    const auto run = bench::run_http_load(load);
+    std::printf("ok %lld errors %lld in %.1f s: %.0f/s, p50 %.2f ms, p99 %.2f ms, p999 %.2f ms\n",
+                static_cast<long long>(run.ok), static_cast<long long>(run.errors), run.seconds,
+                static_cast<double>(run.ok) / run.seconds, percentile(run.latencies_us, 0.5) / 1e3,
+                percentile(run.latencies_us, 0.99) / 1e3, percentile(run.latencies_us, 0.999) / 1e3);
+    return 0;
+  }
   if (quick) {
     seconds = 5;
     accounts = 10'000;
@@ -342,6 +371,69 @@ int main(int argc, char** argv) {
   results.push_back({"engine", "mean batch size", run.mean_batch_commands, "commands", "", ""});
   results.push_back({"engine", "peak RSS (bench process, engine in-process)",
                      static_cast<double>(rss_kib) / 1024.0, "MiB", "", ""});
+
+  // HTTP end to end: `ledger serve` as its own process, the Asio load generator here.
+  {
+    const std::string ledger_binary =
+        (std::filesystem::path(process::self_executable()).parent_path().parent_path() / "app" / "ledger").string();
+    const std::string secret = "bench-secret-of-at-least-thirty-two-bytes";
+    const std::string port_file = work_directory + "/serve.port";
+    std::filesystem::remove(port_file);
+    process::SpawnOptions serve_options;
+    serve_options.output_file = work_directory + "/serve.log";
+    serve_options.extra_environment = {"LEDGER_JWT_SECRET=" + secret, "LEDGER_LOG_LEVEL=warn"};
+    const pid_t serve = process::spawn(
+        {ledger_binary, "--home", work_directory, "--database-url", app_url, "serve", "--http-port",
+         "0", "--port-file", port_file, "--snapshot-directory", work_directory + "/serve-snapshots"},
+        serve_options);
+    int port = 0;
+    for (int attempt = 0; attempt < 600 && port == 0; ++attempt) {
+      std::ifstream in(port_file);
+      if (!(in >> port)) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (port == 0) throw std::runtime_error("ledger serve did not start; see " + serve_options.output_file);
+    bench::LoadSettings load;
+    load.port = port;
+    load.connections = 64;
+    load.accounts = accounts;
+    load.token = api::issue_token(secret, "bench", {"teller"}, std::chrono::hours(1));
+    load.seconds = 3;
+    (void)bench::run_http_load(load);  // warm the state cache
+    load.seconds = seconds;
+    std::cout << "http: 64 connections, maximum rate, " << seconds << " s ...\n";
+    const auto max_run = bench::run_http_load(load);
+    const double max_rate = static_cast<double>(max_run.ok) / max_run.seconds;
+    load.rate_per_second = std::max(100.0, std::min(30'000.0, 0.8 * max_rate));
+    std::cout << "http: 64 connections, fixed " << load.rate_per_second << "/s, " << seconds << " s ...\n";
+    const auto fixed_run = bench::run_http_load(load);
+    const long serve_rss = peak_rss_kib_of(serve);
+    (void)process::stop(serve, SIGTERM, std::chrono::seconds(30));
+
+    auto ms = [](std::uint32_t us) { return us / 1000.0; };
+    results.push_back({"http", "transfers at maximum rate (64 connections)", max_rate, "commands/s",
+                       ">= 30,000", max_rate >= 30'000 ? "met" : "missed"});
+    results.push_back({"http", "max rate: latency p50", ms(percentile(max_run.latencies_us, 0.50)), "ms", "", ""});
+    results.push_back({"http", "max rate: latency p99", ms(percentile(max_run.latencies_us, 0.99)), "ms", "", ""});
+    results.push_back({"http", "max rate: errors", static_cast<double>(max_run.errors), "requests", "0",
+                       max_run.errors == 0 ? "met" : "missed"});
+    const double fixed_p99 = ms(percentile(fixed_run.latencies_us, 0.99));
+    results.push_back({"http", "fixed rate offered", load.rate_per_second, "commands/s", "", ""});
+    results.push_back({"http", "fixed rate achieved", static_cast<double>(fixed_run.ok) / fixed_run.seconds,
+                       "commands/s", "", ""});
+    results.push_back({"http", "fixed rate: latency p50 (CO-corrected)", ms(percentile(fixed_run.latencies_us, 0.50)), "ms", "", ""});
+    results.push_back({"http", "fixed rate: latency p90", ms(percentile(fixed_run.latencies_us, 0.90)), "ms", "", ""});
+    results.push_back({"http", "fixed rate: latency p99", fixed_p99, "ms", "<= 10",
+                       fixed_p99 <= 10 ? "met" : "missed"});
+    results.push_back({"http", "fixed rate: latency p999", ms(percentile(fixed_run.latencies_us, 0.999)), "ms", "", ""});
+    results.push_back({"http", "fixed rate: errors", static_cast<double>(fixed_run.errors), "requests", "0",
+                       fixed_run.errors == 0 ? "met" : "missed"});
+    results.push_back({"http", "peak RSS of ledger serve", serve_rss / 1024.0, "MiB", "", ""});
+    results.push_back({"http", "max rate / single-row INSERT baseline", 100.0 * max_rate / single, "%", "", ""});
+    std::ofstream throughput(work_directory + "/http_throughput.dat");
+    for (std::size_t second = 0; second < max_run.completions_per_second.size(); ++second) {
+      throughput << second << " " << max_run.completions_per_second[second] << "\n";
+    }
+  }
 
   // Markdown and JSON reports.
   std::ostringstream markdown;

@@ -181,8 +181,16 @@ struct Engine::Impl {
   }
 
   void process_batch(std::vector<Pending>& batch) {
+    // Streams named by ids the engine generated cannot exist yet: no need to look them up.
+    generated_streams.clear();
+    const auto generate = [this] {
+      std::string id = settings.generate_id();
+      generated_streams.insert(account_stream(id));
+      generated_streams.insert(transfer_stream(id));
+      return id;
+    };
     for (auto& pending : batch) {
-      assign_ids(pending.command.body, settings.generate_id);
+      assign_ids(pending.command.body, generate);
       if (pending.command.context.command_id.empty()) {
         pending.command.context.command_id = uuids.next();
       }
@@ -236,6 +244,8 @@ struct Engine::Impl {
     }
   }
 
+  std::unordered_set<std::string> generated_streams;  // writer thread only
+
   // The batch whose commit was in doubt: its outcome is known once we know whether its first
   // event is stored. Recorded by attempt_batch before committing.
   std::string in_doubt_event_id;
@@ -286,6 +296,10 @@ struct Engine::Impl {
     });
     std::vector<std::string> missing;
     for (const auto& id : wanted) {
+      if (generated_streams.contains(id)) {
+        working.put(id, empty_stream_state(id));
+        continue;
+      }
       const StreamState* cached = fresh ? nullptr : cache.find(id);
       if (cached != nullptr) {
         working.put(id, *cached);
@@ -487,8 +501,10 @@ struct Engine::Impl {
     actors.push_back('}');
     keys.push_back('}');
     const auto rows = work.exec_params(
-        "SELECT k.actor, k.key, k.request_hash, k.outcome FROM idempotency_keys k "
-        "JOIN unnest($1::text[], $2::text[]) AS w(actor, key) ON k.actor = w.actor AND k.key = w.key",
+        "SELECT k.actor, k.key, k.request_hash, k.outcome "
+        "FROM unnest($1::text[], $2::text[]) AS w(actor, key) "
+        "CROSS JOIN LATERAL (SELECT * FROM idempotency_keys "
+        "  WHERE actor = w.actor AND key = w.key) k",
         actors, keys);
     for (const auto& row : rows) {
       const std::size_t i = first_with_key.at({row[0].as<std::string>(), row[1].as<std::string>()});

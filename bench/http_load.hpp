@@ -1,0 +1,32 @@
+#pragma once
+// An Asio HTTP/1.1 load generator: N keep-alive connections sending transfer commands, either
+// as fast as answers come back or at a fixed total rate. At a fixed rate each request's latency
+// is measured from the moment it was scheduled, not sent, which corrects for coordinated
+// omission (a stalled server cannot hide the requests it delayed).
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ledger::bench {
+
+struct LoadSettings {
+  int port = 0;
+  int connections = 64;
+  double seconds = 10;
+  double rate_per_second = 0;  // 0: maximum rate
+  int accounts = 1'000;
+  std::string token;
+};
+
+struct LoadResult {
+  std::int64_t ok = 0;
+  std::int64_t errors = 0;
+  double seconds = 0;
+  std::vector<std::uint32_t> latencies_us;  // one per answered request
+  std::vector<std::int64_t> completions_per_second;
+};
+
+LoadResult run_http_load(const LoadSettings& settings);
+
+}  // namespace ledger::bench
