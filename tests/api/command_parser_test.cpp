@@ -49,7 +49,8 @@ void expect_problem(CommandRoute route, std::string_view path_id, std::string_vi
   check_problem(problem_of(route, path_id, body), code, std::move(mentions));
 }
 
-void expect_problem(CommandRoute route, std::string_view body, std::string_view code,
+// For routes without an id in the path.
+void expect_body_problem(CommandRoute route, std::string_view body, std::string_view code,
                     std::vector<std::string_view> mentions = {}) {
   expect_problem(route, "", body, code, std::move(mentions));
 }
@@ -337,11 +338,11 @@ TEST_CASE("malformed JSON: truncated bodies") {
   const std::string full = R"({"id":"t-1","from":"alice","to":"bob","amount":1250,"currency":"EUR"})";
   // Every proper prefix that is not only whitespace is malformed.
   for (std::size_t length = 1; length < full.size(); ++length) {
-    expect_problem(CommandRoute::transfer, full.substr(0, length), "malformed_json", {"offset"});
+    expect_body_problem(CommandRoute::transfer, full.substr(0, length), "malformed_json", {"offset"});
   }
   expect_problem(CommandRoute::post_hold, "h", "{", "malformed_json");
   expect_problem(CommandRoute::post_hold, "h", R"({"amount":)", "malformed_json");
-  expect_problem(CommandRoute::batch, R"({"commands":[{"type":"void_hold","id":"h")",
+  expect_body_problem(CommandRoute::batch, R"({"commands":[{"type":"void_hold","id":"h")",
                  "malformed_json");
 }
 
@@ -351,7 +352,7 @@ TEST_CASE("malformed JSON: top-level value that is not an object") {
         "-5"sv, "1.5"sv}) {
     expect_problem(CommandRoute::deposit, "a", body, "malformed_json", {"object"});
     expect_problem(CommandRoute::void_hold, "h", body, "malformed_json", {"object"});
-    expect_problem(CommandRoute::batch, body, "malformed_json", {"object"});
+    expect_body_problem(CommandRoute::batch, body, "malformed_json", {"object"});
   }
   // Top-level type is checked before duplicate keys inside it.
   expect_problem(CommandRoute::deposit, "a", R"([{"a":1,"a":2}])", "malformed_json");
@@ -389,9 +390,9 @@ TEST_CASE("empty body where the command has required fields") {
     expect_problem(route, path, "  \r\n\t", "malformed_json", {"empty"});
   }
   // {} is well formed but misses the required fields.
-  expect_problem(CommandRoute::open_account, "{}", "missing_field", {"\"currency\""});
+  expect_body_problem(CommandRoute::open_account, "{}", "missing_field", {"\"currency\""});
   expect_problem(CommandRoute::deposit, "acc", "{}", "missing_field", {"\"amount\""});
-  expect_problem(CommandRoute::batch, "{}", "missing_field", {"\"commands\""});
+  expect_body_problem(CommandRoute::batch, "{}", "missing_field", {"\"commands\""});
 }
 
 // --- Invalid UTF-8 ------------------------------------------------------------------------
@@ -440,7 +441,7 @@ TEST_CASE("escapes that do not denote Unicode scalar values") {
         R"({"amount":1,"reference":")" + std::string(reference) + R"("})";
     expect_problem(CommandRoute::deposit, "acc", body, "invalid_utf8");
   }
-  expect_problem(CommandRoute::batch,
+  expect_body_problem(CommandRoute::batch,
                  R"({"commands":[{"type":"void_hold","id":"h"},{"type":"void_hold","id":"h","\udc00":1}]})",
                  "invalid_utf8", {"commands[1]: "});
 }
@@ -468,7 +469,7 @@ TEST_CASE("duplicate keys") {
                  "duplicate_key", {"\"k\"", "\"reference\""});
   expect_problem(CommandRoute::deposit, "acc", R"({"amount":1,"x":[[{"k":1,"k":2}]]})",
                  "duplicate_key", {"\"k\"", "\"x\"[0][0]"});
-  expect_problem(CommandRoute::batch,
+  expect_body_problem(CommandRoute::batch,
                  R"({"commands":[{"type":"void_hold","id":"h"}],"commands":[]})",
                  "duplicate_key", {"\"commands\""});
 }
@@ -480,10 +481,10 @@ TEST_CASE("duplicate keys inside a batch member") {
       R"({"type":"deposit","account_id":"a","amount":1,"amount":2}]})");
   check_problem(p, "duplicate_key", {"\"amount\""});
   CHECK(p.detail.rfind("commands[1]: ", 0) == 0);
-  expect_problem(CommandRoute::batch,
+  expect_body_problem(CommandRoute::batch,
                  R"({"commands":[{"type":"void_hold","type":"void_hold","id":"h1"}]})",
                  "duplicate_key", {"commands[0]: ", "\"type\""});
-  expect_problem(CommandRoute::batch,
+  expect_body_problem(CommandRoute::batch,
                  R"({"commands":[{"type":"void_hold","id":"h1","x":{"y":1,"y":1}}]})",
                  "duplicate_key", {"commands[0]: ", "\"y\"", "\"x\""});
 }
@@ -499,10 +500,10 @@ TEST_CASE("unknown fields") {
                  "unknown_field", {"\"account_id\""});
   expect_problem(CommandRoute::withdrawal, "acc", R"({"amount":1,"currency":"EUR"})",
                  "unknown_field", {"\"currency\""});
-  expect_problem(CommandRoute::transfer,
+  expect_body_problem(CommandRoute::transfer,
                  R"({"from":"a","to":"b","amount":1,"currency":"EUR","type":"transfer"})",
                  "unknown_field", {"\"type\""});
-  expect_problem(CommandRoute::hold,
+  expect_body_problem(CommandRoute::hold,
                  R"({"from":"a","to":"b","amount":1,"currency":"EUR","timeout":5})",
                  "unknown_field", {"\"timeout\""});
   expect_problem(CommandRoute::post_hold, "h", R"({"id":"h"})", "unknown_field", {"\"id\""});
@@ -512,7 +513,7 @@ TEST_CASE("unknown fields") {
                  {"\"reason\""});
   expect_problem(CommandRoute::unfreeze, "acc", R"({"x":null})", "unknown_field", {"\"x\""});
   expect_problem(CommandRoute::close, "acc", R"({"":1})", "unknown_field", {"\"\""});
-  expect_problem(CommandRoute::batch, R"({"commands":[{"type":"void_hold","id":"h"}],"atomic":true})",
+  expect_body_problem(CommandRoute::batch, R"({"commands":[{"type":"void_hold","id":"h"}],"atomic":true})",
                  "unknown_field", {"\"atomic\""});
   // Reported before a missing field, so a misspelling is named.
   expect_problem(CommandRoute::deposit, "acc", R"({"amout":1})", "unknown_field",
@@ -547,10 +548,10 @@ TEST_CASE("missing required fields") {
     }
     body += '}';
     const std::string quoted = '"' + missing + '"';
-    expect_problem(CommandRoute::transfer, body, "missing_field", {quoted});
-    expect_problem(CommandRoute::hold, body, "missing_field", {quoted});
+    expect_body_problem(CommandRoute::transfer, body, "missing_field", {quoted});
+    expect_body_problem(CommandRoute::hold, body, "missing_field", {quoted});
   }
-  expect_problem(CommandRoute::batch, R"({})", "missing_field", {"\"commands\""});
+  expect_body_problem(CommandRoute::batch, R"({})", "missing_field", {"\"commands\""});
 }
 
 // --- Wrong types --------------------------------------------------------------------------
@@ -560,35 +561,35 @@ TEST_CASE("fields of the wrong JSON type") {
   check_problem(p, "invalid_field", {"\"owner\"", "string", "integer"});
   CHECK(p.title == "Invalid field");
 
-  expect_problem(CommandRoute::open_account, R"({"currency":"EUR","owner":null})",
+  expect_body_problem(CommandRoute::open_account, R"({"currency":"EUR","owner":null})",
                  "invalid_field", {"\"owner\"", "string", "null"});
   expect_problem(CommandRoute::deposit, "acc", R"({"amount":1,"reference":["a"]})",
                  "invalid_field", {"\"reference\"", "string", "array"});
-  expect_problem(CommandRoute::transfer,
+  expect_body_problem(CommandRoute::transfer,
                  R"({"from":"a","to":"b","amount":1,"currency":"EUR","reference":{}})",
                  "invalid_field", {"\"reference\"", "object"});
-  expect_problem(CommandRoute::hold,
+  expect_body_problem(CommandRoute::hold,
                  R"({"from":"a","to":"b","amount":1,"currency":"EUR","reference":true})",
                  "invalid_field", {"\"reference\"", "boolean"});
 
   // kind
   for (const std::string_view kind : {R"("Customer")"sv, R"("bank")"sv, R"("")"sv, "1"sv,
                                       "null"sv, R"(["system"])"sv}) {
-    expect_problem(CommandRoute::open_account,
+    expect_body_problem(CommandRoute::open_account,
                    R"({"currency":"EUR","kind":)" + std::string(kind) + "}", "invalid_field",
                    {"\"kind\"", "customer", "system"});
   }
   // ledger_code: an integer 0..4294967295
   for (const std::string_view code : {"-1"sv, "4294967296"sv, "1.0"sv, "1e2"sv, R"("7")"sv,
                                       "null"sv, "true"sv}) {
-    expect_problem(CommandRoute::open_account,
+    expect_body_problem(CommandRoute::open_account,
                    R"({"currency":"EUR","ledger_code":)" + std::string(code) + "}",
                    "invalid_field", {"\"ledger_code\"", "integer"});
   }
   // timeout_seconds: a positive int64
   for (const std::string_view timeout : {"0"sv, "-1"sv, "1.5"sv, "60.0"sv, R"("60")"sv,
                                          "9223372036854775808"sv, "null"sv}) {
-    expect_problem(CommandRoute::hold,
+    expect_body_problem(CommandRoute::hold,
                    R"({"from":"a","to":"b","amount":1,"currency":"EUR","timeout_seconds":)" +
                        std::string(timeout) + "}",
                    "invalid_field", {"\"timeout_seconds\"", "positive integer"});
@@ -599,15 +600,15 @@ TEST_CASE("fields of the wrong JSON type") {
             .timeout_seconds == std::optional<std::int64_t>{INT64_MAX});
 
   // Ids, amounts and currencies of the wrong type get their own codes.
-  expect_problem(CommandRoute::transfer, R"({"from":1,"to":"b","amount":1,"currency":"EUR"})",
+  expect_body_problem(CommandRoute::transfer, R"({"from":1,"to":"b","amount":1,"currency":"EUR"})",
                  "invalid_id", {"\"from\"", "string"});
-  expect_problem(CommandRoute::transfer, R"({"from":"a","to":"b","amount":1,"currency":978})",
+  expect_body_problem(CommandRoute::transfer, R"({"from":"a","to":"b","amount":1,"currency":978})",
                  "invalid_currency", {"\"currency\"", "string"});
   expect_problem(CommandRoute::deposit, "acc", R"({"amount":null})", "invalid_amount",
                  {"\"amount\""});
   expect_problem(CommandRoute::deposit, "acc", R"({"amount":1,"transfer_id":null})",
                  "invalid_id", {"\"transfer_id\""});
-  expect_problem(CommandRoute::open_account, R"({"id":null,"currency":"EUR"})", "invalid_id",
+  expect_body_problem(CommandRoute::open_account, R"({"id":null,"currency":"EUR"})", "invalid_id",
                  {"\"id\""});
 }
 
@@ -632,10 +633,10 @@ TEST_CASE("amounts must be positive JSON integers within int64") {
                    {"\"amount\""});
     expect_problem(CommandRoute::withdrawal, "acc", R"({"amount":)" + tail, "invalid_amount",
                    {"\"amount\""});
-    expect_problem(CommandRoute::transfer,
+    expect_body_problem(CommandRoute::transfer,
                    R"({"from":"a","to":"b","currency":"EUR","amount":)" + tail,
                    "invalid_amount", {"\"amount\""});
-    expect_problem(CommandRoute::hold, R"({"from":"a","to":"b","currency":"EUR","amount":)" + tail,
+    expect_body_problem(CommandRoute::hold, R"({"from":"a","to":"b","currency":"EUR","amount":)" + tail,
                    "invalid_amount", {"\"amount\""});
     expect_problem(CommandRoute::post_hold, "h", R"({"amount":)" + tail, "invalid_amount",
                    {"\"amount\""});
@@ -651,11 +652,11 @@ TEST_CASE("overdraft_limit must be a non-negative JSON integer within int64") {
   for (const std::string_view limit : {"-1"sv, "-9223372036854775808"sv, "1.0"sv, "0.0"sv,
                                        "1e3"sv, "\"100\""sv, "null"sv,
                                        "9223372036854775808"sv}) {
-    expect_problem(CommandRoute::open_account,
+    expect_body_problem(CommandRoute::open_account,
                    R"({"currency":"EUR","overdraft_limit":)" + std::string(limit) + "}",
                    "invalid_amount", {"\"overdraft_limit\""});
   }
-  expect_problem(CommandRoute::open_account, R"({"currency":"EUR","overdraft_limit":-1})",
+  expect_body_problem(CommandRoute::open_account, R"({"currency":"EUR","overdraft_limit":-1})",
                  "invalid_amount", {"negative"});
 }
 
@@ -671,12 +672,12 @@ TEST_CASE("currency must be three capital letters") {
            R"("EU\u0000")"sv, "978"sv, "null"sv, R"(["EUR"])"sv,
        }) {
     const std::string value(currency);
-    expect_problem(CommandRoute::open_account, R"({"currency":)" + value + "}",
+    expect_body_problem(CommandRoute::open_account, R"({"currency":)" + value + "}",
                    "invalid_currency", {"\"currency\""});
-    expect_problem(CommandRoute::transfer,
+    expect_body_problem(CommandRoute::transfer,
                    R"({"from":"a","to":"b","amount":1,"currency":)" + value + "}",
                    "invalid_currency", {"\"currency\""});
-    expect_problem(CommandRoute::hold, R"({"from":"a","to":"b","amount":1,"currency":)" + value + "}",
+    expect_body_problem(CommandRoute::hold, R"({"from":"a","to":"b","amount":1,"currency":)" + value + "}",
                    "invalid_currency", {"\"currency\""});
   }
 }
@@ -703,18 +704,18 @@ TEST_CASE("ids: 1 to 64 of A-Za-z0-9._:-") {
        }) {
     const std::string value = '"' + std::string(id) + '"';
     INFO("id: " << value);
-    expect_problem(CommandRoute::open_account, R"({"currency":"EUR","id":)" + value + "}",
+    expect_body_problem(CommandRoute::open_account, R"({"currency":"EUR","id":)" + value + "}",
                    "invalid_id", {"\"id\""});
-    expect_problem(CommandRoute::transfer,
+    expect_body_problem(CommandRoute::transfer,
                    R"({"from":)" + value + R"(,"to":"b","amount":1,"currency":"EUR"})",
                    "invalid_id", {"\"from\""});
-    expect_problem(CommandRoute::transfer,
+    expect_body_problem(CommandRoute::transfer,
                    R"({"from":"a","to":)" + value + R"(,"amount":1,"currency":"EUR"})",
                    "invalid_id", {"\"to\""});
-    expect_problem(CommandRoute::transfer,
+    expect_body_problem(CommandRoute::transfer,
                    R"({"id":)" + value + R"(,"from":"a","to":"b","amount":1,"currency":"EUR"})",
                    "invalid_id", {"\"id\""});
-    expect_problem(CommandRoute::hold,
+    expect_body_problem(CommandRoute::hold,
                    R"({"id":)" + value + R"(,"from":"a","to":"b","amount":1,"currency":"EUR"})",
                    "invalid_id", {"\"id\""});
     expect_problem(CommandRoute::deposit, "acc", R"({"amount":1,"transfer_id":)" + value + "}",
@@ -757,7 +758,7 @@ TEST_CASE("owner and reference: at most 256 bytes, no control characters") {
   expect_problem(CommandRoute::deposit, "acc",
                  R"({"amount":1,"reference":")" + longest + R"(r"})", "invalid_field",
                  {"\"reference\"", "256", "257"});
-  expect_problem(CommandRoute::open_account,
+  expect_body_problem(CommandRoute::open_account,
                  R"({"currency":"EUR","owner":")" + multibyte + R"(x"})", "invalid_field",
                  {"\"owner\"", "256"});
 
@@ -765,13 +766,13 @@ TEST_CASE("owner and reference: at most 256 bytes, no control characters") {
                                       R"(\u007f)"sv, R"(\u0085)"sv, R"(\u009f)"sv, R"(\r)"sv}) {
     const std::string value = '"' + std::string(text) + '"';
     INFO("text: " << value);
-    expect_problem(CommandRoute::open_account, R"({"currency":"EUR","owner":)" + value + "}",
+    expect_body_problem(CommandRoute::open_account, R"({"currency":"EUR","owner":)" + value + "}",
                    "invalid_field", {"\"owner\"", "control"});
-    expect_problem(CommandRoute::transfer,
+    expect_body_problem(CommandRoute::transfer,
                    R"({"from":"a","to":"b","amount":1,"currency":"EUR","reference":)" + value +
                        "}",
                    "invalid_field", {"\"reference\"", "control"});
-    expect_problem(CommandRoute::hold,
+    expect_body_problem(CommandRoute::hold,
                    R"({"from":"a","to":"b","amount":1,"currency":"EUR","reference":)" + value +
                        "}",
                    "invalid_field", {"\"reference\"", "control"});
@@ -785,10 +786,10 @@ TEST_CASE("owner and reference: at most 256 bytes, no control characters") {
 // --- Batch --------------------------------------------------------------------------------
 
 TEST_CASE("batch: the commands array") {
-  expect_problem(CommandRoute::batch, R"({"commands":[]})", "invalid_field",
+  expect_body_problem(CommandRoute::batch, R"({"commands":[]})", "invalid_field",
                  {"\"commands\"", "empty"});
   for (const std::string_view value : {"{}"sv, "null"sv, R"("void_hold")"sv, "1"sv}) {
-    expect_problem(CommandRoute::batch, R"({"commands":)" + std::string(value) + "}",
+    expect_body_problem(CommandRoute::batch, R"({"commands":)" + std::string(value) + "}",
                    "invalid_field", {"\"commands\"", "array"});
   }
   std::string body = R"({"commands":[)";
@@ -797,7 +798,7 @@ TEST_CASE("batch: the commands array") {
     body += R"({"type":"void_hold","id":"h"})";
   }
   body += "]}";
-  expect_problem(CommandRoute::batch, body, "invalid_field", {"\"commands\"", "100", "101"});
+  expect_body_problem(CommandRoute::batch, body, "invalid_field", {"\"commands\"", "100", "101"});
 
   // Members must be objects.
   for (const std::string_view member : {"1"sv, "null"sv, R"("void_hold")"sv, "[]"sv}) {
@@ -814,12 +815,12 @@ TEST_CASE("batch: member type") {
   CHECK(missing.detail.rfind("commands[0]: ", 0) == 0);
   for (const std::string_view type : {R"("freeze")"sv, R"("batch")"sv, R"("close")"sv,
                                       R"("VOID_HOLD")"sv, R"("")"sv, R"("expire_hold")"sv}) {
-    expect_problem(CommandRoute::batch,
+    expect_body_problem(CommandRoute::batch,
                    R"({"commands":[{"type":)" + std::string(type) + R"(,"id":"h"}]})",
                    "invalid_field", {"commands[0]: ", "\"type\"", "void_hold"});
   }
   for (const std::string_view type : {"1"sv, "null"sv, R"(["void_hold"])"sv}) {
-    expect_problem(CommandRoute::batch,
+    expect_body_problem(CommandRoute::batch,
                    R"({"commands":[{"type":)" + std::string(type) + R"(,"id":"h"}]})",
                    "invalid_field", {"commands[0]: ", "\"type\"", "string"});
   }
