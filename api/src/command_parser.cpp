@@ -2,6 +2,7 @@
 
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
+#include <rapidjson/memorystream.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -590,7 +591,10 @@ engine::CommandBody parse(CommandRoute route, std::string_view path_id, std::str
       fail("malformed_json", "Malformed JSON",
            "invalid JSON at offset " + std::to_string(nul) + ": NUL byte");
     }
-    document.Parse<parse_flags>(body.data(), body.size());
+    // A bare MemoryStream: Document::Parse(str, length) would skip a byte order mark, which
+    // RFC 8259 forbids senders to add.
+    rapidjson::MemoryStream stream(body.data(), body.size());
+    document.ParseStream<parse_flags, rapidjson::UTF8<>>(stream);
     if (document.HasParseError()) {
       const auto error = document.GetParseError();
       const std::string where = " at offset " + std::to_string(document.GetErrorOffset());
