@@ -41,8 +41,15 @@ void copy_text(std::string& line, std::string_view value) {
 }
 
 void copy_bytes(std::string& line, std::string_view bytes) {
+  static constexpr char digits[] = "0123456789abcdef";
   line += "\\\\x";
-  line += to_hex(bytes);
+  const std::size_t start = line.size();
+  line.resize(start + bytes.size() * 2);
+  char* out = line.data() + start;
+  for (unsigned char byte : bytes) {
+    *out++ = digits[byte >> 4];
+    *out++ = digits[byte & 0xf];
+  }
 }
 
 void copy_timestamp(std::string& line, std::int64_t micros_since_epoch) {
@@ -113,6 +120,9 @@ AppendOutcome append_batch(
 
   std::string rows;
   rows.reserve(static_cast<std::size_t>(count) * 512);
+  // A command's events share their metadata: serialize it once per command.
+  const EventMetadata* last_metadata = nullptr;
+  std::string metadata_json;
   for (std::int64_t i = 0; i < count; ++i) {
     RecordedEvent& event = events[static_cast<std::size_t>(i)];
     event.position = GlobalPosition(first + i);
@@ -133,7 +143,11 @@ AppendOutcome append_batch(
     rows.push_back('\t');
     copy_bytes(rows, event.payload);
     rows.push_back('\t');
-    copy_text(rows, metadata_to_json(event.metadata));
+    if (last_metadata == nullptr || !(*last_metadata == event.metadata)) {
+      metadata_json = metadata_to_json(event.metadata);
+      last_metadata = &event.metadata;
+    }
+    copy_text(rows, metadata_json);
     rows.push_back('\t');
     copy_timestamp(rows, event.recorded_at_us);
     rows.push_back('\t');

@@ -77,9 +77,11 @@ std::string chain_hash(std::string_view previous_hash, const RecordedEvent& even
   append_u64(bytes, static_cast<std::uint64_t>(event.recorded_at_us));
   append_field(bytes, event.payload);
   for (const auto& [name, member] : metadata_fields) append_field(bytes, event.metadata.*member);
+  // Fetched once: OpenSSL 3 would otherwise look the algorithm up on every call.
+  static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int length = 0;
-  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr);
+  EVP_Digest(bytes.data(), bytes.size(), digest, &length, sha256, nullptr);
   return std::string(reinterpret_cast<const char*>(digest), length);
 }
 
