@@ -3,6 +3,7 @@
 #include <pqxx/tablewriter>
 
 #include <ctime>
+#include <optional>
 
 #include "ledger/core/assert.hpp"
 #include "ledger/core/hex.hpp"
@@ -118,41 +119,60 @@ AppendOutcome append_batch(
   const std::int64_t first = last - count + 1;
   std::string previous_hash = pqxx::binarystring(head[1]).str();
 
-  std::string rows;
-  rows.reserve(static_cast<std::size_t>(count) * 512);
+  // The rows stream to PostgreSQL in chunks while the rest are still being hashed and
+  // formatted, so the server parses and indexes one chunk while this thread prepares the next.
+  constexpr std::int64_t copy_chunk_rows = 256;
   // A command's events share their metadata: serialize it once per command.
   const EventMetadata* last_metadata = nullptr;
   std::string metadata_json;
-  for (std::int64_t i = 0; i < count; ++i) {
-    RecordedEvent& event = events[static_cast<std::size_t>(i)];
-    event.position = GlobalPosition(first + i);
-    event.hash = chain_hash(previous_hash, event);
-    previous_hash = event.hash;
-    if (i > 0) rows.push_back('\n');
-    rows += std::to_string(event.position.value());
-    rows.push_back('\t');
-    copy_text(rows, event.stream_id);
-    rows.push_back('\t');
-    rows += std::to_string(event.version.value());
-    rows.push_back('\t');
-    rows += event.event_id;
-    rows.push_back('\t');
-    copy_text(rows, event.type);
-    rows.push_back('\t');
-    rows += std::to_string(event.schema_version);
-    rows.push_back('\t');
-    copy_bytes(rows, event.payload);
-    rows.push_back('\t');
-    if (last_metadata == nullptr || !(*last_metadata == event.metadata)) {
-      metadata_json = metadata_to_json(event.metadata);
-      last_metadata = &event.metadata;
+  std::string chunk;
+  chunk.reserve(static_cast<std::size_t>(copy_chunk_rows) * 640);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  // pqxx 6 keeps raw COPY lines only on the deprecated tablewriter; a "line" may hold several
+  // newline-separated rows (the writer adds the last newline).
+  std::optional<pqxx::tablewriter> writer;
+  try {
+    if (count > 0) writer.emplace(work, "events");
+    for (std::int64_t i = 0; i < count; ++i) {
+      RecordedEvent& event = events[static_cast<std::size_t>(i)];
+      event.position = GlobalPosition(first + i);
+      event.hash = chain_hash(previous_hash, event);
+      previous_hash = event.hash;
+      if (!chunk.empty()) chunk.push_back('\n');
+      chunk += std::to_string(event.position.value());
+      chunk.push_back('\t');
+      copy_text(chunk, event.stream_id);
+      chunk.push_back('\t');
+      chunk += std::to_string(event.version.value());
+      chunk.push_back('\t');
+      chunk += event.event_id;
+      chunk.push_back('\t');
+      copy_text(chunk, event.type);
+      chunk.push_back('\t');
+      chunk += std::to_string(event.schema_version);
+      chunk.push_back('\t');
+      copy_bytes(chunk, event.payload);
+      chunk.push_back('\t');
+      if (last_metadata == nullptr || !(*last_metadata == event.metadata)) {
+        metadata_json = metadata_to_json(event.metadata);
+        last_metadata = &event.metadata;
+      }
+      copy_text(chunk, metadata_json);
+      chunk.push_back('\t');
+      copy_timestamp(chunk, event.recorded_at_us);
+      chunk.push_back('\t');
+      copy_bytes(chunk, event.hash);
+      if ((i + 1) % copy_chunk_rows == 0 || i + 1 == count) {
+        writer->write_raw_line(chunk);
+        chunk.clear();
+      }
     }
-    copy_text(rows, metadata_json);
-    rows.push_back('\t');
-    copy_timestamp(rows, event.recorded_at_us);
-    rows.push_back('\t');
-    copy_bytes(rows, event.hash);
+    if (writer) writer->complete();
+  } catch (const pqxx::unique_violation& error) {
+    throw AppendConflict(error.what());
   }
+#pragma GCC diagnostic pop
 
   ArrayLiteral key_actors, keys, request_hashes, outcomes, key_positions;
   for (const auto& record : records_for(GlobalPosition(first))) {
@@ -169,16 +189,6 @@ AppendOutcome append_batch(
   }
 
   try {
-    if (count > 0) {
-      // pqxx 6 keeps raw COPY lines only on the deprecated tablewriter; all rows go as one
-      // chunk (rows are newline-separated, the writer adds the last newline).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-      pqxx::tablewriter writer(work, "events");
-      writer.write_raw_line(rows);
-      writer.complete();
-#pragma GCC diagnostic pop
-    }
     work.exec_prepared(append_statement, key_actors.finish(),
                        keys.finish(), request_hashes.finish(), outcomes.finish(),
                        key_positions.finish(), expiry_ids.finish(), expiry_times.finish(), last,
