@@ -277,6 +277,8 @@ int main(int argc, char** argv) {
   app.add_option("--accounts", accounts, "Account population")->capture_default_str();
   app.add_option("--clients", clients, "Engine client threads")->capture_default_str();
   app.add_option("--window", window, "Commands in flight per client")->capture_default_str();
+  bool skip_http = false;
+  app.add_flag("--no-http", skip_http, "Skip the HTTP scenario (e.g. for a 1,000,000-account memory run)");
   app.add_flag("--quick", quick, "Short run (5 s phases, 10,000 accounts) for a smoke test");
   int load_port = 0;
   std::string load_token;
@@ -373,7 +375,7 @@ int main(int argc, char** argv) {
                      static_cast<double>(rss_kib) / 1024.0, "MiB", "", ""});
 
   // HTTP end to end: `ledger serve` as its own process, the Asio load generator here.
-  {
+  if (!skip_http) {
     const std::string ledger_binary =
         (std::filesystem::path(process::self_executable()).parent_path().parent_path() / "app" / "ledger").string();
     const std::string secret = "bench-secret-of-at-least-thirty-two-bytes";

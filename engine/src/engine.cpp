@@ -116,7 +116,10 @@ struct Engine::Impl {
                               settings.database_statement_timeout, settings.database_connect_timeout}),
         cache(settings.state_cache_streams_max) {
     if (!settings.clock_us) settings.clock_us = system_clock_us;
-    if (!settings.generate_id) settings.generate_id = [this] { return uuids.next(); };
+    if (!settings.generate_id) {
+      settings.generate_id = [this] { return uuids.next(); };
+      own_id_generator = true;  // UUIDv7: a generated id names no existing stream
+    }
     if (!settings.snapshot_directory.empty()) {
       snapshots = std::make_unique<SnapshotStore>(settings.snapshot_directory);
       snapshot_thread = std::thread([this] { run_snapshot_writer(); });
@@ -185,8 +188,10 @@ struct Engine::Impl {
     generated_streams.clear();
     const auto generate = [this] {
       std::string id = settings.generate_id();
-      generated_streams.insert(account_stream(id));
-      generated_streams.insert(transfer_stream(id));
+      if (own_id_generator) {
+        generated_streams.insert(account_stream(id));
+        generated_streams.insert(transfer_stream(id));
+      }
       return id;
     };
     for (auto& pending : batch) {
@@ -214,17 +219,12 @@ struct Engine::Impl {
             return;
           }
           fresh = true;
-        } catch (const pqxx::in_doubt_error& error) {
-          lease.discard();
-          throw;
-        } catch (const std::exception&) {
+        } catch (...) {
           lease.discard();  // its state is unknown after an error
           throw;
         }
       } catch (const pqxx::in_doubt_error& error) {
-        // The commit may or may not have happened: find out before answering or retrying.
-        spdlog::warn("commit outcome unknown ({}); checking the event store", error.what());
-        if (in_doubt_batch_committed()) return;
+        // attempt_batch found the in-doubt commit did not happen: run the batch again.
         fresh = true;
         if (++connection_failures > settings.connection_retries_max) {
           fail_all(batch, error.what());
@@ -244,29 +244,24 @@ struct Engine::Impl {
     }
   }
 
+  bool own_id_generator = false;
   std::unordered_set<std::string> generated_streams;  // writer thread only
 
-  // The batch whose commit was in doubt: its outcome is known once we know whether its first
-  // event is stored. Recorded by attempt_batch before committing.
-  std::string in_doubt_event_id;
-  std::function<void()> in_doubt_on_committed;
-
-  bool in_doubt_batch_committed() {
+  // Whether a batch whose commit outcome is unknown did commit: its first event is stored.
+  // std::nullopt when the store cannot be asked.
+  std::optional<bool> committed_in_doubt(const std::string& first_event_id) {
     for (int attempt = 0; attempt < settings.connection_retries_max; ++attempt) {
       try {
         auto lease = pool.acquire();
         pqxx::read_transaction work(*lease);
-        const bool committed =
-            !work.exec_params("SELECT 1 FROM events WHERE event_id = $1::uuid", in_doubt_event_id)
-                 .empty();
-        if (committed && in_doubt_on_committed) in_doubt_on_committed();
-        return committed;
+        return !work.exec_params("SELECT 1 FROM events WHERE event_id = $1::uuid", first_event_id)
+                    .empty();
       } catch (const std::exception& error) {
         spdlog::warn("checking an in-doubt commit failed: {}", error.what());
         std::this_thread::sleep_for(std::chrono::milliseconds(200) * (attempt + 1));
       }
     }
-    return false;
+    return std::nullopt;
   }
 
   // One try at deciding and appending the batch, in one transaction. False on a version or
@@ -371,17 +366,27 @@ struct Engine::Impl {
         }
         return records;
       };
-      in_doubt_event_id = rows.empty() ? std::string() : rows.front().event_id;
-      in_doubt_on_committed = [&] { finish_batch(batch, slots, working, rows, commit_started); };
       try {
         (void)append_batch(work, rows, records_for, expiries);
       } catch (const AppendConflict& conflict) {
         spdlog::debug("append conflict, reloading: {}", conflict.what());
         for (const auto& [id, state] : working.streams()) cache.erase(id);
-        in_doubt_on_committed = nullptr;
         return false;
+      } catch (const pqxx::in_doubt_error& error) {
+        // The connection died during COMMIT: answer only once we know what happened.
+        spdlog::warn("commit outcome unknown ({}); checking the event store", error.what());
+        for (const auto& [id, state] : working.streams()) cache.erase(id);
+        if (rows.empty()) throw;
+        const auto committed = committed_in_doubt(rows.front().event_id);
+        if (!committed) {
+          // Retrying could append the commands twice: refuse, and let clients retry with their
+          // idempotency keys once the store is back.
+          throw EngineUnavailable("the commit outcome is unknown and the event store cannot be "
+                                  "reached; retry with the same Idempotency-Key");
+        }
+        if (!*committed) throw;
+        spdlog::info("the in-doubt batch did commit");
       }
-      in_doubt_on_committed = nullptr;
     }
     finish_batch(batch, slots, working, rows, commit_started);
     return true;
