@@ -380,6 +380,8 @@ int main(int argc, char** argv) {
         (std::filesystem::path(process::self_executable()).parent_path().parent_path() / "app" / "ledger").string();
     const std::string secret = "bench-secret-of-at-least-thirty-two-bytes";
     const std::string port_file = work_directory + "/serve.port";
+    // Snapshots of an earlier run describe another database: start the cache empty.
+    std::filesystem::remove_all(work_directory + "/serve-snapshots");
     std::filesystem::remove(port_file);
     process::SpawnOptions serve_options;
     serve_options.output_file = work_directory + "/serve.log";

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <optional>
+#include <random>
 #include <thread>
 
 #include "router.hpp"
@@ -26,10 +27,19 @@ using tcp = net::ip::tcp;
 
 namespace {
 
+std::string generate_request_id() {
+  thread_local std::mt19937_64 random(std::random_device{}());
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(random()));
+  return text;
+}
+
 struct SharedState {
   const ServerSettings& settings;
   Router& router;
   std::atomic<std::size_t> connections{0};
+  // Requests read but not yet answered: shutdown waits for these, not for idle connections.
+  std::atomic<std::size_t> in_flight{0};
   std::atomic<bool> stopping{false};
 };
 
@@ -119,6 +129,8 @@ class Session : public std::enable_shared_from_this<Session> {
     if (error) return reject(400, "malformed_request", "Bad request", "malformed HTTP: " + error.message());
     Request request = parser_->release();
     keep_alive_ = request.keep_alive();
+    ++shared_.in_flight;
+    answering_ = true;
     shared_.router.handle(std::move(request), client_address_,
                           [self = shared_from_this()](Response response) {
                             net::post(self->stream_.get_executor(),
@@ -130,12 +142,17 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void reject(int status, const std::string& code, const std::string& title, const std::string& detail) {
     keep_alive_ = false;
-    Response response = shared_.router.problem_response(status, code, title, detail, "-", 11);
+    Response response =
+        shared_.router.problem_response(status, code, title, detail, generate_request_id(), 11);
     shared_.router.metrics().observe_request("rejected_before_routing", "-", status, 0);
     write(std::move(response));
   }
 
   void write(Response response) {
+    if (answering_) {
+      answering_ = false;
+      --shared_.in_flight;
+    }
     const bool keep_alive = keep_alive_ && !shared_.stopping;
     response.keep_alive(keep_alive);
     auto shared_response = std::make_shared<Response>(std::move(response));
@@ -162,6 +179,7 @@ class Session : public std::enable_shared_from_this<Session> {
   SharedState& shared_;
   std::string client_address_;
   bool keep_alive_ = true;
+  bool answering_ = false;
 };
 
 }  // namespace
@@ -247,9 +265,10 @@ void Server::shutdown(std::chrono::milliseconds grace) {
     beast::error_code ignored;
     impl.acceptor.close(ignored);
   });
-  // In-flight requests finish (their sessions close after answering); idle ones are cut.
+  // In-flight requests finish (their sessions close after answering); idle connections are
+  // cut when the I/O threads stop.
   const auto deadline = std::chrono::steady_clock::now() + grace;
-  while (impl.shared.connections > 0 && std::chrono::steady_clock::now() < deadline) {
+  while (impl.shared.in_flight > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   impl.io.stop();

@@ -64,8 +64,9 @@ std::string connection_string(const std::string& url, std::chrono::milliseconds 
     append_value(result, "connect_timeout", std::to_string(seconds));
   }
   // synchronous_commit is forced on: a 2xx means the commit is on disk (DESIGN.md invariant 9).
+  // JIT is off: compiling a short OLTP query costs far more (100+ ms) than running it.
   std::string server_options = "-c statement_timeout=" + std::to_string(statement_timeout.count()) +
-                               " -c synchronous_commit=on";
+                               " -c synchronous_commit=on -c jit=off";
   if (!extra_options.empty()) server_options += " " + extra_options;
   append_value(result, "options", server_options);
   return result;
