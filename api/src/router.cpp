@@ -39,6 +39,16 @@ bool is_token_text(std::string_view text, std::size_t length_max) {
   return true;
 }
 
+// A stream id is a prefix ("account-", "transfer-") and an id: the id syntax, a bit longer.
+bool is_valid_stream_id(std::string_view stream) {
+  constexpr std::size_t stream_id_length_max = engine::id_length_max + 16;
+  if (stream.empty() || stream.size() > stream_id_length_max) return false;
+  for (std::size_t start = 0; start < stream.size(); start += engine::id_length_max) {
+    if (!engine::is_valid_id(stream.substr(start, engine::id_length_max))) return false;
+  }
+  return true;
+}
+
 std::string generate_request_id() {
   thread_local std::mt19937_64 random(std::random_device{}());
   char text[17];
@@ -458,7 +468,7 @@ void Router::handle(Request request, const std::string& client_address, Respond 
         return;
       }
     }
-    if (!engine::is_valid_id(route->path_id) && route->path_id.find('-') == std::string::npos) {
+    if (!is_valid_stream_id(route->path_id)) {
       fail(400, "invalid_id", "Invalid id", "invalid stream id");
       return;
     }
