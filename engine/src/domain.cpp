@@ -38,6 +38,20 @@ std::optional<Decision> check_usable(const AccountState& account, const std::str
   return std::nullopt;
 }
 
+// Shared checks of freeze, unfreeze and close: an existing customer account, not closed.
+std::optional<Decision> check_status_change(const AccountState& account, const std::string& id,
+                                            std::string_view becoming) {
+  if (!account.exists) return reject(RejectionCode::unknown_account, "no account " + id);
+  if (account.kind == AccountKind::system) {
+    return reject(RejectionCode::reserved_id,
+                  "system accounts cannot be " + std::string(becoming));
+  }
+  if (account.status == AccountStatus::closed) {
+    return reject(RejectionCode::account_closed, "account " + id + " is closed");
+  }
+  return std::nullopt;
+}
+
 std::optional<Amount> sum(Amount a, Amount b) { return a.checked_add(b); }
 
 // The shared core of every movement of money: a posted or a pending transfer.
@@ -267,13 +281,7 @@ Decision decide_single(const SingleCommand& command, WorkingSet& set,
           [&](const FreezeAccount& c) -> Decision {
             if (!is_valid_id(c.id)) return reject(RejectionCode::invalid_id, "invalid account id");
             const AccountState& account = set.account(c.id);
-            if (!account.exists) return reject(RejectionCode::unknown_account, "no account " + c.id);
-            if (account.kind == AccountKind::system) {
-              return reject(RejectionCode::reserved_id, "system accounts cannot be frozen");
-            }
-            if (account.status == AccountStatus::closed) {
-              return reject(RejectionCode::account_closed, "account " + c.id + " is closed");
-            }
+            if (auto problem = check_status_change(account, c.id, "frozen")) return *problem;
             if (account.status == AccountStatus::frozen) {
               return reject(RejectionCode::account_frozen, "account " + c.id + " is already frozen");
             }
@@ -283,10 +291,7 @@ Decision decide_single(const SingleCommand& command, WorkingSet& set,
           [&](const UnfreezeAccount& c) -> Decision {
             if (!is_valid_id(c.id)) return reject(RejectionCode::invalid_id, "invalid account id");
             const AccountState& account = set.account(c.id);
-            if (!account.exists) return reject(RejectionCode::unknown_account, "no account " + c.id);
-            if (account.status == AccountStatus::closed) {
-              return reject(RejectionCode::account_closed, "account " + c.id + " is closed");
-            }
+            if (auto problem = check_status_change(account, c.id, "unfrozen")) return *problem;
             if (account.status != AccountStatus::frozen) {
               return reject(RejectionCode::account_not_frozen, "account " + c.id + " is not frozen");
             }
@@ -296,13 +301,7 @@ Decision decide_single(const SingleCommand& command, WorkingSet& set,
           [&](const CloseAccount& c) -> Decision {
             if (!is_valid_id(c.id)) return reject(RejectionCode::invalid_id, "invalid account id");
             const AccountState& account = set.account(c.id);
-            if (!account.exists) return reject(RejectionCode::unknown_account, "no account " + c.id);
-            if (account.kind == AccountKind::system) {
-              return reject(RejectionCode::reserved_id, "system accounts cannot be closed");
-            }
-            if (account.status == AccountStatus::closed) {
-              return reject(RejectionCode::account_closed, "account " + c.id + " is already closed");
-            }
+            if (auto problem = check_status_change(account, c.id, "closed")) return *problem;
             if (account.debits_posted != account.credits_posted || account.pending_count != 0 ||
                 account.debits_pending.minor_units() != 0 ||
                 account.credits_pending.minor_units() != 0) {
