@@ -1,15 +1,11 @@
 #include "ledger/engine/domain.hpp"
 
 #include "ledger/core/assert.hpp"
+#include "overloaded.hpp"
 
 namespace ledger::engine {
 
 namespace {
-
-template <typename... Ts>
-struct Overloaded : Ts... {
-  using Ts::operator()...;
-};
 
 bool is_account_stream(const std::string& stream_id) { return stream_id.starts_with("account-"); }
 

@@ -633,7 +633,7 @@ struct Engine::Impl {
   std::future<CommandOutcome> enqueue(Command command) {
     auto promise = std::make_shared<std::promise<CommandOutcome>>();
     auto future = promise->get_future();
-    enqueue(std::move(command), [promise](std::exception_ptr error, CommandOutcome outcome) {
+    enqueue(std::move(command), [promise](const std::exception_ptr& error, CommandOutcome outcome) {
       if (error) {
         promise->set_exception(error);
       } else {

@@ -4,17 +4,13 @@
 #include <rapidjson/writer.h>
 
 #include "ledger/core/assert.hpp"
+#include "overloaded.hpp"
 #include "ledger/schemas/events_generated.h"
 
 namespace ledger::engine {
 namespace fb = ledger::schema;
 
 namespace {
-
-template <typename... Ts>
-struct Overloaded : Ts... {
-  using Ts::operator()...;
-};
 
 std::string to_string(const flatbuffers::String* value) {
   return value == nullptr ? std::string() : value->str();
