@@ -264,15 +264,21 @@ struct Engine::Impl {
     return std::nullopt;
   }
 
-  // One try at deciding and appending the batch, in one transaction. False on a version or
-  // key conflict. After a conflict (`fresh`), the head row is locked first: no other appender
-  // can commit until this transaction ends, so what it reads stays current and the retry
-  // cannot conflict again.
-  bool attempt_batch(pqxx::connection& connection, std::vector<Pending>& batch, bool fresh) {
-    prepare_append(connection);
-    pqxx::work work(connection);
-    if (fresh) work.exec("SELECT 1 FROM event_store_head FOR UPDATE");
-    std::vector<Slot> slots(batch.size());
+  // What deciding a batch produced: the answers so far and the rows to append.
+  struct Decided {
+    std::vector<Slot> slots;
+    std::vector<RecordedEvent> rows;
+    std::vector<ExpiryRecord> expiries;
+    bool keyed = false;  // holds idempotency records to store
+  };
+
+  // Phase one: idempotency, stream loads (cache, snapshots, store) and decisions, reading
+  // through `work`; `working` ends holding every stream the batch touched.
+  Decided decide_batch(pqxx::transaction_base& work, std::vector<Pending>& batch, bool fresh,
+                       WorkingSet& working) {
+    Decided decided;
+    decided.slots.resize(batch.size());
+    auto& slots = decided.slots;
     resolve_idempotency(work, batch, slots);
 
     // Load every stream the batch names (one query), then decide in order.
@@ -282,13 +288,6 @@ struct Engine::Impl {
     }
     std::sort(wanted.begin(), wanted.end());
     wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
-
-    WorkingSet working([&](const std::string& stream_id) {
-      if (!fresh) {
-        if (const StreamState* cached = cache.find(stream_id)) return *cached;
-      }
-      return load_streams(work, {stream_id}, snapshots.get()).at(stream_id);
-    });
     std::vector<std::string> missing;
     for (const auto& id : wanted) {
       if (generated_streams.contains(id)) {
@@ -324,71 +323,101 @@ struct Engine::Impl {
     }
 
     // Turn the decided events into rows.
-    const auto& decided = working.new_events();
-    std::vector<RecordedEvent> rows(decided.size());
-    std::vector<ExpiryRecord> expiries;
+    const auto& new_events = working.new_events();
+    decided.rows.resize(new_events.size());
     for (std::size_t i = 0; i < batch.size(); ++i) {
       const Slot& slot = slots[i];
       if (slot.kind != Slot::Kind::decide) continue;
       const CommandContext& ctx = batch[i].command.context;
       const EventMetadata metadata{ctx.actor,      ctx.command_id, ctx.correlation_id,
                                    ctx.causation_id, ctx.request_id, ctx.client_address};
+      if (!ctx.idempotency_key.empty()) decided.keyed = true;
       for (std::size_t e = slot.first_event; e < slot.end_event; ++e) {
-        RecordedEvent& row = rows[e];
-        row.stream_id = decided[e].stream_id;
-        row.version = decided[e].version;
+        RecordedEvent& row = decided.rows[e];
+        row.stream_id = new_events[e].stream_id;
+        row.version = new_events[e].version;
         row.event_id = uuids.next();
-        row.type = std::string(event_type(decided[e].event));
+        row.type = std::string(event_type(new_events[e].event));
         row.schema_version = event_schema_version;
-        row.payload = encode_event(decided[e].event);
+        row.payload = encode_event(new_events[e].event);
         row.metadata = metadata;
         row.recorded_at_us = now_us;
-        if (const auto* pending = std::get_if<events::TransferPending>(&decided[e].event)) {
-          if (pending->expires_at_us != 0) expiries.push_back({pending->transfer_id, pending->expires_at_us});
+        if (const auto* pending = std::get_if<events::TransferPending>(&new_events[e].event)) {
+          if (pending->expires_at_us != 0) {
+            decided.expiries.push_back({pending->transfer_id, pending->expires_at_us});
+          }
         }
       }
     }
+    return decided;
+  }
 
-    const bool keyed_decisions = std::any_of(batch.begin(), batch.end(), [&](const Pending& p) {
-      const auto index = static_cast<std::size_t>(&p - batch.data());
-      return slots[index].kind == Slot::Kind::decide && !p.command.context.idempotency_key.empty();
-    });
-    const auto commit_started = std::chrono::steady_clock::now();
-    if (!rows.empty() || keyed_decisions) {
-      auto records_for = [&](GlobalPosition first) {
-        fill_positions(slots, rows, first);
-        std::vector<IdempotencyRecord> records;
-        for (std::size_t i = 0; i < batch.size(); ++i) {
-          const auto& ctx = batch[i].command.context;
-          if (slots[i].kind != Slot::Kind::decide || ctx.idempotency_key.empty()) continue;
-          records.push_back({ctx.actor, ctx.idempotency_key, slots[i].request_hash,
-                             outcome_to_json(slots[i].outcome), slots[i].outcome.position.value()});
-        }
-        return records;
-      };
-      try {
-        (void)append_batch(work, rows, records_for, expiries);
-      } catch (const AppendConflict& conflict) {
-        spdlog::debug("append conflict, reloading: {}", conflict.what());
-        for (const auto& [id, state] : working.streams()) cache.erase(id);
-        return false;
-      } catch (const pqxx::in_doubt_error& error) {
-        // The connection died during COMMIT: answer only once we know what happened.
-        spdlog::warn("commit outcome unknown ({}); checking the event store", error.what());
-        for (const auto& [id, state] : working.streams()) cache.erase(id);
-        if (rows.empty()) throw;
-        const auto committed = committed_in_doubt(rows.front().event_id);
-        if (!committed) {
-          // Retrying could append the commands twice: refuse, and let clients retry with their
-          // idempotency keys once the store is back.
-          throw EngineUnavailable("the commit outcome is unknown and the event store cannot be "
-                                  "reached; retry with the same Idempotency-Key");
-        }
-        if (!*committed) throw;
-        spdlog::info("the in-doubt batch did commit");
+  // Phase two: appends and commits the decided rows in `work`. False on a version or key
+  // conflict (nothing written). When the connection dies during COMMIT the store is asked
+  // whether the batch landed: true if it did, the error again if it did not, and
+  // EngineUnavailable when the store cannot tell (retrying could then append twice).
+  bool append_decided(pqxx::work& work, std::vector<Pending>& batch, Decided& decided) {
+    if (decided.rows.empty() && !decided.keyed) return true;
+    auto records_for = [&](GlobalPosition first) {
+      fill_positions(decided.slots, decided.rows, first);
+      std::vector<IdempotencyRecord> records;
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        const auto& ctx = batch[i].command.context;
+        const Slot& slot = decided.slots[i];
+        if (slot.kind != Slot::Kind::decide || ctx.idempotency_key.empty()) continue;
+        records.push_back({ctx.actor, ctx.idempotency_key, slot.request_hash,
+                           outcome_to_json(slot.outcome), slot.outcome.position.value()});
       }
+      return records;
+    };
+    try {
+      (void)append_batch(work, decided.rows, records_for, decided.expiries);
+    } catch (const AppendConflict& conflict) {
+      spdlog::debug("append conflict, reloading: {}", conflict.what());
+      return false;
+    } catch (const pqxx::in_doubt_error& error) {
+      spdlog::warn("commit outcome unknown ({}); checking the event store", error.what());
+      if (decided.rows.empty()) throw;
+      const auto committed = committed_in_doubt(decided.rows.front().event_id);
+      if (!committed) {
+        throw EngineUnavailable("the commit outcome is unknown and the event store cannot be "
+                                "reached; retry with the same Idempotency-Key");
+      }
+      if (!*committed) throw;
+      spdlog::info("the in-doubt batch did commit");
     }
-    finish_batch(batch, slots, working, rows, commit_started);
+    return true;
+  }
+
+  // One try at deciding and appending the batch, in one transaction (the serial path). False
+  // on a version or key conflict. After a conflict (`fresh`), the head row is locked first: no
+  // other appender can commit until this transaction ends, so what it reads stays current and
+  // the retry cannot conflict again.
+  bool attempt_batch(pqxx::connection& connection, std::vector<Pending>& batch, bool fresh) {
+    prepare_append(connection);
+    pqxx::work work(connection);
+    if (fresh) work.exec("SELECT 1 FROM event_store_head FOR UPDATE");
+    WorkingSet working([&](const std::string& stream_id) {
+      if (!fresh) {
+        if (const StreamState* cached = cache.find(stream_id)) return *cached;
+      }
+      return load_streams(work, {stream_id}, snapshots.get()).at(stream_id);
+    });
+    Decided decided = decide_batch(work, batch, fresh, working);
+    const auto commit_started = std::chrono::steady_clock::now();
+    bool appended = false;
+    try {
+      appended = append_decided(work, batch, decided);
+    } catch (const pqxx::in_doubt_error&) {
+      for (const auto& [id, state] : working.streams()) cache.erase(id);
+      throw;
+    }
+    if (!appended) {
+      for (const auto& [id, state] : working.streams()) cache.erase(id);
+      return false;
+    }
+    remember_streams(working, decided.rows);
+    answer(batch, decided.slots, decided.rows.size(), commit_started);
     return true;
   }
 
@@ -411,13 +440,15 @@ struct Engine::Impl {
     }
   }
 
-  void finish_batch(std::vector<Pending>& batch, std::vector<Slot>& slots, WorkingSet& working,
-                    const std::vector<RecordedEvent>& rows,
-                    std::chrono::steady_clock::time_point commit_started) {
-    const auto latency_us = std::chrono::duration_cast<std::chrono::microseconds>(
-                                std::chrono::steady_clock::now() - commit_started)
-                                .count();
-    // Each changed stream's last hash and appended count, then the cache and snapshots.
+  // After a commit: each changed stream gets its last hash; every stream goes to the cache;
+  // streams that passed a multiple of snapshot_every_events get a snapshot.
+  void remember_streams(WorkingSet& working, const std::vector<RecordedEvent>& rows) {
+    snapshot_changed(working.streams(), rows);
+    for (auto& [stream_id, state] : working.streams()) cache.put(stream_id, std::move(state));
+  }
+
+  template <typename Streams>
+  void snapshot_changed(Streams& streams, const std::vector<RecordedEvent>& rows) {
     struct Appended {
       const RecordedEvent* last = nullptr;
       std::int64_t count = 0;
@@ -429,21 +460,26 @@ struct Engine::Impl {
       entry.last = &row;
       ++entry.count;
     }
-    for (auto& [stream_id, state] : working.streams()) {
+    for (auto& [stream_id, state] : streams) {
       auto changed = appended.find(stream_id);
-      if (changed != appended.end()) {
-        LEDGER_ASSERT(changed->second.last->version == state.version,
-                      "working set and rows disagree");
-        state.last_hash = changed->second.last->hash;
-        const std::int64_t every = settings.snapshot_every_events;
-        const std::int64_t before = state.version.value() - changed->second.count;
-        if (snapshots && every > 0 && state.version.value() / every != before / every) {
-          enqueue_snapshot(stream_id, state);
-        }
+      if (changed == appended.end()) continue;
+      LEDGER_ASSERT(changed->second.last->version == state.version,
+                    "decided states and appended rows disagree");
+      state.last_hash = changed->second.last->hash;
+      const std::int64_t every = settings.snapshot_every_events;
+      const std::int64_t before = state.version.value() - changed->second.count;
+      if (snapshots && every > 0 && state.version.value() / every != before / every) {
+        enqueue_snapshot(stream_id, state);
       }
-      cache.put(stream_id, std::move(state));
     }
+  }
 
+  // Completes every command of a committed (or refused) batch and counts it.
+  void answer(std::vector<Pending>& batch, std::vector<Slot>& slots, std::size_t events,
+              std::chrono::steady_clock::time_point commit_started) {
+    const auto latency_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                                std::chrono::steady_clock::now() - commit_started)
+                                .count();
     std::uint64_t accepted = 0;
     std::uint64_t rejected = 0;
     for (std::size_t i = 0; i < batch.size(); ++i) {
@@ -464,8 +500,8 @@ struct Engine::Impl {
     counters.commands += batch.size();
     counters.commands_accepted += accepted;
     counters.commands_rejected += rejected;
-    counters.events += rows.size();
-    if (!rows.empty()) {
+    counters.events += events;
+    if (events > 0) {
       ++counters.batches;
       push_bounded(counters.recent_commit_latency_us, static_cast<std::uint32_t>(latency_us));
       push_bounded(counters.recent_batch_commands, static_cast<std::uint32_t>(batch.size()));
@@ -473,7 +509,7 @@ struct Engine::Impl {
   }
 
   // Answers commands whose idempotency key was seen before (in the store or earlier in the batch).
-  void resolve_idempotency(pqxx::work& work, std::vector<Pending>& batch,
+  void resolve_idempotency(pqxx::transaction_base& work, std::vector<Pending>& batch,
                            std::vector<Slot>& slots) {
     std::map<std::pair<std::string, std::string>, std::size_t> first_with_key;
     std::string actors = "{";
