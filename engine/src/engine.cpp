@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -109,6 +110,14 @@ struct Engine::Impl {
     std::size_t end_event = 0;
   };
 
+  // What deciding a batch produced: the answers so far and the rows to append.
+  struct Decided {
+    std::vector<Slot> slots;
+    std::vector<RecordedEvent> rows;
+    std::vector<ExpiryRecord> expiries;
+    bool keyed = false;  // holds idempotency records to store
+  };
+
   explicit Impl(EngineSettings s)
       : settings(std::move(s)),
         pool(db::PoolSettings{settings.database_url, settings.database_connections,
@@ -125,6 +134,7 @@ struct Engine::Impl {
       snapshot_thread = std::thread([this] { run_snapshot_writer(); });
     }
     writer_thread = std::thread([this] { run_writer(); });
+    if (settings.decide_while_committing) committer_thread = std::thread([this] { run_committer(); });
     if (settings.expiry_sweep_interval.count() > 0) {
       expiry_thread = std::thread([this] { run_expiry_sweeper(); });
     }
@@ -154,18 +164,28 @@ struct Engine::Impl {
   EngineStats counters;
 
   std::thread writer_thread;
+  std::thread committer_thread;
   std::thread snapshot_thread;
   std::thread expiry_thread;
 
   // ---- writer ---------------------------------------------------------------------------
 
+  // The writer (decider) thread. With decide_while_committing it decides batch N+1 while the
+  // committer thread appends batch N: the cache then holds N's states before N commits, so a
+  // batch the committer cannot commit comes back here (redo) and is run again the serial way,
+  // after the cache is cleared, together with every batch decided on top of it.
   void run_writer() {
     std::vector<Pending> batch;
     while (true) {
+      if (redo_pending) {
+        recover();
+        continue;
+      }
       {
         std::unique_lock lock(queue_mutex);
-        queue_not_empty.wait(lock, [&] { return stopping || !queue.empty(); });
-        if (queue.empty() && stopping) return;
+        queue_not_empty.wait(lock, [&] { return stopping || !queue.empty() || redo_pending; });
+        if (redo_pending) continue;
+        if (queue.empty() && stopping) break;
         if (settings.commit_wait_max.count() > 0 &&
             queue.size() < settings.append_batch_commands_max && !stopping) {
           queue_not_empty.wait_for(lock, settings.commit_wait_max, [&] {
@@ -178,13 +198,171 @@ struct Engine::Impl {
           queue.pop_front();
         }
       }
-      process_batch(batch);
+      if (settings.decide_while_committing) {
+        decide_ahead(batch);
+      } else {
+        process_batch(batch);
+      }
       batch.clear();
+    }
+    // Everything queued is decided; let the committer finish, then redo what it gave back.
+    wait_committer_idle();
+    if (redo_pending) recover();
+  }
+
+  // Decides `batch` on the cached states and hands it to the committer.
+  void decide_ahead(std::vector<Pending>& batch) {
+    assign_batch_ids(batch);
+    const bool keyed = std::any_of(batch.begin(), batch.end(), [](const Pending& p) {
+      return !p.command.context.idempotency_key.empty();
+    });
+    if (keyed) {
+      // Keys are checked against the store: it must hold every earlier batch first.
+      wait_committer_idle();
+      if (redo_pending) recover();
+      process_batch(batch);
+      return;
+    }
+    // The cache must hold no state of a failed batch: recover first if one is pending. After
+    // that nothing is in flight, so the generation read here is the one the cache matches.
+    std::uint64_t decided_generation = 0;
+    {
+      std::unique_lock lock(handoff_mutex);
+      if (redo_pending) {
+        lock.unlock();
+        recover();
+        lock.lock();
+      }
+      decided_generation = generation;
+    }
+    Prepared prepared;
+    try {
+      auto lease = pool.acquire();
+      try {
+        pqxx::read_transaction work(*lease);
+        WorkingSet working([&](const std::string& stream_id) {
+          if (const StreamState* cached = cache.find(stream_id)) return *cached;
+          return load_streams(work, {stream_id}, snapshots.get()).at(stream_id);
+        });
+        prepared.decided = decide_batch(work, batch, false, working);
+        work.commit();
+        std::unordered_set<std::string_view> seen;
+        for (const auto& row : prepared.decided.rows) {
+          if (seen.insert(row.stream_id).second) {
+            prepared.changed.emplace_back(row.stream_id, working.streams().at(row.stream_id));
+          }
+        }
+        for (auto& [stream_id, state] : working.streams()) cache.put(stream_id, std::move(state));
+      } catch (...) {
+        lease.discard();
+        throw;
+      }
+    } catch (const std::exception& error) {
+      // Deciding failed on the database: run the batch the serial way, which retries and
+      // answers every command whatever happens.
+      spdlog::warn("deciding a batch failed ({}); running it on its own", error.what());
+      wait_committer_idle();
+      if (redo_pending) recover();
+      cache.clear();
+      process_batch(batch);
+      return;
+    }
+    prepared.batch = std::move(batch);
+    prepared.generation = decided_generation;
+    {
+      std::unique_lock lock(handoff_mutex);
+      handoff_changed.wait(lock, [&] { return !handoff.has_value(); });
+      handoff = std::move(prepared);
+    }
+    handoff_changed.notify_all();
+  }
+
+  // The committer thread: appends decided batches in order. A batch decided before a failure
+  // (an older generation) is not appended but given back to the writer.
+  void run_committer() {
+    while (true) {
+      Prepared prepared;
+      bool current = false;
+      {
+        std::unique_lock lock(handoff_mutex);
+        handoff_changed.wait(lock, [&] { return handoff.has_value() || committer_stopping; });
+        if (!handoff) return;
+        prepared = std::move(*handoff);
+        handoff.reset();
+        committer_busy = true;
+        current = prepared.generation == generation;
+      }
+      handoff_changed.notify_all();
+      bool committed = false;
+      bool answered = false;
+      if (current) {
+        const auto started = std::chrono::steady_clock::now();
+        try {
+          auto lease = pool.acquire();
+          try {
+            prepare_append(*lease);
+            pqxx::work work(*lease);
+            committed = append_decided(work, prepared.batch, prepared.decided);
+          } catch (...) {
+            lease.discard();
+            throw;
+          }
+        } catch (const EngineUnavailable& error) {
+          // The outcome is unknown: never run these commands again.
+          fail_all(prepared.batch, error.what());
+          answered = true;
+        } catch (const std::exception& error) {
+          spdlog::warn("appending a decided batch failed ({}); it runs again on its own",
+                       error.what());
+        }
+        if (committed) {
+          snapshot_changed(prepared.changed, prepared.decided.rows);
+          answer(prepared.batch, prepared.decided.slots, prepared.decided.rows.size(), started);
+          answered = true;
+        }
+      }
+      {
+        std::lock_guard lock(handoff_mutex);
+        if (!answered) {
+          if (current) {
+            std::lock_guard stats(stats_mutex);
+            ++counters.conflicts;
+          }
+          ++generation;
+          redo.push_back(std::move(prepared.batch));
+          redo_pending = true;
+        }
+        committer_busy = false;
+      }
+      handoff_changed.notify_all();
+      if (!answered) {
+        { std::lock_guard wake(queue_mutex); }
+        queue_not_empty.notify_all();
+      }
     }
   }
 
-  void process_batch(std::vector<Pending>& batch) {
-    // Streams named by ids the engine generated cannot exist yet: no need to look them up.
+  void wait_committer_idle() {
+    std::unique_lock lock(handoff_mutex);
+    handoff_changed.wait(lock, [&] { return !handoff.has_value() && !committer_busy; });
+  }
+
+  // Runs the batches the committer gave back, in order, on a clean cache.
+  void recover() {
+    wait_committer_idle();
+    std::vector<std::vector<Pending>> batches;
+    {
+      std::lock_guard lock(handoff_mutex);
+      batches.swap(redo);
+      redo_pending = false;
+    }
+    cache.clear();
+    for (auto& batch : batches) process_batch(batch);
+  }
+
+  // Fills empty ids. Streams named by ids the engine generated cannot exist yet: they are
+  // remembered so that nobody looks them up.
+  void assign_batch_ids(std::vector<Pending>& batch) {
     generated_streams.clear();
     const auto generate = [this] {
       std::string id = settings.generate_id();
@@ -200,6 +378,12 @@ struct Engine::Impl {
         pending.command.context.command_id = uuids.next();
       }
     }
+  }
+
+  // The serial path: decides and appends `batch` in one transaction, retrying conflicts and
+  // transient errors, and answers every command.
+  void process_batch(std::vector<Pending>& batch) {
+    assign_batch_ids(batch);
     int conflicts = 0;
     int connection_failures = 0;
     bool fresh = false;  // after a conflict, read streams from the store, not the cache
@@ -245,6 +429,22 @@ struct Engine::Impl {
   }
 
   bool own_id_generator = false;
+
+  // A decided batch on its way from the writer to the committer.
+  struct Prepared {
+    std::vector<Pending> batch;
+    Decided decided;
+    std::vector<std::pair<std::string, StreamState>> changed;  // copies, for snapshots
+    std::uint64_t generation = 0;
+  };
+  std::mutex handoff_mutex;
+  std::condition_variable handoff_changed;
+  std::optional<Prepared> handoff;  // at most one batch waits for the committer
+  bool committer_busy = false;
+  bool committer_stopping = false;
+  std::uint64_t generation = 0;  // bumped when a batch fails: later decisions are void
+  std::vector<std::vector<Pending>> redo;
+  std::atomic<bool> redo_pending{false};
   std::unordered_set<std::string> generated_streams;  // writer thread only
 
   // Whether a batch whose commit outcome is unknown did commit: its first event is stored.
@@ -264,13 +464,6 @@ struct Engine::Impl {
     return std::nullopt;
   }
 
-  // What deciding a batch produced: the answers so far and the rows to append.
-  struct Decided {
-    std::vector<Slot> slots;
-    std::vector<RecordedEvent> rows;
-    std::vector<ExpiryRecord> expiries;
-    bool keyed = false;  // holds idempotency records to store
-  };
 
   // Phase one: idempotency, stream loads (cache, snapshots, store) and decisions, reading
   // through `work`; `working` ends holding every stream the batch touched.
@@ -706,6 +899,12 @@ struct Engine::Impl {
     }
     queue_not_empty.notify_all();
     if (writer_thread.joinable()) writer_thread.join();
+    {
+      std::lock_guard lock(handoff_mutex);
+      committer_stopping = true;
+    }
+    handoff_changed.notify_all();
+    if (committer_thread.joinable()) committer_thread.join();
     {
       std::lock_guard lock(snapshot_mutex);
       snapshot_stopping = true;

@@ -43,6 +43,11 @@ class StateCache {
     index_.erase(found);
   }
 
+  void clear() {
+    index_.clear();
+    entries_.clear();
+  }
+
   [[nodiscard]] std::size_t size() const { return index_.size(); }
 
  private:
