@@ -15,5 +15,6 @@ CommandAction register_migrate_command(CLI::App& root, Settings& settings);
 CommandAction register_broker_command(CLI::App& root, Settings& settings);
 CommandAction register_dev_command(CLI::App& root, Settings& settings);
 CommandAction register_serve_command(CLI::App& root, Settings& settings);
+CommandAction register_project_command(CLI::App& root, Settings& settings);
 
 }  // namespace ledger::app

@@ -253,10 +253,19 @@ CommandAction register_dev_command(CLI::App& root, Settings& settings) {
                                          "LEDGER_JWT_SECRET=" + secret, "LEDGER_DEV_MODE=1"};
       supervisor.start("serve",
                        {self, "--home", home.string(), "--log-format", settings.log_format,
-                        "--log-level", settings.log_level, "serve", "--http-port",
+                        "--log-level", settings.log_level, "--topic-prefix", settings.topic_prefix,
+                        "serve", "--http-port",
                         std::to_string(port), "--port-file", port_file.string()},
                        serve_options);
       (void)wait_for_file_line(port_file, child_ready_timeout, "the HTTP front");
+      process::SpawnOptions project_options;
+      project_options.extra_environment = {"LEDGER_DATABASE_URL=" + app_url,
+                                           "LEDGER_KAFKA_BROKERS=" + kafka_brokers};
+      supervisor.start("project",
+                       {self, "--home", home.string(), "--log-format", settings.log_format,
+                        "--log-level", settings.log_level, "--topic-prefix", settings.topic_prefix,
+                        "project", "all"},
+                       project_options);
     } catch (...) {
       supervisor.stop_all();
       throw;

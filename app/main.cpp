@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   add(register_broker_command(root, settings));
   add(register_dev_command(root, settings));
   add(register_serve_command(root, settings));
+  add(register_project_command(root, settings));
 
   try {
     root.parse(argc, argv);

@@ -1,4 +1,4 @@
-// `ledger serve`: the HTTP front, the command engine (and, with the read side, the relay).
+// `ledger serve`: the HTTP front, the command engine, the relay to Kafka and the queries.
 #include <signal.h>
 
 #include <pqxx/pqxx>
@@ -16,6 +16,8 @@
 #include "ledger/db/pool.hpp"
 #include "ledger/engine/engine.hpp"
 #include "ledger/engine/event_store.hpp"
+#include "ledger/engine/relay.hpp"
+#include "ledger/projections/read_models.hpp"
 
 namespace ledger::app {
 namespace {
@@ -37,6 +39,7 @@ struct ServeOptions {
   int commit_wait_us = 0;
   std::size_t state_cache_streams_max = 500'000;
   int shutdown_grace_ms = 15'000;
+  bool relay = true;
 };
 
 std::vector<std::string> pending_migrations(const std::string& url) {
@@ -87,6 +90,10 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
   serve->add_option("--state-cache-streams-max", options->state_cache_streams_max,
                     "In-memory state cache, in streams")
       ->envname("LEDGER_STATE_CACHE_STREAMS_MAX")->check(CLI::Range(0, 100'000'000))->capture_default_str();
+
+  serve->add_option("--relay", options->relay,
+                    "Publish events to Kafka (one instance at a time; others stand by)")
+      ->envname("LEDGER_RELAY")->capture_default_str();
 
   return [options, &settings]() -> int {
     // The stop signals are waited for by the main thread; block them before threads start.
@@ -145,9 +152,37 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
     db::ConnectionPool read_pool(read_pool_settings);
     engine::EventStore event_store(read_pool);
 
+    std::unique_ptr<engine::Relay> relay;
+    if (options->relay) {
+      engine::RelaySettings relay_settings;
+      relay_settings.brokers = resolve_kafka_brokers(settings);
+      relay_settings.topic = settings.topic_prefix + ".events";
+      relay = std::make_unique<engine::Relay>(relay_settings, read_pool);
+      relay->start();
+    }
+    projections::ReadModels read_models(read_pool);
+
     api::Services services;
     services.engine = &engine;
     services.event_store = &event_store;
+    services.read_models = &read_models;
+    services.check_relay = [&relay, &event_store]() {
+      api::RelayHealth health;
+      if (!relay) return health;
+      const auto status = relay->status();
+      health.enabled = true;
+      health.leader = status.leader;
+      health.acknowledged = status.acknowledged.value();
+      health.kafka_reachable = status.kafka_reachable;
+      health.kafka_error = status.kafka_error;
+      health.oldest_unacknowledged_seconds = status.oldest_unacknowledged_seconds;
+      try {
+        health.head = event_store.head().position.value();
+      } catch (const std::exception&) {
+        health.head = health.acknowledged;  // the database check reports the outage
+      }
+      return health;
+    };
     services.check_database = [&read_pool, database_url]() {
       api::DatabaseHealth health;
       const auto stats = read_pool.stats();
@@ -206,6 +241,7 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
     spdlog::info("shutting down (signal {}): finishing in-flight requests", received);
     server.shutdown(std::chrono::milliseconds(options->shutdown_grace_ms));
     engine.stop();  // flushes the last batch
+    if (relay) relay->stop();  // after the engine: publishes what the last batch appended
     spdlog::info("stopped");
     return 0;
   };

@@ -119,6 +119,15 @@ std::string resolve_database_url(const Settings& settings) {
                          " (start `ledger dev` or give the URL)");
 }
 
+std::string resolve_kafka_brokers(const Settings& settings) {
+  if (!settings.kafka_brokers.empty()) return settings.kafka_brokers;
+  const auto dev = read_dev_env(settings.home);
+  if (auto found = dev.find("LEDGER_KAFKA_BROKERS"); found != dev.end()) return found->second;
+  throw SettingError("--kafka-brokers (LEDGER_KAFKA_BROKERS)",
+                     "not set, and no embedded stack in " + settings.home +
+                         " (start `ledger dev` or give the brokers)");
+}
+
 std::string resolve_admin_database_url(const Settings& settings) {
   if (!settings.admin_database_url.empty()) return settings.admin_database_url;
   if (settings.database_url.empty()) {

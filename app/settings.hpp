@@ -34,6 +34,8 @@ void add_settings(CLI::App& app, Settings& settings);
 // CLI::ValidationError (exit code 2) naming the setting when there is none.
 [[nodiscard]] std::string resolve_database_url(const Settings& settings);
 [[nodiscard]] std::string resolve_admin_database_url(const Settings& settings);
+// The Kafka bootstrap servers: the setting, else the embedded stack's from dev.env.
+[[nodiscard]] std::string resolve_kafka_brokers(const Settings& settings);
 
 // Installs logging per --log-format/--log-level for a process called `process_name`.
 void configure_logging(const Settings& settings, const std::string& process_name);

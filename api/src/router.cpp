@@ -10,6 +10,9 @@
 #include <random>
 
 #include "command_parser.hpp"
+#include "json_text.hpp"
+#include "queries.hpp"
+#include "read_side_health.hpp"
 #include "ledger/api/auth.hpp"
 #include "ledger/core/logging.hpp"
 #include "ledger/engine/engine.hpp"
@@ -23,7 +26,6 @@ namespace http = boost::beast::http;
 namespace {
 
 using Clock = std::chrono::steady_clock;
-using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 
 constexpr std::size_t request_id_length_max = 128;
 constexpr std::size_t idempotency_key_length_max = 255;
@@ -53,21 +55,6 @@ std::string generate_request_id() {
   thread_local std::mt19937_64 random(std::random_device{}());
   char text[17];
   std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(random()));
-  return text;
-}
-
-void write_string(JsonWriter& w, std::string_view value) {
-  w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
-}
-
-std::string rfc3339(std::int64_t micros_since_epoch) {
-  const std::time_t seconds = static_cast<std::time_t>(micros_since_epoch / 1'000'000);
-  std::tm utc{};
-  gmtime_r(&seconds, &utc);
-  char text[96];
-  std::snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ", utc.tm_year + 1900,
-                utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec,
-                static_cast<long long>(std::abs(micros_since_epoch % 1'000'000)));
   return text;
 }
 
@@ -153,7 +140,7 @@ Target split_target(std::string_view target) {
 }
 
 // What a route is: its template (for metrics), method, role, and handler kind.
-enum class Handler { command, stream_events, health, health_live, health_ready, metrics };
+enum class Handler { command, stream_events, query, health, health_live, health_ready, metrics };
 
 struct Route {
   std::string pattern;
@@ -162,6 +149,7 @@ struct Route {
   CommandRoute command = CommandRoute::open_account;
   std::optional<Role> role;
   std::string path_id;
+  QueryKind query = QueryKind::account;
 };
 
 // Matches the path; `allowed` lists the methods of a matching path when the method differs.
@@ -197,6 +185,16 @@ std::optional<Route> match(const std::vector<std::string>& s, http::verb method,
     if (n == 4 && s[1] == "holds" && s[3] == "post") command("/v1/holds/{id}/post", CommandRoute::post_hold, s[2]);
     if (n == 4 && s[1] == "holds" && s[3] == "void") command("/v1/holds/{id}/void", CommandRoute::void_hold, s[2]);
     if (n == 2 && s[1] == "batch") command("/v1/batch", CommandRoute::batch);
+    // Queries: any authenticated role may read balances and statements; audit is auditor's.
+    auto query = [&](std::string pattern, QueryKind kind, std::optional<Role> role, std::string id = {}) {
+      candidates.push_back({std::move(pattern), http::verb::get, Handler::query,
+                            CommandRoute::open_account, role, std::move(id), kind});
+    };
+    if (n == 3 && s[1] == "accounts") query("/v1/accounts/{id}", QueryKind::account, std::nullopt, s[2]);
+    if (n == 4 && s[1] == "accounts" && s[3] == "entries") {
+      query("/v1/accounts/{id}/entries", QueryKind::entries, std::nullopt, s[2]);
+    }
+    if (n == 2 && s[1] == "audit") query("/v1/audit", QueryKind::audit, Role::auditor);
     if (n == 4 && s[1] == "streams" && s[3] == "events") {
       candidates.push_back({"/v1/streams/{id}/events", http::verb::get, Handler::stream_events,
                             CommandRoute::open_account, Role::auditor, s[2]});
@@ -327,6 +325,8 @@ void Router::handle(Request request, const std::string& client_address, Respond 
       const DatabaseHealth database =
           services_.check_database ? services_.check_database() : DatabaseHealth{};
       const bool ready = database.reachable && database.pending_migrations.empty();
+      const ReadSideHealth read_side =
+          kind == Handler::health_ready ? ReadSideHealth{} : check_read_side(services_);
       if (kind == Handler::metrics) {
         std::string extra;
         extra += "# TYPE ledger_database_pool_connections gauge\n";
@@ -352,6 +352,7 @@ void Router::handle(Request request, const std::string& client_address, Respond 
         }
         Response response{http::status::ok, version};
         response.set(http::field::content_type, "text/plain; version=0.0.4");
+        extra += read_side_metrics(read_side);
         response.body() = metrics_.render(extra);
         response.prepare_payload();
         finish(std::move(response));
@@ -376,7 +377,9 @@ void Router::handle(Request request, const std::string& client_address, Respond 
         return;
       }
       w.Key("status");
-      write_string(w, !database.reachable ? "unhealthy" : (ready ? "healthy" : "degraded"));
+      write_string(w, !database.reachable                      ? "unhealthy"
+                      : (ready && !read_side_degraded(read_side)) ? "healthy"
+                                                                  : "degraded");
       w.Key("components");
       w.StartObject();
       w.Key("database");
@@ -420,14 +423,7 @@ void Router::handle(Request request, const std::string& client_address, Respond 
         w.Uint64(stats.batches);
         w.EndObject();
       }
-      // The relay, Kafka and projections join the process with the read side.
-      for (const char* component : {"kafka", "relay", "projections"}) {
-        w.Key(component);
-        w.StartObject();
-        w.Key("status");
-        write_string(w, "not_running");
-        w.EndObject();
-      }
+      write_read_side_health(w, read_side);
       w.EndObject();
       w.EndObject();
       finish(json(database.reachable ? http::status::ok : http::status::service_unavailable,
@@ -450,6 +446,29 @@ void Router::handle(Request request, const std::string& client_address, Respond 
     fail(403, "forbidden", "Forbidden",
          std::string("this route needs the ") + (*route->role == Role::auditor ? "auditor" : "teller") +
              " role");
+    return;
+  }
+
+  if (route->handler == Handler::query) {
+    if (services_.read_models == nullptr) {
+      fail(503, "unavailable", "Service unavailable", "this server has no read models configured");
+      return;
+    }
+    run_query(*services_.read_models, blocking_, route->query, route->path_id, target.query,
+              [this, finish, request_id, version](QueryAnswer answer) {
+                Response response;
+                if (answer.status == 200) {
+                  response = Response{http::status::ok, version};
+                  response.set(http::field::content_type, "application/json");
+                  response.body() = std::move(answer.body);
+                  response.prepare_payload();
+                } else {
+                  response = problem_response(answer.status, answer.code, answer.title, answer.detail,
+                                              request_id, version);
+                }
+                if (answer.watermark) response.set("X-Ledger-Watermark", std::to_string(*answer.watermark));
+                finish(std::move(response));
+              });
     return;
   }
 

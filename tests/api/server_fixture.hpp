@@ -13,6 +13,7 @@
 #include "ledger/db/pool.hpp"
 #include "ledger/engine/engine.hpp"
 #include "ledger/engine/event_store.hpp"
+#include "ledger/projections/read_models.hpp"
 #include "test_cluster.hpp"
 
 namespace ledger::test {
@@ -47,7 +48,8 @@ inline api::DatabaseHealth check_database(db::ConnectionPool& pool) {
 
 class ServerFixture {
  public:
-  explicit ServerFixture(const std::string& database_url, api::ServerSettings settings = {}) {
+  explicit ServerFixture(const std::string& database_url, api::ServerSettings settings = {},
+                         projections::ReadModels* read_models = nullptr) {
     engine::EngineSettings engine_settings;
     engine_settings.database_url = database_url;
     engine_settings.expiry_sweep_interval = std::chrono::milliseconds(0);
@@ -64,6 +66,7 @@ class ServerFixture {
     api::Services services;
     services.engine = engine_.get();
     services.event_store = store_.get();
+    services.read_models = read_models;
     services.check_database = [this] { return check_database(*pool_); };
     settings.port = 0;
     settings.jwt_secret = test_jwt_secret;

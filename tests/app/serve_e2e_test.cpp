@@ -44,7 +44,8 @@ TEST_CASE("serve answers, then stops on SIGTERM with exit code 0 after in-flight
   options.extra_environment = {"LEDGER_JWT_SECRET=" + secret};
   const pid_t pid = process::spawn({test::ledger_binary(), "--home", directory.string(),
                                     "--database-url", database.app_url(), "serve", "--http-port",
-                                    "0", "--port-file", (directory / "port").string()},
+                                    "0", "--port-file", (directory / "port").string(),
+                                    "--relay", "false"},
                                    options);
   int port = 0;
   for (int attempt = 0; attempt < 300 && port == 0; ++attempt) {

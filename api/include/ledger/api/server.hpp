@@ -12,6 +12,10 @@ class Engine;
 class EventStore;
 }  // namespace ledger::engine
 
+namespace ledger::projections {
+class ReadModels;
+}
+
 namespace ledger::api {
 
 struct ServerSettings {
@@ -39,10 +43,23 @@ struct DatabaseHealth {
   std::string error;
 };
 
+struct RelayHealth {
+  bool enabled = false;  // false: this process runs no relay
+  bool leader = false;   // false: another instance holds the relay lock (standby)
+  std::int64_t acknowledged = 0;  // every event up to here is acknowledged by Kafka
+  std::int64_t head = 0;          // last position in the event store
+  bool kafka_reachable = false;
+  std::string kafka_error;
+  double oldest_unacknowledged_seconds = 0;
+};
+
 // What the server needs from the rest of the process (wired by the composition root).
 struct Services {
   engine::Engine* engine = nullptr;
   engine::EventStore* event_store = nullptr;
+  projections::ReadModels* read_models = nullptr;  // null: no query routes
+  // Blocking, like check_database.
+  std::function<RelayHealth()> check_relay;
   // Blocking: checks the database (run on the server's blocking pool, never on I/O threads).
   std::function<DatabaseHealth()> check_database;
 };

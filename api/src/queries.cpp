@@ -1,0 +1,342 @@
+#include "queries.hpp"
+
+#include <boost/asio/post.hpp>
+#include <spdlog/spdlog.h>
+
+#include <charconv>
+#include <chrono>
+#include <memory>
+
+#include "json_text.hpp"
+#include "ledger/core/money.hpp"
+#include "ledger/engine/types.hpp"
+#include "ledger/projections/read_models.hpp"
+
+namespace ledger::api {
+
+namespace {
+
+constexpr std::int64_t page_limit_max = 1'000;
+constexpr std::int64_t page_limit_default = 100;
+constexpr std::int64_t wait_ms_default = 2'000;
+constexpr std::int64_t wait_ms_max = 10'000;
+
+std::optional<std::int64_t> parse_integer(std::string_view text) {
+  std::int64_t value = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || error != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+QueryAnswer problem(int status, std::string code, std::string title, std::string detail) {
+  QueryAnswer answer;
+  answer.status = status;
+  answer.code = std::move(code);
+  answer.title = std::move(title);
+  answer.detail = std::move(detail);
+  return answer;
+}
+
+struct Parsed {
+  std::optional<std::int64_t> min_position;
+  std::int64_t wait_ms = wait_ms_default;
+  projections::AuditFilter audit;  // cursor and limit serve entries too
+};
+
+// Every parameter is checked; an unknown one is an error, not silently ignored.
+std::optional<QueryAnswer> parse(QueryKind kind, const QueryParameters& parameters, Parsed& out) {
+  out.audit.limit = page_limit_default;
+  auto invalid = [](const std::string& name, const std::string& rule) {
+    return problem(400, "invalid_query", "Invalid query parameter", "invalid " + name + ": " + rule);
+  };
+  for (const auto& [name, value] : parameters) {
+    const auto number = parse_integer(value);
+    const bool paged = kind != QueryKind::account;
+    if (name == "min_position") {
+      if (!number || *number < 0) return invalid(name, "a position >= 0");
+      out.min_position = *number;
+    } else if (name == "wait_ms") {
+      if (!number || *number < 0 || *number > wait_ms_max) return invalid(name, "0 to 10000");
+      out.wait_ms = *number;
+    } else if (paged && name == "limit") {
+      if (!number || *number < 1 || *number > page_limit_max) return invalid(name, "1 to 1000");
+      out.audit.limit = static_cast<std::size_t>(*number);
+    } else if (paged && name == "cursor") {
+      if (!number || *number < 0) return invalid(name, "a cursor returned as next_cursor");
+      out.audit.after_position = *number;
+    } else if (kind == QueryKind::audit && (name == "actor" || name == "type" || name == "stream")) {
+      if (value.empty() || value.size() > 256) return invalid(name, "1 to 256 characters");
+      (name == "actor" ? out.audit.actor : name == "type" ? out.audit.type : out.audit.stream_id) = value;
+    } else if (kind == QueryKind::audit && (name == "from" || name == "to")) {
+      const auto time = parse_rfc3339(value);
+      if (!time) return invalid(name, "an RFC 3339 time such as 2026-01-31T12:00:00Z");
+      (name == "from" ? out.audit.from_us : out.audit.to_us) = *time;
+    } else {
+      return problem(400, "invalid_query", "Invalid query parameter", "unknown parameter " + name);
+    }
+  }
+  return std::nullopt;
+}
+
+std::string account_json(const projections::AccountView& a, std::int64_t watermark) {
+  rapidjson::StringBuffer buffer;
+  JsonWriter w(buffer);
+  w.StartObject();
+  w.Key("id");
+  write_string(w, a.id);
+  w.Key("currency");
+  write_string(w, a.currency);
+  w.Key("kind");
+  write_string(w, a.kind);
+  w.Key("owner");
+  write_string(w, a.owner);
+  w.Key("status");
+  write_string(w, a.status);
+  w.Key("ledger_code");
+  w.Int64(a.ledger_code);
+  w.Key("debits_posted");
+  w.Int64(a.debits_posted);
+  w.Key("credits_posted");
+  w.Int64(a.credits_posted);
+  w.Key("debits_pending");
+  w.Int64(a.debits_pending);
+  w.Key("credits_pending");
+  w.Int64(a.credits_pending);
+  // Same checked arithmetic as the engine; an overflow here would be a corrupt read model.
+  const auto balance = ledger::Amount(a.credits_posted).checked_sub(ledger::Amount(a.debits_posted));
+  const auto available = balance ? balance->checked_sub(ledger::Amount(a.debits_pending)) : std::nullopt;
+  const auto with_overdraft = available ? available->checked_add(ledger::Amount(a.overdraft_limit)) : std::nullopt;
+  w.Key("balance");
+  balance ? w.Int64(balance->minor_units()) : w.Null();
+  w.Key("available");
+  with_overdraft ? w.Int64(with_overdraft->minor_units()) : w.Null();
+  w.Key("overdraft_limit");
+  w.Int64(a.overdraft_limit);
+  w.Key("version");
+  w.Int64(a.version);
+  w.Key("watermark");
+  w.Int64(watermark);
+  w.EndObject();
+  return {buffer.GetString(), buffer.GetSize()};
+}
+
+std::string entries_json(const projections::EntriesPage& page, std::int64_t watermark) {
+  rapidjson::StringBuffer buffer;
+  JsonWriter w(buffer);
+  w.StartObject();
+  w.Key("entries");
+  w.StartArray();
+  for (const auto& e : page.entries) {
+    w.StartObject();
+    w.Key("position");
+    w.Int64(e.position);
+    w.Key("version");
+    w.Int64(e.version);
+    w.Key("transfer_id");
+    write_string(w, e.transfer_id);
+    w.Key("direction");
+    write_string(w, e.direction);
+    w.Key("phase");
+    write_string(w, e.phase);
+    w.Key("amount");
+    w.Int64(e.amount);
+    w.Key("counterparty");
+    write_string(w, e.counterparty);
+    w.Key("balance_after");
+    w.Int64(e.balance_after);
+    w.Key("recorded_at");
+    write_string(w, rfc3339(e.recorded_at_us));
+    w.EndObject();
+  }
+  w.EndArray();
+  w.Key("next_cursor");
+  page.next_cursor ? w.String(std::to_string(*page.next_cursor).c_str()) : w.Null();
+  w.Key("watermark");
+  w.Int64(watermark);
+  w.EndObject();
+  return {buffer.GetString(), buffer.GetSize()};
+}
+
+std::string audit_json(const projections::AuditPage& page, std::int64_t watermark) {
+  rapidjson::StringBuffer buffer;
+  JsonWriter w(buffer);
+  w.StartObject();
+  w.Key("events");
+  w.StartArray();
+  for (const auto& row : page.rows) {
+    w.StartObject();
+    w.Key("position");
+    w.Int64(row.position);
+    w.Key("stream_id");
+    write_string(w, row.stream_id);
+    w.Key("version");
+    w.Int64(row.version);
+    w.Key("type");
+    write_string(w, row.type);
+    w.Key("event_id");
+    write_string(w, row.event_id);
+    w.Key("recorded_at");
+    write_string(w, rfc3339(row.recorded_at_us));
+    for (const auto& [key, value] :
+         {std::pair{"actor", &row.actor}, {"command_id", &row.command_id},
+          {"correlation_id", &row.correlation_id}, {"causation_id", &row.causation_id},
+          {"request_id", &row.request_id}, {"client_address", &row.client_address}}) {
+      w.Key(key);
+      write_string(w, *value);
+    }
+    w.Key("data");
+    w.RawValue(row.data_json.data(), row.data_json.size(), rapidjson::kObjectType);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.Key("next_cursor");
+  page.next_cursor ? w.String(std::to_string(*page.next_cursor).c_str()) : w.Null();
+  w.Key("watermark");
+  w.Int64(watermark);
+  w.EndObject();
+  return {buffer.GetString(), buffer.GetSize()};
+}
+
+QueryAnswer read(projections::ReadModels& read_models, QueryKind kind, const std::string& id,
+                 const Parsed& parsed) {
+  QueryAnswer answer;
+  switch (kind) {
+    case QueryKind::account: {
+      const auto result = read_models.account(id);
+      answer.watermark = result.watermark;
+      if (!result.value) {
+        answer = problem(404, "unknown_account", "Not found", "no account " + id + " in the read model");
+        answer.watermark = result.watermark;
+        return answer;
+      }
+      answer.body = account_json(*result.value, result.watermark);
+      return answer;
+    }
+    case QueryKind::entries: {
+      const auto result = read_models.entries(id, parsed.audit.after_position, parsed.audit.limit);
+      if (!result.value) {
+        answer = problem(404, "unknown_account", "Not found", "no account " + id + " in the read model");
+        answer.watermark = result.watermark;
+        return answer;
+      }
+      answer.watermark = result.watermark;
+      answer.body = entries_json(*result.value, result.watermark);
+      return answer;
+    }
+    case QueryKind::audit: {
+      const auto result = read_models.audit(parsed.audit);
+      answer.watermark = result.watermark;
+      answer.body = audit_json(result.value, result.watermark);
+      return answer;
+    }
+  }
+  return answer;
+}
+
+projections::ProjectionKind projection_of(QueryKind kind) {
+  return kind == QueryKind::audit ? projections::ProjectionKind::audit : projections::ProjectionKind::balance;
+}
+
+}  // namespace
+
+void run_query(projections::ReadModels& read_models, boost::asio::thread_pool& blocking,
+               QueryKind kind, std::string id, const QueryParameters& parameters,
+               std::function<void(QueryAnswer)> done) {
+  auto parsed = std::make_shared<Parsed>();
+  if (auto failure = parse(kind, parameters, *parsed)) {
+    done(std::move(*failure));
+    return;
+  }
+  if (kind != QueryKind::audit && !engine::is_valid_id(id)) {
+    done(problem(400, "invalid_id", "Invalid id", "ids are 1 to 64 of A-Za-z0-9._:-"));
+    return;
+  }
+  auto query = [&read_models, &blocking, kind, id = std::move(id), parsed, done]() {
+    boost::asio::post(blocking, [&read_models, kind, id, parsed, done] {
+      try {
+        done(read(read_models, kind, id, *parsed));
+      } catch (const std::exception& error) {
+        spdlog::warn("read model query failed: {}", error.what());
+        done(problem(503, "database_unavailable", "Service unavailable",
+                     "the read models cannot be read now"));
+      }
+    });
+  };
+  if (!parsed->min_position) {
+    query();
+    return;
+  }
+  const std::int64_t wanted = *parsed->min_position;
+  const std::string projection(projections::to_string(projection_of(kind)));
+  read_models.wait_for(projection_of(kind), wanted, std::chrono::milliseconds(parsed->wait_ms),
+                       [query, done, wanted, projection, parsed](bool reached, std::int64_t watermark) {
+                         if (reached) {
+                           query();
+                           return;
+                         }
+                         QueryAnswer answer = problem(
+                             504, "read_model_behind", "Read model behind",
+                             "the " + projection + " read model is at position " +
+                                 std::to_string(watermark) + ", below min_position " +
+                                 std::to_string(wanted) + ", after " +
+                                 std::to_string(parsed->wait_ms) + " ms");
+                         answer.watermark = watermark;
+                         done(std::move(answer));
+                       });
+}
+
+std::optional<std::int64_t> parse_rfc3339(std::string_view text) {
+  // YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)
+  if (text.size() < 20 || text[4] != '-' || text[7] != '-' || (text[10] != 'T' && text[10] != 't') ||
+      text[13] != ':' || text[16] != ':') {
+    return std::nullopt;
+  }
+  auto field = [&](std::size_t at, std::size_t length) -> std::optional<int> {
+    int value = 0;
+    const auto [end, error] = std::from_chars(text.data() + at, text.data() + at + length, value);
+    if (error != std::errc() || end != text.data() + at + length) return std::nullopt;
+    return value;
+  };
+  const auto year = field(0, 4), month = field(5, 2), day = field(8, 2);
+  const auto hour = field(11, 2), minute = field(14, 2), second = field(17, 2);
+  if (!year || !month || !day || !hour || !minute || !second || *month < 1 || *month > 12 ||
+      *day < 1 || *day > 31 || *hour > 23 || *minute > 59 || *second > 60) {
+    return std::nullopt;
+  }
+  std::size_t at = 19;
+  std::int64_t micros = 0;
+  if (at < text.size() && text[at] == '.') {
+    ++at;
+    int digits = 0;
+    while (at < text.size() && text[at] >= '0' && text[at] <= '9') {
+      if (digits < 6) micros = micros * 10 + (text[at] - '0');
+      ++digits;
+      ++at;
+    }
+    if (digits == 0) return std::nullopt;
+    for (int i = digits; i < 6; ++i) micros *= 10;
+  }
+  std::int64_t offset_seconds = 0;
+  if (at < text.size() && (text[at] == 'Z' || text[at] == 'z')) {
+    ++at;
+  } else if (at + 6 == text.size() && (text[at] == '+' || text[at] == '-') && text[at + 3] == ':') {
+    const auto hours = field(at + 1, 2), minutes = field(at + 4, 2);
+    if (!hours || !minutes || *hours > 23 || *minutes > 59) return std::nullopt;
+    offset_seconds = (*hours * 3600 + *minutes * 60) * (text[at] == '+' ? 1 : -1);
+    at += 6;
+  } else {
+    return std::nullopt;
+  }
+  if (at != text.size()) return std::nullopt;
+  std::tm utc{};
+  utc.tm_year = *year - 1900;
+  utc.tm_mon = *month - 1;
+  utc.tm_mday = *day;
+  utc.tm_hour = *hour;
+  utc.tm_min = *minute;
+  utc.tm_sec = *second;
+  const std::time_t seconds = timegm(&utc);
+  return (static_cast<std::int64_t>(seconds) - offset_seconds) * 1'000'000 + micros;
+}
+
+}  // namespace ledger::api

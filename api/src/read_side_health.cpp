@@ -1,0 +1,122 @@
+#include "read_side_health.hpp"
+
+#include <fmt/format.h>
+
+namespace ledger::api {
+
+namespace {
+
+// Beyond these the read side counts as degraded (delayed, never lossy: invariant 9).
+constexpr double kafka_stuck_seconds = 5.0;
+constexpr double projection_behind_seconds = 10.0;
+
+bool kafka_down(const RelayHealth& relay) {
+  return relay.enabled && relay.leader &&
+         (!relay.kafka_reachable || relay.oldest_unacknowledged_seconds > kafka_stuck_seconds);
+}
+
+}  // namespace
+
+ReadSideHealth check_read_side(const Services& services) {
+  ReadSideHealth health;
+  if (services.check_relay) health.relay = services.check_relay();
+  if (services.read_models != nullptr) {
+    try {
+      health.projections = services.read_models->progress();
+      health.projections_known = true;
+    } catch (const std::exception& error) {
+      health.projections_error = error.what();
+    }
+  }
+  return health;
+}
+
+bool read_side_degraded(const ReadSideHealth& health) {
+  if (kafka_down(health.relay)) return true;
+  for (const auto& projection : health.projections) {
+    if (projection.lag_seconds > projection_behind_seconds) return true;
+  }
+  return false;
+}
+
+void write_read_side_health(JsonWriter& w, const ReadSideHealth& health) {
+  const RelayHealth& relay = health.relay;
+  w.Key("kafka");
+  w.StartObject();
+  w.Key("status");
+  write_string(w, !relay.enabled ? "not_running" : !relay.leader ? "unknown" : kafka_down(relay) ? "down" : "up");
+  if (!relay.kafka_error.empty()) {
+    w.Key("last_error");
+    write_string(w, relay.kafka_error);
+  }
+  w.EndObject();
+
+  w.Key("relay");
+  w.StartObject();
+  w.Key("status");
+  write_string(w, !relay.enabled ? "not_running" : relay.leader ? (kafka_down(relay) ? "delayed" : "up") : "standby");
+  if (relay.enabled) {
+    w.Key("acknowledged_position");
+    w.Int64(relay.acknowledged);
+    w.Key("head_position");
+    w.Int64(relay.head);
+    w.Key("lag_events");
+    w.Int64(relay.head - relay.acknowledged);
+    w.Key("oldest_unacknowledged_seconds");
+    w.Double(relay.oldest_unacknowledged_seconds);
+  }
+  w.EndObject();
+
+  w.Key("projections");
+  w.StartObject();
+  w.Key("status");
+  bool behind = false;
+  for (const auto& projection : health.projections) behind |= projection.lag_seconds > projection_behind_seconds;
+  write_string(w, !health.projections_known ? "unknown" : behind ? "behind" : "up");
+  if (!health.projections_error.empty()) {
+    w.Key("error");
+    write_string(w, health.projections_error);
+  }
+  for (const auto& projection : health.projections) {
+    w.Key(projection.name.c_str());
+    w.StartObject();
+    w.Key("watermark");
+    w.Int64(projection.watermark);
+    w.Key("lag_events");
+    w.Int64(projection.lag_events);
+    w.Key("lag_ms");
+    w.Double(projection.lag_seconds * 1e3);
+    w.EndObject();
+  }
+  w.EndObject();
+}
+
+std::string read_side_metrics(const ReadSideHealth& health) {
+  std::string out;
+  const RelayHealth& relay = health.relay;
+  if (relay.enabled) {
+    out += "# TYPE ledger_relay_leader gauge\n";
+    out += fmt::format("ledger_relay_leader {}\n", relay.leader ? 1 : 0);
+    out += "# TYPE ledger_relay_lag_events gauge\n";
+    out += fmt::format("ledger_relay_lag_events {}\n", relay.head - relay.acknowledged);
+    out += fmt::format("ledger_relay_acknowledged_position {}\n", relay.acknowledged);
+    out += fmt::format("ledger_kafka_up {}\n", kafka_down(relay) ? 0 : 1);
+  }
+  if (!health.projections.empty()) {
+    out += "# TYPE ledger_projection_watermark gauge\n";
+    for (const auto& p : health.projections) {
+      out += fmt::format("ledger_projection_watermark{{projection=\"{}\"}} {}\n", p.name, p.watermark);
+    }
+    out += "# TYPE ledger_projection_lag_events gauge\n";
+    for (const auto& p : health.projections) {
+      out += fmt::format("ledger_projection_lag_events{{projection=\"{}\"}} {}\n", p.name, p.lag_events);
+    }
+    out += "# TYPE ledger_projection_lag_seconds gauge\n";
+    for (const auto& p : health.projections) {
+      out += fmt::format("ledger_projection_lag_seconds{{projection=\"{}\"}} {}\n", p.name, p.lag_seconds);
+    }
+  }
+  return out;
+}
+
+}  // namespace ledger::api

@@ -1,0 +1,65 @@
+// `ledger project <balance|audit|all>`: projector processes, one Kafka consumer group each.
+#include <signal.h>
+
+#include <spdlog/spdlog.h>
+
+#include "commands.hpp"
+#include "ledger/db/pool.hpp"
+#include "ledger/projections/projector.hpp"
+
+namespace ledger::app {
+
+CommandAction register_project_command(CLI::App& root, Settings& settings) {
+  auto* project = root.add_subcommand("project", "Run projectors that build the read models from Kafka");
+  auto which = std::make_shared<std::string>("all");
+  auto batch_events = std::make_shared<std::size_t>(5'000);
+  auto gap_wait_ms = std::make_shared<int>(1'000);
+  std::vector<std::string> names{"all"};
+  for (const auto kind : projections::all_projections()) names.emplace_back(projections::to_string(kind));
+  project->add_option("projection", *which, "Which read model: all, balance (with statements), audit")
+      ->check(CLI::IsMember(names))
+      ->capture_default_str();
+  project->add_option("--batch-events-max", *batch_events, "Events applied per transaction")
+      ->envname("LEDGER_PROJECT_BATCH_EVENTS_MAX")->check(CLI::Range(1, 1'000'000))->capture_default_str();
+  project->add_option("--gap-wait-ms", *gap_wait_ms,
+                      "Read a position from the event store when Kafka has not delivered it for this long")
+      ->envname("LEDGER_PROJECT_GAP_WAIT_MS")->check(CLI::Range(10, 600'000))->capture_default_str();
+
+  return [=, &settings]() -> int {
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    configure_logging(settings, "project");
+
+    db::PoolSettings pool_settings;
+    pool_settings.url = resolve_database_url(settings);
+    pool_settings.connections_max = 8;
+    pool_settings.connect_timeout = std::chrono::milliseconds(settings.database_connect_timeout_ms);
+    pool_settings.statement_timeout = std::chrono::milliseconds(settings.database_statement_timeout_ms);
+    db::ConnectionPool pool(pool_settings);
+
+    projections::ProjectorSettings projector_settings;
+    projector_settings.brokers = resolve_kafka_brokers(settings);
+    projector_settings.topic = settings.topic_prefix + ".events";
+    projector_settings.batch_events_max = *batch_events;
+    projector_settings.gap_wait = std::chrono::milliseconds(*gap_wait_ms);
+
+    std::vector<std::unique_ptr<projections::Projector>> projectors;
+    for (const auto kind : projections::all_projections()) {
+      if (*which != "all" && *which != projections::to_string(kind)) continue;
+      projectors.push_back(std::make_unique<projections::Projector>(kind, projector_settings, pool));
+      projectors.back()->start();
+      spdlog::info("projecting {} from {} (topic {})", projections::to_string(kind),
+                   projector_settings.brokers, projector_settings.topic);
+    }
+    int received = 0;
+    sigwait(&stop_signals, &received);
+    spdlog::info("stopping the projectors (signal {})", received);
+    for (auto& projector : projectors) projector->stop();
+    return 0;
+  };
+}
+
+}  // namespace ledger::app

@@ -1,0 +1,69 @@
+#pragma once
+// The relay (transactional outbox): tails the event store by position and publishes every
+// event to Kafka per the contract in DESIGN.md, at least once and in order per stream.
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "ledger/core/strong_type.hpp"
+
+namespace ledger::db {
+class ConnectionPool;
+}
+
+namespace ledger::engine {
+
+struct RelaySettings {
+  std::string brokers;                // Kafka bootstrap servers
+  std::string topic = "ledger.events";
+  std::string checkpoint_name = "relay";  // row of `checkpoints` holding the acknowledged position
+  // Only the instance holding this PostgreSQL advisory lock publishes; the others wait.
+  std::int64_t leader_lock_key = 0x6c65646765720001;
+  std::size_t read_batch_events = 5'000;
+  // Reading pauses while this many events await Kafka's acknowledgement.
+  std::size_t in_flight_events_max = 200'000;
+  // Fallback poll when no append notification arrives; also the standby's retry interval.
+  std::chrono::milliseconds poll_interval{500};
+  std::chrono::milliseconds checkpoint_interval{100};
+  // A message Kafka has not acknowledged within this is republished (0: wait forever).
+  std::chrono::milliseconds delivery_timeout{60'000};
+  // Extra librdkafka producer properties (e.g. security settings).
+  std::map<std::string, std::string> kafka_properties;
+};
+
+struct RelayStatus {
+  bool running = false;
+  bool leader = false;               // this instance holds the lock and publishes
+  GlobalPosition acknowledged{0};    // every event up to here is acknowledged by Kafka
+  GlobalPosition published{0};       // highest position handed to the producer
+  std::int64_t events_acknowledged = 0;  // since start
+  std::int64_t delivery_failures = 0;    // since start
+  std::int64_t republishes = 0;          // rewinds after failures or a broker that lost data
+  bool kafka_reachable = false;
+  std::string kafka_error;               // last error reported by librdkafka, if any
+  double oldest_unacknowledged_seconds = 0;
+};
+
+// Runs on its own thread from start() to stop(). Reads with `pool`; takes one dedicated
+// connection for the leader lock and the append notifications.
+class Relay {
+ public:
+  Relay(RelaySettings settings, db::ConnectionPool& pool);
+  ~Relay();
+  Relay(const Relay&) = delete;
+  Relay& operator=(const Relay&) = delete;
+
+  void start();
+  // Waits for in-flight messages (bounded) and records the last checkpoint.
+  void stop();
+  [[nodiscard]] RelayStatus status() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ledger::engine

@@ -1,0 +1,71 @@
+#include "ledger/engine/envelope.hpp"
+
+#include <flatbuffers/flatbuffers.h>
+
+#include "ledger/schemas/envelope_generated.h"
+
+namespace ledger::engine {
+
+namespace fb = ledger::schema;
+
+std::string encode_envelope(const RecordedEvent& event) {
+  flatbuffers::FlatBufferBuilder builder(512 + event.payload.size());
+  const auto& m = event.metadata;
+  const auto metadata = fb::CreateMetadataDirect(
+      builder, m.actor.c_str(), m.command_id.c_str(), m.correlation_id.c_str(),
+      m.causation_id.c_str(), m.request_id.c_str(), m.client_address.c_str());
+  const auto payload = builder.CreateVector(
+      reinterpret_cast<const std::uint8_t*>(event.payload.data()), event.payload.size());
+  const auto hash = builder.CreateVector(reinterpret_cast<const std::uint8_t*>(event.hash.data()),
+                                         event.hash.size());
+  const auto stream_id = builder.CreateString(event.stream_id);
+  const auto event_id = builder.CreateString(event.event_id);
+  const auto type = builder.CreateString(event.type);
+  fb::EnvelopeBuilder envelope(builder);
+  envelope.add_envelope_version(1);
+  envelope.add_position(event.position.value());
+  envelope.add_stream_id(stream_id);
+  envelope.add_version(event.version.value());
+  envelope.add_event_id(event_id);
+  envelope.add_type(type);
+  envelope.add_schema_version(static_cast<std::uint16_t>(event.schema_version));
+  envelope.add_recorded_at_us(event.recorded_at_us);
+  envelope.add_payload(payload);
+  envelope.add_metadata(metadata);
+  envelope.add_hash(hash);
+  builder.Finish(envelope.Finish());
+  return {reinterpret_cast<const char*>(builder.GetBufferPointer()), builder.GetSize()};
+}
+
+std::optional<RecordedEvent> decode_envelope(std::string_view bytes) {
+  flatbuffers::Verifier verifier(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
+  if (!fb::VerifyEnvelopeBuffer(verifier)) return std::nullopt;
+  const auto* envelope = fb::GetEnvelope(bytes.data());
+  if (envelope->stream_id() == nullptr || envelope->type() == nullptr ||
+      envelope->payload() == nullptr || envelope->event_id() == nullptr) {
+    return std::nullopt;
+  }
+  auto text = [](const flatbuffers::String* value) {
+    return value == nullptr ? std::string() : value->str();
+  };
+  RecordedEvent event;
+  event.position = GlobalPosition(envelope->position());
+  event.stream_id = envelope->stream_id()->str();
+  event.version = StreamVersion(envelope->version());
+  event.event_id = envelope->event_id()->str();
+  event.type = envelope->type()->str();
+  event.schema_version = static_cast<std::int16_t>(envelope->schema_version());
+  event.recorded_at_us = envelope->recorded_at_us();
+  event.payload.assign(reinterpret_cast<const char*>(envelope->payload()->data()),
+                       envelope->payload()->size());
+  if (envelope->hash() != nullptr) {
+    event.hash.assign(reinterpret_cast<const char*>(envelope->hash()->data()), envelope->hash()->size());
+  }
+  if (const auto* m = envelope->metadata()) {
+    event.metadata = {text(m->actor()),      text(m->command_id()), text(m->correlation_id()),
+                      text(m->causation_id()), text(m->request_id()), text(m->client_address())};
+  }
+  return event;
+}
+
+}  // namespace ledger::engine

@@ -1,0 +1,315 @@
+#include "ledger/engine/relay.hpp"
+
+#include <librdkafka/rdkafka.h>
+#include <pqxx/pqxx>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "ledger/db/pool.hpp"
+#include "ledger/engine/envelope.hpp"
+#include "ledger/engine/event_store.hpp"
+
+namespace ledger::engine {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* append_channel = "ledger_events_appended";
+constexpr const char* content_type = "application/x-flatbuffers; schema=ledger.schema.Envelope";
+
+// Wakes the relay when an append commits (the trigger of migration 0004).
+class AppendListener final : public pqxx::notification_receiver {
+ public:
+  explicit AppendListener(pqxx::connection_base& connection)
+      : pqxx::notification_receiver(connection, append_channel) {}
+  void operator()(const std::string&, int) override { notified = true; }
+  bool notified = false;
+};
+
+}  // namespace
+
+struct Relay::Impl {
+  Impl(RelaySettings s, db::ConnectionPool& p) : settings(std::move(s)), pool(p), store(p) {}
+
+  RelaySettings settings;
+  db::ConnectionPool& pool;
+  EventStore store;
+  std::thread thread;
+  std::atomic<bool> stopping{false};
+  std::mutex wait_mutex;
+  std::condition_variable wake;
+
+  mutable std::mutex status_mutex;
+  RelayStatus state;
+
+  // Delivery tracking, touched only on the relay thread (delivery reports are served by
+  // rd_kafka_poll there). window[i] is position acknowledged + 1 + i: true once acknowledged.
+  rd_kafka_t* producer = nullptr;
+  std::int64_t acknowledged = 0;
+  std::int64_t next = 1;
+  std::deque<bool> window;
+  bool delivery_failed = false;
+  Clock::time_point last_progress = Clock::now();
+
+  ~Impl() {
+    if (producer != nullptr) rd_kafka_destroy(producer);
+  }
+
+  template <typename F>
+  void update_status(F&& change) {
+    std::lock_guard lock(status_mutex);
+    change(state);
+  }
+
+  // Sleeps up to `duration`, returning early on stop().
+  void pause(std::chrono::milliseconds duration) {
+    std::unique_lock lock(wait_mutex);
+    wake.wait_for(lock, duration, [&] { return stopping.load(); });
+  }
+
+  static void on_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void* opaque) {
+    auto* self = static_cast<Impl*>(opaque);
+    const auto position = static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(message->_private));
+    if (message->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      self->delivery_failed = true;
+      self->update_status([&](RelayStatus& s) {
+        ++s.delivery_failures;
+        s.kafka_error = rd_kafka_err2str(message->err);
+      });
+      return;
+    }
+    const std::int64_t index = position - self->acknowledged - 1;
+    if (index >= 0 && index < static_cast<std::int64_t>(self->window.size())) {
+      self->window[static_cast<std::size_t>(index)] = true;
+    }
+    self->last_progress = Clock::now();
+  }
+
+  static void on_error(rd_kafka_t*, int error, const char* reason, void* opaque) {
+    auto* self = static_cast<Impl*>(opaque);
+    const auto code = static_cast<rd_kafka_resp_err_t>(error);
+    spdlog::warn("relay: Kafka: {}", reason);
+    self->update_status([&](RelayStatus& s) {
+      s.kafka_error = reason;
+      if (code == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN || code == RD_KAFKA_RESP_ERR__TRANSPORT) {
+        s.kafka_reachable = false;
+      }
+    });
+  }
+
+  void create_producer() {
+    char error[512];
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    auto set = [&](const std::string& name, const std::string& value) {
+      if (rd_kafka_conf_set(conf, name.c_str(), value.c_str(), error, sizeof error) != RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        throw std::runtime_error("Kafka producer setting " + name + ": " + error);
+      }
+    };
+    set("bootstrap.servers", settings.brokers);
+    set("enable.idempotence", "true");
+    set("acks", "all");
+    set("linger.ms", "2");
+    set("message.timeout.ms", std::to_string(settings.delivery_timeout.count()));
+    set("queue.buffering.max.messages",
+        std::to_string(settings.in_flight_events_max + settings.read_batch_events + 1'000));
+    set("log_level", "3");
+    for (const auto& [name, value] : settings.kafka_properties) set(name, value);
+    rd_kafka_conf_set_dr_msg_cb(conf, &Impl::on_delivery);
+    rd_kafka_conf_set_error_cb(conf, &Impl::on_error);
+    rd_kafka_conf_set_opaque(conf, this);
+    producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, error, sizeof error);
+    if (producer == nullptr) throw std::runtime_error(std::string("Kafka producer: ") + error);
+  }
+
+  void produce(const RecordedEvent& event) {
+    const std::string value = encode_envelope(event);
+    const std::string position = std::to_string(event.position.value());
+    while (true) {
+      rd_kafka_headers_t* headers = rd_kafka_headers_new(3);
+      rd_kafka_header_add(headers, "event-type", -1, event.type.data(),
+                          static_cast<ssize_t>(event.type.size()));
+      rd_kafka_header_add(headers, "position", -1, position.data(), static_cast<ssize_t>(position.size()));
+      rd_kafka_header_add(headers, "content-type", -1, content_type, -1);
+      const rd_kafka_resp_err_t error = rd_kafka_producev(
+          producer, RD_KAFKA_V_TOPIC(settings.topic.c_str()),
+          RD_KAFKA_V_KEY(event.stream_id.data(), event.stream_id.size()),
+          RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
+          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers),
+          RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<std::intptr_t>(event.position.value()))),
+          RD_KAFKA_V_END);
+      if (error == RD_KAFKA_RESP_ERR_NO_ERROR) break;
+      rd_kafka_headers_destroy(headers);  // owned by the message only on success
+      if (error != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+        throw std::runtime_error(std::string("Kafka produce: ") + rd_kafka_err2str(error));
+      }
+      rd_kafka_poll(producer, 10);
+    }
+    if (window.empty()) last_progress = Clock::now();
+    window.push_back(false);
+    next = event.position.value() + 1;
+  }
+
+  // Moves the acknowledged position over the contiguous acknowledged prefix.
+  void advance() {
+    while (!window.empty() && window.front()) {
+      window.pop_front();
+      ++acknowledged;
+    }
+  }
+
+  // After a failed delivery: let the rest settle, then publish again from the first position
+  // not acknowledged. Consumers dedupe by position, so the repeats change nothing.
+  void republish_unacknowledged() {
+    rd_kafka_flush(producer, 5'000);
+    rd_kafka_poll(producer, 0);
+    advance();
+    spdlog::warn("relay: a delivery failed; publishing again from position {}", acknowledged + 1);
+    window.clear();
+    next = acknowledged + 1;
+    delivery_failed = false;
+    update_status([](RelayStatus& s) { ++s.republishes; });
+  }
+
+  void save_checkpoint(pqxx::connection& connection) {
+    pqxx::work work(connection);
+    work.exec_params("UPDATE checkpoints SET position = $1, updated_at = now() WHERE name = $2",
+                     acknowledged, settings.checkpoint_name);
+    work.commit();
+  }
+
+  // Competes for the leader lock, then publishes until stopped or the connection fails.
+  void lead() {
+    auto connection = pool.connect_dedicated();
+    while (!stopping) {
+      pqxx::nontransaction query(*connection);
+      if (query.exec_params1("SELECT pg_try_advisory_lock($1)", settings.leader_lock_key)[0].as<bool>()) break;
+      query.commit();
+      pause(settings.poll_interval);
+    }
+    if (stopping) return;
+    AppendListener listener(*connection);
+    {
+      pqxx::work work(*connection);
+      work.exec_params("INSERT INTO checkpoints (name, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+                       settings.checkpoint_name);
+      acknowledged = work.exec_params1("SELECT position FROM checkpoints WHERE name = $1",
+                                       settings.checkpoint_name)[0].as<std::int64_t>();
+      work.commit();
+    }
+    if (producer == nullptr) create_producer();
+    window.clear();
+    next = acknowledged + 1;
+    delivery_failed = false;
+    spdlog::info("relay: leading; publishing to {} from position {}", settings.topic, next);
+    update_status([&](RelayStatus& s) {
+      s.leader = true;
+      s.acknowledged = GlobalPosition(acknowledged);
+    });
+
+    std::int64_t saved = acknowledged;
+    auto last_checkpoint = Clock::now();
+    auto last_read = Clock::time_point{};
+    bool maybe_more = true;
+    while (!stopping) {
+      rd_kafka_poll(producer, 0);
+      advance();
+      if (delivery_failed) {
+        republish_unacknowledged();
+        maybe_more = true;
+      }
+      const auto now = Clock::now();
+      if (acknowledged != saved && now - last_checkpoint >= settings.checkpoint_interval) {
+        save_checkpoint(*connection);
+        saved = acknowledged;
+        last_checkpoint = now;
+      }
+      publish_status();
+
+      if (now - last_read >= settings.poll_interval) maybe_more = true;
+      if (maybe_more && window.size() < settings.in_flight_events_max) {
+        const auto events = store.read_all(GlobalPosition(next), settings.read_batch_events);
+        for (const auto& event : events) produce(event);
+        last_read = now;
+        maybe_more = events.size() == settings.read_batch_events;
+        if (maybe_more) continue;
+      }
+      // Nothing more to read now: wait for an append, serving delivery reports meanwhile.
+      listener.notified = false;
+      if (window.empty()) {
+        const auto wait = settings.poll_interval.count();
+        connection->await_notification(wait / 1'000, (wait % 1'000) * 1'000);
+      } else {
+        rd_kafka_poll(producer, 5);
+        connection->get_notifs();
+      }
+      if (listener.notified) maybe_more = true;
+    }
+    // Stopping: give in-flight messages a moment, record how far Kafka acknowledged.
+    rd_kafka_flush(producer, 5'000);
+    rd_kafka_poll(producer, 0);
+    advance();
+    save_checkpoint(*connection);
+    publish_status();
+  }
+
+  void publish_status() {
+    const double oldest =
+        window.empty() ? 0.0 : std::chrono::duration<double>(Clock::now() - last_progress).count();
+    update_status([&](RelayStatus& s) {
+      s.acknowledged = GlobalPosition(acknowledged);
+      s.published = GlobalPosition(next - 1);
+      s.oldest_unacknowledged_seconds = oldest;
+      if (window.empty() || oldest < 1.0) s.kafka_reachable = true;
+    });
+  }
+
+  void run() {
+    update_status([](RelayStatus& s) { s.running = true; });
+    while (!stopping) {
+      try {
+        lead();
+      } catch (const std::exception& error) {
+        spdlog::warn("relay: {}; retrying", error.what());
+        update_status([](RelayStatus& s) { s.leader = false; });
+        pause(settings.poll_interval * 2);
+      }
+    }
+    update_status([](RelayStatus& s) {
+      s.leader = false;
+      s.running = false;
+    });
+  }
+};
+
+Relay::Relay(RelaySettings settings, db::ConnectionPool& pool)
+    : impl_(std::make_unique<Impl>(std::move(settings), pool)) {}
+
+Relay::~Relay() { stop(); }
+
+void Relay::start() {
+  if (impl_->thread.joinable()) return;
+  impl_->thread = std::thread([this] { impl_->run(); });
+}
+
+void Relay::stop() {
+  {
+    std::lock_guard lock(impl_->wait_mutex);
+    impl_->stopping = true;
+  }
+  impl_->wake.notify_all();
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+RelayStatus Relay::status() const {
+  std::lock_guard lock(impl_->status_mutex);
+  return impl_->state;
+}
+
+}  // namespace ledger::engine

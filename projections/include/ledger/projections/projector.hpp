@@ -1,0 +1,69 @@
+#pragma once
+// The projector runtime: one Kafka consumer group per projection, each batch applied in one
+// PostgreSQL transaction with the projection's watermark and Kafka offsets (DESIGN.md inv. 8).
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ledger/core/strong_type.hpp"
+
+namespace ledger::db {
+class ConnectionPool;
+}
+
+namespace ledger::projections {
+
+// balance also keeps the statement (read.entries): both come from account streams.
+enum class ProjectionKind { balance, audit };
+
+[[nodiscard]] std::string_view to_string(ProjectionKind kind);
+[[nodiscard]] std::optional<ProjectionKind> projection_from_string(std::string_view name);
+[[nodiscard]] const std::vector<ProjectionKind>& all_projections();
+
+struct ProjectorSettings {
+  std::string brokers;
+  std::string topic = "ledger.events";
+  std::string group_prefix = "ledger-projection-";  // consumer group: prefix + projection name
+  std::size_t batch_events_max = 5'000;
+  std::chrono::milliseconds batch_wait{10};  // collect a batch for at most this long
+  // A position the store has but Kafka has not delivered for this long is read from the
+  // event store (a dropped or lost message, a relay that is down).
+  std::chrono::milliseconds gap_wait{1'000};
+  std::map<std::string, std::string> kafka_properties;
+};
+
+struct ProjectorStatus {
+  bool running = false;
+  GlobalPosition watermark{0};
+  std::int64_t events_applied = 0;     // since start
+  std::int64_t events_from_store = 0;  // gaps filled by reading the event store
+  std::int64_t duplicates_skipped = 0; // redelivered events at or below the watermark
+  std::int64_t batches = 0;
+  std::string last_error;
+};
+
+// Consumes the events topic on its own thread from start() to stop(). Survives database and
+// Kafka outages by retrying; never skips a position.
+class Projector {
+ public:
+  Projector(ProjectionKind kind, ProjectorSettings settings, db::ConnectionPool& pool);
+  ~Projector();
+  Projector(const Projector&) = delete;
+  Projector& operator=(const Projector&) = delete;
+
+  void start();
+  void stop();
+  [[nodiscard]] ProjectorStatus status() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ledger::projections

@@ -1,0 +1,178 @@
+// balance and statement: the fold of every account stream (read.balances) and one row per
+// entry with the running posted balance (read.entries).
+#include <pqxx/tablewriter>
+
+#include <string_view>
+#include <unordered_map>
+
+#include "ledger/db/sql_text.hpp"
+#include "ledger/engine/events.hpp"
+#include "ledger/engine/state.hpp"
+#include "projection.hpp"
+
+namespace ledger::projections {
+
+namespace {
+
+constexpr std::string_view account_stream_prefix = "account-";
+
+engine::AccountKind kind_from(std::string_view text) {
+  return text == "system" ? engine::AccountKind::system : engine::AccountKind::customer;
+}
+
+engine::AccountStatus status_from(std::string_view text) {
+  if (text == "frozen") return engine::AccountStatus::frozen;
+  if (text == "closed") return engine::AccountStatus::closed;
+  return engine::AccountStatus::open;
+}
+
+std::string_view phase_name(engine::events::Phase phase) {
+  switch (phase) {
+    case engine::events::Phase::posted: return "posted";
+    case engine::events::Phase::pending: return "pending";
+    case engine::events::Phase::pending_posted: return "pending_posted";
+    case engine::events::Phase::pending_released: return "pending_released";
+  }
+  return "posted";
+}
+
+class BalanceProjection final : public Projection {
+ public:
+  void apply(pqxx::work& work, const std::vector<engine::RecordedEvent>& events) override {
+    std::unordered_map<std::string, engine::AccountState> accounts;
+    db::ArrayLiteral ids;
+    for (const auto& event : events) {
+      if (!event.stream_id.starts_with(account_stream_prefix)) continue;
+      auto id = event.stream_id.substr(account_stream_prefix.size());
+      if (accounts.try_emplace(id).second) ids.add_text(id);
+    }
+    if (accounts.empty()) return;
+    load(work, ids.finish(), accounts);
+
+    std::string entry_rows;
+    std::unordered_map<std::string, std::int64_t> last_position;
+    for (const auto& event : events) {
+      if (!event.stream_id.starts_with(account_stream_prefix)) continue;
+      const std::string id = event.stream_id.substr(account_stream_prefix.size());
+      engine::AccountState& state = accounts.at(id);
+      // Events are applied in global order, so each stream's versions arrive dense.
+      if (event.version.value() != state.version.value() + 1) {
+        throw ProjectionError("stream " + event.stream_id + ": version " +
+                              std::to_string(event.version.value()) + " follows " +
+                              std::to_string(state.version.value()));
+      }
+      const auto decoded = engine::decode_event(event.type, event.payload);
+      if (!decoded) {
+        throw ProjectionError("position " + std::to_string(event.position.value()) +
+                              ": undecodable " + event.type + " payload");
+      }
+      engine::apply(state, *decoded);
+      last_position[id] = event.position.value();
+      if (const auto* entry = std::get_if<engine::events::AccountEntry>(&*decoded)) {
+        add_entry_row(entry_rows, id, event, *entry, state.balance().value_or(Amount(0)).minor_units());
+      }
+    }
+    store_balances(work, accounts, last_position);
+    if (!entry_rows.empty()) {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+      // pqxx 6 keeps raw COPY lines only on the deprecated tablewriter.
+      pqxx::tablewriter writer(work, "read.entries");
+      entry_rows.pop_back();  // the writer adds the last newline
+      writer.write_raw_line(entry_rows);
+      writer.complete();
+#pragma GCC diagnostic pop
+    }
+  }
+
+ private:
+  static void load(pqxx::work& work, const std::string& ids,
+                   std::unordered_map<std::string, engine::AccountState>& accounts) {
+    const auto rows = work.exec_params(
+        "SELECT account_id, currency, kind, owner, ledger_code, flags, overdraft_limit, status, "
+        "debits_posted, credits_posted, debits_pending, credits_pending, pending_count, version "
+        "FROM read.balances WHERE account_id = ANY($1::text[])",
+        ids);
+    for (const auto& row : rows) {
+      engine::AccountState& s = accounts.at(row[0].as<std::string>());
+      s.exists = true;
+      s.id = row[0].as<std::string>();
+      s.currency = Currency::parse(row[1].as<std::string>()).value_or(Currency{});
+      s.kind = kind_from(row[2].as<std::string>());
+      s.owner = row[3].as<std::string>();
+      s.ledger_code = static_cast<std::uint32_t>(row[4].as<std::int64_t>());
+      s.flags = static_cast<std::uint32_t>(row[5].as<std::int64_t>());
+      s.overdraft_limit = Amount(row[6].as<std::int64_t>());
+      s.status = status_from(row[7].as<std::string>());
+      s.debits_posted = Amount(row[8].as<std::int64_t>());
+      s.credits_posted = Amount(row[9].as<std::int64_t>());
+      s.debits_pending = Amount(row[10].as<std::int64_t>());
+      s.credits_pending = Amount(row[11].as<std::int64_t>());
+      s.pending_count = row[12].as<std::int64_t>();
+      s.version = StreamVersion(row[13].as<std::int64_t>());
+    }
+  }
+
+  static void add_entry_row(std::string& rows, const std::string& account_id,
+                            const engine::RecordedEvent& event, const engine::events::AccountEntry& entry,
+                            std::int64_t balance_after) {
+    db::copy_text(rows, account_id);
+    rows += '\t' + std::to_string(event.position.value()) + '\t' +
+            std::to_string(event.version.value()) + '\t';
+    db::copy_text(rows, entry.transfer_id);
+    rows += entry.direction == engine::events::Direction::debit ? "\tdebit\t" : "\tcredit\t";
+    rows += phase_name(entry.phase);
+    rows += '\t' + std::to_string(entry.amount) + '\t';
+    db::copy_text(rows, entry.counterparty);
+    rows += '\t' + std::to_string(balance_after) + '\t';
+    db::copy_timestamp(rows, event.recorded_at_us);
+    rows += '\n';
+  }
+
+  static void store_balances(pqxx::work& work,
+                             const std::unordered_map<std::string, engine::AccountState>& accounts,
+                             const std::unordered_map<std::string, std::int64_t>& last_position) {
+    db::ArrayLiteral id, currency, kind, owner, ledger_code, flags, overdraft, status, dp, cp,
+        dpe, cpe, pending, version, position;
+    for (const auto& [account_id, s] : accounts) {
+      id.add_text(account_id);
+      currency.add_text(s.currency.code());
+      kind.add_text(engine::to_string(s.kind));
+      owner.add_text(s.owner);
+      ledger_code.add_number(s.ledger_code);
+      flags.add_number(s.flags);
+      overdraft.add_number(s.overdraft_limit.minor_units());
+      status.add_text(engine::to_string(s.status));
+      dp.add_number(s.debits_posted.minor_units());
+      cp.add_number(s.credits_posted.minor_units());
+      dpe.add_number(s.debits_pending.minor_units());
+      cpe.add_number(s.credits_pending.minor_units());
+      pending.add_number(s.pending_count);
+      version.add_number(s.version.value());
+      position.add_number(last_position.at(account_id));
+    }
+    work.exec_params(
+        "INSERT INTO read.balances (account_id, currency, kind, owner, ledger_code, flags, "
+        "overdraft_limit, status, debits_posted, credits_posted, debits_pending, credits_pending, "
+        "pending_count, version, position) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], "
+        "$6::bigint[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], "
+        "$12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) "
+        "ON CONFLICT (account_id) DO UPDATE SET currency = excluded.currency, kind = excluded.kind, "
+        "owner = excluded.owner, ledger_code = excluded.ledger_code, flags = excluded.flags, "
+        "overdraft_limit = excluded.overdraft_limit, status = excluded.status, "
+        "debits_posted = excluded.debits_posted, credits_posted = excluded.credits_posted, "
+        "debits_pending = excluded.debits_pending, credits_pending = excluded.credits_pending, "
+        "pending_count = excluded.pending_count, version = excluded.version, "
+        "position = excluded.position",
+        id.finish(), currency.finish(), kind.finish(), owner.finish(), ledger_code.finish(),
+        flags.finish(), overdraft.finish(), status.finish(), dp.finish(), cp.finish(), dpe.finish(),
+        cpe.finish(), pending.finish(), version.finish(), position.finish());
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Projection> make_balance_projection() { return std::make_unique<BalanceProjection>(); }
+
+}  // namespace ledger::projections

@@ -1,0 +1,313 @@
+#include "ledger/projections/projector.hpp"
+
+#include <librdkafka/rdkafka.h>
+#include <pqxx/pqxx>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "ledger/db/pool.hpp"
+#include "ledger/engine/envelope.hpp"
+#include "ledger/engine/event_store.hpp"
+#include "projection.hpp"
+
+namespace ledger::projections {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using engine::RecordedEvent;
+
+// Where the batch's messages came from: the next offset to consume, per partition.
+using PartitionOffsets = std::map<std::int32_t, std::int64_t>;
+
+}  // namespace
+
+std::string_view to_string(ProjectionKind kind) {
+  switch (kind) {
+    case ProjectionKind::balance: return "balance";
+    case ProjectionKind::audit: return "audit";
+  }
+  return "unknown";
+}
+
+std::optional<ProjectionKind> projection_from_string(std::string_view name) {
+  for (const auto kind : all_projections()) {
+    if (to_string(kind) == name) return kind;
+  }
+  return std::nullopt;
+}
+
+const std::vector<ProjectionKind>& all_projections() {
+  static const std::vector<ProjectionKind> kinds = {ProjectionKind::balance, ProjectionKind::audit};
+  return kinds;
+}
+
+struct Projector::Impl {
+  Impl(ProjectionKind k, ProjectorSettings s, db::ConnectionPool& p)
+      : kind(k), name(to_string(k)), settings(std::move(s)), pool(p), store(p),
+        projection(make_projection(k)) {}
+
+  ProjectionKind kind;
+  std::string name;
+  ProjectorSettings settings;
+  db::ConnectionPool& pool;
+  engine::EventStore store;
+  std::unique_ptr<Projection> projection;
+  rd_kafka_t* consumer = nullptr;
+
+  std::thread thread;
+  std::atomic<bool> stopping{false};
+  std::mutex wait_mutex;
+  std::condition_variable wake;
+  mutable std::mutex status_mutex;
+  ProjectorStatus state;
+
+  ~Impl() {
+    if (consumer != nullptr) {
+      rd_kafka_consumer_close(consumer);
+      rd_kafka_destroy(consumer);
+    }
+  }
+
+  template <typename F>
+  void update_status(F&& change) {
+    std::lock_guard lock(status_mutex);
+    change(state);
+  }
+
+  void pause(std::chrono::milliseconds duration) {
+    std::unique_lock lock(wait_mutex);
+    wake.wait_for(lock, duration, [&] { return stopping.load(); });
+  }
+
+  // On assignment the consumer starts from the offsets stored with the read model, so what
+  // Kafka's own group offsets say never matters.
+  static void on_rebalance(rd_kafka_t* handle, rd_kafka_resp_err_t error,
+                           rd_kafka_topic_partition_list_t* partitions, void* opaque) {
+    auto* self = static_cast<Impl*>(opaque);
+    if (error != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+      rd_kafka_assign(handle, nullptr);
+      return;
+    }
+    try {
+      auto lease = self->pool.acquire();
+      pqxx::read_transaction work(*lease);
+      const auto rows = work.exec_params(
+          "SELECT partition, next_offset FROM read.kafka_offsets WHERE projection = $1 AND topic = $2",
+          self->name, self->settings.topic);
+      std::map<std::int32_t, std::int64_t> stored;
+      for (const auto& row : rows) stored[row[0].as<std::int32_t>()] = row[1].as<std::int64_t>();
+      for (int i = 0; i < partitions->cnt; ++i) {
+        auto& partition = partitions->elems[i];
+        const auto found = stored.find(partition.partition);
+        partition.offset = found == stored.end() ? RD_KAFKA_OFFSET_BEGINNING : found->second;
+      }
+    } catch (const std::exception& failure) {
+      // Without the stored offsets, start from the beginning: the watermark skips repeats.
+      spdlog::warn("projector {}: reading stored offsets failed ({}); reading from the start",
+                   self->name, failure.what());
+      for (int i = 0; i < partitions->cnt; ++i) partitions->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING;
+    }
+    rd_kafka_assign(handle, partitions);
+  }
+
+  void create_consumer() {
+    char error[512];
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    auto set = [&](const std::string& key, const std::string& value) {
+      if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), error, sizeof error) != RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        throw std::runtime_error("Kafka consumer setting " + key + ": " + error);
+      }
+    };
+    set("bootstrap.servers", settings.brokers);
+    set("group.id", settings.group_prefix + name);
+    set("enable.auto.commit", "false");
+    set("enable.auto.offset.store", "false");
+    set("auto.offset.reset", "earliest");
+    set("log_level", "3");
+    for (const auto& [key, value] : settings.kafka_properties) set(key, value);
+    rd_kafka_conf_set_rebalance_cb(conf, &Impl::on_rebalance);
+    rd_kafka_conf_set_opaque(conf, this);
+    consumer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, error, sizeof error);
+    if (consumer == nullptr) throw std::runtime_error(std::string("Kafka consumer: ") + error);
+    rd_kafka_poll_set_consumer(consumer);
+    rd_kafka_topic_partition_list_t* topics = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(topics, settings.topic.c_str(), RD_KAFKA_PARTITION_UA);
+    const auto subscribed = rd_kafka_subscribe(consumer, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (subscribed != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      throw std::runtime_error(std::string("Kafka subscribe: ") + rd_kafka_err2str(subscribed));
+    }
+  }
+
+  // Collects up to batch_events_max messages, waiting at most batch_wait after the first.
+  void collect(std::vector<RecordedEvent>& events, PartitionOffsets& offsets, int first_wait_ms) {
+    const auto started = Clock::now();
+    int wait_ms = first_wait_ms;
+    while (events.size() < settings.batch_events_max && !stopping) {
+      rd_kafka_message_t* message = rd_kafka_consumer_poll(consumer, wait_ms);
+      if (message == nullptr) {
+        if (!events.empty() || Clock::now() - started >= settings.batch_wait) return;
+        continue;
+      }
+      if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        offsets[message->partition] = message->offset + 1;
+        auto event = engine::decode_envelope(
+            {static_cast<const char*>(message->payload), message->len});
+        if (event) {
+          events.push_back(std::move(*event));
+        } else {
+          // Not ours or damaged: its position, if any, is filled from the event store.
+          spdlog::warn("projector {}: undecodable message at partition {} offset {}", name,
+                       message->partition, message->offset);
+        }
+      } else if (message->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+        update_status([&](ProjectorStatus& s) { s.last_error = rd_kafka_message_errstr(message); });
+      }
+      rd_kafka_message_destroy(message);
+      const auto elapsed = Clock::now() - started;
+      if (!events.empty() && elapsed >= settings.batch_wait) return;
+      wait_ms = events.empty() ? first_wait_ms : 1;
+    }
+  }
+
+  // Applies what follows the watermark, in position order, filling any gap from the event
+  // store; `up_to` > 0 also reads the store up to that position (healing without Kafka).
+  // Returns the new watermark.
+  // `events` stay intact so a batch that failed can be retried as it is.
+  std::int64_t apply(std::vector<RecordedEvent>& events, const PartitionOffsets& offsets,
+                     std::int64_t up_to) {
+    std::sort(events.begin(), events.end(),
+              [](const RecordedEvent& a, const RecordedEvent& b) { return a.position < b.position; });
+    auto lease = pool.acquire();
+    try {
+      pqxx::work work(*lease);
+      // The row lock also keeps two instances of one projection from interleaving.
+      std::int64_t watermark = work.exec_params1(
+          "SELECT watermark FROM read.projections WHERE name = $1 FOR UPDATE", name)[0].as<std::int64_t>();
+      const std::int64_t start = watermark;
+      std::vector<RecordedEvent> to_apply;
+      std::int64_t duplicates = 0;
+      std::int64_t from_store = 0;
+      auto fill_to = [&](std::int64_t last) {
+        while (watermark < last) {
+          auto missing = store.read_all(GlobalPosition(watermark + 1),
+                                        static_cast<std::size_t>(std::min<std::int64_t>(last - watermark, 10'000)));
+          if (missing.empty() || missing.front().position.value() != watermark + 1) {
+            throw ProjectionError("position " + std::to_string(watermark + 1) +
+                                  " is missing from the event store");
+          }
+          for (auto& event : missing) {
+            if (event.position.value() != watermark + 1 || watermark >= last) break;
+            ++watermark;
+            ++from_store;
+            to_apply.push_back(std::move(event));
+          }
+        }
+      };
+      for (const auto& event : events) {
+        const std::int64_t position = event.position.value();
+        if (position <= watermark) {
+          ++duplicates;
+          continue;
+        }
+        fill_to(position - 1);
+        to_apply.push_back(event);
+        watermark = position;
+      }
+      if (up_to > watermark) fill_to(up_to);
+      projection->apply(work, to_apply);
+      for (const auto& [partition, next_offset] : offsets) {
+        work.exec_params(
+            "INSERT INTO read.kafka_offsets (projection, topic, partition, next_offset) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (projection, topic, partition) "
+            "DO UPDATE SET next_offset = excluded.next_offset",
+            name, settings.topic, partition, next_offset);
+      }
+      if (watermark != start) {
+        work.exec_params("UPDATE read.projections SET watermark = $2, updated_at = now() WHERE name = $1",
+                         name, watermark);
+      }
+      work.commit();
+      update_status([&](ProjectorStatus& s) {
+        s.watermark = GlobalPosition(watermark);
+        s.events_applied += static_cast<std::int64_t>(to_apply.size());
+        s.events_from_store += from_store;
+        s.duplicates_skipped += duplicates;
+        ++s.batches;
+      });
+      return watermark;
+    } catch (...) {
+      lease.discard();
+      throw;
+    }
+  }
+
+  void run() {
+    update_status([](ProjectorStatus& s) { s.running = true; });
+    std::vector<RecordedEvent> events;
+    PartitionOffsets offsets;
+    auto last_progress = Clock::now();
+    std::int64_t watermark = -1;
+    while (!stopping) {
+      try {
+        if (consumer == nullptr) create_consumer();
+        // A batch that failed to apply is retried as it is; otherwise collect a new one.
+        if (events.empty() && offsets.empty()) collect(events, offsets, 100);
+        if (stopping) break;
+        std::int64_t heal_to = 0;
+        if (events.empty() && Clock::now() - last_progress >= settings.gap_wait) {
+          // Kafka has been quiet: if the store is ahead, the missing events were lost on
+          // the way (or the relay is down); read them from the store.
+          const std::int64_t head = store.head().position.value();
+          if (head > watermark) heal_to = std::min(head, watermark + 10'000);
+          last_progress = Clock::now();
+        }
+        if (events.empty() && offsets.empty() && heal_to == 0) continue;
+        const std::int64_t applied = apply(events, offsets, heal_to);
+        if (applied != watermark) last_progress = Clock::now();
+        watermark = applied;
+        events.clear();
+        offsets.clear();
+      } catch (const std::exception& error) {
+        spdlog::warn("projector {}: {}; retrying", name, error.what());
+        update_status([&](ProjectorStatus& s) { s.last_error = error.what(); });
+        pause(std::chrono::milliseconds(500));
+      }
+    }
+    update_status([](ProjectorStatus& s) { s.running = false; });
+  }
+};
+
+Projector::Projector(ProjectionKind kind, ProjectorSettings settings, db::ConnectionPool& pool)
+    : impl_(std::make_unique<Impl>(kind, std::move(settings), pool)) {}
+
+Projector::~Projector() { stop(); }
+
+void Projector::start() {
+  if (impl_->thread.joinable()) return;
+  impl_->thread = std::thread([this] { impl_->run(); });
+}
+
+void Projector::stop() {
+  {
+    std::lock_guard lock(impl_->wait_mutex);
+    impl_->stopping = true;
+  }
+  impl_->wake.notify_all();
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+ProjectorStatus Projector::status() const {
+  std::lock_guard lock(impl_->status_mutex);
+  return impl_->state;
+}
+
+}  // namespace ledger::projections

@@ -1,0 +1,236 @@
+#include "ledger/projections/read_models.hpp"
+
+#include <pqxx/pqxx>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <list>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "ledger/db/pool.hpp"
+
+namespace ledger::projections {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+// Rows and watermark come from one snapshot, so "read at watermark W" is exact.
+using SnapshotRead = pqxx::transaction<pqxx::repeatable_read, pqxx::read_only>;
+
+constexpr auto watermark_poll_interval = std::chrono::milliseconds(3);
+constexpr const char* micros = "(extract(epoch FROM recorded_at) * 1000000)::bigint";
+
+std::int64_t read_watermark(SnapshotRead& work, std::string_view projection) {
+  const auto rows = work.exec_params("SELECT watermark FROM read.projections WHERE name = $1",
+                                     std::string(projection));
+  return rows.empty() ? 0 : rows[0][0].as<std::int64_t>();
+}
+
+}  // namespace
+
+struct ReadModels::Impl {
+  explicit Impl(db::ConnectionPool& p) : pool(p) {}
+
+  struct Waiter {
+    std::string projection;
+    std::int64_t min_position;
+    Clock::time_point deadline;
+    std::function<void(bool, std::int64_t)> then;
+  };
+
+  db::ConnectionPool& pool;
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::list<Waiter> waiters;
+  std::map<std::string, std::int64_t> watermarks;  // last read
+  bool stopping = false;
+  std::thread watcher;
+
+  ~Impl() {
+    {
+      std::lock_guard lock(mutex);
+      stopping = true;
+    }
+    changed.notify_all();
+    if (watcher.joinable()) watcher.join();
+    for (auto& waiter : waiters) waiter.then(false, watermarks[waiter.projection]);
+  }
+
+  // Polls the watermarks while someone waits; answers each waiter once.
+  void watch() {
+    std::unique_lock lock(mutex);
+    while (!stopping) {
+      changed.wait(lock, [&] { return stopping || !waiters.empty(); });
+      if (stopping) break;
+      lock.unlock();
+      std::map<std::string, std::int64_t> fresh;
+      try {
+        auto lease = pool.acquire();
+        pqxx::read_transaction work(*lease);
+        for (const auto& row : work.exec("SELECT name, watermark FROM read.projections")) {
+          fresh[row[0].as<std::string>()] = row[1].as<std::int64_t>();
+        }
+      } catch (const std::exception& error) {
+        spdlog::debug("reading projection watermarks failed: {}", error.what());
+      }
+      lock.lock();
+      for (const auto& [name, value] : fresh) watermarks[name] = value;
+      const auto now = Clock::now();
+      std::vector<std::pair<std::function<void(bool, std::int64_t)>, std::pair<bool, std::int64_t>>> ready;
+      for (auto it = waiters.begin(); it != waiters.end();) {
+        const std::int64_t watermark = watermarks[it->projection];
+        if (watermark >= it->min_position || now >= it->deadline) {
+          ready.push_back({std::move(it->then), {watermark >= it->min_position, watermark}});
+          it = waiters.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      lock.unlock();
+      for (auto& [then, result] : ready) then(result.first, result.second);
+      lock.lock();
+      if (!waiters.empty()) changed.wait_for(lock, watermark_poll_interval, [&] { return stopping; });
+    }
+  }
+};
+
+ReadModels::ReadModels(db::ConnectionPool& pool) : impl_(std::make_unique<Impl>(pool)) {}
+
+ReadModels::~ReadModels() = default;
+
+AtWatermark<std::optional<AccountView>> ReadModels::account(const std::string& id) const {
+  auto lease = impl_->pool.acquire();
+  SnapshotRead work(*lease);
+  AtWatermark<std::optional<AccountView>> result;
+  result.watermark = read_watermark(work, to_string(ProjectionKind::balance));
+  const auto rows = work.exec_params(
+      "SELECT account_id, currency, kind, owner, status, ledger_code, overdraft_limit, "
+      "debits_posted, credits_posted, debits_pending, credits_pending, version "
+      "FROM read.balances WHERE account_id = $1",
+      id);
+  if (!rows.empty()) {
+    const auto& row = rows[0];
+    result.value = AccountView{row[0].as<std::string>(),  row[1].as<std::string>(),
+                               row[2].as<std::string>(),  row[3].as<std::string>(),
+                               row[4].as<std::string>(),  row[5].as<std::int64_t>(),
+                               row[6].as<std::int64_t>(), row[7].as<std::int64_t>(),
+                               row[8].as<std::int64_t>(), row[9].as<std::int64_t>(),
+                               row[10].as<std::int64_t>(), row[11].as<std::int64_t>()};
+  }
+  return result;
+}
+
+AtWatermark<std::optional<EntriesPage>> ReadModels::entries(const std::string& account_id,
+                                                            std::int64_t after_position,
+                                                            std::size_t limit) const {
+  auto lease = impl_->pool.acquire();
+  SnapshotRead work(*lease);
+  AtWatermark<std::optional<EntriesPage>> result;
+  result.watermark = read_watermark(work, to_string(ProjectionKind::balance));
+  if (work.exec_params("SELECT 1 FROM read.balances WHERE account_id = $1", account_id).empty()) {
+    return result;
+  }
+  EntriesPage page;
+  const auto rows = work.exec_params(
+      std::string("SELECT position, version, transfer_id, direction, phase, amount, counterparty, "
+                  "balance_after, ") +
+          micros +
+          " FROM read.entries WHERE account_id = $1 AND position > $2 ORDER BY position LIMIT $3",
+      account_id, after_position, static_cast<long long>(limit));
+  for (const auto& row : rows) {
+    page.entries.push_back({row[0].as<std::int64_t>(), row[1].as<std::int64_t>(),
+                            row[2].as<std::string>(), row[3].as<std::string>(),
+                            row[4].as<std::string>(), row[5].as<std::int64_t>(),
+                            row[6].as<std::string>(), row[7].as<std::int64_t>(),
+                            row[8].as<std::int64_t>()});
+  }
+  if (page.entries.size() == limit) page.next_cursor = page.entries.back().position;
+  result.value = std::move(page);
+  return result;
+}
+
+AtWatermark<AuditPage> ReadModels::audit(const AuditFilter& filter) const {
+  auto lease = impl_->pool.acquire();
+  SnapshotRead work(*lease);
+  AtWatermark<AuditPage> result;
+  result.watermark = read_watermark(work, to_string(ProjectionKind::audit));
+  // Absent filters are NULL parameters, so one statement serves every combination.
+  auto text = [](const std::optional<std::string>& value) -> const char* {
+    return value ? value->c_str() : nullptr;
+  };
+  auto time = [](const std::optional<std::int64_t>& value) -> std::optional<std::string> {
+    if (!value) return std::nullopt;
+    return std::to_string(*value);
+  };
+  const auto from = time(filter.from_us);
+  const auto to = time(filter.to_us);
+  const auto rows = work.exec_params(
+      std::string("SELECT position, stream_id, version, type, event_id::text, actor, command_id, "
+                  "correlation_id, causation_id, request_id, client_address, ") +
+          micros +
+          ", data::text FROM read.audit WHERE position > $1 "
+          "AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR stream_id = $3) "
+          "AND ($4::text IS NULL OR type = $4) "
+          "AND ($5::bigint IS NULL OR recorded_at >= 'epoch'::timestamptz + $5::bigint * interval '1 microsecond') "
+          "AND ($6::bigint IS NULL OR recorded_at < 'epoch'::timestamptz + $6::bigint * interval '1 microsecond') "
+          "ORDER BY position LIMIT $7",
+      filter.after_position, text(filter.actor), text(filter.stream_id), text(filter.type),
+      from ? from->c_str() : nullptr, to ? to->c_str() : nullptr,
+      static_cast<long long>(filter.limit));
+  for (const auto& row : rows) {
+    AuditRow audit;
+    audit.position = row[0].as<std::int64_t>();
+    audit.stream_id = row[1].as<std::string>();
+    audit.version = row[2].as<std::int64_t>();
+    audit.type = row[3].as<std::string>();
+    audit.event_id = row[4].as<std::string>();
+    audit.actor = row[5].as<std::string>();
+    audit.command_id = row[6].as<std::string>();
+    audit.correlation_id = row[7].as<std::string>();
+    audit.causation_id = row[8].as<std::string>();
+    audit.request_id = row[9].as<std::string>();
+    audit.client_address = row[10].as<std::string>();
+    audit.recorded_at_us = row[11].as<std::int64_t>();
+    audit.data_json = row[12].as<std::string>();
+    result.value.rows.push_back(std::move(audit));
+  }
+  if (result.value.rows.size() == filter.limit) result.value.next_cursor = result.value.rows.back().position;
+  return result;
+}
+
+std::vector<ProjectionProgress> ReadModels::progress() const {
+  auto lease = impl_->pool.acquire();
+  pqxx::read_transaction work(*lease);
+  std::vector<ProjectionProgress> result;
+  const auto rows = work.exec(
+      "SELECT p.name, p.watermark, h.position, COALESCE(extract(epoch FROM clock_timestamp() - "
+      "(SELECT e.recorded_at FROM events e WHERE e.position = p.watermark + 1)), 0)::float8 "
+      "FROM read.projections p CROSS JOIN event_store_head h ORDER BY p.name");
+  for (const auto& row : rows) {
+    ProjectionProgress progress;
+    progress.name = row[0].as<std::string>();
+    progress.watermark = row[1].as<std::int64_t>();
+    progress.head = row[2].as<std::int64_t>();
+    progress.lag_events = progress.head - progress.watermark;
+    progress.lag_seconds = row[3].as<double>();
+    result.push_back(std::move(progress));
+  }
+  return result;
+}
+
+void ReadModels::wait_for(ProjectionKind kind, std::int64_t min_position,
+                          std::chrono::milliseconds wait,
+                          std::function<void(bool reached, std::int64_t watermark)> then) {
+  {
+    std::lock_guard lock(impl_->mutex);
+    if (impl_->stopping) return;
+    if (!impl_->watcher.joinable()) impl_->watcher = std::thread([this] { impl_->watch(); });
+    impl_->waiters.push_back({std::string(to_string(kind)), min_position, Clock::now() + wait, std::move(then)});
+  }
+  impl_->changed.notify_all();
+}
+
+}  // namespace ledger::projections

@@ -1,0 +1,216 @@
+#pragma once
+// The read side against a real PostgreSQL and librdkafka's mock Kafka cluster (real protocol,
+// in this process): a relay, projectors, and the fold of the event store to compare with.
+
+#include <doctest/doctest.h>
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+#include <pqxx/pqxx>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ledger/db/pool.hpp"
+#include "ledger/engine/event_store.hpp"
+#include "ledger/engine/events.hpp"
+#include "ledger/engine/relay.hpp"
+#include "ledger/engine/state.hpp"
+#include "ledger/projections/projector.hpp"
+#include "test_cluster.hpp"
+
+namespace ledger::test {
+
+constexpr const char* events_topic = "ledger.events";
+
+// A mock Kafka cluster with the events topic; brokers can be taken down and brought back.
+class MockKafka {
+ public:
+  explicit MockKafka(int brokers = 1, int partitions = 4) : brokers_(brokers) {
+    char error[256];
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "log_level", "2", error, sizeof error);
+    handle_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, error, sizeof error);
+    if (handle_ == nullptr) throw std::runtime_error(error);
+    cluster_ = rd_kafka_mock_cluster_new(handle_, brokers);
+    if (cluster_ == nullptr) throw std::runtime_error("cannot create a mock Kafka cluster");
+    rd_kafka_mock_topic_create(cluster_, events_topic, partitions, 1);
+  }
+  ~MockKafka() {
+    rd_kafka_mock_cluster_destroy(cluster_);
+    rd_kafka_destroy(handle_);
+  }
+  MockKafka(const MockKafka&) = delete;
+  MockKafka& operator=(const MockKafka&) = delete;
+
+  [[nodiscard]] std::string bootstrap() const { return rd_kafka_mock_cluster_bootstraps(cluster_); }
+  void set_down(bool down) {
+    for (int id = 1; id <= brokers_; ++id) {
+      if (down) {
+        rd_kafka_mock_broker_set_down(cluster_, id);
+      } else {
+        rd_kafka_mock_broker_set_up(cluster_, id);
+      }
+    }
+  }
+
+ private:
+  int brokers_;
+  rd_kafka_t* handle_ = nullptr;
+  rd_kafka_mock_cluster_t* cluster_ = nullptr;
+};
+
+inline db::ConnectionPool make_pool(const std::string& url, std::size_t connections = 6) {
+  db::PoolSettings settings;
+  settings.url = url;
+  settings.connections_max = connections;
+  return db::ConnectionPool(settings);
+}
+
+inline engine::RelaySettings relay_settings(const MockKafka& kafka) {
+  engine::RelaySettings settings;
+  settings.brokers = kafka.bootstrap();
+  settings.topic = events_topic;
+  settings.poll_interval = std::chrono::milliseconds(100);
+  return settings;
+}
+
+inline projections::ProjectorSettings projector_settings(const MockKafka& kafka) {
+  projections::ProjectorSettings settings;
+  settings.brokers = kafka.bootstrap();
+  settings.topic = events_topic;
+  settings.gap_wait = std::chrono::milliseconds(2'000);
+  return settings;
+}
+
+// Polls `done` every 20 ms for at most `limit`; true when it held.
+inline bool eventually(const std::function<bool()>& done,
+                       std::chrono::milliseconds limit = std::chrono::seconds(120)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return done();
+}
+
+inline std::int64_t query_number(const std::string& url, const std::string& sql) {
+  pqxx::connection connection(url);
+  pqxx::read_transaction work(connection);
+  return work.exec1(sql)[0].as<std::int64_t>();
+}
+
+inline std::int64_t store_head(const std::string& url) {
+  return query_number(url, "SELECT position FROM event_store_head");
+}
+
+inline std::int64_t watermark(const std::string& url, const std::string& projection) {
+  return query_number(url, "SELECT watermark FROM read.projections WHERE name = '" + projection + "'");
+}
+
+inline bool read_models_caught_up(const std::string& url) {
+  const auto head = store_head(url);
+  return watermark(url, "balance") == head && watermark(url, "audit") == head;
+}
+
+// A digest of every read-model row, to show that something changed nothing.
+inline std::string read_model_digest(const std::string& url) {
+  pqxx::connection connection(url);
+  pqxx::read_transaction work(connection);
+  return work.exec1(
+      "SELECT md5(coalesce((SELECT string_agg(b::text, '|' ORDER BY account_id) FROM read.balances b), '')) || "
+      "md5(coalesce((SELECT string_agg(e::text, '|' ORDER BY account_id, position) FROM read.entries e), '')) || "
+      "md5(coalesce((SELECT string_agg(a::text, '|' ORDER BY position) FROM read.audit a), ''))")[0]
+      .as<std::string>();
+}
+
+// Folds the whole event store and checks every row of every read model against it.
+inline void check_read_models_equal_fold(const std::string& url) {
+  auto pool = make_pool(url, 2);
+  engine::EventStore store(pool);
+  std::map<std::string, engine::AccountState> accounts;
+  std::vector<std::string> expected_entries;
+  std::vector<engine::RecordedEvent> all;
+  for (std::int64_t next = 1;;) {
+    auto batch = store.read_all(GlobalPosition(next), 10'000);
+    if (batch.empty()) break;
+    next = batch.back().position.value() + 1;
+    for (auto& event : batch) all.push_back(std::move(event));
+  }
+  REQUIRE(static_cast<std::int64_t>(all.size()) == store_head(url));
+  for (const auto& event : all) {
+    if (!event.stream_id.starts_with("account-")) continue;
+    const std::string id = event.stream_id.substr(8);
+    auto decoded = engine::decode_event(event.type, event.payload);
+    REQUIRE(decoded);
+    auto& state = accounts[id];
+    engine::apply(state, *decoded);
+    if (const auto* entry = std::get_if<engine::events::AccountEntry>(&*decoded)) {
+      expected_entries.push_back(id + "|" + std::to_string(event.position.value()) + "|" +
+                                 entry->transfer_id + "|" +
+                                 (entry->direction == engine::events::Direction::debit ? "debit" : "credit") +
+                                 "|" + std::to_string(entry->amount) + "|" + entry->counterparty + "|" +
+                                 std::to_string(state.balance()->minor_units()));
+    }
+  }
+  std::sort(expected_entries.begin(), expected_entries.end());
+
+  pqxx::connection connection(url);
+  pqxx::read_transaction work(connection);
+  const auto balances = work.exec(
+      "SELECT account_id, currency, status, debits_posted, credits_posted, debits_pending, "
+      "credits_pending, pending_count, version, overdraft_limit, kind FROM read.balances");
+  CHECK(balances.size() == accounts.size());
+  int mismatched = 0;
+  for (const auto& row : balances) {
+    const auto found = accounts.find(row[0].as<std::string>());
+    REQUIRE(found != accounts.end());
+    const auto& s = found->second;
+    const bool same = row[1].as<std::string>() == s.currency.str() &&
+                      row[2].as<std::string>() == engine::to_string(s.status) &&
+                      row[3].as<std::int64_t>() == s.debits_posted.minor_units() &&
+                      row[4].as<std::int64_t>() == s.credits_posted.minor_units() &&
+                      row[5].as<std::int64_t>() == s.debits_pending.minor_units() &&
+                      row[6].as<std::int64_t>() == s.credits_pending.minor_units() &&
+                      row[7].as<std::int64_t>() == s.pending_count &&
+                      row[8].as<std::int64_t>() == s.version.value() &&
+                      row[9].as<std::int64_t>() == s.overdraft_limit.minor_units() &&
+                      row[10].as<std::string>() == engine::to_string(s.kind);
+    if (!same) ++mismatched;
+  }
+  CHECK(mismatched == 0);
+
+  std::vector<std::string> entries;
+  for (const auto& row : work.exec(
+           "SELECT account_id || '|' || position || '|' || transfer_id || '|' || direction || '|' || "
+           "amount || '|' || counterparty || '|' || balance_after FROM read.entries")) {
+    entries.push_back(row[0].as<std::string>());
+  }
+  std::sort(entries.begin(), entries.end());
+  CHECK(entries.size() == expected_entries.size());
+  CHECK(entries == expected_entries);
+
+  const auto audit = work.exec(
+      "SELECT position, stream_id, version, type, event_id::text, actor, command_id FROM read.audit "
+      "ORDER BY position");
+  REQUIRE(audit.size() == all.size());
+  int audit_mismatched = 0;
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    const auto& e = all[i];
+    const auto& row = audit[static_cast<int>(i)];
+    if (row[0].as<std::int64_t>() != e.position.value() || row[1].as<std::string>() != e.stream_id ||
+        row[2].as<std::int64_t>() != e.version.value() || row[3].as<std::string>() != e.type ||
+        row[4].as<std::string>() != e.event_id || row[5].as<std::string>() != e.metadata.actor ||
+        row[6].as<std::string>() != e.metadata.command_id) {
+      ++audit_mismatched;
+    }
+  }
+  CHECK(audit_mismatched == 0);
+}
+
+}  // namespace ledger::test
