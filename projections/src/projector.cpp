@@ -132,6 +132,9 @@ struct Projector::Impl {
     set("enable.auto.offset.store", "false");
     set("auto.offset.reset", "earliest");
     set("log_level", "3");
+    // Read models should trail the log by milliseconds: do not let a fetch idle long on the
+    // broker (the development broker answers a fetch only when this runs out).
+    set("fetch.wait.max.ms", std::to_string(settings.fetch_wait_max.count()));
     for (const auto& [key, value] : settings.kafka_properties) set(key, value);
     rd_kafka_conf_set_rebalance_cb(conf, &Impl::on_rebalance);
     rd_kafka_conf_set_opaque(conf, this);

@@ -32,6 +32,7 @@ struct ProjectorSettings {
   std::string group_prefix = "ledger-projection-";  // consumer group: prefix + projection name
   std::size_t batch_events_max = 5'000;
   std::chrono::milliseconds batch_wait{10};  // collect a batch for at most this long
+  std::chrono::milliseconds fetch_wait_max{10};  // librdkafka fetch.wait.max.ms
   // A position the store has but Kafka has not delivered for this long is read from the
   // event store (a dropped or lost message, a relay that is down).
   std::chrono::milliseconds gap_wait{1'000};

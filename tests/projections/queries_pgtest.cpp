@@ -1,0 +1,197 @@
+// Read-model queries over HTTP: read-your-writes with min_position, pagination, audit search,
+// roles, and a clear error for every bad parameter.
+#include <doctest/doctest.h>
+#include <rapidjson/document.h>
+
+#include "../api/server_fixture.hpp"
+#include "ledger/projections/read_models.hpp"
+#include "read_side_fixture.hpp"
+
+using namespace ledger;
+using test::HttpClient;
+using test::ServerFixture;
+
+namespace {
+
+rapidjson::Document parse(const std::string& body) {
+  rapidjson::Document document;
+  document.Parse(body.c_str());
+  REQUIRE_MESSAGE(!document.HasParseError(), "not JSON: " << body);
+  return document;
+}
+
+const auto teller = ServerFixture::auth({"teller"});
+const auto auditor = ServerFixture::auth({"auditor"});
+
+std::int64_t post(HttpClient& client, const std::string& target, const std::string& body) {
+  const auto response = client.request("POST", target, body, teller);
+  REQUIRE_MESSAGE(response.status == 201, target << " -> " << response.status << " " << response.body);
+  return parse(response.body)["position"].GetInt64();
+}
+
+// The whole read side in this process: engine and HTTP front, relay, projectors.
+struct Stack {
+  explicit Stack(bool with_projectors = true)
+      : pool(test::make_pool(database.app_url())),
+        read_models(pool),
+        server(database.app_url(), {}, &read_models),
+        relay(test::relay_settings(kafka), pool) {
+    relay.start();
+    if (!with_projectors) return;
+    for (const auto kind : projections::all_projections()) {
+      projectors.push_back(std::make_unique<projections::Projector>(kind, test::projector_settings(kafka), pool));
+      projectors.back()->start();
+    }
+  }
+  test::TestDatabase database;
+  test::MockKafka kafka;
+  db::ConnectionPool pool;
+  projections::ReadModels read_models;
+  ServerFixture server;
+  engine::Relay relay;
+  std::vector<std::unique_ptr<projections::Projector>> projectors;
+};
+
+}  // namespace
+
+TEST_CASE("read your writes: 1,000 writes each read back at once with min_position") {
+  Stack stack;
+  auto client = stack.server.client();
+  post(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
+  post(client, "/v1/accounts", R"({"id":"bob","currency":"EUR"})");
+  post(client, "/v1/accounts/alice/deposits", R"({"amount":1000000})");
+  // The projectors have joined their consumer groups and are live (steady state).
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(stack.database.app_url()); }));
+  int stale = 0;
+  for (int i = 1; i <= 1'000; ++i) {
+    const std::int64_t position =
+        post(client, "/v1/transfers", R"({"from":"alice","to":"bob","amount":3,"currency":"EUR"})");
+    const std::string target = i % 2 == 0 ? "/v1/accounts/bob?min_position=" + std::to_string(position)
+                                          : "/v1/accounts/bob/entries?limit=1&cursor=" +
+                                                std::to_string(position - 1) +
+                                                "&min_position=" + std::to_string(position);
+    const auto response = client.request("GET", target, "", teller);
+    REQUIRE_MESSAGE(response.status == 200, target << " -> " << response.status << " " << response.body);
+    const auto document = parse(response.body);
+    CHECK(document["watermark"].GetInt64() >= position);
+    CHECK(std::stoll(response.header("X-Ledger-Watermark")) == document["watermark"].GetInt64());
+    if (i % 2 == 0) {
+      if (document["credits_posted"].GetInt64() != 3 * i) ++stale;
+    } else {
+      const auto& entries = document["entries"];
+      if (entries.Size() != 1 || entries[0]["amount"].GetInt64() != 3 ||
+          entries[0]["balance_after"].GetInt64() != 3 * i) {
+        ++stale;
+      }
+    }
+  }
+  CHECK(stale == 0);
+}
+
+TEST_CASE("statements page by cursor and the audit log searches by actor, stream, type and time") {
+  Stack stack;
+  auto client = stack.server.client();
+  post(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
+  post(client, "/v1/accounts", R"({"id":"bob","currency":"EUR"})");
+  std::int64_t last = 0;
+  for (int i = 1; i <= 7; ++i) last = post(client, "/v1/accounts/alice/deposits", "{\"amount\":" + std::to_string(i * 100) + "}");
+  last = post(client, "/v1/transfers", R"({"from":"alice","to":"bob","amount":250,"currency":"EUR"})");
+
+  // Walk alice's statement two entries at a time.
+  std::vector<std::int64_t> balances;
+  std::string cursor;
+  for (int page = 0; page < 10; ++page) {
+    const auto response = client.request(
+        "GET", "/v1/accounts/alice/entries?limit=2&min_position=" + std::to_string(last) + cursor, "", teller);
+    REQUIRE(response.status == 200);
+    const auto document = parse(response.body);
+    for (const auto& entry : document["entries"].GetArray()) balances.push_back(entry["balance_after"].GetInt64());
+    if (document["next_cursor"].IsNull()) break;
+    cursor = std::string("&cursor=") + document["next_cursor"].GetString();
+  }
+  CHECK(balances == std::vector<std::int64_t>{100, 300, 600, 1000, 1500, 2100, 2800, 2550});
+
+  const auto account = parse(client.request("GET", "/v1/accounts/alice", "", teller).body);
+  CHECK(account["balance"].GetInt64() == 2550);
+  CHECK(account["available"].GetInt64() == 2550);
+  CHECK(account["status"].GetString() == std::string("open"));
+
+  const std::string wait = "&min_position=" + std::to_string(last);
+  auto audit = [&](const std::string& query) {
+    const auto response = client.request("GET", "/v1/audit?limit=1000" + wait + query, "", auditor);
+    REQUIRE_MESSAGE(response.status == 200, query << " -> " << response.body);
+    return parse(response.body);
+  };
+  CHECK(audit("")["events"].Size() == static_cast<unsigned>(last));
+  CHECK(audit("&actor=tester")["events"].Size() == static_cast<unsigned>(last));
+  CHECK(audit("&actor=nobody")["events"].Size() == 0);
+  CHECK(audit("&stream=account-bob")["events"].Size() == 2);  // opened, one entry
+  CHECK(audit("&type=account_opened")["events"].Size() == 3);  // alice, bob, the cash account
+  CHECK(audit("&from=2000-01-01T00:00:00Z&to=2999-01-01T00:00:00%2B02:00")["events"].Size() ==
+        static_cast<unsigned>(last));
+  CHECK(audit("&to=2000-01-01T00:00:00Z")["events"].Size() == 0);
+  const auto first_page = audit("&stream=account-alice");
+  CHECK(first_page["events"][0]["type"].GetString() == std::string("account_opened"));
+  CHECK(first_page["events"][1]["data"]["amount"].GetInt64() == 100);
+}
+
+TEST_CASE("a read model that does not reach min_position in time answers 504 with its watermark") {
+  Stack stack(/*with_projectors=*/false);
+  auto client = stack.server.client();
+  const std::int64_t position = post(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
+  const auto started = std::chrono::steady_clock::now();
+  const auto response = client.request(
+      "GET", "/v1/accounts/alice?wait_ms=200&min_position=" + std::to_string(position), "", teller);
+  const auto waited = std::chrono::steady_clock::now() - started;
+  CHECK(response.status == 504);
+  CHECK(parse(response.body)["code"].GetString() == std::string("read_model_behind"));
+  CHECK(response.header("X-Ledger-Watermark") == "0");
+  CHECK(waited >= std::chrono::milliseconds(200));
+  CHECK(waited < std::chrono::seconds(3));
+  // Without min_position the query answers at once from what the read model holds.
+  CHECK(client.request("GET", "/v1/accounts/alice", "", teller).status == 404);
+}
+
+TEST_CASE("bad query parameters, ids and roles get a clear error") {
+  Stack stack;
+  auto client = stack.server.client();
+  post(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
+  struct Case {
+    std::string target;
+    int status;
+    std::string code;
+  };
+  const std::vector<Case> cases = {
+      {"/v1/accounts/alice?min_position=-1", 400, "invalid_query"},
+      {"/v1/accounts/alice?min_position=ten", 400, "invalid_query"},
+      {"/v1/accounts/alice?min_position=99999999999999999999", 400, "invalid_query"},
+      {"/v1/accounts/alice?wait_ms=10001", 400, "invalid_query"},
+      {"/v1/accounts/alice?limit=5", 400, "invalid_query"},  // accounts do not page
+      {"/v1/accounts/alice?colour=blue", 400, "invalid_query"},
+      {"/v1/accounts/alice/entries?limit=0", 400, "invalid_query"},
+      {"/v1/accounts/alice/entries?limit=1001", 400, "invalid_query"},
+      {"/v1/accounts/alice/entries?cursor=abc", 400, "invalid_query"},
+      {"/v1/accounts/al%01ice", 400, "invalid_id"},
+      {"/v1/accounts/" + std::string(65, 'a'), 400, "invalid_id"},
+      {"/v1/accounts/nobody", 404, "unknown_account"},
+      {"/v1/accounts/nobody/entries", 404, "unknown_account"},
+      {"/v1/audit?from=yesterday", 400, "invalid_query"},
+      {"/v1/audit?to=2026-13-01T00:00:00Z", 400, "invalid_query"},
+      {"/v1/audit?actor=", 400, "invalid_query"},
+  };
+  const auto admin = ServerFixture::auth({"admin"});
+  // Let the projectors catch up so 404s are about the account, not lag.
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(stack.database.app_url()); }));
+  for (const auto& c : cases) {
+    const auto response = client.request("GET", c.target, "", admin);
+    CHECK_MESSAGE(response.status == c.status, c.target << " -> " << response.body);
+    CHECK_MESSAGE(parse(response.body)["code"].GetString() == c.code, c.target);
+    CHECK(response.header("Content-Type") == "application/problem+json");
+  }
+  CHECK(client.request("GET", "/v1/audit", "", teller).status == 403);
+  CHECK(client.request("GET", "/v1/audit", "", auditor).status == 200);
+  CHECK(client.request("GET", "/v1/accounts/alice", "", {}).status == 401);
+  CHECK(client.request("GET", "/v1/accounts/alice", "", auditor).status == 200);
+  CHECK(client.request("POST", "/v1/accounts/alice/entries", "{}", teller).status == 405);
+  CHECK(test::store_head(stack.database.app_url()) == 1);  // queries wrote nothing
+}
