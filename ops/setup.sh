@@ -17,7 +17,7 @@ packages=(
   libcpp-jwt-dev nlohmann-json3-dev
   rapidjson-dev
   libssl-dev
-  curl procps python3 gnuplot-nox kafkacat python3-flatbuffers
+  curl procps python3 gnuplot-nox kcat python3-flatbuffers
 )
 
 if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
