@@ -16,6 +16,16 @@ CREATE TRIGGER events_notify_appended
 
 INSERT INTO checkpoints (name, position) VALUES ('relay', 0) ON CONFLICT DO NOTHING;
 
+-- The highest offset Kafka acknowledged to the relay, per partition. A broker whose partitions
+-- end below these has lost data (a restarted development broker, a recreated topic).
+CREATE TABLE relay_partitions (
+    topic               text   NOT NULL,
+    partition           int    NOT NULL,
+    acknowledged_offset bigint NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+GRANT SELECT, INSERT, UPDATE, DELETE ON relay_partitions TO ledger_app;
+
 CREATE SCHEMA read;
 
 -- Per projection: the contiguous global position applied (every event at or below it is in
@@ -23,6 +33,8 @@ CREATE SCHEMA read;
 CREATE TABLE read.projections (
     name       text        PRIMARY KEY,
     watermark  bigint      NOT NULL DEFAULT 0 CHECK (watermark >= 0),
+    -- Events applied since the projection was created (a counter for rates).
+    applied    bigint      NOT NULL DEFAULT 0,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO read.projections (name) VALUES ('balance'), ('audit');

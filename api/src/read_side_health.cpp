@@ -86,6 +86,8 @@ void write_read_side_health(JsonWriter& w, const ReadSideHealth& health) {
     w.Int64(projection.lag_events);
     w.Key("lag_ms");
     w.Double(projection.lag_seconds * 1e3);
+    w.Key("events_per_second");
+    w.Double(projection.events_per_second);
     w.EndObject();
   }
   w.EndObject();
@@ -110,6 +112,11 @@ std::string read_side_metrics(const ReadSideHealth& health) {
     out += "# TYPE ledger_projection_lag_events gauge\n";
     for (const auto& p : health.projections) {
       out += fmt::format("ledger_projection_lag_events{{projection=\"{}\"}} {}\n", p.name, p.lag_events);
+    }
+    out += "# TYPE ledger_projection_events_applied_total counter\n";
+    for (const auto& p : health.projections) {
+      out += fmt::format("ledger_projection_events_applied_total{{projection=\"{}\"}} {}\n", p.name,
+                         p.events_applied);
     }
     out += "# TYPE ledger_projection_lag_seconds gauge\n";
     for (const auto& p : health.projections) {

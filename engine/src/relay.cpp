@@ -7,6 +7,8 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <map>
+#include <set>
 #include <mutex>
 #include <thread>
 
@@ -56,6 +58,9 @@ struct Relay::Impl {
   std::deque<bool> window;
   bool delivery_failed = false;
   Clock::time_point last_progress = Clock::now();
+  // Highest acknowledged offset per partition, and the partitions changed since last saved.
+  std::map<std::int32_t, std::int64_t> partition_offsets;
+  std::set<std::int32_t> partitions_changed;
 
   ~Impl() {
     if (producer != nullptr) rd_kafka_destroy(producer);
@@ -83,6 +88,11 @@ struct Relay::Impl {
         s.kafka_error = rd_kafka_err2str(message->err);
       });
       return;
+    }
+    auto& offset = self->partition_offsets[message->partition];
+    if (message->offset > offset) {
+      offset = message->offset;
+      self->partitions_changed.insert(message->partition);
     }
     const std::int64_t index = position - self->acknowledged - 1;
     if (index >= 0 && index < static_cast<std::int64_t>(self->window.size())) {
@@ -181,7 +191,57 @@ struct Relay::Impl {
     pqxx::work work(connection);
     work.exec_params("UPDATE checkpoints SET position = $1, updated_at = now() WHERE name = $2",
                      acknowledged, settings.checkpoint_name);
+    for (const auto partition : partitions_changed) {
+      work.exec_params(
+          "INSERT INTO relay_partitions (topic, partition, acknowledged_offset) VALUES ($1, $2, $3) "
+          "ON CONFLICT (topic, partition) DO UPDATE SET acknowledged_offset = "
+          "greatest(relay_partitions.acknowledged_offset, excluded.acknowledged_offset)",
+          settings.topic, partition, partition_offsets.at(partition));
+    }
     work.commit();
+    partitions_changed.clear();
+  }
+
+  // A partition that ends below an offset Kafka once acknowledged lost its data (a restarted
+  // development broker, a recreated topic): publish again from the lowest position a read
+  // model still needs, so consumers that start over on the new broker find everything.
+  void republish_if_broker_lost_data(pqxx::connection& connection) {
+    std::map<std::int32_t, std::int64_t> stored;
+    {
+      pqxx::read_transaction work(connection);
+      for (const auto& row : work.exec_params(
+               "SELECT partition, acknowledged_offset FROM relay_partitions WHERE topic = $1", settings.topic)) {
+        stored[row[0].as<std::int32_t>()] = row[1].as<std::int64_t>();
+      }
+    }
+    bool lost = false;
+    for (const auto& [partition, offset] : stored) {
+      std::int64_t low = 0;
+      std::int64_t high = 0;
+      const auto error = rd_kafka_query_watermark_offsets(producer, settings.topic.c_str(), partition, &low,
+                                                          &high, 5'000);
+      if (error == RD_KAFKA_RESP_ERR_NO_ERROR && high <= offset) {
+        spdlog::warn("relay: partition {} of {} ends at offset {} but offset {} was acknowledged: "
+                     "the broker lost data",
+                     partition, settings.topic, high, offset);
+        lost = true;
+      }
+    }
+    if (!lost) return;
+    pqxx::work work(connection);
+    const std::int64_t needed =
+        work.exec("SELECT coalesce(min(watermark), 0) FROM read.projections")[0][0].as<std::int64_t>();
+    work.exec_params("DELETE FROM relay_partitions WHERE topic = $1", settings.topic);
+    work.commit();
+    partition_offsets.clear();
+    partitions_changed.clear();
+    rd_kafka_flush(producer, 5'000);
+    window.clear();
+    acknowledged = std::min(acknowledged, needed);
+    next = acknowledged + 1;
+    save_checkpoint(connection);
+    spdlog::warn("relay: publishing again from position {}", next);
+    update_status([](RelayStatus& s) { ++s.republishes; });
   }
 
   // Competes for the leader lock, then publishes until stopped or the connection fails.
@@ -207,6 +267,7 @@ struct Relay::Impl {
     window.clear();
     next = acknowledged + 1;
     delivery_failed = false;
+    republish_if_broker_lost_data(*connection);
     spdlog::info("relay: leading; publishing to {} from position {}", settings.topic, next);
     update_status([&](RelayStatus& s) {
       s.leader = true;
@@ -215,6 +276,7 @@ struct Relay::Impl {
 
     std::int64_t saved = acknowledged;
     auto last_checkpoint = Clock::now();
+    auto last_broker_check = Clock::now();
     auto last_read = Clock::time_point{};
     bool maybe_more = true;
     while (!stopping) {
@@ -229,6 +291,12 @@ struct Relay::Impl {
         save_checkpoint(*connection);
         saved = acknowledged;
         last_checkpoint = now;
+      }
+      // Checked while idle: with messages in flight the broker may simply be down.
+      if (window.empty() && now - last_broker_check >= settings.broker_check_interval) {
+        republish_if_broker_lost_data(*connection);
+        saved = acknowledged;
+        last_broker_check = now;
       }
       publish_status();
 

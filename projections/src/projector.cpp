@@ -235,8 +235,10 @@ struct Projector::Impl {
             name, settings.topic, partition, next_offset);
       }
       if (watermark != start) {
-        work.exec_params("UPDATE read.projections SET watermark = $2, updated_at = now() WHERE name = $1",
-                         name, watermark);
+        work.exec_params(
+            "UPDATE read.projections SET watermark = $2, applied = applied + $3, updated_at = now() "
+            "WHERE name = $1",
+            name, watermark, static_cast<std::int64_t>(to_apply.size()));
       }
       work.commit();
       update_status([&](ProjectorStatus& s) {

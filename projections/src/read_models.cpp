@@ -46,6 +46,8 @@ struct ReadModels::Impl {
   std::condition_variable changed;
   std::list<Waiter> waiters;
   std::map<std::string, std::int64_t> watermarks;  // last read
+  // Per projection: when progress() last read the applied counter, and its value.
+  std::map<std::string, std::pair<Clock::time_point, std::int64_t>> applied_samples;
   bool stopping = false;
   std::thread watcher;
 
@@ -207,8 +209,10 @@ std::vector<ProjectionProgress> ReadModels::progress() const {
   std::vector<ProjectionProgress> result;
   const auto rows = work.exec(
       "SELECT p.name, p.watermark, h.position, COALESCE(extract(epoch FROM clock_timestamp() - "
-      "(SELECT e.recorded_at FROM events e WHERE e.position = p.watermark + 1)), 0)::float8 "
+      "(SELECT e.recorded_at FROM events e WHERE e.position = p.watermark + 1)), 0)::float8, p.applied "
       "FROM read.projections p CROSS JOIN event_store_head h ORDER BY p.name");
+  const auto now = Clock::now();
+  std::lock_guard lock(impl_->mutex);
   for (const auto& row : rows) {
     ProjectionProgress progress;
     progress.name = row[0].as<std::string>();
@@ -216,6 +220,13 @@ std::vector<ProjectionProgress> ReadModels::progress() const {
     progress.head = row[2].as<std::int64_t>();
     progress.lag_events = progress.head - progress.watermark;
     progress.lag_seconds = row[3].as<double>();
+    progress.events_applied = row[4].as<std::int64_t>();
+    auto& previous = impl_->applied_samples[progress.name];
+    const double seconds = std::chrono::duration<double>(now - previous.first).count();
+    if (previous.first != Clock::time_point{} && seconds > 0) {
+      progress.events_per_second = static_cast<double>(progress.events_applied - previous.second) / seconds;
+    }
+    previous = {now, progress.events_applied};
     result.push_back(std::move(progress));
   }
   return result;

@@ -229,3 +229,33 @@ TEST_CASE("a projector that finds a gap in what Kafka delivers fills it from the
   CHECK(projectors.events_from_store() >= 2 * unpublished);
   test::check_read_models_equal_fold(database.app_url());
 }
+
+TEST_CASE("a broker that lost its data is detected and the relay publishes again what read models need") {
+  test::TestDatabase database;
+  auto pool = test::make_pool(database.app_url());
+  Engine engine(test::engine_settings(database));
+  open_accounts(engine);
+  const std::int64_t head = test::store_head(database.app_url());
+  {
+    test::MockKafka first(1, 1);
+    Relay relay(test::relay_settings(first), pool);
+    relay.start();
+    REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
+    relay.stop();
+  }
+  CHECK(test::query_number(database.app_url(), "SELECT position FROM checkpoints WHERE name = 'relay'") == head);
+
+  // The development broker restarted: same address book, no data. No read model has applied
+  // anything yet, so everything must be published again.
+  test::MockKafka second(1, 1);
+  Relay relay(test::relay_settings(second), pool);
+  relay.start();
+  REQUIRE(test::eventually([&] { return relay.status().republishes >= 1; }, 30s));
+  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
+  auto settings = test::projector_settings(second);
+  settings.gap_wait = std::chrono::hours(1);  // everything must come through Kafka
+  Projectors projectors(pool, settings);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+  CHECK(projectors.events_from_store() == 0);
+  test::check_read_models_equal_fold(database.app_url());
+}

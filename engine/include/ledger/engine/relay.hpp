@@ -28,6 +28,8 @@ struct RelaySettings {
   // Fallback poll when no append notification arrives; also the standby's retry interval.
   std::chrono::milliseconds poll_interval{500};
   std::chrono::milliseconds checkpoint_interval{100};
+  // How often to check that the broker still holds what it acknowledged.
+  std::chrono::milliseconds broker_check_interval{30'000};
   // A message Kafka has not acknowledged within this is republished (0: wait forever).
   std::chrono::milliseconds delivery_timeout{60'000};
   // Extra librdkafka producer properties (e.g. security settings).

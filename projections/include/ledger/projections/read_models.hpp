@@ -90,6 +90,8 @@ struct ProjectionProgress {
   std::int64_t lag_events = 0;
   // How long the oldest event the projection has not applied has been committed (0: none).
   double lag_seconds = 0;
+  std::int64_t events_applied = 0;  // counter since the projection was created
+  double events_per_second = 0;     // since the previous progress() call (0 on the first)
 };
 
 // Thread-safe. Queries block (run them off I/O threads); wait_for does not.
