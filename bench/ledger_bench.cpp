@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "http_load.hpp"
+#include "read_side.hpp"
 #include "ledger/api/auth.hpp"
 #include "ledger/core/logging.hpp"
 #include "ledger/core/process.hpp"
@@ -386,9 +387,26 @@ int main(int argc, char** argv) {
     process::SpawnOptions serve_options;
     serve_options.output_file = work_directory + "/serve.log";
     serve_options.extra_environment = {"LEDGER_JWT_SECRET=" + secret, "LEDGER_LOG_LEVEL=warn"};
+    // The development broker (librdkafka's mock cluster in its own process), so the relay and
+    // the projectors speak the real Kafka protocol.
+    const std::string broker_address = work_directory + "/broker.address";
+    std::filesystem::remove(broker_address);
+    process::SpawnOptions broker_options;
+    broker_options.output_file = work_directory + "/broker.log";
+    const pid_t broker = process::spawn({ledger_binary, "--log-level", "warn", "broker", "--address-file", broker_address},
+                                        broker_options);
+    std::string kafka_brokers;
+    for (int attempt = 0; attempt < 600 && kafka_brokers.empty(); ++attempt) {
+      std::ifstream in(broker_address);
+      if (!(in >> kafka_brokers)) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (kafka_brokers.empty()) throw std::runtime_error("ledger broker did not start");
+    const std::int64_t backlog = bench::query_scalar(app_url, "SELECT position FROM event_store_head");
+    const auto serve_started = Clock::now();
     const pid_t serve = process::spawn(
-        {ledger_binary, "--home", work_directory, "--database-url", app_url, "serve", "--http-port",
-         "0", "--port-file", port_file, "--snapshot-directory", work_directory + "/serve-snapshots"},
+        {ledger_binary, "--home", work_directory, "--database-url", app_url, "--kafka-brokers", kafka_brokers,
+         "serve", "--http-port", "0", "--port-file", port_file, "--snapshot-directory",
+         work_directory + "/serve-snapshots"},
         serve_options);
     int port = 0;
     for (int attempt = 0; attempt < 600 && port == 0; ++attempt) {
@@ -396,6 +414,33 @@ int main(int argc, char** argv) {
       if (!(in >> port)) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     if (port == 0) throw std::runtime_error("ledger serve did not start; see " + serve_options.output_file);
+    // Relay: the engine phase left a backlog; the relay publishes it as serve starts.
+    std::cout << "relay: publishing a backlog of " << backlog << " events ...\n";
+    const double relay_seconds = bench::seconds_until(
+        app_url, "SELECT position FROM checkpoints WHERE name = 'relay'", backlog, std::chrono::seconds(600));
+    const double relay_rate = relay_seconds > 0 ? static_cast<double>(backlog) /
+                                                      std::chrono::duration<double>(Clock::now() - serve_started).count()
+                                                : 0.0;
+    results.push_back({"relay", "publish backlog of " + std::to_string(backlog) + " events (from serve start)",
+                       relay_rate, "events/s", "", relay_seconds > 0 ? "" : "timed out"});
+    // Projectors: catch up from that backlog, both read models in one process.
+    process::SpawnOptions project_options;
+    project_options.output_file = work_directory + "/project.log";
+    const auto project_started = Clock::now();
+    const pid_t project = process::spawn({ledger_binary, "--log-level", "warn", "--database-url", app_url,
+                                          "--kafka-brokers", kafka_brokers, "project", "all"},
+                                         project_options);
+    std::cout << "projections: catching up from a backlog of " << backlog << " events ...\n";
+    const double catch_up_seconds = bench::seconds_until(
+        app_url, "SELECT min(watermark) FROM read.projections", backlog, std::chrono::seconds(900));
+    const double catch_up_rate =
+        catch_up_seconds > 0
+            ? static_cast<double>(backlog) / std::chrono::duration<double>(Clock::now() - project_started).count()
+            : 0.0;
+    results.push_back({"projections", "catch-up from " + std::to_string(backlog) +
+                                          " events (balance+statement and audit, one process)",
+                       catch_up_rate, "events/s", ">= 100,000", catch_up_rate >= 100'000 ? "met" : "missed"});
+
     bench::LoadSettings load;
     load.port = port;
     load.connections = 64;
@@ -409,9 +454,15 @@ int main(int argc, char** argv) {
     const double max_rate = static_cast<double>(max_run.ok) / max_run.seconds;
     load.rate_per_second = std::max(100.0, std::min(30'000.0, 0.8 * max_rate));
     std::cout << "http: 64 connections, fixed " << load.rate_per_second << "/s, " << seconds << " s ...\n";
+    bench::LagSampler lag(app_url);
+    lag.start();
     const auto fixed_run = bench::run_http_load(load);
+    lag.stop();
     const long serve_rss = peak_rss_kib_of(serve);
+    const long project_rss = peak_rss_kib_of(project);
+    (void)process::stop(project, SIGTERM, std::chrono::seconds(30));
     (void)process::stop(serve, SIGTERM, std::chrono::seconds(30));
+    (void)process::stop(broker, SIGTERM, std::chrono::seconds(10));
 
     auto ms = [](std::uint32_t us) { return us / 1000.0; };
     results.push_back({"http", "transfers at maximum rate (64 connections)", max_rate, "commands/s",
@@ -433,10 +484,24 @@ int main(int argc, char** argv) {
                        fixed_run.errors == 0 ? "met" : "missed"});
     results.push_back({"http", "peak RSS of ledger serve", serve_rss / 1024.0, "MiB", "", ""});
     results.push_back({"http", "max rate / single-row INSERT baseline", 100.0 * max_rate / single, "%", "", ""});
-    std::ofstream throughput(work_directory + "/http_throughput.dat");
-    for (std::size_t second = 0; second < max_run.completions_per_second.size(); ++second) {
-      throughput << second << " " << max_run.completions_per_second[second] << "\n";
+    {
+      std::ofstream throughput(work_directory + "/http_throughput.dat");
+      for (std::size_t second = 0; second < max_run.completions_per_second.size(); ++second) {
+        throughput << second << " " << max_run.completions_per_second[second] << "\n";
+      }
+      std::ofstream lag_data(work_directory + "/projection_lag.dat");
+      for (const auto& [at, lag_ms] : lag.timeline()) lag_data << at << " " << lag_ms << "\n";
     }
+    const double lag_p99 = percentile(lag.lags_ms(), 0.99);
+    results.push_back({"projections", "command-to-read-model lag p50 (fixed rate)",
+                       percentile(lag.lags_ms(), 0.50), "ms", "", ""});
+    results.push_back({"projections", "command-to-read-model lag p99 (fixed rate)", lag_p99, "ms", "<= 50",
+                       lag_p99 <= 50 ? "met" : "missed"});
+    results.push_back({"projections", "peak RSS of ledger project", project_rss / 1024.0, "MiB", "", ""});
+    bench::plot(work_directory + "/http_throughput.dat", work_directory + "/http_throughput.png",
+                "HTTP transfers completed per second (maximum rate, 64 connections)", "second", "commands/s");
+    bench::plot(work_directory + "/projection_lag.dat", work_directory + "/projection_lag.png",
+                "Command-to-read-model lag at the fixed rate", "second", "lag (ms)");
   }
 
   // Markdown and JSON reports.

@@ -1,0 +1,49 @@
+#pragma once
+// Read-side measurements for ledger-bench: how far the read models trail the event store.
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace ledger::bench {
+
+// Samples the store head and the lowest projection watermark every `interval`. A position's
+// lag is the time from the first sample whose head shows it to the first sample whose
+// watermark covers it: command-to-read-model lag, to within one interval.
+class LagSampler {
+ public:
+  explicit LagSampler(std::string database_url,
+                      std::chrono::milliseconds interval = std::chrono::milliseconds(2));
+  ~LagSampler();
+  void start();
+  void stop();
+  [[nodiscard]] const std::vector<double>& lags_ms() const { return lags_ms_; }
+  // (seconds since start, lag in ms of the positions covered at that sample)
+  [[nodiscard]] const std::vector<std::pair<double, double>>& timeline() const { return timeline_; }
+
+ private:
+  void run();
+  std::string url_;
+  std::chrono::milliseconds interval_;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+  std::vector<double> lags_ms_;
+  std::vector<std::pair<double, double>> timeline_;
+};
+
+// One number from a query.
+[[nodiscard]] std::int64_t query_scalar(const std::string& database_url, const std::string& sql);
+
+// Waits until `sql` (one number) reaches `target`; returns the seconds it took, or a negative
+// number after `limit`.
+[[nodiscard]] double seconds_until(const std::string& database_url, const std::string& sql,
+                                   std::int64_t target, std::chrono::seconds limit);
+
+// Renders `data` (two columns) to `png` with gnuplot; false when gnuplot is missing or fails.
+bool plot(const std::string& data, const std::string& png, const std::string& title,
+          const std::string& x_label, const std::string& y_label);
+
+}  // namespace ledger::bench
