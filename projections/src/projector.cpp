@@ -135,6 +135,7 @@ struct Projector::Impl {
     // Read models should trail the log by milliseconds: do not let a fetch idle long on the
     // broker (the development broker answers a fetch only when this runs out).
     set("fetch.wait.max.ms", std::to_string(settings.fetch_wait_max.count()));
+    set("queued.max.messages.kbytes", "16384");  // prefetch per partition: bounds memory
     for (const auto& [key, value] : settings.kafka_properties) set(key, value);
     rd_kafka_conf_set_rebalance_cb(conf, &Impl::on_rebalance);
     rd_kafka_conf_set_opaque(conf, this);
@@ -150,14 +151,15 @@ struct Projector::Impl {
     }
   }
 
-  // Collects up to batch_events_max messages, waiting at most batch_wait after the first.
+  // Collects up to batch_events_max messages, waiting at most batch_wait after the first
+  // (first_wait_ms 0: only what is already fetched).
   void collect(std::vector<RecordedEvent>& events, PartitionOffsets& offsets, int first_wait_ms) {
     const auto started = Clock::now();
     int wait_ms = first_wait_ms;
     while (events.size() < settings.batch_events_max && !stopping) {
       rd_kafka_message_t* message = rd_kafka_consumer_poll(consumer, wait_ms);
       if (message == nullptr) {
-        if (!events.empty() || Clock::now() - started >= settings.batch_wait) return;
+        if (!events.empty() || first_wait_ms == 0 || Clock::now() - started >= settings.batch_wait) return;
         continue;
       }
       if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -192,6 +194,9 @@ struct Projector::Impl {
     auto lease = pool.acquire();
     try {
       pqxx::work work(*lease);
+      // A read model is derived data: losing the last commits in a crash loses rows and
+      // watermark together (one transaction), and they are applied again. No fsync wait.
+      work.exec("SET LOCAL synchronous_commit = off");
       // The row lock also keeps two instances of one projection from interleaving.
       std::int64_t watermark = work.exec_params1(
           "SELECT watermark FROM read.projections WHERE name = $1 FOR UPDATE", name)[0].as<std::int64_t>();
@@ -218,7 +223,7 @@ struct Projector::Impl {
       for (const auto& event : events) {
         const std::int64_t position = event.position.value();
         if (position <= watermark) {
-          ++duplicates;
+          ++duplicates;  // another instance, or a retry after a commit whose answer was lost
           continue;
         }
         fill_to(position - 1);
@@ -255,35 +260,80 @@ struct Projector::Impl {
     }
   }
 
+  std::int64_t stored_watermark() {
+    auto lease = pool.acquire();
+    pqxx::read_transaction work(*lease);
+    return work.exec_params1("SELECT watermark FROM read.projections WHERE name = $1", name)[0].as<std::int64_t>();
+  }
+
+  // Messages of one partition can run ahead of another's. What arrives above a gap waits in
+  // `ahead` (at most reorder_wait) for the gap to arrive too, so catching up reads each event
+  // once from Kafka instead of filling every small gap from the store.
   void run() {
     update_status([](ProjectorStatus& s) { s.running = true; });
-    std::vector<RecordedEvent> events;
+    std::vector<RecordedEvent> incoming;
+    std::map<std::int64_t, RecordedEvent> ahead;
+    std::vector<RecordedEvent> ready;  // a batch that failed to apply is retried as it is
     PartitionOffsets offsets;
+    std::int64_t heal_to = 0;
     auto last_progress = Clock::now();
+    auto gap_since = Clock::time_point{};
     std::int64_t watermark = -1;
     while (!stopping) {
       try {
         if (consumer == nullptr) create_consumer();
-        // A batch that failed to apply is retried as it is; otherwise collect a new one.
-        if (events.empty() && offsets.empty()) collect(events, offsets, 100);
-        if (stopping) break;
-        std::int64_t heal_to = 0;
-        if (events.empty() && Clock::now() - last_progress >= settings.gap_wait) {
-          // Kafka has been quiet: if the store is ahead, the missing events were lost on
-          // the way (or the relay is down); read them from the store.
-          const std::int64_t head = store.head().position.value();
-          if (head > watermark) heal_to = std::min(head, watermark + 10'000);
-          last_progress = Clock::now();
+        if (watermark < 0) watermark = stored_watermark();
+        if (ready.empty() && heal_to == 0) {
+          const bool ahead_ready = !ahead.empty() && ahead.begin()->first == watermark + 1;
+          collect(incoming, offsets, ahead_ready ? 0 : 100);
+          if (stopping) break;
+          std::int64_t duplicates = 0;
+          for (auto& event : incoming) {
+            const std::int64_t position = event.position.value();
+            if (position <= watermark || !ahead.try_emplace(position, std::move(event)).second) ++duplicates;
+          }
+          incoming.clear();
+          if (duplicates > 0) update_status([&](ProjectorStatus& s) { s.duplicates_skipped += duplicates; });
+          std::int64_t next = watermark + 1;
+          while (!ahead.empty() && ahead.begin()->first <= next && ready.size() < settings.batch_events_max) {
+            if (ahead.begin()->first == next) {
+              ready.push_back(std::move(ahead.begin()->second));
+              ++next;
+            }
+            ahead.erase(ahead.begin());
+          }
+          const auto now = Clock::now();
+          const bool gap = !ahead.empty() && ahead.begin()->first > next;
+          if (!gap) {
+            gap_since = {};
+          } else if (gap_since == Clock::time_point{}) {
+            gap_since = now;
+          } else if (now - gap_since >= settings.reorder_wait || ahead.size() > settings.reorder_events_max) {
+            // Waited long enough: apply everything held, reading every gap between from the
+            // store (a partition consumed long after another leaves many small gaps).
+            for (auto& [position, event] : ahead) ready.push_back(std::move(event));
+            ahead.clear();
+            gap_since = {};
+          }
+          if (ready.empty() && heal_to == 0 && ahead.empty() && now - last_progress >= settings.gap_wait) {
+            // Kafka has been quiet: if the store is ahead, the missing events were lost on
+            // the way (or the relay is down); read them from the store.
+            const std::int64_t head = store.head().position.value();
+            if (head > watermark) heal_to = std::min(head, watermark + 10'000);
+            last_progress = now;
+          }
         }
-        if (events.empty() && offsets.empty() && heal_to == 0) continue;
-        const std::int64_t applied = apply(events, offsets, heal_to);
+        if (ready.empty() && offsets.empty() && heal_to == 0) continue;
+        const std::int64_t applied = apply(ready, offsets, heal_to);
         if (applied != watermark) last_progress = Clock::now();
         watermark = applied;
-        events.clear();
+        ready.clear();
         offsets.clear();
+        heal_to = 0;
       } catch (const std::exception& error) {
         spdlog::warn("projector {}: {}; retrying", name, error.what());
         update_status([&](ProjectorStatus& s) { s.last_error = error.what(); });
+        watermark = -1;  // read it again: the failed batch may or may not have committed
         pause(std::chrono::milliseconds(500));
       }
     }

@@ -33,6 +33,10 @@ struct ProjectorSettings {
   std::size_t batch_events_max = 5'000;
   std::chrono::milliseconds batch_wait{10};  // collect a batch for at most this long
   std::chrono::milliseconds fetch_wait_max{10};  // librdkafka fetch.wait.max.ms
+  // Messages above a gap wait this long (or until this many wait) for the gap to arrive from
+  // another partition before the gap is read from the event store.
+  std::chrono::milliseconds reorder_wait{100};
+  std::size_t reorder_events_max = 100'000;
   // A position the store has but Kafka has not delivered for this long is read from the
   // event store (a dropped or lost message, a relay that is down).
   std::chrono::milliseconds gap_wait{1'000};
