@@ -135,7 +135,9 @@ struct Projector::Impl {
     // Read models should trail the log by milliseconds: do not let a fetch idle long on the
     // broker (the development broker answers a fetch only when this runs out).
     set("fetch.wait.max.ms", std::to_string(settings.fetch_wait_max.count()));
-    set("queued.max.messages.kbytes", "16384");  // prefetch per partition: bounds memory
+    // Prefetch per partition (librdkafka's defaults hold 100,000 messages each): bounds memory.
+    set("queued.max.messages.kbytes", "16384");
+    set("queued.min.messages", "20000");
     for (const auto& [key, value] : settings.kafka_properties) set(key, value);
     rd_kafka_conf_set_rebalance_cb(conf, &Impl::on_rebalance);
     rd_kafka_conf_set_opaque(conf, this);
@@ -186,7 +188,8 @@ struct Projector::Impl {
   // Applies what follows the watermark, in position order, filling any gap from the event
   // store; `up_to` > 0 also reads the store up to that position (healing without Kafka).
   // Returns the new watermark.
-  // `events` stay intact so a batch that failed can be retried as it is.
+  // Takes the events (moved out, not copied: catching up is bound by this thread). A batch
+  // that fails is not retried from memory: its positions are read again from the store.
   std::int64_t apply(std::vector<RecordedEvent>& events, const PartitionOffsets& offsets,
                      std::int64_t up_to) {
     std::sort(events.begin(), events.end(),
@@ -220,14 +223,14 @@ struct Projector::Impl {
           }
         }
       };
-      for (const auto& event : events) {
+      for (auto& event : events) {
         const std::int64_t position = event.position.value();
         if (position <= watermark) {
           ++duplicates;  // another instance, or a retry after a commit whose answer was lost
           continue;
         }
         fill_to(position - 1);
-        to_apply.push_back(event);
+        to_apply.push_back(std::move(event));
         watermark = position;
       }
       if (up_to > watermark) fill_to(up_to);
@@ -273,7 +276,7 @@ struct Projector::Impl {
     update_status([](ProjectorStatus& s) { s.running = true; });
     std::vector<RecordedEvent> incoming;
     std::map<std::int64_t, RecordedEvent> ahead;
-    std::vector<RecordedEvent> ready;  // a batch that failed to apply is retried as it is
+    std::vector<RecordedEvent> ready;  // contiguous from the watermark, to apply next
     PartitionOffsets offsets;
     std::int64_t heal_to = 0;
     auto last_progress = Clock::now();
@@ -283,7 +286,7 @@ struct Projector::Impl {
       try {
         if (consumer == nullptr) create_consumer();
         if (watermark < 0) watermark = stored_watermark();
-        if (ready.empty() && heal_to == 0) {
+        {
           const bool ahead_ready = !ahead.empty() && ahead.begin()->first == watermark + 1;
           collect(incoming, offsets, ahead_ready ? 0 : 100);
           if (stopping) break;
@@ -333,7 +336,12 @@ struct Projector::Impl {
       } catch (const std::exception& error) {
         spdlog::warn("projector {}: {}; retrying", name, error.what());
         update_status([&](ProjectorStatus& s) { s.last_error = error.what(); });
-        watermark = -1;  // read it again: the failed batch may or may not have committed
+        // The failed batch was handed over: what it held comes back through the gap logic,
+        // from Kafka or the store. Read the watermark again: the commit may have happened.
+        ready.clear();
+        offsets.clear();
+        heal_to = 0;
+        watermark = -1;
         pause(std::chrono::milliseconds(500));
       }
     }

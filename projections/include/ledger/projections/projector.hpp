@@ -31,8 +31,8 @@ struct ProjectorSettings {
   std::string topic = "ledger.events";
   std::string group_prefix = "ledger-projection-";  // consumer group: prefix + projection name
   std::size_t batch_events_max = 5'000;
-  std::chrono::milliseconds batch_wait{10};  // collect a batch for at most this long
-  std::chrono::milliseconds fetch_wait_max{10};  // librdkafka fetch.wait.max.ms
+  std::chrono::milliseconds batch_wait{5};  // collect a batch for at most this long
+  std::chrono::milliseconds fetch_wait_max{5};  // librdkafka fetch.wait.max.ms
   // Messages above a gap wait this long (or until this many wait) for the gap to arrive from
   // another partition before the gap is read from the event store.
   std::chrono::milliseconds reorder_wait{100};
