@@ -138,6 +138,10 @@ struct Projector::Impl {
     // Prefetch per partition (librdkafka's defaults hold 100,000 messages each): bounds memory.
     set("queued.max.messages.kbytes", "16384");
     set("queued.min.messages", "20000");
+    // A projector killed without leaving its group holds its partitions until the session
+    // times out; a restarted one waits that long for them. Kafka's default is 45 s.
+    set("session.timeout.ms", "10000");
+    set("heartbeat.interval.ms", "2000");
     for (const auto& [key, value] : settings.kafka_properties) set(key, value);
     rd_kafka_conf_set_rebalance_cb(conf, &Impl::on_rebalance);
     rd_kafka_conf_set_opaque(conf, this);
@@ -269,9 +273,11 @@ struct Projector::Impl {
     return work.exec_params1("SELECT watermark FROM read.projections WHERE name = $1", name)[0].as<std::int64_t>();
   }
 
-  // Messages of one partition can run ahead of another's. What arrives above a gap waits in
-  // `ahead` (at most reorder_wait) for the gap to arrive too, so catching up reads each event
-  // once from Kafka instead of filling every small gap from the store.
+  // Two ways in. Far behind the store's head (a backlog, a new or rebuilt projection, a
+  // relay that was down) the projector reads the event store in large sequential batches
+  // and drops what Kafka delivers meanwhile. Near the head it applies what Kafka delivers.
+  // Messages of one partition can run ahead of another's: what arrives above a gap waits in
+  // `ahead` for the gap to arrive too, and only a gap that stays is read from the store.
   void run() {
     update_status([](ProjectorStatus& s) { s.running = true; });
     std::vector<RecordedEvent> incoming;
@@ -279,24 +285,45 @@ struct Projector::Impl {
     std::vector<RecordedEvent> ready;  // contiguous from the watermark, to apply next
     PartitionOffsets offsets;
     std::int64_t heal_to = 0;
+    std::int64_t head = 0;
+    auto head_read = Clock::time_point{};
     auto last_progress = Clock::now();
     auto gap_since = Clock::time_point{};
     std::int64_t watermark = -1;
+    const auto span_max = static_cast<std::int64_t>(settings.batch_events_max);
     while (!stopping) {
       try {
         if (consumer == nullptr) create_consumer();
         if (watermark < 0) watermark = stored_watermark();
-        {
-          const bool ahead_ready = !ahead.empty() && ahead.begin()->first == watermark + 1;
-          collect(incoming, offsets, ahead_ready ? 0 : 100);
-          if (stopping) break;
-          std::int64_t duplicates = 0;
-          for (auto& event : incoming) {
-            const std::int64_t position = event.position.value();
-            if (position <= watermark || !ahead.try_emplace(position, std::move(event)).second) ++duplicates;
+        auto now = Clock::now();
+        if (now - head_read >= settings.head_check_interval) {
+          head = store.head().position.value();
+          head_read = now;
+        }
+        const bool far_behind = head - watermark > settings.catch_up_events_min;
+        const bool ahead_ready = !ahead.empty() && ahead.begin()->first == watermark + 1;
+        collect(incoming, offsets, far_behind || ahead_ready ? 0 : 100);
+        if (stopping) break;
+        // While Kafka hands over full batches the missing positions are probably just behind
+        // in another partition's queue: the reorder wait only runs once the consumer is idle.
+        const bool consumer_busy = incoming.size() >= settings.batch_events_max;
+        std::int64_t duplicates = 0;
+        for (auto& event : incoming) {
+          const std::int64_t position = event.position.value();
+          if (position <= watermark) {
+            ++duplicates;
+          } else if (!far_behind && !ahead.try_emplace(position, std::move(event)).second) {
+            ++duplicates;
           }
-          incoming.clear();
-          if (duplicates > 0) update_status([&](ProjectorStatus& s) { s.duplicates_skipped += duplicates; });
+        }
+        incoming.clear();
+        if (duplicates > 0) update_status([&](ProjectorStatus& s) { s.duplicates_skipped += duplicates; });
+
+        now = Clock::now();
+        if (far_behind) {
+          ahead.clear();  // all of it is in the store, read in order below
+          heal_to = std::min(head, watermark + span_max);
+        } else {
           std::int64_t next = watermark + 1;
           while (!ahead.empty() && ahead.begin()->first <= next && ready.size() < settings.batch_events_max) {
             if (ahead.begin()->first == next) {
@@ -305,24 +332,28 @@ struct Projector::Impl {
             }
             ahead.erase(ahead.begin());
           }
-          const auto now = Clock::now();
           const bool gap = !ahead.empty() && ahead.begin()->first > next;
           if (!gap) {
             gap_since = {};
-          } else if (gap_since == Clock::time_point{}) {
+          } else if (gap_since == Clock::time_point{} ||
+                     (consumer_busy && ahead.size() <= settings.reorder_events_max)) {
             gap_since = now;
           } else if (now - gap_since >= settings.reorder_wait || ahead.size() > settings.reorder_events_max) {
-            // Waited long enough: apply everything held, reading every gap between from the
-            // store (a partition consumed long after another leaves many small gaps).
-            for (auto& [position, event] : ahead) ready.push_back(std::move(event));
-            ahead.clear();
+            // The gap stays: apply what is held within one batch's span, reading the gaps
+            // between from the store.
+            while (!ahead.empty() && ahead.begin()->first <= watermark + span_max) {
+              ready.push_back(std::move(ahead.begin()->second));
+              ahead.erase(ahead.begin());
+            }
+            if (ready.empty()) heal_to = watermark + span_max;
             gap_since = {};
           }
           if (ready.empty() && heal_to == 0 && ahead.empty() && now - last_progress >= settings.gap_wait) {
             // Kafka has been quiet: if the store is ahead, the missing events were lost on
             // the way (or the relay is down); read them from the store.
-            const std::int64_t head = store.head().position.value();
-            if (head > watermark) heal_to = std::min(head, watermark + 10'000);
+            head = store.head().position.value();
+            head_read = now;
+            if (head > watermark) heal_to = std::min(head, watermark + span_max);
             last_progress = now;
           }
         }

@@ -79,7 +79,8 @@ TEST_CASE("projectors killed with SIGKILL mid-batch and restarted end equal to t
   REQUIRE_MESSAGE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }),
                   "see " << options.output_file);
   const auto status = process::stop(pid, SIGTERM, 10s);
-  CHECK(status.success());
+  const std::string ended = std::string(status.exited ? "exit code " : "signal ") + std::to_string(status.code);
+  CHECK_MESSAGE(status.success(), ended << "; see " << options.output_file);
   test::check_read_models_equal_fold(database.app_url());
 }
 

@@ -37,6 +37,10 @@ struct ProjectorSettings {
   // another partition before the gap is read from the event store.
   std::chrono::milliseconds reorder_wait{100};
   std::size_t reorder_events_max = 100'000;
+  // Further behind the store's head than this, read the store in order instead of Kafka
+  // (catching up); the head is read at most every head_check_interval.
+  std::int64_t catch_up_events_min = 20'000;
+  std::chrono::milliseconds head_check_interval{200};
   // A position the store has but Kafka has not delivered for this long is read from the
   // event store (a dropped or lost message, a relay that is down).
   std::chrono::milliseconds gap_wait{1'000};
