@@ -56,6 +56,7 @@ struct Relay::Impl {
   std::int64_t acknowledged = 0;
   std::int64_t next = 1;
   std::deque<bool> window;
+  std::int64_t acknowledged_since_start = 0;
   bool delivery_failed = false;
   Clock::time_point last_progress = Clock::now();
   // Highest acknowledged offset per partition, and the partitions changed since last saved.
@@ -171,6 +172,7 @@ struct Relay::Impl {
     while (!window.empty() && window.front()) {
       window.pop_front();
       ++acknowledged;
+      ++acknowledged_since_start;
     }
   }
 
@@ -333,6 +335,7 @@ struct Relay::Impl {
     update_status([&](RelayStatus& s) {
       s.acknowledged = GlobalPosition(acknowledged);
       s.published = GlobalPosition(next - 1);
+      s.events_acknowledged = acknowledged_since_start;
       s.oldest_unacknowledged_seconds = oldest;
       if (window.empty() || oldest < 1.0) s.kafka_reachable = true;
     });

@@ -259,3 +259,34 @@ TEST_CASE("a broker that lost its data is detected and the relay publishes again
   CHECK(projectors.events_from_store() == 0);
   test::check_read_models_equal_fold(database.app_url());
 }
+
+TEST_CASE("one relay publishes at a time; a standby takes over within seconds when the leader stops") {
+  test::TestDatabase database;
+  test::MockKafka kafka;
+  auto pool = test::make_pool(database.app_url());
+  Engine engine(test::engine_settings(database));
+  auto first = std::make_unique<Relay>(test::relay_settings(kafka), pool);
+  first->start();
+  REQUIRE(test::eventually([&] { return first->status().leader; }, 10s));
+  Relay second(test::relay_settings(kafka), pool);
+  second.start();
+  std::this_thread::sleep_for(1s);
+  CHECK_FALSE(second.status().leader);  // the advisory lock is taken
+
+  open_accounts(engine);
+  const std::int64_t before = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return first->status().acknowledged.value() == before; }));
+  CHECK(second.status().events_acknowledged == 0);
+
+  const auto stopped = std::chrono::steady_clock::now();
+  first->stop();
+  first.reset();
+  REQUIRE(test::eventually([&] { return second.status().leader; }, 10s));
+  const auto took = std::chrono::steady_clock::now() - stopped;
+  MESSAGE("standby took over after " << std::chrono::duration<double>(took).count() << " s");
+  CHECK(took < 5s);
+  random_workload(engine, 500);
+  const std::int64_t after = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return second.status().acknowledged.value() == after; }));
+  CHECK(test::query_number(database.app_url(), "SELECT position FROM checkpoints WHERE name = 'relay'") <= after);
+}
