@@ -191,9 +191,8 @@ struct Projector::Impl {
 
   // Applies what follows the watermark, in position order, filling any gap from the event
   // store; `up_to` > 0 also reads the store up to that position (healing without Kafka).
-  // Returns the new watermark.
-  // Takes the events (moved out, not copied: catching up is bound by this thread). A batch
-  // that fails is not retried from memory: its positions are read again from the store.
+  // Returns the new watermark. The events are moved out, not copied; a batch that fails is
+  // not retried from memory: its positions come back from Kafka or the store.
   std::int64_t apply(std::vector<RecordedEvent>& events, const PartitionOffsets& offsets,
                      std::int64_t up_to) {
     std::sort(events.begin(), events.end(),
