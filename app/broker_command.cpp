@@ -32,11 +32,7 @@ CommandAction register_broker_command(CLI::App& root, Settings& settings) {
   return [=, &settings]() -> int {
     configure_logging(settings, "broker");
     // Block the stop signals before librdkafka starts threads, then wait for them below.
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    const sigset_t stop_signals = block_stop_signals();
 
     char error[512];
     rd_kafka_conf_t* conf = rd_kafka_conf_new();

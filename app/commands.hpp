@@ -1,5 +1,7 @@
 #pragma once
 
+#include <signal.h>
+
 #include <functional>
 
 #include <CLI/CLI.hpp>
@@ -7,6 +9,10 @@
 #include "settings.hpp"
 
 namespace ledger::app {
+
+// Blocks SIGINT and SIGTERM in this thread and every thread it starts afterwards (call it
+// before starting threads), so the command's main thread can sigwait for them.
+sigset_t block_stop_signals();
 
 // A subcommand registers its flags and returns what to run once parsing succeeded.
 using CommandAction = std::function<int()>;

@@ -205,11 +205,7 @@ CommandAction register_dev_command(CLI::App& root, Settings& settings) {
 
   return [=, &settings]() -> int {
     // Block the stop signals before any thread starts; the main loop waits for them.
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    const sigset_t stop_signals = block_stop_signals();
 
     configure_logging(settings, "dev");
     const fs::path home = fs::absolute(settings.home);

@@ -26,11 +26,7 @@ CommandAction register_project_command(CLI::App& root, Settings& settings) {
       ->envname("LEDGER_PROJECT_GAP_WAIT_MS")->check(CLI::Range(10, 600'000))->capture_default_str();
 
   return [=, &settings]() -> int {
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    const sigset_t stop_signals = block_stop_signals();
     configure_logging(settings, "project");
 
     db::PoolSettings pool_settings;

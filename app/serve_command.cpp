@@ -97,11 +97,7 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
 
   return [options, &settings]() -> int {
     // The stop signals are waited for by the main thread; block them before threads start.
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    const sigset_t stop_signals = block_stop_signals();
     configure_logging(settings, "serve");
 
     if (options->jwt_secret.empty()) {

@@ -120,6 +120,15 @@ std::string account_json(const projections::AccountView& a, std::int64_t waterma
   return {buffer.GetString(), buffer.GetSize()};
 }
 
+// Closes a page: the cursor of the next one (null on the last) and the watermark read at.
+void end_page(JsonWriter& w, const std::optional<std::int64_t>& next_cursor, std::int64_t watermark) {
+  w.Key("next_cursor");
+  next_cursor ? w.String(std::to_string(*next_cursor).c_str()) : w.Null();
+  w.Key("watermark");
+  w.Int64(watermark);
+  w.EndObject();
+}
+
 std::string entries_json(const projections::EntriesPage& page, std::int64_t watermark) {
   rapidjson::StringBuffer buffer;
   JsonWriter w(buffer);
@@ -149,11 +158,7 @@ std::string entries_json(const projections::EntriesPage& page, std::int64_t wate
     w.EndObject();
   }
   w.EndArray();
-  w.Key("next_cursor");
-  page.next_cursor ? w.String(std::to_string(*page.next_cursor).c_str()) : w.Null();
-  w.Key("watermark");
-  w.Int64(watermark);
-  w.EndObject();
+  end_page(w, page.next_cursor, watermark);
   return {buffer.GetString(), buffer.GetSize()};
 }
 
@@ -189,11 +194,7 @@ std::string audit_json(const projections::AuditPage& page, std::int64_t watermar
     w.EndObject();
   }
   w.EndArray();
-  w.Key("next_cursor");
-  page.next_cursor ? w.String(std::to_string(*page.next_cursor).c_str()) : w.Null();
-  w.Key("watermark");
-  w.Int64(watermark);
-  w.EndObject();
+  end_page(w, page.next_cursor, watermark);
   return {buffer.GetString(), buffer.GetSize()};
 }
 
