@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "http_load.hpp"
+#include "plots.hpp"
 #include "read_side.hpp"
 #include "ledger/api/auth.hpp"
 #include "ledger/core/logging.hpp"
@@ -320,6 +321,7 @@ int main(int argc, char** argv) {
     app_url = postgres->url("ledger_app", "bench");
   }
   db::MigrationRunner(admin_url).up();
+  std::string postgres_settings;  // JSON members for the report
   {
     pqxx::connection connection(admin_url);
     pqxx::work work(connection);
@@ -328,7 +330,11 @@ int main(int argc, char** argv) {
         "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', "
         "'shared_buffers', 'wal_level', 'full_page_writes')");
     std::cout << "PostgreSQL:";
-    for (const auto& row : settings) std::cout << " " << row[0].c_str() << "=" << row[1].c_str();
+    for (const auto& row : settings) {
+      std::cout << " " << row[0].c_str() << "=" << row[1].c_str();
+      postgres_settings += std::string(postgres_settings.empty() ? "" : ", ") + "\"" + row[0].c_str() +
+                           "\": \"" + row[1].c_str() + "\"";
+    }
     std::cout << "\n";
     work.commit();
   }
@@ -452,12 +458,30 @@ int main(int argc, char** argv) {
     std::cout << "http: 64 connections, maximum rate, " << seconds << " s ...\n";
     const auto max_run = bench::run_http_load(load);
     const double max_rate = static_cast<double>(max_run.ok) / max_run.seconds;
+    // Latency by load: shorter fixed-rate runs at a quarter and half of the maximum.
+    std::ofstream by_load(work_directory + "/latency_by_load.dat");
+    for (const double share : {0.25, 0.5}) {
+      load.rate_per_second = std::max(50.0, share * max_rate);
+      load.seconds = std::max(5.0, seconds / 2);
+      std::cout << "http: 64 connections, fixed " << load.rate_per_second << "/s, " << load.seconds << " s ...\n";
+      const auto run = bench::run_http_load(load);
+      by_load << load.rate_per_second << " " << percentile(run.latencies_us, 0.50) / 1e3 << " "
+              << percentile(run.latencies_us, 0.90) / 1e3 << " " << percentile(run.latencies_us, 0.99) / 1e3
+              << " " << percentile(run.latencies_us, 0.999) / 1e3 << "\n";
+    }
+    load.seconds = seconds;
     load.rate_per_second = std::max(100.0, std::min(30'000.0, 0.8 * max_rate));
     std::cout << "http: 64 connections, fixed " << load.rate_per_second << "/s, " << seconds << " s ...\n";
     bench::LagSampler lag(app_url);
     lag.start();
     const auto fixed_run = bench::run_http_load(load);
     lag.stop();
+    by_load << load.rate_per_second << " " << percentile(fixed_run.latencies_us, 0.50) / 1e3 << " "
+            << percentile(fixed_run.latencies_us, 0.90) / 1e3 << " " << percentile(fixed_run.latencies_us, 0.99) / 1e3
+            << " " << percentile(fixed_run.latencies_us, 0.999) / 1e3 << "\n";
+    by_load.close();
+    bench::plot_percentiles(work_directory + "/latency_by_load.dat", work_directory + "/latency_by_load.png",
+                            "HTTP latency percentiles by offered load (CO-corrected)");
     const long serve_rss = peak_rss_kib_of(serve);
     const long project_rss = peak_rss_kib_of(project);
     (void)process::stop(project, SIGTERM, std::chrono::seconds(30));
@@ -517,7 +541,8 @@ int main(int argc, char** argv) {
   utsname names{};
   uname(&names);
   json << "{\n  \"machine\": \"" << machine_summary() << "\",\n  \"kernel\": \"" << names.release
-       << "\",\n  \"git_commit\": \"" << git_commit() << "\",\n  \"seconds_per_phase\": " << seconds
+       << "\",\n  \"postgresql\": {" << postgres_settings << "}"
+       << ",\n  \"git_commit\": \"" << git_commit() << "\",\n  \"seconds_per_phase\": " << seconds
        << ",\n  \"accounts\": " << accounts << ",\n  \"results\": [\n";
   for (std::size_t i = 0; i < results.size(); ++i) {
     const auto& r = results[i];

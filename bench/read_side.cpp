@@ -4,7 +4,6 @@
 
 #include <deque>
 
-#include "ledger/core/process.hpp"
 
 namespace ledger::bench {
 
@@ -70,19 +69,6 @@ double seconds_until(const std::string& database_url, const std::string& sql, st
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return -1;
-}
-
-bool plot(const std::string& data, const std::string& png, const std::string& title,
-          const std::string& x_label, const std::string& y_label) {
-  const std::string script = "set terminal png size 900,500; set output '" + png + "'; set title '" + title +
-                             "'; set xlabel '" + x_label + "'; set ylabel '" + y_label +
-                             "'; set grid; plot '" + data + "' using 1:2 with lines notitle";
-  std::string output;
-  try {
-    return process::run({"gnuplot", "-e", script}, output).success();
-  } catch (const std::exception&) {
-    return false;
-  }
 }
 
 }  // namespace ledger::bench

@@ -42,8 +42,4 @@ class LagSampler {
 [[nodiscard]] double seconds_until(const std::string& database_url, const std::string& sql,
                                    std::int64_t target, std::chrono::seconds limit);
 
-// Renders `data` (two columns) to `png` with gnuplot; false when gnuplot is missing or fails.
-bool plot(const std::string& data, const std::string& png, const std::string& title,
-          const std::string& x_label, const std::string& y_label);
-
 }  // namespace ledger::bench
