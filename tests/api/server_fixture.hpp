@@ -49,7 +49,8 @@ inline api::DatabaseHealth check_database(db::ConnectionPool& pool) {
 class ServerFixture {
  public:
   explicit ServerFixture(const std::string& database_url, api::ServerSettings settings = {},
-                         projections::ReadModels* read_models = nullptr) {
+                         projections::ReadModels* read_models = nullptr,
+                         std::function<api::RelayHealth()> check_relay = {}) {
     engine::EngineSettings engine_settings;
     engine_settings.database_url = database_url;
     engine_settings.expiry_sweep_interval = std::chrono::milliseconds(0);
@@ -67,6 +68,7 @@ class ServerFixture {
     services.engine = engine_.get();
     services.event_store = store_.get();
     services.read_models = read_models;
+    services.check_relay = std::move(check_relay);
     services.check_database = [this] { return check_database(*pool_); };
     settings.port = 0;
     settings.jwt_secret = test_jwt_secret;

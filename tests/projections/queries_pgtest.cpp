@@ -10,6 +10,7 @@
 using namespace ledger;
 using test::HttpClient;
 using test::ServerFixture;
+using namespace std::chrono_literals;
 
 namespace {
 
@@ -34,8 +35,8 @@ struct Stack {
   explicit Stack(bool with_projectors = true)
       : pool(test::make_pool(database.app_url())),
         read_models(pool),
-        server(database.app_url(), {}, &read_models),
-        relay(test::relay_settings(kafka), pool) {
+        relay(test::relay_settings(kafka), pool),
+        server(database.app_url(), {}, &read_models, [this] { return relay_health(); }) {
     relay.start();
     if (!with_projectors) return;
     for (const auto kind : projections::all_projections()) {
@@ -43,12 +44,25 @@ struct Stack {
       projectors.back()->start();
     }
   }
+  // What `serve` reports of its relay in /health.
+  api::RelayHealth relay_health() {
+    const auto status = relay.status();
+    api::RelayHealth health;
+    health.enabled = true;
+    health.leader = status.leader;
+    health.acknowledged = status.acknowledged.value();
+    health.head = test::store_head(database.app_url());
+    health.kafka_reachable = status.kafka_reachable;
+    health.kafka_error = status.kafka_error;
+    health.oldest_unacknowledged_seconds = status.oldest_unacknowledged_seconds;
+    return health;
+  }
   test::TestDatabase database;
   test::MockKafka kafka;
   db::ConnectionPool pool;
   projections::ReadModels read_models;
+  engine::Relay relay;  // before the server, which asks it for /health until it stops
   ServerFixture server;
-  engine::Relay relay;
   std::vector<std::unique_ptr<projections::Projector>> projectors;
 };
 
@@ -194,4 +208,24 @@ TEST_CASE("bad query parameters, ids and roles get a clear error") {
   CHECK(client.request("GET", "/v1/accounts/alice", "", auditor).status == 200);
   CHECK(client.request("POST", "/v1/accounts/alice/entries", "{}", teller).status == 405);
   CHECK(test::store_head(stack.database.app_url()) == 1);  // queries wrote nothing
+}
+
+TEST_CASE("health says degraded with the relay lag while Kafka is down, and healthy once it is back") {
+  Stack stack;
+  auto client = stack.server.client();
+  post(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
+  auto health = [&] { return parse(client.request("GET", "/health", "", {}).body); };
+  REQUIRE(test::eventually([&] { return health()["status"].GetString() == std::string("healthy"); }, 30s));
+
+  stack.kafka.set_down(true);
+  for (int i = 0; i < 20; ++i) post(client, "/v1/accounts/alice/deposits", R"({"amount":5})");  // still accepted
+  REQUIRE(test::eventually([&] { return health()["status"].GetString() == std::string("degraded"); }, 30s));
+  const auto down = health();
+  CHECK(down["components"]["kafka"]["status"].GetString() == std::string("down"));
+  CHECK(down["components"]["relay"]["lag_events"].GetInt64() > 0);
+  CHECK(client.request("GET", "/health/ready", "", {}).status == 200);  // commands are still taken
+
+  stack.kafka.set_down(false);
+  REQUIRE(test::eventually([&] { return health()["status"].GetString() == std::string("healthy"); }, 60s));
+  CHECK(health()["components"]["relay"]["lag_events"].GetInt64() == 0);
 }
