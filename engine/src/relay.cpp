@@ -4,14 +4,11 @@
 #include <pqxx/pqxx>
 #include <spdlog/spdlog.h>
 
-#include <atomic>
-#include <condition_variable>
 #include <deque>
 #include <map>
 #include <set>
-#include <mutex>
-#include <thread>
 
+#include "ledger/core/worker.hpp"
 #include "ledger/db/pool.hpp"
 #include "ledger/engine/envelope.hpp"
 #include "ledger/engine/event_store.hpp"
@@ -42,13 +39,8 @@ struct Relay::Impl {
   RelaySettings settings;
   db::ConnectionPool& pool;
   EventStore store;
-  std::thread thread;
-  std::atomic<bool> stopping{false};
-  std::mutex wait_mutex;
-  std::condition_variable wake;
 
-  mutable std::mutex status_mutex;
-  RelayStatus state;
+  SharedStatus<RelayStatus> state;
 
   // Delivery tracking, touched only on the relay thread (delivery reports are served by
   // rd_kafka_poll there). window[i] is position acknowledged + 1 + i: true once acknowledged.
@@ -63,21 +55,18 @@ struct Relay::Impl {
   std::map<std::int32_t, std::int64_t> partition_offsets;
   std::set<std::int32_t> partitions_changed;
 
+  StoppableThread worker;  // last: it stops before the members it uses go
+
   ~Impl() {
     if (producer != nullptr) rd_kafka_destroy(producer);
   }
 
   template <typename F>
   void update_status(F&& change) {
-    std::lock_guard lock(status_mutex);
-    change(state);
+    state.update(std::forward<F>(change));
   }
 
-  // Sleeps up to `duration`, returning early on stop().
-  void pause(std::chrono::milliseconds duration) {
-    std::unique_lock lock(wait_mutex);
-    wake.wait_for(lock, duration, [&] { return stopping.load(); });
-  }
+  void pause(std::chrono::milliseconds duration) { worker.pause(duration); }
 
   static void on_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void* opaque) {
     auto* self = static_cast<Impl*>(opaque);
@@ -249,13 +238,13 @@ struct Relay::Impl {
   // Competes for the leader lock, then publishes until stopped or the connection fails.
   void lead() {
     auto connection = pool.connect_dedicated();
-    while (!stopping) {
+    while (!worker.stopping()) {
       pqxx::nontransaction query(*connection);
       if (query.exec_params1("SELECT pg_try_advisory_lock($1)", settings.leader_lock_key)[0].as<bool>()) break;
       query.commit();
       pause(settings.poll_interval);
     }
-    if (stopping) return;
+    if (worker.stopping()) return;
     AppendListener listener(*connection);
     {
       pqxx::work work(*connection);
@@ -281,7 +270,7 @@ struct Relay::Impl {
     auto last_broker_check = Clock::now();
     auto last_read = Clock::time_point{};
     bool maybe_more = true;
-    while (!stopping) {
+    while (!worker.stopping()) {
       rd_kafka_poll(producer, 0);
       advance();
       if (delivery_failed) {
@@ -343,7 +332,7 @@ struct Relay::Impl {
 
   void run() {
     update_status([](RelayStatus& s) { s.running = true; });
-    while (!stopping) {
+    while (!worker.stopping()) {
       try {
         lead();
       } catch (const std::exception& error) {
@@ -365,22 +354,11 @@ Relay::Relay(RelaySettings settings, db::ConnectionPool& pool)
 Relay::~Relay() { stop(); }
 
 void Relay::start() {
-  if (impl_->thread.joinable()) return;
-  impl_->thread = std::thread([this] { impl_->run(); });
+  impl_->worker.start([this] { impl_->run(); });
 }
 
-void Relay::stop() {
-  {
-    std::lock_guard lock(impl_->wait_mutex);
-    impl_->stopping = true;
-  }
-  impl_->wake.notify_all();
-  if (impl_->thread.joinable()) impl_->thread.join();
-}
+void Relay::stop() { impl_->worker.stop(); }
 
-RelayStatus Relay::status() const {
-  std::lock_guard lock(impl_->status_mutex);
-  return impl_->state;
-}
+RelayStatus Relay::status() const { return impl_->state.get(); }
 
 }  // namespace ledger::engine
