@@ -22,6 +22,7 @@
 #include "ledger/engine/relay.hpp"
 #include "ledger/engine/state.hpp"
 #include "ledger/projections/projector.hpp"
+#include "../engine/engine_fixture.hpp"
 #include "test_cluster.hpp"
 
 namespace ledger::test {
@@ -99,18 +100,12 @@ inline bool eventually(const std::function<bool()>& done,
   return done();
 }
 
-inline std::int64_t query_number(const std::string& url, const std::string& sql) {
-  pqxx::connection connection(url);
-  pqxx::read_transaction work(connection);
-  return work.exec1(sql)[0].as<std::int64_t>();
-}
-
 inline std::int64_t store_head(const std::string& url) {
-  return query_number(url, "SELECT position FROM event_store_head");
+  return scalar(url, "SELECT position FROM event_store_head");
 }
 
 inline std::int64_t watermark(const std::string& url, const std::string& projection) {
-  return query_number(url, "SELECT watermark FROM read.projections WHERE name = '" + projection + "'");
+  return scalar(url, "SELECT watermark FROM read.projections WHERE name = '" + projection + "'");
 }
 
 inline bool read_models_caught_up(const std::string& url) {

@@ -243,7 +243,7 @@ TEST_CASE("a broker that lost its data is detected and the relay publishes again
     REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
     relay.stop();
   }
-  CHECK(test::query_number(database.app_url(), "SELECT position FROM checkpoints WHERE name = 'relay'") == head);
+  CHECK(test::scalar(database.app_url(), "SELECT position FROM checkpoints WHERE name = 'relay'") == head);
 
   // The development broker restarted: same address book, no data. No read model has applied
   // anything yet, so everything must be published again.
@@ -288,5 +288,5 @@ TEST_CASE("one relay publishes at a time; a standby takes over within seconds wh
   random_workload(engine, 500);
   const std::int64_t after = test::store_head(database.app_url());
   REQUIRE(test::eventually([&] { return second.status().acknowledged.value() == after; }));
-  CHECK(test::query_number(database.app_url(), "SELECT position FROM checkpoints WHERE name = 'relay'") <= after);
+  CHECK(test::scalar(database.app_url(), "SELECT position FROM checkpoints WHERE name = 'relay'") <= after);
 }
