@@ -5,12 +5,11 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
+#include <charconv>
+#include <limits>
 #include <map>
-#include <mutex>
-#include <thread>
 
+#include "ledger/core/worker.hpp"
 #include "ledger/db/pool.hpp"
 #include "ledger/engine/envelope.hpp"
 #include "ledger/engine/event_store.hpp"
@@ -61,12 +60,8 @@ struct Projector::Impl {
   std::unique_ptr<Projection> projection;
   rd_kafka_t* consumer = nullptr;
 
-  std::thread thread;
-  std::atomic<bool> stopping{false};
-  std::mutex wait_mutex;
-  std::condition_variable wake;
-  mutable std::mutex status_mutex;
-  ProjectorStatus state;
+  SharedStatus<ProjectorStatus> state;
+  StoppableThread worker;  // last: it stops before the members it uses go
 
   ~Impl() {
     if (consumer != nullptr) {
@@ -77,14 +72,10 @@ struct Projector::Impl {
 
   template <typename F>
   void update_status(F&& change) {
-    std::lock_guard lock(status_mutex);
-    change(state);
+    state.update(std::forward<F>(change));
   }
 
-  void pause(std::chrono::milliseconds duration) {
-    std::unique_lock lock(wait_mutex);
-    wake.wait_for(lock, duration, [&] { return stopping.load(); });
-  }
+  void pause(std::chrono::milliseconds duration) { worker.pause(duration); }
 
   // On assignment the consumer starts from the offsets stored with the read model, so what
   // Kafka's own group offsets say never matters.
@@ -157,22 +148,50 @@ struct Projector::Impl {
     }
   }
 
+  // The position a message's `position` header names, without decoding its value.
+  static std::optional<std::int64_t> header_position(const rd_kafka_message_t* message) {
+    rd_kafka_headers_t* headers = nullptr;
+    if (rd_kafka_message_headers(message, &headers) != RD_KAFKA_RESP_ERR_NO_ERROR) return std::nullopt;
+    const void* value = nullptr;
+    std::size_t size = 0;
+    if (rd_kafka_header_get_last(headers, "position", &value, &size) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      return std::nullopt;
+    }
+    std::int64_t position = 0;
+    const char* text = static_cast<const char*>(value);
+    const auto [end, error] = std::from_chars(text, text + size, position);
+    if (error != std::errc() || end != text + size) return std::nullopt;
+    return position;
+  }
+
+  struct Collected {
+    std::size_t messages = 0;     // seen, decoded or not
+    std::int64_t duplicates = 0;  // skipped at or below the watermark
+  };
+
   // Collects up to batch_events_max messages, waiting at most batch_wait after the first
-  // (first_wait_ms 0: only what is already fetched).
-  void collect(std::vector<RecordedEvent>& events, PartitionOffsets& offsets, int first_wait_ms) {
+  // (first_wait_ms 0: only what is already fetched). Messages whose position header is at or
+  // below `skip_through` are not decoded: catching up from the store, Kafka's copies are only
+  // counted and dropped.
+  Collected collect(std::vector<RecordedEvent>& events, PartitionOffsets& offsets, int first_wait_ms,
+                    std::int64_t skip_through, std::int64_t watermark) {
+    Collected collected;
     const auto started = Clock::now();
     int wait_ms = first_wait_ms;
-    while (events.size() < settings.batch_events_max && !stopping) {
+    while (collected.messages < settings.batch_events_max && !worker.stopping()) {
       rd_kafka_message_t* message = rd_kafka_consumer_poll(consumer, wait_ms);
       if (message == nullptr) {
-        if (!events.empty() || first_wait_ms == 0 || Clock::now() - started >= settings.batch_wait) return;
+        if (collected.messages > 0 || first_wait_ms == 0 || Clock::now() - started >= settings.batch_wait) break;
         continue;
       }
       if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        ++collected.messages;
         offsets[message->partition] = message->offset + 1;
-        auto event = engine::decode_envelope(
-            {static_cast<const char*>(message->payload), message->len});
-        if (event) {
+        const auto position = header_position(message);
+        if (position && *position <= skip_through) {
+          if (*position <= watermark) ++collected.duplicates;
+        } else if (auto event = engine::decode_envelope(
+                       {static_cast<const char*>(message->payload), message->len})) {
           events.push_back(std::move(*event));
         } else {
           // Not ours or damaged: its position, if any, is filled from the event store.
@@ -183,10 +202,10 @@ struct Projector::Impl {
         update_status([&](ProjectorStatus& s) { s.last_error = rd_kafka_message_errstr(message); });
       }
       rd_kafka_message_destroy(message);
-      const auto elapsed = Clock::now() - started;
-      if (!events.empty() && elapsed >= settings.batch_wait) return;
-      wait_ms = events.empty() ? first_wait_ms : 1;
+      if (collected.messages > 0 && Clock::now() - started >= settings.batch_wait) break;
+      wait_ms = collected.messages == 0 ? first_wait_ms : 1;
     }
+    return collected;
   }
 
   // Applies what follows the watermark, in position order, filling any gap from the event
@@ -290,7 +309,7 @@ struct Projector::Impl {
     auto gap_since = Clock::time_point{};
     std::int64_t watermark = -1;
     const auto span_max = static_cast<std::int64_t>(settings.batch_events_max);
-    while (!stopping) {
+    while (!worker.stopping()) {
       try {
         if (consumer == nullptr) create_consumer();
         if (watermark < 0) watermark = stored_watermark();
@@ -301,12 +320,14 @@ struct Projector::Impl {
         }
         const bool far_behind = head - watermark > settings.catch_up_events_min;
         const bool ahead_ready = !ahead.empty() && ahead.begin()->first == watermark + 1;
-        collect(incoming, offsets, far_behind || ahead_ready ? 0 : 100);
-        if (stopping) break;
+        const auto collected =
+            collect(incoming, offsets, far_behind || ahead_ready ? 0 : 100,
+                    far_behind ? std::numeric_limits<std::int64_t>::max() : watermark, watermark);
+        if (worker.stopping()) break;
         // While Kafka hands over full batches the missing positions are probably just behind
         // in another partition's queue: the reorder wait only runs once the consumer is idle.
-        const bool consumer_busy = incoming.size() >= settings.batch_events_max;
-        std::int64_t duplicates = 0;
+        const bool consumer_busy = collected.messages >= settings.batch_events_max;
+        std::int64_t duplicates = collected.duplicates;
         for (auto& event : incoming) {
           const std::int64_t position = event.position.value();
           if (position <= watermark) {
@@ -385,22 +406,11 @@ Projector::Projector(ProjectionKind kind, ProjectorSettings settings, db::Connec
 Projector::~Projector() { stop(); }
 
 void Projector::start() {
-  if (impl_->thread.joinable()) return;
-  impl_->thread = std::thread([this] { impl_->run(); });
+  impl_->worker.start([this] { impl_->run(); });
 }
 
-void Projector::stop() {
-  {
-    std::lock_guard lock(impl_->wait_mutex);
-    impl_->stopping = true;
-  }
-  impl_->wake.notify_all();
-  if (impl_->thread.joinable()) impl_->thread.join();
-}
+void Projector::stop() { impl_->worker.stop(); }
 
-ProjectorStatus Projector::status() const {
-  std::lock_guard lock(impl_->status_mutex);
-  return impl_->state;
-}
+ProjectorStatus Projector::status() const { return impl_->state.get(); }
 
 }  // namespace ledger::projections
