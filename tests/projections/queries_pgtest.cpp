@@ -226,6 +226,9 @@ TEST_CASE("health says degraded with the relay lag while Kafka is down, and heal
   CHECK(client.request("GET", "/health/ready", "", {}).status == 200);  // commands are still taken
 
   stack.kafka.set_down(false);
-  REQUIRE(test::eventually([&] { return health()["status"].GetString() == std::string("healthy"); }, 60s));
-  CHECK(health()["components"]["relay"]["lag_events"].GetInt64() == 0);
+  // Kafka counts as up as soon as it answers; the relay's backlog drains right after.
+  REQUIRE(test::eventually([&] {
+    const auto h = health();
+    return h["status"].GetString() == std::string("healthy") && h["components"]["relay"]["lag_events"].GetInt64() == 0;
+  }, 60s));
 }
