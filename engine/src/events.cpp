@@ -1,7 +1,10 @@
 #include "ledger/engine/events.hpp"
 
+#include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
+
+#include <utility>
 
 #include "ledger/core/assert.hpp"
 #include "overloaded.hpp"
@@ -27,6 +30,76 @@ Amount sub(Amount a, std::int64_t b) {
   LEDGER_ASSERT(b != INT64_MIN, "fold underflow");
   return Amount(add_checked(a.minor_units(), -b));
 }
+
+// JSON names of the event enums, indexed by value: event_to_json writes them and
+// event_from_json reads them back.
+constexpr std::string_view direction_names[] = {"debit", "credit"};
+constexpr std::string_view phase_names[] = {"posted", "pending", "pending_posted",
+                                            "pending_released"};
+constexpr std::string_view end_names[] = {"voided", "expired"};
+
+// A default event of the alternative whose event_type is `type`.
+template <std::size_t I = 0>
+std::optional<DomainEvent> blank_event(std::string_view type) {
+  if constexpr (I == std::variant_size_v<DomainEvent>) {
+    return std::nullopt;
+  } else {
+    DomainEvent event(std::in_place_index<I>);
+    if (event_type(event) == type) return event;
+    return blank_event<I + 1>(type);
+  }
+}
+
+// Reads the fields of one JSON object. It counts the fields it found, so that complete()
+// also refuses fields nobody asked for (and duplicated keys).
+class FieldReader {
+ public:
+  explicit FieldReader(const rapidjson::Value& object) : object_(object) {}
+
+  void string(const char* key, std::string& out) {
+    const rapidjson::Value* value = find(key);
+    if (value == nullptr || !value->IsString()) return fail();
+    out.assign(value->GetString(), value->GetStringLength());
+  }
+  // Integers only: 1.5 or 1e3 is not an amount.
+  void int64(const char* key, std::int64_t& out) {
+    const rapidjson::Value* value = find(key);
+    if (value == nullptr || !value->IsInt64()) return fail();
+    out = value->GetInt64();
+  }
+  void uint32(const char* key, std::uint32_t& out) {
+    const rapidjson::Value* value = find(key);
+    if (value == nullptr || !value->IsUint()) return fail();
+    out = value->GetUint();
+  }
+  template <class Enum, std::size_t N>
+  void name(const char* key, Enum& out, const std::string_view (&names)[N]) {
+    std::string text;
+    string(key, text);
+    for (std::size_t i = 0; i < N; ++i) {
+      if (names[i] == text) {
+        out = static_cast<Enum>(i);
+        return;
+      }
+    }
+    fail();
+  }
+
+  [[nodiscard]] bool complete() const { return ok_ && found_ == object_.MemberCount(); }
+
+ private:
+  const rapidjson::Value* find(const char* key) {
+    const auto member = object_.FindMember(key);
+    if (member == object_.MemberEnd()) return nullptr;
+    ++found_;
+    return &member->value;
+  }
+  void fail() { ok_ = false; }
+
+  const rapidjson::Value& object_;
+  rapidjson::SizeType found_ = 0;
+  bool ok_ = true;
+};
 
 }  // namespace
 
@@ -167,7 +240,7 @@ std::optional<DomainEvent> decode_event(std::string_view type, std::string_view 
 std::string event_to_json(const DomainEvent& event) {
   rapidjson::StringBuffer buffer;
   rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
-  auto string_field = [&](const char* key, const std::string& value) {
+  auto string_field = [&](const char* key, std::string_view value) {
     w.Key(key);
     w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
   };
@@ -183,18 +256,16 @@ std::string event_to_json(const DomainEvent& event) {
             string_field("currency", e.currency);
             int_field("ledger_code", e.ledger_code);
             string_field("owner", e.owner);
-            string_field("kind", std::string(to_string(e.kind)));
+            string_field("kind", to_string(e.kind));
             int_field("flags", e.flags);
             int_field("overdraft_limit", e.overdraft_limit);
           },
           [&](const events::AccountFrozen&) {}, [&](const events::AccountUnfrozen&) {},
           [&](const events::AccountClosed&) {},
           [&](const events::AccountEntry& e) {
-            static constexpr const char* phases[] = {"posted", "pending", "pending_posted",
-                                                     "pending_released"};
             string_field("transfer_id", e.transfer_id);
-            string_field("direction", e.direction == events::Direction::debit ? "debit" : "credit");
-            string_field("phase", phases[static_cast<int>(e.phase)]);
+            string_field("direction", direction_names[static_cast<int>(e.direction)]);
+            string_field("phase", phase_names[static_cast<int>(e.phase)]);
             int_field("amount", e.amount);
             int_field("released", e.released);
             string_field("counterparty", e.counterparty);
@@ -222,12 +293,73 @@ std::string event_to_json(const DomainEvent& event) {
           },
           [&](const events::PendingTransferEnded& e) {
             int_field("amount", e.amount);
-            string_field("end", e.end == events::PendingEnd::voided ? "voided" : "expired");
+            string_field("end", end_names[static_cast<int>(e.end)]);
           },
       },
       event);
   w.EndObject();
   return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+std::optional<DomainEvent> event_from_json(std::string_view type, std::string_view json) {
+  std::optional<DomainEvent> event = blank_event(type);
+  if (!event) return std::nullopt;
+  rapidjson::Document document;
+  document.Parse(json.data(), json.size());
+  if (document.HasParseError() || !document.IsObject()) return std::nullopt;
+  FieldReader r(document);
+  const std::string_view kind_names[] = {to_string(AccountKind::customer),
+                                         to_string(AccountKind::system)};
+  std::visit(
+      Overloaded{
+          [&](events::AccountOpened& e) {
+            r.string("account_id", e.account_id);
+            r.string("currency", e.currency);
+            r.uint32("ledger_code", e.ledger_code);
+            r.string("owner", e.owner);
+            r.name("kind", e.kind, kind_names);
+            r.uint32("flags", e.flags);
+            r.int64("overdraft_limit", e.overdraft_limit);
+          },
+          [&](events::AccountFrozen&) {}, [&](events::AccountUnfrozen&) {},
+          [&](events::AccountClosed&) {},
+          [&](events::AccountEntry& e) {
+            r.string("transfer_id", e.transfer_id);
+            r.name("direction", e.direction, direction_names);
+            r.name("phase", e.phase, phase_names);
+            r.int64("amount", e.amount);
+            r.int64("released", e.released);
+            r.string("counterparty", e.counterparty);
+          },
+          [&](events::TransferPosted& e) {
+            r.string("transfer_id", e.transfer_id);
+            r.string("debit_account", e.debit_account);
+            r.string("credit_account", e.credit_account);
+            r.int64("amount", e.amount);
+            r.string("currency", e.currency);
+            r.string("reference", e.reference);
+          },
+          [&](events::TransferPending& e) {
+            r.string("transfer_id", e.transfer_id);
+            r.string("debit_account", e.debit_account);
+            r.string("credit_account", e.credit_account);
+            r.int64("amount", e.amount);
+            r.string("currency", e.currency);
+            r.string("reference", e.reference);
+            r.int64("expires_at_us", e.expires_at_us);
+          },
+          [&](events::PendingTransferPosted& e) {
+            r.int64("amount", e.amount);
+            r.int64("released", e.released);
+          },
+          [&](events::PendingTransferEnded& e) {
+            r.int64("amount", e.amount);
+            r.name("end", e.end, end_names);
+          },
+      },
+      *event);
+  if (!r.complete()) return std::nullopt;
+  return event;
 }
 
 void apply(AccountState& state, const DomainEvent& event) {

@@ -3,6 +3,8 @@
 // missing fixture only for a new event type: LEDGER_WRITE_FIXTURES=1 engine_event_codec_test.
 #include <doctest/doctest.h>
 #include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -90,4 +92,77 @@ TEST_CASE("the bytes of every released event version still decode to the same ev
     REQUIRE(decoded.has_value());
     CHECK(event_to_json(*decoded) == event_to_json(event));
   }
+}
+
+TEST_CASE("every event type reads back from its JSON and re-encodes to the same bytes") {
+  for (const auto& event : examples()) {
+    INFO(event_type(event));
+    const auto parsed = event_from_json(event_type(event), event_to_json(event));
+    REQUIRE(parsed.has_value());
+    CHECK(parsed->index() == event.index());
+    CHECK(encode_event(*parsed) == encode_event(event));
+  }
+}
+
+TEST_CASE("reading JSON refuses anything event_to_json would not have written") {
+  const std::string entry = event_to_json(
+      events::AccountEntry{"t-1", events::Direction::credit, events::Phase::posted, 100, 0, "bob"});
+  REQUIRE(event_from_json("account_entry", entry).has_value());
+  auto entry_with = [&](const std::string& field, const std::string& value) {
+    rapidjson::Document json;
+    json.Parse(entry.c_str());
+    rapidjson::Document replacement(&json.GetAllocator());
+    replacement.Parse(value.c_str());
+    REQUIRE_FALSE(replacement.HasParseError());
+    json.RemoveMember(field.c_str());
+    json.AddMember(rapidjson::Value(field.c_str(), json.GetAllocator()), replacement,
+                   json.GetAllocator());
+    rapidjson::StringBuffer buffer;
+    rapidjson::Writer<rapidjson::StringBuffer> writer(buffer);
+    json.Accept(writer);
+    return std::string(buffer.GetString(), buffer.GetSize());
+  };
+  REQUIRE(event_from_json("account_entry", entry_with("amount", "7")).has_value());
+
+  CHECK_FALSE(event_from_json("account_entry", "not json").has_value());
+  CHECK_FALSE(event_from_json("account_entry", entry + " trailing").has_value());
+  CHECK_FALSE(event_from_json("account_entry", "[1, 2]").has_value());
+  CHECK_FALSE(event_from_json("account_frozen", "null").has_value());
+  CHECK_FALSE(event_from_json("account_frozen", "{\"extra\":1}").has_value());
+  CHECK_FALSE(event_from_json("pending_transfer_posted", "{\"amount\":1}").has_value());
+  CHECK_FALSE(event_from_json("account_entry", entry_with("note", "\"hi\"")).has_value());
+  CHECK_FALSE(event_from_json("account_entry", entry_with("amount", "\"100\"")).has_value());
+  CHECK_FALSE(event_from_json("account_entry", entry_with("amount", "1.5")).has_value());
+  CHECK_FALSE(event_from_json("account_entry", entry_with("amount", "1e2")).has_value());
+  CHECK_FALSE(
+      event_from_json("account_entry", entry_with("amount", "9223372036854775808")).has_value());
+  CHECK_FALSE(
+      event_from_json("account_entry", entry_with("direction", "\"sideways\"")).has_value());
+  CHECK_FALSE(event_from_json("account_entry", entry_with("phase", "1")).has_value());
+  CHECK_FALSE(event_from_json("account_entry", entry_with("counterparty", "null")).has_value());
+  CHECK_FALSE(event_from_json("account_entry_v2", entry).has_value());
+  CHECK_FALSE(event_from_json("transfer_posted", entry).has_value());
+
+  const std::string opened = event_to_json(
+      events::AccountOpened{"alice", "EUR", 42, "Alice", AccountKind::customer, 0, 0});
+  REQUIRE(event_from_json("account_opened", opened).has_value());
+  auto opened_with = [&](std::string_view from, std::string_view to) {
+    std::string json = opened;
+    const auto at = json.find(from);
+    REQUIRE(at != std::string::npos);
+    return json.replace(at, from.size(), to);
+  };
+  CHECK(event_from_json("account_opened",
+                        opened_with("\"ledger_code\":42", "\"ledger_code\":4294967295"))
+            .has_value());
+  CHECK_FALSE(event_from_json("account_opened",
+                              opened_with("\"ledger_code\":42", "\"ledger_code\":4294967296"))
+                  .has_value());
+  CHECK_FALSE(
+      event_from_json("account_opened", opened_with("\"ledger_code\":42", "\"ledger_code\":-1"))
+          .has_value());
+  CHECK_FALSE(event_from_json("account_opened", opened_with("\"flags\":0", "\"flags\":4294967296"))
+                  .has_value());
+  CHECK_FALSE(
+      event_from_json("account_opened", opened_with("\"customer\"", "\"Customer\"")).has_value());
 }

@@ -87,6 +87,11 @@ constexpr std::int16_t event_schema_version = 1;
                                                       std::string_view payload);
 // The event's fields as a JSON object (for history, export and audit).
 [[nodiscard]] std::string event_to_json(const DomainEvent& event);
+// The inverse, so that an export can be read back and re-encoded and an auditor can re-check
+// the hash chain from the export alone. std::nullopt unless the JSON is an object with exactly
+// the fields of `type` (an event_type name), each of the right JSON type and in range.
+[[nodiscard]] std::optional<DomainEvent> event_from_json(std::string_view type,
+                                                         std::string_view json);
 
 // Folds. Programmer errors (an event of the wrong aggregate, an overflow that validation
 // should have refused) are assertions, not rejections.
