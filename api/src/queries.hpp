@@ -35,7 +35,4 @@ void run_query(projections::ReadModels& read_models, boost::asio::thread_pool& b
                QueryKind kind, std::string id, const QueryParameters& parameters,
                std::function<void(QueryAnswer)> done);
 
-// Microseconds since the Unix epoch of an RFC 3339 time (Z or a numeric offset).
-[[nodiscard]] std::optional<std::int64_t> parse_rfc3339(std::string_view text);
-
 }  // namespace ledger::api
