@@ -1,9 +1,10 @@
 // audit: one row per event with who did it and how to trace it, and the event as JSON.
+#include <pqxx/pqxx>
 #include <pqxx/tablewriter>
 
 #include "ledger/db/sql_text.hpp"
 #include "ledger/engine/events.hpp"
-#include "projection.hpp"
+#include "writers.hpp"
 
 namespace ledger::projections {
 
@@ -11,7 +12,9 @@ namespace {
 
 class AuditProjection final : public Projection {
  public:
-  void apply(pqxx::work& work, const std::vector<engine::RecordedEvent>& events) override {
+  explicit AuditProjection(const std::string& schema) : audit_(schema + ".audit") {}
+
+  void apply(pqxx::transaction_base& work, const std::vector<engine::RecordedEvent>& events) override {
     if (events.empty()) return;
     std::string rows;
     for (const auto& event : events) {
@@ -39,23 +42,20 @@ class AuditProjection final : public Projection {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
     // pqxx 6 keeps raw COPY lines only on the deprecated tablewriter.
-    pqxx::tablewriter writer(work, "read.audit");
+    pqxx::tablewriter writer(work, audit_);
     writer.write_raw_line(rows);
     writer.complete();
 #pragma GCC diagnostic pop
   }
+
+ private:
+  std::string audit_;
 };
 
 }  // namespace
 
-std::unique_ptr<Projection> make_audit_projection() { return std::make_unique<AuditProjection>(); }
-
-std::unique_ptr<Projection> make_projection(ProjectionKind kind) {
-  switch (kind) {
-    case ProjectionKind::balance: return make_balance_projection();
-    case ProjectionKind::audit: return make_audit_projection();
-  }
-  throw std::logic_error("unknown projection");
+std::unique_ptr<Projection> make_audit_projection(const std::string& schema) {
+  return std::make_unique<AuditProjection>(schema);
 }
 
 }  // namespace ledger::projections

@@ -1,5 +1,6 @@
 // balance and statement: the fold of every account stream (read.balances) and one row per
 // entry with the running posted balance (read.entries).
+#include <pqxx/pqxx>
 #include <pqxx/tablewriter>
 
 #include <string_view>
@@ -8,7 +9,7 @@
 #include "ledger/db/sql_text.hpp"
 #include "ledger/engine/events.hpp"
 #include "ledger/engine/state.hpp"
-#include "projection.hpp"
+#include "writers.hpp"
 
 namespace ledger::projections {
 
@@ -38,7 +39,10 @@ std::string_view phase_name(engine::events::Phase phase) {
 
 class BalanceProjection final : public Projection {
  public:
-  void apply(pqxx::work& work, const std::vector<engine::RecordedEvent>& events) override {
+  explicit BalanceProjection(const std::string& schema)
+      : balances_(schema + ".balances"), entries_(schema + ".entries") {}
+
+  void apply(pqxx::transaction_base& work, const std::vector<engine::RecordedEvent>& events) override {
     std::unordered_map<std::string, engine::AccountState> accounts;
     db::ArrayLiteral ids;
     for (const auto& event : events) {
@@ -77,7 +81,7 @@ class BalanceProjection final : public Projection {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
       // pqxx 6 keeps raw COPY lines only on the deprecated tablewriter.
-      pqxx::tablewriter writer(work, "read.entries");
+      pqxx::tablewriter writer(work, entries_);
       entry_rows.pop_back();  // the writer adds the last newline
       writer.write_raw_line(entry_rows);
       writer.complete();
@@ -86,12 +90,12 @@ class BalanceProjection final : public Projection {
   }
 
  private:
-  static void load(pqxx::work& work, const std::string& ids,
+  void load(pqxx::transaction_base& work, const std::string& ids,
                    std::unordered_map<std::string, engine::AccountState>& accounts) {
     const auto rows = work.exec_params(
         "SELECT account_id, currency, kind, owner, ledger_code, flags, overdraft_limit, status, "
         "debits_posted, credits_posted, debits_pending, credits_pending, pending_count, version "
-        "FROM read.balances WHERE account_id = ANY($1::text[])",
+        "FROM " + balances_ + " WHERE account_id = ANY($1::text[])",
         ids);
     for (const auto& row : rows) {
       engine::AccountState& s = accounts.at(row[0].as<std::string>());
@@ -129,7 +133,7 @@ class BalanceProjection final : public Projection {
     rows += '\n';
   }
 
-  static void store_balances(pqxx::work& work,
+  void store_balances(pqxx::transaction_base& work,
                              const std::unordered_map<std::string, engine::AccountState>& accounts,
                              const std::unordered_map<std::string, std::int64_t>& last_position) {
     db::ArrayLiteral id, currency, kind, owner, ledger_code, flags, overdraft, status, dp, cp,
@@ -152,7 +156,7 @@ class BalanceProjection final : public Projection {
       position.add_number(last_position.at(account_id));
     }
     work.exec_params(
-        "INSERT INTO read.balances (account_id, currency, kind, owner, ledger_code, flags, "
+        "INSERT INTO " + balances_ + " (account_id, currency, kind, owner, ledger_code, flags, "
         "overdraft_limit, status, debits_posted, credits_posted, debits_pending, credits_pending, "
         "pending_count, version, position) "
         "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], "
@@ -169,10 +173,15 @@ class BalanceProjection final : public Projection {
         flags.finish(), overdraft.finish(), status.finish(), dp.finish(), cp.finish(), dpe.finish(),
         cpe.finish(), pending.finish(), version.finish(), position.finish());
   }
+
+  std::string balances_;
+  std::string entries_;
 };
 
 }  // namespace
 
-std::unique_ptr<Projection> make_balance_projection() { return std::make_unique<BalanceProjection>(); }
+std::unique_ptr<Projection> make_balance_projection(const std::string& schema) {
+  return std::make_unique<BalanceProjection>(schema);
+}
 
 }  // namespace ledger::projections

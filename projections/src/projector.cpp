@@ -13,7 +13,7 @@
 #include "ledger/db/pool.hpp"
 #include "ledger/engine/envelope.hpp"
 #include "ledger/engine/event_store.hpp"
-#include "projection.hpp"
+#include "ledger/projections/projection.hpp"
 
 namespace ledger::projections {
 

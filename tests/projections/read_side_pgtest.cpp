@@ -15,94 +15,9 @@ using namespace std::chrono_literals;
 using test::command;
 using test::eur;
 
-namespace {
-
-constexpr int account_count = 200;
-
-std::string account_name(int i) { return "acct-" + std::to_string(i); }
-
-void open_accounts(Engine& engine) {
-  for (int i = 0; i < account_count; ++i) {
-    OpenAccount open{account_name(i), eur()};
-    open.overdraft_limit = Amount(i % 10 == 0 ? 5'000 : 0);
-    REQUIRE(engine.execute(command(open)).accepted());
-    REQUIRE(engine.execute(command(Deposit{account_name(i), Amount(50'000 + i)})).accepted());
-  }
-}
-
-// `count` random transfers, holds, posts, voids, deposits and withdrawals from `threads`
-// client threads (several in flight each, so batches form). Returns how many were accepted.
-int random_workload(Engine& engine, int count, int threads = 4, unsigned seed = 7) {
-  std::atomic<int> accepted{0};
-  std::vector<std::thread> clients;
-  for (int t = 0; t < threads; ++t) {
-    clients.emplace_back([&, t] {
-      std::mt19937 random(seed + static_cast<unsigned>(t));
-      std::vector<std::string> holds;
-      std::vector<std::pair<std::future<CommandOutcome>, bool>> in_flight;
-      auto settle = [&](std::size_t keep) {
-        while (in_flight.size() > keep) {
-          auto [future, is_hold] = std::move(in_flight.front());
-          in_flight.erase(in_flight.begin());
-          const auto outcome = future.get();
-          if (!outcome.accepted()) continue;
-          ++accepted;
-          if (is_hold) holds.push_back(outcome.resource_ids.front());
-        }
-      };
-      for (int n = 0; n < count / threads; ++n) {
-        const int from = static_cast<int>(random() % account_count);
-        const int to = (from + 1 + static_cast<int>(random() % (account_count - 1))) % account_count;
-        const Amount amount(1 + static_cast<std::int64_t>(random() % 4'000));
-        const int kind = static_cast<int>(random() % 20);
-        bool is_hold = false;
-        std::future<CommandOutcome> outcome;
-        if (kind < 10 || (kind >= 14 && kind < 18 && holds.empty())) {
-          outcome = engine.submit(command(Transfer{"", account_name(from), account_name(to), amount, eur()}));
-        } else if (kind < 14) {
-          is_hold = true;
-          outcome = engine.submit(command(PlaceHold{"", account_name(from), account_name(to), amount, eur()}));
-        } else if (kind < 18) {
-          const std::string hold = holds.back();
-          holds.pop_back();
-          outcome = kind % 2 == 0 ? engine.submit(command(PostHold{hold, Amount(amount.minor_units() % 100 + 1)}))
-                                  : engine.submit(command(VoidHold{hold}));
-        } else if (kind == 18) {
-          outcome = engine.submit(command(Deposit{account_name(from), amount}));
-        } else {
-          outcome = engine.submit(command(Withdrawal{account_name(from), amount}));
-        }
-        in_flight.emplace_back(std::move(outcome), is_hold);
-        settle(16);
-      }
-      settle(0);
-    });
-  }
-  for (auto& client : clients) client.join();
-  return accepted;
-}
-
-struct Projectors {
-  Projectors(db::ConnectionPool& pool, const projections::ProjectorSettings& settings) {
-    for (const auto kind : projections::all_projections()) {
-      running.push_back(std::make_unique<projections::Projector>(kind, settings, pool));
-      running.back()->start();
-    }
-  }
-  std::int64_t duplicates_skipped() const {
-    std::int64_t total = 0;
-    for (const auto& projector : running) total += projector->status().duplicates_skipped;
-    return total;
-  }
-  std::int64_t events_from_store() const {
-    std::int64_t total = 0;
-    for (const auto& projector : running) total += projector->status().events_from_store;
-    return total;
-  }
-  std::vector<std::unique_ptr<projections::Projector>> running;
-};
-
-}  // namespace
+using test::open_accounts;
+using test::Projectors;
+using test::random_workload;
 
 TEST_CASE("after 20,000 random commands every read-model row equals the fold of the event store") {
   test::TestDatabase database;

@@ -1,0 +1,39 @@
+#pragma once
+// One read model's writer: applies events, strictly in global position order, inside the
+// caller's transaction. The live projector and `ledger rebuild` share it, so a rebuilt read
+// model is written by exactly the code that maintains it.
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "ledger/engine/event_store.hpp"
+#include "ledger/projections/projector.hpp"
+
+namespace pqxx {
+class transaction_base;
+}
+
+namespace ledger::projections {
+
+class Projection {
+ public:
+  virtual ~Projection() = default;
+  // `events` are contiguous in position and follow the projection's watermark.
+  virtual void apply(pqxx::transaction_base& work, const std::vector<engine::RecordedEvent>& events) = 0;
+};
+
+// The writer of `kind` into the tables of `schema` ("read" live; a shadow schema to rebuild).
+[[nodiscard]] std::unique_ptr<Projection> make_projection(ProjectionKind kind,
+                                                          const std::string& schema = "read");
+// The tables a projection writes (unqualified names), all under one watermark.
+[[nodiscard]] const std::vector<std::string>& projection_tables(ProjectionKind kind);
+
+// A corrupt or inconsistent input the projector must not paper over (it stops and retries).
+class ProjectionError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace ledger::projections

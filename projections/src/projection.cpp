@@ -1,0 +1,25 @@
+#include "ledger/projections/projection.hpp"
+
+#include "writers.hpp"
+
+namespace ledger::projections {
+
+std::unique_ptr<Projection> make_projection(ProjectionKind kind, const std::string& schema) {
+  switch (kind) {
+    case ProjectionKind::balance: return make_balance_projection(schema);
+    case ProjectionKind::audit: return make_audit_projection(schema);
+  }
+  throw std::logic_error("unknown projection");
+}
+
+const std::vector<std::string>& projection_tables(ProjectionKind kind) {
+  static const std::vector<std::string> balance{"balances", "entries"};
+  static const std::vector<std::string> audit{"audit"};
+  switch (kind) {
+    case ProjectionKind::balance: return balance;
+    case ProjectionKind::audit: return audit;
+  }
+  throw std::logic_error("unknown projection");
+}
+
+}  // namespace ledger::projections
