@@ -31,6 +31,56 @@ class AppendListener final : public pqxx::notification_receiver {
   bool notified = false;
 };
 
+// The producer settings every publisher of the events topic shares: idempotent, acks=all.
+rd_kafka_conf_t* producer_conf(const RelaySettings& settings) {
+  char error[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  auto set = [&](const std::string& name, const std::string& value) {
+    if (rd_kafka_conf_set(conf, name.c_str(), value.c_str(), error, sizeof error) != RD_KAFKA_CONF_OK) {
+      rd_kafka_conf_destroy(conf);
+      throw std::runtime_error("Kafka producer setting " + name + ": " + error);
+    }
+  };
+  set("bootstrap.servers", settings.brokers);
+  set("enable.idempotence", "true");
+  set("acks", "all");
+  set("linger.ms", "2");
+  set("message.timeout.ms", std::to_string(settings.delivery_timeout.count()));
+  set("queue.buffering.max.messages",
+      std::to_string(settings.in_flight_events_max + settings.read_batch_events + 1'000));
+  set("log_level", "3");
+  for (const auto& [name, value] : settings.kafka_properties) set(name, value);
+  return conf;
+}
+
+// Hands one event to the producer per the contract in DESIGN.md (key = stream id, the
+// envelope, headers event-type, position and content-type), waiting while the queue is full.
+// The position travels as the message's opaque for the delivery report.
+void produce_event(rd_kafka_t* producer, const std::string& topic, const RecordedEvent& event) {
+  const std::string value = encode_envelope(event);
+  const std::string position = std::to_string(event.position.value());
+  while (true) {
+    rd_kafka_headers_t* headers = rd_kafka_headers_new(3);
+    rd_kafka_header_add(headers, "event-type", -1, event.type.data(),
+                        static_cast<ssize_t>(event.type.size()));
+    rd_kafka_header_add(headers, "position", -1, position.data(), static_cast<ssize_t>(position.size()));
+    rd_kafka_header_add(headers, "content-type", -1, content_type, -1);
+    const rd_kafka_resp_err_t error = rd_kafka_producev(
+        producer, RD_KAFKA_V_TOPIC(topic.c_str()),
+        RD_KAFKA_V_KEY(event.stream_id.data(), event.stream_id.size()),
+        RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers),
+        RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<std::intptr_t>(event.position.value()))),
+        RD_KAFKA_V_END);
+    if (error == RD_KAFKA_RESP_ERR_NO_ERROR) return;
+    rd_kafka_headers_destroy(headers);  // owned by the message only on success
+    if (error != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+      throw std::runtime_error(std::string("Kafka produce: ") + rd_kafka_err2str(error));
+    }
+    rd_kafka_poll(producer, 10);
+  }
+}
+
 }  // namespace
 
 struct Relay::Impl {
@@ -105,22 +155,7 @@ struct Relay::Impl {
 
   void create_producer() {
     char error[512];
-    rd_kafka_conf_t* conf = rd_kafka_conf_new();
-    auto set = [&](const std::string& name, const std::string& value) {
-      if (rd_kafka_conf_set(conf, name.c_str(), value.c_str(), error, sizeof error) != RD_KAFKA_CONF_OK) {
-        rd_kafka_conf_destroy(conf);
-        throw std::runtime_error("Kafka producer setting " + name + ": " + error);
-      }
-    };
-    set("bootstrap.servers", settings.brokers);
-    set("enable.idempotence", "true");
-    set("acks", "all");
-    set("linger.ms", "2");
-    set("message.timeout.ms", std::to_string(settings.delivery_timeout.count()));
-    set("queue.buffering.max.messages",
-        std::to_string(settings.in_flight_events_max + settings.read_batch_events + 1'000));
-    set("log_level", "3");
-    for (const auto& [name, value] : settings.kafka_properties) set(name, value);
+    rd_kafka_conf_t* conf = producer_conf(settings);
     rd_kafka_conf_set_dr_msg_cb(conf, &Impl::on_delivery);
     rd_kafka_conf_set_error_cb(conf, &Impl::on_error);
     rd_kafka_conf_set_opaque(conf, this);
@@ -129,28 +164,7 @@ struct Relay::Impl {
   }
 
   void produce(const RecordedEvent& event) {
-    const std::string value = encode_envelope(event);
-    const std::string position = std::to_string(event.position.value());
-    while (true) {
-      rd_kafka_headers_t* headers = rd_kafka_headers_new(3);
-      rd_kafka_header_add(headers, "event-type", -1, event.type.data(),
-                          static_cast<ssize_t>(event.type.size()));
-      rd_kafka_header_add(headers, "position", -1, position.data(), static_cast<ssize_t>(position.size()));
-      rd_kafka_header_add(headers, "content-type", -1, content_type, -1);
-      const rd_kafka_resp_err_t error = rd_kafka_producev(
-          producer, RD_KAFKA_V_TOPIC(settings.topic.c_str()),
-          RD_KAFKA_V_KEY(event.stream_id.data(), event.stream_id.size()),
-          RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
-          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers),
-          RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<std::intptr_t>(event.position.value()))),
-          RD_KAFKA_V_END);
-      if (error == RD_KAFKA_RESP_ERR_NO_ERROR) break;
-      rd_kafka_headers_destroy(headers);  // owned by the message only on success
-      if (error != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-        throw std::runtime_error(std::string("Kafka produce: ") + rd_kafka_err2str(error));
-      }
-      rd_kafka_poll(producer, 10);
-    }
+    produce_event(producer, settings.topic, event);
     if (window.empty()) last_progress = Clock::now();
     window.push_back(false);
     next = event.position.value() + 1;
@@ -360,5 +374,68 @@ void Relay::start() {
 void Relay::stop() { impl_->worker.stop(); }
 
 RelayStatus Relay::status() const { return impl_->state.get(); }
+
+namespace {
+
+struct PublishDeliveries {
+  std::int64_t acknowledged = 0;
+  std::string first_error;
+};
+
+void on_publish_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void* opaque) {
+  auto* deliveries = static_cast<PublishDeliveries*>(opaque);
+  if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    ++deliveries->acknowledged;
+  } else if (deliveries->first_error.empty()) {
+    deliveries->first_error = rd_kafka_err2str(message->err);
+  }
+}
+
+}  // namespace
+
+std::int64_t publish_range(const RelaySettings& settings, db::ConnectionPool& pool, GlobalPosition from,
+                           GlobalPosition to, const std::function<void(std::int64_t)>& progress) {
+  EventStore store(pool);
+  PublishDeliveries deliveries;
+  char error[512];
+  rd_kafka_conf_t* conf = producer_conf(settings);
+  rd_kafka_conf_set_dr_msg_cb(conf, &on_publish_delivery);
+  rd_kafka_conf_set_opaque(conf, &deliveries);
+  std::unique_ptr<rd_kafka_t, void (*)(rd_kafka_t*)> producer(
+      rd_kafka_new(RD_KAFKA_PRODUCER, conf, error, sizeof error), &rd_kafka_destroy);
+  if (!producer) throw std::runtime_error(std::string("Kafka producer: ") + error);
+
+  std::int64_t produced = 0;
+  std::int64_t next = from.value();
+  while (next <= to.value()) {
+    const auto batch = store.read_all(
+        GlobalPosition(next),
+        static_cast<std::size_t>(std::min<std::int64_t>(to.value() - next + 1,
+                                                        static_cast<std::int64_t>(settings.read_batch_events))));
+    if (batch.empty() || batch.front().position.value() != next) {
+      throw std::runtime_error("position " + std::to_string(next) + " is missing from the event store");
+    }
+    for (const auto& event : batch) {
+      if (event.position.value() > to.value()) break;
+      produce_event(producer.get(), settings.topic, event);
+      ++produced;
+      next = event.position.value() + 1;
+    }
+    rd_kafka_poll(producer.get(), 0);
+    if (!deliveries.first_error.empty()) throw std::runtime_error("Kafka: " + deliveries.first_error);
+    if (progress) progress(produced);
+  }
+  // Every message either arrives or fails within message.timeout.ms; flush waits for that.
+  while (rd_kafka_outq_len(producer.get()) > 0) {
+    rd_kafka_flush(producer.get(), 1'000);
+    if (!deliveries.first_error.empty()) break;
+  }
+  if (!deliveries.first_error.empty()) throw std::runtime_error("Kafka: " + deliveries.first_error);
+  if (deliveries.acknowledged != produced) {
+    throw std::runtime_error("Kafka acknowledged " + std::to_string(deliveries.acknowledged) + " of " +
+                             std::to_string(produced) + " events");
+  }
+  return produced;
+}
 
 }  // namespace ledger::engine

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -67,5 +68,11 @@ class Relay {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Publishes positions [from, to] once more, exactly as the relay does, and waits until Kafka
+// acknowledged every one (`ledger replay publish`: downstream consumers that must reprocess).
+// `progress` gets the count handed to Kafka so far. Throws on a delivery failure.
+std::int64_t publish_range(const RelaySettings& settings, db::ConnectionPool& pool, GlobalPosition from,
+                           GlobalPosition to, const std::function<void(std::int64_t)>& progress = {});
 
 }  // namespace ledger::engine
