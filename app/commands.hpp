@@ -22,5 +22,7 @@ CommandAction register_broker_command(CLI::App& root, Settings& settings);
 CommandAction register_dev_command(CLI::App& root, Settings& settings);
 CommandAction register_serve_command(CLI::App& root, Settings& settings);
 CommandAction register_project_command(CLI::App& root, Settings& settings);
+CommandAction register_replay_command(CLI::App& root, Settings& settings);
+CommandAction register_rebuild_command(CLI::App& root, Settings& settings);
 
 }  // namespace ledger::app

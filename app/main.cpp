@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   add(register_dev_command(root, settings));
   add(register_serve_command(root, settings));
   add(register_project_command(root, settings));
+  add(register_replay_command(root, settings));
+  add(register_rebuild_command(root, settings));
 
   try {
     root.parse(argc, argv);

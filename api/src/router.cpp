@@ -18,6 +18,7 @@
 #include "ledger/engine/engine.hpp"
 #include "ledger/engine/event_store.hpp"
 #include "ledger/engine/events.hpp"
+#include "ledger/replay/replay.hpp"
 
 namespace ledger::api {
 
@@ -140,7 +141,7 @@ Target split_target(std::string_view target) {
 }
 
 // What a route is: its template (for metrics), method, role, and handler kind.
-enum class Handler { command, stream_events, query, health, health_live, health_ready, metrics };
+enum class Handler { command, stream_events, balance_as_of, query, health, health_live, health_ready, metrics };
 
 struct Route {
   std::string pattern;
@@ -195,6 +196,10 @@ std::optional<Route> match(const std::vector<std::string>& s, http::verb method,
       query("/v1/accounts/{id}/entries", QueryKind::entries, std::nullopt, s[2]);
     }
     if (n == 2 && s[1] == "audit") query("/v1/audit", QueryKind::audit, Role::auditor);
+    if (n == 4 && s[1] == "accounts" && s[3] == "balance") {
+      candidates.push_back({"/v1/accounts/{id}/balance", http::verb::get, Handler::balance_as_of,
+                            CommandRoute::open_account, Role::auditor, s[2]});
+    }
     if (n == 4 && s[1] == "streams" && s[3] == "events") {
       candidates.push_back({"/v1/streams/{id}/events", http::verb::get, Handler::stream_events,
                             CommandRoute::open_account, Role::auditor, s[2]});
@@ -549,6 +554,89 @@ void Router::handle(Request request, const std::string& client_address, Respond 
       } else {
         w.Null();
       }
+      w.EndObject();
+      finish(json(http::status::ok, std::string(buffer.GetString(), buffer.GetSize())));
+    });
+    return;
+  }
+
+  if (route->handler == Handler::balance_as_of) {
+    std::optional<std::int64_t> as_of_us;
+    std::optional<std::int64_t> at_position;
+    for (const auto& [name, value] : target.query) {
+      if (name == "as_of" && (as_of_us = parse_rfc3339(value))) continue;
+      if (name == "at_position" && (at_position = parse_integer(value)) && *at_position >= 1) continue;
+      fail(400, "invalid_query", "Invalid query parameter",
+           "invalid " + name + " (as_of: an RFC 3339 time; at_position: a position >= 1)");
+      return;
+    }
+    if (as_of_us.has_value() == at_position.has_value()) {
+      fail(400, "invalid_query", "Invalid query parameter", "give exactly one of as_of and at_position");
+      return;
+    }
+    if (!is_valid_stream_id(route->path_id)) {
+      fail(400, "invalid_id", "Invalid id", "invalid account id");
+      return;
+    }
+    if (services_.event_store == nullptr) {
+      fail(503, "unavailable", "Service unavailable", "the event store is not configured");
+      return;
+    }
+    const std::string account_id = route->path_id;
+    boost::asio::post(blocking_, [this, account_id, as_of_us, at_position, finish, json, request_id, version] {
+      std::optional<replay::BalanceAsOf> found;
+      try {
+        found = replay::balance_as_of(*services_.event_store, account_id, as_of_us,
+                                      at_position ? std::optional<GlobalPosition>(*at_position) : std::nullopt);
+      } catch (const std::exception& error) {
+        logging::RequestIdScope scope(request_id);
+        spdlog::warn("folding account {} failed: {}", account_id, error.what());
+        finish(problem_response(503, "database_unavailable", "Service unavailable",
+                                "the event store cannot be read now", request_id, version));
+        return;
+      }
+      const std::string moment = as_of_us ? rfc3339(*as_of_us) : "position " + std::to_string(*at_position);
+      if (!found || !found->state.exists) {
+        finish(problem_response(404, "unknown_account", "Not found",
+                                "account " + account_id + (found ? " did not exist yet at " + moment : " does not exist"),
+                                request_id, version));
+        return;
+      }
+      const engine::AccountState& a = found->state;
+      rapidjson::StringBuffer buffer;
+      JsonWriter w(buffer);
+      w.StartObject();
+      w.Key("id");
+      write_string(w, account_id);
+      if (as_of_us) {
+        w.Key("as_of");
+        write_string(w, rfc3339(*as_of_us));
+      } else {
+        w.Key("at_position");
+        w.Int64(*at_position);
+      }
+      w.Key("position");
+      w.Int64(found->position.value());
+      w.Key("recorded_at");
+      write_string(w, rfc3339(found->recorded_at_us));
+      w.Key("currency");
+      write_string(w, a.currency.code());
+      w.Key("status");
+      write_string(w, engine::to_string(a.status));
+      for (const auto& [key, amount] : {std::pair{"debits_posted", a.debits_posted}, {"credits_posted", a.credits_posted},
+                                        {"debits_pending", a.debits_pending}, {"credits_pending", a.credits_pending},
+                                        {"overdraft_limit", a.overdraft_limit}}) {
+        w.Key(key);
+        w.Int64(amount.minor_units());
+      }
+      const auto balance = a.balance();
+      const auto available = a.available();
+      w.Key("balance");
+      balance ? w.Int64(balance->minor_units()) : w.Null();
+      w.Key("available");
+      available ? w.Int64(available->minor_units()) : w.Null();
+      w.Key("version");
+      w.Int64(a.version.value());
       w.EndObject();
       finish(json(http::status::ok, std::string(buffer.GetString(), buffer.GetSize())));
     });

@@ -1,0 +1,185 @@
+// `ledger replay verify`: dense positions, dense stream versions, the hash chain, payloads that
+// decode, and double entry, in one pass over the log.
+#include <unordered_map>
+
+#include "ledger/engine/events.hpp"
+#include "ledger/replay/replay.hpp"
+#include "log_reader.hpp"
+
+namespace ledger::replay {
+
+namespace {
+
+constexpr std::size_t verify_batch_events = 20'000;
+constexpr std::string_view account_prefix = "account-";
+
+// What the legs of one transfer have moved so far; both sums return to zero once every leg
+// is in (a transfer's legs are appended in one commit).
+struct OpenTransfer {
+  std::int64_t posted = 0;
+  std::int64_t pending = 0;
+  std::int64_t first_position = 0;
+};
+
+class Verifier {
+ public:
+  Verifier(const VerifyOptions& options, std::int64_t from, std::int64_t to, std::string previous_hash)
+      : options_(options), expected_(from), to_(to), previous_hash_(std::move(previous_hash)) {
+    result_.double_entry_checked = from == 1;
+    next_checkpoint_ = from + options.checkpoint_every - 1;
+  }
+
+  // False once a check failed.
+  bool check(const engine::RecordedEvent& event) {
+    const std::int64_t position = event.position.value();
+    if (position != expected_) {
+      return fail(expected_, "position " + std::to_string(expected_) + " is missing (the log goes on at " +
+                                 std::to_string(position) + ")");
+    }
+    if (engine::chain_hash(previous_hash_, event) != event.hash) {
+      return fail(position, "the hash does not match the chain: this event (or its stored hash) was altered");
+    }
+    previous_hash_ = event.hash;
+
+    auto [last_version, first_seen] = stream_versions_.try_emplace(event.stream_id, 0);
+    // A range that starts after position 1 takes each stream's first version as it finds it.
+    const bool knows_previous = !first_seen || result_.double_entry_checked;
+    if (knows_previous && event.version.value() != last_version->second + 1) {
+      return fail(position, "stream " + event.stream_id + ": version " + std::to_string(event.version.value()) +
+                                " follows version " + std::to_string(last_version->second));
+    }
+    last_version->second = event.version.value();
+
+    const auto decoded = engine::decode_event(event.type, event.payload);
+    if (!decoded) return fail(position, "the " + event.type + " payload does not decode");
+    if (result_.double_entry_checked && event.stream_id.starts_with(account_prefix)) {
+      if (!fold_account(event, *decoded)) return false;
+    }
+    ++expected_;
+    ++result_.events_checked;
+    if (open_transfers_.empty() && position >= next_checkpoint_) {
+      checkpoint(position);
+      next_checkpoint_ = position + options_.checkpoint_every;
+    }
+    return true;
+  }
+
+  VerifyResult finish() {
+    if (result_.ok && expected_ <= to_) {
+      fail(expected_, "position " + std::to_string(expected_) + " is missing (the log ends before " +
+                          std::to_string(to_) + ")");
+    }
+    if (result_.ok && !open_transfers_.empty()) {
+      const auto first = std::min_element(open_transfers_.begin(), open_transfers_.end(), [](const auto& a, const auto& b) {
+        return a.second.first_position < b.second.first_position;
+      });
+      fail(first->second.first_position, "double entry: transfer " + first->first + " has legs that do not balance");
+    }
+    if (result_.ok && (result_.checkpoints.empty() || result_.checkpoints.back().position.value() != to_)) {
+      checkpoint(to_);
+    }
+    result_.streams = static_cast<std::int64_t>(stream_versions_.size());
+    return std::move(result_);
+  }
+
+  [[nodiscard]] std::int64_t expected() const { return expected_; }
+
+ private:
+  bool fold_account(const engine::RecordedEvent& event, const engine::DomainEvent& decoded) {
+    const std::int64_t position = event.position.value();
+    engine::AccountState& account = accounts_[event.stream_id];
+    const bool opening = std::holds_alternative<engine::events::AccountOpened>(decoded);
+    if (account.exists == opening) {
+      return fail(position, opening ? "account " + event.stream_id + " is opened twice"
+                                    : event.type + " on " + event.stream_id + " before it was opened");
+    }
+    const std::int64_t posted_before = net_posted(account), pending_before = net_pending(account);
+    engine::apply(account, decoded);
+    CurrencyTotals& totals = totals_[std::string(account.currency.code())];
+    if (opening) ++totals.accounts;
+    const auto* entry = std::get_if<engine::events::AccountEntry>(&decoded);
+    if (entry == nullptr) return true;
+    const std::int64_t posted = net_posted(account) - posted_before;
+    const std::int64_t pending = net_pending(account) - pending_before;
+    totals.posted += posted;
+    totals.pending += pending;
+    auto [open, inserted] = open_transfers_.try_emplace(entry->transfer_id);
+    if (inserted) open->second.first_position = position;
+    open->second.posted += posted;
+    open->second.pending += pending;
+    if (open->second.posted == 0 && open->second.pending == 0) {
+      open_transfers_.erase(open);
+      // Every transfer is whole here, so every currency must sum to zero.
+      if (open_transfers_.empty()) {
+        for (const auto& [currency, sums] : totals_) {
+          if (sums.posted != 0 || sums.pending != 0) {
+            return fail(position, "double entry: " + currency + " balances sum to " + std::to_string(sums.posted) +
+                                      " posted and " + std::to_string(sums.pending) + " pending, not zero");
+          }
+        }
+      }
+    }
+    return true;
+  }
+
+  // Balances fit in int64 (the engine's checked arithmetic refuses more), so these do too.
+  static std::int64_t net_posted(const engine::AccountState& a) {
+    return a.credits_posted.minor_units() - a.debits_posted.minor_units();
+  }
+  static std::int64_t net_pending(const engine::AccountState& a) {
+    return a.credits_pending.minor_units() - a.debits_pending.minor_units();
+  }
+
+  void checkpoint(std::int64_t position) {
+    result_.checkpoints.push_back({GlobalPosition(position), {totals_.begin(), totals_.end()}});
+  }
+
+  bool fail(std::int64_t position, std::string problem) {
+    result_.ok = false;
+    result_.first_bad_position = GlobalPosition(position);
+    result_.problem = std::move(problem);
+    return false;
+  }
+
+  const VerifyOptions& options_;
+  std::int64_t expected_;
+  std::int64_t to_;
+  std::string previous_hash_;
+  std::int64_t next_checkpoint_ = 0;
+  VerifyResult result_;
+  std::unordered_map<std::string, std::int64_t> stream_versions_;
+  std::unordered_map<std::string, engine::AccountState> accounts_;
+  std::unordered_map<std::string, OpenTransfer> open_transfers_;
+  std::map<std::string, CurrencyTotals> totals_;
+};
+
+}  // namespace
+
+VerifyResult verify(db::ConnectionPool& pool, const VerifyOptions& options, const Progress& progress) {
+  const engine::EventStore store(pool);
+  const std::int64_t from = std::max<std::int64_t>(options.range.from.value(), 1);
+  const std::int64_t to = options.range.to.value() > 0 ? options.range.to.value() : store.head().position.value();
+  std::string previous_hash = engine::genesis_hash();
+  if (from > 1) {
+    const auto before = store.read_all(GlobalPosition(from - 1), 1);
+    if (before.empty() || before.front().position.value() != from - 1) {
+      VerifyResult missing;
+      missing.ok = false;
+      missing.first_bad_position = GlobalPosition(from - 1);
+      missing.problem = "position " + std::to_string(from - 1) + " (the start of the chain to check) is missing";
+      return missing;
+    }
+    previous_hash = before.front().hash;
+  }
+  Verifier verifier(options, from, to, std::move(previous_hash));
+  LogReader reader(store, from, to, verify_batch_events);
+  for (auto batch = reader.next(); !batch.empty(); batch = reader.next()) {
+    for (const auto& event : batch) {
+      if (!verifier.check(event)) return verifier.finish();
+    }
+    if (progress) progress(verifier.expected() - from, to - from + 1);
+  }
+  return verifier.finish();
+}
+
+}  // namespace ledger::replay
