@@ -29,7 +29,7 @@ std::int64_t prepare_shadow(pqxx::work& work, const std::string& name, const std
       std::string("SELECT watermark FROM ") + shadow_schema + ".progress WHERE name = $1", name);
   bool complete = !progress.empty();
   for (const auto& table : tables) {
-    complete = complete && !work.exec_params1("SELECT to_regclass($1) IS NOT NULL", shadow(table))[0].as<bool>();
+    complete = complete && work.exec_params1("SELECT to_regclass($1) IS NOT NULL", shadow(table))[0].as<bool>();
   }
   if (!restart && complete) return progress[0][0].as<std::int64_t>();
   for (const auto& table : tables) {
@@ -141,10 +141,12 @@ class Rebuilder {
     // swap commits and then reads the new watermark.
     const std::int64_t live_watermark = work.exec_params1(
         "SELECT watermark FROM read.projections WHERE name = $1 FOR UPDATE", name_)[0].as<std::int64_t>();
-    while (watermark_ < live_watermark) {
+    // The last stretch up to the head (at least up to the live watermark) goes in with the swap.
+    const std::int64_t target = std::max(live_watermark, store_.head().position.value());
+    while (watermark_ < target) {
       auto batch = store_.read_all(GlobalPosition(watermark_ + 1),
                                    static_cast<std::size_t>(std::min<std::int64_t>(
-                                       live_watermark - watermark_, static_cast<std::int64_t>(options_.batch_events))));
+                                       target - watermark_, static_cast<std::int64_t>(options_.batch_events))));
       apply(work, batch);
     }
     for (const auto& table : tables_) swap_table(work, table);

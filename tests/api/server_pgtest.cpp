@@ -4,6 +4,7 @@
 
 #include <thread>
 
+#include "../engine/engine_fixture.hpp"
 #include "server_fixture.hpp"
 
 using namespace ledger;
@@ -321,6 +322,7 @@ TEST_CASE("the auth matrix: every role against every route") {
       {"POST", "/v1/accounts/zed/close", "", true},
       {"POST", "/v1/batch", R"({"commands":[{"type":"deposit","account_id":"alice","amount":1}]})", true},
       {"GET", "/v1/streams/account-alice/events", "", false},
+      {"GET", "/v1/accounts/alice/balance?at_position=1", "", false},
   };
   struct Caller {
     std::string name;
@@ -360,5 +362,38 @@ TEST_CASE("the auth matrix: every role against every route") {
   }
   for (const char* open : {"/health", "/health/live", "/health/ready", "/metrics"}) {
     CHECK(client.request("GET", open).status == 200);
+  }
+}
+
+TEST_CASE("GET /v1/accounts/{id}/balance answers the balances at a past position or instant") {
+  test::TestDatabase database;
+  ServerFixture server(database.app_url());
+  auto client = server.client();
+  const auto auditor = ServerFixture::auth({"auditor"});
+  post_ok(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
+  post_ok(client, "/v1/accounts/alice/deposits", R"({"amount":1000})");
+  const auto after_deposit = test::scalar(database.app_url(), "SELECT position FROM event_store_head");
+  post_ok(client, "/v1/accounts/alice/withdrawals", R"({"amount":300})");
+  const auto now = client.request("GET", "/v1/accounts/alice/balance?as_of=2999-01-01T00:00:00Z", "", auditor);
+  REQUIRE_MESSAGE(now.status == 200, now.body);
+  CHECK(parse(now.body)["balance"].GetInt64() == 700);
+
+  const auto then = client.request("GET", "/v1/accounts/alice/balance?at_position=" + std::to_string(after_deposit), "", auditor);
+  REQUIRE_MESSAGE(then.status == 200, then.body);
+  const auto body = parse(then.body);
+  CHECK(body["balance"].GetInt64() == 1000);
+  CHECK(body["credits_posted"].GetInt64() == 1000);
+  CHECK(body["currency"].GetString() == std::string("EUR"));
+  CHECK(body["position"].GetInt64() <= after_deposit);
+
+  const auto before = client.request("GET", "/v1/accounts/alice/balance?as_of=2001-01-01T00:00:00Z", "", auditor);
+  CHECK(before.status == 404);
+  CHECK(code_of(before) == "unknown_account");
+  CHECK(client.request("GET", "/v1/accounts/nobody/balance?at_position=1", "", auditor).status == 404);
+  for (const std::string query : {"", "?as_of=yesterday", "?at_position=0", "?at_position=x",
+                                  "?as_of=2026-01-01T00:00:00Z&at_position=3", "?colour=blue"}) {
+    const auto response = client.request("GET", "/v1/accounts/alice/balance" + query, "", auditor);
+    CHECK_MESSAGE(response.status == 400, query);
+    CHECK(code_of(response) == "invalid_query");
   }
 }
