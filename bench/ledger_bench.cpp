@@ -22,6 +22,7 @@
 #include "http_load.hpp"
 #include "plots.hpp"
 #include "read_side.hpp"
+#include "replay_runs.hpp"
 #include "ledger/api/auth.hpp"
 #include "ledger/core/logging.hpp"
 #include "ledger/core/process.hpp"
@@ -282,6 +283,10 @@ int main(int argc, char** argv) {
   bool skip_http = false;
   app.add_flag("--no-http", skip_http, "Skip the HTTP scenario (e.g. for a 1,000,000-account memory run)");
   app.add_flag("--quick", quick, "Short run (5 s phases, 10,000 accounts) for a smoke test");
+  bool big = false;
+  app.add_flag("--big", big,
+               "Grow the log to 10,000,000 events before the replay and rebuild scenario "
+               "(about 4 more minutes of appends; with --no-http it skips the relay catch-up too)");
   int load_port = 0;
   std::string load_token;
   double load_rate = 0;
@@ -366,6 +371,13 @@ int main(int argc, char** argv) {
   std::cout << "engine: random transfers, " << clients << " clients x " << window
             << " in flight, " << seconds << " s ...\n";
   const EngineRun run = engine_append(*engine, accounts, clients, window, seconds);
+  if (big) {
+    constexpr std::int64_t big_events = 10'000'000;
+    for (std::int64_t head = 0; (head = bench::query_scalar(app_url, "SELECT position FROM event_store_head")) < big_events;) {
+      std::cout << "engine: --big: " << head << " of " << big_events << " events ...\n";
+      (void)engine_append(*engine, accounts, clients, window, 60);
+    }
+  }
   engine->stop();
   const long rss_kib = peak_rss_kib();
 
@@ -381,10 +393,10 @@ int main(int argc, char** argv) {
   results.push_back({"engine", "peak RSS (bench process, engine in-process)",
                      static_cast<double>(rss_kib) / 1024.0, "MiB", "", ""});
 
+  const std::string ledger_binary =
+      (std::filesystem::path(process::self_executable()).parent_path().parent_path() / "app" / "ledger").string();
   // HTTP end to end: `ledger serve` as its own process, the Asio load generator here.
   if (!skip_http) {
-    const std::string ledger_binary =
-        (std::filesystem::path(process::self_executable()).parent_path().parent_path() / "app" / "ledger").string();
     const std::string secret = "bench-secret-of-at-least-thirty-two-bytes";
     const std::string port_file = work_directory + "/serve.port";
     // Snapshots of an earlier run describe another database: start the cache empty.
@@ -526,6 +538,46 @@ int main(int argc, char** argv) {
                 "HTTP transfers completed per second (maximum rate, 64 connections)", "second", "commands/s");
     bench::plot(work_directory + "/projection_lag.dat", work_directory + "/projection_lag.png",
                 "Command-to-read-model lag at the fixed rate", "second", "lag (ms)");
+  }
+
+  // Replay and rebuild: the CLI an auditor or operator runs, over the whole log, with the
+  // projectors stopped (the rebuild under live load is a test; this is its speed).
+  {
+    const std::int64_t events = bench::query_scalar(app_url, "SELECT position FROM event_store_head");
+    const std::string scale = std::to_string(events) + " events" +
+                              (events < 10'000'000 ? " (standard suite; --big for 10,000,000)" : "");
+    std::cout << "replay: verify, export, reconcile and rebuild over " << events << " events ...\n";
+    auto cli = [&](const std::string& name, std::vector<std::string> arguments) {
+      arguments.insert(arguments.begin(), {"--log-level", "warn", "--database-url", app_url,
+                                           "--admin-database-url", admin_url});
+      auto cli_run = bench::run_cli(ledger_binary, arguments, work_directory + "/" + name + ".log");
+      if (!cli_run.ok) throw std::runtime_error("ledger " + name + " failed: " + cli_run.output);
+      std::cout << "  " << name << ": " << cli_run.seconds << " s\n";
+      return cli_run;
+    };
+    auto rate = [&](const bench::CliRun& cli_run) { return static_cast<double>(events) / cli_run.seconds; };
+    auto add = [&](const std::string& metric, const bench::CliRun& cli_run, double target) {
+      const double value = rate(cli_run);
+      results.push_back({"replay", metric + " " + scale, value, "events/s",
+                         target > 0 ? ">= " + std::to_string(static_cast<long>(target)) : "",
+                         target > 0 ? (value >= target ? "met" : "missed") : ""});
+    };
+    const auto verify = cli("replay-verify", {"replay", "--json", "verify"});
+    if (bench::json_number(verify.output, "events_checked") != static_cast<double>(events)) {
+      throw std::runtime_error("ledger replay verify did not check every event: " + verify.output);
+    }
+    add("verify", verify, 500'000);
+    const auto exported = cli("replay-export", {"replay", "--json", "export", "--output", "/dev/null"});
+    add("export (JSON lines)", exported, 500'000);
+    const auto reconciled = cli("replay-reconcile", {"replay", "--json", "reconcile"});
+    add("reconcile (every read-model row)", reconciled, 0);
+    const auto balance = cli("rebuild-balance", {"rebuild", "balance", "--json"});
+    add("rebuild balance+statement", balance, 150'000);
+    const auto audit = cli("rebuild-audit", {"rebuild", "audit", "--json"});
+    add("rebuild audit", audit, 150'000);
+    const long replay_rss = std::max({verify.peak_rss_kib, exported.peak_rss_kib, reconciled.peak_rss_kib,
+                                      balance.peak_rss_kib, audit.peak_rss_kib});
+    results.push_back({"replay", "peak RSS of ledger replay/rebuild", replay_rss / 1024.0, "MiB", "", ""});
   }
 
   // Markdown and JSON reports.
