@@ -66,6 +66,7 @@ void write_totals(JsonWriter& w, const std::map<std::string, replay::CurrencyTot
 CommandAction register_replay_command(CLI::App& root, Settings& settings) {
   auto* replay_app = root.add_subcommand("replay", "Audit the event store: export, verify, as-of balances, reconcile, publish");
   replay_app->require_subcommand(1);
+  replay_app->fallthrough();  // --json after the subcommand too
   auto json = std::make_shared<bool>(false);
   replay_app->add_flag("--json", *json, "Print a machine-readable summary instead of text");
 

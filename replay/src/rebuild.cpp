@@ -117,6 +117,14 @@ class Rebuilder {
 
   RebuildResult run() {
     RebuildResult result;
+    // One rebuild of a read model at a time: two would write the same shadow tables. The
+    // session lock lives as long as this connection, which closes however run() ends.
+    const auto lock = pool_.connect_dedicated();
+    if (!pqxx::nontransaction(*lock)
+             .exec_params1("SELECT pg_try_advisory_lock(hashtext($1))", "ledger rebuild " + name_)[0]
+             .as<bool>()) {
+      throw std::runtime_error("another `ledger rebuild " + name_ + "` is running");
+    }
     {
       auto lease = pool_.acquire();
       pqxx::work work(*lease);

@@ -155,6 +155,13 @@ TEST_CASE("a rebuild killed half way leaves the live read model untouched and re
   CHECK(test::read_model_digest(database.app_url()) == digest);
   CHECK(test::scalar(database.admin_url(), "SELECT watermark FROM rebuild.progress WHERE name = 'balance'") == 1'500);
 
+  // Two rebuilds of one read model never run at once.
+  {
+    pqxx::connection other(database.admin_url());
+    pqxx::nontransaction(other).exec("SELECT pg_advisory_lock(hashtext('ledger rebuild balance'))");
+    CHECK_THROWS_WITH_AS(replay::rebuild(owner_pool, projections::ProjectionKind::balance, options),
+                         "another `ledger rebuild balance` is running", std::runtime_error);
+  }
   const auto resumed = replay::rebuild(owner_pool, projections::ProjectionKind::balance, options);
   CHECK(resumed.resumed_from.value() == 1'500);
   CHECK(resumed.events_applied == resumed.watermark.value() - 1'500);
