@@ -135,23 +135,7 @@ class Rebuilder {
     if (watermark_ > 0) spdlog::info("rebuild {}: resuming after position {}", name_, watermark_);
     const std::int64_t started_at = watermark_;
 
-    // Fill the shadow until it is close to the head (the head moves under live load).
-    for (std::int64_t head = store_.head().position.value(); head - watermark_ > options_.swap_within;
-         head = store_.head().position.value()) {
-      LogReader reader(store_, watermark_ + 1, head, options_.batch_events);
-      for (auto batch = reader.next(); !batch.empty(); batch = reader.next()) {
-        auto lease = pool_.acquire();
-        pqxx::work work(*lease);
-        work.exec("SET LOCAL synchronous_commit = off");
-        work.exec("SET LOCAL statement_timeout = 0");
-        apply(work, batch);
-        work.exec_params(std::string("UPDATE ") + shadow_schema + ".progress SET watermark = $2 WHERE name = $1",
-                         name_, watermark_);
-        work.commit();
-        if (progress_) progress_(watermark_ - started_at, head - started_at);
-      }
-    }
-
+    fill_near_head(started_at);
     {
       // Outside the swap's transaction, so queries and the projector do not wait for it.
       auto lease = pool_.acquire();
@@ -162,6 +146,8 @@ class Rebuilder {
       work.commit();
       for (const auto& table : tables_) pqxx::nontransaction(*lease).exec("ANALYZE " + shadow(table));
     }
+    // What arrived while the indexes were built, so the swap's own stretch stays short.
+    fill_near_head(started_at);
 
     auto lease = pool_.acquire();
     pqxx::work work(*lease);
@@ -191,6 +177,26 @@ class Rebuilder {
   }
 
  private:
+  // Fills the shadow until it is within swap_within of the head (which moves under load), one
+  // committed transaction per batch with the shadow's watermark.
+  void fill_near_head(std::int64_t started_at) {
+    for (std::int64_t head = store_.head().position.value(); head - watermark_ > options_.swap_within;
+         head = store_.head().position.value()) {
+      LogReader reader(store_, watermark_ + 1, head, options_.batch_events);
+      for (auto batch = reader.next(); !batch.empty(); batch = reader.next()) {
+        auto lease = pool_.acquire();
+        pqxx::work work(*lease);
+        work.exec("SET LOCAL synchronous_commit = off");
+        work.exec("SET LOCAL statement_timeout = 0");
+        apply(work, batch);
+        work.exec_params(std::string("UPDATE ") + shadow_schema + ".progress SET watermark = $2 WHERE name = $1",
+                         name_, watermark_);
+        work.commit();
+        if (progress_) progress_(watermark_ - started_at, head - started_at);
+      }
+    }
+  }
+
   // Applies a batch that must follow the shadow's watermark without a gap.
   void apply(pqxx::work& work, const std::vector<engine::RecordedEvent>& batch) {
     if (batch.empty() || batch.front().position.value() != watermark_ + 1 ||
