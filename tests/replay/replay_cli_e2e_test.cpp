@@ -2,8 +2,12 @@
 // summaries and one-line errors for bad arguments.
 #include <doctest/doctest.h>
 
+#include <signal.h>
+
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <thread>
 
 #include "../engine/engine_fixture.hpp"
 #include "ledger/core/process.hpp"
@@ -13,6 +17,7 @@ using namespace ledger;
 using namespace ledger::engine;
 using test::command;
 using test::eur;
+using namespace std::chrono_literals;
 
 namespace {
 
@@ -120,4 +125,52 @@ TEST_CASE("replay and rebuild from the command line") {
       CHECK(cli.says("ledger: error: "));
     }
   }
+}
+
+TEST_CASE("ledger rebuild killed with SIGKILL half way leaves the live read model as it was and resumes") {
+  test::TestDatabase database;
+  auto deposits = [&](int count, bool open) {
+    Engine engine(test::engine_settings(database));
+    std::vector<std::future<CommandOutcome>> outcomes;
+    for (int i = 0; i < count; ++i) {
+      if (open && i < 20) REQUIRE(engine.execute(command(OpenAccount{"a" + std::to_string(i), eur()})).accepted());
+      outcomes.push_back(engine.submit(command(Deposit{"a" + std::to_string(i % 20), Amount(1 + i)})));
+    }
+    for (auto& outcome : outcomes) REQUIRE(outcome.get().accepted());
+  };
+  auto scalar = [&](const std::string& sql) { return test::scalar(database.admin_url(), sql); };
+  Cli cli{database, {}, {}};
+  deposits(2'000, true);
+  cli.run({"rebuild", "audit"});
+  REQUIRE_MESSAGE(cli.status.success(), cli.output);
+  const auto live_watermark = scalar("SELECT watermark FROM read.projections WHERE name = 'audit'");
+  const auto live_rows = scalar("SELECT count(*) FROM read.audit");
+  CHECK(live_rows == live_watermark);
+  deposits(5'000, false);  // 15,000 more events for the next rebuild
+
+  const pid_t pid = process::spawn({test::ledger_binary(), "--log-level", "warn", "--database-url", database.app_url(),
+                                    "--admin-database-url", database.admin_url(), "rebuild", "audit", "--restart",
+                                    "--batch-events", "100"});
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  auto shadow_watermark = [&] {
+    return scalar("SELECT coalesce((SELECT watermark FROM rebuild.progress WHERE name = 'audit'), 0)");
+  };
+  while (shadow_watermark() < 2'000 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(5ms);
+  const auto killed = process::stop(pid, SIGKILL, 1s);
+  REQUIRE_MESSAGE(!killed.exited, "the rebuild ended before it could be killed");
+  const auto stopped_at = shadow_watermark();
+  CHECK(stopped_at >= 2'000);
+  CHECK(stopped_at < scalar("SELECT position FROM event_store_head"));
+  // The live read model is exactly as before.
+  CHECK(scalar("SELECT watermark FROM read.projections WHERE name = 'audit'") == live_watermark);
+  CHECK(scalar("SELECT count(*) FROM read.audit") == live_rows);
+
+  cli.run({"rebuild", "audit", "--json"});
+  REQUIRE_MESSAGE(cli.status.success(), cli.output);
+  CHECK(cli.says("\"resumed_from\":" + std::to_string(stopped_at)));
+  const auto head = scalar("SELECT position FROM event_store_head");
+  CHECK(scalar("SELECT watermark FROM read.projections WHERE name = 'audit'") == head);
+  CHECK(scalar("SELECT count(*) FROM read.audit") == head);
+  cli.run({"replay", "reconcile"});
+  CHECK_MESSAGE(cli.status.success(), cli.output);
 }
