@@ -160,7 +160,10 @@ struct Relay::Impl {
     rd_kafka_conf_set_error_cb(conf, &Impl::on_error);
     rd_kafka_conf_set_opaque(conf, this);
     producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, error, sizeof error);
-    if (producer == nullptr) throw std::runtime_error(std::string("Kafka producer: ") + error);
+    if (producer == nullptr) {
+      rd_kafka_conf_destroy(conf);  // rd_kafka_new takes it only on success
+      throw std::runtime_error(std::string("Kafka producer: ") + error);
+    }
   }
 
   void produce(const RecordedEvent& event) {
@@ -403,7 +406,10 @@ std::int64_t publish_range(const RelaySettings& settings, db::ConnectionPool& po
   rd_kafka_conf_set_opaque(conf, &deliveries);
   std::unique_ptr<rd_kafka_t, void (*)(rd_kafka_t*)> producer(
       rd_kafka_new(RD_KAFKA_PRODUCER, conf, error, sizeof error), &rd_kafka_destroy);
-  if (!producer) throw std::runtime_error(std::string("Kafka producer: ") + error);
+  if (!producer) {
+    rd_kafka_conf_destroy(conf);  // rd_kafka_new takes it only on success
+    throw std::runtime_error(std::string("Kafka producer: ") + error);
+  }
 
   std::int64_t produced = 0;
   std::int64_t next = from.value();
