@@ -116,7 +116,8 @@ TEST_CASE("statements page by cursor and the audit log searches by actor, stream
   std::string cursor;
   for (int page = 0; page < 10; ++page) {
     const auto response = client.request(
-        "GET", "/v1/accounts/alice/entries?limit=2&min_position=" + std::to_string(last) + cursor, "", teller);
+        "GET", "/v1/accounts/alice/entries?limit=2&wait_ms=10000&min_position=" + std::to_string(last) + cursor, "",
+        teller);
     REQUIRE(response.status == 200);
     const auto document = parse(response.body);
     for (const auto& entry : document["entries"].GetArray()) balances.push_back(entry["balance_after"].GetInt64());
@@ -130,7 +131,8 @@ TEST_CASE("statements page by cursor and the audit log searches by actor, stream
   CHECK(account["available"].GetInt64() == 2550);
   CHECK(account["status"].GetString() == std::string("open"));
 
-  const std::string wait = "&min_position=" + std::to_string(last);
+  // Just started projectors may need seconds to join their consumer groups on a busy machine.
+  const std::string wait = "&wait_ms=10000&min_position=" + std::to_string(last);
   auto audit = [&](const std::string& query) {
     const auto response = client.request("GET", "/v1/audit?limit=1000" + wait + query, "", auditor);
     REQUIRE_MESSAGE(response.status == 200, query << " -> " << response.body);
