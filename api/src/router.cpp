@@ -64,7 +64,8 @@ int status_of(engine::RejectionCode code) {
   using engine::RejectionCode;
   switch (code) {
     case RejectionCode::unknown_account:
-    case RejectionCode::unknown_transfer: return 404;
+    case RejectionCode::unknown_transfer:
+    case RejectionCode::unknown_loan: return 404;
     case RejectionCode::duplicate_id:
     case RejectionCode::version_conflict:
     case RejectionCode::idempotency_key_reused: return 409;

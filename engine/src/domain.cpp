@@ -154,6 +154,145 @@ Decision decide_cash_movement(const std::string& account_id, Amount amount,
   return decision;
 }
 
+// ---- loans (issue 6): the rules are loan_book.hpp; money moves only by transfers ----------
+
+// Loan and repayment ids leave room for the suffix of the transfers derived from them.
+constexpr std::size_t loan_id_length_max = id_length_max - 2;
+
+bool is_valid_loan_id(const std::string& id) { return is_valid_id(id) && id.size() <= loan_id_length_max; }
+
+std::optional<Decision> check_loan(const LoanState& loan, const std::string& id) {
+  if (!loan.exists) return reject(RejectionCode::unknown_loan, "no loan " + id);
+  return std::nullopt;
+}
+
+// One leg of a loan's money; skipped when there is nothing to move.
+std::optional<Decision> move_loan_money(WorkingSet& set, std::string transfer_id, const std::string& from,
+                                        const std::string& to, std::int64_t amount, Currency currency,
+                                        std::string reference) {
+  if (amount == 0) return std::nullopt;
+  Decision moved = decide_movement(
+      Movement{std::move(transfer_id), from, to, Amount(amount), currency, std::move(reference)}, set);
+  if (!moved.accepted()) return moved;
+  return std::nullopt;
+}
+
+Decision decide_originate(const OriginateLoan& c, WorkingSet& set) {
+  if (!is_valid_loan_id(c.id)) return reject(RejectionCode::invalid_id, "invalid loan id (at most 62 characters)");
+  if (!is_valid_id(c.borrower)) return reject(RejectionCode::invalid_id, "invalid borrower account id");
+  if (set.loan(c.id).exists) return reject(RejectionCode::duplicate_id, "loan " + c.id + " already exists");
+  const AccountState& borrower = set.account(c.borrower);
+  if (auto problem = check_usable(borrower, c.borrower)) return *problem;
+  if (borrower.kind == AccountKind::system) {
+    return reject(RejectionCode::reserved_id, "a loan's borrower is a customer account");
+  }
+  if (borrower.currency != c.currency) {
+    return reject(RejectionCode::currency_mismatch,
+                  "loan in " + c.currency.str() + " to an account in " + borrower.currency.str());
+  }
+  const auto origination = parse_date(c.origination_date);
+  const auto first_due = parse_date(c.first_due_date);
+  if (!origination || !first_due) {
+    return reject(RejectionCode::invalid_date, "origination_date and first_due_date are dates YYYY-MM-DD");
+  }
+  const LoanTerms terms{c.principal.minor_units(), c.rate_bps, c.installments, c.schedule, *origination, *first_due,
+                        c.origination_fee.minor_units(), c.late_fee.minor_units(), c.grace_days};
+  if (auto problem = loan_terms_problem(terms)) return reject(RejectionCode::invalid_loan_terms, *problem);
+  set.append(loan_stream(c.id),
+             events::LoanOriginated{c.id, c.borrower, c.currency.str(), terms,
+                                    compute_schedule({terms.principal, terms.rate_bps, terms.installments, terms.type,
+                                                      terms.first_due})});
+  return accept(c.id);
+}
+
+Decision decide_disburse(const DisburseLoan& c, WorkingSet& set) {
+  if (!is_valid_loan_id(c.id)) return reject(RejectionCode::invalid_id, "invalid loan id");
+  const LoanState loan = set.loan(c.id);
+  if (auto problem = check_loan(loan, c.id)) return *problem;
+  if (loan.book.status != LoanStatus::originated) {
+    return reject(RejectionCode::loan_already_disbursed, "loan " + c.id + " is " + std::string(to_string(loan.book.status)));
+  }
+  const Disbursement disbursed = disbursement(loan.book);
+  std::string receivable, fee_income;
+  ensure_system_account(set, SystemAccount::loan_receivable, loan.currency, receivable);
+  ensure_system_account(set, SystemAccount::fee_income, loan.currency, fee_income);
+  const std::string transfer_id = c.id + ".d";
+  const std::string fee_transfer_id = disbursed.fee > 0 ? c.id + ".f" : "";
+  if (auto failed = move_loan_money(set, transfer_id, receivable, loan.borrower, disbursed.to_borrower, loan.currency,
+                                    "loan " + c.id + " disbursement")) {
+    return *failed;
+  }
+  if (auto failed = move_loan_money(set, fee_transfer_id, receivable, fee_income, disbursed.fee, loan.currency,
+                                    "loan " + c.id + " origination fee")) {
+    return *failed;
+  }
+  set.append(loan_stream(c.id), events::LoanDisbursed{transfer_id, fee_transfer_id, disbursed});
+  return accept(c.id);
+}
+
+Decision decide_repay(const RepayLoan& c, WorkingSet& set) {
+  if (!is_valid_loan_id(c.id)) return reject(RejectionCode::invalid_id, "invalid loan id");
+  if (!is_valid_loan_id(c.repayment_id)) return reject(RejectionCode::invalid_id, "invalid repayment id");
+  const LoanState loan = set.loan(c.id);
+  if (auto problem = check_loan(loan, c.id)) return *problem;
+  const auto decided = allocate_repayment(loan.book, c.amount.minor_units());
+  if (const auto* problem = std::get_if<RepaymentProblem>(&decided)) {
+    switch (problem->refusal) {
+      case RepaymentRefusal::not_active: return reject(RejectionCode::loan_not_active, problem->detail);
+      case RepaymentRefusal::invalid_amount: return reject(RejectionCode::invalid_amount, problem->detail);
+      case RepaymentRefusal::overpayment: return reject(RejectionCode::overpayment, problem->detail);
+    }
+  }
+  const Allocation& allocation = std::get<Allocation>(decided);
+  std::string receivable, interest_income, fee_income;
+  ensure_system_account(set, SystemAccount::loan_receivable, loan.currency, receivable);
+  ensure_system_account(set, SystemAccount::interest_income, loan.currency, interest_income);
+  ensure_system_account(set, SystemAccount::fee_income, loan.currency, fee_income);
+  const std::string reference = "loan " + c.id + " repayment " + c.repayment_id;
+  for (const auto& [suffix, to, amount] :
+       {std::tuple{".p", fee_income, allocation.penalties}, std::tuple{".i", interest_income, allocation.interest},
+        std::tuple{".n", receivable, allocation.principal}}) {
+    if (auto failed = move_loan_money(set, c.repayment_id + suffix, loan.borrower, to, amount, loan.currency, reference)) {
+      return *failed;
+    }
+  }
+  set.append(loan_stream(c.id), events::LoanRepaid{c.repayment_id, allocation});
+  return accept(c.repayment_id);
+}
+
+Decision decide_close_day(const CloseLoanBusinessDay& c, WorkingSet& set) {
+  if (!is_valid_loan_id(c.id)) return reject(RejectionCode::invalid_id, "invalid loan id");
+  const auto date = parse_date(c.date);
+  if (!date) return reject(RejectionCode::invalid_date, "date is a date YYYY-MM-DD");
+  const LoanState& loan = set.loan(c.id);
+  if (auto problem = check_loan(loan, c.id)) return *problem;
+  // Closed through that date already, or not active: nothing to do, and nothing written.
+  if (const auto closed = close_business_day(loan.book, *date)) {
+    set.append(loan_stream(c.id), events::LoanDayClosed{*closed});
+  }
+  return accept(c.id);
+}
+
+Decision decide_write_off(const WriteOffLoan& c, WorkingSet& set) {
+  if (!is_valid_loan_id(c.id)) return reject(RejectionCode::invalid_id, "invalid loan id");
+  const LoanState loan = set.loan(c.id);
+  if (auto problem = check_loan(loan, c.id)) return *problem;
+  const auto written_off = write_off(loan.book);
+  if (!written_off) {
+    return reject(RejectionCode::loan_not_active, "loan " + c.id + " is " + std::string(to_string(loan.book.status)));
+  }
+  std::string receivable, expense;
+  ensure_system_account(set, SystemAccount::loan_receivable, loan.currency, receivable);
+  ensure_system_account(set, SystemAccount::write_off_expense, loan.currency, expense);
+  const std::string transfer_id = written_off->principal > 0 ? c.id + ".w" : "";
+  if (auto failed = move_loan_money(set, transfer_id, expense, receivable, written_off->principal, loan.currency,
+                                    "loan " + c.id + " write-off")) {
+    return *failed;
+  }
+  set.append(loan_stream(c.id), events::LoanWrittenOff{transfer_id, *written_off});
+  return accept(c.id);
+}
+
 Decision decide_single(const SingleCommand& command, WorkingSet& set,
                        const DecisionContext& context) {
   return std::visit(
@@ -307,6 +446,11 @@ Decision decide_single(const SingleCommand& command, WorkingSet& set,
             set.append(account_stream(c.id), events::AccountClosed{});
             return accept(c.id);
           },
+          [&](const OriginateLoan& c) { return decide_originate(c, set); },
+          [&](const DisburseLoan& c) { return decide_disburse(c, set); },
+          [&](const RepayLoan& c) { return decide_repay(c, set); },
+          [&](const CloseLoanBusinessDay& c) { return decide_close_day(c, set); },
+          [&](const WriteOffLoan& c) { return decide_write_off(c, set); },
       },
       command);
 }
@@ -330,6 +474,8 @@ StreamState& WorkingSet::load(const std::string& stream_id) {
   if (std::holds_alternative<std::monostate>(state.aggregate)) {
     if (is_account_stream(stream_id)) {
       state.aggregate = AccountState{};
+    } else if (stream_id.starts_with("loan-")) {
+      state.aggregate = LoanState{};
     } else {
       state.aggregate = TransferState{};
     }
@@ -345,6 +491,10 @@ const AccountState& WorkingSet::account(const std::string& account_id) {
 
 const TransferState& WorkingSet::transfer(const std::string& transfer_id) {
   return std::get<TransferState>(load(transfer_stream(transfer_id)).aggregate);
+}
+
+const LoanState& WorkingSet::loan(const std::string& loan_id) {
+  return std::get<LoanState>(load(loan_stream(loan_id)).aggregate);
 }
 
 void WorkingSet::append(const std::string& stream_id, DomainEvent event) {
@@ -408,6 +558,8 @@ void assign_single(SingleCommand& command, const std::function<std::string()>& g
                  [&](Deposit& c) { if (c.transfer_id.empty()) c.transfer_id = generate_id(); },
                  [&](Withdrawal& c) { if (c.transfer_id.empty()) c.transfer_id = generate_id(); },
                  [&](PlaceHold& c) { if (c.id.empty()) c.id = generate_id(); },
+                 [&](OriginateLoan& c) { if (c.id.empty()) c.id = generate_id(); },
+                 [&](RepayLoan& c) { if (c.repayment_id.empty()) c.repayment_id = generate_id(); },
                  [&](auto&) {},
              },
              command);
@@ -440,6 +592,14 @@ void collect_single(const SingleCommand& command, std::vector<std::string>& ids)
                  [&](const FreezeAccount& c) { ids.push_back(account_stream(c.id)); },
                  [&](const UnfreezeAccount& c) { ids.push_back(account_stream(c.id)); },
                  [&](const CloseAccount& c) { ids.push_back(account_stream(c.id)); },
+                 [&](const OriginateLoan& c) {
+                   ids.push_back(loan_stream(c.id));
+                   ids.push_back(account_stream(c.borrower));
+                 },
+                 [&](const DisburseLoan& c) { ids.push_back(loan_stream(c.id)); },
+                 [&](const RepayLoan& c) { ids.push_back(loan_stream(c.id)); },
+                 [&](const CloseLoanBusinessDay& c) { ids.push_back(loan_stream(c.id)); },
+                 [&](const WriteOffLoan& c) { ids.push_back(loan_stream(c.id)); },
              },
              command);
 }

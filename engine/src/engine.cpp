@@ -946,6 +946,10 @@ std::optional<AccountState> Engine::read_account(const std::string& account_id) 
   return impl_->read_state<AccountState>(account_stream(account_id));
 }
 
+std::optional<LoanState> Engine::read_loan(const std::string& loan_id) {
+  return impl_->read_state<LoanState>(loan_stream(loan_id));
+}
+
 std::optional<TransferState> Engine::read_transfer(const std::string& transfer_id) {
   return impl_->read_state<TransferState>(transfer_stream(transfer_id));
 }

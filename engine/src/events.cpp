@@ -7,6 +7,8 @@
 #include <utility>
 
 #include "ledger/core/assert.hpp"
+#include "json_fields.hpp"
+#include "loan_codec.hpp"
 #include "overloaded.hpp"
 #include "ledger/schemas/events_generated.h"
 
@@ -50,64 +52,15 @@ std::optional<DomainEvent> blank_event(std::string_view type) {
   }
 }
 
-// Reads the fields of one JSON object. It counts the fields it found, so that complete()
-// also refuses fields nobody asked for (and duplicated keys).
-class FieldReader {
- public:
-  explicit FieldReader(const rapidjson::Value& object) : object_(object) {}
-
-  void string(const char* key, std::string& out) {
-    const rapidjson::Value* value = find(key);
-    if (value == nullptr || !value->IsString()) return fail();
-    out.assign(value->GetString(), value->GetStringLength());
-  }
-  // Integers only: 1.5 or 1e3 is not an amount.
-  void int64(const char* key, std::int64_t& out) {
-    const rapidjson::Value* value = find(key);
-    if (value == nullptr || !value->IsInt64()) return fail();
-    out = value->GetInt64();
-  }
-  void uint32(const char* key, std::uint32_t& out) {
-    const rapidjson::Value* value = find(key);
-    if (value == nullptr || !value->IsUint()) return fail();
-    out = value->GetUint();
-  }
-  template <class Enum, std::size_t N>
-  void name(const char* key, Enum& out, const std::string_view (&names)[N]) {
-    std::string text;
-    string(key, text);
-    for (std::size_t i = 0; i < N; ++i) {
-      if (names[i] == text) {
-        out = static_cast<Enum>(i);
-        return;
-      }
-    }
-    fail();
-  }
-
-  [[nodiscard]] bool complete() const { return ok_ && found_ == object_.MemberCount(); }
-
- private:
-  const rapidjson::Value* find(const char* key) {
-    const auto member = object_.FindMember(key);
-    if (member == object_.MemberEnd()) return nullptr;
-    ++found_;
-    return &member->value;
-  }
-  void fail() { ok_ = false; }
-
-  const rapidjson::Value& object_;
-  rapidjson::SizeType found_ = 0;
-  bool ok_ = true;
-};
-
 }  // namespace
 
 std::string_view event_type(const DomainEvent& event) {
   static constexpr std::string_view names[] = {
       "account_opened",   "account_frozen",  "account_unfrozen",
       "account_closed",   "account_entry",   "transfer_posted",
-      "transfer_pending", "pending_transfer_posted", "pending_transfer_ended"};
+      "transfer_pending", "pending_transfer_posted", "pending_transfer_ended",
+      "loan_originated",  "loan_disbursed",  "loan_repaid",
+      "loan_day_closed",  "loan_written_off"};
   static_assert(std::size(names) == std::variant_size_v<DomainEvent>);
   return names[event.index()];
 }
@@ -174,6 +127,11 @@ std::string encode_event(const DomainEvent& event) {
                                                         static_cast<fb::PendingEnd>(e.end));
             return fb::CreateEvent(builder, fb::EventData::PendingTransferEnded, table.Union());
           },
+          [&](const events::LoanOriginated& e) { return loan_codec::encode(builder, e); },
+          [&](const events::LoanDisbursed& e) { return loan_codec::encode(builder, e); },
+          [&](const events::LoanRepaid& e) { return loan_codec::encode(builder, e); },
+          [&](const events::LoanDayClosed& e) { return loan_codec::encode(builder, e); },
+          [&](const events::LoanWrittenOff& e) { return loan_codec::encode(builder, e); },
       },
       event);
   builder.Finish(root);
@@ -231,7 +189,9 @@ std::optional<DomainEvent> decode_event(std::string_view type, std::string_view 
       decoded = events::PendingTransferEnded{e->amount(), static_cast<events::PendingEnd>(e->end())};
       break;
     }
-    default: return std::nullopt;
+    default:
+      decoded = loan_codec::decode(*root);
+      if (!decoded) return std::nullopt;
   }
   if (event_type(*decoded) != type) return std::nullopt;
   return decoded;
@@ -295,6 +255,7 @@ std::string event_to_json(const DomainEvent& event) {
             int_field("amount", e.amount);
             string_field("end", end_names[static_cast<int>(e.end)]);
           },
+          [&](const auto& loan_event) { loan_codec::write_json(w, loan_event); },
       },
       event);
   w.EndObject();
@@ -308,6 +269,8 @@ std::optional<DomainEvent> event_from_json(std::string_view type, std::string_vi
   document.Parse(json.data(), json.size());
   if (document.HasParseError() || !document.IsObject()) return std::nullopt;
   FieldReader r(document);
+  bool loan_read = false;  // the loan events read themselves (loan_codec)
+  bool loan_ok = false;
   const std::string_view kind_names[] = {to_string(AccountKind::customer),
                                          to_string(AccountKind::system)};
   std::visit(
@@ -356,9 +319,13 @@ std::optional<DomainEvent> event_from_json(std::string_view type, std::string_vi
             r.int64("amount", e.amount);
             r.name("end", e.end, end_names);
           },
+          [&](auto& loan_event) {
+            loan_read = true;
+            loan_ok = loan_codec::read_json(document, loan_event);
+          },
       },
       *event);
-  if (!r.complete()) return std::nullopt;
+  if (loan_read ? !loan_ok : !r.complete()) return std::nullopt;
   return event;
 }
 
@@ -431,6 +398,27 @@ void apply(TransferState& state, const DomainEvent& event) {
                                                                  : TransferStatus::expired;
           },
           [&](const auto&) { LEDGER_ASSERT(false, "account event on a transfer stream"); },
+      },
+      event);
+  state.version = StreamVersion(state.version.value() + 1);
+}
+
+void apply(LoanState& state, const DomainEvent& event) {
+  std::visit(
+      Overloaded{
+          [&](const events::LoanOriginated& e) {
+            LEDGER_ASSERT(!state.exists, "loan originated twice");
+            state.exists = true;
+            state.id = e.loan_id;
+            state.borrower = e.borrower;
+            state.currency = Currency::parse(e.currency).value_or(Currency{});
+            state.book = originated(e.terms, e.schedule);
+          },
+          [&](const events::LoanDisbursed& e) { engine::apply(state.book, e.disbursed); },
+          [&](const events::LoanRepaid& e) { engine::apply(state.book, e.allocation); },
+          [&](const events::LoanDayClosed& e) { engine::apply(state.book, e.closed); },
+          [&](const events::LoanWrittenOff& e) { engine::apply(state.book, e.written_off); },
+          [&](const auto&) { LEDGER_ASSERT(false, "an account or transfer event on a loan stream"); },
       },
       event);
   state.version = StreamVersion(state.version.value() + 1);

@@ -51,6 +51,7 @@ std::optional<std::string> loan_terms_problem(const LoanTerms& terms) {
   if (!terms.origination_date.ok()) return "origination_date is not a date";
   if (terms.first_due <= terms.origination_date) return "first_due_date must be after the origination date";
   if (terms.origination_fee < 0 || terms.late_fee < 0) return "fees must not be negative";
+  if (terms.late_fee > schedule_principal_max) return "late_fee must be at most 10^15 minor units";
   if (terms.origination_fee >= terms.principal) return "the origination fee must be less than the principal";
   if (terms.grace_days < 0 || terms.grace_days > 365) return "grace_days must be 0 to 365";
   return std::nullopt;
@@ -82,10 +83,14 @@ std::int64_t LoanBook::payoff_amount() const {
 
 LoanBook originate(const LoanTerms& terms) {
   LEDGER_ASSERT(!loan_terms_problem(terms), "loan terms were not validated");
+  return originated(terms, compute_schedule({terms.principal, terms.rate_bps, terms.installments, terms.type,
+                                             terms.first_due}));
+}
+
+LoanBook originated(const LoanTerms& terms, const std::vector<ScheduledInstallment>& schedule) {
   LoanBook loan;
   loan.terms = terms;
-  for (const auto& scheduled :
-       compute_schedule({terms.principal, terms.rate_bps, terms.installments, terms.type, terms.first_due})) {
+  for (const auto& scheduled : schedule) {
     InstallmentBook installment;
     installment.number = scheduled.number;
     installment.due_date = scheduled.due_date;

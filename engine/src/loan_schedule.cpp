@@ -72,6 +72,8 @@ std::optional<ScheduleType> schedule_type_from(std::string_view text) {
 
 std::optional<std::string> schedule_terms_problem(const ScheduleTerms& terms) {
   if (terms.principal <= 0) return "principal must be positive";
+  // Keeps every schedule, accrual and payoff sum far inside int64.
+  if (terms.principal > schedule_principal_max) return "principal must be at most 10^15 minor units";
   if (terms.rate_bps < 0 || terms.rate_bps > 100'000) return "rate_bps must be 0 to 100000";
   if (terms.installments < 1 || terms.installments > 600) return "installments must be 1 to 600";
   if (!terms.first_due.ok()) return "first_due_date is not a date";

@@ -76,6 +76,8 @@ StreamState empty_stream_state(const std::string& stream_id) {
   StreamState state;
   if (stream_id.starts_with("account-")) {
     state.aggregate = AccountState{};
+  } else if (stream_id.starts_with("loan-")) {
+    state.aggregate = LoanState{};
   } else {
     state.aggregate = TransferState{};
   }

@@ -30,6 +30,12 @@ std::string_view to_string(RejectionCode code) {
     case RejectionCode::version_conflict: return "version_conflict";
     case RejectionCode::idempotency_key_reused: return "idempotency_key_reused";
     case RejectionCode::linked_command_failed: return "linked_command_failed";
+    case RejectionCode::unknown_loan: return "unknown_loan";
+    case RejectionCode::invalid_loan_terms: return "invalid_loan_terms";
+    case RejectionCode::invalid_date: return "invalid_date";
+    case RejectionCode::loan_not_active: return "loan_not_active";
+    case RejectionCode::loan_already_disbursed: return "loan_already_disbursed";
+    case RejectionCode::overpayment: return "overpayment";
   }
   return "unknown";
 }
@@ -90,6 +96,12 @@ std::string account_stream(std::string_view account_id) {
   return stream;
 }
 
+std::string loan_stream(std::string_view loan_id) {
+  std::string stream = "loan-";
+  stream += loan_id;
+  return stream;
+}
+
 std::string transfer_stream(std::string_view transfer_id) {
   std::string stream = "transfer-";
   stream += transfer_id;
@@ -106,7 +118,8 @@ std::optional<Amount> AccountState::available() const {
 std::string_view command_name(const SingleCommand& command) {
   static constexpr std::string_view names[] = {
       "open_account", "transfer", "deposit", "withdrawal", "hold", "post_hold", "void_hold",
-      "expire_hold", "freeze_account", "unfreeze_account", "close_account"};
+      "expire_hold", "freeze_account", "unfreeze_account", "close_account", "originate_loan",
+      "disburse_loan", "repay_loan", "close_loan_business_day", "write_off_loan"};
   static_assert(std::size(names) == std::variant_size_v<SingleCommand>);
   return names[command.index()];
 }

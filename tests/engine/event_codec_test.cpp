@@ -17,6 +17,14 @@ using namespace ledger::engine;
 
 namespace {
 
+events::LoanOriginated loan_originated_example() {
+  LoanTerms terms{120'000, 1'200, 3, ScheduleType::equal_principal,
+                  Date{std::chrono::year(2026), std::chrono::month(1), std::chrono::day(31)},
+                  Date{std::chrono::year(2026), std::chrono::month(2), std::chrono::day(28)}, 1'000, 500, 5};
+  return {"loan-1", "alice", "EUR", terms,
+          compute_schedule({terms.principal, terms.rate_bps, terms.installments, terms.type, terms.first_due})};
+}
+
 // One example of every event type, with every field set.
 std::vector<DomainEvent> examples() {
   return {
@@ -31,6 +39,12 @@ std::vector<DomainEvent> examples() {
       events::TransferPending{"h-1", "alice", "shop", 300, "EUR", "card", 1'800'000'000'000'000},
       events::PendingTransferPosted{200, 300},
       events::PendingTransferEnded{300, events::PendingEnd::expired},
+      loan_originated_example(),
+      events::LoanDisbursed{"loan-1.d", "loan-1.f", {119'000, 1'000}},
+      events::LoanRepaid{"r-1", {500, 1'200, 7'000, 33, {{1, 500, 1'200, 6'000, false}, {12, 0, 0, 1'000, true}}}},
+      events::LoanDayClosed{{Date{std::chrono::year(2026), std::chrono::month(3), std::chrono::day(22)}, 417, {1, 2},
+                             {{1, 500}, {2, 500}}, 35}},
+      events::LoanWrittenOff{"loan-1.w", {90'000, 2'400, 1'000}},
   };
 }
 
@@ -47,7 +61,8 @@ TEST_CASE("event type names are the stable snake_case strings") {
   const std::vector<std::string> expected = {
       "account_opened", "account_frozen",   "account_unfrozen",        "account_closed",
       "account_entry",  "transfer_posted",  "transfer_pending",        "pending_transfer_posted",
-      "pending_transfer_ended"};
+      "pending_transfer_ended", "loan_originated", "loan_disbursed", "loan_repaid", "loan_day_closed",
+      "loan_written_off"};
   const auto all = examples();
   REQUIRE(all.size() == std::variant_size_v<DomainEvent>);
   for (std::size_t i = 0; i < all.size(); ++i) CHECK(event_type(all[i]) == expected[i]);
@@ -102,6 +117,27 @@ TEST_CASE("every event type reads back from its JSON and re-encodes to the same 
     CHECK(parsed->index() == event.index());
     CHECK(encode_event(*parsed) == encode_event(event));
   }
+}
+
+TEST_CASE("loan events refuse JSON with a bad date, a bad schedule type or an amount that is not the sum") {
+  const std::string originated = event_to_json(loan_originated_example());
+  REQUIRE(event_from_json("loan_originated", originated).has_value());
+  auto replaced = [](std::string json, const std::string& from, const std::string& to) {
+    const auto at = json.find(from);
+    REQUIRE(at != std::string::npos);
+    return json.replace(at, from.size(), to);
+  };
+  CHECK_FALSE(event_from_json("loan_originated", replaced(originated, "2026-02-28", "2026-02-30")));
+  CHECK_FALSE(event_from_json("loan_originated", replaced(originated, "\"equal_principal\"", "\"balloon\"")));
+  CHECK_FALSE(event_from_json("loan_originated", replaced(originated, "\"number\":1,", "\"number\":1,\"extra\":1,")));
+  const std::string repaid = event_to_json(events::LoanRepaid{"r-1", {0, 10, 20, 0, {{1, 0, 10, 20, false}}}});
+  REQUIRE(event_from_json("loan_repaid", repaid).has_value());
+  CHECK_FALSE(event_from_json("loan_repaid", replaced(repaid, "\"amount\":30", "\"amount\":31")));
+  CHECK_FALSE(event_from_json("loan_repaid", replaced(repaid, "\"waive_interest\":false", "\"waive_interest\":0")));
+  const std::string closed = event_to_json(events::LoanDayClosed{{Date{std::chrono::year(2026), std::chrono::month(3),
+                                                                      std::chrono::day(1)}, 1, {1}, {}, 2}});
+  REQUIRE(event_from_json("loan_day_closed", closed).has_value());
+  CHECK_FALSE(event_from_json("loan_day_closed", replaced(closed, "[1]", "[\"1\"]")));
 }
 
 TEST_CASE("reading JSON refuses anything event_to_json would not have written") {

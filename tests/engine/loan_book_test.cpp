@@ -230,6 +230,9 @@ TEST_CASE("loan terms out of range are refused with the reason") {
   terms.late_fee = -1;
   CHECK(loan_terms_problem(terms) == "fees must not be negative");
   terms = standard_terms();
+  terms.late_fee = schedule_principal_max + 1;
+  CHECK(loan_terms_problem(terms).has_value());
+  terms = standard_terms();
   terms.grace_days = 366;
   CHECK(loan_terms_problem(terms).has_value());
   terms = standard_terms();

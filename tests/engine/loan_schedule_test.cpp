@@ -122,6 +122,9 @@ TEST_CASE("terms out of range are refused with what is wrong") {
   CHECK(schedule_terms_problem({10, 100, 0, ScheduleType::annuity, date(2026, 1, 1)}) == "installments must be 1 to 600");
   CHECK(schedule_terms_problem({10, 100, 601, ScheduleType::annuity, date(2026, 1, 1)}).has_value());
   CHECK_FALSE(schedule_terms_problem({10, 100'000, 600, ScheduleType::annuity, date(2026, 1, 1)}).has_value());
+  CHECK(schedule_terms_problem({schedule_principal_max + 1, 100, 12, ScheduleType::annuity, date(2026, 1, 1)}) ==
+        "principal must be at most 10^15 minor units");
+  CHECK_FALSE(schedule_terms_problem({schedule_principal_max, 100'000, 600, ScheduleType::annuity, date(2026, 1, 1)}));
   CHECK_THROWS_AS((void)compute_schedule({10, 100, 0, ScheduleType::annuity, date(2026, 1, 1)}), std::invalid_argument);
   // The extremes still compute: 1000 % a year over 600 months.
   const auto extreme = compute_schedule({1'000'000'000'000, 100'000, 600, ScheduleType::annuity, date(2026, 1, 1)});

@@ -53,6 +53,13 @@ struct EveryEventType {
     ok(FreezeAccount{"bob"});
     ok(UnfreezeAccount{"bob"});
     ok(CloseAccount{"carol"});
+    OriginateLoan loan{"loan-1", "alice", eur(), Amount(3'000), 1'200, 3, ScheduleType::annuity, "2027-01-15",
+                       "2027-02-15", Amount(100), Amount(50), 0};
+    ok(loan);
+    ok(DisburseLoan{"loan-1"});
+    ok(CloseLoanBusinessDay{"loan-1", "2027-02-20"});  // overdue, with the late fee
+    ok(RepayLoan{"loan-1", Amount(1'000), "repay-1"});
+    ok(WriteOffLoan{"loan-1"});
   }
   std::atomic<std::int64_t> now_us{1'800'000'000'000'000};
   std::unique_ptr<Engine> engine;
@@ -121,7 +128,9 @@ TEST_CASE("export round-trips every event type: each line reads back to the stor
   }
   const std::set<std::string> every_type{"account_opened",     "account_frozen",          "account_unfrozen",
                                          "account_closed",     "account_entry",           "transfer_posted",
-                                         "transfer_pending",   "pending_transfer_posted", "pending_transfer_ended"};
+                                         "transfer_pending",   "pending_transfer_posted", "pending_transfer_ended",
+                                         "loan_originated",    "loan_disbursed",          "loan_repaid",
+                                         "loan_day_closed",    "loan_written_off"};
   CHECK(types == every_type);
   CHECK_FALSE(replay::parse_exported_event("{\"position\":1}"));
   CHECK_FALSE(replay::parse_exported_event("not json"));
@@ -194,8 +203,9 @@ TEST_CASE("verify passes a clean log and reports the per-currency sums, which ar
       CHECK(totals.pending == 0);
     }
   }
-  // alice, bob and the EUR cash account; carol and the USD cash account.
-  CHECK(result.checkpoints.back().totals.at("EUR").accounts == 3);
+  // alice, bob and the EUR system accounts (cash, loan receivable, fee and interest income,
+  // write-off expense); carol and the USD cash account.
+  CHECK(result.checkpoints.back().totals.at("EUR").accounts == 7);
   CHECK(result.checkpoints.back().totals.at("USD").accounts == 2);
 
   // A range checks the chain from the event before it.

@@ -9,6 +9,7 @@
 
 #include "ledger/core/money.hpp"
 #include "ledger/core/strong_type.hpp"
+#include "ledger/engine/loan_schedule.hpp"
 #include "ledger/engine/types.hpp"
 
 namespace ledger::engine {
@@ -86,9 +87,42 @@ struct CloseAccount {
   std::string id;
 };
 
+// Loans (issue 6; the rules are in loan_book.hpp). Dates are "YYYY-MM-DD" business dates.
+struct OriginateLoan {
+  std::string id;
+  std::string borrower;  // a customer account of the loan's currency
+  Currency currency;
+  Amount principal;
+  std::int32_t rate_bps = 0;
+  std::int32_t installments = 0;
+  ScheduleType schedule = ScheduleType::annuity;
+  std::string origination_date;
+  std::string first_due_date;
+  Amount origination_fee{0};
+  Amount late_fee{0};
+  std::int32_t grace_days = 0;
+};
+struct DisburseLoan {
+  std::string id;
+};
+struct RepayLoan {
+  std::string id;
+  Amount amount;
+  std::string repayment_id;  // generated when empty
+};
+// Close of business of one loan through `date` (the driver sends one per active loan).
+struct CloseLoanBusinessDay {
+  std::string id;
+  std::string date;
+};
+struct WriteOffLoan {
+  std::string id;
+};
+
 using SingleCommand = std::variant<OpenAccount, Transfer, Deposit, Withdrawal, PlaceHold, PostHold,
                                    VoidHold, ExpireHold, FreezeAccount, UnfreezeAccount,
-                                   CloseAccount>;
+                                   CloseAccount, OriginateLoan, DisburseLoan, RepayLoan,
+                                   CloseLoanBusinessDay, WriteOffLoan>;
 
 // A list applied all or nothing: one rejected member rejects all, naming it.
 struct LinkedCommands {

@@ -16,7 +16,7 @@ namespace ledger::engine {
 // The state of one stream as the engine knows it: the fold, and the hash of its last event
 // (what a snapshot is checked against).
 struct StreamState {
-  std::variant<std::monostate, AccountState, TransferState> aggregate;
+  std::variant<std::monostate, AccountState, TransferState, LoanState> aggregate;
   StreamVersion version{0};
   std::string last_hash;  // 32 bytes; empty for a new stream
 };
@@ -43,6 +43,7 @@ class WorkingSet {
   [[nodiscard]] const StreamState& stream(const std::string& stream_id);
   [[nodiscard]] const AccountState& account(const std::string& account_id);
   [[nodiscard]] const TransferState& transfer(const std::string& transfer_id);
+  [[nodiscard]] const LoanState& loan(const std::string& loan_id);
 
   // Folds `event` into the stream and records it as new.
   void append(const std::string& stream_id, DomainEvent event);

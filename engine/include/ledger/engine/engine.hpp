@@ -106,6 +106,7 @@ class Engine {
   // The state of a stream folded from the event store (no cache): for tests and tools.
   [[nodiscard]] std::optional<AccountState> read_account(const std::string& account_id);
   [[nodiscard]] std::optional<TransferState> read_transfer(const std::string& transfer_id);
+  [[nodiscard]] std::optional<LoanState> read_loan(const std::string& loan_id);
 
   [[nodiscard]] EngineStats stats() const;
 

@@ -6,6 +6,7 @@
 #include <string_view>
 #include <variant>
 
+#include "ledger/engine/loan_book.hpp"
 #include "ledger/engine/state.hpp"
 
 namespace ledger::engine {
@@ -66,13 +67,39 @@ struct PendingTransferEnded {
   PendingEnd end = PendingEnd::voided;
 };
 
+// Stream loan-<id>: each records what the loan rules (loan_book.hpp) decided.
+struct LoanOriginated {
+  std::string loan_id;
+  std::string borrower;  // account id
+  std::string currency;
+  LoanTerms terms;
+  std::vector<ScheduledInstallment> schedule;  // computed once, here
+};
+struct LoanDisbursed {
+  std::string transfer_id;      // receivable -> borrower
+  std::string fee_transfer_id;  // receivable -> fee income; empty without a fee
+  Disbursement disbursed;
+};
+struct LoanRepaid {
+  std::string repayment_id;  // its transfers are <id>.penalty, <id>.interest, <id>.principal
+  Allocation allocation;
+};
+struct LoanDayClosed {
+  DayClose closed;
+};
+struct LoanWrittenOff {
+  std::string transfer_id;  // write-off expense -> receivable
+  WriteOff written_off;
+};
+
 }  // namespace events
 
 using DomainEvent =
     std::variant<events::AccountOpened, events::AccountFrozen, events::AccountUnfrozen,
                  events::AccountClosed, events::AccountEntry, events::TransferPosted,
                  events::TransferPending, events::PendingTransferPosted,
-                 events::PendingTransferEnded>;
+                 events::PendingTransferEnded, events::LoanOriginated, events::LoanDisbursed,
+                 events::LoanRepaid, events::LoanDayClosed, events::LoanWrittenOff>;
 
 // Payload schema version written for every event type today.
 constexpr std::int16_t event_schema_version = 1;
@@ -97,5 +124,6 @@ constexpr std::int16_t event_schema_version = 1;
 // should have refused) are assertions, not rejections.
 void apply(AccountState& state, const DomainEvent& event);
 void apply(TransferState& state, const DomainEvent& event);
+void apply(LoanState& state, const DomainEvent& event);
 
 }  // namespace ledger::engine

@@ -39,6 +39,7 @@ struct LoanTerms {
   std::int64_t origination_fee = 0;  // kept back from the disbursement, to fee income
   std::int64_t late_fee = 0;         // per installment paid late
   std::int32_t grace_days = 0;
+  friend bool operator==(const LoanTerms&, const LoanTerms&) = default;
 };
 
 // The first rule the terms break (schedule limits, first due date after origination, fees not
@@ -79,6 +80,7 @@ struct LoanBook {
   std::int64_t principal_written_off = 0;
   std::int64_t interest_reversed = 0;  // by waivers and write-off
 
+  friend bool operator==(const LoanBook&, const LoanBook&) = default;
   [[nodiscard]] Date business_date() const { return closed_through.value_or(terms.origination_date); }
   [[nodiscard]] std::int64_t principal_outstanding() const;
   // Penalties, interest and principal of the installments due at the business date.
@@ -89,10 +91,13 @@ struct LoanBook {
 
 // A new loan with its schedule (terms must pass loan_terms_problem).
 [[nodiscard]] LoanBook originate(const LoanTerms& terms);
+// The loan a recorded origination describes, with the schedule it stored.
+[[nodiscard]] LoanBook originated(const LoanTerms& terms, const std::vector<ScheduledInstallment>& schedule);
 
 struct Disbursement {
   std::int64_t to_borrower = 0;  // principal minus the origination fee
   std::int64_t fee = 0;
+  friend bool operator==(const Disbursement&, const Disbursement&) = default;
 };
 [[nodiscard]] Disbursement disbursement(const LoanBook& loan);
 void apply(LoanBook& loan, const Disbursement& disbursed);
@@ -137,6 +142,7 @@ struct Allocation {
   std::int64_t interest_reversed = 0;  // accrued interest of waived installments
   std::vector<InstallmentAllocation> installments;
   [[nodiscard]] std::int64_t total() const { return penalties + interest + principal; }
+  friend bool operator==(const Allocation&, const Allocation&) = default;
 };
 
 enum class RepaymentRefusal { not_active, invalid_amount, overpayment };
@@ -153,6 +159,7 @@ struct WriteOff {
   std::int64_t principal = 0;          // to write-off expense
   std::int64_t interest_reversed = 0;  // recognised but unpaid
   std::int64_t penalties_cancelled = 0;
+  friend bool operator==(const WriteOff&, const WriteOff&) = default;
 };
 // std::nullopt when the loan is not active.
 [[nodiscard]] std::optional<WriteOff> write_off(const LoanBook& loan);

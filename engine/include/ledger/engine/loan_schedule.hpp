@@ -26,8 +26,10 @@ enum class ScheduleType : std::uint8_t { annuity = 0, equal_principal = 1 };
 [[nodiscard]] std::string_view to_string(ScheduleType type);
 [[nodiscard]] std::optional<ScheduleType> schedule_type_from(std::string_view text);
 
+constexpr std::int64_t schedule_principal_max = 1'000'000'000'000'000;
+
 struct ScheduleTerms {
-  std::int64_t principal = 0;       // minor units, > 0
+  std::int64_t principal = 0;       // minor units, 1 to schedule_principal_max
   std::int32_t rate_bps = 0;        // annual, 0..100000
   std::int32_t installments = 0;    // monthly, 1..600
   ScheduleType type = ScheduleType::annuity;

@@ -5,6 +5,7 @@
 
 #include "ledger/core/money.hpp"
 #include "ledger/core/strong_type.hpp"
+#include "ledger/engine/loan_book.hpp"
 #include "ledger/engine/types.hpp"
 
 namespace ledger::engine {
@@ -55,6 +56,18 @@ struct TransferState {
   StreamVersion version{0};
 
   friend bool operator==(const TransferState&, const TransferState&) = default;
+};
+
+// The fold of a loan stream: who borrowed, and the loan's book (loan_book.hpp).
+struct LoanState {
+  bool exists = false;
+  std::string id;
+  std::string borrower;
+  Currency currency;
+  LoanBook book;
+  StreamVersion version{0};
+
+  friend bool operator==(const LoanState&, const LoanState&) = default;
 };
 
 }  // namespace ledger::engine

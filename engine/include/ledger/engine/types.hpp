@@ -33,6 +33,12 @@ enum class RejectionCode {
   version_conflict,
   idempotency_key_reused,
   linked_command_failed,
+  unknown_loan,
+  invalid_loan_terms,
+  invalid_date,
+  loan_not_active,
+  loan_already_disbursed,
+  overpayment,
 };
 
 [[nodiscard]] std::string_view to_string(RejectionCode code);
@@ -62,5 +68,6 @@ enum class SystemAccount { cash, loan_receivable, interest_income, fee_income, w
 
 [[nodiscard]] std::string account_stream(std::string_view account_id);
 [[nodiscard]] std::string transfer_stream(std::string_view transfer_id);
+[[nodiscard]] std::string loan_stream(std::string_view loan_id);
 
 }  // namespace ledger::engine
