@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   add(register_project_command(root, settings));
   add(register_replay_command(root, settings));
   add(register_rebuild_command(root, settings));
+  add(register_loans_command(root, settings));
 
   try {
     root.parse(argc, argv);

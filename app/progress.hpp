@@ -13,7 +13,8 @@ namespace ledger::app {
 
 class TerminalProgress {
  public:
-  explicit TerminalProgress(std::string what) : what_(std::move(what)), enabled_(isatty(STDERR_FILENO) == 1) {}
+  explicit TerminalProgress(std::string what, std::string unit = "events")
+      : what_(std::move(what)), unit_(std::move(unit)), enabled_(isatty(STDERR_FILENO) == 1) {}
   ~TerminalProgress() {
     if (drawn_) std::fputc('\n', stderr);
   }
@@ -31,10 +32,11 @@ class TerminalProgress {
     std::string eta = "?";
     if (total > 0 && rate > 0) eta = std::to_string(static_cast<long long>(static_cast<double>(total - done) / rate)) + " s";
     if (total > 0) {
-      std::fprintf(stderr, "\r%s: %lld / %lld events, %.0f events/s, ETA %s   ", what_.c_str(),
-                   static_cast<long long>(done), static_cast<long long>(total), rate, eta.c_str());
+      std::fprintf(stderr, "\r%s: %lld / %lld %s, %.0f %s/s, ETA %s   ", what_.c_str(), static_cast<long long>(done),
+                   static_cast<long long>(total), unit_.c_str(), rate, unit_.c_str(), eta.c_str());
     } else {
-      std::fprintf(stderr, "\r%s: %lld events, %.0f events/s   ", what_.c_str(), static_cast<long long>(done), rate);
+      std::fprintf(stderr, "\r%s: %lld %s, %.0f %s/s   ", what_.c_str(), static_cast<long long>(done), unit_.c_str(),
+                   rate, unit_.c_str());
     }
     std::fflush(stderr);
   }
@@ -46,6 +48,7 @@ class TerminalProgress {
  private:
   using Clock = std::chrono::steady_clock;
   std::string what_;
+  std::string unit_;
   bool enabled_;
   bool drawn_ = false;
   Clock::time_point started_ = Clock::now();

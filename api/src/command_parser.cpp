@@ -337,6 +337,45 @@ class Fields {
     return value->GetUint();
   }
 
+  // An integer from 0 to `max` (the engine checks the business limits and names them).
+  [[nodiscard]] std::optional<std::int32_t> optional_int32(std::string_view name, std::int32_t max) const {
+    const Value* value = optional(name);
+    if (value == nullptr) return std::nullopt;
+    if (!value->IsInt() || value->GetInt() < 0 || value->GetInt() > max) {
+      fail("invalid_field", "Invalid field",
+           field(name) + " must be an integer from 0 to " + std::to_string(max) + ", got " + type_name(*value));
+    }
+    return value->GetInt();
+  }
+  [[nodiscard]] std::int32_t int32(std::string_view name, std::int32_t max) const {
+    (void)required(name);
+    return *optional_int32(name, max);
+  }
+  // A calendar date, "YYYY-MM-DD".
+  [[nodiscard]] std::optional<std::string> optional_date(std::string_view name) const {
+    const Value* value = optional(name);
+    if (value == nullptr) return std::nullopt;
+    if (!value->IsString() || !engine::parse_date(view(*value))) {
+      fail("invalid_date", "Invalid date",
+           field(name) + " must be a date \"YYYY-MM-DD\", got " +
+               (value->IsString() ? quote(view(*value)) : type_name(*value)));
+    }
+    return std::string(view(*value));
+  }
+  [[nodiscard]] std::string date(std::string_view name) const {
+    (void)required(name);
+    return *optional_date(name);
+  }
+  [[nodiscard]] engine::ScheduleType schedule_type(std::string_view name) const {
+    const Value& value = required(name);
+    if (value.IsString()) {
+      if (const auto type = engine::schedule_type_from(view(value))) return *type;
+    }
+    fail("invalid_field", "Invalid field",
+         field(name) + " must be \"annuity\" or \"equal_principal\", got " +
+             (value.IsString() ? quote(view(value)) : type_name(value)));
+  }
+
   [[nodiscard]] std::optional<std::int64_t> optional_positive_int64(std::string_view name) const {
     const Value* value = optional(name);
     if (value == nullptr) return std::nullopt;
@@ -477,6 +516,26 @@ engine::VoidHold void_hold(const Value& object, const std::string& prefix,
   return command;
 }
 
+engine::OriginateLoan originate_loan(const Value& object, std::string_view today) {
+  const Fields fields(object, "",
+                      {"id", "account_id", "currency", "principal", "rate_bps", "installments", "schedule",
+                       "origination_date", "first_due_date", "origination_fee", "late_fee", "grace_days"});
+  engine::OriginateLoan command;
+  command.id = fields.optional_id("id");
+  command.borrower = fields.id("account_id");
+  command.currency = fields.currency("currency");
+  command.principal = fields.amount("principal", true);
+  command.rate_bps = fields.int32("rate_bps", 1'000'000);
+  command.installments = fields.int32("installments", 100'000);
+  command.schedule = fields.schedule_type("schedule");
+  command.origination_date = fields.optional_date("origination_date").value_or(std::string(today));
+  command.first_due_date = fields.date("first_due_date");
+  command.origination_fee = fields.optional_amount("origination_fee", false).value_or(Amount{0});
+  command.late_fee = fields.optional_amount("late_fee", false).value_or(Amount{0});
+  command.grace_days = fields.optional_int32("grace_days", 100'000).value_or(0);
+  return command;
+}
+
 engine::SingleCommand batch_member(const Value& member, std::size_t index) {
   const std::string prefix = "commands[" + std::to_string(index) + "]: ";
   if (!member.IsObject()) {
@@ -532,6 +591,9 @@ engine::LinkedCommands batch(const Value& object) {
 
 bool has_path_id(CommandRoute route) {
   switch (route) {
+    case CommandRoute::disburse_loan:
+    case CommandRoute::repay_loan:
+    case CommandRoute::write_off_loan:
     case CommandRoute::deposit:
     case CommandRoute::withdrawal:
     case CommandRoute::post_hold:
@@ -544,6 +606,7 @@ bool has_path_id(CommandRoute route) {
     case CommandRoute::transfer:
     case CommandRoute::hold:
     case CommandRoute::batch:
+    case CommandRoute::originate_loan:
       return false;
   }
   return false;
@@ -551,6 +614,8 @@ bool has_path_id(CommandRoute route) {
 
 bool all_fields_optional(CommandRoute route) {
   switch (route) {
+    case CommandRoute::disburse_loan:
+    case CommandRoute::write_off_loan:
     case CommandRoute::post_hold:
     case CommandRoute::void_hold:
     case CommandRoute::freeze:
@@ -563,12 +628,15 @@ bool all_fields_optional(CommandRoute route) {
     case CommandRoute::transfer:
     case CommandRoute::hold:
     case CommandRoute::batch:
+    case CommandRoute::originate_loan:
+    case CommandRoute::repay_loan:
       return false;
   }
   return false;
 }
 
-engine::CommandBody parse(CommandRoute route, std::string_view path_id, std::string_view body) {
+engine::CommandBody parse(CommandRoute route, std::string_view path_id, std::string_view body,
+                          std::string_view today) {
   if (has_path_id(route) && !engine::is_valid_id(path_id)) {
     fail("invalid_id", "Invalid id",
          "the id in the path must be 1 to 64 of A-Za-z0-9._:-, got " + quote(path_id));
@@ -644,6 +712,21 @@ engine::CommandBody parse(CommandRoute route, std::string_view path_id, std::str
     }
     case CommandRoute::batch:
       return batch(object);
+    case CommandRoute::originate_loan:
+      return engine::SingleCommand{originate_loan(object, today)};
+    case CommandRoute::disburse_loan: {
+      const Fields fields(object, none, {});
+      return engine::SingleCommand{engine::DisburseLoan{std::string(path_id)}};
+    }
+    case CommandRoute::repay_loan: {
+      const Fields fields(object, none, {"amount", "repayment_id"});
+      return engine::SingleCommand{
+          engine::RepayLoan{std::string(path_id), fields.amount("amount", true), fields.optional_id("repayment_id")}};
+    }
+    case CommandRoute::write_off_loan: {
+      const Fields fields(object, none, {});
+      return engine::SingleCommand{engine::WriteOffLoan{std::string(path_id)}};
+    }
   }
   fail("invalid_field", "Invalid field", "unknown command route");
 }
@@ -652,9 +735,10 @@ engine::CommandBody parse(CommandRoute route, std::string_view path_id, std::str
 
 std::variant<engine::CommandBody, Problem> parse_command(CommandRoute route,
                                                          std::string_view path_id,
-                                                         std::string_view body) {
+                                                         std::string_view body,
+                                                         std::string_view today) {
   try {
-    return parse(route, path_id, body);
+    return parse(route, path_id, body, today);
   } catch (Failure& failure) {
     return std::move(failure.problem);
   }

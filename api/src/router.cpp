@@ -1,6 +1,7 @@
 #include "router.hpp"
 
 #include <boost/asio/post.hpp>
+#include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 #include <spdlog/spdlog.h>
@@ -15,6 +16,7 @@
 #include "read_side_health.hpp"
 #include "ledger/api/auth.hpp"
 #include "ledger/core/logging.hpp"
+#include "ledger/engine/close_of_business.hpp"
 #include "ledger/engine/engine.hpp"
 #include "ledger/engine/event_store.hpp"
 #include "ledger/engine/events.hpp"
@@ -142,7 +144,7 @@ Target split_target(std::string_view target) {
 }
 
 // What a route is: its template (for metrics), method, role, and handler kind.
-enum class Handler { command, stream_events, balance_as_of, query, health, health_live, health_ready, metrics };
+enum class Handler { command, stream_events, balance_as_of, close_of_business, query, health, health_live, health_ready, metrics };
 
 struct Route {
   std::string pattern;
@@ -187,6 +189,20 @@ std::optional<Route> match(const std::vector<std::string>& s, http::verb method,
     if (n == 4 && s[1] == "holds" && s[3] == "post") command("/v1/holds/{id}/post", CommandRoute::post_hold, s[2]);
     if (n == 4 && s[1] == "holds" && s[3] == "void") command("/v1/holds/{id}/void", CommandRoute::void_hold, s[2]);
     if (n == 2 && s[1] == "batch") command("/v1/batch", CommandRoute::batch);
+    if (n == 2 && s[1] == "loans") command("/v1/loans", CommandRoute::originate_loan);
+    if (n == 3 && s[1] == "loans" && s[2] == "close-of-business") {
+      candidates.push_back({"/v1/loans/close-of-business", http::verb::post, Handler::close_of_business,
+                            CommandRoute::originate_loan, Role::admin});
+    }
+    if (n == 4 && s[1] == "loans") {
+      static const std::pair<const char*, CommandRoute> loan_actions[] = {
+          {"disburse", CommandRoute::disburse_loan},
+          {"repayments", CommandRoute::repay_loan},
+          {"write-off", CommandRoute::write_off_loan}};
+      for (const auto& [action, route] : loan_actions) {
+        if (s[3] == action) command(std::string("/v1/loans/{id}/") + action, route, s[2]);
+      }
+    }
     // Queries: any authenticated role may read balances and statements; audit is auditor's.
     auto query = [&](std::string pattern, QueryKind kind, std::optional<Role> role, std::string id = {}) {
       candidates.push_back({std::move(pattern), http::verb::get, Handler::query,
@@ -230,6 +246,10 @@ std::string resource_kind(CommandRoute route) {
     case CommandRoute::unfreeze:
     case CommandRoute::close: return "account";
     case CommandRoute::batch: return "batch";
+    case CommandRoute::originate_loan:
+    case CommandRoute::disburse_loan:
+    case CommandRoute::write_off_loan: return "loan";
+    case CommandRoute::repay_loan: return "repayment";
     default: return "transfer";
   }
 }
@@ -450,8 +470,8 @@ void Router::handle(Request request, const std::string& client_address, Respond 
   const Principal principal = std::get<Principal>(authenticated);
   if (route->role && !principal.has(*route->role)) {
     fail(403, "forbidden", "Forbidden",
-         std::string("this route needs the ") + (*route->role == Role::auditor ? "auditor" : "teller") +
-             " role");
+         std::string("this route needs the ") +
+             (*route->role == Role::auditor ? "auditor" : *route->role == Role::admin ? "admin" : "teller") + " role");
     return;
   }
 
@@ -561,6 +581,56 @@ void Router::handle(Request request, const std::string& client_address, Respond 
     return;
   }
 
+  if (route->handler == Handler::close_of_business) {
+    rapidjson::Document body;
+    body.Parse(request.body().c_str());
+    std::optional<engine::Date> date;
+    if (!body.HasParseError() && body.IsObject() && body.MemberCount() == 1 && body.HasMember("date") &&
+        body["date"].IsString()) {
+      date = engine::parse_date(body["date"].GetString());
+    }
+    if (!date) {
+      fail(400, "invalid_date", "Invalid date", "the body must be {\"date\": \"YYYY-MM-DD\"}");
+      return;
+    }
+    if (services_.engine == nullptr || services_.event_store == nullptr) {
+      fail(503, "unavailable", "Service unavailable", "this server has no engine configured");
+      return;
+    }
+    // Runs to the end on the blocking pool; a client that gives up can run it again (idempotent).
+    boost::asio::post(blocking_, [this, date = *date, finish, json, request_id, version] {
+      engine::CloseOfBusinessResult result;
+      try {
+        result = engine::close_of_business(*services_.engine, *services_.event_store, date);
+      } catch (const std::exception& error) {
+        logging::RequestIdScope scope(request_id);
+        spdlog::error("close of business failed: {}", error.what());
+        finish(problem_response(503, "database_unavailable", "Service unavailable",
+                                "close of business stopped; run it again to finish (it is idempotent)", request_id,
+                                version));
+        return;
+      }
+      rapidjson::StringBuffer buffer;
+      JsonWriter w(buffer);
+      w.StartObject();
+      w.Key("date");
+      write_string(w, engine::to_string(date));
+      w.Key("loans");
+      w.Int64(result.loans);
+      w.Key("closed");
+      w.Int64(result.closed);
+      w.Key("failed");
+      w.Int64(result.failed);
+      if (!result.first_failure.empty()) {
+        w.Key("first_failure");
+        write_string(w, result.first_failure);
+      }
+      w.EndObject();
+      finish(json(http::status::ok, std::string(buffer.GetString(), buffer.GetSize())));
+    });
+    return;
+  }
+
   if (route->handler == Handler::balance_as_of) {
     std::optional<std::int64_t> as_of_us;
     std::optional<std::int64_t> at_position;
@@ -660,7 +730,9 @@ void Router::handle(Request request, const std::string& client_address, Respond 
          "Idempotency-Key must be 1 to 255 visible ASCII characters");
     return;
   }
-  auto parsed = parse_command(route->command, route->path_id, request.body());
+  auto parsed = parse_command(route->command, route->path_id, request.body(),
+                              engine::to_string(engine::Date{std::chrono::floor<std::chrono::days>(
+                                  std::chrono::system_clock::now())}));
   if (const auto* problem = std::get_if<Problem>(&parsed)) {
     fail(problem->status, problem->code, problem->title, problem->detail);
     return;

@@ -114,6 +114,20 @@ std::vector<RecordedEvent> EventStore::read_all(GlobalPosition from, std::size_t
   return events;
 }
 
+std::vector<std::pair<GlobalPosition, std::string>> EventStore::streams_with_event(std::string_view type,
+                                                                                GlobalPosition after,
+                                                                                std::size_t limit) const {
+  auto lease = pool_.acquire();
+  pqxx::read_transaction work(*lease);
+  const auto rows = work.exec_params(
+      "SELECT position, stream_id FROM events WHERE type = $1 AND position > $2 ORDER BY position LIMIT $3",
+      std::string(type), after.value(), static_cast<long long>(limit));
+  std::vector<std::pair<GlobalPosition, std::string>> streams;
+  streams.reserve(rows.size());
+  for (const auto& row : rows) streams.emplace_back(GlobalPosition(row[0].as<std::int64_t>()), row[1].as<std::string>());
+  return streams;
+}
+
 StoreHead EventStore::head() const {
   auto lease = pool_.acquire();
   pqxx::read_transaction work(*lease);

@@ -323,6 +323,10 @@ TEST_CASE("the auth matrix: every role against every route") {
       {"POST", "/v1/batch", R"({"commands":[{"type":"deposit","account_id":"alice","amount":1}]})", true},
       {"GET", "/v1/streams/account-alice/events", "", false},
       {"GET", "/v1/accounts/alice/balance?at_position=1", "", false},
+      {"POST", "/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":100,"rate_bps":0,"installments":1,"schedule":"annuity","first_due_date":"2999-01-01"})", true},
+      {"POST", "/v1/loans/l/disburse", "", true},
+      {"POST", "/v1/loans/l/repayments", R"({"amount":1})", true},
+      {"POST", "/v1/loans/l/write-off", "", true},
   };
   struct Caller {
     std::string name;
@@ -396,4 +400,64 @@ TEST_CASE("GET /v1/accounts/{id}/balance answers the balances at a past position
     CHECK_MESSAGE(response.status == 400, query);
     CHECK(code_of(response) == "invalid_query");
   }
+}
+
+TEST_CASE("loan routes: originate, disburse, repay, close of business (admin), write-off; bad input") {
+  test::TestDatabase database;
+  ServerFixture server(database.app_url());
+  auto client = server.client();
+  const auto admin = ServerFixture::auth({"admin"});
+  post_ok(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
+  post_ok(client, "/v1/accounts/alice/deposits", R"({"amount":50000})");
+  const std::string loan = R"({"id":"L1","account_id":"alice","currency":"EUR","principal":120000,"rate_bps":1200,)"
+                           R"("installments":12,"schedule":"annuity","origination_date":"2026-01-15",)"
+                           R"("first_due_date":"2026-02-15","origination_fee":1000,"late_fee":500,"grace_days":5})";
+  const auto originated = client.request("POST", "/v1/loans", loan, teller);
+  REQUIRE_MESSAGE(originated.status == 201, originated.body);
+  CHECK(parse(originated.body)["loan"]["id"].GetString() == std::string("L1"));
+  post_ok(client, "/v1/loans/L1/disburse", "");
+
+  const auto cob = client.request("POST", "/v1/loans/close-of-business", R"({"date":"2026-02-21"})", admin);
+  REQUIRE_MESSAGE(cob.status == 200, cob.body);
+  CHECK(parse(cob.body)["loans"].GetInt64() == 1);
+  CHECK(parse(cob.body)["closed"].GetInt64() == 1);
+  const auto again = client.request("POST", "/v1/loans/close-of-business", R"({"date":"2026-02-21"})", admin);
+  CHECK(parse(again.body)["closed"].GetInt64() == 0);
+  CHECK(client.request("POST", "/v1/loans/close-of-business", R"({"date":"2026-02-21"})", teller).status == 403);
+  CHECK(code_of(client.request("POST", "/v1/loans/close-of-business", R"({"date":"21.02.2026"})", admin)) == "invalid_date");
+
+  const auto repaid = client.request("POST", "/v1/loans/L1/repayments", R"({"amount":9385,"repayment_id":"r-1"})", teller);
+  REQUIRE_MESSAGE(repaid.status == 201, repaid.body);
+  CHECK(parse(repaid.body)["repayment"]["id"].GetString() == std::string("r-1"));
+
+  struct Bad {
+    std::string target, body;
+    int status;
+    std::string code;
+  };
+  const std::vector<Bad> bad = {
+      {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":"12","installments":1,"schedule":"annuity","first_due_date":"2999-01-01"})", 400, "invalid_field"},
+      {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":100001,"installments":1,"schedule":"annuity","first_due_date":"2999-01-01"})", 422, "invalid_loan_terms"},
+      {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":1,"installments":601,"schedule":"annuity","first_due_date":"2999-01-01"})", 422, "invalid_loan_terms"},
+      {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":0,"rate_bps":1,"installments":1,"schedule":"annuity","first_due_date":"2999-01-01"})", 400, "invalid_amount"},
+      {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":1,"installments":1,"schedule":"balloon","first_due_date":"2999-01-01"})", 400, "invalid_field"},
+      {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":1,"installments":1,"schedule":"annuity","first_due_date":"2999-02-30"})", 400, "invalid_date"},
+      {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":1,"installments":1,"schedule":"annuity","origination_date":"2026-03-01","first_due_date":"2026-02-01"})", 422, "invalid_loan_terms"},
+      {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":1,"installments":1,"schedule":"annuity","first_due_date":"2999-01-01","colour":"red"})", 400, "unknown_field"},
+      {"/v1/loans/L1/disburse", "", 422, "loan_already_disbursed"},
+      {"/v1/loans/nope/disburse", "", 404, "unknown_loan"},
+      {"/v1/loans/L1/repayments", R"({"amount":999999999})", 422, "overpayment"},
+      {"/v1/loans/L1/repayments", R"({"amount":-5})", 400, "invalid_amount"},
+      {"/v1/loans/L1/repayments", "", 400, "malformed_json"},
+  };
+  const auto head = test::scalar(database.app_url(), "SELECT position FROM event_store_head");
+  for (const auto& b : bad) {
+    const auto response = client.request("POST", b.target, b.body, teller);
+    CHECK_MESSAGE(response.status == b.status, b.target << " " << b.body << " -> " << response.body);
+    CHECK_MESSAGE(code_of(response) == b.code, b.body);
+  }
+  CHECK(test::scalar(database.app_url(), "SELECT position FROM event_store_head") == head);  // nothing written
+
+  post_ok(client, "/v1/loans/L1/write-off", "");
+  CHECK(code_of(client.request("POST", "/v1/loans/L1/repayments", R"({"amount":1})", teller)) == "loan_not_active");
 }

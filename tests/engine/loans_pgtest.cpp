@@ -5,6 +5,8 @@
 
 #include "engine_fixture.hpp"
 #include "ledger/db/pool.hpp"
+#include "ledger/engine/close_of_business.hpp"
+#include "ledger/engine/event_store.hpp"
 #include "ledger/replay/replay.hpp"
 
 using namespace ledger;
@@ -205,5 +207,37 @@ TEST_CASE("bad loan input gets its own code and writes nothing") {
   // The borrower cannot pay what it does not have: insufficient funds, nothing written.
   REQUIRE(ledger.engine.execute(command(Withdrawal{"alice", Amount(ledger.balance("alice"))})).accepted());
   ledger.refused(RepayLoan{"L3", Amount(10), "r"}, RejectionCode::insufficient_funds);
+  ledger.check_books_balance();
+}
+
+TEST_CASE("close of business over many loans: once per date, and a run cut short finishes when run again") {
+  test::TestDatabase database;
+  LoanLedger ledger(database);
+  constexpr int loans = 30;
+  for (int i = 0; i < loans; ++i) {
+    ledger.ok(loan_command("M" + std::to_string(i)));
+    ledger.ok(DisburseLoan{"M" + std::to_string(i)});
+  }
+  LoanBook expected = originate({120'000, 1'200, 12, ScheduleType::annuity, date(2026, 1, 15), date(2026, 2, 15), 1'000, 500, 5});
+  apply(expected, disbursement(expected));
+  const Date day = date(2026, 2, 25);  // past the first due date and its grace days
+  apply(expected, *close_business_day(expected, day));
+
+  // A run cut short: the first third of the loans closed by hand, as a killed run leaves them.
+  for (int i = 0; i < loans / 3; ++i) ledger.ok(CloseLoanBusinessDay{"M" + std::to_string(i), to_string(day)});
+  const EventStore store(ledger.pool);
+  std::int64_t last_progress = 0;
+  const auto rerun = close_of_business(ledger.engine, store, day, {16, 7}, [&](std::int64_t visited) { last_progress = visited; });
+  CHECK(rerun.loans == loans);
+  CHECK(rerun.closed == loans - loans / 3);
+  CHECK(rerun.failed == 0);
+  CHECK(last_progress == loans);
+  for (int i = 0; i < loans; ++i) CHECK(ledger.engine.read_loan("M" + std::to_string(i))->book == expected);
+
+  const auto head = ledger.head();
+  const auto again = close_of_business(ledger.engine, store, day);
+  CHECK(again.loans == loans);
+  CHECK(again.closed == 0);  // the same date again changes nothing
+  CHECK(ledger.head() == head);
   ledger.check_books_balance();
 }

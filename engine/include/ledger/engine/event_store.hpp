@@ -76,6 +76,11 @@ class EventStore {
   [[nodiscard]] std::vector<RecordedEvent> read_all(GlobalPosition from, std::size_t limit) const;
   [[nodiscard]] StoreHead head() const;
 
+  // Streams with an event of `type` after position `after`, in position order, at most
+  // `limit`: (position, stream id) pairs to page through (close of business lists loans).
+  [[nodiscard]] std::vector<std::pair<GlobalPosition, std::string>> streams_with_event(
+      std::string_view type, GlobalPosition after, std::size_t limit) const;
+
   // Walks positions [from, to] checking density and the hash chain; names the first position
   // that fails. `to` 0 means the head.
   [[nodiscard]] ChainVerification verify_chain(GlobalPosition from = GlobalPosition(1),

@@ -1,0 +1,61 @@
+// `ledger loans close-of-business --date D`: close of business for every loan (issue 6).
+#include <iostream>
+
+#include "commands.hpp"
+#include "ledger/db/pool.hpp"
+#include "ledger/engine/close_of_business.hpp"
+#include "ledger/engine/engine.hpp"
+#include "ledger/engine/event_store.hpp"
+#include "progress.hpp"
+
+namespace ledger::app {
+
+CommandAction register_loans_command(CLI::App& root, Settings& settings) {
+  auto* loans = root.add_subcommand("loans", "Loan operations");
+  loans->require_subcommand(1);
+  auto* close = loans->add_subcommand("close-of-business",
+                                      "Accrue interest, mark arrears and charge late fees through a business date");
+  auto date = std::make_shared<std::string>();
+  auto json = std::make_shared<bool>(false);
+  close->add_option("--date", *date, "The business date, YYYY-MM-DD")
+      ->required()
+      ->check(CLI::Validator(
+          [](const std::string& value) {
+            return engine::parse_date(value) ? std::string() : "not a date YYYY-MM-DD";
+          },
+          "DATE"));
+  close->add_flag("--json", *json, "Print a machine-readable summary");
+
+  return [=, &settings]() -> int {
+    configure_logging(settings, "loans");
+    const std::string url = resolve_database_url(settings);
+    engine::EngineSettings engine_settings;
+    engine_settings.database_url = url;
+    engine_settings.database_connect_timeout = std::chrono::milliseconds(settings.database_connect_timeout_ms);
+    engine_settings.database_statement_timeout = std::chrono::milliseconds(settings.database_statement_timeout_ms);
+    engine_settings.expiry_sweep_interval = std::chrono::milliseconds(0);  // serve sweeps holds
+    engine::Engine engine(engine_settings);
+    db::PoolSettings pool_settings;
+    pool_settings.url = url;
+    pool_settings.connections_max = 2;
+    db::ConnectionPool pool(pool_settings);
+    const engine::EventStore store(pool);
+
+    TerminalProgress progress("close of business " + *date, "loans");
+    const auto result = engine::close_of_business(engine, store, *engine::parse_date(*date), {},
+                                                  [&](std::int64_t loans) { progress(loans, 0); });
+    const double seconds = progress.seconds();
+    engine.stop();
+    if (*json) {
+      std::cout << "{\"date\":\"" << *date << "\",\"loans\":" << result.loans << ",\"closed\":" << result.closed
+                << ",\"failed\":" << result.failed << ",\"seconds\":" << seconds << "}\n";
+    } else {
+      std::cout << "closed " << *date << " for " << result.loans << " loans (" << result.closed
+                << " changed) in " << seconds << " s\n";
+      if (result.failed > 0) std::cout << result.failed << " failed; the first: " << result.first_failure << "\n";
+    }
+    return result.failed == 0 ? 0 : 1;
+  };
+}
+
+}  // namespace ledger::app

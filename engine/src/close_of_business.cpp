@@ -1,0 +1,47 @@
+#include "ledger/engine/close_of_business.hpp"
+
+#include <deque>
+#include <future>
+
+#include "ledger/engine/engine.hpp"
+#include "ledger/engine/event_store.hpp"
+
+namespace ledger::engine {
+
+CloseOfBusinessResult close_of_business(Engine& engine, const EventStore& store, Date date,
+                                        const CloseOfBusinessSettings& settings,
+                                        const std::function<void(std::int64_t)>& progress) {
+  constexpr std::string_view loan_prefix = "loan-";
+  const std::string day = to_string(date);
+  CloseOfBusinessResult result;
+  std::deque<std::future<CommandOutcome>> in_flight;
+  auto settle = [&](std::size_t keep) {
+    while (in_flight.size() > keep) {
+      const CommandOutcome outcome = in_flight.front().get();
+      in_flight.pop_front();
+      if (!outcome.accepted()) {
+        if (result.failed++ == 0) result.first_failure = std::string(to_string(outcome.code)) + ": " + outcome.detail;
+      } else if (outcome.position.value() > 0) {
+        ++result.closed;  // an event was written; 0: nothing to do for that loan
+      }
+    }
+  };
+  // Every loan is disbursed exactly once, so its loan_disbursed event lists it exactly once.
+  for (GlobalPosition after{0};;) {
+    const auto page = store.streams_with_event("loan_disbursed", after, settings.page_loans);
+    if (page.empty()) break;
+    for (const auto& [position, stream_id] : page) {
+      Command command{CommandBody{SingleCommand{CloseLoanBusinessDay{stream_id.substr(loan_prefix.size()), day}}}, {}};
+      command.context.actor = "close-of-business";
+      in_flight.push_back(engine.submit(std::move(command)));
+      ++result.loans;
+      settle(settings.in_flight_max);
+    }
+    after = page.back().first;
+    if (progress) progress(result.loans);
+  }
+  settle(0);
+  return result;
+}
+
+}  // namespace ledger::engine
