@@ -1,4 +1,4 @@
-// `ledger project <balance|audit|all>`: projector processes, one Kafka consumer group each.
+// `ledger project <balance|audit|loan|all>`: projector processes, one Kafka consumer group each.
 #include <signal.h>
 
 #include <spdlog/spdlog.h>
@@ -16,7 +16,7 @@ CommandAction register_project_command(CLI::App& root, Settings& settings) {
   auto gap_wait_ms = std::make_shared<int>(1'000);
   std::vector<std::string> names{"all"};
   for (const auto kind : projections::all_projections()) names.emplace_back(projections::to_string(kind));
-  project->add_option("projection", *which, "Which read model: all, balance (with statements), audit")
+  project->add_option("projection", *which, "Which read model: all, balance (with statements), audit, loan")
       ->check(CLI::IsMember(names))
       ->capture_default_str();
   project->add_option("--batch-events-max", *batch_events, "Events applied per transaction")

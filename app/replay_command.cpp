@@ -313,7 +313,7 @@ CommandAction register_rebuild_command(CLI::App& root, Settings& settings) {
   auto json = std::make_shared<bool>(false);
   std::vector<std::string> names{"all", "statement"};
   for (const auto kind : projections::all_projections()) names.emplace_back(projections::to_string(kind));
-  rebuild_app->add_option("read_model", *which, "all, balance, statement (rebuilt with balance: one watermark), audit")
+  rebuild_app->add_option("read_model", *which, "all, balance, statement (rebuilt with balance: one watermark), audit, loan")
       ->required()
       ->check(CLI::IsMember(names));
   rebuild_app->add_flag("--restart", options->restart, "Drop a half-done rebuild instead of resuming it");

@@ -51,7 +51,7 @@ std::optional<QueryAnswer> parse(QueryKind kind, const QueryParameters& paramete
   };
   for (const auto& [name, value] : parameters) {
     const auto number = parse_integer(value);
-    const bool paged = kind != QueryKind::account;
+    const bool paged = kind == QueryKind::entries || kind == QueryKind::audit;
     if (name == "min_position") {
       if (!number || *number < 0) return invalid(name, "a position >= 0");
       out.min_position = *number;
@@ -162,6 +162,153 @@ std::string entries_json(const projections::EntriesPage& page, std::int64_t wate
   return {buffer.GetString(), buffer.GetSize()};
 }
 
+// What a loan owes and has paid, from its installments.
+void write_loan_fields(JsonWriter& w, const projections::LoanView& loan) {
+  std::int64_t outstanding = 0, interest_paid = 0, interest_overdue = 0, penalties_due = 0, penalties_paid = 0;
+  const projections::LoanInstallmentView* next = nullptr;
+  for (const auto& i : loan.installments) {
+    outstanding += i.principal - i.principal_paid;
+    interest_paid += i.interest_paid;
+    if (i.overdue) interest_overdue += i.interest - i.interest_paid;
+    penalties_due += i.penalty - i.penalty_paid;
+    penalties_paid += i.penalty_paid;
+    const bool settled = i.principal_paid == i.principal && i.interest_paid == i.interest && i.penalty_paid == i.penalty;
+    if (next == nullptr && !settled) next = &i;
+  }
+  const bool active = loan.status == "active";
+  if (!active) next = nullptr;
+  std::int64_t next_amount = 0;  // the next installment with every arrear before it
+  if (next != nullptr) {
+    for (const auto& i : loan.installments) {
+      if (i.due_date > next->due_date) break;
+      next_amount += (i.principal - i.principal_paid) + (i.interest - i.interest_paid) + (i.penalty - i.penalty_paid);
+    }
+  }
+  w.Key("id");
+  write_string(w, loan.id);
+  w.Key("account_id");
+  write_string(w, loan.borrower);
+  w.Key("currency");
+  write_string(w, loan.currency);
+  w.Key("status");
+  write_string(w, loan.status);
+  w.Key("principal");
+  w.Int64(loan.principal);
+  w.Key("rate_bps");
+  w.Int(loan.rate_bps);
+  w.Key("schedule");
+  write_string(w, loan.schedule_type);
+  w.Key("origination_date");
+  write_string(w, loan.origination_date);
+  w.Key("business_date");
+  if (loan.closed_through.empty()) {
+    w.Null();
+  } else {
+    write_string(w, loan.closed_through);
+  }
+  w.Key("outstanding_principal");
+  w.Int64(loan.status == "written_off" ? 0 : outstanding);
+  w.Key("interest_accrued");
+  w.Int64(loan.interest_recognised);
+  w.Key("interest_paid");
+  w.Int64(interest_paid);
+  w.Key("interest_overdue");
+  w.Int64(interest_overdue);
+  w.Key("penalties_due");
+  w.Int64(loan.status == "written_off" ? 0 : penalties_due);
+  w.Key("penalties_paid");
+  w.Int64(penalties_paid);
+  w.Key("next_due_date");
+  if (next == nullptr) {
+    w.Null();
+  } else {
+    write_string(w, next->due_date);
+  }
+  w.Key("next_due_amount");
+  next == nullptr ? w.Null() : w.Int64(next_amount);
+  w.Key("days_past_due");
+  w.Int64(loan.days_past_due);
+  w.Key("principal_written_off");
+  w.Int64(loan.principal_written_off);
+  w.Key("interest_reversed");
+  w.Int64(loan.interest_reversed);
+  w.Key("version");
+  w.Int64(loan.version);
+}
+
+std::string loan_json(const projections::LoanView& loan, std::int64_t watermark) {
+  rapidjson::StringBuffer buffer;
+  JsonWriter w(buffer);
+  w.StartObject();
+  write_loan_fields(w, loan);
+  w.Key("watermark");
+  w.Int64(watermark);
+  w.EndObject();
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+std::string schedule_json(const projections::LoanView& loan, std::int64_t watermark) {
+  rapidjson::StringBuffer buffer;
+  JsonWriter w(buffer);
+  w.StartObject();
+  w.Key("id");
+  write_string(w, loan.id);
+  w.Key("installments");
+  w.StartArray();
+  for (const auto& i : loan.installments) {
+    const bool settled = i.principal_paid == i.principal && i.interest_paid == i.interest && i.penalty_paid == i.penalty;
+    const char* status = settled ? "paid"
+                         : i.overdue ? "overdue"
+                         : (!loan.closed_through.empty() && i.due_date <= loan.closed_through) ? "due"
+                                                                                                : "pending";
+    w.StartObject();
+    w.Key("n");
+    w.Int(i.number);
+    w.Key("due_date");
+    write_string(w, i.due_date);
+    w.Key("principal");
+    w.Int64(i.principal);
+    w.Key("interest");
+    w.Int64(i.interest);
+    w.Key("total");
+    w.Int64(i.principal + i.interest);
+    w.Key("paid");
+    w.Int64(i.principal_paid + i.interest_paid);
+    w.Key("penalty");
+    w.Int64(i.penalty);
+    w.Key("penalty_paid");
+    w.Int64(i.penalty_paid);
+    w.Key("interest_waived");
+    w.Bool(i.interest_waived);
+    w.Key("status");
+    write_string(w, status);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.Key("watermark");
+  w.Int64(watermark);
+  w.EndObject();
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+std::string account_loans_json(const std::vector<projections::LoanView>& loans, std::int64_t watermark) {
+  rapidjson::StringBuffer buffer;
+  JsonWriter w(buffer);
+  w.StartObject();
+  w.Key("loans");
+  w.StartArray();
+  for (const auto& loan : loans) {
+    w.StartObject();
+    write_loan_fields(w, loan);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.Key("watermark");
+  w.Int64(watermark);
+  w.EndObject();
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
 std::string audit_json(const projections::AuditPage& page, std::int64_t watermark) {
   rapidjson::StringBuffer buffer;
   JsonWriter w(buffer);
@@ -230,12 +377,44 @@ QueryAnswer read(projections::ReadModels& read_models, QueryKind kind, const std
       answer.body = audit_json(result.value, result.watermark);
       return answer;
     }
+    case QueryKind::loan:
+    case QueryKind::loan_schedule: {
+      const auto result = read_models.loan(id);
+      if (!result.value) {
+        answer = problem(404, "unknown_loan", "Not found", "no loan " + id + " in the read model");
+        answer.watermark = result.watermark;
+        return answer;
+      }
+      answer.watermark = result.watermark;
+      answer.body = kind == QueryKind::loan ? loan_json(*result.value, result.watermark)
+                                            : schedule_json(*result.value, result.watermark);
+      return answer;
+    }
+    case QueryKind::account_loans: {
+      const auto result = read_models.loans_of(id);
+      if (!result.value) {
+        answer = problem(404, "unknown_account", "Not found", "no account " + id + " in the read model");
+        answer.watermark = result.watermark;
+        return answer;
+      }
+      answer.watermark = result.watermark;
+      answer.body = account_loans_json(*result.value, result.watermark);
+      return answer;
+    }
   }
   return answer;
 }
 
 projections::ProjectionKind projection_of(QueryKind kind) {
-  return kind == QueryKind::audit ? projections::ProjectionKind::audit : projections::ProjectionKind::balance;
+  switch (kind) {
+    case QueryKind::audit: return projections::ProjectionKind::audit;
+    case QueryKind::loan:
+    case QueryKind::loan_schedule:
+    case QueryKind::account_loans: return projections::ProjectionKind::loan;
+    case QueryKind::account:
+    case QueryKind::entries: return projections::ProjectionKind::balance;
+  }
+  return projections::ProjectionKind::balance;
 }
 
 }  // namespace

@@ -18,7 +18,7 @@ class ReadModels;
 
 namespace ledger::api {
 
-enum class QueryKind { account, entries, audit };
+enum class QueryKind { account, entries, audit, loan, loan_schedule, account_loans };
 
 struct QueryAnswer {
   int status = 200;

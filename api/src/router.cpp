@@ -213,6 +213,13 @@ std::optional<Route> match(const std::vector<std::string>& s, http::verb method,
       query("/v1/accounts/{id}/entries", QueryKind::entries, std::nullopt, s[2]);
     }
     if (n == 2 && s[1] == "audit") query("/v1/audit", QueryKind::audit, Role::auditor);
+    if (n == 3 && s[1] == "loans") query("/v1/loans/{id}", QueryKind::loan, std::nullopt, s[2]);
+    if (n == 4 && s[1] == "loans" && s[3] == "schedule") {
+      query("/v1/loans/{id}/schedule", QueryKind::loan_schedule, std::nullopt, s[2]);
+    }
+    if (n == 4 && s[1] == "accounts" && s[3] == "loans") {
+      query("/v1/accounts/{id}/loans", QueryKind::account_loans, std::nullopt, s[2]);
+    }
     if (n == 4 && s[1] == "accounts" && s[3] == "balance") {
       candidates.push_back({"/v1/accounts/{id}/balance", http::verb::get, Handler::balance_as_of,
                             CommandRoute::open_account, Role::auditor, s[2]});

@@ -8,6 +8,7 @@ std::unique_ptr<Projection> make_projection(ProjectionKind kind, const std::stri
   switch (kind) {
     case ProjectionKind::balance: return make_balance_projection(schema);
     case ProjectionKind::audit: return make_audit_projection(schema);
+    case ProjectionKind::loan: return make_loan_projection(schema);
   }
   throw std::logic_error("unknown projection");
 }
@@ -15,9 +16,11 @@ std::unique_ptr<Projection> make_projection(ProjectionKind kind, const std::stri
 const std::vector<std::string>& projection_tables(ProjectionKind kind) {
   static const std::vector<std::string> balance{"balances", "entries"};
   static const std::vector<std::string> audit{"audit"};
+  static const std::vector<std::string> loan{"loans", "loan_installments"};
   switch (kind) {
     case ProjectionKind::balance: return balance;
     case ProjectionKind::audit: return audit;
+    case ProjectionKind::loan: return loan;
   }
   throw std::logic_error("unknown projection");
 }

@@ -31,6 +31,7 @@ std::string_view to_string(ProjectionKind kind) {
   switch (kind) {
     case ProjectionKind::balance: return "balance";
     case ProjectionKind::audit: return "audit";
+    case ProjectionKind::loan: return "loan";
   }
   return "unknown";
 }
@@ -43,7 +44,8 @@ std::optional<ProjectionKind> projection_from_string(std::string_view name) {
 }
 
 const std::vector<ProjectionKind>& all_projections() {
-  static const std::vector<ProjectionKind> kinds = {ProjectionKind::balance, ProjectionKind::audit};
+  static const std::vector<ProjectionKind> kinds = {ProjectionKind::balance, ProjectionKind::audit,
+                                                    ProjectionKind::loan};
   return kinds;
 }
 

@@ -125,6 +125,58 @@ AtWatermark<std::optional<AccountView>> ReadModels::account(const std::string& i
   return result;
 }
 
+namespace {
+
+std::vector<LoanView> read_loans(pqxx::transaction_base& work, const std::string& where, const std::string& key) {
+  std::vector<LoanView> loans;
+  const auto rows = work.exec_params(
+      "SELECT loan_id, borrower, currency, status, principal, rate_bps, schedule_type, origination_date::text, "
+      "coalesce(closed_through::text, ''), interest_recognised, days_past_due, principal_written_off, "
+      "interest_reversed, version FROM read.loans WHERE " + where + " = $1 ORDER BY loan_id",
+      key);
+  for (const auto& row : rows) {
+    loans.push_back(LoanView{row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<std::string>(),
+                             row[3].as<std::string>(), row[4].as<std::int64_t>(), row[5].as<std::int32_t>(),
+                             row[6].as<std::string>(), row[7].as<std::string>(), row[8].as<std::string>(),
+                             row[9].as<std::int64_t>(), row[10].as<std::int64_t>(), row[11].as<std::int64_t>(),
+                             row[12].as<std::int64_t>(), row[13].as<std::int64_t>(), {}});
+  }
+  for (auto& loan : loans) {
+    for (const auto& row : work.exec_params(
+             "SELECT number, due_date::text, principal, interest, principal_paid, interest_paid, penalty, "
+             "penalty_paid, overdue, interest_waived FROM read.loan_installments WHERE loan_id = $1 ORDER BY number",
+             loan.id)) {
+      loan.installments.push_back(LoanInstallmentView{
+          row[0].as<std::int32_t>(), row[1].as<std::string>(), row[2].as<std::int64_t>(), row[3].as<std::int64_t>(),
+          row[4].as<std::int64_t>(), row[5].as<std::int64_t>(), row[6].as<std::int64_t>(), row[7].as<std::int64_t>(),
+          row[8].as<bool>(), row[9].as<bool>()});
+    }
+  }
+  return loans;
+}
+
+}  // namespace
+
+AtWatermark<std::optional<LoanView>> ReadModels::loan(const std::string& id) const {
+  auto lease = impl_->pool.acquire();
+  SnapshotRead work(*lease);
+  AtWatermark<std::optional<LoanView>> result;
+  result.watermark = read_watermark(work, to_string(ProjectionKind::loan));
+  auto loans = read_loans(work, "loan_id", id);
+  if (!loans.empty()) result.value = std::move(loans.front());
+  return result;
+}
+
+AtWatermark<std::optional<std::vector<LoanView>>> ReadModels::loans_of(const std::string& account_id) const {
+  auto lease = impl_->pool.acquire();
+  SnapshotRead work(*lease);
+  AtWatermark<std::optional<std::vector<LoanView>>> result;
+  result.watermark = read_watermark(work, to_string(ProjectionKind::loan));
+  if (work.exec_params("SELECT 1 FROM read.balances WHERE account_id = $1", account_id).empty()) return result;
+  result.value = read_loans(work, "borrower", account_id);
+  return result;
+}
+
 AtWatermark<std::optional<EntriesPage>> ReadModels::entries(const std::string& account_id,
                                                             std::int64_t after_position,
                                                             std::size_t limit) const {

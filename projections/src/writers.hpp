@@ -7,5 +7,6 @@ namespace ledger::projections {
 
 [[nodiscard]] std::unique_ptr<Projection> make_balance_projection(const std::string& schema);
 [[nodiscard]] std::unique_ptr<Projection> make_audit_projection(const std::string& schema);
+[[nodiscard]] std::unique_ptr<Projection> make_loan_projection(const std::string& schema);
 
 }  // namespace ledger::projections

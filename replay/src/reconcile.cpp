@@ -87,6 +87,92 @@ struct FoldedAccount {
   std::int64_t position = 0;
 };
 
+struct FoldedLoan {
+  engine::LoanState state;
+  std::int64_t position = 0;
+  bool row_seen = false;
+  std::size_t installment_rows = 0;
+};
+
+constexpr std::string_view loan_prefix = "loan-";
+
+void reconcile_loans(SnapshotTransaction& tx, Reconciler& check, std::unordered_map<std::string, FoldedLoan>& loans,
+                     std::int64_t loan_watermark) {
+  RowCursor rows(tx, "reconcile_loans",
+                 "SELECT loan_id, borrower, currency, status, principal, rate_bps, installments, schedule_type, "
+                 "origination_date::text, first_due_date::text, origination_fee, late_fee, grace_days, "
+                 "coalesce(closed_through::text, ''), interest_recognised, days_past_due, principal_written_off, "
+                 "interest_reversed, version, position FROM read.loans");
+  for (const pqxx::row* row = rows.peek(); row != nullptr; rows.pop(), row = rows.peek()) {
+    const std::string loan_id = (*row)[0].c_str();
+    const std::string where = "read.loans loan " + loan_id;
+    const auto found = loans.find(loan_id);
+    if (found == loans.end()) {
+      check.difference(where + ": a loan the log does not have at position " + std::to_string(loan_watermark));
+      continue;
+    }
+    ++check.result.rows_checked;
+    found->second.row_seen = true;
+    const engine::LoanState& s = found->second.state;
+    const engine::LoanBook& b = s.book;
+    check.compare(where, "borrower", (*row)[1].c_str(), s.borrower);
+    check.compare(where, "currency", (*row)[2].c_str(), s.currency.code());
+    check.compare(where, "status", (*row)[3].c_str(), engine::to_string(b.status));
+    check.compare(where, "principal", (*row)[4], b.terms.principal);
+    check.compare(where, "rate_bps", (*row)[5], b.terms.rate_bps);
+    check.compare(where, "installments", (*row)[6], b.terms.installments);
+    check.compare(where, "schedule_type", (*row)[7].c_str(), engine::to_string(b.terms.type));
+    check.compare(where, "origination_date", (*row)[8].c_str(), engine::to_string(b.terms.origination_date));
+    check.compare(where, "first_due_date", (*row)[9].c_str(), engine::to_string(b.terms.first_due));
+    check.compare(where, "origination_fee", (*row)[10], b.terms.origination_fee);
+    check.compare(where, "late_fee", (*row)[11], b.terms.late_fee);
+    check.compare(where, "grace_days", (*row)[12], b.terms.grace_days);
+    check.compare(where, "closed_through", (*row)[13].c_str(),
+                  b.closed_through ? engine::to_string(*b.closed_through) : std::string());
+    check.compare(where, "interest_recognised", (*row)[14], b.interest_recognised);
+    check.compare(where, "days_past_due", (*row)[15], b.days_past_due);
+    check.compare(where, "principal_written_off", (*row)[16], b.principal_written_off);
+    check.compare(where, "interest_reversed", (*row)[17], b.interest_reversed);
+    check.compare(where, "version", (*row)[18], s.version.value());
+    check.compare(where, "position", (*row)[19], found->second.position);
+  }
+  RowCursor installments(tx, "reconcile_loan_installments",
+                         "SELECT loan_id, number, due_date::text, principal, interest, principal_paid, interest_paid, "
+                         "penalty, penalty_paid, overdue, interest_waived FROM read.loan_installments");
+  for (const pqxx::row* row = installments.peek(); row != nullptr; installments.pop(), row = installments.peek()) {
+    const std::string loan_id = (*row)[0].c_str();
+    const auto number = (*row)[1].as<std::int64_t>();
+    const std::string where = "read.loan_installments loan " + loan_id + " installment " + std::to_string(number);
+    const auto found = loans.find(loan_id);
+    if (found == loans.end() || number < 1 ||
+        number > static_cast<std::int64_t>(found->second.state.book.installments.size())) {
+      check.difference(where + ": an installment the log does not have");
+      continue;
+    }
+    ++check.result.rows_checked;
+    ++found->second.installment_rows;
+    const engine::InstallmentBook& i = found->second.state.book.installments[static_cast<std::size_t>(number - 1)];
+    check.compare(where, "due_date", (*row)[2].c_str(), engine::to_string(i.due_date));
+    check.compare(where, "principal", (*row)[3], i.principal);
+    check.compare(where, "interest", (*row)[4], i.interest);
+    check.compare(where, "principal_paid", (*row)[5], i.principal_paid);
+    check.compare(where, "interest_paid", (*row)[6], i.interest_paid);
+    check.compare(where, "penalty", (*row)[7], i.penalty);
+    check.compare(where, "penalty_paid", (*row)[8], i.penalty_paid);
+    check.compare(where, "overdue", (*row)[9].as<bool>() ? "true" : "false", i.overdue ? "true" : "false");
+    check.compare(where, "interest_waived", (*row)[10].as<bool>() ? "true" : "false", i.interest_waived ? "true" : "false");
+  }
+  for (const auto& [loan_id, folded] : loans) {
+    if (!folded.row_seen) {
+      check.difference("read.loans loan " + loan_id + ": missing (originated in the log by position " +
+                       std::to_string(folded.position) + ")");
+    } else if (folded.installment_rows != folded.state.book.installments.size()) {
+      check.difference("read.loans loan " + loan_id + ": " + std::to_string(folded.installment_rows) +
+                       " installment rows, the log has " + std::to_string(folded.state.book.installments.size()));
+    }
+  }
+}
+
 }  // namespace
 
 ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report, std::int64_t report_max,
@@ -101,7 +187,8 @@ ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report, std::i
   }
   const std::int64_t balance_watermark = check.result.watermarks["balance"];
   const std::int64_t audit_watermark = check.result.watermarks["audit"];
-  const std::int64_t last = std::max(balance_watermark, audit_watermark);
+  const std::int64_t loan_watermark = check.result.watermarks["loan"];
+  const std::int64_t last = std::max({balance_watermark, audit_watermark, loan_watermark});
 
   RowCursor entries(tx, "reconcile_entries",
                     "SELECT account_id, position, version, transfer_id, direction, phase, amount, counterparty, "
@@ -113,6 +200,7 @@ ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report, std::i
                   "data::text FROM read.audit ORDER BY position");
 
   std::unordered_map<std::string, FoldedAccount> accounts;
+  std::unordered_map<std::string, FoldedLoan> loans;
   const engine::EventStore store(pool);
   LogReader reader(store, 1, last, reconcile_batch_events);
   std::int64_t done = 0;
@@ -160,6 +248,11 @@ ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report, std::i
         }
       }
 
+      if (position <= loan_watermark && event.stream_id.starts_with(loan_prefix)) {
+        FoldedLoan& loan = loans[event.stream_id.substr(loan_prefix.size())];
+        engine::apply(loan.state, *decoded);
+        loan.position = position;
+      }
       if (position > balance_watermark || !event.stream_id.starts_with(account_prefix)) continue;
       const std::string account_id = event.stream_id.substr(account_prefix.size());
       FoldedAccount& account = accounts[account_id];
@@ -238,6 +331,7 @@ ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report, std::i
     check.difference("read.balances account " + account_id + ": missing (opened in the log by position " +
                      std::to_string(folded.position) + ")");
   }
+  reconcile_loans(tx, check, loans, loan_watermark);
   tx.commit();
   return check.result;
 }

@@ -234,3 +234,82 @@ TEST_CASE("health says degraded with the relay lag while Kafka is down, and heal
     return h["status"].GetString() == std::string("healthy") && h["components"]["relay"]["lag_events"].GetInt64() == 0;
   }, 60s));
 }
+
+TEST_CASE("the loan read model over HTTP follows each step and equals the fold of the loan's events") {
+  Stack stack;
+  auto client = stack.server.client();
+  const auto admin = ServerFixture::auth({"admin"});
+  post(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
+  post(client, "/v1/accounts/alice/deposits", R"({"amount":50000})");
+  post(client, "/v1/loans",
+       R"({"id":"L1","account_id":"alice","currency":"EUR","principal":120000,"rate_bps":1200,"installments":12,)"
+       R"("schedule":"annuity","origination_date":"2026-01-15","first_due_date":"2026-02-15","late_fee":500,"grace_days":5})");
+  std::int64_t last = post(client, "/v1/loans/L1/disburse", "");
+  auto get = [&](const std::string& target) {
+    const auto response = client.request("GET", target + "?wait_ms=10000&min_position=" + std::to_string(last), "", teller);
+    REQUIRE_MESSAGE(response.status == 200, target << " -> " << response.body);
+    return parse(response.body);
+  };
+  auto loan = get("/v1/loans/L1");
+  CHECK(loan["status"].GetString() == std::string("active"));
+  CHECK(loan["outstanding_principal"].GetInt64() == 120000);
+  CHECK(loan["next_due_date"].GetString() == std::string("2026-02-15"));
+  const std::int64_t first_installment = loan["next_due_amount"].GetInt64();
+  CHECK(first_installment == 10662);  // round(120,000 · 0.01 / (1 − 1.01^−12))
+
+  const auto cob = client.request("POST", "/v1/loans/close-of-business", R"({"date":"2026-02-22"})", admin);
+  REQUIRE_MESSAGE(cob.status == 200, cob.body);
+  last = test::store_head(stack.database.app_url());
+  loan = get("/v1/loans/L1");
+  CHECK(loan["days_past_due"].GetInt64() == 7);
+  CHECK(loan["penalties_due"].GetInt64() == 500);
+  CHECK(loan["interest_accrued"].GetInt64() > 1200);
+  CHECK(loan["interest_overdue"].GetInt64() == 1200);
+  CHECK(loan["next_due_amount"].GetInt64() == first_installment + 500);
+  auto schedule = get("/v1/loans/L1/schedule");
+  REQUIRE(schedule["installments"].Size() == 12);
+  CHECK(schedule["installments"][0]["status"].GetString() == std::string("overdue"));
+  CHECK(schedule["installments"][1]["status"].GetString() == std::string("pending"));
+
+  last = post(client, "/v1/loans/L1/repayments", "{\"amount\":" + std::to_string(first_installment + 500) + "}");
+  loan = get("/v1/loans/L1");
+  CHECK(loan["days_past_due"].GetInt64() == 0);
+  CHECK(loan["penalties_paid"].GetInt64() == 500);
+  CHECK(loan["interest_paid"].GetInt64() == 1200);
+  schedule = get("/v1/loans/L1/schedule");
+  CHECK(schedule["installments"][0]["status"].GetString() == std::string("paid"));
+  const auto loans = get("/v1/accounts/alice/loans");
+  REQUIRE(loans["loans"].Size() == 1);
+  CHECK(loans["loans"][0]["id"].GetString() == std::string("L1"));
+  CHECK(client.request("GET", "/v1/loans/nope", "", teller).status == 404);
+  CHECK(client.request("GET", "/v1/accounts/nobody/loans", "", teller).status == 404);
+
+  // The read model equals the fold of the loan's events, field by field.
+  auto pool = test::make_pool(stack.database.app_url(), 2);
+  const engine::EventStore store(pool);
+  engine::LoanState folded;
+  for (const auto& event : store.read_stream("loan-L1", StreamVersion(1), 1'000)) {
+    engine::apply(folded, *engine::decode_event(event.type, event.payload));
+  }
+  REQUIRE(test::eventually([&] { return test::watermark(stack.database.app_url(), "loan") == test::store_head(stack.database.app_url()); }));
+  const auto view = stack.read_models.loan("L1").value;
+  REQUIRE(view);
+  CHECK(view->status == engine::to_string(folded.book.status));
+  CHECK(view->interest_recognised == folded.book.interest_recognised);
+  CHECK(view->days_past_due == folded.book.days_past_due);
+  CHECK(view->version == folded.version.value());
+  REQUIRE(view->installments.size() == folded.book.installments.size());
+  for (std::size_t k = 0; k < folded.book.installments.size(); ++k) {
+    const auto& expected = folded.book.installments[k];
+    const auto& actual = view->installments[k];
+    CHECK(actual.due_date == engine::to_string(expected.due_date));
+    CHECK(actual.principal == expected.principal);
+    CHECK(actual.interest == expected.interest);
+    CHECK(actual.principal_paid == expected.principal_paid);
+    CHECK(actual.interest_paid == expected.interest_paid);
+    CHECK(actual.penalty == expected.penalty);
+    CHECK(actual.penalty_paid == expected.penalty_paid);
+    CHECK(actual.overdue == expected.overdue);
+    CHECK(actual.interest_waived == expected.interest_waived);
+  }
+}

@@ -373,7 +373,15 @@ TEST_CASE("reconcile passes caught-up read models and reports every row altered 
   test::Projectors projectors(pool, test::projector_settings(kafka));
   test::open_accounts(engine);
   test::random_workload(engine, 1'500);
-  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+  REQUIRE(engine.execute(command(OriginateLoan{"loan-1", test::account_name(1), eur(), Amount(30'000), 1'200, 6,
+                                               ScheduleType::annuity, "2026-01-15", "2026-02-15", Amount(0), Amount(100), 0}))
+              .accepted());
+  REQUIRE(engine.execute(command(DisburseLoan{"loan-1"})).accepted());
+  REQUIRE(engine.execute(command(CloseLoanBusinessDay{"loan-1", "2026-02-20"})).accepted());
+  REQUIRE(test::eventually([&] {
+    return test::read_models_caught_up(database.app_url()) &&
+           test::watermark(database.app_url(), "loan") == test::store_head(database.app_url());
+  }));
   projectors.running.clear();  // nothing heals the read models behind the test's back
   relay.stop();
 
@@ -392,6 +400,7 @@ TEST_CASE("reconcile passes caught-up read models and reports every row altered 
   work.exec("DELETE FROM read.audit WHERE position = 42");
   work.exec("UPDATE read.audit SET data = jsonb_set(data, '{amount}', '1') WHERE position = "
             "(SELECT min(position) FROM read.audit WHERE type = 'transfer_posted')");
+  work.exec("UPDATE read.loan_installments SET penalty = 0 WHERE loan_id = 'loan-1' AND number = 1");
   work.exec("INSERT INTO read.balances SELECT 'ghost', currency, kind, owner, ledger_code, flags, overdraft_limit, status, "
             "debits_posted, credits_posted, debits_pending, credits_pending, pending_count, version, position "
             "FROM read.balances WHERE account_id = 'acct-1'");
@@ -400,7 +409,9 @@ TEST_CASE("reconcile passes caught-up read models and reports every row altered 
   std::ostringstream report;
   const auto found = replay::reconcile(pool, report);
   const std::string text = report.str();
-  CHECK(found.differences == 5);
+  CHECK(found.differences == 6);
+  CHECK(text.find("read.loan_installments loan loan-1 installment 1: penalty is '0', the log says '100'") !=
+        std::string::npos);
   CHECK(text.find("read.balances account acct-3: credits_posted") != std::string::npos);
   CHECK(text.find("read.entries account acct-5") != std::string::npos);
   CHECK(text.find("counterparty is 'mallory'") != std::string::npos);
@@ -409,7 +420,7 @@ TEST_CASE("reconcile passes caught-up read models and reports every row altered 
   CHECK(text.find("read.balances account ghost") != std::string::npos);
   // The report is bounded; the count is not.
   std::ostringstream short_report;
-  CHECK(replay::reconcile(pool, short_report, 2).differences == 5);
+  CHECK(replay::reconcile(pool, short_report, 2).differences == 6);
   CHECK(lines_of(short_report.str()).size() == 2);
 }
 

@@ -20,7 +20,7 @@ class ConnectionPool;
 namespace ledger::projections {
 
 // balance also keeps the statement (read.entries): both come from account streams.
-enum class ProjectionKind { balance, audit };
+enum class ProjectionKind { balance, audit, loan };
 
 [[nodiscard]] std::string_view to_string(ProjectionKind kind);
 [[nodiscard]] std::optional<ProjectionKind> projection_from_string(std::string_view name);

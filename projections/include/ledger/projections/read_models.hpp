@@ -41,6 +41,37 @@ struct EntryView {
   std::int64_t recorded_at_us = 0;
 };
 
+struct LoanInstallmentView {
+  std::int32_t number = 0;
+  std::string due_date;  // YYYY-MM-DD
+  std::int64_t principal = 0;
+  std::int64_t interest = 0;
+  std::int64_t principal_paid = 0;
+  std::int64_t interest_paid = 0;
+  std::int64_t penalty = 0;
+  std::int64_t penalty_paid = 0;
+  bool overdue = false;
+  bool interest_waived = false;
+};
+
+struct LoanView {
+  std::string id;
+  std::string borrower;
+  std::string currency;
+  std::string status;  // originated | active | repaid | written_off
+  std::int64_t principal = 0;
+  std::int32_t rate_bps = 0;
+  std::string schedule_type;
+  std::string origination_date;
+  std::string closed_through;  // the last business day closed; empty before the first
+  std::int64_t interest_recognised = 0;
+  std::int64_t days_past_due = 0;
+  std::int64_t principal_written_off = 0;
+  std::int64_t interest_reversed = 0;
+  std::int64_t version = 0;
+  std::vector<LoanInstallmentView> installments;
+};
+
 struct EntriesPage {
   std::vector<EntryView> entries;
   std::optional<std::int64_t> next_cursor;  // a position: pass it back as `cursor`
@@ -107,6 +138,9 @@ class ReadModels {
                                                                 std::int64_t after_position,
                                                                 std::size_t limit) const;
   [[nodiscard]] AtWatermark<AuditPage> audit(const AuditFilter& filter) const;
+  [[nodiscard]] AtWatermark<std::optional<LoanView>> loan(const std::string& id) const;
+  // The loans of a borrower account, by loan id (std::nullopt: no such account).
+  [[nodiscard]] AtWatermark<std::optional<std::vector<LoanView>>> loans_of(const std::string& account_id) const;
   [[nodiscard]] std::vector<ProjectionProgress> progress() const;
 
   // Calls `then(reached, watermark)` once `kind`'s watermark is at least `min_position`, or

@@ -117,8 +117,8 @@ struct ReconcileResult {
 };
 
 // Folds the log up to each read model's watermark and compares every row of read.balances,
-// read.entries and read.audit with it, in one snapshot. Each difference is a line on `report`
-// (at most `report_max` lines; all are counted).
+// read.entries, read.audit, read.loans and read.loan_installments with it, in one snapshot.
+// Each difference is a line on `report` (at most `report_max` lines; all are counted).
 [[nodiscard]] ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report,
                                         std::int64_t report_max = 1'000,
                                         const Progress& progress = {});
