@@ -313,6 +313,8 @@ int main(int argc, char** argv) {
   bool skip_http = false;
   app.add_flag("--no-http", skip_http, "Skip the HTTP scenario (e.g. for a 1,000,000-account memory run)");
   app.add_flag("--quick", quick, "Short run (5 s phases, 10,000 accounts) for a smoke test");
+  int loan_count = 0;
+  app.add_option("--loans", loan_count, "Active loans for close of business (default 100,000; --big 1,000,000)");
   bool big = false;
   app.add_flag("--big", big,
                "Grow the log to 10,000,000 events before the replay and rebuild scenario "
@@ -619,7 +621,7 @@ int main(int argc, char** argv) {
   // Loans: close of business over every active loan (target: 1,000,000 in under 60 s). The
   // standard suite uses 100,000 loans; --big the full 1,000,000.
   {
-    const int loans = big ? 1'000'000 : quick ? 10'000 : 100'000;
+    const int loans = loan_count > 0 ? loan_count : big ? 1'000'000 : quick ? 10'000 : 100'000;
     engine::EngineSettings loan_settings = settings;
     loan_settings.snapshot_directory = work_directory + "/loan-snapshots";
     std::filesystem::remove_all(loan_settings.snapshot_directory);
@@ -645,7 +647,7 @@ int main(int argc, char** argv) {
     }
     const double rate = static_cast<double>(loans) / cob_seconds;
     results.push_back({"loans", "close of business, " + std::to_string(loans) + " active loans" +
-                                    (big ? "" : " (standard suite; --big for 1,000,000)"),
+                                    (loans >= 1'000'000 ? "" : " (standard suite; --big for 1,000,000)"),
                        rate, "loans/s", ">= 16,667 (1,000,000 in 60 s)", rate >= 1'000'000.0 / 60 ? "met" : "missed"});
     results.push_back({"loans", "close of business wall time", cob_seconds, "s", "", ""});
     results.push_back({"loans", "peak RSS (bench process, engine in-process)",

@@ -5,6 +5,7 @@
 
 #include "../api/server_fixture.hpp"
 #include "ledger/projections/read_models.hpp"
+#include "ledger/replay/replay.hpp"
 #include "read_side_fixture.hpp"
 
 using namespace ledger;
@@ -239,12 +240,51 @@ TEST_CASE("the loan read model over HTTP follows each step and equals the fold o
   Stack stack;
   auto client = stack.server.client();
   const auto admin = ServerFixture::auth({"admin"});
+  auto fold_pool = test::make_pool(stack.database.app_url(), 2);
+  const engine::EventStore store(fold_pool);
+  // The read model equals the fold of the loan's events, field by field, and the books of
+  // every currency sum to zero (double entry, checked by replay verify).
+  auto same_as_fold = [&](const std::string& loan_id) {
+    const auto head = test::store_head(stack.database.app_url());
+    REQUIRE(test::eventually([&] { return test::watermark(stack.database.app_url(), "loan") == head; }));
+    engine::LoanState folded;
+    for (const auto& event : store.read_stream("loan-" + loan_id, StreamVersion(1), 1'000)) {
+      engine::apply(folded, *engine::decode_event(event.type, event.payload));
+    }
+    const auto view = stack.read_models.loan(loan_id).value;
+    REQUIRE(view);
+    CHECK(view->status == engine::to_string(folded.book.status));
+    CHECK(view->interest_recognised == folded.book.interest_recognised);
+    CHECK(view->days_past_due == folded.book.days_past_due);
+    CHECK(view->principal_written_off == folded.book.principal_written_off);
+    CHECK(view->interest_reversed == folded.book.interest_reversed);
+    CHECK(view->version == folded.version.value());
+    REQUIRE(view->installments.size() == folded.book.installments.size());
+    for (std::size_t k = 0; k < folded.book.installments.size(); ++k) {
+      const auto& expected = folded.book.installments[k];
+      const auto& actual = view->installments[k];
+      CHECK(actual.due_date == engine::to_string(expected.due_date));
+      CHECK(actual.principal == expected.principal);
+      CHECK(actual.interest == expected.interest);
+      CHECK(actual.principal_paid == expected.principal_paid);
+      CHECK(actual.interest_paid == expected.interest_paid);
+      CHECK(actual.penalty == expected.penalty);
+      CHECK(actual.penalty_paid == expected.penalty_paid);
+      CHECK(actual.overdue == expected.overdue);
+      CHECK(actual.interest_waived == expected.interest_waived);
+    }
+    const auto verified = replay::verify(fold_pool, {});
+    REQUIRE_MESSAGE(verified.ok, verified.problem);
+    for (const auto& [currency, totals] : verified.checkpoints.back().totals) CHECK(totals.posted == 0);
+  };
   post(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
   post(client, "/v1/accounts/alice/deposits", R"({"amount":50000})");
   post(client, "/v1/loans",
        R"({"id":"L1","account_id":"alice","currency":"EUR","principal":120000,"rate_bps":1200,"installments":12,)"
        R"("schedule":"annuity","origination_date":"2026-01-15","first_due_date":"2026-02-15","late_fee":500,"grace_days":5})");
+  same_as_fold("L1");
   std::int64_t last = post(client, "/v1/loans/L1/disburse", "");
+  same_as_fold("L1");
   auto get = [&](const std::string& target) {
     const auto response = client.request("GET", target + "?wait_ms=10000&min_position=" + std::to_string(last), "", teller);
     REQUIRE_MESSAGE(response.status == 200, target << " -> " << response.body);
@@ -260,6 +300,7 @@ TEST_CASE("the loan read model over HTTP follows each step and equals the fold o
   const auto cob = client.request("POST", "/v1/loans/close-of-business", R"({"date":"2026-02-22"})", admin);
   REQUIRE_MESSAGE(cob.status == 200, cob.body);
   last = test::store_head(stack.database.app_url());
+  same_as_fold("L1");
   loan = get("/v1/loans/L1");
   CHECK(loan["days_past_due"].GetInt64() == 7);
   CHECK(loan["penalties_due"].GetInt64() == 500);
@@ -272,6 +313,7 @@ TEST_CASE("the loan read model over HTTP follows each step and equals the fold o
   CHECK(schedule["installments"][1]["status"].GetString() == std::string("pending"));
 
   last = post(client, "/v1/loans/L1/repayments", "{\"amount\":" + std::to_string(first_installment + 500) + "}");
+  same_as_fold("L1");
   loan = get("/v1/loans/L1");
   CHECK(loan["days_past_due"].GetInt64() == 0);
   CHECK(loan["penalties_paid"].GetInt64() == 500);
@@ -284,32 +326,28 @@ TEST_CASE("the loan read model over HTTP follows each step and equals the fold o
   CHECK(client.request("GET", "/v1/loans/nope", "", teller).status == 404);
   CHECK(client.request("GET", "/v1/accounts/nobody/loans", "", teller).status == 404);
 
-  // The read model equals the fold of the loan's events, field by field.
-  auto pool = test::make_pool(stack.database.app_url(), 2);
-  const engine::EventStore store(pool);
-  engine::LoanState folded;
-  for (const auto& event : store.read_stream("loan-L1", StreamVersion(1), 1'000)) {
-    engine::apply(folded, *engine::decode_event(event.type, event.payload));
+  // Prepayment beyond what is due shortens the term; then the rest is written off.
+  last = post(client, "/v1/loans/L1/repayments", R"({"amount":20000})");
+  same_as_fold("L1");
+  schedule = get("/v1/loans/L1/schedule");
+  CHECK(schedule["installments"][11]["interest_waived"].GetBool());
+  last = post(client, "/v1/loans/L1/write-off", "");
+  same_as_fold("L1");
+  loan = get("/v1/loans/L1");
+  CHECK(loan["status"].GetString() == std::string("written_off"));
+  CHECK(loan["outstanding_principal"].GetInt64() == 0);
+  CHECK(loan["principal_written_off"].GetInt64() > 0);
+
+  // Repaid on time, to the end: a second loan of three installments.
+  post(client, "/v1/loans",
+       R"({"id":"L2","account_id":"alice","currency":"EUR","principal":3000,"rate_bps":0,"installments":3,)"
+       R"("schedule":"equal_principal","origination_date":"2026-01-15","first_due_date":"2026-02-15"})");
+  post(client, "/v1/loans/L2/disburse", "");
+  for (const char* due : {"2026-02-15", "2026-03-15", "2026-04-15"}) {
+    const auto closed = client.request("POST", "/v1/loans/close-of-business", std::string(R"({"date":")") + due + "\"}", admin);
+    REQUIRE(closed.status == 200);
+    last = post(client, "/v1/loans/L2/repayments", R"({"amount":1000})");
+    same_as_fold("L2");
   }
-  REQUIRE(test::eventually([&] { return test::watermark(stack.database.app_url(), "loan") == test::store_head(stack.database.app_url()); }));
-  const auto view = stack.read_models.loan("L1").value;
-  REQUIRE(view);
-  CHECK(view->status == engine::to_string(folded.book.status));
-  CHECK(view->interest_recognised == folded.book.interest_recognised);
-  CHECK(view->days_past_due == folded.book.days_past_due);
-  CHECK(view->version == folded.version.value());
-  REQUIRE(view->installments.size() == folded.book.installments.size());
-  for (std::size_t k = 0; k < folded.book.installments.size(); ++k) {
-    const auto& expected = folded.book.installments[k];
-    const auto& actual = view->installments[k];
-    CHECK(actual.due_date == engine::to_string(expected.due_date));
-    CHECK(actual.principal == expected.principal);
-    CHECK(actual.interest == expected.interest);
-    CHECK(actual.principal_paid == expected.principal_paid);
-    CHECK(actual.interest_paid == expected.interest_paid);
-    CHECK(actual.penalty == expected.penalty);
-    CHECK(actual.penalty_paid == expected.penalty_paid);
-    CHECK(actual.overdue == expected.overdue);
-    CHECK(actual.interest_waived == expected.interest_waived);
-  }
+  CHECK(get("/v1/loans/L2")["status"].GetString() == std::string("repaid"));
 }
