@@ -76,6 +76,7 @@ class FieldReader {
   }
 
   [[nodiscard]] bool complete() const { return ok_ && found_ == object_.MemberCount(); }
+  // For checks across fields (an amount that must be the sum of others).
   void fail() { ok_ = false; }
 
  private:
@@ -85,6 +86,7 @@ class FieldReader {
     ++found_;
     return &member->value;
   }
+
   const rapidjson::Value& object_;
   rapidjson::SizeType found_ = 0;
   bool ok_ = true;
