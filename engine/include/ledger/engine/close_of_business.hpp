@@ -23,7 +23,9 @@ struct CloseOfBusinessResult {
 };
 
 struct CloseOfBusinessSettings {
-  std::size_t in_flight_max = 2'000;  // commands submitted and not yet answered
+  // Commands submitted and not yet answered: enough for the next batch to be decided while
+  // one commits (a batch holds up to 2,000 commands).
+  std::size_t in_flight_max = 8'000;
   std::size_t page_loans = 10'000;    // loans listed from the store at a time
 };
 
