@@ -54,6 +54,12 @@ std::optional<DomainEvent> blank_event(std::string_view type) {
 
 }  // namespace
 
+std::string_view to_string(events::Direction direction) {
+  return direction_names[static_cast<std::size_t>(direction)];
+}
+
+std::string_view to_string(events::Phase phase) { return phase_names[static_cast<std::size_t>(phase)]; }
+
 std::string_view event_type(const DomainEvent& event) {
   static constexpr std::string_view names[] = {
       "account_opened",   "account_frozen",  "account_unfrozen",

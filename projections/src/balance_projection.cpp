@@ -27,16 +27,6 @@ engine::AccountStatus status_from(std::string_view text) {
   return engine::AccountStatus::open;
 }
 
-std::string_view phase_name(engine::events::Phase phase) {
-  switch (phase) {
-    case engine::events::Phase::posted: return "posted";
-    case engine::events::Phase::pending: return "pending";
-    case engine::events::Phase::pending_posted: return "pending_posted";
-    case engine::events::Phase::pending_released: return "pending_released";
-  }
-  return "posted";
-}
-
 class BalanceProjection final : public Projection {
  public:
   explicit BalanceProjection(const std::string& schema)
@@ -125,7 +115,7 @@ class BalanceProjection final : public Projection {
             std::to_string(event.version.value()) + '\t';
     db::copy_text(rows, entry.transfer_id);
     rows += entry.direction == engine::events::Direction::debit ? "\tdebit\t" : "\tcredit\t";
-    rows += phase_name(entry.phase);
+    rows += engine::to_string(entry.phase);
     rows += '\t' + std::to_string(entry.amount) + '\t';
     db::copy_text(rows, entry.counterparty);
     rows += '\t' + std::to_string(balance_after) + '\t';

@@ -49,16 +49,6 @@ class RowCursor {
   pqxx::row row_{pqxx::result(), 0};
 };
 
-std::string_view phase_name(engine::events::Phase phase) {
-  switch (phase) {
-    case engine::events::Phase::posted: return "posted";
-    case engine::events::Phase::pending: return "pending";
-    case engine::events::Phase::pending_posted: return "pending_posted";
-    case engine::events::Phase::pending_released: return "pending_released";
-  }
-  return "?";
-}
-
 class Reconciler {
  public:
   Reconciler(std::ostream& report, std::int64_t report_max) : report_(report), report_max_(report_max) {}
@@ -275,9 +265,8 @@ ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report, std::i
       check.compare(where, "account_id", (*row)[0].c_str(), account_id);
       check.compare(where, "version", (*row)[2], event.version.value());
       check.compare(where, "transfer_id", (*row)[3].c_str(), entry->transfer_id);
-      check.compare(where, "direction", (*row)[4].c_str(),
-                    entry->direction == engine::events::Direction::debit ? "debit" : "credit");
-      check.compare(where, "phase", (*row)[5].c_str(), phase_name(entry->phase));
+      check.compare(where, "direction", (*row)[4].c_str(), engine::to_string(entry->direction));
+      check.compare(where, "phase", (*row)[5].c_str(), engine::to_string(entry->phase));
       check.compare(where, "amount", (*row)[6], entry->amount);
       check.compare(where, "counterparty", (*row)[7].c_str(), entry->counterparty);
       check.compare(where, "balance_after", (*row)[8],

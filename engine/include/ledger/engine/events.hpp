@@ -104,6 +104,10 @@ using DomainEvent =
 // Payload schema version written for every event type today.
 constexpr std::int16_t event_schema_version = 1;
 
+// The names of the entry enums in JSON, read models and reports.
+[[nodiscard]] std::string_view to_string(events::Direction direction);
+[[nodiscard]] std::string_view to_string(events::Phase phase);
+
 // snake_case name stored in the `type` column.
 [[nodiscard]] std::string_view event_type(const DomainEvent& event);
 
