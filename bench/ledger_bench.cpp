@@ -42,15 +42,6 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-long peak_rss_kib() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
-  }
-  return 0;
-}
-
 template <typename T>
 T percentile(std::vector<T> samples, double p) {
   if (samples.empty()) return T{};
@@ -262,15 +253,6 @@ void setup_loans(engine::Engine& engine, int count, int accounts) {
   drain();
 }
 
-long peak_rss_kib_of(pid_t pid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
-  }
-  return 0;
-}
-
 std::string git_commit() {
   std::string commit;
   if (FILE* pipe = popen("git rev-parse --short HEAD 2>/dev/null", "r")) {
@@ -411,7 +393,7 @@ int main(int argc, char** argv) {
     }
   }
   engine->stop();
-  const long rss_kib = peak_rss_kib();
+  const long rss_kib = bench::peak_rss_kib();
 
   const double ratio = run.events_per_second / batched;
   results.push_back({"engine", "transfers", run.transfers_per_second, "transfers/s", "", ""});
@@ -526,8 +508,8 @@ int main(int argc, char** argv) {
     by_load.close();
     bench::plot_percentiles(work_directory + "/latency_by_load.dat", work_directory + "/latency_by_load.png",
                             "HTTP latency percentiles by offered load (CO-corrected)");
-    const long serve_rss = peak_rss_kib_of(serve);
-    const long project_rss = peak_rss_kib_of(project);
+    const long serve_rss = bench::peak_rss_kib(serve);
+    const long project_rss = bench::peak_rss_kib(project);
     (void)process::stop(project, SIGTERM, std::chrono::seconds(30));
     (void)process::stop(serve, SIGTERM, std::chrono::seconds(30));
     (void)process::stop(broker, SIGTERM, std::chrono::seconds(10));
@@ -635,7 +617,7 @@ int main(int argc, char** argv) {
     pool_settings.connections_max = 2;
     db::ConnectionPool pool(pool_settings);
     const engine::EventStore store(pool);
-    const long rss_before = peak_rss_kib();
+    const long rss_before = bench::peak_rss_kib();
     std::cout << "loans: close of business 2026-02-21 ...\n";
     const auto cob_started = Clock::now();
     const auto cob = engine::close_of_business(*loan_engine, store, *engine::parse_date("2026-02-21"));
@@ -651,7 +633,7 @@ int main(int argc, char** argv) {
                        rate, "loans/s", ">= 16,667 (1,000,000 in 60 s)", rate >= 1'000'000.0 / 60 ? "met" : "missed"});
     results.push_back({"loans", "close of business wall time", cob_seconds, "s", "", ""});
     results.push_back({"loans", "peak RSS (bench process, engine in-process)",
-                       static_cast<double>(std::max(rss_before, peak_rss_kib())) / 1024.0, "MiB", "", ""});
+                       static_cast<double>(std::max(rss_before, bench::peak_rss_kib())) / 1024.0, "MiB", "", ""});
   }
 
   // Markdown and JSON reports.

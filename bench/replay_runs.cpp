@@ -9,18 +9,14 @@
 
 namespace ledger::bench {
 
-namespace {
-
-long high_water_kib(pid_t pid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+long peak_rss_kib(pid_t pid) {
+  std::ifstream status(pid == 0 ? std::string("/proc/self/status") : "/proc/" + std::to_string(pid) + "/status");
   std::string line;
   while (std::getline(status, line)) {
     if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
   }
   return 0;
 }
-
-}  // namespace
 
 CliRun run_cli(const std::string& binary, const std::vector<std::string>& arguments, const std::string& output_file) {
   std::vector<std::string> argv{binary};
@@ -34,7 +30,7 @@ CliRun run_cli(const std::string& binary, const std::vector<std::string>& argume
   std::optional<process::ExitStatus> status;
   // VmHWM only grows, so the last sample before exit is the peak to within 50 ms of work.
   while (!(status = process::wait_for(pid, std::chrono::milliseconds(50)))) {
-    run.peak_rss_kib = std::max(run.peak_rss_kib, high_water_kib(pid));
+    run.peak_rss_kib = std::max(run.peak_rss_kib, peak_rss_kib(pid));
   }
   run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   run.ok = status->success();

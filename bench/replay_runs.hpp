@@ -2,6 +2,8 @@
 // Replay and rebuild measurements for ledger-bench: the `ledger` CLI run as an operator runs
 // it, timed from outside, with its peak RSS.
 
+#include <sys/types.h>
+
 #include <string>
 #include <vector>
 
@@ -17,6 +19,9 @@ struct CliRun {
 // Runs `binary arguments…` to completion, sampling /proc/<pid>/status for its peak RSS.
 [[nodiscard]] CliRun run_cli(const std::string& binary, const std::vector<std::string>& arguments,
                              const std::string& output_file);
+
+// Peak resident set size (VmHWM) of process `pid` in KiB, 0 meaning this process; 0 when unknown.
+[[nodiscard]] long peak_rss_kib(pid_t pid = 0);
 
 // The number after "key": in the CLI's JSON summary; 0 when absent.
 [[nodiscard]] double json_number(const std::string& text, const std::string& key);
