@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "commands.hpp"
+#include "json_summary.hpp"
 #include "ledger/db/pool.hpp"
 #include "ledger/engine/close_of_business.hpp"
 #include "ledger/engine/engine.hpp"
@@ -47,8 +48,18 @@ CommandAction register_loans_command(CLI::App& root, Settings& settings) {
     const double seconds = progress.seconds();
     engine.stop();
     if (*json) {
-      std::cout << "{\"date\":\"" << *date << "\",\"loans\":" << result.loans << ",\"closed\":" << result.closed
-                << ",\"failed\":" << result.failed << ",\"seconds\":" << seconds << "}\n";
+      print_json([&](JsonWriter& w) {
+        w.Key("date");
+        w.String(date->c_str());
+        w.Key("loans");
+        w.Int64(result.loans);
+        w.Key("closed");
+        w.Int64(result.closed);
+        w.Key("failed");
+        w.Int64(result.failed);
+        w.Key("seconds");
+        w.Double(seconds);
+      });
     } else {
       std::cout << "closed " << *date << " for " << result.loans << " loans (" << result.closed
                 << " changed) in " << seconds << " s\n";

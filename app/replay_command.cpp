@@ -1,12 +1,10 @@
 // `ledger replay <export|verify|balance|reconcile|publish>` and `ledger rebuild <read model>`:
 // the auditor's and the operator's tools over the event store (replay/).
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
-
 #include <fstream>
 #include <iostream>
 
 #include "commands.hpp"
+#include "json_summary.hpp"
 #include "ledger/core/time_text.hpp"
 #include "ledger/db/pool.hpp"
 #include "ledger/engine/event_store.hpp"
@@ -17,8 +15,6 @@
 namespace ledger::app {
 
 namespace {
-
-using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 
 db::ConnectionPool make_pool(const Settings& settings, const std::string& url) {
   db::PoolSettings pool_settings;
@@ -35,15 +31,6 @@ const auto rfc3339_time = CLI::Validator(
       return parse_rfc3339(value) ? std::string() : "not an RFC 3339 time such as 2026-01-31T12:00:00Z";
     },
     "TIME");
-
-void print_json(const std::function<void(JsonWriter&)>& write, std::ostream& out = std::cout) {
-  rapidjson::StringBuffer buffer;
-  JsonWriter w(buffer);
-  w.StartObject();
-  write(w);
-  w.EndObject();
-  out << buffer.GetString() << "\n";
-}
 
 void write_totals(JsonWriter& w, const std::map<std::string, replay::CurrencyTotals>& totals) {
   w.StartObject();
