@@ -172,8 +172,7 @@ void write_loan_fields(JsonWriter& w, const projections::LoanView& loan) {
     if (i.overdue) interest_overdue += i.interest - i.interest_paid;
     penalties_due += i.penalty - i.penalty_paid;
     penalties_paid += i.penalty_paid;
-    const bool settled = i.principal_paid == i.principal && i.interest_paid == i.interest && i.penalty_paid == i.penalty;
-    if (next == nullptr && !settled) next = &i;
+    if (next == nullptr && !i.settled()) next = &i;
   }
   const bool active = loan.status == "active";
   if (!active) next = nullptr;
@@ -256,8 +255,7 @@ std::string schedule_json(const projections::LoanView& loan, std::int64_t waterm
   w.Key("installments");
   w.StartArray();
   for (const auto& i : loan.installments) {
-    const bool settled = i.principal_paid == i.principal && i.interest_paid == i.interest && i.penalty_paid == i.penalty;
-    const char* status = settled ? "paid"
+    const char* status = i.settled() ? "paid"
                          : i.overdue ? "overdue"
                          : (!loan.closed_through.empty() && i.due_date <= loan.closed_through) ? "due"
                                                                                                 : "pending";

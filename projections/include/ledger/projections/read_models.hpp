@@ -52,6 +52,9 @@ struct LoanInstallmentView {
   std::int64_t penalty_paid = 0;
   bool overdue = false;
   bool interest_waived = false;
+  [[nodiscard]] bool settled() const {
+    return principal_paid == principal && interest_paid == interest && penalty_paid == penalty;
+  }
 };
 
 struct LoanView {
