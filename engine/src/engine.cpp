@@ -100,6 +100,10 @@ struct Engine::Impl {
     Completion completion;
   };
 
+  // The transaction a batch is decided in, opened by the first call: deciding on cached states
+  // alone needs no round trip to the store.
+  using StoreReader = std::function<pqxx::transaction_base&()>;
+
   // Per command of a batch: how it is answered.
   struct Slot {
     enum class Kind { decide, answered, follows } kind = Kind::decide;
@@ -236,28 +240,36 @@ struct Engine::Impl {
       decided_generation = generation;
     }
     Prepared prepared;
-    try {
-      auto lease = pool.acquire();
-      try {
-        pqxx::read_transaction work(*lease);
-        WorkingSet working([&](const std::string& stream_id) {
-          if (const StreamState* cached = cache.find(stream_id)) return *cached;
-          return load_streams(work, {stream_id}, snapshots.get()).at(stream_id);
-        });
-        prepared.decided = decide_batch(work, batch, false, working);
-        work.commit();
-        std::unordered_set<std::string_view> seen;
-        for (const auto& row : prepared.decided.rows) {
-          if (seen.insert(row.stream_id).second) {
-            prepared.changed.emplace_back(row.stream_id, working.streams().at(row.stream_id));
-          }
-        }
-        for (auto& [stream_id, state] : working.streams()) cache.put(stream_id, std::move(state));
-      } catch (...) {
-        lease.discard();
-        throw;
+    std::optional<db::ConnectionPool::Lease> lease;
+    std::optional<pqxx::read_transaction> read;
+    const StoreReader store = [&]() -> pqxx::transaction_base& {
+      if (!read) {
+        lease.emplace(pool.acquire());
+        read.emplace(**lease);
       }
+      return *read;
+    };
+    try {
+      WorkingSet working([&](const std::string& stream_id) {
+        if (const StreamState* cached = cache.find(stream_id)) return *cached;
+        return load_streams(store(), {stream_id}, snapshots.get()).at(stream_id);
+      });
+      prepared.decided = decide_batch(store, batch, false, working);
+      if (read) {
+        read->commit();
+        read.reset();
+        lease.reset();
+      }
+      for (const auto& row : prepared.decided.rows) {
+        if (!prepared.changed.contains(row.stream_id)) {
+          prepared.changed.emplace(row.stream_id, working.streams().at(row.stream_id));
+        }
+      }
+      for (auto& [stream_id, state] : working.streams()) cache.put(stream_id, std::move(state));
     } catch (const std::exception& error) {
+      read.reset();
+      if (lease) lease->discard();
+      lease.reset();
       // Deciding failed on the database: run the batch the serial way, which retries and
       // answers every command whatever happens.
       spdlog::warn("deciding a batch failed ({}); running it on its own", error.what());
@@ -270,9 +282,19 @@ struct Engine::Impl {
     prepared.batch = std::move(batch);
     prepared.generation = decided_generation;
     {
+      // While the committer is busy, a batch decided later joins the one waiting for it, up to
+      // the batch bound: a command then waits for one commit ahead of it, not two.
       std::unique_lock lock(handoff_mutex);
-      handoff_changed.wait(lock, [&] { return !handoff.has_value(); });
-      handoff = std::move(prepared);
+      handoff_changed.wait(lock, [&] {
+        return !handoff.has_value() ||
+               (handoff->generation == prepared.generation &&
+                handoff->batch.size() + prepared.batch.size() <= settings.append_batch_commands_max);
+      });
+      if (handoff) {
+        handoff->merge(std::move(prepared));
+      } else {
+        handoff = std::move(prepared);
+      }
     }
     handoff_changed.notify_all();
   }
@@ -434,8 +456,26 @@ struct Engine::Impl {
   struct Prepared {
     std::vector<Pending> batch;
     Decided decided;
-    std::vector<std::pair<std::string, StreamState>> changed;  // copies, for snapshots
+    std::unordered_map<std::string, StreamState> changed;  // copies, for snapshots
     std::uint64_t generation = 0;
+
+    // Appends a batch decided after this one (on the states this one left in the cache).
+    void merge(Prepared&& later) {
+      const std::size_t command_offset = batch.size();
+      const std::size_t event_offset = decided.rows.size();
+      for (auto& slot : later.decided.slots) {
+        slot.first_event += event_offset;
+        slot.end_event += event_offset;
+        if (slot.kind == Slot::Kind::follows) slot.follows += command_offset;
+      }
+      std::move(later.batch.begin(), later.batch.end(), std::back_inserter(batch));
+      std::move(later.decided.slots.begin(), later.decided.slots.end(), std::back_inserter(decided.slots));
+      std::move(later.decided.rows.begin(), later.decided.rows.end(), std::back_inserter(decided.rows));
+      std::move(later.decided.expiries.begin(), later.decided.expiries.end(),
+                std::back_inserter(decided.expiries));
+      decided.keyed = decided.keyed || later.decided.keyed;
+      for (auto& [stream_id, state] : later.changed) changed.insert_or_assign(stream_id, std::move(state));
+    }
   };
   std::mutex handoff_mutex;
   std::condition_variable handoff_changed;
@@ -466,13 +506,14 @@ struct Engine::Impl {
 
 
   // Phase one: idempotency, stream loads (cache, snapshots, store) and decisions, reading
-  // through `work`; `working` ends holding every stream the batch touched.
-  Decided decide_batch(pqxx::transaction_base& work, std::vector<Pending>& batch, bool fresh,
+  // through `store` when the cache does not have it; `working` ends holding every stream the
+  // batch touched.
+  Decided decide_batch(const StoreReader& store, std::vector<Pending>& batch, bool fresh,
                        WorkingSet& working) {
     Decided decided;
     decided.slots.resize(batch.size());
     auto& slots = decided.slots;
-    resolve_idempotency(work, batch, slots);
+    resolve_idempotency(store, batch, slots);
 
     // Load every stream the batch names (one query), then decide in order.
     std::vector<std::string> wanted;
@@ -495,7 +536,7 @@ struct Engine::Impl {
       }
     }
     if (!missing.empty()) {
-      for (auto& [id, state] : load_streams(work, missing, snapshots.get())) {
+      for (auto& [id, state] : load_streams(store(), missing, snapshots.get())) {
         working.put(id, std::move(state));
       }
     }
@@ -596,7 +637,8 @@ struct Engine::Impl {
       }
       return load_streams(work, {stream_id}, snapshots.get()).at(stream_id);
     });
-    Decided decided = decide_batch(work, batch, fresh, working);
+    const StoreReader store = [&work]() -> pqxx::transaction_base& { return work; };
+    Decided decided = decide_batch(store, batch, fresh, working);
     const auto commit_started = std::chrono::steady_clock::now();
     bool appended = false;
     try {
@@ -702,7 +744,7 @@ struct Engine::Impl {
   }
 
   // Answers commands whose idempotency key was seen before (in the store or earlier in the batch).
-  void resolve_idempotency(pqxx::transaction_base& work, std::vector<Pending>& batch,
+  void resolve_idempotency(const StoreReader& store, std::vector<Pending>& batch,
                            std::vector<Slot>& slots) {
     std::map<std::pair<std::string, std::string>, std::size_t> first_with_key;
     std::string actors = "{";
@@ -734,7 +776,7 @@ struct Engine::Impl {
     if (first_with_key.empty()) return;
     actors.push_back('}');
     keys.push_back('}');
-    const auto rows = work.exec_params(
+    const auto rows = store().exec_params(
         "SELECT k.actor, k.key, k.request_hash, k.outcome "
         "FROM unnest($1::text[], $2::text[]) AS w(actor, key) "
         "CROSS JOIN LATERAL (SELECT * FROM idempotency_keys "
