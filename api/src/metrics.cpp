@@ -8,11 +8,7 @@ void Metrics::observe_request(const std::string& route, const std::string& metho
                               double seconds) {
   std::lock_guard lock(mutex_);
   ++requests_[{route, method, status}];
-  for (std::size_t i = 0; i < latency_buckets_seconds.size(); ++i) {
-    if (seconds <= latency_buckets_seconds[i]) ++latency_counts_[i];
-  }
-  ++latency_count_;
-  latency_sum_ += seconds;
+  latency_.observe(seconds);
 }
 
 void Metrics::count_command(const std::string& type, const std::string& outcome) {
@@ -30,15 +26,7 @@ std::string Metrics::render(const std::string& extra) const {
     out += fmt::format("ledger_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{}\"}} {}\n",
                        route, method, status, count);
   }
-  out += "# HELP ledger_http_request_duration_seconds HTTP request latency.\n";
-  out += "# TYPE ledger_http_request_duration_seconds histogram\n";
-  for (std::size_t i = 0; i < latency_buckets_seconds.size(); ++i) {
-    out += fmt::format("ledger_http_request_duration_seconds_bucket{{le=\"{}\"}} {}\n",
-                       latency_buckets_seconds[i], latency_counts_[i]);
-  }
-  out += fmt::format("ledger_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\n", latency_count_);
-  out += fmt::format("ledger_http_request_duration_seconds_sum {}\n", latency_sum_);
-  out += fmt::format("ledger_http_request_duration_seconds_count {}\n", latency_count_);
+  append_prometheus_histogram(out, "ledger_http_request_duration_seconds", "HTTP request latency.", latency_);
   out += "# HELP ledger_commands_total Commands by type and outcome.\n";
   out += "# TYPE ledger_commands_total counter\n";
   for (const auto& [key, count] : commands_) {

@@ -261,6 +261,41 @@ std::string resource_kind(CommandRoute route) {
   }
 }
 
+// Both caches are only caches (DESIGN.md invariant 7): they never make the service unhealthy.
+void write_snapshot_cache_health(JsonWriter& w, const engine::EngineStats& stats) {
+  w.Key("snapshot_cache");
+  w.StartObject();
+  w.Key("status");
+  write_string(w, stats.snapshots_enabled ? "up" : "disabled");
+  w.Key("state_cache");
+  w.StartObject();
+  w.Key("streams");
+  w.Uint64(stats.cache_streams);
+  w.Key("streams_max");
+  w.Uint64(stats.cache_streams_max);
+  w.Key("hits");
+  w.Uint64(stats.cache_hits);
+  w.Key("misses");
+  w.Uint64(stats.cache_misses);
+  w.EndObject();
+  if (stats.snapshots_enabled) {
+    w.Key("snapshots");
+    w.StartObject();
+    w.Key("hits");
+    w.Uint64(stats.snapshots.hits);
+    w.Key("misses");
+    w.Uint64(stats.snapshots.misses);
+    w.Key("corrupt");
+    w.Uint64(stats.snapshots.corrupt);
+    w.Key("written");
+    w.Uint64(stats.snapshots.written);
+    w.Key("directory_rebuilt");
+    w.Bool(stats.snapshots.directory_rebuilt);
+    w.EndObject();
+  }
+  w.EndObject();
+}
+
 }  // namespace
 
 Router::Router(const ServerSettings& settings, Services services,
@@ -376,11 +411,23 @@ void Router::handle(Request request, const std::string& client_address, Respond 
           extra += fmt::format("ledger_engine_commands_total{{outcome=\"rejected\"}} {}\n", stats.commands_rejected);
           extra += fmt::format("ledger_engine_conflicts_total {}\n", stats.conflicts);
           extra += fmt::format("ledger_engine_queued_commands {}\n", stats.queued);
-          const auto& latencies = stats.recent_commit_latency_us;
-          const auto& sizes = stats.recent_batch_commands;
-          if (!latencies.empty()) {
-            extra += fmt::format("ledger_engine_last_commit_latency_seconds {}\n", latencies.back() / 1e6);
-            extra += fmt::format("ledger_engine_last_batch_commands {}\n", sizes.back());
+          append_prometheus_histogram(extra, "ledger_engine_commit_latency_seconds",
+                                      "Time to append and commit a batch.", stats.commit_latency_seconds);
+          append_prometheus_histogram(extra, "ledger_engine_batch_commands", "Commands per committed batch.",
+                                      stats.batch_commands);
+          extra += "# TYPE ledger_state_cache_streams gauge\n";
+          extra += fmt::format("ledger_state_cache_streams {}\n", stats.cache_streams);
+          extra += fmt::format("ledger_state_cache_streams_max {}\n", stats.cache_streams_max);
+          extra += "# TYPE ledger_state_cache_lookups_total counter\n";
+          extra += fmt::format("ledger_state_cache_lookups_total{{result=\"hit\"}} {}\n", stats.cache_hits);
+          extra += fmt::format("ledger_state_cache_lookups_total{{result=\"miss\"}} {}\n", stats.cache_misses);
+          if (stats.snapshots_enabled) {
+            extra += "# TYPE ledger_snapshot_reads_total counter\n";
+            extra += fmt::format("ledger_snapshot_reads_total{{result=\"hit\"}} {}\n", stats.snapshots.hits);
+            extra += fmt::format("ledger_snapshot_reads_total{{result=\"miss\"}} {}\n", stats.snapshots.misses);
+            extra += fmt::format("ledger_snapshot_reads_total{{result=\"corrupt\"}} {}\n", stats.snapshots.corrupt);
+            extra += "# TYPE ledger_snapshot_writes_total counter\n";
+            extra += fmt::format("ledger_snapshot_writes_total {}\n", stats.snapshots.written);
           }
         }
         Response response{http::status::ok, version};
@@ -455,6 +502,7 @@ void Router::handle(Request request, const std::string& client_address, Respond 
         w.Key("batches");
         w.Uint64(stats.batches);
         w.EndObject();
+        write_snapshot_cache_health(w, stats);
       }
       write_read_side_health(w, read_side);
       w.EndObject();

@@ -738,6 +738,8 @@ struct Engine::Impl {
     counters.events += events;
     if (events > 0) {
       ++counters.batches;
+      counters.commit_latency_seconds.observe(static_cast<double>(latency_us) / 1e6);
+      counters.batch_commands.observe(static_cast<double>(batch.size()));
       push_bounded(counters.recent_commit_latency_us, static_cast<std::uint32_t>(latency_us));
       push_bounded(counters.recent_batch_commands, static_cast<std::uint32_t>(batch.size()));
     }
@@ -1006,6 +1008,13 @@ EngineStats Engine::stats() const {
     std::lock_guard lock(impl_->queue_mutex);
     stats.queued = impl_->queue.size();
   }
+  const auto cache = impl_->cache.counts();
+  stats.cache_streams = cache.streams;
+  stats.cache_streams_max = cache.streams_max;
+  stats.cache_hits = cache.hits;
+  stats.cache_misses = cache.misses;
+  stats.snapshots_enabled = impl_->snapshots != nullptr;
+  if (impl_->snapshots) stats.snapshots = impl_->snapshots->stats();
   return stats;
 }
 

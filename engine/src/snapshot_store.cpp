@@ -31,6 +31,7 @@ std::string str(const flatbuffers::String* value) { return value ? value->str() 
 struct SnapshotStore::Impl {
   std::unique_ptr<rocksdb::DB> db;
   std::atomic<std::uint64_t> hits{0}, misses{0}, corrupt{0}, written{0};
+  bool directory_rebuilt = false;
 };
 
 SnapshotStore::SnapshotStore(const std::string& directory) : impl_(std::make_unique<Impl>()) {
@@ -53,6 +54,7 @@ SnapshotStore::SnapshotStore(const std::string& directory) : impl_(std::make_uni
     rocksdb::DestroyDB(directory, options).PermitUncheckedError();
     std::filesystem::remove_all(directory);
     std::filesystem::create_directories(directory);
+    impl_->directory_rebuilt = true;
     status = rocksdb::DB::Open(options, directory, &db);
     if (!status.ok()) {
       throw std::runtime_error("cannot create the snapshot cache at " + directory + ": " +
@@ -198,7 +200,8 @@ void SnapshotStore::remove(const std::string& stream_id) {
 }
 
 SnapshotStore::Stats SnapshotStore::stats() const {
-  return {impl_->hits.load(), impl_->misses.load(), impl_->corrupt.load(), impl_->written.load()};
+  return {impl_->hits.load(), impl_->misses.load(), impl_->corrupt.load(), impl_->written.load(),
+          impl_->directory_rebuilt};
 }
 
 }  // namespace ledger::engine

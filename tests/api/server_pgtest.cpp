@@ -94,14 +94,32 @@ TEST_CASE("every command route succeeds and answers command id, position and ver
   CHECK(client.request("GET", "/health/ready").status == 200);
   const auto health = client.request("GET", "/health");
   CHECK(health.status == 200);
-  CHECK(parse(health.body)["status"].GetString() == std::string("healthy"));
-  CHECK(parse(health.body)["components"]["database"]["status"].GetString() == std::string("up"));
+  const auto health_json = parse(health.body);
+  CHECK(health_json["status"].GetString() == std::string("healthy"));
+  CHECK(health_json["components"]["database"]["status"].GetString() == std::string("up"));
+  // This engine has no snapshot directory: the in-memory state cache still reports itself.
+  const auto& cache = health_json["components"]["snapshot_cache"];
+  CHECK(cache["status"].GetString() == std::string("disabled"));
+  CHECK(cache["state_cache"]["streams"].GetUint64() > 0);
+  CHECK(cache["state_cache"]["hits"].GetUint64() + cache["state_cache"]["misses"].GetUint64() > 0);
   const auto metrics = client.request("GET", "/metrics");
   CHECK(metrics.status == 200);
   CHECK(metrics.body.find("ledger_http_requests_total{route=\"/v1/transfers\",method=\"POST\",status=\"201\"} 1") != std::string::npos);
   CHECK(metrics.body.find("ledger_commands_total{type=\"transfer\",outcome=\"accepted\"}") != std::string::npos);
   CHECK(metrics.body.find("ledger_http_request_duration_seconds_bucket") != std::string::npos);
   CHECK(metrics.body.find("ledger_engine_batches_total") != std::string::npos);
+  // Every committed batch is in the commit latency and batch size histograms.
+  auto metric = [&](const std::string& name) {
+    const auto at = metrics.body.find("\n" + name + " ");
+    REQUIRE_MESSAGE(at != std::string::npos, name);
+    return std::stoll(metrics.body.substr(at + name.size() + 2));
+  };
+  const auto batches = metric("ledger_engine_batches_total");
+  CHECK(batches > 0);
+  CHECK(metric("ledger_engine_commit_latency_seconds_count") == batches);
+  CHECK(metric("ledger_engine_batch_commands_bucket{le=\"+Inf\"}") == batches);
+  CHECK(metric("ledger_engine_batch_commands_sum") >= batches);
+  CHECK(metrics.body.find("ledger_state_cache_streams ") != std::string::npos);
 }
 
 TEST_CASE("business rejections are problem+json with the engine's code and write nothing") {
@@ -229,6 +247,7 @@ TEST_CASE("slow and stalled clients time out; connections beyond the limit are r
     client.send_raw("POST /v1/accounts HTTP/1.1\r\nHost: x\r\n");
     const auto response = client.read();
     CHECK(response.status == 408);
+    CHECK(code_of(response) == "request_timeout");
     CHECK(client.closed_by_server());
   }
   SUBCASE("a body that never finishes") {
@@ -237,6 +256,7 @@ TEST_CASE("slow and stalled clients time out; connections beyond the limit are r
                     "\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"currency\"");
     const auto response = client.read();
     CHECK(response.status == 408);
+    CHECK(code_of(response) == "request_timeout");
   }
   SUBCASE("more connections than the limit") {
     std::vector<std::unique_ptr<HttpClient>> held;
@@ -305,44 +325,53 @@ TEST_CASE("the auth matrix: every role against every route") {
   auto client = server.client();
   post_ok(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
 
+  enum class Needs { teller, auditor, admin, any_token };
   struct Route {
     std::string method, target, body;
-    bool needs_teller;  // else auditor
+    Needs needs;
   };
   const std::vector<Route> routes = {
-      {"POST", "/v1/accounts", R"({"currency":"EUR"})", true},
-      {"POST", "/v1/accounts/alice/deposits", R"({"amount":10})", true},
-      {"POST", "/v1/accounts/alice/withdrawals", R"({"amount":1})", true},
-      {"POST", "/v1/transfers", R"({"from":"alice","to":"alice","amount":1,"currency":"EUR"})", true},
-      {"POST", "/v1/holds", R"({"from":"alice","to":"alice","amount":1,"currency":"EUR"})", true},
-      {"POST", "/v1/holds/h/post", "", true},
-      {"POST", "/v1/holds/h/void", "", true},
-      {"POST", "/v1/accounts/alice/freeze", "", true},
-      {"POST", "/v1/accounts/alice/unfreeze", "", true},
-      {"POST", "/v1/accounts/zed/close", "", true},
-      {"POST", "/v1/batch", R"({"commands":[{"type":"deposit","account_id":"alice","amount":1}]})", true},
-      {"GET", "/v1/streams/account-alice/events", "", false},
-      {"GET", "/v1/accounts/alice/balance?at_position=1", "", false},
-      {"POST", "/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":100,"rate_bps":0,"installments":1,"schedule":"annuity","first_due_date":"2999-01-01"})", true},
-      {"POST", "/v1/loans/l/disburse", "", true},
-      {"POST", "/v1/loans/l/repayments", R"({"amount":1})", true},
-      {"POST", "/v1/loans/l/write-off", "", true},
+      {"POST", "/v1/accounts", R"({"currency":"EUR"})", Needs::teller},
+      {"POST", "/v1/accounts/alice/deposits", R"({"amount":10})", Needs::teller},
+      {"POST", "/v1/accounts/alice/withdrawals", R"({"amount":1})", Needs::teller},
+      {"POST", "/v1/transfers", R"({"from":"alice","to":"alice","amount":1,"currency":"EUR"})", Needs::teller},
+      {"POST", "/v1/holds", R"({"from":"alice","to":"alice","amount":1,"currency":"EUR"})", Needs::teller},
+      {"POST", "/v1/holds/h/post", "", Needs::teller},
+      {"POST", "/v1/holds/h/void", "", Needs::teller},
+      {"POST", "/v1/accounts/alice/freeze", "", Needs::teller},
+      {"POST", "/v1/accounts/alice/unfreeze", "", Needs::teller},
+      {"POST", "/v1/accounts/zed/close", "", Needs::teller},
+      {"POST", "/v1/batch", R"({"commands":[{"type":"deposit","account_id":"alice","amount":1}]})", Needs::teller},
+      {"GET", "/v1/streams/account-alice/events", "", Needs::auditor},
+      {"GET", "/v1/accounts/alice/balance?at_position=1", "", Needs::auditor},
+      {"POST", "/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":100,"rate_bps":0,"installments":1,"schedule":"annuity","first_due_date":"2999-01-01"})", Needs::teller},
+      {"POST", "/v1/loans/l/disburse", "", Needs::teller},
+      {"POST", "/v1/loans/l/repayments", R"({"amount":1})", Needs::teller},
+      {"POST", "/v1/loans/l/write-off", "", Needs::teller},
+      {"POST", "/v1/loans/close-of-business", R"({"date":"2999-01-01"})", Needs::admin},
+      // Queries (this fixture has no read models: an allowed query answers 503, not 401/403).
+      {"GET", "/v1/accounts/alice", "", Needs::any_token},
+      {"GET", "/v1/accounts/alice/entries", "", Needs::any_token},
+      {"GET", "/v1/accounts/alice/loans", "", Needs::any_token},
+      {"GET", "/v1/loans/l", "", Needs::any_token},
+      {"GET", "/v1/loans/l/schedule", "", Needs::any_token},
+      {"GET", "/v1/audit", "", Needs::auditor},
   };
   struct Caller {
     std::string name;
     std::map<std::string, std::string> headers;
-    bool teller, auditor;
+    bool teller, auditor, admin;
   };
   const std::vector<Caller> callers = {
-      {"no token", {}, false, false},
-      {"malformed token", {{"Authorization", "Bearer not.a.jwt"}}, false, false},
-      {"wrong scheme", {{"Authorization", "Basic dXNlcjpwYXNz"}}, false, false},
-      {"bad signature", {{"Authorization", "Bearer " + api::issue_token("another-secret-of-32-bytes-or-more!!", "x", {"admin"}, std::chrono::hours(1))}}, false, false},
-      {"expired", {{"Authorization", "Bearer " + api::issue_token(test::test_jwt_secret, "x", {"admin"}, std::chrono::seconds(-120))}}, false, false},
-      {"no roles", ServerFixture::auth({}), false, false},
-      {"teller", ServerFixture::auth({"teller"}), true, false},
-      {"auditor", ServerFixture::auth({"auditor"}), false, true},
-      {"admin", ServerFixture::auth({"admin"}), true, true},
+      {"no token", {}, false, false, false},
+      {"malformed token", {{"Authorization", "Bearer not.a.jwt"}}, false, false, false},
+      {"wrong scheme", {{"Authorization", "Basic dXNlcjpwYXNz"}}, false, false, false},
+      {"bad signature", {{"Authorization", "Bearer " + api::issue_token("another-secret-of-32-bytes-or-more!!", "x", {"admin"}, std::chrono::hours(1))}}, false, false, false},
+      {"expired", {{"Authorization", "Bearer " + api::issue_token(test::test_jwt_secret, "x", {"admin"}, std::chrono::seconds(-120))}}, false, false, false},
+      {"no roles", ServerFixture::auth({}), false, false, false},
+      {"teller", ServerFixture::auth({"teller"}), true, false, false},
+      {"auditor", ServerFixture::auth({"auditor"}), false, true, false},
+      {"admin", ServerFixture::auth({"admin"}), true, true, true},
   };
   for (const auto& caller : callers) {
     const bool authenticated = caller.name != "no token" && caller.name != "malformed token" &&
@@ -351,7 +380,10 @@ TEST_CASE("the auth matrix: every role against every route") {
     for (const auto& route : routes) {
       INFO(caller.name << " " << route.method << " " << route.target);
       const auto response = client.request(route.method, route.target, route.body, caller.headers);
-      const bool allowed = route.needs_teller ? caller.teller : caller.auditor;
+      const bool allowed = route.needs == Needs::teller    ? caller.teller
+                           : route.needs == Needs::auditor ? caller.auditor
+                           : route.needs == Needs::admin   ? caller.admin
+                                                           : true;
       if (!authenticated) {
         CHECK(response.status == 401);
         CHECK(code_of(response) == "unauthorized");

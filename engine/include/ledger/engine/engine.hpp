@@ -10,7 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "ledger/core/histogram.hpp"
 #include "ledger/engine/commands.hpp"
+#include "ledger/engine/snapshot_store.hpp"
 #include "ledger/engine/state.hpp"
 
 namespace ledger::engine {
@@ -70,8 +72,17 @@ struct EngineStats {
   std::uint64_t batches = 0;
   std::uint64_t events = 0;
   std::uint64_t conflicts = 0;
-  std::uint64_t cache_streams = 0;
   std::uint64_t queued = 0;
+  // Every committed batch's commit latency and size.
+  Histogram commit_latency_seconds{{0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5}};
+  Histogram batch_commands{{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000}};
+  // The in-memory state cache (LRU, in streams) and the RocksDB snapshot cache behind it.
+  std::uint64_t cache_streams = 0;
+  std::uint64_t cache_streams_max = 0;
+  std::uint64_t cache_hits = 0;
+  std::uint64_t cache_misses = 0;
+  bool snapshots_enabled = false;
+  SnapshotStore::Stats snapshots;
   // Commit latency of recent batches (microseconds), newest last; bounded.
   std::vector<std::uint32_t> recent_commit_latency_us;
   std::vector<std::uint32_t> recent_batch_commands;

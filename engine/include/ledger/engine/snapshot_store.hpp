@@ -32,6 +32,7 @@ class SnapshotStore {
     std::uint64_t misses = 0;
     std::uint64_t corrupt = 0;
     std::uint64_t written = 0;
+    bool directory_rebuilt = false;  // RocksDB could not open the directory: wiped at start
   };
   [[nodiscard]] Stats stats() const;
 
