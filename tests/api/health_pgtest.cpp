@@ -49,6 +49,9 @@ TEST_CASE("readiness turns 503 while PostgreSQL is stopped and 200 when it retur
       if (status != 200) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     CHECK(status == 200);
+    const auto recovered = client.request("GET", "/health");
+    CHECK(recovered.status == 200);
+    CHECK(recovered.body.find("\"status\":\"healthy\"") != std::string::npos);
     CHECK(client.request("POST", "/v1/accounts", R"({"currency":"EUR"})",
                          test::ServerFixture::auth({"teller"})).status == 201);
     restarted.stop();

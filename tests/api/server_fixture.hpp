@@ -20,32 +20,6 @@ namespace ledger::test {
 
 inline const std::string test_jwt_secret = "test-secret-that-is-at-least-32-bytes-long";
 
-inline api::DatabaseHealth check_database(db::ConnectionPool& pool) {
-  api::DatabaseHealth health;
-  const auto stats = pool.stats();
-  health.pool_open = stats.open;
-  health.pool_in_use = stats.in_use;
-  health.pool_max = stats.connections_max;
-  try {
-    auto lease = pool.acquire();
-    try {
-      pqxx::read_transaction work(*lease);
-      std::set<int> applied;
-      for (const auto& row : work.exec("SELECT version FROM schema_migrations")) applied.insert(row[0].as<int>());
-      for (const auto& migration : db::embedded_migrations()) {
-        if (!applied.contains(migration.version)) health.pending_migrations.push_back(migration.name);
-      }
-    } catch (...) {
-      lease.discard();
-      throw;
-    }
-    health.reachable = true;
-  } catch (const std::exception& error) {
-    health.error = error.what();
-  }
-  return health;
-}
-
 class ServerFixture {
  public:
   explicit ServerFixture(const std::string& database_url, api::ServerSettings settings = {},
@@ -69,7 +43,7 @@ class ServerFixture {
     services.event_store = store_.get();
     services.read_models = read_models;
     services.check_relay = std::move(check_relay);
-    services.check_database = [this] { return check_database(*pool_); };
+    services.check_database = [this] { return db::check_database(*pool_); };
     settings.port = 0;
     settings.jwt_secret = test_jwt_secret;
     server_ = std::make_unique<api::Server>(settings, services);

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "ledger/db/health.hpp"
+
 namespace ledger::engine {
 class Engine;
 class EventStore;
@@ -33,15 +35,7 @@ struct ServerSettings {
   std::string jwt_secret;
 };
 
-struct DatabaseHealth {
-  bool reachable = false;
-  double latency_ms = 0;
-  std::size_t pool_open = 0;
-  std::size_t pool_in_use = 0;
-  std::size_t pool_max = 0;
-  std::vector<std::string> pending_migrations;
-  std::string error;
-};
+using DatabaseHealth = db::DatabaseHealth;
 
 struct RelayHealth {
   bool enabled = false;  // false: this process runs no relay
@@ -60,7 +54,8 @@ struct Services {
   projections::ReadModels* read_models = nullptr;  // null: no query routes
   // Blocking, like check_database.
   std::function<RelayHealth()> check_relay;
-  // Blocking: checks the database (run on the server's blocking pool, never on I/O threads).
+  // Blocking: checks the database (run on the server's blocking pool, never on I/O threads);
+  // usually db::check_database on a pool of its own.
   std::function<DatabaseHealth()> check_database;
 };
 

@@ -1,0 +1,47 @@
+#include "ledger/db/health.hpp"
+
+#include <pqxx/pqxx>
+
+#include <chrono>
+#include <set>
+
+#include "ledger/db/migrations.hpp"
+#include "ledger/db/pool.hpp"
+
+namespace ledger::db {
+
+DatabaseHealth check_database(ConnectionPool& pool) {
+  DatabaseHealth health;
+  const auto stats = pool.stats();
+  health.pool_open = stats.open;
+  health.pool_in_use = stats.in_use;
+  health.pool_max = stats.connections_max;
+  const auto started = std::chrono::steady_clock::now();
+  try {
+    auto lease = pool.acquire();
+    try {
+      pqxx::read_transaction work(*lease);
+      std::set<int> applied;
+      for (const auto& row : work.exec("SELECT version FROM schema_migrations")) {
+        applied.insert(row[0].as<int>());
+      }
+      for (const auto& migration : embedded_migrations()) {
+        if (!applied.contains(migration.version)) {
+          health.pending_migrations.push_back(std::to_string(migration.version) + "_" + migration.name);
+        }
+      }
+    } catch (const std::exception&) {
+      lease.discard();
+      throw;
+    }
+    health.reachable = true;
+  } catch (const std::exception& error) {
+    health.error = error.what();
+    while (!health.error.empty() && health.error.back() == '\n') health.error.pop_back();
+  }
+  health.latency_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  return health;
+}
+
+}  // namespace ledger::db
