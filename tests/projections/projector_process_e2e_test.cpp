@@ -8,6 +8,8 @@
 #include <fstream>
 #include <random>
 
+#include <rapidjson/document.h>
+
 #include "../engine/engine_fixture.hpp"
 #include "ledger/core/process.hpp"
 #include "read_side_fixture.hpp"
@@ -124,4 +126,23 @@ TEST_CASE("a consumer that is not ours reads the topic with kcat and decodes it 
   CHECK(text.find("\"type\": \"account_opened\"") != std::string::npos);
   CHECK(text.find("\"position\": 1") != std::string::npos);
   CHECK(text.find("\"actor\": \"test\"") != std::string::npos);
+
+  // The payload inside is the stored FlatBuffers Event: decode it against events.fbs too.
+  rapidjson::Document envelope;
+  envelope.Parse(text.c_str());
+  REQUIRE_MESSAGE(!envelope.HasParseError(), text);
+  REQUIRE(envelope["payload"].IsArray());
+  std::string payload;
+  for (const auto& byte : envelope["payload"].GetArray()) payload.push_back(static_cast<char>(byte.GetUint()));
+  std::ofstream(directory / "payload.bin", std::ios::binary) << payload;
+  const auto payload_decoded = process::run(
+      {"flatc", "--json", "--strict-json", "--raw-binary", "-o", directory.string(), "-I", LEDGER_SCHEMAS_DIR,
+       std::string(LEDGER_SCHEMAS_DIR) + "/events.fbs", "--", (directory / "payload.bin").string()},
+      output);
+  REQUIRE_MESSAGE(payload_decoded.success(), output);
+  std::ifstream payload_json(directory / "payload.json");
+  const std::string event((std::istreambuf_iterator<char>(payload_json)), std::istreambuf_iterator<char>());
+  CHECK(event.find("\"AccountOpened\"") != std::string::npos);
+  CHECK(event.find("\"account_id\": \"downstream-1\"") != std::string::npos);
+  CHECK(event.find("\"currency\": \"EUR\"") != std::string::npos);
 }
