@@ -18,6 +18,7 @@
 #include "ledger/core/assert.hpp"
 #include "ledger/core/logging.hpp"
 #include "ledger/db/pool.hpp"
+#include "ledger/db/retry.hpp"
 #include "ledger/engine/domain.hpp"
 #include "ledger/engine/snapshot_store.hpp"
 #include "outcome_codec.hpp"
@@ -74,16 +75,7 @@ class UuidGenerator {
 // Errors after which the batch, which did not commit, may safely run again: the connection
 // was lost or shut down (SQLSTATE classes 08 and 57P), or PostgreSQL asks for a retry.
 bool is_retryable(const std::exception& error) {
-  if (dynamic_cast<const pqxx::broken_connection*>(&error) != nullptr ||
-      dynamic_cast<const db::DatabaseUnavailable*>(&error) != nullptr) {
-    return true;
-  }
-  if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&error)) {
-    const std::string& state = sql->sqlstate();
-    return state.starts_with("08") || state.starts_with("57P") || state == "40001" ||
-           state == "40P01";
-  }
-  return false;
+  return db::is_transient(error) || dynamic_cast<const db::DatabaseUnavailable*>(&error) != nullptr;
 }
 
 template <typename T>

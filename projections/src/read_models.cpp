@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "ledger/db/pool.hpp"
+#include "ledger/db/retry.hpp"
 
 namespace ledger::projections {
 
@@ -32,7 +33,9 @@ std::int64_t read_watermark(SnapshotRead& work, std::string_view projection) {
 }  // namespace
 
 struct ReadModels::Impl {
-  explicit Impl(db::ConnectionPool& p) : pool(p) {}
+  explicit Impl(db::ConnectionPool& p)
+      : pool(p), retry{static_cast<int>(p.settings().connections_max) + 1, std::chrono::milliseconds(20),
+                       std::chrono::milliseconds(200)} {}
 
   struct Waiter {
     std::string projection;
@@ -42,6 +45,13 @@ struct ReadModels::Impl {
   };
 
   db::ConnectionPool& pool;
+  // A query that meets a dropped connection (PostgreSQL restarted, a failover) runs again on a
+  // fresh one instead of failing the request; every pooled connection may be stale.
+  db::RetryPolicy retry;
+  template <typename Query>
+  auto read(Query&& query) const {
+    return db::with_retry(retry, std::forward<Query>(query));
+  }
   std::mutex mutex;
   std::condition_variable changed;
   std::list<Waiter> waiters;
@@ -104,25 +114,27 @@ ReadModels::ReadModels(db::ConnectionPool& pool) : impl_(std::make_unique<Impl>(
 ReadModels::~ReadModels() = default;
 
 AtWatermark<std::optional<AccountView>> ReadModels::account(const std::string& id) const {
-  auto lease = impl_->pool.acquire();
-  SnapshotRead work(*lease);
-  AtWatermark<std::optional<AccountView>> result;
-  result.watermark = read_watermark(work, to_string(ProjectionKind::balance));
-  const auto rows = work.exec_params(
-      "SELECT account_id, currency, kind, owner, status, ledger_code, overdraft_limit, "
-      "debits_posted, credits_posted, debits_pending, credits_pending, version "
-      "FROM read.balances WHERE account_id = $1",
-      id);
-  if (!rows.empty()) {
-    const auto& row = rows[0];
-    result.value = AccountView{row[0].as<std::string>(),  row[1].as<std::string>(),
-                               row[2].as<std::string>(),  row[3].as<std::string>(),
-                               row[4].as<std::string>(),  row[5].as<std::int64_t>(),
-                               row[6].as<std::int64_t>(), row[7].as<std::int64_t>(),
-                               row[8].as<std::int64_t>(), row[9].as<std::int64_t>(),
-                               row[10].as<std::int64_t>(), row[11].as<std::int64_t>()};
-  }
-  return result;
+  return impl_->read([&]() -> AtWatermark<std::optional<AccountView>> {
+    auto lease = impl_->pool.acquire();
+    SnapshotRead work(*lease);
+    AtWatermark<std::optional<AccountView>> result;
+    result.watermark = read_watermark(work, to_string(ProjectionKind::balance));
+    const auto rows = work.exec_params(
+        "SELECT account_id, currency, kind, owner, status, ledger_code, overdraft_limit, "
+        "debits_posted, credits_posted, debits_pending, credits_pending, version "
+        "FROM read.balances WHERE account_id = $1",
+        id);
+    if (!rows.empty()) {
+      const auto& row = rows[0];
+      result.value = AccountView{row[0].as<std::string>(),  row[1].as<std::string>(),
+                                 row[2].as<std::string>(),  row[3].as<std::string>(),
+                                 row[4].as<std::string>(),  row[5].as<std::int64_t>(),
+                                 row[6].as<std::int64_t>(), row[7].as<std::int64_t>(),
+                                 row[8].as<std::int64_t>(), row[9].as<std::int64_t>(),
+                                 row[10].as<std::int64_t>(), row[11].as<std::int64_t>()};
+    }
+    return result;
+  });
 }
 
 namespace {
@@ -158,130 +170,140 @@ std::vector<LoanView> read_loans(pqxx::transaction_base& work, const std::string
 }  // namespace
 
 AtWatermark<std::optional<LoanView>> ReadModels::loan(const std::string& id) const {
-  auto lease = impl_->pool.acquire();
-  SnapshotRead work(*lease);
-  AtWatermark<std::optional<LoanView>> result;
-  result.watermark = read_watermark(work, to_string(ProjectionKind::loan));
-  auto loans = read_loans(work, "loan_id", id);
-  if (!loans.empty()) result.value = std::move(loans.front());
-  return result;
+  return impl_->read([&]() -> AtWatermark<std::optional<LoanView>> {
+    auto lease = impl_->pool.acquire();
+    SnapshotRead work(*lease);
+    AtWatermark<std::optional<LoanView>> result;
+    result.watermark = read_watermark(work, to_string(ProjectionKind::loan));
+    auto loans = read_loans(work, "loan_id", id);
+    if (!loans.empty()) result.value = std::move(loans.front());
+    return result;
+  });
 }
 
 AtWatermark<std::optional<std::vector<LoanView>>> ReadModels::loans_of(const std::string& account_id) const {
-  auto lease = impl_->pool.acquire();
-  SnapshotRead work(*lease);
-  AtWatermark<std::optional<std::vector<LoanView>>> result;
-  result.watermark = read_watermark(work, to_string(ProjectionKind::loan));
-  if (work.exec_params("SELECT 1 FROM read.balances WHERE account_id = $1", account_id).empty()) return result;
-  result.value = read_loans(work, "borrower", account_id);
-  return result;
+  return impl_->read([&]() -> AtWatermark<std::optional<std::vector<LoanView>>> {
+    auto lease = impl_->pool.acquire();
+    SnapshotRead work(*lease);
+    AtWatermark<std::optional<std::vector<LoanView>>> result;
+    result.watermark = read_watermark(work, to_string(ProjectionKind::loan));
+    if (work.exec_params("SELECT 1 FROM read.balances WHERE account_id = $1", account_id).empty()) return result;
+    result.value = read_loans(work, "borrower", account_id);
+    return result;
+  });
 }
 
 AtWatermark<std::optional<EntriesPage>> ReadModels::entries(const std::string& account_id,
                                                             std::int64_t after_position,
                                                             std::size_t limit) const {
-  auto lease = impl_->pool.acquire();
-  SnapshotRead work(*lease);
-  AtWatermark<std::optional<EntriesPage>> result;
-  result.watermark = read_watermark(work, to_string(ProjectionKind::balance));
-  if (work.exec_params("SELECT 1 FROM read.balances WHERE account_id = $1", account_id).empty()) {
+  return impl_->read([&]() -> AtWatermark<std::optional<EntriesPage>> {
+    auto lease = impl_->pool.acquire();
+    SnapshotRead work(*lease);
+    AtWatermark<std::optional<EntriesPage>> result;
+    result.watermark = read_watermark(work, to_string(ProjectionKind::balance));
+    if (work.exec_params("SELECT 1 FROM read.balances WHERE account_id = $1", account_id).empty()) {
+      return result;
+    }
+    EntriesPage page;
+    const auto rows = work.exec_params(
+        std::string("SELECT position, version, transfer_id, direction, phase, amount, counterparty, "
+                    "balance_after, ") +
+            micros +
+            " FROM read.entries WHERE account_id = $1 AND position > $2 ORDER BY position LIMIT $3",
+        account_id, after_position, static_cast<long long>(limit));
+    for (const auto& row : rows) {
+      page.entries.push_back({row[0].as<std::int64_t>(), row[1].as<std::int64_t>(),
+                              row[2].as<std::string>(), row[3].as<std::string>(),
+                              row[4].as<std::string>(), row[5].as<std::int64_t>(),
+                              row[6].as<std::string>(), row[7].as<std::int64_t>(),
+                              row[8].as<std::int64_t>()});
+    }
+    if (page.entries.size() == limit) page.next_cursor = page.entries.back().position;
+    result.value = std::move(page);
     return result;
-  }
-  EntriesPage page;
-  const auto rows = work.exec_params(
-      std::string("SELECT position, version, transfer_id, direction, phase, amount, counterparty, "
-                  "balance_after, ") +
-          micros +
-          " FROM read.entries WHERE account_id = $1 AND position > $2 ORDER BY position LIMIT $3",
-      account_id, after_position, static_cast<long long>(limit));
-  for (const auto& row : rows) {
-    page.entries.push_back({row[0].as<std::int64_t>(), row[1].as<std::int64_t>(),
-                            row[2].as<std::string>(), row[3].as<std::string>(),
-                            row[4].as<std::string>(), row[5].as<std::int64_t>(),
-                            row[6].as<std::string>(), row[7].as<std::int64_t>(),
-                            row[8].as<std::int64_t>()});
-  }
-  if (page.entries.size() == limit) page.next_cursor = page.entries.back().position;
-  result.value = std::move(page);
-  return result;
+  });
 }
 
 AtWatermark<AuditPage> ReadModels::audit(const AuditFilter& filter) const {
-  auto lease = impl_->pool.acquire();
-  SnapshotRead work(*lease);
-  AtWatermark<AuditPage> result;
-  result.watermark = read_watermark(work, to_string(ProjectionKind::audit));
-  // Absent filters are NULL parameters, so one statement serves every combination.
-  auto text = [](const std::optional<std::string>& value) -> const char* {
-    return value ? value->c_str() : nullptr;
-  };
-  auto time = [](const std::optional<std::int64_t>& value) -> std::optional<std::string> {
-    if (!value) return std::nullopt;
-    return std::to_string(*value);
-  };
-  const auto from = time(filter.from_us);
-  const auto to = time(filter.to_us);
-  const auto rows = work.exec_params(
-      std::string("SELECT position, stream_id, version, type, event_id::text, actor, command_id, "
-                  "correlation_id, causation_id, request_id, client_address, ") +
-          micros +
-          ", data::text FROM read.audit WHERE position > $1 "
-          "AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR stream_id = $3) "
-          "AND ($4::text IS NULL OR type = $4) "
-          "AND ($5::bigint IS NULL OR recorded_at >= 'epoch'::timestamptz + $5::bigint * interval '1 microsecond') "
-          "AND ($6::bigint IS NULL OR recorded_at < 'epoch'::timestamptz + $6::bigint * interval '1 microsecond') "
-          "ORDER BY position LIMIT $7",
-      filter.after_position, text(filter.actor), text(filter.stream_id), text(filter.type),
-      from ? from->c_str() : nullptr, to ? to->c_str() : nullptr,
-      static_cast<long long>(filter.limit));
-  for (const auto& row : rows) {
-    AuditRow audit;
-    audit.position = row[0].as<std::int64_t>();
-    audit.stream_id = row[1].as<std::string>();
-    audit.version = row[2].as<std::int64_t>();
-    audit.type = row[3].as<std::string>();
-    audit.event_id = row[4].as<std::string>();
-    audit.actor = row[5].as<std::string>();
-    audit.command_id = row[6].as<std::string>();
-    audit.correlation_id = row[7].as<std::string>();
-    audit.causation_id = row[8].as<std::string>();
-    audit.request_id = row[9].as<std::string>();
-    audit.client_address = row[10].as<std::string>();
-    audit.recorded_at_us = row[11].as<std::int64_t>();
-    audit.data_json = row[12].as<std::string>();
-    result.value.rows.push_back(std::move(audit));
-  }
-  if (result.value.rows.size() == filter.limit) result.value.next_cursor = result.value.rows.back().position;
-  return result;
+  return impl_->read([&]() -> AtWatermark<AuditPage> {
+    auto lease = impl_->pool.acquire();
+    SnapshotRead work(*lease);
+    AtWatermark<AuditPage> result;
+    result.watermark = read_watermark(work, to_string(ProjectionKind::audit));
+    // Absent filters are NULL parameters, so one statement serves every combination.
+    auto text = [](const std::optional<std::string>& value) -> const char* {
+      return value ? value->c_str() : nullptr;
+    };
+    auto time = [](const std::optional<std::int64_t>& value) -> std::optional<std::string> {
+      if (!value) return std::nullopt;
+      return std::to_string(*value);
+    };
+    const auto from = time(filter.from_us);
+    const auto to = time(filter.to_us);
+    const auto rows = work.exec_params(
+        std::string("SELECT position, stream_id, version, type, event_id::text, actor, command_id, "
+                    "correlation_id, causation_id, request_id, client_address, ") +
+            micros +
+            ", data::text FROM read.audit WHERE position > $1 "
+            "AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR stream_id = $3) "
+            "AND ($4::text IS NULL OR type = $4) "
+            "AND ($5::bigint IS NULL OR recorded_at >= 'epoch'::timestamptz + $5::bigint * interval '1 microsecond') "
+            "AND ($6::bigint IS NULL OR recorded_at < 'epoch'::timestamptz + $6::bigint * interval '1 microsecond') "
+            "ORDER BY position LIMIT $7",
+        filter.after_position, text(filter.actor), text(filter.stream_id), text(filter.type),
+        from ? from->c_str() : nullptr, to ? to->c_str() : nullptr,
+        static_cast<long long>(filter.limit));
+    for (const auto& row : rows) {
+      AuditRow audit;
+      audit.position = row[0].as<std::int64_t>();
+      audit.stream_id = row[1].as<std::string>();
+      audit.version = row[2].as<std::int64_t>();
+      audit.type = row[3].as<std::string>();
+      audit.event_id = row[4].as<std::string>();
+      audit.actor = row[5].as<std::string>();
+      audit.command_id = row[6].as<std::string>();
+      audit.correlation_id = row[7].as<std::string>();
+      audit.causation_id = row[8].as<std::string>();
+      audit.request_id = row[9].as<std::string>();
+      audit.client_address = row[10].as<std::string>();
+      audit.recorded_at_us = row[11].as<std::int64_t>();
+      audit.data_json = row[12].as<std::string>();
+      result.value.rows.push_back(std::move(audit));
+    }
+    if (result.value.rows.size() == filter.limit) result.value.next_cursor = result.value.rows.back().position;
+    return result;
+  });
 }
 
 std::vector<ProjectionProgress> ReadModels::progress() const {
-  auto lease = impl_->pool.acquire();
-  pqxx::read_transaction work(*lease);
-  std::vector<ProjectionProgress> result;
-  const auto rows = work.exec(
-      "SELECT p.name, p.watermark, h.position, COALESCE(extract(epoch FROM clock_timestamp() - "
-      "(SELECT e.recorded_at FROM events e WHERE e.position = p.watermark + 1)), 0)::float8, p.applied "
-      "FROM read.projections p CROSS JOIN event_store_head h ORDER BY p.name");
-  const auto now = Clock::now();
-  std::lock_guard lock(impl_->mutex);
-  for (const auto& row : rows) {
-    ProjectionProgress progress;
-    progress.name = row[0].as<std::string>();
-    progress.watermark = row[1].as<std::int64_t>();
-    progress.head = row[2].as<std::int64_t>();
-    progress.lag_events = progress.head - progress.watermark;
-    progress.lag_seconds = row[3].as<double>();
-    progress.events_applied = row[4].as<std::int64_t>();
-    auto& previous = impl_->applied_samples[progress.name];
-    const double seconds = std::chrono::duration<double>(now - previous.first).count();
-    if (previous.first != Clock::time_point{} && seconds > 0) {
-      progress.events_per_second = static_cast<double>(progress.events_applied - previous.second) / seconds;
+  return impl_->read([&]() -> std::vector<ProjectionProgress> {
+    auto lease = impl_->pool.acquire();
+    pqxx::read_transaction work(*lease);
+    std::vector<ProjectionProgress> result;
+    const auto rows = work.exec(
+        "SELECT p.name, p.watermark, h.position, COALESCE(extract(epoch FROM clock_timestamp() - "
+        "(SELECT e.recorded_at FROM events e WHERE e.position = p.watermark + 1)), 0)::float8, p.applied "
+        "FROM read.projections p CROSS JOIN event_store_head h ORDER BY p.name");
+    const auto now = Clock::now();
+    std::lock_guard lock(impl_->mutex);
+    for (const auto& row : rows) {
+      ProjectionProgress progress;
+      progress.name = row[0].as<std::string>();
+      progress.watermark = row[1].as<std::int64_t>();
+      progress.head = row[2].as<std::int64_t>();
+      progress.lag_events = progress.head - progress.watermark;
+      progress.lag_seconds = row[3].as<double>();
+      progress.events_applied = row[4].as<std::int64_t>();
+      auto& previous = impl_->applied_samples[progress.name];
+      const double seconds = std::chrono::duration<double>(now - previous.first).count();
+      if (previous.first != Clock::time_point{} && seconds > 0) {
+        progress.events_per_second = static_cast<double>(progress.events_applied - previous.second) / seconds;
+      }
+      previous = {now, progress.events_applied};
+      result.push_back(std::move(progress));
     }
-    previous = {now, progress.events_applied};
-    result.push_back(std::move(progress));
-  }
-  return result;
+    return result;
+  });
 }
 
 void ReadModels::wait_for(ProjectionKind kind, std::int64_t min_position,

@@ -58,3 +58,42 @@ TEST_CASE("readiness turns 503 while PostgreSQL is stopped and 200 when it retur
   }
   std::filesystem::remove_all(options.directory);
 }
+
+TEST_CASE("read-model queries survive a PostgreSQL restart: stale pooled connections are replaced") {
+  db::EmbeddedPostgresOptions options;
+  options.directory = "/tmp/ledger-health-test-reads-" + std::to_string(getpid());
+  options.fsync = false;
+  std::filesystem::remove_all(options.directory);
+  db::EmbeddedPostgres postgres(options);
+  postgres.start();
+  postgres.ensure_database("ledger");
+  db::MigrationRunner(postgres.superuser_url("ledger")).up();
+  {
+    db::PoolSettings settings;
+    settings.url = postgres.url("ledger_app", "ledger");
+    settings.connections_max = 3;
+    db::ConnectionPool pool(settings);
+    projections::ReadModels read_models(pool);
+    {
+      // Fill the pool: after the restart every pooled connection is stale.
+      auto first = pool.acquire();
+      auto second = pool.acquire();
+      auto third = pool.acquire();
+    }
+    CHECK(pool.stats().open == 3);
+    CHECK_FALSE(read_models.account("nobody").value.has_value());
+
+    postgres.stop();
+    db::EmbeddedPostgresOptions again = options;
+    again.port = postgres.port();
+    db::EmbeddedPostgres restarted(again);
+    restarted.start();
+    projections::AtWatermark<std::optional<projections::AccountView>> answer;
+    CHECK_NOTHROW(answer = read_models.account("nobody"));
+    CHECK_FALSE(answer.value.has_value());
+    CHECK_NOTHROW((void)read_models.audit({}));
+    restarted.stop();
+  }
+  std::filesystem::remove_all(options.directory);
+}
+

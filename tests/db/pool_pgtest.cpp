@@ -80,4 +80,15 @@ TEST_CASE("with_retry retries transient errors and stops at the bound") {
                                  }),
                   pqxx::sql_error);
   CHECK(calls == 1);
+  // By SQLSTATE: the server shutting down (57P01) and a lost connection (08006) are transient.
+  for (const char* state : {"57P01", "08006", "40001", "40P01"}) {
+    calls = 0;
+    CHECK(db::with_retry(policy, [&] {
+            if (++calls < 2) throw pqxx::sql_error("failed", "", state);
+            return 1;
+          }) == 1);
+    CHECK(calls == 2);
+  }
+  CHECK_FALSE(db::is_transient(pqxx::sql_error("unique", "", "23505")));
+  CHECK_FALSE(db::is_transient(pqxx::in_doubt_error("commit outcome unknown")));
 }
