@@ -112,6 +112,43 @@ void wait_all_gone(const std::vector<pid_t>& pids) {
   }
 }
 
+// Every live process that belongs to the stack under `home`, pid files or not: the ledger
+// children name the home on their command line, PostgreSQL processes run inside its data
+// directory.
+std::vector<pid_t> processes_under(const fs::path& home) {
+  std::vector<pid_t> found;
+  const std::string prefix = fs::weakly_canonical(home).string();
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || !std::all_of(name.begin(), name.end(), ::isdigit)) continue;
+    const pid_t pid = std::stoi(name);
+    if (pid == getpid()) continue;
+    std::ifstream cmdline_file(entry.path() / "cmdline");
+    std::string cmdline((std::istreambuf_iterator<char>(cmdline_file)), std::istreambuf_iterator<char>());
+    std::error_code error;
+    const std::string cwd = fs::read_symlink(entry.path() / "cwd", error).string();
+    if (cmdline.find(prefix) != std::string::npos || (!error && cwd.rfind(prefix, 0) == 0)) {
+      found.push_back(pid);
+    }
+  }
+  return found;
+}
+
+void check_nothing_left(const fs::path& home) {
+  std::vector<pid_t> left = processes_under(home);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (!left.empty() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    left = processes_under(home);
+  }
+  for (pid_t pid : left) {
+    std::ifstream cmdline(fs::path("/proc") / std::to_string(pid) / "cmdline");
+    std::string text((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
+    std::replace(text.begin(), text.end(), '\0', ' ');
+    FAIL_CHECK("process " << pid << " of the stack was left running: " << text);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("ledger dev starts, stops cleanly, restarts on the same data and survives a SIGKILL") {
@@ -146,6 +183,7 @@ TEST_CASE("ledger dev starts, stops cleanly, restarts on the same data and survi
   }
   auto pids = stack_pids(home);
   CHECK(pids.size() >= 3);  // broker, serve and postgres
+  CHECK(processes_under(home).size() >= pids.size());  // the scan below sees the stack
 
   // SIGTERM stops every child and exits 0.
   kill(first.pid, SIGTERM);
@@ -153,6 +191,7 @@ TEST_CASE("ledger dev starts, stops cleanly, restarts on the same data and survi
   REQUIRE(status.has_value());
   CHECK(status->success());
   wait_all_gone(pids);
+  check_nothing_left(home);
   CHECK_FALSE(fs::exists(home / "dev.env"));
   CHECK_FALSE(fs::exists(home / "dev.pid"));
 
@@ -184,6 +223,7 @@ TEST_CASE("ledger dev starts, stops cleanly, restarts on the same data and survi
   REQUIRE(status.has_value());
   CHECK(status->success());
   wait_all_gone(pids);
+  check_nothing_left(home);
   fs::remove_all(home);
   fs::remove(home.string() + ".log");
 }
