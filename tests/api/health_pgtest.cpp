@@ -11,15 +11,29 @@
 
 using namespace ledger;
 
-TEST_CASE("readiness turns 503 while PostgreSQL is stopped and 200 when it returns") {
+namespace {
+
+// A cluster of the test's own (the shared test cluster must not be stopped), migrated.
+db::EmbeddedPostgresOptions private_cluster_options(const std::string& name) {
   db::EmbeddedPostgresOptions options;
-  options.directory = "/tmp/ledger-health-test-" + std::to_string(getpid());
+  options.directory = "/tmp/ledger-health-test-" + name + "-" + std::to_string(getpid());
   options.fsync = false;
   std::filesystem::remove_all(options.directory);
-  db::EmbeddedPostgres postgres(options);
+  return options;
+}
+
+void start_migrated(db::EmbeddedPostgres& postgres) {
   postgres.start();
   postgres.ensure_database("ledger");
   db::MigrationRunner(postgres.superuser_url("ledger")).up();
+}
+
+}  // namespace
+
+TEST_CASE("readiness turns 503 while PostgreSQL is stopped and 200 when it returns") {
+  const auto options = private_cluster_options("ready");
+  db::EmbeddedPostgres postgres(options);
+  start_migrated(postgres);
   const int port = postgres.port();
 
   {
@@ -60,14 +74,9 @@ TEST_CASE("readiness turns 503 while PostgreSQL is stopped and 200 when it retur
 }
 
 TEST_CASE("read-model queries survive a PostgreSQL restart: stale pooled connections are replaced") {
-  db::EmbeddedPostgresOptions options;
-  options.directory = "/tmp/ledger-health-test-reads-" + std::to_string(getpid());
-  options.fsync = false;
-  std::filesystem::remove_all(options.directory);
+  const auto options = private_cluster_options("reads");
   db::EmbeddedPostgres postgres(options);
-  postgres.start();
-  postgres.ensure_database("ledger");
-  db::MigrationRunner(postgres.superuser_url("ledger")).up();
+  start_migrated(postgres);
   {
     db::PoolSettings settings;
     settings.url = postgres.url("ledger_app", "ledger");
