@@ -27,12 +27,14 @@ struct EngineSettings {
   // commit_wait_max for more once one has arrived (0: take what is queued, no waiting).
   std::size_t append_batch_commands_max = 2'000;
   std::chrono::microseconds commit_wait_max{0};
-  // Pipelining: decide the next batch while the previous one is appended and committed (on a
-  // second thread and connection). Off: one thread decides and appends each batch in turn.
+  // Pipelining: decide the next commands while the previous batch is appended and committed (on
+  // a second thread and connection); what is decided meanwhile is appended as one batch. Off:
+  // one thread decides and appends each batch in turn.
   bool decide_while_committing = true;
   // Submissions beyond this many queued commands are refused (EngineOverloaded).
   std::size_t command_queue_commands_max = 100'000;
-  // A batch that loses an optimistic-concurrency race is reloaded and re-decided this often.
+  // A batch that loses an optimistic-concurrency race is reloaded and re-decided this often (a
+  // pipelined batch first gets its one decided-ahead try), then answered version_conflict.
   int conflict_retries_max = 5;
   // A batch whose connection fails is retried this often (with backoff) before failing.
   int connection_retries_max = 5;
