@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <map>
 #include <mutex>
 #include <random>
@@ -73,6 +74,42 @@ TEST_CASE("appends get dense positions, dense versions and a verifiable hash cha
   REQUIRE(state.has_value());
   CHECK(state->credits_posted == Amount(2'500));
   CHECK(engine.read_account("alice")->balance() == Amount(7'500));
+}
+
+TEST_CASE("commit_wait_max gathers what is submitted at once into one large batch; the chain verifies") {
+  test::TestDatabase database;
+  auto settings = test::engine_settings(database);
+  // Let the writer gather what is submitted at once into one batch.
+  settings.commit_wait_max = std::chrono::milliseconds(300);
+  Engine engine(settings);
+  open_and_fund(engine, "alice", 1'000'000);
+  open_and_fund(engine, "bob", 0);
+  // 400 transfers at once: one batch of 1,200 events.
+  std::vector<std::future<CommandOutcome>> outcomes;
+  for (int i = 0; i < 400; ++i) {
+    outcomes.push_back(engine.submit(command(Transfer{"", "alice", "bob", Amount(1 + i), eur()})));
+  }
+  for (auto& outcome : outcomes) REQUIRE(outcome.get().accepted());
+  // Then one transfer on its own: a batch of three events.
+  REQUIRE(engine.execute(command(Transfer{"", "bob", "alice", Amount(7), eur()})).accepted());
+
+  const auto stats = engine.stats();
+  const auto& bounds = stats.batch_commands.upper_bounds();
+  const auto at_most_100 = stats.batch_commands.cumulative_counts()[static_cast<std::size_t>(
+      std::find(bounds.begin(), bounds.end(), 100.0) - bounds.begin())];
+  CHECK(stats.batch_commands.count() - at_most_100 >= 1);  // a batch of more than 100 commands
+  CHECK(at_most_100 >= 1);                                 // and small ones
+
+  db::ConnectionPool pool(pool_settings(database.app_url()));
+  EventStore store(pool);
+  const auto verification = store.verify_chain();
+  CHECK(verification.ok);
+  CHECK(verification.events_checked == test::scalar(database.app_url(), "SELECT count(*) FROM events"));
+  const auto all = store.read_all(GlobalPosition(1), 10'000);
+  for (std::size_t i = 0; i < all.size(); ++i) CHECK(all[i].position.value() == static_cast<std::int64_t>(i + 1));
+  CHECK(all.back().metadata.actor == "test");
+  CHECK(all.back().recorded_at_us > all.front().recorded_at_us);
+  CHECK(engine.read_account("bob")->balance() == Amount(400 * 401 / 2 - 7));
 }
 
 TEST_CASE("the same idempotency key and request answers the first outcome; another request is refused") {
