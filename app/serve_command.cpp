@@ -1,13 +1,11 @@
 // `ledger serve`: the HTTP front, the command engine, the relay to Kafka and the queries.
 #include <signal.h>
 
-#include <pqxx/pqxx>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <set>
 
 #include "commands.hpp"
 #include "ledger/api/auth.hpp"

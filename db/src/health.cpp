@@ -1,5 +1,6 @@
 #include "ledger/db/health.hpp"
 
+#include <fmt/format.h>
 #include <pqxx/pqxx>
 
 #include <chrono>
@@ -27,7 +28,7 @@ DatabaseHealth check_database(ConnectionPool& pool) {
       }
       for (const auto& migration : embedded_migrations()) {
         if (!applied.contains(migration.version)) {
-          health.pending_migrations.push_back(std::to_string(migration.version) + "_" + migration.name);
+          health.pending_migrations.push_back(fmt::format("{:04}_{}", migration.version, migration.name));
         }
       }
     } catch (const std::exception&) {

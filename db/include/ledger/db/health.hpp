@@ -15,7 +15,7 @@ struct DatabaseHealth {
   std::size_t pool_open = 0;
   std::size_t pool_in_use = 0;
   std::size_t pool_max = 0;
-  std::vector<std::string> pending_migrations;  // "NNNN_name", not yet applied
+  std::vector<std::string> pending_migrations;  // "0007_name", not yet applied
   std::string error;                            // why it is unreachable
 };
 
