@@ -310,5 +310,36 @@ struct Projectors {
   std::vector<std::unique_ptr<projections::Projector>> running;
 };
 
+// One test database's write and read side, started in the order a deployment starts them: the
+// engine, the relay to a mock Kafka cluster, then every projector. Destroyed in reverse.
+// Tests take the parts by structured binding: auto& [kafka, pool, engine, relay, projectors].
+struct ReadSideStack {
+  explicit ReadSideStack(const TestDatabase& database, std::size_t pool_connections = 6,
+                         const std::function<void(projections::ProjectorSettings&)>& adjust = {})
+      : pool(make_pool(database.app_url(), pool_connections)),
+        engine(engine_settings(database)),
+        relay(relay_settings(kafka), pool),
+        projectors(started(relay, pool), adjusted(projector_settings(kafka), adjust)) {}
+
+  MockKafka kafka;
+  db::ConnectionPool pool;
+  engine::Engine engine;
+  engine::Relay relay;
+  Projectors projectors;
+
+ private:
+  // Starts the relay before the projectors are constructed (member initialisation order).
+  static db::ConnectionPool& started(engine::Relay& relay, db::ConnectionPool& pool) {
+    relay.start();
+    return pool;
+  }
+  static projections::ProjectorSettings adjusted(
+      projections::ProjectorSettings settings,
+      const std::function<void(projections::ProjectorSettings&)>& adjust) {
+    if (adjust) adjust(settings);
+    return settings;
+  }
+};
+
 
 }  // namespace ledger::test

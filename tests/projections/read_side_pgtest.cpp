@@ -24,14 +24,9 @@ const auto projection_count = static_cast<std::int64_t>(projections::all_project
 
 TEST_CASE("after 20,000 random commands every read-model row equals the fold of the event store") {
   test::TestDatabase database;
-  test::MockKafka kafka;
-  auto pool = test::make_pool(database.app_url());
-  Engine engine(test::engine_settings(database));
-  Relay relay(test::relay_settings(kafka), pool);
-  relay.start();
-  auto projector_settings = test::projector_settings(kafka);
-  projector_settings.batch_events_max = 700;  // many batches, so batch boundaries are exercised
-  Projectors projectors(pool, projector_settings);
+  // Many batches, so batch boundaries are exercised.
+  test::ReadSideStack stack(database, 6, [](auto& settings) { settings.batch_events_max = 700; });
+  auto& [kafka, pool, engine, relay, projectors] = stack;
 
   open_accounts(engine);
   const int accepted = random_workload(engine, 20'000);
@@ -78,14 +73,9 @@ TEST_CASE("a relay restarted from an older checkpoint republishes, and no read m
 
 TEST_CASE("with the broker down commands succeed and the relay lags; then everything converges") {
   test::TestDatabase database;
-  test::MockKafka kafka;
-  auto pool = test::make_pool(database.app_url());
-  Engine engine(test::engine_settings(database));
-  Relay relay(test::relay_settings(kafka), pool);
-  relay.start();
-  auto settings = test::projector_settings(kafka);
-  settings.gap_wait = std::chrono::hours(1);  // no healing from the store while Kafka is quiet
-  Projectors projectors(pool, settings);
+  // No healing from the store while Kafka is quiet.
+  test::ReadSideStack stack(database, 6, [](auto& settings) { settings.gap_wait = std::chrono::hours(1); });
+  auto& [kafka, pool, engine, relay, projectors] = stack;
   open_accounts(engine);
   REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
 

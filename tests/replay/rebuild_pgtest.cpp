@@ -75,15 +75,9 @@ std::int64_t differences(db::ConnectionPool& pool) {
 
 TEST_CASE("a rebuild under live write load swaps in a read model equal to the fold; queries never fail") {
   test::TestDatabase database;
-  test::MockKafka kafka;
-  auto pool = test::make_pool(database.app_url(), 8);
   auto owner_pool = test::make_pool(database.admin_url(), 3);
-  Engine engine(test::engine_settings(database));
-  Relay relay(test::relay_settings(kafka), pool);
-  relay.start();
-  auto projector_settings = test::projector_settings(kafka);
-  projector_settings.batch_events_max = 500;
-  test::Projectors projectors(pool, projector_settings);
+  test::ReadSideStack stack(database, 8, [](auto& settings) { settings.batch_events_max = 500; });
+  auto& [kafka, pool, engine, relay, projectors] = stack;
   test::open_accounts(engine);
   test::random_workload(engine, 3'000);
   REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
@@ -130,13 +124,9 @@ TEST_CASE("a rebuild under live write load swaps in a read model equal to the fo
 
 TEST_CASE("a rebuild killed half way leaves the live read model untouched and resumes") {
   test::TestDatabase database;
-  test::MockKafka kafka;
-  auto pool = test::make_pool(database.app_url(), 6);
   auto owner_pool = test::make_pool(database.admin_url(), 3);
-  Engine engine(test::engine_settings(database));
-  Relay relay(test::relay_settings(kafka), pool);
-  relay.start();
-  test::Projectors projectors(pool, test::projector_settings(kafka));
+  test::ReadSideStack stack(database);
+  auto& [kafka, pool, engine, relay, projectors] = stack;
   test::open_accounts(engine);
   test::random_workload(engine, 2'000);
   REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));

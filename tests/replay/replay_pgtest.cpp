@@ -365,12 +365,8 @@ TEST_CASE("as-of balances equal a fold of the log at 100 random instants and 100
 
 TEST_CASE("reconcile passes caught-up read models and reports every row altered by hand") {
   test::TestDatabase database;
-  test::MockKafka kafka;
-  auto pool = test::make_pool(database.app_url());
-  Engine engine(test::engine_settings(database));
-  Relay relay(test::relay_settings(kafka), pool);
-  relay.start();
-  test::Projectors projectors(pool, test::projector_settings(kafka));
+  test::ReadSideStack stack(database);
+  auto& [kafka, pool, engine, relay, projectors] = stack;
   test::open_accounts(engine);
   test::random_workload(engine, 1'500);
   REQUIRE(engine.execute(command(OriginateLoan{"loan-1", test::account_name(1), eur(), Amount(30'000), 1'200, 6,
@@ -426,12 +422,8 @@ TEST_CASE("reconcile passes caught-up read models and reports every row altered 
 
 TEST_CASE("publish re-sends a range to Kafka exactly as the relay does; projectors change nothing") {
   test::TestDatabase database;
-  test::MockKafka kafka;
-  auto pool = test::make_pool(database.app_url());
-  Engine engine(test::engine_settings(database));
-  Relay relay(test::relay_settings(kafka), pool);
-  relay.start();
-  test::Projectors projectors(pool, test::projector_settings(kafka));
+  test::ReadSideStack stack(database);
+  auto& [kafka, pool, engine, relay, projectors] = stack;
   test::open_accounts(engine);
   test::random_workload(engine, 500);
   REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
