@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <functional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -94,6 +95,22 @@ void tamper(const test::TestDatabase& database, const std::string& sql) {
 }
 
 replay::VerifyResult verify_all(db::ConnectionPool& pool) { return replay::verify(pool, {}); }
+
+// Recomputes the hash chain over `stored` (altered by the caller) and returns the UPDATEs that
+// write it back from position `from` on: the column `set` names, and the new hash.
+std::string rewrite_chain_from(std::vector<RecordedEvent>& stored, GlobalPosition from,
+                               const std::function<std::string(const RecordedEvent&)>& set) {
+  std::string previous = genesis_hash();
+  std::string sql;
+  for (auto& event : stored) {
+    event.hash = chain_hash(previous, event);
+    previous = event.hash;
+    if (event.position < from) continue;
+    sql += "UPDATE events SET " + set(event) + ", hash = '\\x" + to_hex(event.hash) +
+           "' WHERE position = " + std::to_string(event.position.value()) + ";";
+  }
+  return sql;
+}
 
 }  // namespace
 
@@ -217,10 +234,11 @@ TEST_CASE("verify passes a clean log and reports the per-currency sums, which ar
 }
 
 TEST_CASE("verify catches a tampered payload, a deleted event, a broken chain and names the position") {
+  // Each subcase runs from the top: a fresh log of every event type.
+  test::TestDatabase database;
+  EveryEventType log(database);
+  auto pool = test::make_pool(database.app_url(), 3);
   SUBCASE("a payload changed in place") {
-    test::TestDatabase database;
-    EveryEventType log(database);
-    auto pool = test::make_pool(database.app_url(), 3);
     // Position 6 is alice's deposit entry; flip the last byte of its payload.
     tamper(database, "UPDATE events SET payload = overlay(payload placing '\\xff'::bytea from length(payload) for 1) "
                      "WHERE position = 6");
@@ -231,9 +249,6 @@ TEST_CASE("verify catches a tampered payload, a deleted event, a broken chain an
     CHECK(result.events_checked == 5);
   }
   SUBCASE("an event deleted") {
-    test::TestDatabase database;
-    EveryEventType log(database);
-    auto pool = test::make_pool(database.app_url(), 3);
     tamper(database, "DELETE FROM events WHERE position = 12");
     const auto result = verify_all(pool);
     CHECK_FALSE(result.ok);
@@ -241,9 +256,6 @@ TEST_CASE("verify catches a tampered payload, a deleted event, a broken chain an
     CHECK(result.problem.find("missing") != std::string::npos);
   }
   SUBCASE("the last event deleted (the head row still counts it)") {
-    test::TestDatabase database;
-    EveryEventType log(database);
-    auto pool = test::make_pool(database.app_url(), 3);
     const auto head = test::store_head(database.app_url());
     tamper(database, "DELETE FROM events WHERE position = " + std::to_string(head));
     const auto result = verify_all(pool);
@@ -251,9 +263,6 @@ TEST_CASE("verify catches a tampered payload, a deleted event, a broken chain an
     CHECK(result.first_bad_position.value() == head);
   }
   SUBCASE("a stored hash rewritten: the chain breaks at that event") {
-    test::TestDatabase database;
-    EveryEventType log(database);
-    auto pool = test::make_pool(database.app_url(), 3);
     tamper(database, "UPDATE events SET hash = sha256(hash) WHERE position = 9");
     const auto result = verify_all(pool);
     CHECK_FALSE(result.ok);
@@ -262,9 +271,6 @@ TEST_CASE("verify catches a tampered payload, a deleted event, a broken chain an
   SUBCASE("an amount changed and every later hash recomputed: double entry still fails") {
     // An attacker who rewrites the chain from the altered event on defeats the hash check
     // (only an anchored head stops that); the books no longer balance, which verify sees.
-    test::TestDatabase database;
-    EveryEventType log(database);
-    auto pool = test::make_pool(database.app_url(), 3);
     auto stored = whole_log(pool);
     const auto credit = std::find_if(stored.begin(), stored.end(), [](const RecordedEvent& e) {
       return e.type == "account_entry" && e.stream_id == "account-bob";
@@ -273,16 +279,9 @@ TEST_CASE("verify catches a tampered payload, a deleted event, a broken chain an
     auto entry = std::get<events::AccountEntry>(*decode_event(credit->type, credit->payload));
     entry.amount += 1;
     credit->payload = encode_event(entry);
-    std::string previous = genesis_hash();
-    std::string sql;
-    for (auto& event : stored) {
-      event.hash = chain_hash(previous, event);
-      previous = event.hash;
-      if (event.position < credit->position) continue;
-      sql += "UPDATE events SET payload = '\\x" + to_hex(event.payload) + "', hash = '\\x" + to_hex(event.hash) +
-             "' WHERE position = " + std::to_string(event.position.value()) + ";";
-    }
-    tamper(database, sql);
+    tamper(database, rewrite_chain_from(stored, credit->position, [](const RecordedEvent& event) {
+             return "payload = '\\x" + to_hex(event.payload) + "'";
+           }));
     const auto result = verify_all(pool);
     CHECK_FALSE(result.ok);
     CHECK(result.problem.find("double entry: transfer t-1") != std::string::npos);
@@ -291,25 +290,15 @@ TEST_CASE("verify catches a tampered payload, a deleted event, a broken chain an
     CHECK(result.first_bad_position.value() >= credit->position.value() - 3);
   }
   SUBCASE("a stream version skipped") {
-    test::TestDatabase database;
-    EveryEventType log(database);
-    auto pool = test::make_pool(database.app_url(), 3);
     // Renumbering alone breaks the hash; recompute the chain so only the version is wrong.
     auto stored = whole_log(pool);
     const auto last_alice = std::find_if(stored.rbegin(), stored.rend(), [](const RecordedEvent& e) {
       return e.stream_id == "account-alice";
     });
     last_alice->version = StreamVersion(last_alice->version.value() + 1);
-    std::string previous = genesis_hash();
-    std::string sql;
-    for (auto& event : stored) {
-      event.hash = chain_hash(previous, event);
-      previous = event.hash;
-      if (event.position < last_alice->position) continue;
-      sql += "UPDATE events SET version = " + std::to_string(event.version.value()) + ", hash = '\\x" +
-             to_hex(event.hash) + "' WHERE position = " + std::to_string(event.position.value()) + ";";
-    }
-    tamper(database, sql);
+    tamper(database, rewrite_chain_from(stored, last_alice->position, [](const RecordedEvent& event) {
+             return "version = " + std::to_string(event.version.value());
+           }));
     const auto result = verify_all(pool);
     CHECK_FALSE(result.ok);
     CHECK(result.first_bad_position == last_alice->position);
