@@ -253,9 +253,7 @@ struct Engine::Impl {
         lease.reset();
       }
       for (const auto& row : prepared.decided.rows) {
-        if (!prepared.changed.contains(row.stream_id)) {
-          prepared.changed.emplace(row.stream_id, working.streams().at(row.stream_id));
-        }
+        prepared.changed.try_emplace(row.stream_id, working.streams().at(row.stream_id));
       }
       for (auto& [stream_id, state] : working.streams()) cache.put(stream_id, std::move(state));
     } catch (const std::exception& error) {
