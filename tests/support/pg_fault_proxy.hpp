@@ -1,0 +1,75 @@
+#pragma once
+// A TCP proxy of the tests' own between a client (the engine) and the test cluster's unix
+// socket, which can lose a COMMIT and then cut the database off, as a broken network does.
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace ledger::test {
+
+// Listens on 127.0.0.1 (a free port) and relays every connection to the PostgreSQL unix
+// socket `<socket_directory>/.s.PGSQL.<port>`. It reads the client's side of the protocol
+// message by message, so it can recognise a simple-query COMMIT. Owned by one test; its
+// threads (one acceptor, two per connection) stop in the destructor.
+class PgFaultProxy {
+ public:
+  PgFaultProxy(std::filesystem::path socket_directory, int port);
+  ~PgFaultProxy();
+  PgFaultProxy(const PgFaultProxy&) = delete;
+  PgFaultProxy& operator=(const PgFaultProxy&) = delete;
+
+  [[nodiscard]] int port() const { return listen_port_; }
+  // A libpq URL through the proxy for `role` on `database`.
+  [[nodiscard]] std::string url(const std::string& role, const std::string& database) const;
+
+  // What happens to the next COMMIT any client sends:
+  // - lose_commit: lost on its way (the server never sees it, so nothing commits), then every
+  //   connection is cut and new ones are refused for `outage`;
+  // - lose_reply: delivered with its reply lost (the transaction commits, the client never
+  //   hears), then the same cut and refusal;
+  // - delay_commit: held back while the client's side of the connection is cut (the client
+  //   sees the commit fail in doubt) and delivered to the still-open session after `outage`,
+  //   as a slow network does; new connections are accepted meanwhile.
+  enum class CommitFault { lose_commit, lose_reply, delay_commit };
+  void fault_next_commit(CommitFault fault, std::chrono::milliseconds outage);
+  // Cuts every connection and refuses new ones for `outage`, from now.
+  void cut(std::chrono::milliseconds outage);
+
+  [[nodiscard]] bool armed() const { return armed_.load(); }
+  [[nodiscard]] std::uint64_t commits_faulted() const { return commits_faulted_.load(); }
+  [[nodiscard]] std::uint64_t connections_cut() const { return connections_cut_.load(); }
+  // True while new connections are refused.
+  [[nodiscard]] bool down() const;
+
+ private:
+  struct Link;
+  void accept_loop();
+  void relay_client(Link* link);
+  void relay_server(Link* link);
+  void begin_outage(std::chrono::milliseconds outage);
+
+  std::filesystem::path socket_path_;
+  int listen_fd_ = -1;
+  int listen_port_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> armed_{false};
+  std::atomic<std::uint64_t> commits_faulted_{0};
+  std::atomic<std::uint64_t> connections_cut_{0};
+  std::chrono::milliseconds armed_outage_{0};
+  CommitFault armed_fault_ = CommitFault::lose_commit;
+
+  mutable std::mutex mutex_;
+  std::chrono::steady_clock::time_point down_until_{};
+  std::vector<Link*> links_;
+  std::thread acceptor_;
+};
+
+}  // namespace ledger::test
