@@ -808,16 +808,33 @@ void Router::handle(Request request, const std::string& client_address, Respond 
         std::move(command), [this, finish, json, type, kind, request_id, version](
                                 std::exception_ptr error, engine::CommandOutcome outcome) {
           if (error) {
-            metrics_.count_command(type, "unavailable");
-            std::string detail = "the event store is unavailable; nothing was written";
+            bool outcome_unknown = false;
             try {
               std::rethrow_exception(error);
+            } catch (const engine::OutcomeUnknown& exception) {
+              outcome_unknown = true;
+              logging::RequestIdScope scope(request_id);
+              spdlog::error("command outcome unknown: {}", exception.what());
             } catch (const std::exception& exception) {
               logging::RequestIdScope scope(request_id);
               spdlog::error("command failed: {}", exception.what());
             }
-            finish(problem_response(503, "database_unavailable", "Service unavailable", detail,
-                                    request_id, version));
+            metrics_.count_command(type, outcome_unknown ? "outcome_unknown" : "unavailable");
+            // An unknown outcome is never reported as "nothing was written": a client that
+            // retried without its Idempotency-Key could then apply the command twice.
+            Response response =
+                outcome_unknown
+                    ? problem_response(503, "outcome_unknown", "Outcome unknown",
+                                       "the connection to the event store was lost while the "
+                                       "command committed, and whether it committed could not "
+                                       "be established; retry with the same Idempotency-Key "
+                                       "to learn the outcome",
+                                       request_id, version)
+                    : problem_response(503, "database_unavailable", "Service unavailable",
+                                       "the event store is unavailable; nothing was written",
+                                       request_id, version);
+            response.set(http::field::retry_after, "1");
+            finish(std::move(response));
             return;
           }
           metrics_.count_command(type, std::string(outcome.accepted() ? "accepted" : engine::to_string(outcome.code)));

@@ -44,8 +44,8 @@ struct AppendOutcome {
 // commits it: takes the head row (UPDATE ... RETURNING), which serializes appenders and keeps
 // positions dense and in commit order; extends the hash chain; inserts events, idempotency
 // records (built by `records_for` once positions are known) and expiries in one statement;
-// commits with synchronous_commit on. Throws AppendConflict on a version or key conflict
-// (nothing written), pqxx::broken_connection when the connection is lost before the commit,
+// commits with synchronous_commit on. Throws AppendConflict on a version or key conflict, or
+// a version gap the store refuses (nothing written), pqxx::broken_connection when the connection is lost before the commit,
 // and pqxx::in_doubt_error when it is lost during it.
 AppendOutcome append_batch(
     pqxx::work& work, std::vector<RecordedEvent>& events,

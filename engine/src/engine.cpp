@@ -32,6 +32,8 @@ namespace {
 constexpr std::size_t recent_samples_max = 65'536;
 constexpr std::size_t expiry_sweep_batch_max = 500;
 constexpr const char* expiry_actor = "engine:expiry";
+// How long the in-doubt check waits for the session that sent the COMMIT to end.
+constexpr std::chrono::seconds in_doubt_session_wait_max{5};
 
 std::int64_t system_clock_us() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
@@ -76,6 +78,75 @@ class UuidGenerator {
 // was lost or shut down (SQLSTATE classes 08 and 57P), or PostgreSQL asks for a retry.
 bool is_retryable(const std::exception& error) {
   return db::is_transient(error) || dynamic_cast<const db::DatabaseUnavailable*>(&error) != nullptr;
+}
+
+// A command whose events cannot be stored faithfully: an encoded event did not decode back to
+// the same bytes. It is refused alone (its batch is split until it is), never appended.
+class UnstorableCommand : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Metadata copied from a request into every event of its command must be text PostgreSQL
+// stores (jsonb): valid UTF-8 without control characters, and short. The HTTP front checks its
+// headers first; this check keeps one bad command from failing the batch it is in whatever
+// the caller.
+constexpr std::size_t metadata_field_bytes_max = 256;
+
+bool is_storable_text(std::string_view text) {
+  if (text.size() > metadata_field_bytes_max) return false;
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const auto byte = static_cast<unsigned char>(text[i]);
+    if (byte < 0x80) {
+      if (byte < 0x20 || byte == 0x7f) return false;
+      ++i;
+      continue;
+    }
+    std::size_t length = 0;
+    std::uint32_t code_point = 0;
+    if ((byte & 0xe0) == 0xc0) {
+      length = 2;
+      code_point = byte & 0x1f;
+    } else if ((byte & 0xf0) == 0xe0) {
+      length = 3;
+      code_point = byte & 0x0f;
+    } else if ((byte & 0xf8) == 0xf0) {
+      length = 4;
+      code_point = byte & 0x07;
+    } else {
+      return false;
+    }
+    if (i + length > text.size()) return false;
+    for (std::size_t k = 1; k < length; ++k) {
+      const auto next = static_cast<unsigned char>(text[i + k]);
+      if ((next & 0xc0) != 0x80) return false;
+      code_point = (code_point << 6) | (next & 0x3f);
+    }
+    const std::uint32_t smallest[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (code_point < smallest[length] || code_point > 0x10ffff ||
+        (code_point >= 0xd800 && code_point <= 0xdfff) || (code_point >= 0x80 && code_point < 0xa0)) {
+      return false;  // overlong, out of range, a surrogate, or a C1 control character
+    }
+    i += length;
+  }
+  return true;
+}
+
+// The first context field that cannot be stored, by name; empty when all can.
+std::string unstorable_context_field(const CommandContext& context) {
+  const std::pair<const char*, const std::string*> fields[] = {
+      {"actor", &context.actor},
+      {"command_id", &context.command_id},
+      {"correlation_id", &context.correlation_id},
+      {"causation_id", &context.causation_id},
+      {"request_id", &context.request_id},
+      {"client_address", &context.client_address},
+      {"idempotency_key", &context.idempotency_key}};
+  for (const auto& [name, value] : fields) {
+    if (!is_storable_text(*value)) return name;
+  }
+  return {};
 }
 
 template <typename T>
@@ -307,6 +378,7 @@ struct Engine::Impl {
       handoff_changed.notify_all();
       bool committed = false;
       bool answered = false;
+      bool outcome_unknown = false;
       if (current) {
         const auto started = std::chrono::steady_clock::now();
         try {
@@ -319,10 +391,12 @@ struct Engine::Impl {
             lease.discard();
             throw;
           }
-        } catch (const EngineUnavailable& error) {
-          // The outcome is unknown: never run these commands again.
-          fail_all(prepared.batch, error.what());
+        } catch (const OutcomeUnknown& error) {
+          // Never run these commands again: they may have committed. Whether they did or not,
+          // the cache and every batch decided on top of this one are void (below).
+          answer_outcome_unknown(prepared.batch, error.what());
           answered = true;
+          outcome_unknown = true;
         } catch (const std::exception& error) {
           spdlog::warn("appending a decided batch failed ({}); it runs again on its own",
                        error.what());
@@ -343,11 +417,16 @@ struct Engine::Impl {
           ++generation;
           redo.push_back(std::move(prepared.batch));
           redo_pending = true;
+        } else if (outcome_unknown) {
+          // The cache holds this batch's states, which the store may not: later decisions
+          // (an older generation now) go back to the writer, which clears the cache first.
+          ++generation;
+          redo_pending = true;
         }
         committer_busy = false;
       }
       handoff_changed.notify_all();
-      if (!answered) {
+      if (!answered || outcome_unknown) {
         { std::lock_guard wake(queue_mutex); }
         queue_not_empty.notify_all();
       }
@@ -419,6 +498,10 @@ struct Engine::Impl {
           lease.discard();  // its state is unknown after an error
           throw;
         }
+      } catch (const OutcomeUnknown& error) {
+        cache.clear();  // the batch may have committed: nothing cached is trusted any more
+        answer_outcome_unknown(batch, error.what());
+        return;
       } catch (const pqxx::in_doubt_error& error) {
         // attempt_batch found the in-doubt commit did not happen: run the batch again.
         fresh = true;
@@ -426,7 +509,23 @@ struct Engine::Impl {
           fail_all(batch, error.what());
           return;
         }
+      } catch (const UnstorableCommand& error) {
+        if (batch.size() > 1) {
+          process_halves(batch);
+          return;
+        }
+        spdlog::error("command refused: {}", error.what());
+        reject_all(batch, RejectionCode::invalid_command, error.what());
+        return;
       } catch (const std::exception& error) {
+        if (!is_retryable(error) && batch.size() > 1) {
+          // One command may have caused it: split the batch until that one fails alone and
+          // the rest commit.
+          spdlog::warn("batch of {} commands failed ({}); retrying it in halves", batch.size(),
+                       error.what());
+          process_halves(batch);
+          return;
+        }
         if (!is_retryable(error) || ++connection_failures > settings.connection_retries_max) {
           spdlog::error("batch of {} commands failed: {}", batch.size(), error.what());
           fail_all(batch, error.what());
@@ -438,6 +537,17 @@ struct Engine::Impl {
         fresh = true;
       }
     }
+  }
+
+  // Runs the first half of `batch`, then the second: a command that fails every batch it is in
+  // ends up alone. Order is kept, so a command still sees the effects of those before it.
+  void process_halves(std::vector<Pending>& batch) {
+    const auto middle = batch.begin() + static_cast<std::ptrdiff_t>(batch.size() / 2);
+    std::vector<Pending> first(std::make_move_iterator(batch.begin()), std::make_move_iterator(middle));
+    std::vector<Pending> second(std::make_move_iterator(middle), std::make_move_iterator(batch.end()));
+    cache.clear();  // what the failed attempt read is not reused
+    process_batch(first);
+    process_batch(second);
   }
 
   bool own_id_generator = false;
@@ -478,11 +588,27 @@ struct Engine::Impl {
   std::unordered_set<std::string> generated_streams;  // writer thread only
 
   // Whether a batch whose commit outcome is unknown did commit: its first event is stored.
-  // std::nullopt when the store cannot be asked.
-  std::optional<bool> committed_in_doubt(const std::string& first_event_id) {
+  // The session that sent the COMMIT (`backend_pid`) may still be running it, so it is
+  // terminated and waited for first: asking before it is gone could answer "not committed"
+  // for a commit that lands a moment later. std::nullopt when the store cannot be asked.
+  std::optional<bool> committed_in_doubt(const std::string& first_event_id, int backend_pid) {
     for (int attempt = 0; attempt < settings.connection_retries_max; ++attempt) {
       try {
         auto lease = pool.acquire();
+        if (backend_pid != 0 && backend_pid != lease->backendpid()) {
+          pqxx::nontransaction session(*lease);
+          session.exec_params(
+              "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1", backend_pid);
+          const auto deadline = std::chrono::steady_clock::now() + in_doubt_session_wait_max;
+          while (!session.exec_params("SELECT 1 FROM pg_stat_activity WHERE pid = $1", backend_pid)
+                      .empty()) {
+            if (std::chrono::steady_clock::now() > deadline) {
+              throw std::runtime_error("the session of the in-doubt commit (pid " +
+                                       std::to_string(backend_pid) + ") is still running");
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+          }
+        }
         pqxx::read_transaction work(*lease);
         return !work.exec_params("SELECT 1 FROM events WHERE event_id = $1::uuid", first_event_id)
                     .empty();
@@ -503,6 +629,16 @@ struct Engine::Impl {
     Decided decided;
     decided.slots.resize(batch.size());
     auto& slots = decided.slots;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const std::string field = unstorable_context_field(batch[i].command.context);
+      if (field.empty()) continue;
+      slots[i].kind = Slot::Kind::answered;
+      slots[i].outcome.code = RejectionCode::invalid_command;
+      slots[i].outcome.detail = "the request's " + field +
+                                " is not storable text (UTF-8 without control characters, at most " +
+                                std::to_string(metadata_field_bytes_max) + " bytes)";
+      slots[i].outcome.command_id = batch[i].command.context.command_id;
+    }
     resolve_idempotency(store, batch, slots);
 
     // Load every stream the batch names (one query), then decide in order.
@@ -564,6 +700,7 @@ struct Engine::Impl {
         row.type = std::string(event_type(new_events[e].event));
         row.schema_version = event_schema_version;
         row.payload = encode_event(new_events[e].event);
+        ensure_decodes_back(row);
         row.metadata = metadata;
         row.recorded_at_us = now_us;
         if (const auto* pending = std::get_if<events::TransferPending>(&new_events[e].event)) {
@@ -574,6 +711,16 @@ struct Engine::Impl {
       }
     }
     return decided;
+  }
+
+  // Invariant 11: an event is appended only if it decodes back to the very bytes encoded, so
+  // every reader (folds, projectors, replay) can read it. Cheap next to the COPY.
+  static void ensure_decodes_back(const RecordedEvent& row) {
+    const auto decoded = decode_event(row.type, row.payload);
+    if (!decoded || encode_event(*decoded) != row.payload) {
+      throw UnstorableCommand("a " + row.type + " event of stream " + row.stream_id +
+                              " does not decode back to what was encoded; the command is refused");
+    }
   }
 
   // Phase two: appends and commits the decided rows in `work`. False on a version or key
@@ -594,6 +741,7 @@ struct Engine::Impl {
       }
       return records;
     };
+    const int backend_pid = work.conn().backendpid();
     try {
       (void)append_batch(work, decided.rows, records_for, decided.expiries);
     } catch (const AppendConflict& conflict) {
@@ -601,11 +749,15 @@ struct Engine::Impl {
       return false;
     } catch (const pqxx::in_doubt_error& error) {
       spdlog::warn("commit outcome unknown ({}); checking the event store", error.what());
-      if (decided.rows.empty()) throw;
-      const auto committed = committed_in_doubt(decided.rows.front().event_id);
+      if (decided.rows.empty()) {
+        throw OutcomeUnknown("the connection was lost during the commit of idempotency records");
+      }
+      const auto committed = committed_in_doubt(decided.rows.front().event_id, backend_pid);
       if (!committed) {
-        throw EngineUnavailable("the commit outcome is unknown and the event store cannot be "
-                                "reached; retry with the same Idempotency-Key");
+        spdlog::error("the outcome of a commit of {} events is unknown: the event store could "
+                      "not be reached to check it", decided.rows.size());
+        throw OutcomeUnknown("the connection was lost during the commit and the event store "
+                             "could not be reached to check whether it landed");
       }
       if (!*committed) throw;
       spdlog::info("the in-doubt batch did commit");
@@ -752,7 +904,7 @@ struct Engine::Impl {
     };
     for (std::size_t i = 0; i < batch.size(); ++i) {
       const auto& ctx = batch[i].command.context;
-      if (ctx.idempotency_key.empty()) continue;
+      if (ctx.idempotency_key.empty() || slots[i].kind != Slot::Kind::decide) continue;
       slots[i].request_hash = sha256(ctx.request_fingerprint);
       auto [it, inserted] = first_with_key.try_emplace({ctx.actor, ctx.idempotency_key}, i);
       if (inserted) {
@@ -804,6 +956,25 @@ struct Engine::Impl {
       outcome.detail = "the streams kept changing under concurrent writers; retry";
       outcome.command_id = pending.command.context.command_id;
       pending.completion(nullptr, std::move(outcome));
+    }
+  }
+
+  static void reject_all(std::vector<Pending>& batch, RejectionCode code, const std::string& detail) {
+    for (auto& pending : batch) {
+      CommandOutcome outcome;
+      outcome.code = code;
+      outcome.detail = detail;
+      outcome.command_id = pending.command.context.command_id;
+      pending.completion(nullptr, std::move(outcome));
+    }
+  }
+
+  static void answer_outcome_unknown(std::vector<Pending>& batch, const std::string& reason) {
+    for (auto& pending : batch) {
+      pending.completion(std::make_exception_ptr(OutcomeUnknown(
+                             "the outcome of the commit is unknown (" + reason +
+                             "); retry with the same Idempotency-Key to learn it")),
+                         CommandOutcome{});
     }
   }
 

@@ -45,8 +45,11 @@ class Verifier {
     // A range that starts after position 1 takes each stream's first version as it finds it.
     const bool knows_previous = !first_seen || result_.double_entry_checked;
     if (knows_previous && event.version.value() != last_version->second + 1) {
-      return fail(position, "stream " + event.stream_id + ": version " + std::to_string(event.version.value()) +
-                                " follows version " + std::to_string(last_version->second));
+      return fail(position, "stream " + event.stream_id +
+                                (event.version.value() > last_version->second + 1 ? " has a version gap"
+                                                                                  : " is out of order") +
+                                ": version " +
+                                std::to_string(event.version.value()) + " follows version " + std::to_string(last_version->second));
     }
     last_version->second = event.version.value();
 

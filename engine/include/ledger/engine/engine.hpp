@@ -61,6 +61,13 @@ class EngineUnavailable : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The commit's outcome could not be established: the command may or may not have been
+// written. Retrying with the same Idempotency-Key resolves it (HTTP 503 outcome_unknown).
+class OutcomeUnknown : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 // The command queue is full: nothing was written; retry later (HTTP 503).
 class EngineOverloaded : public std::runtime_error {
  public:
@@ -103,12 +110,14 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // Called once per command on the engine's writer thread: with the outcome, or with an
-  // EngineUnavailable error (then the outcome is empty). Keep it short: post elsewhere.
+  // Called once per command on an engine thread: with the outcome, or with an error (then the
+  // outcome is empty): EngineUnavailable (nothing was written) or OutcomeUnknown (it may have
+  // been). Keep it short: post elsewhere.
   using Completion = std::function<void(std::exception_ptr error, CommandOutcome outcome)>;
 
   // Throws EngineOverloaded when the queue is full, EngineUnavailable when stopping. The future
-  // throws EngineUnavailable when the database could not be reached.
+  // throws EngineUnavailable when the database could not be reached, OutcomeUnknown when the
+  // commit's outcome could not be established.
   [[nodiscard]] std::future<CommandOutcome> submit(Command command);
   void submit(Command command, Completion completion);
   [[nodiscard]] CommandOutcome execute(Command command);

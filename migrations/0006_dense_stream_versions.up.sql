@@ -1,0 +1,33 @@
+-- Defence in depth for invariant 3: an append may only continue a stream where it ends. The
+-- UNIQUE (stream_id, version) constraint catches a version written twice, not one skipped, so
+-- a writer deciding on a stale state could otherwise leave a gap that breaks the stream for
+-- good. One check per INSERT or COPY statement, over the rows it added: per stream they are
+-- consecutive and the first follows the stored version before them.
+CREATE FUNCTION events_continue_their_streams() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    bad record;
+BEGIN
+    SELECT added.stream_id, added.first_version, added.last_version, added.rows_added
+      INTO bad
+      FROM (SELECT stream_id, min(version) AS first_version, max(version) AS last_version,
+                   count(*) AS rows_added
+              FROM appended GROUP BY stream_id) added
+     WHERE added.rows_added <> added.last_version - added.first_version + 1
+        OR (added.first_version > 1 AND NOT EXISTS (
+                SELECT 1 FROM events e
+                 WHERE e.stream_id = added.stream_id AND e.version = added.first_version - 1))
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'version gap: stream % would get versions % to % without the versions before them',
+                        bad.stream_id, bad.first_version, bad.last_version
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'events_stream_versions_dense';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER events_stream_versions_dense
+    AFTER INSERT ON events
+    REFERENCING NEW TABLE AS appended
+    FOR EACH STATEMENT EXECUTE FUNCTION events_continue_their_streams();
