@@ -1,0 +1,123 @@
+// One command cannot hurt another (DESIGN.md invariant 10): whatever one command carries, it
+// fails alone and every other command of its group-commit batch commits.
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <future>
+#include <string>
+#include <vector>
+
+#include "engine_fixture.hpp"
+
+using namespace ledger;
+using namespace ledger::engine;
+using namespace std::chrono_literals;
+using test::command;
+using test::eur;
+
+namespace {
+
+constexpr int batch_commands = 40;
+
+EngineSettings gathering_settings(const test::TestDatabase& database, bool pipelined) {
+  EngineSettings settings = test::engine_settings(database);
+  settings.commit_wait_max = 100ms;  // what is submitted at once shares one batch
+  settings.decide_while_committing = pipelined;
+  return settings;
+}
+
+// Submits `batch_commands` deposits at once, the `poison`-th built by `poisoned`; returns the
+// futures in order.
+std::vector<std::future<CommandOutcome>> submit_batch(Engine& engine, const std::string& prefix,
+                                                      int poison,
+                                                      const std::function<Command()>& poisoned) {
+  std::vector<std::future<CommandOutcome>> futures;
+  for (int i = 0; i < batch_commands; ++i) {
+    if (i == poison) {
+      futures.push_back(engine.submit(poisoned()));
+    } else {
+      futures.push_back(engine.submit(command(Deposit{"alice", Amount(10), "", fmt::format("{}{}", prefix, i)})));
+    }
+  }
+  return futures;
+}
+
+void check_only_poison_failed(std::vector<std::future<CommandOutcome>>& futures, int poison,
+                              RejectionCode expected) {
+  for (int i = 0; i < batch_commands; ++i) {
+    if (i == poison) {
+      const auto outcome = futures[static_cast<std::size_t>(i)].get();
+      CHECK(outcome.code == expected);
+      CHECK(!outcome.detail.empty());
+      continue;
+    }
+    const auto outcome = futures[static_cast<std::size_t>(i)].get();
+    CHECK_MESSAGE(outcome.accepted(), "innocent command " << i << ": " << outcome.detail);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("metadata PostgreSQL cannot store fails only its own command") {
+  for (const bool pipelined : {true, false}) {
+    INFO(std::string(pipelined ? "pipelined" : "serial"));
+    test::TestDatabase database;
+    Engine engine(gathering_settings(database, pipelined));
+    REQUIRE(engine.execute(command(OpenAccount{"alice", eur()})).accepted());
+    const std::vector<std::string> unstorable = {std::string("\xff\xfe"), std::string("a\0b", 3),
+                                                 std::string(300, 'x'), std::string("tab\there")};
+    int round = 0;
+    for (const auto& bad : unstorable) {
+      auto futures = submit_batch(engine, fmt::format("c{}-", round), 7, [&] {
+        auto poisoned = command(Deposit{"alice", Amount(10)});
+        poisoned.context.correlation_id = bad;
+        return poisoned;
+      });
+      check_only_poison_failed(futures, 7, RejectionCode::invalid_command);
+      // Keys too: a batch's keys are looked up in the store together.
+      futures = submit_batch(engine, fmt::format("k{}-", round), 3, [&] {
+        return command(Deposit{"alice", Amount(10)}, bad, "fingerprint");
+      });
+      check_only_poison_failed(futures, 3, RejectionCode::invalid_command);
+      ++round;
+    }
+    CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM events WHERE type = 'transfer_posted'") ==
+          static_cast<long long>(unstorable.size()) * 2 * (batch_commands - 1));
+  }
+}
+
+TEST_CASE("a batch the database refuses because of one command is split until that one fails alone") {
+  for (const bool pipelined : {true, false}) {
+    INFO(std::string(pipelined ? "pipelined" : "serial"));
+    test::TestDatabase database;
+    {
+      // The database refuses any event of one stream: whatever a command carries that the
+      // engine did not foresee, PostgreSQL rejecting its rows must not fail its neighbours.
+      pqxx::connection owner(database.admin_url());
+      pqxx::work work(owner);
+      work.exec(
+          "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+          "IF NEW.stream_id = 'account-poison' AND NEW.version > 1 THEN "
+          "RAISE EXCEPTION 'poisoned row' USING ERRCODE = 'data_exception'; END IF; "
+          "RETURN NEW; END $$");
+      work.exec("CREATE TRIGGER refuse_poison BEFORE INSERT ON events FOR EACH ROW "
+                "EXECUTE FUNCTION refuse_poison()");
+      work.commit();
+    }
+    Engine engine(gathering_settings(database, pipelined));
+    REQUIRE(engine.execute(command(OpenAccount{"alice", eur()})).accepted());
+    REQUIRE(engine.execute(command(OpenAccount{"poison", eur()})).accepted());
+    auto futures = submit_batch(engine, "d", 11, [] { return command(Deposit{"poison", Amount(10)}); });
+    for (int i = 0; i < batch_commands; ++i) {
+      if (i == 11) {
+        CHECK_THROWS_AS(futures[11].get(), EngineUnavailable);
+        continue;
+      }
+      const auto outcome = futures[static_cast<std::size_t>(i)].get();
+      CHECK_MESSAGE(outcome.accepted(), "innocent command " << i << ": " << outcome.detail);
+    }
+    CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM events WHERE stream_id LIKE 'transfer-d%'") ==
+          batch_commands - 1);
+    CHECK(engine.read_account("alice")->balance() == Amount(10 * (batch_commands - 1)));
+  }
+}
