@@ -793,8 +793,14 @@ struct Engine::Impl {
       for (const auto& [id, state] : working.streams()) cache.erase(id);
       return false;
     }
-    remember_streams(working, decided.rows);
-    answer(batch, decided.slots, decided.rows.size(), commit_started);
+    // Committed: whatever happens next, the batch must not run again.
+    try {
+      remember_streams(working, decided.rows);
+      answer(batch, decided.slots, decided.rows.size(), commit_started);
+    } catch (const std::exception& error) {
+      cache.clear();
+      spdlog::error("after a batch committed: {}", error.what());
+    }
     return true;
   }
 

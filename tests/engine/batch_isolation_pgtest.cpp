@@ -121,3 +121,37 @@ TEST_CASE("a batch the database refuses because of one command is split until th
     CHECK(engine.read_account("alice")->balance() == Amount(10 * (batch_commands - 1)));
   }
 }
+
+TEST_CASE("a command whose event would not read back is refused alone and nothing of it is stored") {
+  // A loan whose schedule runs past year 9999: its last due date cannot be written as
+  // YYYY-MM-DD, so the event would not decode. Whichever check refuses it (the loan rules'
+  // date bounds, or the engine decoding every event before appending it), it fails alone.
+  test::TestDatabase database;
+  Engine engine(gathering_settings(database, true));
+  REQUIRE(engine.execute(command(OpenAccount{"alice", eur()})).accepted());
+  auto futures = submit_batch(engine, "d", 5, [] {
+    OriginateLoan loan;
+    loan.id = "far";
+    loan.borrower = "alice";
+    loan.currency = eur();
+    loan.principal = Amount(120'000);
+    loan.rate_bps = 1'200;
+    loan.installments = 12;
+    loan.origination_date = "9999-05-15";
+    loan.first_due_date = "9999-06-15";
+    return command(loan);
+  });
+  for (int i = 0; i < batch_commands; ++i) {
+    const auto outcome = futures[static_cast<std::size_t>(i)].get();
+    if (i == 5) {
+      CHECK(!outcome.accepted());
+      CHECK(outcome.code != RejectionCode::version_conflict);
+      MESSAGE("refused with " << to_string(outcome.code) << ": " << outcome.detail);
+      continue;
+    }
+    CHECK_MESSAGE(outcome.accepted(), "innocent command " << i << ": " << outcome.detail);
+  }
+  CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM events WHERE stream_id = 'loan-far'") == 0);
+  CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM events WHERE type = 'transfer_posted'") ==
+        batch_commands - 1);
+}
