@@ -133,7 +133,9 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
     const std::string database_url = resolve_database_url(settings);
 
     if (options->migrate == "auto") {
-      db::MigrationRunner(resolve_admin_database_url(settings)).up();
+      // As the schema owner only: the application role must not be able to change the schema,
+      // so falling back to it would either fail half way or mean it is too powerful.
+      db::MigrationRunner(resolve_owner_database_url(settings)).up();
     } else {
       const auto pending = pending_migrations(database_url);
       if (!pending.empty()) {

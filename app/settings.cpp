@@ -55,6 +55,18 @@ CLI::Validator broker_list_validator() {
       "HOST:PORT,...", "broker list");
 }
 
+// The owner's URL when one is given: the setting, else (on the embedded stack only) dev.env's.
+std::optional<std::string> given_admin_database_url(const Settings& settings) {
+  if (!settings.admin_database_url.empty()) return settings.admin_database_url;
+  if (settings.database_url.empty()) {
+    const auto dev = read_dev_env(settings.home);
+    if (auto found = dev.find("LEDGER_ADMIN_DATABASE_URL"); found != dev.end()) {
+      return found->second;
+    }
+  }
+  return std::nullopt;
+}
+
 // Closes a file descriptor when it goes out of scope.
 class FileDescriptor {
  public:
@@ -153,14 +165,15 @@ std::string resolve_kafka_brokers(const Settings& settings) {
 }
 
 std::string resolve_admin_database_url(const Settings& settings) {
-  if (!settings.admin_database_url.empty()) return settings.admin_database_url;
-  if (settings.database_url.empty()) {
-    const auto dev = read_dev_env(settings.home);
-    if (auto found = dev.find("LEDGER_ADMIN_DATABASE_URL"); found != dev.end()) {
-      return found->second;
-    }
-  }
+  if (auto given = given_admin_database_url(settings)) return *given;
   return resolve_database_url(settings);
+}
+
+std::string resolve_owner_database_url(const Settings& settings) {
+  if (auto given = given_admin_database_url(settings)) return *given;
+  throw SettingError("--admin-database-url (LEDGER_ADMIN_DATABASE_URL)",
+                     "required by --migrate=auto: migrations run as the schema owner, never as "
+                     "the application role of --database-url");
 }
 
 std::string read_secret_file(const std::string& path, const std::string& setting) {

@@ -34,7 +34,12 @@ void add_settings(CLI::App& app, Settings& settings);
 // The database URL to use: the setting, else the embedded stack's from dev.env. Throws
 // CLI::ValidationError (exit code 2) naming the setting when there is none.
 [[nodiscard]] std::string resolve_database_url(const Settings& settings);
+// The schema owner's URL: the setting, else the embedded stack's, else the database URL (for
+// `ledger migrate`, where the operator's --database-url is the owner's).
 [[nodiscard]] std::string resolve_admin_database_url(const Settings& settings);
+// The schema owner's URL for `serve --migrate=auto`: the setting or the embedded stack's, never
+// the application role's --database-url. Throws SettingError when there is none.
+[[nodiscard]] std::string resolve_owner_database_url(const Settings& settings);
 // The Kafka bootstrap servers: the setting, else the embedded stack's from dev.env.
 [[nodiscard]] std::string resolve_kafka_brokers(const Settings& settings);
 

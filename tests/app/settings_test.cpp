@@ -144,3 +144,12 @@ TEST_CASE("a missing, empty or unreadable secret file, or both secret settings, 
       run_ledger({"serve", "--jwt-secret-file", file}, {"LEDGER_JWT_SECRET=" + strong_secret}),
       "give --jwt-secret or --jwt-secret-file, not both");
 }
+
+TEST_CASE("serve --migrate=auto needs the owner's URL and never uses the application role's") {
+  const auto file = write_temporary_file("strong-secret", strong_secret + "\n");
+  check_one_line_error(
+      run_ledger({"--database-url", "postgresql://ledger_app@127.0.0.1:1/ledger", "serve",
+                  "--jwt-secret-file", file, "--migrate", "auto"},
+                 {"LEDGER_DATABASE_CONNECT_TIMEOUT_MS=100"}),
+      "--admin-database-url (LEDGER_ADMIN_DATABASE_URL): required by --migrate=auto");
+}
