@@ -276,10 +276,9 @@ CommandAction register_dev_command(CLI::App& root, Settings& settings) {
       process::SpawnOptions serve_options;
       // An empty LEDGER_JWT_SECRET counts as unset: one the caller's shell holds (a sourced
       // dev.env of an older version) must not meet --jwt-secret-file.
-      serve_options.extra_environment = {"LEDGER_DATABASE_URL=" + app_url,
-                                         "LEDGER_ADMIN_DATABASE_URL=" + admin_url,
-                                         "LEDGER_KAFKA_BROKERS=" + kafka_brokers,
-                                         "LEDGER_JWT_SECRET="};
+      serve_options.extra_environment = {
+          "LEDGER_DATABASE_URL=" + app_url, "LEDGER_ADMIN_DATABASE_URL=" + admin_url,
+          "LEDGER_KAFKA_BROKERS=" + kafka_brokers, "LEDGER_JWT_SECRET="};
       supervisor.start("serve",
                        {self, "--home", home.string(), "--log-format", settings.log_format,
                         "--log-level", settings.log_level, "--topic-prefix", settings.topic_prefix,

@@ -50,12 +50,14 @@ std::string resolve_jwt_secret(const ServeOptions& options) {
   if (!options.jwt_secret.empty() && !options.jwt_secret_file.empty()) {
     throw SettingError(jwt_secret_file_setting, "give --jwt-secret or --jwt-secret-file, not both");
   }
-  const char* setting = options.jwt_secret_file.empty() ? jwt_secret_setting : jwt_secret_file_setting;
+  const char* setting =
+      options.jwt_secret_file.empty() ? jwt_secret_setting : jwt_secret_file_setting;
   const std::string secret = options.jwt_secret_file.empty()
                                  ? options.jwt_secret
                                  : read_secret_file(options.jwt_secret_file, setting);
   if (secret.empty()) {
-    throw SettingError(jwt_secret_setting, "required (or --jwt-secret-file, LEDGER_JWT_SECRET_FILE)");
+    throw SettingError(jwt_secret_setting,
+                       "required (or --jwt-secret-file, LEDGER_JWT_SECRET_FILE)");
   }
   if (secret == api::development_jwt_secret) {
     throw SettingError(setting,
@@ -98,11 +100,13 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
       ->envname("LEDGER_HTTP_HEADER_TIMEOUT_MS")->check(CLI::Range(100, 600'000))->capture_default_str();
   serve->add_option("--http-body-timeout-ms", options->body_timeout_ms, "Time allowed for a body")
       ->envname("LEDGER_HTTP_BODY_TIMEOUT_MS")->check(CLI::Range(100, 600'000))->capture_default_str();
-  serve->add_option("--jwt-secret", options->jwt_secret,
-                    "HS256 secret of bearer tokens (this or --jwt-secret-file is required)")
+  serve
+      ->add_option("--jwt-secret", options->jwt_secret,
+                   "HS256 secret of bearer tokens (this or --jwt-secret-file is required)")
       ->envname("LEDGER_JWT_SECRET");
-  serve->add_option("--jwt-secret-file", options->jwt_secret_file,
-                    "File holding the HS256 secret (trailing newline trimmed); keeps it out of ps")
+  serve
+      ->add_option("--jwt-secret-file", options->jwt_secret_file,
+                   "File holding the HS256 secret (trailing newline trimmed); keeps it out of ps")
       ->envname("LEDGER_JWT_SECRET_FILE");
   serve->add_option("--migrate", options->migrate, "check: refuse to start with pending migrations; auto: apply them")
       ->envname("LEDGER_MIGRATE")->check(CLI::IsMember({"check", "auto"}))->capture_default_str();

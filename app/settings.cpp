@@ -189,8 +189,7 @@ std::string read_secret_file(const std::string& path, const std::string& setting
     throw SettingError(setting, "cannot read " + path + ": not a regular file");
   }
   if (static_cast<std::size_t>(status.st_size) > secret_file_bytes_max) {
-    throw SettingError(setting, path + " is larger than " +
-                                    std::to_string(secret_file_bytes_max) +
+    throw SettingError(setting, path + " is larger than " + std::to_string(secret_file_bytes_max) +
                                     " bytes: not a secret file");
   }
   std::string content(secret_file_bytes_max + 1, '\0');
@@ -203,8 +202,7 @@ std::string read_secret_file(const std::string& path, const std::string& setting
     length += static_cast<std::size_t>(read);
   }
   if (length > secret_file_bytes_max) {
-    throw SettingError(setting, path + " is larger than " +
-                                    std::to_string(secret_file_bytes_max) +
+    throw SettingError(setting, path + " is larger than " + std::to_string(secret_file_bytes_max) +
                                     " bytes: not a secret file");
   }
   content.resize(length);
@@ -214,8 +212,7 @@ std::string read_secret_file(const std::string& path, const std::string& setting
   }
   if (content.empty()) throw SettingError(setting, path + " is empty");
   if ((status.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-    spdlog::warn("{} ({}) is readable by other users than its owner: chmod 600 it", path,
-                 setting);
+    spdlog::warn("{} ({}) is readable by other users than its owner: chmod 600 it", path, setting);
   }
   return content;
 }
@@ -227,8 +224,7 @@ void write_private_file(const std::filesystem::path& path, const std::string& co
     const FileDescriptor file(
         ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, S_IRUSR | S_IWUSR));
     if (file.get() < 0) {
-      throw std::runtime_error("cannot create " + temporary.string() + ": " +
-                               std::strerror(errno));
+      throw std::runtime_error("cannot create " + temporary.string() + ": " + std::strerror(errno));
     }
     std::size_t written = 0;
     while (written < content.size()) {
@@ -242,8 +238,7 @@ void write_private_file(const std::filesystem::path& path, const std::string& co
       written += static_cast<std::size_t>(result);
     }
     if (::fsync(file.get()) != 0) {
-      throw std::runtime_error("cannot write " + temporary.string() + ": " +
-                               std::strerror(errno));
+      throw std::runtime_error("cannot write " + temporary.string() + ": " + std::strerror(errno));
     }
   }
   std::filesystem::rename(temporary, path);

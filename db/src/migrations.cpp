@@ -49,7 +49,9 @@ std::string sha256_hex(std::string_view text) {
 }
 
 // What versions before the down script was checksummed recorded.
-std::string up_only_checksum(const Migration& migration) { return sha256_hex(migration.up_sql); }
+std::string up_only_checksum(const Migration& migration) {
+  return sha256_hex(migration.up_sql);
+}
 
 std::unique_ptr<pqxx::connection> connect(const std::string& url) {
   PoolSettings settings;
@@ -161,9 +163,10 @@ void rewrite_up_only_checksums(pqxx::connection& connection, const MigrationStat
   }
   work.commit();
   if (rewritten > 0) {
-    spdlog::info("recorded the up-and-down checksums of {} migration(s) an earlier version "
-                 "checksummed by their up script only",
-                 rewritten);
+    spdlog::info(
+        "recorded the up-and-down checksums of {} migration(s) an earlier version "
+        "checksummed by their up script only",
+        rewritten);
   }
 }
 
@@ -236,8 +239,8 @@ std::string describe(const std::vector<Table>& tables) {
 }
 
 MigrationError refusal(const std::string& what, const std::vector<Table>& tables) {
-  return MigrationError("reverting " + what + " would drop tables that hold rows: " +
-                        describe(tables) +
+  return MigrationError("reverting " + what +
+                        " would drop tables that hold rows: " + describe(tables) +
                         "; nothing was reverted (`ledger migrate down --force` drops them)");
 }
 
@@ -316,11 +319,11 @@ std::vector<int> MigrationRunner::down(int count, DroppingRows dropping_rows) {
     // All of them are checked before the first is reverted, so a refusal changes nothing.
     std::vector<std::string> scripts;
     for (const Migration* migration : to_revert) scripts.push_back(migration->down_sql);
-    const std::string what =
-        to_revert.size() == 1
-            ? label(to_revert.front()->version, to_revert.front()->name)
-            : label(to_revert.front()->version, to_revert.front()->name) + " down to " +
-                  label(to_revert.back()->version, to_revert.back()->name);
+    const std::string what = to_revert.size() == 1
+                                 ? label(to_revert.front()->version, to_revert.front()->name)
+                                 : label(to_revert.front()->version, to_revert.front()->name) +
+                                       " down to " +
+                                       label(to_revert.back()->version, to_revert.back()->name);
     std::vector<Table> holding;
     try {
       pqxx::work work(*connection);
@@ -349,8 +352,8 @@ std::vector<int> MigrationRunner::down(int count, DroppingRows dropping_rows) {
       work.exec_params("DELETE FROM schema_migrations WHERE version = $1", migration->version);
       work.commit();
     } catch (const pqxx::sql_error& error) {
-      throw MigrationError("reverting migration " + name + " failed and was rolled back: " +
-                           error.what());
+      throw MigrationError("reverting migration " + name +
+                           " failed and was rolled back: " + error.what());
     }
     spdlog::info("reverted migration {}", name);
     reverted.push_back(migration->version);

@@ -154,7 +154,9 @@ std::string read_file(const fs::path& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-fs::perms mode_of(const fs::path& path) { return fs::status(path).permissions() & fs::perms::mask; }
+fs::perms mode_of(const fs::path& path) {
+  return fs::status(path).permissions() & fs::perms::mask;
+}
 
 // dev.env and the JWT secret are readable by their owner only, and serve gets the secret by
 // file: neither its command line (`ps`) nor its environment holds it.
@@ -241,8 +243,10 @@ TEST_CASE("ledger dev starts, stops cleanly, restarts on the same data and survi
     CHECK(check_secrets_are_private(home, second) == first_secret);
     const auto& url = second.env.at("LEDGER_URL");
     test::HttpClient client(std::stoi(url.substr(url.rfind(':') + 1)));
-    CHECK(client.request("GET", "/v1/streams/account-dev-check/events", "",
-                         {{"Authorization", "Bearer " + first.env.at("LEDGER_TOKEN")}}).status == 200);
+    CHECK(client
+              .request("GET", "/v1/streams/account-dev-check/events", "",
+                       {{"Authorization", "Bearer " + first.env.at("LEDGER_TOKEN")}})
+              .status == 200);
   }
   // A run killed without warning leaves its children behind ...
   const auto orphans = stack_pids(home);

@@ -50,8 +50,8 @@ TEST_CASE("serve --migrate=auto migrates as the owner and takes its secret from 
   const pid_t pid = process::spawn(
       {test::ledger_binary(), "--home", directory.string(), "--database-url", database.app_url(),
        "--admin-database-url", database.admin_url(), "serve", "--migrate", "auto", "--http-port",
-       "0", "--port-file", (directory / "port").string(), "--relay", "false",
-       "--jwt-secret-file", secret_file.string()},
+       "0", "--port-file", (directory / "port").string(), "--relay", "false", "--jwt-secret-file",
+       secret_file.string()},
       options);
   int port = 0;
   for (int attempt = 0; attempt < 600 && port == 0 && process::is_alive(pid); ++attempt) {
@@ -68,12 +68,15 @@ TEST_CASE("serve --migrate=auto migrates as the owner and takes its secret from 
     // The secret is the file's content without its newline, and `ps` does not show it.
     test::HttpClient client(port);
     const auto token = api::issue_token(secret, "e2e", {"teller"}, std::chrono::hours(1));
-    CHECK(client.request("POST", "/v1/accounts", R"({"id":"a","currency":"EUR"})",
-                         {{"Authorization", "Bearer " + token}})
+    CHECK(client
+              .request("POST", "/v1/accounts", R"({"id":"a","currency":"EUR"})",
+                       {{"Authorization", "Bearer " + token}})
               .status == 201);
-    const auto with_newline = api::issue_token(secret + "\n", "e2e", {"teller"}, std::chrono::hours(1));
-    CHECK(client.request("GET", "/v1/streams/account-a/events", "",
-                         {{"Authorization", "Bearer " + with_newline}})
+    const auto with_newline =
+        api::issue_token(secret + "\n", "e2e", {"teller"}, std::chrono::hours(1));
+    CHECK(client
+              .request("GET", "/v1/streams/account-a/events", "",
+                       {{"Authorization", "Bearer " + with_newline}})
               .status == 401);
     const auto command_line = read_file(fs::path("/proc") / std::to_string(pid) / "cmdline");
     CHECK(command_line.find(secret) == std::string::npos);
@@ -85,7 +88,8 @@ TEST_CASE("serve --migrate=auto migrates as the owner and takes its secret from 
   fs::remove_all(directory);
 }
 
-TEST_CASE("ledger migrate down names the tables it would drop and reverts nothing without --force") {
+TEST_CASE(
+    "ledger migrate down names the tables it would drop and reverts nothing without --force") {
   test::TestDatabase database;
   {
     pqxx::connection connection(database.admin_url());
@@ -97,8 +101,9 @@ TEST_CASE("ledger migrate down names the tables it would drop and reverts nothin
   }
   const auto all = static_cast<long long>(db::embedded_migrations().size());
   auto migrate = [&](std::vector<std::string> arguments, std::string& output) {
-    arguments.insert(arguments.begin(), {test::ledger_binary(), "--home", "/tmp/ledger-operations-none",
-                                         "--database-url", database.admin_url(), "migrate"});
+    arguments.insert(arguments.begin(),
+                     {test::ledger_binary(), "--home", "/tmp/ledger-operations-none",
+                      "--database-url", database.admin_url(), "migrate"});
     output.clear();
     return process::run(arguments, output);
   };
@@ -115,5 +120,6 @@ TEST_CASE("ledger migrate down names the tables it would drop and reverts nothin
   status = migrate({"down", std::to_string(all), "--force"}, output);
   CHECK_MESSAGE(status.success(), output);
   CHECK(count(database.admin_url(), "SELECT count(*) FROM schema_migrations") == 0);
-  CHECK(count(database.admin_url(), "SELECT count(*) FROM pg_tables WHERE tablename = 'events'") == 0);
+  CHECK(count(database.admin_url(), "SELECT count(*) FROM pg_tables WHERE tablename = 'events'") ==
+        0);
 }

@@ -46,9 +46,9 @@ std::string write_temporary_file(const std::string& name, const std::string& con
   const auto path = directory / name;
   std::ofstream(path, std::ios::trunc) << content;
   // Private, as a secret file should be (serve warns about one that others can read).
-  std::filesystem::permissions(path, std::filesystem::perms::owner_read |
-                                         std::filesystem::perms::owner_write,
-                               std::filesystem::perm_options::replace);
+  std::filesystem::permissions(
+      path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write,
+      std::filesystem::perm_options::replace);
   return path.string();
 }
 
@@ -104,9 +104,9 @@ TEST_CASE("serve needs a strong JWT secret and refuses the development one outsi
 }
 
 TEST_CASE("LEDGER_DEV_MODE does not let serve accept the development secret") {
-  check_one_line_error(run_ledger({"serve"}, {"LEDGER_JWT_SECRET=" + development_secret,
-                                              "LEDGER_DEV_MODE=1"}),
-                       "development secret");
+  check_one_line_error(
+      run_ledger({"serve"}, {"LEDGER_JWT_SECRET=" + development_secret, "LEDGER_DEV_MODE=1"}),
+      "development secret");
   const auto file = write_temporary_file("development-secret", development_secret + "\n");
   check_one_line_error(run_ledger({"serve", "--jwt-secret-file", file}, {"LEDGER_DEV_MODE=1"}),
                        "development secret");
@@ -117,8 +117,7 @@ TEST_CASE("serve reads the JWT secret from --jwt-secret-file, trailing newline t
   // which this empty home does not have.
   const auto file = write_temporary_file("strong-secret", strong_secret + "\n");
   check_one_line_error(run_ledger({"serve", "--jwt-secret-file", file}), "--database-url");
-  check_one_line_error(run_ledger({"serve"}, {"LEDGER_JWT_SECRET_FILE=" + file}),
-                       "--database-url");
+  check_one_line_error(run_ledger({"serve"}, {"LEDGER_JWT_SECRET_FILE=" + file}), "--database-url");
   // Trimming only the newline: 31 bytes and a newline are too short.
   const auto short_file = write_temporary_file("short-secret", strong_secret.substr(0, 31) + "\n");
   check_one_line_error(run_ledger({"serve", "--jwt-secret-file", short_file}),
@@ -138,8 +137,9 @@ TEST_CASE("a missing, empty or unreadable secret file, or both secret settings, 
   check_one_line_error(run_ledger({"serve", "--jwt-secret-file", directory}),
                        "--jwt-secret-file (LEDGER_JWT_SECRET_FILE): cannot read " + directory);
   const auto file = write_temporary_file("strong-secret", strong_secret + "\n");
-  check_one_line_error(run_ledger({"serve", "--jwt-secret-file", file, "--jwt-secret", strong_secret}),
-                       "give --jwt-secret or --jwt-secret-file, not both");
+  check_one_line_error(
+      run_ledger({"serve", "--jwt-secret-file", file, "--jwt-secret", strong_secret}),
+      "give --jwt-secret or --jwt-secret-file, not both");
   check_one_line_error(
       run_ledger({"serve", "--jwt-secret-file", file}, {"LEDGER_JWT_SECRET=" + strong_secret}),
       "give --jwt-secret or --jwt-secret-file, not both");

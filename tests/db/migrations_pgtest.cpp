@@ -197,8 +197,7 @@ TEST_CASE("migrate down refuses to drop tables holding rows, names them with the
 
   execute(database.admin_url(), "INSERT INTO scratch VALUES (1), (2)");
   execute(database.admin_url(), "INSERT INTO scratch_schema.inner_table VALUES (1), (2), (3)");
-  CHECK_THROWS_WITH_AS(runner.down(1),
-                       doctest::Contains("scratch_schema.inner_table (3 rows)"),
+  CHECK_THROWS_WITH_AS(runner.down(1), doctest::Contains("scratch_schema.inner_table (3 rows)"),
                        db::MigrationError);
   CHECK_THROWS_WITH_AS(runner.down(1), doctest::Contains("public.scratch (2 rows)"),
                        db::MigrationError);
@@ -241,7 +240,8 @@ TEST_CASE("the checksum covers the down script: an edited down script is refused
   CHECK(table_exists(database.admin_url(), "events"));
 }
 
-TEST_CASE("checksums recorded by an earlier version (up script only) are accepted and rewritten by up") {
+TEST_CASE(
+    "checksums recorded by an earlier version (up script only) are accepted and rewritten by up") {
   test::TestDatabase database(false);
   const auto& migrations = db::embedded_migrations();
   db::MigrationRunner runner(database.admin_url());
