@@ -12,10 +12,12 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 #include <thread>
 
 #include "commands.hpp"
 #include "ledger/api/auth.hpp"
+#include "ledger/core/hex.hpp"
 #include "ledger/core/process.hpp"
 #include "ledger/db/embedded_postgres.hpp"
 #include "ledger/db/migrations.hpp"
@@ -27,6 +29,8 @@ namespace {
 
 constexpr auto child_stop_grace = std::chrono::seconds(15);
 constexpr auto child_ready_timeout = std::chrono::seconds(30);
+// Random bytes of the home's JWT secret (hex-encoded in the file: twice as many characters).
+constexpr std::size_t dev_jwt_secret_bytes = 32;
 
 std::string read_first_line(const fs::path& path) {
   std::ifstream in(path);
@@ -156,6 +160,32 @@ class DevLock {
   fs::path path_;
 };
 
+// The JWT secret of this home in <home>/jwt-secret (mode 0600), made of random bytes on the
+// first run and kept afterwards, so tokens survive a restart. It is never the public
+// development secret, so `serve` has nothing to make an exception for; serve reads it from
+// the file, which keeps it out of `ps`. Returns the path of the file.
+fs::path ensure_jwt_secret(const fs::path& home) {
+  const fs::path path = home / "jwt-secret";
+  if (fs::exists(path)) {
+    try {
+      const std::string kept = read_secret_file(path.string(), path.string());
+      if (kept.size() >= api::jwt_secret_length_min && kept != api::development_jwt_secret) {
+        return path;
+      }
+    } catch (const SettingError& error) {
+      spdlog::warn("replacing the JWT secret of this home: {}", error.what());
+    }
+  }
+  std::ifstream random("/dev/urandom", std::ios::binary);
+  std::string bytes(dev_jwt_secret_bytes, '\0');
+  if (!random.read(bytes.data(), static_cast<std::streamsize>(bytes.size()))) {
+    throw std::runtime_error("cannot read /dev/urandom for the JWT secret of " + home.string());
+  }
+  write_private_file(path, to_hex(bytes) + "\n");
+  spdlog::info("wrote a new random JWT secret to {}", path.string());
+  return path;
+}
+
 // The preferred port when it is free, otherwise any free one.
 int choose_http_port(int preferred) {
   if (preferred == 0) return db::find_free_port();
@@ -218,6 +248,8 @@ CommandAction register_dev_command(CLI::App& root, Settings& settings) {
     fs::remove(env_file);  // a killed run's settings no longer hold
     Supervisor supervisor(home / "run");
     supervisor.stop_leftovers();
+    const fs::path secret_file = ensure_jwt_secret(home);
+    const std::string secret = read_secret_file(secret_file.string(), secret_file.string());
 
     db::EmbeddedPostgresOptions postgres_options;
     postgres_options.directory = home / "postgres";
@@ -239,19 +271,19 @@ CommandAction register_dev_command(CLI::App& root, Settings& settings) {
     const int port = choose_http_port(*http_port);
     const fs::path port_file = home / "run" / "serve.port";
     fs::remove(port_file);
-    const std::string secret(api::development_jwt_secret);
     try {
       kafka_brokers = wait_for_file_line(broker_address, child_ready_timeout, "the broker");
       process::SpawnOptions serve_options;
-      serve_options.extra_environment = {"LEDGER_DATABASE_URL=" + app_url,
-                                         "LEDGER_ADMIN_DATABASE_URL=" + admin_url,
-                                         "LEDGER_KAFKA_BROKERS=" + kafka_brokers,
-                                         "LEDGER_JWT_SECRET=" + secret, "LEDGER_DEV_MODE=1"};
+      // An empty LEDGER_JWT_SECRET counts as unset: one the caller's shell holds (a sourced
+      // dev.env of an older version) must not meet --jwt-secret-file.
+      serve_options.extra_environment = {
+          "LEDGER_DATABASE_URL=" + app_url, "LEDGER_ADMIN_DATABASE_URL=" + admin_url,
+          "LEDGER_KAFKA_BROKERS=" + kafka_brokers, "LEDGER_JWT_SECRET="};
       supervisor.start("serve",
                        {self, "--home", home.string(), "--log-format", settings.log_format,
                         "--log-level", settings.log_level, "--topic-prefix", settings.topic_prefix,
-                        "serve", "--http-port",
-                        std::to_string(port), "--port-file", port_file.string()},
+                        "serve", "--http-port", std::to_string(port), "--port-file",
+                        port_file.string(), "--jwt-secret-file", secret_file.string()},
                        serve_options);
       (void)wait_for_file_line(port_file, child_ready_timeout, "the HTTP front");
       process::SpawnOptions project_options;
@@ -270,16 +302,17 @@ CommandAction register_dev_command(CLI::App& root, Settings& settings) {
     const std::string token = api::issue_token(secret, "dev-admin", {"admin"}, std::chrono::hours(24 * 30));
 
     {
-      std::ofstream out(home / "dev.env.tmp");
+      // It holds an admin token and the superuser's URL: readable by this user only.
+      std::ostringstream out;
       out << "# Written by `ledger dev` (pid " << getpid() << "); valid while it runs.\n";
       out << "LEDGER_URL=" << shell_quote(url) << "\n";
       out << "LEDGER_TOKEN=" << shell_quote(token) << "\n";
-      out << "LEDGER_JWT_SECRET=" << shell_quote(secret) << "\n";
+      out << "LEDGER_JWT_SECRET_FILE=" << shell_quote(secret_file.string()) << "\n";
       out << "LEDGER_DATABASE_URL=" << shell_quote(app_url) << "\n";
       out << "LEDGER_ADMIN_DATABASE_URL=" << shell_quote(admin_url) << "\n";
       out << "LEDGER_KAFKA_BROKERS=" << shell_quote(kafka_brokers) << "\n";
+      write_private_file(env_file, out.str());
     }
-    fs::rename(home / "dev.env.tmp", env_file);
 
     std::cout << "\nledger dev is up (home " << home.string() << ")\n"
               << "  HTTP        " << url << "  (ready: " << url << "/health/ready)\n"

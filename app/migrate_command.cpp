@@ -18,6 +18,9 @@ CommandAction register_migrate_command(CLI::App& root, Settings& settings) {
   up->add_option("--to", *target, "Apply up to and including this version");
   auto count = std::make_shared<int>(1);
   down->add_option("count", *count, "How many to revert")->check(CLI::Range(1, 10'000));
+  auto force = std::make_shared<bool>(false);
+  down->add_flag("--force", *force,
+                 "Also drop tables that hold rows (refused otherwise, naming them and their rows)");
   auto name = std::make_shared<std::string>();
   auto directory = std::make_shared<std::string>("migrations");
   create->add_option("name", *name, "Name: a-z, 0-9 and _")->required();
@@ -38,16 +41,20 @@ CommandAction register_migrate_command(CLI::App& root, Settings& settings) {
       return 0;
     }
     if (down->parsed()) {
-      const auto reverted = runner.down(*count);
+      const auto reverted =
+          runner.down(*count, *force ? db::DroppingRows::allow : db::DroppingRows::refuse);
       std::cout << "reverted " << reverted.size() << " migration(s)\n";
       return 0;
     }
     const auto current = runner.status();
     if (status->parsed()) {
       for (const auto& applied : current.applied) {
-        std::printf("applied  %04d_%s  %s  %lld ms  %s\n", applied.version, applied.name.c_str(),
+        std::printf("applied  %04d_%s  %s  %lld ms  %s%s\n", applied.version, applied.name.c_str(),
                     applied.applied_at.c_str(), applied.duration_ms,
-                    applied.checksum.substr(0, 12).c_str());
+                    applied.checksum.substr(0, 12).c_str(),
+                    applied.checksum_is_up_only
+                        ? "  (up script only: `ledger migrate up` records the new checksum)"
+                        : "");
       }
       for (const auto& pending : current.pending) {
         std::printf("pending  %04d_%s\n", pending.version, pending.name.c_str());

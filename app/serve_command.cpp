@@ -29,7 +29,7 @@ struct ServeOptions {
   int header_timeout_ms = 10'000;
   int body_timeout_ms = 30'000;
   std::string jwt_secret;
-  bool dev_mode = false;
+  std::string jwt_secret_file;
   std::string migrate = "check";
   std::string port_file;
   std::string snapshot_directory;
@@ -39,6 +39,37 @@ struct ServeOptions {
   int shutdown_grace_ms = 15'000;
   bool relay = true;
 };
+
+constexpr const char* jwt_secret_setting = "--jwt-secret (LEDGER_JWT_SECRET)";
+constexpr const char* jwt_secret_file_setting = "--jwt-secret-file (LEDGER_JWT_SECRET_FILE)";
+
+// The HS256 secret from --jwt-secret or --jwt-secret-file (which keeps it out of `ps`).
+// The development secret is public (it is in the source), so it is refused whatever the
+// environment says; `ledger dev` gives serve a random secret of its home instead.
+std::string resolve_jwt_secret(const ServeOptions& options) {
+  if (!options.jwt_secret.empty() && !options.jwt_secret_file.empty()) {
+    throw SettingError(jwt_secret_file_setting, "give --jwt-secret or --jwt-secret-file, not both");
+  }
+  const char* setting =
+      options.jwt_secret_file.empty() ? jwt_secret_setting : jwt_secret_file_setting;
+  const std::string secret = options.jwt_secret_file.empty()
+                                 ? options.jwt_secret
+                                 : read_secret_file(options.jwt_secret_file, setting);
+  if (secret.empty()) {
+    throw SettingError(jwt_secret_setting,
+                       "required (or --jwt-secret-file, LEDGER_JWT_SECRET_FILE)");
+  }
+  if (secret == api::development_jwt_secret) {
+    throw SettingError(setting,
+                       "the development secret is public and refused; `ledger dev` makes a random "
+                       "one for its home");
+  }
+  if (secret.size() < api::jwt_secret_length_min) {
+    throw SettingError(setting,
+                       "must be at least " + std::to_string(api::jwt_secret_length_min) + " bytes");
+  }
+  return secret;
+}
 
 std::vector<std::string> pending_migrations(const std::string& url) {
   std::vector<std::string> pending;
@@ -69,10 +100,14 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
       ->envname("LEDGER_HTTP_HEADER_TIMEOUT_MS")->check(CLI::Range(100, 600'000))->capture_default_str();
   serve->add_option("--http-body-timeout-ms", options->body_timeout_ms, "Time allowed for a body")
       ->envname("LEDGER_HTTP_BODY_TIMEOUT_MS")->check(CLI::Range(100, 600'000))->capture_default_str();
-  serve->add_option("--jwt-secret", options->jwt_secret, "HS256 secret of bearer tokens (required)")
+  serve
+      ->add_option("--jwt-secret", options->jwt_secret,
+                   "HS256 secret of bearer tokens (this or --jwt-secret-file is required)")
       ->envname("LEDGER_JWT_SECRET");
-  serve->add_flag("--dev-mode", options->dev_mode, "Started by `ledger dev` (allows its secret)")
-      ->envname("LEDGER_DEV_MODE")->group("");
+  serve
+      ->add_option("--jwt-secret-file", options->jwt_secret_file,
+                   "File holding the HS256 secret (trailing newline trimmed); keeps it out of ps")
+      ->envname("LEDGER_JWT_SECRET_FILE");
   serve->add_option("--migrate", options->migrate, "check: refuse to start with pending migrations; auto: apply them")
       ->envname("LEDGER_MIGRATE")->check(CLI::IsMember({"check", "auto"}))->capture_default_str();
   serve->add_option("--port-file", options->port_file, "Write the bound port here once serving")
@@ -98,21 +133,13 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
     const sigset_t stop_signals = block_stop_signals();
     configure_logging(settings, "serve");
 
-    if (options->jwt_secret.empty()) {
-      throw SettingError("--jwt-secret (LEDGER_JWT_SECRET)", "required");
-    }
-    if (options->jwt_secret == api::development_jwt_secret && !options->dev_mode) {
-      throw SettingError("--jwt-secret (LEDGER_JWT_SECRET)",
-                         "the development secret is refused outside `ledger dev`");
-    }
-    if (options->jwt_secret.size() < api::jwt_secret_length_min) {
-      throw SettingError("--jwt-secret (LEDGER_JWT_SECRET)",
-                         "must be at least " + std::to_string(api::jwt_secret_length_min) + " bytes");
-    }
+    const std::string jwt_secret = resolve_jwt_secret(*options);
     const std::string database_url = resolve_database_url(settings);
 
     if (options->migrate == "auto") {
-      db::MigrationRunner(resolve_admin_database_url(settings)).up();
+      // As the schema owner only: the application role must not be able to change the schema,
+      // so falling back to it would either fail half way or mean it is too powerful.
+      db::MigrationRunner(resolve_owner_database_url(settings)).up();
     } else {
       const auto pending = pending_migrations(database_url);
       if (!pending.empty()) {
@@ -187,7 +214,7 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
     server_settings.connections_max = options->connections_max;
     server_settings.header_timeout = std::chrono::milliseconds(options->header_timeout_ms);
     server_settings.body_timeout = std::chrono::milliseconds(options->body_timeout_ms);
-    server_settings.jwt_secret = options->jwt_secret;
+    server_settings.jwt_secret = jwt_secret;
     api::Server server(server_settings, services);
     server.start();
     spdlog::info("serving on http://{}:{}", options->http_host, server.port());

@@ -1,7 +1,16 @@
 #include "settings.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "ledger/core/logging.hpp"
 #include "ledger/db/database_url.hpp"
@@ -45,6 +54,33 @@ CLI::Validator broker_list_validator() {
       },
       "HOST:PORT,...", "broker list");
 }
+
+// The owner's URL when one is given: the setting, else (on the embedded stack only) dev.env's.
+std::optional<std::string> given_admin_database_url(const Settings& settings) {
+  if (!settings.admin_database_url.empty()) return settings.admin_database_url;
+  if (settings.database_url.empty()) {
+    const auto dev = read_dev_env(settings.home);
+    if (auto found = dev.find("LEDGER_ADMIN_DATABASE_URL"); found != dev.end()) {
+      return found->second;
+    }
+  }
+  return std::nullopt;
+}
+
+// Closes a file descriptor when it goes out of scope.
+class FileDescriptor {
+ public:
+  explicit FileDescriptor(int fd) : fd_(fd) {}
+  ~FileDescriptor() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  FileDescriptor(const FileDescriptor&) = delete;
+  FileDescriptor& operator=(const FileDescriptor&) = delete;
+  [[nodiscard]] int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
 
 }  // namespace
 
@@ -129,14 +165,83 @@ std::string resolve_kafka_brokers(const Settings& settings) {
 }
 
 std::string resolve_admin_database_url(const Settings& settings) {
-  if (!settings.admin_database_url.empty()) return settings.admin_database_url;
-  if (settings.database_url.empty()) {
-    const auto dev = read_dev_env(settings.home);
-    if (auto found = dev.find("LEDGER_ADMIN_DATABASE_URL"); found != dev.end()) {
-      return found->second;
+  if (auto given = given_admin_database_url(settings)) return *given;
+  return resolve_database_url(settings);
+}
+
+std::string resolve_owner_database_url(const Settings& settings) {
+  if (auto given = given_admin_database_url(settings)) return *given;
+  throw SettingError("--admin-database-url (LEDGER_ADMIN_DATABASE_URL)",
+                     "required by --migrate=auto: migrations run as the schema owner, never as "
+                     "the application role of --database-url");
+}
+
+std::string read_secret_file(const std::string& path, const std::string& setting) {
+  const FileDescriptor file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (file.get() < 0) {
+    throw SettingError(setting, "cannot read " + path + ": " + std::strerror(errno));
+  }
+  struct stat status {};
+  if (::fstat(file.get(), &status) != 0) {
+    throw SettingError(setting, "cannot read " + path + ": " + std::strerror(errno));
+  }
+  if (!S_ISREG(status.st_mode)) {
+    throw SettingError(setting, "cannot read " + path + ": not a regular file");
+  }
+  if (static_cast<std::size_t>(status.st_size) > secret_file_bytes_max) {
+    throw SettingError(setting, path + " is larger than " + std::to_string(secret_file_bytes_max) +
+                                    " bytes: not a secret file");
+  }
+  std::string content(secret_file_bytes_max + 1, '\0');
+  std::size_t length = 0;
+  while (length < content.size()) {
+    const ssize_t read = ::read(file.get(), content.data() + length, content.size() - length);
+    if (read < 0 && errno == EINTR) continue;
+    if (read < 0) throw SettingError(setting, "cannot read " + path + ": " + std::strerror(errno));
+    if (read == 0) break;
+    length += static_cast<std::size_t>(read);
+  }
+  if (length > secret_file_bytes_max) {
+    throw SettingError(setting, path + " is larger than " + std::to_string(secret_file_bytes_max) +
+                                    " bytes: not a secret file");
+  }
+  content.resize(length);
+  // `echo secret > file` ends it with a newline (\r\n when written on Windows).
+  while (!content.empty() && (content.back() == '\n' || content.back() == '\r')) {
+    content.pop_back();
+  }
+  if (content.empty()) throw SettingError(setting, path + " is empty");
+  if ((status.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+    spdlog::warn("{} ({}) is readable by other users than its owner: chmod 600 it", path, setting);
+  }
+  return content;
+}
+
+void write_private_file(const std::filesystem::path& path, const std::string& content) {
+  const std::filesystem::path temporary = path.string() + ".tmp";
+  std::filesystem::remove(temporary);  // a killed writer's, with whatever mode it had
+  {
+    const FileDescriptor file(
+        ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, S_IRUSR | S_IWUSR));
+    if (file.get() < 0) {
+      throw std::runtime_error("cannot create " + temporary.string() + ": " + std::strerror(errno));
+    }
+    std::size_t written = 0;
+    while (written < content.size()) {
+      const ssize_t result =
+          ::write(file.get(), content.data() + written, content.size() - written);
+      if (result < 0 && errno == EINTR) continue;
+      if (result < 0) {
+        throw std::runtime_error("cannot write " + temporary.string() + ": " +
+                                 std::strerror(errno));
+      }
+      written += static_cast<std::size_t>(result);
+    }
+    if (::fsync(file.get()) != 0) {
+      throw std::runtime_error("cannot write " + temporary.string() + ": " + std::strerror(errno));
     }
   }
-  return resolve_database_url(settings);
+  std::filesystem::rename(temporary, path);
 }
 
 void configure_logging(const Settings& settings, const std::string& process_name) {

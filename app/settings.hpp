@@ -1,5 +1,6 @@
 #pragma once
 
+#include <filesystem>
 #include <map>
 #include <string>
 
@@ -33,9 +34,26 @@ void add_settings(CLI::App& app, Settings& settings);
 // The database URL to use: the setting, else the embedded stack's from dev.env. Throws
 // CLI::ValidationError (exit code 2) naming the setting when there is none.
 [[nodiscard]] std::string resolve_database_url(const Settings& settings);
+// The schema owner's URL: the setting, else the embedded stack's, else the database URL (for
+// `ledger migrate`, where the operator's --database-url is the owner's).
 [[nodiscard]] std::string resolve_admin_database_url(const Settings& settings);
+// The schema owner's URL for `serve --migrate=auto`: the setting or the embedded stack's, never
+// the application role's --database-url. Throws SettingError when there is none.
+[[nodiscard]] std::string resolve_owner_database_url(const Settings& settings);
 // The Kafka bootstrap servers: the setting, else the embedded stack's from dev.env.
 [[nodiscard]] std::string resolve_kafka_brokers(const Settings& settings);
+
+// A secret file larger than this is refused (it is not a secret file).
+constexpr std::size_t secret_file_bytes_max = 4'096;
+
+// The content of a secret file with its trailing newline trimmed. Throws SettingError naming
+// `setting` when the file is missing, unreadable, not a regular file, too large or empty.
+[[nodiscard]] std::string read_secret_file(const std::string& path, const std::string& setting);
+
+// Replaces `path` with `content`, readable and writable by the owner only: the file is created
+// with mode 0600 (never chmod-ed afterwards, so it is never readable by others, not even for a
+// moment) under a temporary name and renamed over `path`.
+void write_private_file(const std::filesystem::path& path, const std::string& content);
 
 // Installs logging per --log-format/--log-level for a process called `process_name`.
 void configure_logging(const Settings& settings, const std::string& process_name);

@@ -10,7 +10,9 @@
 #include <fstream>
 #include <map>
 #include <regex>
+#include <string_view>
 
+#include "ledger/core/assert.hpp"
 #include "ledger/core/hex.hpp"
 #include "ledger/db/pool.hpp"
 
@@ -37,6 +39,18 @@ std::string format_version(int version) {
 
 std::string label(int version, const std::string& name) {
   return format_version(version) + "_" + name;
+}
+
+std::string sha256_hex(std::string_view text) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(text.data(), text.size(), digest, &length, EVP_sha256(), nullptr);
+  return to_hex(std::string_view(reinterpret_cast<const char*>(digest), length));
+}
+
+// What versions before the down script was checksummed recorded.
+std::string up_only_checksum(const Migration& migration) {
+  return sha256_hex(migration.up_sql);
 }
 
 std::unique_ptr<pqxx::connection> connect(const std::string& url) {
@@ -97,7 +111,11 @@ MigrationStatus read_status(pqxx::connection& connection, const std::vector<Migr
     if (found == by_version.end()) {
       status.problems.push_back("applied migration " + label(applied.version, applied.name) +
                                 " is unknown to this binary (database is newer)");
-    } else if (migration_checksum(*found->second) != applied.checksum) {
+    } else if (applied.checksum == migration_checksum(*found->second)) {
+      // Matches the up and down scripts of this binary.
+    } else if (applied.checksum == up_only_checksum(*found->second)) {
+      applied.checksum_is_up_only = true;  // recorded by an earlier version; `up` rewrites it
+    } else {
       status.problems.push_back("applied migration " + label(applied.version, applied.name) +
                                 " was edited after it was applied (checksum " +
                                 applied.checksum.substr(0, 12) + "… in the database, " +
@@ -122,14 +140,117 @@ void throw_if_problems(const MigrationStatus& status) {
   throw MigrationError(message);
 }
 
+const Migration& find_known(const std::vector<Migration>& known, int version) {
+  const auto found = std::find_if(known.begin(), known.end(),
+                                  [&](const Migration& m) { return m.version == version; });
+  // read_status reports an applied version this binary does not know as a problem, and every
+  // caller refuses problems before it gets here.
+  LEDGER_ASSERT(found != known.end(), "an applied migration this binary does not know");
+  return *found;
+}
+
+// Replaces the up-only checksums of earlier versions with the up-and-down ones, so that from
+// now on an edited down script is refused too.
+void rewrite_up_only_checksums(pqxx::connection& connection, const MigrationStatus& status,
+                               const std::vector<Migration>& known) {
+  pqxx::work work(connection);
+  int rewritten = 0;
+  for (const auto& applied : status.applied) {
+    if (!applied.checksum_is_up_only) continue;
+    work.exec_params("UPDATE schema_migrations SET checksum = $1 WHERE version = $2",
+                     migration_checksum(find_known(known, applied.version)), applied.version);
+    ++rewritten;
+  }
+  work.commit();
+  if (rewritten > 0) {
+    spdlog::info(
+        "recorded the up-and-down checksums of {} migration(s) an earlier version "
+        "checksummed by their up script only",
+        rewritten);
+  }
+}
+
+struct Table {
+  long long oid = 0;
+  std::string schema;
+  std::string name;
+  long long rows = 0;
+};
+
+std::map<long long, Table> user_tables(pqxx::transaction_base& work) {
+  std::map<long long, Table> tables;
+  // Ordinary and partitioned tables outside PostgreSQL's own schemas.
+  const auto rows = work.exec(
+      "SELECT c.oid::bigint, n.nspname, c.relname FROM pg_class c "
+      "JOIN pg_namespace n ON n.oid = c.relnamespace "
+      "WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' "
+      "AND n.nspname NOT LIKE 'pg\\_%'");
+  for (const auto& row : rows) {
+    Table table{row[0].as<long long>(), row[1].as<std::string>(), row[2].as<std::string>()};
+    tables.emplace(table.oid, std::move(table));
+  }
+  return tables;
+}
+
+// The tables that running `down_scripts` in order would drop, with their row counts. Asks
+// PostgreSQL rather than parsing the scripts: they run in a savepoint that is rolled back,
+// and the tables before and after are compared by oid (so a table dropped through DROP
+// SCHEMA … CASCADE, or dropped and created again empty, counts). With `lock`, each dropped
+// table is locked as DROP TABLE would lock it before its rows are counted, so that no row
+// can arrive between the count and the drop.
+std::vector<Table> tables_dropped_by(pqxx::work& work, const std::vector<std::string>& down_scripts,
+                                     bool lock) {
+  const auto before = user_tables(work);
+  std::map<long long, Table> after;
+  {
+    pqxx::subtransaction trial(work, "ledger_down_trial");
+    for (const auto& script : down_scripts) trial.exec(script);
+    after = user_tables(trial);
+    trial.abort();
+  }
+  std::vector<Table> dropped;
+  for (const auto& [oid, table] : before) {
+    if (!after.contains(oid)) dropped.push_back(table);
+  }
+  std::sort(dropped.begin(), dropped.end(), [](const Table& a, const Table& b) {
+    return std::tie(a.schema, a.name) < std::tie(b.schema, b.name);
+  });
+  for (auto& table : dropped) {
+    const std::string qualified = work.quote_name(table.schema) + "." + work.quote_name(table.name);
+    if (lock) work.exec("LOCK TABLE " + qualified + " IN ACCESS EXCLUSIVE MODE");
+    table.rows = work.exec1("SELECT count(*) FROM " + qualified)[0].as<long long>();
+  }
+  return dropped;
+}
+
+std::vector<Table> holding_rows(std::vector<Table> tables) {
+  std::erase_if(tables, [](const Table& table) { return table.rows == 0; });
+  return tables;
+}
+
+std::string describe(const std::vector<Table>& tables) {
+  std::string text;
+  for (const auto& table : tables) {
+    if (!text.empty()) text += ", ";
+    text += table.schema + "." + table.name + " (" + std::to_string(table.rows) +
+            (table.rows == 1 ? " row)" : " rows)");
+  }
+  return text;
+}
+
+MigrationError refusal(const std::string& what, const std::vector<Table>& tables) {
+  return MigrationError("reverting " + what +
+                        " would drop tables that hold rows: " + describe(tables) +
+                        "; nothing was reverted (`ledger migrate down --force` drops them)");
+}
+
 }  // namespace
 
 std::string migration_checksum(const Migration& migration) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_Digest(migration.up_sql.data(), migration.up_sql.size(), digest, &length, EVP_sha256(),
-             nullptr);
-  return to_hex(std::string_view(reinterpret_cast<const char*>(digest), length));
+  // The up script's length first, so that no text moved from one script to the other keeps
+  // the checksum.
+  return sha256_hex(std::to_string(migration.up_sql.size()) + "\n" + migration.up_sql +
+                    migration.down_sql);
 }
 
 MigrationRunner::MigrationRunner(std::string url, std::vector<Migration> migrations)
@@ -151,6 +272,7 @@ std::vector<int> MigrationRunner::up(std::optional<int> target_version) {
   // Read the status under the lock: a runner that waited sees what the other one applied.
   const MigrationStatus status = read_status(*connection, migrations_, /*create=*/true);
   throw_if_problems(status);
+  rewrite_up_only_checksums(*connection, status, migrations_);
   std::vector<int> applied;
   for (const auto& migration : status.pending) {
     if (target_version && migration.version > *target_version) break;
@@ -177,29 +299,64 @@ std::vector<int> MigrationRunner::up(std::optional<int> target_version) {
   return applied;
 }
 
-std::vector<int> MigrationRunner::down(int count) {
+std::vector<int> MigrationRunner::down(int count, DroppingRows dropping_rows) {
   auto connection = connect(url_);
   AdvisoryLock lock(*connection);
   const MigrationStatus status = read_status(*connection, migrations_, /*create=*/true);
   throw_if_problems(status);
-  std::vector<int> reverted;
+  // The migrations to revert, newest first.
+  std::vector<const Migration*> to_revert;
   for (auto it = status.applied.rbegin(); it != status.applied.rend() && count > 0; ++it, --count) {
-    const auto known = std::find_if(migrations_.begin(), migrations_.end(),
-                                    [&](const Migration& m) { return m.version == it->version; });
-    if (known->down_sql.empty()) {
+    const Migration& known = find_known(migrations_, it->version);
+    if (known.down_sql.empty()) {
       throw MigrationError("migration " + label(it->version, it->name) + " has no down script");
     }
+    to_revert.push_back(&known);
+  }
+  if (to_revert.empty()) return {};
+
+  if (dropping_rows == DroppingRows::refuse) {
+    // All of them are checked before the first is reverted, so a refusal changes nothing.
+    std::vector<std::string> scripts;
+    for (const Migration* migration : to_revert) scripts.push_back(migration->down_sql);
+    const std::string what = to_revert.size() == 1
+                                 ? label(to_revert.front()->version, to_revert.front()->name)
+                                 : label(to_revert.front()->version, to_revert.front()->name) +
+                                       " down to " +
+                                       label(to_revert.back()->version, to_revert.back()->name);
+    std::vector<Table> holding;
     try {
       pqxx::work work(*connection);
-      work.exec(known->down_sql);
-      work.exec_params("DELETE FROM schema_migrations WHERE version = $1", it->version);
+      holding = holding_rows(tables_dropped_by(work, scripts, /*lock=*/false));
+    } catch (const pqxx::sql_error& error) {
+      throw MigrationError("reverting " + what + " failed and was rolled back: " + error.what());
+    }
+    if (!holding.empty()) throw refusal(what, holding);
+  }
+
+  std::vector<int> reverted;
+  for (const Migration* migration : to_revert) {
+    const std::string name = label(migration->version, migration->name);
+    try {
+      pqxx::work work(*connection);
+      // Checked again inside the transaction that drops them, with the tables locked: rows
+      // may have arrived since the check above.
+      const auto holding =
+          holding_rows(tables_dropped_by(work, {migration->down_sql}, /*lock=*/true));
+      if (!holding.empty()) {
+        if (dropping_rows == DroppingRows::refuse) throw refusal(name, holding);
+        spdlog::warn("reverting migration {} drops tables that hold rows (--force): {}", name,
+                     describe(holding));
+      }
+      work.exec(migration->down_sql);
+      work.exec_params("DELETE FROM schema_migrations WHERE version = $1", migration->version);
       work.commit();
     } catch (const pqxx::sql_error& error) {
-      throw MigrationError("reverting migration " + label(it->version, it->name) +
+      throw MigrationError("reverting migration " + name +
                            " failed and was rolled back: " + error.what());
     }
-    spdlog::info("reverted migration {}", label(it->version, it->name));
-    reverted.push_back(it->version);
+    spdlog::info("reverted migration {}", name);
+    reverted.push_back(migration->version);
   }
   return reverted;
 }

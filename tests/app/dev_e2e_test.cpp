@@ -149,6 +149,41 @@ void check_nothing_left(const fs::path& home) {
   }
 }
 
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+fs::perms mode_of(const fs::path& path) {
+  return fs::status(path).permissions() & fs::perms::mask;
+}
+
+// dev.env and the JWT secret are readable by their owner only, and serve gets the secret by
+// file: neither its command line (`ps`) nor its environment holds it.
+std::string check_secrets_are_private(const fs::path& home, const DevRun& run) {
+  constexpr auto owner_only = fs::perms::owner_read | fs::perms::owner_write;
+  CHECK(mode_of(home / "dev.env") == owner_only);
+  CHECK_FALSE(run.env.contains("LEDGER_JWT_SECRET"));
+  // CHECK, not REQUIRE: a failure here must not leave the stack running.
+  CHECK(run.env.contains("LEDGER_JWT_SECRET_FILE"));
+  if (!run.env.contains("LEDGER_JWT_SECRET_FILE")) return {};
+  const fs::path secret_file = run.env.at("LEDGER_JWT_SECRET_FILE");
+  CHECK(mode_of(secret_file) == owner_only);
+  std::string secret = read_file(secret_file);
+  while (!secret.empty() && secret.back() == '\n') secret.pop_back();
+  CHECK(secret.size() >= 32);
+  CHECK(secret != "ledger-development-secret-never-use-in-production");
+  std::ifstream serve_pid_file(home / "run" / "serve.pid");
+  pid_t serve_pid = 0;
+  serve_pid_file >> serve_pid;
+  CHECK(serve_pid > 0);
+  const fs::path serve_proc = fs::path("/proc") / std::to_string(serve_pid);
+  CHECK(read_file(serve_proc / "cmdline").find(secret) == std::string::npos);
+  CHECK(read_file(serve_proc / "environ").find(secret) == std::string::npos);
+  CHECK(read_file(serve_proc / "cmdline").find(secret_file.string()) != std::string::npos);
+  return secret;
+}
+
 }  // namespace
 
 TEST_CASE("ledger dev starts, stops cleanly, restarts on the same data and survives a SIGKILL") {
@@ -171,6 +206,7 @@ TEST_CASE("ledger dev starts, stops cleanly, restarts on the same data and survi
     work.commit();
   }
   CHECK(tcp_connects(first.env.at("LEDGER_KAFKA_BROKERS")));
+  const std::string first_secret = check_secrets_are_private(home, first);
   {
     // The printed development token works against the printed URL.
     const auto& url = first.env.at("LEDGER_URL");
@@ -201,6 +237,16 @@ TEST_CASE("ledger dev starts, stops cleanly, restarts on the same data and survi
     pqxx::connection admin(second.env.at("LEDGER_ADMIN_DATABASE_URL"));
     pqxx::read_transaction work(admin);
     CHECK(work.exec1("SELECT note FROM survives_restart")[0].as<std::string>() == "kept");
+  }
+  {
+    // The home keeps its secret: a token of the first run is still good.
+    CHECK(check_secrets_are_private(home, second) == first_secret);
+    const auto& url = second.env.at("LEDGER_URL");
+    test::HttpClient client(std::stoi(url.substr(url.rfind(':') + 1)));
+    CHECK(client
+              .request("GET", "/v1/streams/account-dev-check/events", "",
+                       {{"Authorization", "Bearer " + first.env.at("LEDGER_TOKEN")}})
+              .status == 200);
   }
   // A run killed without warning leaves its children behind ...
   const auto orphans = stack_pids(home);

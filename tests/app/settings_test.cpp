@@ -28,11 +28,28 @@ Outcome run_ledger(std::vector<std::string> arguments, std::vector<std::string> 
 }
 
 void check_one_line_error(const Outcome& outcome, const std::string& setting) {
+  INFO(outcome.output);
   CHECK(outcome.status.exited);
   CHECK(outcome.status.code == 2);
   CHECK(outcome.output.find("ledger: error: ") == 0);
   CHECK(outcome.output.find(setting) != std::string::npos);
   CHECK(std::count(outcome.output.begin(), outcome.output.end(), '\n') == 1);
+}
+
+const std::string development_secret = "ledger-development-secret-never-use-in-production";
+const std::string strong_secret = "settings-test-secret-of-at-least-32-bytes";
+
+// A file in a fresh temporary directory holding `content`.
+std::string write_temporary_file(const std::string& name, const std::string& content) {
+  const auto directory = std::filesystem::temp_directory_path() / "ledger-settings-test-files";
+  std::filesystem::create_directories(directory);
+  const auto path = directory / name;
+  std::ofstream(path, std::ios::trunc) << content;
+  // Private, as a secret file should be (serve warns about one that others can read).
+  std::filesystem::permissions(
+      path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write,
+      std::filesystem::perm_options::replace);
+  return path.string();
 }
 
 }  // namespace
@@ -84,4 +101,55 @@ TEST_CASE("serve needs a strong JWT secret and refuses the development one outsi
       "development secret");
   check_one_line_error(run_ledger({"serve", "--http-port", "70000"}), "--http-port");
   check_one_line_error(run_ledger({"serve", "--migrate", "sometimes"}), "--migrate");
+}
+
+TEST_CASE("LEDGER_DEV_MODE does not let serve accept the development secret") {
+  check_one_line_error(
+      run_ledger({"serve"}, {"LEDGER_JWT_SECRET=" + development_secret, "LEDGER_DEV_MODE=1"}),
+      "development secret");
+  const auto file = write_temporary_file("development-secret", development_secret + "\n");
+  check_one_line_error(run_ledger({"serve", "--jwt-secret-file", file}, {"LEDGER_DEV_MODE=1"}),
+                       "development secret");
+}
+
+TEST_CASE("serve reads the JWT secret from --jwt-secret-file, trailing newline trimmed") {
+  // A readable, strong secret passes the secret checks: start-up goes on to the database URL,
+  // which this empty home does not have.
+  const auto file = write_temporary_file("strong-secret", strong_secret + "\n");
+  check_one_line_error(run_ledger({"serve", "--jwt-secret-file", file}), "--database-url");
+  check_one_line_error(run_ledger({"serve"}, {"LEDGER_JWT_SECRET_FILE=" + file}), "--database-url");
+  // Trimming only the newline: 31 bytes and a newline are too short.
+  const auto short_file = write_temporary_file("short-secret", strong_secret.substr(0, 31) + "\n");
+  check_one_line_error(run_ledger({"serve", "--jwt-secret-file", short_file}),
+                       "--jwt-secret-file (LEDGER_JWT_SECRET_FILE): must be at least 32 bytes");
+}
+
+TEST_CASE("a missing, empty or unreadable secret file, or both secret settings, stop serve") {
+  const auto missing = (std::filesystem::temp_directory_path() / "ledger-no-such-secret").string();
+  std::filesystem::remove(missing);
+  check_one_line_error(run_ledger({"serve", "--jwt-secret-file", missing}),
+                       "--jwt-secret-file (LEDGER_JWT_SECRET_FILE): cannot read " + missing);
+  const auto empty = write_temporary_file("empty-secret", "\n");
+  check_one_line_error(run_ledger({"serve", "--jwt-secret-file", empty}),
+                       "--jwt-secret-file (LEDGER_JWT_SECRET_FILE): " + empty + " is empty");
+  // A directory cannot be read as a file, even by root.
+  const auto directory = std::filesystem::temp_directory_path().string();
+  check_one_line_error(run_ledger({"serve", "--jwt-secret-file", directory}),
+                       "--jwt-secret-file (LEDGER_JWT_SECRET_FILE): cannot read " + directory);
+  const auto file = write_temporary_file("strong-secret", strong_secret + "\n");
+  check_one_line_error(
+      run_ledger({"serve", "--jwt-secret-file", file, "--jwt-secret", strong_secret}),
+      "give --jwt-secret or --jwt-secret-file, not both");
+  check_one_line_error(
+      run_ledger({"serve", "--jwt-secret-file", file}, {"LEDGER_JWT_SECRET=" + strong_secret}),
+      "give --jwt-secret or --jwt-secret-file, not both");
+}
+
+TEST_CASE("serve --migrate=auto needs the owner's URL and never uses the application role's") {
+  const auto file = write_temporary_file("strong-secret", strong_secret + "\n");
+  check_one_line_error(
+      run_ledger({"--database-url", "postgresql://ledger_app@127.0.0.1:1/ledger", "serve",
+                  "--jwt-secret-file", file, "--migrate", "auto"},
+                 {"LEDGER_DATABASE_CONNECT_TIMEOUT_MS=100"}),
+      "--admin-database-url (LEDGER_ADMIN_DATABASE_URL): required by --migrate=auto");
 }

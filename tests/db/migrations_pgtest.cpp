@@ -23,6 +23,48 @@ bool table_exists(const std::string& url, const std::string& table) {
                         table + "'") == 1;
 }
 
+void execute(const std::string& url, const std::string& sql) {
+  pqxx::connection connection(url);
+  pqxx::work work(connection);
+  work.exec(sql);
+  work.commit();
+}
+
+// The embedded migrations plus one whose down script drops a table directly and another
+// through DROP SCHEMA … CASCADE (which a parser of DROP TABLE statements would miss).
+std::vector<db::Migration> with_scratch_migration() {
+  auto migrations = db::embedded_migrations();
+  migrations.push_back({migrations.back().version + 1, "scratch",
+                        "CREATE TABLE scratch (id int); CREATE SCHEMA scratch_schema; "
+                        "CREATE TABLE scratch_schema.inner_table (id int);",
+                        "DROP SCHEMA scratch_schema CASCADE; DROP TABLE scratch;"});
+  return migrations;
+}
+
+// What a version before the down script was checksummed recorded: SHA-256 of the up script
+// alone, computed here by PostgreSQL so that it shares no code with the runner.
+void record_legacy_checksums(const std::string& url, const std::vector<db::Migration>& migrations) {
+  pqxx::connection connection(url);
+  pqxx::work work(connection);
+  for (const auto& migration : migrations) {
+    work.exec_params(
+        "UPDATE schema_migrations SET checksum = encode(sha256(convert_to($1, 'UTF8')), 'hex') "
+        "WHERE version = $2",
+        migration.up_sql, migration.version);
+  }
+  work.commit();
+}
+
+std::vector<std::string> stored_checksums(const std::string& url) {
+  pqxx::connection connection(url);
+  pqxx::read_transaction work(connection);
+  std::vector<std::string> checksums;
+  for (const auto& row : work.exec("SELECT checksum FROM schema_migrations ORDER BY version")) {
+    checksums.push_back(row[0].as<std::string>());
+  }
+  return checksums;
+}
+
 }  // namespace
 
 TEST_CASE("migrate up applies every migration once, status lists them, down and up again") {
@@ -41,7 +83,9 @@ TEST_CASE("migrate up applies every migration once, status lists them, down and 
   CHECK(table_exists(database.admin_url(), "events"));
   CHECK(status.applied.front().checksum == db::migration_checksum(all.front()));
 
-  CHECK(runner.down(static_cast<int>(all.size())).size() == all.size());
+  // The event store's bookkeeping tables hold seed rows (event_store_head's genesis row), so
+  // reverting everything needs the operator's --force even on a fresh database.
+  CHECK(runner.down(static_cast<int>(all.size()), db::DroppingRows::allow).size() == all.size());
   CHECK_FALSE(table_exists(database.admin_url(), "events"));
   CHECK(runner.status().applied.empty());
   CHECK(runner.up().size() == all.size());
@@ -136,4 +180,91 @@ TEST_CASE("the application role cannot update, delete or truncate events; nobody
       "INSERT INTO events VALUES (2, 'account-a', 2, gen_random_uuid(), 'frozen', 1, "
       "'\\x00'::bytea, '{}', now(), decode(repeat('cd', 32), 'hex'))"));
   CHECK(work.exec1("SELECT count(*) FROM events")[0].as<int>() == 2);
+}
+
+TEST_CASE("migrate down refuses to drop tables holding rows, names them with their row counts") {
+  test::TestDatabase database(false);
+  const auto migrations = with_scratch_migration();
+  const int scratch_version = migrations.back().version;
+  const auto applied_count = migrations.size();
+  db::MigrationRunner runner(database.admin_url(), migrations);
+  REQUIRE(runner.up().size() == applied_count);
+
+  // Tables without rows are dropped without --force.
+  CHECK(runner.down(1) == std::vector<int>{scratch_version});
+  CHECK_FALSE(table_exists(database.admin_url(), "scratch"));
+  REQUIRE(runner.up() == std::vector<int>{scratch_version});
+
+  execute(database.admin_url(), "INSERT INTO scratch VALUES (1), (2)");
+  execute(database.admin_url(), "INSERT INTO scratch_schema.inner_table VALUES (1), (2), (3)");
+  CHECK_THROWS_WITH_AS(runner.down(1), doctest::Contains("scratch_schema.inner_table (3 rows)"),
+                       db::MigrationError);
+  CHECK_THROWS_WITH_AS(runner.down(1), doctest::Contains("public.scratch (2 rows)"),
+                       db::MigrationError);
+  CHECK_THROWS_WITH_AS(runner.down(1), doctest::Contains("--force"), db::MigrationError);
+  CHECK(runner.status().applied.size() == applied_count);
+  CHECK(count(database.admin_url(), "SELECT count(*) FROM scratch_schema.inner_table") == 3);
+
+  // Reverting several is checked as a whole before anything is reverted: the event store's
+  // tables hold rows, so even the scratch migration stays applied.
+  execute(database.admin_url(), "DELETE FROM scratch; DELETE FROM scratch_schema.inner_table");
+  execute(database.admin_url(),
+          "INSERT INTO events VALUES (1, 'account-a', 1, gen_random_uuid(), 'opened', 1, "
+          "'\\x00'::bytea, '{}', now(), decode(repeat('ab', 32), 'hex'))");
+  CHECK_THROWS_WITH_AS(runner.down(static_cast<int>(applied_count)),
+                       doctest::Contains("public.events (1 row)"), db::MigrationError);
+  CHECK(runner.status().applied.size() == applied_count);
+  CHECK(table_exists(database.admin_url(), "scratch"));
+  CHECK(count(database.admin_url(), "SELECT count(*) FROM events") == 1);
+
+  // --force drops them.
+  execute(database.admin_url(), "INSERT INTO scratch VALUES (1)");
+  CHECK(runner.down(1, db::DroppingRows::allow) == std::vector<int>{scratch_version});
+  CHECK_FALSE(table_exists(database.admin_url(), "scratch"));
+  CHECK(runner.down(static_cast<int>(applied_count) - 1, db::DroppingRows::allow).size() ==
+        applied_count - 1);
+  CHECK_FALSE(table_exists(database.admin_url(), "events"));
+}
+
+TEST_CASE("the checksum covers the down script: an edited down script is refused") {
+  test::TestDatabase database(false);
+  auto migrations = db::embedded_migrations();
+  db::MigrationRunner(database.admin_url(), migrations).up();
+
+  migrations.front().down_sql += "\nDROP TABLE something_else;\n";
+  db::MigrationRunner edited(database.admin_url(), migrations);
+  CHECK_THROWS_WITH_AS(edited.validate(), doctest::Contains("was edited after it was applied"),
+                       db::MigrationError);
+  CHECK_THROWS_AS(edited.down(static_cast<int>(migrations.size()), db::DroppingRows::allow),
+                  db::MigrationError);
+  CHECK(table_exists(database.admin_url(), "events"));
+}
+
+TEST_CASE(
+    "checksums recorded by an earlier version (up script only) are accepted and rewritten by up") {
+  test::TestDatabase database(false);
+  const auto& migrations = db::embedded_migrations();
+  db::MigrationRunner runner(database.admin_url());
+  REQUIRE(runner.up().size() == migrations.size());
+  const auto current = stored_checksums(database.admin_url());
+  record_legacy_checksums(database.admin_url(), migrations);
+  const auto legacy = stored_checksums(database.admin_url());
+  for (std::size_t i = 0; i < migrations.size(); ++i) {
+    INFO(migrations[i].name);
+    CHECK(legacy[i] != current[i]);  // the new checksum is not the up-only one
+    CHECK(current[i] == db::migration_checksum(migrations[i]));
+  }
+
+  // An older database is not a problem ...
+  CHECK(runner.status().problems.empty());
+  CHECK_NOTHROW(runner.validate());
+  // ... but a legacy checksum of an edited up script still is.
+  auto edited_migrations = migrations;
+  edited_migrations.front().up_sql += "\n-- edited after it was applied\n";
+  CHECK(db::MigrationRunner(database.admin_url(), edited_migrations).status().problems.size() == 1);
+
+  // The next `migrate up` records the new checksums, even with nothing pending.
+  CHECK(runner.up().empty());
+  CHECK(stored_checksums(database.admin_url()) == current);
+  CHECK(runner.status().problems.empty());
 }

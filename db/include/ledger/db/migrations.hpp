@@ -17,7 +17,9 @@ struct Migration {
 // The migrations compiled into this binary from migrations/*.sql, ordered by version.
 [[nodiscard]] const std::vector<Migration>& embedded_migrations();
 
-// SHA-256 (hex) of a migration's up script: what schema_migrations records.
+// SHA-256 (hex) of a migration's up and down scripts: what schema_migrations records. Versions
+// before the down script counted recorded SHA-256 of the up script alone; that is accepted for
+// an applied migration whose up script matches, and `up` replaces it with this one.
 [[nodiscard]] std::string migration_checksum(const Migration& migration);
 
 struct AppliedMigration {
@@ -26,6 +28,8 @@ struct AppliedMigration {
   std::string checksum;
   std::string applied_at;
   long long duration_ms = 0;
+  // The up-only checksum of an earlier version (the down script is not yet covered).
+  bool checksum_is_up_only = false;
 };
 
 struct MigrationStatus {
@@ -40,6 +44,12 @@ class MigrationError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// What `down` does when a down script would drop a table that holds rows.
+enum class DroppingRows {
+  refuse,  // throw MigrationError naming each such table with its row count; revert nothing
+  allow,   // `ledger migrate down --force`: drop them (each is logged)
+};
+
 // Applies and reverts migrations. Each migration runs in its own transaction; concurrent
 // runners are serialized by a PostgreSQL advisory lock, so each migration applies once.
 class MigrationRunner {
@@ -52,10 +62,15 @@ class MigrationRunner {
   void validate() const;
   // Applies pending migrations up to `target_version` (all when unset); returns the versions
   // applied. Refuses (MigrationError) when validation fails; a failing migration is rolled
-  // back, leaving the schema at the previous version, and reported as MigrationError.
+  // back, leaving the schema at the previous version, and reported as MigrationError. First
+  // replaces up-only checksums of earlier versions with the up-and-down ones.
   std::vector<int> up(std::optional<int> target_version = std::nullopt);
-  // Reverts the `count` most recent migrations; returns the versions reverted.
-  std::vector<int> down(int count = 1);
+  // Reverts the `count` most recent migrations, each in its own transaction; returns the
+  // versions reverted. Which tables a down script drops is asked of PostgreSQL (the script
+  // runs in a savepoint that is rolled back, and the tables before and after are compared), so
+  // DROP SCHEMA … CASCADE counts too. With DroppingRows::refuse, when any of them holds rows,
+  // throws MigrationError naming each with its row count before reverting anything.
+  std::vector<int> down(int count = 1, DroppingRows dropping_rows = DroppingRows::refuse);
 
  private:
   std::string url_;
