@@ -469,8 +469,8 @@ TEST_CASE("loan routes: originate, disburse, repay, close of business (admin), w
   };
   const std::vector<Bad> bad = {
       {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":"12","installments":1,"schedule":"annuity","first_due_date":"2999-01-01"})", 400, "invalid_field"},
-      {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":100001,"installments":1,"schedule":"annuity","first_due_date":"2999-01-01"})", 422, "invalid_loan_terms"},
-      {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":1,"installments":601,"schedule":"annuity","first_due_date":"2999-01-01"})", 422, "invalid_loan_terms"},
+      {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":100001,"installments":1,"schedule":"annuity","first_due_date":"2099-01-01"})", 422, "invalid_loan_terms"},
+      {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":1,"installments":601,"schedule":"annuity","first_due_date":"2099-01-01"})", 422, "invalid_loan_terms"},
       {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":0,"rate_bps":1,"installments":1,"schedule":"annuity","first_due_date":"2999-01-01"})", 400, "invalid_amount"},
       {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":1,"installments":1,"schedule":"balloon","first_due_date":"2999-01-01"})", 400, "invalid_field"},
       {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":1,"installments":1,"schedule":"annuity","first_due_date":"2999-02-30"})", 400, "invalid_date"},
