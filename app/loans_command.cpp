@@ -22,7 +22,9 @@ CommandAction register_loans_command(CLI::App& root, Settings& settings) {
       ->required()
       ->check(CLI::Validator(
           [](const std::string& value) {
-            return engine::parse_date(value) ? std::string() : "not a date YYYY-MM-DD";
+            if (!engine::parse_date(value)) return std::string("not a date YYYY-MM-DD");
+            if (!engine::parse_business_date(value)) return "not a date from " + engine::business_date_range();
+            return std::string();
           },
           "DATE"));
   close->add_flag("--json", *json, "Print a machine-readable summary");

@@ -351,7 +351,7 @@ class Fields {
     (void)required(name);
     return *optional_int32(name, max);
   }
-  // A calendar date, "YYYY-MM-DD".
+  // A calendar date, "YYYY-MM-DD", within the business date range (engine/loan_schedule.hpp).
   [[nodiscard]] std::optional<std::string> optional_date(std::string_view name) const {
     const Value* value = optional(name);
     if (value == nullptr) return std::nullopt;
@@ -359,6 +359,11 @@ class Fields {
       fail("invalid_date", "Invalid date",
            field(name) + " must be a date \"YYYY-MM-DD\", got " +
                (value->IsString() ? quote(view(*value)) : type_name(*value)));
+    }
+    if (!engine::parse_business_date(view(*value))) {
+      fail("invalid_date", "Invalid date",
+           field(name) + " must be a date from " + engine::business_date_range() + ", got " +
+               quote(view(*value)));
     }
     return std::string(view(*value));
   }

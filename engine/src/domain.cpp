@@ -22,6 +22,21 @@ Decision accept(std::string resource_id) {
   return decision;
 }
 
+// The identical request was decided before: accepted again, with no effect (issue 13).
+Decision replay(std::string resource_id) {
+  Decision decision = accept(std::move(resource_id));
+  decision.replayed = true;
+  return decision;
+}
+
+// Only the engine's rules move money on system accounts (loans; deposits and withdrawals
+// against the cash account); a client command naming one is refused.
+std::optional<Decision> check_not_system(const AccountState& account, const std::string& id) {
+  if (account.kind != AccountKind::system) return std::nullopt;
+  return reject(RejectionCode::system_account,
+                "account " + id + " is a system account: only the engine's own rules move money on it");
+}
+
 // Checks an account can take part in a movement of money.
 std::optional<Decision> check_usable(const AccountState& account, const std::string& id) {
   if (!account.exists) return reject(RejectionCode::unknown_account, "no account " + id);
@@ -50,6 +65,10 @@ std::optional<Decision> check_status_change(const AccountState& account, const s
 
 std::optional<Amount> sum(Amount a, Amount b) { return a.checked_add(b); }
 
+// Who asks for a movement: a client (a transfer or a hold), the cash rule (a deposit or a
+// withdrawal, against the cash account) or a loan rule (a transfer with a derived id).
+enum class Origin : std::uint8_t { client, cash_rule, loan_rule };
+
 // The shared core of every movement of money: a posted or a pending transfer.
 struct Movement {
   std::string id;
@@ -60,10 +79,20 @@ struct Movement {
   std::string reference;
   bool pending = false;
   std::int64_t expires_at_us = 0;
+  Origin origin = Origin::client;
 };
 
+// Whether `existing` is what `m` asks for: then `m` is a retry of it. A hold's timeout is not
+// compared (its expiry depends on when it was placed).
+bool same_movement(const TransferState& existing, const Movement& m) {
+  return existing.debit_account == m.from && existing.credit_account == m.to && existing.amount == m.amount &&
+         existing.currency == m.currency && existing.reference == m.reference &&
+         (existing.status != TransferStatus::posted) == m.pending;
+}
+
 Decision decide_movement(const Movement& m, WorkingSet& set) {
-  if (!is_valid_id(m.id)) return reject(RejectionCode::invalid_id, "invalid transfer id");
+  const bool id_ok = m.origin == Origin::loan_rule ? is_valid_derived_id(m.id) : is_valid_id(m.id);
+  if (!id_ok) return reject(RejectionCode::invalid_id, "invalid transfer id");
   if (!is_valid_id(m.from) || !is_valid_id(m.to)) {
     return reject(RejectionCode::invalid_id, "invalid account id");
   }
@@ -71,13 +100,19 @@ Decision decide_movement(const Movement& m, WorkingSet& set) {
     return reject(RejectionCode::invalid_amount, "amount must be a positive integer of minor units");
   }
   if (m.from == m.to) return reject(RejectionCode::same_account, "from and to are the same account");
-  if (set.transfer(m.id).exists) {
-    return reject(RejectionCode::duplicate_id, "transfer " + m.id + " already exists");
+  // A transfer id names one effect: the identical request again is a replay, another is refused.
+  if (const TransferState& existing = set.transfer(m.id); existing.exists) {
+    if (same_movement(existing, m)) return replay(m.id);
+    return reject(RejectionCode::duplicate_id, "transfer " + m.id + " already exists with other terms");
   }
   const AccountState& debit = set.account(m.from);
   const AccountState& credit = set.account(m.to);
   if (auto problem = check_usable(debit, m.from)) return *problem;
   if (auto problem = check_usable(credit, m.to)) return *problem;
+  if (m.origin == Origin::client) {
+    if (auto problem = check_not_system(debit, m.from)) return *problem;
+    if (auto problem = check_not_system(credit, m.to)) return *problem;
+  }
   if (debit.currency != m.currency || credit.currency != m.currency) {
     return reject(RejectionCode::currency_mismatch,
                   "transfer in " + m.currency.str() + " between accounts in " +
@@ -140,15 +175,14 @@ Decision decide_cash_movement(const std::string& account_id, Amount amount,
   if (!is_valid_id(account_id)) return reject(RejectionCode::invalid_id, "invalid account id");
   const AccountState& account = set.account(account_id);
   if (!account.exists) return reject(RejectionCode::unknown_account, "no account " + account_id);
-  if (account.kind == AccountKind::system) {
-    return reject(RejectionCode::reserved_id, "deposits and withdrawals are for customer accounts");
-  }
+  if (auto problem = check_not_system(account, account_id)) return *problem;
   const Currency currency = account.currency;
   const auto mark = set.mark();
   std::string cash;
   ensure_system_account(set, SystemAccount::cash, currency, cash);
   Movement movement{transfer_id, deposit ? cash : account_id, deposit ? account_id : cash, amount,
                     currency, reference};
+  movement.origin = Origin::cash_rule;
   Decision decision = decide_movement(movement, set);
   if (!decision.accepted()) set.rollback_to(mark);
   return decision;
@@ -156,10 +190,11 @@ Decision decide_cash_movement(const std::string& account_id, Amount amount,
 
 // ---- loans (issue 6): the rules are loan_book.hpp; money moves only by transfers ----------
 
-// Loan and repayment ids leave room for the suffix of the transfers derived from them.
-constexpr std::size_t loan_id_length_max = id_length_max - 2;
-
-bool is_valid_loan_id(const std::string& id) { return is_valid_id(id) && id.size() <= loan_id_length_max; }
+// The engine's today, the date of its injected clock (UTC).
+Date today_of(const DecisionContext& context) {
+  const auto now = std::chrono::sys_time<std::chrono::microseconds>(std::chrono::microseconds(context.now_us));
+  return Date{std::chrono::floor<std::chrono::days>(now)};
+}
 
 std::optional<Decision> check_loan(const LoanState& loan, const std::string& id) {
   if (!loan.exists) return reject(RejectionCode::unknown_loan, "no loan " + id);
@@ -171,21 +206,20 @@ std::optional<Decision> move_loan_money(WorkingSet& set, std::string transfer_id
                                         const std::string& to, std::int64_t amount, Currency currency,
                                         std::string reference) {
   if (amount == 0) return std::nullopt;
-  Decision moved = decide_movement(
-      Movement{std::move(transfer_id), from, to, Amount(amount), currency, std::move(reference)}, set);
+  Movement movement{std::move(transfer_id), from, to, Amount(amount), currency, std::move(reference)};
+  movement.origin = Origin::loan_rule;
+  Decision moved = decide_movement(movement, set);
   if (!moved.accepted()) return moved;
   return std::nullopt;
 }
 
-Decision decide_originate(const OriginateLoan& c, WorkingSet& set) {
-  if (!is_valid_loan_id(c.id)) return reject(RejectionCode::invalid_id, "invalid loan id (at most 62 characters)");
+Decision decide_originate(const OriginateLoan& c, WorkingSet& set, const DecisionContext& context) {
+  if (!is_valid_id(c.id)) return reject(RejectionCode::invalid_id, "invalid loan id");
   if (!is_valid_id(c.borrower)) return reject(RejectionCode::invalid_id, "invalid borrower account id");
   if (set.loan(c.id).exists) return reject(RejectionCode::duplicate_id, "loan " + c.id + " already exists");
   const AccountState& borrower = set.account(c.borrower);
   if (auto problem = check_usable(borrower, c.borrower)) return *problem;
-  if (borrower.kind == AccountKind::system) {
-    return reject(RejectionCode::reserved_id, "a loan's borrower is a customer account");
-  }
+  if (auto problem = check_not_system(borrower, c.borrower)) return *problem;
   if (borrower.currency != c.currency) {
     return reject(RejectionCode::currency_mismatch,
                   "loan in " + c.currency.str() + " to an account in " + borrower.currency.str());
@@ -194,6 +228,16 @@ Decision decide_originate(const OriginateLoan& c, WorkingSet& set) {
   const auto first_due = parse_date(c.first_due_date);
   if (!origination || !first_due) {
     return reject(RejectionCode::invalid_date, "origination_date and first_due_date are dates YYYY-MM-DD");
+  }
+  if (!is_business_date(*origination) || !is_business_date(*first_due)) {
+    return reject(RejectionCode::invalid_date,
+                  "origination_date and first_due_date must be from " + business_date_range());
+  }
+  const Date today = today_of(context);
+  if (days_between(today, *origination) > origination_days_ahead_max) {
+    return reject(RejectionCode::invalid_date, "origination_date " + c.origination_date + " is more than " +
+                                                   std::to_string(origination_days_ahead_max) + " days after today (" +
+                                                   to_string(today) + ")");
   }
   const LoanTerms terms{c.principal.minor_units(), c.rate_bps, c.installments, c.schedule, *origination, *first_due,
                         c.origination_fee.minor_units(), c.late_fee.minor_units(), c.grace_days};
@@ -206,7 +250,7 @@ Decision decide_originate(const OriginateLoan& c, WorkingSet& set) {
 }
 
 Decision decide_disburse(const DisburseLoan& c, WorkingSet& set) {
-  if (!is_valid_loan_id(c.id)) return reject(RejectionCode::invalid_id, "invalid loan id");
+  if (!is_valid_id(c.id)) return reject(RejectionCode::invalid_id, "invalid loan id");
   const LoanState loan = set.loan(c.id);
   if (auto problem = check_loan(loan, c.id)) return *problem;
   if (loan.book.status != LoanStatus::originated) {
@@ -216,8 +260,8 @@ Decision decide_disburse(const DisburseLoan& c, WorkingSet& set) {
   std::string receivable, fee_income;
   ensure_system_account(set, SystemAccount::loan_receivable, loan.currency, receivable);
   ensure_system_account(set, SystemAccount::fee_income, loan.currency, fee_income);
-  const std::string transfer_id = c.id + ".d";
-  const std::string fee_transfer_id = disbursed.fee > 0 ? c.id + ".f" : "";
+  const std::string transfer_id = derived_id(c.id, "disbursement");
+  const std::string fee_transfer_id = disbursed.fee > 0 ? derived_id(c.id, "fee") : "";
   if (auto failed = move_loan_money(set, transfer_id, receivable, loan.borrower, disbursed.to_borrower, loan.currency,
                                     "loan " + c.id + " disbursement")) {
     return *failed;
@@ -231,10 +275,17 @@ Decision decide_disburse(const DisburseLoan& c, WorkingSet& set) {
 }
 
 Decision decide_repay(const RepayLoan& c, WorkingSet& set) {
-  if (!is_valid_loan_id(c.id)) return reject(RejectionCode::invalid_id, "invalid loan id");
-  if (!is_valid_loan_id(c.repayment_id)) return reject(RejectionCode::invalid_id, "invalid repayment id");
+  if (!is_valid_id(c.id)) return reject(RejectionCode::invalid_id, "invalid loan id");
+  if (!is_valid_id(c.repayment_id)) return reject(RejectionCode::invalid_id, "invalid repayment id");
   const LoanState loan = set.loan(c.id);
   if (auto problem = check_loan(loan, c.id)) return *problem;
+  // A repayment id is used once per loan: the identical request again is a replay (a retry
+  // must not charge twice), another amount is refused.
+  if (const auto recorded = loan.repayments.find(c.repayment_id); recorded != loan.repayments.end()) {
+    if (recorded->second == c.amount.minor_units()) return replay(c.repayment_id);
+    return reject(RejectionCode::duplicate_id, "repayment " + c.repayment_id + " of loan " + c.id +
+                                                   " was made with amount " + std::to_string(recorded->second));
+  }
   const auto decided = allocate_repayment(loan.book, c.amount.minor_units());
   if (const auto* problem = std::get_if<RepaymentProblem>(&decided)) {
     switch (problem->refusal) {
@@ -249,10 +300,14 @@ Decision decide_repay(const RepayLoan& c, WorkingSet& set) {
   ensure_system_account(set, SystemAccount::interest_income, loan.currency, interest_income);
   ensure_system_account(set, SystemAccount::fee_income, loan.currency, fee_income);
   const std::string reference = "loan " + c.id + " repayment " + c.repayment_id;
-  for (const auto& [suffix, to, amount] :
-       {std::tuple{".p", fee_income, allocation.penalties}, std::tuple{".i", interest_income, allocation.interest},
-        std::tuple{".n", receivable, allocation.principal}}) {
-    if (auto failed = move_loan_money(set, c.repayment_id + suffix, loan.borrower, to, amount, loan.currency, reference)) {
+  // Repayment ids belong to their loan, so the loan id is part of its transfers' ids.
+  const std::string repayment = derived_id(c.id, c.repayment_id);
+  for (const auto& [part, to, amount] :
+       {std::tuple{"penalties", fee_income, allocation.penalties},
+        std::tuple{"interest", interest_income, allocation.interest},
+        std::tuple{"principal", receivable, allocation.principal}}) {
+    if (auto failed = move_loan_money(set, derived_id(repayment, part), loan.borrower, to, amount, loan.currency,
+                                      reference)) {
       return *failed;
     }
   }
@@ -261,20 +316,28 @@ Decision decide_repay(const RepayLoan& c, WorkingSet& set) {
 }
 
 Decision decide_close_day(const CloseLoanBusinessDay& c, WorkingSet& set) {
-  if (!is_valid_loan_id(c.id)) return reject(RejectionCode::invalid_id, "invalid loan id");
+  if (!is_valid_id(c.id)) return reject(RejectionCode::invalid_id, "invalid loan id");
   const auto date = parse_date(c.date);
   if (!date) return reject(RejectionCode::invalid_date, "date is a date YYYY-MM-DD");
+  if (!is_business_date(*date)) return reject(RejectionCode::invalid_date, "date must be from " + business_date_range());
   const LoanState& loan = set.loan(c.id);
   if (auto problem = check_loan(loan, c.id)) return *problem;
   // Closed through that date already, or not active: nothing to do, and nothing written.
   if (const auto closed = close_business_day(loan.book, *date)) {
+    const Date business_date = loan.book.business_date();
+    if (days_between(business_date, *date) > close_of_business_days_ahead_max) {
+      return reject(RejectionCode::invalid_date,
+                    "date " + c.date + " is more than " + std::to_string(close_of_business_days_ahead_max) +
+                        " days after loan " + c.id + "'s business date " + to_string(business_date) +
+                        "; close a longer gap in steps");
+    }
     set.append(loan_stream(c.id), events::LoanDayClosed{*closed});
   }
   return accept(c.id);
 }
 
 Decision decide_write_off(const WriteOffLoan& c, WorkingSet& set) {
-  if (!is_valid_loan_id(c.id)) return reject(RejectionCode::invalid_id, "invalid loan id");
+  if (!is_valid_id(c.id)) return reject(RejectionCode::invalid_id, "invalid loan id");
   const LoanState loan = set.loan(c.id);
   if (auto problem = check_loan(loan, c.id)) return *problem;
   const auto written_off = write_off(loan.book);
@@ -284,7 +347,7 @@ Decision decide_write_off(const WriteOffLoan& c, WorkingSet& set) {
   std::string receivable, expense;
   ensure_system_account(set, SystemAccount::loan_receivable, loan.currency, receivable);
   ensure_system_account(set, SystemAccount::write_off_expense, loan.currency, expense);
-  const std::string transfer_id = written_off->principal > 0 ? c.id + ".w" : "";
+  const std::string transfer_id = written_off->principal > 0 ? derived_id(c.id, "write_off") : "";
   if (auto failed = move_loan_money(set, transfer_id, expense, receivable, written_off->principal, loan.currency,
                                     "loan " + c.id + " write-off")) {
     return *failed;
@@ -349,6 +412,11 @@ Decision decide_single(const SingleCommand& command, WorkingSet& set,
             if (!is_valid_id(c.id)) return reject(RejectionCode::invalid_id, "invalid transfer id");
             const TransferState& hold = set.transfer(c.id);
             if (!hold.exists) return reject(RejectionCode::unknown_transfer, "no transfer " + c.id);
+            // The identical post again (the same amount) is a replay of the first.
+            if (hold.status == TransferStatus::pending_posted &&
+                hold.posted_amount == c.amount.value_or(hold.amount)) {
+              return replay(c.id);
+            }
             if (hold.status != TransferStatus::pending) {
               return reject(RejectionCode::transfer_not_pending,
                             "transfer " + c.id + " is " + std::string(to_string(hold.status)));
@@ -369,6 +437,9 @@ Decision decide_single(const SingleCommand& command, WorkingSet& set,
             const std::int64_t held = hold.amount.minor_units();
             if (auto problem = check_usable(set.account(debit), debit)) return *problem;
             if (auto problem = check_usable(set.account(credit), credit)) return *problem;
+            // A hold placed on a system account before that was refused is never posted.
+            if (auto problem = check_not_system(set.account(debit), debit)) return *problem;
+            if (auto problem = check_not_system(set.account(credit), credit)) return *problem;
             if (!set.account(debit).debits_posted.checked_add(amount) ||
                 !set.account(credit).credits_posted.checked_add(amount)) {
               return reject(RejectionCode::amount_overflow, "the amount would overflow an account total");
@@ -392,6 +463,7 @@ Decision decide_single(const SingleCommand& command, WorkingSet& set,
             if (!is_valid_id(c.id)) return reject(RejectionCode::invalid_id, "invalid transfer id");
             const TransferState& hold = set.transfer(c.id);
             if (!hold.exists) return reject(RejectionCode::unknown_transfer, "no transfer " + c.id);
+            if (!expiring && hold.status == TransferStatus::voided) return replay(c.id);
             if (hold.status != TransferStatus::pending) {
               return reject(RejectionCode::transfer_not_pending,
                             "transfer " + c.id + " is " + std::string(to_string(hold.status)));
@@ -446,7 +518,7 @@ Decision decide_single(const SingleCommand& command, WorkingSet& set,
             set.append(account_stream(c.id), events::AccountClosed{});
             return accept(c.id);
           },
-          [&](const OriginateLoan& c) { return decide_originate(c, set); },
+          [&](const OriginateLoan& c) { return decide_originate(c, set, context); },
           [&](const DisburseLoan& c) { return decide_disburse(c, set); },
           [&](const RepayLoan& c) { return decide_repay(c, set); },
           [&](const CloseLoanBusinessDay& c) { return decide_close_day(c, set); },
@@ -532,6 +604,7 @@ Decision decide(const CommandBody& command, WorkingSet& set, const DecisionConte
             if (linked.commands.empty()) {
               return reject(RejectionCode::invalid_command, "a linked list needs at least one command");
             }
+            all.replayed = true;  // a replay only when every member is one
             for (std::size_t i = 0; i < linked.commands.size(); ++i) {
               Decision member = decide_single(linked.commands[i], set, context);
               if (!member.accepted()) {
@@ -540,6 +613,7 @@ Decision decide(const CommandBody& command, WorkingSet& set, const DecisionConte
                                 std::string(command_name(linked.commands[i])) + "): " + member.detail;
                 return member;
               }
+              all.replayed = all.replayed && member.replayed;
               for (auto& id : member.resource_ids) all.resource_ids.push_back(std::move(id));
             }
             return all;

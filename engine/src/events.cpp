@@ -421,7 +421,11 @@ void apply(LoanState& state, const DomainEvent& event) {
             state.book = originated(e.terms, e.schedule);
           },
           [&](const events::LoanDisbursed& e) { engine::apply(state.book, e.disbursed); },
-          [&](const events::LoanRepaid& e) { engine::apply(state.book, e.allocation); },
+          [&](const events::LoanRepaid& e) {
+            engine::apply(state.book, e.allocation);
+            // Streams from before repayment ids were once-only may repeat an id: the first counts.
+            state.repayments.try_emplace(e.repayment_id, e.allocation.total());
+          },
           [&](const events::LoanDayClosed& e) { engine::apply(state.book, e.closed); },
           [&](const events::LoanWrittenOff& e) { engine::apply(state.book, e.written_off); },
           [&](const auto&) { LEDGER_ASSERT(false, "an account or transfer event on a loan stream"); },

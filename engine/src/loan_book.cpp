@@ -49,6 +49,7 @@ std::optional<std::string> loan_terms_problem(const LoanTerms& terms) {
     return problem;
   }
   if (!terms.origination_date.ok()) return "origination_date is not a date";
+  if (!is_business_date(terms.origination_date)) return "origination_date must be from " + business_date_range();
   if (terms.first_due <= terms.origination_date) return "first_due_date must be after the origination date";
   if (terms.origination_fee < 0 || terms.late_fee < 0) return "fees must not be negative";
   if (terms.late_fee > schedule_principal_max) return "late_fee must be at most 10^15 minor units";

@@ -43,6 +43,20 @@ std::optional<Date> parse_date(std::string_view text) {
   return date;
 }
 
+bool is_business_date(Date date) {
+  return date.ok() && date >= business_date_min && date <= business_date_max;
+}
+
+std::optional<Date> parse_business_date(std::string_view text) {
+  const auto date = parse_date(text);
+  if (!date || !is_business_date(*date)) return std::nullopt;
+  return date;
+}
+
+std::string business_date_range() {
+  return to_string(business_date_min) + " to " + to_string(business_date_max);
+}
+
 std::string to_string(Date date) {
   char text[16];
   std::snprintf(text, sizeof text, "%04d-%02u-%02u", static_cast<int>(date.year()),
@@ -77,6 +91,13 @@ std::optional<std::string> schedule_terms_problem(const ScheduleTerms& terms) {
   if (terms.rate_bps < 0 || terms.rate_bps > 100'000) return "rate_bps must be 0 to 100000";
   if (terms.installments < 1 || terms.installments > 600) return "installments must be 1 to 600";
   if (!terms.first_due.ok()) return "first_due_date is not a date";
+  if (!is_business_date(terms.first_due)) return "first_due_date must be from " + business_date_range();
+  // Every derived date too: a date past the range would not even be written with four digits.
+  const Date last_due = add_months(terms.first_due, terms.installments - 1);
+  if (!is_business_date(last_due)) {
+    return "the last due date " + to_string(last_due) + " is after " + to_string(business_date_max) +
+           ": give fewer installments or an earlier first_due_date";
+  }
   return std::nullopt;
 }
 

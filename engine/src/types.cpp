@@ -36,6 +36,7 @@ std::string_view to_string(RejectionCode code) {
     case RejectionCode::loan_not_active: return "loan_not_active";
     case RejectionCode::loan_already_disbursed: return "loan_already_disbursed";
     case RejectionCode::overpayment: return "overpayment";
+    case RejectionCode::system_account: return "system_account";
   }
   return "unknown";
 }
@@ -72,6 +73,25 @@ bool is_valid_id(std::string_view id) {
     if (!ok) return false;
   }
   return true;
+}
+
+std::string derived_id(std::string_view base, std::string_view part) {
+  std::string id(base);
+  id += derived_id_separator;
+  id += part;
+  return id;
+}
+
+bool is_valid_derived_id(std::string_view id) {
+  std::size_t parts = 0;
+  for (std::size_t start = 0;;) {
+    const std::size_t end = id.find(derived_id_separator, start);
+    if (!is_valid_id(id.substr(start, end == std::string_view::npos ? end : end - start))) return false;
+    ++parts;
+    if (end == std::string_view::npos) break;
+    start = end + 1;
+  }
+  return parts >= 2;
 }
 
 std::string system_account_id(SystemAccount account, std::string_view currency) {

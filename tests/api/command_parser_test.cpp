@@ -877,3 +877,40 @@ TEST_CASE("parse_command never throws on arbitrary prefixes and mutations") {
     }
   }
 }
+
+// --- Issue 13 -----------------------------------------------------------------------------
+
+TEST_CASE("loan dates: 1970-01-01 to 2199-12-31") {
+  const auto loan = [](std::string_view dates) {
+    return R"({"account_id":"alice","currency":"EUR","principal":1000,"rate_bps":0,"installments":12,)"
+           R"("schedule":"annuity",)" + std::string(dates) + "}";
+  };
+  // The issue's request: refused before it reaches the engine.
+  expect_body_problem(CommandRoute::originate_loan, loan(R"("first_due_date":"9999-06-15")"), "invalid_date",
+                      {"\"first_due_date\"", "1970-01-01 to 2199-12-31"});
+  expect_body_problem(CommandRoute::originate_loan, loan(R"("first_due_date":"2200-01-01")"), "invalid_date",
+                      {"\"first_due_date\""});
+  expect_body_problem(CommandRoute::originate_loan,
+                      loan(R"("origination_date":"1969-12-31","first_due_date":"2026-02-15")"), "invalid_date",
+                      {"\"origination_date\""});
+  expect_body_problem(CommandRoute::originate_loan,
+                      loan(R"("origination_date":"0000-01-01","first_due_date":"2026-02-15")"), "invalid_date",
+                      {"\"origination_date\""});
+  const auto earliest = single<engine::OriginateLoan>(
+      CommandRoute::originate_loan, loan(R"("origination_date":"1970-01-01","first_due_date":"2199-12-31")"));
+  CHECK(earliest.origination_date == "1970-01-01");
+  CHECK(earliest.first_due_date == "2199-12-31");
+}
+
+TEST_CASE("derived ids cannot be sent: the id grammar refuses their separator") {
+  const std::string derived = engine::derived_id("L1", "disbursement");
+  CHECK_FALSE(engine::is_valid_id(derived));
+  expect_body_problem(CommandRoute::transfer,
+                      R"({"id":")" + derived + R"(","from":"a","to":"b","amount":1,"currency":"EUR"})",
+                      "invalid_id", {"\"id\""});
+  expect_problem(CommandRoute::deposit, "acc", R"({"amount":1,"transfer_id":")" + derived + R"("})", "invalid_id",
+                 {"\"transfer_id\""});
+  expect_problem(CommandRoute::repay_loan, "L1", R"({"amount":1,"repayment_id":"r~1"})", "invalid_id",
+                 {"\"repayment_id\""});
+  expect_problem(CommandRoute::post_hold, derived, "", "invalid_id");
+}

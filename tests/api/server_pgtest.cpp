@@ -469,8 +469,8 @@ TEST_CASE("loan routes: originate, disburse, repay, close of business (admin), w
   };
   const std::vector<Bad> bad = {
       {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":"12","installments":1,"schedule":"annuity","first_due_date":"2999-01-01"})", 400, "invalid_field"},
-      {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":100001,"installments":1,"schedule":"annuity","first_due_date":"2999-01-01"})", 422, "invalid_loan_terms"},
-      {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":1,"installments":601,"schedule":"annuity","first_due_date":"2999-01-01"})", 422, "invalid_loan_terms"},
+      {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":100001,"installments":1,"schedule":"annuity","first_due_date":"2099-01-01"})", 422, "invalid_loan_terms"},
+      {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":1,"installments":601,"schedule":"annuity","first_due_date":"2099-01-01"})", 422, "invalid_loan_terms"},
       {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":0,"rate_bps":1,"installments":1,"schedule":"annuity","first_due_date":"2999-01-01"})", 400, "invalid_amount"},
       {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":1,"installments":1,"schedule":"balloon","first_due_date":"2999-01-01"})", 400, "invalid_field"},
       {"/v1/loans", R"({"account_id":"alice","currency":"EUR","principal":1,"rate_bps":1,"installments":1,"schedule":"annuity","first_due_date":"2999-02-30"})", 400, "invalid_date"},
@@ -489,6 +489,20 @@ TEST_CASE("loan routes: originate, disburse, repay, close of business (admin), w
     CHECK_MESSAGE(code_of(response) == b.code, b.body);
   }
   CHECK(test::scalar(database.app_url(), "SELECT position FROM event_store_head") == head);  // nothing written
+
+  // Issue 13: the repayment sent again charges nothing; the same id with another amount is
+  // duplicate_id; a teller's transfer naming a system account is system_account (422).
+  const auto retried = client.request("POST", "/v1/loans/L1/repayments", R"({"amount":9385,"repayment_id":"r-1"})", teller);
+  CHECK_MESSAGE(retried.status / 100 == 2, retried.body);
+  CHECK(parse(retried.body)["repayment"]["id"].GetString() == std::string("r-1"));
+  const auto reused = client.request("POST", "/v1/loans/L1/repayments", R"({"amount":9000,"repayment_id":"r-1"})", teller);
+  CHECK(reused.status == 409);
+  CHECK(code_of(reused) == "duplicate_id");
+  const auto system = client.request("POST", "/v1/transfers",
+                                     R"({"from":"system.loan_receivable.EUR","to":"alice","amount":1,"currency":"EUR"})", teller);
+  CHECK(system.status == 422);
+  CHECK(code_of(system) == "system_account");
+  CHECK(test::scalar(database.app_url(), "SELECT position FROM event_store_head") == head);
 
   post_ok(client, "/v1/loans/L1/write-off", "");
   CHECK(code_of(client.request("POST", "/v1/loans/L1/repayments", R"({"amount":1})", teller)) == "loan_not_active");

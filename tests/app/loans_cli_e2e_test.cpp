@@ -37,6 +37,7 @@ TEST_CASE("ledger loans close-of-business closes every loan once per date") {
   CHECK(output.find("closed 2026-02-20 for 4 loans (0 changed)") != std::string::npos);
 
   for (const std::vector<std::string>& bad : {std::vector<std::string>{"loans", "close-of-business", "--date", "2026-02-30"},
+                                              {"loans", "close-of-business", "--date", "2200-01-01"},
                                               {"loans", "close-of-business"},
                                               {"loans"}}) {
     status = run(bad, output);

@@ -245,3 +245,12 @@ TEST_CASE("loan terms out of range are refused with the reason") {
   terms.principal = 0;
   CHECK(loan_terms_problem(terms) == "principal must be positive");
 }
+
+TEST_CASE("loan terms: the origination date within 1970-01-01 to 2199-12-31") {
+  LoanTerms terms = standard_terms();
+  terms.origination_date = Date{std::chrono::year(1969), std::chrono::December, std::chrono::day(31)};
+  CHECK(loan_terms_problem(terms).has_value());
+  terms = standard_terms();
+  terms.first_due = Date{std::chrono::year(2199), std::chrono::June, std::chrono::day(15)};
+  CHECK(loan_terms_problem(terms).has_value());  // its last due date passes 2199-12-31
+}

@@ -166,3 +166,22 @@ TEST_CASE("accrual spreads a period's interest over its days without drift") {
   CHECK(accrued_interest(1'000, 15, 30) == 500);
   CHECK(accrued_interest(1'000, 1, 30) == 33);
 }
+
+TEST_CASE("dates are bounded: every due date of a schedule within 1970-01-01 to 2199-12-31") {
+  CHECK(is_business_date(date(1970, 1, 1)));
+  CHECK(is_business_date(date(2199, 12, 31)));
+  CHECK_FALSE(is_business_date(date(1969, 12, 31)));
+  CHECK_FALSE(is_business_date(date(2200, 1, 1)));
+  CHECK(parse_business_date("2199-12-31") == date(2199, 12, 31));
+  CHECK_FALSE(parse_business_date("9999-06-15"));
+  CHECK_FALSE(parse_business_date("0000-01-01"));
+  CHECK(parse_date("9999-06-15") == date(9999, 6, 15));  // stored events still decode
+  // The last of 12 due dates from 2199-06-15 is 2200-05-15: refused, naming the bound.
+  const auto past = schedule_terms_problem({1'000, 100, 12, ScheduleType::annuity, date(2199, 6, 15)});
+  REQUIRE(past);
+  CHECK(past->find("2199-12-31") != std::string::npos);
+  CHECK(schedule_terms_problem({1'000, 100, 1, ScheduleType::annuity, date(9999, 6, 15)}).has_value());
+  CHECK(schedule_terms_problem({1'000, 100, 1, ScheduleType::annuity, date(1969, 12, 31)}).has_value());
+  CHECK_FALSE(schedule_terms_problem({1'000, 100, 12, ScheduleType::annuity, date(2199, 1, 31)}));
+  CHECK_FALSE(schedule_terms_problem({1'000, 100, 600, ScheduleType::annuity, date(2150, 1, 1)}));
+}

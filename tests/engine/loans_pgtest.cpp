@@ -192,7 +192,8 @@ TEST_CASE("bad loan input gets its own code and writes nothing") {
   bad([](OriginateLoan& l) { l.first_due_date = "2026-02-30"; }, RejectionCode::invalid_date);
   bad([](OriginateLoan& l) { l.borrower = "nobody"; }, RejectionCode::unknown_account);
   bad([](OriginateLoan& l) { l.currency = *Currency::parse("USD"); }, RejectionCode::currency_mismatch);
-  bad([](OriginateLoan& l) { l.id = std::string(63, 'x'); }, RejectionCode::invalid_id);
+  bad([](OriginateLoan& l) { l.id = std::string(65, 'x'); }, RejectionCode::invalid_id);
+  bad([](OriginateLoan& l) { l.id = "L~1"; }, RejectionCode::invalid_id);
 
   ledger.ok(loan_command("L3"));
   ledger.refused(loan_command("L3"), RejectionCode::duplicate_id);
@@ -239,5 +240,76 @@ TEST_CASE("close of business over many loans: once per date, and a run cut short
   CHECK(again.loans == loans);
   CHECK(again.closed == 0);  // the same date again changes nothing
   CHECK(ledger.head() == head);
+  ledger.check_books_balance();
+}
+
+TEST_CASE("issue 13: a first due date whose schedule passes 2199-12-31 is refused and nothing is written") {
+  test::TestDatabase database;
+  LoanLedger ledger(database);
+  // The issue's request: its last due date 10000-05-15 could never be decoded again.
+  auto far = loan_command("far");
+  far.first_due_date = "9999-06-15";
+  ledger.refused(far, RejectionCode::invalid_date);
+  auto past_bound = loan_command("past-bound");
+  past_bound.first_due_date = "2199-06-15";  // the twelfth due date is 2200-05-15
+  ledger.refused(past_bound, RejectionCode::invalid_loan_terms);
+  CHECK_FALSE(ledger.engine.read_loan("far"));
+  CHECK_FALSE(ledger.engine.read_loan("past-bound"));
+  ledger.check_books_balance();
+}
+
+TEST_CASE("issue 13: a retried repayment charges once; the same repayment id with another amount is duplicate_id") {
+  test::TestDatabase database;
+  LoanLedger ledger(database);
+  ledger.ok(loan_command("L1"));
+  ledger.ok(DisburseLoan{"L1"});
+  ledger.ok(CloseLoanBusinessDay{"L1", "2026-02-15"});
+  const std::int64_t interest = ledger.engine.read_loan("L1")->book.installments[0].interest;
+  const auto first = ledger.run(RepayLoan{"L1", Amount(interest), "r1"});
+  REQUIRE(first.accepted());
+  const auto head = ledger.head();
+  const auto balance = ledger.balance("alice");
+  const auto loan = ledger.engine.read_loan("L1");
+
+  const auto again = ledger.run(RepayLoan{"L1", Amount(interest), "r1"});
+  CHECK_MESSAGE(again.accepted(), again.detail);
+  CHECK(again.resource_ids == std::vector<std::string>{"r1"});
+  CHECK(ledger.head() == head);  // no second transfer
+  CHECK(ledger.balance("alice") == balance);
+  CHECK(ledger.engine.read_loan("L1") == loan);
+
+  ledger.refused(RepayLoan{"L1", Amount(interest + 1), "r1"}, RejectionCode::duplicate_id);
+  CHECK(ledger.balance("alice") == balance);
+  ledger.check_books_balance();
+}
+
+TEST_CASE("issue 13: a teller's transfer named like a derived id cannot block a loan") {
+  test::TestDatabase database;
+  LoanLedger ledger(database);
+  ledger.ok(OpenAccount{"bob", eur()});
+  ledger.ok(Transfer{"L1.d", "alice", "bob", Amount(1), eur()});
+  ledger.ok(Transfer{"L1.f", "alice", "bob", Amount(1), eur()});
+  ledger.ok(loan_command("L1"));
+  ledger.ok(DisburseLoan{"L1"});
+  CHECK(ledger.balance("alice") == 500'000 - 2 + 119'000);
+  ledger.refused(Transfer{derived_id("L2", "disbursement"), "alice", "bob", Amount(1), eur()}, RejectionCode::invalid_id);
+  ledger.check_books_balance();
+}
+
+TEST_CASE("issue 13: transfers and holds naming a system account are refused with system_account") {
+  test::TestDatabase database;
+  LoanLedger ledger(database);
+  ledger.ok(loan_command("L1"));
+  ledger.ok(DisburseLoan{"L1"});
+  const std::string receivable = system_account_id(SystemAccount::loan_receivable, "EUR");
+  const std::string fee_income = system_account_id(SystemAccount::fee_income, "EUR");
+  ledger.refused(Transfer{"steal", receivable, "alice", Amount(1'000), eur()}, RejectionCode::system_account);
+  ledger.refused(Transfer{"pay", "alice", fee_income, Amount(1'000), eur()}, RejectionCode::system_account);
+  ledger.refused(PlaceHold{"hold", receivable, "alice", Amount(1'000), eur()}, RejectionCode::system_account);
+  Command batch = command(Deposit{"alice", Amount(1)});
+  batch.body = CommandBody{LinkedCommands{{Deposit{"alice", Amount(1)}, Transfer{"t", fee_income, "alice", Amount(1), eur()}}}};
+  const auto before = ledger.head();
+  CHECK(ledger.engine.execute(std::move(batch)).code == RejectionCode::system_account);
+  CHECK(ledger.head() == before);
   ledger.check_books_balance();
 }

@@ -116,7 +116,7 @@ TEST_CASE("deposits and withdrawals move money against the currency's cash accou
   expect_rejected(l, Deposit{"nobody", Amount(1)}, RejectionCode::unknown_account);
   expect_rejected(l, Deposit{"alice", Amount(0)}, RejectionCode::invalid_amount);
   expect_rejected(l, Deposit{"alice", Amount(-5)}, RejectionCode::invalid_amount);
-  expect_rejected(l, Deposit{cash, Amount(5)}, RejectionCode::reserved_id);
+  expect_rejected(l, Deposit{cash, Amount(5)}, RejectionCode::system_account);
 }
 
 TEST_CASE("transfers: every rejection, and a transfer is three events") {
@@ -310,4 +310,269 @@ TEST_CASE("assign_ids fills only empty ids; collect_streams names what a command
   std::vector<std::string> streams;
   collect_streams(given, streams);
   CHECK(streams == std::vector<std::string>{"transfer-mine", "account-a", "account-b"});
+}
+
+// ---- issue 13: once-only client ids, derived ids, system accounts, bounded dates ----------
+
+namespace {
+
+// 2026-01-15T00:00:00Z: the loans below are originated "today".
+constexpr std::int64_t loans_today_us = 1'768'435'200'000'000;
+
+OriginateLoan loan_terms(const std::string& id, const std::string& borrower = "alice") {
+  OriginateLoan loan{id, borrower, eur, Amount(120'000), 1'200, 12, ScheduleType::annuity};
+  loan.origination_date = "2026-01-15";
+  loan.first_due_date = "2026-02-15";
+  return loan;
+}
+
+// alice (funded), and loan `id` disbursed to her and closed through its first due date.
+struct LoanLedger : Ledger {
+  LoanLedger() {
+    context.now_us = loans_today_us;
+    open("alice");
+    fund("alice", 500'000);
+  }
+  void disbursed_loan(const std::string& id) {
+    REQUIRE(run(loan_terms(id)).accepted());
+    REQUIRE(run(DisburseLoan{id}).accepted());
+    REQUIRE(run(CloseLoanBusinessDay{id, "2026-02-15"}).accepted());
+  }
+  const LoanState& loan(const std::string& id) { return set.loan(id); }
+};
+
+}  // namespace
+
+TEST_CASE("a retried repayment replays its first outcome; the same id with another amount is duplicate_id") {
+  LoanLedger l;
+  l.disbursed_loan("L1");
+  const std::int64_t interest = l.loan("L1").book.installments[0].interest;
+  REQUIRE(interest > 0);
+  const Decision first = l.run(RepayLoan{"L1", Amount(interest), "r1"});
+  REQUIRE(first.accepted());
+  CHECK_FALSE(first.replayed);
+  const LoanState after_first = l.loan("L1");
+  const AccountState alice_after_first = l.account("alice");
+  const auto events = l.set.new_events().size();
+
+  // The identical request again: accepted as a replay, no event, no money moved.
+  const Decision again = l.run(RepayLoan{"L1", Amount(interest), "r1"});
+  CHECK(again.accepted());
+  CHECK(again.replayed);
+  CHECK(again.resource_ids == std::vector<std::string>{"r1"});
+  CHECK(l.set.new_events().size() == events);
+  CHECK(l.loan("L1") == after_first);
+  CHECK(l.account("alice") == alice_after_first);
+
+  // The same id with another body: refused, nothing changes.
+  expect_rejected(l, RepayLoan{"L1", Amount(interest + 1), "r1"}, RejectionCode::duplicate_id);
+  CHECK(l.loan("L1") == after_first);
+  // Another id is another repayment.
+  CHECK(l.run(RepayLoan{"L1", Amount(1), "r2"}).accepted());
+}
+
+TEST_CASE("retried commands with client ids never produce a second effect") {
+  LoanLedger l;
+  l.open("bob");
+  // Transfers, deposits, withdrawals and holds: the identical request replays, another is refused.
+  REQUIRE(l.run(Transfer{"t1", "alice", "bob", Amount(250), eur, "rent"}).accepted());
+  const AccountState bob = l.account("bob");
+  const Decision transfer_again = l.run(Transfer{"t1", "alice", "bob", Amount(250), eur, "rent"});
+  CHECK(transfer_again.accepted());
+  CHECK(transfer_again.replayed);
+  CHECK(l.account("bob") == bob);
+  expect_rejected(l, Transfer{"t1", "alice", "bob", Amount(251), eur, "rent"}, RejectionCode::duplicate_id);
+  expect_rejected(l, Transfer{"t1", "bob", "alice", Amount(250), eur, "rent"}, RejectionCode::duplicate_id);
+
+  REQUIRE(l.run(Deposit{"bob", Amount(10), "cash in", "d1"}).accepted());
+  const Decision deposit_again = l.run(Deposit{"bob", Amount(10), "cash in", "d1"});
+  CHECK(deposit_again.replayed);
+  expect_rejected(l, Withdrawal{"bob", Amount(10), "cash in", "d1"}, RejectionCode::duplicate_id);
+  REQUIRE(l.run(Withdrawal{"bob", Amount(5), "", "w1"}).accepted());
+  CHECK(l.run(Withdrawal{"bob", Amount(5), "", "w1"}).replayed);
+  CHECK(l.account("bob").balance() == Amount(250 + 10 - 5));
+
+  REQUIRE(l.run(PlaceHold{"h1", "alice", "bob", Amount(70), eur}).accepted());
+  CHECK(l.run(PlaceHold{"h1", "alice", "bob", Amount(70), eur}).replayed);
+  expect_rejected(l, PlaceHold{"h1", "alice", "bob", Amount(71), eur}, RejectionCode::duplicate_id);
+  CHECK(l.account("alice").debits_pending == Amount(70));
+  REQUIRE(l.run(PostHold{"h1", Amount(30)}).accepted());
+  CHECK(l.run(PostHold{"h1", Amount(30)}).replayed);
+  expect_rejected(l, PostHold{"h1", Amount(40)}, RejectionCode::transfer_not_pending);
+  REQUIRE(l.run(PlaceHold{"h2", "alice", "bob", Amount(5), eur}).accepted());
+  REQUIRE(l.run(VoidHold{"h2"}).accepted());
+  CHECK(l.run(VoidHold{"h2"}).replayed);
+  CHECK(l.account("bob").balance() == Amount(250 + 10 - 5 + 30));
+
+  // Loans: disbursement, write-off and close of business are once per loan (and date) by the
+  // loan's own state; a retry changes nothing.
+  l.disbursed_loan("L1");
+  const auto events = l.set.new_events().size();
+  expect_rejected(l, DisburseLoan{"L1"}, RejectionCode::loan_already_disbursed);
+  CHECK(l.run(CloseLoanBusinessDay{"L1", "2026-02-15"}).accepted());
+  CHECK(l.set.new_events().size() == events);
+  REQUIRE(l.run(WriteOffLoan{"L1"}).accepted());
+  expect_rejected(l, WriteOffLoan{"L1"}, RejectionCode::loan_not_active);
+  for (const auto& [currency, sum] : l.sums()) CHECK(sum == 0);
+}
+
+TEST_CASE("derived ids live where no client id reaches") {
+  LoanLedger l;
+  l.open("bob");
+  // A teller's transfers named like the old derived ids block nothing.
+  for (const char* id : {"L1.d", "L1.f", "L1.w", "r1.p", "r1.i", "r1.n"}) {
+    REQUIRE(l.run(Transfer{id, "alice", "bob", Amount(1), eur}).accepted());
+  }
+  auto fee_loan = loan_terms("L1");
+  fee_loan.origination_fee = Amount(1'000);
+  fee_loan.late_fee = Amount(500);
+  REQUIRE(l.run(fee_loan).accepted());
+  REQUIRE(l.run(DisburseLoan{"L1"}).accepted());
+  const std::string disbursement = derived_id("L1", "disbursement");
+  CHECK(l.set.transfer(disbursement).exists);
+  CHECK(l.set.transfer(derived_id("L1", "fee")).exists);
+  REQUIRE(l.run(CloseLoanBusinessDay{"L1", "2026-03-20"}).accepted());  // overdue, so every leg moves
+  const std::int64_t due = l.loan("L1").book.amount_due();
+  REQUIRE(l.run(RepayLoan{"L1", Amount(due + 1), "r1"}).accepted());
+  // Repayment ids belong to their loan: another loan may use r1 too.
+  l.disbursed_loan("L2");
+  CHECK(l.run(RepayLoan{"L2", Amount(l.loan("L2").book.amount_due()), "r1"}).accepted());
+  REQUIRE(l.run(WriteOffLoan{"L1"}).accepted());
+  CHECK(l.set.transfer(derived_id("L1", "write_off")).exists);
+
+  // Every derived id carries the separator, which the client grammar refuses.
+  for (const auto& event : l.set.new_events()) {
+    if (const auto* posted = std::get_if<events::TransferPosted>(&event.event)) {
+      if (posted->reference.starts_with("loan ")) {
+        CHECK(posted->transfer_id.find(derived_id_separator) != std::string::npos);
+        CHECK_FALSE(is_valid_id(posted->transfer_id));
+        CHECK(is_valid_derived_id(posted->transfer_id));
+      }
+    }
+  }
+  CHECK(l.set.transfer(derived_id(derived_id("L1", "r1"), "principal")).exists);
+  CHECK(l.set.transfer(derived_id(derived_id("L2", "r1"), "principal")).exists);
+  CHECK_FALSE(is_valid_id(disbursement));
+  CHECK_FALSE(is_valid_derived_id("L1"));
+  CHECK_FALSE(is_valid_derived_id("L1~"));
+  CHECK_FALSE(is_valid_derived_id("~d"));
+  CHECK_FALSE(is_valid_derived_id("L 1~d"));
+  // Clients cannot name a derived id.
+  expect_rejected(l, Transfer{derived_id("L9", "disbursement"), "alice", "bob", Amount(1), eur},
+                  RejectionCode::invalid_id);
+  expect_rejected(l, PlaceHold{"h~1", "alice", "bob", Amount(1), eur}, RejectionCode::invalid_id);
+  expect_rejected(l, Deposit{"alice", Amount(1), "", "d~1"}, RejectionCode::invalid_id);
+  expect_rejected(l, RepayLoan{"L2", Amount(1), "r~1"}, RejectionCode::invalid_id);
+  expect_rejected(l, loan_terms("L~3"), RejectionCode::invalid_id);
+  for (const auto& [currency, sum] : l.sums()) CHECK(sum == 0);
+}
+
+TEST_CASE("client commands naming a system account are refused with system_account") {
+  LoanLedger l;
+  l.open("bob");
+  l.disbursed_loan("L1");
+  l.disbursed_loan("L0");  // repaid in part, then written off: every loan system account is open
+  REQUIRE(l.run(RepayLoan{"L0", Amount(l.loan("L0").book.amount_due()), "r0"}).accepted());
+  REQUIRE(l.run(WriteOffLoan{"L0"}).accepted());
+  OpenAccount settlement{"settlement", eur};
+  settlement.kind = AccountKind::system;
+  REQUIRE(l.run(settlement).accepted());
+  for (const SystemAccount which : {SystemAccount::cash, SystemAccount::loan_receivable, SystemAccount::interest_income,
+                                    SystemAccount::fee_income, SystemAccount::write_off_expense}) {
+    const std::string system = system_account_id(which, "EUR");
+    INFO(system);
+    REQUIRE(l.account(system).exists);
+    expect_rejected(l, Transfer{"t1", "alice", system, Amount(1), eur}, RejectionCode::system_account);
+    expect_rejected(l, Transfer{"t1", system, "alice", Amount(1), eur}, RejectionCode::system_account);
+    expect_rejected(l, PlaceHold{"h1", system, "alice", Amount(1), eur}, RejectionCode::system_account);
+    expect_rejected(l, PlaceHold{"h1", "alice", system, Amount(1), eur}, RejectionCode::system_account);
+    expect_rejected(l, Deposit{system, Amount(1)}, RejectionCode::system_account);
+    expect_rejected(l, Withdrawal{system, Amount(1)}, RejectionCode::system_account);
+  }
+  expect_rejected(l, Transfer{"t1", "settlement", "alice", Amount(1), eur}, RejectionCode::system_account);
+  expect_rejected(l, PlaceHold{"h1", "alice", "settlement", Amount(1), eur}, RejectionCode::system_account);
+  expect_rejected(l, loan_terms("L2", "settlement"), RejectionCode::system_account);
+  const auto linked = l.run_linked({Transfer{"t2", "alice", "bob", Amount(1), eur},
+                                    Transfer{"t3", "bob", system_account_id(SystemAccount::fee_income, "EUR"),
+                                             Amount(1), eur}});
+  CHECK(linked.code == RejectionCode::system_account);
+  CHECK(linked.failed_member == std::optional<std::size_t>(1));
+  CHECK_FALSE(l.set.transfer("t2").exists);
+  // The engine's own rules still move money there.
+  CHECK(l.run(Deposit{"bob", Amount(5)}).accepted());
+  CHECK(l.run(RepayLoan{"L1", Amount(l.loan("L1").book.amount_due()), "r1"}).accepted());
+  // A hold naming a system account from before this rule may be released, never posted.
+  l.set.append(transfer_stream("old"), events::TransferPending{"old", "alice", "settlement", 3, "EUR", "", 0});
+  l.set.append(account_stream("alice"), events::AccountEntry{"old", events::Direction::debit, events::Phase::pending, 3, 0, "settlement"});
+  l.set.append(account_stream("settlement"), events::AccountEntry{"old", events::Direction::credit, events::Phase::pending, 3, 0, "alice"});
+  expect_rejected(l, PostHold{"old", std::nullopt}, RejectionCode::system_account);
+  CHECK(l.run(VoidHold{"old"}).accepted());
+  CHECK(to_string(RejectionCode::system_account) == "system_account");
+}
+
+TEST_CASE("loan dates are bounded: 1970-01-01 to 2199-12-31, origination at most a year ahead") {
+  LoanLedger l;
+  CHECK(business_date_min == Date{std::chrono::year(1970), std::chrono::January, std::chrono::day(1)});
+  CHECK(business_date_max == Date{std::chrono::year(2199), std::chrono::December, std::chrono::day(31)});
+  auto refused = [&](auto change, RejectionCode code) {
+    auto loan = loan_terms("bad");
+    change(loan);
+    expect_rejected(l, loan, code);
+  };
+  // The issue's request: its last due date, 10000-05-15, could not be read back.
+  refused([](OriginateLoan& c) { c.first_due_date = "9999-06-15"; }, RejectionCode::invalid_date);
+  refused([](OriginateLoan& c) { c.origination_date = "1969-12-31"; }, RejectionCode::invalid_date);
+  refused([](OriginateLoan& c) { c.origination_date = "0000-01-01"; }, RejectionCode::invalid_date);
+  // Every derived due date within the bound too: 2199-06-15 + 11 months is 2200-05-15.
+  refused([](OriginateLoan& c) { c.origination_date = "2026-01-15"; c.first_due_date = "2199-06-15"; },
+          RejectionCode::invalid_loan_terms);
+  // Origination at most origination_days_ahead_max after the engine's today (2026-01-15).
+  refused([](OriginateLoan& c) { c.origination_date = "2027-01-17"; c.first_due_date = "2027-02-17"; },
+          RejectionCode::invalid_date);
+  auto latest = loan_terms("latest");
+  latest.origination_date = "2027-01-16";  // 2026-01-15 + 366 days
+  latest.first_due_date = "2027-02-16";
+  CHECK(l.run(latest).accepted());
+  auto last = loan_terms("last");
+  last.first_due_date = "2199-01-31";  // 12 monthly dates, the last 2199-12-31
+  CHECK(l.run(last).accepted());
+  CHECK(l.loan("last").book.installments.back().due_date ==
+        Date{std::chrono::year(2199), std::chrono::December, std::chrono::day(31)});
+}
+
+TEST_CASE("close of business is bounded: a valid date, at most a year past the loan's business date") {
+  LoanLedger l;
+  l.disbursed_loan("L1");  // closed through 2026-02-15
+  expect_rejected(l, CloseLoanBusinessDay{"L1", "2200-01-01"}, RejectionCode::invalid_date);
+  expect_rejected(l, CloseLoanBusinessDay{"L1", "2027-02-17"}, RejectionCode::invalid_date);
+  const Decision refused = l.run(CloseLoanBusinessDay{"L1", "2099-02-15"});
+  CHECK(refused.detail.find("366") != std::string::npos);
+  CHECK(l.run(CloseLoanBusinessDay{"L1", "2027-02-16"}).accepted());  // 366 days ahead
+  // A loan with nothing to close (repaid, written off) is not held to the bound: nothing is written.
+  REQUIRE(l.run(WriteOffLoan{"L1"}).accepted());
+  const auto events = l.set.new_events().size();
+  CHECK(l.run(CloseLoanBusinessDay{"L1", "2100-01-01"}).accepted());
+  CHECK(l.set.new_events().size() == events);
+}
+
+TEST_CASE("streams written before issue 13 still fold: old derived ids, a repayment id the bug repeated") {
+  LoanLedger l;
+  const LoanTerms terms{120'000, 1'200, 12, ScheduleType::annuity, *parse_date("2026-01-15"), *parse_date("2026-02-15"),
+                        0, 0, 0};
+  const auto schedule = compute_schedule({terms.principal, terms.rate_bps, terms.installments, terms.type, terms.first_due});
+  auto principal_of_last = [](std::int64_t amount) {
+    Allocation allocation;
+    allocation.principal = amount;
+    allocation.installments.push_back({12, 0, 0, amount, false});
+    return allocation;
+  };
+  const std::string stream = loan_stream("old");
+  l.set.append(stream, events::LoanOriginated{"old", "alice", "EUR", terms, schedule});
+  l.set.append(stream, events::LoanDisbursed{"old.d", "", {120'000, 0}});
+  l.set.append(stream, events::LoanRepaid{"r1", principal_of_last(100)});
+  l.set.append(stream, events::LoanRepaid{"r1", principal_of_last(40)});  // the double charge
+  CHECK(l.loan("old").repayments.at("r1") == 100);
+  CHECK(l.loan("old").book.installments[11].principal_paid == 140);
+  CHECK(l.run(RepayLoan{"old", Amount(100), "r1"}).replayed);
+  expect_rejected(l, RepayLoan{"old", Amount(40), "r1"}, RejectionCode::duplicate_id);
 }

@@ -77,6 +77,9 @@ struct Decision {
   std::string detail;
   std::optional<std::size_t> failed_member;
   std::vector<std::string> resource_ids;
+  // Accepted without effect: the client id names an effect that an identical request already
+  // produced (a retried repayment, transfer or hold), so the answer is that first outcome.
+  bool replayed = false;
   [[nodiscard]] bool accepted() const { return code == RejectionCode::none; }
 };
 

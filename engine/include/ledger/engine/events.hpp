@@ -75,13 +75,16 @@ struct LoanOriginated {
   LoanTerms terms;
   std::vector<ScheduledInstallment> schedule;  // computed once, here
 };
+// Derived transfer ids are <loan>~disbursement, <loan>~fee, <loan>~<repayment>~penalties,
+// ~interest, ~principal and <loan>~write_off (types.hpp derived_id); events stored before
+// issue 13 name them <loan>.d, .f, .w and <repayment>.p, .i, .n.
 struct LoanDisbursed {
   std::string transfer_id;      // receivable -> borrower
   std::string fee_transfer_id;  // receivable -> fee income; empty without a fee
   Disbursement disbursed;
 };
 struct LoanRepaid {
-  std::string repayment_id;  // its transfers are <id>.penalty, <id>.interest, <id>.principal
+  std::string repayment_id;  // once per loan; its transfers are named above
   Allocation allocation;
 };
 struct LoanDayClosed {

@@ -29,6 +29,14 @@
 
 namespace ledger::engine {
 
+// A loan is originated at most this many days after the engine's today: a date further
+// ahead is a mistake, not a plan.
+constexpr std::int64_t origination_days_ahead_max = 366;
+// Close of business moves an active loan's business date at most this many days at once: a
+// mistyped year would otherwise accrue years of interest and late fees that no event can take
+// back. A longer gap is closed in steps.
+constexpr std::int64_t close_of_business_days_ahead_max = 366;
+
 struct LoanTerms {
   std::int64_t principal = 0;  // minor units
   std::int32_t rate_bps = 0;
@@ -42,8 +50,9 @@ struct LoanTerms {
   friend bool operator==(const LoanTerms&, const LoanTerms&) = default;
 };
 
-// The first rule the terms break (schedule limits, first due date after origination, fees not
-// negative and the origination fee below the principal, grace 0 to 365 days), or nullopt.
+// The first rule the terms break (schedule limits and every due date within the business date
+// range, origination within it and before the first due date, fees not negative and the
+// origination fee below the principal, grace 0 to 365 days), or nullopt.
 [[nodiscard]] std::optional<std::string> loan_terms_problem(const LoanTerms& terms);
 
 struct InstallmentBook {

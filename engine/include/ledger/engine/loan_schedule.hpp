@@ -14,8 +14,19 @@ namespace ledger::engine {
 
 using Date = std::chrono::year_month_day;
 
-// "YYYY-MM-DD"; std::nullopt unless it is a valid calendar date.
+// "YYYY-MM-DD"; std::nullopt unless it is a valid calendar date. Any four-digit year: events
+// stored before dates were bounded must still decode.
 [[nodiscard]] std::optional<Date> parse_date(std::string_view text);
+
+// Every date a command gives or a schedule derives lies in this range (API.md, README): far
+// enough for any loan, and always four digits, so that to_string and parse_date round-trip.
+constexpr Date business_date_min{std::chrono::year(1970), std::chrono::January, std::chrono::day(1)};
+constexpr Date business_date_max{std::chrono::year(2199), std::chrono::December, std::chrono::day(31)};
+[[nodiscard]] bool is_business_date(Date date);
+// parse_date, and within business_date_min..business_date_max.
+[[nodiscard]] std::optional<Date> parse_business_date(std::string_view text);
+// "1970-01-01 to 2199-12-31", for details of refusals.
+[[nodiscard]] std::string business_date_range();
 [[nodiscard]] std::string to_string(Date date);
 // `date` plus `months` calendar months, the day clamped to the month's last (Jan 31 + 1 = Feb 28/29).
 [[nodiscard]] Date add_months(Date date, int months);

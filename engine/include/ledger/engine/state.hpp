@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include "ledger/core/money.hpp"
@@ -65,6 +66,9 @@ struct LoanState {
   std::string borrower;
   Currency currency;
   LoanBook book;
+  // Every repayment id the loan has taken, with its amount: a repayment id is used once, and
+  // the identical request again is answered as a replay (issue 13).
+  std::map<std::string, std::int64_t, std::less<>> repayments;
   StreamVersion version{0};
 
   friend bool operator==(const LoanState&, const LoanState&) = default;

@@ -39,6 +39,9 @@ enum class RejectionCode {
   loan_not_active,
   loan_already_disbursed,
   overpayment,
+  // A client command names an account of kind system: only the engine's rules move money
+  // there (loans; deposits and withdrawals against the cash account).
+  system_account,
 };
 
 [[nodiscard]] std::string_view to_string(RejectionCode code);
@@ -58,6 +61,16 @@ struct AccountFlags {
 // Client-chosen ids: 1 to 64 of A-Za-z0-9._:- (API.md).
 constexpr std::size_t id_length_max = 64;
 [[nodiscard]] bool is_valid_id(std::string_view id);
+
+// Ids the engine derives from client ids (a loan's transfers) join their parts with this
+// character, which the client id grammar refuses: no client id can name, and so block, one.
+// Events stored before this rule keep their derived ids of the client grammar ("L1.d").
+constexpr char derived_id_separator = '~';
+// `base` (a client or derived id) and `part` (of the client grammar) joined by the separator.
+[[nodiscard]] std::string derived_id(std::string_view base, std::string_view part);
+// Two or more parts of the client grammar joined by the separator (no bound on the length:
+// a derived id is as long as the client ids it joins).
+[[nodiscard]] bool is_valid_derived_id(std::string_view id);
 
 // Ids beginning with this prefix belong to the engine's per-currency system accounts.
 constexpr std::string_view system_id_prefix = "system.";
