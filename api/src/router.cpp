@@ -45,13 +45,15 @@ bool is_token_text(std::string_view text, std::size_t length_max) {
 }
 
 // A stream id is a prefix ("account-", "transfer-") and an id: the id syntax, a bit longer.
+// A stream id is a kind prefix and an id, client-chosen or derived by the engine (`~`
+// separates a derived id's parts: `transfer-L1~r1~interest`).
 bool is_valid_stream_id(std::string_view stream) {
-  constexpr std::size_t stream_id_length_max = engine::id_length_max + 16;
+  constexpr std::size_t stream_id_length_max = 256;
   if (stream.empty() || stream.size() > stream_id_length_max) return false;
-  for (std::size_t start = 0; start < stream.size(); start += engine::id_length_max) {
-    if (!engine::is_valid_id(stream.substr(start, engine::id_length_max))) return false;
-  }
-  return true;
+  return std::all_of(stream.begin(), stream.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '.' || c == '_' || c == ':' ||
+           c == '-' || c == '~';
+  });
 }
 
 std::string generate_request_id() {
@@ -642,10 +644,11 @@ void Router::handle(Request request, const std::string& client_address, Respond 
     std::optional<engine::Date> date;
     if (!body.HasParseError() && body.IsObject() && body.MemberCount() == 1 && body.HasMember("date") &&
         body["date"].IsString()) {
-      date = engine::parse_date(body["date"].GetString());
+      date = engine::parse_business_date(body["date"].GetString());
     }
     if (!date) {
-      fail(400, "invalid_date", "Invalid date", "the body must be {\"date\": \"YYYY-MM-DD\"}");
+      fail(400, "invalid_date", "Invalid date",
+           "the body must be {\"date\": \"YYYY-MM-DD\"}, a date from 1970-01-01 to 2199-12-31");
       return;
     }
     if (services_.engine == nullptr || services_.event_store == nullptr) {

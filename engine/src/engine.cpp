@@ -679,6 +679,7 @@ struct Engine::Impl {
       slot.outcome.detail = std::move(decision.detail);
       slot.outcome.failed_member = decision.failed_member;
       slot.outcome.resource_ids = std::move(decision.resource_ids);
+      slot.outcome.replayed = decision.replayed;  // a domain id that already had its effect
       slot.outcome.command_id = batch[i].command.context.command_id;
     }
 
