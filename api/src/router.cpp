@@ -203,7 +203,7 @@ std::optional<Route> match(const std::vector<std::string>& s, http::verb method,
         if (s[3] == action) command(std::string("/v1/loans/{id}/") + action, route, s[2]);
       }
     }
-    // Queries: any authenticated role may read balances and statements; audit is auditor's.
+    // Queries: any of the three roles may read balances and statements; audit is auditor's.
     auto query = [&](std::string pattern, QueryKind kind, std::optional<Role> role, std::string id = {}) {
       candidates.push_back({std::move(pattern), http::verb::get, Handler::query,
                             CommandRoute::open_account, role, std::move(id), kind});
@@ -523,6 +523,11 @@ void Router::handle(Request request, const std::string& client_address, Respond 
     return;
   }
   const Principal principal = std::get<Principal>(authenticated);
+  // A signed token is not enough: every route past this point needs one of the three roles.
+  if (principal.roles == 0) {
+    fail(403, "forbidden", "Forbidden", "this token has none of the roles teller, auditor, admin");
+    return;
+  }
   if (route->role && !principal.has(*route->role)) {
     fail(403, "forbidden", "Forbidden",
          std::string("this route needs the ") +
