@@ -30,8 +30,16 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr std::size_t request_id_length_max = 128;
-constexpr std::size_t idempotency_key_length_max = 255;
+// Every request header whose value the server copies anywhere (event metadata, the
+// idempotency record, logs, the answer) must be sent at most once and be 1 to
+// copied_header_bytes_max visible ASCII characters (0x21 to 0x7E; no space, no tab): one bad
+// byte in event metadata used to fail the whole group-commit batch it landed in, and other
+// clients' commands with it. The JWT's `sub` claim, also copied, is held to the same rule
+// (auth.cpp).
+constexpr std::size_t copied_header_bytes_max = 128;
+constexpr std::string_view copied_headers[] = {"X-Request-Id", "X-Correlation-Id", "Idempotency-Key"};
+// A 404 names the target it could not route when the target is at most this long.
+constexpr std::size_t echoed_target_bytes_max = 1'024;
 constexpr std::int64_t stream_page_events_max = 1'000;
 
 std::string_view view(boost::beast::string_view text) { return {text.data(), text.size()}; }
@@ -331,8 +339,19 @@ Response Router::problem_response(int status, const std::string& code, const std
 
 void Router::handle(Request request, const std::string& client_address, Respond respond) {
   const auto started = Clock::now();
+  // The first copied header that breaks the rule, refused below once the answer can be counted.
+  std::string_view bad_header;
+  for (const std::string_view name : copied_headers) {
+    const auto count = request.count(boost::beast::string_view(name.data(), name.size()));
+    if (count > 1 ||
+        (count == 1 && !is_token_text(view(request[boost::beast::string_view(name.data(), name.size())]),
+                                      copied_header_bytes_max))) {
+      bad_header = name;
+      break;
+    }
+  }
   std::string request_id(request["X-Request-Id"]);
-  if (!is_token_text(request_id, request_id_length_max)) request_id = generate_request_id();
+  if (bad_header == "X-Request-Id" || request_id.empty()) request_id = generate_request_id();
   logging::RequestIdScope scope(request_id);
   const unsigned version = request.version();
   const std::string method(request.method_string());
@@ -340,7 +359,9 @@ void Router::handle(Request request, const std::string& client_address, Respond 
   const Target target = split_target(view(request.target()));
   std::string allowed;
   auto route = match(target.segments, request.method(), allowed);
-  const std::string route_name = route ? route->pattern : (allowed.empty() ? "unmatched" : "wrong_method");
+  // A fixed set of labels: the route's template, or `other` for a path no route has (made-up
+  // paths must not add metric series); Metrics maps made-up methods to `other` likewise.
+  const std::string route_name = route ? route->pattern : (allowed.empty() ? "other" : "wrong_method");
 
   // Every answer passes here: metrics, access log, request id header.
   auto finish = [this, respond, route_name, method, started, request_id](Response response) {
@@ -368,6 +389,13 @@ void Router::handle(Request request, const std::string& client_address, Respond 
     return response;
   };
 
+  if (!bad_header.empty()) {
+    fail(400, "invalid_header", "Invalid header",
+         std::string(bad_header) + " must be sent at most once, as 1 to " + std::to_string(copied_header_bytes_max) +
+             " visible ASCII characters (0x21 to 0x7E)");
+    return;
+  }
+
   if (!route) {
     if (!allowed.empty()) {
       Response response = problem_response(405, "method_not_allowed", "Method not allowed",
@@ -377,7 +405,10 @@ void Router::handle(Request request, const std::string& client_address, Respond 
       finish(std::move(response));
       return;
     }
-    fail(404, "not_found", "Not found", "no route for " + std::string(request.target()));
+    // The target is echoed only when it is printable ASCII: the answer is JSON, and UTF-8.
+    const std::string_view path = view(request.target());
+    fail(404, "not_found", "Not found",
+         is_token_text(path, echoed_target_bytes_max) ? "no route for " + std::string(path) : "no such route");
     return;
   }
 
@@ -783,13 +814,7 @@ void Router::handle(Request request, const std::string& client_address, Respond 
       return;
     }
   }
-  const std::string idempotency_key(request["Idempotency-Key"]);
-  if (request.count("Idempotency-Key") > 0 &&
-      !is_token_text(idempotency_key, idempotency_key_length_max)) {
-    fail(400, "invalid_idempotency_key", "Invalid Idempotency-Key",
-         "Idempotency-Key must be 1 to 255 visible ASCII characters");
-    return;
-  }
+  const std::string idempotency_key(request["Idempotency-Key"]);  // checked with the other copied headers
   auto parsed = parse_command(route->command, route->path_id, request.body(),
                               engine::to_string(engine::Date{std::chrono::floor<std::chrono::days>(
                                   std::chrono::system_clock::now())}));
