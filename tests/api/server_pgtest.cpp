@@ -617,3 +617,45 @@ TEST_CASE("made-up methods and unknown routes are counted under the fixed label 
   }
   CHECK(series <= 4);
 }
+
+TEST_CASE("a chunk extension or trailer beyond the buffer cap gets the connection closed at once") {
+  test::TestDatabase database;
+  api::ServerSettings settings;
+  settings.header_timeout = std::chrono::milliseconds(8'000);
+  settings.body_timeout = std::chrono::milliseconds(8'000);
+  ServerFixture server(database.app_url(), settings);
+  const std::string head = "POST /v1/accounts HTTP/1.1\r\nHost: x\r\nAuthorization: " + teller.at("Authorization") +
+                           "\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+  for (const std::string& start : {std::string("1;ext="), std::string("5\r\n{\"a\":\r\n1;"), std::string("0\r\nX-Trailer: ")}) {
+    INFO(start);
+    HttpClient client(server.port());
+    const auto began = std::chrono::steady_clock::now();
+    const std::string filler(64 * 1024, 'a');
+    std::size_t sent = 0;
+    try {
+      client.send_raw(head + start);
+      // 16 MiB of one chunk line: the server must give up long before, not buffer it all.
+      for (int i = 0; i < 256; ++i) {
+        client.send_raw(filler);
+        sent += filler.size();
+      }
+    } catch (const std::exception&) {
+      // The server closed the connection while we were still sending: what we want.
+    }
+    bool closed = false;
+    try {
+      const auto response = client.read();
+      CHECK(response.status == 400);
+      CHECK(code_of(response) == "malformed_request");
+      closed = client.closed_by_server();
+    } catch (const std::exception&) {
+      closed = true;  // reset: the server closed with our bytes unread
+    }
+    CHECK(closed);
+    const auto elapsed = std::chrono::steady_clock::now() - began;
+    CHECK(elapsed < std::chrono::seconds(3));
+    CHECK(sent < std::size_t{16} << 20);
+  }
+  // The server still answers.
+  CHECK(server.client().request("GET", "/health/live").status == 200);
+}

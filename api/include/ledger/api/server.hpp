@@ -60,7 +60,8 @@ struct Services {
 };
 
 // The HTTP/1.1 front (Boost.Beast): keep-alive, pipelining (answered in order), limits on
-// header and body size, header/body/idle timeouts and a connection limit. Owns its I/O
+// header and body size, chunk extensions and every connection's read buffer,
+// header/body/idle timeouts and a connection limit. Owns its I/O
 // threads and a small pool for blocking work. Thread-safe start/shutdown from one owner.
 class Server {
  public:
