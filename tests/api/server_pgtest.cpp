@@ -656,6 +656,26 @@ TEST_CASE("a chunk extension or trailer beyond the buffer cap gets the connectio
     CHECK(elapsed < std::chrono::seconds(3));
     CHECK(sent < std::size_t{16} << 20);
   }
+  // Chunk extensions that each fit the buffer but together exceed 1 KiB are refused too; a
+  // short one is ignored.
+  {
+    HttpClient client(server.port());
+    std::string chunks;
+    for (int i = 0; i < 10; ++i) chunks += "1;e=" + std::string(200, 'x') + "\r\n \r\n";
+    client.send_raw(head + chunks + "0\r\n\r\n");
+    const auto response = client.read();
+    CHECK(response.status == 400);
+    CHECK(code_of(response) == "malformed_request");
+    CHECK(response.body.find("chunk extensions") != std::string::npos);
+  }
+  {
+    HttpClient client(server.port());
+    const std::string body = R"({"currency":"EUR"})";
+    char size[16];
+    std::snprintf(size, sizeof size, "%zx", body.size());
+    client.send_raw(head + size + ";note=short\r\n" + body + "\r\n0\r\n\r\n");
+    CHECK(client.read().status == 201);
+  }
   // The server still answers.
   CHECK(server.client().request("GET", "/health/live").status == 200);
 }
