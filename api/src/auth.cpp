@@ -2,9 +2,23 @@
 
 #include <jwt/jwt.hpp>
 
+#include "hs256.hpp"
+
 namespace ledger::api {
 
 namespace {
+
+// `sub` is copied into every event the request writes (metadata `actor`) and into logs: it is
+// held to the rule of copied headers (router.cpp), 1 to 128 visible ASCII characters.
+constexpr std::size_t subject_bytes_max = 128;
+
+bool is_visible_ascii(std::string_view text, std::size_t length_max) {
+  if (text.empty() || text.size() > length_max) return false;
+  for (char c : text) {
+    if (c < 0x21 || c > 0x7e) return false;
+  }
+  return true;
+}
 
 Problem unauthorized(std::string detail) {
   return Problem{401, "unauthorized", "Unauthorized", std::move(detail)};
@@ -20,6 +34,10 @@ std::variant<Principal, Problem> authenticate(std::string_view authorization,
     return unauthorized("Authorization must be 'Bearer <token>'");
   }
   const std::string_view token = authorization.substr(scheme.size());
+  // Our own constant-time check first: cpp-jwt compares signatures with string equality
+  // (jwt/impl/algorithm.ipp), whose timing leaks how much of a forged signature is right.
+  // cpp-jwt then sees only correctly signed tokens and checks the algorithm and exp.
+  if (!hs256_signature_matches(token, key)) return unauthorized("invalid token: bad signature");
   using namespace jwt::params;
   std::error_code error;
   jwt::jwt_object decoded;
@@ -40,6 +58,10 @@ std::variant<Principal, Problem> authenticate(std::string_view authorization,
   if (!claims.contains("sub") || !claims["sub"].is_string() ||
       claims["sub"].get<std::string>().empty()) {
     return unauthorized("token has no sub claim");
+  }
+  if (!is_visible_ascii(claims["sub"].get<std::string>(), subject_bytes_max)) {
+    return unauthorized("the token's sub claim must be 1 to " + std::to_string(subject_bytes_max) +
+                        " visible ASCII characters");
   }
   Principal principal;
   principal.subject = claims["sub"].get<std::string>();

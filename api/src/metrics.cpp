@@ -2,12 +2,28 @@
 
 #include <fmt/format.h>
 
+#include <string_view>
+
 namespace ledger::api {
+
+namespace {
+
+// The methods the API knows of (and the `-` of answers given before a request was read); any
+// other method a client makes up is counted as `other`, so clients cannot add series.
+std::string method_label(const std::string& method) {
+  static constexpr std::string_view known[] = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "-"};
+  for (const std::string_view name : known) {
+    if (method == name) return method;
+  }
+  return "other";
+}
+
+}  // namespace
 
 void Metrics::observe_request(const std::string& route, const std::string& method, int status,
                               double seconds) {
   std::lock_guard lock(mutex_);
-  ++requests_[{route, method, status}];
+  ++requests_[{route, method_label(method), status}];
   latency_.observe(seconds);
 }
 

@@ -12,6 +12,8 @@ namespace ledger::api {
 
 class Metrics {
  public:
+  // `route` must come from a fixed set (route templates, `other`); a method the API does not
+  // know is counted as `other`.
   void observe_request(const std::string& route, const std::string& method, int status,
                        double seconds);
   void count_command(const std::string& type, const std::string& outcome);

@@ -45,10 +45,7 @@ void write_read_side_health(JsonWriter& w, const ReadSideHealth& health) {
   w.StartObject();
   w.Key("status");
   write_string(w, !relay.enabled ? "not_running" : !relay.leader ? "unknown" : kafka_down(relay) ? "down" : "up");
-  if (!relay.kafka_error.empty()) {
-    w.Key("last_error");
-    write_string(w, relay.kafka_error);
-  }
+  // No librdkafka error text: it names brokers, and /health needs no token (the relay logs it).
   w.EndObject();
 
   w.Key("relay");
@@ -75,7 +72,7 @@ void write_read_side_health(JsonWriter& w, const ReadSideHealth& health) {
   write_string(w, !health.projections_known ? "unknown" : behind ? "behind" : "up");
   if (!health.projections_error.empty()) {
     w.Key("error");
-    write_string(w, health.projections_error);
+    write_string(w, "the watermarks cannot be read now");  // the cause may name the database
   }
   for (const auto& projection : health.projections) {
     w.Key(projection.name.c_str());

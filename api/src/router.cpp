@@ -13,6 +13,7 @@
 #include "command_parser.hpp"
 #include "json_text.hpp"
 #include "queries.hpp"
+#include "health_snapshot.hpp"
 #include "read_side_health.hpp"
 #include "ledger/api/auth.hpp"
 #include "ledger/core/logging.hpp"
@@ -30,8 +31,16 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr std::size_t request_id_length_max = 128;
-constexpr std::size_t idempotency_key_length_max = 255;
+// Every request header whose value the server copies anywhere (event metadata, the
+// idempotency record, logs, the answer) must be sent at most once and be 1 to
+// copied_header_bytes_max visible ASCII characters (0x21 to 0x7E; no space, no tab): one bad
+// byte in event metadata used to fail the whole group-commit batch it landed in, and other
+// clients' commands with it. The JWT's `sub` claim, also copied, is held to the same rule
+// (auth.cpp).
+constexpr std::size_t copied_header_bytes_max = 128;
+constexpr std::string_view copied_headers[] = {"X-Request-Id", "X-Correlation-Id", "Idempotency-Key"};
+// A 404 names the target it could not route when the target is at most this long.
+constexpr std::size_t echoed_target_bytes_max = 1'024;
 constexpr std::int64_t stream_page_events_max = 1'000;
 
 std::string_view view(boost::beast::string_view text) { return {text.data(), text.size()}; }
@@ -205,7 +214,7 @@ std::optional<Route> match(const std::vector<std::string>& s, http::verb method,
         if (s[3] == action) command(std::string("/v1/loans/{id}/") + action, route, s[2]);
       }
     }
-    // Queries: any authenticated role may read balances and statements; audit is auditor's.
+    // Queries: any of the three roles may read balances and statements; audit is auditor's.
     auto query = [&](std::string pattern, QueryKind kind, std::optional<Role> role, std::string id = {}) {
       candidates.push_back({std::move(pattern), http::verb::get, Handler::query,
                             CommandRoute::open_account, role, std::move(id), kind});
@@ -302,7 +311,10 @@ void write_snapshot_cache_health(JsonWriter& w, const engine::EngineStats& stats
 
 Router::Router(const ServerSettings& settings, Services services,
                boost::asio::thread_pool& blocking)
-    : settings_(settings), services_(std::move(services)), blocking_(blocking) {}
+    : settings_(settings),
+      services_(std::move(services)),
+      blocking_(blocking),
+      health_(services_, blocking_, settings.health_refresh_interval) {}
 
 Response Router::problem_response(int status, const std::string& code, const std::string& title,
                                   const std::string& detail, const std::string& request_id,
@@ -333,8 +345,19 @@ Response Router::problem_response(int status, const std::string& code, const std
 
 void Router::handle(Request request, const std::string& client_address, Respond respond) {
   const auto started = Clock::now();
+  // The first copied header that breaks the rule, refused below once the answer can be counted.
+  std::string_view bad_header;
+  for (const std::string_view name : copied_headers) {
+    const auto count = request.count(boost::beast::string_view(name.data(), name.size()));
+    if (count > 1 ||
+        (count == 1 && !is_token_text(view(request[boost::beast::string_view(name.data(), name.size())]),
+                                      copied_header_bytes_max))) {
+      bad_header = name;
+      break;
+    }
+  }
   std::string request_id(request["X-Request-Id"]);
-  if (!is_token_text(request_id, request_id_length_max)) request_id = generate_request_id();
+  if (bad_header == "X-Request-Id" || request_id.empty()) request_id = generate_request_id();
   logging::RequestIdScope scope(request_id);
   const unsigned version = request.version();
   const std::string method(request.method_string());
@@ -342,7 +365,9 @@ void Router::handle(Request request, const std::string& client_address, Respond 
   const Target target = split_target(view(request.target()));
   std::string allowed;
   auto route = match(target.segments, request.method(), allowed);
-  const std::string route_name = route ? route->pattern : (allowed.empty() ? "unmatched" : "wrong_method");
+  // A fixed set of labels: the route's template, or `other` for a path no route has (made-up
+  // paths must not add metric series); Metrics maps made-up methods to `other` likewise.
+  const std::string route_name = route ? route->pattern : (allowed.empty() ? "other" : "wrong_method");
 
   // Every answer passes here: metrics, access log, request id header.
   auto finish = [this, respond, route_name, method, started, request_id](Response response) {
@@ -370,6 +395,13 @@ void Router::handle(Request request, const std::string& client_address, Respond 
     return response;
   };
 
+  if (!bad_header.empty()) {
+    fail(400, "invalid_header", "Invalid header",
+         std::string(bad_header) + " must be sent at most once, as 1 to " + std::to_string(copied_header_bytes_max) +
+             " visible ASCII characters (0x21 to 0x7E)");
+    return;
+  }
+
   if (!route) {
     if (!allowed.empty()) {
       Response response = problem_response(405, "method_not_allowed", "Method not allowed",
@@ -379,7 +411,10 @@ void Router::handle(Request request, const std::string& client_address, Respond 
       finish(std::move(response));
       return;
     }
-    fail(404, "not_found", "Not found", "no route for " + std::string(request.target()));
+    // The target is echoed only when it is printable ASCII: the answer is JSON, and UTF-8.
+    const std::string_view path = view(request.target());
+    fail(404, "not_found", "Not found",
+         is_token_text(path, echoed_target_bytes_max) ? "no route for " + std::string(path) : "no such route");
     return;
   }
 
@@ -391,14 +426,15 @@ void Router::handle(Request request, const std::string& client_address, Respond 
   if (route->handler == Handler::health || route->handler == Handler::health_ready ||
       route->handler == Handler::metrics) {
     const Handler kind = route->handler;
-    boost::asio::post(blocking_, [this, kind, finish, json, version] {
-      const DatabaseHealth database =
-          services_.check_database ? services_.check_database() : DatabaseHealth{};
+    // From a snapshot at most health_refresh_interval old: see HealthSnapshots.
+    health_.get([this, kind, finish, json, version](std::shared_ptr<const HealthSnapshot> snapshot) {
+      const DatabaseHealth& database = snapshot->database;
+      const ReadSideHealth& read_side = snapshot->read_side;
       const bool ready = database.reachable && database.pending_migrations.empty();
-      const ReadSideHealth read_side =
-          kind == Handler::health_ready ? ReadSideHealth{} : check_read_side(services_);
       if (kind == Handler::metrics) {
         std::string extra;
+        extra += "# TYPE ledger_health_refreshes_total counter\n";
+        extra += fmt::format("ledger_health_refreshes_total {}\n", health_.refreshes());
         extra += "# TYPE ledger_database_pool_connections gauge\n";
         extra += fmt::format("ledger_database_pool_connections{{state=\"open\"}} {}\n", database.pool_open);
         extra += fmt::format("ledger_database_pool_connections{{state=\"in_use\"}} {}\n", database.pool_in_use);
@@ -448,7 +484,7 @@ void Router::handle(Request request, const std::string& client_address, Respond 
         write_string(w, ready ? "ready" : "not_ready");
         if (!database.reachable) {
           w.Key("reason");
-          write_string(w, "database unreachable: " + database.error);
+          write_string(w, "database unreachable");  // the cause is in the server log, not here
         } else if (!database.pending_migrations.empty()) {
           w.Key("reason");
           write_string(w, "migrations pending");
@@ -479,10 +515,8 @@ void Router::handle(Request request, const std::string& client_address, Respond 
       w.Key("max");
       w.Uint64(database.pool_max);
       w.EndObject();
-      if (!database.error.empty()) {
-        w.Key("error");
-        write_string(w, database.error);
-      }
+      // No error text: it names hosts, ports and users, and these routes need no token. The
+      // server log has the cause (redacted), once per change.
       w.EndObject();
       w.Key("migrations");
       w.StartObject();
@@ -525,6 +559,11 @@ void Router::handle(Request request, const std::string& client_address, Respond 
     return;
   }
   const Principal principal = std::get<Principal>(authenticated);
+  // A signed token is not enough: every route past this point needs one of the three roles.
+  if (principal.roles == 0) {
+    fail(403, "forbidden", "Forbidden", "this token has none of the roles teller, auditor, admin");
+    return;
+  }
   if (route->role && !principal.has(*route->role)) {
     fail(403, "forbidden", "Forbidden",
          std::string("this route needs the ") +
@@ -781,13 +820,7 @@ void Router::handle(Request request, const std::string& client_address, Respond 
       return;
     }
   }
-  const std::string idempotency_key(request["Idempotency-Key"]);
-  if (request.count("Idempotency-Key") > 0 &&
-      !is_token_text(idempotency_key, idempotency_key_length_max)) {
-    fail(400, "invalid_idempotency_key", "Invalid Idempotency-Key",
-         "Idempotency-Key must be 1 to 255 visible ASCII characters");
-    return;
-  }
+  const std::string idempotency_key(request["Idempotency-Key"]);  // checked with the other copied headers
   auto parsed = parse_command(route->command, route->path_id, request.body(),
                               engine::to_string(engine::Date{std::chrono::floor<std::chrono::days>(
                                   std::chrono::system_clock::now())}));

@@ -7,6 +7,7 @@
 #include <functional>
 #include <string>
 
+#include "health_snapshot.hpp"
 #include "ledger/api/server.hpp"
 #include "metrics.hpp"
 
@@ -37,6 +38,7 @@ class Router {
   Services services_;
   boost::asio::thread_pool& blocking_;
   Metrics metrics_;
+  HealthSnapshots health_;  // after services_ and blocking_, which it uses
 };
 
 }  // namespace ledger::api

@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <functional>
 #include <optional>
 #include <random>
 #include <thread>
@@ -26,6 +27,16 @@ namespace net = boost::asio;
 using tcp = net::ip::tcp;
 
 namespace {
+
+// Chunk extensions (`1;name=value`) carry nothing this API reads; all of a message's together
+// may be this long. Longer ones are refused (400) rather than buffered.
+constexpr std::size_t chunk_extensions_bytes_max = 1'024;
+// Room in a connection's read buffer beyond the header limit: one read's worth. The buffer
+// holds only bytes not yet parsed (header bytes, a partial chunk line or trailer, the start of
+// a pipelined request), so with the parser's own header and body limits this caps what one
+// connection can make the server hold: a chunk line or trailer that does not fit is refused at
+// once instead of growing the buffer for the whole body timeout.
+constexpr std::size_t read_buffer_slack_bytes = 16 * 1024;
 
 std::string generate_request_id() {
   thread_local std::mt19937_64 random(std::random_device{}());
@@ -48,7 +59,10 @@ struct SharedState {
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket&& socket, SharedState& shared)
-      : stream_(std::move(socket)), timer_(stream_.get_executor()), shared_(shared) {
+      : stream_(std::move(socket)),
+        timer_(stream_.get_executor()),
+        buffer_(shared.settings.header_bytes_max + read_buffer_slack_bytes),
+        shared_(shared) {
     beast::error_code error;
     const auto endpoint = stream_.socket().remote_endpoint(error);
     if (!error) client_address_ = endpoint.address().to_string();
@@ -66,6 +80,8 @@ class Session : public std::enable_shared_from_this<Session> {
     parser_.emplace();
     parser_->header_limit(static_cast<std::uint32_t>(shared_.settings.header_bytes_max));
     parser_->body_limit(shared_.settings.body_bytes_max);
+    chunk_extensions_bytes_ = 0;
+    parser_->on_chunk_header(on_chunk_header_);
     arm_timer(first || buffer_.size() > 0 ? shared_.settings.header_timeout
                                           : shared_.settings.idle_timeout);
     http::async_read_header(stream_, buffer_, *parser_,
@@ -103,7 +119,7 @@ class Session : public std::enable_shared_from_this<Session> {
       return reject(413, "body_too_large", "Payload too large",
                     "the body exceeds " + std::to_string(shared_.settings.body_bytes_max) + " bytes");
     }
-    if (error == http::error::header_limit) {
+    if (error == http::error::header_limit || error == http::error::buffer_overflow) {
       return reject(431, "headers_too_large", "Request header fields too large",
                     "headers exceed " + std::to_string(shared_.settings.header_bytes_max) + " bytes");
     }
@@ -124,6 +140,15 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     if (error == beast::error::timeout) {
       return reject(408, "request_timeout", "Request timeout", "the request body did not arrive in time");
+    }
+    if (error == http::error::buffer_overflow) {
+      return reject(400, "malformed_request", "Bad request",
+                    "a chunk line or trailer exceeds " + std::to_string(buffer_.max_size()) + " bytes");
+    }
+    if (error == http::error::bad_chunk_extension) {
+      return reject(400, "malformed_request", "Bad request",
+                    "chunk extensions exceed " + std::to_string(chunk_extensions_bytes_max) +
+                        " bytes or are malformed");
     }
     if (error == http::error::end_of_stream || error == net::error::eof) return close();
     if (error) return reject(400, "malformed_request", "Bad request", "malformed HTTP: " + error.message());
@@ -174,8 +199,15 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::tcp_stream stream_;
   net::steady_timer timer_;
   bool timed_out_ = false;
-  beast::flat_buffer buffer_;
+  beast::flat_buffer buffer_;  // bounded: see read_buffer_slack_bytes
   std::optional<http::request_parser<http::string_body>> parser_;
+  // The parser keeps a reference to this callback, so it lives as long as the session.
+  std::size_t chunk_extensions_bytes_ = 0;
+  std::function<void(std::uint64_t, beast::string_view, beast::error_code&)> on_chunk_header_ =
+      [this](std::uint64_t, beast::string_view extensions, beast::error_code& error) {
+        chunk_extensions_bytes_ += extensions.size();
+        if (chunk_extensions_bytes_ > chunk_extensions_bytes_max) error = http::error::bad_chunk_extension;
+      };
   SharedState& shared_;
   std::string client_address_;
   bool keep_alive_ = true;

@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <thread>
 
@@ -42,8 +43,13 @@ TEST_CASE("readiness turns 503 while PostgreSQL is stopped and 200 when it retur
     CHECK(client.request("GET", "/health/ready").status == 200);
 
     postgres.stop();
-    const auto down = client.request("GET", "/health/ready");
-    CHECK(down.status == 503);
+    // /health answers from a snapshot at most a second old: the outage shows within that.
+    int down = 0;
+    for (int attempt = 0; attempt < 30 && down != 503; ++attempt) {
+      down = client.request("GET", "/health/ready").status;
+      if (down != 503) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    CHECK(down == 503);
     const auto health = client.request("GET", "/health");
     CHECK(health.status == 503);
     CHECK(health.body.find("\"unhealthy\"") != std::string::npos);
@@ -106,3 +112,82 @@ TEST_CASE("read-model queries survive a PostgreSQL restart: stale pooled connect
   std::filesystem::remove_all(options.directory);
 }
 
+
+TEST_CASE("a flood of /health and /metrics probes runs at most one database check a second; queries keep answering") {
+  test::TestDatabase database;
+  test::ServerFixture server(database.app_url());
+  const auto teller = test::ServerFixture::auth({"teller"});
+  const auto auditor = test::ServerFixture::auth({"auditor"});
+  auto client = server.client();
+  REQUIRE(client.request("POST", "/v1/accounts", R"({"id":"alice","currency":"EUR"})", teller).status == 201);
+
+  const int checks_before = server.database_checks();
+  const auto began = std::chrono::steady_clock::now();
+  const auto flood_until = began + std::chrono::milliseconds(2'500);
+  std::atomic<int> probes{0};
+  std::atomic<int> probe_failures{0};
+  std::vector<std::thread> flood;
+  for (int t = 0; t < 6; ++t) {
+    flood.emplace_back([&, t] {
+      test::HttpClient own(server.port());
+      const char* targets[] = {"/health", "/health/ready", "/metrics"};
+      for (int i = 0; std::chrono::steady_clock::now() < flood_until; ++i) {
+        if (own.request("GET", targets[(t + i) % 3]).status != 200) ++probe_failures;
+        ++probes;
+      }
+    });
+  }
+  // Meanwhile reads that use the same blocking pool and connection pool keep answering fast.
+  int reads = 0;
+  auto slowest = std::chrono::steady_clock::duration::zero();
+  while (std::chrono::steady_clock::now() < flood_until) {
+    const auto started = std::chrono::steady_clock::now();
+    const auto read = client.request("GET", "/v1/streams/account-alice/events", "", auditor);
+    slowest = std::max(slowest, std::chrono::steady_clock::now() - started);
+    CHECK(read.status == 200);
+    ++reads;
+  }
+  for (auto& thread : flood) thread.join();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+  const int checks = server.database_checks() - checks_before;
+  INFO("probes " << probes.load() << ", database checks " << checks << " in " << seconds << " s, reads " << reads);
+  CHECK(probes > 100);
+  CHECK(probe_failures == 0);
+  CHECK(checks <= static_cast<int>(seconds) + 2);
+  CHECK(reads > 10);
+  CHECK(slowest < std::chrono::milliseconds(500));
+  const auto metrics = client.request("GET", "/metrics");
+  CHECK(metrics.body.find("ledger_health_refreshes_total ") != std::string::npos);
+}
+
+TEST_CASE("/health shows no password and no connection text to anyone") {
+  // A database that cannot be reached, named with a password in each form libpq accepts.
+  for (const std::string& url : {std::string("host=127.0.0.1 port=1 user=nobody password=hunter2-kv dbname=none"),
+                                std::string("host=127.0.0.1 port=1 user=nobody password='hunter2 quoted' dbname=none"),
+                                std::string("postgresql://nobody:hunter2-url@127.0.0.1:1/none"),
+                                std::string("postgresql://nobody@127.0.0.1:1/none?password=hunter2-query")}) {
+    INFO(url);
+    db::PoolSettings pool_settings;
+    pool_settings.url = url;
+    pool_settings.connect_attempts_max = 1;
+    pool_settings.connect_timeout = std::chrono::milliseconds(1'000);
+    db::ConnectionPool pool(pool_settings);
+    api::Services services;
+    services.check_database = [&pool] { return db::check_database(pool); };
+    api::ServerSettings settings;
+    settings.port = 0;
+    settings.jwt_secret = test::test_jwt_secret;
+    api::Server server(settings, services);
+    server.start();
+    test::HttpClient client(server.port());
+    for (const char* target : {"/health", "/health/ready", "/metrics"}) {
+      INFO(target);
+      const auto response = client.request("GET", target);
+      CHECK(response.status == (std::string(target) == "/metrics" ? 200 : 503));
+      for (const char* secret : {"hunter2", "127.0.0.1", "nobody", "port=", "host=", "postgresql://", "password"}) {
+        CHECK_MESSAGE(response.body.find(secret) == std::string::npos, std::string(secret) << " in " << response.body);
+      }
+    }
+    server.shutdown(std::chrono::milliseconds(1'000));
+  }
+}

@@ -3,6 +3,7 @@
 
 #include <pqxx/pqxx>
 
+#include <atomic>
 #include <memory>
 #include <set>
 
@@ -43,7 +44,10 @@ class ServerFixture {
     services.event_store = store_.get();
     services.read_models = read_models;
     services.check_relay = std::move(check_relay);
-    services.check_database = [this] { return db::check_database(*pool_); };
+    services.check_database = [this] {
+      ++database_checks_;
+      return db::check_database(*pool_);
+    };
     settings.port = 0;
     settings.jwt_secret = test_jwt_secret;
     server_ = std::make_unique<api::Server>(settings, services);
@@ -57,6 +61,8 @@ class ServerFixture {
   [[nodiscard]] int port() const { return server_->port(); }
   [[nodiscard]] HttpClient client() const { return HttpClient(port()); }
   api::Server& server() { return *server_; }
+  // How often the server asked for the database's health (each ask runs several queries).
+  [[nodiscard]] int database_checks() const { return database_checks_.load(); }
 
   static std::string token(const std::vector<std::string>& roles, const std::string& subject = "tester") {
     return api::issue_token(test_jwt_secret, subject, roles, std::chrono::hours(1));
@@ -70,6 +76,7 @@ class ServerFixture {
   std::unique_ptr<db::ConnectionPool> pool_;
   std::unique_ptr<engine::EventStore> store_;
   std::unique_ptr<api::Server> server_;
+  std::atomic<int> database_checks_{0};
 };
 
 inline long long event_count(const std::string& url) {

@@ -57,6 +57,67 @@ TEST_CASE("database URLs are validated by libpq's parser and passwords are redac
   CHECK(conninfo.find("statement_timeout=1000") != std::string::npos);
 }
 
+TEST_CASE("passwords are redacted from every form of database URL and from connection errors") {
+  struct Case {
+    std::string url, secret;
+  };
+  for (const auto& c : std::vector<Case>{
+           {"postgresql://u:secret1@h/db", "secret1"},
+           {"postgresql://u@h/db?password=secret2", "secret2"},
+           {"postgresql://u@h:5433/db?sslmode=require&password=secret3&application_name=app", "secret3"},
+           {"postgres://u:s%40cret4@h/db", "cret4"},
+           {"postgresql://u@h/db?password=secret%205", "secret"},
+           {"host=h user=u password=secret6 dbname=db", "secret6"},
+           {"host=h password='secret 7 \\' quoted' dbname=db", "secret 7"},
+           {"password = secret8 host=h", "secret8"},
+           {"host=h password=secret9", "secret9"},
+       }) {
+    INFO(c.url);
+    const std::string redacted = db::redact_database_url(c.url);
+    CHECK_MESSAGE(redacted.find(c.secret) == std::string::npos, redacted);
+    CHECK_MESSAGE(redacted.find("***") != std::string::npos, redacted);
+    CHECK_MESSAGE(redacted.find("h") != std::string::npos, redacted);  // the rest stays readable
+  }
+  CHECK(db::redact_database_url("postgresql://u:secret@h/db") == "postgresql://u:***@h/db");
+  CHECK(db::redact_database_url("postgresql://u@h:5433/db?sslmode=require&password=x") ==
+        "postgresql://u:***@h:5433/db?sslmode=require");
+  // key=value text comes back in libpq's order of options, values quoted.
+  CHECK(db::redact_database_url("host=h user=u password=x dbname=db") == "user='u' password='***' dbname='db' host='h'");
+  CHECK(db::redact_database_url("postgresql://u@h/db") == "postgresql://u@h/db");
+  // Text libpq cannot parse is not echoed, nor is it in the parser's complaint.
+  for (const std::string broken : {"host=h password secret10", "host=h password='secret10"}) {
+    INFO(broken);
+    CHECK(db::redact_database_url(broken).find("secret10") == std::string::npos);
+    const auto problem = db::validate_database_url(broken);
+    REQUIRE(problem.has_value());
+    CHECK_MESSAGE(problem->find("secret10") == std::string::npos, *problem);
+    try {
+      (void)db::connection_string(broken, std::chrono::milliseconds(1'000), std::chrono::milliseconds(1'000));
+      FAIL("an unparseable URL was accepted");
+    } catch (const std::exception& error) {
+      CHECK_MESSAGE(std::string(error.what()).find("secret10") == std::string::npos, error.what());
+    }
+  }
+  // A connection error names the server without its password.
+  for (const std::string& url : {std::string("host=127.0.0.1 port=1 user=nobody password=secret11 dbname=none"),
+                                std::string("postgresql://nobody@127.0.0.1:1/none?password=secret11")}) {
+    INFO(url);
+    db::PoolSettings settings;
+    settings.url = url;
+    settings.connect_attempts_max = 1;
+    db::ConnectionPool pool(settings);
+    try {
+      (void)pool.acquire();
+      FAIL("connected to a dead server");
+    } catch (const db::DatabaseUnavailable& error) {
+      const std::string what = error.what();
+      CHECK_MESSAGE(what.find("secret11") == std::string::npos, what);
+      CHECK_MESSAGE(what.find("***") != std::string::npos, what);
+      CHECK_MESSAGE(what.find("127.0.0.1") != std::string::npos, what);
+    }
+  }
+}
+
 TEST_CASE("with_retry retries transient errors and stops at the bound") {
   int calls = 0;
   db::RetryPolicy policy{3, std::chrono::milliseconds(1), std::chrono::milliseconds(2)};

@@ -29,8 +29,10 @@ constexpr std::string_view development_jwt_secret =
 // HS256 secrets shorter than this are refused at start-up.
 constexpr std::size_t jwt_secret_length_min = 32;
 
-// Verifies `Authorization: Bearer <JWT>` (HS256, claims sub, roles, exp). A missing, malformed,
-// badly signed or expired token is a 401 Problem.
+// Verifies `Authorization: Bearer <JWT>` (HS256, claims sub, roles, exp); the signature is
+// compared in constant time. A missing, malformed, badly signed or expired token, or one whose
+// sub is not 1 to 128 visible ASCII characters, is a 401 Problem. A token may carry no known
+// role: the router refuses it (403), authentication does not.
 [[nodiscard]] std::variant<Principal, Problem> authenticate(std::string_view authorization,
                                                             const std::string& secret);
 

@@ -33,6 +33,10 @@ struct ServerSettings {
   std::chrono::milliseconds idle_timeout{60'000};
   std::size_t connections_max = 1'024;
   std::string jwt_secret;
+  // /health, /health/ready and /metrics answer from a snapshot of the database and read-side
+  // checks at most this old, so probes (which need no token) run at most one check per
+  // interval whatever their rate.
+  std::chrono::milliseconds health_refresh_interval{1'000};
 };
 
 using DatabaseHealth = db::DatabaseHealth;
@@ -60,7 +64,8 @@ struct Services {
 };
 
 // The HTTP/1.1 front (Boost.Beast): keep-alive, pipelining (answered in order), limits on
-// header and body size, header/body/idle timeouts and a connection limit. Owns its I/O
+// header and body size, chunk extensions and every connection's read buffer,
+// header/body/idle timeouts and a connection limit. Owns its I/O
 // threads and a small pool for blocking work. Thread-safe start/shutdown from one owner.
 class Server {
  public:

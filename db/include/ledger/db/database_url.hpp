@@ -16,7 +16,11 @@ namespace ledger::db {
                                             std::chrono::milliseconds connect_timeout,
                                             std::chrono::milliseconds statement_timeout);
 
-// The URL without its password, for logs and error messages.
+// The URL without its password, for logs and error messages: rebuilt from libpq's parse of it
+// (a URI stays a URI, key=value text stays key=value), with every password, however it was
+// given, as ***. Text libpq cannot parse is not echoed at all. Never put the raw URL in an
+// error or a log line; parse errors from validate_database_url and connection_string quote
+// none of the text either.
 [[nodiscard]] std::string redact_database_url(const std::string& url);
 
 }  // namespace ledger::db

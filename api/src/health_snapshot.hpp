@@ -1,0 +1,62 @@
+#pragma once
+// What /health, /health/ready and /metrics say of the database and the read side, taken at
+// most once a second (private to the API).
+
+#include <boost/asio/thread_pool.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "ledger/api/server.hpp"
+#include "read_side_health.hpp"
+
+namespace ledger::api {
+
+struct HealthSnapshot {
+  DatabaseHealth database;
+  ReadSideHealth read_side;
+  std::chrono::steady_clock::time_point taken;
+};
+
+// Owned by the Router; used from any thread. The probes need no token, and each check runs
+// several queries on the small pool that also serves every read: answering each probe with a
+// check of its own would let a flood of probes starve the queries. So a probe is answered from
+// the last snapshot while it is younger than `refresh_interval` (on the calling thread, no
+// query); an older one is refreshed by one task on the blocking pool, which answers every
+// probe that arrived meanwhile. Hence at most one check per interval, whatever the probe rate.
+class HealthSnapshots {
+ public:
+  using Use = std::function<void(std::shared_ptr<const HealthSnapshot>)>;
+
+  HealthSnapshots(const Services& services, boost::asio::thread_pool& blocking,
+                  std::chrono::milliseconds refresh_interval);
+
+  // Calls `use` with a snapshot no older than the interval: at once (on this thread) when the
+  // last one is fresh, otherwise on the blocking pool when the refresh finishes.
+  void get(Use use);
+  // Checks run so far (each is one database check and one read-side check).
+  [[nodiscard]] std::uint64_t refreshes() const { return refreshes_.load(); }
+
+ private:
+  void refresh();
+
+  const Services& services_;
+  boost::asio::thread_pool& blocking_;
+  const std::chrono::milliseconds refresh_interval_;
+  std::mutex mutex_;
+  std::shared_ptr<const HealthSnapshot> last_;  // null until the first check
+  bool refreshing_ = false;
+  std::vector<Use> waiting_;  // at most one per connection: a connection waits for its answer
+  std::atomic<std::uint64_t> refreshes_{0};
+  // The last database error logged: an outage is logged once, not once per check.
+  std::string logged_error_;
+  std::string logged_projections_error_;
+};
+
+}  // namespace ledger::api
