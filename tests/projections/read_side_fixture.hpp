@@ -12,6 +12,7 @@
 #include <chrono>
 #include <future>
 #include <random>
+#include <set>
 #include <functional>
 #include <map>
 #include <memory>
@@ -22,6 +23,7 @@
 
 #include "ledger/db/pool.hpp"
 #include "ledger/engine/engine.hpp"
+#include "ledger/engine/envelope.hpp"
 #include "ledger/engine/event_store.hpp"
 #include "ledger/engine/events.hpp"
 #include "ledger/engine/relay.hpp"
@@ -37,7 +39,7 @@ constexpr const char* events_topic = "ledger.events";
 // A mock Kafka cluster with the events topic; brokers can be taken down and brought back.
 class MockKafka {
  public:
-  explicit MockKafka(int brokers = 1, int partitions = 4) : brokers_(brokers) {
+  explicit MockKafka(int brokers = 1, int partitions = 4) : brokers_(brokers), partitions_(partitions) {
     char error[256];
     rd_kafka_conf_t* conf = rd_kafka_conf_new();
     rd_kafka_conf_set(conf, "log_level", "2", error, sizeof error);
@@ -55,6 +57,13 @@ class MockKafka {
   MockKafka& operator=(const MockKafka&) = delete;
 
   [[nodiscard]] std::string bootstrap() const { return rd_kafka_mock_cluster_bootstraps(cluster_); }
+  [[nodiscard]] int partitions() const { return partitions_; }
+  // The next `count` Produce requests (Kafka API key 0) any client sends fail with `error`.
+  void fail_produce_requests(rd_kafka_resp_err_t error, std::size_t count) {
+    constexpr std::int16_t produce_api_key = 0;
+    const std::vector<rd_kafka_resp_err_t> errors(count, error);
+    rd_kafka_mock_push_request_errors_array(cluster_, produce_api_key, count, errors.data());
+  }
   void set_down(bool down) {
     for (int id = 1; id <= brokers_; ++id) {
       if (down) {
@@ -67,9 +76,47 @@ class MockKafka {
 
  private:
   int brokers_;
+  int partitions_;
   rd_kafka_t* handle_ = nullptr;
   rd_kafka_mock_cluster_t* cluster_ = nullptr;
 };
+
+// Every message on the events topic, decoded, per partition in offset order (read from the
+// start of each partition to its end, as a new consumer would).
+inline std::map<std::int32_t, std::vector<engine::RecordedEvent>> read_topic(const MockKafka& kafka) {
+  char error[256];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", kafka.bootstrap().c_str(), error, sizeof error);
+  rd_kafka_conf_set(conf, "group.id", "test-topic-reader", error, sizeof error);
+  rd_kafka_conf_set(conf, "enable.partition.eof", "true", error, sizeof error);
+  rd_kafka_conf_set(conf, "log_level", "2", error, sizeof error);
+  std::unique_ptr<rd_kafka_t, void (*)(rd_kafka_t*)> consumer(
+      rd_kafka_new(RD_KAFKA_CONSUMER, conf, error, sizeof error), &rd_kafka_destroy);
+  REQUIRE(consumer);
+  rd_kafka_topic_partition_list_t* partitions = rd_kafka_topic_partition_list_new(kafka.partitions());
+  for (int p = 0; p < kafka.partitions(); ++p) {
+    rd_kafka_topic_partition_list_add(partitions, events_topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+  }
+  rd_kafka_assign(consumer.get(), partitions);
+  rd_kafka_topic_partition_list_destroy(partitions);
+  std::map<std::int32_t, std::vector<engine::RecordedEvent>> messages;
+  std::set<std::int32_t> ended;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (static_cast<int>(ended.size()) < kafka.partitions() && std::chrono::steady_clock::now() < deadline) {
+    rd_kafka_message_t* message = rd_kafka_consumer_poll(consumer.get(), 100);
+    if (message == nullptr) continue;
+    if (message->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      ended.insert(message->partition);
+    } else if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      auto event = engine::decode_envelope({static_cast<const char*>(message->payload), message->len});
+      if (event) messages[message->partition].push_back(std::move(*event));
+    }
+    rd_kafka_message_destroy(message);
+  }
+  REQUIRE(static_cast<int>(ended.size()) == kafka.partitions());
+  rd_kafka_consumer_close(consumer.get());
+  return messages;
+}
 
 inline db::ConnectionPool make_pool(const std::string& url, std::size_t connections = 6) {
   db::PoolSettings settings;

@@ -198,3 +198,41 @@ TEST_CASE("one relay publishes at a time; a standby takes over within seconds wh
   REQUIRE(test::eventually([&] { return second.status().acknowledged.value() == after; }));
   CHECK(test::scalar(database.app_url(), "SELECT position FROM checkpoints WHERE name = 'relay'") <= after);
 }
+
+TEST_CASE("a relay whose producer hit a fatal error recreates it and publishes on, losing and reordering nothing") {
+  test::TestDatabase database;
+  // Everything must come through Kafka: no healing from the store while it is quiet.
+  test::ReadSideStack stack(database, 6, [](auto& settings) { settings.gap_wait = std::chrono::hours(1); });
+  auto& [kafka, pool, engine, relay, projectors] = stack;
+  open_accounts(engine);
+  const std::int64_t before = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == before; }));
+
+  // The next Produce request fails with a sequence error at the head of its partition's
+  // queue: for an idempotent producer that is fatal (librdkafka refuses every later produce).
+  kafka.fail_produce_requests(RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, 1);
+  random_workload(engine, 1'000);
+  const std::int64_t head = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }, 60s));
+  CHECK(relay.status().producer_recreations >= 1);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }, 60s));
+  test::check_read_models_equal_fold(database.app_url());
+
+  // On the topic: every position, and per stream every version in order once repeats (the
+  // republished tail) are dropped, as a consumer deduplicating by version sees them.
+  std::set<std::int64_t> positions;
+  std::map<std::string, std::int64_t> last_version;
+  int out_of_order = 0;
+  for (const auto& [partition, events] : test::read_topic(kafka)) {
+    for (const auto& event : events) {
+      positions.insert(event.position.value());
+      auto& last = last_version[event.stream_id];
+      if (event.version.value() <= last) continue;
+      if (event.version.value() != last + 1) ++out_of_order;
+      last = event.version.value();
+    }
+  }
+  CHECK(out_of_order == 0);
+  CHECK(static_cast<std::int64_t>(positions.size()) == head);
+  CHECK(*positions.rbegin() == head);
+}
