@@ -11,6 +11,7 @@
 
 #include "ledger/core/worker.hpp"
 #include "ledger/db/pool.hpp"
+#include "ledger/db/retry.hpp"
 #include "ledger/engine/envelope.hpp"
 #include "ledger/engine/event_store.hpp"
 #include "ledger/projections/projection.hpp"
@@ -24,6 +25,34 @@ using engine::RecordedEvent;
 
 // Where the batch's messages came from: the next offset to consume, per partition.
 using PartitionOffsets = std::map<std::int32_t, std::int64_t>;
+
+// A position the projector cannot apply is retried after this pause, doubled on each failure
+// up to the maximum: a fixed version deployed later applies it, and a stall costs little.
+constexpr auto stalled_retry_backoff_initial = std::chrono::milliseconds(500);
+constexpr auto stalled_retry_backoff_max = std::chrono::milliseconds(30'000);
+// The pause after a failure the database or Kafka caused (the next attempt may succeed).
+constexpr auto transient_retry_pause = std::chrono::milliseconds(500);
+// A stall's reason as shown by /health (unauthenticated): the first line of the error, cut.
+constexpr std::size_t stalled_reason_bytes_max = 300;
+
+// Errors after which the same batch may succeed as it is: the database went away, a conflict,
+// or a commit whose outcome is unknown (the watermark is read again). Anything else, retried
+// as it is, fails again: the projector looks for the position that causes it.
+bool transient(const std::exception& error) {
+  return db::is_transient(error) || dynamic_cast<const pqxx::in_doubt_error*>(&error) != nullptr ||
+         dynamic_cast<const db::DatabaseUnavailable*>(&error) != nullptr;
+}
+
+std::string stalled_reason(const std::exception& error) {
+  std::string reason = error.what();
+  if (const auto line_end = reason.find('\n'); line_end != std::string::npos) reason.resize(line_end);
+  if (reason.size() > stalled_reason_bytes_max) {
+    std::size_t cut = stalled_reason_bytes_max;
+    while (cut > 0 && (static_cast<unsigned char>(reason[cut]) & 0xC0) == 0x80) --cut;  // UTF-8 boundary
+    reason.resize(cut);
+  }
+  return reason;
+}
 
 }  // namespace
 
@@ -61,6 +90,23 @@ struct Projector::Impl {
   engine::EventStore store;
   std::unique_ptr<Projection> projection;
   rd_kafka_t* consumer = nullptr;
+
+  // The positions the last apply() tried, when it failed.
+  struct Attempt {
+    std::int64_t from = 0;
+    std::int64_t through = 0;
+  };
+  std::optional<Attempt> failed_attempt;
+  // After a batch of several positions failed (not transiently), apply one position at a time
+  // up to here, to find the position that fails.
+  std::int64_t single_step_through = 0;
+  struct Stall {
+    std::int64_t position = 0;
+    std::string reason;
+    bool recorded = false;  // written to read.projections
+  };
+  std::optional<Stall> stall;
+  std::chrono::milliseconds stall_backoff = stalled_retry_backoff_initial;
 
   SharedStatus<ProjectorStatus> state;
   StoppableThread worker;  // last: it stops before the members it uses go
@@ -228,11 +274,13 @@ struct Projector::Impl {
       std::int64_t watermark = work.exec_params1(
           "SELECT watermark FROM read.projections WHERE name = $1 FOR UPDATE", name)[0].as<std::int64_t>();
       const std::int64_t start = watermark;
+      failed_attempt = Attempt{start + 1, start + 1};
       std::vector<RecordedEvent> to_apply;
       std::int64_t duplicates = 0;
       std::int64_t from_store = 0;
       auto fill_to = [&](std::int64_t last) {
         while (watermark < last) {
+          failed_attempt->through = watermark + 1;
           auto missing = store.read_all(GlobalPosition(watermark + 1),
                                         static_cast<std::size_t>(std::min<std::int64_t>(last - watermark, 10'000)));
           if (missing.empty() || missing.front().position.value() != watermark + 1) {
@@ -258,6 +306,7 @@ struct Projector::Impl {
         watermark = position;
       }
       if (up_to > watermark) fill_to(up_to);
+      failed_attempt->through = std::max(watermark, start + 1);
       projection->apply(work, to_apply);
       for (const auto& [partition, next_offset] : offsets) {
         work.exec_params(
@@ -267,12 +316,17 @@ struct Projector::Impl {
             name, settings.topic, partition, next_offset);
       }
       if (watermark != start) {
+        // A stall (of this instance or another) ends when the watermark passes it.
         work.exec_params(
-            "UPDATE read.projections SET watermark = $2, applied = applied + $3, updated_at = now() "
+            "UPDATE read.projections SET watermark = $2, applied = applied + $3, updated_at = now(), "
+            "stalled_reason = CASE WHEN stalled_position <= $2 THEN NULL ELSE stalled_reason END, "
+            "stalled_since = CASE WHEN stalled_position <= $2 THEN NULL ELSE stalled_since END, "
+            "stalled_position = CASE WHEN stalled_position <= $2 THEN NULL ELSE stalled_position END "
             "WHERE name = $1",
             name, watermark, static_cast<std::int64_t>(to_apply.size()));
       }
       work.commit();
+      failed_attempt.reset();
       update_status([&](ProjectorStatus& s) {
         s.watermark = GlobalPosition(watermark);
         s.events_applied += static_cast<std::int64_t>(to_apply.size());
@@ -280,6 +334,16 @@ struct Projector::Impl {
         s.duplicates_skipped += duplicates;
         ++s.batches;
       });
+      if (stall && watermark >= stall->position) {
+        spdlog::info("projector {}: moved past position {}; no longer stalled", name, stall->position);
+        stall.reset();
+        stall_backoff = stalled_retry_backoff_initial;
+        update_status([](ProjectorStatus& s) {
+          s.stalled_position = GlobalPosition(0);
+          s.stalled_reason.clear();
+          s.stalled_retries = 0;
+        });
+      }
       return watermark;
     } catch (...) {
       lease.discard();
@@ -287,10 +351,82 @@ struct Projector::Impl {
     }
   }
 
+  // The watermark, and a stall recorded earlier (by this process or one before it), so moving
+  // past it is logged.
   std::int64_t stored_watermark() {
     auto lease = pool.acquire();
     pqxx::read_transaction work(*lease);
-    return work.exec_params1("SELECT watermark FROM read.projections WHERE name = $1", name)[0].as<std::int64_t>();
+    const auto row = work.exec_params1(
+        "SELECT watermark, stalled_position, coalesce(stalled_reason, '') FROM read.projections WHERE name = $1",
+        name);
+    const auto watermark = row[0].as<std::int64_t>();
+    if (!stall && !row[1].is_null() && row[1].as<std::int64_t>() > watermark) {
+      stall = Stall{row[1].as<std::int64_t>(), row[2].as<std::string>(), true};
+      update_status([&](ProjectorStatus& s) {
+        s.stalled_position = GlobalPosition(stall->position);
+        s.stalled_reason = stall->reason;
+      });
+    }
+    return watermark;
+  }
+
+  // Reports that `position` cannot be applied: one log line when the stall starts or moves,
+  // the state in read.projections for /health of every process (written until it succeeds).
+  void stalled_at(std::int64_t position, const std::string& reason) {
+    if (!stall || stall->position != position) {
+      spdlog::error("projector {}: stalled at position {}: {}; retrying with backoff (up to {} s) until it applies",
+                    name, position, reason,
+                    std::chrono::duration_cast<std::chrono::seconds>(stalled_retry_backoff_max).count());
+      stall = Stall{position, reason, false};
+      stall_backoff = stalled_retry_backoff_initial;
+      update_status([&](ProjectorStatus& s) {
+        s.stalled_position = GlobalPosition(position);
+        s.stalled_retries = 0;
+      });
+    } else {
+      if (stall->reason != reason) stall->recorded = false;
+      stall->reason = reason;
+      spdlog::debug("projector {}: still stalled at position {}: {}", name, position, reason);
+      update_status([](ProjectorStatus& s) { ++s.stalled_retries; });
+    }
+    update_status([&](ProjectorStatus& s) { s.stalled_reason = reason; });
+    if (stall->recorded) return;
+    try {
+      auto lease = pool.acquire();
+      pqxx::work work(*lease);
+      work.exec_params(
+          "UPDATE read.projections SET stalled_since = CASE WHEN stalled_position IS DISTINCT FROM $2 "
+          "THEN now() ELSE stalled_since END, stalled_position = $2, stalled_reason = $3 "
+          "WHERE name = $1 AND watermark < $2",
+          name, position, reason);
+      work.commit();
+      stall->recorded = true;
+    } catch (const std::exception& failure) {
+      spdlog::debug("projector {}: recording the stall failed: {}", name, failure.what());
+    }
+  }
+
+  // After apply() failed: a failure the database or Kafka caused is retried as it is; any
+  // other failure of several positions is narrowed down by applying them one at a time, and
+  // the one position that fails alone stalls the projection.
+  void handle_failure(const std::exception& error) {
+    const auto attempt = failed_attempt;
+    failed_attempt.reset();
+    update_status([&](ProjectorStatus& s) { s.last_error = error.what(); });
+    if (!attempt || transient(error)) {
+      spdlog::warn("projector {}: {}; retrying", name, error.what());
+      pause(transient_retry_pause);
+      return;
+    }
+    if (attempt->through > attempt->from) {
+      spdlog::info("projector {}: applying positions {} to {} failed ({}); applying them one at a time",
+                   name, attempt->from, attempt->through, stalled_reason(error));
+      single_step_through = std::max(single_step_through, attempt->through);
+      return;
+    }
+    stalled_at(attempt->from, stalled_reason(error));
+    pause(stall_backoff);
+    stall_backoff = std::min(stall_backoff * 2, stalled_retry_backoff_max);
   }
 
   // Two ways in. Far behind the store's head (a backlog, a new or rebuilt projection, a
@@ -320,7 +456,9 @@ struct Projector::Impl {
           head = store.head().position.value();
           head_read = now;
         }
-        const bool far_behind = head - watermark > settings.catch_up_events_min;
+        // Looking for (or stuck at) a position that fails: one position at a time, from the store.
+        const bool single_step = stall.has_value() || watermark < single_step_through;
+        const bool far_behind = single_step || head - watermark > settings.catch_up_events_min;
         const bool ahead_ready = !ahead.empty() && ahead.begin()->first == watermark + 1;
         const auto collected =
             collect(incoming, offsets, far_behind || ahead_ready ? 0 : 100,
@@ -342,7 +480,10 @@ struct Projector::Impl {
         if (duplicates > 0) update_status([&](ProjectorStatus& s) { s.duplicates_skipped += duplicates; });
 
         now = Clock::now();
-        if (far_behind) {
+        if (single_step) {
+          ahead.clear();
+          heal_to = watermark + 1;
+        } else if (far_behind) {
           ahead.clear();  // all of it is in the store, read in order below
           heal_to = std::min(head, watermark + span_max);
         } else {
@@ -387,15 +528,13 @@ struct Projector::Impl {
         offsets.clear();
         heal_to = 0;
       } catch (const std::exception& error) {
-        spdlog::warn("projector {}: {}; retrying", name, error.what());
-        update_status([&](ProjectorStatus& s) { s.last_error = error.what(); });
         // The failed batch was handed over: what it held comes back through the gap logic,
         // from Kafka or the store. Read the watermark again: the commit may have happened.
         ready.clear();
         offsets.clear();
         heal_to = 0;
         watermark = -1;
-        pause(std::chrono::milliseconds(500));
+        handle_failure(error);
       }
     }
     update_status([](ProjectorStatus& s) { s.running = false; });

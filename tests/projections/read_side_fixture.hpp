@@ -176,6 +176,41 @@ inline std::string read_model_digest(const std::string& url) {
       .as<std::string>();
 }
 
+// Appends one event straight into the store as the schema owner, chained to the head and with
+// the stream's next version, bypassing the engine (which refuses to write an event it cannot
+// decode): what an older version's bug could have left in the log. Returns its position.
+inline std::int64_t append_raw_event(const std::string& admin_url, const std::string& stream_id,
+                                     const std::string& type, const std::string& payload) {
+  pqxx::connection connection(admin_url);
+  pqxx::work work(connection);
+  const auto head = work.exec1("SELECT position, hash FROM event_store_head FOR UPDATE");
+  engine::RecordedEvent event;
+  event.position = GlobalPosition(head[0].as<std::int64_t>() + 1);
+  event.stream_id = stream_id;
+  event.version = StreamVersion(
+      work.exec_params1("SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream_id = $1", stream_id)[0]
+          .as<std::int64_t>());
+  event.event_id = work.exec1("SELECT gen_random_uuid()::text")[0].as<std::string>();
+  event.type = type;
+  event.payload = payload;
+  event.metadata.actor = "test-owner";
+  event.recorded_at_us =
+      work.exec1("SELECT (extract(epoch FROM date_trunc('milliseconds', now())) * 1000000)::bigint")[0]
+          .as<std::int64_t>();
+  event.hash = engine::chain_hash(pqxx::binarystring(head[1]).str(), event);
+  work.exec_params(
+      "INSERT INTO events (position, stream_id, version, event_id, type, schema_version, payload, metadata, "
+      "recorded_at, hash) VALUES ($1, $2, $3, $4::uuid, $5, $6, $7, $8::jsonb, "
+      "'epoch'::timestamptz + $9 * interval '1 microsecond', $10)",
+      event.position.value(), event.stream_id, event.version.value(), event.event_id, event.type,
+      static_cast<int>(event.schema_version), pqxx::binarystring(event.payload),
+      engine::metadata_to_json(event.metadata), event.recorded_at_us, pqxx::binarystring(event.hash));
+  work.exec_params("UPDATE event_store_head SET position = $1, hash = $2", event.position.value(),
+                   pqxx::binarystring(event.hash));
+  work.commit();
+  return event.position.value();
+}
+
 // Folds the whole event store and checks every row of every read model against it.
 inline void check_read_models_equal_fold(const std::string& url) {
   auto pool = make_pool(url, 2);

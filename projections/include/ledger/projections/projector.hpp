@@ -55,6 +55,11 @@ struct ProjectorStatus {
   std::int64_t duplicates_skipped = 0; // redelivered events at or below the watermark
   std::int64_t batches = 0;
   std::string last_error;
+  // A position this projector cannot apply (0: none): it retries with backoff and reports the
+  // projection as stalled, in read.projections, until it moves past it.
+  GlobalPosition stalled_position{0};
+  std::string stalled_reason;
+  std::int64_t stalled_retries = 0;  // failed attempts since it stalled
 };
 
 // Consumes the events topic on its own thread from start() to stop(). Survives database and
