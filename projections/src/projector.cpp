@@ -91,6 +91,10 @@ struct Projector::Impl {
   std::unique_ptr<Projection> projection;
   rd_kafka_t* consumer = nullptr;
 
+  // The hash of the event at `chain_position` (the watermark this projector last committed):
+  // the next event must chain from it.
+  std::int64_t chain_position = -1;
+  std::string chain_hash_at;
   // The positions the last apply() tried, when it failed.
   struct Attempt {
     std::int64_t from = 0;
@@ -275,9 +279,14 @@ struct Projector::Impl {
           "SELECT watermark FROM read.projections WHERE name = $1 FOR UPDATE", name)[0].as<std::int64_t>();
       const std::int64_t start = watermark;
       failed_attempt = Attempt{start + 1, start + 1};
+      std::string previous = hash_at(work, watermark);
+      // The relay publishes committed events only: a message beyond the head is not one of them.
+      const std::int64_t store_head =
+          events.empty() ? 0 : work.exec("SELECT position FROM event_store_head")[0][0].as<std::int64_t>();
       std::vector<RecordedEvent> to_apply;
       std::int64_t duplicates = 0;
       std::int64_t from_store = 0;
+      std::int64_t rejected = 0;
       auto fill_to = [&](std::int64_t last) {
         while (watermark < last) {
           failed_attempt->through = watermark + 1;
@@ -289,6 +298,16 @@ struct Projector::Impl {
           }
           for (auto& event : missing) {
             if (event.position.value() != watermark + 1 || watermark >= last) break;
+            // The store is the truth, but the hash held for the watermark may come from a
+            // Kafka message: one forged with a hash recomputed to chain passes its own check
+            // and is caught here, by the next position, which no longer chains.
+            if (engine::chain_hash(previous, event) != event.hash) {
+              throw ProjectionError("position " + std::to_string(event.position.value()) +
+                                    " of the event store does not chain from the hash the projection holds for "
+                                    "the position before it (a forged event applied, or an altered store: run "
+                                    "ledger replay verify, then rebuild the projection)");
+            }
+            previous = event.hash;
             ++watermark;
             ++from_store;
             to_apply.push_back(std::move(event));
@@ -301,7 +320,24 @@ struct Projector::Impl {
           ++duplicates;  // another instance, or a retry after a commit whose answer was lost
           continue;
         }
+        if (position > store_head) {
+          spdlog::warn("projector {}: a message names position {}, beyond the event store's head {}; ignored",
+                       name, position, store_head);
+          ++rejected;
+          continue;
+        }
         fill_to(position - 1);
+        // Only an event that chains from the one before is the stored one: anything else on the
+        // topic (forged, corrupted, from another log) is logged and replaced by the store's.
+        if (engine::chain_hash(previous, event) != event.hash) {
+          spdlog::warn("projector {}: the message for position {} (stream {}) does not match the hash chain; "
+                       "reading that position from the event store",
+                       name, position, event.stream_id);
+          ++rejected;
+          fill_to(position);
+          continue;
+        }
+        previous = event.hash;
         to_apply.push_back(std::move(event));
         watermark = position;
       }
@@ -327,11 +363,14 @@ struct Projector::Impl {
       }
       work.commit();
       failed_attempt.reset();
+      chain_position = watermark;
+      chain_hash_at = previous;
       update_status([&](ProjectorStatus& s) {
         s.watermark = GlobalPosition(watermark);
         s.events_applied += static_cast<std::int64_t>(to_apply.size());
         s.events_from_store += from_store;
         s.duplicates_skipped += duplicates;
+        s.messages_rejected += rejected;
         ++s.batches;
       });
       if (stall && watermark >= stall->position) {
@@ -349,6 +388,19 @@ struct Projector::Impl {
       lease.discard();
       throw;
     }
+  }
+
+  // The hash the event after `watermark` must chain from: kept from the last commit, else
+  // read from the store (at start, or when another instance or a rebuild moved the watermark).
+  std::string hash_at(pqxx::transaction_base& work, std::int64_t watermark) {
+    if (watermark == chain_position) return chain_hash_at;
+    if (watermark == 0) return engine::genesis_hash();
+    const auto rows = work.exec_params("SELECT hash FROM events WHERE position = $1", watermark);
+    if (rows.empty()) {
+      throw ProjectionError("position " + std::to_string(watermark) +
+                            ", the projection's watermark, is missing from the event store");
+    }
+    return pqxx::binarystring(rows[0][0]).str();
   }
 
   // The watermark, and a stall recorded earlier (by this process or one before it), so moving
@@ -503,12 +555,25 @@ struct Projector::Impl {
             gap_since = now;
           } else if (now - gap_since >= settings.reorder_wait || ahead.size() > settings.reorder_events_max) {
             // The gap stays: apply what is held within one batch's span, reading the gaps
-            // between from the store.
+            // between from the store. What lies beyond the store's head was never published
+            // by the relay (forged or from another log): it would hold a gap open forever.
+            head = store.head().position.value();
+            head_read = now;
+            std::int64_t beyond_head = 0;
+            while (!ahead.empty() && ahead.rbegin()->first > head) {
+              ahead.erase(std::prev(ahead.end()));
+              ++beyond_head;
+            }
+            if (beyond_head > 0) {
+              spdlog::warn("projector {}: {} message(s) name positions beyond the event store's head {}; ignored",
+                           name, beyond_head, head);
+              update_status([&](ProjectorStatus& s) { s.messages_rejected += beyond_head; });
+            }
             while (!ahead.empty() && ahead.begin()->first <= watermark + span_max) {
               ready.push_back(std::move(ahead.begin()->second));
               ahead.erase(ahead.begin());
             }
-            if (ready.empty()) heal_to = watermark + span_max;
+            if (ready.empty()) heal_to = std::min(head, watermark + span_max);
             gap_since = {};
           }
           if (ready.empty() && heal_to == 0 && ahead.empty() && now - last_progress >= settings.gap_wait) {

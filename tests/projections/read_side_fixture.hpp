@@ -81,6 +81,29 @@ class MockKafka {
   rd_kafka_mock_cluster_t* cluster_ = nullptr;
 };
 
+// Publishes one envelope as the relay would (key = stream id, the `position` header), from a
+// producer of the test's own: what a forger with access to the topic can do.
+inline void produce_envelope(const MockKafka& kafka, const engine::RecordedEvent& event,
+                             const std::string& envelope) {
+  char error[256];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", kafka.bootstrap().c_str(), error, sizeof error);
+  rd_kafka_conf_set(conf, "log_level", "2", error, sizeof error);
+  std::unique_ptr<rd_kafka_t, void (*)(rd_kafka_t*)> producer(
+      rd_kafka_new(RD_KAFKA_PRODUCER, conf, error, sizeof error), &rd_kafka_destroy);
+  REQUIRE(producer);
+  const std::string position = std::to_string(event.position.value());
+  rd_kafka_headers_t* headers = rd_kafka_headers_new(2);
+  rd_kafka_header_add(headers, "event-type", -1, event.type.data(), static_cast<ssize_t>(event.type.size()));
+  rd_kafka_header_add(headers, "position", -1, position.data(), static_cast<ssize_t>(position.size()));
+  REQUIRE(rd_kafka_producev(producer.get(), RD_KAFKA_V_TOPIC(events_topic),
+                            RD_KAFKA_V_KEY(event.stream_id.data(), event.stream_id.size()),
+                            RD_KAFKA_V_VALUE(const_cast<char*>(envelope.data()), envelope.size()),
+                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers),
+                            RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR_NO_ERROR);
+  REQUIRE(rd_kafka_flush(producer.get(), 10'000) == RD_KAFKA_RESP_ERR_NO_ERROR);
+}
+
 // Every message on the events topic, decoded, per partition in offset order (read from the
 // start of each partition to its end, as a new consumer would).
 inline std::map<std::int32_t, std::vector<engine::RecordedEvent>> read_topic(const MockKafka& kafka) {

@@ -236,3 +236,49 @@ TEST_CASE("a relay whose producer hit a fatal error recreates it and publishes o
   CHECK(static_cast<std::int64_t>(positions.size()) == head);
   CHECK(*positions.rbegin() == head);
 }
+
+TEST_CASE("forged messages with the right key and position are not applied: the projectors read the store") {
+  test::TestDatabase database;
+  test::MockKafka kafka;
+  auto pool = test::make_pool(database.app_url());
+  Engine engine(test::engine_settings(database));
+  open_accounts(engine);  // no relay yet: the forgeries reach the topic first
+
+  // Two account entries of the store, forged with a larger amount: one keeps the genuine hash,
+  // the other carries a made-up one.
+  EventStore store(pool);
+  std::vector<RecordedEvent> entries;
+  for (auto& event : store.read_all(GlobalPosition(1), 10'000)) {
+    if (event.stream_id.starts_with("account-acct-") && event.type == "account_entry") entries.push_back(event);
+  }
+  REQUIRE(entries.size() >= 2);
+  auto forge = [](RecordedEvent event) {
+    auto decoded = decode_event(event.type, event.payload);
+    REQUIRE(decoded);
+    std::get<events::AccountEntry>(*decoded).amount += 1'000'000;
+    event.payload = encode_event(*decoded);
+    return event;
+  };
+  RecordedEvent same_hash = forge(entries[entries.size() / 2]);
+  RecordedEvent other_hash = forge(entries.back());
+  other_hash.hash = std::string(event_hash_size, '\x5a');
+  for (const auto* forged : {&same_hash, &other_hash}) {
+    test::produce_envelope(kafka, *forged, encode_envelope(*forged));
+  }
+
+  auto settings = test::projector_settings(kafka);
+  settings.gap_wait = std::chrono::hours(1);  // only the forgeries' arrival makes them move
+  Projectors projectors(pool, settings);
+  REQUIRE(test::eventually([&] {
+    return test::watermark(database.app_url(), "balance") >= other_hash.position.value() &&
+           test::watermark(database.app_url(), "audit") >= other_hash.position.value();
+  }, 60s));
+  for (const auto& projector : projectors.running) CHECK(projector->status().messages_rejected == 2);
+
+  // The genuine messages follow (and are skipped as repeats); the read models equal the store.
+  Relay relay(test::relay_settings(kafka), pool);
+  relay.start();
+  random_workload(engine, 300);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+  test::check_read_models_equal_fold(database.app_url());
+}
