@@ -282,3 +282,41 @@ TEST_CASE("forged messages with the right key and position are not applied: the 
   REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
   test::check_read_models_equal_fold(database.app_url());
 }
+
+TEST_CASE("a forged message whose hash was recomputed to chain is caught at the next position, which stalls") {
+  test::TestDatabase database;
+  test::MockKafka kafka;
+  auto pool = test::make_pool(database.app_url());
+  Engine engine(test::engine_settings(database));
+  open_accounts(engine);
+
+  // The chain is a checksum, not a signature: a forger who knows the previous hash can make a
+  // forged event chain. It is applied, but the next position no longer chains from it.
+  EventStore store(pool);
+  const auto stored = store.read_all(GlobalPosition(1), 10'000);
+  std::size_t index = stored.size() / 2;
+  while (stored[index].type != "account_entry") ++index;
+  RecordedEvent forged = stored[index];
+  auto decoded = decode_event(forged.type, forged.payload);
+  REQUIRE(decoded);
+  std::get<events::AccountEntry>(*decoded).amount += 1'000'000;
+  forged.payload = encode_event(*decoded);
+  forged.hash = chain_hash(stored[index - 1].hash, forged);
+  test::produce_envelope(kafka, forged, encode_envelope(forged));
+
+  auto settings = test::projector_settings(kafka);
+  settings.gap_wait = std::chrono::hours(1);
+  Projectors projectors(pool, settings);
+  const std::int64_t next = forged.position.value() + 1;
+  REQUIRE(test::eventually([&] { return test::watermark(database.app_url(), "audit") == forged.position.value(); }, 60s));
+  Relay relay(test::relay_settings(kafka), pool);
+  relay.start();
+  for (const auto& projector : projectors.running) {
+    REQUIRE(test::eventually([&] { return projector->status().stalled_position.value() == next; }, 60s));
+    CHECK(projector->status().stalled_reason.find("does not chain") != std::string::npos);
+  }
+  CHECK(test::watermark(database.app_url(), "balance") == forged.position.value());
+  CHECK(test::scalar(database.app_url(),
+                     "SELECT count(*) FROM read.projections WHERE stalled_position = " + std::to_string(next)) ==
+        projection_count);
+}
