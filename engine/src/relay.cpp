@@ -320,10 +320,11 @@ struct Relay::Impl {
       work.commit();
     }
     if (producer == nullptr) create_producer();
-    if (producer_failed()) recreate_producer();
     window.clear();
     next = acknowledged + 1;
     delivery_failed = false;
+    // Failed while this instance last led (after the window was reset: nothing in flight counts).
+    if (producer_failed()) recreate_producer();
     republish_if_broker_lost_data(*connection);
     spdlog::info("relay: leading; publishing to {} from position {}", settings.topic, next);
     update_status([&](RelayStatus& s) {
