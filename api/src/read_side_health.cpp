@@ -34,7 +34,7 @@ ReadSideHealth check_read_side(const Services& services) {
 bool read_side_degraded(const ReadSideHealth& health) {
   if (kafka_down(health.relay)) return true;
   for (const auto& projection : health.projections) {
-    if (projection.lag_seconds > projection_behind_seconds) return true;
+    if (projection.stalled_position > 0 || projection.lag_seconds > projection_behind_seconds) return true;
   }
   return false;
 }
@@ -68,8 +68,12 @@ void write_read_side_health(JsonWriter& w, const ReadSideHealth& health) {
   w.StartObject();
   w.Key("status");
   bool behind = false;
-  for (const auto& projection : health.projections) behind |= projection.lag_seconds > projection_behind_seconds;
-  write_string(w, !health.projections_known ? "unknown" : behind ? "behind" : "up");
+  bool stalled = false;
+  for (const auto& projection : health.projections) {
+    behind |= projection.lag_seconds > projection_behind_seconds;
+    stalled |= projection.stalled_position > 0;
+  }
+  write_string(w, !health.projections_known ? "unknown" : stalled ? "stalled" : behind ? "behind" : "up");
   if (!health.projections_error.empty()) {
     w.Key("error");
     write_string(w, "the watermarks cannot be read now");  // the cause may name the database
@@ -77,6 +81,19 @@ void write_read_side_health(JsonWriter& w, const ReadSideHealth& health) {
   for (const auto& projection : health.projections) {
     w.Key(projection.name.c_str());
     w.StartObject();
+    w.Key("status");
+    write_string(w, projection.stalled_position > 0                        ? "stalled"
+                    : projection.lag_seconds > projection_behind_seconds ? "behind"
+                                                                         : "up");
+    if (projection.stalled_position > 0) {
+      // The projector cannot apply this position and retries it with backoff (projections/README.md).
+      w.Key("stalled_position");
+      w.Int64(projection.stalled_position);
+      w.Key("stalled_reason");
+      write_string(w, projection.stalled_reason);
+      w.Key("stalled_seconds");
+      w.Double(projection.stalled_seconds);
+    }
     w.Key("watermark");
     w.Int64(projection.watermark);
     w.Key("lag_events");
@@ -114,6 +131,14 @@ std::string read_side_metrics(const ReadSideHealth& health) {
     for (const auto& p : health.projections) {
       out += fmt::format("ledger_projection_events_applied_total{{projection=\"{}\"}} {}\n", p.name,
                          p.events_applied);
+    }
+    out += "# TYPE ledger_projection_stalled gauge\n";
+    for (const auto& p : health.projections) {
+      out += fmt::format("ledger_projection_stalled{{projection=\"{}\"}} {}\n", p.name, p.stalled_position > 0 ? 1 : 0);
+    }
+    out += "# TYPE ledger_projection_stalled_position gauge\n";
+    for (const auto& p : health.projections) {
+      out += fmt::format("ledger_projection_stalled_position{{projection=\"{}\"}} {}\n", p.name, p.stalled_position);
     }
     out += "# TYPE ledger_projection_lag_seconds gauge\n";
     for (const auto& p : health.projections) {

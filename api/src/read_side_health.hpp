@@ -19,7 +19,7 @@ struct ReadSideHealth {
 
 // Blocking: asks the relay and reads the projections' watermarks.
 [[nodiscard]] ReadSideHealth check_read_side(const Services& services);
-// Kafka unreachable, the relay stuck or a projection far behind: the read side is delayed.
+// Kafka unreachable, the relay stuck, a projection far behind or stalled: the read side is delayed.
 [[nodiscard]] bool read_side_degraded(const ReadSideHealth& health);
 // Writes the "kafka", "relay" and "projections" members of /health's components.
 void write_read_side_health(JsonWriter& w, const ReadSideHealth& health);

@@ -22,6 +22,13 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* append_channel = "ledger_events_appended";
 constexpr const char* content_type = "application/x-flatbuffers; schema=ledger.schema.Envelope";
 
+// A producer that failed fatally (an idempotent producer that lost track of its sequence
+// numbers refuses every later message) is replaced by a new one after this pause, doubled on
+// each failure in a row up to the maximum: a broker that keeps failing producers is not
+// hammered, and one transient fault costs a fraction of a second.
+constexpr auto producer_recreate_backoff_initial = std::chrono::milliseconds(100);
+constexpr auto producer_recreate_backoff_max = std::chrono::milliseconds(30'000);
+
 // Wakes the relay when an append commits (the trigger of migration 0004).
 class AppendListener final : public pqxx::notification_receiver {
  public:
@@ -104,6 +111,10 @@ struct Relay::Impl {
   // Highest acknowledged offset per partition, and the partitions changed since last saved.
   std::map<std::int32_t, std::int64_t> partition_offsets;
   std::set<std::int32_t> partitions_changed;
+  // The pause before the next producer is created, and the acknowledged position when the
+  // current one was: once it acknowledges something, the pause starts over.
+  std::chrono::milliseconds recreate_backoff = producer_recreate_backoff_initial;
+  std::int64_t acknowledged_at_recreation = -1;
 
   StoppableThread worker;  // last: it stops before the members it uses go
 
@@ -118,8 +129,11 @@ struct Relay::Impl {
 
   void pause(std::chrono::milliseconds duration) { worker.pause(duration); }
 
-  static void on_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void* opaque) {
+  static void on_delivery(rd_kafka_t* handle, const rd_kafka_message_t* message, void* opaque) {
     auto* self = static_cast<Impl*>(opaque);
+    // A failed producer being torn down reports its messages as failed: they are published
+    // again by its successor from the acknowledged position, whatever it says.
+    if (handle != self->producer) return;
     const auto position = static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(message->_private));
     if (message->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
       self->delivery_failed = true;
@@ -164,6 +178,40 @@ struct Relay::Impl {
       rd_kafka_conf_destroy(conf);  // rd_kafka_new takes it only on success
       throw std::runtime_error(std::string("Kafka producer: ") + error);
     }
+  }
+
+  [[nodiscard]] bool producer_failed() const {
+    return producer != nullptr && rd_kafka_fatal_error(producer, nullptr, 0) != RD_KAFKA_RESP_ERR_NO_ERROR;
+  }
+
+  // librdkafka never recovers a producer from a fatal error: every later produce fails. Keep
+  // what it acknowledged, drop it, and publish again from the first position not acknowledged
+  // with a new one (consumers skip the repeats), after a bounded, growing pause.
+  void recreate_producer() {
+    char reason[512] = "";
+    rd_kafka_fatal_error(producer, reason, sizeof reason);
+    rd_kafka_poll(producer, 0);  // the acknowledgements it received before failing still count
+    advance();
+    rd_kafka_t* failed = producer;
+    producer = nullptr;  // its last delivery reports are ignored (on_delivery)
+    rd_kafka_purge(failed, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rd_kafka_destroy(failed);
+    window.clear();
+    next = acknowledged + 1;
+    delivery_failed = false;
+    if (acknowledged != acknowledged_at_recreation) recreate_backoff = producer_recreate_backoff_initial;
+    spdlog::warn("relay: the Kafka producer failed fatally ({}); a new one publishes again from position {} "
+                 "in {} ms",
+                 reason, next, recreate_backoff.count());
+    update_status([&](RelayStatus& s) {
+      ++s.producer_recreations;
+      ++s.republishes;
+      s.kafka_error = reason;
+    });
+    pause(recreate_backoff);
+    recreate_backoff = std::min(recreate_backoff * 2, producer_recreate_backoff_max);
+    acknowledged_at_recreation = acknowledged;
+    create_producer();
   }
 
   void produce(const RecordedEvent& event) {
@@ -275,6 +323,8 @@ struct Relay::Impl {
     window.clear();
     next = acknowledged + 1;
     delivery_failed = false;
+    // Failed while this instance last led (after the window was reset: nothing in flight counts).
+    if (producer_failed()) recreate_producer();
     republish_if_broker_lost_data(*connection);
     spdlog::info("relay: leading; publishing to {} from position {}", settings.topic, next);
     update_status([&](RelayStatus& s) {
@@ -290,6 +340,11 @@ struct Relay::Impl {
     while (!worker.stopping()) {
       rd_kafka_poll(producer, 0);
       advance();
+      if (producer_failed()) {
+        recreate_producer();
+        maybe_more = true;
+        continue;
+      }
       if (delivery_failed) {
         republish_unacknowledged();
         maybe_more = true;
@@ -311,7 +366,14 @@ struct Relay::Impl {
       if (now - last_read >= settings.poll_interval) maybe_more = true;
       if (maybe_more && window.size() < settings.in_flight_events_max) {
         const auto events = store.read_all(GlobalPosition(next), settings.read_batch_events);
-        for (const auto& event : events) produce(event);
+        for (const auto& event : events) {
+          try {
+            produce(event);
+          } catch (const std::exception&) {
+            if (!producer_failed()) throw;
+            break;  // replaced at the top of the loop
+          }
+        }
         last_read = now;
         maybe_more = events.size() == settings.read_batch_events;
         if (maybe_more) continue;

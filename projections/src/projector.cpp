@@ -11,6 +11,7 @@
 
 #include "ledger/core/worker.hpp"
 #include "ledger/db/pool.hpp"
+#include "ledger/db/retry.hpp"
 #include "ledger/engine/envelope.hpp"
 #include "ledger/engine/event_store.hpp"
 #include "ledger/projections/projection.hpp"
@@ -24,6 +25,34 @@ using engine::RecordedEvent;
 
 // Where the batch's messages came from: the next offset to consume, per partition.
 using PartitionOffsets = std::map<std::int32_t, std::int64_t>;
+
+// A position the projector cannot apply is retried after this pause, doubled on each failure
+// up to the maximum: a fixed version deployed later applies it, and a stall costs little.
+constexpr auto stalled_retry_backoff_initial = std::chrono::milliseconds(500);
+constexpr auto stalled_retry_backoff_max = std::chrono::milliseconds(30'000);
+// The pause after a failure the database or Kafka caused (the next attempt may succeed).
+constexpr auto transient_retry_pause = std::chrono::milliseconds(500);
+// A stall's reason as shown by /health (unauthenticated): the first line of the error, cut.
+constexpr std::size_t stalled_reason_bytes_max = 300;
+
+// Errors after which the same batch may succeed as it is: the database went away, a conflict,
+// or a commit whose outcome is unknown (the watermark is read again). Anything else, retried
+// as it is, fails again: the projector looks for the position that causes it.
+bool transient(const std::exception& error) {
+  return db::is_transient(error) || dynamic_cast<const pqxx::in_doubt_error*>(&error) != nullptr ||
+         dynamic_cast<const db::DatabaseUnavailable*>(&error) != nullptr;
+}
+
+std::string stalled_reason(const std::exception& error) {
+  std::string reason = error.what();
+  if (const auto line_end = reason.find('\n'); line_end != std::string::npos) reason.resize(line_end);
+  if (reason.size() > stalled_reason_bytes_max) {
+    std::size_t cut = stalled_reason_bytes_max;
+    while (cut > 0 && (static_cast<unsigned char>(reason[cut]) & 0xC0) == 0x80) --cut;  // UTF-8 boundary
+    reason.resize(cut);
+  }
+  return reason;
+}
 
 }  // namespace
 
@@ -61,6 +90,27 @@ struct Projector::Impl {
   engine::EventStore store;
   std::unique_ptr<Projection> projection;
   rd_kafka_t* consumer = nullptr;
+
+  // The hash of the event at `chain_position` (the watermark this projector last committed):
+  // the next event must chain from it.
+  std::int64_t chain_position = -1;
+  std::string chain_hash_at;
+  // The positions the last apply() tried, when it failed.
+  struct Attempt {
+    std::int64_t from = 0;
+    std::int64_t through = 0;
+  };
+  std::optional<Attempt> failed_attempt;
+  // After a batch of several positions failed (not transiently), apply one position at a time
+  // up to here, to find the position that fails.
+  std::int64_t single_step_through = 0;
+  struct Stall {
+    std::int64_t position = 0;
+    std::string reason;
+    bool recorded = false;  // written to read.projections
+  };
+  std::optional<Stall> stall;
+  std::chrono::milliseconds stall_backoff = stalled_retry_backoff_initial;
 
   SharedStatus<ProjectorStatus> state;
   StoppableThread worker;  // last: it stops before the members it uses go
@@ -228,11 +278,18 @@ struct Projector::Impl {
       std::int64_t watermark = work.exec_params1(
           "SELECT watermark FROM read.projections WHERE name = $1 FOR UPDATE", name)[0].as<std::int64_t>();
       const std::int64_t start = watermark;
+      failed_attempt = Attempt{start + 1, start + 1};
+      std::string previous = hash_at(work, watermark);
+      // The relay publishes committed events only: a message beyond the head is not one of them.
+      const std::int64_t store_head =
+          events.empty() ? 0 : work.exec("SELECT position FROM event_store_head")[0][0].as<std::int64_t>();
       std::vector<RecordedEvent> to_apply;
       std::int64_t duplicates = 0;
       std::int64_t from_store = 0;
+      std::int64_t rejected = 0;
       auto fill_to = [&](std::int64_t last) {
         while (watermark < last) {
+          failed_attempt->through = watermark + 1;
           auto missing = store.read_all(GlobalPosition(watermark + 1),
                                         static_cast<std::size_t>(std::min<std::int64_t>(last - watermark, 10'000)));
           if (missing.empty() || missing.front().position.value() != watermark + 1) {
@@ -241,6 +298,16 @@ struct Projector::Impl {
           }
           for (auto& event : missing) {
             if (event.position.value() != watermark + 1 || watermark >= last) break;
+            // The store is the truth, but the hash held for the watermark may come from a
+            // Kafka message: one forged with a hash recomputed to chain passes its own check
+            // and is caught here, by the next position, which no longer chains.
+            if (engine::chain_hash(previous, event) != event.hash) {
+              throw ProjectionError("position " + std::to_string(event.position.value()) +
+                                    " of the event store does not chain from the hash the projection holds for "
+                                    "the position before it (a forged event applied, or an altered store: run "
+                                    "ledger replay verify, then rebuild the projection)");
+            }
+            previous = event.hash;
             ++watermark;
             ++from_store;
             to_apply.push_back(std::move(event));
@@ -253,11 +320,29 @@ struct Projector::Impl {
           ++duplicates;  // another instance, or a retry after a commit whose answer was lost
           continue;
         }
+        if (position > store_head) {
+          spdlog::warn("projector {}: a message names position {}, beyond the event store's head {}; ignored",
+                       name, position, store_head);
+          ++rejected;
+          continue;
+        }
         fill_to(position - 1);
+        // Only an event that chains from the one before is the stored one: anything else on the
+        // topic (forged, corrupted, from another log) is logged and replaced by the store's.
+        if (engine::chain_hash(previous, event) != event.hash) {
+          spdlog::warn("projector {}: the message for position {} (stream {}) does not match the hash chain; "
+                       "reading that position from the event store",
+                       name, position, event.stream_id);
+          ++rejected;
+          fill_to(position);
+          continue;
+        }
+        previous = event.hash;
         to_apply.push_back(std::move(event));
         watermark = position;
       }
       if (up_to > watermark) fill_to(up_to);
+      failed_attempt->through = std::max(watermark, start + 1);
       projection->apply(work, to_apply);
       for (const auto& [partition, next_offset] : offsets) {
         work.exec_params(
@@ -267,19 +352,37 @@ struct Projector::Impl {
             name, settings.topic, partition, next_offset);
       }
       if (watermark != start) {
+        // A stall (of this instance or another) ends when the watermark passes it.
         work.exec_params(
-            "UPDATE read.projections SET watermark = $2, applied = applied + $3, updated_at = now() "
+            "UPDATE read.projections SET watermark = $2, applied = applied + $3, updated_at = now(), "
+            "stalled_reason = CASE WHEN stalled_position <= $2 THEN NULL ELSE stalled_reason END, "
+            "stalled_since = CASE WHEN stalled_position <= $2 THEN NULL ELSE stalled_since END, "
+            "stalled_position = CASE WHEN stalled_position <= $2 THEN NULL ELSE stalled_position END "
             "WHERE name = $1",
             name, watermark, static_cast<std::int64_t>(to_apply.size()));
       }
       work.commit();
+      failed_attempt.reset();
+      chain_position = watermark;
+      chain_hash_at = previous;
       update_status([&](ProjectorStatus& s) {
         s.watermark = GlobalPosition(watermark);
         s.events_applied += static_cast<std::int64_t>(to_apply.size());
         s.events_from_store += from_store;
         s.duplicates_skipped += duplicates;
+        s.messages_rejected += rejected;
         ++s.batches;
       });
+      if (stall && watermark >= stall->position) {
+        spdlog::info("projector {}: moved past position {}; no longer stalled", name, stall->position);
+        stall.reset();
+        stall_backoff = stalled_retry_backoff_initial;
+        update_status([](ProjectorStatus& s) {
+          s.stalled_position = GlobalPosition(0);
+          s.stalled_reason.clear();
+          s.stalled_retries = 0;
+        });
+      }
       return watermark;
     } catch (...) {
       lease.discard();
@@ -287,10 +390,95 @@ struct Projector::Impl {
     }
   }
 
+  // The hash the event after `watermark` must chain from: kept from the last commit, else
+  // read from the store (at start, or when another instance or a rebuild moved the watermark).
+  std::string hash_at(pqxx::transaction_base& work, std::int64_t watermark) {
+    if (watermark == chain_position) return chain_hash_at;
+    if (watermark == 0) return engine::genesis_hash();
+    const auto rows = work.exec_params("SELECT hash FROM events WHERE position = $1", watermark);
+    if (rows.empty()) {
+      throw ProjectionError("position " + std::to_string(watermark) +
+                            ", the projection's watermark, is missing from the event store");
+    }
+    return pqxx::binarystring(rows[0][0]).str();
+  }
+
+  // The watermark, and a stall recorded earlier (by this process or one before it), so moving
+  // past it is logged.
   std::int64_t stored_watermark() {
     auto lease = pool.acquire();
     pqxx::read_transaction work(*lease);
-    return work.exec_params1("SELECT watermark FROM read.projections WHERE name = $1", name)[0].as<std::int64_t>();
+    const auto row = work.exec_params1(
+        "SELECT watermark, stalled_position, coalesce(stalled_reason, '') FROM read.projections WHERE name = $1",
+        name);
+    const auto watermark = row[0].as<std::int64_t>();
+    if (!stall && !row[1].is_null() && row[1].as<std::int64_t>() > watermark) {
+      stall = Stall{row[1].as<std::int64_t>(), row[2].as<std::string>(), true};
+      update_status([&](ProjectorStatus& s) {
+        s.stalled_position = GlobalPosition(stall->position);
+        s.stalled_reason = stall->reason;
+      });
+    }
+    return watermark;
+  }
+
+  // Reports that `position` cannot be applied: one log line when the stall starts or moves,
+  // the state in read.projections for /health of every process (written until it succeeds).
+  void stalled_at(std::int64_t position, const std::string& reason) {
+    if (!stall || stall->position != position) {
+      spdlog::error("projector {}: stalled at position {}: {}; retrying with backoff (up to {} s) until it applies",
+                    name, position, reason,
+                    std::chrono::duration_cast<std::chrono::seconds>(stalled_retry_backoff_max).count());
+      stall = Stall{position, reason, false};
+      stall_backoff = stalled_retry_backoff_initial;
+      update_status([&](ProjectorStatus& s) {
+        s.stalled_position = GlobalPosition(position);
+        s.stalled_retries = 0;
+      });
+    } else {
+      if (stall->reason != reason) stall->recorded = false;
+      stall->reason = reason;
+      spdlog::debug("projector {}: still stalled at position {}: {}", name, position, reason);
+      update_status([](ProjectorStatus& s) { ++s.stalled_retries; });
+    }
+    update_status([&](ProjectorStatus& s) { s.stalled_reason = reason; });
+    if (stall->recorded) return;
+    try {
+      auto lease = pool.acquire();
+      pqxx::work work(*lease);
+      work.exec_params(
+          "UPDATE read.projections SET stalled_since = CASE WHEN stalled_position IS DISTINCT FROM $2 "
+          "THEN now() ELSE stalled_since END, stalled_position = $2, stalled_reason = $3 "
+          "WHERE name = $1 AND watermark < $2",
+          name, position, reason);
+      work.commit();
+      stall->recorded = true;
+    } catch (const std::exception& failure) {
+      spdlog::debug("projector {}: recording the stall failed: {}", name, failure.what());
+    }
+  }
+
+  // After apply() failed: a failure the database or Kafka caused is retried as it is; any
+  // other failure of several positions is narrowed down by applying them one at a time, and
+  // the one position that fails alone stalls the projection.
+  void handle_failure(const std::exception& error) {
+    const auto attempt = failed_attempt;
+    failed_attempt.reset();
+    update_status([&](ProjectorStatus& s) { s.last_error = error.what(); });
+    if (!attempt || transient(error)) {
+      spdlog::warn("projector {}: {}; retrying", name, error.what());
+      pause(transient_retry_pause);
+      return;
+    }
+    if (attempt->through > attempt->from) {
+      spdlog::info("projector {}: applying positions {} to {} failed ({}); applying them one at a time",
+                   name, attempt->from, attempt->through, stalled_reason(error));
+      single_step_through = std::max(single_step_through, attempt->through);
+      return;
+    }
+    stalled_at(attempt->from, stalled_reason(error));
+    pause(stall_backoff);
+    stall_backoff = std::min(stall_backoff * 2, stalled_retry_backoff_max);
   }
 
   // Two ways in. Far behind the store's head (a backlog, a new or rebuilt projection, a
@@ -320,7 +508,9 @@ struct Projector::Impl {
           head = store.head().position.value();
           head_read = now;
         }
-        const bool far_behind = head - watermark > settings.catch_up_events_min;
+        // Looking for (or stuck at) a position that fails: one position at a time, from the store.
+        const bool single_step = stall.has_value() || watermark < single_step_through;
+        const bool far_behind = single_step || head - watermark > settings.catch_up_events_min;
         const bool ahead_ready = !ahead.empty() && ahead.begin()->first == watermark + 1;
         const auto collected =
             collect(incoming, offsets, far_behind || ahead_ready ? 0 : 100,
@@ -342,7 +532,10 @@ struct Projector::Impl {
         if (duplicates > 0) update_status([&](ProjectorStatus& s) { s.duplicates_skipped += duplicates; });
 
         now = Clock::now();
-        if (far_behind) {
+        if (single_step) {
+          ahead.clear();
+          heal_to = watermark + 1;
+        } else if (far_behind) {
           ahead.clear();  // all of it is in the store, read in order below
           heal_to = std::min(head, watermark + span_max);
         } else {
@@ -362,12 +555,25 @@ struct Projector::Impl {
             gap_since = now;
           } else if (now - gap_since >= settings.reorder_wait || ahead.size() > settings.reorder_events_max) {
             // The gap stays: apply what is held within one batch's span, reading the gaps
-            // between from the store.
+            // between from the store. What lies beyond the store's head was never published
+            // by the relay (forged or from another log): it would hold a gap open forever.
+            head = store.head().position.value();
+            head_read = now;
+            std::int64_t beyond_head = 0;
+            while (!ahead.empty() && ahead.rbegin()->first > head) {
+              ahead.erase(std::prev(ahead.end()));
+              ++beyond_head;
+            }
+            if (beyond_head > 0) {
+              spdlog::warn("projector {}: {} message(s) name positions beyond the event store's head {}; ignored",
+                           name, beyond_head, head);
+              update_status([&](ProjectorStatus& s) { s.messages_rejected += beyond_head; });
+            }
             while (!ahead.empty() && ahead.begin()->first <= watermark + span_max) {
               ready.push_back(std::move(ahead.begin()->second));
               ahead.erase(ahead.begin());
             }
-            if (ready.empty()) heal_to = watermark + span_max;
+            if (ready.empty()) heal_to = std::min(head, watermark + span_max);
             gap_since = {};
           }
           if (ready.empty() && heal_to == 0 && ahead.empty() && now - last_progress >= settings.gap_wait) {
@@ -387,15 +593,13 @@ struct Projector::Impl {
         offsets.clear();
         heal_to = 0;
       } catch (const std::exception& error) {
-        spdlog::warn("projector {}: {}; retrying", name, error.what());
-        update_status([&](ProjectorStatus& s) { s.last_error = error.what(); });
         // The failed batch was handed over: what it held comes back through the gap logic,
         // from Kafka or the store. Read the watermark again: the commit may have happened.
         ready.clear();
         offsets.clear();
         heal_to = 0;
         watermark = -1;
-        pause(std::chrono::milliseconds(500));
+        handle_failure(error);
       }
     }
     update_status([](ProjectorStatus& s) { s.running = false; });

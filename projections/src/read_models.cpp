@@ -282,7 +282,11 @@ std::vector<ProjectionProgress> ReadModels::progress() const {
     std::vector<ProjectionProgress> result;
     const auto rows = work.exec(
         "SELECT p.name, p.watermark, h.position, COALESCE(extract(epoch FROM clock_timestamp() - "
-        "(SELECT e.recorded_at FROM events e WHERE e.position = p.watermark + 1)), 0)::float8, p.applied "
+        "(SELECT e.recorded_at FROM events e WHERE e.position = p.watermark + 1)), 0)::float8, p.applied, "
+        // A stall the watermark has passed (a rebuild swapped in) is over.
+        "CASE WHEN p.stalled_position > p.watermark THEN p.stalled_position ELSE 0 END, "
+        "coalesce(p.stalled_reason, ''), "
+        "coalesce(extract(epoch FROM clock_timestamp() - p.stalled_since), 0)::float8 "
         "FROM read.projections p CROSS JOIN event_store_head h ORDER BY p.name");
     const auto now = Clock::now();
     std::lock_guard lock(impl_->mutex);
@@ -294,6 +298,11 @@ std::vector<ProjectionProgress> ReadModels::progress() const {
       progress.lag_events = progress.head - progress.watermark;
       progress.lag_seconds = row[3].as<double>();
       progress.events_applied = row[4].as<std::int64_t>();
+      progress.stalled_position = row[5].as<std::int64_t>();
+      if (progress.stalled_position > 0) {
+        progress.stalled_reason = row[6].as<std::string>();
+        progress.stalled_seconds = row[7].as<double>();
+      }
       auto& previous = impl_->applied_samples[progress.name];
       const double seconds = std::chrono::duration<double>(now - previous.first).count();
       if (previous.first != Clock::time_point{} && seconds > 0) {

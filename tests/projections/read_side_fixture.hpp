@@ -12,6 +12,7 @@
 #include <chrono>
 #include <future>
 #include <random>
+#include <set>
 #include <functional>
 #include <map>
 #include <memory>
@@ -22,6 +23,7 @@
 
 #include "ledger/db/pool.hpp"
 #include "ledger/engine/engine.hpp"
+#include "ledger/engine/envelope.hpp"
 #include "ledger/engine/event_store.hpp"
 #include "ledger/engine/events.hpp"
 #include "ledger/engine/relay.hpp"
@@ -37,7 +39,7 @@ constexpr const char* events_topic = "ledger.events";
 // A mock Kafka cluster with the events topic; brokers can be taken down and brought back.
 class MockKafka {
  public:
-  explicit MockKafka(int brokers = 1, int partitions = 4) : brokers_(brokers) {
+  explicit MockKafka(int brokers = 1, int partitions = 4) : brokers_(brokers), partitions_(partitions) {
     char error[256];
     rd_kafka_conf_t* conf = rd_kafka_conf_new();
     rd_kafka_conf_set(conf, "log_level", "2", error, sizeof error);
@@ -55,6 +57,13 @@ class MockKafka {
   MockKafka& operator=(const MockKafka&) = delete;
 
   [[nodiscard]] std::string bootstrap() const { return rd_kafka_mock_cluster_bootstraps(cluster_); }
+  [[nodiscard]] int partitions() const { return partitions_; }
+  // The next `count` Produce requests (Kafka API key 0) any client sends fail with `error`.
+  void fail_produce_requests(rd_kafka_resp_err_t error, std::size_t count) {
+    constexpr std::int16_t produce_api_key = 0;
+    const std::vector<rd_kafka_resp_err_t> errors(count, error);
+    rd_kafka_mock_push_request_errors_array(cluster_, produce_api_key, count, errors.data());
+  }
   void set_down(bool down) {
     for (int id = 1; id <= brokers_; ++id) {
       if (down) {
@@ -67,9 +76,70 @@ class MockKafka {
 
  private:
   int brokers_;
+  int partitions_;
   rd_kafka_t* handle_ = nullptr;
   rd_kafka_mock_cluster_t* cluster_ = nullptr;
 };
+
+// Publishes one envelope as the relay would (key = stream id, the `position` header), from a
+// producer of the test's own: what a forger with access to the topic can do.
+inline void produce_envelope(const MockKafka& kafka, const engine::RecordedEvent& event,
+                             const std::string& envelope) {
+  char error[256];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", kafka.bootstrap().c_str(), error, sizeof error);
+  rd_kafka_conf_set(conf, "log_level", "2", error, sizeof error);
+  std::unique_ptr<rd_kafka_t, void (*)(rd_kafka_t*)> producer(
+      rd_kafka_new(RD_KAFKA_PRODUCER, conf, error, sizeof error), &rd_kafka_destroy);
+  REQUIRE(producer);
+  const std::string position = std::to_string(event.position.value());
+  rd_kafka_headers_t* headers = rd_kafka_headers_new(2);
+  rd_kafka_header_add(headers, "event-type", -1, event.type.data(), static_cast<ssize_t>(event.type.size()));
+  rd_kafka_header_add(headers, "position", -1, position.data(), static_cast<ssize_t>(position.size()));
+  REQUIRE(rd_kafka_producev(producer.get(), RD_KAFKA_V_TOPIC(events_topic),
+                            RD_KAFKA_V_KEY(event.stream_id.data(), event.stream_id.size()),
+                            RD_KAFKA_V_VALUE(const_cast<char*>(envelope.data()), envelope.size()),
+                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers),
+                            RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR_NO_ERROR);
+  REQUIRE(rd_kafka_flush(producer.get(), 10'000) == RD_KAFKA_RESP_ERR_NO_ERROR);
+}
+
+// Every message on the events topic, decoded, per partition in offset order (read from the
+// start of each partition to its end, as a new consumer would).
+inline std::map<std::int32_t, std::vector<engine::RecordedEvent>> read_topic(const MockKafka& kafka) {
+  char error[256];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", kafka.bootstrap().c_str(), error, sizeof error);
+  rd_kafka_conf_set(conf, "group.id", "test-topic-reader", error, sizeof error);
+  rd_kafka_conf_set(conf, "enable.partition.eof", "true", error, sizeof error);
+  rd_kafka_conf_set(conf, "log_level", "2", error, sizeof error);
+  std::unique_ptr<rd_kafka_t, void (*)(rd_kafka_t*)> consumer(
+      rd_kafka_new(RD_KAFKA_CONSUMER, conf, error, sizeof error), &rd_kafka_destroy);
+  REQUIRE(consumer);
+  rd_kafka_topic_partition_list_t* partitions = rd_kafka_topic_partition_list_new(kafka.partitions());
+  for (int p = 0; p < kafka.partitions(); ++p) {
+    rd_kafka_topic_partition_list_add(partitions, events_topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+  }
+  rd_kafka_assign(consumer.get(), partitions);
+  rd_kafka_topic_partition_list_destroy(partitions);
+  std::map<std::int32_t, std::vector<engine::RecordedEvent>> messages;
+  std::set<std::int32_t> ended;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (static_cast<int>(ended.size()) < kafka.partitions() && std::chrono::steady_clock::now() < deadline) {
+    rd_kafka_message_t* message = rd_kafka_consumer_poll(consumer.get(), 100);
+    if (message == nullptr) continue;
+    if (message->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      ended.insert(message->partition);
+    } else if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      auto event = engine::decode_envelope({static_cast<const char*>(message->payload), message->len});
+      if (event) messages[message->partition].push_back(std::move(*event));
+    }
+    rd_kafka_message_destroy(message);
+  }
+  REQUIRE(static_cast<int>(ended.size()) == kafka.partitions());
+  rd_kafka_consumer_close(consumer.get());
+  return messages;
+}
 
 inline db::ConnectionPool make_pool(const std::string& url, std::size_t connections = 6) {
   db::PoolSettings settings;
@@ -127,6 +197,41 @@ inline std::string read_model_digest(const std::string& url) {
       "md5(coalesce((SELECT string_agg(e::text, '|' ORDER BY account_id, position) FROM read.entries e), '')) || "
       "md5(coalesce((SELECT string_agg(a::text, '|' ORDER BY position) FROM read.audit a), ''))")[0]
       .as<std::string>();
+}
+
+// Appends one event straight into the store as the schema owner, chained to the head and with
+// the stream's next version, bypassing the engine (which refuses to write an event it cannot
+// decode): what an older version's bug could have left in the log. Returns its position.
+inline std::int64_t append_raw_event(const std::string& admin_url, const std::string& stream_id,
+                                     const std::string& type, const std::string& payload) {
+  pqxx::connection connection(admin_url);
+  pqxx::work work(connection);
+  const auto head = work.exec1("SELECT position, hash FROM event_store_head FOR UPDATE");
+  engine::RecordedEvent event;
+  event.position = GlobalPosition(head[0].as<std::int64_t>() + 1);
+  event.stream_id = stream_id;
+  event.version = StreamVersion(
+      work.exec_params1("SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream_id = $1", stream_id)[0]
+          .as<std::int64_t>());
+  event.event_id = work.exec1("SELECT gen_random_uuid()::text")[0].as<std::string>();
+  event.type = type;
+  event.payload = payload;
+  event.metadata.actor = "test-owner";
+  event.recorded_at_us =
+      work.exec1("SELECT (extract(epoch FROM date_trunc('milliseconds', now())) * 1000000)::bigint")[0]
+          .as<std::int64_t>();
+  event.hash = engine::chain_hash(pqxx::binarystring(head[1]).str(), event);
+  work.exec_params(
+      "INSERT INTO events (position, stream_id, version, event_id, type, schema_version, payload, metadata, "
+      "recorded_at, hash) VALUES ($1, $2, $3, $4::uuid, $5, $6, $7, $8::jsonb, "
+      "'epoch'::timestamptz + $9 * interval '1 microsecond', $10)",
+      event.position.value(), event.stream_id, event.version.value(), event.event_id, event.type,
+      static_cast<int>(event.schema_version), pqxx::binarystring(event.payload),
+      engine::metadata_to_json(event.metadata), event.recorded_at_us, pqxx::binarystring(event.hash));
+  work.exec_params("UPDATE event_store_head SET position = $1, hash = $2", event.position.value(),
+                   pqxx::binarystring(event.hash));
+  work.commit();
+  return event.position.value();
 }
 
 // Folds the whole event store and checks every row of every read model against it.

@@ -198,3 +198,125 @@ TEST_CASE("one relay publishes at a time; a standby takes over within seconds wh
   REQUIRE(test::eventually([&] { return second.status().acknowledged.value() == after; }));
   CHECK(test::scalar(database.app_url(), "SELECT position FROM checkpoints WHERE name = 'relay'") <= after);
 }
+
+TEST_CASE("a relay whose producer hit a fatal error recreates it and publishes on, losing and reordering nothing") {
+  test::TestDatabase database;
+  // Everything must come through Kafka: no healing from the store while it is quiet.
+  test::ReadSideStack stack(database, 6, [](auto& settings) { settings.gap_wait = std::chrono::hours(1); });
+  auto& [kafka, pool, engine, relay, projectors] = stack;
+  open_accounts(engine);
+  const std::int64_t before = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == before; }));
+
+  // The next Produce request fails with a sequence error at the head of its partition's
+  // queue: for an idempotent producer that is fatal (librdkafka refuses every later produce).
+  kafka.fail_produce_requests(RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, 1);
+  random_workload(engine, 1'000);
+  const std::int64_t head = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }, 60s));
+  CHECK(relay.status().producer_recreations >= 1);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }, 60s));
+  test::check_read_models_equal_fold(database.app_url());
+
+  // On the topic: every position, and per stream every version in order once repeats (the
+  // republished tail) are dropped, as a consumer deduplicating by version sees them.
+  std::set<std::int64_t> positions;
+  std::map<std::string, std::int64_t> last_version;
+  int out_of_order = 0;
+  for (const auto& [partition, events] : test::read_topic(kafka)) {
+    for (const auto& event : events) {
+      positions.insert(event.position.value());
+      auto& last = last_version[event.stream_id];
+      if (event.version.value() <= last) continue;
+      if (event.version.value() != last + 1) ++out_of_order;
+      last = event.version.value();
+    }
+  }
+  CHECK(out_of_order == 0);
+  CHECK(static_cast<std::int64_t>(positions.size()) == head);
+  CHECK(*positions.rbegin() == head);
+}
+
+TEST_CASE("forged messages with the right key and position are not applied: the projectors read the store") {
+  test::TestDatabase database;
+  test::MockKafka kafka;
+  auto pool = test::make_pool(database.app_url());
+  Engine engine(test::engine_settings(database));
+  open_accounts(engine);  // no relay yet: the forgeries reach the topic first
+
+  // Two account entries of the store, forged with a larger amount: one keeps the genuine hash,
+  // the other carries a made-up one.
+  EventStore store(pool);
+  std::vector<RecordedEvent> entries;
+  for (auto& event : store.read_all(GlobalPosition(1), 10'000)) {
+    if (event.stream_id.starts_with("account-acct-") && event.type == "account_entry") entries.push_back(event);
+  }
+  REQUIRE(entries.size() >= 2);
+  auto forge = [](RecordedEvent event) {
+    auto decoded = decode_event(event.type, event.payload);
+    REQUIRE(decoded);
+    std::get<events::AccountEntry>(*decoded).amount += 1'000'000;
+    event.payload = encode_event(*decoded);
+    return event;
+  };
+  RecordedEvent same_hash = forge(entries[entries.size() / 2]);
+  RecordedEvent other_hash = forge(entries.back());
+  other_hash.hash = std::string(event_hash_size, '\x5a');
+  for (const auto* forged : {&same_hash, &other_hash}) {
+    test::produce_envelope(kafka, *forged, encode_envelope(*forged));
+  }
+
+  auto settings = test::projector_settings(kafka);
+  settings.gap_wait = std::chrono::hours(1);  // only the forgeries' arrival makes them move
+  Projectors projectors(pool, settings);
+  REQUIRE(test::eventually([&] {
+    return test::watermark(database.app_url(), "balance") >= other_hash.position.value() &&
+           test::watermark(database.app_url(), "audit") >= other_hash.position.value();
+  }, 60s));
+  for (const auto& projector : projectors.running) CHECK(projector->status().messages_rejected == 2);
+
+  // The genuine messages follow (and are skipped as repeats); the read models equal the store.
+  Relay relay(test::relay_settings(kafka), pool);
+  relay.start();
+  random_workload(engine, 300);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+  test::check_read_models_equal_fold(database.app_url());
+}
+
+TEST_CASE("a forged message whose hash was recomputed to chain is caught at the next position, which stalls") {
+  test::TestDatabase database;
+  test::MockKafka kafka;
+  auto pool = test::make_pool(database.app_url());
+  Engine engine(test::engine_settings(database));
+  open_accounts(engine);
+
+  // The chain is a checksum, not a signature: a forger who knows the previous hash can make a
+  // forged event chain. It is applied, but the next position no longer chains from it.
+  EventStore store(pool);
+  const auto stored = store.read_all(GlobalPosition(1), 10'000);
+  std::size_t index = stored.size() / 2;
+  while (stored[index].type != "account_entry") ++index;
+  RecordedEvent forged = stored[index];
+  auto decoded = decode_event(forged.type, forged.payload);
+  REQUIRE(decoded);
+  std::get<events::AccountEntry>(*decoded).amount += 1'000'000;
+  forged.payload = encode_event(*decoded);
+  forged.hash = chain_hash(stored[index - 1].hash, forged);
+  test::produce_envelope(kafka, forged, encode_envelope(forged));
+
+  auto settings = test::projector_settings(kafka);
+  settings.gap_wait = std::chrono::hours(1);
+  Projectors projectors(pool, settings);
+  const std::int64_t next = forged.position.value() + 1;
+  REQUIRE(test::eventually([&] { return test::watermark(database.app_url(), "audit") == forged.position.value(); }, 60s));
+  Relay relay(test::relay_settings(kafka), pool);
+  relay.start();
+  for (const auto& projector : projectors.running) {
+    REQUIRE(test::eventually([&] { return projector->status().stalled_position.value() == next; }, 60s));
+    CHECK(projector->status().stalled_reason.find("does not chain") != std::string::npos);
+  }
+  CHECK(test::watermark(database.app_url(), "balance") == forged.position.value());
+  CHECK(test::scalar(database.app_url(),
+                     "SELECT count(*) FROM read.projections WHERE stalled_position = " + std::to_string(next)) ==
+        projection_count);
+}

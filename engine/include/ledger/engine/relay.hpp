@@ -45,6 +45,7 @@ struct RelayStatus {
   std::int64_t events_acknowledged = 0;  // since start
   std::int64_t delivery_failures = 0;    // since start
   std::int64_t republishes = 0;          // rewinds after failures or a broker that lost data
+  std::int64_t producer_recreations = 0;  // producers replaced after a fatal error
   bool kafka_reachable = false;
   std::string kafka_error;               // last error reported by librdkafka, if any
   double oldest_unacknowledged_seconds = 0;

@@ -30,7 +30,8 @@ class Projection {
 // The tables a projection writes (unqualified names), all under one watermark.
 [[nodiscard]] const std::vector<std::string>& projection_tables(ProjectionKind kind);
 
-// A corrupt or inconsistent input the projector must not paper over (it stops and retries).
+// A corrupt or inconsistent input the projector must not paper over (it stalls at that position
+// and retries with backoff).
 class ProjectionError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;

@@ -55,10 +55,19 @@ struct ProjectorStatus {
   std::int64_t duplicates_skipped = 0; // redelivered events at or below the watermark
   std::int64_t batches = 0;
   std::string last_error;
+  // Kafka messages whose event does not chain from the previous position's hash (forged or
+  // corrupted): that position was read from the event store instead.
+  std::int64_t messages_rejected = 0;
+  // A position this projector cannot apply (0: none): it retries with backoff and reports the
+  // projection as stalled, in read.projections, until it moves past it.
+  GlobalPosition stalled_position{0};
+  std::string stalled_reason;
+  std::int64_t stalled_retries = 0;  // failed attempts since it stalled
 };
 
 // Consumes the events topic on its own thread from start() to stop(). Survives database and
-// Kafka outages by retrying; never skips a position.
+// Kafka outages by retrying; never skips a position. Checks that each event from Kafka chains
+// from the one before (engine::chain_hash) and reads the store instead when it does not.
 class Projector {
  public:
   Projector(ProjectionKind kind, ProjectorSettings settings, db::ConnectionPool& pool);

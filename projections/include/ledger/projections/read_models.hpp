@@ -126,6 +126,10 @@ struct ProjectionProgress {
   double lag_seconds = 0;
   std::int64_t events_applied = 0;  // counter since the projection was created
   double events_per_second = 0;     // since the previous progress() call (0 on the first)
+  // The position the projector cannot apply (0: not stalled), why, and for how long.
+  std::int64_t stalled_position = 0;
+  std::string stalled_reason;
+  double stalled_seconds = 0;
 };
 
 // Thread-safe. Queries block (run them off I/O threads); wait_for does not.
