@@ -307,6 +307,8 @@ CommandAction register_dev_command(CLI::App& root, Settings& settings) {
       out << "# Written by `ledger dev` (pid " << getpid() << "); valid while it runs.\n";
       out << "LEDGER_URL=" << shell_quote(url) << "\n";
       out << "LEDGER_TOKEN=" << shell_quote(token) << "\n";
+      // API.md's contract: the secret itself too (this file is 0600), and the file serve reads.
+      out << "LEDGER_JWT_SECRET=" << shell_quote(secret) << "\n";
       out << "LEDGER_JWT_SECRET_FILE=" << shell_quote(secret_file.string()) << "\n";
       out << "LEDGER_DATABASE_URL=" << shell_quote(app_url) << "\n";
       out << "LEDGER_ADMIN_DATABASE_URL=" << shell_quote(admin_url) << "\n";
