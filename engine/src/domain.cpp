@@ -100,19 +100,21 @@ Decision decide_movement(const Movement& m, WorkingSet& set) {
     return reject(RejectionCode::invalid_amount, "amount must be a positive integer of minor units");
   }
   if (m.from == m.to) return reject(RejectionCode::same_account, "from and to are the same account");
+  const AccountState& debit = set.account(m.from);
+  const AccountState& credit = set.account(m.to);
+  // Before the replay check: a client naming a system account learns nothing, not even
+  // whether a transfer with those terms exists.
+  if (m.origin == Origin::client) {
+    if (auto problem = check_not_system(debit, m.from)) return *problem;
+    if (auto problem = check_not_system(credit, m.to)) return *problem;
+  }
   // A transfer id names one effect: the identical request again is a replay, another is refused.
   if (const TransferState& existing = set.transfer(m.id); existing.exists) {
     if (same_movement(existing, m)) return replay(m.id);
     return reject(RejectionCode::duplicate_id, "transfer " + m.id + " already exists with other terms");
   }
-  const AccountState& debit = set.account(m.from);
-  const AccountState& credit = set.account(m.to);
   if (auto problem = check_usable(debit, m.from)) return *problem;
   if (auto problem = check_usable(credit, m.to)) return *problem;
-  if (m.origin == Origin::client) {
-    if (auto problem = check_not_system(debit, m.from)) return *problem;
-    if (auto problem = check_not_system(credit, m.to)) return *problem;
-  }
   if (debit.currency != m.currency || credit.currency != m.currency) {
     return reject(RejectionCode::currency_mismatch,
                   "transfer in " + m.currency.str() + " between accounts in " +

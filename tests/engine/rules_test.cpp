@@ -489,6 +489,11 @@ TEST_CASE("client commands naming a system account are refused with system_accou
     expect_rejected(l, Deposit{system, Amount(1)}, RejectionCode::system_account);
     expect_rejected(l, Withdrawal{system, Amount(1)}, RejectionCode::system_account);
   }
+  // Naming a system account is refused before the transfer id is looked at: a deposit's
+  // transfer, sent again as a client transfer with its exact terms, is no replay (no probing).
+  REQUIRE(l.run(Deposit{"alice", Amount(7), "", "dep-probe"}).accepted());
+  expect_rejected(l, Transfer{"dep-probe", system_account_id(SystemAccount::cash, "EUR"), "alice", Amount(7), eur},
+                  RejectionCode::system_account);
   expect_rejected(l, Transfer{"t1", "settlement", "alice", Amount(1), eur}, RejectionCode::system_account);
   expect_rejected(l, PlaceHold{"h1", "alice", "settlement", Amount(1), eur}, RejectionCode::system_account);
   expect_rejected(l, loan_terms("L2", "settlement"), RejectionCode::system_account);
