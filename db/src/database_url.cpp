@@ -87,18 +87,27 @@ std::optional<std::string> validate_database_url(const std::string& url) {
   return std::nullopt;
 }
 
+// TCP keepalives: idle seconds before the first probe, seconds between probes, probes lost
+// before the connection counts as dead.
+constexpr int keepalive_idle_seconds = 10;
+constexpr int keepalive_interval_seconds = 5;
+constexpr int keepalive_probes = 3;
+
 std::string connection_string(const std::string& url, std::chrono::milliseconds connect_timeout,
-                              std::chrono::milliseconds statement_timeout) {
+                              std::chrono::milliseconds statement_timeout,
+                              std::chrono::milliseconds idle_in_transaction_timeout) {
   std::string error;
   Options options = parse(url, error);
   if (!options) throw std::invalid_argument("invalid database URL: " + error);
   std::string result;
   bool has_connect_timeout = false;
+  bool has_keepalives = false;
   std::string extra_options;
   for (PQconninfoOption* option = options.get(); option->keyword != nullptr; ++option) {
     if (option->val == nullptr) continue;
     const std::string keyword = option->keyword;
     if (keyword == "connect_timeout") has_connect_timeout = true;
+    if (keyword.starts_with("keepalives")) has_keepalives = true;
     if (keyword == "options") {
       extra_options = option->val;
       continue;
@@ -109,10 +118,23 @@ std::string connection_string(const std::string& url, std::chrono::milliseconds 
     const auto seconds = std::max<long>(1, static_cast<long>((connect_timeout.count() + 999) / 1000));
     append_value(result, "connect_timeout", std::to_string(seconds));
   }
+  if (!has_keepalives) {
+    append_value(result, "keepalives", "1");
+    append_value(result, "keepalives_idle", std::to_string(keepalive_idle_seconds));
+    append_value(result, "keepalives_interval", std::to_string(keepalive_interval_seconds));
+    append_value(result, "keepalives_count", std::to_string(keepalive_probes));
+  }
   // synchronous_commit is forced on: a 2xx means the commit is on disk (DESIGN.md invariant 9).
   // JIT is off: compiling a short OLTP query costs far more (100+ ms) than running it.
   std::string server_options = "-c statement_timeout=" + std::to_string(statement_timeout.count()) +
-                               " -c synchronous_commit=on -c jit=off";
+                               " -c synchronous_commit=on -c jit=off" +
+                               " -c tcp_keepalives_idle=" + std::to_string(keepalive_idle_seconds) +
+                               " -c tcp_keepalives_interval=" + std::to_string(keepalive_interval_seconds) +
+                               " -c tcp_keepalives_count=" + std::to_string(keepalive_probes);
+  if (idle_in_transaction_timeout.count() > 0) {
+    server_options += " -c idle_in_transaction_session_timeout=" +
+                      std::to_string(idle_in_transaction_timeout.count());
+  }
   if (!extra_options.empty()) server_options += " " + extra_options;
   append_value(result, "options", server_options);
   return result;

@@ -12,7 +12,8 @@ namespace ledger::db {
 std::unique_ptr<pqxx::connection> connect_with_retry(const std::string& url,
                                                      const PoolSettings& settings) {
   const std::string conninfo =
-      connection_string(url, settings.connect_timeout, settings.statement_timeout);
+      connection_string(url, settings.connect_timeout, settings.statement_timeout,
+                        settings.idle_in_transaction_timeout);
   auto backoff = settings.backoff_initial;
   for (int attempt = 1;; ++attempt) {
     try {
@@ -35,7 +36,8 @@ std::unique_ptr<pqxx::connection> connect_with_retry(const std::string& url,
 ConnectionPool::ConnectionPool(PoolSettings settings)
     : settings_(std::move(settings)),
       connection_string_(connection_string(settings_.url, settings_.connect_timeout,
-                                           settings_.statement_timeout)) {}
+                                           settings_.statement_timeout,
+                                           settings_.idle_in_transaction_timeout)) {}
 
 ConnectionPool::~ConnectionPool() = default;
 

@@ -2,6 +2,8 @@
 
 #include <pqxx/pqxx>
 
+#include <thread>
+
 #include "ledger/db/database_url.hpp"
 #include "ledger/db/pool.hpp"
 #include "ledger/db/retry.hpp"
@@ -29,6 +31,32 @@ TEST_CASE("the pool bounds its connections and reuses them") {
   pqxx::read_transaction work(*lease);
   CHECK(work.exec1("SELECT current_user")[0].as<std::string>() == "ledger_app");
   CHECK(work.exec1("SHOW statement_timeout")[0].as<std::string>() == "30s");
+}
+
+TEST_CASE("a session idle inside a transaction past its bound is ended by the server; keepalives are on") {
+  // A client that vanished mid-transaction (a commit in doubt) must not hold its locks until
+  // the kernel's two-hour keepalive notices.
+  const auto conninfo = db::connection_string("postgresql://u@h/db", std::chrono::milliseconds(1'000),
+                                              std::chrono::milliseconds(1'000));
+  CHECK(conninfo.find("keepalives_idle='10'") != std::string::npos);
+  CHECK(conninfo.find("tcp_keepalives_idle=10") != std::string::npos);
+  CHECK(conninfo.find("idle_in_transaction_session_timeout") == std::string::npos);
+
+  test::TestDatabase database;
+  db::PoolSettings settings;
+  settings.url = database.app_url();
+  settings.idle_in_transaction_timeout = std::chrono::milliseconds(300);
+  db::ConnectionPool pool(settings);
+  auto lease = pool.acquire();
+  pqxx::work work(*lease);
+  CHECK(work.exec1("SHOW idle_in_transaction_session_timeout")[0].as<std::string>() == "300ms");
+  work.exec("SELECT 1 FROM event_store_head FOR UPDATE");
+  std::this_thread::sleep_for(std::chrono::milliseconds(900));
+  CHECK_THROWS((void)work.exec("SELECT 1"));
+  // The head row is free again.
+  pqxx::connection other(database.app_url());
+  pqxx::work probe(other);
+  CHECK(probe.exec("SELECT 1 FROM event_store_head FOR UPDATE NOWAIT").size() == 1);
 }
 
 TEST_CASE("connecting to a dead server fails with a clear error after the retries") {

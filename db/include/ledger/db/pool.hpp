@@ -19,6 +19,8 @@ struct PoolSettings {
   std::chrono::milliseconds connect_timeout{5'000};
   std::chrono::milliseconds statement_timeout{30'000};
   std::chrono::milliseconds acquire_timeout{5'000};
+  // 0: none. Otherwise a session idle inside a transaction this long is ended by the server.
+  std::chrono::milliseconds idle_in_transaction_timeout{0};
   // Connecting retries with exponential backoff, from backoff_initial, this many times.
   int connect_attempts_max = 6;
   std::chrono::milliseconds backoff_initial{100};
