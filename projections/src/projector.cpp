@@ -8,6 +8,7 @@
 #include <charconv>
 #include <limits>
 #include <map>
+#include <unordered_map>
 
 #include "ledger/core/worker.hpp"
 #include "ledger/db/pool.hpp"
@@ -283,6 +284,20 @@ struct Projector::Impl {
       // The relay publishes committed events only: a message beyond the head is not one of them.
       const std::int64_t store_head =
           events.empty() ? 0 : work.exec("SELECT position FROM event_store_head")[0][0].as<std::int64_t>();
+      // The hashes the store holds for the positions the messages name (one range read): a
+      // message counts only if it carries its position's stored hash and its content hashes
+      // to it from the previous one. A hash recomputed by a forger chains, but is not stored.
+      std::unordered_map<std::int64_t, std::string> stored_hashes;
+      if (!events.empty() && events.back().position.value() > watermark) {
+        const std::int64_t first = std::max(watermark + 1, events.front().position.value());
+        const std::int64_t last = std::min(store_head, events.back().position.value());
+        if (first <= last) {
+          for (const auto& row : work.exec_params(
+                   "SELECT position, hash FROM events WHERE position BETWEEN $1 AND $2", first, last)) {
+            stored_hashes.emplace(row[0].as<std::int64_t>(), pqxx::binarystring(row[1]).str());
+          }
+        }
+      }
       std::vector<RecordedEvent> to_apply;
       std::int64_t duplicates = 0;
       std::int64_t from_store = 0;
@@ -327,11 +342,13 @@ struct Projector::Impl {
           continue;
         }
         fill_to(position - 1);
-        // Only an event that chains from the one before is the stored one: anything else on the
-        // topic (forged, corrupted, from another log) is logged and replaced by the store's.
-        if (engine::chain_hash(previous, event) != event.hash) {
-          spdlog::warn("projector {}: the message for position {} (stream {}) does not match the hash chain; "
-                       "reading that position from the event store",
+        // Only the stored event is applied: anything else on the topic (forged, corrupted, from
+        // another log) is logged and replaced by the store's.
+        const auto stored_hash = stored_hashes.find(position);
+        if (stored_hash == stored_hashes.end() || stored_hash->second != event.hash ||
+            engine::chain_hash(previous, event) != event.hash) {
+          spdlog::warn("projector {}: the message for position {} (stream {}) is not the stored event "
+                       "(its hash differs or does not chain); reading that position from the event store",
                        name, position, event.stream_id);
           ++rejected;
           fill_to(position);

@@ -283,7 +283,7 @@ TEST_CASE("forged messages with the right key and position are not applied: the 
   test::check_read_models_equal_fold(database.app_url());
 }
 
-TEST_CASE("a forged message whose hash was recomputed to chain is caught at the next position, which stalls") {
+TEST_CASE("a forged message whose hash was recomputed to chain is not applied either: no stall follows") {
   test::TestDatabase database;
   test::MockKafka kafka;
   auto pool = test::make_pool(database.app_url());
@@ -291,7 +291,8 @@ TEST_CASE("a forged message whose hash was recomputed to chain is caught at the 
   open_accounts(engine);
 
   // The chain is a checksum, not a signature: a forger who knows the previous hash can make a
-  // forged event chain. It is applied, but the next position no longer chains from it.
+  // forged event chain. Its hash is not the one the store holds for that position, so the
+  // projectors read the store instead and move on.
   EventStore store(pool);
   const auto stored = store.read_all(GlobalPosition(1), 10'000);
   std::size_t index = stored.size() / 2;
@@ -307,16 +308,18 @@ TEST_CASE("a forged message whose hash was recomputed to chain is caught at the 
   auto settings = test::projector_settings(kafka);
   settings.gap_wait = std::chrono::hours(1);
   Projectors projectors(pool, settings);
-  const std::int64_t next = forged.position.value() + 1;
-  REQUIRE(test::eventually([&] { return test::watermark(database.app_url(), "audit") == forged.position.value(); }, 60s));
+  REQUIRE(test::eventually([&] {
+    return test::watermark(database.app_url(), "balance") >= forged.position.value() &&
+           test::watermark(database.app_url(), "audit") >= forged.position.value();
+  }, 60s));
+  for (const auto& projector : projectors.running) CHECK(projector->status().messages_rejected == 1);
+
   Relay relay(test::relay_settings(kafka), pool);
   relay.start();
-  for (const auto& projector : projectors.running) {
-    REQUIRE(test::eventually([&] { return projector->status().stalled_position.value() == next; }, 60s));
-    CHECK(projector->status().stalled_reason.find("does not chain") != std::string::npos);
-  }
-  CHECK(test::watermark(database.app_url(), "balance") == forged.position.value());
+  random_workload(engine, 300);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }, 60s));
+  for (const auto& projector : projectors.running) CHECK(projector->status().stalled_position.value() == 0);
   CHECK(test::scalar(database.app_url(),
-                     "SELECT count(*) FROM read.projections WHERE stalled_position = " + std::to_string(next)) ==
-        projection_count);
+                     "SELECT count(*) FROM read.projections WHERE stalled_position IS NOT NULL") == 0);
+  test::check_read_models_equal_fold(database.app_url());
 }
