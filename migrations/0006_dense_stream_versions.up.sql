@@ -4,7 +4,10 @@
 -- good. One check per INSERT or COPY statement, over the rows it added: per stream they are
 -- consecutive and the first follows the stored version before them.
 CREATE FUNCTION events_continue_their_streams() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Names resolve in the events table's own schema, never in a caller's temporary one.
+SET search_path = public, pg_catalog, pg_temp
+AS $$
 DECLARE
     bad record;
 BEGIN

@@ -34,6 +34,10 @@ constexpr std::size_t expiry_sweep_batch_max = 500;
 constexpr const char* expiry_actor = "engine:expiry";
 // How long the in-doubt check waits for the session that sent the COMMIT to end.
 constexpr std::chrono::seconds in_doubt_session_wait_max{5};
+// The engine never idles inside a transaction for more than a decision's time, so a session
+// idle that long lost its client (a commit in doubt the check could not end): the server ends
+// it and releases the head row, which would otherwise stall every later append.
+constexpr std::chrono::milliseconds engine_idle_in_transaction_timeout{10'000};
 
 std::int64_t system_clock_us() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
@@ -78,6 +82,17 @@ class UuidGenerator {
 // was lost or shut down (SQLSTATE classes 08 and 57P), or PostgreSQL asks for a retry.
 bool is_retryable(const std::exception& error) {
   return db::is_transient(error) || dynamic_cast<const db::DatabaseUnavailable*>(&error) != nullptr;
+}
+
+// Errors the data of one command can cause (SQLSTATE class 22, data exception, and 23,
+// integrity constraint violation): worth splitting the batch to find that command. Anything
+// else (a statement or lock timeout, a full disk, a missing privilege) fails every command
+// alike, and splitting would only multiply the attempts.
+bool is_data_error(const std::exception& error) {
+  const auto* sql = dynamic_cast<const pqxx::sql_error*>(&error);
+  if (sql == nullptr) return false;
+  const std::string& state = sql->sqlstate();
+  return state.starts_with("22") || state.starts_with("23");
 }
 
 // A command whose events cannot be stored faithfully: an encoded event did not decode back to
@@ -189,7 +204,8 @@ struct Engine::Impl {
       : settings(std::move(s)),
         pool(db::PoolSettings{settings.database_url, settings.database_connections,
                               settings.database_connect_timeout,
-                              settings.database_statement_timeout, settings.database_connect_timeout}),
+                              settings.database_statement_timeout, settings.database_connect_timeout,
+                              engine_idle_in_transaction_timeout}),
         cache(settings.state_cache_streams_max) {
     if (!settings.clock_us) settings.clock_us = system_clock_us;
     if (!settings.generate_id) {
@@ -518,7 +534,7 @@ struct Engine::Impl {
         reject_all(batch, RejectionCode::invalid_command, error.what());
         return;
       } catch (const std::exception& error) {
-        if (!is_retryable(error) && batch.size() > 1) {
+        if (is_data_error(error) && batch.size() > 1) {
           // One command may have caused it: split the batch until that one fails alone and
           // the rest commit.
           spdlog::warn("batch of {} commands failed ({}); retrying it in halves", batch.size(),
@@ -545,7 +561,6 @@ struct Engine::Impl {
     const auto middle = batch.begin() + static_cast<std::ptrdiff_t>(batch.size() / 2);
     std::vector<Pending> first(std::make_move_iterator(batch.begin()), std::make_move_iterator(middle));
     std::vector<Pending> second(std::make_move_iterator(middle), std::make_move_iterator(batch.end()));
-    cache.clear();  // what the failed attempt read is not reused
     process_batch(first);
     process_batch(second);
   }
