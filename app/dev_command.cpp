@@ -11,6 +11,9 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <memory>
+#include <optional>
 #include <iostream>
 #include <sstream>
 #include <thread>
@@ -29,6 +32,22 @@ namespace {
 
 constexpr auto child_stop_grace = std::chrono::seconds(15);
 constexpr auto child_ready_timeout = std::chrono::seconds(30);
+// A child (or PostgreSQL) that ends on its own is started again after a pause that doubles
+// from restart_backoff_initial up to restart_backoff_max while it keeps failing, and starts
+// over from the initial pause once a run lasted restart_stable_after.
+constexpr auto restart_backoff_initial = std::chrono::seconds(1);
+constexpr auto restart_backoff_max = std::chrono::seconds(30);
+constexpr auto restart_stable_after = std::chrono::seconds(60);
+
+using Clock = std::chrono::steady_clock;
+
+// The pause before the next start of something that ended after running since `started`.
+std::chrono::seconds next_backoff(std::chrono::seconds previous, Clock::time_point started) {
+  if (previous.count() == 0 || Clock::now() - started >= restart_stable_after) {
+    return restart_backoff_initial;
+  }
+  return std::min(previous * 2, std::chrono::duration_cast<std::chrono::seconds>(restart_backoff_max));
+}
 // Random bytes of the home's JWT secret (hex-encoded in the file: twice as many characters).
 constexpr std::size_t dev_jwt_secret_bytes = 32;
 
@@ -70,7 +89,8 @@ std::string shell_quote(const std::string& value) {
 }
 
 // The children of one `ledger dev`, each recorded in <home>/run/<name>.pid so that the next
-// run can find and stop what a killed run left behind.
+// run can find and stop what a killed run left behind. A child that ends on its own is
+// started again with the same command after a backoff (main thread only).
 class Supervisor {
  public:
   explicit Supervisor(fs::path run_directory) : run_directory_(std::move(run_directory)) {
@@ -90,32 +110,63 @@ class Supervisor {
     }
   }
 
+  // `before_start` runs before each start, the first and every restart.
   void start(const std::string& name, const std::vector<std::string>& argv,
-             const process::SpawnOptions& options = {}) {
-    const pid_t pid = process::spawn(argv, options);
-    std::ofstream(run_directory_ / (name + ".pid")) << pid << "\n";
-    children_.push_back({name, pid});
-    spdlog::info("started {} (pid {})", name, pid);
+             const process::SpawnOptions& options = {},
+             std::function<void()> before_start = {}) {
+    children_.push_back({name, argv, options, std::move(before_start)});
+    spawn(children_.back());
   }
 
-  // Name of a child that ended on its own, if any.
-  std::optional<std::string> find_exited() {
-    for (auto it = children_.begin(); it != children_.end(); ++it) {
-      if (auto status = process::wait_for(it->pid, std::chrono::milliseconds(0))) {
-        const std::string name = it->name;
-        spdlog::error("{} (pid {}) ended unexpectedly ({} {})", name, it->pid,
-                      status->exited ? "exit code" : "signal", status->code);
-        fs::remove(run_directory_ / (name + ".pid"));
-        children_.erase(it);
-        return name;
+  // Notices children that ended on its own and schedules their restart.
+  void reap() {
+    for (auto& child : children_) {
+      if (child.pid == 0) continue;
+      const auto status = process::wait_for(child.pid, std::chrono::milliseconds(0));
+      if (!status) continue;
+      child.backoff = next_backoff(child.backoff, child.started);
+      child.restart_at = Clock::now() + child.backoff;
+      spdlog::error("{} (pid {}) ended unexpectedly ({} {}); restarting it in {} s", child.name,
+                    child.pid, status->exited ? "exit code" : "signal", status->code,
+                    child.backoff.count());
+      fs::remove(run_directory_ / (child.name + ".pid"));
+      child.pid = 0;
+    }
+  }
+
+  // Starts again the children whose backoff has passed; returns their names.
+  std::vector<std::string> restart_due() {
+    std::vector<std::string> restarted;
+    for (auto& child : children_) {
+      if (child.pid != 0 || Clock::now() < child.restart_at) continue;
+      ++child.restarts;
+      spdlog::warn("restarting {} (restart {})", child.name, child.restarts);
+      spawn(child);
+      restarted.push_back(child.name);
+    }
+    return restarted;
+  }
+
+  // Runs `name` with another command from now on (stopping the running one first).
+  void replace(const std::string& name, const std::vector<std::string>& argv,
+               const process::SpawnOptions& options) {
+    for (auto& child : children_) {
+      if (child.name != name) continue;
+      child.argv = argv;
+      child.options = options;
+      if (child.pid != 0) {
+        spdlog::info("restarting {} (pid {}) with new settings", child.name, child.pid);
+        (void)process::stop(child.pid, SIGTERM, child_stop_grace);
+        fs::remove(run_directory_ / (child.name + ".pid"));
+        spawn(child);
       }
     }
-    return std::nullopt;
   }
 
   // Stops the children in reverse start order.
   void stop_all() {
     for (auto it = children_.rbegin(); it != children_.rend(); ++it) {
+      if (it->pid == 0) continue;
       spdlog::info("stopping {} (pid {})", it->name, it->pid);
       const auto status = process::stop(it->pid, SIGTERM, child_stop_grace);
       if (!status.success()) {
@@ -130,8 +181,24 @@ class Supervisor {
  private:
   struct Child {
     std::string name;
-    pid_t pid;
+    std::vector<std::string> argv;
+    process::SpawnOptions options;
+    std::function<void()> before_start;
+    pid_t pid = 0;  // 0 while it waits for its restart
+    Clock::time_point started{};
+    std::chrono::seconds backoff{0};
+    Clock::time_point restart_at{};
+    int restarts = 0;
   };
+
+  void spawn(Child& child) {
+    if (child.before_start) child.before_start();
+    child.pid = process::spawn(child.argv, child.options);
+    child.started = Clock::now();
+    std::ofstream(run_directory_ / (child.name + ".pid")) << child.pid << "\n";
+    spdlog::info("started {} (pid {})", child.name, child.pid);
+  }
+
   fs::path run_directory_;
   std::vector<Child> children_;
 };
@@ -254,46 +321,58 @@ CommandAction register_dev_command(CLI::App& root, Settings& settings) {
     db::EmbeddedPostgresOptions postgres_options;
     postgres_options.directory = home / "postgres";
     postgres_options.port = *postgres_port;
-    db::EmbeddedPostgres postgres(postgres_options);
-    postgres.start();
-    postgres.ensure_database("ledger");
-    const std::string admin_url = postgres.superuser_url("ledger");
-    const std::string app_url = postgres.url("ledger_app", "ledger");
+    auto postgres = std::make_unique<db::EmbeddedPostgres>(postgres_options);
+    postgres->start();
+    postgres->ensure_database("ledger");
+    // A restarted cluster keeps its port, so the services' URLs stay valid.
+    postgres_options.port = postgres->port();
+    const std::string admin_url = postgres->superuser_url("ledger");
+    const std::string app_url = postgres->url("ledger_app", "ledger");
     db::MigrationRunner(admin_url).up();
 
     const std::string self = process::self_executable();
     const fs::path broker_address = home / "run" / "broker.address";
-    fs::remove(broker_address);
-    supervisor.start("broker", {self, "--log-format", settings.log_format, "--log-level",
-                                settings.log_level, "--topic-prefix", settings.topic_prefix,
-                                "broker", "--address-file", broker_address.string()});
-    std::string kafka_brokers;
+    const std::vector<std::string> common = {self, "--home", home.string(), "--log-format",
+                                             settings.log_format, "--log-level",
+                                             settings.log_level, "--topic-prefix",
+                                             settings.topic_prefix};
+    const auto with = [&](std::vector<std::string> tail) {
+      std::vector<std::string> argv = common;
+      argv.insert(argv.end(), tail.begin(), tail.end());
+      return argv;
+    };
     const int port = choose_http_port(*http_port);
     const fs::path port_file = home / "run" / "serve.port";
+    const std::vector<std::string> serve_argv =
+        with({"serve", "--http-port", std::to_string(port), "--port-file", port_file.string(),
+              "--jwt-secret-file", secret_file.string()});
+    const std::vector<std::string> project_argv = with({"project", "all"});
+    const auto serve_options = [&](const std::string& kafka_brokers) {
+      process::SpawnOptions options;
+      // An empty LEDGER_JWT_SECRET counts as unset: one the caller's shell holds (a sourced
+      // dev.env) must not meet --jwt-secret-file.
+      options.extra_environment = {"LEDGER_DATABASE_URL=" + app_url,
+                                   "LEDGER_ADMIN_DATABASE_URL=" + admin_url,
+                                   "LEDGER_KAFKA_BROKERS=" + kafka_brokers, "LEDGER_JWT_SECRET="};
+      return options;
+    };
+    const auto project_options = [&](const std::string& kafka_brokers) {
+      process::SpawnOptions options;
+      options.extra_environment = {"LEDGER_DATABASE_URL=" + app_url,
+                                   "LEDGER_KAFKA_BROKERS=" + kafka_brokers};
+      return options;
+    };
+
+    // A broker writes its address when it is ready: a stale file must not pass for that.
+    supervisor.start("broker", with({"broker", "--address-file", broker_address.string()}), {},
+                     [&] { fs::remove(broker_address); });
+    std::string kafka_brokers;
     fs::remove(port_file);
     try {
       kafka_brokers = wait_for_file_line(broker_address, child_ready_timeout, "the broker");
-      process::SpawnOptions serve_options;
-      // An empty LEDGER_JWT_SECRET counts as unset: one the caller's shell holds (a sourced
-      // dev.env of an older version) must not meet --jwt-secret-file.
-      serve_options.extra_environment = {
-          "LEDGER_DATABASE_URL=" + app_url, "LEDGER_ADMIN_DATABASE_URL=" + admin_url,
-          "LEDGER_KAFKA_BROKERS=" + kafka_brokers, "LEDGER_JWT_SECRET="};
-      supervisor.start("serve",
-                       {self, "--home", home.string(), "--log-format", settings.log_format,
-                        "--log-level", settings.log_level, "--topic-prefix", settings.topic_prefix,
-                        "serve", "--http-port", std::to_string(port), "--port-file",
-                        port_file.string(), "--jwt-secret-file", secret_file.string()},
-                       serve_options);
+      supervisor.start("serve", serve_argv, serve_options(kafka_brokers));
       (void)wait_for_file_line(port_file, child_ready_timeout, "the HTTP front");
-      process::SpawnOptions project_options;
-      project_options.extra_environment = {"LEDGER_DATABASE_URL=" + app_url,
-                                           "LEDGER_KAFKA_BROKERS=" + kafka_brokers};
-      supervisor.start("project",
-                       {self, "--home", home.string(), "--log-format", settings.log_format,
-                        "--log-level", settings.log_level, "--topic-prefix", settings.topic_prefix,
-                        "project", "all"},
-                       project_options);
+      supervisor.start("project", project_argv, project_options(kafka_brokers));
     } catch (...) {
       supervisor.stop_all();
       throw;
@@ -301,7 +380,7 @@ CommandAction register_dev_command(CLI::App& root, Settings& settings) {
     const std::string url = "http://127.0.0.1:" + std::to_string(port);
     const std::string token = api::issue_token(secret, "dev-admin", {"admin"}, std::chrono::hours(24 * 30));
 
-    {
+    const auto write_env = [&] {
       // It holds an admin token and the superuser's URL: readable by this user only.
       std::ostringstream out;
       out << "# Written by `ledger dev` (pid " << getpid() << "); valid while it runs.\n";
@@ -314,21 +393,27 @@ CommandAction register_dev_command(CLI::App& root, Settings& settings) {
       out << "LEDGER_ADMIN_DATABASE_URL=" << shell_quote(admin_url) << "\n";
       out << "LEDGER_KAFKA_BROKERS=" << shell_quote(kafka_brokers) << "\n";
       write_private_file(env_file, out.str());
-    }
+    };
+    write_env();
 
     std::cout << "\nledger dev is up (home " << home.string() << ")\n"
               << "  HTTP        " << url << "  (ready: " << url << "/health/ready)\n"
               << "  token       " << token << "  (admin, 30 days)\n"
               << "  PostgreSQL  " << app_url << "\n"
-              << "              port " << postgres.port() << " on 127.0.0.1, socket in "
-              << postgres.socket_directory().string() << "\n"
+              << "              port " << postgres->port() << " on 127.0.0.1, socket in "
+              << postgres->socket_directory().string() << "\n"
               << "  Kafka       " << kafka_brokers << " (topic " << settings.topic_prefix
               << ".events)\n"
               << "  settings    source " << env_file.string() << "\n"
               << "  stop        Ctrl-C, or kill -TERM " << getpid() << "\n"
               << std::endl;
 
-    int exit_code = 0;
+    // Supervise until stopped: a child or PostgreSQL that ends is started again (with
+    // backoff), never the whole stack torn down. A new broker listens on a new address, so
+    // serve and the projectors are restarted with it and dev.env is rewritten.
+    std::chrono::seconds postgres_backoff{0};
+    std::optional<Clock::time_point> postgres_restart_at;
+    Clock::time_point postgres_started = Clock::now();
     while (true) {
       timespec timeout{0, 500'000'000};
       const int received = sigtimedwait(&stop_signals, nullptr, &timeout);
@@ -336,22 +421,46 @@ CommandAction register_dev_command(CLI::App& root, Settings& settings) {
         spdlog::info("stopping the embedded stack (signal {})", received);
         break;
       }
-      if (auto exited = supervisor.find_exited()) {
-        spdlog::error("stopping the embedded stack because {} ended", *exited);
-        exit_code = 1;
-        break;
+      supervisor.reap();
+      const auto restarted = supervisor.restart_due();
+      if (std::find(restarted.begin(), restarted.end(), "broker") != restarted.end()) {
+        try {
+          kafka_brokers = wait_for_file_line(broker_address, child_ready_timeout, "the broker");
+          spdlog::warn("the broker is back on {}; restarting serve and the projectors with it",
+                       kafka_brokers);
+          supervisor.replace("serve", serve_argv, serve_options(kafka_brokers));
+          supervisor.replace("project", project_argv, project_options(kafka_brokers));
+          write_env();
+        } catch (const std::exception& error) {
+          spdlog::error("the restarted broker is not ready: {}", error.what());
+        }
       }
-      if (!postgres.running()) {
-        spdlog::error("stopping the embedded stack because PostgreSQL stopped");
-        exit_code = 1;
-        break;
+      if (!postgres_restart_at && !postgres->running()) {
+        postgres_backoff = next_backoff(postgres_backoff, postgres_started);
+        postgres_restart_at = Clock::now() + postgres_backoff;
+        spdlog::error("PostgreSQL stopped; restarting it in {} s", postgres_backoff.count());
+      }
+      if (postgres_restart_at && Clock::now() >= *postgres_restart_at) {
+        try {
+          postgres->detach();  // it is gone; its stale postmaster.pid is cleaned up by start()
+          postgres = std::make_unique<db::EmbeddedPostgres>(postgres_options);
+          postgres_started = Clock::now();
+          postgres->start();
+          postgres_restart_at.reset();
+          spdlog::warn("PostgreSQL restarted on port {}", postgres->port());
+        } catch (const std::exception& error) {
+          postgres_backoff = next_backoff(postgres_backoff, postgres_started);
+          postgres_restart_at = Clock::now() + postgres_backoff;
+          spdlog::error("restarting PostgreSQL failed ({}); trying again in {} s", error.what(),
+                        postgres_backoff.count());
+        }
       }
     }
     supervisor.stop_all();
     fs::remove(env_file);
-    postgres.stop();
+    postgres->stop();
     spdlog::info("embedded stack stopped");
-    return exit_code;
+    return 0;
   };
 }
 

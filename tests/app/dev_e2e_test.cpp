@@ -274,3 +274,116 @@ TEST_CASE("ledger dev starts, stops cleanly, restarts on the same data and survi
   fs::remove_all(home);
   fs::remove(home.string() + ".log");
 }
+
+namespace {
+
+pid_t pid_in(const fs::path& file) {
+  std::ifstream in(file);
+  pid_t pid = 0;
+  in >> pid;
+  return pid;
+}
+
+std::string log_of(const fs::path& home) {
+  std::ifstream in(home.string() + ".log");
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// Waits until `file` names a live process other than `old_pid`; returns it (0 on timeout).
+pid_t wait_for_new_pid(const fs::path& file, pid_t old_pid) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
+    const pid_t pid = pid_in(file);
+    if (pid > 0 && pid != old_pid && process::is_alive(pid)) return pid;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return 0;
+}
+
+// A deposit is accepted and the balance read model shows it (min_position), within 60 s.
+void check_stack_works(const fs::path& home, const std::string& deposit_key) {
+  const auto env = read_env(home / "dev.env");
+  const auto& url = env.at("LEDGER_URL");
+  const std::map<std::string, std::string> auth = {{"Authorization", "Bearer " + env.at("LEDGER_TOKEN")}};
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  int status = 0;
+  std::string body;
+  while (std::chrono::steady_clock::now() < deadline) {
+    try {
+      test::HttpClient client(std::stoi(url.substr(url.rfind(':') + 1)));
+      auto headers = auth;
+      headers["Idempotency-Key"] = deposit_key;
+      const auto deposit = client.request("POST", "/v1/accounts/restarts/deposits", R"({"amount":5})", headers);
+      status = deposit.status;
+      body = deposit.body;
+      if (status == 201 || status == 200) {
+        const auto position = body.substr(body.find("\"position\":") + 11);
+        const auto read = client.request(
+            "GET", "/v1/accounts/restarts?wait_ms=10000&min_position=" + position.substr(0, position.find_first_of(",}")),
+            "", auth);
+        status = read.status;
+        body = read.body;
+        if (status == 200) return;
+      }
+    } catch (const std::exception& error) {
+      body = error.what();  // serve is restarting
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  FAIL_CHECK("the stack did not serve a deposit and its read model again: " << status << " " << body);
+}
+
+}  // namespace
+
+TEST_CASE("ledger dev restarts whatever dies (serve, projectors, broker, PostgreSQL) with backoff") {
+  const fs::path home = "/tmp/ledger-dev-restarts-" + std::to_string(getpid());
+  fs::remove_all(home);
+  DevRun run = start_dev(home);
+  {
+    const auto& url = run.env.at("LEDGER_URL");
+    test::HttpClient client(std::stoi(url.substr(url.rfind(':') + 1)));
+    REQUIRE(client.request("POST", "/v1/accounts", R"({"id":"restarts","currency":"EUR"})",
+                           {{"Authorization", "Bearer " + run.env.at("LEDGER_TOKEN")}})
+                .status == 201);
+  }
+  check_stack_works(home, "before");
+
+  for (const std::string child : {"serve", "project"}) {
+    INFO(child);
+    const pid_t old_pid = pid_in(home / "run" / (child + ".pid"));
+    REQUIRE(old_pid > 0);
+    kill(old_pid, SIGKILL);
+    CHECK(wait_for_new_pid(home / "run" / (child + ".pid"), old_pid) != 0);
+    check_stack_works(home, "after-" + child);
+    CHECK(log_of(home).find("restarting " + child) != std::string::npos);
+  }
+
+  // A new broker has a new address: serve and the projectors follow it, and so does dev.env.
+  const std::string old_brokers = read_env(home / "dev.env").at("LEDGER_KAFKA_BROKERS");
+  const pid_t old_serve = pid_in(home / "run" / "serve.pid");
+  const pid_t old_broker = pid_in(home / "run" / "broker.pid");
+  kill(old_broker, SIGKILL);
+  CHECK(wait_for_new_pid(home / "run" / "broker.pid", old_broker) != 0);
+  CHECK(wait_for_new_pid(home / "run" / "serve.pid", old_serve) != 0);
+  check_stack_works(home, "after-broker");
+  CHECK(read_env(home / "dev.env").at("LEDGER_KAFKA_BROKERS") != old_brokers);
+
+  // PostgreSQL itself, killed without warning, comes back on its port.
+  const pid_t postmaster = pid_in(home / "postgres" / "data" / "postmaster.pid");
+  REQUIRE(postmaster > 0);
+  kill(postmaster, SIGKILL);
+  CHECK(wait_for_new_pid(home / "postgres" / "data" / "postmaster.pid", postmaster) != 0);
+  check_stack_works(home, "after-postgres");
+  CHECK(log_of(home).find("PostgreSQL restarted") != std::string::npos);
+  CHECK(process::is_alive(run.pid));
+
+  const auto pids = stack_pids(home);
+  kill(run.pid, SIGTERM);
+  const auto status = process::wait_for(run.pid, std::chrono::seconds(90));
+  REQUIRE(status.has_value());
+  CHECK(status->success());
+  wait_all_gone(pids);
+  check_nothing_left(home);
+  fs::remove_all(home);
+  fs::remove(home.string() + ".log");
+}
