@@ -155,3 +155,31 @@ TEST_CASE("a command whose event would not read back is refused alone and nothin
   CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM events WHERE type = 'transfer_posted'") ==
         batch_commands - 1);
 }
+
+TEST_CASE("an error no command's data causes (a statement timeout) fails the batch at once, unsplit") {
+  test::TestDatabase database;
+  EngineSettings settings = gathering_settings(database, true);
+  settings.database_statement_timeout = 300ms;
+  settings.connection_retries_max = 1;
+  Engine engine(settings);
+  REQUIRE(engine.execute(command(OpenAccount{"alice", eur()})).accepted());
+  REQUIRE(engine.execute(command(Deposit{"alice", Amount(1)})).accepted());  // cash account cached
+
+  // Another session holds the head row: every append waits out its statement timeout.
+  pqxx::connection owner(database.admin_url());
+  pqxx::work holder(owner);
+  holder.exec("SELECT 1 FROM event_store_head FOR UPDATE");
+  const auto started = std::chrono::steady_clock::now();
+  std::vector<std::future<CommandOutcome>> futures;
+  for (int i = 0; i < batch_commands; ++i) {
+    futures.push_back(engine.submit(command(Deposit{"alice", Amount(10)})));
+  }
+  for (auto& future : futures) CHECK_THROWS_AS(future.get(), EngineUnavailable);
+  const auto elapsed = std::chrono::steady_clock::now() - started;
+  // Split in halves, the batch would take 2n-1 = 79 attempts of 300 ms each.
+  CHECK_MESSAGE(elapsed < 8s, "answered after "
+                                  << std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count()
+                                  << " ms");
+  holder.abort();
+  CHECK(engine.execute(command(Deposit{"alice", Amount(10)})).accepted());
+}
