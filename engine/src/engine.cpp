@@ -912,7 +912,11 @@ struct Engine::Impl {
   // Answers commands whose idempotency key was seen before (in the store or earlier in the batch).
   void resolve_idempotency(const StoreReader& store, std::vector<Pending>& batch,
                            std::vector<Slot>& slots) {
-    std::map<std::pair<std::string, std::string>, std::size_t> first_with_key;
+    // The keys of the batch, each once, looked up in the store together. A stored record
+    // decides every command with its key; without one, the first command with the key does,
+    // and the later ones follow it (same request) or are refused (another request).
+    using Key = std::pair<std::string, std::string>;  // actor, key
+    std::map<Key, std::vector<std::size_t>> with_key;  // in batch order
     std::string actors = "{";
     std::string keys = "{";
     auto append_text = [](std::string& array, const std::string& value) {
@@ -928,18 +932,14 @@ struct Engine::Impl {
       const auto& ctx = batch[i].command.context;
       if (ctx.idempotency_key.empty() || slots[i].kind != Slot::Kind::decide) continue;
       slots[i].request_hash = sha256(ctx.request_fingerprint);
-      auto [it, inserted] = first_with_key.try_emplace({ctx.actor, ctx.idempotency_key}, i);
-      if (inserted) {
+      auto& commands = with_key[{ctx.actor, ctx.idempotency_key}];
+      if (commands.empty()) {
         append_text(actors, ctx.actor);
         append_text(keys, ctx.idempotency_key);
-      } else if (slots[it->second].request_hash == slots[i].request_hash) {
-        slots[i].kind = Slot::Kind::follows;
-        slots[i].follows = it->second;
-      } else {
-        answer_key_reused(slots[i], batch[i]);
       }
+      commands.push_back(i);
     }
-    if (first_with_key.empty()) return;
+    if (with_key.empty()) return;
     actors.push_back('}');
     keys.push_back('}');
     const auto rows = store().exec_params(
@@ -949,16 +949,33 @@ struct Engine::Impl {
         "  WHERE actor = w.actor AND key = w.key) k",
         actors, keys);
     for (const auto& row : rows) {
-      const std::size_t i = first_with_key.at({row[0].as<std::string>(), row[1].as<std::string>()});
-      if (pqxx::binarystring(row[2]).str() != slots[i].request_hash) {
-        answer_key_reused(slots[i], batch[i]);
-        continue;
-      }
+      auto found = with_key.find({row[0].as<std::string>(), row[1].as<std::string>()});
+      if (found == with_key.end()) continue;
+      const std::string stored_hash = pqxx::binarystring(row[2]).str();
       auto stored = outcome_from_json(pqxx::binarystring(row[3]).str());
       LEDGER_ASSERT(stored.has_value(), "stored idempotency outcome is not valid JSON");
-      slots[i].kind = Slot::Kind::answered;
-      slots[i].outcome = std::move(*stored);
-      slots[i].outcome.replayed = true;
+      for (const std::size_t i : found->second) {
+        if (stored_hash != slots[i].request_hash) {
+          answer_key_reused(slots[i], batch[i]);
+          continue;
+        }
+        slots[i].kind = Slot::Kind::answered;
+        slots[i].outcome = *stored;
+        slots[i].outcome.replayed = true;
+      }
+      with_key.erase(found);
+    }
+    for (const auto& [key, commands] : with_key) {
+      const std::size_t first = commands.front();
+      for (std::size_t k = 1; k < commands.size(); ++k) {
+        const std::size_t i = commands[k];
+        if (slots[i].request_hash == slots[first].request_hash) {
+          slots[i].kind = Slot::Kind::follows;
+          slots[i].follows = first;
+        } else {
+          answer_key_reused(slots[i], batch[i]);
+        }
+      }
     }
   }
 

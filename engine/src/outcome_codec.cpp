@@ -7,7 +7,7 @@
 namespace ledger::engine {
 
 std::optional<RejectionCode> rejection_code_from_string(std::string_view name) {
-  for (int code = 0; code <= static_cast<int>(RejectionCode::linked_command_failed); ++code) {
+  for (int code = 0; code <= static_cast<int>(rejection_code_last); ++code) {
     if (to_string(static_cast<RejectionCode>(code)) == name) return static_cast<RejectionCode>(code);
   }
   return std::nullopt;

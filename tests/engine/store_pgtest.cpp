@@ -865,3 +865,36 @@ TEST_CASE("the expiry sweeper voids a hold once the engine's clock passes its ti
                      "SELECT count(*) FROM events WHERE type = 'pending_transfer_ended' "
                      "AND metadata->>'actor' = 'engine:expiry'") == 1);
 }
+
+TEST_CASE("a keyed refusal replays with its code, whatever the code (none aborts the engine)") {
+  test::TestDatabase database;
+  Engine engine(test::engine_settings(database));
+  open_and_fund(engine, "alice", 100);
+  const std::string cash = system_account_id(SystemAccount::cash, "EUR");
+  const auto first = engine.execute(command(Transfer{"t1", "alice", cash, Amount(1), eur()}, "k1", "same"));
+  REQUIRE(first.code == RejectionCode::system_account);
+  const auto again = engine.execute(command(Transfer{"t1", "alice", cash, Amount(1), eur()}, "k1", "same"));
+  CHECK(again.code == RejectionCode::system_account);
+  CHECK(again.replayed);
+  const auto loan = engine.execute(command(RepayLoan{"nope", Amount(1), "r1"}, "k2", "repay"));
+  REQUIRE(loan.code == RejectionCode::unknown_loan);
+  CHECK(engine.execute(command(RepayLoan{"nope", Amount(1), "r1"}, "k2", "repay")).code ==
+        RejectionCode::unknown_loan);
+}
+
+TEST_CASE("a stored key's request replays even when another request with that key comes first in a batch") {
+  test::TestDatabase database;
+  EngineSettings settings = test::engine_settings(database);
+  settings.commit_wait_max = std::chrono::milliseconds(100);  // both below share one batch
+  Engine engine(settings);
+  open_and_fund(engine, "alice", 100);
+  const auto stored = engine.execute(command(Deposit{"alice", Amount(5)}, "k", "request X"));
+  REQUIRE(stored.accepted());
+  auto other = engine.submit(command(Deposit{"alice", Amount(7)}, "k", "request Y"));
+  auto same = engine.submit(command(Deposit{"alice", Amount(5)}, "k", "request X"));
+  CHECK(other.get().code == RejectionCode::idempotency_key_reused);
+  const auto replayed = same.get();
+  CHECK_MESSAGE(replayed.accepted(), to_string(replayed.code));
+  CHECK(replayed.replayed);
+  CHECK(replayed.position == stored.position);
+}

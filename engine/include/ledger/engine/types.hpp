@@ -42,7 +42,10 @@ enum class RejectionCode {
   // A client command names an account of kind system: only the engine's rules move money
   // there (loans; deposits and withdrawals against the cash account).
   system_account,
+  // A new code goes above this line, and rejection_code_last names it.
 };
+// The last code: stored outcomes are read back by searching every code up to it.
+inline constexpr RejectionCode rejection_code_last = RejectionCode::system_account;
 
 [[nodiscard]] std::string_view to_string(RejectionCode code);
 
