@@ -3,7 +3,7 @@
 // real PostgreSQL and against a model of the ledger written here from API.md and the README:
 // plain maps of accounts, transfers, holds and idempotency keys. No engine rule is reused: the
 // engine's types are only the vocabulary (commands in, codes and states out). After every step
-// the outcome (accepted or the problem code, replayed or not), every account's status and totals
+// the outcome (accepted, replayed or not, or the problem code), every account's status and totals
 // and every transfer's and hold's state must agree; at the end `replay verify` must be clean.
 //
 // Seeded and reproducible: a failing sequence is shrunk (steps deleted while it still fails, on a
@@ -16,7 +16,11 @@
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
+#include <functional>
+#include <latch>
+#include <thread>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -49,6 +53,8 @@ struct Step {
   std::string key;
   CommandBody body;
   std::int64_t advance_seconds = 0;
+  // Concurrent runs: sent at the same time as the step before (one round of clients).
+  bool with_previous = false;
 };
 
 std::string amount_text(std::optional<Amount> amount) {
@@ -107,7 +113,7 @@ std::string describe(const CommandBody& body) {
 
 std::string describe(const Step& step) {
   if (step.advance_seconds != 0) return fmt::format("clock +{} s", step.advance_seconds);
-  std::string text = step.actor;
+  std::string text = step.with_previous ? "  | " + step.actor : step.actor;
   if (!step.key.empty()) text += " key=" + step.key;
   return text + ": " + describe(step.body);
 }
@@ -438,7 +444,25 @@ class Generator {
  public:
   explicit Generator(std::uint64_t seed) : random_(seed) {}
 
-  std::vector<Step> sequence(std::size_t steps_count) {
+  // `concurrent`: steps are grouped in rounds of 1 to 4 sent at once (clock steps alone).
+  std::vector<Step> sequence(std::size_t steps_count, bool concurrent = false) {
+    std::vector<Step> steps = serial_sequence(steps_count);
+    if (!concurrent) return steps;
+    std::size_t round = 0;
+    for (std::size_t i = 1; i < steps.size(); ++i) {
+      const bool joinable = steps[i].advance_seconds == 0 && steps[i - 1].advance_seconds == 0;
+      if (joinable && round < 3 && random_.chance(70)) {
+        steps[i].with_previous = true;
+        ++round;
+      } else {
+        round = 0;
+      }
+    }
+    return steps;
+  }
+
+ private:
+  std::vector<Step> serial_sequence(std::size_t steps_count) {
     std::vector<Step> steps;
     // Most accounts exist early, so that money moves; the rest is random.
     for (std::size_t i = 0; i < customer_ids.size() && steps.size() < steps_count; ++i) {
@@ -475,7 +499,6 @@ class Generator {
     return steps;
   }
 
- private:
   Step fresh_step(CommandBody body) {
     Step step;
     step.actor = random_.chance(70) ? "alice" : "bob";
@@ -706,6 +729,12 @@ std::optional<std::string> compare_transfers(Engine& engine, const Model& model)
   return std::nullopt;
 }
 
+// The same answer: the same code and, for an acceptance, the same replayed flag (HTTP 200 or
+// 201). A refusal's replayed flag is no part of the contract (the HTTP front never shows it).
+bool agrees(const CommandOutcome& got, const Expected& expected) {
+  return got.code == expected.code && (!got.accepted() || got.replayed == expected.replayed);
+}
+
 // KNOWN ENGINE DEFECT, found by this test in its first run of 20 sequences: a keyed request
 // refused with a code declared after linked_command_failed (system_account; the loan codes) is
 // stored, and the same request again aborts the whole process: outcome_codec.cpp's
@@ -761,7 +790,7 @@ std::optional<Failure> run(const std::vector<Step>& steps, Tally* tally) {
         ++tally->steps;
         ++tally->outcomes[outcome.replayed && outcome.accepted() ? "replayed" : code_text(outcome.code)];
       }
-      if (outcome.code != expected.code || outcome.replayed != expected.replayed) {
+      if (!agrees(outcome, expected)) {
         return Failure{i, fmt::format("outcome: engine {}{} ({}), model {}{}", code_text(outcome.code),
                                       outcome.replayed ? " replayed" : "", outcome.detail, code_text(expected.code),
                                       expected.replayed ? " replayed" : "")};
@@ -783,8 +812,145 @@ std::optional<Failure> run(const std::vector<Step>& steps, Tally* tally) {
   return std::nullopt;
 }
 
+// KNOWN ENGINE DEFECT, found by this test with two engines: an engine decides a rejection on
+// the states in its cache and, writing nothing, never learns that another engine changed the
+// stream since. Minimal sequence (LEDGER_MODEL_ENGINES=2, seed 20261130): open a0 (USD) on
+// engine 1; at the same time open a4 (EUR) on engine 2 and, on engine 1, a hold a3 -> a4 (which
+// loads a4 as missing into engine 1's cache); then, after a4's opening was acknowledged, a
+// transfer a4 -> a0 on engine 1 is refused unknown_account (a4 exists: the answer is
+// currency_mismatch). Any later refusal on a stale cache is wrong in the same way (e.g.
+// insufficient_funds after another engine's deposit) and a keyed one is stored for good. The fix
+// is in engine.cpp (outside this test's remit), so CI runs one engine; 2 reproduces the defect.
+int engines_count() {
+  const char* value = std::getenv("LEDGER_MODEL_ENGINES");
+  return value != nullptr && std::string(value) == "2" ? 2 : 1;
+}
+
+// Concurrent clients: each round's steps are sent at once from their own threads, alternately
+// to either engine when there are two sharing the database (as two `serve` processes would).
+// Linearizability against the commit order: some order of the round must give, in the model,
+// every outcome the engines gave, with the commands that wrote events in the order of their
+// positions; the model then continues from that order. A version_conflict answer (the streams
+// kept changing under the retries) is allowed and means nothing was written.
+std::optional<Failure> run_concurrent(const std::vector<Step>& steps, Tally* tally) {
+  test::TestDatabase database;
+  auto now_us = std::make_shared<std::atomic<std::int64_t>>(clock_start_s * 1'000'000);
+  Model model;
+  model.now_s = clock_start_s;
+  {
+    EngineSettings settings;
+    settings.database_url = database.app_url();
+    settings.expiry_sweep_interval = std::chrono::milliseconds(0);
+    settings.clock_us = [now_us] { return now_us->load(); };
+    settings.commit_wait_max = std::chrono::microseconds(2'000);  // let a round share batches
+    const int engines = engines_count();
+    Engine first(settings);
+    std::optional<Engine> second_engine;
+    if (engines == 2) second_engine.emplace(settings);
+    Engine& second = engines == 2 ? *second_engine : first;
+    for (std::size_t begin = 0; begin < steps.size();) {
+      std::size_t end = begin + 1;
+      while (end < steps.size() && steps[end].with_previous && steps[end].advance_seconds == 0) ++end;
+      if (steps[begin].advance_seconds != 0) {
+        model.now_s += steps[begin].advance_seconds;
+        *now_us = model.now_s * 1'000'000;
+        begin = end;
+        continue;
+      }
+      std::vector<std::size_t> round;
+      for (std::size_t i = begin; i < end; ++i) {
+        if (!hits_known_defect(model, steps[i])) round.push_back(i);
+      }
+      std::vector<CommandOutcome> outcomes(round.size());
+      std::vector<std::string> errors(round.size());
+      {
+        std::latch start(static_cast<std::ptrdiff_t>(round.size()));
+        std::vector<std::jthread> clients;
+        for (std::size_t j = 0; j < round.size(); ++j) {
+          clients.emplace_back([&, j] {
+            const Step& step = steps[round[j]];
+            Command command{step.body, {}};
+            command.context.actor = step.actor;
+            command.context.idempotency_key = step.key;
+            command.context.request_fingerprint = describe(step.body);
+            start.arrive_and_wait();
+            try {
+              outcomes[j] = (j % 2 == 0 ? first : second).execute(std::move(command));
+            } catch (const std::exception& error) {
+              errors[j] = error.what();
+            }
+          });
+        }
+      }
+      const std::size_t last = end - 1;
+      for (std::size_t j = 0; j < round.size(); ++j) {
+        if (!errors[j].empty()) return Failure{last, fmt::format("step {}: the engine threw: {}", round[j], errors[j])};
+        if (tally != nullptr) {
+          ++tally->steps;
+          ++tally->outcomes[outcomes[j].replayed && outcomes[j].accepted() ? "replayed" : code_text(outcomes[j].code)];
+        }
+      }
+      // Some serial order of the round must explain every outcome.
+      std::vector<std::size_t> order(round.size());
+      for (std::size_t j = 0; j < order.size(); ++j) order[j] = j;
+      std::optional<Model> explained;
+      do {
+        Model candidate = model;
+        bool fits = true;
+        std::int64_t last_position = 0;
+        for (std::size_t j : order) {
+          const CommandOutcome& got = outcomes[j];
+          if (got.code == Code::version_conflict) continue;
+          const Expected expected = candidate.apply(steps[round[j]]);
+          if (!agrees(got, expected)) {
+            fits = false;
+            break;
+          }
+          if (got.accepted() && !got.replayed) {
+            if (got.position.value() <= last_position) {
+              fits = false;
+              break;
+            }
+            last_position = got.position.value();
+          }
+        }
+        if (fits) {
+          explained = std::move(candidate);
+          break;
+        }
+      } while (std::next_permutation(order.begin(), order.end()));
+      if (!explained) {
+        std::string what = "no serial order of the round explains the outcomes:";
+        for (std::size_t j = 0; j < round.size(); ++j) {
+          what += fmt::format(" [step {} -> {}{} at {}]", round[j], code_text(outcomes[j].code),
+                              outcomes[j].replayed ? " replayed" : "", outcomes[j].position.value());
+        }
+        return Failure{last, what};
+      }
+      model = std::move(*explained);
+      if (auto problem = compare_accounts(first, model)) return Failure{last, *problem};
+      if (auto problem = compare_transfers(second, model)) return Failure{last, *problem};
+      begin = end;
+    }
+  }
+  db::PoolSettings pool_settings;
+  pool_settings.url = database.app_url();
+  pool_settings.connections_max = 2;
+  db::ConnectionPool pool(pool_settings);
+  const auto verified = replay::verify(pool, replay::VerifyOptions{});
+  if (!verified.ok) {
+    return Failure{steps.size(), fmt::format("replay verify: {} at position {}", verified.problem,
+                                             verified.first_bad_position.value())};
+  }
+  if (tally != nullptr) ++tally->sequences;
+  return std::nullopt;
+}
+
+using Runner = std::function<std::optional<Failure>(const std::vector<Step>&, Tally*)>;
+
 // Deletes steps while the sequence still fails (chunks, then single steps), within `budget`.
-std::vector<Step> shrink(std::vector<Step> steps, std::size_t failing_step, std::chrono::seconds budget) {
+std::vector<Step> shrink(const Runner& run, std::vector<Step> steps, std::size_t failing_step,
+                         std::chrono::seconds budget) {
   const auto deadline = std::chrono::steady_clock::now() + budget;
   if (failing_step < steps.size()) steps.resize(failing_step + 1);  // what follows cannot matter
   for (std::size_t chunk = std::max<std::size_t>(steps.size() / 2, 1); chunk >= 1; chunk /= 2) {
@@ -796,7 +962,7 @@ std::vector<Step> shrink(std::vector<Step> steps, std::size_t failing_step, std:
         for (std::size_t i = 0; i < steps.size(); ++i) {
           if (i < start || i >= start + chunk) candidate.push_back(steps[i]);
         }
-        const auto failure = candidate.empty() ? std::nullopt : run(candidate, nullptr);
+        const auto failure = candidate.empty() ? std::nullopt : run(candidate, nullptr);  // NOLINT
         if (failure) {
           steps = std::move(candidate);
           if (failure->step < steps.size()) steps.resize(failure->step + 1);
@@ -817,14 +983,16 @@ std::uint64_t env_number(const char* name, std::uint64_t fallback) {
   return std::strtoull(value, nullptr, 10);
 }
 
-}  // namespace
 
-TEST_CASE("random command sequences agree with the reference model, step by step, and verify") {
+// Runs sequences (serial or concurrent) as the environment asks; fails with the seed and the
+// shrunk sequence of the first that disagrees.
+void run_sequences(bool concurrent, std::uint64_t default_sequences) {
   const std::uint64_t seed = env_number("LEDGER_MODEL_SEED", 20261130);
-  const std::uint64_t sequences = env_number("LEDGER_MODEL_SEQUENCES", 20);
+  const std::uint64_t sequences = env_number("LEDGER_MODEL_SEQUENCES", default_sequences);
   const std::uint64_t steps_count = env_number("LEDGER_MODEL_COMMANDS", 60);
   const std::uint64_t seconds = env_number("LEDGER_MODEL_SECONDS", 0);
   const std::chrono::seconds shrink_budget(env_number("LEDGER_MODEL_SHRINK_SECONDS", 120));
+  const Runner runner = concurrent ? Runner(run_concurrent) : Runner(run);
 
   const auto started = std::chrono::steady_clock::now();
   const auto elapsed = [&] { return std::chrono::steady_clock::now() - started; };
@@ -832,26 +1000,44 @@ TEST_CASE("random command sequences agree with the reference model, step by step
   for (std::uint64_t k = 0;; ++k) {
     if (seconds == 0 ? k >= sequences : elapsed() >= std::chrono::seconds(seconds)) break;
     const std::uint64_t sequence_seed = seed + k;
-    const auto steps = Generator(sequence_seed).sequence(steps_count);
+    const auto steps = Generator(sequence_seed).sequence(steps_count, concurrent);
     INFO("sequence seed ", sequence_seed, " (printed should the process crash)");
-    const auto failure = run(steps, &tally);
+    const auto failure = runner(steps, &tally);
     if (!failure) continue;
-    const auto shrunk = shrink(steps, failure->step, shrink_budget);
-    const auto final_failure = run(shrunk, nullptr);
+    const auto shrunk = shrink(runner, steps, failure->step, shrink_budget);
+    const auto final_failure = runner(shrunk, nullptr);
     std::ostringstream text;
-    text << "seed " << sequence_seed << " (LEDGER_MODEL_SEED=" << sequence_seed
-         << " LEDGER_MODEL_SEQUENCES=1 LEDGER_MODEL_COMMANDS=" << steps_count << ")\n"
+    text << (concurrent ? "concurrent" : "serial") << " sequence seed " << sequence_seed
+         << " (LEDGER_MODEL_SEED=" << sequence_seed << " LEDGER_MODEL_SEQUENCES=1 LEDGER_MODEL_COMMANDS="
+         << steps_count << ")\n"
          << "first failure at step " << failure->step << ": " << failure->what << "\n"
          << "shortest failing sequence found (" << shrunk.size() << " of " << steps.size() << " steps):\n";
     for (std::size_t i = 0; i < shrunk.size(); ++i) text << "  #" << i << " " << describe(shrunk[i]) << "\n";
-    if (final_failure) text << "  fails at #" << final_failure->step << ": " << final_failure->what << "\n";
+    if (final_failure) {
+      text << "  fails at #" << final_failure->step << ": " << final_failure->what << "\n";
+    } else {
+      text << "  (the shrunk sequence passed on its last run: a concurrent failure may not repeat)\n";
+    }
     FAIL(text.str());
   }
   std::ostringstream summary;
-  summary << "reference model: " << tally.sequences << " sequences, " << tally.steps << " commands in "
+  summary << "reference model, "
+          << (concurrent ? fmt::format("concurrent clients on {} engine(s)", engines_count()) : std::string("serial"))
+          << ": "
+          << tally.sequences << " sequences, " << tally.steps << " commands in "
           << std::chrono::duration_cast<std::chrono::seconds>(elapsed()).count() << " s (first seed " << seed
           << "); outcomes:";
   for (const auto& [code, count] : tally.outcomes) summary << " " << code << "=" << count;
   MESSAGE(summary.str());
   CHECK(tally.sequences > 0);
+}
+
+}  // namespace
+
+TEST_CASE("random command sequences agree with the reference model, step by step, and verify") {
+  run_sequences(false, 20);
+}
+
+TEST_CASE("concurrent clients agree with a serial order of the model that the positions allow") {
+  run_sequences(true, 10);
 }
