@@ -9,10 +9,13 @@
 // Seeded and reproducible: a failing sequence is shrunk (steps deleted while it still fails, on a
 // fresh database each try, within a time bound) and printed with its seed.
 //   LEDGER_MODEL_SEED        first seed (sequence k uses seed + k); default fixed for CI
-//   LEDGER_MODEL_SEQUENCES   sequences to run (default 20)
+//   LEDGER_MODEL_SEQUENCES   sequences to run (default 20 serial, 10 concurrent)
 //   LEDGER_MODEL_COMMANDS    steps per sequence (default 60)
 //   LEDGER_MODEL_SECONDS     run sequences until this much time has passed (ops/soak.sh)
 //   LEDGER_MODEL_SHRINK_SECONDS  time bound of the shrinking (default 120)
+//   LEDGER_MODEL_PRINT       set: list every sequence before running it
+//   LEDGER_MODEL_ENGINES     2: the concurrent case runs two engines on one database
+// The concurrent case (10 sequences by default) sends rounds of steps at once; see run_concurrent.
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
