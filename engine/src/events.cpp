@@ -151,8 +151,12 @@ std::optional<DomainEvent> decode_event(std::string_view type, std::string_view 
   const fb::Event* root = fb::GetEvent(payload.data());
   std::optional<DomainEvent> decoded;
   switch (root->data_type()) {
+    // The verifier does not check enum ranges: a value the schema does not define is not an
+    // event (it would index past the names' tables, or read as a known value and re-encode
+    // to other bytes).
     case fb::EventData::AccountOpened: {
       const auto* e = root->data_as_AccountOpened();
+      if (e->kind() > fb::AccountKind::MAX) return std::nullopt;
       decoded = events::AccountOpened{to_string(e->account_id()), to_string(e->currency()),
                                       e->ledger_code(), to_string(e->owner()),
                                       static_cast<AccountKind>(e->kind()), e->flags(),
@@ -164,6 +168,9 @@ std::optional<DomainEvent> decode_event(std::string_view type, std::string_view 
     case fb::EventData::AccountClosed: decoded = events::AccountClosed{}; break;
     case fb::EventData::AccountEntry: {
       const auto* e = root->data_as_AccountEntry();
+      if (e->direction() > fb::EntryDirection::MAX || e->phase() > fb::EntryPhase::MAX) {
+        return std::nullopt;
+      }
       decoded = events::AccountEntry{to_string(e->transfer_id()),
                                      static_cast<events::Direction>(e->direction()),
                                      static_cast<events::Phase>(e->phase()), e->amount(),
@@ -192,6 +199,7 @@ std::optional<DomainEvent> decode_event(std::string_view type, std::string_view 
     }
     case fb::EventData::PendingTransferEnded: {
       const auto* e = root->data_as_PendingTransferEnded();
+      if (e->end() > fb::PendingEnd::MAX) return std::nullopt;
       decoded = events::PendingTransferEnded{e->amount(), static_cast<events::PendingEnd>(e->end())};
       break;
     }

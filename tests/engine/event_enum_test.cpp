@@ -1,0 +1,53 @@
+// Stored payloads name their enums by number and the FlatBuffers verifier does not check enum
+// ranges: decode_event must, or an entry with direction 33 indexes past the names' table when
+// written as JSON (history, export), and an unknown account kind or schedule type reads as a
+// known one that re-encodes to other bytes.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+
+#include "ledger/engine/events.hpp"
+
+using namespace ledger::engine;
+
+namespace {
+
+// A fuzz corpus input: byte 0 selects the type in the fuzz target, the payload follows.
+std::string payload_of(const char* name) {
+  std::ifstream in(std::filesystem::path(LEDGER_FUZZ_CORPUS_DIR) / "event_decode" / name,
+                   std::ios::binary);
+  REQUIRE(in.good());
+  const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  REQUIRE(bytes.size() > 1);
+  return bytes.substr(1);
+}
+
+}  // namespace
+
+// Found by tests/fuzz/event_decode_fuzz under UBSan (index 33 out of bounds in event_to_json).
+TEST_CASE("an account entry whose direction is outside the enum is not an event") {
+  CHECK_FALSE(decode_event("account_entry", payload_of("regression-entry-direction")).has_value());
+}
+
+TEST_CASE("every enum value the schema defines still decodes") {
+  for (const auto direction : {events::Direction::debit, events::Direction::credit}) {
+    for (const auto phase : {events::Phase::posted, events::Phase::pending,
+                             events::Phase::pending_posted, events::Phase::pending_released}) {
+      const DomainEvent entry = events::AccountEntry{"t-1", direction, phase, 5, 0, "bob"};
+      const auto decoded = decode_event("account_entry", encode_event(entry));
+      REQUIRE(decoded.has_value());
+      CHECK(event_to_json(*decoded) == event_to_json(entry));
+    }
+  }
+  for (const auto kind : {AccountKind::customer, AccountKind::system}) {
+    const DomainEvent opened = events::AccountOpened{"a", "EUR", 0, "", kind, 0, 0};
+    CHECK(decode_event("account_opened", encode_event(opened)).has_value());
+  }
+  for (const auto end : {events::PendingEnd::voided, events::PendingEnd::expired}) {
+    const DomainEvent ended = events::PendingTransferEnded{5, end};
+    CHECK(decode_event("pending_transfer_ended", encode_event(ended)).has_value());
+  }
+}
