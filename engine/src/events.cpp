@@ -149,6 +149,8 @@ std::optional<DomainEvent> decode_event(std::string_view type, std::string_view 
                                  payload.size());
   if (!fb::VerifyEventBuffer(verifier)) return std::nullopt;
   const fb::Event* root = fb::GetEvent(payload.data());
+  // The verifier accepts a union whose type is set and whose table is absent.
+  if (root->data() == nullptr) return std::nullopt;
   std::optional<DomainEvent> decoded;
   switch (root->data_type()) {
     // The verifier does not check enum ranges: a value the schema does not define is not an
