@@ -153,12 +153,11 @@ std::optional<DomainEvent> decode_event(std::string_view type, std::string_view 
   if (root->data() == nullptr) return std::nullopt;
   std::optional<DomainEvent> decoded;
   switch (root->data_type()) {
-    // The verifier does not check enum ranges: a value the schema does not define is not an
-    // event (it would index past the names' tables, or read as a known value and re-encode
-    // to other bytes).
+    // An enum value the schema does not define (loan_codec::in_range) is not an event: it would
+    // index past the names' tables, or read as a known value and re-encode to other bytes.
     case fb::EventData::AccountOpened: {
       const auto* e = root->data_as_AccountOpened();
-      if (e->kind() > fb::AccountKind::MAX) return std::nullopt;
+      if (!loan_codec::in_range(e->kind())) return std::nullopt;
       decoded = events::AccountOpened{to_string(e->account_id()), to_string(e->currency()),
                                       e->ledger_code(), to_string(e->owner()),
                                       static_cast<AccountKind>(e->kind()), e->flags(),
@@ -170,7 +169,7 @@ std::optional<DomainEvent> decode_event(std::string_view type, std::string_view 
     case fb::EventData::AccountClosed: decoded = events::AccountClosed{}; break;
     case fb::EventData::AccountEntry: {
       const auto* e = root->data_as_AccountEntry();
-      if (e->direction() > fb::EntryDirection::MAX || e->phase() > fb::EntryPhase::MAX) {
+      if (!loan_codec::in_range(e->direction()) || !loan_codec::in_range(e->phase())) {
         return std::nullopt;
       }
       decoded = events::AccountEntry{to_string(e->transfer_id()),
@@ -201,7 +200,7 @@ std::optional<DomainEvent> decode_event(std::string_view type, std::string_view 
     }
     case fb::EventData::PendingTransferEnded: {
       const auto* e = root->data_as_PendingTransferEnded();
-      if (e->end() > fb::PendingEnd::MAX) return std::nullopt;
+      if (!loan_codec::in_range(e->end())) return std::nullopt;
       decoded = events::PendingTransferEnded{e->amount(), static_cast<events::PendingEnd>(e->end())};
       break;
     }

@@ -92,7 +92,7 @@ std::optional<DomainEvent> decode(const fb::Event& root) {
       t.principal = e->principal();
       t.rate_bps = e->rate_bps();
       t.installments = e->installments();
-      if (e->schedule_type() > fb::ScheduleType::MAX) return std::nullopt;  // see decode_event
+      if (!in_range(e->schedule_type())) return std::nullopt;
       t.type = static_cast<ScheduleType>(e->schedule_type());
       const auto origination = date_of(e->origination_date());
       const auto first_due = date_of(e->first_due_date());

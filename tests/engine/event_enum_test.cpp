@@ -57,3 +57,9 @@ TEST_CASE("every enum value the schema defines still decodes") {
 TEST_CASE("a payload naming an event type without its table is not an event") {
   CHECK_FALSE(decode_event("account_entry", payload_of("regression-entry-without-table")).has_value());
 }
+
+// Found by tests/fuzz/event_decode_fuzz after the range check above: the schema's enums are
+// `byte`, signed, so 0xFF is -1 and passed a check of the upper bound only.
+TEST_CASE("an enum byte of 0xFF (-1) is outside the enum too") {
+  CHECK_FALSE(decode_event("pending_transfer_ended", payload_of("regression-ended-negative")).has_value());
+}
