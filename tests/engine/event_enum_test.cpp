@@ -63,3 +63,13 @@ TEST_CASE("a payload naming an event type without its table is not an event") {
 TEST_CASE("an enum byte of 0xFF (-1) is outside the enum too") {
   CHECK_FALSE(decode_event("pending_transfer_ended", payload_of("regression-ended-negative")).has_value());
 }
+
+// Found by tests/fuzz/event_decode_fuzz under UBSan: a repayment's parts near INT64_MAX made
+// the check of their sum against the stored amount overflow (undefined behaviour).
+TEST_CASE("a repayment whose parts overflow int64 is not an event") {
+  CHECK_FALSE(decode_event("loan_repaid", payload_of("regression-repaid-total-overflow")).has_value());
+  const std::string big = "9223372036854775807";
+  const std::string json = R"({"repayment_id":"r-1","amount":-2,"penalties":)" + big +
+                           R"(,"interest":)" + big + R"(,"principal":0,"interest_reversed":0,"allocations":[]})";
+  CHECK_FALSE(event_from_json("loan_repaid", json).has_value());
+}
