@@ -32,8 +32,9 @@ for target in "${targets[@]}"; do
   "build-fuzz/tests/fuzz/${target}_fuzz" -max_total_time="$seconds" -timeout=10 \
     -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$findings/" \
     "$work" "tests/fuzz/corpus/$target" >"$log" 2>&1 || status=$?
-  executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-  coverage=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  # A target that stops on a seed prints neither line: `|| true` keeps set -e from ending here.
+  executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1 || true)
+  coverage=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)
   found=$(find "$findings" -maxdepth 1 -type f | wc -l)
   if [ "$status" -eq 0 ] && [ "$found" -eq 0 ]; then
     passed=$((passed + 1))
@@ -41,7 +42,7 @@ for target in "${targets[@]}"; do
   else
     failed=$((failed + 1))
     echo "fuzz: $target: FAILED (exit $status), ${executions:-0} executions, $found finding(s) in $findings"
-    grep -E 'PROPERTY VIOLATED|ERROR: |runtime error|SUMMARY' "$log" | head -5 | sed 's/^/  /'
+    grep -E 'PROPERTY VIOLATED|ERROR: |runtime error|SUMMARY' "$log" | head -5 | sed 's/^/  /' || true
     echo "  log: $log"
   fi
 done
