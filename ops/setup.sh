@@ -18,6 +18,7 @@ packages=(
   rapidjson-dev
   libssl-dev
   curl procps python3 gnuplot-nox kcat python3-flatbuffers
+  clang-14 libclang-rt-14-dev  # ops/fuzz.sh: libFuzzer, ASan and UBSan (linked with libstdc++)
 )
 
 if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi

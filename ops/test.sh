@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs the whole test suite (unit, integration, e2e) with ctest.
-# Extra arguments go to ctest, e.g. `ops/test.sh -L unit`.
+# Sets up, builds and runs the whole test suite (unit, integration, e2e) with ctest, then the
+# fuzz smoke run: every libFuzzer target for LEDGER_FUZZ_SECONDS (default 30) on top of its
+# corpus (ops/fuzz.sh; LEDGER_FUZZ_SECONDS=0 skips it). Extra arguments go to ctest, e.g.
+# `ops/test.sh -L unit`. The last line is the fuzz summary "fuzz: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ops/setup.sh
 bash ops/build.sh
 ctest --test-dir build --output-on-failure -j 2 "$@"
+fuzz_seconds="${LEDGER_FUZZ_SECONDS:-30}"
+if [ "$fuzz_seconds" != 0 ]; then
+  bash ops/fuzz.sh "$fuzz_seconds"
+fi

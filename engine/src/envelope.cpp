@@ -11,9 +11,12 @@ namespace fb = ledger::schema;
 std::string encode_envelope(const RecordedEvent& event) {
   flatbuffers::FlatBufferBuilder builder(512 + event.payload.size());
   const auto& m = event.metadata;
-  const auto metadata = fb::CreateMetadataDirect(
-      builder, m.actor.c_str(), m.command_id.c_str(), m.correlation_id.c_str(),
-      m.causation_id.c_str(), m.request_id.c_str(), m.client_address.c_str());
+  // Strings with their length, not as C strings: the envelope carries the event exactly as
+  // stored (its hash covers the metadata), a NUL included.
+  const auto metadata = fb::CreateMetadata(
+      builder, builder.CreateString(m.actor), builder.CreateString(m.command_id),
+      builder.CreateString(m.correlation_id), builder.CreateString(m.causation_id),
+      builder.CreateString(m.request_id), builder.CreateString(m.client_address));
   const auto payload = builder.CreateVector(
       reinterpret_cast<const std::uint8_t*>(event.payload.data()), event.payload.size());
   const auto hash = builder.CreateVector(reinterpret_cast<const std::uint8_t*>(event.hash.data()),

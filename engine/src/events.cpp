@@ -149,10 +149,15 @@ std::optional<DomainEvent> decode_event(std::string_view type, std::string_view 
                                  payload.size());
   if (!fb::VerifyEventBuffer(verifier)) return std::nullopt;
   const fb::Event* root = fb::GetEvent(payload.data());
+  // The verifier accepts a union whose type is set and whose table is absent.
+  if (root->data() == nullptr) return std::nullopt;
   std::optional<DomainEvent> decoded;
   switch (root->data_type()) {
+    // An enum value the schema does not define (loan_codec::in_range) is not an event: it would
+    // index past the names' tables, or read as a known value and re-encode to other bytes.
     case fb::EventData::AccountOpened: {
       const auto* e = root->data_as_AccountOpened();
+      if (!loan_codec::in_range(e->kind())) return std::nullopt;
       decoded = events::AccountOpened{to_string(e->account_id()), to_string(e->currency()),
                                       e->ledger_code(), to_string(e->owner()),
                                       static_cast<AccountKind>(e->kind()), e->flags(),
@@ -164,6 +169,9 @@ std::optional<DomainEvent> decode_event(std::string_view type, std::string_view 
     case fb::EventData::AccountClosed: decoded = events::AccountClosed{}; break;
     case fb::EventData::AccountEntry: {
       const auto* e = root->data_as_AccountEntry();
+      if (!loan_codec::in_range(e->direction()) || !loan_codec::in_range(e->phase())) {
+        return std::nullopt;
+      }
       decoded = events::AccountEntry{to_string(e->transfer_id()),
                                      static_cast<events::Direction>(e->direction()),
                                      static_cast<events::Phase>(e->phase()), e->amount(),
@@ -192,6 +200,7 @@ std::optional<DomainEvent> decode_event(std::string_view type, std::string_view 
     }
     case fb::EventData::PendingTransferEnded: {
       const auto* e = root->data_as_PendingTransferEnded();
+      if (!loan_codec::in_range(e->end())) return std::nullopt;
       decoded = events::PendingTransferEnded{e->amount(), static_cast<events::PendingEnd>(e->end())};
       break;
     }

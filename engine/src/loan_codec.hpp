@@ -20,6 +20,13 @@ flatbuffers::Offset<ledger::schema::Event> encode(flatbuffers::FlatBufferBuilder
 flatbuffers::Offset<ledger::schema::Event> encode(flatbuffers::FlatBufferBuilder& builder, const events::LoanDayClosed& e);
 flatbuffers::Offset<ledger::schema::Event> encode(flatbuffers::FlatBufferBuilder& builder, const events::LoanWrittenOff& e);
 
+// Whether a stored enum value is one its schema enum defines. The verifier does not check
+// enum ranges, and the schema's `byte` is signed (0xFF reads as -1).
+template <typename Enum>
+[[nodiscard]] bool in_range(Enum value) {
+  return value >= Enum::MIN && value <= Enum::MAX;
+}
+
 // std::nullopt when `root` holds no loan event or an invalid one (a bad date, say).
 std::optional<DomainEvent> decode(const ledger::schema::Event& root);
 

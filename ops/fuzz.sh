@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets (clang-14, ASan, UBSan) into build-fuzz/ and runs each for N
+# seconds (default 600) on top of its committed corpus (tests/fuzz/corpus/<target>).
+#   ops/fuzz.sh [seconds]        e.g. ops/fuzz.sh 30 (CI), ops/fuzz.sh (10 minutes each)
+# New coverage goes to build-fuzz/corpus/<target> (merge it into the committed corpus with
+# `<target>_fuzz -merge=1 tests/fuzz/corpus/<target> build-fuzz/corpus/<target>` when worth it).
+# A crash, leak, sanitizer report or violated property is saved as
+# build-fuzz/findings/<target>/crash-*: reproduce with `build-fuzz/tests/fuzz/<target>_fuzz FILE`,
+# fix it, then commit the file as tests/fuzz/corpus/<target>/regression-<what> so every later
+# run replays it. Exit status 1 when any target found something; the last line reads
+# "fuzz: N passed, N failed".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-600}"
+targets=(command_parser event_decode event_json envelope snapshot)
+
+cmake -S . -B build-fuzz -G Ninja -DLEDGER_FUZZ=ON -DCMAKE_CXX_COMPILER=clang++-14 \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build-fuzz -j "${LEDGER_BUILD_JOBS:-2}"
+
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+passed=0
+failed=0
+for target in "${targets[@]}"; do
+  work="build-fuzz/corpus/$target"
+  findings="build-fuzz/findings/$target"
+  log="build-fuzz/findings/$target.log"
+  mkdir -p "$work" "$findings"
+  status=0
+  # -timeout: one input running longer than 10 s is a finding (a hang); -rss_limit_mb likewise.
+  "build-fuzz/tests/fuzz/${target}_fuzz" -max_total_time="$seconds" -timeout=10 \
+    -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$findings/" \
+    "$work" "tests/fuzz/corpus/$target" >"$log" 2>&1 || status=$?
+  # A target that stops on a seed prints neither line: `|| true` keeps set -e from ending here.
+  executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1 || true)
+  coverage=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)
+  found=$(find "$findings" -maxdepth 1 -type f | wc -l)
+  if [ "$status" -eq 0 ] && [ "$found" -eq 0 ]; then
+    passed=$((passed + 1))
+    echo "fuzz: $target: ok, ${executions:-0} executions in ${seconds} s, coverage ${coverage:-?} edges"
+  else
+    failed=$((failed + 1))
+    echo "fuzz: $target: FAILED (exit $status), ${executions:-0} executions, $found finding(s) in $findings"
+    grep -E 'PROPERTY VIOLATED|ERROR: |runtime error|SUMMARY' "$log" | head -5 | sed 's/^/  /' || true
+    echo "  log: $log"
+  fi
+done
+echo "fuzz: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
