@@ -155,7 +155,9 @@ TEST_CASE("a flood of /health and /metrics probes runs at most one database chec
   CHECK(probe_failures == 0);
   CHECK(checks <= static_cast<int>(seconds) + 2);
   CHECK(reads > 10);
-  CHECK(slowest < std::chrono::milliseconds(500));
+  // A bound on starvation, not a latency target: a starved pool answers 503 after its 1 s
+  // acquire timeout, and a busy two-core machine can take half a second on its own.
+  CHECK(slowest < std::chrono::milliseconds(3'000));
   const auto metrics = client.request("GET", "/metrics");
   CHECK(metrics.body.find("ledger_health_refreshes_total ") != std::string::npos);
 }
