@@ -58,6 +58,32 @@ bool is_version_gap(const pqxx::check_violation& error) {
   return std::string_view(error.what()).find("version gap") != std::string_view::npos;
 }
 
+// Holding the head row, no other appender can commit: a stream read for a refusal and not
+// written by this batch must still be at the version read, or the refusal may be stale.
+void check_reads_current(pqxx::work& work, const std::vector<RecordedEvent>& events,
+                         const std::vector<StreamRead>& reads) {
+  if (reads.empty()) return;
+  std::unordered_map<std::string_view, bool> written;
+  for (const auto& event : events) written.emplace(event.stream_id, true);
+  ArrayLiteral stream_ids, versions;
+  bool any = false;
+  for (const auto& read : reads) {
+    if (written.contains(read.stream_id)) continue;  // versions there are checked by UNIQUE
+    stream_ids.add_text(read.stream_id);
+    versions.add_number(read.version);
+    any = true;
+  }
+  if (!any) return;
+  const auto stale = work.exec_params1(
+      "SELECT count(*) FROM unnest($1::text[], $2::bigint[]) AS r(stream_id, version) "
+      "WHERE coalesce((SELECT max(e.version) FROM events e WHERE e.stream_id = r.stream_id), 0) "
+      "<> r.version",
+      stream_ids.finish(), versions.finish());
+  if (stale[0].as<std::int64_t>() > 0) {
+    throw AppendConflict("a refusal was decided on a state another writer has changed since");
+  }
+}
+
 }  // namespace
 
 void prepare_append(pqxx::connection& connection) {
@@ -67,11 +93,12 @@ void prepare_append(pqxx::connection& connection) {
 AppendOutcome append_batch(
     pqxx::work& work, std::vector<RecordedEvent>& events,
     const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
-    const std::vector<ExpiryRecord>& expiries) {
+    const std::vector<ExpiryRecord>& expiries, const std::vector<StreamRead>& unwritten_reads) {
   const auto count = static_cast<std::int64_t>(events.size());
   assert_streams_continue(events);
   const auto head = work.exec_params1(
       "UPDATE event_store_head SET position = position + $1 RETURNING position, hash", count);
+  check_reads_current(work, events, unwritten_reads);
   const std::int64_t last = head[0].as<std::int64_t>();
   const std::int64_t first = last - count + 1;
   std::string previous_hash = pqxx::binarystring(head[1]).str();

@@ -35,6 +35,13 @@ class AppendConflict : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A stream a refused command read but the batch does not write, at the version it was read:
+// nothing else catches a stale read then (another engine may have written the stream since).
+struct StreamRead {
+  std::string stream_id;
+  std::int64_t version = 0;
+};
+
 struct AppendOutcome {
   GlobalPosition first_position{0};
   GlobalPosition last_position{0};
@@ -47,9 +54,11 @@ struct AppendOutcome {
 // commits with synchronous_commit on. Throws AppendConflict on a version or key conflict, or
 // a version gap the store refuses (nothing written), pqxx::broken_connection when the connection is lost before the commit,
 // and pqxx::in_doubt_error when it is lost during it.
+// `unwritten_reads` are checked against the store once the head row is held: a stream whose
+// stored version differs is an AppendConflict too (the batch is decided again from the store).
 AppendOutcome append_batch(
     pqxx::work& work, std::vector<RecordedEvent>& events,
     const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
-    const std::vector<ExpiryRecord>& expiries);
+    const std::vector<ExpiryRecord>& expiries, const std::vector<StreamRead>& unwritten_reads);
 
 }  // namespace ledger::engine

@@ -198,6 +198,8 @@ struct Engine::Impl {
     std::vector<RecordedEvent> rows;
     std::vector<ExpiryRecord> expiries;
     bool keyed = false;  // holds idempotency records to store
+    // When a command was refused: the streams the batch read and does not write, as read.
+    std::vector<StreamRead> unwritten_reads;
   };
 
   explicit Impl(EngineSettings s)
@@ -589,6 +591,8 @@ struct Engine::Impl {
       std::move(later.decided.expiries.begin(), later.decided.expiries.end(),
                 std::back_inserter(decided.expiries));
       decided.keyed = decided.keyed || later.decided.keyed;
+      std::move(later.decided.unwritten_reads.begin(), later.decided.unwritten_reads.end(),
+                std::back_inserter(decided.unwritten_reads));
       for (auto& [stream_id, state] : later.changed) changed.insert_or_assign(stream_id, std::move(state));
     }
   };
@@ -698,6 +702,19 @@ struct Engine::Impl {
       slot.outcome.command_id = batch[i].command.context.command_id;
     }
 
+    // A refusal writes nothing, so no version check would notice a stale state behind it
+    // (another engine's write since this engine cached the stream): remember what was read.
+    const bool refused = std::any_of(slots.begin(), slots.end(), [](const Slot& slot) {
+      return slot.kind == Slot::Kind::decide && !slot.outcome.accepted();
+    });
+    if (refused) {
+      std::unordered_set<std::string_view> written;
+      for (const auto& event : working.new_events()) written.insert(event.stream_id);
+      for (const auto& [stream_id, state] : working.streams()) {
+        if (!written.contains(stream_id)) decided.unwritten_reads.push_back({stream_id, state.version.value()});
+      }
+    }
+
     // Turn the decided events into rows.
     const auto& new_events = working.new_events();
     decided.rows.resize(new_events.size());
@@ -744,7 +761,7 @@ struct Engine::Impl {
   // whether the batch landed: true if it did, the error again if it did not, and
   // EngineUnavailable when the store cannot tell (retrying could then append twice).
   bool append_decided(pqxx::work& work, std::vector<Pending>& batch, Decided& decided) {
-    if (decided.rows.empty() && !decided.keyed) return true;
+    if (decided.rows.empty() && !decided.keyed && decided.unwritten_reads.empty()) return true;
     auto records_for = [&](GlobalPosition first) {
       fill_positions(decided.slots, decided.rows, first);
       std::vector<IdempotencyRecord> records;
@@ -759,7 +776,7 @@ struct Engine::Impl {
     };
     const int backend_pid = work.conn().backendpid();
     try {
-      (void)append_batch(work, decided.rows, records_for, decided.expiries);
+      (void)append_batch(work, decided.rows, records_for, decided.expiries, decided.unwritten_reads);
     } catch (const AppendConflict& conflict) {
       spdlog::debug("append conflict, reloading: {}", conflict.what());
       return false;

@@ -898,3 +898,27 @@ TEST_CASE("a stored key's request replays even when another request with that ke
   CHECK(replayed.replayed);
   CHECK(replayed.position == stored.position);
 }
+
+TEST_CASE("a refusal is never decided on a state another engine has changed since it was cached") {
+  for (const bool pipelined : {true, false}) {
+    INFO(std::string(pipelined ? "pipelined" : "serial"));
+    test::TestDatabase database;
+    EngineSettings settings = test::engine_settings(database);
+    settings.decide_while_committing = pipelined;
+    Engine a(settings);
+    Engine b(settings);
+    open_and_fund(a, "alice", 100);
+    // b caches bob as missing and alice at her balance of 100.
+    CHECK(b.execute(command(Transfer{"t1", "alice", "bob", Amount(10), eur()})).code ==
+          RejectionCode::unknown_account);
+    CHECK(b.execute(command(Withdrawal{"alice", Amount(150)})).code == RejectionCode::insufficient_funds);
+    // a opens bob and funds alice; b must see both, not refuse from its cache.
+    REQUIRE(a.execute(command(OpenAccount{"bob", eur()})).accepted());
+    REQUIRE(a.execute(command(Deposit{"alice", Amount(100)})).accepted());
+    const auto withdrawal = b.execute(command(Withdrawal{"alice", Amount(150)}));
+    CHECK_MESSAGE(withdrawal.accepted(), to_string(withdrawal.code));
+    const auto transfer = b.execute(command(Transfer{"t2", "alice", "bob", Amount(10), eur()}));
+    CHECK_MESSAGE(transfer.accepted(), to_string(transfer.code));
+    CHECK(b.read_account("alice")->balance() == Amount(40));
+  }
+}

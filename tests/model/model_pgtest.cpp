@@ -801,22 +801,18 @@ std::optional<Failure> run(const std::vector<Step>& steps, Tally* tally) {
   return std::nullopt;
 }
 
-// KNOWN ENGINE DEFECT, found by this test with two engines: an engine decides a rejection on
-// the states in its cache and, writing nothing, never learns that another engine changed the
-// stream since. Minimal sequence (LEDGER_MODEL_ENGINES=2, seed 20261130): open a0 (USD) on
-// engine 1; at the same time open a4 (EUR) on engine 2 and, on engine 1, a hold a3 -> a4 (which
-// loads a4 as missing into engine 1's cache); then, after a4's opening was acknowledged, a
-// transfer a4 -> a0 on engine 1 is refused unknown_account (a4 exists: the answer is
-// currency_mismatch). Any later refusal on a stale cache is wrong in the same way (e.g.
-// insufficient_funds after another engine's deposit) and a keyed one is stored for good. The fix
-// is in engine.cpp (outside this test's remit), so CI runs one engine; 2 reproduces the defect.
+// Found by this test with two engines, and fixed: an engine decided a refusal on the states in
+// its cache and, writing nothing, never learnt that another engine had changed the stream since
+// (seed 20261130: a transfer refused unknown_account for an account the other engine had opened).
 // The two engine defects this test found first (a keyed refusal whose replay aborted the
 // engine; a stored key's request refused when another request with that key came first in a
 // batch) are fixed; their steps are sent like any other.
 
+// Two engines share the database unless LEDGER_MODEL_ENGINES=1: a refusal decided on one
+// engine's stale cache was a defect this case found.
 int engines_count() {
   const char* value = std::getenv("LEDGER_MODEL_ENGINES");
-  return value != nullptr && std::string(value) == "2" ? 2 : 1;
+  return value != nullptr && std::string(value) == "1" ? 1 : 2;
 }
 
 // Concurrent clients: each round's steps are sent at once from their own threads, alternately
