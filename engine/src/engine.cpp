@@ -17,6 +17,7 @@
 #include "appender.hpp"
 #include "ledger/core/assert.hpp"
 #include "ledger/core/logging.hpp"
+#include "ledger/core/utf8.hpp"
 #include "ledger/db/pool.hpp"
 #include "ledger/db/retry.hpp"
 #include "ledger/engine/domain.hpp"
@@ -110,40 +111,14 @@ constexpr std::size_t metadata_field_bytes_max = 256;
 
 bool is_storable_text(std::string_view text) {
   if (text.size() > metadata_field_bytes_max) return false;
-  std::size_t i = 0;
-  while (i < text.size()) {
+  if (invalid_utf8_offset(text) != std::string_view::npos) return false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
     const auto byte = static_cast<unsigned char>(text[i]);
-    if (byte < 0x80) {
-      if (byte < 0x20 || byte == 0x7f) return false;
-      ++i;
-      continue;
-    }
-    std::size_t length = 0;
-    std::uint32_t code_point = 0;
-    if ((byte & 0xe0) == 0xc0) {
-      length = 2;
-      code_point = byte & 0x1f;
-    } else if ((byte & 0xf0) == 0xe0) {
-      length = 3;
-      code_point = byte & 0x0f;
-    } else if ((byte & 0xf8) == 0xf0) {
-      length = 4;
-      code_point = byte & 0x07;
-    } else {
+    if (byte < 0x20 || byte == 0x7f) return false;  // C0 controls and DEL
+    // C1 controls, U+0080 to U+009F: 0xC2 followed by 0x80 to 0x9F.
+    if (byte == 0xc2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) <= 0x9f) {
       return false;
     }
-    if (i + length > text.size()) return false;
-    for (std::size_t k = 1; k < length; ++k) {
-      const auto next = static_cast<unsigned char>(text[i + k]);
-      if ((next & 0xc0) != 0x80) return false;
-      code_point = (code_point << 6) | (next & 0x3f);
-    }
-    const std::uint32_t smallest[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (code_point < smallest[length] || code_point > 0x10ffff ||
-        (code_point >= 0xd800 && code_point <= 0xdfff) || (code_point >= 0x80 && code_point < 0xa0)) {
-      return false;  // overlong, out of range, a surrogate, or a C1 control character
-    }
-    i += length;
   }
   return true;
 }
