@@ -745,6 +745,22 @@ bool agrees(const CommandOutcome& got, const Expected& expected) {
   return got.code == expected.code && (!got.accepted() || got.replayed == expected.replayed);
 }
 
+// The end of a sequence: the log verifies (dense, chained, decodable, double entry).
+std::optional<Failure> verify_at_end(const test::TestDatabase& database, std::size_t steps,
+                                     Tally* tally) {
+  db::PoolSettings pool_settings;
+  pool_settings.url = database.app_url();
+  pool_settings.connections_max = 2;
+  db::ConnectionPool pool(pool_settings);
+  const auto verified = replay::verify(pool, replay::VerifyOptions{});
+  if (!verified.ok) {
+    return Failure{steps, fmt::format("replay verify: {} at position {}", verified.problem,
+                                      verified.first_bad_position.value())};
+  }
+  if (tally != nullptr) ++tally->sequences;
+  return std::nullopt;
+}
+
 // Runs `steps` on a fresh database; the first disagreement, if any.
 std::optional<Failure> run(const std::vector<Step>& steps, Tally* tally) {
   test::TestDatabase database;
@@ -788,17 +804,7 @@ std::optional<Failure> run(const std::vector<Step>& steps, Tally* tally) {
       if (auto problem = compare_transfers(engine, model)) return Failure{i, *problem};
     }
   }
-  db::PoolSettings pool_settings;
-  pool_settings.url = database.app_url();
-  pool_settings.connections_max = 2;
-  db::ConnectionPool pool(pool_settings);
-  const auto verified = replay::verify(pool, replay::VerifyOptions{});
-  if (!verified.ok) {
-    return Failure{steps.size(), fmt::format("replay verify: {} at position {}", verified.problem,
-                                             verified.first_bad_position.value())};
-  }
-  if (tally != nullptr) ++tally->sequences;
-  return std::nullopt;
+  return verify_at_end(database, steps.size(), tally);
 }
 
 // Found by this test with two engines, and fixed: an engine decided a refusal on the states in
@@ -920,17 +926,7 @@ std::optional<Failure> run_concurrent(const std::vector<Step>& steps, Tally* tal
       begin = end;
     }
   }
-  db::PoolSettings pool_settings;
-  pool_settings.url = database.app_url();
-  pool_settings.connections_max = 2;
-  db::ConnectionPool pool(pool_settings);
-  const auto verified = replay::verify(pool, replay::VerifyOptions{});
-  if (!verified.ok) {
-    return Failure{steps.size(), fmt::format("replay verify: {} at position {}", verified.problem,
-                                             verified.first_bad_position.value())};
-  }
-  if (tally != nullptr) ++tally->sequences;
-  return std::nullopt;
+  return verify_at_end(database, steps.size(), tally);
 }
 
 using Runner = std::function<std::optional<Failure>(const std::vector<Step>&, Tally*)>;
