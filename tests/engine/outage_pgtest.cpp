@@ -311,3 +311,30 @@ TEST_CASE("the in-doubt check ends the committing session before it asks, so a l
                        "SELECT count(*) FROM events WHERE type = 'transfer_posted'") == 2);
   }
 }
+
+TEST_CASE("a session stranded mid-commit, which the in-doubt check could not end, does not block "
+          "later appends for good") {
+  test::TestDatabase database;
+  auto& cluster = test::TestCluster::instance();
+  test::PgFaultProxy proxy(cluster.directory(), cluster.port());
+  EngineSettings settings = test::engine_settings(database);
+  settings.database_url = proxy.url("ledger_app", database.name());
+  settings.connection_retries_max = 1;
+  Engine engine(settings);
+  REQUIRE(engine.execute(command(OpenAccount{"alice", eur()})).accepted());
+  REQUIRE(engine.execute(command(Deposit{"alice", Amount(1)})).accepted());
+  // The COMMIT never arrives and its session stays open, holding the head row, while the
+  // database is unreachable for longer than the in-doubt check tries (about 3.3 s).
+  proxy.fault_next_commit(test::PgFaultProxy::CommitFault::strand_session, 5'000ms);
+  auto lost = engine.submit(command(Deposit{"alice", Amount(100)}));
+  CHECK_THROWS_AS(lost.get(), OutcomeUnknown);
+  while (proxy.down()) std::this_thread::sleep_for(20ms);
+  // The server ends the stranded session (idle in transaction, 10 s) and appends go on; without
+  // that they would wait out their statement timeout behind it, again and again.
+  const auto after = engine.execute(command(Deposit{"alice", Amount(10)}));
+  CHECK_MESSAGE(after.accepted(), after.detail);
+  CHECK(engine.read_account("alice")->credits_posted == Amount(11));
+  CHECK(test::scalar(database.admin_url(),
+                     "SELECT count(*) FROM (SELECT stream_id FROM events GROUP BY stream_id "
+                     "HAVING max(version) <> count(*)) gaps") == 0);
+}

@@ -48,6 +48,7 @@ struct PgFaultProxy::Link {
   std::atomic<bool> drop_replies{false};
   std::thread delayed_commit;  // delay_commit: delivers the held COMMIT later
   std::atomic<bool> delayed_commit_done{false};
+  std::atomic<bool> stranded{false};  // strand_session: outages do not cut it
 
   [[nodiscard]] bool done() const {
     return finished.load() == 2 && (!delayed_commit.joinable() || delayed_commit_done.load());
@@ -124,6 +125,7 @@ void PgFaultProxy::begin_outage(std::chrono::milliseconds outage) {
   std::lock_guard lock(mutex_);
   down_until_ = std::chrono::steady_clock::now() + outage;
   for (Link* link : links_) {
+    if (link->stranded) continue;
     link->cut();
     ++connections_cut_;
   }
@@ -209,6 +211,21 @@ void PgFaultProxy::relay_client(Link* link) {
           std::lock_guard lock(mutex_);
           outage = armed_outage_;
           fault = armed_fault_;
+        }
+        if (fault == CommitFault::strand_session) {
+          link->stranded = true;
+          link->drop_replies = true;
+          // Every other connection is cut before the client learns of this one, so it cannot
+          // reach the session through a pooled connection that was still up.
+          begin_outage(outage);
+          ::shutdown(link->client_fd, SHUT_RDWR);
+          link->delayed_commit = std::thread([this, link] {
+            while (!stopping_) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            link->cut();
+            link->delayed_commit_done = true;
+          });
+          ++link->finished;
+          return;
         }
         if (fault == CommitFault::delay_commit) {
           link->drop_replies = true;

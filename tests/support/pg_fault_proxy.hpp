@@ -37,8 +37,11 @@ class PgFaultProxy {
   //   hears), then the same cut and refusal;
   // - delay_commit: held back while the client's side of the connection is cut (the client
   //   sees the commit fail in doubt) and delivered to the still-open session after `outage`,
-  //   as a slow network does; new connections are accepted meanwhile.
-  enum class CommitFault { lose_commit, lose_reply, delay_commit };
+  //   as a slow network does; new connections are accepted meanwhile;
+  // - strand_session: held back for good while the client's side is cut, the session left open
+  //   (idle in its transaction, holding its locks) as a half-open connection leaves it; new
+  //   connections are refused for `outage`, others cut.
+  enum class CommitFault { lose_commit, lose_reply, delay_commit, strand_session };
   void fault_next_commit(CommitFault fault, std::chrono::milliseconds outage);
   // Cuts every connection and refuses new ones for `outage`, from now.
   void cut(std::chrono::milliseconds outage);
