@@ -18,6 +18,7 @@ packages=(
   rapidjson-dev
   libssl-dev
   curl procps python3 gnuplot-nox kcat python3-flatbuffers
+  python3-confluent-kafka python3-numpy  # examples/consumers/python (docs/consumers.md)
   clang-14 libclang-rt-14-dev  # ops/fuzz.sh: libFuzzer, ASan and UBSan (linked with libstdc++)
 )
 
