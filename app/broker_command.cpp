@@ -42,9 +42,11 @@ CommandAction register_broker_command(CLI::App& root, Settings& settings) {
     rd_kafka_mock_cluster_t* cluster = rd_kafka_mock_cluster_new(handle, *brokers);
     if (cluster == nullptr) throw std::runtime_error("cannot create the mock Kafka cluster");
     const std::string topic = settings.topic_prefix + ".events";
-    if (rd_kafka_mock_topic_create(cluster, topic.c_str(), *partitions, 1) !=
-        RD_KAFKA_RESP_ERR_NO_ERROR) {
-      throw std::runtime_error("cannot create topic " + topic);
+    // The events topic, and the JSON view `--publish-json` fills (docs/consumers.md).
+    for (const std::string& name : {topic, topic + ".json"}) {
+      if (rd_kafka_mock_topic_create(cluster, name.c_str(), *partitions, 1) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        throw std::runtime_error("cannot create topic " + name);
+      }
     }
     const std::string bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
     if (!address_file->empty()) {

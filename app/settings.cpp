@@ -127,6 +127,9 @@ void add_settings(CLI::App& app, Settings& settings) {
   app.add_option("--topic-prefix", settings.topic_prefix, "Kafka topic prefix (<prefix>.events)")
       ->envname("LEDGER_TOPIC_PREFIX")
       ->capture_default_str();
+  app.add_flag("--publish-json", settings.publish_json,
+               "Also publish every event as JSON to <prefix>.events.json (relay and replay publish)")
+      ->envname("LEDGER_PUBLISH_JSON");
 }
 
 std::map<std::string, std::string> read_dev_env(const std::string& home) {

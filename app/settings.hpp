@@ -23,6 +23,8 @@ struct Settings {
 
   std::string kafka_brokers;  // empty: the development broker of `ledger dev` (dev.env)
   std::string topic_prefix = "ledger";
+  // Also publish every event as JSON to <prefix>.events.json (docs/consumers.md).
+  bool publish_json = false;
 };
 
 // Registers the shared settings on `app` (inherited by subcommands through fallthrough).

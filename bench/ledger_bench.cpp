@@ -455,6 +455,25 @@ int main(int argc, char** argv) {
                                                 : 0.0;
     results.push_back({"relay", "publish backlog of " + std::to_string(backlog) + " events (from serve start)",
                        relay_rate, "events/s", "", relay_seconds > 0 ? "" : "timed out"});
+    // The JSON view's cost (docs/consumers.md): the same range sent again by `replay publish`,
+    // envelopes only, then envelopes and JSON lines, to topics of their own (the broker creates
+    // them on first use) so the projectors below do not meet the copies.
+    const std::int64_t json_range = std::min<std::int64_t>(backlog, 200'000);
+    for (const bool json : {false, true}) {
+      std::vector<std::string> publish = {ledger_binary, "--log-level", "warn", "--database-url", app_url,
+                                          "--kafka-brokers", kafka_brokers, "--topic-prefix",
+                                          json ? "bench-json" : "bench-envelopes", "replay", "publish", "--from", "1",
+                                          "--to", std::to_string(json_range)};
+      if (json) publish.insert(publish.begin() + 9, "--publish-json");
+      std::string output;
+      const auto started = Clock::now();
+      const bool published = json_range > 0 && process::run(publish, output).success();
+      const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
+      results.push_back({"relay", std::string(json ? "replay publish with the JSON view, " : "replay publish, ") +
+                                      std::to_string(json_range) + " events",
+                         published ? static_cast<double>(json_range) / seconds : 0.0, "events/s", "",
+                         published ? "" : "failed: " + output});
+    }
     // Projectors: catch up from that backlog, both read models in one process.
     process::SpawnOptions project_options;
     project_options.output_file = work_directory + "/project.log";

@@ -7,6 +7,9 @@
 #include <rapidjson/writer.h>
 
 #include "ledger/core/assert.hpp"
+#include "ledger/core/hex.hpp"
+#include "ledger/core/time_text.hpp"
+#include "ledger/engine/events.hpp"
 #include "ledger/db/pool.hpp"
 #include "store_sql.hpp"
 
@@ -83,6 +86,40 @@ std::string chain_hash(std::string_view previous_hash, const RecordedEvent& even
   unsigned int length = 0;
   EVP_Digest(bytes.data(), bytes.size(), digest, &length, sha256, nullptr);
   return std::string(reinterpret_cast<const char*>(digest), length);
+}
+
+std::string recorded_event_to_json(const RecordedEvent& event) {
+  const auto decoded = decode_event(event.type, event.payload);
+  if (!decoded) {
+    throw std::runtime_error("position " + std::to_string(event.position.value()) + ": the " + event.type +
+                             " payload does not decode (run `ledger replay verify`)");
+  }
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+  auto text = [&](const char* key, std::string_view value) {
+    w.Key(key);
+    w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
+  };
+  auto raw = [&](const char* key, const std::string& json) {
+    w.Key(key);
+    w.RawValue(json.data(), json.size(), rapidjson::kObjectType);
+  };
+  w.StartObject();
+  w.Key("position");
+  w.Int64(event.position.value());
+  text("stream_id", event.stream_id);
+  w.Key("version");
+  w.Int64(event.version.value());
+  text("event_id", event.event_id);
+  text("type", event.type);
+  w.Key("schema_version");
+  w.Int(event.schema_version);
+  text("recorded_at", rfc3339(event.recorded_at_us));
+  raw("data", event_to_json(*decoded));
+  raw("metadata", metadata_to_json(event.metadata));
+  text("hash", to_hex(event.hash));
+  w.EndObject();
+  return std::string(buffer.GetString(), buffer.GetSize());
 }
 
 EventStore::EventStore(db::ConnectionPool& pool) : pool_(pool) {}

@@ -21,6 +21,7 @@ using Clock = std::chrono::steady_clock;
 
 constexpr const char* append_channel = "ledger_events_appended";
 constexpr const char* content_type = "application/x-flatbuffers; schema=ledger.schema.Envelope";
+constexpr const char* json_content_type = "application/json";
 
 // A producer that failed fatally (an idempotent producer that lost track of its sequence
 // numbers refuses every later message) is replaced by a new one after this pause, doubled on
@@ -60,18 +61,17 @@ rd_kafka_conf_t* producer_conf(const RelaySettings& settings) {
   return conf;
 }
 
-// Hands one event to the producer per the contract in DESIGN.md (key = stream id, the
-// envelope, headers event-type, position and content-type), waiting while the queue is full.
-// The position travels as the message's opaque for the delivery report.
-void produce_event(rd_kafka_t* producer, const std::string& topic, const RecordedEvent& event) {
-  const std::string value = encode_envelope(event);
+// Hands one message to the producer, waiting while its queue is full. The position travels
+// as the message's opaque for the delivery report.
+void produce_message(rd_kafka_t* producer, const std::string& topic, const RecordedEvent& event,
+                     const std::string& value, const char* value_content_type) {
   const std::string position = std::to_string(event.position.value());
   while (true) {
     rd_kafka_headers_t* headers = rd_kafka_headers_new(3);
     rd_kafka_header_add(headers, "event-type", -1, event.type.data(),
                         static_cast<ssize_t>(event.type.size()));
     rd_kafka_header_add(headers, "position", -1, position.data(), static_cast<ssize_t>(position.size()));
-    rd_kafka_header_add(headers, "content-type", -1, content_type, -1);
+    rd_kafka_header_add(headers, "content-type", -1, value_content_type, -1);
     const rd_kafka_resp_err_t error = rd_kafka_producev(
         producer, RD_KAFKA_V_TOPIC(topic.c_str()),
         RD_KAFKA_V_KEY(event.stream_id.data(), event.stream_id.size()),
@@ -88,6 +88,16 @@ void produce_event(rd_kafka_t* producer, const std::string& topic, const Recorde
   }
 }
 
+// Publishes one event per the contract in DESIGN.md (key = stream id, the envelope, headers
+// event-type, position and content-type) and, when configured, its JSON view. Returns the
+// number of messages handed over (1 or 2).
+int produce_event(rd_kafka_t* producer, const RelaySettings& settings, const RecordedEvent& event) {
+  produce_message(producer, settings.topic, event, encode_envelope(event), content_type);
+  if (settings.json_topic.empty()) return 1;
+  produce_message(producer, settings.json_topic, event, recorded_event_to_json(event), json_content_type);
+  return 2;
+}
+
 }  // namespace
 
 struct Relay::Impl {
@@ -100,11 +110,12 @@ struct Relay::Impl {
   SharedStatus<RelayStatus> state;
 
   // Delivery tracking, touched only on the relay thread (delivery reports are served by
-  // rd_kafka_poll there). window[i] is position acknowledged + 1 + i: true once acknowledged.
+  // rd_kafka_poll there). window[i] is position acknowledged + 1 + i: the number of its
+  // messages (the envelope, and the JSON view when enabled) Kafka has not acknowledged yet.
   rd_kafka_t* producer = nullptr;
   std::int64_t acknowledged = 0;
   std::int64_t next = 1;
-  std::deque<bool> window;
+  std::deque<std::uint8_t> window;
   std::int64_t acknowledged_since_start = 0;
   bool delivery_failed = false;
   Clock::time_point last_progress = Clock::now();
@@ -143,14 +154,18 @@ struct Relay::Impl {
       });
       return;
     }
-    auto& offset = self->partition_offsets[message->partition];
-    if (message->offset > offset) {
-      offset = message->offset;
-      self->partitions_changed.insert(message->partition);
+    // The broker's data-loss check watches the events topic (the JSON view is derived from it).
+    if (rd_kafka_topic_name(message->rkt) == self->settings.topic) {
+      auto& offset = self->partition_offsets[message->partition];
+      if (message->offset > offset) {
+        offset = message->offset;
+        self->partitions_changed.insert(message->partition);
+      }
     }
     const std::int64_t index = position - self->acknowledged - 1;
     if (index >= 0 && index < static_cast<std::int64_t>(self->window.size())) {
-      self->window[static_cast<std::size_t>(index)] = true;
+      auto& outstanding = self->window[static_cast<std::size_t>(index)];
+      if (outstanding > 0) --outstanding;
     }
     self->last_progress = Clock::now();
   }
@@ -215,15 +230,15 @@ struct Relay::Impl {
   }
 
   void produce(const RecordedEvent& event) {
-    produce_event(producer, settings.topic, event);
+    const int messages = produce_event(producer, settings, event);
     if (window.empty()) last_progress = Clock::now();
-    window.push_back(false);
+    window.push_back(static_cast<std::uint8_t>(messages));
     next = event.position.value() + 1;
   }
 
   // Moves the acknowledged position over the contiguous acknowledged prefix.
   void advance() {
-    while (!window.empty() && window.front()) {
+    while (!window.empty() && window.front() == 0) {
       window.pop_front();
       ++acknowledged;
       ++acknowledged_since_start;
@@ -473,7 +488,8 @@ std::int64_t publish_range(const RelaySettings& settings, db::ConnectionPool& po
     throw std::runtime_error(std::string("Kafka producer: ") + error);
   }
 
-  std::int64_t produced = 0;
+  std::int64_t produced = 0;  // events
+  std::int64_t messages = 0;  // messages: one per event, two with the JSON view
   std::int64_t next = from.value();
   while (next <= to.value()) {
     const auto batch = store.read_all(
@@ -485,7 +501,7 @@ std::int64_t publish_range(const RelaySettings& settings, db::ConnectionPool& po
     }
     for (const auto& event : batch) {
       if (event.position.value() > to.value()) break;
-      produce_event(producer.get(), settings.topic, event);
+      messages += produce_event(producer.get(), settings, event);
       ++produced;
       next = event.position.value() + 1;
     }
@@ -499,9 +515,9 @@ std::int64_t publish_range(const RelaySettings& settings, db::ConnectionPool& po
     if (!deliveries.first_error.empty()) break;
   }
   if (!deliveries.first_error.empty()) throw std::runtime_error("Kafka: " + deliveries.first_error);
-  if (deliveries.acknowledged != produced) {
+  if (deliveries.acknowledged != messages) {
     throw std::runtime_error("Kafka acknowledged " + std::to_string(deliveries.acknowledged) + " of " +
-                             std::to_string(produced) + " events");
+                             std::to_string(messages) + " messages");
   }
   return produced;
 }

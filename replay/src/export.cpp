@@ -31,32 +31,8 @@ std::string decoded_json(const engine::RecordedEvent& event) {
 }
 
 void write_json_line(std::ostream& out, const engine::RecordedEvent& event) {
-  rapidjson::StringBuffer buffer;
-  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
-  auto text = [&](const char* key, std::string_view value) {
-    w.Key(key);
-    w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
-  };
-  auto raw = [&](const char* key, const std::string& json) {
-    w.Key(key);
-    w.RawValue(json.data(), json.size(), rapidjson::kObjectType);
-  };
-  w.StartObject();
-  w.Key("position");
-  w.Int64(event.position.value());
-  text("stream_id", event.stream_id);
-  w.Key("version");
-  w.Int64(event.version.value());
-  text("event_id", event.event_id);
-  text("type", event.type);
-  w.Key("schema_version");
-  w.Int(event.schema_version);
-  text("recorded_at", rfc3339(event.recorded_at_us));
-  raw("data", decoded_json(event));
-  raw("metadata", engine::metadata_to_json(event.metadata));
-  text("hash", to_hex(event.hash));
-  w.EndObject();
-  out.write(buffer.GetString(), static_cast<std::streamsize>(buffer.GetSize()));
+  const std::string line = engine::recorded_event_to_json(event);
+  out.write(line.data(), static_cast<std::streamsize>(line.size()));
   out.put('\n');
 }
 

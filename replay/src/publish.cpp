@@ -14,6 +14,7 @@ PublishResult publish(db::ConnectionPool& pool, const PublishSettings& settings,
   engine::RelaySettings relay;
   relay.brokers = settings.brokers;
   relay.topic = settings.topic;
+  relay.json_topic = settings.json_topic;
   relay.kafka_properties = settings.kafka_properties;
   result.events_published = engine::publish_range(relay, pool, GlobalPosition(from), GlobalPosition(to),
                                                   [&](std::int64_t done) {

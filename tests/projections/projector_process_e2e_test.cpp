@@ -12,6 +12,7 @@
 
 #include "../engine/engine_fixture.hpp"
 #include "ledger/core/process.hpp"
+#include "ledger/replay/replay.hpp"
 #include "read_side_fixture.hpp"
 
 using namespace ledger;
@@ -145,4 +146,56 @@ TEST_CASE("a consumer that is not ours reads the topic with kcat and decodes it 
   CHECK(event.find("\"AccountOpened\"") != std::string::npos);
   CHECK(event.find("\"account_id\": \"downstream-1\"") != std::string::npos);
   CHECK(event.find("\"currency\": \"EUR\"") != std::string::npos);
+}
+
+TEST_CASE("with the JSON view on, kcat reads every event as its export line from the second topic") {
+  test::TestDatabase database;
+  test::MockKafka kafka(1, 2);
+  auto pool = test::make_pool(database.app_url());
+  Engine engine(test::engine_settings(database));
+  auto settings = test::relay_settings(kafka);
+  settings.json_topic = test::events_json_topic;
+  Relay relay(settings, pool);
+  relay.start();
+  make_backlog(engine, 4, 40);
+  REQUIRE(engine.execute(command(PlaceHold{"json-hold", "k0", "k1", Amount(5), eur(), "", std::nullopt})).accepted());
+  REQUIRE(engine.execute(command(VoidHold{"json-hold"})).accepted());
+  const std::int64_t head = test::store_head(database.app_url());
+  // Acknowledged means both topics have it.
+  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
+
+  std::string output;
+  const auto consumed = process::run({"kcat", "-C", "-b", kafka.bootstrap(), "-t", test::events_json_topic, "-o",
+                                      "beginning", "-e", "-q", "-f", "%k|%h|%s\n"},
+                                     output);
+  REQUIRE_MESSAGE(consumed.success(), output);
+  std::map<std::int64_t, engine::RecordedEvent> seen;
+  std::istringstream lines(output);
+  std::string line;
+  while (std::getline(lines, line)) {
+    const auto key_end = line.find('|');
+    const auto headers_end = line.find('|', key_end + 1);
+    REQUIRE_MESSAGE(headers_end != std::string::npos, line);
+    const std::string key = line.substr(0, key_end);
+    const std::string headers = line.substr(key_end + 1, headers_end - key_end - 1);
+    // The export line format reads back to the exact stored event (payload re-encoded byte for byte).
+    const auto event = replay::parse_exported_event(line.substr(headers_end + 1));
+    REQUIRE_MESSAGE(event.has_value(), line);
+    CHECK(key == event->stream_id);
+    CHECK(headers.find("content-type=application/json") != std::string::npos);
+    CHECK(headers.find("event-type=" + event->type) != std::string::npos);
+    CHECK(headers.find("position=" + std::to_string(event->position.value())) != std::string::npos);
+    seen.emplace(event->position.value(), *event);
+  }
+  REQUIRE(static_cast<std::int64_t>(seen.size()) == head);
+  engine::EventStore store(pool);
+  for (const auto& stored : store.read_all(GlobalPosition(1), static_cast<std::size_t>(head))) {
+    const auto& published = seen.at(stored.position.value());
+    CHECK(published.stream_id == stored.stream_id);
+    CHECK(published.version == stored.version);
+    CHECK(published.payload == stored.payload);
+    CHECK(published.metadata == stored.metadata);
+    CHECK(published.hash == stored.hash);
+    CHECK(published.recorded_at_us == stored.recorded_at_us);
+  }
 }

@@ -35,6 +35,7 @@
 namespace ledger::test {
 
 constexpr const char* events_topic = "ledger.events";
+constexpr const char* events_json_topic = "ledger.events.json";  // the relay's optional JSON view
 
 // A mock Kafka cluster with the events topic; brokers can be taken down and brought back.
 class MockKafka {
@@ -48,6 +49,7 @@ class MockKafka {
     cluster_ = rd_kafka_mock_cluster_new(handle_, brokers);
     if (cluster_ == nullptr) throw std::runtime_error("cannot create a mock Kafka cluster");
     rd_kafka_mock_topic_create(cluster_, events_topic, partitions, 1);
+    rd_kafka_mock_topic_create(cluster_, events_json_topic, partitions, 1);
   }
   ~MockKafka() {
     rd_kafka_mock_cluster_destroy(cluster_);

@@ -20,6 +20,10 @@ namespace ledger::engine {
 struct RelaySettings {
   std::string brokers;                // Kafka bootstrap servers
   std::string topic = "ledger.events";
+  // When set, each event is also published here as JSON (the export line format; same key,
+  // headers with content-type application/json) for consumers without FlatBuffers. An event
+  // counts as acknowledged once both topics acknowledged it.
+  std::string json_topic;
   std::string checkpoint_name = "relay";  // row of `checkpoints` holding the acknowledged position
   // Only the instance holding this PostgreSQL advisory lock publishes; the others wait.
   std::int64_t leader_lock_key = 0x6c65646765720001;

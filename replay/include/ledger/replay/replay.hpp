@@ -128,6 +128,7 @@ struct ReconcileResult {
 struct PublishSettings {
   std::string brokers;
   std::string topic = "ledger.events";
+  std::string json_topic;  // also the JSON view here when set (engine::RelaySettings)
   std::map<std::string, std::string> kafka_properties;
 };
 
