@@ -19,6 +19,8 @@ packages=(
   libssl-dev
   curl procps python3 gnuplot-nox kcat python3-flatbuffers
   clang-14 libclang-rt-14-dev  # ops/fuzz.sh: libFuzzer, ASan and UBSan (linked with libstdc++)
+  # tests/ops: the deployment files are checked by the tools that will read them
+  systemd yamllint prometheus python3-yaml
 )
 
 if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
