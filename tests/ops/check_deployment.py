@@ -228,6 +228,12 @@ def check_compose(binary, source, default_port):
                 if secret not in (service.get("secrets") or []):
                     problem(where, f"{file_env} names {env[file_env]}, not a secret of the service")
         if chain == ["serve"]:
+            migrations_first = [
+                dependency for dependency, condition in (service.get("depends_on") or {}).items()
+                if condition.get("condition") == "service_completed_successfully"
+                and compose["services"][dependency].get("command") == ["migrate", "up"]]
+            if not migrations_first:
+                problem(where, "serve does not wait for a completed `ledger migrate up`")
             if env.get("LEDGER_HTTP_HOST", "127.0.0.1") in ("127.0.0.1", "localhost"):
                 problem(where, "serve listens on loopback only: the proxy cannot reach it")
             serve_ports.add(int(env.get("LEDGER_HTTP_PORT", default_port)))
@@ -291,6 +297,11 @@ def check_systemd(binary, source):
                     unit_env[m[0]] = None  # credential paths (%d): not known here
                 binary.check(f"{unit.name}{' (' + instance + ')' if instance else ''}", args, unit_env)
         if "ExecStart=/usr/bin/ledger serve" in text:
+            for dependency in ("Requires", "After"):
+                names = " ".join(re.findall(rf"^{dependency}=(.*)$", text, re.M)).split()
+                if not any((directory / n).exists() and "ExecStart=/usr/bin/ledger migrate up" in (directory / n).read_text()
+                           for n in names):
+                    problem(unit.name, f"serve has no {dependency}= on the unit running `ledger migrate up`")
             m = re.search(r"^TimeoutStopSec=(\d+)s?$", text, re.M)
             if not m or int(m.group(1)) <= serve_drain_seconds(source):
                 problem(unit.name, "TimeoutStopSec must exceed serve's drain")
@@ -407,6 +418,9 @@ def check_kubernetes(binary, source, default_port, live_routes):
                 problem(name, f"the HPA scales no Deployment {target}")
     if serve_labels is None:
         problem("ops/k8s", "no serve Deployment")
+    if not any(d["kind"] == "Job" and c.get("args") == ["migrate", "up"]
+               for _, d in documents for c in (d["spec"]["template"]["spec"]["containers"] if d["kind"] == "Job" else [])):
+        problem("ops/k8s", "no Job running `ledger migrate up`")
     return checked
 
 
