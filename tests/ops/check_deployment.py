@@ -11,6 +11,9 @@
   check_deployment.py alert-tests SOURCE_DIR
       Every alert of ops/prometheus/alerts.yml has a unit test that fires it and one that does
       not (promtool runs them; this checks none is missing).
+  check_deployment.py dashboard-rules SOURCE_DIR OUTPUT
+      Writes every PromQL expression of the Grafana dashboard as a recording rule (Grafana's
+      $job and $__rate_interval replaced by values), for `promtool check rules` to parse.
   check_deployment.py metrics SOURCE_DIR SCRAPE_FILE...
       Every ledger_* metric the Grafana dashboard and the alert rules use appears in the scraped
       files (serve's /metrics and the jobs' --metrics-file output).
@@ -487,6 +490,24 @@ def metrics(source, scrapes):
     return f"{len(used)} metrics used by the dashboard and the alerts, all scraped"
 
 
+def dashboard_rules(source, output):
+    dashboard = json.loads((source / "ops/grafana/ledger-dashboard.json").read_text())
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    rules = []
+    for panel in dashboard["panels"]:
+        if panel.get("datasource", {}).get("uid") != "${datasource}":
+            problem(f"panel '{panel['title']}'", "does not use the dashboard's datasource variable")
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for used in re.findall(r"\$(\w+)", expr):
+                if used not in variables and not used.startswith("__"):
+                    problem(f"panel '{panel['title']}'", f"uses ${used}, which is no variable of the dashboard")
+            expr = expr.replace("$__rate_interval", "1m").replace("$job", "ledger-serve")
+            rules.append({"record": f"dashboard:panel{panel['id']}:{target['refId']}", "expr": expr})
+    Path(output).write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    return f"{len(rules)} dashboard expressions written to {output}"
+
+
 def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
@@ -495,6 +516,8 @@ def main():
         summary = commands(sys.argv[2], Path(sys.argv[3]))
     elif mode == "alert-tests" and len(sys.argv) == 3:
         summary = alert_tests(Path(sys.argv[2]))
+    elif mode == "dashboard-rules" and len(sys.argv) == 4:
+        summary = dashboard_rules(Path(sys.argv[2]), sys.argv[3])
     elif mode == "metrics" and len(sys.argv) >= 4:
         summary = metrics(Path(sys.argv[2]), sys.argv[3:])
     else:
