@@ -3,6 +3,8 @@
 # ops/systemd. The units run /usr/bin/ledger, which verify requires to exist; so verify reads a
 # copy of the units with that path replaced by the built binary (the only change). Any output
 # of verify (an unknown key, a bad value, a missing unit) fails the check, not only its exit code.
+# Then `systemd-analyze security --offline` rates each service's sandbox: an exposure above
+# 2.0 (of 10; the units are at 1.2) fails, so no hardening line is dropped unnoticed.
 set -euo pipefail
 binary=$(realpath "$1")
 source_dir=$(realpath "$2")
@@ -37,3 +39,13 @@ if [ -n "$output" ]; then
   exit 1
 fi
 echo "ok: systemd-analyze verify found nothing in ${#units[@]} units (${units[*]##*/})"
+exposure_max=20  # systemd-analyze's threshold is in tenths: 20 is an exposure of 2.0
+for unit in "${units[@]}"; do
+  case "$unit" in *.timer) continue ;; esac
+  if ! report=$(cd "$copy" && systemd-analyze security --offline=yes --no-pager --threshold="$exposure_max" "$unit" 2>&1); then
+    echo "$report" | grep -E '^✗|Overall'
+    echo "FAILED: ${unit##*/} is exposed more than $exposure_max/100 (systemd-analyze security)"
+    exit 1
+  fi
+  echo "$report" | grep Overall
+done
