@@ -318,6 +318,17 @@ def check_kubernetes(binary, source, default_port, live_routes):
     secrets = {d["metadata"]["name"]: set((d.get("stringData") or d.get("data") or {}).keys())
                for _, d in documents if d["kind"] == "Secret"}
     services = {d["metadata"]["name"]: d for _, d in documents if d["kind"] == "Service"}
+    for name, d in documents:
+        if not all(k in d for k in ("apiVersion", "kind", "metadata")) or "name" not in d["metadata"]:
+            problem(name, "a document without apiVersion, kind or metadata.name")
+        elif d["kind"] != "Namespace" and d["metadata"].get("namespace") != "ledger":
+            problem(name, f"{d['kind']} {d['metadata']['name']} is not in namespace ledger")
+        if d.get("kind") == "Deployment":
+            # The API server refuses a Deployment whose selector does not match its pods.
+            selector = d["spec"]["selector"]["matchLabels"]
+            labels = d["spec"]["template"]["metadata"].get("labels", {})
+            if not selector.items() <= labels.items():
+                problem(name, f"Deployment {d['metadata']['name']}: selector {selector} does not match its pods")
     drain = serve_drain_seconds(source)
     serve_labels = None
     checked = 0
