@@ -1,7 +1,9 @@
+#include <ctime>
 #include <iostream>
 
 #include "commands.hpp"
 #include "ledger/db/migrations.hpp"
+#include "metrics_file.hpp"
 
 namespace ledger::app {
 
@@ -21,6 +23,9 @@ CommandAction register_migrate_command(CLI::App& root, Settings& settings) {
   auto force = std::make_shared<bool>(false);
   down->add_flag("--force", *force,
                  "Also drop tables that hold rows (refused otherwise, naming them and their rows)");
+  auto metrics_file = std::make_shared<std::string>();
+  status->add_option("--metrics-file", *metrics_file,
+                     "Also write the pending count for Prometheus here (textfile collector)");
   auto name = std::make_shared<std::string>();
   auto directory = std::make_shared<std::string>("migrations");
   create->add_option("name", *name, "Name: a-z, 0-9 and _")->required();
@@ -60,6 +65,19 @@ CommandAction register_migrate_command(CLI::App& root, Settings& settings) {
         std::printf("pending  %04d_%s\n", pending.version, pending.name.c_str());
       }
       for (const auto& problem : current.problems) std::printf("PROBLEM  %s\n", problem.c_str());
+      if (!metrics_file->empty()) {
+        write_metrics_file(
+            *metrics_file,
+            metrics_gauge("ledger_migrations_pending",
+                          "Migrations this binary holds that the database has not applied.",
+                          static_cast<std::int64_t>(current.pending.size())) +
+                metrics_gauge("ledger_migrations_problems",
+                              "Applied migrations that differ from this binary's (see migrate status).",
+                              static_cast<std::int64_t>(current.problems.size())) +
+                metrics_gauge("ledger_migrations_status_timestamp_seconds",
+                              "When `ledger migrate status` last wrote this file (Unix time).",
+                              static_cast<std::int64_t>(std::time(nullptr))));
+      }
       return current.problems.empty() ? 0 : 1;
     }
     if (validate->parsed()) {

@@ -1,5 +1,6 @@
 // `ledger replay <export|verify|balance|reconcile|publish>` and `ledger rebuild <read model>`:
 // the auditor's and the operator's tools over the event store (replay/).
+#include <ctime>
 #include <fstream>
 #include <iostream>
 
@@ -10,6 +11,7 @@
 #include "ledger/engine/event_store.hpp"
 #include "ledger/replay/rebuild.hpp"
 #include "ledger/replay/replay.hpp"
+#include "metrics_file.hpp"
 #include "progress.hpp"
 
 namespace ledger::app {
@@ -81,6 +83,10 @@ CommandAction register_replay_command(CLI::App& root, Settings& settings) {
   verify_app->add_option("--checkpoint-every", *checkpoint_every, "Report the per-currency sums this often (events)")
       ->check(CLI::Range(std::int64_t{1}, INT64_MAX))->capture_default_str();
 
+  auto verify_metrics_file = std::make_shared<std::string>();
+  verify_app->add_option("--metrics-file", *verify_metrics_file,
+                         "Also write the result for Prometheus here (textfile collector)");
+
   auto* balance_app = replay_app->add_subcommand("balance", "An account's balances at a past moment, from its stream");
   auto account = std::make_shared<std::string>();
   auto as_of = std::make_shared<std::string>();
@@ -149,6 +155,21 @@ CommandAction register_replay_command(CLI::App& root, Settings& settings) {
       TerminalProgress progress("verify");
       const auto result = replay::verify(pool, options, std::ref(progress));
       const double seconds = progress.seconds();
+      if (!verify_metrics_file->empty()) {
+        write_metrics_file(
+            *verify_metrics_file,
+            metrics_gauge("ledger_verify_ok",
+                          "1 when the last `ledger replay verify` found the log intact, 0 when not.",
+                          result.ok ? 1 : 0) +
+                metrics_gauge("ledger_verify_events_checked", "Events the last verify checked.",
+                              result.events_checked) +
+                metrics_gauge("ledger_verify_first_bad_position",
+                              "Position the last verify failed at (0: it did not fail).",
+                              result.ok ? 0 : result.first_bad_position.value()) +
+                metrics_gauge("ledger_verify_last_run_timestamp_seconds",
+                              "When the last verify ended (Unix time).",
+                              static_cast<std::int64_t>(std::time(nullptr))));
+      }
       if (*json) {
         print_json([&](JsonWriter& w) {
           w.Key("ok");

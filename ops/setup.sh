@@ -20,6 +20,8 @@ packages=(
   curl procps python3 gnuplot-nox kcat python3-flatbuffers
   python3-confluent-kafka python3-numpy  # examples/consumers/python (docs/consumers.md)
   clang-14 libclang-rt-14-dev  # ops/fuzz.sh: libFuzzer, ASan and UBSan (linked with libstdc++)
+  # tests/ops: the deployment files are checked by the tools that will read them
+  systemd yamllint prometheus python3-yaml
 )
 
 if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
