@@ -38,6 +38,11 @@ struct ServeOptions {
   std::size_t state_cache_streams_max = 500'000;
   int shutdown_grace_ms = 15'000;
   bool relay = true;
+  // Per actor; 0 per second: no limit (the default).
+  double command_rate = 0;
+  int command_burst = 50;
+  double query_rate = 0;
+  int query_burst = 100;
 };
 
 constexpr const char* jwt_secret_setting = "--jwt-secret (LEDGER_JWT_SECRET)";
@@ -96,6 +101,15 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
       ->envname("LEDGER_HTTP_BODY_BYTES_MAX")->check(CLI::Range(1'024, 64 << 20))->capture_default_str();
   serve->add_option("--http-connections-max", options->connections_max, "Open connections allowed")
       ->envname("LEDGER_HTTP_CONNECTIONS_MAX")->check(CLI::Range(1, 100'000))->capture_default_str();
+  serve->add_option("--rate-limit-commands", options->command_rate,
+                    "Commands a second per actor (token subject); 0: no limit; beyond it 429 rate_limited")
+      ->envname("LEDGER_RATE_LIMIT_COMMANDS")->check(CLI::Range(0.0, 1'000'000.0))->capture_default_str();
+  serve->add_option("--rate-limit-commands-burst", options->command_burst, "Commands an actor may send at once")
+      ->envname("LEDGER_RATE_LIMIT_COMMANDS_BURST")->check(CLI::Range(1, 1'000'000))->capture_default_str();
+  serve->add_option("--rate-limit-queries", options->query_rate, "Queries a second per actor; 0: no limit")
+      ->envname("LEDGER_RATE_LIMIT_QUERIES")->check(CLI::Range(0.0, 1'000'000.0))->capture_default_str();
+  serve->add_option("--rate-limit-queries-burst", options->query_burst, "Queries an actor may send at once")
+      ->envname("LEDGER_RATE_LIMIT_QUERIES_BURST")->check(CLI::Range(1, 1'000'000))->capture_default_str();
   serve->add_option("--http-header-timeout-ms", options->header_timeout_ms, "Time allowed for headers")
       ->envname("LEDGER_HTTP_HEADER_TIMEOUT_MS")->check(CLI::Range(100, 600'000))->capture_default_str();
   serve->add_option("--http-body-timeout-ms", options->body_timeout_ms, "Time allowed for a body")
@@ -216,6 +230,8 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
     server_settings.header_timeout = std::chrono::milliseconds(options->header_timeout_ms);
     server_settings.body_timeout = std::chrono::milliseconds(options->body_timeout_ms);
     server_settings.jwt_secret = jwt_secret;
+    server_settings.command_rate = {options->command_rate, options->command_burst};
+    server_settings.query_rate = {options->query_rate, options->query_burst};
     api::Server server(server_settings, services);
     server.start();
     spdlog::info("serving on http://{}:{}", options->http_host, server.port());

@@ -32,6 +32,11 @@ void Metrics::count_command(const std::string& type, const std::string& outcome)
   ++commands_[{type, outcome}];
 }
 
+void Metrics::count_rate_limited(const std::string& request_class) {
+  std::lock_guard lock(mutex_);
+  ++rate_limited_[request_class];
+}
+
 std::string Metrics::render(const std::string& extra) const {
   std::string out;
   std::lock_guard lock(mutex_);
@@ -48,6 +53,11 @@ std::string Metrics::render(const std::string& extra) const {
   for (const auto& [key, count] : commands_) {
     out += fmt::format("ledger_commands_total{{type=\"{}\",outcome=\"{}\"}} {}\n", key.first,
                        key.second, count);
+  }
+  out += "# HELP ledger_http_rate_limited_total Requests refused by the per-actor rate limit.\n";
+  out += "# TYPE ledger_http_rate_limited_total counter\n";
+  for (const auto& [request_class, count] : rate_limited_) {
+    out += fmt::format("ledger_http_rate_limited_total{{class=\"{}\"}} {}\n", request_class, count);
   }
   out += extra;
   return out;

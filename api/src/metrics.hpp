@@ -17,6 +17,8 @@ class Metrics {
   void observe_request(const std::string& route, const std::string& method, int status,
                        double seconds);
   void count_command(const std::string& type, const std::string& outcome);
+  // A request refused by the per-actor rate limit; `request_class` is `command` or `query`.
+  void count_rate_limited(const std::string& request_class);
   // The metrics in Prometheus text format, followed by `extra` (already formatted lines).
   [[nodiscard]] std::string render(const std::string& extra) const;
 
@@ -24,6 +26,7 @@ class Metrics {
   mutable std::mutex mutex_;
   std::map<std::tuple<std::string, std::string, int>, std::uint64_t> requests_;
   std::map<std::pair<std::string, std::string>, std::uint64_t> commands_;
+  std::map<std::string, std::uint64_t> rate_limited_{{"command", 0}, {"query", 0}};
   Histogram latency_{{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5}};
 };
 

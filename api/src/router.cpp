@@ -314,6 +314,7 @@ Router::Router(const ServerSettings& settings, Services services,
     : settings_(settings),
       services_(std::move(services)),
       blocking_(blocking),
+      rate_limiter_(settings.command_rate, settings.query_rate),
       health_(services_, blocking_, settings.health_refresh_interval) {}
 
 Response Router::problem_response(int status, const std::string& code, const std::string& title,
@@ -569,6 +570,21 @@ void Router::handle(Request request, const std::string& client_address, Respond 
          std::string("this route needs the ") +
              (*route->role == Role::auditor ? "auditor" : *route->role == Role::admin ? "admin" : "teller") + " role");
     return;
+  }
+  // Per actor, after authentication: one client's burst spends only its own tokens.
+  {
+    const bool moves_state = route->handler == Handler::command || route->handler == Handler::close_of_business;
+    const RequestClass request_class = moves_state ? RequestClass::command : RequestClass::query;
+    if (const auto wait = rate_limiter_.admit(principal.subject, request_class)) {
+      metrics_.count_rate_limited(moves_state ? "command" : "query");
+      Response response = problem_response(429, "rate_limited", "Too many requests",
+                                           std::string("this token's ") + (moves_state ? "command" : "query") +
+                                               " rate limit is spent; retry after the Retry-After seconds",
+                                           request_id, version);
+      response.set(http::field::retry_after, std::to_string((wait->count() + 999) / 1'000));
+      finish(std::move(response));
+      return;
+    }
   }
 
   if (route->handler == Handler::query) {

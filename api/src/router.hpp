@@ -10,6 +10,7 @@
 #include "health_snapshot.hpp"
 #include "ledger/api/server.hpp"
 #include "metrics.hpp"
+#include "rate_limiter.hpp"
 
 namespace ledger::api {
 
@@ -38,6 +39,7 @@ class Router {
   Services services_;
   boost::asio::thread_pool& blocking_;
   Metrics metrics_;
+  RateLimiter rate_limiter_;
   HealthSnapshots health_;  // after services_ and blocking_, which it uses
 };
 

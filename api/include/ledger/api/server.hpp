@@ -20,6 +20,12 @@ class ReadModels;
 
 namespace ledger::api {
 
+// A token bucket: `per_second` tokens a second, at most `burst` saved up. 0 per second: no limit.
+struct RateLimit {
+  double per_second = 0;
+  int burst = 0;
+};
+
 struct ServerSettings {
   std::string host = "127.0.0.1";
   int port = 8080;  // 0 picks a free port (see Server::port)
@@ -37,6 +43,9 @@ struct ServerSettings {
   // checks at most this old, so probes (which need no token) run at most one check per
   // interval whatever their rate.
   std::chrono::milliseconds health_refresh_interval{1'000};
+  // Per actor (the token's sub): beyond these, 429 rate_limited with Retry-After. Off by default.
+  RateLimit command_rate;
+  RateLimit query_rate;
 };
 
 using DatabaseHealth = db::DatabaseHealth;
