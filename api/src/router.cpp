@@ -450,6 +450,11 @@ void Router::handle(Request request, const std::string& client_address, Respond 
           extra += fmt::format("ledger_engine_commands_total{{outcome=\"rejected\"}} {}\n", stats.commands_rejected);
           extra += fmt::format("ledger_engine_conflicts_total {}\n", stats.conflicts);
           extra += fmt::format("ledger_engine_queued_commands {}\n", stats.queued);
+          extra += "# HELP ledger_engine_circuit_open 1 while the database circuit breaker is open or half open.\n";
+          extra += "# TYPE ledger_engine_circuit_open gauge\n";
+          extra += fmt::format("ledger_engine_circuit_open {}\n", stats.circuit == engine::CircuitState::closed ? 0 : 1);
+          extra += "# TYPE ledger_engine_circuit_opened_total counter\n";
+          extra += fmt::format("ledger_engine_circuit_opened_total {}\n", stats.circuit_opened);
           append_prometheus_histogram(extra, "ledger_engine_commit_latency_seconds",
                                       "Time to append and commit a batch.", stats.commit_latency_seconds);
           append_prometheus_histogram(extra, "ledger_engine_batch_commands", "Commands per committed batch.",
@@ -533,7 +538,9 @@ void Router::handle(Request request, const std::string& client_address, Respond 
         w.Key("engine");
         w.StartObject();
         w.Key("status");
-        write_string(w, "up");
+        write_string(w, stats.circuit == engine::CircuitState::closed ? "up" : "failing_fast");
+        w.Key("circuit");
+        write_string(w, engine::to_string(stats.circuit));
         w.Key("queued_commands");
         w.Uint64(stats.queued);
         w.Key("batches");
@@ -934,6 +941,12 @@ void Router::handle(Request request, const std::string& client_address, Respond 
     Response response = problem_response(503, "overloaded", "Service unavailable", error.what(),
                                          request_id, version);
     response.set(http::field::retry_after, "1");
+    finish(std::move(response));
+  } catch (const engine::DatabaseCircuitOpen& error) {
+    metrics_.count_command(type, "unavailable");
+    Response response = problem_response(503, "database_unavailable", "Service unavailable", error.what(),
+                                         request_id, version);
+    response.set(http::field::retry_after, std::to_string(std::max<std::int64_t>(1, (error.retry_after.count() + 999) / 1'000)));
     finish(std::move(response));
   } catch (const engine::EngineUnavailable& error) {
     fail(503, "shutting_down", "Service unavailable", error.what());

@@ -15,6 +15,7 @@
 #include <unordered_set>
 
 #include "appender.hpp"
+#include "circuit_breaker.hpp"
 #include "ledger/core/assert.hpp"
 #include "ledger/core/logging.hpp"
 #include "ledger/core/utf8.hpp"
@@ -222,6 +223,7 @@ struct Engine::Impl {
 
   mutable std::mutex stats_mutex;
   EngineStats counters;
+  CircuitBreaker breaker{settings.circuit_open_initial, settings.circuit_open_max};
 
   std::thread writer_thread;
   std::thread committer_thread;
@@ -258,7 +260,10 @@ struct Engine::Impl {
           queue.pop_front();
         }
       }
-      if (settings.decide_while_committing) {
+      if (const auto open_for = breaker.refuse()) {
+        // Queued before the breaker opened: fail fast too, rather than retry into a dead database.
+        fail_all_circuit_open(batch, *open_for);
+      } else if (settings.decide_while_committing) {
         decide_ahead(batch);
       } else {
         process_batch(batch);
@@ -499,6 +504,7 @@ struct Engine::Impl {
         // attempt_batch found the in-doubt commit did not happen: run the batch again.
         fresh = true;
         if (++connection_failures > settings.connection_retries_max) {
+          breaker.record_failure();
           fail_all(batch, error.what());
           return;
         }
@@ -521,6 +527,10 @@ struct Engine::Impl {
         }
         if (!is_retryable(error) || ++connection_failures > settings.connection_retries_max) {
           spdlog::error("batch of {} commands failed: {}", batch.size(), error.what());
+          if (is_retryable(error)) {
+            breaker.record_failure();
+            spdlog::warn("database circuit breaker open: commands fail fast until a probe commits");
+          }
           fail_all(batch, error.what());
           return;
         }
@@ -868,6 +878,8 @@ struct Engine::Impl {
   // Completes every command of a committed (or refused) batch and counts it.
   void answer(std::vector<Pending>& batch, std::vector<Slot>& slots, std::size_t events,
               std::chrono::steady_clock::time_point commit_started) {
+    if (breaker.state() != CircuitState::closed) spdlog::info("database circuit breaker closed: a batch committed");
+    breaker.record_success();
     const auto latency_us = std::chrono::duration_cast<std::chrono::microseconds>(
                                 std::chrono::steady_clock::now() - commit_started)
                                 .count();
@@ -1009,6 +1021,14 @@ struct Engine::Impl {
     }
   }
 
+  static void fail_all_circuit_open(std::vector<Pending>& batch, std::chrono::milliseconds open_for) {
+    for (auto& pending : batch) {
+      pending.completion(std::make_exception_ptr(DatabaseCircuitOpen(
+                             "the event store is failing (circuit breaker open); nothing was written", open_for)),
+                         CommandOutcome{});
+    }
+  }
+
   static void fail_all(std::vector<Pending>& batch, const std::string& reason) {
     for (auto& pending : batch) {
       pending.completion(
@@ -1109,6 +1129,9 @@ struct Engine::Impl {
   }
 
   void enqueue(Command command, Completion completion) {
+    if (const auto open_for = breaker.refuse()) {
+      throw DatabaseCircuitOpen("the event store is failing (circuit breaker open); nothing was written", *open_for);
+    }
     Pending pending{std::move(command), std::move(completion)};
     {
       std::lock_guard lock(queue_mutex);
@@ -1190,6 +1213,15 @@ std::optional<TransferState> Engine::read_transfer(const std::string& transfer_i
   return impl_->read_state<TransferState>(transfer_stream(transfer_id));
 }
 
+const char* to_string(CircuitState state) {
+  switch (state) {
+    case CircuitState::closed: return "closed";
+    case CircuitState::open: return "open";
+    case CircuitState::half_open: return "half_open";
+  }
+  return "closed";
+}
+
 EngineStats Engine::stats() const {
   EngineStats stats;
   {
@@ -1200,6 +1232,8 @@ EngineStats Engine::stats() const {
     std::lock_guard lock(impl_->queue_mutex);
     stats.queued = impl_->queue.size();
   }
+  stats.circuit = impl_->breaker.state();
+  stats.circuit_opened = impl_->breaker.times_opened();
   const auto cache = impl_->cache.counts();
   stats.cache_streams = cache.streams;
   stats.cache_streams_max = cache.streams_max;

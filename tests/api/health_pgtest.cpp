@@ -72,8 +72,21 @@ TEST_CASE("readiness turns 503 while PostgreSQL is stopped and 200 when it retur
     const auto recovered = client.request("GET", "/health");
     CHECK(recovered.status == 200);
     CHECK(recovered.body.find("\"status\":\"healthy\"") != std::string::npos);
-    CHECK(client.request("POST", "/v1/accounts", R"({"currency":"EUR"})",
-                         test::ServerFixture::auth({"teller"})).status == 201);
+    // The refused command opened the database circuit breaker: until its interval (1 s) has
+    // passed, commands are answered 503 database_unavailable with Retry-After at once; the
+    // client retries after it and the probe commits.
+    int created = 0;
+    for (int attempt = 0; attempt < 30 && created != 201; ++attempt) {
+      const auto answer = client.request("POST", "/v1/accounts", R"({"currency":"EUR"})",
+                                         test::ServerFixture::auth({"teller"}));
+      created = answer.status;
+      if (created == 201) break;
+      CHECK(answer.status == 503);
+      CHECK(answer.body.find("\"database_unavailable\"") != std::string::npos);
+      CHECK(answer.header("Retry-After") == "1");
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    CHECK(created == 201);
     restarted.stop();
   }
   std::filesystem::remove_all(options.directory);

@@ -38,6 +38,11 @@ struct EngineSettings {
   int conflict_retries_max = 5;
   // A batch whose connection fails is retried this often (with backoff) before failing.
   int connection_retries_max = 5;
+  // Circuit breaker: a batch that failed after its retries opens it for circuit_open_initial
+  // (doubled after each failed probe, up to circuit_open_max); meanwhile commands fail fast
+  // with DatabaseCircuitOpen.
+  std::chrono::milliseconds circuit_open_initial{1'000};
+  std::chrono::milliseconds circuit_open_max{30'000};
 
   // In-memory state cache (LRU), in streams.
   std::size_t state_cache_streams_max = 500'000;
@@ -61,6 +66,20 @@ class EngineUnavailable : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The database circuit breaker is open: the last batch failed after all its connection retries,
+// so commands fail fast for a while rather than wait for retries that would fail too. Nothing
+// was written (HTTP 503 database_unavailable with Retry-After).
+class DatabaseCircuitOpen : public EngineUnavailable {
+ public:
+  DatabaseCircuitOpen(const std::string& what, std::chrono::milliseconds retry_after)
+      : EngineUnavailable(what), retry_after(retry_after) {}
+  std::chrono::milliseconds retry_after;
+};
+
+// closed: commands go to the database; open: they fail fast; half_open: the next batch probes.
+enum class CircuitState { closed, open, half_open };
+[[nodiscard]] const char* to_string(CircuitState state);
+
 // The commit's outcome could not be established: the command may or may not have been
 // written. Retrying with the same Idempotency-Key resolves it (HTTP 503 outcome_unknown).
 class OutcomeUnknown : public std::runtime_error {
@@ -82,6 +101,8 @@ struct EngineStats {
   std::uint64_t events = 0;
   std::uint64_t conflicts = 0;
   std::uint64_t queued = 0;
+  CircuitState circuit = CircuitState::closed;
+  std::uint64_t circuit_opened = 0;  // times the breaker opened
   // Every committed batch's commit latency and size.
   Histogram commit_latency_seconds{{0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5}};
   Histogram batch_commands{{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000}};
