@@ -45,12 +45,21 @@ class PgFaultProxy {
   void fault_next_commit(CommitFault fault, std::chrono::milliseconds outage);
   // Cuts every connection and refuses new ones for `outage`, from now.
   void cut(std::chrono::milliseconds outage);
+  // A network partition for `outage`, from now: connections stay open and new ones are
+  // accepted, but no byte is forwarded either way (nor the end of a connection) until it heals;
+  // then everything held is delivered, as TCP does after a partition shorter than its
+  // retransmission limit. Nothing times out at the proxy: every timeout is the client's.
+  void blackhole(std::chrono::milliseconds outage);
+  // Holds every chunk read from either side this long before forwarding it (0: none).
+  void set_delay(std::chrono::milliseconds delay) { delay_ms_ = delay.count(); }
 
   [[nodiscard]] bool armed() const { return armed_.load(); }
   [[nodiscard]] std::uint64_t commits_faulted() const { return commits_faulted_.load(); }
   [[nodiscard]] std::uint64_t connections_cut() const { return connections_cut_.load(); }
   // True while new connections are refused.
   [[nodiscard]] bool down() const;
+  // True while the proxy forwards nothing.
+  [[nodiscard]] bool blackholed() const;
 
  private:
   struct Link;
@@ -58,6 +67,9 @@ class PgFaultProxy {
   void relay_client(Link* link);
   void relay_server(Link* link);
   void begin_outage(std::chrono::milliseconds outage);
+  void open_link(int client);
+  // Waits until `fd` is readable and the proxy not blackholed; false when stopping.
+  bool wait_readable(int fd) const;
 
   std::filesystem::path socket_path_;
   int listen_fd_ = -1;
@@ -71,6 +83,9 @@ class PgFaultProxy {
 
   mutable std::mutex mutex_;
   std::chrono::steady_clock::time_point down_until_{};
+  std::chrono::steady_clock::time_point blackholed_until_{};
+  std::atomic<std::int64_t> delay_ms_{0};
+  std::vector<int> held_clients_;  // accepted during a blackhole, connected when it heals
   std::vector<Link*> links_;
   std::thread acceptor_;
 };
