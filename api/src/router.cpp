@@ -314,7 +314,8 @@ Router::Router(const ServerSettings& settings, Services services,
     : settings_(settings),
       services_(std::move(services)),
       blocking_(blocking),
-      health_(services_, blocking_, settings.health_refresh_interval) {}
+      health_(services_, blocking_, settings.health_refresh_interval,
+              settings.health_check_timeout) {}
 
 Response Router::problem_response(int status, const std::string& code, const std::string& title,
                                   const std::string& detail, const std::string& request_id,
