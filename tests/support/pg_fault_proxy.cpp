@@ -261,6 +261,15 @@ void PgFaultProxy::relay_client(Link* link) {
           outage = armed_outage_;
           fault = armed_fault_;
         }
+        if (fault == CommitFault::blackhole_commit) {
+          blackhole(outage);
+          while (!stopping_ && blackholed()) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(poll_interval_ms));
+          }
+          ok = write_all(link->server_fd, buffer.data() + offset, length);
+          offset += length;
+          continue;
+        }
         if (fault == CommitFault::strand_session) {
           link->stranded = true;
           link->drop_replies = true;

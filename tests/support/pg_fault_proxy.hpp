@@ -41,7 +41,10 @@ class PgFaultProxy {
   // - strand_session: held back for good while the client's side is cut, the session left open
   //   (idle in its transaction, holding its locks) as a half-open connection leaves it; new
   //   connections are refused for `outage`, others cut.
-  enum class CommitFault { lose_commit, lose_reply, delay_commit, strand_session };
+  // - blackhole_commit: a partition (see blackhole) for `outage` begins as the COMMIT arrives,
+  //   which is held until it heals and then delivered: the session waits idle in its
+  //   transaction, holding its locks, for the whole partition, as the server sees it.
+  enum class CommitFault { lose_commit, lose_reply, delay_commit, strand_session, blackhole_commit };
   void fault_next_commit(CommitFault fault, std::chrono::milliseconds outage);
   // Cuts every connection and refuses new ones for `outage`, from now.
   void cut(std::chrono::milliseconds outage);
