@@ -1,6 +1,7 @@
 #pragma once
 // A TCP proxy of the tests' own between a client (the engine) and the test cluster's unix
-// socket, which can lose a COMMIT and then cut the database off, as a broken network does.
+// socket, which can lose a COMMIT and then cut the database off, blackhole every connection or
+// slow every message, as a broken network does.
 
 #include <atomic>
 #include <chrono>
