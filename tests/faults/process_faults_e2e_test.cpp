@@ -925,7 +925,7 @@ TEST_CASE("the projectors stopped (SIGSTOP) past the read side's lag threshold, 
   test::TestDatabase database;
   run_scenario(shared_cluster(database),
                {"project-stop",
-                [](Stack& stack) { stop_for(stack.project().pid, projection_behind_threshold + 1500ms); },
+                [](Stack& stack) { stop_for(stack.project().pid, projection_behind_threshold + 2500ms); },
                 "projections behind",
                 [](const HealthSample& s) { return s.status == 200 && s.overall == "degraded" && s.projections == "behind"; },
                 expect_no_exits});
@@ -973,8 +973,8 @@ TEST_CASE("the projectors killed (SIGKILL) and restarted by their supervisor aft
   run_scenario(shared_cluster(database),
                {"project-kill",
                 [](Stack& stack) {
-                  stack.kill_child(stack.project(), SIGKILL, projection_behind_threshold + 1500ms);
-                  std::this_thread::sleep_for(projection_behind_threshold + 1500ms);
+                  stack.kill_child(stack.project(), SIGKILL, projection_behind_threshold + 2500ms);
+                  std::this_thread::sleep_for(projection_behind_threshold + 2500ms);
                 },
                 "projections behind",
                 [](const HealthSample& s) { return s.status == 200 && s.overall == "degraded" && s.projections == "behind"; },
