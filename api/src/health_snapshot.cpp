@@ -1,30 +1,76 @@
 #include "health_snapshot.hpp"
 
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 namespace ledger::api {
 
 HealthSnapshots::HealthSnapshots(const Services& services, boost::asio::thread_pool& blocking,
-                                 std::chrono::milliseconds refresh_interval)
-    : services_(services), blocking_(blocking), refresh_interval_(refresh_interval) {}
+                                 std::chrono::milliseconds refresh_interval, std::chrono::milliseconds check_timeout)
+    : services_(services), blocking_(blocking), refresh_interval_(refresh_interval), check_timeout_(check_timeout) {}
 
 void HealthSnapshots::get(Use use) {
-  std::shared_ptr<const HealthSnapshot> fresh;
+  std::shared_ptr<const HealthSnapshot> answer;
+  std::uint64_t started = 0;
   {
     std::lock_guard lock(mutex_);
+    const auto now = std::chrono::steady_clock::now();
     // The age counts from when the check started, so two checks never start closer together
     // than the interval.
-    if (last_ && std::chrono::steady_clock::now() - last_->taken < refresh_interval_) {
-      fresh = last_;
+    if (last_ && now - last_->taken < refresh_interval_) {
+      answer = last_;
+    } else if (refreshing_ && now - refresh_started_ >= check_timeout_) {
+      answer = overdue_snapshot();  // the check hangs: no probe waits for it any more
     } else {
       waiting_.push_back(std::move(use));
       if (refreshing_) return;
       refreshing_ = true;
+      refresh_started_ = now;
+      started = ++refresh_generation_;
     }
   }
-  if (fresh) return use(std::move(fresh));
+  if (answer) return use(std::move(answer));
   boost::asio::post(blocking_, [this] { refresh(); });
+  // A timer waits on the pool without holding one of its threads (the pool is joined, timers
+  // included, before the router goes).
+  auto timer = std::make_shared<boost::asio::steady_timer>(blocking_.get_executor(), check_timeout_);
+  timer->async_wait([this, timer, started](const boost::system::error_code&) { answer_overdue(started); });
+}
+
+std::shared_ptr<const HealthSnapshot> HealthSnapshots::overdue_snapshot() {
+  auto snapshot = std::make_shared<HealthSnapshot>();
+  snapshot->taken = refresh_started_;
+  if (last_) {
+    snapshot->database.pool_open = last_->database.pool_open;
+    snapshot->database.pool_in_use = last_->database.pool_in_use;
+    snapshot->database.pool_max = last_->database.pool_max;
+    snapshot->read_side.relay = last_->read_side.relay;
+  }
+  snapshot->database.reachable = false;
+  snapshot->database.error =
+      fmt::format("the database check has not answered for {} ms", check_timeout_.count());
+  snapshot->database.latency_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - refresh_started_).count();
+  snapshot->read_side.projections_error = "the watermarks cannot be read now";
+  if (logged_error_ != snapshot->database.error) {
+    spdlog::warn("health: the database is unreachable: {}", snapshot->database.error);
+    logged_error_ = snapshot->database.error;
+  }
+  return snapshot;
+}
+
+void HealthSnapshots::answer_overdue(std::uint64_t generation) {
+  std::vector<Use> waiting;
+  std::shared_ptr<const HealthSnapshot> snapshot;
+  {
+    std::lock_guard lock(mutex_);
+    if (!refreshing_ || generation != refresh_generation_ || waiting_.empty()) return;
+    snapshot = overdue_snapshot();
+    waiting.swap(waiting_);
+  }
+  for (auto& use : waiting) use(snapshot);
 }
 
 void HealthSnapshots::refresh() {

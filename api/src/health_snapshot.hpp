@@ -35,23 +35,32 @@ class HealthSnapshots {
   using Use = std::function<void(std::shared_ptr<const HealthSnapshot>)>;
 
   HealthSnapshots(const Services& services, boost::asio::thread_pool& blocking,
-                  std::chrono::milliseconds refresh_interval);
+                  std::chrono::milliseconds refresh_interval, std::chrono::milliseconds check_timeout);
 
   // Calls `use` with a snapshot no older than the interval: at once (on this thread) when the
-  // last one is fresh, otherwise on the blocking pool when the refresh finishes.
+  // last one is fresh, otherwise on the blocking pool when the refresh finishes. A refresh
+  // running longer than `check_timeout` is answered (then, and at once for later probes) with
+  // the database unreachable: a check that gets no answer is an outage, not a reason to hang.
   void get(Use use);
   // Checks run so far (each is one database check and one read-side check).
   [[nodiscard]] std::uint64_t refreshes() const { return refreshes_.load(); }
 
  private:
   void refresh();
+  // The refresh numbered `generation` is overdue: answers the probes waiting for it.
+  void answer_overdue(std::uint64_t generation);
+  // What a probe is told while a check is overdue; mutex_ held.
+  [[nodiscard]] std::shared_ptr<const HealthSnapshot> overdue_snapshot();
 
   const Services& services_;
   boost::asio::thread_pool& blocking_;
   const std::chrono::milliseconds refresh_interval_;
+  const std::chrono::milliseconds check_timeout_;
   std::mutex mutex_;
   std::shared_ptr<const HealthSnapshot> last_;  // null until the first check
   bool refreshing_ = false;
+  std::chrono::steady_clock::time_point refresh_started_{};
+  std::uint64_t refresh_generation_ = 0;
   std::vector<Use> waiting_;  // at most one per connection: a connection waits for its answer
   std::atomic<std::uint64_t> refreshes_{0};
   // The last database error logged: an outage is logged once, not once per check.

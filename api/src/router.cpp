@@ -315,7 +315,8 @@ Router::Router(const ServerSettings& settings, Services services,
       services_(std::move(services)),
       blocking_(blocking),
       rate_limiter_(settings.command_rate, settings.query_rate),
-      health_(services_, blocking_, settings.health_refresh_interval) {}
+      health_(services_, blocking_, settings.health_refresh_interval,
+              settings.health_check_timeout) {}
 
 Response Router::problem_response(int status, const std::string& code, const std::string& title,
                                   const std::string& detail, const std::string& request_id,

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <future>
 #include <filesystem>
 #include <thread>
 
@@ -205,4 +206,58 @@ TEST_CASE("/health shows no password and no connection text to anyone") {
     }
     server.shutdown(std::chrono::milliseconds(1'000));
   }
+}
+
+TEST_CASE("a database check that gets no answer (PostgreSQL stopped or blackholed) is reported within a bound") {
+  // A stopped postmaster or a partition keeps pooled connections open and never answers: the
+  // check blocks in libpq, which has no read timeout. /health must still say so, not hang.
+  std::atomic<bool> answering{true};
+  std::atomic<bool> release{false};
+  api::Services services;
+  services.check_database = [&] {
+    while (!answering && !release) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    db::DatabaseHealth health;
+    health.reachable = true;
+    return health;
+  };
+  api::ServerSettings settings;
+  settings.port = 0;
+  settings.jwt_secret = test::test_jwt_secret;
+  settings.health_refresh_interval = std::chrono::milliseconds(200);
+  api::Server server(settings, services);
+  server.start();
+  auto probe = [&](const char* target) {
+    return std::async(std::launch::async, [&, target] { return test::HttpClient(server.port()).request("GET", target); });
+  };
+  CHECK(probe("/health").get().status == 200);
+
+  answering = false;
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the last snapshot is stale
+  const auto asked = std::chrono::steady_clock::now();
+  auto health = probe("/health");
+  auto ready = probe("/health/ready");
+  const bool answered = health.wait_for(std::chrono::seconds(5)) == std::future_status::ready &&
+                        ready.wait_for(std::chrono::seconds(1)) == std::future_status::ready;
+  CHECK_MESSAGE(answered, "/health did not answer while the database check hung");
+  if (answered) {
+    const auto response = health.get();
+    CHECK(response.status == 503);
+    CHECK(response.body.find("\"status\":\"unhealthy\"") != std::string::npos);
+    CHECK(response.body.find("\"database\":{\"status\":\"down\"") != std::string::npos);
+    CHECK(ready.get().status == 503);
+    CHECK(std::chrono::steady_clock::now() - asked < std::chrono::seconds(4));
+    // While the check still hangs, later probes answer at once.
+    const auto again = std::chrono::steady_clock::now();
+    CHECK(probe("/health").get().status == 503);
+    CHECK(std::chrono::steady_clock::now() - again < std::chrono::milliseconds(500));
+  }
+  release = true;
+  answering = true;
+  int status = 0;
+  for (int attempt = 0; attempt < 50 && status != 200; ++attempt) {
+    status = probe("/health").get().status;
+    if (status != 200) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  CHECK(status == 200);
+  server.shutdown(std::chrono::milliseconds(1'000));
 }

@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -20,6 +21,8 @@ constexpr std::int32_t gss_request_code = 80877104;
 constexpr std::int32_t protocol_version_3 = 196608;
 constexpr std::size_t relay_chunk_bytes = 64 * 1024;
 constexpr std::chrono::milliseconds commit_settle_time{200};
+// How often a waiting relay thread or the acceptor looks at the blackhole and at stopping.
+constexpr int poll_interval_ms = 20;
 
 std::int32_t read_int32(const std::string& buffer, std::size_t offset) {
   std::uint32_t value = 0;
@@ -116,6 +119,27 @@ void PgFaultProxy::fault_next_commit(CommitFault fault, std::chrono::millisecond
 
 void PgFaultProxy::cut(std::chrono::milliseconds outage) { begin_outage(outage); }
 
+void PgFaultProxy::blackhole(std::chrono::milliseconds outage) {
+  std::lock_guard lock(mutex_);
+  blackholed_until_ = std::chrono::steady_clock::now() + outage;
+}
+
+bool PgFaultProxy::blackholed() const {
+  std::lock_guard lock(mutex_);
+  return std::chrono::steady_clock::now() < blackholed_until_;
+}
+
+bool PgFaultProxy::wait_readable(int fd) const {
+  while (!stopping_) {
+    pollfd entry{fd, POLLIN, 0};
+    const int ready = ::poll(&entry, 1, poll_interval_ms);
+    if (ready < 0 && errno != EINTR) return true;  // recv reports the error
+    if (ready > 0 && !blackholed()) return true;
+    if (ready > 0) std::this_thread::sleep_for(std::chrono::milliseconds(poll_interval_ms));
+  }
+  return false;
+}
+
 bool PgFaultProxy::down() const {
   std::lock_guard lock(mutex_);
   return std::chrono::steady_clock::now() < down_until_;
@@ -133,6 +157,17 @@ void PgFaultProxy::begin_outage(std::chrono::milliseconds outage) {
 
 void PgFaultProxy::accept_loop() {
   while (!stopping_) {
+    {
+      // A partition that healed: connect what was accepted meanwhile (its startup included).
+      std::vector<int> held;
+      if (!blackholed()) {
+        std::lock_guard lock(mutex_);
+        held.swap(held_clients_);
+      }
+      for (const int client : held) open_link(client);
+    }
+    pollfd entry{listen_fd_, POLLIN, 0};
+    if (::poll(&entry, 1, poll_interval_ms) <= 0) continue;
     const int client = ::accept(listen_fd_, nullptr, nullptr);
     if (client < 0) {
       if (stopping_) return;
@@ -142,34 +177,44 @@ void PgFaultProxy::accept_loop() {
       ::close(client);  // refused: the database is "unreachable"
       continue;
     }
-    const int server = ::socket(AF_UNIX, SOCK_STREAM, 0);
-    sockaddr_un address{};
-    address.sun_family = AF_UNIX;
-    std::strncpy(address.sun_path, socket_path_.c_str(), sizeof address.sun_path - 1);
-    if (server < 0 || ::connect(server, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
-      if (server >= 0) ::close(server);
-      ::close(client);
+    if (blackholed()) {
+      std::lock_guard lock(mutex_);
+      held_clients_.push_back(client);
       continue;
     }
-    auto* link = new Link;
-    link->client_fd = client;
-    link->server_fd = server;
-    {
-      std::lock_guard lock(mutex_);
-      // Reap links whose both directions ended.
-      for (auto it = links_.begin(); it != links_.end();) {
-        if ((*it)->done()) {
-          delete *it;
-          it = links_.erase(it);
-        } else {
-          ++it;
-        }
-      }
-      links_.push_back(link);
-      link->client_to_server = std::thread([this, link] { relay_client(link); });
-      link->server_to_client = std::thread([this, link] { relay_server(link); });
+    open_link(client);
+  }
+  std::lock_guard lock(mutex_);
+  for (const int client : held_clients_) ::close(client);
+  held_clients_.clear();
+}
+
+void PgFaultProxy::open_link(int client) {
+  const int server = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::strncpy(address.sun_path, socket_path_.c_str(), sizeof address.sun_path - 1);
+  if (server < 0 || ::connect(server, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    if (server >= 0) ::close(server);
+    ::close(client);
+    return;
+  }
+  auto* link = new Link;
+  link->client_fd = client;
+  link->server_fd = server;
+  std::lock_guard lock(mutex_);
+  // Reap links whose both directions ended.
+  for (auto it = links_.begin(); it != links_.end();) {
+    if ((*it)->done()) {
+      delete *it;
+      it = links_.erase(it);
+    } else {
+      ++it;
     }
   }
+  links_.push_back(link);
+  link->client_to_server = std::thread([this, link] { relay_client(link); });
+  link->server_to_client = std::thread([this, link] { relay_server(link); });
 }
 
 // Relays client messages whole, so that a COMMIT can be recognised and lost. Before the
@@ -179,8 +224,12 @@ void PgFaultProxy::relay_client(Link* link) {
   bool started = false;
   char chunk[relay_chunk_bytes];
   while (true) {
+    if (!wait_readable(link->client_fd)) break;
     const ssize_t got = ::recv(link->client_fd, chunk, sizeof chunk, 0);
     if (got <= 0) break;
+    if (const auto delay = delay_ms_.load(); delay > 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+    }
     buffer.append(chunk, static_cast<std::size_t>(got));
     std::size_t offset = 0;
     bool ok = true;
@@ -211,6 +260,15 @@ void PgFaultProxy::relay_client(Link* link) {
           std::lock_guard lock(mutex_);
           outage = armed_outage_;
           fault = armed_fault_;
+        }
+        if (fault == CommitFault::blackhole_commit) {
+          blackhole(outage);
+          while (!stopping_ && blackholed()) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(poll_interval_ms));
+          }
+          ok = write_all(link->server_fd, buffer.data() + offset, length);
+          offset += length;
+          continue;
         }
         if (fault == CommitFault::strand_session) {
           link->stranded = true;
@@ -267,8 +325,12 @@ void PgFaultProxy::relay_client(Link* link) {
 void PgFaultProxy::relay_server(Link* link) {
   char chunk[relay_chunk_bytes];
   while (true) {
+    if (!wait_readable(link->server_fd)) break;
     const ssize_t got = ::recv(link->server_fd, chunk, sizeof chunk, 0);
     if (got <= 0) break;
+    if (const auto delay = delay_ms_.load(); delay > 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+    }
     if (link->drop_replies) continue;  // (a delayed COMMIT's session stays open meanwhile)
     if (!write_all(link->client_fd, chunk, static_cast<std::size_t>(got))) break;
   }

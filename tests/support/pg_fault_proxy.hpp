@@ -1,6 +1,7 @@
 #pragma once
 // A TCP proxy of the tests' own between a client (the engine) and the test cluster's unix
-// socket, which can lose a COMMIT and then cut the database off, as a broken network does.
+// socket, which can lose a COMMIT and then cut the database off, blackhole every connection or
+// slow every message, as a broken network does.
 
 #include <atomic>
 #include <chrono>
@@ -41,16 +42,28 @@ class PgFaultProxy {
   // - strand_session: held back for good while the client's side is cut, the session left open
   //   (idle in its transaction, holding its locks) as a half-open connection leaves it; new
   //   connections are refused for `outage`, others cut.
-  enum class CommitFault { lose_commit, lose_reply, delay_commit, strand_session };
+  // - blackhole_commit: a partition (see blackhole) for `outage` begins as the COMMIT arrives,
+  //   which is held until it heals and then delivered: the session waits idle in its
+  //   transaction, holding its locks, for the whole partition, as the server sees it.
+  enum class CommitFault { lose_commit, lose_reply, delay_commit, strand_session, blackhole_commit };
   void fault_next_commit(CommitFault fault, std::chrono::milliseconds outage);
   // Cuts every connection and refuses new ones for `outage`, from now.
   void cut(std::chrono::milliseconds outage);
+  // A network partition for `outage`, from now: connections stay open and new ones are
+  // accepted, but no byte is forwarded either way (nor the end of a connection) until it heals;
+  // then everything held is delivered, as TCP does after a partition shorter than its
+  // retransmission limit. Nothing times out at the proxy: every timeout is the client's.
+  void blackhole(std::chrono::milliseconds outage);
+  // Holds every chunk read from either side this long before forwarding it (0: none).
+  void set_delay(std::chrono::milliseconds delay) { delay_ms_ = delay.count(); }
 
   [[nodiscard]] bool armed() const { return armed_.load(); }
   [[nodiscard]] std::uint64_t commits_faulted() const { return commits_faulted_.load(); }
   [[nodiscard]] std::uint64_t connections_cut() const { return connections_cut_.load(); }
   // True while new connections are refused.
   [[nodiscard]] bool down() const;
+  // True while the proxy forwards nothing.
+  [[nodiscard]] bool blackholed() const;
 
  private:
   struct Link;
@@ -58,6 +71,9 @@ class PgFaultProxy {
   void relay_client(Link* link);
   void relay_server(Link* link);
   void begin_outage(std::chrono::milliseconds outage);
+  void open_link(int client);
+  // Waits until `fd` is readable and the proxy not blackholed; false when stopping.
+  bool wait_readable(int fd) const;
 
   std::filesystem::path socket_path_;
   int listen_fd_ = -1;
@@ -71,6 +87,9 @@ class PgFaultProxy {
 
   mutable std::mutex mutex_;
   std::chrono::steady_clock::time_point down_until_{};
+  std::chrono::steady_clock::time_point blackholed_until_{};
+  std::atomic<std::int64_t> delay_ms_{0};
+  std::vector<int> held_clients_;  // accepted during a blackhole, connected when it heals
   std::vector<Link*> links_;
   std::thread acceptor_;
 };

@@ -43,6 +43,10 @@ struct ServerSettings {
   // checks at most this old, so probes (which need no token) run at most one check per
   // interval whatever their rate.
   std::chrono::milliseconds health_refresh_interval{1'000};
+  // A check that has not finished within this (a stopped or partitioned PostgreSQL keeps the
+  // connection open and never answers; libpq has no read timeout) is answered as "database
+  // unreachable" meanwhile, so a probe never waits longer than this.
+  std::chrono::milliseconds health_check_timeout{2'000};
   // Per actor (the token's sub): beyond these, 429 rate_limited with Retry-After. Off by default.
   RateLimit command_rate;
   RateLimit query_rate;
