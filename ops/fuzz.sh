@@ -9,11 +9,18 @@
 # fix it, then commit the file as tests/fuzz/corpus/<target>/regression-<what> so every later
 # run replays it. Exit status 1 when any target found something; the last line reads
 # "fuzz: N passed, N failed".
+# First the unit tier under the same sanitizers (ops/sanitize.sh, which also builds
+# build-fuzz/); LEDGER_SANITIZE_UNIT=0 skips it. A failure there also makes the exit status 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-600}"
-targets=(command_parser event_decode event_json envelope snapshot)
+targets=(command_parser event_decode event_json envelope snapshot http_front round_trip)
 
+unit_status=0
+if [ "${LEDGER_SANITIZE_UNIT:-1}" != 0 ]; then
+  bash ops/sanitize.sh || unit_status=$?
+fi
+# Built already by ops/sanitize.sh unless skipped (then this builds; a broken build stops here).
 cmake -S . -B build-fuzz -G Ninja -DLEDGER_FUZZ=ON -DCMAKE_CXX_COMPILER=clang++-14 \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build-fuzz -j "${LEDGER_BUILD_JOBS:-2}"
@@ -47,4 +54,4 @@ for target in "${targets[@]}"; do
   fi
 done
 echo "fuzz: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+[ "$failed" -eq 0 ] && [ "$unit_status" -eq 0 ]

@@ -307,13 +307,28 @@ void write_snapshot_cache_health(JsonWriter& w, const engine::EngineStats& stats
   w.EndObject();
 }
 
+class EngineSink final : public CommandSink {
+ public:
+  explicit EngineSink(engine::Engine& engine) : engine_(engine) {}
+  void submit(engine::Command command, engine::Engine::Completion completion) override {
+    engine_.submit(std::move(command), std::move(completion));
+  }
+
+ private:
+  engine::Engine& engine_;
+};
+
 }  // namespace
 
 Router::Router(const ServerSettings& settings, Services services,
-               boost::asio::thread_pool& blocking)
+               boost::asio::thread_pool& blocking, CommandSink* commands)
     : settings_(settings),
       services_(std::move(services)),
       blocking_(blocking),
+      engine_sink_(commands == nullptr && services_.engine != nullptr
+                       ? std::make_unique<EngineSink>(*services_.engine)
+                       : nullptr),
+      commands_(commands != nullptr ? commands : engine_sink_.get()),
       rate_limiter_(settings.command_rate, settings.query_rate),
       health_(services_, blocking_, settings.health_refresh_interval,
               settings.health_check_timeout) {}
@@ -836,6 +851,10 @@ void Router::handle(Request request, const std::string& client_address, Respond 
   }
 
   // Commands.
+  if (commands_ == nullptr) {
+    fail(503, "unavailable", "Service unavailable", "this server has no engine configured");
+    return;
+  }
   if (!request.body().empty()) {
     const std::string content_type(request[http::field::content_type]);
     if (content_type.rfind("application/json", 0) != 0) {
@@ -864,7 +883,7 @@ void Router::handle(Request request, const std::string& client_address, Respond 
   const std::string type = command_type_name(command.body);
   const std::string kind = resource_kind(route->command);
   try {
-    services_.engine->submit(
+    commands_->submit(
         std::move(command), [this, finish, json, type, kind, request_id, version](
                                 std::exception_ptr error, engine::CommandOutcome outcome) {
           if (error) {

@@ -9,10 +9,20 @@
 
 #include "health_snapshot.hpp"
 #include "ledger/api/server.hpp"
+#include "ledger/engine/engine.hpp"
 #include "metrics.hpp"
 #include "rate_limiter.hpp"
 
 namespace ledger::api {
+
+// The one thing the command routes need of the write side: submit a command, be called back
+// with its outcome (engine::Engine::submit's contract, exceptions included). The server wires
+// the engine; the HTTP fuzzer (tests/fuzz/http_front_fuzz.cpp) a fake that needs no database.
+class CommandSink {
+ public:
+  virtual ~CommandSink() = default;
+  virtual void submit(engine::Command command, engine::Engine::Completion completion) = 0;
+};
 
 using Request = boost::beast::http::request<boost::beast::http::string_body>;
 using Response = boost::beast::http::response<boost::beast::http::string_body>;
@@ -23,7 +33,10 @@ using Respond = std::function<void(Response)>;
 // any thread (the session posts it back to its own strand).
 class Router {
  public:
-  Router(const ServerSettings& settings, Services services, boost::asio::thread_pool& blocking);
+  // Commands go to `commands` when given, otherwise to services.engine; with neither, command
+  // routes answer 503 `unavailable`.
+  Router(const ServerSettings& settings, Services services, boost::asio::thread_pool& blocking,
+         CommandSink* commands = nullptr);
 
   void handle(Request request, const std::string& client_address, Respond respond);
 
@@ -38,6 +51,8 @@ class Router {
   const ServerSettings& settings_;
   Services services_;
   boost::asio::thread_pool& blocking_;
+  std::unique_ptr<CommandSink> engine_sink_;  // wraps services_.engine when no sink was given
+  CommandSink* commands_ = nullptr;
   Metrics metrics_;
   RateLimiter rate_limiter_;
   HealthSnapshots health_;  // after services_ and blocking_, which it uses

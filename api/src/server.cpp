@@ -17,6 +17,7 @@
 #include <random>
 #include <thread>
 
+#include "http_reading.hpp"
 #include "router.hpp"
 
 namespace ledger::api {
@@ -27,16 +28,6 @@ namespace net = boost::asio;
 using tcp = net::ip::tcp;
 
 namespace {
-
-// Chunk extensions (`1;name=value`) carry nothing this API reads; all of a message's together
-// may be this long. Longer ones are refused (400) rather than buffered.
-constexpr std::size_t chunk_extensions_bytes_max = 1'024;
-// Room in a connection's read buffer beyond the header limit: one read's worth. The buffer
-// holds only bytes not yet parsed (header bytes, a partial chunk line or trailer, the start of
-// a pipelined request), so with the parser's own header and body limits this caps what one
-// connection can make the server hold: a chunk line or trailer that does not fit is refused at
-// once instead of growing the buffer for the whole body timeout.
-constexpr std::size_t read_buffer_slack_bytes = 16 * 1024;
 
 std::string generate_request_id() {
   thread_local std::mt19937_64 random(std::random_device{}());
@@ -78,10 +69,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (shared_.stopping) return close();
     stream_.expires_never();  // reads are timed by timer_; the stream's expiry guards writes
     parser_.emplace();
-    parser_->header_limit(static_cast<std::uint32_t>(shared_.settings.header_bytes_max));
-    parser_->body_limit(shared_.settings.body_bytes_max);
-    chunk_extensions_bytes_ = 0;
-    parser_->on_chunk_header(on_chunk_header_);
+    prepare_parser(*parser_, shared_.settings, chunk_extensions_);
     arm_timer(first || buffer_.size() > 0 ? shared_.settings.header_timeout
                                           : shared_.settings.idle_timeout);
     http::async_read_header(stream_, buffer_, *parser_,
@@ -106,24 +94,10 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_header(beast::error_code error) {
     timer_.cancel();
     if (timed_out_) error = beast::error::timeout;
-    if (error == http::error::end_of_stream || error == net::error::eof ||
-        error == net::error::connection_reset || error == net::error::operation_aborted) {
-      return close();
-    }
-    if (error == beast::error::timeout) {
-      // An idle keep-alive connection just closes; a stalled request gets 408.
-      if (!parser_->got_some() && buffer_.size() == 0) return close();
-      return reject(408, "request_timeout", "Request timeout", "the request headers did not arrive in time");
-    }
-    if (error == http::error::body_limit) {
-      return reject(413, "body_too_large", "Payload too large",
-                    "the body exceeds " + std::to_string(shared_.settings.body_bytes_max) + " bytes");
-    }
-    if (error == http::error::header_limit || error == http::error::buffer_overflow) {
-      return reject(431, "headers_too_large", "Request header fields too large",
-                    "headers exceed " + std::to_string(shared_.settings.header_bytes_max) + " bytes");
-    }
-    if (error) return reject(400, "malformed_request", "Bad request", "malformed HTTP: " + error.message());
+    const ReadVerdict verdict = classify_read_error(error, ReadPhase::header, shared_.settings, buffer_.max_size(),
+                                                    parser_->got_some() || buffer_.size() > 0);
+    if (verdict.close) return close();
+    if (verdict.refusal) return reject(*verdict.refusal);
     arm_timer(shared_.settings.body_timeout);
     http::async_read(stream_, buffer_, *parser_,
                      [self = shared_from_this()](beast::error_code error, std::size_t) {
@@ -134,24 +108,10 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_body(beast::error_code error) {
     timer_.cancel();
     if (timed_out_) error = beast::error::timeout;
-    if (error == http::error::body_limit) {
-      return reject(413, "body_too_large", "Payload too large",
-                    "the body exceeds " + std::to_string(shared_.settings.body_bytes_max) + " bytes");
-    }
-    if (error == beast::error::timeout) {
-      return reject(408, "request_timeout", "Request timeout", "the request body did not arrive in time");
-    }
-    if (error == http::error::buffer_overflow) {
-      return reject(400, "malformed_request", "Bad request",
-                    "a chunk line or trailer exceeds " + std::to_string(buffer_.max_size()) + " bytes");
-    }
-    if (error == http::error::bad_chunk_extension) {
-      return reject(400, "malformed_request", "Bad request",
-                    "chunk extensions exceed " + std::to_string(chunk_extensions_bytes_max) +
-                        " bytes or are malformed");
-    }
-    if (error == http::error::end_of_stream || error == net::error::eof) return close();
-    if (error) return reject(400, "malformed_request", "Bad request", "malformed HTTP: " + error.message());
+    const ReadVerdict verdict =
+        classify_read_error(error, ReadPhase::body, shared_.settings, buffer_.max_size(), true);
+    if (verdict.close) return close();
+    if (verdict.refusal) return reject(*verdict.refusal);
     Request request = parser_->release();
     keep_alive_ = request.keep_alive();
     ++shared_.in_flight;
@@ -165,11 +125,11 @@ class Session : public std::enable_shared_from_this<Session> {
                           });
   }
 
-  void reject(int status, const std::string& code, const std::string& title, const std::string& detail) {
+  void reject(const ReadRefusal& refusal) {
     keep_alive_ = false;
-    Response response =
-        shared_.router.problem_response(status, code, title, detail, generate_request_id(), 11);
-    shared_.router.metrics().observe_request("rejected_before_routing", "-", status, 0);
+    Response response = shared_.router.problem_response(refusal.status, refusal.code, refusal.title,
+                                                        refusal.detail, generate_request_id(), 11);
+    shared_.router.metrics().observe_request("rejected_before_routing", "-", refusal.status, 0);
     write(std::move(response));
   }
 
@@ -201,13 +161,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool timed_out_ = false;
   beast::flat_buffer buffer_;  // bounded: see read_buffer_slack_bytes
   std::optional<http::request_parser<http::string_body>> parser_;
-  // The parser keeps a reference to this callback, so it lives as long as the session.
-  std::size_t chunk_extensions_bytes_ = 0;
-  std::function<void(std::uint64_t, beast::string_view, beast::error_code&)> on_chunk_header_ =
-      [this](std::uint64_t, beast::string_view extensions, beast::error_code& error) {
-        chunk_extensions_bytes_ += extensions.size();
-        if (chunk_extensions_bytes_ > chunk_extensions_bytes_max) error = http::error::bad_chunk_extension;
-      };
+  ChunkExtensionLimit chunk_extensions_;  // the parser keeps a reference to its callback
   SharedState& shared_;
   std::string client_address_;
   bool keep_alive_ = true;
