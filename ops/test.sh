@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs the whole test suite (unit, integration, e2e) with ctest, then the
-# fuzz smoke run: every libFuzzer target for LEDGER_FUZZ_SECONDS (default 30) on top of its
-# corpus (ops/fuzz.sh; LEDGER_FUZZ_SECONDS=0 skips it). Extra arguments go to ctest, e.g.
+# Sets up, builds and runs the whole test suite (unit, integration, e2e) with ctest, then
+# ops/fuzz.sh: the unit tier under ASan and UBSan (ops/sanitize.sh) and the fuzz smoke run, every
+# libFuzzer target for LEDGER_FUZZ_SECONDS (default 30) on top of its corpus
+# (LEDGER_FUZZ_SECONDS=0 skips both). Extra arguments go to ctest, e.g.
 # `ops/test.sh -L unit`. The last line is the fuzz summary "fuzz: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
