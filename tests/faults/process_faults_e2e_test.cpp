@@ -1020,6 +1020,19 @@ TEST_CASE("the broker killed (SIGKILL), its log lost, and restarted on the same 
                 }});
 }
 
+TEST_CASE("the broker stopped (SIGSTOP): connections accepted, nothing answered, then continued") {
+  test::TestDatabase database;
+  // A stopped broker is a blackhole for the relay and the projectors: the kernel still accepts
+  // their connections, nothing answers. Past the read side's Kafka threshold, below librdkafka's
+  // own request and delivery timeouts (30 s and 60 s), which the broker-kill case exceeds.
+  run_scenario(shared_cluster(database),
+               {"broker-stop",
+                [](Stack& stack) { stop_for(stack.broker().pid, kafka_stuck_threshold + 7s); },
+                "kafka down",
+                [](const HealthSample& s) { return s.status == 200 && s.overall == "degraded" && s.kafka == "down"; },
+                expect_no_exits});
+}
+
 TEST_CASE("PostgreSQL itself stopped (SIGSTOP of the postmaster and every backend), then continued") {
   // A private cluster: stopping the shared one would stall every other test of the run.
   const fs::path directory = "/tmp/ledger-faults-pg-" + std::to_string(getpid());
