@@ -12,10 +12,12 @@
 
 #include "command_parser.hpp"
 #include "json_text.hpp"
+#include "openapi_document.hpp"
 #include "queries.hpp"
 #include "health_snapshot.hpp"
 #include "read_side_health.hpp"
 #include "ledger/api/auth.hpp"
+#include "ledger/api/routes.hpp"
 #include "ledger/core/logging.hpp"
 #include "ledger/engine/close_of_business.hpp"
 #include "ledger/engine/engine.hpp"
@@ -155,7 +157,9 @@ Target split_target(std::string_view target) {
 }
 
 // What a route is: its template (for metrics), method, role, and handler kind.
-enum class Handler { command, stream_events, balance_as_of, close_of_business, query, health, health_live, health_ready, metrics };
+enum class Handler {
+  command, stream_events, balance_as_of, close_of_business, query, health, health_live, health_ready, metrics, openapi
+};
 
 struct Route {
   std::string pattern;
@@ -167,85 +171,95 @@ struct Route {
   QueryKind query = QueryKind::account;
 };
 
+// Every route the front answers, in matching order: method, template ({id} matches one path
+// segment), handler and the role it needs (none: no token needed, or any of the three roles for
+// reads). api/openapi.json describes the same routes (api_openapi_test keeps them equal).
+struct RouteSpec {
+  http::verb method;
+  std::string_view pattern;
+  Handler handler;
+  CommandRoute command = CommandRoute::open_account;
+  std::optional<Role> role;
+  QueryKind query = QueryKind::account;
+};
+
+const RouteSpec route_table[] = {
+    {http::verb::get, "/health", Handler::health},
+    {http::verb::get, "/health/live", Handler::health_live},
+    {http::verb::get, "/health/ready", Handler::health_ready},
+    {http::verb::get, "/metrics", Handler::metrics},
+    {http::verb::get, "/openapi.json", Handler::openapi},
+    {http::verb::post, "/v1/accounts", Handler::command, CommandRoute::open_account, Role::teller},
+    {http::verb::post, "/v1/accounts/{id}/deposits", Handler::command, CommandRoute::deposit, Role::teller},
+    {http::verb::post, "/v1/accounts/{id}/withdrawals", Handler::command, CommandRoute::withdrawal, Role::teller},
+    {http::verb::post, "/v1/accounts/{id}/freeze", Handler::command, CommandRoute::freeze, Role::teller},
+    {http::verb::post, "/v1/accounts/{id}/unfreeze", Handler::command, CommandRoute::unfreeze, Role::teller},
+    {http::verb::post, "/v1/accounts/{id}/close", Handler::command, CommandRoute::close, Role::teller},
+    {http::verb::post, "/v1/transfers", Handler::command, CommandRoute::transfer, Role::teller},
+    {http::verb::post, "/v1/holds", Handler::command, CommandRoute::hold, Role::teller},
+    {http::verb::post, "/v1/holds/{id}/post", Handler::command, CommandRoute::post_hold, Role::teller},
+    {http::verb::post, "/v1/holds/{id}/void", Handler::command, CommandRoute::void_hold, Role::teller},
+    {http::verb::post, "/v1/batch", Handler::command, CommandRoute::batch, Role::teller},
+    {http::verb::post, "/v1/loans", Handler::command, CommandRoute::originate_loan, Role::teller},
+    {http::verb::post, "/v1/loans/close-of-business", Handler::close_of_business, CommandRoute::originate_loan,
+     Role::admin},
+    {http::verb::post, "/v1/loans/{id}/disburse", Handler::command, CommandRoute::disburse_loan, Role::teller},
+    {http::verb::post, "/v1/loans/{id}/repayments", Handler::command, CommandRoute::repay_loan, Role::teller},
+    {http::verb::post, "/v1/loans/{id}/write-off", Handler::command, CommandRoute::write_off_loan, Role::teller},
+    {http::verb::get, "/v1/accounts/{id}", Handler::query, CommandRoute::open_account, std::nullopt,
+     QueryKind::account},
+    {http::verb::get, "/v1/accounts/{id}/entries", Handler::query, CommandRoute::open_account, std::nullopt,
+     QueryKind::entries},
+    {http::verb::get, "/v1/audit", Handler::query, CommandRoute::open_account, Role::auditor, QueryKind::audit},
+    {http::verb::get, "/v1/loans/{id}", Handler::query, CommandRoute::open_account, std::nullopt, QueryKind::loan},
+    {http::verb::get, "/v1/loans/{id}/schedule", Handler::query, CommandRoute::open_account, std::nullopt,
+     QueryKind::loan_schedule},
+    {http::verb::get, "/v1/accounts/{id}/loans", Handler::query, CommandRoute::open_account, std::nullopt,
+     QueryKind::account_loans},
+    {http::verb::get, "/v1/accounts/{id}/balance", Handler::balance_as_of, CommandRoute::open_account, Role::auditor},
+    {http::verb::get, "/v1/streams/{id}/events", Handler::stream_events, CommandRoute::open_account, Role::auditor},
+};
+
+// The path's {id} when `segments` fit the template, else std::nullopt ("" for templates without one).
+std::optional<std::string> fit(std::string_view pattern, const std::vector<std::string>& segments) {
+  std::string id;
+  std::size_t index = 0;
+  std::size_t start = 1;
+  while (start <= pattern.size()) {
+    const auto slash = pattern.find('/', start);
+    const auto end = slash == std::string_view::npos ? pattern.size() : slash;
+    const std::string_view part = pattern.substr(start, end - start);
+    if (index >= segments.size()) return std::nullopt;
+    if (part == "{id}") {
+      id = segments[index];
+    } else if (part != segments[index]) {
+      return std::nullopt;
+    }
+    ++index;
+    if (slash == std::string_view::npos) break;
+    start = slash + 1;
+  }
+  if (index != segments.size()) return std::nullopt;
+  return id;
+}
+
 // Matches the path; `allowed` lists the methods of a matching path when the method differs.
-std::optional<Route> match(const std::vector<std::string>& s, http::verb method,
-                           std::string& allowed) {
-  std::vector<Route> candidates;
-  auto command = [&](std::string pattern, CommandRoute route, std::string id = {}) {
-    candidates.push_back({std::move(pattern), http::verb::post, Handler::command, route, Role::teller,
-                          std::move(id)});
-  };
-  const std::size_t n = s.size();
-  if (n == 1 && s[0] == "health") candidates.push_back({"/health", http::verb::get, Handler::health});
-  if (n == 2 && s[0] == "health" && s[1] == "live") {
-    candidates.push_back({"/health/live", http::verb::get, Handler::health_live});
+std::optional<Route> match(const std::vector<std::string>& segments, http::verb method, std::string& allowed) {
+  std::vector<std::string_view> other_methods;
+  for (const RouteSpec& spec : route_table) {
+    auto id = fit(spec.pattern, segments);
+    if (!id) continue;
+    if (spec.method != method) {
+      const auto name = http::to_string(spec.method);
+      other_methods.emplace_back(name.data(), name.size());
+      continue;
+    }
+    return Route{std::string(spec.pattern), spec.method, spec.handler, spec.command, spec.role, std::move(*id),
+                 spec.query};
   }
-  if (n == 2 && s[0] == "health" && s[1] == "ready") {
-    candidates.push_back({"/health/ready", http::verb::get, Handler::health_ready});
-  }
-  if (n == 1 && s[0] == "metrics") candidates.push_back({"/metrics", http::verb::get, Handler::metrics});
-  if (n >= 2 && s[0] == "v1") {
-    if (n == 2 && s[1] == "accounts") command("/v1/accounts", CommandRoute::open_account);
-    if (n == 4 && s[1] == "accounts") {
-      static const std::pair<const char*, CommandRoute> account_actions[] = {
-          {"deposits", CommandRoute::deposit}, {"withdrawals", CommandRoute::withdrawal},
-          {"freeze", CommandRoute::freeze},    {"unfreeze", CommandRoute::unfreeze},
-          {"close", CommandRoute::close}};
-      for (const auto& [action, route] : account_actions) {
-        if (s[3] == action) command(std::string("/v1/accounts/{id}/") + action, route, s[2]);
-      }
-    }
-    if (n == 2 && s[1] == "transfers") command("/v1/transfers", CommandRoute::transfer);
-    if (n == 2 && s[1] == "holds") command("/v1/holds", CommandRoute::hold);
-    if (n == 4 && s[1] == "holds" && s[3] == "post") command("/v1/holds/{id}/post", CommandRoute::post_hold, s[2]);
-    if (n == 4 && s[1] == "holds" && s[3] == "void") command("/v1/holds/{id}/void", CommandRoute::void_hold, s[2]);
-    if (n == 2 && s[1] == "batch") command("/v1/batch", CommandRoute::batch);
-    if (n == 2 && s[1] == "loans") command("/v1/loans", CommandRoute::originate_loan);
-    if (n == 3 && s[1] == "loans" && s[2] == "close-of-business") {
-      candidates.push_back({"/v1/loans/close-of-business", http::verb::post, Handler::close_of_business,
-                            CommandRoute::originate_loan, Role::admin});
-    }
-    if (n == 4 && s[1] == "loans") {
-      static const std::pair<const char*, CommandRoute> loan_actions[] = {
-          {"disburse", CommandRoute::disburse_loan},
-          {"repayments", CommandRoute::repay_loan},
-          {"write-off", CommandRoute::write_off_loan}};
-      for (const auto& [action, route] : loan_actions) {
-        if (s[3] == action) command(std::string("/v1/loans/{id}/") + action, route, s[2]);
-      }
-    }
-    // Queries: any of the three roles may read balances and statements; audit is auditor's.
-    auto query = [&](std::string pattern, QueryKind kind, std::optional<Role> role, std::string id = {}) {
-      candidates.push_back({std::move(pattern), http::verb::get, Handler::query,
-                            CommandRoute::open_account, role, std::move(id), kind});
-    };
-    if (n == 3 && s[1] == "accounts") query("/v1/accounts/{id}", QueryKind::account, std::nullopt, s[2]);
-    if (n == 4 && s[1] == "accounts" && s[3] == "entries") {
-      query("/v1/accounts/{id}/entries", QueryKind::entries, std::nullopt, s[2]);
-    }
-    if (n == 2 && s[1] == "audit") query("/v1/audit", QueryKind::audit, Role::auditor);
-    if (n == 3 && s[1] == "loans") query("/v1/loans/{id}", QueryKind::loan, std::nullopt, s[2]);
-    if (n == 4 && s[1] == "loans" && s[3] == "schedule") {
-      query("/v1/loans/{id}/schedule", QueryKind::loan_schedule, std::nullopt, s[2]);
-    }
-    if (n == 4 && s[1] == "accounts" && s[3] == "loans") {
-      query("/v1/accounts/{id}/loans", QueryKind::account_loans, std::nullopt, s[2]);
-    }
-    if (n == 4 && s[1] == "accounts" && s[3] == "balance") {
-      candidates.push_back({"/v1/accounts/{id}/balance", http::verb::get, Handler::balance_as_of,
-                            CommandRoute::open_account, Role::auditor, s[2]});
-    }
-    if (n == 4 && s[1] == "streams" && s[3] == "events") {
-      candidates.push_back({"/v1/streams/{id}/events", http::verb::get, Handler::stream_events,
-                            CommandRoute::open_account, Role::auditor, s[2]});
-    }
-  }
-  for (auto& candidate : candidates) {
-    if (candidate.method == method) return std::move(candidate);
-  }
-  for (const auto& candidate : candidates) {
+  for (const auto name : other_methods) {
     if (!allowed.empty()) allowed += ", ";
-    allowed += std::string(http::to_string(candidate.method));
+    allowed += std::string(name);
   }
   return std::nullopt;
 }
@@ -319,6 +333,19 @@ class EngineSink final : public CommandSink {
 };
 
 }  // namespace
+
+std::vector<RouteDescription> routes() {
+  std::vector<RouteDescription> described;
+  for (const RouteSpec& spec : route_table) {
+    const bool open = spec.handler == Handler::health || spec.handler == Handler::health_live ||
+                      spec.handler == Handler::health_ready || spec.handler == Handler::metrics ||
+                      spec.handler == Handler::openapi;
+    std::string access = open ? "none" : "any";
+    if (spec.role) access = *spec.role == Role::teller ? "teller" : *spec.role == Role::auditor ? "auditor" : "admin";
+    described.push_back({std::string(http::to_string(spec.method)), std::string(spec.pattern), access});
+  }
+  return described;
+}
 
 Router::Router(const ServerSettings& settings, Services services,
                boost::asio::thread_pool& blocking, CommandSink* commands)
@@ -435,7 +462,11 @@ void Router::handle(Request request, const std::string& client_address, Respond 
     return;
   }
 
-  // Health and metrics need no token.
+  // Health, metrics and the OpenAPI document need no token.
+  if (route->handler == Handler::openapi) {
+    finish(json(http::status::ok, std::string(openapi_document())));
+    return;
+  }
   if (route->handler == Handler::health_live) {
     finish(json(http::status::ok, R"({"status":"alive"})"));
     return;
