@@ -87,8 +87,32 @@ int status_of(engine::RejectionCode code) {
     case RejectionCode::invalid_id:
     case RejectionCode::invalid_amount:
     case RejectionCode::invalid_currency: return 400;
-    default: return 422;
+    // Every other rule: the request was understood and refused. Listed one by one, with no
+    // default, so that a new code does not become 422 without a decision (-Wswitch).
+    case RejectionCode::none:
+    case RejectionCode::invalid_command:
+    case RejectionCode::reserved_id:
+    case RejectionCode::currency_mismatch:
+    case RejectionCode::insufficient_funds:
+    case RejectionCode::credits_exceed_debits:
+    case RejectionCode::account_frozen:
+    case RejectionCode::account_closed:
+    case RejectionCode::account_not_frozen:
+    case RejectionCode::account_not_empty:
+    case RejectionCode::same_account:
+    case RejectionCode::amount_overflow:
+    case RejectionCode::transfer_not_pending:
+    case RejectionCode::pending_transfer_expired:
+    case RejectionCode::amount_exceeds_pending:
+    case RejectionCode::linked_command_failed:
+    case RejectionCode::invalid_loan_terms:
+    case RejectionCode::invalid_date:
+    case RejectionCode::loan_not_active:
+    case RejectionCode::loan_already_disbursed:
+    case RejectionCode::overpayment:
+    case RejectionCode::system_account: return 422;
   }
+  return 422;  // not a RejectionCode (a value cast from outside the enum)
 }
 
 std::string title_of(engine::RejectionCode code) {
@@ -282,8 +306,14 @@ std::string resource_kind(CommandRoute route) {
     case CommandRoute::disburse_loan:
     case CommandRoute::write_off_loan: return "loan";
     case CommandRoute::repay_loan: return "repayment";
-    default: return "transfer";
+    case CommandRoute::deposit:
+    case CommandRoute::withdrawal:
+    case CommandRoute::transfer:
+    case CommandRoute::hold:
+    case CommandRoute::post_hold:
+    case CommandRoute::void_hold: return "transfer";
   }
+  return "transfer";  // not a CommandRoute
 }
 
 // Both caches are only caches (DESIGN.md invariant 7): they never make the service unhealthy.
