@@ -185,8 +185,8 @@ struct ModelTransfer {
 // header comment, written here again (no engine helper: the schedule, accrual, allocation and
 // arrears below are this file's own arithmetic).
 
-// Days since 1970-01-01 of "YYYY-MM-DD", if it is a calendar date of 1970..2199 (the business
-// date range) written with four digits.
+// Days since 1970-01-01 of "YYYY-MM-DD", if it is a calendar date with a four-digit year (the
+// callers bound it to the business date range, 1970-01-01..2199-12-31).
 std::optional<std::int64_t> day_of(const std::string& text) {
   if (text.size() != 10 || text[4] != '-' || text[7] != '-') return std::nullopt;
   for (std::size_t i : {0, 1, 2, 3, 5, 6, 8, 9}) {
