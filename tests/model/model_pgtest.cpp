@@ -958,6 +958,13 @@ class Generator {
         steps.push_back(step);
       } else {
         steps.push_back(fresh_step(body()));
+        // A repayment is often retried at once (a client that lost the answer), unkeyed too:
+        // the repayment id alone must keep it from charging twice.
+        const auto* single = std::get_if<SingleCommand>(&steps.back().body);
+        if (single != nullptr && std::holds_alternative<RepayLoan>(*single) && random_.chance(35) &&
+            steps.size() < steps_count) {
+          steps.push_back(steps.back());
+        }
       }
     }
     return steps;
