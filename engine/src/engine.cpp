@@ -174,7 +174,8 @@ struct Engine::Impl {
     std::vector<RecordedEvent> rows;
     std::vector<ExpiryRecord> expiries;
     bool keyed = false;  // holds idempotency records to store
-    // When a command was refused: the streams the batch read and does not write, as read.
+    // When a command was refused or wrote nothing: the streams the batch read and does not
+    // write, as read.
     std::vector<StreamRead> unwritten_reads;
   };
 
@@ -687,12 +688,13 @@ struct Engine::Impl {
       slot.outcome.command_id = batch[i].command.context.command_id;
     }
 
-    // A refusal writes nothing, so no version check would notice a stale state behind it
-    // (another engine's write since this engine cached the stream): remember what was read.
-    const bool refused = std::any_of(slots.begin(), slots.end(), [](const Slot& slot) {
-      return slot.kind == Slot::Kind::decide && !slot.outcome.accepted();
+    // A refusal, or an acceptance with nothing to do (a day close of a loan the cache holds as
+    // not yet disbursed), writes nothing, so no version check would notice a stale state behind
+    // it (another engine's write since this engine cached the stream): remember what was read.
+    const bool wrote_nothing = std::any_of(slots.begin(), slots.end(), [](const Slot& slot) {
+      return slot.kind == Slot::Kind::decide && (!slot.outcome.accepted() || slot.first_event == slot.end_event);
     });
-    if (refused) {
+    if (wrote_nothing) {
       std::unordered_set<std::string_view> written;
       for (const auto& event : working.new_events()) written.insert(event.stream_id);
       for (const auto& [stream_id, state] : working.streams()) {

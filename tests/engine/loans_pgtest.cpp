@@ -313,3 +313,30 @@ TEST_CASE("issue 13: transfers and holds naming a system account are refused wit
   CHECK(ledger.head() == before);
   ledger.check_books_balance();
 }
+
+TEST_CASE("a day close is never skipped on a loan state another engine has changed since it was cached") {
+  for (const bool pipelined : {true, false}) {
+    INFO(std::string(pipelined ? "pipelined" : "serial"));
+    test::TestDatabase database;
+    EngineSettings settings = test::engine_settings(database);
+    settings.decide_while_committing = pipelined;
+    Engine a(settings);
+    Engine b(settings);
+    REQUIRE(a.execute(command(OpenAccount{"alice", eur()})).accepted());
+    REQUIRE(a.execute(command(loan_command("L1"))).accepted());
+    // b caches L1 as originated: closing a day of it has nothing to do and writes nothing.
+    const auto early = b.execute(command(CloseLoanBusinessDay{"L1", "2026-01-20"}));
+    REQUIRE(early.accepted());
+    CHECK(early.position.value() == 0);
+    // a disburses it; b's day close must see an active loan, not skip it from its cache.
+    REQUIRE(a.execute(command(DisburseLoan{"L1"})).accepted());
+    const auto closed = b.execute(command(CloseLoanBusinessDay{"L1", "2026-02-20"}));
+    REQUIRE_MESSAGE(closed.accepted(), closed.detail);
+    CHECK(closed.position.value() > 0);
+    Engine fresh(settings);
+    const auto loan = fresh.read_loan("L1");
+    REQUIRE(loan.has_value());
+    REQUIRE(loan->book.closed_through.has_value());
+    CHECK(*loan->book.closed_through == date(2026, 2, 20));
+  }
+}
