@@ -7,7 +7,7 @@
       binary); every LEDGER_* variable is one the command (or the root) reads, and its value
       passes the flag's check; probes, ports, Services, ServiceMonitor, proxy and scrape
       targets meet the port serve listens on, on a host other containers can reach; probe paths
-      are routes of api/src/router.cpp; grace periods exceed serve's drain.
+      are token-free GET routes of api/openapi.json (the router's table); grace periods exceed serve's drain.
   check_deployment.py alert-tests SOURCE_DIR
       Every alert of ops/prometheus/alerts.yml has a unit test that fires it and one that does
       not (promtool runs them; this checks none is missing).
@@ -186,8 +186,11 @@ class Binary:
 # Facts of the sources the deployment files must meet.
 
 def routes(source):
-    text = (source / "api/src/router.cpp").read_text()
-    return set(re.findall(r'candidates\.push_back\(\{"(/[^"]*)", http::verb::get, Handler::(?:health\w*|metrics)\}', text))
+    # api/openapi.json lists every route with its access (api_openapi_pgtest keeps it equal to
+    # the router's table); the probes and the scrape may only use the GET routes needing no token.
+    document = json.loads((source / "api/openapi.json").read_text())
+    return {path for path, item in document["paths"].items()
+            if "get" in item and item["get"].get("security") == []}
 
 
 def serve_drain_seconds(source):
@@ -445,7 +448,7 @@ def commands(binary_path, source):
     live_routes = routes(source)
     for needed in ("/health/live", "/health/ready", "/metrics"):
         if needed not in live_routes:
-            problem("api/src/router.cpp", f"no route {needed} found (update check_deployment.py)")
+            problem("api/openapi.json", f"no token-free GET route {needed}")
     check_compose(binary, source, default_port)
     check_systemd(binary, source)
     containers = check_kubernetes(binary, source, default_port, live_routes)
