@@ -39,6 +39,7 @@ CommandAction register_project_command(CLI::App& root, Settings& settings) {
     projections::ProjectorSettings projector_settings;
     projector_settings.brokers = resolve_kafka_brokers(settings);
     projector_settings.topic = settings.topic_prefix + ".events";
+    projector_settings.kafka_properties = kafka_property_map(settings);
     projector_settings.batch_events_max = *batch_events;
     projector_settings.gap_wait = std::chrono::milliseconds(*gap_wait_ms);
 

@@ -294,6 +294,7 @@ CommandAction register_replay_command(CLI::App& root, Settings& settings) {
       replay::PublishSettings publish_settings;
       publish_settings.brokers = resolve_kafka_brokers(settings);
       publish_settings.topic = settings.topic_prefix + ".events";
+      publish_settings.kafka_properties = kafka_property_map(settings);
       if (settings.publish_json) publish_settings.json_topic = settings.topic_prefix + ".events.json";
       TerminalProgress progress("publish");
       const auto result = replay::publish(pool, publish_settings, {GlobalPosition(*publish_from), GlobalPosition(*publish_to)},

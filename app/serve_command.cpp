@@ -192,6 +192,7 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
       engine::RelaySettings relay_settings;
       relay_settings.brokers = resolve_kafka_brokers(settings);
       relay_settings.topic = settings.topic_prefix + ".events";
+      relay_settings.kafka_properties = kafka_property_map(settings);
       if (settings.publish_json) relay_settings.json_topic = settings.topic_prefix + ".events.json";
       relay = std::make_unique<engine::Relay>(relay_settings, read_pool);
       relay->start();

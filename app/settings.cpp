@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <librdkafka/rdkafka.h>
 #include <spdlog/spdlog.h>
 
 #include <cerrno>
@@ -26,6 +27,33 @@ CLI::Validator database_url_validator() {
         return {};
       },
       "URL", "database URL");
+}
+
+// Properties the ledger's guarantees rest on (an idempotent producer acknowledged by every
+// replica; consumers whose offsets live with the read models) or that have a setting of their own.
+constexpr std::string_view reserved_kafka_properties[] = {
+    "bootstrap.servers", "metadata.broker.list", "enable.idempotence", "acks", "request.required.acks",
+    "group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset", "transactional.id"};
+
+CLI::Validator kafka_property_validator() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string {
+        const auto equals = value.find('=');
+        if (equals == std::string::npos || equals == 0) return "expected NAME=VALUE, got '" + value + "'";
+        const std::string name = value.substr(0, equals);
+        for (const auto reserved : reserved_kafka_properties) {
+          if (name == reserved) return "the Kafka property " + name + " is set by ledger and cannot be changed";
+        }
+        // librdkafka itself judges the name and the value, now rather than when a client starts.
+        char error[512];
+        rd_kafka_conf_t* conf = rd_kafka_conf_new();
+        const bool accepted = rd_kafka_conf_set(conf, name.c_str(), value.substr(equals + 1).c_str(), error,
+                                                sizeof error) == RD_KAFKA_CONF_OK;
+        rd_kafka_conf_destroy(conf);
+        if (!accepted) return "Kafka property " + name + ": " + error;
+        return {};
+      },
+      "NAME=VALUE");
 }
 
 CLI::Validator broker_list_validator() {
@@ -127,9 +155,24 @@ void add_settings(CLI::App& app, Settings& settings) {
   app.add_option("--topic-prefix", settings.topic_prefix, "Kafka topic prefix (<prefix>.events)")
       ->envname("LEDGER_TOPIC_PREFIX")
       ->capture_default_str();
+  app.add_option("--kafka-property", settings.kafka_properties,
+                 "A librdkafka property for every producer and consumer, NAME=VALUE (repeatable; e.g. "
+                 "security.protocol=SASL_SSL); in the environment separated by ';'")
+      ->envname("LEDGER_KAFKA_PROPERTIES")
+      ->delimiter(';')
+      ->check(kafka_property_validator());
   app.add_flag("--publish-json", settings.publish_json,
                "Also publish every event as JSON to <prefix>.events.json (relay and replay publish)")
       ->envname("LEDGER_PUBLISH_JSON");
+}
+
+std::map<std::string, std::string> kafka_property_map(const Settings& settings) {
+  std::map<std::string, std::string> properties;
+  for (const auto& property : settings.kafka_properties) {
+    const auto equals = property.find('=');
+    properties[property.substr(0, equals)] = property.substr(equals + 1);
+  }
+  return properties;
 }
 
 std::map<std::string, std::string> read_dev_env(const std::string& home) {

@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -25,7 +26,13 @@ struct Settings {
   std::string topic_prefix = "ledger";
   // Also publish every event as JSON to <prefix>.events.json (docs/consumers.md).
   bool publish_json = false;
+  // librdkafka properties for every producer and consumer (SASL, TLS, timeouts), NAME=VALUE;
+  // validated when parsed (kafka_property_validator).
+  std::vector<std::string> kafka_properties;
 };
+
+// The --kafka-property settings as a map.
+[[nodiscard]] std::map<std::string, std::string> kafka_property_map(const Settings& settings);
 
 // Registers the shared settings on `app` (inherited by subcommands through fallthrough).
 void add_settings(CLI::App& app, Settings& settings);

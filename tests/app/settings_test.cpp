@@ -76,6 +76,20 @@ TEST_CASE("a port out of range and a malformed broker list") {
                        "--kafka-brokers");
 }
 
+TEST_CASE("a Kafka property that is malformed, unknown, badly valued or one ledger's guarantees rest on") {
+  for (const std::string property : {"no-equals-sign", "=value", "no.such.property=1", "socket.timeout.ms=soon",
+                                     "acks=1", "enable.idempotence=false", "enable.auto.commit=true", "group.id=x"}) {
+    INFO(property);
+    check_one_line_error(run_ledger({"--kafka-property", property, "migrate", "status"}), "--kafka-property");
+  }
+  check_one_line_error(run_ledger({"migrate", "status"}, {"LEDGER_KAFKA_PROPERTIES=socket.timeout.ms=5000;acks=0"}),
+                       "--kafka-property");
+  // Accepted ones pass: what fails then is the next setting, the missing database.
+  check_one_line_error(run_ledger({"--kafka-property", "socket.timeout.ms=5000", "--kafka-property",
+                                   "client.id=ledger-test", "migrate", "status"}),
+                       "--database-url");
+}
+
 TEST_CASE("a bad value in the config file") {
   const auto path = std::filesystem::temp_directory_path() / "ledger-settings-test.toml";
   std::ofstream(path) << "log-level = \"chatty\"\n";
