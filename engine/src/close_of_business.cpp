@@ -11,7 +11,6 @@ namespace ledger::engine {
 CloseOfBusinessResult close_of_business(Engine& engine, const EventStore& store, Date date,
                                         const CloseOfBusinessSettings& settings,
                                         const std::function<void(std::int64_t)>& progress) {
-  constexpr std::string_view loan_prefix = "loan-";
   const std::string day = to_string(date);
   CloseOfBusinessResult result;
   std::deque<std::future<CommandOutcome>> in_flight;
@@ -31,7 +30,12 @@ CloseOfBusinessResult close_of_business(Engine& engine, const EventStore& store,
     const auto page = store.streams_with_event("loan_disbursed", after, settings.page_loans);
     if (page.empty()) break;
     for (const auto& [position, stream_id] : page) {
-      Command command{CommandBody{SingleCommand{CloseLoanBusinessDay{stream_id.substr(loan_prefix.size()), day}}}, {}};
+      const auto loan_id = stream_entity_id(stream_id, StreamKind::loan);
+      if (!loan_id) {  // only a store altered by hand holds one: report it, close the others
+        if (result.failed++ == 0) result.first_failure = "a loan_disbursed event in stream " + stream_id;
+        continue;
+      }
+      Command command{CommandBody{SingleCommand{CloseLoanBusinessDay{std::string(*loan_id), day}}}, {}};
       command.context.actor = "close-of-business";
       in_flight.push_back(engine.submit(std::move(command)));
       ++result.loans;

@@ -7,7 +7,7 @@ namespace ledger::engine {
 
 namespace {
 
-bool is_account_stream(const std::string& stream_id) { return stream_id.starts_with("account-"); }
+bool is_account_stream(const std::string& stream_id) { return is_stream_of(stream_id, StreamKind::account); }
 
 Decision reject(RejectionCode code, std::string detail) {
   Decision decision;
@@ -548,7 +548,7 @@ StreamState& WorkingSet::load(const std::string& stream_id) {
   if (std::holds_alternative<std::monostate>(state.aggregate)) {
     if (is_account_stream(stream_id)) {
       state.aggregate = AccountState{};
-    } else if (stream_id.starts_with("loan-")) {
+    } else if (is_stream_of(stream_id, StreamKind::loan)) {
       state.aggregate = LoanState{};
     } else {
       state.aggregate = TransferState{};

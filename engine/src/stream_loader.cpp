@@ -74,9 +74,9 @@ pqxx::result query(pqxx::transaction_base& work, const std::vector<std::string>&
 
 StreamState empty_stream_state(const std::string& stream_id) {
   StreamState state;
-  if (stream_id.starts_with("account-")) {
+  if (is_stream_of(stream_id, StreamKind::account)) {
     state.aggregate = AccountState{};
-  } else if (stream_id.starts_with("loan-")) {
+  } else if (is_stream_of(stream_id, StreamKind::loan)) {
     state.aggregate = LoanState{};
   } else {
     state.aggregate = TransferState{};

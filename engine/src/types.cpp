@@ -110,22 +110,33 @@ std::string system_account_id(SystemAccount account, std::string_view currency) 
   return id;
 }
 
-std::string account_stream(std::string_view account_id) {
-  std::string stream = "account-";
-  stream += account_id;
+namespace {
+
+constexpr std::string_view stream_prefix(StreamKind kind) {
+  switch (kind) {
+    case StreamKind::account: return "account-";
+    case StreamKind::transfer: return "transfer-";
+    case StreamKind::loan: return "loan-";
+  }
+  return "";
+}
+
+std::string stream_of(StreamKind kind, std::string_view id) {
+  std::string stream(stream_prefix(kind));
+  stream += id;
   return stream;
 }
 
-std::string loan_stream(std::string_view loan_id) {
-  std::string stream = "loan-";
-  stream += loan_id;
-  return stream;
-}
+}  // namespace
 
-std::string transfer_stream(std::string_view transfer_id) {
-  std::string stream = "transfer-";
-  stream += transfer_id;
-  return stream;
+std::string account_stream(std::string_view account_id) { return stream_of(StreamKind::account, account_id); }
+std::string loan_stream(std::string_view loan_id) { return stream_of(StreamKind::loan, loan_id); }
+std::string transfer_stream(std::string_view transfer_id) { return stream_of(StreamKind::transfer, transfer_id); }
+
+std::optional<std::string_view> stream_entity_id(std::string_view stream_id, StreamKind kind) {
+  const std::string_view prefix = stream_prefix(kind);
+  if (!stream_id.starts_with(prefix)) return std::nullopt;
+  return stream_id.substr(prefix.size());
 }
 
 std::optional<Amount> AccountState::available() const {

@@ -8,6 +8,7 @@
 
 #include "ledger/db/sql_text.hpp"
 #include "ledger/engine/events.hpp"
+#include "ledger/engine/types.hpp"
 #include "ledger/engine/state.hpp"
 #include "writers.hpp"
 
@@ -15,7 +16,6 @@ namespace ledger::projections {
 
 namespace {
 
-constexpr std::string_view account_stream_prefix = "account-";
 
 engine::AccountKind kind_from(std::string_view text) {
   return text == "system" ? engine::AccountKind::system : engine::AccountKind::customer;
@@ -36,8 +36,9 @@ class BalanceProjection final : public Projection {
     std::unordered_map<std::string, engine::AccountState> accounts;
     db::ArrayLiteral ids;
     for (const auto& event : events) {
-      if (!event.stream_id.starts_with(account_stream_prefix)) continue;
-      auto id = event.stream_id.substr(account_stream_prefix.size());
+      const auto account = engine::stream_entity_id(event.stream_id, engine::StreamKind::account);
+      if (!account) continue;
+      auto id = std::string(*account);
       if (accounts.try_emplace(id).second) ids.add_text(id);
     }
     if (accounts.empty()) return;
@@ -46,8 +47,9 @@ class BalanceProjection final : public Projection {
     std::string entry_rows;
     std::unordered_map<std::string, std::int64_t> last_position;
     for (const auto& event : events) {
-      if (!event.stream_id.starts_with(account_stream_prefix)) continue;
-      const std::string id = event.stream_id.substr(account_stream_prefix.size());
+      const auto account = engine::stream_entity_id(event.stream_id, engine::StreamKind::account);
+      if (!account) continue;
+      const std::string id(*account);
       engine::AccountState& state = accounts.at(id);
       // Events are applied in global order, so each stream's versions arrive dense.
       if (event.version.value() != state.version.value() + 1) {

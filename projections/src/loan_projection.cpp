@@ -6,6 +6,7 @@
 
 #include "ledger/db/sql_text.hpp"
 #include "ledger/engine/events.hpp"
+#include "ledger/engine/types.hpp"
 #include "ledger/engine/state.hpp"
 #include "writers.hpp"
 
@@ -13,7 +14,6 @@ namespace ledger::projections {
 
 namespace {
 
-constexpr std::string_view loan_stream_prefix = "loan-";
 
 engine::Date date_from(const pqxx::field& field) {
   const auto date = engine::parse_date(field.c_str());
@@ -38,8 +38,9 @@ class LoanProjection final : public Projection {
     std::unordered_map<std::string, engine::LoanState> loans;
     db::ArrayLiteral ids;
     for (const auto& event : events) {
-      if (!event.stream_id.starts_with(loan_stream_prefix)) continue;
-      auto id = event.stream_id.substr(loan_stream_prefix.size());
+      const auto loan = engine::stream_entity_id(event.stream_id, engine::StreamKind::loan);
+      if (!loan) continue;
+      auto id = std::string(*loan);
       if (loans.try_emplace(id).second) ids.add_text(id);
     }
     if (loans.empty()) return;
@@ -47,8 +48,9 @@ class LoanProjection final : public Projection {
     load(work, id_array, loans);
     std::unordered_map<std::string, std::int64_t> last_position;
     for (const auto& event : events) {
-      if (!event.stream_id.starts_with(loan_stream_prefix)) continue;
-      const std::string id = event.stream_id.substr(loan_stream_prefix.size());
+      const auto loan = engine::stream_entity_id(event.stream_id, engine::StreamKind::loan);
+      if (!loan) continue;
+      const std::string id(*loan);
       engine::LoanState& state = loans.at(id);
       if (event.version.value() != state.version.value() + 1) {
         throw ProjectionError("stream " + event.stream_id + ": version " + std::to_string(event.version.value()) +

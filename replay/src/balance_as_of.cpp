@@ -2,6 +2,7 @@
 #include <stdexcept>
 
 #include "ledger/engine/events.hpp"
+#include "ledger/engine/types.hpp"
 #include "ledger/replay/replay.hpp"
 
 namespace ledger::replay {
@@ -13,7 +14,7 @@ std::optional<BalanceAsOf> balance_as_of(const engine::EventStore& store, const 
     throw std::invalid_argument("give exactly one of an instant and a position");
   }
   constexpr std::size_t batch_events = 5'000;
-  const std::string stream = "account-" + account_id;
+  const std::string stream = engine::account_stream(account_id);
   BalanceAsOf result;
   bool any = false;
   std::int64_t version = 1;

@@ -16,7 +16,6 @@ namespace ledger::replay {
 namespace {
 
 constexpr std::size_t reconcile_batch_events = 20'000;
-constexpr std::string_view account_prefix = "account-";
 using SnapshotTransaction = pqxx::transaction<pqxx::repeatable_read, pqxx::read_only>;
 
 // A server-side cursor in the snapshot: one sort, rows fetched in pages.
@@ -84,7 +83,6 @@ struct FoldedLoan {
   std::size_t installment_rows = 0;
 };
 
-constexpr std::string_view loan_prefix = "loan-";
 
 void reconcile_loans(SnapshotTransaction& tx, Reconciler& check, std::unordered_map<std::string, FoldedLoan>& loans,
                      std::int64_t loan_watermark) {
@@ -238,13 +236,15 @@ ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report, std::i
         }
       }
 
-      if (position <= loan_watermark && event.stream_id.starts_with(loan_prefix)) {
-        FoldedLoan& loan = loans[event.stream_id.substr(loan_prefix.size())];
+      const auto loan_id = engine::stream_entity_id(event.stream_id, engine::StreamKind::loan);
+      if (position <= loan_watermark && loan_id) {
+        FoldedLoan& loan = loans[std::string(*loan_id)];
         engine::apply(loan.state, *decoded);
         loan.position = position;
       }
-      if (position > balance_watermark || !event.stream_id.starts_with(account_prefix)) continue;
-      const std::string account_id = event.stream_id.substr(account_prefix.size());
+      const auto account_stream_id = engine::stream_entity_id(event.stream_id, engine::StreamKind::account);
+      if (position > balance_watermark || !account_stream_id) continue;
+      const std::string account_id(*account_stream_id);
       FoldedAccount& account = accounts[account_id];
       engine::apply(account.state, *decoded);
       account.position = position;

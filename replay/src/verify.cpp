@@ -3,6 +3,7 @@
 #include <unordered_map>
 
 #include "ledger/engine/events.hpp"
+#include "ledger/engine/types.hpp"
 #include "ledger/replay/replay.hpp"
 #include "log_reader.hpp"
 
@@ -11,7 +12,6 @@ namespace ledger::replay {
 namespace {
 
 constexpr std::size_t verify_batch_events = 20'000;
-constexpr std::string_view account_prefix = "account-";
 
 // What the legs of one transfer have moved so far; both sums return to zero once every leg
 // is in (a transfer's legs are appended in one commit).
@@ -55,7 +55,7 @@ class Verifier {
 
     const auto decoded = engine::decode_event(event.type, event.payload);
     if (!decoded) return fail(position, "the " + event.type + " payload does not decode");
-    if (result_.double_entry_checked && event.stream_id.starts_with(account_prefix)) {
+    if (result_.double_entry_checked && engine::is_stream_of(event.stream_id, engine::StreamKind::account)) {
       if (!fold_account(event, *decoded)) return false;
     }
     ++expected_;

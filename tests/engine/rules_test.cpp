@@ -582,3 +582,15 @@ TEST_CASE("streams written before issue 13 still fold: old derived ids, a repaym
   CHECK(l.run(RepayLoan{"old", Amount(100), "r1"}).replayed);
   expect_rejected(l, RepayLoan{"old", Amount(40), "r1"}, RejectionCode::duplicate_id);
 }
+
+TEST_CASE("stream ids: one spelling of each kind, and the id read back only from its own kind") {
+  CHECK(account_stream("A1") == "account-A1");
+  CHECK(transfer_stream("T~1") == "transfer-T~1");
+  CHECK(loan_stream("L1") == "loan-L1");
+  CHECK(stream_entity_id("account-A1", StreamKind::account) == std::optional<std::string_view>("A1"));
+  CHECK(stream_entity_id("loan-L1", StreamKind::loan) == std::optional<std::string_view>("L1"));
+  CHECK_FALSE(stream_entity_id("loan-L1", StreamKind::account).has_value());
+  CHECK_FALSE(stream_entity_id("accounts-A1", StreamKind::account).has_value());
+  CHECK_FALSE(is_stream_of("transfer-T1", StreamKind::loan));
+  CHECK(is_stream_of("transfer-T1", StreamKind::transfer));
+}

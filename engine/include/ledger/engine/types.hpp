@@ -82,8 +82,16 @@ constexpr std::string_view system_id_prefix = "system.";
 enum class SystemAccount { cash, loan_receivable, interest_income, fee_income, write_off_expense };
 [[nodiscard]] std::string system_account_id(SystemAccount account, std::string_view currency);
 
+// Stream ids are "<kind>-<id>" (account-A1, transfer-T1, loan-L1): the only place that spells
+// the prefixes is types.cpp.
+enum class StreamKind { account, transfer, loan };
 [[nodiscard]] std::string account_stream(std::string_view account_id);
 [[nodiscard]] std::string transfer_stream(std::string_view transfer_id);
 [[nodiscard]] std::string loan_stream(std::string_view loan_id);
+// The id of a stream of `kind` (a view into `stream_id`), or std::nullopt for another kind.
+[[nodiscard]] std::optional<std::string_view> stream_entity_id(std::string_view stream_id, StreamKind kind);
+[[nodiscard]] inline bool is_stream_of(std::string_view stream_id, StreamKind kind) {
+  return stream_entity_id(stream_id, kind).has_value();
+}
 
 }  // namespace ledger::engine
