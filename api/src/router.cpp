@@ -197,7 +197,7 @@ struct Route {
 
 // Every route the front answers, in matching order: method, template ({id} matches one path
 // segment), handler and the role it needs (none: no token needed, or any of the three roles for
-// reads). api/openapi.json describes the same routes (api_openapi_test keeps them equal).
+// reads). api/openapi.json describes the same routes (api_openapi_pgtest keeps them equal).
 struct RouteSpec {
   http::verb method;
   std::string_view pattern;
