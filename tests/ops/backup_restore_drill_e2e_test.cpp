@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "../engine/engine_fixture.hpp"
+#include "child_processes.hpp"
 #include "http_client.hpp"
 #include "ledger/api/auth.hpp"
 #include "ledger/core/process.hpp"
@@ -24,6 +25,8 @@
 #include "ledger/db/migrations.hpp"
 
 using namespace ledger;
+using test::read_file;
+using test::wait_for_file;
 using namespace ledger::engine;
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
@@ -33,11 +36,6 @@ using test::eur;
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 std::string owner_of(const fs::path& path) {
   struct stat info {};
@@ -64,25 +62,6 @@ void transfers(Engine& engine, int count, std::mt19937& random) {
                 .accepted());
   }
 }
-
-std::string wait_for_file(const fs::path& path, pid_t pid) {
-  for (int attempt = 0; attempt < 600 && process::is_alive(pid); ++attempt) {
-    std::ifstream in(path);
-    std::string line;
-    if (std::getline(in, line) && !line.empty()) return line;
-    std::this_thread::sleep_for(50ms);
-  }
-  return {};
-}
-
-struct Stopper {
-  std::vector<pid_t> pids;
-  void stop_all() {
-    for (auto it = pids.rbegin(); it != pids.rend(); ++it) (void)process::stop(*it, SIGTERM, 20s);
-    pids.clear();
-  }
-  ~Stopper() { stop_all(); }
-};
 
 }  // namespace
 
@@ -217,7 +196,7 @@ TEST_CASE("restore drill: a point-in-time restore keeps every command acknowledg
   const fs::path secret_file = directory / "jwt-secret";
   std::ofstream(secret_file) << secret << "\n";
   fs::permissions(secret_file, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
-  Stopper running;
+  test::ChildStopper running;
   process::SpawnOptions broker_output;
   broker_output.output_file = (directory / "broker.log").string();
   running.pids.push_back(process::spawn(with({"broker", "--address-file", (directory / "broker").string()}),

@@ -13,41 +13,17 @@
 #include <fstream>
 #include <thread>
 
+#include "child_processes.hpp"
 #include "http_client.hpp"
 #include "ledger/api/auth.hpp"
 #include "ledger/core/process.hpp"
 #include "test_cluster.hpp"
 
 using namespace ledger;
+using test::read_file;
+using test::wait_for_file;
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
-
-namespace {
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-// Waits for a process to write a one-line file (a port, an address); empty when it died first.
-std::string wait_for_file(const fs::path& path, pid_t pid) {
-  for (int attempt = 0; attempt < 600 && process::is_alive(pid); ++attempt) {
-    std::ifstream in(path);
-    std::string line;
-    if (std::getline(in, line) && !line.empty()) return line;
-    std::this_thread::sleep_for(50ms);
-  }
-  return {};
-}
-
-struct Stopper {
-  std::vector<pid_t> pids;
-  ~Stopper() {
-    for (auto it = pids.rbegin(); it != pids.rend(); ++it) process::stop(*it, SIGTERM, 20s);
-  }
-};
-
-}  // namespace
 
 TEST_CASE("every metric the dashboard and the alerts use is exported by serve or the jobs") {
   test::TestDatabase database;
@@ -64,7 +40,7 @@ TEST_CASE("every metric the dashboard and the alerts use is exported by serve or
     arguments.insert(arguments.begin(), settings.begin(), settings.end());
     return arguments;
   };
-  Stopper running;
+  test::ChildStopper running;
 
   process::SpawnOptions broker_output;
   broker_output.output_file = (directory / "broker.log").string();
