@@ -42,11 +42,14 @@ class CircuitBreaker {
     open_until_ = now + open_for_;
   }
 
-  // A batch reached the database and committed (or was decided there).
-  void record_success() {
+  // A batch reached the database and committed (or was decided there). True when this closed
+  // the breaker (it was open or half open).
+  bool record_success() {
     std::lock_guard lock(mutex_);
+    const bool was_closed = state_ == CircuitState::closed;
     state_ = CircuitState::closed;
     open_for_ = open_initial_;
+    return !was_closed;
   }
 
   [[nodiscard]] CircuitState state() const {

@@ -880,8 +880,7 @@ struct Engine::Impl {
   // Completes every command of a committed (or refused) batch and counts it.
   void answer(std::vector<Pending>& batch, std::vector<Slot>& slots, std::size_t events,
               std::chrono::steady_clock::time_point commit_started) {
-    if (breaker.state() != CircuitState::closed) spdlog::info("database circuit breaker closed: a batch committed");
-    breaker.record_success();
+    if (breaker.record_success()) spdlog::info("database circuit breaker closed: a batch committed");
     const auto latency_us = std::chrono::duration_cast<std::chrono::microseconds>(
                                 std::chrono::steady_clock::now() - commit_started)
                                 .count();
