@@ -65,3 +65,38 @@ TEST_CASE("a database that stays down opens the breaker: commands fail fast, the
   REQUIRE(account.has_value());
   CHECK(account->credits_posted.minor_units() == 11);
 }
+
+TEST_CASE("a keyed command refused while the breaker is open, retried with its key when the database is back, "
+          "is applied exactly once") {
+  test::TestDatabase database;
+  auto& cluster = test::TestCluster::instance();
+  test::PgFaultProxy proxy(cluster.directory(), cluster.port());
+  EngineSettings settings = test::engine_settings(database);
+  settings.database_url = proxy.url("ledger_app", database.name());
+  settings.database_connect_timeout = 500ms;
+  settings.connection_retries_max = 1;
+  settings.circuit_open_initial = 1'000ms;
+  Engine engine(settings);
+  REQUIRE(engine.execute(command(OpenAccount{"retry", eur()})).accepted());
+
+  proxy.cut(20s);
+  // Failed after its retries (this opens the breaker), then refused at once: the client saw
+  // 503 both times and keeps its key.
+  CHECK_THROWS_AS(engine.execute(command(Deposit{"retry", Amount(7)}, "key-7", "deposit 7")), EngineUnavailable);
+  CHECK_THROWS_AS((void)engine.submit(command(Deposit{"retry", Amount(7)}, "key-7", "deposit 7")),
+                  DatabaseCircuitOpen);
+
+  proxy.cut(0ms);
+  while (proxy.down()) std::this_thread::sleep_for(10ms);
+  std::this_thread::sleep_for(1'100ms);  // past the open interval: the next batch probes
+  const auto first = engine.execute(command(Deposit{"retry", Amount(7)}, "key-7", "deposit 7"));
+  REQUIRE(first.accepted());
+  CHECK_FALSE(first.replayed);
+  const auto again = engine.execute(command(Deposit{"retry", Amount(7)}, "key-7", "deposit 7"));
+  REQUIRE(again.accepted());
+  CHECK(again.replayed);
+  CHECK(again.position == first.position);
+  const auto account = engine.read_account("retry");
+  REQUIRE(account.has_value());
+  CHECK(account->credits_posted.minor_units() == 7);
+}
