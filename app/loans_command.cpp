@@ -22,8 +22,8 @@ CommandAction register_loans_command(CLI::App& root, Settings& settings) {
       ->required()
       ->check(CLI::Validator(
           [](const std::string& value) {
-            if (!engine::parse_date(value)) return std::string("not a date YYYY-MM-DD");
-            if (!engine::parse_business_date(value)) return "not a date from " + engine::business_date_range();
+            if (!domain::parse_date(value)) return std::string("not a date YYYY-MM-DD");
+            if (!domain::parse_business_date(value)) return "not a date from " + domain::business_date_range();
             return std::string();
           },
           "DATE"));
@@ -45,7 +45,7 @@ CommandAction register_loans_command(CLI::App& root, Settings& settings) {
     const engine::EventStore store(pool);
 
     TerminalProgress progress("close of business " + *date, "loans");
-    const auto result = engine::close_of_business(engine, store, *engine::parse_date(*date), {},
+    const auto result = engine::close_of_business(engine, store, *domain::parse_date(*date), {},
                                                   [&](std::int64_t loans) { progress(loans, 0); });
     const double seconds = progress.seconds();
     engine.stop();

@@ -10,6 +10,7 @@
 #include "ledger/db/pool.hpp"
 #include "ledger/engine/event_store.hpp"
 #include "ledger/replay/rebuild.hpp"
+#include "ledger/engine/balance_as_of.hpp"
 #include "ledger/replay/replay.hpp"
 #include "metrics_file.hpp"
 #include "progress.hpp"
@@ -221,7 +222,7 @@ CommandAction register_replay_command(CLI::App& root, Settings& settings) {
 
     if (balance_app->parsed()) {
       const engine::EventStore store(pool);
-      const auto found = replay::balance_as_of(
+      const auto found = engine::balance_as_of(
           store, *account, as_of->empty() ? std::nullopt : parse_rfc3339(*as_of),
           *at_position > 0 ? std::optional<GlobalPosition>(*at_position) : std::nullopt);
       if (!found || !found->state.exists) {
@@ -242,7 +243,7 @@ CommandAction register_replay_command(CLI::App& root, Settings& settings) {
           w.Key("currency");
           w.String(std::string(a.currency.code()).c_str());
           w.Key("status");
-          w.String(std::string(engine::to_string(a.status)).c_str());
+          w.String(std::string(domain::to_string(a.status)).c_str());
           for (const auto& [key, amount] : {std::pair{"debits_posted", a.debits_posted}, {"credits_posted", a.credits_posted},
                                             {"debits_pending", a.debits_pending}, {"credits_pending", a.credits_pending}}) {
             w.Key(key);
@@ -254,7 +255,7 @@ CommandAction register_replay_command(CLI::App& root, Settings& settings) {
           w.Int64(a.version.value());
         });
       } else {
-        std::cout << "account " << *account << " (" << a.currency.code() << ", " << engine::to_string(a.status)
+        std::cout << "account " << *account << " (" << a.currency.code() << ", " << domain::to_string(a.status)
                   << ") after position " << found->position.value() << ", recorded " << rfc3339(found->recorded_at_us)
                   << ":\n  balance " << balance << "  debits_posted " << a.debits_posted.minor_units()
                   << "  credits_posted " << a.credits_posted.minor_units() << "  debits_pending "

@@ -14,7 +14,7 @@
 #include "ledger/db/pool.hpp"
 #include "ledger/engine/engine.hpp"
 #include "ledger/engine/event_store.hpp"
-#include "ledger/engine/relay.hpp"
+#include "ledger/relay/relay.hpp"
 #include "ledger/projections/read_models.hpp"
 
 namespace ledger::app {
@@ -187,17 +187,18 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
     db::ConnectionPool read_pool(read_pool_settings);
     engine::EventStore event_store(read_pool);
 
-    std::unique_ptr<engine::Relay> relay;
+    projections::ReadModels read_models(read_pool);
+    std::unique_ptr<relay::Relay> relay;
     if (options->relay) {
-      engine::RelaySettings relay_settings;
+      relay::RelaySettings relay_settings;
       relay_settings.brokers = resolve_kafka_brokers(settings);
       relay_settings.topic = settings.topic_prefix + ".events";
       relay_settings.kafka_properties = kafka_property_map(settings);
       if (settings.publish_json) relay_settings.json_topic = settings.topic_prefix + ".events.json";
-      relay = std::make_unique<engine::Relay>(relay_settings, read_pool);
+      relay_settings.lowest_position_needed = [&read_models] { return GlobalPosition(read_models.lowest_watermark()); };
+      relay = std::make_unique<relay::Relay>(relay_settings, read_pool);
       relay->start();
     }
-    projections::ReadModels read_models(read_pool);
 
     api::Services services;
     services.engine = &engine;

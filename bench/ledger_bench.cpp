@@ -162,7 +162,7 @@ EngineRun engine_append(engine::Engine& engine, int accounts, int clients, std::
   for (int c = 0; c < clients; ++c) {
     threads.emplace_back([&, c] {
       std::mt19937 random(99 + c);
-      std::deque<std::future<engine::CommandOutcome>> in_flight;
+      std::deque<std::future<domain::CommandOutcome>> in_flight;
       auto settle_one = [&] {
         const auto outcome = in_flight.front().get();
         in_flight.pop_front();
@@ -172,7 +172,7 @@ EngineRun engine_append(engine::Engine& engine, int accounts, int clients, std::
         const int from = static_cast<int>(random() % accounts);
         int to = static_cast<int>(random() % accounts);
         if (to == from) to = (to + 1) % accounts;
-        engine::Command command{engine::CommandBody{engine::SingleCommand{engine::Transfer{
+        domain::Command command{domain::CommandBody{domain::SingleCommand{domain::Transfer{
                                     "", "a" + std::to_string(from), "a" + std::to_string(to),
                                     Amount(1 + static_cast<std::int64_t>(random() % 100)), eur}}},
                                 {}};
@@ -206,7 +206,7 @@ EngineRun engine_append(engine::Engine& engine, int accounts, int clients, std::
 
 void setup_accounts(engine::Engine& engine, int accounts) {
   const Currency eur = *Currency::parse("EUR");
-  std::vector<std::future<engine::CommandOutcome>> pending;
+  std::vector<std::future<domain::CommandOutcome>> pending;
   auto drain = [&] {
     for (auto& f : pending) {
       const auto outcome = f.get();
@@ -215,10 +215,10 @@ void setup_accounts(engine::Engine& engine, int accounts) {
     pending.clear();
   };
   for (int i = 0; i < accounts; ++i) {
-    engine::LinkedCommands linked;
-    linked.commands.push_back(engine::OpenAccount{"a" + std::to_string(i), eur});
-    linked.commands.push_back(engine::Deposit{"a" + std::to_string(i), Amount(1'000'000'000)});
-    engine::Command command{engine::CommandBody{std::move(linked)}, {}};
+    domain::LinkedCommands linked;
+    linked.commands.push_back(domain::OpenAccount{"a" + std::to_string(i), eur});
+    linked.commands.push_back(domain::Deposit{"a" + std::to_string(i), Amount(1'000'000'000)});
+    domain::Command command{domain::CommandBody{std::move(linked)}, {}};
     command.context.actor = "bench-setup";
     pending.push_back(engine.submit(std::move(command)));
     if (pending.size() >= 5'000) drain();
@@ -230,7 +230,7 @@ void setup_accounts(engine::Engine& engine, int accounts) {
 // command: 1,200.00 at 12 % over 12 months, first due 2026-02-15.
 void setup_loans(engine::Engine& engine, int count, int accounts) {
   const Currency eur = *Currency::parse("EUR");
-  std::vector<std::future<engine::CommandOutcome>> pending;
+  std::vector<std::future<domain::CommandOutcome>> pending;
   auto drain = [&] {
     for (auto& f : pending) {
       const auto outcome = f.get();
@@ -240,12 +240,12 @@ void setup_loans(engine::Engine& engine, int count, int accounts) {
   };
   for (int i = 0; i < count; ++i) {
     const std::string id = "bench-loan-" + std::to_string(i);
-    engine::LinkedCommands linked;
-    linked.commands.push_back(engine::OriginateLoan{id, "a" + std::to_string(i % accounts), eur, Amount(120'000), 1'200, 12,
-                                                    engine::ScheduleType::annuity, "2026-01-15", "2026-02-15",
+    domain::LinkedCommands linked;
+    linked.commands.push_back(domain::OriginateLoan{id, "a" + std::to_string(i % accounts), eur, Amount(120'000), 1'200, 12,
+                                                    domain::ScheduleType::annuity, "2026-01-15", "2026-02-15",
                                                     Amount(0), Amount(500), 5});
-    linked.commands.push_back(engine::DisburseLoan{id});
-    engine::Command command{engine::CommandBody{std::move(linked)}, {}};
+    linked.commands.push_back(domain::DisburseLoan{id});
+    domain::Command command{domain::CommandBody{std::move(linked)}, {}};
     command.context.actor = "bench-setup";
     pending.push_back(engine.submit(std::move(command)));
     if (pending.size() >= 5'000) drain();
@@ -639,7 +639,7 @@ int main(int argc, char** argv) {
     const long rss_before = bench::peak_rss_kib();
     std::cout << "loans: close of business 2026-02-21 ...\n";
     const auto cob_started = Clock::now();
-    const auto cob = engine::close_of_business(*loan_engine, store, *engine::parse_date("2026-02-21"));
+    const auto cob = engine::close_of_business(*loan_engine, store, *domain::parse_date("2026-02-21"));
     const double cob_seconds = seconds_since(cob_started);
     loan_engine->stop();
     if (cob.failed > 0 || cob.closed != loans) {

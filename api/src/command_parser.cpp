@@ -17,7 +17,7 @@
 
 #include "ledger/core/money.hpp"
 #include "ledger/core/utf8.hpp"
-#include "ledger/engine/types.hpp"
+#include "ledger/domain/types.hpp"
 
 namespace ledger::api {
 namespace {
@@ -280,11 +280,11 @@ class Fields {
     return std::string(text);
   }
 
-  [[nodiscard]] std::optional<engine::AccountKind> optional_kind(std::string_view name) const {
+  [[nodiscard]] std::optional<domain::AccountKind> optional_kind(std::string_view name) const {
     const Value* value = optional(name);
     if (value == nullptr) return std::nullopt;
-    if (value->IsString() && view(*value) == "customer") return engine::AccountKind::customer;
-    if (value->IsString() && view(*value) == "system") return engine::AccountKind::system;
+    if (value->IsString() && view(*value) == "customer") return domain::AccountKind::customer;
+    if (value->IsString() && view(*value) == "system") return domain::AccountKind::system;
     fail("invalid_field", "Invalid field",
          field(name) + " must be the string \"customer\" or \"system\", got " +
              (value->IsString() ? quote(view(*value)) : type_name(*value)));
@@ -318,14 +318,14 @@ class Fields {
   [[nodiscard]] std::optional<std::string> optional_date(std::string_view name) const {
     const Value* value = optional(name);
     if (value == nullptr) return std::nullopt;
-    if (!value->IsString() || !engine::parse_date(view(*value))) {
+    if (!value->IsString() || !domain::parse_date(view(*value))) {
       fail("invalid_date", "Invalid date",
            field(name) + " must be a date \"YYYY-MM-DD\", got " +
                (value->IsString() ? quote(view(*value)) : type_name(*value)));
     }
-    if (!engine::parse_business_date(view(*value))) {
+    if (!domain::parse_business_date(view(*value))) {
       fail("invalid_date", "Invalid date",
-           field(name) + " must be a date from " + engine::business_date_range() + ", got " +
+           field(name) + " must be a date from " + domain::business_date_range() + ", got " +
                quote(view(*value)));
     }
     return std::string(view(*value));
@@ -334,10 +334,10 @@ class Fields {
     (void)required(name);
     return *optional_date(name);
   }
-  [[nodiscard]] engine::ScheduleType schedule_type(std::string_view name) const {
+  [[nodiscard]] domain::ScheduleType schedule_type(std::string_view name) const {
     const Value& value = required(name);
     if (value.IsString()) {
-      if (const auto type = engine::schedule_type_from(view(value))) return *type;
+      if (const auto type = domain::schedule_type_from(view(value))) return *type;
     }
     fail("invalid_field", "Invalid field",
          field(name) + " must be \"annuity\" or \"equal_principal\", got " +
@@ -383,7 +383,7 @@ class Fields {
            field(name) + " must be a string id (1 to 64 of A-Za-z0-9._:-), got " +
                type_name(value));
     }
-    if (!engine::is_valid_id(view(value))) {
+    if (!domain::is_valid_id(view(value))) {
       fail("invalid_id", "Invalid id",
            field(name) + " must be 1 to 64 of A-Za-z0-9._:-, got " + quote(view(value)) +
                " (" + std::to_string(value.GetStringLength()) + " bytes)");
@@ -400,18 +400,18 @@ class Fields {
 // `extra` names a field the batch form adds ("type"); `id_field` is where the batch form
 // carries the id that single commands take from the path.
 
-engine::OpenAccount open_account(const Value& object, const std::string& prefix, bool batch) {
+domain::OpenAccount open_account(const Value& object, const std::string& prefix, bool batch) {
   const Fields fields = batch ? Fields(object, prefix,
                                        {"type", "id", "currency", "owner", "kind",
                                         "overdraft_limit", "ledger_code"})
                               : Fields(object, prefix,
                                        {"id", "currency", "owner", "kind", "overdraft_limit",
                                         "ledger_code"});
-  engine::OpenAccount command;
+  domain::OpenAccount command;
   command.id = fields.optional_id("id");
   command.currency = fields.currency("currency");
   command.owner = fields.optional_text("owner");
-  command.kind = fields.optional_kind("kind").value_or(engine::AccountKind::customer);
+  command.kind = fields.optional_kind("kind").value_or(domain::AccountKind::customer);
   command.overdraft_limit = fields.optional_amount("overdraft_limit", false).value_or(Amount{0});
   command.ledger_code = fields.optional_uint32("ledger_code").value_or(0);
   return command;
@@ -433,11 +433,11 @@ Command account_movement(const Value& object, const std::string& prefix,
   return command;
 }
 
-engine::Transfer transfer(const Value& object, const std::string& prefix, bool batch) {
+domain::Transfer transfer(const Value& object, const std::string& prefix, bool batch) {
   const Fields fields =
       batch ? Fields(object, prefix, {"type", "id", "from", "to", "amount", "currency", "reference"})
             : Fields(object, prefix, {"id", "from", "to", "amount", "currency", "reference"});
-  engine::Transfer command;
+  domain::Transfer command;
   command.id = fields.optional_id("id");
   command.from = fields.id("from");
   command.to = fields.id("to");
@@ -447,14 +447,14 @@ engine::Transfer transfer(const Value& object, const std::string& prefix, bool b
   return command;
 }
 
-engine::PlaceHold hold(const Value& object, const std::string& prefix, bool batch) {
+domain::PlaceHold hold(const Value& object, const std::string& prefix, bool batch) {
   const Fields fields =
       batch ? Fields(object, prefix,
                      {"type", "id", "from", "to", "amount", "currency", "timeout_seconds",
                       "reference"})
             : Fields(object, prefix,
                      {"id", "from", "to", "amount", "currency", "timeout_seconds", "reference"});
-  engine::PlaceHold command;
+  domain::PlaceHold command;
   command.id = fields.optional_id("id");
   command.from = fields.id("from");
   command.to = fields.id("to");
@@ -465,30 +465,30 @@ engine::PlaceHold hold(const Value& object, const std::string& prefix, bool batc
   return command;
 }
 
-engine::PostHold post_hold(const Value& object, const std::string& prefix,
+domain::PostHold post_hold(const Value& object, const std::string& prefix,
                            std::optional<std::string_view> path_id) {
   const Fields fields = path_id ? Fields(object, prefix, {"amount"})
                                 : Fields(object, prefix, {"type", "id", "amount"});
-  engine::PostHold command;
+  domain::PostHold command;
   command.id = path_id ? std::string(*path_id) : fields.id("id");
   command.amount = fields.optional_amount("amount", true);
   return command;
 }
 
-engine::VoidHold void_hold(const Value& object, const std::string& prefix,
+domain::VoidHold void_hold(const Value& object, const std::string& prefix,
                            std::optional<std::string_view> path_id) {
   const Fields fields =
       path_id ? Fields(object, prefix, {}) : Fields(object, prefix, {"type", "id"});
-  engine::VoidHold command;
+  domain::VoidHold command;
   command.id = path_id ? std::string(*path_id) : fields.id("id");
   return command;
 }
 
-engine::OriginateLoan originate_loan(const Value& object, std::string_view today) {
+domain::OriginateLoan originate_loan(const Value& object, std::string_view today) {
   const Fields fields(object, "",
                       {"id", "account_id", "currency", "principal", "rate_bps", "installments", "schedule",
                        "origination_date", "first_due_date", "origination_fee", "late_fee", "grace_days"});
-  engine::OriginateLoan command;
+  domain::OriginateLoan command;
   command.id = fields.optional_id("id");
   command.borrower = fields.id("account_id");
   command.currency = fields.currency("currency");
@@ -504,7 +504,7 @@ engine::OriginateLoan originate_loan(const Value& object, std::string_view today
   return command;
 }
 
-engine::SingleCommand batch_member(const Value& member, std::size_t index) {
+domain::SingleCommand batch_member(const Value& member, std::size_t index) {
   const std::string prefix = "commands[" + std::to_string(index) + "]: ";
   if (!member.IsObject()) {
     fail("invalid_field", "Invalid field", prefix + "must be an object, got " + type_name(member));
@@ -520,9 +520,9 @@ engine::SingleCommand batch_member(const Value& member, std::size_t index) {
   }
   const std::string_view name = view(type);
   if (name == "open_account") return open_account(member, prefix, true);
-  if (name == "deposit") return account_movement<engine::Deposit>(member, prefix, std::nullopt);
+  if (name == "deposit") return account_movement<domain::Deposit>(member, prefix, std::nullopt);
   if (name == "withdrawal") {
-    return account_movement<engine::Withdrawal>(member, prefix, std::nullopt);
+    return account_movement<domain::Withdrawal>(member, prefix, std::nullopt);
   }
   if (name == "transfer") return transfer(member, prefix, true);
   if (name == "hold") return hold(member, prefix, true);
@@ -534,7 +534,7 @@ engine::SingleCommand batch_member(const Value& member, std::size_t index) {
            quote(name));
 }
 
-engine::LinkedCommands batch(const Value& object) {
+domain::LinkedCommands batch(const Value& object) {
   const Fields fields(object, "", {"commands"});
   const Value& commands = fields.required("commands");
   if (!commands.IsArray()) {
@@ -549,7 +549,7 @@ engine::LinkedCommands batch(const Value& object) {
          "field \"commands\" must hold at most " + std::to_string(batch_size_max) +
              " commands, got " + std::to_string(commands.Size()));
   }
-  engine::LinkedCommands linked;
+  domain::LinkedCommands linked;
   linked.commands.reserve(commands.Size());
   for (rapidjson::SizeType i = 0; i < commands.Size(); ++i) {
     linked.commands.push_back(batch_member(commands[i], i));
@@ -603,9 +603,9 @@ bool all_fields_optional(CommandRoute route) {
   return false;
 }
 
-engine::CommandBody parse(CommandRoute route, std::string_view path_id, std::string_view body,
+domain::CommandBody parse(CommandRoute route, std::string_view path_id, std::string_view body,
                           std::string_view today) {
-  if (has_path_id(route) && !engine::is_valid_id(path_id)) {
+  if (has_path_id(route) && !domain::is_valid_id(path_id)) {
     fail("invalid_id", "Invalid id",
          "the id in the path must be 1 to 64 of A-Za-z0-9._:-, got " + quote(path_id));
   }
@@ -653,47 +653,47 @@ engine::CommandBody parse(CommandRoute route, std::string_view path_id, std::str
   const std::string none;
   switch (route) {
     case CommandRoute::open_account:
-      return engine::SingleCommand{open_account(object, none, false)};
+      return domain::SingleCommand{open_account(object, none, false)};
     case CommandRoute::deposit:
-      return engine::SingleCommand{account_movement<engine::Deposit>(object, none, path_id)};
+      return domain::SingleCommand{account_movement<domain::Deposit>(object, none, path_id)};
     case CommandRoute::withdrawal:
-      return engine::SingleCommand{account_movement<engine::Withdrawal>(object, none, path_id)};
+      return domain::SingleCommand{account_movement<domain::Withdrawal>(object, none, path_id)};
     case CommandRoute::transfer:
-      return engine::SingleCommand{transfer(object, none, false)};
+      return domain::SingleCommand{transfer(object, none, false)};
     case CommandRoute::hold:
-      return engine::SingleCommand{hold(object, none, false)};
+      return domain::SingleCommand{hold(object, none, false)};
     case CommandRoute::post_hold:
-      return engine::SingleCommand{post_hold(object, none, path_id)};
+      return domain::SingleCommand{post_hold(object, none, path_id)};
     case CommandRoute::void_hold:
-      return engine::SingleCommand{void_hold(object, none, path_id)};
+      return domain::SingleCommand{void_hold(object, none, path_id)};
     case CommandRoute::freeze: {
       const Fields fields(object, none, {});
-      return engine::SingleCommand{engine::FreezeAccount{std::string(path_id)}};
+      return domain::SingleCommand{domain::FreezeAccount{std::string(path_id)}};
     }
     case CommandRoute::unfreeze: {
       const Fields fields(object, none, {});
-      return engine::SingleCommand{engine::UnfreezeAccount{std::string(path_id)}};
+      return domain::SingleCommand{domain::UnfreezeAccount{std::string(path_id)}};
     }
     case CommandRoute::close: {
       const Fields fields(object, none, {});
-      return engine::SingleCommand{engine::CloseAccount{std::string(path_id)}};
+      return domain::SingleCommand{domain::CloseAccount{std::string(path_id)}};
     }
     case CommandRoute::batch:
       return batch(object);
     case CommandRoute::originate_loan:
-      return engine::SingleCommand{originate_loan(object, today)};
+      return domain::SingleCommand{originate_loan(object, today)};
     case CommandRoute::disburse_loan: {
       const Fields fields(object, none, {});
-      return engine::SingleCommand{engine::DisburseLoan{std::string(path_id)}};
+      return domain::SingleCommand{domain::DisburseLoan{std::string(path_id)}};
     }
     case CommandRoute::repay_loan: {
       const Fields fields(object, none, {"amount", "repayment_id"});
-      return engine::SingleCommand{
-          engine::RepayLoan{std::string(path_id), fields.amount("amount", true), fields.optional_id("repayment_id")}};
+      return domain::SingleCommand{
+          domain::RepayLoan{std::string(path_id), fields.amount("amount", true), fields.optional_id("repayment_id")}};
     }
     case CommandRoute::write_off_loan: {
       const Fields fields(object, none, {});
-      return engine::SingleCommand{engine::WriteOffLoan{std::string(path_id)}};
+      return domain::SingleCommand{domain::WriteOffLoan{std::string(path_id)}};
     }
   }
   fail("invalid_field", "Invalid field", "unknown command route");
@@ -701,7 +701,7 @@ engine::CommandBody parse(CommandRoute route, std::string_view path_id, std::str
 
 }  // namespace
 
-std::variant<engine::CommandBody, Problem> parse_command(CommandRoute route,
+std::variant<domain::CommandBody, Problem> parse_command(CommandRoute route,
                                                          std::string_view path_id,
                                                          std::string_view body,
                                                          std::string_view today) {

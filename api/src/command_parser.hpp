@@ -5,7 +5,7 @@
 #include <variant>
 
 #include "ledger/api/problem.hpp"
-#include "ledger/engine/commands.hpp"
+#include "ledger/domain/commands.hpp"
 
 namespace ledger::api {
 
@@ -34,7 +34,7 @@ enum class CommandRoute {
 // disburse_loan, write_off_loan). `today` ("YYYY-MM-DD") is the origination date of a loan
 // whose body names none.
 // Any problem is a 400 Problem whose code names the class and whose detail names the field.
-[[nodiscard]] std::variant<engine::CommandBody, Problem> parse_command(CommandRoute route,
+[[nodiscard]] std::variant<domain::CommandBody, Problem> parse_command(CommandRoute route,
                                                                        std::string_view path_id,
                                                                        std::string_view body,
                                                                        std::string_view today = {});

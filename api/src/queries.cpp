@@ -9,7 +9,7 @@
 
 #include "json_text.hpp"
 #include "ledger/core/money.hpp"
-#include "ledger/engine/types.hpp"
+#include "ledger/domain/types.hpp"
 #include "ledger/projections/read_models.hpp"
 
 namespace ledger::api {
@@ -425,7 +425,7 @@ void run_query(projections::ReadModels& read_models, boost::asio::thread_pool& b
     done(std::move(*failure));
     return;
   }
-  if (kind != QueryKind::audit && !engine::is_valid_id(id)) {
+  if (kind != QueryKind::audit && !domain::is_valid_id(id)) {
     done(problem(400, "invalid_id", "Invalid id", "ids are 1 to 64 of A-Za-z0-9._:-"));
     return;
   }

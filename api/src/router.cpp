@@ -19,11 +19,11 @@
 #include "ledger/api/auth.hpp"
 #include "ledger/api/routes.hpp"
 #include "ledger/core/logging.hpp"
+#include "ledger/engine/balance_as_of.hpp"
 #include "ledger/engine/close_of_business.hpp"
 #include "ledger/engine/engine.hpp"
 #include "ledger/engine/event_store.hpp"
-#include "ledger/engine/events.hpp"
-#include "ledger/replay/replay.hpp"
+#include "ledger/domain/events.hpp"
 
 namespace ledger::api {
 
@@ -75,8 +75,8 @@ std::string generate_request_id() {
 }
 
 // HTTP status of each business rejection.
-int status_of(engine::RejectionCode code) {
-  using engine::RejectionCode;
+int status_of(domain::RejectionCode code) {
+  using domain::RejectionCode;
   switch (code) {
     case RejectionCode::unknown_account:
     case RejectionCode::unknown_transfer:
@@ -115,8 +115,8 @@ int status_of(engine::RejectionCode code) {
   return 422;  // not a RejectionCode (a value cast from outside the enum)
 }
 
-std::string title_of(engine::RejectionCode code) {
-  std::string title(engine::to_string(code));
+std::string title_of(domain::RejectionCode code) {
+  std::string title(domain::to_string(code));
   for (char& c : title) {
     if (c == '_') c = ' ';
   }
@@ -288,9 +288,9 @@ std::optional<Route> match(const std::vector<std::string>& segments, http::verb 
   return std::nullopt;
 }
 
-std::string command_type_name(const engine::CommandBody& body) {
-  if (const auto* single = std::get_if<engine::SingleCommand>(&body)) {
-    return std::string(engine::command_name(*single));
+std::string command_type_name(const domain::CommandBody& body) {
+  if (const auto* single = std::get_if<domain::SingleCommand>(&body)) {
+    return std::string(domain::command_name(*single));
   }
   return "batch";
 }
@@ -354,7 +354,7 @@ void write_snapshot_cache_health(JsonWriter& w, const engine::EngineStats& stats
 class EngineSink final : public CommandSink {
  public:
   explicit EngineSink(engine::Engine& engine) : engine_(engine) {}
-  void submit(engine::Command command, engine::Engine::Completion completion) override {
+  void submit(domain::Command command, engine::Engine::Completion completion) override {
     engine_.submit(std::move(command), std::move(completion));
   }
 
@@ -720,7 +720,7 @@ void Router::handle(Request request, const std::string& client_address, Respond 
     const std::string stream_id = route->path_id;
     boost::asio::post(blocking_, [this, stream_id, from_version, limit, finish, json, request_id,
                                   version] {
-      std::vector<engine::RecordedEvent> events;
+      std::vector<domain::RecordedEvent> events;
       try {
         events = services_.event_store->read_stream(stream_id, StreamVersion(from_version),
                                                     static_cast<std::size_t>(limit));
@@ -756,11 +756,11 @@ void Router::handle(Request request, const std::string& client_address, Respond 
         w.Key("recorded_at");
         write_string(w, rfc3339(event.recorded_at_us));
         w.Key("data");
-        const auto decoded = engine::decode_event(event.type, event.payload);
-        const std::string data = decoded ? engine::event_to_json(*decoded) : "null";
+        const auto decoded = domain::decode_event(event.type, event.payload);
+        const std::string data = decoded ? domain::event_to_json(*decoded) : "null";
         w.RawValue(data.data(), data.size(), rapidjson::kObjectType);
         w.Key("metadata");
-        const std::string metadata = engine::metadata_to_json(event.metadata);
+        const std::string metadata = domain::metadata_to_json(event.metadata);
         w.RawValue(metadata.data(), metadata.size(), rapidjson::kObjectType);
         w.EndObject();
       }
@@ -780,10 +780,10 @@ void Router::handle(Request request, const std::string& client_address, Respond 
   if (route->handler == Handler::close_of_business) {
     rapidjson::Document body;
     body.Parse(request.body().c_str());
-    std::optional<engine::Date> date;
+    std::optional<domain::Date> date;
     if (!body.HasParseError() && body.IsObject() && body.MemberCount() == 1 && body.HasMember("date") &&
         body["date"].IsString()) {
-      date = engine::parse_business_date(body["date"].GetString());
+      date = domain::parse_business_date(body["date"].GetString());
     }
     if (!date) {
       fail(400, "invalid_date", "Invalid date",
@@ -811,7 +811,7 @@ void Router::handle(Request request, const std::string& client_address, Respond 
       JsonWriter w(buffer);
       w.StartObject();
       w.Key("date");
-      write_string(w, engine::to_string(date));
+      write_string(w, domain::to_string(date));
       w.Key("loans");
       w.Int64(result.loans);
       w.Key("closed");
@@ -852,9 +852,9 @@ void Router::handle(Request request, const std::string& client_address, Respond 
     }
     const std::string account_id = route->path_id;
     boost::asio::post(blocking_, [this, account_id, as_of_us, at_position, finish, json, request_id, version] {
-      std::optional<replay::BalanceAsOf> found;
+      std::optional<engine::BalanceAsOf> found;
       try {
-        found = replay::balance_as_of(*services_.event_store, account_id, as_of_us,
+        found = engine::balance_as_of(*services_.event_store, account_id, as_of_us,
                                       at_position ? std::optional<GlobalPosition>(*at_position) : std::nullopt);
       } catch (const std::exception& error) {
         logging::RequestIdScope scope(request_id);
@@ -870,7 +870,7 @@ void Router::handle(Request request, const std::string& client_address, Respond 
                                 request_id, version));
         return;
       }
-      const engine::AccountState& a = found->state;
+      const domain::AccountState& a = found->state;
       rapidjson::StringBuffer buffer;
       JsonWriter w(buffer);
       w.StartObject();
@@ -890,7 +890,7 @@ void Router::handle(Request request, const std::string& client_address, Respond 
       w.Key("currency");
       write_string(w, a.currency.code());
       w.Key("status");
-      write_string(w, engine::to_string(a.status));
+      write_string(w, domain::to_string(a.status));
       for (const auto& [key, amount] : {std::pair{"debits_posted", a.debits_posted}, {"credits_posted", a.credits_posted},
                                         {"debits_pending", a.debits_pending}, {"credits_pending", a.credits_pending},
                                         {"overdraft_limit", a.overdraft_limit}}) {
@@ -926,13 +926,13 @@ void Router::handle(Request request, const std::string& client_address, Respond 
   }
   const std::string idempotency_key(request["Idempotency-Key"]);  // checked with the other copied headers
   auto parsed = parse_command(route->command, route->path_id, request.body(),
-                              engine::to_string(engine::Date{std::chrono::floor<std::chrono::days>(
+                              domain::to_string(domain::Date{std::chrono::floor<std::chrono::days>(
                                   std::chrono::system_clock::now())}));
   if (const auto* problem = std::get_if<Problem>(&parsed)) {
     fail(problem->status, problem->code, problem->title, problem->detail);
     return;
   }
-  engine::Command command{std::move(std::get<engine::CommandBody>(parsed)), {}};
+  domain::Command command{std::move(std::get<domain::CommandBody>(parsed)), {}};
   command.context.actor = principal.subject;
   command.context.request_id = request_id;
   command.context.correlation_id = std::string(request["X-Correlation-Id"]);
@@ -946,7 +946,7 @@ void Router::handle(Request request, const std::string& client_address, Respond 
   try {
     commands_->submit(
         std::move(command), [this, finish, json, type, kind, request_id, version](
-                                std::exception_ptr error, engine::CommandOutcome outcome) {
+                                std::exception_ptr error, domain::CommandOutcome outcome) {
           if (error) {
             bool outcome_unknown = false;
             try {
@@ -977,10 +977,10 @@ void Router::handle(Request request, const std::string& client_address, Respond 
             finish(std::move(response));
             return;
           }
-          metrics_.count_command(type, std::string(outcome.accepted() ? "accepted" : engine::to_string(outcome.code)));
+          metrics_.count_command(type, std::string(outcome.accepted() ? "accepted" : domain::to_string(outcome.code)));
           if (!outcome.accepted()) {
             Response response = problem_response(status_of(outcome.code),
-                                                 std::string(engine::to_string(outcome.code)),
+                                                 std::string(domain::to_string(outcome.code)),
                                                  title_of(outcome.code), outcome.detail, request_id,
                                                  version);
             finish(std::move(response));

@@ -21,7 +21,7 @@ namespace ledger::api {
 class CommandSink {
  public:
   virtual ~CommandSink() = default;
-  virtual void submit(engine::Command command, engine::Engine::Completion completion) = 0;
+  virtual void submit(domain::Command command, engine::Engine::Completion completion) = 0;
 };
 
 using Request = boost::beast::http::request<boost::beast::http::string_body>;

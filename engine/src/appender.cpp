@@ -14,6 +14,9 @@
 
 namespace ledger::engine {
 
+// The engine applies the domain's rules: its types are used unqualified here.
+using namespace domain;  // NOLINT(google-build-using-namespace)
+
 using db::ArrayLiteral;
 using db::copy_bytes;
 using db::copy_text;

@@ -12,6 +12,9 @@
 
 namespace ledger::engine {
 
+// The engine applies the domain's rules: its types are used unqualified here.
+using namespace domain;  // NOLINT(google-build-using-namespace)
+
 struct IdempotencyRecord {
   std::string actor;
   std::string key;

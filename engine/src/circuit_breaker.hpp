@@ -15,6 +15,9 @@
 
 namespace ledger::engine {
 
+// The engine applies the domain's rules: its types are used unqualified here.
+using namespace domain;  // NOLINT(google-build-using-namespace)
+
 class CircuitBreaker {
  public:
   using Clock = std::chrono::steady_clock;

@@ -8,12 +8,15 @@
 
 namespace ledger::engine {
 
+// The engine applies the domain's rules: its types are used unqualified here.
+using namespace domain;  // NOLINT(google-build-using-namespace)
+
 CloseOfBusinessResult close_of_business(Engine& engine, const EventStore& store, Date date,
                                         const CloseOfBusinessSettings& settings,
                                         const std::function<void(std::int64_t)>& progress) {
-  const std::string day = to_string(date);
+  const std::string day = domain::to_string(date);
   CloseOfBusinessResult result;
-  std::deque<std::future<CommandOutcome>> in_flight;
+  std::deque<std::future<domain::CommandOutcome>> in_flight;
   auto settle = [&](std::size_t keep) {
     while (in_flight.size() > keep) {
       const CommandOutcome outcome = in_flight.front().get();
@@ -30,12 +33,12 @@ CloseOfBusinessResult close_of_business(Engine& engine, const EventStore& store,
     const auto page = store.streams_with_event("loan_disbursed", after, settings.page_loans);
     if (page.empty()) break;
     for (const auto& [position, stream_id] : page) {
-      const auto loan_id = stream_entity_id(stream_id, StreamKind::loan);
+      const auto loan_id = domain::stream_entity_id(stream_id, StreamKind::loan);
       if (!loan_id) {  // only a store altered by hand holds one: report it, close the others
         if (result.failed++ == 0) result.first_failure = "a loan_disbursed event in stream " + stream_id;
         continue;
       }
-      Command command{CommandBody{SingleCommand{CloseLoanBusinessDay{std::string(*loan_id), day}}}, {}};
+      domain::Command command{domain::CommandBody{domain::SingleCommand{domain::CloseLoanBusinessDay{std::string(*loan_id), day}}}, {}};
       command.context.actor = "close-of-business";
       in_flight.push_back(engine.submit(std::move(command)));
       ++result.loans;

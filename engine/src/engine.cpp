@@ -21,13 +21,16 @@
 #include "ledger/core/utf8.hpp"
 #include "ledger/db/pool.hpp"
 #include "ledger/db/retry.hpp"
-#include "ledger/engine/domain.hpp"
+#include "ledger/domain/decide.hpp"
 #include "ledger/engine/snapshot_store.hpp"
 #include "outcome_codec.hpp"
 #include "state_cache.hpp"
 #include "stream_loader.hpp"
 
 namespace ledger::engine {
+
+// The engine applies the domain's rules: its types are used unqualified here.
+using namespace domain;  // NOLINT(google-build-using-namespace)
 
 namespace {
 
@@ -215,7 +218,7 @@ struct Engine::Impl {
 
   std::mutex snapshot_mutex;
   std::condition_variable snapshot_ready;
-  std::deque<std::pair<std::string, StreamState>> snapshot_queue;
+  std::deque<std::pair<std::string, domain::StreamState>> snapshot_queue;
   bool snapshot_stopping = false;
 
   std::mutex expiry_mutex;
@@ -312,7 +315,7 @@ struct Engine::Impl {
       return *read;
     };
     try {
-      WorkingSet working([&](const std::string& stream_id) {
+      domain::WorkingSet working([&](const std::string& stream_id) {
         if (const StreamState* cached = cache.find(stream_id)) return *cached;
         return load_streams(store(), {stream_id}, snapshots.get()).at(stream_id);
       });
@@ -457,13 +460,13 @@ struct Engine::Impl {
     const auto generate = [this] {
       std::string id = settings.generate_id();
       if (own_id_generator) {
-        generated_streams.insert(account_stream(id));
-        generated_streams.insert(transfer_stream(id));
+        generated_streams.insert(domain::account_stream(id));
+        generated_streams.insert(domain::transfer_stream(id));
       }
       return id;
     };
     for (auto& pending : batch) {
-      assign_ids(pending.command.body, generate);
+      domain::assign_ids(pending.command.body, generate);
       if (pending.command.context.command_id.empty()) {
         pending.command.context.command_id = uuids.next();
       }
@@ -559,7 +562,7 @@ struct Engine::Impl {
   struct Prepared {
     std::vector<Pending> batch;
     Decided decided;
-    std::unordered_map<std::string, StreamState> changed;  // copies, for snapshots
+    std::unordered_map<std::string, domain::StreamState> changed;  // copies, for snapshots
     std::uint64_t generation = 0;
 
     // Appends a batch decided after this one (on the states this one left in the cache).
@@ -649,7 +652,7 @@ struct Engine::Impl {
     // Load every stream the batch names (one query), then decide in order.
     std::vector<std::string> wanted;
     for (std::size_t i = 0; i < batch.size(); ++i) {
-      if (slots[i].kind == Slot::Kind::decide) collect_streams(batch[i].command.body, wanted);
+      if (slots[i].kind == Slot::Kind::decide) domain::collect_streams(batch[i].command.body, wanted);
     }
     std::sort(wanted.begin(), wanted.end());
     wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
@@ -678,7 +681,7 @@ struct Engine::Impl {
       Slot& slot = slots[i];
       if (slot.kind != Slot::Kind::decide) continue;
       slot.first_event = working.new_events().size();
-      Decision decision = decide(batch[i].command.body, working, context);
+      domain::Decision decision = domain::decide(batch[i].command.body, working, context);
       slot.end_event = working.new_events().size();
       slot.outcome.code = decision.code;
       slot.outcome.detail = std::move(decision.detail);
@@ -717,13 +720,13 @@ struct Engine::Impl {
         row.stream_id = new_events[e].stream_id;
         row.version = new_events[e].version;
         row.event_id = uuids.next();
-        row.type = std::string(event_type(new_events[e].event));
-        row.schema_version = event_schema_version;
-        row.payload = encode_event(new_events[e].event);
+        row.type = std::string(domain::event_type(new_events[e].event));
+        row.schema_version = domain::event_schema_version;
+        row.payload = domain::encode_event(new_events[e].event);
         ensure_decodes_back(row);
         row.metadata = metadata;
         row.recorded_at_us = now_us;
-        if (const auto* pending = std::get_if<events::TransferPending>(&new_events[e].event)) {
+        if (const auto* pending = std::get_if<domain::events::TransferPending>(&new_events[e].event)) {
           if (pending->expires_at_us != 0) {
             decided.expiries.push_back({pending->transfer_id, pending->expires_at_us});
           }
@@ -736,8 +739,8 @@ struct Engine::Impl {
   // Invariant 11: an event is appended only if it decodes back to the very bytes encoded, so
   // every reader (folds, projectors, replay) can read it. Cheap next to the COPY.
   static void ensure_decodes_back(const RecordedEvent& row) {
-    const auto decoded = decode_event(row.type, row.payload);
-    if (!decoded || encode_event(*decoded) != row.payload) {
+    const auto decoded = domain::decode_event(row.type, row.payload);
+    if (!decoded || domain::encode_event(*decoded) != row.payload) {
       throw UnstorableCommand("a " + row.type + " event of stream " + row.stream_id +
                               " does not decode back to what was encoded; the command is refused");
     }
@@ -793,7 +796,7 @@ struct Engine::Impl {
     prepare_append(connection);
     pqxx::work work(connection);
     if (fresh) work.exec("SELECT 1 FROM event_store_head FOR UPDATE");
-    WorkingSet working([&](const std::string& stream_id) {
+    domain::WorkingSet working([&](const std::string& stream_id) {
       if (!fresh) {
         if (const StreamState* cached = cache.find(stream_id)) return *cached;
       }
@@ -986,7 +989,7 @@ struct Engine::Impl {
 
   static void answer_key_reused(Slot& slot, const Pending& pending) {
     slot.kind = Slot::Kind::answered;
-    slot.outcome = CommandOutcome{};
+    slot.outcome = domain::CommandOutcome{};
     slot.outcome.code = RejectionCode::idempotency_key_reused;
     slot.outcome.detail = "idempotency key '" + pending.command.context.idempotency_key +
                           "' was used for a different request";
@@ -995,7 +998,7 @@ struct Engine::Impl {
 
   void answer_all_conflict(std::vector<Pending>& batch) {
     for (auto& pending : batch) {
-      CommandOutcome outcome;
+      domain::CommandOutcome outcome;
       outcome.code = RejectionCode::version_conflict;
       outcome.detail = "the streams kept changing under concurrent writers; retry";
       outcome.command_id = pending.command.context.command_id;
@@ -1005,7 +1008,7 @@ struct Engine::Impl {
 
   static void reject_all(std::vector<Pending>& batch, RejectionCode code, const std::string& detail) {
     for (auto& pending : batch) {
-      CommandOutcome outcome;
+      domain::CommandOutcome outcome;
       outcome.code = code;
       outcome.detail = detail;
       outcome.command_id = pending.command.context.command_id;
@@ -1018,7 +1021,7 @@ struct Engine::Impl {
       pending.completion(std::make_exception_ptr(OutcomeUnknown(
                              "the outcome of the commit is unknown (" + reason +
                              "); retry with the same Idempotency-Key to learn it")),
-                         CommandOutcome{});
+                         domain::CommandOutcome{});
     }
   }
 
@@ -1026,7 +1029,7 @@ struct Engine::Impl {
     for (auto& pending : batch) {
       pending.completion(std::make_exception_ptr(DatabaseCircuitOpen(
                              "the event store is failing (circuit breaker open); nothing was written", open_for)),
-                         CommandOutcome{});
+                         domain::CommandOutcome{});
     }
   }
 
@@ -1034,7 +1037,7 @@ struct Engine::Impl {
     for (auto& pending : batch) {
       pending.completion(
           std::make_exception_ptr(EngineUnavailable("the event store is unavailable: " + reason)),
-          CommandOutcome{});
+          domain::CommandOutcome{});
     }
   }
 
@@ -1049,7 +1052,7 @@ struct Engine::Impl {
 
   void run_snapshot_writer() {
     while (true) {
-      std::pair<std::string, StreamState> item;
+      std::pair<std::string, domain::StreamState> item;
       {
         std::unique_lock lock(snapshot_mutex);
         snapshot_ready.wait(lock, [&] { return snapshot_stopping || !snapshot_queue.empty(); });
@@ -1092,9 +1095,9 @@ struct Engine::Impl {
       for (const auto& row : rows) due.push_back(row[0].as<std::string>());
     }
     if (due.empty()) return;
-    std::vector<std::future<CommandOutcome>> outcomes;
+    std::vector<std::future<domain::CommandOutcome>> outcomes;
     for (const auto& id : due) {
-      Command command{SingleCommand{ExpireHold{id}}, CommandContext{}};
+      domain::Command command{domain::SingleCommand{domain::ExpireHold{id}}, domain::CommandContext{}};
       command.context.actor = expiry_actor;
       outcomes.push_back(enqueue(std::move(command)));
     }
@@ -1116,8 +1119,8 @@ struct Engine::Impl {
 
   // ---- submission -----------------------------------------------------------------------
 
-  std::future<CommandOutcome> enqueue(Command command) {
-    auto promise = std::make_shared<std::promise<CommandOutcome>>();
+  std::future<domain::CommandOutcome> enqueue(Command command) {
+    auto promise = std::make_shared<std::promise<domain::CommandOutcome>>();
     auto future = promise->get_future();
     enqueue(std::move(command), [promise](const std::exception_ptr& error, CommandOutcome outcome) {
       if (error) {
@@ -1190,11 +1193,11 @@ Engine::Engine(EngineSettings settings) : impl_(std::make_unique<Impl>(std::move
 
 Engine::~Engine() { impl_->stop(); }
 
-std::future<CommandOutcome> Engine::submit(Command command) {
+std::future<domain::CommandOutcome> Engine::submit(domain::Command command) {
   return impl_->enqueue(std::move(command));
 }
 
-void Engine::submit(Command command, Completion completion) {
+void Engine::submit(domain::Command command, Completion completion) {
   impl_->enqueue(std::move(command), std::move(completion));
 }
 
@@ -1202,16 +1205,16 @@ CommandOutcome Engine::execute(Command command) { return submit(std::move(comman
 
 void Engine::stop() { impl_->stop(); }
 
-std::optional<AccountState> Engine::read_account(const std::string& account_id) {
-  return impl_->read_state<AccountState>(account_stream(account_id));
+std::optional<domain::AccountState> Engine::read_account(const std::string& account_id) {
+  return impl_->read_state<domain::AccountState>(domain::account_stream(account_id));
 }
 
-std::optional<LoanState> Engine::read_loan(const std::string& loan_id) {
-  return impl_->read_state<LoanState>(loan_stream(loan_id));
+std::optional<domain::LoanState> Engine::read_loan(const std::string& loan_id) {
+  return impl_->read_state<domain::LoanState>(domain::loan_stream(loan_id));
 }
 
-std::optional<TransferState> Engine::read_transfer(const std::string& transfer_id) {
-  return impl_->read_state<TransferState>(transfer_stream(transfer_id));
+std::optional<domain::TransferState> Engine::read_transfer(const std::string& transfer_id) {
+  return impl_->read_state<domain::TransferState>(domain::transfer_stream(transfer_id));
 }
 
 const char* to_string(CircuitState state) {

@@ -6,8 +6,11 @@
 
 namespace ledger::engine {
 
-std::optional<RejectionCode> rejection_code_from_string(std::string_view name) {
-  for (int code = 0; code <= static_cast<int>(rejection_code_last); ++code) {
+// The engine applies the domain's rules: its types are used unqualified here.
+using namespace domain;  // NOLINT(google-build-using-namespace)
+
+std::optional<domain::RejectionCode> rejection_code_from_string(std::string_view name) {
+  for (int code = 0; code <= static_cast<int>(domain::rejection_code_last); ++code) {
     if (to_string(static_cast<RejectionCode>(code)) == name) return static_cast<RejectionCode>(code);
   }
   return std::nullopt;
@@ -49,11 +52,11 @@ std::string outcome_to_json(const CommandOutcome& outcome) {
   return std::string(buffer.GetString(), buffer.GetSize());
 }
 
-std::optional<CommandOutcome> outcome_from_json(const std::string& json) {
+std::optional<domain::CommandOutcome> outcome_from_json(const std::string& json) {
   rapidjson::Document d;
   d.Parse(json.data(), json.size());
   if (d.HasParseError() || !d.IsObject()) return std::nullopt;
-  CommandOutcome outcome;
+  domain::CommandOutcome outcome;
   if (!d.HasMember("code") || !d["code"].IsString()) return std::nullopt;
   auto code = rejection_code_from_string(d["code"].GetString());
   if (!code) return std::nullopt;

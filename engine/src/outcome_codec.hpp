@@ -4,12 +4,15 @@
 #include <optional>
 #include <string>
 
-#include "ledger/engine/commands.hpp"
+#include "ledger/domain/commands.hpp"
 
 namespace ledger::engine {
 
+// The engine applies the domain's rules: its types are used unqualified here.
+using namespace domain;  // NOLINT(google-build-using-namespace)
+
 [[nodiscard]] std::string outcome_to_json(const CommandOutcome& outcome);
-[[nodiscard]] std::optional<CommandOutcome> outcome_from_json(const std::string& json);
-[[nodiscard]] std::optional<RejectionCode> rejection_code_from_string(std::string_view name);
+[[nodiscard]] std::optional<domain::CommandOutcome> outcome_from_json(const std::string& json);
+[[nodiscard]] std::optional<domain::RejectionCode> rejection_code_from_string(std::string_view name);
 
 }  // namespace ledger::engine

@@ -11,6 +11,9 @@
 #include "ledger/schemas/snapshot_generated.h"
 
 namespace ledger::engine {
+
+// The engine applies the domain's rules: its types are used unqualified here.
+using namespace domain;  // NOLINT(google-build-using-namespace)
 namespace fb = ledger::schema;
 
 namespace {
@@ -73,7 +76,7 @@ std::string SnapshotStore::encode(const std::string& stream_id, const StreamStat
                                    state.last_hash.size());
   flatbuffers::Offset<fb::AccountSnapshot> account = 0;
   flatbuffers::Offset<fb::TransferSnapshot> transfer = 0;
-  if (const auto* a = std::get_if<AccountState>(&state.aggregate)) {
+  if (const auto* a = std::get_if<domain::AccountState>(&state.aggregate)) {
     auto id = builder.CreateString(a->id);
     auto currency = builder.CreateString(a->exists ? a->currency.str() : "");
     auto owner = builder.CreateString(a->owner);
@@ -82,7 +85,7 @@ std::string SnapshotStore::encode(const std::string& stream_id, const StreamStat
         a->overdraft_limit.minor_units(), static_cast<std::int8_t>(a->status),
         a->debits_posted.minor_units(), a->credits_posted.minor_units(),
         a->debits_pending.minor_units(), a->credits_pending.minor_units(), a->pending_count);
-  } else if (const auto* t = std::get_if<TransferState>(&state.aggregate)) {
+  } else if (const auto* t = std::get_if<domain::TransferState>(&state.aggregate)) {
     auto id = builder.CreateString(t->id);
     auto debit = builder.CreateString(t->debit_account);
     auto credit = builder.CreateString(t->credit_account);
@@ -99,7 +102,7 @@ std::string SnapshotStore::encode(const std::string& stream_id, const StreamStat
   return bytes;
 }
 
-std::optional<StreamState> SnapshotStore::decode(const std::string& stream_id,
+std::optional<domain::StreamState> SnapshotStore::decode(const std::string& stream_id,
                                                  const std::string& bytes) {
   if (bytes.size() <= checksum_size) return std::nullopt;
   const std::string_view body(bytes.data(), bytes.size() - checksum_size);
@@ -111,12 +114,12 @@ std::optional<StreamState> SnapshotStore::decode(const std::string& stream_id,
       snapshot->event_hash() == nullptr || snapshot->version() <= 0) {
     return std::nullopt;
   }
-  StreamState state;
+  domain::StreamState state;
   state.version = StreamVersion(snapshot->version());
   state.last_hash.assign(reinterpret_cast<const char*>(snapshot->event_hash()->data()),
                          snapshot->event_hash()->size());
   if (const auto* a = snapshot->account()) {
-    AccountState account;
+    domain::AccountState account;
     account.exists = true;
     account.id = str(a->account_id());
     auto currency = Currency::parse(str(a->currency()));
@@ -136,7 +139,7 @@ std::optional<StreamState> SnapshotStore::decode(const std::string& stream_id,
     account.version = state.version;
     state.aggregate = std::move(account);
   } else if (const auto* t = snapshot->transfer()) {
-    TransferState transfer;
+    domain::TransferState transfer;
     transfer.exists = true;
     transfer.id = str(t->transfer_id());
     transfer.debit_account = str(t->debit_account());
@@ -157,7 +160,7 @@ std::optional<StreamState> SnapshotStore::decode(const std::string& stream_id,
   return state;
 }
 
-std::optional<StreamState> SnapshotStore::get(const std::string& stream_id) {
+std::optional<domain::StreamState> SnapshotStore::get(const std::string& stream_id) {
   std::string bytes;
   const auto status = impl_->db->Get(rocksdb::ReadOptions(), stream_id, &bytes);
   if (status.IsNotFound()) {
@@ -183,7 +186,7 @@ std::optional<StreamState> SnapshotStore::get(const std::string& stream_id) {
 
 void SnapshotStore::put(const std::string& stream_id, const StreamState& state) {
   // Loans fold from their stream (a snapshot format for them is still to come).
-  if (std::holds_alternative<LoanState>(state.aggregate)) return;
+  if (std::holds_alternative<domain::LoanState>(state.aggregate)) return;
   put_raw(stream_id, encode(stream_id, state));
   ++impl_->written;
 }

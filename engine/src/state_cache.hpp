@@ -8,9 +8,12 @@
 #include <string>
 #include <unordered_map>
 
-#include "ledger/engine/domain.hpp"
+#include "ledger/domain/decide.hpp"
 
 namespace ledger::engine {
+
+// The engine applies the domain's rules: its types are used unqualified here.
+using namespace domain;  // NOLINT(google-build-using-namespace)
 
 class StateCache {
  public:
@@ -72,7 +75,7 @@ class StateCache {
   }
 
  private:
-  using Entry = std::pair<std::string, StreamState>;
+  using Entry = std::pair<std::string, domain::StreamState>;
   std::size_t streams_max_;
   std::list<Entry> entries_;
   std::unordered_map<std::string, std::list<Entry>::iterator> index_;

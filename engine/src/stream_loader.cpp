@@ -6,6 +6,9 @@
 
 namespace ledger::engine {
 
+// The engine applies the domain's rules: its types are used unqualified here.
+using namespace domain;  // NOLINT(google-build-using-namespace)
+
 namespace {
 
 std::string array_of_text(const std::vector<std::string>& values) {
@@ -41,7 +44,7 @@ void fold_row(const std::string& stream_id, StreamState& state, const pqxx::row&
   }
   const std::string type = row[2].as<std::string>();
   const std::string payload = pqxx::binarystring(row[3]).str();
-  auto event = decode_event(type, payload);
+  auto event = domain::decode_event(type, payload);
   if (!event) {
     throw std::runtime_error("event " + stream_id + "@" + std::to_string(version) +
                              " cannot be decoded as " + type);
@@ -49,7 +52,7 @@ void fold_row(const std::string& stream_id, StreamState& state, const pqxx::row&
   std::visit(
       [&](auto& aggregate) {
         if constexpr (!std::is_same_v<std::decay_t<decltype(aggregate)>, std::monostate>) {
-          engine::apply(aggregate, *event);
+          domain::apply(aggregate, *event);
         }
       },
       state.aggregate);
@@ -84,16 +87,16 @@ StreamState empty_stream_state(const std::string& stream_id) {
   return state;
 }
 
-std::unordered_map<std::string, StreamState> load_streams(pqxx::transaction_base& work,
+std::unordered_map<std::string, domain::StreamState> load_streams(pqxx::transaction_base& work,
                                                           const std::vector<std::string>& stream_ids,
                                                           SnapshotStore* snapshots) {
-  std::unordered_map<std::string, StreamState> states;
-  std::unordered_map<std::string, StreamState> snapshot_states;
+  std::unordered_map<std::string, domain::StreamState> states;
+  std::unordered_map<std::string, domain::StreamState> snapshot_states;
   std::vector<std::int64_t> from_versions;
   from_versions.reserve(stream_ids.size());
   for (const auto& id : stream_ids) {
     states.emplace(id, empty_stream_state(id));
-    std::optional<StreamState> snapshot = snapshots ? snapshots->get(id) : std::nullopt;
+    std::optional<domain::StreamState> snapshot = snapshots ? snapshots->get(id) : std::nullopt;
     if (snapshot) {
       from_versions.push_back(snapshot->version.value());
       snapshot_states.emplace(id, std::move(*snapshot));
@@ -109,7 +112,7 @@ std::unordered_map<std::string, StreamState> load_streams(pqxx::transaction_base
   bool skipping = false;
   for (const auto& row : rows) {
     const std::string stream_id = row[0].as<std::string>();
-    StreamState& state = states.at(stream_id);
+    domain::StreamState& state = states.at(stream_id);
     if (stream_id != current) {
       current = stream_id;
       skipping = false;

@@ -7,10 +7,13 @@
 
 #include <pqxx/pqxx>
 
-#include "ledger/engine/domain.hpp"
+#include "ledger/domain/decide.hpp"
 #include "ledger/engine/snapshot_store.hpp"
 
 namespace ledger::engine {
+
+// The engine applies the domain's rules: its types are used unqualified here.
+using namespace domain;  // NOLINT(google-build-using-namespace)
 
 // An empty state of the right aggregate kind for `stream_id` (account- or transfer-).
 [[nodiscard]] StreamState empty_stream_state(const std::string& stream_id);
@@ -18,7 +21,7 @@ namespace ledger::engine {
 // Loads every stream in `stream_ids` with one query (two when snapshots go stale). A snapshot
 // is used only when the event at its version still has its hash; otherwise it is dropped and
 // the stream refolded from version 1. Streams without events come back empty (version 0).
-[[nodiscard]] std::unordered_map<std::string, StreamState> load_streams(
+[[nodiscard]] std::unordered_map<std::string, domain::StreamState> load_streams(
     pqxx::transaction_base& work, const std::vector<std::string>& stream_ids,
     SnapshotStore* snapshots);
 

@@ -3,7 +3,7 @@
 #include <pqxx/tablewriter>
 
 #include "ledger/db/sql_text.hpp"
-#include "ledger/engine/events.hpp"
+#include "ledger/domain/events.hpp"
 #include "writers.hpp"
 
 namespace ledger::projections {
@@ -14,11 +14,11 @@ class AuditProjection final : public Projection {
  public:
   explicit AuditProjection(const std::string& schema) : audit_(schema + ".audit") {}
 
-  void apply(pqxx::transaction_base& work, const std::vector<engine::RecordedEvent>& events) override {
+  void apply(pqxx::transaction_base& work, const std::vector<domain::RecordedEvent>& events) override {
     if (events.empty()) return;
     std::string rows;
     for (const auto& event : events) {
-      const auto decoded = engine::decode_event(event.type, event.payload);
+      const auto decoded = domain::decode_event(event.type, event.payload);
       if (!decoded) {
         throw ProjectionError("position " + std::to_string(event.position.value()) +
                               ": undecodable " + event.type + " payload");
@@ -35,7 +35,7 @@ class AuditProjection final : public Projection {
       }
       db::copy_timestamp(rows, event.recorded_at_us);
       rows += '\t';
-      db::copy_text(rows, engine::event_to_json(*decoded));
+      db::copy_text(rows, domain::event_to_json(*decoded));
       rows += '\n';
     }
     rows.pop_back();  // the writer adds the last newline

@@ -7,9 +7,9 @@
 #include <unordered_map>
 
 #include "ledger/db/sql_text.hpp"
-#include "ledger/engine/events.hpp"
-#include "ledger/engine/types.hpp"
-#include "ledger/engine/state.hpp"
+#include "ledger/domain/events.hpp"
+#include "ledger/domain/types.hpp"
+#include "ledger/domain/state.hpp"
 #include "writers.hpp"
 
 namespace ledger::projections {
@@ -17,14 +17,14 @@ namespace ledger::projections {
 namespace {
 
 
-engine::AccountKind kind_from(std::string_view text) {
-  return text == "system" ? engine::AccountKind::system : engine::AccountKind::customer;
+domain::AccountKind kind_from(std::string_view text) {
+  return text == "system" ? domain::AccountKind::system : domain::AccountKind::customer;
 }
 
-engine::AccountStatus status_from(std::string_view text) {
-  if (text == "frozen") return engine::AccountStatus::frozen;
-  if (text == "closed") return engine::AccountStatus::closed;
-  return engine::AccountStatus::open;
+domain::AccountStatus status_from(std::string_view text) {
+  if (text == "frozen") return domain::AccountStatus::frozen;
+  if (text == "closed") return domain::AccountStatus::closed;
+  return domain::AccountStatus::open;
 }
 
 class BalanceProjection final : public Projection {
@@ -32,11 +32,11 @@ class BalanceProjection final : public Projection {
   explicit BalanceProjection(const std::string& schema)
       : balances_(schema + ".balances"), entries_(schema + ".entries") {}
 
-  void apply(pqxx::transaction_base& work, const std::vector<engine::RecordedEvent>& events) override {
-    std::unordered_map<std::string, engine::AccountState> accounts;
+  void apply(pqxx::transaction_base& work, const std::vector<domain::RecordedEvent>& events) override {
+    std::unordered_map<std::string, domain::AccountState> accounts;
     db::ArrayLiteral ids;
     for (const auto& event : events) {
-      const auto account = engine::stream_entity_id(event.stream_id, engine::StreamKind::account);
+      const auto account = domain::stream_entity_id(event.stream_id, domain::StreamKind::account);
       if (!account) continue;
       auto id = std::string(*account);
       if (accounts.try_emplace(id).second) ids.add_text(id);
@@ -47,24 +47,24 @@ class BalanceProjection final : public Projection {
     std::string entry_rows;
     std::unordered_map<std::string, std::int64_t> last_position;
     for (const auto& event : events) {
-      const auto account = engine::stream_entity_id(event.stream_id, engine::StreamKind::account);
+      const auto account = domain::stream_entity_id(event.stream_id, domain::StreamKind::account);
       if (!account) continue;
       const std::string id(*account);
-      engine::AccountState& state = accounts.at(id);
+      domain::AccountState& state = accounts.at(id);
       // Events are applied in global order, so each stream's versions arrive dense.
       if (event.version.value() != state.version.value() + 1) {
         throw ProjectionError("stream " + event.stream_id + ": version " +
                               std::to_string(event.version.value()) + " follows " +
                               std::to_string(state.version.value()));
       }
-      const auto decoded = engine::decode_event(event.type, event.payload);
+      const auto decoded = domain::decode_event(event.type, event.payload);
       if (!decoded) {
         throw ProjectionError("position " + std::to_string(event.position.value()) +
                               ": undecodable " + event.type + " payload");
       }
-      engine::apply(state, *decoded);
+      domain::apply(state, *decoded);
       last_position[id] = event.position.value();
-      if (const auto* entry = std::get_if<engine::events::AccountEntry>(&*decoded)) {
+      if (const auto* entry = std::get_if<domain::events::AccountEntry>(&*decoded)) {
         add_entry_row(entry_rows, id, event, *entry, state.balance().value_or(Amount(0)).minor_units());
       }
     }
@@ -83,14 +83,14 @@ class BalanceProjection final : public Projection {
 
  private:
   void load(pqxx::transaction_base& work, const std::string& ids,
-                   std::unordered_map<std::string, engine::AccountState>& accounts) {
+                   std::unordered_map<std::string, domain::AccountState>& accounts) {
     const auto rows = work.exec_params(
         "SELECT account_id, currency, kind, owner, ledger_code, flags, overdraft_limit, status, "
         "debits_posted, credits_posted, debits_pending, credits_pending, pending_count, version "
         "FROM " + balances_ + " WHERE account_id = ANY($1::text[])",
         ids);
     for (const auto& row : rows) {
-      engine::AccountState& s = accounts.at(row[0].as<std::string>());
+      domain::AccountState& s = accounts.at(row[0].as<std::string>());
       s.exists = true;
       s.id = row[0].as<std::string>();
       s.currency = Currency::parse(row[1].as<std::string>()).value_or(Currency{});
@@ -110,14 +110,14 @@ class BalanceProjection final : public Projection {
   }
 
   static void add_entry_row(std::string& rows, const std::string& account_id,
-                            const engine::RecordedEvent& event, const engine::events::AccountEntry& entry,
+                            const domain::RecordedEvent& event, const domain::events::AccountEntry& entry,
                             std::int64_t balance_after) {
     db::copy_text(rows, account_id);
     rows += '\t' + std::to_string(event.position.value()) + '\t' +
             std::to_string(event.version.value()) + '\t';
     db::copy_text(rows, entry.transfer_id);
-    rows += entry.direction == engine::events::Direction::debit ? "\tdebit\t" : "\tcredit\t";
-    rows += engine::to_string(entry.phase);
+    rows += entry.direction == domain::events::Direction::debit ? "\tdebit\t" : "\tcredit\t";
+    rows += domain::to_string(entry.phase);
     rows += '\t' + std::to_string(entry.amount) + '\t';
     db::copy_text(rows, entry.counterparty);
     rows += '\t' + std::to_string(balance_after) + '\t';
@@ -126,19 +126,19 @@ class BalanceProjection final : public Projection {
   }
 
   void store_balances(pqxx::transaction_base& work,
-                             const std::unordered_map<std::string, engine::AccountState>& accounts,
+                             const std::unordered_map<std::string, domain::AccountState>& accounts,
                              const std::unordered_map<std::string, std::int64_t>& last_position) {
     db::ArrayLiteral id, currency, kind, owner, ledger_code, flags, overdraft, status, dp, cp,
         dpe, cpe, pending, version, position;
     for (const auto& [account_id, s] : accounts) {
       id.add_text(account_id);
       currency.add_text(s.currency.code());
-      kind.add_text(engine::to_string(s.kind));
+      kind.add_text(domain::to_string(s.kind));
       owner.add_text(s.owner);
       ledger_code.add_number(s.ledger_code);
       flags.add_number(s.flags);
       overdraft.add_number(s.overdraft_limit.minor_units());
-      status.add_text(engine::to_string(s.status));
+      status.add_text(domain::to_string(s.status));
       dp.add_number(s.debits_posted.minor_units());
       cp.add_number(s.credits_posted.minor_units());
       dpe.add_number(s.debits_pending.minor_units());

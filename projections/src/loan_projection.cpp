@@ -5,9 +5,9 @@
 #include <unordered_map>
 
 #include "ledger/db/sql_text.hpp"
-#include "ledger/engine/events.hpp"
-#include "ledger/engine/types.hpp"
-#include "ledger/engine/state.hpp"
+#include "ledger/domain/events.hpp"
+#include "ledger/domain/types.hpp"
+#include "ledger/domain/state.hpp"
 #include "writers.hpp"
 
 namespace ledger::projections {
@@ -15,16 +15,16 @@ namespace ledger::projections {
 namespace {
 
 
-engine::Date date_from(const pqxx::field& field) {
-  const auto date = engine::parse_date(field.c_str());
+domain::Date date_from(const pqxx::field& field) {
+  const auto date = domain::parse_date(field.c_str());
   if (!date) throw ProjectionError(std::string("read.loans holds a date that does not parse: ") + field.c_str());
   return *date;
 }
 
-engine::LoanStatus status_from(std::string_view text) {
-  for (const auto status : {engine::LoanStatus::originated, engine::LoanStatus::active, engine::LoanStatus::repaid,
-                            engine::LoanStatus::written_off}) {
-    if (engine::to_string(status) == text) return status;
+domain::LoanStatus status_from(std::string_view text) {
+  for (const auto status : {domain::LoanStatus::originated, domain::LoanStatus::active, domain::LoanStatus::repaid,
+                            domain::LoanStatus::written_off}) {
+    if (domain::to_string(status) == text) return status;
   }
   throw ProjectionError("read.loans holds an unknown status " + std::string(text));
 }
@@ -34,11 +34,11 @@ class LoanProjection final : public Projection {
   explicit LoanProjection(const std::string& schema)
       : loans_(schema + ".loans"), installments_(schema + ".loan_installments") {}
 
-  void apply(pqxx::transaction_base& work, const std::vector<engine::RecordedEvent>& events) override {
-    std::unordered_map<std::string, engine::LoanState> loans;
+  void apply(pqxx::transaction_base& work, const std::vector<domain::RecordedEvent>& events) override {
+    std::unordered_map<std::string, domain::LoanState> loans;
     db::ArrayLiteral ids;
     for (const auto& event : events) {
-      const auto loan = engine::stream_entity_id(event.stream_id, engine::StreamKind::loan);
+      const auto loan = domain::stream_entity_id(event.stream_id, domain::StreamKind::loan);
       if (!loan) continue;
       auto id = std::string(*loan);
       if (loans.try_emplace(id).second) ids.add_text(id);
@@ -48,20 +48,20 @@ class LoanProjection final : public Projection {
     load(work, id_array, loans);
     std::unordered_map<std::string, std::int64_t> last_position;
     for (const auto& event : events) {
-      const auto loan = engine::stream_entity_id(event.stream_id, engine::StreamKind::loan);
+      const auto loan = domain::stream_entity_id(event.stream_id, domain::StreamKind::loan);
       if (!loan) continue;
       const std::string id(*loan);
-      engine::LoanState& state = loans.at(id);
+      domain::LoanState& state = loans.at(id);
       if (event.version.value() != state.version.value() + 1) {
         throw ProjectionError("stream " + event.stream_id + ": version " + std::to_string(event.version.value()) +
                               " follows " + std::to_string(state.version.value()));
       }
-      const auto decoded = engine::decode_event(event.type, event.payload);
+      const auto decoded = domain::decode_event(event.type, event.payload);
       if (!decoded) {
         throw ProjectionError("position " + std::to_string(event.position.value()) + ": undecodable " + event.type +
                               " payload");
       }
-      engine::apply(state, *decoded);
+      domain::apply(state, *decoded);
       last_position[id] = event.position.value();
     }
     store(work, id_array, loans, last_position);
@@ -69,24 +69,24 @@ class LoanProjection final : public Projection {
 
  private:
   void load(pqxx::transaction_base& work, const std::string& ids,
-            std::unordered_map<std::string, engine::LoanState>& loans) {
+            std::unordered_map<std::string, domain::LoanState>& loans) {
     for (const auto& row : work.exec_params(
              "SELECT loan_id, borrower, currency, status, principal, rate_bps, installments, schedule_type, "
              "origination_date, first_due_date, origination_fee, late_fee, grace_days, closed_through, "
              "interest_recognised, days_past_due, principal_written_off, interest_reversed, version "
              "FROM " + loans_ + " WHERE loan_id = ANY($1::text[])",
              ids)) {
-      engine::LoanState& s = loans.at(row[0].as<std::string>());
+      domain::LoanState& s = loans.at(row[0].as<std::string>());
       s.exists = true;
       s.id = row[0].as<std::string>();
       s.borrower = row[1].as<std::string>();
       s.currency = Currency::parse(row[2].as<std::string>()).value_or(Currency{});
-      engine::LoanBook& b = s.book;
+      domain::LoanBook& b = s.book;
       b.status = status_from(row[3].c_str());
       b.terms.principal = row[4].as<std::int64_t>();
       b.terms.rate_bps = row[5].as<std::int32_t>();
       b.terms.installments = row[6].as<std::int32_t>();
-      b.terms.type = engine::schedule_type_from(row[7].c_str()).value_or(engine::ScheduleType::annuity);
+      b.terms.type = domain::schedule_type_from(row[7].c_str()).value_or(domain::ScheduleType::annuity);
       b.terms.origination_date = date_from(row[8]);
       b.terms.first_due = date_from(row[9]);
       b.terms.origination_fee = row[10].as<std::int64_t>();
@@ -104,7 +104,7 @@ class LoanProjection final : public Projection {
              "penalty_paid, overdue, interest_waived FROM " + installments_ +
                  " WHERE loan_id = ANY($1::text[]) ORDER BY loan_id, number",
              ids)) {
-      engine::InstallmentBook i;
+      domain::InstallmentBook i;
       i.number = row[1].as<std::int32_t>();
       i.due_date = date_from(row[2]);
       i.principal = row[3].as<std::int64_t>();
@@ -120,28 +120,28 @@ class LoanProjection final : public Projection {
   }
 
   void store(pqxx::transaction_base& work, const std::string& ids,
-             const std::unordered_map<std::string, engine::LoanState>& loans,
+             const std::unordered_map<std::string, domain::LoanState>& loans,
              const std::unordered_map<std::string, std::int64_t>& last_position) {
     db::ArrayLiteral id, borrower, currency, status, principal, rate, count, type, originated, first_due, fee,
         late_fee, grace, closed_through, recognised, dpd, written_off, reversed, version, position;
     db::ArrayLiteral i_loan, i_number, i_due, i_principal, i_interest, i_principal_paid, i_interest_paid, i_penalty,
         i_penalty_paid, i_overdue, i_waived;
     for (const auto& [loan_id, s] : loans) {
-      const engine::LoanBook& b = s.book;
+      const domain::LoanBook& b = s.book;
       id.add_text(loan_id);
       borrower.add_text(s.borrower);
       currency.add_text(s.currency.code());
-      status.add_text(engine::to_string(b.status));
+      status.add_text(domain::to_string(b.status));
       principal.add_number(b.terms.principal);
       rate.add_number(b.terms.rate_bps);
       count.add_number(b.terms.installments);
-      type.add_text(engine::to_string(b.terms.type));
-      originated.add_text(engine::to_string(b.terms.origination_date));
-      first_due.add_text(engine::to_string(b.terms.first_due));
+      type.add_text(domain::to_string(b.terms.type));
+      originated.add_text(domain::to_string(b.terms.origination_date));
+      first_due.add_text(domain::to_string(b.terms.first_due));
       fee.add_number(b.terms.origination_fee);
       late_fee.add_number(b.terms.late_fee);
       grace.add_number(b.terms.grace_days);
-      closed_through.add_text(b.closed_through ? engine::to_string(*b.closed_through) : "");
+      closed_through.add_text(b.closed_through ? domain::to_string(*b.closed_through) : "");
       recognised.add_number(b.interest_recognised);
       dpd.add_number(b.days_past_due);
       written_off.add_number(b.principal_written_off);
@@ -151,7 +151,7 @@ class LoanProjection final : public Projection {
       for (const auto& i : b.installments) {
         i_loan.add_text(loan_id);
         i_number.add_number(i.number);
-        i_due.add_text(engine::to_string(i.due_date));
+        i_due.add_text(domain::to_string(i.due_date));
         i_principal.add_number(i.principal);
         i_interest.add_number(i.interest);
         i_principal_paid.add_number(i.principal_paid);

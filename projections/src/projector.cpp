@@ -13,7 +13,7 @@
 #include "ledger/core/worker.hpp"
 #include "ledger/db/pool.hpp"
 #include "ledger/db/retry.hpp"
-#include "ledger/engine/envelope.hpp"
+#include "ledger/domain/envelope.hpp"
 #include "ledger/engine/event_store.hpp"
 #include "ledger/projections/projection.hpp"
 
@@ -22,7 +22,7 @@ namespace ledger::projections {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-using engine::RecordedEvent;
+using domain::RecordedEvent;
 
 // Where the batch's messages came from: the next offset to consume, per partition.
 using PartitionOffsets = std::map<std::int32_t, std::int64_t>;
@@ -243,7 +243,7 @@ struct Projector::Impl {
         const auto position = header_position(message);
         if (position && *position <= skip_through) {
           if (*position <= watermark) ++collected.duplicates;
-        } else if (auto event = engine::decode_envelope(
+        } else if (auto event = domain::decode_envelope(
                        {static_cast<const char*>(message->payload), message->len})) {
           events.push_back(std::move(*event));
         } else {
@@ -316,7 +316,7 @@ struct Projector::Impl {
             // The store is the truth, but the hash held for the watermark may come from a
             // Kafka message: one forged with a hash recomputed to chain passes its own check
             // and is caught here, by the next position, which no longer chains.
-            if (engine::chain_hash(previous, event) != event.hash) {
+            if (domain::chain_hash(previous, event) != event.hash) {
               throw ProjectionError("position " + std::to_string(event.position.value()) +
                                     " of the event store does not chain from the hash the projection holds for "
                                     "the position before it (a forged event applied, or an altered store: run "
@@ -346,7 +346,7 @@ struct Projector::Impl {
         // another log) is logged and replaced by the store's.
         const auto stored_hash = stored_hashes.find(position);
         if (stored_hash == stored_hashes.end() || stored_hash->second != event.hash ||
-            engine::chain_hash(previous, event) != event.hash) {
+            domain::chain_hash(previous, event) != event.hash) {
           spdlog::warn("projector {}: the message for position {} (stream {}) is not the stored event "
                        "(its hash differs or does not chain); reading that position from the event store",
                        name, position, event.stream_id);
@@ -411,7 +411,7 @@ struct Projector::Impl {
   // read from the store (at start, or when another instance or a rebuild moved the watermark).
   std::string hash_at(pqxx::transaction_base& work, std::int64_t watermark) {
     if (watermark == chain_position) return chain_hash_at;
-    if (watermark == 0) return engine::genesis_hash();
+    if (watermark == 0) return domain::genesis_hash();
     const auto rows = work.exec_params("SELECT hash FROM events WHERE position = $1", watermark);
     if (rows.empty()) {
       throw ProjectionError("position " + std::to_string(watermark) +

@@ -275,6 +275,14 @@ AtWatermark<AuditPage> ReadModels::audit(const AuditFilter& filter) const {
   });
 }
 
+std::int64_t ReadModels::lowest_watermark() const {
+  return impl_->read([&] {
+    auto lease = impl_->pool.acquire();
+    pqxx::read_transaction work(*lease);
+    return work.exec("SELECT coalesce(min(watermark), 0) FROM read.projections")[0][0].as<std::int64_t>();
+  });
+}
+
 std::vector<ProjectionProgress> ReadModels::progress() const {
   return impl_->read([&]() -> std::vector<ProjectionProgress> {
     auto lease = impl_->pool.acquire();

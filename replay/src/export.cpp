@@ -8,7 +8,7 @@
 
 #include "ledger/core/hex.hpp"
 #include "ledger/core/time_text.hpp"
-#include "ledger/engine/events.hpp"
+#include "ledger/domain/events.hpp"
 #include "ledger/replay/replay.hpp"
 #include "log_reader.hpp"
 
@@ -21,17 +21,17 @@ constexpr const char* csv_header =
     "position,stream_id,version,event_id,type,schema_version,recorded_at,actor,command_id,"
     "correlation_id,causation_id,request_id,client_address,data,hash\n";
 
-std::string decoded_json(const engine::RecordedEvent& event) {
-  const auto decoded = engine::decode_event(event.type, event.payload);
+std::string decoded_json(const domain::RecordedEvent& event) {
+  const auto decoded = domain::decode_event(event.type, event.payload);
   if (!decoded) {
     throw std::runtime_error("position " + std::to_string(event.position.value()) + ": the " +
                              event.type + " payload does not decode (run `ledger replay verify`)");
   }
-  return engine::event_to_json(*decoded);
+  return domain::event_to_json(*decoded);
 }
 
-void write_json_line(std::ostream& out, const engine::RecordedEvent& event) {
-  const std::string line = engine::recorded_event_to_json(event);
+void write_json_line(std::ostream& out, const domain::RecordedEvent& event) {
+  const std::string line = domain::recorded_event_to_json(event);
   out.write(line.data(), static_cast<std::streamsize>(line.size()));
   out.put('\n');
 }
@@ -50,7 +50,7 @@ void write_csv_field(std::ostream& out, std::string_view value) {
   out.put('"');
 }
 
-void write_csv_line(std::ostream& out, const engine::RecordedEvent& event) {
+void write_csv_line(std::ostream& out, const domain::RecordedEvent& event) {
   const auto& m = event.metadata;
   out << event.position.value() << ',';
   write_csv_field(out, event.stream_id);
@@ -66,7 +66,7 @@ void write_csv_line(std::ostream& out, const engine::RecordedEvent& event) {
   out << ',' << to_hex(event.hash) << '\n';
 }
 
-bool matches(const ExportFilter& filter, const engine::RecordedEvent& event) {
+bool matches(const ExportFilter& filter, const domain::RecordedEvent& event) {
   if (filter.from_time_us && event.recorded_at_us < *filter.from_time_us) return false;
   if (filter.to_time_us && event.recorded_at_us >= *filter.to_time_us) return false;
   return filter.types.empty() ||
@@ -82,7 +82,7 @@ ExportSummary export_events(db::ConnectionPool& pool, const ExportFilter& filter
   const std::int64_t to = filter.range.to.value() > 0 ? filter.range.to.value() : store.head().position.value();
   ExportSummary summary;
   if (format == ExportFormat::csv) out << csv_header;
-  auto write = [&](const std::vector<engine::RecordedEvent>& batch) {
+  auto write = [&](const std::vector<domain::RecordedEvent>& batch) {
     for (const auto& event : batch) {
       const std::int64_t position = event.position.value();
       ++summary.events_scanned;
@@ -116,7 +116,7 @@ ExportSummary export_events(db::ConnectionPool& pool, const ExportFilter& filter
   return summary;
 }
 
-std::optional<engine::RecordedEvent> parse_exported_event(std::string_view json_line) {
+std::optional<domain::RecordedEvent> parse_exported_event(std::string_view json_line) {
   rapidjson::Document doc;
   doc.Parse(json_line.data(), json_line.size());
   if (doc.HasParseError() || !doc.IsObject()) return std::nullopt;
@@ -146,19 +146,19 @@ std::optional<engine::RecordedEvent> parse_exported_event(std::string_view json_
       !data || !metadata) {
     return std::nullopt;
   }
-  const auto decoded = engine::event_from_json(*type, *data);
-  const auto parsed_metadata = engine::metadata_from_json(*metadata);
+  const auto decoded = domain::event_from_json(*type, *data);
+  const auto parsed_metadata = domain::metadata_from_json(*metadata);
   const auto time = parse_rfc3339(*recorded_at);
   const auto hash_bytes = from_hex(*hash);
   if (!decoded || !parsed_metadata || !time || !hash_bytes) return std::nullopt;
-  engine::RecordedEvent event;
+  domain::RecordedEvent event;
   event.position = GlobalPosition(*position);
   event.stream_id = *stream;
   event.version = StreamVersion(*version);
   event.event_id = *event_id;
   event.type = *type;
   event.schema_version = static_cast<std::int16_t>(*schema);
-  event.payload = engine::encode_event(*decoded);
+  event.payload = domain::encode_event(*decoded);
   event.metadata = *parsed_metadata;
   event.recorded_at_us = *time;
   event.hash = *hash_bytes;

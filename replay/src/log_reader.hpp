@@ -16,8 +16,8 @@ class LogReader {
 
   // The next events in position order (gaps included as they are: callers check density);
   // empty when the range is done.
-  std::vector<engine::RecordedEvent> next() {
-    std::vector<engine::RecordedEvent> batch = pending_.valid() ? pending_.get() : read(next_);
+  std::vector<domain::RecordedEvent> next() {
+    std::vector<domain::RecordedEvent> batch = pending_.valid() ? pending_.get() : read(next_);
     while (!batch.empty() && batch.back().position.value() > to_) batch.pop_back();
     if (batch.empty()) {
       next_ = to_ + 1;
@@ -29,7 +29,7 @@ class LogReader {
   }
 
  private:
-  std::vector<engine::RecordedEvent> read(std::int64_t from) const {
+  std::vector<domain::RecordedEvent> read(std::int64_t from) const {
     if (from > to_) return {};
     const auto wanted = static_cast<std::size_t>(std::min<std::int64_t>(to_ - from + 1, static_cast<std::int64_t>(batch_events_)));
     return store_.read_all(GlobalPosition(from), wanted);
@@ -39,7 +39,7 @@ class LogReader {
   std::int64_t next_;
   std::int64_t to_;
   std::size_t batch_events_;
-  std::future<std::vector<engine::RecordedEvent>> pending_;
+  std::future<std::vector<domain::RecordedEvent>> pending_;
 };
 
 }  // namespace ledger::replay

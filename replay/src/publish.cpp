@@ -1,5 +1,5 @@
 // `ledger replay publish`: the relay's publishing, once more over a range of positions.
-#include "ledger/engine/relay.hpp"
+#include "ledger/relay/relay.hpp"
 #include "ledger/replay/replay.hpp"
 
 namespace ledger::replay {
@@ -11,12 +11,12 @@ PublishResult publish(db::ConnectionPool& pool, const PublishSettings& settings,
   const std::int64_t from = std::max<std::int64_t>(range.from.value(), 1);
   PublishResult result;
   if (from > to) return result;
-  engine::RelaySettings relay;
-  relay.brokers = settings.brokers;
-  relay.topic = settings.topic;
-  relay.json_topic = settings.json_topic;
-  relay.kafka_properties = settings.kafka_properties;
-  result.events_published = engine::publish_range(relay, pool, GlobalPosition(from), GlobalPosition(to),
+  relay::RelaySettings relay_settings;
+  relay_settings.brokers = settings.brokers;
+  relay_settings.topic = settings.topic;
+  relay_settings.json_topic = settings.json_topic;
+  relay_settings.kafka_properties = settings.kafka_properties;
+  result.events_published = relay::publish_range(relay_settings, pool, GlobalPosition(from), GlobalPosition(to),
                                                   [&](std::int64_t done) {
                                                     if (progress) progress(done, to - from + 1);
                                                   });

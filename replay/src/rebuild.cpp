@@ -198,7 +198,7 @@ class Rebuilder {
   }
 
   // Applies a batch that must follow the shadow's watermark without a gap.
-  void apply(pqxx::work& work, const std::vector<engine::RecordedEvent>& batch) {
+  void apply(pqxx::work& work, const std::vector<domain::RecordedEvent>& batch) {
     if (batch.empty() || batch.front().position.value() != watermark_ + 1 ||
         batch.back().position.value() - batch.front().position.value() + 1 != static_cast<std::int64_t>(batch.size())) {
       throw std::runtime_error("rebuild " + name_ + ": the event store has a gap after position " +

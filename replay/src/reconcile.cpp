@@ -7,7 +7,7 @@
 #include <unordered_map>
 
 #include "ledger/db/pool.hpp"
-#include "ledger/engine/events.hpp"
+#include "ledger/domain/events.hpp"
 #include "ledger/replay/replay.hpp"
 #include "log_reader.hpp"
 
@@ -72,12 +72,12 @@ class Reconciler {
 };
 
 struct FoldedAccount {
-  engine::AccountState state;
+  domain::AccountState state;
   std::int64_t position = 0;
 };
 
 struct FoldedLoan {
-  engine::LoanState state;
+  domain::LoanState state;
   std::int64_t position = 0;
   bool row_seen = false;
   std::size_t installment_rows = 0;
@@ -101,22 +101,22 @@ void reconcile_loans(SnapshotTransaction& tx, Reconciler& check, std::unordered_
     }
     ++check.result.rows_checked;
     found->second.row_seen = true;
-    const engine::LoanState& s = found->second.state;
-    const engine::LoanBook& b = s.book;
+    const domain::LoanState& s = found->second.state;
+    const domain::LoanBook& b = s.book;
     check.compare(where, "borrower", (*row)[1].c_str(), s.borrower);
     check.compare(where, "currency", (*row)[2].c_str(), s.currency.code());
-    check.compare(where, "status", (*row)[3].c_str(), engine::to_string(b.status));
+    check.compare(where, "status", (*row)[3].c_str(), domain::to_string(b.status));
     check.compare(where, "principal", (*row)[4], b.terms.principal);
     check.compare(where, "rate_bps", (*row)[5], b.terms.rate_bps);
     check.compare(where, "installments", (*row)[6], b.terms.installments);
-    check.compare(where, "schedule_type", (*row)[7].c_str(), engine::to_string(b.terms.type));
-    check.compare(where, "origination_date", (*row)[8].c_str(), engine::to_string(b.terms.origination_date));
-    check.compare(where, "first_due_date", (*row)[9].c_str(), engine::to_string(b.terms.first_due));
+    check.compare(where, "schedule_type", (*row)[7].c_str(), domain::to_string(b.terms.type));
+    check.compare(where, "origination_date", (*row)[8].c_str(), domain::to_string(b.terms.origination_date));
+    check.compare(where, "first_due_date", (*row)[9].c_str(), domain::to_string(b.terms.first_due));
     check.compare(where, "origination_fee", (*row)[10], b.terms.origination_fee);
     check.compare(where, "late_fee", (*row)[11], b.terms.late_fee);
     check.compare(where, "grace_days", (*row)[12], b.terms.grace_days);
     check.compare(where, "closed_through", (*row)[13].c_str(),
-                  b.closed_through ? engine::to_string(*b.closed_through) : std::string());
+                  b.closed_through ? domain::to_string(*b.closed_through) : std::string());
     check.compare(where, "interest_recognised", (*row)[14], b.interest_recognised);
     check.compare(where, "days_past_due", (*row)[15], b.days_past_due);
     check.compare(where, "principal_written_off", (*row)[16], b.principal_written_off);
@@ -139,8 +139,8 @@ void reconcile_loans(SnapshotTransaction& tx, Reconciler& check, std::unordered_
     }
     ++check.result.rows_checked;
     ++found->second.installment_rows;
-    const engine::InstallmentBook& i = found->second.state.book.installments[static_cast<std::size_t>(number - 1)];
-    check.compare(where, "due_date", (*row)[2].c_str(), engine::to_string(i.due_date));
+    const domain::InstallmentBook& i = found->second.state.book.installments[static_cast<std::size_t>(number - 1)];
+    check.compare(where, "due_date", (*row)[2].c_str(), domain::to_string(i.due_date));
     check.compare(where, "principal", (*row)[3], i.principal);
     check.compare(where, "interest", (*row)[4], i.interest);
     check.compare(where, "principal_paid", (*row)[5], i.principal_paid);
@@ -195,7 +195,7 @@ ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report, std::i
   for (auto batch = reader.next(); !batch.empty(); batch = reader.next()) {
     for (const auto& event : batch) {
       const std::int64_t position = event.position.value();
-      const auto decoded = engine::decode_event(event.type, event.payload);
+      const auto decoded = domain::decode_event(event.type, event.payload);
       if (!decoded) {
         throw std::runtime_error("position " + std::to_string(position) + ": the " + event.type +
                                  " payload does not decode (run `ledger replay verify`)");
@@ -225,7 +225,7 @@ ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report, std::i
           check.compare(where, "client_address", (*row)[10].c_str(), m.client_address);
           check.compare(where, "recorded_at", (*row)[11], event.recorded_at_us);
           // jsonb reorders keys: compare as JSON values, not as text.
-          const std::string expected = engine::event_to_json(*decoded);
+          const std::string expected = domain::event_to_json(*decoded);
           rapidjson::Document actual_json, expected_json;
           actual_json.Parse((*row)[12].c_str());
           expected_json.Parse(expected.c_str());
@@ -236,19 +236,19 @@ ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report, std::i
         }
       }
 
-      const auto loan_id = engine::stream_entity_id(event.stream_id, engine::StreamKind::loan);
+      const auto loan_id = domain::stream_entity_id(event.stream_id, domain::StreamKind::loan);
       if (position <= loan_watermark && loan_id) {
         FoldedLoan& loan = loans[std::string(*loan_id)];
-        engine::apply(loan.state, *decoded);
+        domain::apply(loan.state, *decoded);
         loan.position = position;
       }
-      const auto account_stream_id = engine::stream_entity_id(event.stream_id, engine::StreamKind::account);
+      const auto account_stream_id = domain::stream_entity_id(event.stream_id, domain::StreamKind::account);
       if (position > balance_watermark || !account_stream_id) continue;
       const std::string account_id(*account_stream_id);
       FoldedAccount& account = accounts[account_id];
-      engine::apply(account.state, *decoded);
+      domain::apply(account.state, *decoded);
       account.position = position;
-      const auto* entry = std::get_if<engine::events::AccountEntry>(&*decoded);
+      const auto* entry = std::get_if<domain::events::AccountEntry>(&*decoded);
       if (entry == nullptr) continue;
       for (const pqxx::row* row = entries.peek(); row != nullptr && (*row)[1].as<std::int64_t>() < position;
            entries.pop(), row = entries.peek()) {
@@ -265,8 +265,8 @@ ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report, std::i
       check.compare(where, "account_id", (*row)[0].c_str(), account_id);
       check.compare(where, "version", (*row)[2], event.version.value());
       check.compare(where, "transfer_id", (*row)[3].c_str(), entry->transfer_id);
-      check.compare(where, "direction", (*row)[4].c_str(), engine::to_string(entry->direction));
-      check.compare(where, "phase", (*row)[5].c_str(), engine::to_string(entry->phase));
+      check.compare(where, "direction", (*row)[4].c_str(), domain::to_string(entry->direction));
+      check.compare(where, "phase", (*row)[5].c_str(), domain::to_string(entry->phase));
       check.compare(where, "amount", (*row)[6], entry->amount);
       check.compare(where, "counterparty", (*row)[7].c_str(), entry->counterparty);
       check.compare(where, "balance_after", (*row)[8],
@@ -299,14 +299,14 @@ ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report, std::i
       continue;
     }
     ++check.result.rows_checked;
-    const engine::AccountState& s = found->second.state;
+    const domain::AccountState& s = found->second.state;
     check.compare(where, "currency", (*row)[1].c_str(), s.currency.code());
-    check.compare(where, "kind", (*row)[2].c_str(), engine::to_string(s.kind));
+    check.compare(where, "kind", (*row)[2].c_str(), domain::to_string(s.kind));
     check.compare(where, "owner", (*row)[3].c_str(), s.owner);
     check.compare(where, "ledger_code", (*row)[4], s.ledger_code);
     check.compare(where, "flags", (*row)[5], s.flags);
     check.compare(where, "overdraft_limit", (*row)[6], s.overdraft_limit.minor_units());
-    check.compare(where, "status", (*row)[7].c_str(), engine::to_string(s.status));
+    check.compare(where, "status", (*row)[7].c_str(), domain::to_string(s.status));
     check.compare(where, "debits_posted", (*row)[8], s.debits_posted.minor_units());
     check.compare(where, "credits_posted", (*row)[9], s.credits_posted.minor_units());
     check.compare(where, "debits_pending", (*row)[10], s.debits_pending.minor_units());

@@ -2,8 +2,8 @@
 // decode, and double entry, in one pass over the log.
 #include <unordered_map>
 
-#include "ledger/engine/events.hpp"
-#include "ledger/engine/types.hpp"
+#include "ledger/domain/events.hpp"
+#include "ledger/domain/types.hpp"
 #include "ledger/replay/replay.hpp"
 #include "log_reader.hpp"
 
@@ -30,13 +30,13 @@ class Verifier {
   }
 
   // False once a check failed.
-  bool check(const engine::RecordedEvent& event) {
+  bool check(const domain::RecordedEvent& event) {
     const std::int64_t position = event.position.value();
     if (position != expected_) {
       return fail(expected_, "position " + std::to_string(expected_) + " is missing (the log goes on at " +
                                  std::to_string(position) + ")");
     }
-    if (engine::chain_hash(previous_hash_, event) != event.hash) {
+    if (domain::chain_hash(previous_hash_, event) != event.hash) {
       return fail(position, "the hash does not match the chain: this event (or its stored hash) was altered");
     }
     previous_hash_ = event.hash;
@@ -53,9 +53,9 @@ class Verifier {
     }
     last_version->second = event.version.value();
 
-    const auto decoded = engine::decode_event(event.type, event.payload);
+    const auto decoded = domain::decode_event(event.type, event.payload);
     if (!decoded) return fail(position, "the " + event.type + " payload does not decode");
-    if (result_.double_entry_checked && engine::is_stream_of(event.stream_id, engine::StreamKind::account)) {
+    if (result_.double_entry_checked && domain::is_stream_of(event.stream_id, domain::StreamKind::account)) {
       if (!fold_account(event, *decoded)) return false;
     }
     ++expected_;
@@ -88,19 +88,19 @@ class Verifier {
   [[nodiscard]] std::int64_t expected() const { return expected_; }
 
  private:
-  bool fold_account(const engine::RecordedEvent& event, const engine::DomainEvent& decoded) {
+  bool fold_account(const domain::RecordedEvent& event, const domain::DomainEvent& decoded) {
     const std::int64_t position = event.position.value();
-    engine::AccountState& account = accounts_[event.stream_id];
-    const bool opening = std::holds_alternative<engine::events::AccountOpened>(decoded);
+    domain::AccountState& account = accounts_[event.stream_id];
+    const bool opening = std::holds_alternative<domain::events::AccountOpened>(decoded);
     if (account.exists == opening) {
       return fail(position, opening ? "account " + event.stream_id + " is opened twice"
                                     : event.type + " on " + event.stream_id + " before it was opened");
     }
     const std::int64_t posted_before = net_posted(account), pending_before = net_pending(account);
-    engine::apply(account, decoded);
+    domain::apply(account, decoded);
     CurrencyTotals& totals = totals_[std::string(account.currency.code())];
     if (opening) ++totals.accounts;
-    const auto* entry = std::get_if<engine::events::AccountEntry>(&decoded);
+    const auto* entry = std::get_if<domain::events::AccountEntry>(&decoded);
     if (entry == nullptr) return true;
     const std::int64_t posted = net_posted(account) - posted_before;
     const std::int64_t pending = net_pending(account) - pending_before;
@@ -126,10 +126,10 @@ class Verifier {
   }
 
   // Balances fit in int64 (the engine's checked arithmetic refuses more), so these do too.
-  static std::int64_t net_posted(const engine::AccountState& a) {
+  static std::int64_t net_posted(const domain::AccountState& a) {
     return a.credits_posted.minor_units() - a.debits_posted.minor_units();
   }
-  static std::int64_t net_pending(const engine::AccountState& a) {
+  static std::int64_t net_pending(const domain::AccountState& a) {
     return a.credits_pending.minor_units() - a.debits_pending.minor_units();
   }
 
@@ -151,7 +151,7 @@ class Verifier {
   std::int64_t next_checkpoint_ = 0;
   VerifyResult result_;
   std::unordered_map<std::string, std::int64_t> stream_versions_;
-  std::unordered_map<std::string, engine::AccountState> accounts_;
+  std::unordered_map<std::string, domain::AccountState> accounts_;
   std::unordered_map<std::string, OpenTransfer> open_transfers_;
   std::map<std::string, CurrencyTotals> totals_;
 };
@@ -162,7 +162,7 @@ VerifyResult verify(db::ConnectionPool& pool, const VerifyOptions& options, cons
   const engine::EventStore store(pool);
   const std::int64_t from = std::max<std::int64_t>(options.range.from.value(), 1);
   const std::int64_t to = options.range.to.value() > 0 ? options.range.to.value() : store.head().position.value();
-  std::string previous_hash = engine::genesis_hash();
+  std::string previous_hash = domain::genesis_hash();
   if (from > 1) {
     const auto before = store.read_all(GlobalPosition(from - 1), 1);
     if (before.empty() || before.front().position.value() != from - 1) {

@@ -14,7 +14,7 @@ using ledger::Amount;
 using ledger::api::CommandRoute;
 using ledger::api::parse_command;
 using ledger::api::Problem;
-namespace engine = ledger::engine;
+namespace domain = ledger::domain;
 using namespace std::literals;
 
 namespace {
@@ -61,9 +61,9 @@ T single(CommandRoute route, std::string_view path_id, std::string_view body) {
   if (const auto* problem = std::get_if<Problem>(&result)) {
     FAIL("rejected " << body << ": " << problem->code << ": " << problem->detail);
   }
-  auto& command_body = std::get<engine::CommandBody>(result);
-  REQUIRE(std::holds_alternative<engine::SingleCommand>(command_body));
-  auto& command = std::get<engine::SingleCommand>(command_body);
+  auto& command_body = std::get<domain::CommandBody>(result);
+  REQUIRE(std::holds_alternative<domain::SingleCommand>(command_body));
+  auto& command = std::get<domain::SingleCommand>(command_body);
   REQUIRE(std::holds_alternative<T>(command));
   return std::get<T>(command);
 }
@@ -73,14 +73,14 @@ T single(CommandRoute route, std::string_view body) {
   return single<T>(route, "", body);
 }
 
-engine::LinkedCommands linked(std::string_view body) {
+domain::LinkedCommands linked(std::string_view body) {
   auto result = parse_command(CommandRoute::batch, "", body);
   if (const auto* problem = std::get_if<Problem>(&result)) {
     FAIL("rejected " << body << ": " << problem->code << ": " << problem->detail);
   }
-  auto& command_body = std::get<engine::CommandBody>(result);
-  REQUIRE(std::holds_alternative<engine::LinkedCommands>(command_body));
-  return std::get<engine::LinkedCommands>(command_body);
+  auto& command_body = std::get<domain::CommandBody>(result);
+  REQUIRE(std::holds_alternative<domain::LinkedCommands>(command_body));
+  return std::get<domain::LinkedCommands>(command_body);
 }
 
 const std::string transfer_body =
@@ -91,48 +91,48 @@ const std::string transfer_body =
 // --- Success, route by route --------------------------------------------------------------
 
 TEST_CASE("open_account: all fields") {
-  const auto c = single<engine::OpenAccount>(
+  const auto c = single<domain::OpenAccount>(
       CommandRoute::open_account,
       R"({"id":"acc.1:x-Y_z","currency":"EUR","owner":"Zoë Müller","kind":"system",)"
       R"("overdraft_limit":5000,"ledger_code":4294967295})");
   CHECK(c.id == "acc.1:x-Y_z");
   CHECK(c.currency.code() == "EUR");
   CHECK(c.owner == "Zoë Müller");
-  CHECK(c.kind == engine::AccountKind::system);
+  CHECK(c.kind == domain::AccountKind::system);
   CHECK(c.overdraft_limit == Amount{5000});
   CHECK(c.ledger_code == 4294967295u);
   CHECK_FALSE(c.flags.has_value());
 }
 
 TEST_CASE("open_account: only currency, defaults for the rest") {
-  const auto c = single<engine::OpenAccount>(CommandRoute::open_account,
+  const auto c = single<domain::OpenAccount>(CommandRoute::open_account,
                                              " \n\t{ \"currency\" : \"USD\" }\r\n ");
   CHECK(c.id.empty());
   CHECK(c.currency.code() == "USD");
   CHECK(c.owner.empty());
-  CHECK(c.kind == engine::AccountKind::customer);
+  CHECK(c.kind == domain::AccountKind::customer);
   CHECK(c.overdraft_limit == Amount{0});
   CHECK(c.ledger_code == 0u);
   CHECK_FALSE(c.flags.has_value());
 
-  const auto d = single<engine::OpenAccount>(
+  const auto d = single<domain::OpenAccount>(
       CommandRoute::open_account,
       R"({"currency":"JPY","kind":"customer","overdraft_limit":0,"ledger_code":0,"owner":""})");
-  CHECK(d.kind == engine::AccountKind::customer);
+  CHECK(d.kind == domain::AccountKind::customer);
   CHECK(d.overdraft_limit == Amount{0});
   CHECK(d.owner.empty());
 
   // -0 is an integer zero, allowed for an overdraft limit.
-  CHECK(single<engine::OpenAccount>(CommandRoute::open_account,
+  CHECK(single<domain::OpenAccount>(CommandRoute::open_account,
                                     R"({"currency":"EUR","overdraft_limit":-0})")
             .overdraft_limit == Amount{0});
-  CHECK(single<engine::OpenAccount>(CommandRoute::open_account,
+  CHECK(single<domain::OpenAccount>(CommandRoute::open_account,
                                     R"({"currency":"EUR","overdraft_limit":9223372036854775807})")
             .overdraft_limit == Amount{INT64_MAX});
 }
 
 TEST_CASE("deposit and withdrawal take the account id from the path") {
-  const auto d = single<engine::Deposit>(
+  const auto d = single<domain::Deposit>(
       CommandRoute::deposit, "alice",
       R"({"amount":1250,"reference":"salary","transfer_id":"tx-1"})");
   CHECK(d.account_id == "alice");
@@ -140,13 +140,13 @@ TEST_CASE("deposit and withdrawal take the account id from the path") {
   CHECK(d.reference == "salary");
   CHECK(d.transfer_id == "tx-1");
 
-  const auto minimal = single<engine::Deposit>(CommandRoute::deposit, "bob", R"({"amount":1})");
+  const auto minimal = single<domain::Deposit>(CommandRoute::deposit, "bob", R"({"amount":1})");
   CHECK(minimal.account_id == "bob");
   CHECK(minimal.amount == Amount{1});
   CHECK(minimal.reference.empty());
   CHECK(minimal.transfer_id.empty());
 
-  const auto w = single<engine::Withdrawal>(
+  const auto w = single<domain::Withdrawal>(
       CommandRoute::withdrawal, "carol",
       R"({"transfer_id":"w:9","reference":"atm","amount":9223372036854775807})");
   CHECK(w.account_id == "carol");
@@ -154,13 +154,13 @@ TEST_CASE("deposit and withdrawal take the account id from the path") {
   CHECK(w.reference == "atm");
   CHECK(w.transfer_id == "w:9");
 
-  const auto w2 = single<engine::Withdrawal>(CommandRoute::withdrawal, "carol", R"({"amount":7})");
+  const auto w2 = single<domain::Withdrawal>(CommandRoute::withdrawal, "carol", R"({"amount":7})");
   CHECK(w2.amount == Amount{7});
   CHECK(w2.transfer_id.empty());
 }
 
 TEST_CASE("transfer") {
-  const auto t = single<engine::Transfer>(CommandRoute::transfer, transfer_body);
+  const auto t = single<domain::Transfer>(CommandRoute::transfer, transfer_body);
   CHECK(t.id == "t-1");
   CHECK(t.from == "alice");
   CHECK(t.to == "bob");
@@ -168,7 +168,7 @@ TEST_CASE("transfer") {
   CHECK(t.currency.code() == "EUR");
   CHECK(t.reference == "rent");
 
-  const auto minimal = single<engine::Transfer>(
+  const auto minimal = single<domain::Transfer>(
       CommandRoute::transfer, R"({"from":"a","to":"b","amount":3,"currency":"GBP"})");
   CHECK(minimal.id.empty());
   CHECK(minimal.from == "a");
@@ -179,7 +179,7 @@ TEST_CASE("transfer") {
 }
 
 TEST_CASE("hold") {
-  const auto h = single<engine::PlaceHold>(
+  const auto h = single<domain::PlaceHold>(
       CommandRoute::hold,
       R"({"id":"h-1","from":"alice","to":"shop","amount":99,"currency":"EUR",)"
       R"("timeout_seconds":3600,"reference":"pre-auth"})");
@@ -192,7 +192,7 @@ TEST_CASE("hold") {
   CHECK(*h.timeout_seconds == 3600);
   CHECK(h.reference == "pre-auth");
 
-  const auto minimal = single<engine::PlaceHold>(
+  const auto minimal = single<domain::PlaceHold>(
       CommandRoute::hold, R"({"from":"a","to":"b","amount":1,"currency":"CHF"})");
   CHECK(minimal.id.empty());
   CHECK_FALSE(minimal.timeout_seconds.has_value());
@@ -200,13 +200,13 @@ TEST_CASE("hold") {
 }
 
 TEST_CASE("post_hold: amount optional, empty body is {}") {
-  const auto p = single<engine::PostHold>(CommandRoute::post_hold, "h-1", R"({"amount":40})");
+  const auto p = single<domain::PostHold>(CommandRoute::post_hold, "h-1", R"({"amount":40})");
   CHECK(p.id == "h-1");
   REQUIRE(p.amount.has_value());
   CHECK(*p.amount == Amount{40});
 
   for (const std::string_view body : {""sv, "{}"sv, " \r\n\t "sv, " { } "sv}) {
-    const auto full = single<engine::PostHold>(CommandRoute::post_hold, "h-2", body);
+    const auto full = single<domain::PostHold>(CommandRoute::post_hold, "h-2", body);
     CHECK(full.id == "h-2");
     CHECK_FALSE(full.amount.has_value());
   }
@@ -215,10 +215,10 @@ TEST_CASE("post_hold: amount optional, empty body is {}") {
 TEST_CASE("void_hold, freeze, unfreeze, close: empty body or {}") {
   for (const std::string_view body : {""sv, "{}"sv, "\n"sv, "  {\n}  "sv}) {
     INFO("body: " << body);
-    CHECK(single<engine::VoidHold>(CommandRoute::void_hold, "h-3", body).id == "h-3");
-    CHECK(single<engine::FreezeAccount>(CommandRoute::freeze, "acc-1", body).id == "acc-1");
-    CHECK(single<engine::UnfreezeAccount>(CommandRoute::unfreeze, "acc-2", body).id == "acc-2");
-    CHECK(single<engine::CloseAccount>(CommandRoute::close, "acc-3", body).id == "acc-3");
+    CHECK(single<domain::VoidHold>(CommandRoute::void_hold, "h-3", body).id == "h-3");
+    CHECK(single<domain::FreezeAccount>(CommandRoute::freeze, "acc-1", body).id == "acc-1");
+    CHECK(single<domain::UnfreezeAccount>(CommandRoute::unfreeze, "acc-2", body).id == "acc-2");
+    CHECK(single<domain::CloseAccount>(CommandRoute::close, "acc-3", body).id == "acc-3");
   }
 }
 
@@ -236,26 +236,26 @@ TEST_CASE("batch: every member type") {
   ]})");
   REQUIRE(batch.commands.size() == 8);
 
-  const auto& open = std::get<engine::OpenAccount>(batch.commands[0]);
+  const auto& open = std::get<domain::OpenAccount>(batch.commands[0]);
   CHECK(open.id == "a1");
   CHECK(open.currency.code() == "EUR");
   CHECK(open.owner == "Ann");
-  CHECK(open.kind == engine::AccountKind::customer);
+  CHECK(open.kind == domain::AccountKind::customer);
   CHECK(open.overdraft_limit == Amount{10});
   CHECK(open.ledger_code == 7u);
 
-  const auto& deposit = std::get<engine::Deposit>(batch.commands[1]);
+  const auto& deposit = std::get<domain::Deposit>(batch.commands[1]);
   CHECK(deposit.account_id == "a1");
   CHECK(deposit.amount == Amount{500});
   CHECK(deposit.reference == "r");
   CHECK(deposit.transfer_id == "d1");
 
-  const auto& withdrawal = std::get<engine::Withdrawal>(batch.commands[2]);
+  const auto& withdrawal = std::get<domain::Withdrawal>(batch.commands[2]);
   CHECK(withdrawal.account_id == "a1");
   CHECK(withdrawal.amount == Amount{100});
   CHECK(withdrawal.transfer_id.empty());
 
-  const auto& transfer = std::get<engine::Transfer>(batch.commands[3]);
+  const auto& transfer = std::get<domain::Transfer>(batch.commands[3]);
   CHECK(transfer.id == "t1");
   CHECK(transfer.from == "a1");
   CHECK(transfer.to == "a2");
@@ -263,19 +263,19 @@ TEST_CASE("batch: every member type") {
   CHECK(transfer.currency.code() == "EUR");
   CHECK(transfer.reference == "x");
 
-  const auto& hold = std::get<engine::PlaceHold>(batch.commands[4]);
+  const auto& hold = std::get<domain::PlaceHold>(batch.commands[4]);
   CHECK(hold.id.empty());
   CHECK(hold.amount == Amount{20});
   CHECK(hold.timeout_seconds == std::optional<std::int64_t>{60});
 
-  const auto& post = std::get<engine::PostHold>(batch.commands[5]);
+  const auto& post = std::get<domain::PostHold>(batch.commands[5]);
   CHECK(post.id == "h1");
   CHECK(post.amount == std::optional<Amount>{Amount{5}});
-  const auto& post_all = std::get<engine::PostHold>(batch.commands[6]);
+  const auto& post_all = std::get<domain::PostHold>(batch.commands[6]);
   CHECK(post_all.id == "h2");
   CHECK_FALSE(post_all.amount.has_value());
 
-  CHECK(std::get<engine::VoidHold>(batch.commands[7]).id == "h3");
+  CHECK(std::get<domain::VoidHold>(batch.commands[7]).id == "h3");
 }
 
 TEST_CASE("batch: exactly 100 members is allowed") {
@@ -287,16 +287,16 @@ TEST_CASE("batch: exactly 100 members is allowed") {
   body += "]}";
   const auto batch = linked(body);
   REQUIRE(batch.commands.size() == 100);
-  CHECK(std::get<engine::VoidHold>(batch.commands[99]).id == "h99");
+  CHECK(std::get<domain::VoidHold>(batch.commands[99]).id == "h99");
 }
 
 TEST_CASE("strings: escapes and non-ASCII text are decoded") {
-  const auto t = single<engine::Transfer>(
+  const auto t = single<domain::Transfer>(
       CommandRoute::transfer,
       R"({"from":"a","to":"b","amount":1,"currency":"EUR","reference":"caf\u00e9 \ud83d\ude00 \"q\" \/ \\"})");
   CHECK(t.reference == "caf\xC3\xA9 \xF0\x9F\x98\x80 \"q\" / \\");
   // Escaped field names are the same names.
-  const auto d = single<engine::Deposit>(CommandRoute::deposit, "a", R"({"\u0061mount":5})");
+  const auto d = single<domain::Deposit>(CommandRoute::deposit, "a", R"({"\u0061mount":5})");
   CHECK(d.amount == Amount{5});
 }
 
@@ -594,7 +594,7 @@ TEST_CASE("fields of the wrong JSON type") {
                        std::string(timeout) + "}",
                    "invalid_field", {"\"timeout_seconds\"", "positive integer"});
   }
-  CHECK(single<engine::PlaceHold>(
+  CHECK(single<domain::PlaceHold>(
             CommandRoute::hold,
             R"({"from":"a","to":"b","amount":1,"currency":"EUR","timeout_seconds":9223372036854775807})")
             .timeout_seconds == std::optional<std::int64_t>{INT64_MAX});
@@ -687,10 +687,10 @@ TEST_CASE("currency must be three capital letters") {
 TEST_CASE("ids: 1 to 64 of A-Za-z0-9._:-") {
   const std::string longest(64, 'a');
   const std::string too_long(65, 'a');
-  CHECK(single<engine::OpenAccount>(CommandRoute::open_account,
+  CHECK(single<domain::OpenAccount>(CommandRoute::open_account,
                                     R"({"id":")" + longest + R"(","currency":"EUR"})")
             .id == longest);
-  CHECK(single<engine::Deposit>(CommandRoute::deposit, longest, R"({"amount":1})").account_id ==
+  CHECK(single<domain::Deposit>(CommandRoute::deposit, longest, R"({"amount":1})").account_id ==
         longest);
 
   const auto p = problem_of(CommandRoute::open_account,
@@ -746,12 +746,12 @@ TEST_CASE("ids in the path") {
 
 TEST_CASE("owner and reference: at most 256 bytes, no control characters") {
   const std::string longest(256, 'r');
-  CHECK(single<engine::Deposit>(CommandRoute::deposit, "acc",
+  CHECK(single<domain::Deposit>(CommandRoute::deposit, "acc",
                                 R"({"amount":1,"reference":")" + longest + R"("})")
             .reference == longest);
   std::string multibyte;  // 128 two-byte characters: 256 bytes
   for (int i = 0; i < 128; ++i) multibyte += "\xC3\xA9";
-  CHECK(single<engine::OpenAccount>(CommandRoute::open_account,
+  CHECK(single<domain::OpenAccount>(CommandRoute::open_account,
                                     R"({"currency":"EUR","owner":")" + multibyte + R"("})")
             .owner == multibyte);
 
@@ -778,7 +778,7 @@ TEST_CASE("owner and reference: at most 256 bytes, no control characters") {
                    "invalid_field", {"\"reference\"", "control"});
   }
   // U+00A0 and U+2028 are not control characters.
-  CHECK(single<engine::Withdrawal>(CommandRoute::withdrawal, "acc",
+  CHECK(single<domain::Withdrawal>(CommandRoute::withdrawal, "acc",
                                    R"({"amount":1,"reference":"a\u00a0b\u2028c"})")
             .reference == "a\xC2\xA0" "b\xE2\x80\xA8" "c");
 }
@@ -896,15 +896,15 @@ TEST_CASE("loan dates: 1970-01-01 to 2199-12-31") {
   expect_body_problem(CommandRoute::originate_loan,
                       loan(R"("origination_date":"0000-01-01","first_due_date":"2026-02-15")"), "invalid_date",
                       {"\"origination_date\""});
-  const auto earliest = single<engine::OriginateLoan>(
+  const auto earliest = single<domain::OriginateLoan>(
       CommandRoute::originate_loan, loan(R"("origination_date":"1970-01-01","first_due_date":"2199-12-31")"));
   CHECK(earliest.origination_date == "1970-01-01");
   CHECK(earliest.first_due_date == "2199-12-31");
 }
 
 TEST_CASE("derived ids cannot be sent: the id grammar refuses their separator") {
-  const std::string derived = engine::derived_id("L1", "disbursement");
-  CHECK_FALSE(engine::is_valid_id(derived));
+  const std::string derived = domain::derived_id("L1", "disbursement");
+  CHECK_FALSE(domain::is_valid_id(derived));
   expect_body_problem(CommandRoute::transfer,
                       R"({"id":")" + derived + R"(","from":"a","to":"b","amount":1,"currency":"EUR"})",
                       "invalid_id", {"\"id\""});

@@ -10,6 +10,7 @@
 #include "engine_fixture.hpp"
 
 using namespace ledger;
+using namespace ledger::domain;
 using namespace ledger::engine;
 using namespace std::chrono_literals;
 using test::command;
@@ -28,21 +29,21 @@ EngineSettings gathering_settings(const test::TestDatabase& database, bool pipel
 
 // Submits `batch_commands` deposits at once, the `poison`-th built by `poisoned`; returns the
 // futures in order.
-std::vector<std::future<CommandOutcome>> submit_batch(Engine& engine, const std::string& prefix,
+std::vector<std::future<domain::CommandOutcome>> submit_batch(Engine& engine, const std::string& prefix,
                                                       int poison,
-                                                      const std::function<Command()>& poisoned) {
-  std::vector<std::future<CommandOutcome>> futures;
+                                                      const std::function<domain::Command()>& poisoned) {
+  std::vector<std::future<domain::CommandOutcome>> futures;
   for (int i = 0; i < batch_commands; ++i) {
     if (i == poison) {
       futures.push_back(engine.submit(poisoned()));
     } else {
-      futures.push_back(engine.submit(command(Deposit{"alice", Amount(10), "", fmt::format("{}{}", prefix, i)})));
+      futures.push_back(engine.submit(command(domain::Deposit{"alice", Amount(10), "", fmt::format("{}{}", prefix, i)})));
     }
   }
   return futures;
 }
 
-void check_only_poison_failed(std::vector<std::future<CommandOutcome>>& futures, int poison,
+void check_only_poison_failed(std::vector<std::future<domain::CommandOutcome>>& futures, int poison,
                               RejectionCode expected) {
   for (int i = 0; i < batch_commands; ++i) {
     if (i == poison) {
@@ -63,20 +64,20 @@ TEST_CASE("metadata PostgreSQL cannot store fails only its own command") {
     INFO(std::string(pipelined ? "pipelined" : "serial"));
     test::TestDatabase database;
     Engine engine(gathering_settings(database, pipelined));
-    REQUIRE(engine.execute(command(OpenAccount{"alice", eur()})).accepted());
+    REQUIRE(engine.execute(command(domain::OpenAccount{"alice", eur()})).accepted());
     const std::vector<std::string> unstorable = {std::string("\xff\xfe"), std::string("a\0b", 3),
                                                  std::string(300, 'x'), std::string("tab\there")};
     int round = 0;
     for (const auto& bad : unstorable) {
       auto futures = submit_batch(engine, fmt::format("c{}-", round), 7, [&] {
-        auto poisoned = command(Deposit{"alice", Amount(10)});
+        auto poisoned = command(domain::Deposit{"alice", Amount(10)});
         poisoned.context.correlation_id = bad;
         return poisoned;
       });
       check_only_poison_failed(futures, 7, RejectionCode::invalid_command);
       // Keys too: a batch's keys are looked up in the store together.
       futures = submit_batch(engine, fmt::format("k{}-", round), 3, [&] {
-        return command(Deposit{"alice", Amount(10)}, bad, "fingerprint");
+        return command(domain::Deposit{"alice", Amount(10)}, bad, "fingerprint");
       });
       check_only_poison_failed(futures, 3, RejectionCode::invalid_command);
       ++round;
@@ -105,9 +106,9 @@ TEST_CASE("a batch the database refuses because of one command is split until th
       work.commit();
     }
     Engine engine(gathering_settings(database, pipelined));
-    REQUIRE(engine.execute(command(OpenAccount{"alice", eur()})).accepted());
-    REQUIRE(engine.execute(command(OpenAccount{"poison", eur()})).accepted());
-    auto futures = submit_batch(engine, "d", 11, [] { return command(Deposit{"poison", Amount(10)}); });
+    REQUIRE(engine.execute(command(domain::OpenAccount{"alice", eur()})).accepted());
+    REQUIRE(engine.execute(command(domain::OpenAccount{"poison", eur()})).accepted());
+    auto futures = submit_batch(engine, "d", 11, [] { return command(domain::Deposit{"poison", Amount(10)}); });
     for (int i = 0; i < batch_commands; ++i) {
       if (i == 11) {
         CHECK_THROWS_AS(futures[11].get(), EngineUnavailable);
@@ -128,9 +129,9 @@ TEST_CASE("a command whose event would not read back is refused alone and nothin
   // date bounds, or the engine decoding every event before appending it), it fails alone.
   test::TestDatabase database;
   Engine engine(gathering_settings(database, true));
-  REQUIRE(engine.execute(command(OpenAccount{"alice", eur()})).accepted());
+  REQUIRE(engine.execute(command(domain::OpenAccount{"alice", eur()})).accepted());
   auto futures = submit_batch(engine, "d", 5, [] {
-    OriginateLoan loan;
+    domain::OriginateLoan loan;
     loan.id = "far";
     loan.borrower = "alice";
     loan.currency = eur();
@@ -162,17 +163,17 @@ TEST_CASE("an error no command's data causes (a statement timeout) fails the bat
   settings.database_statement_timeout = 300ms;
   settings.connection_retries_max = 1;
   Engine engine(settings);
-  REQUIRE(engine.execute(command(OpenAccount{"alice", eur()})).accepted());
-  REQUIRE(engine.execute(command(Deposit{"alice", Amount(1)})).accepted());  // cash account cached
+  REQUIRE(engine.execute(command(domain::OpenAccount{"alice", eur()})).accepted());
+  REQUIRE(engine.execute(command(domain::Deposit{"alice", Amount(1)})).accepted());  // cash account cached
 
   // Another session holds the head row: every append waits out its statement timeout.
   pqxx::connection owner(database.admin_url());
   pqxx::work holder(owner);
   holder.exec("SELECT 1 FROM event_store_head FOR UPDATE");
   const auto started = std::chrono::steady_clock::now();
-  std::vector<std::future<CommandOutcome>> futures;
+  std::vector<std::future<domain::CommandOutcome>> futures;
   for (int i = 0; i < batch_commands; ++i) {
-    futures.push_back(engine.submit(command(Deposit{"alice", Amount(10)})));
+    futures.push_back(engine.submit(command(domain::Deposit{"alice", Amount(10)})));
   }
   for (auto& future : futures) CHECK_THROWS_AS(future.get(), EngineUnavailable);
   const auto elapsed = std::chrono::steady_clock::now() - started;
@@ -181,5 +182,5 @@ TEST_CASE("an error no command's data causes (a statement timeout) fails the bat
                                   << std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count()
                                   << " ms");
   holder.abort();
-  CHECK(engine.execute(command(Deposit{"alice", Amount(10)})).accepted());
+  CHECK(engine.execute(command(domain::Deposit{"alice", Amount(10)})).accepted());
 }

@@ -11,9 +11,10 @@
 #include "engine_fixture.hpp"
 #include "ledger/db/pool.hpp"
 #include "ledger/engine/event_store.hpp"
-#include "ledger/engine/events.hpp"
+#include "ledger/domain/events.hpp"
 
 using namespace ledger;
+using namespace ledger::domain;
 using namespace ledger::engine;
 using test::command;
 using test::eur;
@@ -39,10 +40,10 @@ TEST_CASE("two engines and eight threads keep every invariant over 20,000 random
   Engine second(settings);
 
   for (int i = 0; i < account_count; ++i) {
-    OpenAccount open{account_name(i), eur()};
+    domain::OpenAccount open{account_name(i), eur()};
     open.overdraft_limit = Amount(i % 10 == 0 ? 5'000 : 0);
     REQUIRE(first.execute(command(open)).accepted());
-    REQUIRE(second.execute(command(Deposit{account_name(i), Amount(10'000 + i * 100)})).accepted());
+    REQUIRE(second.execute(command(domain::Deposit{account_name(i), Amount(10'000 + i * 100)})).accepted());
   }
 
   std::atomic<int> accepted{0};
@@ -53,7 +54,7 @@ TEST_CASE("two engines and eight threads keep every invariant over 20,000 random
     threads.emplace_back([&, t] {
       std::mt19937 random(1234 + t);
       std::vector<std::string> open_holds;
-      std::vector<std::pair<std::future<CommandOutcome>, bool>> in_flight;  // (outcome, is hold)
+      std::vector<std::pair<std::future<domain::CommandOutcome>, bool>> in_flight;  // (outcome, is hold)
       auto settle = [&](std::size_t keep) {
         while (in_flight.size() > keep) {
           auto [future, is_hold] = std::move(in_flight.front());
@@ -77,19 +78,19 @@ TEST_CASE("two engines and eight threads keep every invariant over 20,000 random
         const int kind = static_cast<int>(random() % 10);
         if (kind < 6 || (kind >= 8 && open_holds.empty())) {
           in_flight.emplace_back(
-              engine.submit(command(Transfer{"", account_name(from), account_name(to), amount, eur()})),
+              engine.submit(command(domain::Transfer{"", account_name(from), account_name(to), amount, eur()})),
               false);
         } else if (kind < 8) {
           in_flight.emplace_back(
-              engine.submit(command(PlaceHold{"", account_name(from), account_name(to), amount, eur()})),
+              engine.submit(command(domain::PlaceHold{"", account_name(from), account_name(to), amount, eur()})),
               true);
         } else {
           const std::string hold = open_holds.back();
           open_holds.pop_back();
           if (kind == 8) {
-            in_flight.emplace_back(engine.submit(command(PostHold{hold, Amount(amount.minor_units() % 50 + 1)})), false);
+            in_flight.emplace_back(engine.submit(command(domain::PostHold{hold, Amount(amount.minor_units() % 50 + 1)})), false);
           } else {
-            in_flight.emplace_back(engine.submit(command(VoidHold{hold})), false);
+            in_flight.emplace_back(engine.submit(command(domain::VoidHold{hold})), false);
           }
         }
         settle(window_commands);
@@ -114,7 +115,7 @@ TEST_CASE("two engines and eight threads keep every invariant over 20,000 random
   db::ConnectionPool pool(pool_settings);
   EventStore store(pool);
   std::map<std::string, std::int64_t> stream_versions;
-  std::map<std::string, AccountState> accounts;
+  std::map<std::string, domain::AccountState> accounts;
   std::int64_t expected_position = 1;
   std::string current_command;
   std::int64_t limit_violations = 0;
@@ -148,9 +149,9 @@ TEST_CASE("two engines and eight threads keep every invariant over 20,000 random
       if (event.version.value() != version + 1) ++version_gaps;
       version = event.version.value();
       if (event.stream_id.starts_with("account-")) {
-        auto decoded = decode_event(event.type, event.payload);
+        auto decoded = domain::decode_event(event.type, event.payload);
         REQUIRE(decoded.has_value());
-        engine::apply(accounts[event.stream_id], *decoded);
+        domain::apply(accounts[event.stream_id], *decoded);
       }
     }
   }

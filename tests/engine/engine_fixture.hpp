@@ -19,9 +19,9 @@ inline engine::EngineSettings engine_settings(const TestDatabase& database) {
 
 inline Currency eur() { return *Currency::parse("EUR"); }
 
-inline engine::Command command(engine::SingleCommand body, std::string idempotency_key = {},
+inline domain::Command command(domain::SingleCommand body, std::string idempotency_key = {},
                                std::string fingerprint = {}) {
-  engine::Command command{engine::CommandBody{std::move(body)}, {}};
+  domain::Command command{domain::CommandBody{std::move(body)}, {}};
   command.context.actor = "test";
   command.context.idempotency_key = std::move(idempotency_key);
   command.context.request_fingerprint = std::move(fingerprint);

@@ -4,9 +4,10 @@
 
 #include <string>
 
-#include "ledger/engine/envelope.hpp"
+#include "ledger/domain/envelope.hpp"
 
-using namespace ledger::engine;
+namespace domain = ledger::domain;
+using namespace ledger::domain;
 using namespace std::literals;
 
 namespace {
@@ -29,7 +30,7 @@ RecordedEvent example() {
 
 TEST_CASE("an envelope decodes to the event it was encoded from") {
   const RecordedEvent event = example();
-  const auto decoded = decode_envelope(encode_envelope(event));
+  const auto decoded = domain::decode_envelope(domain::encode_envelope(event));
   REQUIRE(decoded.has_value());
   CHECK(decoded->position == event.position);
   CHECK(decoded->stream_id == event.stream_id);
@@ -41,10 +42,10 @@ TEST_CASE("an envelope decodes to the event it was encoded from") {
 // Found by tests/fuzz/envelope_fuzz (corpus/envelope/regression-metadata-nul): metadata was
 // written as C strings, so an actor (a JWT `sub`) holding U+0000 was cut at the NUL.
 TEST_CASE("metadata with a NUL byte crosses the envelope unchanged") {
-  RecordedEvent event = example();
+  domain::RecordedEvent event = example();
   event.metadata.actor = "teller\0evil"s;
   event.metadata.request_id = "\0"s;
-  const auto decoded = decode_envelope(encode_envelope(event));
+  const auto decoded = domain::decode_envelope(domain::encode_envelope(event));
   REQUIRE(decoded.has_value());
   CHECK(decoded->metadata.actor == event.metadata.actor);
   CHECK(decoded->metadata.request_id == event.metadata.request_id);

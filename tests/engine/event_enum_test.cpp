@@ -9,9 +9,10 @@
 #include <iterator>
 #include <string>
 
-#include "ledger/engine/events.hpp"
+#include "ledger/domain/events.hpp"
 
-using namespace ledger::engine;
+namespace domain = ledger::domain;
+using namespace ledger::domain;
 
 namespace {
 
@@ -29,7 +30,7 @@ std::string payload_of(const char* name) {
 
 // Found by tests/fuzz/event_decode_fuzz under UBSan (index 33 out of bounds in event_to_json).
 TEST_CASE("an account entry whose direction is outside the enum is not an event") {
-  CHECK_FALSE(decode_event("account_entry", payload_of("regression-entry-direction")).has_value());
+  CHECK_FALSE(domain::decode_event("account_entry", payload_of("regression-entry-direction")).has_value());
 }
 
 TEST_CASE("every enum value the schema defines still decodes") {
@@ -37,39 +38,39 @@ TEST_CASE("every enum value the schema defines still decodes") {
     for (const auto phase : {events::Phase::posted, events::Phase::pending,
                              events::Phase::pending_posted, events::Phase::pending_released}) {
       const DomainEvent entry = events::AccountEntry{"t-1", direction, phase, 5, 0, "bob"};
-      const auto decoded = decode_event("account_entry", encode_event(entry));
+      const auto decoded = domain::decode_event("account_entry", domain::encode_event(entry));
       REQUIRE(decoded.has_value());
-      CHECK(event_to_json(*decoded) == event_to_json(entry));
+      CHECK(domain::event_to_json(*decoded) == domain::event_to_json(entry));
     }
   }
   for (const auto kind : {AccountKind::customer, AccountKind::system}) {
     const DomainEvent opened = events::AccountOpened{"a", "EUR", 0, "", kind, 0, 0};
-    CHECK(decode_event("account_opened", encode_event(opened)).has_value());
+    CHECK(domain::decode_event("account_opened", domain::encode_event(opened)).has_value());
   }
   for (const auto end : {events::PendingEnd::voided, events::PendingEnd::expired}) {
     const DomainEvent ended = events::PendingTransferEnded{5, end};
-    CHECK(decode_event("pending_transfer_ended", encode_event(ended)).has_value());
+    CHECK(domain::decode_event("pending_transfer_ended", domain::encode_event(ended)).has_value());
   }
 }
 
 // Found by tests/fuzz/event_decode_fuzz under UBSan: the verifier accepts a union whose type is
 // set and whose table is absent, and decoding read the absent table (a null pointer).
 TEST_CASE("a payload naming an event type without its table is not an event") {
-  CHECK_FALSE(decode_event("account_entry", payload_of("regression-entry-without-table")).has_value());
+  CHECK_FALSE(domain::decode_event("account_entry", payload_of("regression-entry-without-table")).has_value());
 }
 
 // Found by tests/fuzz/event_decode_fuzz after the range check above: the schema's enums are
 // `byte`, signed, so 0xFF is -1 and passed a check of the upper bound only.
 TEST_CASE("an enum byte of 0xFF (-1) is outside the enum too") {
-  CHECK_FALSE(decode_event("pending_transfer_ended", payload_of("regression-ended-negative")).has_value());
+  CHECK_FALSE(domain::decode_event("pending_transfer_ended", payload_of("regression-ended-negative")).has_value());
 }
 
 // Found by tests/fuzz/event_decode_fuzz under UBSan: a repayment's parts near INT64_MAX made
 // the check of their sum against the stored amount overflow (undefined behaviour).
 TEST_CASE("a repayment whose parts overflow int64 is not an event") {
-  CHECK_FALSE(decode_event("loan_repaid", payload_of("regression-repaid-total-overflow")).has_value());
+  CHECK_FALSE(domain::decode_event("loan_repaid", payload_of("regression-repaid-total-overflow")).has_value());
   const std::string big = "9223372036854775807";
   const std::string json = R"({"repayment_id":"r-1","amount":-2,"penalties":)" + big +
                            R"(,"interest":)" + big + R"(,"principal":0,"interest_reversed":0,"allocations":[]})";
-  CHECK_FALSE(event_from_json("loan_repaid", json).has_value());
+  CHECK_FALSE(domain::event_from_json("loan_repaid", json).has_value());
 }

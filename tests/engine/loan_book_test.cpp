@@ -5,9 +5,10 @@
 
 #include <numeric>
 
-#include "ledger/engine/loan_book.hpp"
+#include "ledger/domain/loan_book.hpp"
 
-using namespace ledger::engine;
+namespace domain = ledger::domain;
+using namespace ledger::domain;
 
 namespace {
 
@@ -35,7 +36,7 @@ LoanBook active_loan(const LoanTerms& terms = standard_terms()) {
   return loan;
 }
 
-void close_through(LoanBook& loan, Date day) {
+void close_through(domain::LoanBook& loan, domain::Date day) {
   if (auto closed = close_business_day(loan, day)) apply(loan, *closed);
 }
 
@@ -60,8 +61,8 @@ std::int64_t scheduled_interest(const LoanBook& loan) {
 }  // namespace
 
 TEST_CASE("on time: each installment paid on its due date; no fees, no arrears; repaid at the end") {
-  LoanBook loan = active_loan();
-  const auto paid = disbursement(loan);
+  domain::LoanBook loan = active_loan();
+  const auto paid = domain::disbursement(loan);
   CHECK(paid.to_borrower == 119'000);
   CHECK(paid.fee == 1'000);
   const std::int64_t interest_total = scheduled_interest(loan);
@@ -72,7 +73,7 @@ TEST_CASE("on time: each installment paid on its due date; no fees, no arrears; 
     CHECK(loan.amount_due() == (installment.principal + installment.interest));
     CHECK(loan.days_past_due == 0);
     // On its due date the period's interest is recognised in full.
-    CHECK(loan.interest_recognised == interest_recognised_through(loan, installment.due_date));
+    CHECK(loan.interest_recognised == domain::interest_recognised_through(loan, installment.due_date));
     const Allocation allocation = repay(loan, installment.principal + installment.interest);
     CHECK(allocation.penalties == 0);
     interest_paid += allocation.interest;
@@ -83,11 +84,11 @@ TEST_CASE("on time: each installment paid on its due date; no fees, no arrears; 
   CHECK(interest_paid == interest_total);
   CHECK(loan.interest_recognised == interest_total);
   CHECK(loan.principal_outstanding() == 0);
-  CHECK(std::holds_alternative<RepaymentProblem>(allocate_repayment(loan, 1)));  // repaid: not active
+  CHECK(std::holds_alternative<domain::RepaymentProblem>(domain::allocate_repayment(loan, 1)));  // repaid: not active
 }
 
 TEST_CASE("late: overdue the day after, the late fee once after the grace days, paid first") {
-  LoanBook loan = active_loan();
+  domain::LoanBook loan = active_loan();
   const InstallmentBook first = loan.installments[0];
   close_through(loan, first.due_date);
   CHECK_FALSE(loan.installments[0].overdue);
@@ -96,15 +97,15 @@ TEST_CASE("late: overdue the day after, the late fee once after the grace days, 
   CHECK(loan.days_past_due == 1);
   close_through(loan, plus_days(first.due_date, 5));  // the last day of grace
   CHECK(loan.installments[0].penalty == 0);
-  const auto sixth = close_business_day(loan, plus_days(first.due_date, 6));
+  const auto sixth = domain::close_business_day(loan, plus_days(first.due_date, 6));
   REQUIRE(sixth);
-  CHECK(sixth->late_fees == std::vector<LateFee>{{1, 500}});
-  apply(loan, *sixth);
+  CHECK(sixth->late_fees == std::vector<domain::LateFee>{{1, 500}});
+  domain::apply(loan, *sixth);
   for (int day = 7; day < 20; ++day) {
-    const auto later = close_business_day(loan, plus_days(first.due_date, day));
+    const auto later = domain::close_business_day(loan, plus_days(first.due_date, day));
     REQUIRE(later);
     CHECK(later->late_fees.empty());  // once per installment
-    apply(loan, *later);
+    domain::apply(loan, *later);
   }
   CHECK(loan.days_past_due == 19);
   CHECK(loan.amount_due() == first.principal + first.interest + 500);
@@ -124,7 +125,7 @@ TEST_CASE("late: overdue the day after, the late fee once after the grace days, 
 }
 
 TEST_CASE("two installments in arrears: the older is paid first, type by type") {
-  LoanBook loan = active_loan();
+  domain::LoanBook loan = active_loan();
   close_through(loan, plus_days(loan.installments[1].due_date, 10));
   REQUIRE(loan.installments[0].penalty == 500);
   REQUIRE(loan.installments[1].penalty == 500);
@@ -140,7 +141,7 @@ TEST_CASE("two installments in arrears: the older is paid first, type by type") 
 }
 
 TEST_CASE("prepayment beyond what is due shortens the term from the last installment") {
-  LoanBook loan = active_loan();
+  domain::LoanBook loan = active_loan();
   const std::int64_t scheduled = scheduled_interest(loan);
   close_through(loan, loan.installments[0].due_date);
   repay(loan, loan.amount_due());
@@ -169,13 +170,13 @@ TEST_CASE("prepayment beyond what is due shortens the term from the last install
 }
 
 TEST_CASE("paying off early waives the running period's interest and reverses what accrued of it") {
-  LoanBook loan = active_loan();
+  domain::LoanBook loan = active_loan();
   close_through(loan, plus_days(loan.terms.origination_date, 10));
   const std::int64_t accrued = loan.interest_recognised;
   CHECK(accrued > 0);
   CHECK(loan.payoff_amount() == 120'000);
-  CHECK(std::get<RepaymentProblem>(allocate_repayment(loan, 120'001)).refusal == RepaymentRefusal::overpayment);
-  CHECK(std::get<RepaymentProblem>(allocate_repayment(loan, 0)).refusal == RepaymentRefusal::invalid_amount);
+  CHECK(std::get<domain::RepaymentProblem>(domain::allocate_repayment(loan, 120'001)).refusal == RepaymentRefusal::overpayment);
+  CHECK(std::get<domain::RepaymentProblem>(domain::allocate_repayment(loan, 0)).refusal == RepaymentRefusal::invalid_amount);
   const Allocation allocation = repay(loan, 120'000);
   CHECK(allocation.interest_reversed == accrued);
   CHECK(loan.interest_recognised == 0);
@@ -183,74 +184,74 @@ TEST_CASE("paying off early waives the running period's interest and reverses wh
 }
 
 TEST_CASE("write-off: outstanding principal written off, recognised unpaid interest reversed") {
-  LoanBook loan = active_loan();
+  domain::LoanBook loan = active_loan();
   close_through(loan, loan.installments[0].due_date);
   repay(loan, loan.amount_due());
   close_through(loan, plus_days(loan.installments[2].due_date, 40));
   const std::int64_t outstanding = loan.principal_outstanding();
   const std::int64_t unpaid_interest = loan.interest_recognised - loan.installments[0].interest;
-  const auto written = write_off(loan);
+  const auto written = domain::write_off(loan);
   REQUIRE(written);
   CHECK(written->principal == outstanding);
   CHECK(written->interest_reversed == unpaid_interest);
   CHECK(written->penalties_cancelled == 3 * 500);
-  apply(loan, *written);
+  domain::apply(loan, *written);
   CHECK(loan.status == LoanStatus::written_off);
   CHECK(loan.interest_recognised == loan.installments[0].interest);  // what was paid stays
-  CHECK_FALSE(write_off(loan));
-  CHECK_FALSE(close_business_day(loan, plus_days(loan.installments[3].due_date, 1)));
+  CHECK_FALSE(domain::write_off(loan));
+  CHECK_FALSE(domain::close_business_day(loan, plus_days(loan.installments[3].due_date, 1)));
 }
 
 TEST_CASE("close of business: idempotent per date, and many days at once equal day by day") {
-  LoanBook day_by_day = active_loan();
-  LoanBook at_once = active_loan();
+  domain::LoanBook day_by_day = active_loan();
+  domain::LoanBook at_once = active_loan();
   const Date end = plus_days(day_by_day.installments[3].due_date, 9);
-  for (Date day = plus_days(day_by_day.terms.origination_date, 1); day <= end; day = plus_days(day, 1)) {
+  for (domain::Date day = plus_days(day_by_day.terms.origination_date, 1); day <= end; day = plus_days(day, 1)) {
     close_through(day_by_day, day);
-    CHECK_FALSE(close_business_day(day_by_day, day));  // the same date again: nothing
+    CHECK_FALSE(domain::close_business_day(day_by_day, day));  // the same date again: nothing
   }
   close_through(at_once, end);
   CHECK(at_once.interest_recognised == day_by_day.interest_recognised);
   CHECK(at_once.installments == day_by_day.installments);
   CHECK(at_once.days_past_due == day_by_day.days_past_due);
-  CHECK_FALSE(close_business_day(at_once, plus_days(end, -3)));  // an earlier date: nothing
+  CHECK_FALSE(domain::close_business_day(at_once, plus_days(end, -3)));  // an earlier date: nothing
   // Not disbursed: nothing accrues.
-  CHECK_FALSE(close_business_day(originate(standard_terms()), end));
+  CHECK_FALSE(domain::close_business_day(domain::originate(standard_terms()), end));
 }
 
 TEST_CASE("loan terms out of range are refused with the reason") {
-  LoanTerms terms = standard_terms();
-  CHECK_FALSE(loan_terms_problem(terms));
+  domain::LoanTerms terms = standard_terms();
+  CHECK_FALSE(domain::loan_terms_problem(terms));
   terms.first_due = terms.origination_date;
-  CHECK(loan_terms_problem(terms) == "first_due_date must be after the origination date");
+  CHECK(domain::loan_terms_problem(terms) == "first_due_date must be after the origination date");
   terms = standard_terms();
   terms.origination_fee = terms.principal;
-  CHECK(loan_terms_problem(terms).has_value());
+  CHECK(domain::loan_terms_problem(terms).has_value());
   terms = standard_terms();
   terms.late_fee = -1;
-  CHECK(loan_terms_problem(terms) == "fees must not be negative");
+  CHECK(domain::loan_terms_problem(terms) == "fees must not be negative");
   terms = standard_terms();
-  terms.late_fee = schedule_principal_max + 1;
-  CHECK(loan_terms_problem(terms).has_value());
+  terms.late_fee = domain::schedule_principal_max + 1;
+  CHECK(domain::loan_terms_problem(terms).has_value());
   terms = standard_terms();
   terms.grace_days = 366;
-  CHECK(loan_terms_problem(terms).has_value());
+  CHECK(domain::loan_terms_problem(terms).has_value());
   terms = standard_terms();
   terms.installments = 0;
-  CHECK(loan_terms_problem(terms) == "installments must be 1 to 600");
+  CHECK(domain::loan_terms_problem(terms) == "installments must be 1 to 600");
   terms = standard_terms();
   terms.rate_bps = 100'001;
-  CHECK(loan_terms_problem(terms).has_value());
+  CHECK(domain::loan_terms_problem(terms).has_value());
   terms = standard_terms();
   terms.principal = 0;
-  CHECK(loan_terms_problem(terms) == "principal must be positive");
+  CHECK(domain::loan_terms_problem(terms) == "principal must be positive");
 }
 
 TEST_CASE("loan terms: the origination date within 1970-01-01 to 2199-12-31") {
-  LoanTerms terms = standard_terms();
-  terms.origination_date = Date{std::chrono::year(1969), std::chrono::December, std::chrono::day(31)};
-  CHECK(loan_terms_problem(terms).has_value());
+  domain::LoanTerms terms = standard_terms();
+  terms.origination_date = domain::Date{std::chrono::year(1969), std::chrono::December, std::chrono::day(31)};
+  CHECK(domain::loan_terms_problem(terms).has_value());
   terms = standard_terms();
-  terms.first_due = Date{std::chrono::year(2199), std::chrono::June, std::chrono::day(15)};
-  CHECK(loan_terms_problem(terms).has_value());  // its last due date passes 2199-12-31
+  terms.first_due = domain::Date{std::chrono::year(2199), std::chrono::June, std::chrono::day(15)};
+  CHECK(domain::loan_terms_problem(terms).has_value());  // its last due date passes 2199-12-31
 }

@@ -4,9 +4,10 @@
 
 #include <boost/multiprecision/cpp_int.hpp>
 
-#include "ledger/engine/loan_schedule.hpp"
+#include "ledger/domain/loan_schedule.hpp"
 
-using namespace ledger::engine;
+namespace domain = ledger::domain;
+using namespace ledger::domain;
 using Rational = boost::multiprecision::cpp_rational;
 using Integer = boost::multiprecision::cpp_int;
 
@@ -70,7 +71,7 @@ TEST_CASE("schedules equal an exact reference for 980 parameter sets; principals
         for (const std::int64_t p : principals) {
           ++sets;
           INFO(to_string(type) << " P=" << p << " rate=" << rate << " n=" << n);
-          const auto schedule = compute_schedule({p, rate, n, type, date(2026, 1, 31)});
+          const auto schedule = domain::compute_schedule({p, rate, n, type, date(2026, 1, 31)});
           const auto expected = reference_schedule(p, rate, n, type);
           REQUIRE(schedule.size() == static_cast<std::size_t>(n));
           std::int64_t principal_sum = 0;
@@ -90,25 +91,25 @@ TEST_CASE("schedules equal an exact reference for 980 parameter sets; principals
 }
 
 TEST_CASE("known values: 1,000.00 at 12 % over 12 months pays 88.85 a month") {
-  const auto schedule = compute_schedule({100'000, 1'200, 12, ScheduleType::annuity, date(2026, 2, 15)});
+  const auto schedule = domain::compute_schedule({100'000, 1'200, 12, ScheduleType::annuity, date(2026, 2, 15)});
   CHECK(schedule[0].total() == 8'885);
   CHECK(schedule[0].interest == 1'000);
   CHECK(schedule[0].principal == 7'885);
   for (int k = 0; k < 11; ++k) CHECK(schedule[k].total() == 8'885);
   CHECK(schedule[11].due_date == date(2027, 1, 15));
   // Equal principal: 8,333 a month and the last takes 8,337; interest falls with the balance.
-  const auto flat = compute_schedule({100'000, 1'200, 12, ScheduleType::equal_principal, date(2026, 2, 15)});
+  const auto flat = domain::compute_schedule({100'000, 1'200, 12, ScheduleType::equal_principal, date(2026, 2, 15)});
   CHECK(flat[0].principal == 8'333);
   CHECK(flat[11].principal == 8'337);
   CHECK(flat[0].interest == 1'000);
   CHECK(flat[1].interest == 917);  // round(91,667 · 0.01) = round(916.67)
   // Interest-free: round(P / n), the last the remainder.
-  const auto free = compute_schedule({1'000, 0, 3, ScheduleType::annuity, date(2026, 2, 15)});
+  const auto free = domain::compute_schedule({1'000, 0, 3, ScheduleType::annuity, date(2026, 2, 15)});
   CHECK(free[0].principal == 333);
   CHECK(free[2].principal == 334);
   CHECK(free[0].interest == 0);
   // round(P / n) times n - 1 would pass P: later principals are what remains, never negative.
-  const auto tiny = compute_schedule({2, 0, 4, ScheduleType::equal_principal, date(2026, 2, 15)});
+  const auto tiny = domain::compute_schedule({2, 0, 4, ScheduleType::equal_principal, date(2026, 2, 15)});
   CHECK(tiny[0].principal == 1);
   CHECK(tiny[1].principal == 1);
   CHECK(tiny[2].principal == 0);
@@ -116,37 +117,37 @@ TEST_CASE("known values: 1,000.00 at 12 % over 12 months pays 88.85 a month") {
 }
 
 TEST_CASE("terms out of range are refused with what is wrong") {
-  CHECK(schedule_terms_problem({0, 100, 12, ScheduleType::annuity, date(2026, 1, 1)}) == "principal must be positive");
-  CHECK(schedule_terms_problem({10, -1, 12, ScheduleType::annuity, date(2026, 1, 1)}) == "rate_bps must be 0 to 100000");
-  CHECK(schedule_terms_problem({10, 100'001, 12, ScheduleType::annuity, date(2026, 1, 1)}).has_value());
-  CHECK(schedule_terms_problem({10, 100, 0, ScheduleType::annuity, date(2026, 1, 1)}) == "installments must be 1 to 600");
-  CHECK(schedule_terms_problem({10, 100, 601, ScheduleType::annuity, date(2026, 1, 1)}).has_value());
-  CHECK_FALSE(schedule_terms_problem({10, 100'000, 600, ScheduleType::annuity, date(2026, 1, 1)}).has_value());
-  CHECK(schedule_terms_problem({schedule_principal_max + 1, 100, 12, ScheduleType::annuity, date(2026, 1, 1)}) ==
+  CHECK(domain::schedule_terms_problem({0, 100, 12, ScheduleType::annuity, date(2026, 1, 1)}) == "principal must be positive");
+  CHECK(domain::schedule_terms_problem({10, -1, 12, ScheduleType::annuity, date(2026, 1, 1)}) == "rate_bps must be 0 to 100000");
+  CHECK(domain::schedule_terms_problem({10, 100'001, 12, ScheduleType::annuity, date(2026, 1, 1)}).has_value());
+  CHECK(domain::schedule_terms_problem({10, 100, 0, ScheduleType::annuity, date(2026, 1, 1)}) == "installments must be 1 to 600");
+  CHECK(domain::schedule_terms_problem({10, 100, 601, ScheduleType::annuity, date(2026, 1, 1)}).has_value());
+  CHECK_FALSE(domain::schedule_terms_problem({10, 100'000, 600, ScheduleType::annuity, date(2026, 1, 1)}).has_value());
+  CHECK(domain::schedule_terms_problem({domain::schedule_principal_max + 1, 100, 12, ScheduleType::annuity, date(2026, 1, 1)}) ==
         "principal must be at most 10^15 minor units");
-  CHECK_FALSE(schedule_terms_problem({schedule_principal_max, 100'000, 600, ScheduleType::annuity, date(2026, 1, 1)}));
-  CHECK_THROWS_AS((void)compute_schedule({10, 100, 0, ScheduleType::annuity, date(2026, 1, 1)}), std::invalid_argument);
+  CHECK_FALSE(domain::schedule_terms_problem({domain::schedule_principal_max, 100'000, 600, ScheduleType::annuity, date(2026, 1, 1)}));
+  CHECK_THROWS_AS((void)domain::compute_schedule({10, 100, 0, ScheduleType::annuity, date(2026, 1, 1)}), std::invalid_argument);
   // The extremes still compute: 1000 % a year over 600 months.
-  const auto extreme = compute_schedule({1'000'000'000'000, 100'000, 600, ScheduleType::annuity, date(2026, 1, 1)});
+  const auto extreme = domain::compute_schedule({1'000'000'000'000, 100'000, 600, ScheduleType::annuity, date(2026, 1, 1)});
   std::int64_t sum = 0;
   for (const auto& installment : extreme) sum += installment.principal;
   CHECK(sum == 1'000'000'000'000);
 }
 
 TEST_CASE("dates: parsing, month arithmetic clamped to the month's end, day counts") {
-  CHECK(parse_date("2026-02-28") == date(2026, 2, 28));
-  CHECK_FALSE(parse_date("2026-02-29"));
-  CHECK(parse_date("2024-02-29") == date(2024, 2, 29));
+  CHECK(domain::parse_date("2026-02-28") == date(2026, 2, 28));
+  CHECK_FALSE(domain::parse_date("2026-02-29"));
+  CHECK(domain::parse_date("2024-02-29") == date(2024, 2, 29));
   for (const char* bad : {"2026-13-01", "2026-1-01", "20260101", "2026-01-01T00:00", "", "yyyy-mm-dd"}) {
-    CHECK_FALSE(parse_date(bad));
+    CHECK_FALSE(domain::parse_date(bad));
   }
   CHECK(to_string(date(2026, 3, 9)) == "2026-03-09");
-  CHECK(add_months(date(2026, 1, 31), 1) == date(2026, 2, 28));
-  CHECK(add_months(date(2024, 1, 31), 1) == date(2024, 2, 29));
-  CHECK(add_months(date(2026, 1, 31), 2) == date(2026, 3, 31));
-  CHECK(add_months(date(2026, 11, 15), 3) == date(2027, 2, 15));
-  CHECK(days_between(date(2026, 1, 31), date(2026, 3, 1)) == 29);
-  CHECK(days_between(date(2026, 3, 1), date(2026, 1, 31)) == -29);
+  CHECK(domain::add_months(date(2026, 1, 31), 1) == date(2026, 2, 28));
+  CHECK(domain::add_months(date(2024, 1, 31), 1) == date(2024, 2, 29));
+  CHECK(domain::add_months(date(2026, 1, 31), 2) == date(2026, 3, 31));
+  CHECK(domain::add_months(date(2026, 11, 15), 3) == date(2027, 2, 15));
+  CHECK(domain::days_between(date(2026, 1, 31), date(2026, 3, 1)) == 29);
+  CHECK(domain::days_between(date(2026, 3, 1), date(2026, 1, 31)) == -29);
 }
 
 TEST_CASE("accrual spreads a period's interest over its days without drift") {
@@ -154,34 +155,34 @@ TEST_CASE("accrual spreads a period's interest over its days without drift") {
     for (const std::int64_t days : {28L, 29L, 30L, 31L, 1L}) {
       std::int64_t previous = 0;
       for (std::int64_t day = 0; day <= days; ++day) {
-        const std::int64_t accrued = accrued_interest(interest, day, days);
+        const std::int64_t accrued = domain::accrued_interest(interest, day, days);
         CHECK(accrued >= previous);  // never runs backwards
         CHECK(accrued - previous <= interest / days + 1);
         previous = accrued;
       }
       CHECK(previous == interest);  // on the due date: exactly the scheduled interest
-      CHECK(accrued_interest(interest, days + 5, days) == interest);
+      CHECK(domain::accrued_interest(interest, days + 5, days) == interest);
     }
   }
-  CHECK(accrued_interest(1'000, 15, 30) == 500);
-  CHECK(accrued_interest(1'000, 1, 30) == 33);
+  CHECK(domain::accrued_interest(1'000, 15, 30) == 500);
+  CHECK(domain::accrued_interest(1'000, 1, 30) == 33);
 }
 
 TEST_CASE("dates are bounded: every due date of a schedule within 1970-01-01 to 2199-12-31") {
-  CHECK(is_business_date(date(1970, 1, 1)));
-  CHECK(is_business_date(date(2199, 12, 31)));
-  CHECK_FALSE(is_business_date(date(1969, 12, 31)));
-  CHECK_FALSE(is_business_date(date(2200, 1, 1)));
-  CHECK(parse_business_date("2199-12-31") == date(2199, 12, 31));
-  CHECK_FALSE(parse_business_date("9999-06-15"));
-  CHECK_FALSE(parse_business_date("0000-01-01"));
-  CHECK(parse_date("9999-06-15") == date(9999, 6, 15));  // stored events still decode
+  CHECK(domain::is_business_date(date(1970, 1, 1)));
+  CHECK(domain::is_business_date(date(2199, 12, 31)));
+  CHECK_FALSE(domain::is_business_date(date(1969, 12, 31)));
+  CHECK_FALSE(domain::is_business_date(date(2200, 1, 1)));
+  CHECK(domain::parse_business_date("2199-12-31") == date(2199, 12, 31));
+  CHECK_FALSE(domain::parse_business_date("9999-06-15"));
+  CHECK_FALSE(domain::parse_business_date("0000-01-01"));
+  CHECK(domain::parse_date("9999-06-15") == date(9999, 6, 15));  // stored events still decode
   // The last of 12 due dates from 2199-06-15 is 2200-05-15: refused, naming the bound.
-  const auto past = schedule_terms_problem({1'000, 100, 12, ScheduleType::annuity, date(2199, 6, 15)});
+  const auto past = domain::schedule_terms_problem({1'000, 100, 12, ScheduleType::annuity, date(2199, 6, 15)});
   REQUIRE(past);
   CHECK(past->find("2199-12-31") != std::string::npos);
-  CHECK(schedule_terms_problem({1'000, 100, 1, ScheduleType::annuity, date(9999, 6, 15)}).has_value());
-  CHECK(schedule_terms_problem({1'000, 100, 1, ScheduleType::annuity, date(1969, 12, 31)}).has_value());
-  CHECK_FALSE(schedule_terms_problem({1'000, 100, 12, ScheduleType::annuity, date(2199, 1, 31)}));
-  CHECK_FALSE(schedule_terms_problem({1'000, 100, 600, ScheduleType::annuity, date(2150, 1, 1)}));
+  CHECK(domain::schedule_terms_problem({1'000, 100, 1, ScheduleType::annuity, date(9999, 6, 15)}).has_value());
+  CHECK(domain::schedule_terms_problem({1'000, 100, 1, ScheduleType::annuity, date(1969, 12, 31)}).has_value());
+  CHECK_FALSE(domain::schedule_terms_problem({1'000, 100, 12, ScheduleType::annuity, date(2199, 1, 31)}));
+  CHECK_FALSE(domain::schedule_terms_problem({1'000, 100, 600, ScheduleType::annuity, date(2150, 1, 1)}));
 }

@@ -10,6 +10,7 @@
 #include "ledger/replay/replay.hpp"
 
 using namespace ledger;
+using namespace ledger::domain;
 using namespace ledger::engine;
 using test::command;
 using test::eur;
@@ -39,8 +40,8 @@ OriginateLoan loan_command(std::string id) {
 struct LoanLedger {
   explicit LoanLedger(const test::TestDatabase& database)
       : url(database.app_url()), engine(test::engine_settings(database)), pool(make_pool(database.app_url())) {
-    REQUIRE(engine.execute(command(OpenAccount{"alice", eur()})).accepted());
-    REQUIRE(engine.execute(command(Deposit{"alice", Amount(500'000)})).accepted());
+    REQUIRE(engine.execute(command(domain::OpenAccount{"alice", eur()})).accepted());
+    REQUIRE(engine.execute(command(domain::Deposit{"alice", Amount(500'000)})).accepted());
   }
   static db::ConnectionPool make_pool(const std::string& url) {
     db::PoolSettings settings;
@@ -83,13 +84,13 @@ struct LoanLedger {
 TEST_CASE("a loan's life through the engine: fold equals the rules, books balance after every step") {
   test::TestDatabase database;
   LoanLedger ledger(database);
-  const std::string receivable = system_account_id(SystemAccount::loan_receivable, "EUR");
-  const std::string interest_income = system_account_id(SystemAccount::interest_income, "EUR");
-  const std::string fee_income = system_account_id(SystemAccount::fee_income, "EUR");
-  const std::string expense = system_account_id(SystemAccount::write_off_expense, "EUR");
+  const std::string receivable = domain::system_account_id(SystemAccount::loan_receivable, "EUR");
+  const std::string interest_income = domain::system_account_id(SystemAccount::interest_income, "EUR");
+  const std::string fee_income = domain::system_account_id(SystemAccount::fee_income, "EUR");
+  const std::string expense = domain::system_account_id(SystemAccount::write_off_expense, "EUR");
 
   ledger.ok(loan_command("L1"));
-  LoanBook expected = originate({120'000, 1'200, 12, ScheduleType::annuity, date(2026, 1, 15), date(2026, 2, 15), 1'000, 500, 5});
+  domain::LoanBook expected = domain::originate({120'000, 1'200, 12, ScheduleType::annuity, date(2026, 1, 15), date(2026, 2, 15), 1'000, 500, 5});
   auto same = [&] {
     const auto loan = ledger.engine.read_loan("L1");
     REQUIRE(loan);
@@ -99,8 +100,8 @@ TEST_CASE("a loan's life through the engine: fold equals the rules, books balanc
   };
   same();
 
-  ledger.ok(DisburseLoan{"L1"});
-  apply(expected, disbursement(expected));
+  ledger.ok(domain::DisburseLoan{"L1"});
+  apply(expected, domain::disbursement(expected));
   same();
   CHECK(ledger.balance("alice") == 500'000 + 119'000);
   CHECK(ledger.balance(receivable) == -120'000);
@@ -108,51 +109,51 @@ TEST_CASE("a loan's life through the engine: fold equals the rules, books balanc
 
   // On time: close of business on the first due date, then pay it.
   const Date first_due = expected.installments[0].due_date;
-  ledger.ok(CloseLoanBusinessDay{"L1", to_string(first_due)});
-  apply(expected, *close_business_day(expected, first_due));
+  ledger.ok(domain::CloseLoanBusinessDay{"L1", to_string(first_due)});
+  apply(expected, *domain::close_business_day(expected, first_due));
   const std::int64_t first = expected.amount_due();
-  ledger.ok(RepayLoan{"L1", Amount(first), "r1"});
-  apply(expected, std::get<Allocation>(allocate_repayment(expected, first)));
+  ledger.ok(domain::RepayLoan{"L1", Amount(first), "r1"});
+  apply(expected, std::get<domain::Allocation>(domain::allocate_repayment(expected, first)));
   same();
   CHECK(ledger.balance(interest_income) == expected.installments[0].interest);
 
   // Close of business again for the same date: accepted, nothing written.
   const auto head = ledger.head();
-  ledger.ok(CloseLoanBusinessDay{"L1", to_string(first_due)});
+  ledger.ok(domain::CloseLoanBusinessDay{"L1", to_string(first_due)});
   CHECK(ledger.head() == head);
 
   // Late: ten days past the second due date, with the late fee; then paid, the fee first.
   const Date late = plus_days(expected.installments[1].due_date, 10);
-  ledger.ok(CloseLoanBusinessDay{"L1", to_string(late)});
+  ledger.ok(domain::CloseLoanBusinessDay{"L1", to_string(late)});
   apply(expected, *close_business_day(expected, late));
   same();
   CHECK(expected.installments[1].penalty == 500);
   CHECK(expected.days_past_due == 10);
   const std::int64_t arrears = expected.amount_due();
-  ledger.ok(RepayLoan{"L1", Amount(arrears - 1), "r2"});  // a partial payment
-  apply(expected, std::get<Allocation>(allocate_repayment(expected, arrears - 1)));
+  ledger.ok(domain::RepayLoan{"L1", Amount(arrears - 1), "r2"});  // a partial payment
+  apply(expected, std::get<domain::Allocation>(allocate_repayment(expected, arrears - 1)));
   same();
   CHECK(ledger.balance(fee_income) == 1'000 + 500);
 
   // Prepayment beyond what is due: the last installments' principal, the term shortens.
   const std::int64_t prepaid = 1 + expected.installments[11].principal + expected.installments[10].principal;
-  ledger.ok(RepayLoan{"L1", Amount(prepaid), "r3"});
-  apply(expected, std::get<Allocation>(allocate_repayment(expected, prepaid)));
+  ledger.ok(domain::RepayLoan{"L1", Amount(prepaid), "r3"});
+  apply(expected, std::get<domain::Allocation>(allocate_repayment(expected, prepaid)));
   same();
   CHECK(expected.installments[11].interest_waived);
 
   // Write-off: the rest of the principal to expense; the receivable is cleared.
-  ledger.ok(CloseLoanBusinessDay{"L1", to_string(plus_days(expected.installments[4].due_date, 3))});
+  ledger.ok(domain::CloseLoanBusinessDay{"L1", to_string(plus_days(expected.installments[4].due_date, 3))});
   apply(expected, *close_business_day(expected, plus_days(expected.installments[4].due_date, 3)));
   const std::int64_t outstanding = expected.principal_outstanding();
-  ledger.ok(WriteOffLoan{"L1"});
-  apply(expected, *write_off(expected));
+  ledger.ok(domain::WriteOffLoan{"L1"});
+  apply(expected, *domain::write_off(expected));
   same();
   CHECK(expected.status == LoanStatus::written_off);
   CHECK(ledger.balance(expense) == -outstanding);
   CHECK(ledger.balance(receivable) == 0);
-  ledger.refused(RepayLoan{"L1", Amount(1), "r4"}, RejectionCode::loan_not_active);
-  ledger.refused(WriteOffLoan{"L1"}, RejectionCode::loan_not_active);
+  ledger.refused(domain::RepayLoan{"L1", Amount(1), "r4"}, RejectionCode::loan_not_active);
+  ledger.refused(domain::WriteOffLoan{"L1"}, RejectionCode::loan_not_active);
 }
 
 TEST_CASE("a loan repaid on time closes as repaid and clears the receivable") {
@@ -162,17 +163,17 @@ TEST_CASE("a loan repaid on time closes as repaid and clears the receivable") {
   small.installments = 3;
   small.origination_fee = Amount(0);
   ledger.ok(small);
-  ledger.ok(DisburseLoan{"L2"});
+  ledger.ok(domain::DisburseLoan{"L2"});
   for (int k = 0; k < 3; ++k) {
     const auto loan = ledger.engine.read_loan("L2").value();
     const Date due = loan.book.installments[static_cast<std::size_t>(k)].due_date;
-    ledger.ok(CloseLoanBusinessDay{"L2", to_string(due)});
+    ledger.ok(domain::CloseLoanBusinessDay{"L2", to_string(due)});
     const auto now_due = ledger.engine.read_loan("L2").value().book.amount_due();
-    ledger.ok(RepayLoan{"L2", Amount(now_due), "p" + std::to_string(k)});
+    ledger.ok(domain::RepayLoan{"L2", Amount(now_due), "p" + std::to_string(k)});
   }
   const auto loan = ledger.engine.read_loan("L2").value();
   CHECK(loan.book.status == LoanStatus::repaid);
-  CHECK(ledger.balance(system_account_id(SystemAccount::loan_receivable, "EUR")) == 0);
+  CHECK(ledger.balance(domain::system_account_id(SystemAccount::loan_receivable, "EUR")) == 0);
   ledger.check_books_balance();
 }
 
@@ -197,17 +198,17 @@ TEST_CASE("bad loan input gets its own code and writes nothing") {
 
   ledger.ok(loan_command("L3"));
   ledger.refused(loan_command("L3"), RejectionCode::duplicate_id);
-  ledger.refused(RepayLoan{"L3", Amount(10), "r"}, RejectionCode::loan_not_active);  // not disbursed
-  ledger.ok(DisburseLoan{"L3"});
-  ledger.refused(DisburseLoan{"L3"}, RejectionCode::loan_already_disbursed);
-  ledger.refused(RepayLoan{"L3", Amount(120'001), "r"}, RejectionCode::overpayment);
-  ledger.refused(RepayLoan{"L3", Amount(0), "r"}, RejectionCode::invalid_amount);
-  ledger.refused(RepayLoan{"nope", Amount(10), "r"}, RejectionCode::unknown_loan);
-  ledger.refused(CloseLoanBusinessDay{"L3", "2026-13-01"}, RejectionCode::invalid_date);
-  ledger.refused(CloseLoanBusinessDay{"nope", "2026-03-01"}, RejectionCode::unknown_loan);
+  ledger.refused(domain::RepayLoan{"L3", Amount(10), "r"}, RejectionCode::loan_not_active);  // not disbursed
+  ledger.ok(domain::DisburseLoan{"L3"});
+  ledger.refused(domain::DisburseLoan{"L3"}, RejectionCode::loan_already_disbursed);
+  ledger.refused(domain::RepayLoan{"L3", Amount(120'001), "r"}, RejectionCode::overpayment);
+  ledger.refused(domain::RepayLoan{"L3", Amount(0), "r"}, RejectionCode::invalid_amount);
+  ledger.refused(domain::RepayLoan{"nope", Amount(10), "r"}, RejectionCode::unknown_loan);
+  ledger.refused(domain::CloseLoanBusinessDay{"L3", "2026-13-01"}, RejectionCode::invalid_date);
+  ledger.refused(domain::CloseLoanBusinessDay{"nope", "2026-03-01"}, RejectionCode::unknown_loan);
   // The borrower cannot pay what it does not have: insufficient funds, nothing written.
-  REQUIRE(ledger.engine.execute(command(Withdrawal{"alice", Amount(ledger.balance("alice"))})).accepted());
-  ledger.refused(RepayLoan{"L3", Amount(10), "r"}, RejectionCode::insufficient_funds);
+  REQUIRE(ledger.engine.execute(command(domain::Withdrawal{"alice", Amount(ledger.balance("alice"))})).accepted());
+  ledger.refused(domain::RepayLoan{"L3", Amount(10), "r"}, RejectionCode::insufficient_funds);
   ledger.check_books_balance();
 }
 
@@ -217,15 +218,15 @@ TEST_CASE("close of business over many loans: once per date, and a run cut short
   constexpr int loans = 30;
   for (int i = 0; i < loans; ++i) {
     ledger.ok(loan_command("M" + std::to_string(i)));
-    ledger.ok(DisburseLoan{"M" + std::to_string(i)});
+    ledger.ok(domain::DisburseLoan{"M" + std::to_string(i)});
   }
-  LoanBook expected = originate({120'000, 1'200, 12, ScheduleType::annuity, date(2026, 1, 15), date(2026, 2, 15), 1'000, 500, 5});
-  apply(expected, disbursement(expected));
+  domain::LoanBook expected = domain::originate({120'000, 1'200, 12, ScheduleType::annuity, date(2026, 1, 15), date(2026, 2, 15), 1'000, 500, 5});
+  apply(expected, domain::disbursement(expected));
   const Date day = date(2026, 2, 25);  // past the first due date and its grace days
-  apply(expected, *close_business_day(expected, day));
+  apply(expected, *domain::close_business_day(expected, day));
 
   // A run cut short: the first third of the loans closed by hand, as a killed run leaves them.
-  for (int i = 0; i < loans / 3; ++i) ledger.ok(CloseLoanBusinessDay{"M" + std::to_string(i), to_string(day)});
+  for (int i = 0; i < loans / 3; ++i) ledger.ok(domain::CloseLoanBusinessDay{"M" + std::to_string(i), to_string(day)});
   const EventStore store(ledger.pool);
   std::int64_t last_progress = 0;
   const auto rerun = close_of_business(ledger.engine, store, day, {16, 7}, [&](std::int64_t visited) { last_progress = visited; });
@@ -262,23 +263,23 @@ TEST_CASE("issue 13: a retried repayment charges once; the same repayment id wit
   test::TestDatabase database;
   LoanLedger ledger(database);
   ledger.ok(loan_command("L1"));
-  ledger.ok(DisburseLoan{"L1"});
-  ledger.ok(CloseLoanBusinessDay{"L1", "2026-02-15"});
+  ledger.ok(domain::DisburseLoan{"L1"});
+  ledger.ok(domain::CloseLoanBusinessDay{"L1", "2026-02-15"});
   const std::int64_t interest = ledger.engine.read_loan("L1")->book.installments[0].interest;
-  const auto first = ledger.run(RepayLoan{"L1", Amount(interest), "r1"});
+  const auto first = ledger.run(domain::RepayLoan{"L1", Amount(interest), "r1"});
   REQUIRE(first.accepted());
   const auto head = ledger.head();
   const auto balance = ledger.balance("alice");
   const auto loan = ledger.engine.read_loan("L1");
 
-  const auto again = ledger.run(RepayLoan{"L1", Amount(interest), "r1"});
+  const auto again = ledger.run(domain::RepayLoan{"L1", Amount(interest), "r1"});
   CHECK_MESSAGE(again.accepted(), again.detail);
   CHECK(again.resource_ids == std::vector<std::string>{"r1"});
   CHECK(ledger.head() == head);  // no second transfer
   CHECK(ledger.balance("alice") == balance);
   CHECK(ledger.engine.read_loan("L1") == loan);
 
-  ledger.refused(RepayLoan{"L1", Amount(interest + 1), "r1"}, RejectionCode::duplicate_id);
+  ledger.refused(domain::RepayLoan{"L1", Amount(interest + 1), "r1"}, RejectionCode::duplicate_id);
   CHECK(ledger.balance("alice") == balance);
   ledger.check_books_balance();
 }
@@ -286,13 +287,13 @@ TEST_CASE("issue 13: a retried repayment charges once; the same repayment id wit
 TEST_CASE("issue 13: a teller's transfer named like a derived id cannot block a loan") {
   test::TestDatabase database;
   LoanLedger ledger(database);
-  ledger.ok(OpenAccount{"bob", eur()});
-  ledger.ok(Transfer{"L1.d", "alice", "bob", Amount(1), eur()});
-  ledger.ok(Transfer{"L1.f", "alice", "bob", Amount(1), eur()});
+  ledger.ok(domain::OpenAccount{"bob", eur()});
+  ledger.ok(domain::Transfer{"L1.d", "alice", "bob", Amount(1), eur()});
+  ledger.ok(domain::Transfer{"L1.f", "alice", "bob", Amount(1), eur()});
   ledger.ok(loan_command("L1"));
-  ledger.ok(DisburseLoan{"L1"});
+  ledger.ok(domain::DisburseLoan{"L1"});
   CHECK(ledger.balance("alice") == 500'000 - 2 + 119'000);
-  ledger.refused(Transfer{derived_id("L2", "disbursement"), "alice", "bob", Amount(1), eur()}, RejectionCode::invalid_id);
+  ledger.refused(domain::Transfer{domain::derived_id("L2", "disbursement"), "alice", "bob", Amount(1), eur()}, RejectionCode::invalid_id);
   ledger.check_books_balance();
 }
 
@@ -300,14 +301,14 @@ TEST_CASE("issue 13: transfers and holds naming a system account are refused wit
   test::TestDatabase database;
   LoanLedger ledger(database);
   ledger.ok(loan_command("L1"));
-  ledger.ok(DisburseLoan{"L1"});
-  const std::string receivable = system_account_id(SystemAccount::loan_receivable, "EUR");
-  const std::string fee_income = system_account_id(SystemAccount::fee_income, "EUR");
-  ledger.refused(Transfer{"steal", receivable, "alice", Amount(1'000), eur()}, RejectionCode::system_account);
-  ledger.refused(Transfer{"pay", "alice", fee_income, Amount(1'000), eur()}, RejectionCode::system_account);
-  ledger.refused(PlaceHold{"hold", receivable, "alice", Amount(1'000), eur()}, RejectionCode::system_account);
-  Command batch = command(Deposit{"alice", Amount(1)});
-  batch.body = CommandBody{LinkedCommands{{Deposit{"alice", Amount(1)}, Transfer{"t", fee_income, "alice", Amount(1), eur()}}}};
+  ledger.ok(domain::DisburseLoan{"L1"});
+  const std::string receivable = domain::system_account_id(SystemAccount::loan_receivable, "EUR");
+  const std::string fee_income = domain::system_account_id(SystemAccount::fee_income, "EUR");
+  ledger.refused(domain::Transfer{"steal", receivable, "alice", Amount(1'000), eur()}, RejectionCode::system_account);
+  ledger.refused(domain::Transfer{"pay", "alice", fee_income, Amount(1'000), eur()}, RejectionCode::system_account);
+  ledger.refused(domain::PlaceHold{"hold", receivable, "alice", Amount(1'000), eur()}, RejectionCode::system_account);
+  domain::Command batch = command(domain::Deposit{"alice", Amount(1)});
+  batch.body = domain::CommandBody{domain::LinkedCommands{{domain::Deposit{"alice", Amount(1)}, domain::Transfer{"t", fee_income, "alice", Amount(1), eur()}}}};
   const auto before = ledger.head();
   CHECK(ledger.engine.execute(std::move(batch)).code == RejectionCode::system_account);
   CHECK(ledger.head() == before);
@@ -322,15 +323,15 @@ TEST_CASE("a day close is never skipped on a loan state another engine has chang
     settings.decide_while_committing = pipelined;
     Engine a(settings);
     Engine b(settings);
-    REQUIRE(a.execute(command(OpenAccount{"alice", eur()})).accepted());
+    REQUIRE(a.execute(command(domain::OpenAccount{"alice", eur()})).accepted());
     REQUIRE(a.execute(command(loan_command("L1"))).accepted());
     // b caches L1 as originated: closing a day of it has nothing to do and writes nothing.
-    const auto early = b.execute(command(CloseLoanBusinessDay{"L1", "2026-01-20"}));
+    const auto early = b.execute(command(domain::CloseLoanBusinessDay{"L1", "2026-01-20"}));
     REQUIRE(early.accepted());
     CHECK(early.position.value() == 0);
     // a disburses it; b's day close must see an active loan, not skip it from its cache.
-    REQUIRE(a.execute(command(DisburseLoan{"L1"})).accepted());
-    const auto closed = b.execute(command(CloseLoanBusinessDay{"L1", "2026-02-20"}));
+    REQUIRE(a.execute(command(domain::DisburseLoan{"L1"})).accepted());
+    const auto closed = b.execute(command(domain::CloseLoanBusinessDay{"L1", "2026-02-20"}));
     REQUIRE_MESSAGE(closed.accepted(), closed.detail);
     CHECK(closed.position.value() > 0);
     Engine fresh(settings);

@@ -23,6 +23,7 @@
 #include "pg_fault_proxy.hpp"
 
 using namespace ledger;
+using namespace ledger::domain;
 using namespace ledger::engine;
 using namespace std::chrono_literals;
 using test::command;
@@ -75,7 +76,7 @@ struct History {
   }
 };
 
-Told classify(std::future<CommandOutcome>& future) {
+Told classify(std::future<domain::CommandOutcome>& future) {
   try {
     const auto outcome = future.get();
     return outcome.accepted() ? Told::accepted : Told::rejected;
@@ -104,7 +105,7 @@ void run_scenario(const Scenario& scenario) {
   {
     Engine engine(settings);
     for (int i = 0; i < accounts_count; ++i) {
-      REQUIRE(engine.execute(command(OpenAccount{account_id(i), eur()})).accepted());
+      REQUIRE(engine.execute(command(domain::OpenAccount{account_id(i), eur()})).accepted());
     }
 
     // Clients keep deposits in flight; once the load runs, the next COMMIT is faulted.
@@ -119,7 +120,7 @@ void run_scenario(const Scenario& scenario) {
         const bool named = scenario.keyed && c % 2 == 0;
         while (!stop_load) {
           std::vector<std::pair<std::string, int>> ids;
-          std::vector<std::future<CommandOutcome>> futures;
+          std::vector<std::future<domain::CommandOutcome>> futures;
           for (int k = 0; k < commands_in_flight_per_client; ++k, ++n) {
             const std::string id = fmt::format("c{}-{}", c, n);
             const int account = (c + n) % accounts_count;
@@ -296,12 +297,12 @@ TEST_CASE("the in-doubt check ends the committing session before it asks, so a l
     settings.database_url = proxy.url("ledger_app", database.name());
     settings.decide_while_committing = pipelined;
     Engine engine(settings);
-    REQUIRE(engine.execute(command(OpenAccount{"alice", eur()})).accepted());
+    REQUIRE(engine.execute(command(domain::OpenAccount{"alice", eur()})).accepted());
     // Every stream the deposit touches is cached, so the COMMIT faulted is the append's.
-    REQUIRE(engine.execute(command(Deposit{"alice", Amount(1)})).accepted());
+    REQUIRE(engine.execute(command(domain::Deposit{"alice", Amount(1)})).accepted());
     // The COMMIT reaches the session 1.5 s after the engine saw the connection fail.
     proxy.fault_next_commit(test::PgFaultProxy::CommitFault::delay_commit, 1'500ms);
-    const auto outcome = engine.execute(command(Deposit{"alice", Amount(100)}));
+    const auto outcome = engine.execute(command(domain::Deposit{"alice", Amount(100)}));
     CHECK(proxy.commits_faulted() == 1);
     CHECK_MESSAGE(outcome.accepted(), outcome.detail);
     std::this_thread::sleep_for(2'000ms);  // past the late COMMIT
@@ -321,17 +322,17 @@ TEST_CASE("a session stranded mid-commit, which the in-doubt check could not end
   settings.database_url = proxy.url("ledger_app", database.name());
   settings.connection_retries_max = 1;
   Engine engine(settings);
-  REQUIRE(engine.execute(command(OpenAccount{"alice", eur()})).accepted());
-  REQUIRE(engine.execute(command(Deposit{"alice", Amount(1)})).accepted());
+  REQUIRE(engine.execute(command(domain::OpenAccount{"alice", eur()})).accepted());
+  REQUIRE(engine.execute(command(domain::Deposit{"alice", Amount(1)})).accepted());
   // The COMMIT never arrives and its session stays open, holding the head row, while the
   // database is unreachable for longer than the in-doubt check tries (about 3.3 s).
   proxy.fault_next_commit(test::PgFaultProxy::CommitFault::strand_session, 5'000ms);
-  auto lost = engine.submit(command(Deposit{"alice", Amount(100)}));
+  auto lost = engine.submit(command(domain::Deposit{"alice", Amount(100)}));
   CHECK_THROWS_AS(lost.get(), OutcomeUnknown);
   while (proxy.down()) std::this_thread::sleep_for(20ms);
   // The server ends the stranded session (idle in transaction, 10 s) and appends go on; without
   // that they would wait out their statement timeout behind it, again and again.
-  const auto after = engine.execute(command(Deposit{"alice", Amount(10)}));
+  const auto after = engine.execute(command(domain::Deposit{"alice", Amount(10)}));
   CHECK_MESSAGE(after.accepted(), after.detail);
   CHECK(engine.read_account("alice")->credits_posted == Amount(11));
   CHECK(test::scalar(database.admin_url(),

@@ -23,6 +23,7 @@
 #include "ledger/engine/snapshot_store.hpp"
 
 using namespace ledger;
+using namespace ledger::domain;
 using namespace ledger::engine;
 using test::command;
 using test::eur;
@@ -30,8 +31,8 @@ using test::eur;
 namespace {
 
 void open_and_fund(Engine& engine, const std::string& id, std::int64_t amount) {
-  REQUIRE(engine.execute(command(OpenAccount{id, eur()})).accepted());
-  if (amount > 0) REQUIRE(engine.execute(command(Deposit{id, Amount(amount)})).accepted());
+  REQUIRE(engine.execute(command(domain::OpenAccount{id, eur()})).accepted());
+  if (amount > 0) REQUIRE(engine.execute(command(domain::Deposit{id, Amount(amount)})).accepted());
 }
 
 db::PoolSettings pool_settings(const std::string& url) {
@@ -48,7 +49,7 @@ TEST_CASE("appends get dense positions, dense versions and a verifiable hash cha
   Engine engine(test::engine_settings(database));
   open_and_fund(engine, "alice", 10'000);
   open_and_fund(engine, "bob", 0);
-  const auto outcome = engine.execute(command(Transfer{"t1", "alice", "bob", Amount(2'500), eur()}));
+  const auto outcome = engine.execute(command(domain::Transfer{"t1", "alice", "bob", Amount(2'500), eur()}));
   REQUIRE(outcome.accepted());
   // Transfer stream, alice, bob: three events, the last one at the command's position.
   CHECK(outcome.versions.size() == 3);
@@ -85,13 +86,13 @@ TEST_CASE("commit_wait_max gathers what is submitted at once into one large batc
   open_and_fund(engine, "alice", 1'000'000);
   open_and_fund(engine, "bob", 0);
   // 400 transfers at once: one batch of 1,200 events.
-  std::vector<std::future<CommandOutcome>> outcomes;
+  std::vector<std::future<domain::CommandOutcome>> outcomes;
   for (int i = 0; i < 400; ++i) {
-    outcomes.push_back(engine.submit(command(Transfer{"", "alice", "bob", Amount(1 + i), eur()})));
+    outcomes.push_back(engine.submit(command(domain::Transfer{"", "alice", "bob", Amount(1 + i), eur()})));
   }
   for (auto& outcome : outcomes) REQUIRE(outcome.get().accepted());
   // Then one transfer on its own: a batch of three events.
-  REQUIRE(engine.execute(command(Transfer{"", "bob", "alice", Amount(7), eur()})).accepted());
+  REQUIRE(engine.execute(command(domain::Transfer{"", "bob", "alice", Amount(7), eur()})).accepted());
 
   const auto stats = engine.stats();
   const auto& bounds = stats.batch_commands.upper_bounds();
@@ -118,13 +119,13 @@ TEST_CASE("the same idempotency key and request answers the first outcome; anoth
   open_and_fund(engine, "alice", 1'000);
   const auto events_before = test::scalar(database.app_url(), "SELECT count(*) FROM events");
 
-  const auto first = engine.execute(command(Withdrawal{"alice", Amount(300)}, "key-1", "withdraw 300"));
+  const auto first = engine.execute(command(domain::Withdrawal{"alice", Amount(300)}, "key-1", "withdraw 300"));
   REQUIRE(first.accepted());
   CHECK_FALSE(first.replayed);
   const auto events_after_first = test::scalar(database.app_url(), "SELECT count(*) FROM events");
   CHECK(events_after_first == events_before + 3);
 
-  const auto again = engine.execute(command(Withdrawal{"alice", Amount(300)}, "key-1", "withdraw 300"));
+  const auto again = engine.execute(command(domain::Withdrawal{"alice", Amount(300)}, "key-1", "withdraw 300"));
   CHECK(again.accepted());
   CHECK(again.replayed);
   CHECK(again.command_id == first.command_id);
@@ -132,7 +133,7 @@ TEST_CASE("the same idempotency key and request answers the first outcome; anoth
   CHECK(again.versions == first.versions);
   CHECK(again.resource_ids == first.resource_ids);
 
-  const auto other = engine.execute(command(Withdrawal{"alice", Amount(500)}, "key-1", "withdraw 500"));
+  const auto other = engine.execute(command(domain::Withdrawal{"alice", Amount(500)}, "key-1", "withdraw 500"));
   CHECK(other.code == RejectionCode::idempotency_key_reused);
   CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM events") == events_after_first);
   CHECK(engine.read_account("alice")->balance() == Amount(700));
@@ -140,21 +141,21 @@ TEST_CASE("the same idempotency key and request answers the first outcome; anoth
   // A second engine (another instance, empty cache) answers the same from the store.
   Engine other_instance(test::engine_settings(database));
   const auto from_other =
-      other_instance.execute(command(Withdrawal{"alice", Amount(300)}, "key-1", "withdraw 300"));
+      other_instance.execute(command(domain::Withdrawal{"alice", Amount(300)}, "key-1", "withdraw 300"));
   CHECK(from_other.replayed);
   CHECK(from_other.position == first.position);
 
   // A rejection is remembered too: retrying it gives the same answer even after funds arrive.
-  const auto refused = engine.execute(command(Withdrawal{"alice", Amount(5'000)}, "key-2", "w 5000"));
+  const auto refused = engine.execute(command(domain::Withdrawal{"alice", Amount(5'000)}, "key-2", "w 5000"));
   CHECK(refused.code == RejectionCode::insufficient_funds);
-  REQUIRE(engine.execute(command(Deposit{"alice", Amount(10'000)})).accepted());
-  const auto refused_again = engine.execute(command(Withdrawal{"alice", Amount(5'000)}, "key-2", "w 5000"));
+  REQUIRE(engine.execute(command(domain::Deposit{"alice", Amount(10'000)})).accepted());
+  const auto refused_again = engine.execute(command(domain::Withdrawal{"alice", Amount(5'000)}, "key-2", "w 5000"));
   CHECK(refused_again.code == RejectionCode::insufficient_funds);
   CHECK(refused_again.replayed);
 
   // The same key twice inside one batch: one set of events.
-  auto a = engine.submit(command(Withdrawal{"alice", Amount(1)}, "key-3", "w 1"));
-  auto b = engine.submit(command(Withdrawal{"alice", Amount(1)}, "key-3", "w 1"));
+  auto a = engine.submit(command(domain::Withdrawal{"alice", Amount(1)}, "key-3", "w 1"));
+  auto b = engine.submit(command(domain::Withdrawal{"alice", Amount(1)}, "key-3", "w 1"));
   const auto outcome_a = a.get();
   const auto outcome_b = b.get();
   CHECK(outcome_a.accepted());
@@ -184,7 +185,7 @@ TEST_CASE("a batch whose connection dies before commit leaves nothing behind; th
         "EXECUTE FUNCTION slow_insert()");
     work.commit();
   }
-  auto pending = engine.submit(command(Transfer{"t-crash", "alice", "bob", Amount(100), eur()}));
+  auto pending = engine.submit(command(domain::Transfer{"t-crash", "alice", "bob", Amount(100), eur()}));
   {
     pqxx::connection admin(database.admin_url());
     int killed = 0;
@@ -208,7 +209,7 @@ TEST_CASE("a batch whose connection dies before commit leaves nothing behind; th
   CHECK(outcome.accepted());
   CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM events") == events_before + 3);
   CHECK(test::scalar(database.app_url(), "SELECT max(position) FROM events") == events_before + 3);
-  CHECK(engine.execute(command(Transfer{"t-after", "alice", "bob", Amount(100), eur()})).accepted());
+  CHECK(engine.execute(command(domain::Transfer{"t-after", "alice", "bob", Amount(100), eur()})).accepted());
   CHECK(engine.read_account("bob")->balance() == Amount(200));
 }
 
@@ -218,7 +219,7 @@ TEST_CASE("tampering with a stored event is found by re-verifying the chain") {
     Engine engine(test::engine_settings(database));
     open_and_fund(engine, "alice", 1'000);
     open_and_fund(engine, "bob", 500);
-    REQUIRE(engine.execute(command(Transfer{"t1", "alice", "bob", Amount(10), eur()})).accepted());
+    REQUIRE(engine.execute(command(domain::Transfer{"t1", "alice", "bob", Amount(10), eur()})).accepted());
   }
   db::ConnectionPool pool(pool_settings(database.app_url()));
   EventStore store(pool);
@@ -325,7 +326,7 @@ std::string describe(const CommandOutcome& outcome) {
   return text;
 }
 
-std::string describe(const std::optional<AccountState>& account) {
+std::string describe(const std::optional<domain::AccountState>& account) {
   if (!account) return "no such account";
   const auto available = account->available();
   return fmt::format("{} posted -{} +{} pending -{} +{} holds {} available {} version {}",
@@ -368,18 +369,18 @@ Transcript play(EngineSettings settings, const std::function<void(Pause)>& betwe
   };
 
   stage([&](Engine& engine) {
-    REQUIRE(engine.execute(command(OpenAccount{"sink", eur()})).accepted());
+    REQUIRE(engine.execute(command(domain::OpenAccount{"sink", eur()})).accepted());
     for (const auto& id : snapshot_accounts) {
-      REQUIRE(engine.execute(command(OpenAccount{id, eur()})).accepted());
+      REQUIRE(engine.execute(command(domain::OpenAccount{id, eur()})).accepted());
       transcript.push_back("deposit " + id + ": " +
-                           describe(engine.execute(command(Deposit{id, Amount(1'000)}))));
+                           describe(engine.execute(command(domain::Deposit{id, Amount(1'000)}))));
       for (int i = 0; i < 3; ++i) {
         transcript.push_back(
             "transfer " + id + ": " +
-            describe(engine.execute(command(Transfer{"", id, "sink", Amount(10), eur()}))));
+            describe(engine.execute(command(domain::Transfer{"", id, "sink", Amount(10), eur()}))));
       }
       transcript.push_back("hold " + id + ": " +
-                           describe(engine.execute(command(PlaceHold{
+                           describe(engine.execute(command(domain::PlaceHold{
                                "history-" + id + "-1", id, "sink", Amount(100), eur()}))));
     }
   });
@@ -389,14 +390,14 @@ Transcript play(EngineSettings settings, const std::function<void(Pause)>& betwe
       for (int i = 0; i < 3; ++i) {
         transcript.push_back(
             "transfer " + id + ": " +
-            describe(engine.execute(command(Transfer{"", id, "sink", Amount(10), eur()}))));
+            describe(engine.execute(command(domain::Transfer{"", id, "sink", Amount(10), eur()}))));
       }
       transcript.push_back("hold " + id + ": " +
                            describe(engine.execute(command(
-                               PlaceHold{"history-" + id + "-2", id, "sink", Amount(50), eur()}))));
+                               domain::PlaceHold{"history-" + id + "-2", id, "sink", Amount(50), eur()}))));
       transcript.push_back(
           "post " + id + ": " +
-          describe(engine.execute(command(PostHold{"history-" + id + "-1", std::nullopt}))));
+          describe(engine.execute(command(domain::PostHold{"history-" + id + "-1", std::nullopt}))));
     }
   });
   between(Pause::history_done);
@@ -416,43 +417,43 @@ Transcript play(EngineSettings settings, const std::function<void(Pause)>& betwe
       for (const auto& id : snapshot_accounts) {
         INFO(round << " " << id);
         transcript.push_back(round + " state of " + id + ": " + describe(engine.read_account(id)));
-        ask("deposit to " + id, Deposit{id, Amount(300)});
+        ask("deposit to " + id, domain::Deposit{id, Amount(300)});
         const std::int64_t before_hold = available(id);
         CHECK(ask("withdraw one more than available from " + id,
-                  Withdrawal{id, Amount(before_hold + 1)})
+                  domain::Withdrawal{id, Amount(before_hold + 1)})
                   .code == RejectionCode::insufficient_funds);
         const std::string hold_id = round + "-" + id;
         CHECK(ask("hold half of " + id,
-                  PlaceHold{hold_id, id, "sink", Amount(before_hold / 2), eur()})
+                  domain::PlaceHold{hold_id, id, "sink", Amount(before_hold / 2), eur()})
                   .accepted());
         CHECK(ask("transfer what the hold took from " + id,
-                  Transfer{"", id, "sink", Amount(before_hold - before_hold / 2 + 1), eur()})
+                  domain::Transfer{"", id, "sink", Amount(before_hold - before_hold / 2 + 1), eur()})
                   .code == RejectionCode::insufficient_funds);
-        CHECK(ask("post half the hold of " + id, PostHold{hold_id, Amount(before_hold / 4)})
+        CHECK(ask("post half the hold of " + id, domain::PostHold{hold_id, Amount(before_hold / 4)})
                   .accepted());
         ask("post the posted history hold of " + id,
-            PostHold{"history-" + id + "-1", std::nullopt});
-        ask("void the pending history hold of " + id, VoidHold{"history-" + id + "-2"});
-        CHECK(ask("close non-empty " + id, CloseAccount{id}).code ==
+            domain::PostHold{"history-" + id + "-1", std::nullopt});
+        ask("void the pending history hold of " + id, domain::VoidHold{"history-" + id + "-2"});
+        CHECK(ask("close non-empty " + id, domain::CloseAccount{id}).code ==
               RejectionCode::account_not_empty);
-        CHECK(ask("withdraw all available from " + id, Withdrawal{id, Amount(available(id))})
+        CHECK(ask("withdraw all available from " + id, domain::Withdrawal{id, Amount(available(id))})
                   .accepted());
-        CHECK(ask("withdraw one more from " + id, Withdrawal{id, Amount(1)}).code ==
+        CHECK(ask("withdraw one more from " + id, domain::Withdrawal{id, Amount(1)}).code ==
               RejectionCode::insufficient_funds);
-        CHECK(ask("freeze " + id, FreezeAccount{id}).accepted());
-        CHECK(ask("deposit to frozen " + id, Deposit{id, Amount(1)}).code ==
+        CHECK(ask("freeze " + id, domain::FreezeAccount{id}).accepted());
+        CHECK(ask("deposit to frozen " + id, domain::Deposit{id, Amount(1)}).code ==
               RejectionCode::account_frozen);
-        CHECK(ask("unfreeze " + id, UnfreezeAccount{id}).accepted());
-        LinkedCommands linked;
-        linked.commands.push_back(Deposit{id, Amount(100)});
-        linked.commands.push_back(Transfer{"", id, "sink", Amount(1'000'000), eur()});
-        engine::Command linked_command{CommandBody{std::move(linked)}, {}};
+        CHECK(ask("unfreeze " + id, domain::UnfreezeAccount{id}).accepted());
+        domain::LinkedCommands linked;
+        linked.commands.push_back(domain::Deposit{id, Amount(100)});
+        linked.commands.push_back(domain::Transfer{"", id, "sink", Amount(1'000'000), eur()});
+        domain::Command linked_command{domain::CommandBody{std::move(linked)}, {}};
         linked_command.context.actor = "test";
         auto linked_outcome = engine.execute(std::move(linked_command));
         transcript.push_back(round + " linked deposit and overdraw of " + id + ": " +
                              describe(linked_outcome));
         CHECK_FALSE(linked_outcome.accepted());
-        ask("deposit again to " + id, Deposit{id, Amount(400)});
+        ask("deposit again to " + id, domain::Deposit{id, Amount(400)});
         transcript.push_back(round + " state of " + id +
                              " after: " + describe(engine.read_account(id)));
       }
@@ -506,52 +507,52 @@ TEST_CASE("a stale, a missing or a corrupt snapshot changes no answer") {
   settings.snapshot_directory = directory.string();
   settings.snapshot_every_events = 2;
   settings.state_cache_streams_max = 0;
-  std::optional<StreamState> behind;  // the "behind" account's snapshot halfway through history
+  std::optional<domain::StreamState> behind;  // the "behind" account's snapshot halfway through history
   const auto spoil = [&](Pause pause) {
     switch (pause) {
       case Pause::history_half_done: {
         SnapshotStore snapshots(directory.string());
-        behind = snapshots.get(account_stream("behind"));
+        behind = snapshots.get(domain::account_stream("behind"));
         REQUIRE(behind.has_value());
         break;
       }
       case Pause::history_done: {
         SnapshotStore snapshots(directory.string());
-        std::map<std::string, StreamState> current;
+        std::map<std::string, domain::StreamState> current;
         for (const auto& id : snapshot_accounts) {
-          auto snapshot = snapshots.get(account_stream(id));
+          auto snapshot = snapshots.get(domain::account_stream(id));
           REQUIRE_MESSAGE(snapshot.has_value(), id);
           current.emplace(id, std::move(*snapshot));
         }
         REQUIRE(current.at("behind").version.value() > behind->version.value());
-        snapshots.put(account_stream("behind"), *behind);
+        snapshots.put(domain::account_stream("behind"), *behind);
 
         auto stale = current.at("stale");
-        std::get<AccountState>(stale.aggregate).credits_posted = Amount(1'000'000);
+        std::get<domain::AccountState>(stale.aggregate).credits_posted = Amount(1'000'000);
         stale.last_hash = std::string(32, 'x');
-        snapshots.put(account_stream("stale"), stale);
+        snapshots.put(domain::account_stream("stale"), stale);
         // Its posted history hold, forged back to pending, would let a second post through.
-        auto stale_hold = snapshots.get(transfer_stream("history-stale-1"));
+        auto stale_hold = snapshots.get(domain::transfer_stream("history-stale-1"));
         REQUIRE(stale_hold.has_value());
-        REQUIRE(std::get<TransferState>(stale_hold->aggregate).status ==
+        REQUIRE(std::get<domain::TransferState>(stale_hold->aggregate).status ==
                 TransferStatus::pending_posted);
-        std::get<TransferState>(stale_hold->aggregate).status = TransferStatus::pending;
+        std::get<domain::TransferState>(stale_hold->aggregate).status = TransferStatus::pending;
         stale_hold->last_hash = std::string(32, 'y');
-        snapshots.put(transfer_stream("history-stale-1"), *stale_hold);
+        snapshots.put(domain::transfer_stream("history-stale-1"), *stale_hold);
 
         auto ahead = current.at("ahead");
         ahead.version = StreamVersion(ahead.version.value() + 100);
-        std::get<AccountState>(ahead.aggregate).credits_posted = Amount(1'000'000);
-        snapshots.put(account_stream("ahead"), ahead);
+        std::get<domain::AccountState>(ahead.aggregate).credits_posted = Amount(1'000'000);
+        snapshots.put(domain::account_stream("ahead"), ahead);
 
-        snapshots.remove(account_stream("missing"));
-        snapshots.put_raw(account_stream("corrupt"), "not a snapshot at all");
+        snapshots.remove(domain::account_stream("missing"));
+        snapshots.put_raw(domain::account_stream("corrupt"), "not a snapshot at all");
         std::string flipped =
-            SnapshotStore::encode(account_stream("flipped"), current.at("flipped"));
+            SnapshotStore::encode(domain::account_stream("flipped"), current.at("flipped"));
         flipped[flipped.size() / 2] = static_cast<char>(flipped[flipped.size() / 2] ^ 0x5a);
-        snapshots.put_raw(account_stream("flipped"), flipped);
-        snapshots.put_raw(account_stream("foreign"),
-                          SnapshotStore::encode(account_stream("intact"), current.at("intact")));
+        snapshots.put_raw(domain::account_stream("flipped"), flipped);
+        snapshots.put_raw(domain::account_stream("foreign"),
+                          SnapshotStore::encode(domain::account_stream("intact"), current.at("intact")));
         (void)log.take();
         break;
       }
@@ -559,16 +560,16 @@ TEST_CASE("a stale, a missing or a corrupt snapshot changes no answer") {
         // Each spoiled snapshot was looked at, reported and dropped; the good ones were not.
         const auto lines = log.take();
         INFO(fmt::format("{}", fmt::join(lines, "\n")));
-        CHECK(count_lines(lines, {"snapshot of " + account_stream("stale") + " does not match"}) ==
+        CHECK(count_lines(lines, {"snapshot of " + domain::account_stream("stale") + " does not match"}) ==
               1);
-        CHECK(count_lines(lines, {"snapshot of " + transfer_stream("history-stale-1") +
+        CHECK(count_lines(lines, {"snapshot of " + domain::transfer_stream("history-stale-1") +
                                   " does not match"}) == 1);
-        CHECK(count_lines(lines, {"snapshot of " + account_stream("ahead") + " is ahead"}) == 1);
+        CHECK(count_lines(lines, {"snapshot of " + domain::account_stream("ahead") + " is ahead"}) == 1);
         for (const char* id : {"corrupt", "flipped", "foreign"}) {
-          CHECK(count_lines(lines, {"snapshot of " + account_stream(id) + " is corrupt"}) == 1);
+          CHECK(count_lines(lines, {"snapshot of " + domain::account_stream(id) + " is corrupt"}) == 1);
         }
         for (const char* id : {"intact", "behind", "missing"}) {
-          CHECK(count_lines(lines, {"snapshot of " + account_stream(id) + " "}) == 0);
+          CHECK(count_lines(lines, {"snapshot of " + domain::account_stream(id) + " "}) == 0);
         }
         // Deleting the whole directory.
         std::filesystem::remove_all(directory);
@@ -605,11 +606,11 @@ TEST_CASE("a stale, a missing or a corrupt snapshot changes no answer") {
     pqxx::read_transaction work(connection);
     for (const auto& id : snapshot_accounts) {
       INFO(id);
-      const auto snapshot = rebuilt.get(account_stream(id));
+      const auto snapshot = rebuilt.get(domain::account_stream(id));
       REQUIRE(snapshot.has_value());
       const auto stored =
           work.exec_params("SELECT hash FROM events WHERE stream_id = $1 AND version = $2",
-                           account_stream(id), snapshot->version.value());
+                           domain::account_stream(id), snapshot->version.value());
       REQUIRE(stored.size() == 1);
       CHECK(pqxx::binarystring(stored[0][0]).str() == snapshot->last_hash);
     }
@@ -683,7 +684,7 @@ TEST_CASE("a conflicting command is re-decided a bounded number of times, then a
   const long long decided_ahead = settings.decide_while_committing ? 1 : 0;
   Engine engine(settings);
   open_and_fund(engine, "victim", 1'000);
-  const auto stream = account_stream("victim");
+  const auto stream = domain::account_stream("victim");
   const auto before = engine.read_account("victim");
   REQUIRE(before.has_value());
   const auto events_before = test::scalar(database.app_url(), "SELECT count(*) FROM events");
@@ -700,7 +701,7 @@ TEST_CASE("a conflicting command is re-decided a bounded number of times, then a
     const auto conflicts_before = engine.stats().conflicts;
 
     const auto keyed =
-        engine.execute(command(Withdrawal{"victim", Amount(100)}, "w-1", "withdraw 100"));
+        engine.execute(command(domain::Withdrawal{"victim", Amount(100)}, "w-1", "withdraw 100"));
     CHECK(keyed.code == RejectionCode::version_conflict);
     CHECK(keyed.position.value() == 0);
     CHECK(keyed.versions.empty());
@@ -712,7 +713,7 @@ TEST_CASE("a conflicting command is re-decided a bounded number of times, then a
     CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM idempotency_keys") == 0);
 
     collide_with_appends(database, stream, 1'000'000);
-    const auto unkeyed = engine.execute(command(Withdrawal{"victim", Amount(100)}));
+    const auto unkeyed = engine.execute(command(domain::Withdrawal{"victim", Amount(100)}));
     CHECK(unkeyed.code == RejectionCode::version_conflict);
     CHECK(appends_tried(database) == decided_ahead + settings.conflict_retries_max + 1);
     nothing_written();
@@ -720,7 +721,7 @@ TEST_CASE("a conflicting command is re-decided a bounded number of times, then a
     // Once the other writer is gone, the same request under the same key goes through.
     stop_colliding(database);
     const auto retried =
-        engine.execute(command(Withdrawal{"victim", Amount(100)}, "w-1", "withdraw 100"));
+        engine.execute(command(domain::Withdrawal{"victim", Amount(100)}, "w-1", "withdraw 100"));
     CHECK(retried.accepted());
     CHECK_FALSE(retried.replayed);
     CHECK(engine.read_account("victim")->balance() == Amount(900));
@@ -730,7 +731,7 @@ TEST_CASE("a conflicting command is re-decided a bounded number of times, then a
     // conflict_retries_max conflicts: the last re-decision is accepted.
     collide_with_appends(database, stream, settings.conflict_retries_max);
     const auto outcome =
-        engine.execute(command(Withdrawal{"victim", Amount(100)}, "w-2", "withdraw 100"));
+        engine.execute(command(domain::Withdrawal{"victim", Amount(100)}, "w-2", "withdraw 100"));
     CHECK(outcome.accepted());
     CHECK(appends_tried(database) == settings.conflict_retries_max + 1);
     CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM events") == events_before + 3);
@@ -748,7 +749,7 @@ TEST_CASE("a conflicting command is re-decided a bounded number of times, then a
     collide_with_appends(database, stream, settings.conflict_retries_max + 1);
     const auto events_now = test::scalar(database.app_url(), "SELECT count(*) FROM events");
     const auto refused =
-        engine.execute(command(Withdrawal{"victim", Amount(100)}, "w-3", "withdraw 100"));
+        engine.execute(command(domain::Withdrawal{"victim", Amount(100)}, "w-3", "withdraw 100"));
     CHECK(refused.code == RejectionCode::version_conflict);
     CHECK(appends_tried(database) == settings.conflict_retries_max + 1);
     CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM events") == events_now);
@@ -769,21 +770,21 @@ TEST_CASE("a command that lost the race to another instance is re-decided on the
   Engine mine(settings);
   Engine theirs(settings);
   open_and_fund(mine, "shared", 1'000);  // mine now caches the account with 1,000 on it
-  const auto stream = account_stream("shared");
+  const auto stream = domain::account_stream("shared");
 
-  REQUIRE(theirs.execute(command(Withdrawal{"shared", Amount(800)})).accepted());
+  REQUIRE(theirs.execute(command(domain::Withdrawal{"shared", Amount(800)})).accepted());
   const auto events_before = test::scalar(database.app_url(), "SELECT count(*) FROM events");
   auto conflicts_before = mine.stats().conflicts;
   // On mine's cached state 500 would pass; on the stream as stored it must not.
-  const auto refused = mine.execute(command(Withdrawal{"shared", Amount(500)}));
+  const auto refused = mine.execute(command(domain::Withdrawal{"shared", Amount(500)}));
   CHECK(refused.code == RejectionCode::insufficient_funds);
   CHECK(mine.stats().conflicts == conflicts_before + 1);
   CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM events") == events_before);
 
-  REQUIRE(theirs.execute(command(Withdrawal{"shared", Amount(50)})).accepted());
+  REQUIRE(theirs.execute(command(domain::Withdrawal{"shared", Amount(50)})).accepted());
   const auto winner = theirs.read_account("shared");
   conflicts_before = mine.stats().conflicts;
-  const auto accepted = mine.execute(command(Withdrawal{"shared", Amount(100)}));
+  const auto accepted = mine.execute(command(domain::Withdrawal{"shared", Amount(100)}));
   CHECK(accepted.accepted());
   CHECK(mine.stats().conflicts == conflicts_before + 1);
   const auto after = mine.read_account("shared");
@@ -805,21 +806,21 @@ TEST_CASE("with no retries, losing the race to another instance answers version_
   Engine mine(settings);
   Engine theirs(settings);
   open_and_fund(mine, "shared", 1'000);
-  REQUIRE(theirs.execute(command(Withdrawal{"shared", Amount(800)})).accepted());
+  REQUIRE(theirs.execute(command(domain::Withdrawal{"shared", Amount(800)})).accepted());
   const auto state = theirs.read_account("shared");
   const auto events_before = test::scalar(database.app_url(), "SELECT count(*) FROM events");
   const auto conflicts_before = mine.stats().conflicts;
 
-  const auto outcome = mine.execute(command(Withdrawal{"shared", Amount(100)}));
+  const auto outcome = mine.execute(command(domain::Withdrawal{"shared", Amount(100)}));
   CHECK(outcome.code == RejectionCode::version_conflict);
   CHECK(mine.stats().conflicts == conflicts_before + 1);
   CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM events") == events_before);
   CHECK(mine.read_account("shared") == state);
 
   // The conflict dropped the stale state: the next command is decided on the stored stream.
-  CHECK(mine.execute(command(Withdrawal{"shared", Amount(201)})).code ==
+  CHECK(mine.execute(command(domain::Withdrawal{"shared", Amount(201)})).code ==
         RejectionCode::insufficient_funds);
-  CHECK(mine.execute(command(Withdrawal{"shared", Amount(200)})).accepted());
+  CHECK(mine.execute(command(domain::Withdrawal{"shared", Amount(200)})).accepted());
   CHECK(mine.read_account("shared")->balance() == Amount(0));
 }
 
@@ -832,7 +833,7 @@ TEST_CASE("the expiry sweeper voids a hold once the engine's clock passes its ti
   Engine engine(settings);
   open_and_fund(engine, "alice", 1'000);
   open_and_fund(engine, "bob", 0);
-  PlaceHold hold{"h-expiring", "alice", "bob", Amount(400), eur()};
+  domain::PlaceHold hold{"h-expiring", "alice", "bob", Amount(400), eur()};
   hold.timeout_seconds = 60;
   REQUIRE(engine.execute(command(hold)).accepted());
   CHECK(engine.read_account("alice")->available() == Amount(600));
@@ -844,9 +845,9 @@ TEST_CASE("the expiry sweeper voids a hold once the engine's clock passes its ti
 
   now_us += 61'000'000;
   // Posting after the timeout is refused even before the sweeper gets to it.
-  CHECK(engine.execute(command(PostHold{"h-expiring", std::nullopt})).code ==
+  CHECK(engine.execute(command(domain::PostHold{"h-expiring", std::nullopt})).code ==
         RejectionCode::pending_transfer_expired);
-  TransferStatus status = TransferStatus::pending;
+  domain::TransferStatus status = TransferStatus::pending;
   for (int attempt = 0; attempt < 100 && status == TransferStatus::pending; ++attempt) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     status = engine.read_transfer("h-expiring")->status;
@@ -870,15 +871,15 @@ TEST_CASE("a keyed refusal replays with its code, whatever the code (none aborts
   test::TestDatabase database;
   Engine engine(test::engine_settings(database));
   open_and_fund(engine, "alice", 100);
-  const std::string cash = system_account_id(SystemAccount::cash, "EUR");
-  const auto first = engine.execute(command(Transfer{"t1", "alice", cash, Amount(1), eur()}, "k1", "same"));
+  const std::string cash = domain::system_account_id(SystemAccount::cash, "EUR");
+  const auto first = engine.execute(command(domain::Transfer{"t1", "alice", cash, Amount(1), eur()}, "k1", "same"));
   REQUIRE(first.code == RejectionCode::system_account);
-  const auto again = engine.execute(command(Transfer{"t1", "alice", cash, Amount(1), eur()}, "k1", "same"));
+  const auto again = engine.execute(command(domain::Transfer{"t1", "alice", cash, Amount(1), eur()}, "k1", "same"));
   CHECK(again.code == RejectionCode::system_account);
   CHECK(again.replayed);
-  const auto loan = engine.execute(command(RepayLoan{"nope", Amount(1), "r1"}, "k2", "repay"));
+  const auto loan = engine.execute(command(domain::RepayLoan{"nope", Amount(1), "r1"}, "k2", "repay"));
   REQUIRE(loan.code == RejectionCode::unknown_loan);
-  CHECK(engine.execute(command(RepayLoan{"nope", Amount(1), "r1"}, "k2", "repay")).code ==
+  CHECK(engine.execute(command(domain::RepayLoan{"nope", Amount(1), "r1"}, "k2", "repay")).code ==
         RejectionCode::unknown_loan);
 }
 
@@ -888,10 +889,10 @@ TEST_CASE("a stored key's request replays even when another request with that ke
   settings.commit_wait_max = std::chrono::milliseconds(100);  // both below share one batch
   Engine engine(settings);
   open_and_fund(engine, "alice", 100);
-  const auto stored = engine.execute(command(Deposit{"alice", Amount(5)}, "k", "request X"));
+  const auto stored = engine.execute(command(domain::Deposit{"alice", Amount(5)}, "k", "request X"));
   REQUIRE(stored.accepted());
-  auto other = engine.submit(command(Deposit{"alice", Amount(7)}, "k", "request Y"));
-  auto same = engine.submit(command(Deposit{"alice", Amount(5)}, "k", "request X"));
+  auto other = engine.submit(command(domain::Deposit{"alice", Amount(7)}, "k", "request Y"));
+  auto same = engine.submit(command(domain::Deposit{"alice", Amount(5)}, "k", "request X"));
   CHECK(other.get().code == RejectionCode::idempotency_key_reused);
   const auto replayed = same.get();
   CHECK_MESSAGE(replayed.accepted(), to_string(replayed.code));
@@ -909,15 +910,15 @@ TEST_CASE("a refusal is never decided on a state another engine has changed sinc
     Engine b(settings);
     open_and_fund(a, "alice", 100);
     // b caches bob as missing and alice at her balance of 100.
-    CHECK(b.execute(command(Transfer{"t1", "alice", "bob", Amount(10), eur()})).code ==
+    CHECK(b.execute(command(domain::Transfer{"t1", "alice", "bob", Amount(10), eur()})).code ==
           RejectionCode::unknown_account);
-    CHECK(b.execute(command(Withdrawal{"alice", Amount(150)})).code == RejectionCode::insufficient_funds);
+    CHECK(b.execute(command(domain::Withdrawal{"alice", Amount(150)})).code == RejectionCode::insufficient_funds);
     // a opens bob and funds alice; b must see both, not refuse from its cache.
-    REQUIRE(a.execute(command(OpenAccount{"bob", eur()})).accepted());
-    REQUIRE(a.execute(command(Deposit{"alice", Amount(100)})).accepted());
-    const auto withdrawal = b.execute(command(Withdrawal{"alice", Amount(150)}));
+    REQUIRE(a.execute(command(domain::OpenAccount{"bob", eur()})).accepted());
+    REQUIRE(a.execute(command(domain::Deposit{"alice", Amount(100)})).accepted());
+    const auto withdrawal = b.execute(command(domain::Withdrawal{"alice", Amount(150)}));
     CHECK_MESSAGE(withdrawal.accepted(), to_string(withdrawal.code));
-    const auto transfer = b.execute(command(Transfer{"t2", "alice", "bob", Amount(10), eur()}));
+    const auto transfer = b.execute(command(domain::Transfer{"t2", "alice", "bob", Amount(10), eur()}));
     CHECK_MESSAGE(transfer.accepted(), to_string(transfer.code));
     CHECK(b.read_account("alice")->balance() == Amount(40));
   }

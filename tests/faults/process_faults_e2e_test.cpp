@@ -707,7 +707,7 @@ std::set<std::int64_t> positions_on_topic(const std::string& brokers) {
     if (message->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
       ended.insert(message->partition);
     } else if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-      if (auto event = engine::decode_envelope({static_cast<const char*>(message->payload), message->len})) {
+      if (auto event = domain::decode_envelope({static_cast<const char*>(message->payload), message->len})) {
         positions.insert(event->position.value());
       }
     }

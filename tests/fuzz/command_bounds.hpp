@@ -11,11 +11,11 @@
 #include <variant>
 
 #include "fuzz_support.hpp"
-#include "ledger/engine/commands.hpp"
+#include "ledger/domain/commands.hpp"
 
 namespace ledger::fuzz {
 
-namespace engine = ledger::engine;
+namespace domain = ledger::domain;
 
 inline constexpr std::size_t text_length_max = 256;  // API.md: owner and reference
 inline constexpr std::size_t batch_size_max = 100;   // API.md: POST /v1/batch
@@ -71,38 +71,38 @@ inline void check_date(const std::string& date, const char* what) {
           what + std::string(": ") + date);
 }
 
-inline void check(const engine::SingleCommand& command) {
+inline void check(const domain::SingleCommand& command) {
   std::visit(
       [](const auto& c) {
         using T = std::decay_t<decltype(c)>;
-        if constexpr (std::is_same_v<T, engine::OpenAccount>) {
+        if constexpr (std::is_same_v<T, domain::OpenAccount>) {
           check_id(c.id, true, "open_account.id");
           check_currency(c.currency);
           check_text(c.owner, "owner");
           check_not_negative(c.overdraft_limit, "overdraft_limit");
-          require(c.kind == engine::AccountKind::customer || c.kind == engine::AccountKind::system,
+          require(c.kind == domain::AccountKind::customer || c.kind == domain::AccountKind::system,
                   "accepted an unknown account kind");
-        } else if constexpr (std::is_same_v<T, engine::Transfer> ||
-                             std::is_same_v<T, engine::PlaceHold>) {
+        } else if constexpr (std::is_same_v<T, domain::Transfer> ||
+                             std::is_same_v<T, domain::PlaceHold>) {
           check_id(c.id, true, "id");
           check_id(c.from, false, "from");
           check_id(c.to, false, "to");
           check_positive(c.amount, "amount");
           check_currency(c.currency);
           check_text(c.reference, "reference");
-          if constexpr (std::is_same_v<T, engine::PlaceHold>) {
+          if constexpr (std::is_same_v<T, domain::PlaceHold>) {
             require(!c.timeout_seconds || *c.timeout_seconds > 0, "accepted timeout_seconds <= 0");
           }
-        } else if constexpr (std::is_same_v<T, engine::Deposit> ||
-                             std::is_same_v<T, engine::Withdrawal>) {
+        } else if constexpr (std::is_same_v<T, domain::Deposit> ||
+                             std::is_same_v<T, domain::Withdrawal>) {
           check_id(c.account_id, false, "account_id");
           check_positive(c.amount, "amount");
           check_text(c.reference, "reference");
           check_id(c.transfer_id, true, "transfer_id");
-        } else if constexpr (std::is_same_v<T, engine::PostHold>) {
+        } else if constexpr (std::is_same_v<T, domain::PostHold>) {
           check_id(c.id, false, "post_hold.id");
           if (c.amount) check_positive(*c.amount, "post_hold.amount");
-        } else if constexpr (std::is_same_v<T, engine::OriginateLoan>) {
+        } else if constexpr (std::is_same_v<T, domain::OriginateLoan>) {
           check_id(c.id, true, "loan.id");
           check_id(c.borrower, false, "account_id");
           check_currency(c.currency);
@@ -113,14 +113,14 @@ inline void check(const engine::SingleCommand& command) {
           check_date(c.first_due_date, "first_due_date");
           check_not_negative(c.origination_fee, "origination_fee");
           check_not_negative(c.late_fee, "late_fee");
-        } else if constexpr (std::is_same_v<T, engine::RepayLoan>) {
+        } else if constexpr (std::is_same_v<T, domain::RepayLoan>) {
           check_id(c.id, false, "loan id");
           check_positive(c.amount, "repayment amount");
           check_id(c.repayment_id, true, "repayment_id");
-        } else if constexpr (std::is_same_v<T, engine::CloseLoanBusinessDay> ||
-                             std::is_same_v<T, engine::ExpireHold>) {
+        } else if constexpr (std::is_same_v<T, domain::CloseLoanBusinessDay> ||
+                             std::is_same_v<T, domain::ExpireHold>) {
           ledger::fuzz::violated("the parser produced an engine-only command",
-                                 engine::command_name(c));
+                                 domain::command_name(c));
         } else {
           check_id(c.id, false, "path id");
         }
@@ -128,29 +128,29 @@ inline void check(const engine::SingleCommand& command) {
       command);
 }
 
-inline bool batch_member_type(const engine::SingleCommand& command) {
-  return std::holds_alternative<engine::OpenAccount>(command) ||
-         std::holds_alternative<engine::Deposit>(command) ||
-         std::holds_alternative<engine::Withdrawal>(command) ||
-         std::holds_alternative<engine::Transfer>(command) ||
-         std::holds_alternative<engine::PlaceHold>(command) ||
-         std::holds_alternative<engine::PostHold>(command) ||
-         std::holds_alternative<engine::VoidHold>(command);
+inline bool batch_member_type(const domain::SingleCommand& command) {
+  return std::holds_alternative<domain::OpenAccount>(command) ||
+         std::holds_alternative<domain::Deposit>(command) ||
+         std::holds_alternative<domain::Withdrawal>(command) ||
+         std::holds_alternative<domain::Transfer>(command) ||
+         std::holds_alternative<domain::PlaceHold>(command) ||
+         std::holds_alternative<domain::PostHold>(command) ||
+         std::holds_alternative<domain::VoidHold>(command);
 }
 
 // A whole body: one command, or linked commands (the batch route) of 1 to 100 batch members.
-inline void check_body(const engine::CommandBody& body) {
-  if (const auto* linked = std::get_if<engine::LinkedCommands>(&body)) {
+inline void check_body(const domain::CommandBody& body) {
+  if (const auto* linked = std::get_if<domain::LinkedCommands>(&body)) {
     require(!linked->commands.empty() && linked->commands.size() <= batch_size_max,
             "accepted a batch of 0 or more than 100 commands");
     for (const auto& member : linked->commands) {
       require(batch_member_type(member), "a batch member of a type the batch does not take",
-              engine::command_name(member));
+              domain::command_name(member));
       check(member);
     }
     return;
   }
-  check(std::get<engine::SingleCommand>(body));
+  check(std::get<domain::SingleCommand>(body));
 }
 
 }  // namespace ledger::fuzz

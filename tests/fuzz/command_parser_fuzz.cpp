@@ -16,7 +16,7 @@
 namespace {
 
 using ledger::api::CommandRoute;
-namespace engine = ledger::engine;
+namespace domain = ledger::domain;
 using ledger::fuzz::require;
 using ledger::fuzz::batch_member_type;
 using ledger::fuzz::batch_size_max;
@@ -32,16 +32,16 @@ constexpr std::string_view problem_codes[] = {
     "malformed_json", "invalid_utf8",  "duplicate_key",   "unknown_field", "missing_field",
     "invalid_field",  "invalid_id",    "invalid_amount",  "invalid_currency", "invalid_date"};
 // The path id an accepted single command of `route` must carry, or nullptr.
-const std::string* path_field(const engine::SingleCommand& command) {
+const std::string* path_field(const domain::SingleCommand& command) {
   return std::visit(
       [](const auto& c) -> const std::string* {
         using T = std::decay_t<decltype(c)>;
-        if constexpr (std::is_same_v<T, engine::Deposit> || std::is_same_v<T, engine::Withdrawal>) {
+        if constexpr (std::is_same_v<T, domain::Deposit> || std::is_same_v<T, domain::Withdrawal>) {
           return &c.account_id;
-        } else if constexpr (std::is_same_v<T, engine::OpenAccount> ||
-                             std::is_same_v<T, engine::Transfer> ||
-                             std::is_same_v<T, engine::PlaceHold> ||
-                             std::is_same_v<T, engine::OriginateLoan>) {
+        } else if constexpr (std::is_same_v<T, domain::OpenAccount> ||
+                             std::is_same_v<T, domain::Transfer> ||
+                             std::is_same_v<T, domain::PlaceHold> ||
+                             std::is_same_v<T, domain::OriginateLoan>) {
           return nullptr;
         } else {
           return &c.id;
@@ -68,20 +68,20 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     require(valid_utf8(problem->detail), "a problem detail that is not UTF-8", problem->detail);
     return 0;
   }
-  const auto& body_command = std::get<engine::CommandBody>(result);
-  if (const auto* linked = std::get_if<engine::LinkedCommands>(&body_command)) {
+  const auto& body_command = std::get<domain::CommandBody>(result);
+  if (const auto* linked = std::get_if<domain::LinkedCommands>(&body_command)) {
     require(route == CommandRoute::batch, "linked commands from a single-command route");
     require(!linked->commands.empty() && linked->commands.size() <= batch_size_max,
             "accepted a batch of 0 or more than 100 commands");
     for (const auto& member : linked->commands) {
       require(batch_member_type(member), "a batch member of a type the batch does not take",
-              engine::command_name(member));
+              domain::command_name(member));
       check(member);
     }
     return 0;
   }
   require(route != CommandRoute::batch, "a single command from the batch route");
-  const auto& command = std::get<engine::SingleCommand>(body_command);
+  const auto& command = std::get<domain::SingleCommand>(body_command);
   check(command);
   if (const std::string* id = path_field(command)) {
     require(*id == path_id, "the command does not carry the path id", *id);

@@ -8,14 +8,14 @@
 #include <string_view>
 
 #include "fuzz_support.hpp"
-#include "ledger/engine/envelope.hpp"
+#include "ledger/domain/envelope.hpp"
 
-namespace engine = ledger::engine;
+namespace domain = ledger::domain;
 using ledger::fuzz::require;
 
 namespace {
 
-void require_same(const engine::RecordedEvent& a, const engine::RecordedEvent& b) {
+void require_same(const domain::RecordedEvent& a, const domain::RecordedEvent& b) {
   require(a.position == b.position && a.version == b.version, "position or version changed");
   require(a.stream_id == b.stream_id && a.event_id == b.event_id && a.type == b.type,
           "stream id, event id or type changed", b.stream_id);
@@ -30,12 +30,12 @@ void require_same(const engine::RecordedEvent& a, const engine::RecordedEvent& b
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view message(reinterpret_cast<const char*>(data), size);
-  const auto decoded = engine::decode_envelope(message);
+  const auto decoded = domain::decode_envelope(message);
   if (!decoded) return 0;
-  const std::string bytes = engine::encode_envelope(*decoded);
-  const auto again = engine::decode_envelope(bytes);
+  const std::string bytes = domain::encode_envelope(*decoded);
+  const auto again = domain::decode_envelope(bytes);
   require(again.has_value(), "a decoded envelope re-encodes to bytes that do not decode");
   require_same(*decoded, *again);
-  require(engine::encode_envelope(*again) == bytes, "encode/decode/encode is not byte for byte");
+  require(domain::encode_envelope(*again) == bytes, "encode/decode/encode is not byte for byte");
   return 0;
 }

@@ -10,9 +10,9 @@
 
 #include "event_types.hpp"
 #include "fuzz_support.hpp"
-#include "ledger/engine/events.hpp"
+#include "ledger/domain/events.hpp"
 
-namespace engine = ledger::engine;
+namespace domain = ledger::domain;
 using ledger::fuzz::require;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -21,20 +21,20 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // A copy, as the store hands the engine its own string (FlatBuffers reads need alignment).
   const std::string payload(reinterpret_cast<const char*>(data + 1), size - 1);
 
-  const auto decoded = engine::decode_event(type, payload);
+  const auto decoded = domain::decode_event(type, payload);
   if (!decoded) return 0;
-  require(engine::event_type(*decoded) == type, "decoded an event of another type", type);
+  require(domain::event_type(*decoded) == type, "decoded an event of another type", type);
 
-  const std::string bytes = engine::encode_event(*decoded);
-  const auto again = engine::decode_event(type, bytes);
+  const std::string bytes = domain::encode_event(*decoded);
+  const auto again = domain::decode_event(type, bytes);
   require(again.has_value(), "a decoded event re-encodes to bytes that do not decode", type);
-  require(engine::encode_event(*again) == bytes, "encode/decode/encode is not byte for byte", type);
-  const std::string json = engine::event_to_json(*decoded);
-  require(engine::event_to_json(*again) == json, "the re-decoded event differs", json);
+  require(domain::encode_event(*again) == bytes, "encode/decode/encode is not byte for byte", type);
+  const std::string json = domain::event_to_json(*decoded);
+  require(domain::event_to_json(*again) == json, "the re-decoded event differs", json);
   // The export line of the event, when read back (it is refused when a string is not UTF-8,
   // which the API never stores), names the same event.
-  if (const auto reread = engine::event_from_json(type, json)) {
-    require(engine::encode_event(*reread) == bytes, "the export line reads back as another event",
+  if (const auto reread = domain::event_from_json(type, json)) {
+    require(domain::encode_event(*reread) == bytes, "the export line reads back as another event",
             json);
   }
   return 0;

@@ -9,9 +9,9 @@
 
 #include "event_types.hpp"
 #include "fuzz_support.hpp"
-#include "ledger/engine/events.hpp"
+#include "ledger/domain/events.hpp"
 
-namespace engine = ledger::engine;
+namespace domain = ledger::domain;
 using ledger::fuzz::require;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -19,20 +19,20 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string_view type = ledger::fuzz::event_types[data[0] % std::size(ledger::fuzz::event_types)];
   const std::string_view json(reinterpret_cast<const char*>(data + 1), size - 1);
 
-  const auto event = engine::event_from_json(type, json);
+  const auto event = domain::event_from_json(type, json);
   if (!event) return 0;
-  require(engine::event_type(*event) == type, "read an event of another type", type);
+  require(domain::event_type(*event) == type, "read an event of another type", type);
 
-  const std::string bytes = engine::encode_event(*event);
-  const auto decoded = engine::decode_event(type, bytes);
+  const std::string bytes = domain::encode_event(*event);
+  const auto decoded = domain::decode_event(type, bytes);
   require(decoded.has_value(), "an accepted export line encodes to bytes that do not decode", json);
-  require(engine::encode_event(*decoded) == bytes, "encode/decode/encode is not byte for byte", json);
+  require(domain::encode_event(*decoded) == bytes, "encode/decode/encode is not byte for byte", json);
 
-  const std::string written = engine::event_to_json(*event);
-  require(engine::event_to_json(*decoded) == written, "the decoded event has other JSON", written);
-  const auto reread = engine::event_from_json(type, written);
+  const std::string written = domain::event_to_json(*event);
+  require(domain::event_to_json(*decoded) == written, "the decoded event has other JSON", written);
+  const auto reread = domain::event_from_json(type, written);
   require(reread.has_value(), "event_to_json wrote a line event_from_json refuses", written);
-  require(engine::encode_event(*reread) == bytes, "the re-read export line encodes differently",
+  require(domain::encode_event(*reread) == bytes, "the re-read export line encodes differently",
           written);
   return 0;
 }

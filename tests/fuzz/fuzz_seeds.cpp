@@ -18,10 +18,11 @@
 #include "http_front_input.hpp"
 #include "ledger/api/auth.hpp"
 #include "round_trip_input.hpp"
-#include "ledger/engine/envelope.hpp"
-#include "ledger/engine/events.hpp"
+#include "ledger/domain/envelope.hpp"
+#include "ledger/domain/events.hpp"
 #include "ledger/engine/snapshot_store.hpp"
 
+namespace domain = ledger::domain;
 namespace engine = ledger::engine;
 namespace fs = std::filesystem;
 
@@ -219,16 +220,16 @@ int main(int argc, char** argv) {
   for (std::size_t index = 0; index + 1 < std::size(ledger::fuzz::event_types); ++index) {
     const std::string type(ledger::fuzz::event_types[index]);
     const std::string payload = read_file(fixtures / (type + ".v1.bin"));
-    const auto event = engine::decode_event(type, payload);
+    const auto event = domain::decode_event(type, payload);
     if (!event) {
       std::fprintf(stderr, "fuzz_seeds: fixture %s does not decode\n", type.c_str());
       return 1;
     }
     const std::string selector(1, static_cast<char>(index));
     write_seed(corpus / "event_decode", selector + payload);
-    write_seed(corpus / "event_json", selector + engine::event_to_json(*event));
+    write_seed(corpus / "event_json", selector + domain::event_to_json(*event));
 
-    engine::RecordedEvent recorded;
+    domain::RecordedEvent recorded;
     recorded.position = ledger::GlobalPosition(static_cast<std::int64_t>(index) + 1);
     recorded.stream_id = "account-alice";
     recorded.version = ledger::StreamVersion(3);
@@ -237,14 +238,14 @@ int main(int argc, char** argv) {
     recorded.payload = payload;
     recorded.metadata = {"teller-1", "cmd-1", "corr-1", "cause-1", "req-1", "127.0.0.1"};
     recorded.recorded_at_us = 1'800'000'000'000'000;
-    recorded.hash = std::string(engine::event_hash_size, '\x5a');
-    write_seed(corpus / "envelope", engine::encode_envelope(recorded));
+    recorded.hash = std::string(domain::event_hash_size, '\x5a');
+    write_seed(corpus / "envelope", domain::encode_envelope(recorded));
     count += 3;
   }
 
   // Snapshots: byte 0 selects the stream id (0 account-alice, 1 transfer-t-1); bit 2 clear
   // means the target appends the checksum, so the seed is the value without its 8 bytes.
-  engine::AccountState account;
+  domain::AccountState account;
   account.exists = true;
   account.id = "alice";
   account.currency = *ledger::Currency::parse("EUR");
@@ -255,7 +256,7 @@ int main(int argc, char** argv) {
   account.debits_posted = ledger::Amount(2'500);
   account.debits_pending = ledger::Amount(300);
   account.pending_count = 1;
-  engine::TransferState transfer;
+  domain::TransferState transfer;
   transfer.exists = true;
   transfer.id = "t-1";
   transfer.debit_account = "alice";
@@ -263,9 +264,9 @@ int main(int argc, char** argv) {
   transfer.amount = ledger::Amount(300);
   transfer.currency = *ledger::Currency::parse("EUR");
   transfer.reference = "card";
-  transfer.status = engine::TransferStatus::pending;
+  transfer.status = domain::TransferStatus::pending;
   transfer.expires_at_us = 1'800'000'000'000'000;
-  const std::pair<std::string, engine::StreamState> states[] = {
+  const std::pair<std::string, domain::StreamState> states[] = {
       {"account-alice", {account, ledger::StreamVersion(4), std::string(32, '\x11')}},
       {"transfer-t-1", {transfer, ledger::StreamVersion(1), std::string(32, '\x22')}}};
   char selector = 0;

@@ -54,6 +54,7 @@
 namespace {
 
 namespace api = ledger::api;
+namespace domain = ledger::domain;
 namespace engine = ledger::engine;
 namespace http = boost::beast::http;
 namespace net = boost::asio;
@@ -108,19 +109,19 @@ enum class Answer { none, accepted, replayed, rejected, unavailable, outcome_unk
 
 class FakeEngine final : public api::CommandSink {
  public:
-  static constexpr int cycle = 2 + static_cast<int>(engine::rejection_code_last) + 4;
+  static constexpr int cycle = 2 + static_cast<int>(domain::rejection_code_last) + 4;
 
   void start(std::uint8_t position) { next_ = position % cycle; }
   void begin_request() {
     answer_ = Answer::none;
-    code_ = engine::RejectionCode::none;
+    code_ = domain::RejectionCode::none;
     calls_ = 0;
   }
   [[nodiscard]] Answer answer() const { return answer_; }
-  [[nodiscard]] engine::RejectionCode code() const { return code_; }
+  [[nodiscard]] domain::RejectionCode code() const { return code_; }
   [[nodiscard]] int calls() const { return calls_; }
 
-  void submit(engine::Command command, engine::Engine::Completion completion) override {
+  void submit(domain::Command command, engine::Engine::Completion completion) override {
     ++calls_;
     require(calls_ == 1, "the router submitted two commands for one request");
     ledger::fuzz::check_body(command.body);
@@ -138,7 +139,7 @@ class FakeEngine final : public api::CommandSink {
 
     const int k = next_;
     next_ = (next_ + 1) % cycle;
-    engine::CommandOutcome outcome;
+    domain::CommandOutcome outcome;
     if (k < 2) {
       answer_ = k == 0 ? Answer::accepted : Answer::replayed;
       outcome.command_id = "fake-command";
@@ -149,15 +150,15 @@ class FakeEngine final : public api::CommandSink {
       completion(nullptr, std::move(outcome));
       return;
     }
-    if (k < 2 + static_cast<int>(engine::rejection_code_last)) {
+    if (k < 2 + static_cast<int>(domain::rejection_code_last)) {
       answer_ = Answer::rejected;
-      code_ = static_cast<engine::RejectionCode>(k - 1);
+      code_ = static_cast<domain::RejectionCode>(k - 1);
       outcome.code = code_;
       outcome.detail = "the fake engine refuses this";
       completion(nullptr, std::move(outcome));
       return;
     }
-    switch (k - 2 - static_cast<int>(engine::rejection_code_last)) {
+    switch (k - 2 - static_cast<int>(domain::rejection_code_last)) {
       case 0:
         answer_ = Answer::unavailable;
         completion(std::make_exception_ptr(engine::EngineUnavailable("fake: database down")), {});
@@ -179,12 +180,12 @@ class FakeEngine final : public api::CommandSink {
   int next_ = 0;
   int calls_ = 0;
   Answer answer_ = Answer::none;
-  engine::RejectionCode code_ = engine::RejectionCode::none;
+  domain::RejectionCode code_ = domain::RejectionCode::none;
 };
 
 // The HTTP status API.md and the README give each rejection (restated, not the router's table).
-int documented_status(engine::RejectionCode code) {
-  using engine::RejectionCode;
+int documented_status(domain::RejectionCode code) {
+  using domain::RejectionCode;
   switch (code) {
     case RejectionCode::unknown_account:
     case RejectionCode::unknown_transfer:
@@ -331,7 +332,7 @@ void check_routed(const api::Request& request, const api::Response& response, co
       return;
     }
     case Answer::rejected:
-      require(status == documented_status(fake.code()) && code == engine::to_string(fake.code()),
+      require(status == documented_status(fake.code()) && code == domain::to_string(fake.code()),
               "a rejection not answered with its code and status", describe(response));
       return;
     case Answer::unavailable:

@@ -15,6 +15,7 @@
 #include "fuzz_support.hpp"
 #include "ledger/engine/snapshot_store.hpp"
 
+namespace domain = ledger::domain;
 namespace engine = ledger::engine;
 using ledger::fuzz::require;
 
@@ -41,8 +42,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const auto decoded = engine::SnapshotStore::decode(stream_id, value);
   if (!decoded) return 0;
   require(decoded->version.value() > 0, "decoded a snapshot at version <= 0");
-  require(std::holds_alternative<engine::AccountState>(decoded->aggregate) ||
-              std::holds_alternative<engine::TransferState>(decoded->aggregate),
+  require(std::holds_alternative<domain::AccountState>(decoded->aggregate) ||
+              std::holds_alternative<domain::TransferState>(decoded->aggregate),
           "decoded a snapshot that is neither an account nor a transfer");
   const std::string other(stream_ids[(data[0] & 1) ^ 1]);
   require(!engine::SnapshotStore::decode(other, value).has_value(),

@@ -49,6 +49,7 @@
 #include "test_cluster.hpp"
 
 using namespace ledger;
+using namespace ledger::domain;
 using namespace ledger::engine;
 using Code = RejectionCode;
 
@@ -78,48 +79,48 @@ std::string describe_single(const SingleCommand& command) {
   return std::visit(
       [](const auto& c) -> std::string {
         using T = std::decay_t<decltype(c)>;
-        if constexpr (std::is_same_v<T, OpenAccount>) {
+        if constexpr (std::is_same_v<T, domain::OpenAccount>) {
           return fmt::format("open_account id={} currency={} flags={} overdraft={}", c.id, c.currency.str(),
                              c.flags ? std::to_string(*c.flags) : "default", c.overdraft_limit.minor_units());
-        } else if constexpr (std::is_same_v<T, Transfer>) {
+        } else if constexpr (std::is_same_v<T, domain::Transfer>) {
           return fmt::format("transfer id={} from={} to={} amount={} currency={} ref={}", c.id, c.from, c.to,
                              c.amount.minor_units(), c.currency.str(), c.reference);
-        } else if constexpr (std::is_same_v<T, Deposit>) {
+        } else if constexpr (std::is_same_v<T, domain::Deposit>) {
           return fmt::format("deposit account={} amount={} transfer_id={} ref={}", c.account_id,
                              c.amount.minor_units(), c.transfer_id, c.reference);
-        } else if constexpr (std::is_same_v<T, Withdrawal>) {
+        } else if constexpr (std::is_same_v<T, domain::Withdrawal>) {
           return fmt::format("withdrawal account={} amount={} transfer_id={} ref={}", c.account_id,
                              c.amount.minor_units(), c.transfer_id, c.reference);
-        } else if constexpr (std::is_same_v<T, PlaceHold>) {
+        } else if constexpr (std::is_same_v<T, domain::PlaceHold>) {
           return fmt::format("hold id={} from={} to={} amount={} currency={} ref={} timeout={}", c.id, c.from, c.to,
                              c.amount.minor_units(), c.currency.str(), c.reference,
                              c.timeout_seconds ? std::to_string(*c.timeout_seconds) : "none");
-        } else if constexpr (std::is_same_v<T, PostHold>) {
+        } else if constexpr (std::is_same_v<T, domain::PostHold>) {
           return fmt::format("post_hold id={} amount={}", c.id, amount_text(c.amount));
-        } else if constexpr (std::is_same_v<T, VoidHold>) {
+        } else if constexpr (std::is_same_v<T, domain::VoidHold>) {
           return fmt::format("void_hold id={}", c.id);
-        } else if constexpr (std::is_same_v<T, ExpireHold>) {
+        } else if constexpr (std::is_same_v<T, domain::ExpireHold>) {
           return fmt::format("expire_hold id={}", c.id);
-        } else if constexpr (std::is_same_v<T, FreezeAccount>) {
+        } else if constexpr (std::is_same_v<T, domain::FreezeAccount>) {
           return fmt::format("freeze id={}", c.id);
-        } else if constexpr (std::is_same_v<T, UnfreezeAccount>) {
+        } else if constexpr (std::is_same_v<T, domain::UnfreezeAccount>) {
           return fmt::format("unfreeze id={}", c.id);
-        } else if constexpr (std::is_same_v<T, CloseAccount>) {
+        } else if constexpr (std::is_same_v<T, domain::CloseAccount>) {
           return fmt::format("close id={}", c.id);
-        } else if constexpr (std::is_same_v<T, OriginateLoan>) {
+        } else if constexpr (std::is_same_v<T, domain::OriginateLoan>) {
           return fmt::format("originate_loan id={} borrower={} currency={} principal={} rate_bps={} installments={} "
                              "schedule={} origination={} first_due={} fee={} late_fee={} grace={}",
                              c.id, c.borrower, c.currency.str(), c.principal.minor_units(), c.rate_bps, c.installments,
                              c.schedule == ScheduleType::annuity ? "annuity" : "equal_principal", c.origination_date,
                              c.first_due_date, c.origination_fee.minor_units(), c.late_fee.minor_units(), c.grace_days);
-        } else if constexpr (std::is_same_v<T, DisburseLoan>) {
+        } else if constexpr (std::is_same_v<T, domain::DisburseLoan>) {
           return fmt::format("disburse_loan id={}", c.id);
-        } else if constexpr (std::is_same_v<T, RepayLoan>) {
+        } else if constexpr (std::is_same_v<T, domain::RepayLoan>) {
           return fmt::format("repay_loan id={} amount={} repayment_id={}", c.id, c.amount.minor_units(), c.repayment_id);
-        } else if constexpr (std::is_same_v<T, CloseLoanBusinessDay>) {
+        } else if constexpr (std::is_same_v<T, domain::CloseLoanBusinessDay>) {
           return fmt::format("close_loan_day id={} date={}", c.id, c.date);
         } else {
-          static_assert(std::is_same_v<T, WriteOffLoan>);
+          static_assert(std::is_same_v<T, domain::WriteOffLoan>);
           return fmt::format("write_off_loan id={}", c.id);
         }
       },
@@ -127,9 +128,9 @@ std::string describe_single(const SingleCommand& command) {
 }
 
 std::string describe(const CommandBody& body) {
-  if (const auto* single = std::get_if<SingleCommand>(&body)) return describe_single(*single);
+  if (const auto* single = std::get_if<domain::SingleCommand>(&body)) return describe_single(*single);
   std::string text = "linked [";
-  const auto& members = std::get<LinkedCommands>(body).commands;
+  const auto& members = std::get<domain::LinkedCommands>(body).commands;
   for (std::size_t i = 0; i < members.size(); ++i) {
     if (i != 0) text += "; ";
     text += describe_single(members[i]);
@@ -370,8 +371,8 @@ class Model {
 
  private:
   Expected apply_body(const CommandBody& body) {
-    if (const auto* single = std::get_if<SingleCommand>(&body)) return apply_single(*single);
-    const auto& members = std::get<LinkedCommands>(body).commands;
+    if (const auto* single = std::get_if<domain::SingleCommand>(&body)) return apply_single(*single);
+    const auto& members = std::get<domain::LinkedCommands>(body).commands;
     if (members.empty()) return {Code::invalid_command, false};
     // All or nothing: members see what the earlier ones did; one refusal undoes them all.
     const auto accounts_before = accounts;
@@ -731,12 +732,12 @@ class Model {
   }
 
   Expected apply_single(const SingleCommand& command) {
-    if (const auto* c = std::get_if<OriginateLoan>(&command)) return originate(*c);
-    if (const auto* c = std::get_if<DisburseLoan>(&command)) return disburse(*c);
-    if (const auto* c = std::get_if<RepayLoan>(&command)) return repay(*c);
-    if (const auto* c = std::get_if<WriteOffLoan>(&command)) return write_off(*c);
-    if (const auto* c = std::get_if<CloseLoanBusinessDay>(&command)) return close_loan_day(*c);
-    if (const auto* c = std::get_if<OpenAccount>(&command)) {
+    if (const auto* c = std::get_if<domain::OriginateLoan>(&command)) return originate(*c);
+    if (const auto* c = std::get_if<domain::DisburseLoan>(&command)) return disburse(*c);
+    if (const auto* c = std::get_if<domain::RepayLoan>(&command)) return repay(*c);
+    if (const auto* c = std::get_if<domain::WriteOffLoan>(&command)) return write_off(*c);
+    if (const auto* c = std::get_if<domain::CloseLoanBusinessDay>(&command)) return close_loan_day(*c);
+    if (const auto* c = std::get_if<domain::OpenAccount>(&command)) {
       if (!valid_id(c->id)) return no(Code::invalid_id);
       if (c->id.starts_with("system.")) return no(Code::reserved_id);
       if (c->overdraft_limit.minor_units() < 0) return no(Code::invalid_amount);
@@ -750,16 +751,16 @@ class Model {
       accounts[c->id] = account;
       return {};
     }
-    if (const auto* c = std::get_if<Transfer>(&command)) {
+    if (const auto* c = std::get_if<domain::Transfer>(&command)) {
       return move(c->id, c->from, c->to, c->amount.minor_units(), c->currency.str(), c->reference, false, 0, true);
     }
-    if (const auto* c = std::get_if<Deposit>(&command)) {
+    if (const auto* c = std::get_if<domain::Deposit>(&command)) {
       return cash(c->account_id, c->amount.minor_units(), c->transfer_id, c->reference, true);
     }
-    if (const auto* c = std::get_if<Withdrawal>(&command)) {
+    if (const auto* c = std::get_if<domain::Withdrawal>(&command)) {
       return cash(c->account_id, c->amount.minor_units(), c->transfer_id, c->reference, false);
     }
-    if (const auto* c = std::get_if<PlaceHold>(&command)) {
+    if (const auto* c = std::get_if<domain::PlaceHold>(&command)) {
       std::int64_t expires_at_s = 0;
       if (c->timeout_seconds) {
         if (*c->timeout_seconds <= 0 || *c->timeout_seconds > 366LL * 24 * 3600) return no(Code::invalid_command);
@@ -768,7 +769,7 @@ class Model {
       return move(c->id, c->from, c->to, c->amount.minor_units(), c->currency.str(), c->reference, true,
                   expires_at_s, true);
     }
-    if (const auto* c = std::get_if<PostHold>(&command)) {
+    if (const auto* c = std::get_if<domain::PostHold>(&command)) {
       if (!valid_id(c->id)) return no(Code::invalid_id);
       const auto found = transfers.find(c->id);
       if (found == transfers.end()) return no(Code::unknown_transfer);
@@ -788,7 +789,7 @@ class Model {
       t.posted_amount = amount;
       return {};
     }
-    if (const auto* c = std::get_if<VoidHold>(&command)) {
+    if (const auto* c = std::get_if<domain::VoidHold>(&command)) {
       if (!valid_id(c->id)) return no(Code::invalid_id);
       const auto found = transfers.find(c->id);
       if (found == transfers.end()) return no(Code::unknown_transfer);
@@ -799,7 +800,7 @@ class Model {
       t.state = HoldState::voided;
       return {};
     }
-    if (const auto* c = std::get_if<ExpireHold>(&command)) {
+    if (const auto* c = std::get_if<domain::ExpireHold>(&command)) {
       if (!valid_id(c->id)) return no(Code::invalid_id);
       const auto found = transfers.find(c->id);
       if (found == transfers.end()) return no(Code::unknown_transfer);
@@ -823,17 +824,17 @@ class Model {
     ModelAccount& account = found->second;
     if (account.system) return no(Code::reserved_id);
     if (account.status == Status::closed) return no(Code::account_closed);
-    if (std::holds_alternative<FreezeAccount>(command)) {
+    if (std::holds_alternative<domain::FreezeAccount>(command)) {
       if (account.status == Status::frozen) return no(Code::account_frozen);
       account.status = Status::frozen;
       return {};
     }
-    if (std::holds_alternative<UnfreezeAccount>(command)) {
+    if (std::holds_alternative<domain::UnfreezeAccount>(command)) {
       if (account.status != Status::frozen) return no(Code::account_not_frozen);
       account.status = Status::open;
       return {};
     }
-    if (std::holds_alternative<CloseAccount>(command)) {
+    if (std::holds_alternative<domain::CloseAccount>(command)) {
       if (account.debits_posted != account.credits_posted || account.holds != 0 || account.debits_pending != 0 ||
           account.credits_pending != 0) {
         return no(Code::account_not_empty);
@@ -904,18 +905,18 @@ class Generator {
     std::vector<Step> steps;
     // Most accounts exist early, so that money moves; the rest is random.
     for (std::size_t i = 0; i < customer_ids.size() && steps.size() < steps_count; ++i) {
-      steps.push_back(fresh_step(CommandBody{open(customer_ids[i], true)}));
+      steps.push_back(fresh_step(domain::CommandBody{open(customer_ids[i], true)}));
     }
     for (std::size_t i = 0; i < 4 && steps.size() < steps_count; ++i) {
-      steps.push_back(fresh_step(CommandBody{Deposit{customer_ids[i], Amount(200 + static_cast<std::int64_t>(
+      steps.push_back(fresh_step(domain::CommandBody{domain::Deposit{customer_ids[i], Amount(200 + static_cast<std::int64_t>(
                                                                              random_.below(1'800))),
                                                      "", fmt::format("f{}", i)}}));
     }
     // Mostly a loan early on, disbursed, so that repayments and close of business meet one.
     if (random_.chance(80) && steps.size() + 2 <= steps_count) {
-      OriginateLoan loan = originate(true);
-      steps.push_back(fresh_step(CommandBody{SingleCommand{loan}}));
-      steps.push_back(fresh_step(CommandBody{SingleCommand{DisburseLoan{loan.id}}}));
+      domain::OriginateLoan loan = originate(true);
+      steps.push_back(fresh_step(domain::CommandBody{domain::SingleCommand{loan}}));
+      steps.push_back(fresh_step(domain::CommandBody{domain::SingleCommand{domain::DisburseLoan{loan.id}}}));
     }
     while (steps.size() < steps_count) {
       if (random_.chance(7)) {
@@ -960,8 +961,8 @@ class Generator {
         steps.push_back(fresh_step(body()));
         // A repayment is often retried at once (a client that lost the answer), unkeyed too:
         // the repayment id alone must keep it from charging twice.
-        const auto* single = std::get_if<SingleCommand>(&steps.back().body);
-        if (single != nullptr && std::holds_alternative<RepayLoan>(*single) && random_.chance(35) &&
+        const auto* single = std::get_if<domain::SingleCommand>(&steps.back().body);
+        if (single != nullptr && std::holds_alternative<domain::RepayLoan>(*single) && random_.chance(35) &&
             steps.size() < steps_count) {
           steps.push_back(steps.back());
         }
@@ -1360,12 +1361,12 @@ std::optional<std::string> compare_loans(Engine& engine, const Model& model) {
 // How the summary counts an outcome: by code, loan commands apart ("loan:accepted").
 std::string outcome_key(const Step& step, const CommandOutcome& outcome) {
   const std::string code = outcome.replayed && outcome.accepted() ? "replayed" : code_text(outcome.code);
-  const auto* single = std::get_if<SingleCommand>(&step.body);
-  const bool loan = single != nullptr && (std::holds_alternative<OriginateLoan>(*single) ||
-                                          std::holds_alternative<DisburseLoan>(*single) ||
-                                          std::holds_alternative<RepayLoan>(*single) ||
-                                          std::holds_alternative<CloseLoanBusinessDay>(*single) ||
-                                          std::holds_alternative<WriteOffLoan>(*single));
+  const auto* single = std::get_if<domain::SingleCommand>(&step.body);
+  const bool loan = single != nullptr && (std::holds_alternative<domain::OriginateLoan>(*single) ||
+                                          std::holds_alternative<domain::DisburseLoan>(*single) ||
+                                          std::holds_alternative<domain::RepayLoan>(*single) ||
+                                          std::holds_alternative<domain::CloseLoanBusinessDay>(*single) ||
+                                          std::holds_alternative<domain::WriteOffLoan>(*single));
   return loan ? "loan:" + code : code;
 }
 
@@ -1387,7 +1388,7 @@ db::PoolSettings small_pool(const test::TestDatabase& database) {
 std::optional<std::string> close_of_business_agrees(Engine& engine, const EventStore& store, Model& model,
                                                     const std::string& date) {
   const auto expected = model.close_of_business(date);
-  const auto got = ledger::engine::close_of_business(engine, store, *parse_date(date));
+  const auto got = ledger::engine::close_of_business(engine, store, *domain::parse_date(date));
   if (got.loans != expected.loans || got.closed != expected.closed || got.failed != expected.failed) {
     return fmt::format("close of business {}: engine visited {} closed {} failed {} ({}), model {} {} {}", date,
                        got.loans, got.closed, got.failed, got.first_failure, expected.loans, expected.closed,
@@ -1419,7 +1420,7 @@ std::optional<std::string> compare_read_models(const test::TestDatabase& databas
   const auto head = test::store_head(url);
   test::MockKafka kafka;
   auto pool = test::make_pool(url, 6);
-  Relay relay(test::relay_settings(kafka), pool);
+  relay::Relay relay(test::relay_settings(kafka), pool);
   relay.start();
   test::Projectors projectors(pool, quick_projector_settings(kafka));
   const bool caught_up = test::eventually(
@@ -1552,11 +1553,11 @@ std::optional<Failure> run(const std::vector<Step>& steps, Tally* tally) {
         continue;
       }
       const Expected expected = model.apply(step);
-      Command command{step.body, {}};
+      domain::Command command{step.body, {}};
       command.context.actor = step.actor;
       command.context.idempotency_key = step.key;
       command.context.request_fingerprint = describe(step.body);
-      CommandOutcome outcome;
+      domain::CommandOutcome outcome;
       try {
         outcome = engine.execute(std::move(command));
       } catch (const std::exception& error) {
@@ -1640,7 +1641,7 @@ std::optional<Failure> run_concurrent(const std::vector<Step>& steps, Tally* tal
       }
       std::vector<std::size_t> round(end - begin);
       std::iota(round.begin(), round.end(), begin);
-      std::vector<CommandOutcome> outcomes(round.size());
+      std::vector<domain::CommandOutcome> outcomes(round.size());
       std::vector<std::string> errors(round.size());
       {
         std::latch start(static_cast<std::ptrdiff_t>(round.size()));
@@ -1648,7 +1649,7 @@ std::optional<Failure> run_concurrent(const std::vector<Step>& steps, Tally* tal
         for (std::size_t j = 0; j < round.size(); ++j) {
           clients.emplace_back([&, j] {
             const Step& step = steps[round[j]];
-            Command command{step.body, {}};
+            domain::Command command{step.body, {}};
             command.context.actor = step.actor;
             command.context.idempotency_key = step.key;
             command.context.request_fingerprint = describe(step.body);

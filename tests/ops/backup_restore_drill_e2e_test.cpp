@@ -27,6 +27,7 @@
 using namespace ledger;
 using test::read_file;
 using test::wait_for_file;
+using namespace ledger::domain;
 using namespace ledger::engine;
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;

@@ -16,6 +16,7 @@
 #include "read_side_fixture.hpp"
 
 using namespace ledger;
+using namespace ledger::domain;
 using namespace ledger::engine;
 using namespace std::chrono_literals;
 using test::command;
@@ -25,16 +26,16 @@ namespace {
 
 void make_backlog(Engine& engine, int accounts, int transfers) {
   for (int i = 0; i < accounts; ++i) {
-    REQUIRE(engine.execute(command(OpenAccount{"k" + std::to_string(i), eur()})).accepted());
-    REQUIRE(engine.execute(command(Deposit{"k" + std::to_string(i), Amount(1'000'000)})).accepted());
+    REQUIRE(engine.execute(command(domain::OpenAccount{"k" + std::to_string(i), eur()})).accepted());
+    REQUIRE(engine.execute(command(domain::Deposit{"k" + std::to_string(i), Amount(1'000'000)})).accepted());
   }
   std::mt19937 random(99);
-  std::vector<std::future<CommandOutcome>> outcomes;
+  std::vector<std::future<domain::CommandOutcome>> outcomes;
   for (int n = 0; n < transfers; ++n) {
     const int from = static_cast<int>(random() % accounts);
     const int to = (from + 1 + static_cast<int>(random() % (accounts - 1))) % accounts;
     outcomes.push_back(engine.submit(command(
-        Transfer{"", "k" + std::to_string(from), "k" + std::to_string(to), Amount(1 + random() % 500), eur()})));
+        domain::Transfer{"", "k" + std::to_string(from), "k" + std::to_string(to), Amount(1 + random() % 500), eur()})));
   }
   for (auto& outcome : outcomes) REQUIRE(outcome.get().accepted());
 }
@@ -53,7 +54,7 @@ TEST_CASE("projectors killed with SIGKILL mid-batch and restarted end equal to t
   test::MockKafka kafka;
   auto pool = test::make_pool(database.app_url());
   Engine engine(test::engine_settings(database));
-  Relay relay(test::relay_settings(kafka), pool);
+  relay::Relay relay(test::relay_settings(kafka), pool);
   relay.start();
   make_backlog(engine, 100, 12'000);
   const std::int64_t head = test::store_head(database.app_url());
@@ -74,7 +75,7 @@ TEST_CASE("projectors killed with SIGKILL mid-batch and restarted end equal to t
     if (!test::read_models_caught_up(database.app_url())) ++kills_while_behind;
     process::stop(pid, SIGKILL, 1s);
     // Keep writing between rounds, so each restart has new events and redeliveries to sort out.
-    REQUIRE(engine.execute(command(Transfer{"", "k1", "k2", Amount(7), eur()})).accepted());
+    REQUIRE(engine.execute(command(domain::Transfer{"", "k1", "k2", Amount(7), eur()})).accepted());
   }
   MESSAGE("killed " << kills_while_behind << " times while the read models were behind");
   CHECK(kills_while_behind >= 2);
@@ -92,9 +93,9 @@ TEST_CASE("a consumer that is not ours reads the topic with kcat and decodes it 
   test::MockKafka kafka(1, 1);
   auto pool = test::make_pool(database.app_url());
   Engine engine(test::engine_settings(database));
-  Relay relay(test::relay_settings(kafka), pool);
+  relay::Relay relay(test::relay_settings(kafka), pool);
   relay.start();
-  REQUIRE(engine.execute(command(OpenAccount{"downstream-1", eur()})).accepted());
+  REQUIRE(engine.execute(command(domain::OpenAccount{"downstream-1", eur()})).accepted());
   REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == 1; }));
 
   const auto directory = scratch_directory("kcat");
@@ -155,11 +156,11 @@ TEST_CASE("with the JSON view on, kcat reads every event as its export line from
   Engine engine(test::engine_settings(database));
   auto settings = test::relay_settings(kafka);
   settings.json_topic = test::events_json_topic;
-  Relay relay(settings, pool);
+  relay::Relay relay(settings, pool);
   relay.start();
   make_backlog(engine, 4, 40);
-  REQUIRE(engine.execute(command(PlaceHold{"json-hold", "k0", "k1", Amount(5), eur(), "", std::nullopt})).accepted());
-  REQUIRE(engine.execute(command(VoidHold{"json-hold"})).accepted());
+  REQUIRE(engine.execute(command(domain::PlaceHold{"json-hold", "k0", "k1", Amount(5), eur(), "", std::nullopt})).accepted());
+  REQUIRE(engine.execute(command(domain::VoidHold{"json-hold"})).accepted());
   const std::int64_t head = test::store_head(database.app_url());
   // Acknowledged means both topics have it.
   REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
@@ -169,7 +170,7 @@ TEST_CASE("with the JSON view on, kcat reads every event as its export line from
                                       "beginning", "-e", "-q", "-f", "%k|%h|%s\n"},
                                      output);
   REQUIRE_MESSAGE(consumed.success(), output);
-  std::map<std::int64_t, engine::RecordedEvent> seen;
+  std::map<std::int64_t, domain::RecordedEvent> seen;
   std::istringstream lines(output);
   std::string line;
   while (std::getline(lines, line)) {

@@ -66,7 +66,7 @@ struct Stack {
   test::MockKafka kafka;
   db::ConnectionPool pool;
   projections::ReadModels read_models;
-  engine::Relay relay;  // before the server, which asks it for /health until it stops
+  relay::Relay relay;  // before the server, which asks it for /health until it stops
   ServerFixture server;
   std::vector<std::unique_ptr<projections::Projector>> projectors;
 };
@@ -275,13 +275,13 @@ TEST_CASE("the loan read model over HTTP follows each step and equals the fold o
   auto same_as_fold = [&](const std::string& loan_id) {
     const auto head = test::store_head(stack.database.app_url());
     REQUIRE(test::eventually([&] { return test::watermark(stack.database.app_url(), "loan") == head; }));
-    engine::LoanState folded;
+    domain::LoanState folded;
     for (const auto& event : store.read_stream("loan-" + loan_id, StreamVersion(1), 1'000)) {
-      engine::apply(folded, *engine::decode_event(event.type, event.payload));
+      domain::apply(folded, *domain::decode_event(event.type, event.payload));
     }
     const auto view = stack.read_models.loan(loan_id).value;
     REQUIRE(view);
-    CHECK(view->status == engine::to_string(folded.book.status));
+    CHECK(view->status == domain::to_string(folded.book.status));
     CHECK(view->interest_recognised == folded.book.interest_recognised);
     CHECK(view->days_past_due == folded.book.days_past_due);
     CHECK(view->principal_written_off == folded.book.principal_written_off);
@@ -291,7 +291,7 @@ TEST_CASE("the loan read model over HTTP follows each step and equals the fold o
     for (std::size_t k = 0; k < folded.book.installments.size(); ++k) {
       const auto& expected = folded.book.installments[k];
       const auto& actual = view->installments[k];
-      CHECK(actual.due_date == engine::to_string(expected.due_date));
+      CHECK(actual.due_date == domain::to_string(expected.due_date));
       CHECK(actual.principal == expected.principal);
       CHECK(actual.interest == expected.interest);
       CHECK(actual.principal_paid == expected.principal_paid);

@@ -23,11 +23,11 @@
 
 #include "ledger/db/pool.hpp"
 #include "ledger/engine/engine.hpp"
-#include "ledger/engine/envelope.hpp"
+#include "ledger/domain/envelope.hpp"
 #include "ledger/engine/event_store.hpp"
-#include "ledger/engine/events.hpp"
-#include "ledger/engine/relay.hpp"
-#include "ledger/engine/state.hpp"
+#include "ledger/domain/events.hpp"
+#include "ledger/relay/relay.hpp"
+#include "ledger/domain/state.hpp"
 #include "ledger/projections/projector.hpp"
 #include "../engine/engine_fixture.hpp"
 #include "test_cluster.hpp"
@@ -85,7 +85,7 @@ class MockKafka {
 
 // Publishes one envelope as the relay would (key = stream id, the `position` header), from a
 // producer of the test's own: what a forger with access to the topic can do.
-inline void produce_envelope(const MockKafka& kafka, const engine::RecordedEvent& event,
+inline void produce_envelope(const MockKafka& kafka, const domain::RecordedEvent& event,
                              const std::string& envelope) {
   char error[256];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
@@ -108,7 +108,7 @@ inline void produce_envelope(const MockKafka& kafka, const engine::RecordedEvent
 
 // Every message on the events topic, decoded, per partition in offset order (read from the
 // start of each partition to its end, as a new consumer would).
-inline std::map<std::int32_t, std::vector<engine::RecordedEvent>> read_topic(const MockKafka& kafka) {
+inline std::map<std::int32_t, std::vector<domain::RecordedEvent>> read_topic(const MockKafka& kafka) {
   char error[256];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   rd_kafka_conf_set(conf, "bootstrap.servers", kafka.bootstrap().c_str(), error, sizeof error);
@@ -124,7 +124,7 @@ inline std::map<std::int32_t, std::vector<engine::RecordedEvent>> read_topic(con
   }
   rd_kafka_assign(consumer.get(), partitions);
   rd_kafka_topic_partition_list_destroy(partitions);
-  std::map<std::int32_t, std::vector<engine::RecordedEvent>> messages;
+  std::map<std::int32_t, std::vector<domain::RecordedEvent>> messages;
   std::set<std::int32_t> ended;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (static_cast<int>(ended.size()) < kafka.partitions() && std::chrono::steady_clock::now() < deadline) {
@@ -133,7 +133,7 @@ inline std::map<std::int32_t, std::vector<engine::RecordedEvent>> read_topic(con
     if (message->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
       ended.insert(message->partition);
     } else if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-      auto event = engine::decode_envelope({static_cast<const char*>(message->payload), message->len});
+      auto event = domain::decode_envelope({static_cast<const char*>(message->payload), message->len});
       if (event) messages[message->partition].push_back(std::move(*event));
     }
     rd_kafka_message_destroy(message);
@@ -150,8 +150,8 @@ inline db::ConnectionPool make_pool(const std::string& url, std::size_t connecti
   return db::ConnectionPool(settings);
 }
 
-inline engine::RelaySettings relay_settings(const MockKafka& kafka) {
-  engine::RelaySettings settings;
+inline relay::RelaySettings relay_settings(const MockKafka& kafka) {
+  relay::RelaySettings settings;
   settings.brokers = kafka.bootstrap();
   settings.topic = events_topic;
   settings.poll_interval = std::chrono::milliseconds(100);
@@ -209,7 +209,7 @@ inline std::int64_t append_raw_event(const std::string& admin_url, const std::st
   pqxx::connection connection(admin_url);
   pqxx::work work(connection);
   const auto head = work.exec1("SELECT position, hash FROM event_store_head FOR UPDATE");
-  engine::RecordedEvent event;
+  domain::RecordedEvent event;
   event.position = GlobalPosition(head[0].as<std::int64_t>() + 1);
   event.stream_id = stream_id;
   event.version = StreamVersion(
@@ -222,14 +222,14 @@ inline std::int64_t append_raw_event(const std::string& admin_url, const std::st
   event.recorded_at_us =
       work.exec1("SELECT (extract(epoch FROM date_trunc('milliseconds', now())) * 1000000)::bigint")[0]
           .as<std::int64_t>();
-  event.hash = engine::chain_hash(pqxx::binarystring(head[1]).str(), event);
+  event.hash = domain::chain_hash(pqxx::binarystring(head[1]).str(), event);
   work.exec_params(
       "INSERT INTO events (position, stream_id, version, event_id, type, schema_version, payload, metadata, "
       "recorded_at, hash) VALUES ($1, $2, $3, $4::uuid, $5, $6, $7, $8::jsonb, "
       "'epoch'::timestamptz + $9 * interval '1 microsecond', $10)",
       event.position.value(), event.stream_id, event.version.value(), event.event_id, event.type,
       static_cast<int>(event.schema_version), pqxx::binarystring(event.payload),
-      engine::metadata_to_json(event.metadata), event.recorded_at_us, pqxx::binarystring(event.hash));
+      domain::metadata_to_json(event.metadata), event.recorded_at_us, pqxx::binarystring(event.hash));
   work.exec_params("UPDATE event_store_head SET position = $1, hash = $2", event.position.value(),
                    pqxx::binarystring(event.hash));
   work.commit();
@@ -240,9 +240,9 @@ inline std::int64_t append_raw_event(const std::string& admin_url, const std::st
 inline void check_read_models_equal_fold(const std::string& url) {
   auto pool = make_pool(url, 2);
   engine::EventStore store(pool);
-  std::map<std::string, engine::AccountState> accounts;
+  std::map<std::string, domain::AccountState> accounts;
   std::vector<std::string> expected_entries;
-  std::vector<engine::RecordedEvent> all;
+  std::vector<domain::RecordedEvent> all;
   for (std::int64_t next = 1;;) {
     auto batch = store.read_all(GlobalPosition(next), 10'000);
     if (batch.empty()) break;
@@ -253,14 +253,14 @@ inline void check_read_models_equal_fold(const std::string& url) {
   for (const auto& event : all) {
     if (!event.stream_id.starts_with("account-")) continue;
     const std::string id = event.stream_id.substr(8);
-    auto decoded = engine::decode_event(event.type, event.payload);
+    auto decoded = domain::decode_event(event.type, event.payload);
     REQUIRE(decoded);
     auto& state = accounts[id];
-    engine::apply(state, *decoded);
-    if (const auto* entry = std::get_if<engine::events::AccountEntry>(&*decoded)) {
+    domain::apply(state, *decoded);
+    if (const auto* entry = std::get_if<domain::events::AccountEntry>(&*decoded)) {
       expected_entries.push_back(id + "|" + std::to_string(event.position.value()) + "|" +
                                  entry->transfer_id + "|" +
-                                 (entry->direction == engine::events::Direction::debit ? "debit" : "credit") +
+                                 (entry->direction == domain::events::Direction::debit ? "debit" : "credit") +
                                  "|" + std::to_string(entry->amount) + "|" + entry->counterparty + "|" +
                                  std::to_string(state.balance()->minor_units()));
     }
@@ -279,7 +279,7 @@ inline void check_read_models_equal_fold(const std::string& url) {
     REQUIRE(found != accounts.end());
     const auto& s = found->second;
     const bool same = row[1].as<std::string>() == s.currency.str() &&
-                      row[2].as<std::string>() == engine::to_string(s.status) &&
+                      row[2].as<std::string>() == domain::to_string(s.status) &&
                       row[3].as<std::int64_t>() == s.debits_posted.minor_units() &&
                       row[4].as<std::int64_t>() == s.credits_posted.minor_units() &&
                       row[5].as<std::int64_t>() == s.debits_pending.minor_units() &&
@@ -287,7 +287,7 @@ inline void check_read_models_equal_fold(const std::string& url) {
                       row[7].as<std::int64_t>() == s.pending_count &&
                       row[8].as<std::int64_t>() == s.version.value() &&
                       row[9].as<std::int64_t>() == s.overdraft_limit.minor_units() &&
-                      row[10].as<std::string>() == engine::to_string(s.kind);
+                      row[10].as<std::string>() == domain::to_string(s.kind);
     if (!same) ++mismatched;
   }
   CHECK(mismatched == 0);
@@ -316,7 +316,7 @@ inline void check_read_models_equal_fold(const std::string& url) {
     rapidjson::Document stored;
     rapidjson::Document expected;
     stored.Parse(row[12].c_str());
-    expected.Parse(engine::event_to_json(*engine::decode_event(e.type, e.payload)).c_str());
+    expected.Parse(domain::event_to_json(*domain::decode_event(e.type, e.payload)).c_str());
     if (row[0].as<std::int64_t>() != e.position.value() || row[1].as<std::string>() != e.stream_id ||
         row[2].as<std::int64_t>() != e.version.value() || row[3].as<std::string>() != e.type ||
         row[4].as<std::string>() != e.event_id || row[5].as<std::string>() != m.actor ||
@@ -338,10 +338,10 @@ inline std::string account_name(int i) { return "acct-" + std::to_string(i); }
 
 inline void open_accounts(ledger::engine::Engine& engine) {
   for (int i = 0; i < account_count; ++i) {
-    ledger::engine::OpenAccount open{account_name(i), eur()};
+    ledger::domain::OpenAccount open{account_name(i), eur()};
     open.overdraft_limit = Amount(i % 10 == 0 ? 5'000 : 0);
     REQUIRE(engine.execute(command(open)).accepted());
-    REQUIRE(engine.execute(command(ledger::engine::Deposit{account_name(i), Amount(50'000 + i)})).accepted());
+    REQUIRE(engine.execute(command(ledger::domain::Deposit{account_name(i), Amount(50'000 + i)})).accepted());
   }
 }
 
@@ -354,7 +354,7 @@ inline int random_workload(ledger::engine::Engine& engine, int count, int thread
     clients.emplace_back([&, t] {
       std::mt19937 random(seed + static_cast<unsigned>(t));
       std::vector<std::string> holds;
-      std::vector<std::pair<std::future<ledger::engine::CommandOutcome>, bool>> in_flight;
+      std::vector<std::pair<std::future<ledger::domain::CommandOutcome>, bool>> in_flight;
       auto settle = [&](std::size_t keep) {
         while (in_flight.size() > keep) {
           auto [future, is_hold] = std::move(in_flight.front());
@@ -371,21 +371,21 @@ inline int random_workload(ledger::engine::Engine& engine, int count, int thread
         const Amount amount(1 + static_cast<std::int64_t>(random() % 4'000));
         const int kind = static_cast<int>(random() % 20);
         bool is_hold = false;
-        std::future<ledger::engine::CommandOutcome> outcome;
+        std::future<ledger::domain::CommandOutcome> outcome;
         if (kind < 10 || (kind >= 14 && kind < 18 && holds.empty())) {
-          outcome = engine.submit(command(ledger::engine::Transfer{"", account_name(from), account_name(to), amount, eur()}));
+          outcome = engine.submit(command(ledger::domain::Transfer{"", account_name(from), account_name(to), amount, eur()}));
         } else if (kind < 14) {
           is_hold = true;
-          outcome = engine.submit(command(ledger::engine::PlaceHold{"", account_name(from), account_name(to), amount, eur()}));
+          outcome = engine.submit(command(ledger::domain::PlaceHold{"", account_name(from), account_name(to), amount, eur()}));
         } else if (kind < 18) {
           const std::string hold = holds.back();
           holds.pop_back();
-          outcome = kind % 2 == 0 ? engine.submit(command(ledger::engine::PostHold{hold, Amount(amount.minor_units() % 100 + 1)}))
-                                  : engine.submit(command(ledger::engine::VoidHold{hold}));
+          outcome = kind % 2 == 0 ? engine.submit(command(ledger::domain::PostHold{hold, Amount(amount.minor_units() % 100 + 1)}))
+                                  : engine.submit(command(ledger::domain::VoidHold{hold}));
         } else if (kind == 18) {
-          outcome = engine.submit(command(ledger::engine::Deposit{account_name(from), amount}));
+          outcome = engine.submit(command(ledger::domain::Deposit{account_name(from), amount}));
         } else {
-          outcome = engine.submit(command(ledger::engine::Withdrawal{account_name(from), amount}));
+          outcome = engine.submit(command(ledger::domain::Withdrawal{account_name(from), amount}));
         }
         in_flight.emplace_back(std::move(outcome), is_hold);
         settle(16);
@@ -431,12 +431,12 @@ struct ReadSideStack {
   MockKafka kafka;
   db::ConnectionPool pool;
   engine::Engine engine;
-  engine::Relay relay;
+  relay::Relay relay;
   Projectors projectors;
 
  private:
   // Starts the relay before the projectors are constructed (member initialisation order).
-  static db::ConnectionPool& started(engine::Relay& relay, db::ConnectionPool& pool) {
+  static db::ConnectionPool& started(relay::Relay& relay, db::ConnectionPool& pool) {
     relay.start();
     return pool;
   }

@@ -10,6 +10,7 @@
 #include "read_side_fixture.hpp"
 
 using namespace ledger;
+using namespace ledger::domain;
 using namespace ledger::engine;
 using namespace std::chrono_literals;
 using test::command;
@@ -45,7 +46,7 @@ TEST_CASE("a relay restarted from an older checkpoint republishes, and no read m
   test::MockKafka kafka;
   auto pool = test::make_pool(database.app_url());
   Engine engine(test::engine_settings(database));
-  auto relay = std::make_unique<Relay>(test::relay_settings(kafka), pool);
+  auto relay = std::make_unique<relay::Relay>(test::relay_settings(kafka), pool);
   relay->start();
   Projectors projectors(pool, test::projector_settings(kafka));
   open_accounts(engine);
@@ -62,7 +63,7 @@ TEST_CASE("a relay restarted from an older checkpoint republishes, and no read m
     work.exec("UPDATE checkpoints SET position = 0 WHERE name = 'relay'");
     work.commit();
   }
-  Relay again(test::relay_settings(kafka), pool);
+  relay::Relay again(test::relay_settings(kafka), pool);
   again.start();
   // Every event is delivered a second time and skipped by both projections.
   REQUIRE(test::eventually([&] { return projectors.duplicates_skipped() >= projection_count * head; }));
@@ -100,7 +101,7 @@ TEST_CASE("messages that never reach the projectors are healed from the event st
   test::MockKafka empty;      // a new, empty broker the projectors read
   auto pool = test::make_pool(database.app_url());
   Engine engine(test::engine_settings(database));
-  Relay relay(test::relay_settings(published), pool);
+  relay::Relay relay(test::relay_settings(published), pool);
   relay.start();
   auto settings = test::projector_settings(empty);
   settings.gap_wait = std::chrono::milliseconds(300);
@@ -125,7 +126,7 @@ TEST_CASE("a projector that finds a gap in what Kafka delivers fills it from the
     work.exec_params("UPDATE checkpoints SET position = $1 WHERE name = 'relay'", unpublished);
     work.commit();
   }
-  Relay relay(test::relay_settings(kafka), pool);
+  relay::Relay relay(test::relay_settings(kafka), pool);
   relay.start();
   auto settings = test::projector_settings(kafka);
   settings.gap_wait = std::chrono::hours(1);  // the gap is found by the first message after it
@@ -146,7 +147,7 @@ TEST_CASE("a broker that lost its data is detected and the relay publishes again
   const std::int64_t head = test::store_head(database.app_url());
   {
     test::MockKafka first(1, 1);
-    Relay relay(test::relay_settings(first), pool);
+    relay::Relay relay(test::relay_settings(first), pool);
     relay.start();
     REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
     relay.stop();
@@ -156,7 +157,7 @@ TEST_CASE("a broker that lost its data is detected and the relay publishes again
   // The development broker restarted: same address book, no data. No read model has applied
   // anything yet, so everything must be published again.
   test::MockKafka second(1, 1);
-  Relay relay(test::relay_settings(second), pool);
+  relay::Relay relay(test::relay_settings(second), pool);
   relay.start();
   REQUIRE(test::eventually([&] { return relay.status().republishes >= 1; }, 30s));
   REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
@@ -173,10 +174,10 @@ TEST_CASE("one relay publishes at a time; a standby takes over within seconds wh
   test::MockKafka kafka;
   auto pool = test::make_pool(database.app_url());
   Engine engine(test::engine_settings(database));
-  auto first = std::make_unique<Relay>(test::relay_settings(kafka), pool);
+  auto first = std::make_unique<relay::Relay>(test::relay_settings(kafka), pool);
   first->start();
   REQUIRE(test::eventually([&] { return first->status().leader; }, 10s));
-  Relay second(test::relay_settings(kafka), pool);
+  relay::Relay second(test::relay_settings(kafka), pool);
   second.start();
   std::this_thread::sleep_for(1s);
   CHECK_FALSE(second.status().leader);  // the advisory lock is taken
@@ -253,15 +254,15 @@ TEST_CASE("forged messages with the right key and position are not applied: the 
   }
   REQUIRE(entries.size() >= 2);
   auto forge = [](RecordedEvent event) {
-    auto decoded = decode_event(event.type, event.payload);
+    auto decoded = domain::decode_event(event.type, event.payload);
     REQUIRE(decoded);
-    std::get<events::AccountEntry>(*decoded).amount += 1'000'000;
-    event.payload = encode_event(*decoded);
+    std::get<domain::events::AccountEntry>(*decoded).amount += 1'000'000;
+    event.payload = domain::encode_event(*decoded);
     return event;
   };
   RecordedEvent same_hash = forge(entries[entries.size() / 2]);
   RecordedEvent other_hash = forge(entries.back());
-  other_hash.hash = std::string(event_hash_size, '\x5a');
+  other_hash.hash = std::string(domain::event_hash_size, '\x5a');
   for (const auto* forged : {&same_hash, &other_hash}) {
     test::produce_envelope(kafka, *forged, encode_envelope(*forged));
   }
@@ -279,7 +280,7 @@ TEST_CASE("forged messages with the right key and position are not applied: the 
   }
 
   // The genuine messages follow (and are skipped as repeats); the read models equal the store.
-  Relay relay(test::relay_settings(kafka), pool);
+  relay::Relay relay(test::relay_settings(kafka), pool);
   relay.start();
   random_workload(engine, 300);
   REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
@@ -301,10 +302,10 @@ TEST_CASE("a forged message whose hash was recomputed to chain is not applied ei
   std::size_t index = stored.size() / 2;
   while (stored[index].type != "account_entry") ++index;
   RecordedEvent forged = stored[index];
-  auto decoded = decode_event(forged.type, forged.payload);
+  auto decoded = domain::decode_event(forged.type, forged.payload);
   REQUIRE(decoded);
-  std::get<events::AccountEntry>(*decoded).amount += 1'000'000;
-  forged.payload = encode_event(*decoded);
+  std::get<domain::events::AccountEntry>(*decoded).amount += 1'000'000;
+  forged.payload = domain::encode_event(*decoded);
   forged.hash = chain_hash(stored[index - 1].hash, forged);
   test::produce_envelope(kafka, forged, encode_envelope(forged));
 
@@ -319,7 +320,7 @@ TEST_CASE("a forged message whose hash was recomputed to chain is not applied ei
     CHECK(test::eventually([&] { return projector->status().messages_rejected >= 1; }, 60s));
   }
 
-  Relay relay(test::relay_settings(kafka), pool);
+  relay::Relay relay(test::relay_settings(kafka), pool);
   relay.start();
   random_workload(engine, 300);
   REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }, 60s));

@@ -13,6 +13,7 @@
 #include "ledger/replay/rebuild.hpp"
 
 using namespace ledger;
+using namespace ledger::domain;
 using namespace ledger::engine;
 using namespace std::chrono_literals;
 

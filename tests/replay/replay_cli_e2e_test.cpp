@@ -14,6 +14,7 @@
 #include "test_cluster.hpp"
 
 using namespace ledger;
+using namespace ledger::domain;
 using namespace ledger::engine;
 using test::command;
 using test::eur;

@@ -12,10 +12,12 @@
 #include "../projections/read_side_fixture.hpp"
 #include "ledger/core/hex.hpp"
 #include "ledger/core/time_text.hpp"
-#include "ledger/engine/events.hpp"
+#include "ledger/domain/events.hpp"
+#include "ledger/engine/balance_as_of.hpp"
 #include "ledger/replay/replay.hpp"
 
 using namespace ledger;
+using namespace ledger::domain;
 using namespace ledger::engine;
 using namespace std::chrono_literals;
 using test::command;
@@ -37,30 +39,30 @@ struct EveryEventType {
       now_us += 1'000'000;  // one second between commands: distinct recorded times
       return outcome;
     };
-    ok(OpenAccount{"alice", eur()});
-    ok(OpenAccount{"bob", eur()});
-    ok(OpenAccount{"carol", usd()});
-    ok(Deposit{"alice", Amount(10'000)});
-    ok(Deposit{"carol", Amount(700)});
-    ok(Transfer{"t-1", "alice", "bob", Amount(2'500), eur(), "rent, \"May\""});  // CSV quoting
-    const auto hold = ok(PlaceHold{"h-1", "alice", "bob", Amount(1'000), eur(), "", std::nullopt});
-    ok(PostHold{"h-1", Amount(600)});
-    ok(PlaceHold{"h-2", "bob", "alice", Amount(300), eur(), "", std::nullopt});
-    ok(VoidHold{"h-2"});
-    ok(PlaceHold{"h-3", "alice", "bob", Amount(200), eur(), "", 1});
+    ok(domain::OpenAccount{"alice", eur()});
+    ok(domain::OpenAccount{"bob", eur()});
+    ok(domain::OpenAccount{"carol", usd()});
+    ok(domain::Deposit{"alice", Amount(10'000)});
+    ok(domain::Deposit{"carol", Amount(700)});
+    ok(domain::Transfer{"t-1", "alice", "bob", Amount(2'500), eur(), "rent, \"May\""});  // CSV quoting
+    const auto hold = ok(domain::PlaceHold{"h-1", "alice", "bob", Amount(1'000), eur(), "", std::nullopt});
+    ok(domain::PostHold{"h-1", Amount(600)});
+    ok(domain::PlaceHold{"h-2", "bob", "alice", Amount(300), eur(), "", std::nullopt});
+    ok(domain::VoidHold{"h-2"});
+    ok(domain::PlaceHold{"h-3", "alice", "bob", Amount(200), eur(), "", 1});
     now_us += 5'000'000;
-    ok(ExpireHold{"h-3"});
-    ok(Withdrawal{"carol", Amount(700)});
-    ok(FreezeAccount{"bob"});
-    ok(UnfreezeAccount{"bob"});
-    ok(CloseAccount{"carol"});
-    OriginateLoan loan{"loan-1", "alice", eur(), Amount(3'000), 1'200, 3, ScheduleType::annuity, "2027-01-15",
+    ok(domain::ExpireHold{"h-3"});
+    ok(domain::Withdrawal{"carol", Amount(700)});
+    ok(domain::FreezeAccount{"bob"});
+    ok(domain::UnfreezeAccount{"bob"});
+    ok(domain::CloseAccount{"carol"});
+    domain::OriginateLoan loan{"loan-1", "alice", eur(), Amount(3'000), 1'200, 3, ScheduleType::annuity, "2027-01-15",
                        "2027-02-15", Amount(100), Amount(50), 0};
     ok(loan);
-    ok(DisburseLoan{"loan-1"});
-    ok(CloseLoanBusinessDay{"loan-1", "2027-02-20"});  // overdue, with the late fee
-    ok(RepayLoan{"loan-1", Amount(1'000), "repay-1"});
-    ok(WriteOffLoan{"loan-1"});
+    ok(domain::DisburseLoan{"loan-1"});
+    ok(domain::CloseLoanBusinessDay{"loan-1", "2027-02-20"});  // overdue, with the late fee
+    ok(domain::RepayLoan{"loan-1", Amount(1'000), "repay-1"});
+    ok(domain::WriteOffLoan{"loan-1"});
   }
   std::atomic<std::int64_t> now_us{1'800'000'000'000'000};
   std::unique_ptr<Engine> engine;
@@ -100,7 +102,7 @@ replay::VerifyResult verify_all(db::ConnectionPool& pool) { return replay::verif
 // write it back from position `from` on: the column `set` names, and the new hash.
 std::string rewrite_chain_from(std::vector<RecordedEvent>& stored, GlobalPosition from,
                                const std::function<std::string(const RecordedEvent&)>& set) {
-  std::string previous = genesis_hash();
+  std::string previous = domain::genesis_hash();
   std::string sql;
   for (auto& event : stored) {
     event.hash = chain_hash(previous, event);
@@ -123,7 +125,7 @@ TEST_CASE("export round-trips every event type: each line reads back to the stor
   const auto lines = lines_of(export_text(pool, {}));
   REQUIRE(lines.size() == stored.size());
   std::set<std::string> types;
-  std::string previous_hash = genesis_hash();
+  std::string previous_hash = domain::genesis_hash();
   for (std::size_t i = 0; i < lines.size(); ++i) {
     const auto parsed = replay::parse_exported_event(lines[i]);
     REQUIRE_MESSAGE(parsed, lines[i]);
@@ -276,9 +278,9 @@ TEST_CASE("verify catches a tampered payload, a deleted event, a broken chain an
       return e.type == "account_entry" && e.stream_id == "account-bob";
     });
     REQUIRE(credit != stored.end());
-    auto entry = std::get<events::AccountEntry>(*decode_event(credit->type, credit->payload));
+    auto entry = std::get<domain::events::AccountEntry>(*domain::decode_event(credit->type, credit->payload));
     entry.amount += 1;
-    credit->payload = encode_event(entry);
+    credit->payload = domain::encode_event(entry);
     tamper(database, rewrite_chain_from(stored, credit->position, [](const RecordedEvent& event) {
              return "payload = '\\x" + to_hex(event.payload) + "'";
            }));
@@ -312,15 +314,15 @@ TEST_CASE("as-of balances equal a fold of the log at 100 random instants and 100
   std::atomic<std::int64_t> now_us{1'800'000'000'000'000};
   settings.clock_us = [&] { return now_us += 1'000; };  // every batch a later time
   Engine engine(settings);
-  for (int i = 0; i < 8; ++i) REQUIRE(engine.execute(command(OpenAccount{"a" + std::to_string(i), eur()})).accepted());
+  for (int i = 0; i < 8; ++i) REQUIRE(engine.execute(command(domain::OpenAccount{"a" + std::to_string(i), eur()})).accepted());
   std::mt19937 random(11);
   for (int n = 0; n < 600; ++n) {
     const int from = static_cast<int>(random() % 8), to = (from + 1 + static_cast<int>(random() % 7)) % 8;
     const Amount amount(1 + static_cast<std::int64_t>(random() % 900));
     if (n % 3 == 0) {
-      (void)engine.execute(command(Deposit{"a" + std::to_string(from), amount}));
+      (void)engine.execute(command(domain::Deposit{"a" + std::to_string(from), amount}));
     } else {
-      (void)engine.execute(command(Transfer{"", "a" + std::to_string(from), "a" + std::to_string(to), amount, eur()}));
+      (void)engine.execute(command(domain::Transfer{"", "a" + std::to_string(from), "a" + std::to_string(to), amount, eur()}));
     }
   }
   auto pool = test::make_pool(database.app_url(), 3);
@@ -332,24 +334,24 @@ TEST_CASE("as-of balances equal a fold of the log at 100 random instants and 100
     // The expected state: the account's events at or before the pivot, folded by hand (by
     // time, that includes the rest of the pivot's command: its events share one time).
     const bool by_time = sample < 100;
-    AccountState expected;
+    domain::AccountState expected;
     GlobalPosition last{0};
     for (const auto& event : stored) {
       if (by_time ? event.recorded_at_us > pivot.recorded_at_us : event.position > pivot.position) break;
       last = event.position;
-      if (event.stream_id == "account-" + account) engine::apply(expected, *decode_event(event.type, event.payload));
+      if (event.stream_id == "account-" + account) domain::apply(expected, *domain::decode_event(event.type, event.payload));
     }
-    const auto found = replay::balance_as_of(store, account, by_time ? std::optional(pivot.recorded_at_us) : std::nullopt,
+    const auto found = engine::balance_as_of(store, account, by_time ? std::optional(pivot.recorded_at_us) : std::nullopt,
                                              by_time ? std::nullopt : std::optional(pivot.position));
     REQUIRE(found);
     CHECK(found->state == expected);
     CHECK(found->position <= last);
   }
-  CHECK_FALSE(replay::balance_as_of(store, "nobody", std::nullopt, GlobalPosition(5)));
-  const auto before = replay::balance_as_of(store, "a7", std::nullopt, GlobalPosition(1));
+  CHECK_FALSE(engine::balance_as_of(store, "nobody", std::nullopt, GlobalPosition(5)));
+  const auto before = engine::balance_as_of(store, "a7", std::nullopt, GlobalPosition(1));
   REQUIRE(before);
   CHECK_FALSE(before->state.exists);  // a7 was opened later
-  CHECK_THROWS_AS((void)replay::balance_as_of(store, "a1", std::nullopt, std::nullopt), std::invalid_argument);
+  CHECK_THROWS_AS((void)engine::balance_as_of(store, "a1", std::nullopt, std::nullopt), std::invalid_argument);
 }
 
 TEST_CASE("reconcile passes caught-up read models and reports every row altered by hand") {
@@ -358,11 +360,11 @@ TEST_CASE("reconcile passes caught-up read models and reports every row altered 
   auto& [kafka, pool, engine, relay, projectors] = stack;
   test::open_accounts(engine);
   test::random_workload(engine, 1'500);
-  REQUIRE(engine.execute(command(OriginateLoan{"loan-1", test::account_name(1), eur(), Amount(30'000), 1'200, 6,
-                                               ScheduleType::annuity, "2026-01-15", "2026-02-15", Amount(0), Amount(100), 0}))
+  REQUIRE(engine.execute(command(domain::OriginateLoan{"loan-1", test::account_name(1), eur(), Amount(30'000), 1'200, 6,
+                                               domain::ScheduleType::annuity, "2026-01-15", "2026-02-15", Amount(0), Amount(100), 0}))
               .accepted());
-  REQUIRE(engine.execute(command(DisburseLoan{"loan-1"})).accepted());
-  REQUIRE(engine.execute(command(CloseLoanBusinessDay{"loan-1", "2026-02-20"})).accepted());
+  REQUIRE(engine.execute(command(domain::DisburseLoan{"loan-1"})).accepted());
+  REQUIRE(engine.execute(command(domain::CloseLoanBusinessDay{"loan-1", "2026-02-20"})).accepted());
   REQUIRE(test::eventually([&] {
     return test::read_models_caught_up(database.app_url()) &&
            test::watermark(database.app_url(), "loan") == test::store_head(database.app_url());

@@ -8,7 +8,7 @@
 #include <functional>
 #include <string>
 
-#include "ledger/engine/loan_schedule.hpp"
+#include "ledger/domain/loan_schedule.hpp"
 
 namespace ledger::engine {
 
@@ -30,7 +30,7 @@ struct CloseOfBusinessSettings {
 };
 
 // `progress(loans visited)` after each page.
-CloseOfBusinessResult close_of_business(Engine& engine, const EventStore& store, Date date,
+CloseOfBusinessResult close_of_business(Engine& engine, const EventStore& store, domain::Date date,
                                         const CloseOfBusinessSettings& settings = {},
                                         const std::function<void(std::int64_t)>& progress = {});
 

@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "ledger/core/histogram.hpp"
-#include "ledger/engine/commands.hpp"
+#include "ledger/domain/commands.hpp"
 #include "ledger/engine/snapshot_store.hpp"
-#include "ledger/engine/state.hpp"
+#include "ledger/domain/state.hpp"
 
 namespace ledger::engine {
 
@@ -134,22 +134,22 @@ class Engine {
   // Called once per command on an engine thread: with the outcome, or with an error (then the
   // outcome is empty): EngineUnavailable (nothing was written) or OutcomeUnknown (it may have
   // been). Keep it short: post elsewhere.
-  using Completion = std::function<void(std::exception_ptr error, CommandOutcome outcome)>;
+  using Completion = std::function<void(std::exception_ptr error, domain::CommandOutcome outcome)>;
 
   // Throws EngineOverloaded when the queue is full, EngineUnavailable when stopping. The future
   // throws EngineUnavailable when the database could not be reached, OutcomeUnknown when the
   // commit's outcome could not be established.
-  [[nodiscard]] std::future<CommandOutcome> submit(Command command);
-  void submit(Command command, Completion completion);
-  [[nodiscard]] CommandOutcome execute(Command command);
+  [[nodiscard]] std::future<domain::CommandOutcome> submit(domain::Command command);
+  void submit(domain::Command command, Completion completion);
+  [[nodiscard]] domain::CommandOutcome execute(domain::Command command);
 
   // Stops accepting, finishes everything queued. Idempotent.
   void stop();
 
   // The state of a stream folded from the event store (no cache): for tests and tools.
-  [[nodiscard]] std::optional<AccountState> read_account(const std::string& account_id);
-  [[nodiscard]] std::optional<TransferState> read_transfer(const std::string& transfer_id);
-  [[nodiscard]] std::optional<LoanState> read_loan(const std::string& loan_id);
+  [[nodiscard]] std::optional<domain::AccountState> read_account(const std::string& account_id);
+  [[nodiscard]] std::optional<domain::TransferState> read_transfer(const std::string& transfer_id);
+  [[nodiscard]] std::optional<domain::LoanState> read_loan(const std::string& loan_id);
 
   [[nodiscard]] EngineStats stats() const;
 

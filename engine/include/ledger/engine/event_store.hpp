@@ -8,54 +8,13 @@
 #include <vector>
 
 #include "ledger/core/strong_type.hpp"
+#include "ledger/domain/recorded_event.hpp"
 
 namespace ledger::db {
 class ConnectionPool;
 }
 
 namespace ledger::engine {
-
-// Metadata of every event: who did it and how to trace it. Stored as jsonb and covered by the
-// hash chain through canonical_metadata_bytes.
-struct EventMetadata {
-  std::string actor;
-  std::string command_id;
-  std::string correlation_id;
-  std::string causation_id;
-  std::string request_id;
-  std::string client_address;
-  friend bool operator==(const EventMetadata&, const EventMetadata&) = default;
-};
-
-[[nodiscard]] std::string metadata_to_json(const EventMetadata& metadata);
-// std::nullopt when `json` is not an object of strings.
-[[nodiscard]] std::optional<EventMetadata> metadata_from_json(std::string_view json);
-
-// An event as stored.
-struct RecordedEvent {
-  GlobalPosition position{0};
-  std::string stream_id;
-  StreamVersion version{0};
-  std::string event_id;  // UUID text
-  std::string type;
-  std::int16_t schema_version = 1;
-  std::string payload;  // FlatBuffers Event
-  EventMetadata metadata;
-  std::int64_t recorded_at_us = 0;  // microseconds since the Unix epoch
-  std::string hash;                 // 32 bytes
-};
-
-constexpr std::size_t event_hash_size = 32;
-// The hash before position 1.
-[[nodiscard]] std::string genesis_hash();
-// SHA-256(previous_hash ‖ canonical bytes of the event): position, stream, version, event id,
-// type, schema version, time, payload and metadata, each length-prefixed (DESIGN.md inv. 6).
-[[nodiscard]] std::string chain_hash(std::string_view previous_hash, const RecordedEvent& event);
-// The event as one JSON object, the line format of `ledger replay export` and of the relay's
-// JSON topic: position, stream_id, version, event_id, type, schema_version, recorded_at
-// (RFC 3339), data (the decoded payload), metadata and hash (hex). Throws when the payload does
-// not decode.
-[[nodiscard]] std::string recorded_event_to_json(const RecordedEvent& event);
 
 struct StoreHead {
   GlobalPosition position{0};
@@ -74,11 +33,11 @@ class EventStore {
  public:
   explicit EventStore(db::ConnectionPool& pool);
 
-  [[nodiscard]] std::vector<RecordedEvent> read_stream(const std::string& stream_id,
+  [[nodiscard]] std::vector<domain::RecordedEvent> read_stream(const std::string& stream_id,
                                                        StreamVersion from_version,
                                                        std::size_t limit) const;
   // Events with position >= from, in order, at most `limit`.
-  [[nodiscard]] std::vector<RecordedEvent> read_all(GlobalPosition from, std::size_t limit) const;
+  [[nodiscard]] std::vector<domain::RecordedEvent> read_all(GlobalPosition from, std::size_t limit) const;
   [[nodiscard]] StoreHead head() const;
 
   // Streams with an event of `type` after position `after`, in position order, at most

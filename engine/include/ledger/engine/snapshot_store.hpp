@@ -6,7 +6,7 @@
 #include <optional>
 #include <string>
 
-#include "ledger/engine/domain.hpp"
+#include "ledger/domain/decide.hpp"
 
 namespace ledger::engine {
 
@@ -21,8 +21,8 @@ class SnapshotStore {
   SnapshotStore(const SnapshotStore&) = delete;
   SnapshotStore& operator=(const SnapshotStore&) = delete;
 
-  [[nodiscard]] std::optional<StreamState> get(const std::string& stream_id);
-  void put(const std::string& stream_id, const StreamState& state);
+  [[nodiscard]] std::optional<domain::StreamState> get(const std::string& stream_id);
+  void put(const std::string& stream_id, const domain::StreamState& state);
   void remove(const std::string& stream_id);
   // Writes raw bytes under a stream's key (tests use it to plant corrupt values).
   void put_raw(const std::string& stream_id, const std::string& bytes);
@@ -37,8 +37,8 @@ class SnapshotStore {
   [[nodiscard]] Stats stats() const;
 
   // Encoding, exposed for tests.
-  [[nodiscard]] static std::string encode(const std::string& stream_id, const StreamState& state);
-  [[nodiscard]] static std::optional<StreamState> decode(const std::string& stream_id,
+  [[nodiscard]] static std::string encode(const std::string& stream_id, const domain::StreamState& state);
+  [[nodiscard]] static std::optional<domain::StreamState> decode(const std::string& stream_id,
                                                          const std::string& bytes);
 
  private:

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "ledger/engine/event_store.hpp"
+#include "ledger/domain/recorded_event.hpp"
 #include "ledger/projections/projector.hpp"
 
 namespace pqxx {
@@ -21,7 +21,7 @@ class Projection {
  public:
   virtual ~Projection() = default;
   // `events` are contiguous in position and follow the projection's watermark.
-  virtual void apply(pqxx::transaction_base& work, const std::vector<engine::RecordedEvent>& events) = 0;
+  virtual void apply(pqxx::transaction_base& work, const std::vector<domain::RecordedEvent>& events) = 0;
 };
 
 // The writer of `kind` into the tables of `schema` ("read" live; a shadow schema to rebuild).

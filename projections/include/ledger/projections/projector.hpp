@@ -67,7 +67,7 @@ struct ProjectorStatus {
 
 // Consumes the events topic on its own thread from start() to stop(). Survives database and
 // Kafka outages by retrying; never skips a position. Checks that each event from Kafka chains
-// from the one before (engine::chain_hash) and reads the store instead when it does not.
+// from the one before (domain::chain_hash) and reads the store instead when it does not.
 class Projector {
  public:
   Projector(ProjectionKind kind, ProjectorSettings settings, db::ConnectionPool& pool);

@@ -149,6 +149,9 @@ class ReadModels {
   // The loans of a borrower account, by loan id (std::nullopt: no such account).
   [[nodiscard]] AtWatermark<std::optional<std::vector<LoanView>>> loans_of(const std::string& account_id) const;
   [[nodiscard]] std::vector<ProjectionProgress> progress() const;
+  // The lowest watermark of all read models: what the relay must publish again after a broker
+  // lost data (0 when there are none).
+  [[nodiscard]] std::int64_t lowest_watermark() const;
 
   // Calls `then(reached, watermark)` once `kind`'s watermark is at least `min_position`, or
   // with reached=false after `wait`. Called on a watcher thread: keep it short.

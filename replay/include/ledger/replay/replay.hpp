@@ -13,7 +13,7 @@
 
 #include "ledger/core/strong_type.hpp"
 #include "ledger/engine/event_store.hpp"
-#include "ledger/engine/state.hpp"
+#include "ledger/domain/state.hpp"
 
 namespace ledger::db {
 class ConnectionPool;
@@ -55,7 +55,7 @@ ExportSummary export_events(db::ConnectionPool& pool, const ExportFilter& filter
 
 // The event an export line describes, payload re-encoded from its JSON; std::nullopt when the
 // line is not a well-formed export line. An auditor's tool can recompute the hash chain.
-[[nodiscard]] std::optional<engine::RecordedEvent> parse_exported_event(std::string_view json_line);
+[[nodiscard]] std::optional<domain::RecordedEvent> parse_exported_event(std::string_view json_line);
 
 // --- verify ---------------------------------------------------------------------------------
 
@@ -93,21 +93,6 @@ struct VerifyOptions {
 [[nodiscard]] VerifyResult verify(db::ConnectionPool& pool, const VerifyOptions& options,
                                   const Progress& progress = {});
 
-// --- as-of balance --------------------------------------------------------------------------
-
-struct BalanceAsOf {
-  engine::AccountState state;   // state.exists false: the account did not exist yet
-  GlobalPosition position{0};   // the last event folded
-  std::int64_t recorded_at_us = 0;
-};
-
-// The account's fold over the events recorded at or before `time_us` / at or below `position`
-// (exactly one of them). std::nullopt when the account has never existed.
-[[nodiscard]] std::optional<BalanceAsOf> balance_as_of(const engine::EventStore& store,
-                                                       const std::string& account_id,
-                                                       std::optional<std::int64_t> time_us,
-                                                       std::optional<GlobalPosition> position);
-
 // --- reconcile ------------------------------------------------------------------------------
 
 struct ReconcileResult {
@@ -128,7 +113,7 @@ struct ReconcileResult {
 struct PublishSettings {
   std::string brokers;
   std::string topic = "ledger.events";
-  std::string json_topic;  // also the JSON view here when set (engine::RelaySettings)
+  std::string json_topic;  // also the JSON view here when set (relay::RelaySettings)
   std::map<std::string, std::string> kafka_properties;
 };
 

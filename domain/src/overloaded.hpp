@@ -1,7 +1,7 @@
 #pragma once
 // The visitor idiom for std::visit: one lambda per alternative (private to the engine).
 
-namespace ledger::engine {
+namespace ledger::domain {
 
 template <typename... Ts>
 struct Overloaded : Ts... {
@@ -11,4 +11,4 @@ struct Overloaded : Ts... {
 template <typename... Ts>
 Overloaded(Ts...) -> Overloaded<Ts...>;
 
-}  // namespace ledger::engine
+}  // namespace ledger::domain

@@ -1,4 +1,4 @@
-#include "ledger/engine/loan_schedule.hpp"
+#include "ledger/domain/loan_schedule.hpp"
 
 #include <boost/multiprecision/cpp_int.hpp>
 
@@ -7,7 +7,7 @@
 
 #include "ledger/core/assert.hpp"
 
-namespace ledger::engine {
+namespace ledger::domain {
 
 namespace {
 
@@ -142,4 +142,4 @@ std::int64_t accrued_interest(std::int64_t scheduled_interest, std::int64_t days
   return round_half_away(Rational(Integer(scheduled_interest) * elapsed, days_in_period));
 }
 
-}  // namespace ledger::engine
+}  // namespace ledger::domain

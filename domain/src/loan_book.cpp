@@ -1,10 +1,10 @@
-#include "ledger/engine/loan_book.hpp"
+#include "ledger/domain/loan_book.hpp"
 
 #include <algorithm>
 
 #include "ledger/core/assert.hpp"
 
-namespace ledger::engine {
+namespace ledger::domain {
 
 namespace {
 
@@ -237,4 +237,4 @@ void apply(LoanBook& loan, const WriteOff& written_off) {
   loan.status = LoanStatus::written_off;
 }
 
-}  // namespace ledger::engine
+}  // namespace ledger::domain

@@ -1,20 +1,23 @@
-// `ledger replay balance`: an account's balances at a past moment, by folding its stream.
+#include "ledger/engine/balance_as_of.hpp"
+
 #include <stdexcept>
 
-#include "ledger/engine/events.hpp"
-#include "ledger/engine/types.hpp"
-#include "ledger/replay/replay.hpp"
+#include "ledger/domain/events.hpp"
+#include "ledger/domain/types.hpp"
 
-namespace ledger::replay {
+namespace ledger::engine {
 
-std::optional<BalanceAsOf> balance_as_of(const engine::EventStore& store, const std::string& account_id,
+// The engine applies the domain's rules: its types are used unqualified here.
+using namespace domain;  // NOLINT(google-build-using-namespace)
+
+std::optional<BalanceAsOf> balance_as_of(const EventStore& store, const std::string& account_id,
                                          std::optional<std::int64_t> time_us,
                                          std::optional<GlobalPosition> position) {
   if (time_us.has_value() == position.has_value()) {
     throw std::invalid_argument("give exactly one of an instant and a position");
   }
   constexpr std::size_t batch_events = 5'000;
-  const std::string stream = engine::account_stream(account_id);
+  const std::string stream = domain::account_stream(account_id);
   BalanceAsOf result;
   bool any = false;
   std::int64_t version = 1;
@@ -28,12 +31,12 @@ std::optional<BalanceAsOf> balance_as_of(const engine::EventStore& store, const 
       // engine instances).
       const bool after = time_us ? event.recorded_at_us > *time_us : event.position > *position;
       if (after) return result;
-      const auto decoded = engine::decode_event(event.type, event.payload);
+      const auto decoded = domain::decode_event(event.type, event.payload);
       if (!decoded) {
         throw std::runtime_error("position " + std::to_string(event.position.value()) + ": the " + event.type +
                                  " payload does not decode (run `ledger replay verify`)");
       }
-      engine::apply(result.state, *decoded);
+      domain::apply(result.state, *decoded);
       result.position = event.position;
       result.recorded_at_us = event.recorded_at_us;
     }
@@ -43,4 +46,4 @@ std::optional<BalanceAsOf> balance_as_of(const engine::EventStore& store, const 
   return result;
 }
 
-}  // namespace ledger::replay
+}  // namespace ledger::engine

@@ -1,4 +1,4 @@
-#include "ledger/engine/events.hpp"
+#include "ledger/domain/events.hpp"
 
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
@@ -12,7 +12,7 @@
 #include "overloaded.hpp"
 #include "ledger/schemas/events_generated.h"
 
-namespace ledger::engine {
+namespace ledger::domain {
 namespace fb = ledger::schema;
 
 namespace {
@@ -429,18 +429,18 @@ void apply(LoanState& state, const DomainEvent& event) {
             state.currency = Currency::parse(e.currency).value_or(Currency{});
             state.book = originated(e.terms, e.schedule);
           },
-          [&](const events::LoanDisbursed& e) { engine::apply(state.book, e.disbursed); },
+          [&](const events::LoanDisbursed& e) { domain::apply(state.book, e.disbursed); },
           [&](const events::LoanRepaid& e) {
-            engine::apply(state.book, e.allocation);
+            domain::apply(state.book, e.allocation);
             // Streams from before repayment ids were once-only may repeat an id: the first counts.
             state.repayments.try_emplace(e.repayment_id, e.allocation.total());
           },
-          [&](const events::LoanDayClosed& e) { engine::apply(state.book, e.closed); },
-          [&](const events::LoanWrittenOff& e) { engine::apply(state.book, e.written_off); },
+          [&](const events::LoanDayClosed& e) { domain::apply(state.book, e.closed); },
+          [&](const events::LoanWrittenOff& e) { domain::apply(state.book, e.written_off); },
           [&](const auto&) { LEDGER_ASSERT(false, "an account or transfer event on a loan stream"); },
       },
       event);
   state.version = StreamVersion(state.version.value() + 1);
 }
 
-}  // namespace ledger::engine
+}  // namespace ledger::domain

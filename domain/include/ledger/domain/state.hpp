@@ -6,10 +6,10 @@
 
 #include "ledger/core/money.hpp"
 #include "ledger/core/strong_type.hpp"
-#include "ledger/engine/loan_book.hpp"
-#include "ledger/engine/types.hpp"
+#include "ledger/domain/loan_book.hpp"
+#include "ledger/domain/types.hpp"
 
-namespace ledger::engine {
+namespace ledger::domain {
 
 // The fold of an account stream.
 struct AccountState {
@@ -74,4 +74,4 @@ struct LoanState {
   friend bool operator==(const LoanState&, const LoanState&) = default;
 };
 
-}  // namespace ledger::engine
+}  // namespace ledger::domain

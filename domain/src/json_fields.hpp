@@ -7,9 +7,9 @@
 #include <string>
 #include <string_view>
 
-#include "ledger/engine/loan_schedule.hpp"
+#include "ledger/domain/loan_schedule.hpp"
 
-namespace ledger::engine {
+namespace ledger::domain {
 
 // Reads the fields of one JSON object. It counts the fields it found, so that complete()
 // also refuses fields nobody asked for (and duplicated keys).
@@ -92,4 +92,4 @@ class FieldReader {
   bool ok_ = true;
 };
 
-}  // namespace ledger::engine
+}  // namespace ledger::domain

@@ -10,7 +10,7 @@
 #include <string_view>
 #include <vector>
 
-namespace ledger::engine {
+namespace ledger::domain {
 
 using Date = std::chrono::year_month_day;
 
@@ -73,4 +73,4 @@ struct ScheduledInstallment {
 [[nodiscard]] std::int64_t accrued_interest(std::int64_t scheduled_interest, std::int64_t days_elapsed,
                                             std::int64_t days_in_period);
 
-}  // namespace ledger::engine
+}  // namespace ledger::domain

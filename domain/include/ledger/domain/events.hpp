@@ -6,10 +6,10 @@
 #include <string_view>
 #include <variant>
 
-#include "ledger/engine/loan_book.hpp"
-#include "ledger/engine/state.hpp"
+#include "ledger/domain/loan_book.hpp"
+#include "ledger/domain/state.hpp"
 
-namespace ledger::engine {
+namespace ledger::domain {
 
 // Domain events: what the engine decides and folds. Stored as FlatBuffers (schemas/events.fbs)
 // with `type` naming the variant member.
@@ -133,4 +133,4 @@ void apply(AccountState& state, const DomainEvent& event);
 void apply(TransferState& state, const DomainEvent& event);
 void apply(LoanState& state, const DomainEvent& event);
 
-}  // namespace ledger::engine
+}  // namespace ledger::domain

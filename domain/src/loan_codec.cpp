@@ -2,7 +2,7 @@
 
 #include "json_fields.hpp"
 
-namespace ledger::engine::loan_codec {
+namespace ledger::domain::loan_codec {
 
 namespace fb = ledger::schema;
 
@@ -349,4 +349,4 @@ bool read_json(const rapidjson::Value& object, events::LoanWrittenOff& e) {
   });
 }
 
-}  // namespace ledger::engine::loan_codec
+}  // namespace ledger::domain::loan_codec

@@ -7,10 +7,10 @@
 
 #include <optional>
 
-#include "ledger/engine/events.hpp"
+#include "ledger/domain/events.hpp"
 #include "ledger/schemas/events_generated.h"
 
-namespace ledger::engine::loan_codec {
+namespace ledger::domain::loan_codec {
 
 using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 
@@ -43,4 +43,4 @@ bool read_json(const rapidjson::Value& object, events::LoanRepaid& e);
 bool read_json(const rapidjson::Value& object, events::LoanDayClosed& e);
 bool read_json(const rapidjson::Value& object, events::LoanWrittenOff& e);
 
-}  // namespace ledger::engine::loan_codec
+}  // namespace ledger::domain::loan_codec

@@ -1,10 +1,10 @@
-#include "ledger/engine/envelope.hpp"
+#include "ledger/domain/envelope.hpp"
 
 #include <flatbuffers/flatbuffers.h>
 
 #include "ledger/schemas/envelope_generated.h"
 
-namespace ledger::engine {
+namespace ledger::domain {
 
 namespace fb = ledger::schema;
 
@@ -71,4 +71,4 @@ std::optional<RecordedEvent> decode_envelope(std::string_view bytes) {
   return event;
 }
 
-}  // namespace ledger::engine
+}  // namespace ledger::domain

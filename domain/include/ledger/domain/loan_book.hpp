@@ -25,9 +25,9 @@
 #include <variant>
 #include <vector>
 
-#include "ledger/engine/loan_schedule.hpp"
+#include "ledger/domain/loan_schedule.hpp"
 
-namespace ledger::engine {
+namespace ledger::domain {
 
 // A loan is originated at most this many days after the engine's today: a date further
 // ahead is a mistake, not a plan.
@@ -174,4 +174,4 @@ struct WriteOff {
 [[nodiscard]] std::optional<WriteOff> write_off(const LoanBook& loan);
 void apply(LoanBook& loan, const WriteOff& written_off);
 
-}  // namespace ledger::engine
+}  // namespace ledger::domain

@@ -1,8 +1,8 @@
-#include "ledger/engine/commands.hpp"
-#include "ledger/engine/state.hpp"
-#include "ledger/engine/types.hpp"
+#include "ledger/domain/commands.hpp"
+#include "ledger/domain/state.hpp"
+#include "ledger/domain/types.hpp"
 
-namespace ledger::engine {
+namespace ledger::domain {
 
 std::string_view to_string(RejectionCode code) {
   switch (code) {
@@ -155,4 +155,4 @@ std::string_view command_name(const SingleCommand& command) {
   return names[command.index()];
 }
 
-}  // namespace ledger::engine
+}  // namespace ledger::domain

@@ -1,9 +1,9 @@
-#include "ledger/engine/domain.hpp"
+#include "ledger/domain/decide.hpp"
 
 #include "ledger/core/assert.hpp"
 #include "overloaded.hpp"
 
-namespace ledger::engine {
+namespace ledger::domain {
 
 namespace {
 
@@ -579,7 +579,7 @@ void WorkingSet::append(const std::string& stream_id, DomainEvent event) {
         if constexpr (std::is_same_v<std::decay_t<decltype(aggregate)>, std::monostate>) {
           LEDGER_ASSERT(false, "append to a stream of unknown kind");
         } else {
-          engine::apply(aggregate, event);
+          domain::apply(aggregate, event);
         }
       },
       state.aggregate);
@@ -701,4 +701,4 @@ void collect_streams(const CommandBody& command, std::vector<std::string>& strea
              command);
 }
 
-}  // namespace ledger::engine
+}  // namespace ledger::domain

@@ -1,4 +1,4 @@
-#include "ledger/engine/relay.hpp"
+#include "ledger/relay/relay.hpp"
 
 #include <librdkafka/rdkafka.h>
 #include <pqxx/pqxx>
@@ -10,10 +10,13 @@
 
 #include "ledger/core/worker.hpp"
 #include "ledger/db/pool.hpp"
-#include "ledger/engine/envelope.hpp"
+#include "ledger/domain/envelope.hpp"
 #include "ledger/engine/event_store.hpp"
 
-namespace ledger::engine {
+namespace ledger::relay {
+
+// The engine applies the domain's rules: its types are used unqualified here.
+using namespace domain;  // NOLINT(google-build-using-namespace)
 
 namespace {
 
@@ -92,9 +95,9 @@ void produce_message(rd_kafka_t* producer, const std::string& topic, const Recor
 // event-type, position and content-type) and, when configured, its JSON view. Returns the
 // number of messages handed over (1 or 2).
 int produce_event(rd_kafka_t* producer, const RelaySettings& settings, const RecordedEvent& event) {
-  produce_message(producer, settings.topic, event, encode_envelope(event), content_type);
+  produce_message(producer, settings.topic, event, domain::encode_envelope(event), content_type);
   if (settings.json_topic.empty()) return 1;
-  produce_message(producer, settings.json_topic, event, recorded_event_to_json(event), json_content_type);
+  produce_message(producer, settings.json_topic, event, domain::recorded_event_to_json(event), json_content_type);
   return 2;
 }
 
@@ -105,7 +108,7 @@ struct Relay::Impl {
 
   RelaySettings settings;
   db::ConnectionPool& pool;
-  EventStore store;
+  engine::EventStore store;
 
   SharedStatus<RelayStatus> state;
 
@@ -299,9 +302,9 @@ struct Relay::Impl {
       }
     }
     if (!lost) return;
-    pqxx::work work(connection);
     const std::int64_t needed =
-        work.exec("SELECT coalesce(min(watermark), 0) FROM read.projections")[0][0].as<std::int64_t>();
+        settings.lowest_position_needed ? settings.lowest_position_needed().value() : 0;
+    pqxx::work work(connection);
     work.exec_params("DELETE FROM relay_partitions WHERE topic = $1", settings.topic);
     work.commit();
     partition_offsets.clear();
@@ -475,7 +478,7 @@ void on_publish_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void* o
 
 std::int64_t publish_range(const RelaySettings& settings, db::ConnectionPool& pool, GlobalPosition from,
                            GlobalPosition to, const std::function<void(std::int64_t)>& progress) {
-  EventStore store(pool);
+  engine::EventStore store(pool);
   PublishDeliveries deliveries;
   char error[512];
   rd_kafka_conf_t* conf = producer_conf(settings);
@@ -522,4 +525,4 @@ std::int64_t publish_range(const RelaySettings& settings, db::ConnectionPool& po
   return produced;
 }
 
-}  // namespace ledger::engine
+}  // namespace ledger::relay

@@ -5,9 +5,9 @@
 #include <string>
 #include <string_view>
 
-#include "ledger/engine/event_store.hpp"
+#include "ledger/domain/recorded_event.hpp"
 
-namespace ledger::engine {
+namespace ledger::domain {
 
 // FlatBuffers bytes of an Envelope carrying `event` exactly as stored (payload and hash too).
 [[nodiscard]] std::string encode_envelope(const RecordedEvent& event);
@@ -15,4 +15,4 @@ namespace ledger::engine {
 // Verifies and decodes; std::nullopt when the bytes are not a valid Envelope.
 [[nodiscard]] std::optional<RecordedEvent> decode_envelope(std::string_view bytes);
 
-}  // namespace ledger::engine
+}  // namespace ledger::domain

@@ -5,7 +5,7 @@
 #include <string>
 #include <string_view>
 
-namespace ledger::engine {
+namespace ledger::domain {
 
 // Stable codes of business rejections. Part of the API contract: never renumber or rename.
 enum class RejectionCode {
@@ -94,4 +94,4 @@ enum class StreamKind { account, transfer, loan };
   return stream_entity_id(stream_id, kind).has_value();
 }
 
-}  // namespace ledger::engine
+}  // namespace ledger::domain

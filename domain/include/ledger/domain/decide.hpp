@@ -7,11 +7,11 @@
 #include <variant>
 #include <vector>
 
-#include "ledger/engine/commands.hpp"
-#include "ledger/engine/events.hpp"
-#include "ledger/engine/state.hpp"
+#include "ledger/domain/commands.hpp"
+#include "ledger/domain/events.hpp"
+#include "ledger/domain/state.hpp"
 
-namespace ledger::engine {
+namespace ledger::domain {
 
 // The state of one stream as the engine knows it: the fold, and the hash of its last event
 // (what a snapshot is checked against).
@@ -94,4 +94,4 @@ void assign_ids(CommandBody& command, const std::function<std::string()>& genera
 // Streams a command will read, known before loading (system accounts are found on demand).
 void collect_streams(const CommandBody& command, std::vector<std::string>& stream_ids);
 
-}  // namespace ledger::engine
+}  // namespace ledger::domain

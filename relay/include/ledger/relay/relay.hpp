@@ -15,7 +15,7 @@ namespace ledger::db {
 class ConnectionPool;
 }
 
-namespace ledger::engine {
+namespace ledger::relay {
 
 struct RelaySettings {
   std::string brokers;                // Kafka bootstrap servers
@@ -37,6 +37,10 @@ struct RelaySettings {
   std::chrono::milliseconds broker_check_interval{30'000};
   // A message Kafka has not acknowledged within this is republished (0: wait forever).
   std::chrono::milliseconds delivery_timeout{60'000};
+  // The lowest position a consumer still needs (the read models' lowest watermark): when the
+  // broker lost acknowledged data, publishing starts again after it. Unset: from the start.
+  // The composer passes it, so the relay knows nothing of the read side.
+  std::function<GlobalPosition()> lowest_position_needed;
   // Extra librdkafka producer properties (e.g. security settings).
   std::map<std::string, std::string> kafka_properties;
 };
@@ -80,4 +84,4 @@ class Relay {
 std::int64_t publish_range(const RelaySettings& settings, db::ConnectionPool& pool, GlobalPosition from,
                            GlobalPosition to, const std::function<void(std::int64_t)>& progress = {});
 
-}  // namespace ledger::engine
+}  // namespace ledger::relay
