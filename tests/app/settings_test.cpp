@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <fstream>
 
+#include "jwt_keys.hpp"
+#include "ledger/api/auth.hpp"
 #include "ledger/core/process.hpp"
 #include "test_cluster.hpp"
 
@@ -166,4 +168,25 @@ TEST_CASE("serve --migrate=auto needs the owner's URL and never uses the applica
                   "--jwt-secret-file", file, "--migrate", "auto"},
                  {"LEDGER_DATABASE_CONNECT_TIMEOUT_MS=100"}),
       "--admin-database-url (LEDGER_ADMIN_DATABASE_URL): required by --migrate=auto");
+}
+
+TEST_CASE("serve takes an identity provider's keys from --jwt-jwks-file, LEDGER_JWT_JWKS_FILE or the config file") {
+  const auto key = test::SigningKey::p256("settings-key");
+  const auto good = write_temporary_file("jwks-good.json", test::jwks({&key}));
+  // A usable key set and no secret: the token settings are complete, the next missing one is
+  // the database.
+  check_one_line_error(run_ledger({"serve", "--jwt-jwks-file", good}), "--database-url");
+  check_one_line_error(run_ledger({"serve"}, {"LEDGER_JWT_JWKS_FILE=" + good}), "--database-url");
+  // Nothing to verify tokens with.
+  check_one_line_error(run_ledger({"serve"}), "--jwt-jwks-file");
+
+  const auto garbage = write_temporary_file("jwks-garbage.json", R"({"keys":[{"kty":"RSA","kid":"k","n":"AQAB","e":"AQAB"}]})");
+  const std::string why = "--jwt-jwks-file (LEDGER_JWT_JWKS_FILE): " + garbage + ": key 0 (kid \"k\"): an RSA modulus of 17 bits";
+  check_one_line_error(run_ledger({"serve", "--jwt-jwks-file", garbage}), why);
+  check_one_line_error(run_ledger({"serve"}, {"LEDGER_JWT_JWKS_FILE=" + garbage}), why);
+  const auto config = write_temporary_file("jwks.toml", "[serve]\njwt-jwks-file = \"" + garbage + "\"\n");
+  check_one_line_error(run_ledger({"--config", config, "serve"}), why);
+  const auto missing = (std::filesystem::temp_directory_path() / "ledger-no-such-jwks.json").string();
+  check_one_line_error(run_ledger({"serve", "--jwt-jwks-file", missing}),
+                       "--jwt-jwks-file (LEDGER_JWT_JWKS_FILE): cannot read " + missing);
 }
