@@ -45,7 +45,8 @@ std::optional<Claims> json_object(std::string_view part) {
       text->data(), text->size());
   if (document.HasParseError() || !document.IsObject()) return std::nullopt;
   std::set<std::string_view> names;
-  for (const auto& member : document.GetObject()) {
+  const rapidjson::Value& object = document;  // const iterators: one operator== in C++20
+  for (const auto& member : object.GetObject()) {
     if (!names.emplace(member.name.GetString(), member.name.GetStringLength()).second) {
       return std::nullopt;
     }

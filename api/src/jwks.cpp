@@ -148,8 +148,9 @@ KeySet parse_jwks(std::string_view text) {
     throw JwksError("not JSON (error at byte " + std::to_string(document.GetErrorOffset()) + ")");
   }
   if (!document.IsObject()) throw JwksError("not a JWKS object");
-  const auto keys = document.FindMember("keys");
-  if (keys == document.MemberEnd() || !keys->value.IsArray()) {
+  const rapidjson::Value& root = document;  // const iterators: one operator== in C++20
+  const auto keys = root.FindMember("keys");
+  if (keys == root.MemberEnd() || !keys->value.IsArray()) {
     throw JwksError("has no \"keys\" array");
   }
   KeySet set;

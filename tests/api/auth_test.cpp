@@ -210,7 +210,7 @@ TEST_CASE("HS256: malformed tokens, headers and claims are refused; roles are re
   CHECK(status_of(authenticate("Bearer " + good.substr(0, good.rfind('.')), secret)) == 401);
   // Correctly signed, yet not a JWT: the header or the claims are not JSON objects, or name
   // something twice (readers disagree on which of the two counts).
-  for (const auto& [h, c] : std::vector<std::pair<std::string, std::string>>{
+  for (const auto& header_and_claims : std::vector<std::pair<std::string, std::string>>{
            {"not json", R"({"sub":"a","exp":)" + exp + "}"},
            {"[1]", R"({"sub":"a","exp":)" + exp + "}"},
            {R"({"alg":"HS256","alg":"none"})", R"({"sub":"a","exp":)" + exp + "}"},
@@ -226,6 +226,8 @@ TEST_CASE("HS256: malformed tokens, headers and claims are refused; roles are re
            {header, R"({"sub":7,"exp":)" + exp + "}"},
            {header, R"({"exp":)" + exp + "}"},
        }) {
+    const std::string& h = header_and_claims.first;
+    const std::string& c = header_and_claims.second;
     INFO(h << " " << c);
     const auto result = authenticate(bearer(hs(h, c)), secret);
     CHECK(status_of(result) == 401);
@@ -510,7 +512,7 @@ TEST_CASE("a JWKS file that cannot be used stops the verifier from being made, s
   const std::string ec_y = ec.substr(ec.find(y) + y.size(), 43);
   const std::string other_y = ec_y.substr(0, 20) + (ec_y[20] == 'A' ? 'B' : 'A') + ec_y.substr(21);
   const auto small = test::SigningKey::rsa("small", 1024);
-  for (const auto& [content, expected] : std::vector<std::pair<std::string, std::string>>{
+  for (const auto& content_and_error : std::vector<std::pair<std::string, std::string>>{
            {"{", "not JSON"},
            {"[]", "not a JWKS object"},
            {R"({"keys":{}})", "no \"keys\" array"},
@@ -525,6 +527,8 @@ TEST_CASE("a JWKS file that cannot be used stops the verifier from being made, s
            {R"({"keys":[)" + with(rsa, R"("kid":"rsa-a",)", "") + "]}", "has no kid"},
            {R"({"keys":[)" + rsa + "," + with(ec, R"("kid":"ec-a")", R"("kid":"rsa-a")") + "]}", "key 1 (kid \"rsa-a\"): another key has the same kid"},
        }) {
+    const std::string& content = content_and_error.first;
+    const std::string& expected = content_and_error.second;
     INFO(content.substr(0, 80));
     const std::string error = jwks_error(content);
     CHECK_MESSAGE(error.find(expected) != std::string::npos, error);

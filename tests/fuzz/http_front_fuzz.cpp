@@ -49,6 +49,7 @@
 #include "fuzz_support.hpp"
 #include "http_front_input.hpp"
 #include "http_reading.hpp"
+#include "ledger/api/auth.hpp"
 #include "router.hpp"
 
 namespace {
