@@ -170,22 +170,24 @@ struct TokenVerifier::State {
       const std::lock_guard lock(mutex);
       if (stamp_of(status) == stamp) return;
     }
-    // Changed, or gone (then reading says why, once per change of what stat says).
+    // Changed, or gone. `seen` is the version read: nothing when it could not be read (a
+    // message once, until it can) or changed while it was read (a writer had not finished:
+    // read it again at the next check rather than keep half a file's verdict).
+    FileStamp seen;
     try {
       JwksFile file = read_jwks_file(settings.jwks_file);
       {
         const std::lock_guard lock(mutex);
         if (file.stamp == stamp) return;
       }
+      if (file.stable) seen = file.stamp;
       auto parsed = std::make_shared<const KeySet>(parse_jwks(file.text));
       const auto kids = kids_of(*parsed);
       const std::lock_guard lock(mutex);
       keys = std::move(parsed);
-      // Read while it was being written: read it again at the next check.
-      stamp = file.stable ? file.stamp : FileStamp{};
+      stamp = seen;
       spdlog::info("JWKS file {} reloaded: keys {}", settings.jwks_file, joined(kids));
     } catch (const JwksError& error) {
-      FileStamp seen = ::stat(settings.jwks_file.c_str(), &status) == 0 ? stamp_of(status) : FileStamp{};
       const std::lock_guard lock(mutex);
       if (seen == stamp) return;
       // Logged once per version of the file: the next check finds the same stamp.
