@@ -7,6 +7,7 @@
 
 #include <jwt/jwt.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <functional>
@@ -553,4 +554,35 @@ TEST_CASE("a JWKS file that cannot be used stops the verifier from being made, s
   CHECK(verifier.key_ids() == std::vector<std::string>{"rsa-a"});
   CHECK(status_of(verifier.authenticate(bearer(rsa_b().token(claims())))) == 401);
   CHECK(status_of(verifier.authenticate(bearer(make_token(R"({"alg":"HS256","kid":"hmac"})", claims(), "secret")))) == 401);
+}
+
+TEST_CASE("threads verifying while the key set is replaced see the old set or the new, never neither") {
+  const JwksFile file(test::jwks({&rsa_a()}));
+  const api::TokenVerifier verifier(file.settings());  // every call may reload
+  const std::string token_a = rsa_a().token(claims());
+  const std::string token_b = rsa_b().token(claims());
+  std::atomic<bool> stop{false};
+  std::atomic<int> a_refused{0};
+  std::atomic<int> verified{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      while (!stop) {
+        // rsa-a is in every version of the file; rsa-b in every other one.
+        if (status_of(verifier.authenticate(bearer(token_a))) != 200) ++a_refused;
+        (void)verifier.authenticate(bearer(t % 2 == 0 ? token_b : token_a));
+        ++verified;
+      }
+    });
+  }
+  // At least 40 versions, and until the threads have verified often enough to have met several
+  // (slow under the sanitizers; bounded).
+  for (int i = 0; (i < 40 || verified < 200) && i < 4'000; ++i) {
+    test::replace_file(file.path, i % 2 == 0 ? test::jwks({&rsa_a(), &rsa_b()}) : test::jwks({&rsa_a()}));
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  stop = true;
+  for (auto& thread : threads) thread.join();
+  CHECK(a_refused == 0);
+  CHECK(verified >= 200);
 }

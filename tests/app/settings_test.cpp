@@ -219,6 +219,16 @@ TEST_CASE("ledger token prints one HS256 token that verifies with the secret, is
   CHECK(std::holds_alternative<api::Problem>(
       api::TokenVerifier(api::TokenSettings{.hs256_secret = strong_secret + "x", .issuer = "ops", .audience = "ledger"})
           .authenticate("Bearer " + token)));
+  // Without a secret setting, the embedded stack's: dev.env of --home names its secret file.
+  const auto home = std::filesystem::temp_directory_path() / "ledger-settings-test-token-home";
+  std::filesystem::create_directories(home);
+  std::ofstream(home / "dev.env", std::ios::trunc) << "LEDGER_JWT_SECRET_FILE=" << file << "\n";
+  const auto from_dev = run_ledger({"--home", home.string(), "token", "--role", "admin", "--subject", "dev", "--ttl", "1h"});
+  REQUIRE_MESSAGE(from_dev.status.success(), from_dev.output);
+  CHECK(std::holds_alternative<api::Principal>(
+      api::TokenVerifier(api::TokenSettings{.hs256_secret = strong_secret})
+          .authenticate("Bearer " + from_dev.output.substr(0, from_dev.output.size() - 1))));
+  std::filesystem::remove_all(home);
   // The secret from the environment works the same way.
   CHECK(run_ledger({"token", "--role", "admin", "--subject", "a", "--ttl", "1h"}, {"LEDGER_JWT_SECRET=" + strong_secret})
             .status.success());
