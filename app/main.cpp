@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
   add(register_replay_command(root, settings));
   add(register_rebuild_command(root, settings));
   add(register_loans_command(root, settings));
+  add(register_token_command(root, settings));
 
   try {
     root.parse(argc, argv);

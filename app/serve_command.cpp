@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "commands.hpp"
+#include "jwt_settings.hpp"
 #include "ledger/api/auth.hpp"
 #include "ledger/api/server.hpp"
 #include "ledger/db/migrations.hpp"
@@ -28,8 +29,7 @@ struct ServeOptions {
   std::size_t connections_max = 1'024;
   int header_timeout_ms = 10'000;
   int body_timeout_ms = 30'000;
-  std::string jwt_secret;
-  std::string jwt_secret_file;
+  JwtOptions jwt;
   std::string migrate = "check";
   std::string port_file;
   std::string snapshot_directory;
@@ -44,37 +44,6 @@ struct ServeOptions {
   double query_rate = 0;
   int query_burst = 100;
 };
-
-constexpr const char* jwt_secret_setting = "--jwt-secret (LEDGER_JWT_SECRET)";
-constexpr const char* jwt_secret_file_setting = "--jwt-secret-file (LEDGER_JWT_SECRET_FILE)";
-
-// The HS256 secret from --jwt-secret or --jwt-secret-file (which keeps it out of `ps`).
-// The development secret is public (it is in the source), so it is refused whatever the
-// environment says; `ledger dev` gives serve a random secret of its home instead.
-std::string resolve_jwt_secret(const ServeOptions& options) {
-  if (!options.jwt_secret.empty() && !options.jwt_secret_file.empty()) {
-    throw SettingError(jwt_secret_file_setting, "give --jwt-secret or --jwt-secret-file, not both");
-  }
-  const char* setting =
-      options.jwt_secret_file.empty() ? jwt_secret_setting : jwt_secret_file_setting;
-  const std::string secret = options.jwt_secret_file.empty()
-                                 ? options.jwt_secret
-                                 : read_secret_file(options.jwt_secret_file, setting);
-  if (secret.empty()) {
-    throw SettingError(jwt_secret_setting,
-                       "required (or --jwt-secret-file, LEDGER_JWT_SECRET_FILE)");
-  }
-  if (secret == api::development_jwt_secret) {
-    throw SettingError(setting,
-                       "the development secret is public and refused; `ledger dev` makes a random "
-                       "one for its home");
-  }
-  if (secret.size() < api::jwt_secret_length_min) {
-    throw SettingError(setting,
-                       "must be at least " + std::to_string(api::jwt_secret_length_min) + " bytes");
-  }
-  return secret;
-}
 
 std::vector<std::string> pending_migrations(const std::string& url) {
   std::vector<std::string> pending;
@@ -114,14 +83,7 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
       ->envname("LEDGER_HTTP_HEADER_TIMEOUT_MS")->check(CLI::Range(100, 600'000))->capture_default_str();
   serve->add_option("--http-body-timeout-ms", options->body_timeout_ms, "Time allowed for a body")
       ->envname("LEDGER_HTTP_BODY_TIMEOUT_MS")->check(CLI::Range(100, 600'000))->capture_default_str();
-  serve
-      ->add_option("--jwt-secret", options->jwt_secret,
-                   "HS256 secret of bearer tokens (this or --jwt-secret-file is required)")
-      ->envname("LEDGER_JWT_SECRET");
-  serve
-      ->add_option("--jwt-secret-file", options->jwt_secret_file,
-                   "File holding the HS256 secret (trailing newline trimmed); keeps it out of ps")
-      ->envname("LEDGER_JWT_SECRET_FILE");
+  add_jwt_options(*serve, options->jwt, /*with_jwks=*/true);
   serve->add_option("--migrate", options->migrate, "check: refuse to start with pending migrations; auto: apply them")
       ->envname("LEDGER_MIGRATE")->check(CLI::IsMember({"check", "auto"}))->capture_default_str();
   serve->add_option("--port-file", options->port_file, "Write the bound port here once serving")
@@ -147,7 +109,7 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
     const sigset_t stop_signals = block_stop_signals();
     configure_logging(settings, "serve");
 
-    const std::string jwt_secret = resolve_jwt_secret(*options);
+    const auto token_verifier = make_token_verifier(options->jwt);
     const std::string database_url = resolve_database_url(settings);
 
     if (options->migrate == "auto") {
@@ -231,12 +193,13 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
     server_settings.connections_max = options->connections_max;
     server_settings.header_timeout = std::chrono::milliseconds(options->header_timeout_ms);
     server_settings.body_timeout = std::chrono::milliseconds(options->body_timeout_ms);
-    server_settings.jwt_secret = jwt_secret;
+    server_settings.tokens = token_verifier;
     server_settings.command_rate = {options->command_rate, options->command_burst};
     server_settings.query_rate = {options->query_rate, options->query_burst};
     api::Server server(server_settings, services);
     server.start();
     spdlog::info("serving on http://{}:{}", options->http_host, server.port());
+    log_token_settings(options->jwt, *token_verifier);
     if (!options->port_file.empty()) {
       const std::string temporary = options->port_file + ".tmp";
       std::ofstream(temporary) << server.port() << "\n";

@@ -1,7 +1,8 @@
 #pragma once
-// HS256 for JWTs, private to the API: signing helpers and the signature check that
-// authenticate() runs before it lets cpp-jwt near a token.
+// HS256 and base64url for JWTs, private to the API: signing helpers and the signature check
+// that TokenVerifier runs in constant time.
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -9,6 +10,10 @@ namespace ledger::api {
 
 // RFC 4648 section 5 (URL-safe alphabet), without padding, as JWTs use it.
 [[nodiscard]] std::string base64url_encode(std::string_view bytes);
+// The bytes of `text`, or nothing when it is not canonical base64url without padding: a
+// character outside the URL-safe alphabet, a length of 4n+1, or unused bits that are not zero
+// (so each byte string has exactly one encoding, and a token exactly one spelling).
+[[nodiscard]] std::optional<std::string> base64url_decode(std::string_view text);
 
 // HMAC-SHA256 of `data` under `key`: 32 raw bytes.
 [[nodiscard]] std::string hs256(std::string_view key, std::string_view data);

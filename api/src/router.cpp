@@ -18,6 +18,7 @@
 #include "read_side_health.hpp"
 #include "ledger/api/auth.hpp"
 #include "ledger/api/routes.hpp"
+#include "ledger/core/assert.hpp"
 #include "ledger/core/logging.hpp"
 #include "ledger/engine/balance_as_of.hpp"
 #include "ledger/engine/close_of_business.hpp"
@@ -388,7 +389,9 @@ Router::Router(const ServerSettings& settings, Services services,
       commands_(commands != nullptr ? commands : engine_sink_.get()),
       rate_limiter_(settings.command_rate, settings.query_rate),
       health_(services_, blocking_, settings.health_refresh_interval,
-              settings.health_check_timeout) {}
+              settings.health_check_timeout) {
+  LEDGER_ASSERT(settings_.tokens != nullptr, "the server needs a token verifier");
+}
 
 Response Router::problem_response(int status, const std::string& code, const std::string& title,
                                   const std::string& detail, const std::string& request_id,
@@ -635,7 +638,7 @@ void Router::handle(Request request, const std::string& client_address, Respond 
   }
 
   // Everything else needs a token with the route's role.
-  auto authenticated = authenticate(view(request[http::field::authorization]), settings_.jwt_secret);
+  auto authenticated = settings_.tokens->authenticate(view(request[http::field::authorization]));
   if (const auto* problem = std::get_if<Problem>(&authenticated)) {
     Response response = problem_response(problem->status, problem->code, problem->title,
                                           problem->detail, request_id, version);

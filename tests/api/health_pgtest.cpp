@@ -192,7 +192,7 @@ TEST_CASE("/health shows no password and no connection text to anyone") {
     services.check_database = [&pool] { return db::check_database(pool); };
     api::ServerSettings settings;
     settings.port = 0;
-    settings.jwt_secret = test::test_jwt_secret;
+    settings.tokens = std::make_shared<const api::TokenVerifier>(api::TokenSettings{.hs256_secret = test::test_jwt_secret});
     api::Server server(settings, services);
     server.start();
     test::HttpClient client(server.port());
@@ -222,7 +222,7 @@ TEST_CASE("a database check that gets no answer (PostgreSQL stopped or blackhole
   };
   api::ServerSettings settings;
   settings.port = 0;
-  settings.jwt_secret = test::test_jwt_secret;
+  settings.tokens = std::make_shared<const api::TokenVerifier>(api::TokenSettings{.hs256_secret = test::test_jwt_secret});
   settings.health_refresh_interval = std::chrono::milliseconds(200);
   api::Server server(settings, services);
   server.start();

@@ -49,7 +49,7 @@ class ServerFixture {
       return db::check_database(*pool_);
     };
     settings.port = 0;
-    settings.jwt_secret = test_jwt_secret;
+    settings.tokens = std::make_shared<const api::TokenVerifier>(api::TokenSettings{.hs256_secret = test_jwt_secret});
     server_ = std::make_unique<api::Server>(settings, services);
     server_->start();
   }

@@ -11,6 +11,7 @@
 #include <rapidjson/document.h>
 
 #include "http_client.hpp"
+#include "jwt_keys.hpp"
 #include "ledger/api/auth.hpp"
 #include "ledger/core/process.hpp"
 #include "test_cluster.hpp"
@@ -27,17 +28,21 @@ struct ServeProcess {
   std::string log;
 };
 
-// `ledger serve` with its home (and so its snapshot cache) in `directory`, on a free port.
-ServeProcess start_serve(const fs::path& directory, const std::string& database_url) {
+// `ledger serve` with its home (and so its snapshot cache) in `directory`, on a free port;
+// the JWT secret in the environment unless other `environment` is given.
+ServeProcess start_serve(const fs::path& directory, const std::string& database_url,
+                         const std::vector<std::string>& serve_arguments = {},
+                         std::vector<std::string> environment = {"LEDGER_JWT_SECRET=" + secret}) {
   process::SpawnOptions options;
   options.output_file = (directory / "serve.log").string();
-  options.extra_environment = {"LEDGER_JWT_SECRET=" + secret};
+  options.extra_environment = std::move(environment);
   ServeProcess serve;
   serve.log = options.output_file;
-  serve.pid = process::spawn({test::ledger_binary(), "--home", directory.string(), "--database-url",
-                              database_url, "serve", "--http-port", "0", "--port-file",
-                              (directory / "port").string(), "--relay", "false"},
-                             options);
+  std::vector<std::string> argv = {test::ledger_binary(), "--home", directory.string(), "--database-url",
+                                   database_url, "serve", "--http-port", "0", "--port-file",
+                                   (directory / "port").string(), "--relay", "false"};
+  argv.insert(argv.end(), serve_arguments.begin(), serve_arguments.end());
+  serve.pid = process::spawn(argv, options);
   for (int attempt = 0; attempt < 300 && serve.port == 0; ++attempt) {
     std::ifstream in(directory / "port");
     if (!(in >> serve.port)) std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -143,5 +148,84 @@ TEST_CASE("a snapshot cache directory RocksDB cannot open is reported in /health
   const auto status = process::wait_for(pid, std::chrono::seconds(30));
   REQUIRE(status.has_value());
   CHECK(status->success());
+  fs::remove_all(directory);
+}
+
+TEST_CASE("serve --jwt-jwks-file accepts RS256 tokens of the key set as it rotates, and `ledger token`'s with the secret") {
+  test::TestDatabase database;
+  const fs::path directory = "/tmp/ledger-serve-e2e-jwks-" + std::to_string(getpid());
+  fs::remove_all(directory);
+  fs::create_directories(directory);
+  const std::string issuer = "https://idp.example/realms/bank";
+  const std::string audience = "ledger";
+  const auto first = test::SigningKey::rsa("idp-1");
+  const auto next = test::SigningKey::p256("idp-2");
+  const fs::path jwks = directory / "jwks.json";
+  test::replace_file(jwks, test::jwks({&first}));
+  const fs::path secret_file = directory / "jwt-secret";
+  test::replace_file(secret_file, secret + "\n");
+  fs::permissions(secret_file, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
+  // The JWKS file and the issuer as flags, the audience and the secret file from the environment.
+  const auto [pid, port, log] =
+      start_serve(directory, database.app_url(), {"--jwt-jwks-file", jwks.string(), "--jwt-issuer", issuer},
+                  {"LEDGER_JWT_AUDIENCE=" + audience, "LEDGER_JWT_SECRET_FILE=" + secret_file.string()});
+  REQUIRE_MESSAGE(port > 0, "serve did not start; see " << log);
+  test::HttpClient client(port);
+  auto open_account = [&](const std::string& token, const std::string& id) {
+    return client.request("POST", "/v1/accounts", R"({"id":")" + id + R"(","currency":"EUR"})",
+                          {{"Authorization", "Bearer " + token}});
+  };
+  const std::string claims = R"({"sub":"idp-user","roles":["teller"],"iss":")" + issuer + R"(","aud":")" + audience +
+                             R"(","exp":)" + test::epoch_seconds(std::chrono::minutes(5)) + "}";
+  CHECK(open_account(first.token(claims), "jwks-1").status == 201);
+  const auto refused = open_account(test::SigningKey::rsa("idp-1").token(claims), "jwks-x");  // wrong key
+  CHECK(refused.status == 401);
+  CHECK(refused.header("WWW-Authenticate") == "Bearer");
+  CHECK(refused.body.find(R"("code":"unauthorized")") != std::string::npos);
+
+  // `ledger token` with the same secret, issuer and audience (flags this time).
+  std::string minted;
+  const auto minting = process::run({test::ledger_binary(), "token", "--role", "teller", "--subject", "ops-script",
+                                     "--ttl", "15m", "--jwt-secret-file", secret_file.string(), "--jwt-issuer",
+                                     issuer, "--jwt-audience", audience},
+                                    minted);
+  REQUIRE_MESSAGE(minting.success(), minted);
+  REQUIRE(minted.size() > 1);
+  CHECK(minted.back() == '\n');
+  minted.pop_back();
+  CHECK(minted.find('\n') == std::string::npos);
+  CHECK(open_account(minted, "jwks-2").status == 201);
+
+  // The provider rotates: the next key in, the first out. Within about a second serve reads it.
+  test::replace_file(jwks, test::jwks({&next}));
+  const std::string next_token = next.token(claims);
+  int status = 0;
+  for (int attempt = 0; attempt < 60 && status != 201; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    status = open_account(next_token, "jwks-3").status;
+  }
+  CHECK(status == 201);
+  CHECK(open_account(first.token(claims), "jwks-4").status == 401);
+
+  pqxx::connection connection(database.app_url());
+  pqxx::read_transaction work(connection);
+  const auto actors = work.exec(
+      "SELECT stream_id, min(metadata->>'actor') FROM events WHERE stream_id LIKE 'account-jwks-%' "
+      "GROUP BY stream_id ORDER BY stream_id");
+  REQUIRE(actors.size() == 3);
+  CHECK(actors[0][1].as<std::string>() == "idp-user");
+  CHECK(actors[1][1].as<std::string>() == "ops-script");
+  CHECK(actors[2][0].as<std::string>() == "account-jwks-3");
+
+  kill(pid, SIGTERM);
+  const auto stopped = process::wait_for(pid, std::chrono::seconds(30));
+  REQUIRE(stopped.has_value());
+  CHECK(stopped->success());
+  std::ifstream in(log);
+  const std::string output((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(output.find("tokens accepted: HS256 (secret), RS256/ES256 from " + jwks.string() + " (keys idp-1)") !=
+        std::string::npos);
+  CHECK(output.find("reloaded: keys idp-2") != std::string::npos);
+  CHECK(output.find(secret) == std::string::npos);
   fs::remove_all(directory);
 }

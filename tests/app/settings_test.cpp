@@ -5,6 +5,10 @@
 #include <algorithm>
 #include <fstream>
 
+#include <jwt/jwt.hpp>
+
+#include "jwt_keys.hpp"
+#include "ledger/api/auth.hpp"
 #include "ledger/core/process.hpp"
 #include "test_cluster.hpp"
 
@@ -166,4 +170,89 @@ TEST_CASE("serve --migrate=auto needs the owner's URL and never uses the applica
                   "--jwt-secret-file", file, "--migrate", "auto"},
                  {"LEDGER_DATABASE_CONNECT_TIMEOUT_MS=100"}),
       "--admin-database-url (LEDGER_ADMIN_DATABASE_URL): required by --migrate=auto");
+}
+
+TEST_CASE("serve takes an identity provider's keys from --jwt-jwks-file, LEDGER_JWT_JWKS_FILE or the config file") {
+  const auto key = test::SigningKey::p256("settings-key");
+  const auto good = write_temporary_file("jwks-good.json", test::jwks({&key}));
+  // A usable key set and no secret: the token settings are complete, the next missing one is
+  // the database.
+  check_one_line_error(run_ledger({"serve", "--jwt-jwks-file", good}), "--database-url");
+  check_one_line_error(run_ledger({"serve"}, {"LEDGER_JWT_JWKS_FILE=" + good}), "--database-url");
+  // Nothing to verify tokens with.
+  check_one_line_error(run_ledger({"serve"}), "--jwt-jwks-file");
+
+  const auto garbage = write_temporary_file("jwks-garbage.json", R"({"keys":[{"kty":"RSA","kid":"k","n":"AQAB","e":"AQAB"}]})");
+  const std::string why = "--jwt-jwks-file (LEDGER_JWT_JWKS_FILE): " + garbage + ": key 0 (kid \"k\"): an RSA modulus of 17 bits";
+  check_one_line_error(run_ledger({"serve", "--jwt-jwks-file", garbage}), why);
+  check_one_line_error(run_ledger({"serve"}, {"LEDGER_JWT_JWKS_FILE=" + garbage}), why);
+  const auto config = write_temporary_file("jwks.toml", "[serve]\njwt-jwks-file = \"" + garbage + "\"\n");
+  check_one_line_error(run_ledger({"--config", config, "serve"}), why);
+  const auto missing = (std::filesystem::temp_directory_path() / "ledger-no-such-jwks.json").string();
+  check_one_line_error(run_ledger({"serve", "--jwt-jwks-file", missing}),
+                       "--jwt-jwks-file (LEDGER_JWT_JWKS_FILE): cannot read " + missing);
+}
+
+TEST_CASE("ledger token prints one HS256 token that verifies with the secret, issuer and audience given") {
+  const auto file = write_temporary_file("token-secret", strong_secret + "\n");
+  const auto before = std::chrono::system_clock::now();
+  const auto minted = run_ledger({"token", "--role", "teller,auditor", "--subject", "nightly-report", "--ttl", "15m",
+                                  "--jwt-secret-file", file, "--jwt-issuer", "ops"},
+                                 {"LEDGER_JWT_AUDIENCE=ledger"});
+  REQUIRE_MESSAGE(minted.status.success(), minted.output);
+  REQUIRE(std::count(minted.output.begin(), minted.output.end(), '\n') == 1);
+  const std::string token = minted.output.substr(0, minted.output.size() - 1);
+  const api::TokenVerifier verifier(api::TokenSettings{.hs256_secret = strong_secret, .issuer = "ops", .audience = "ledger"});
+  const auto result = verifier.authenticate("Bearer " + token);
+  REQUIRE(std::holds_alternative<api::Principal>(result));
+  CHECK(std::get<api::Principal>(result).subject == "nightly-report");
+  CHECK(std::get<api::Principal>(result).has(api::Role::auditor));
+  CHECK_FALSE(std::get<api::Principal>(result).has(api::Role::admin));
+  std::error_code error;
+  const auto decoded = jwt::decode(token, jwt::params::algorithms({"HS256"}), error, jwt::params::secret(strong_secret),
+                                   jwt::params::verify(false));
+  const auto exp = decoded.payload().get_claim_value<std::int64_t>("exp");
+  const auto expected = std::chrono::duration_cast<std::chrono::seconds>((before + std::chrono::minutes(15)).time_since_epoch()).count();
+  CHECK(exp >= expected);
+  CHECK(exp <= expected + 5);
+  // Another secret does not verify it.
+  CHECK(std::holds_alternative<api::Problem>(
+      api::TokenVerifier(api::TokenSettings{.hs256_secret = strong_secret + "x", .issuer = "ops", .audience = "ledger"})
+          .authenticate("Bearer " + token)));
+  // Without a secret setting, the embedded stack's: dev.env of --home names its secret file.
+  const auto home = std::filesystem::temp_directory_path() / "ledger-settings-test-token-home";
+  std::filesystem::create_directories(home);
+  std::ofstream(home / "dev.env", std::ios::trunc) << "LEDGER_JWT_SECRET_FILE=" << file << "\n";
+  const auto from_dev = run_ledger({"--home", home.string(), "token", "--role", "admin", "--subject", "dev", "--ttl", "1h"});
+  REQUIRE_MESSAGE(from_dev.status.success(), from_dev.output);
+  CHECK(std::holds_alternative<api::Principal>(
+      api::TokenVerifier(api::TokenSettings{.hs256_secret = strong_secret})
+          .authenticate("Bearer " + from_dev.output.substr(0, from_dev.output.size() - 1))));
+  std::filesystem::remove_all(home);
+  // The secret from the environment works the same way.
+  CHECK(run_ledger({"token", "--role", "admin", "--subject", "a", "--ttl", "1h"}, {"LEDGER_JWT_SECRET=" + strong_secret})
+            .status.success());
+}
+
+TEST_CASE("ledger token refuses a bad role, subject, lifetime or secret, naming the flag") {
+  const auto file = write_temporary_file("token-secret", strong_secret + "\n");
+  auto token = [&](const std::string& role, const std::string& subject, const std::string& ttl) {
+    return run_ledger({"token", "--role", role, "--subject", subject, "--ttl", ttl, "--jwt-secret-file", file});
+  };
+  check_one_line_error(token("root", "a", "1h"), "--role");
+  check_one_line_error(token("teller", "has space", "1h"), "--subject");
+  check_one_line_error(token("teller", std::string(129, 's'), "1h"), "--subject");
+  for (const std::string ttl : {"15", "m", "15x", "1.5h", "-1h", "0m", "31d", "99999999d", "1h30m"}) {
+    INFO(ttl);
+    check_one_line_error(token("teller", "a", ttl), "--ttl");
+  }
+  CHECK(token("teller", "a", "30d").status.success());
+  CHECK(token("teller", "a", "90s").status.success());
+  check_one_line_error(run_ledger({"token", "--role", "teller", "--subject", "a"}), "--ttl");
+  check_one_line_error(run_ledger({"token", "--role", "teller", "--subject", "a", "--ttl", "1h"}), "--jwt-secret");
+  check_one_line_error(run_ledger({"token", "--role", "teller", "--subject", "a", "--ttl", "1h", "--jwt-secret", "short"}),
+                       "--jwt-secret (LEDGER_JWT_SECRET): must be at least 32 bytes");
+  check_one_line_error(
+      run_ledger({"token", "--role", "teller", "--subject", "a", "--ttl", "1h", "--jwt-secret", development_secret}),
+      "the development secret is public and refused");
 }

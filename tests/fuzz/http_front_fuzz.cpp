@@ -49,6 +49,7 @@
 #include "fuzz_support.hpp"
 #include "http_front_input.hpp"
 #include "http_reading.hpp"
+#include "ledger/api/auth.hpp"
 #include "router.hpp"
 
 namespace {
@@ -210,7 +211,8 @@ struct Fixture {
 
   Fixture() {
     for (api::ServerSettings* settings : {&small, &standard}) {
-      settings->jwt_secret = std::string(input::jwt_secret);
+      settings->tokens = std::make_shared<const api::TokenVerifier>(
+          api::TokenSettings{.hs256_secret = std::string(input::jwt_secret)});
       // Health answers from a snapshot: one refresh (on `blocking`) per run, then at once.
       settings->health_refresh_interval = std::chrono::hours(24);
     }

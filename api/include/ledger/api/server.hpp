@@ -20,6 +20,8 @@ class ReadModels;
 
 namespace ledger::api {
 
+class TokenVerifier;  // auth.hpp
+
 // A token bucket: `per_second` tokens a second, at most `burst` saved up. 0 per second: no limit.
 struct RateLimit {
   double per_second = 0;
@@ -38,7 +40,9 @@ struct ServerSettings {
   std::chrono::milliseconds body_timeout{30'000};
   std::chrono::milliseconds idle_timeout{60'000};
   std::size_t connections_max = 1'024;
-  std::string jwt_secret;
+  // Verifies every bearer token (auth.hpp); required. Shared: its JWKS key set is reloaded
+  // in place, and the process may keep using it.
+  std::shared_ptr<const TokenVerifier> tokens;
   // /health, /health/ready and /metrics answer from a snapshot of the database and read-side
   // checks at most this old, so probes (which need no token) run at most one check per
   // interval whatever their rate.
