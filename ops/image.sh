@@ -59,7 +59,13 @@ cleanup() {
     umount "$mounted/dev" "$mounted/proc" 2>/dev/null || true
     podman image unmount "$tag" >/dev/null 2>&1 || true
   fi
-  rm -rf "$work"
+  # A debootstrap that failed half-way can leave /proc, /sys or a bind of /dev mounted in its
+  # tree: unmount whatever is under $work, and never let rm cross into another file system.
+  local mount_point
+  for mount_point in $(awk -v w="$work/" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r); do
+    umount -l "$mount_point" 2>/dev/null || true
+  done
+  rm -rf --one-file-system "$work"
   if [ "$status" -ne 0 ]; then
     echo "image: FAILED${step_name:+ in step: $step_name} (exit $status)" >&2
   fi
