@@ -13,6 +13,8 @@ int main(int argc, char** argv) {
   using namespace ledger::app;
   CLI::App root{"ledger: an event-sourced ledger engine for core banking", "ledger"};
   root.require_subcommand(1);
+  // Answers without a subcommand: what an operator (or ops/image.sh in a fresh image) runs first.
+  root.set_version_flag("--version", std::string("ledger ") + LEDGER_VERSION);
   root.fallthrough();
   Settings settings;
   add_settings(root, settings);
@@ -37,6 +39,8 @@ int main(int argc, char** argv) {
     return root.exit(help);
   } catch (const CLI::CallForAllHelp& help) {
     return root.exit(help);
+  } catch (const CLI::CallForVersion& version) {
+    return root.exit(version);
   } catch (const CLI::ParseError& error) {
     // One line naming the setting and the problem; exit code 2 for every invalid setting.
     std::cerr << "ledger: error: " << error.what() << "\n";

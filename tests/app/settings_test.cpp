@@ -111,6 +111,14 @@ TEST_CASE("help exits 0") {
   CHECK(outcome.output.find("migrate") != std::string::npos);
 }
 
+TEST_CASE("--version prints the version on one line and exits 0, without a subcommand") {
+  // The container image check (ops/image.sh) runs it first: the binary starts in the image.
+  const auto outcome = run_ledger({"--version"});
+  INFO(outcome.output);
+  CHECK(outcome.status.success());
+  CHECK(outcome.output == "ledger " LEDGER_VERSION "\n");
+}
+
 TEST_CASE("serve needs a strong JWT secret and refuses the development one outside ledger dev") {
   check_one_line_error(run_ledger({"serve"}), "--jwt-secret");
   check_one_line_error(run_ledger({"serve", "--jwt-secret", "short"}), "--jwt-secret");
