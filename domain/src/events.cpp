@@ -212,65 +212,86 @@ std::optional<DomainEvent> decode_event(std::string_view type, std::string_view 
   return decoded;
 }
 
+namespace {
+
+// The JSON fields of each account and transfer event, listed once: FieldReader reads them
+// (event_from_json) and FieldWriter writes them (event_to_json), so the two cannot disagree.
+template <class Event, class Fields>
+using FieldsOf = std::conditional_t<Fields::reads, Event, const Event>;
+
+template <class F>
+void json_fields(F& f, FieldsOf<events::AccountOpened, F>& e) {
+  static const std::string_view kind_names[] = {to_string(AccountKind::customer), to_string(AccountKind::system)};
+  f.string("account_id", e.account_id);
+  f.string("currency", e.currency);
+  f.uint32("ledger_code", e.ledger_code);
+  f.string("owner", e.owner);
+  f.name("kind", e.kind, kind_names);
+  f.uint32("flags", e.flags);
+  f.int64("overdraft_limit", e.overdraft_limit);
+}
+template <class F>
+void json_fields(F&, FieldsOf<events::AccountFrozen, F>&) {}
+template <class F>
+void json_fields(F&, FieldsOf<events::AccountUnfrozen, F>&) {}
+template <class F>
+void json_fields(F&, FieldsOf<events::AccountClosed, F>&) {}
+template <class F>
+void json_fields(F& f, FieldsOf<events::AccountEntry, F>& e) {
+  f.string("transfer_id", e.transfer_id);
+  f.name("direction", e.direction, direction_names);
+  f.name("phase", e.phase, phase_names);
+  f.int64("amount", e.amount);
+  f.int64("released", e.released);
+  f.string("counterparty", e.counterparty);
+}
+template <class F>
+void json_fields(F& f, FieldsOf<events::TransferPosted, F>& e) {
+  f.string("transfer_id", e.transfer_id);
+  f.string("debit_account", e.debit_account);
+  f.string("credit_account", e.credit_account);
+  f.int64("amount", e.amount);
+  f.string("currency", e.currency);
+  f.string("reference", e.reference);
+}
+template <class F>
+void json_fields(F& f, FieldsOf<events::TransferPending, F>& e) {
+  f.string("transfer_id", e.transfer_id);
+  f.string("debit_account", e.debit_account);
+  f.string("credit_account", e.credit_account);
+  f.int64("amount", e.amount);
+  f.string("currency", e.currency);
+  f.string("reference", e.reference);
+  f.int64("expires_at_us", e.expires_at_us);
+}
+template <class F>
+void json_fields(F& f, FieldsOf<events::PendingTransferPosted, F>& e) {
+  f.int64("amount", e.amount);
+  f.int64("released", e.released);
+}
+template <class F>
+void json_fields(F& f, FieldsOf<events::PendingTransferEnded, F>& e) {
+  f.int64("amount", e.amount);
+  f.name("end", e.end, end_names);
+}
+
+template <class Event>
+concept AccountOrTransferEvent = requires(FieldWriter& f, const Event& e) { json_fields(f, e); };
+
+}  // namespace
+
 std::string event_to_json(const DomainEvent& event) {
   rapidjson::StringBuffer buffer;
   rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
-  auto string_field = [&](const char* key, std::string_view value) {
-    w.Key(key);
-    w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
-  };
-  auto int_field = [&](const char* key, std::int64_t value) {
-    w.Key(key);
-    w.Int64(value);
-  };
+  FieldWriter f(w);
   w.StartObject();
   std::visit(
-      Overloaded{
-          [&](const events::AccountOpened& e) {
-            string_field("account_id", e.account_id);
-            string_field("currency", e.currency);
-            int_field("ledger_code", e.ledger_code);
-            string_field("owner", e.owner);
-            string_field("kind", to_string(e.kind));
-            int_field("flags", e.flags);
-            int_field("overdraft_limit", e.overdraft_limit);
-          },
-          [&](const events::AccountFrozen&) {}, [&](const events::AccountUnfrozen&) {},
-          [&](const events::AccountClosed&) {},
-          [&](const events::AccountEntry& e) {
-            string_field("transfer_id", e.transfer_id);
-            string_field("direction", direction_names[static_cast<int>(e.direction)]);
-            string_field("phase", phase_names[static_cast<int>(e.phase)]);
-            int_field("amount", e.amount);
-            int_field("released", e.released);
-            string_field("counterparty", e.counterparty);
-          },
-          [&](const events::TransferPosted& e) {
-            string_field("transfer_id", e.transfer_id);
-            string_field("debit_account", e.debit_account);
-            string_field("credit_account", e.credit_account);
-            int_field("amount", e.amount);
-            string_field("currency", e.currency);
-            string_field("reference", e.reference);
-          },
-          [&](const events::TransferPending& e) {
-            string_field("transfer_id", e.transfer_id);
-            string_field("debit_account", e.debit_account);
-            string_field("credit_account", e.credit_account);
-            int_field("amount", e.amount);
-            string_field("currency", e.currency);
-            string_field("reference", e.reference);
-            int_field("expires_at_us", e.expires_at_us);
-          },
-          [&](const events::PendingTransferPosted& e) {
-            int_field("amount", e.amount);
-            int_field("released", e.released);
-          },
-          [&](const events::PendingTransferEnded& e) {
-            int_field("amount", e.amount);
-            string_field("end", end_names[static_cast<int>(e.end)]);
-          },
-          [&](const auto& loan_event) { loan_codec::write_json(w, loan_event); },
+      [&](const auto& e) {
+        if constexpr (AccountOrTransferEvent<std::decay_t<decltype(e)>>) {
+          json_fields(f, e);
+        } else {
+          loan_codec::write_json(w, e);
+        }
       },
       event);
   w.EndObject();
@@ -283,65 +304,20 @@ std::optional<DomainEvent> event_from_json(std::string_view type, std::string_vi
   rapidjson::Document document;
   document.Parse(json.data(), json.size());
   if (document.HasParseError() || !document.IsObject()) return std::nullopt;
-  FieldReader r(document);
-  bool loan_read = false;  // the loan events read themselves (loan_codec)
-  bool loan_ok = false;
-  const std::string_view kind_names[] = {to_string(AccountKind::customer),
-                                         to_string(AccountKind::system)};
-  std::visit(
-      Overloaded{
-          [&](events::AccountOpened& e) {
-            r.string("account_id", e.account_id);
-            r.string("currency", e.currency);
-            r.uint32("ledger_code", e.ledger_code);
-            r.string("owner", e.owner);
-            r.name("kind", e.kind, kind_names);
-            r.uint32("flags", e.flags);
-            r.int64("overdraft_limit", e.overdraft_limit);
-          },
-          [&](events::AccountFrozen&) {}, [&](events::AccountUnfrozen&) {},
-          [&](events::AccountClosed&) {},
-          [&](events::AccountEntry& e) {
-            r.string("transfer_id", e.transfer_id);
-            r.name("direction", e.direction, direction_names);
-            r.name("phase", e.phase, phase_names);
-            r.int64("amount", e.amount);
-            r.int64("released", e.released);
-            r.string("counterparty", e.counterparty);
-          },
-          [&](events::TransferPosted& e) {
-            r.string("transfer_id", e.transfer_id);
-            r.string("debit_account", e.debit_account);
-            r.string("credit_account", e.credit_account);
-            r.int64("amount", e.amount);
-            r.string("currency", e.currency);
-            r.string("reference", e.reference);
-          },
-          [&](events::TransferPending& e) {
-            r.string("transfer_id", e.transfer_id);
-            r.string("debit_account", e.debit_account);
-            r.string("credit_account", e.credit_account);
-            r.int64("amount", e.amount);
-            r.string("currency", e.currency);
-            r.string("reference", e.reference);
-            r.int64("expires_at_us", e.expires_at_us);
-          },
-          [&](events::PendingTransferPosted& e) {
-            r.int64("amount", e.amount);
-            r.int64("released", e.released);
-          },
-          [&](events::PendingTransferEnded& e) {
-            r.int64("amount", e.amount);
-            r.name("end", e.end, end_names);
-          },
-          [&](auto& loan_event) {
-            loan_read = true;
-            loan_ok = loan_codec::read_json(document, loan_event);
-          },
+  return std::visit(
+      [&](auto& e) -> std::optional<DomainEvent> {
+        bool ok = false;
+        if constexpr (AccountOrTransferEvent<std::decay_t<decltype(e)>>) {
+          FieldReader r(document);
+          json_fields(r, e);
+          ok = r.complete();
+        } else {
+          ok = loan_codec::read_json(document, e);  // the loan events read themselves
+        }
+        if (!ok) return std::nullopt;
+        return DomainEvent(std::move(e));
       },
       *event);
-  if (loan_read ? !loan_ok : !r.complete()) return std::nullopt;
-  return event;
 }
 
 void apply(AccountState& state, const DomainEvent& event) {

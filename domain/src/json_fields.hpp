@@ -1,7 +1,9 @@
 #pragma once
-// Strict reading of JSON objects for event_from_json (private to the engine).
+// Strict reading and plain writing of JSON objects for the event codecs (private to domain).
 
 #include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 
 #include <cstdint>
 #include <string>
@@ -15,6 +17,7 @@ namespace ledger::domain {
 // also refuses fields nobody asked for (and duplicated keys).
 class FieldReader {
  public:
+  static constexpr bool reads = true;
   explicit FieldReader(const rapidjson::Value& object) : object_(object) {}
 
   void string(const char* key, std::string& out) {
@@ -90,6 +93,33 @@ class FieldReader {
   const rapidjson::Value& object_;
   rapidjson::SizeType found_ = 0;
   bool ok_ = true;
+};
+
+// Writes the fields FieldReader reads, with the same names, into an open JSON object.
+class FieldWriter {
+ public:
+  static constexpr bool reads = false;
+  explicit FieldWriter(rapidjson::Writer<rapidjson::StringBuffer>& writer) : w_(writer) {}
+
+  void string(const char* key, std::string_view value) {
+    w_.Key(key);
+    w_.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
+  }
+  void int64(const char* key, std::int64_t value) {
+    w_.Key(key);
+    w_.Int64(value);
+  }
+  void uint32(const char* key, std::uint32_t value) {
+    w_.Key(key);
+    w_.Uint(value);
+  }
+  template <class Enum, std::size_t N>
+  void name(const char* key, Enum value, const std::string_view (&names)[N]) {
+    string(key, names[static_cast<std::size_t>(value)]);
+  }
+
+ private:
+  rapidjson::Writer<rapidjson::StringBuffer>& w_;
 };
 
 }  // namespace ledger::domain
