@@ -245,8 +245,9 @@ void json_fields(F& f, FieldsOf<events::AccountEntry, F>& e) {
   f.int64("released", e.released);
   f.string("counterparty", e.counterparty);
 }
-template <class F>
-void json_fields(F& f, FieldsOf<events::TransferPosted, F>& e) {
+// A pending transfer has a posted transfer's fields and its expiry.
+template <class F, class Transfer>
+void transfer_fields(F& f, Transfer& e) {
   f.string("transfer_id", e.transfer_id);
   f.string("debit_account", e.debit_account);
   f.string("credit_account", e.credit_account);
@@ -255,13 +256,12 @@ void json_fields(F& f, FieldsOf<events::TransferPosted, F>& e) {
   f.string("reference", e.reference);
 }
 template <class F>
+void json_fields(F& f, FieldsOf<events::TransferPosted, F>& e) {
+  transfer_fields(f, e);
+}
+template <class F>
 void json_fields(F& f, FieldsOf<events::TransferPending, F>& e) {
-  f.string("transfer_id", e.transfer_id);
-  f.string("debit_account", e.debit_account);
-  f.string("credit_account", e.credit_account);
-  f.int64("amount", e.amount);
-  f.string("currency", e.currency);
-  f.string("reference", e.reference);
+  transfer_fields(f, e);
   f.int64("expires_at_us", e.expires_at_us);
 }
 template <class F>
