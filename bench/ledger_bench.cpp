@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "http_load.hpp"
+#include "wrk_load.hpp"
 #include "plots.hpp"
 #include "read_side.hpp"
 #include "replay_runs.hpp"
@@ -435,17 +436,24 @@ int main(int argc, char** argv) {
     if (kafka_brokers.empty()) throw std::runtime_error("ledger broker did not start");
     const std::int64_t backlog = bench::query_scalar(app_url, "SELECT position FROM event_store_head");
     const auto serve_started = Clock::now();
-    const pid_t serve = process::spawn(
-        {ledger_binary, "--home", work_directory, "--database-url", app_url, "--kafka-brokers", kafka_brokers,
-         "serve", "--http-port", "0", "--port-file", port_file, "--snapshot-directory",
-         work_directory + "/serve-snapshots"},
-        serve_options);
+    // `relay` false: the write path alone, nothing published.
+    auto start_serve = [&](bool relay, int& port) {
+      std::filesystem::remove(port_file);
+      const pid_t pid = process::spawn(
+          {ledger_binary, "--home", work_directory, "--database-url", app_url, "--kafka-brokers", kafka_brokers,
+           "serve", "--http-port", "0", "--port-file", port_file, "--snapshot-directory",
+           work_directory + "/serve-snapshots", "--relay", relay ? "true" : "false"},
+          serve_options);
+      port = 0;
+      for (int attempt = 0; attempt < 600 && port == 0; ++attempt) {
+        std::ifstream in(port_file);
+        if (!(in >> port)) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      if (port == 0) throw std::runtime_error("ledger serve did not start; see " + serve_options.output_file);
+      return pid;
+    };
     int port = 0;
-    for (int attempt = 0; attempt < 600 && port == 0; ++attempt) {
-      std::ifstream in(port_file);
-      if (!(in >> port)) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    if (port == 0) throw std::runtime_error("ledger serve did not start; see " + serve_options.output_file);
+    const pid_t serve = start_serve(true, port);
     // Relay: the engine phase left a backlog; the relay publishes it as serve starts.
     std::cout << "relay: publishing a backlog of " << backlog << " events ...\n";
     const double relay_seconds = bench::seconds_until(
@@ -500,6 +508,15 @@ int main(int argc, char** argv) {
     load.seconds = 3;
     (void)bench::run_http_load(load);  // warm the state cache
     load.seconds = seconds;
+    // wrk first: an efficient generator, so the figure is the server's, not the generator's.
+    bench::WrkSettings wrk;
+    wrk.port = port;
+    wrk.accounts = accounts;
+    wrk.token = load.token;
+    wrk.seconds = seconds;
+    wrk.run_id = std::to_string(std::chrono::system_clock::now().time_since_epoch().count());
+    std::cout << "http (wrk): 64 connections, maximum rate, " << seconds << " s ...\n";
+    const auto wrk_run = bench::run_wrk(wrk);
     std::cout << "http: 64 connections, maximum rate, " << seconds << " s ...\n";
     const auto max_run = bench::run_http_load(load);
     const double max_rate = static_cast<double>(max_run.ok) / max_run.seconds;
@@ -531,6 +548,14 @@ int main(int argc, char** argv) {
     const long project_rss = bench::peak_rss_kib(project);
     (void)process::stop(project, SIGTERM, std::chrono::seconds(30));
     (void)process::stop(serve, SIGTERM, std::chrono::seconds(30));
+    // The write path alone: serve without its relay, no projectors, the same wrk run.
+    int write_path_port = 0;
+    const pid_t write_path_serve = start_serve(false, write_path_port);
+    wrk.port = write_path_port;
+    wrk.run_id += "-write-path";
+    std::cout << "http (wrk): write path alone (no relay, no projectors), " << seconds << " s ...\n";
+    const auto write_path_run = bench::run_wrk(wrk);
+    (void)process::stop(write_path_serve, SIGTERM, std::chrono::seconds(30));
     (void)process::stop(broker, SIGTERM, std::chrono::seconds(10));
 
     auto ms = [](std::uint32_t us) { return us / 1000.0; };
@@ -553,6 +578,27 @@ int main(int argc, char** argv) {
                        fixed_run.errors == 0 ? "met" : "missed"});
     results.push_back({"http", "peak RSS of ledger serve", serve_rss / 1024.0, "MiB", "", ""});
     results.push_back({"http", "max rate / single-row INSERT baseline", 100.0 * max_rate / single, "%", "", ""});
+    // wrk rows: issue 18's ratios to the single-row INSERT baseline of this same run.
+    auto wrk_rows = [&](const std::string& what, const bench::WrkResult& run, double target_ratio,
+                        const std::string& target) {
+      if (!run.ran) {
+        results.push_back({"http (wrk)", what, 0, "commands/s", "", run.problem});
+        return;
+      }
+      const double ratio = run.rate() / single;
+      results.push_back({"http (wrk)", what + ": transfers/s (64 connections)", run.rate(), "commands/s", "", ""});
+      results.push_back({"http (wrk)", what + ": / single-row INSERT tx/s", 100.0 * ratio, "%",
+                         target, ratio >= target_ratio ? "met" : "missed"});
+      results.push_back({"http (wrk)", what + ": latency p50", run.p50_ms, "ms", "", ""});
+      results.push_back({"http (wrk)", what + ": latency p99", run.p99_ms, "ms", "", ""});
+      results.push_back({"http (wrk)", what + ": errors (non-2xx + socket)",
+                         static_cast<double>(run.non_2xx + run.socket_errors), "requests", "0",
+                         run.non_2xx + run.socket_errors == 0 ? "met" : "missed"});
+      results.push_back({"http (wrk)", what + ": wrk's own CPU share of the machine", 100.0 * run.generator_cpu_share,
+                         "%", "", ""});
+    };
+    wrk_rows("whole stack", wrk_run, 1.0, ">= 100%");
+    wrk_rows("write path alone", write_path_run, 1.5, ">= 150%");
     {
       std::ofstream throughput(work_directory + "/http_throughput.dat");
       for (std::size_t second = 0; second < max_run.completions_per_second.size(); ++second) {
