@@ -40,6 +40,7 @@ CommandAction register_project_command(CLI::App& root, Settings& settings) {
     projector_settings.brokers = resolve_kafka_brokers(settings);
     projector_settings.topic = settings.topic_prefix + ".events";
     projector_settings.kafka_properties = kafka_property_map(settings);
+    projector_settings.group_prefix = settings.consumer_group_prefix;
     projector_settings.batch_events_max = *batch_events;
     projector_settings.gap_wait = std::chrono::milliseconds(*gap_wait_ms);
 

@@ -7,6 +7,7 @@
 #include <librdkafka/rdkafka.h>
 #include <spdlog/spdlog.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -35,25 +36,53 @@ constexpr std::string_view reserved_kafka_properties[] = {
     "bootstrap.servers", "metadata.broker.list", "enable.idempotence", "acks", "request.required.acks",
     "group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset", "transactional.id"};
 
+// Empty when `name` may be set to `value`; otherwise why not.
+std::string kafka_property_problem(const std::string& name, const std::string& value) {
+  for (const auto reserved : reserved_kafka_properties) {
+    if (name == reserved) return "the Kafka property " + name + " is set by ledger and cannot be changed";
+  }
+  // librdkafka itself judges the name and the value, now rather than when a client starts.
+  char error[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  const bool accepted = rd_kafka_conf_set(conf, name.c_str(), value.c_str(), error, sizeof error) == RD_KAFKA_CONF_OK;
+  rd_kafka_conf_destroy(conf);
+  if (!accepted) return "Kafka property " + name + ": " + error;
+  return {};
+}
+
 CLI::Validator kafka_property_validator() {
   return CLI::Validator(
       [](std::string& value) -> std::string {
         const auto equals = value.find('=');
         if (equals == std::string::npos || equals == 0) return "expected NAME=VALUE, got '" + value + "'";
-        const std::string name = value.substr(0, equals);
-        for (const auto reserved : reserved_kafka_properties) {
-          if (name == reserved) return "the Kafka property " + name + " is set by ledger and cannot be changed";
-        }
-        // librdkafka itself judges the name and the value, now rather than when a client starts.
-        char error[512];
-        rd_kafka_conf_t* conf = rd_kafka_conf_new();
-        const bool accepted = rd_kafka_conf_set(conf, name.c_str(), value.substr(equals + 1).c_str(), error,
-                                                sizeof error) == RD_KAFKA_CONF_OK;
-        rd_kafka_conf_destroy(conf);
-        if (!accepted) return "Kafka property " + name + ": " + error;
-        return {};
+        return kafka_property_problem(value.substr(0, equals), value.substr(equals + 1));
       },
       "NAME=VALUE");
+}
+
+// NAME=PATH: the value is the file's content (one trailing newline dropped), read once here, so
+// that secrets (sasl.password, ssl.key.password) stay out of the command line and environment.
+// The setting then holds NAME=VALUE like --kafka-property.
+CLI::Validator kafka_property_file_validator() {
+  return CLI::Validator(
+      [](std::string& setting) -> std::string {
+        const auto equals = setting.find('=');
+        if (equals == std::string::npos || equals == 0 || equals + 1 == setting.size()) {
+          return "expected NAME=PATH, got '" + setting + "'";
+        }
+        const std::string name = setting.substr(0, equals);
+        const std::string path = setting.substr(equals + 1);
+        std::ifstream in(path, std::ios::binary);
+        if (!in) return "cannot read " + path + " (the value of Kafka property " + name + ")";
+        std::string value((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        if (!value.empty() && value.back() == '\n') value.pop_back();
+        if (!value.empty() && value.back() == '\r') value.pop_back();
+        if (value.empty()) return path + " is empty (the value of Kafka property " + name + ")";
+        if (auto problem = kafka_property_problem(name, value); !problem.empty()) return problem;
+        setting = name + "=" + value;
+        return {};
+      },
+      "NAME=PATH");
 }
 
 CLI::Validator broker_list_validator() {
@@ -161,6 +190,27 @@ void add_settings(CLI::App& app, Settings& settings) {
       ->envname("LEDGER_KAFKA_PROPERTIES")
       ->delimiter(';')
       ->check(kafka_property_validator());
+  app.add_option("--kafka-property-file", settings.kafka_secret_properties,
+                 "A librdkafka property whose value is a file's content, NAME=PATH (repeatable; for "
+                 "secrets such as sasl.password); in the environment separated by ';'")
+      ->envname("LEDGER_KAFKA_PROPERTY_FILES")
+      ->delimiter(';')
+      ->check(kafka_property_file_validator());
+  app.add_option("--consumer-group-prefix", settings.consumer_group_prefix,
+                 "Prefix of the projectors' Kafka consumer groups (<prefix><read model>)")
+      ->envname("LEDGER_CONSUMER_GROUP_PREFIX")
+      ->capture_default_str()
+      ->check(CLI::Validator(
+          [](std::string& value) -> std::string {
+            if (value.empty() || value.size() > 200) return "expected 1 to 200 characters";
+            for (const char c : value) {
+              if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) {
+                return "only letters, digits, '.', '_' and '-'";
+              }
+            }
+            return {};
+          },
+          "PREFIX"));
   app.add_flag("--publish-json", settings.publish_json,
                "Also publish every event as JSON to <prefix>.events.json (relay and replay publish)")
       ->envname("LEDGER_PUBLISH_JSON");
@@ -168,9 +218,11 @@ void add_settings(CLI::App& app, Settings& settings) {
 
 std::map<std::string, std::string> kafka_property_map(const Settings& settings) {
   std::map<std::string, std::string> properties;
-  for (const auto& property : settings.kafka_properties) {
-    const auto equals = property.find('=');
-    properties[property.substr(0, equals)] = property.substr(equals + 1);
+  for (const auto* list : {&settings.kafka_properties, &settings.kafka_secret_properties}) {
+    for (const auto& property : *list) {
+      const auto equals = property.find('=');
+      properties[property.substr(0, equals)] = property.substr(equals + 1);
+    }
   }
   return properties;
 }

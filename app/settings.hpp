@@ -29,9 +29,13 @@ struct Settings {
   // librdkafka properties for every producer and consumer (SASL, TLS, timeouts), NAME=VALUE;
   // validated when parsed (kafka_property_validator).
   std::vector<std::string> kafka_properties;
+  // The same from files (--kafka-property-file NAME=PATH): NAME=VALUE once parsed.
+  std::vector<std::string> kafka_secret_properties;
+  // Projectors' consumer groups are <prefix><read model>.
+  std::string consumer_group_prefix = "ledger-projection-";
 };
 
-// The --kafka-property settings as a map.
+// The --kafka-property and --kafka-property-file settings as a map.
 [[nodiscard]] std::map<std::string, std::string> kafka_property_map(const Settings& settings);
 
 // Registers the shared settings on `app` (inherited by subcommands through fallthrough).

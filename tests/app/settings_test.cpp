@@ -94,6 +94,41 @@ TEST_CASE("a Kafka property that is malformed, unknown, badly valued or one ledg
                        "--database-url");
 }
 
+TEST_CASE("a Kafka property from a file: missing, empty, reserved or badly valued is refused; a good one is read") {
+  const std::string missing = "/nonexistent/ledger-settings-test/sasl-password";
+  const std::string empty = write_temporary_file("kafka-empty", "");
+  const std::string bad_timeout = write_temporary_file("kafka-bad-timeout", "soon\n");
+  const std::string password = write_temporary_file("kafka-password", "s3cret-from-a-file\n");
+  for (const std::string& setting : std::vector<std::string>{"sasl.password", "=" + password, "sasl.password=", "sasl.password=" + missing,
+                                    "sasl.password=" + empty, "socket.timeout.ms=" + bad_timeout,
+                                    "group.id=" + password, "no.such.property=" + password}) {
+    INFO(setting);
+    check_one_line_error(run_ledger({"--kafka-property-file", setting, "migrate", "status"}),
+                         "--kafka-property-file");
+  }
+  // The error names the file, never the secret it holds.
+  const auto reserved = run_ledger({"--kafka-property-file", "group.id=" + password, "migrate", "status"});
+  CHECK(reserved.output.find("s3cret") == std::string::npos);
+  check_one_line_error(run_ledger({"migrate", "status"}, {"LEDGER_KAFKA_PROPERTY_FILES=sasl.password=" + missing}),
+                       "--kafka-property-file");
+  // Read and accepted by librdkafka (a value "soon" in its file was refused above): what fails
+  // next is the missing database.
+  check_one_line_error(run_ledger({"--kafka-property-file", "sasl.password=" + password, "--kafka-property-file",
+                                   "socket.timeout.ms=" + write_temporary_file("kafka-timeout", "5000\n"),
+                                   "migrate", "status"}),
+                       "--database-url");
+}
+
+TEST_CASE("a consumer group prefix must be a plain Kafka group name") {
+  for (const std::string& prefix : std::vector<std::string>{"", "has space", "semi;colon", std::string(201, 'p')}) {
+    INFO(prefix);
+    check_one_line_error(run_ledger({"--consumer-group-prefix", prefix, "migrate", "status"}),
+                         "--consumer-group-prefix");
+  }
+  check_one_line_error(run_ledger({"--consumer-group-prefix", "bank-a.ledger-", "migrate", "status"}),
+                       "--database-url");
+}
+
 TEST_CASE("a bad value in the config file") {
   const auto path = std::filesystem::temp_directory_path() / "ledger-settings-test.toml";
   std::ofstream(path) << "log-level = \"chatty\"\n";
