@@ -31,7 +31,7 @@ engine::BalanceAsOf alice() {
 TEST_CASE("balance as of a position: every field, available with the overdraft") {
   const std::string json = api::balance_as_of_json("alice", alice(), {std::nullopt, 9});
   CHECK(json ==
-        R"({"id":"alice","at_position":9,"position":9,"recorded_at":"2026-01-31T12:00:00Z","currency":"EUR",)"
+        R"({"id":"alice","at_position":9,"position":9,"recorded_at":"2026-01-31T12:00:00.000000Z","currency":"EUR",)"
         R"("status":"open","debits_posted":250,"credits_posted":1000,"debits_pending":100,"credits_pending":0,)"
         R"("overdraft_limit":40,"balance":750,"available":690,"version":4})");
 }
@@ -39,7 +39,7 @@ TEST_CASE("balance as of a position: every field, available with the overdraft")
 TEST_CASE("balance as of a time names the time asked for") {
   const std::string json =
       api::balance_as_of_json("alice", alice(), {parse_rfc3339("2026-02-01T00:00:00Z"), std::nullopt});
-  CHECK(json.find(R"("as_of":"2026-02-01T00:00:00Z","position":9,)") != std::string::npos);
+  CHECK(json.find(R"("as_of":"2026-02-01T00:00:00.000000Z","position":9,)") != std::string::npos);
   CHECK(json.find("at_position") == std::string::npos);
 }
 
