@@ -2,7 +2,7 @@
 #include <iostream>
 
 #include "commands.hpp"
-#include "json_summary.hpp"
+#include "ledger/api/json_views.hpp"
 #include "ledger/db/pool.hpp"
 #include "ledger/engine/close_of_business.hpp"
 #include "ledger/engine/engine.hpp"
@@ -50,18 +50,8 @@ CommandAction register_loans_command(CLI::App& root, Settings& settings) {
     const double seconds = progress.seconds();
     engine.stop();
     if (*json) {
-      print_json([&](JsonWriter& w) {
-        w.Key("date");
-        w.String(date->c_str());
-        w.Key("loans");
-        w.Int64(result.loans);
-        w.Key("closed");
-        w.Int64(result.closed);
-        w.Key("failed");
-        w.Int64(result.failed);
-        w.Key("seconds");
-        w.Double(seconds);
-      });
+      // The same JSON as POST /v1/loans/close-of-business (ledger/api/json_views.hpp), and the seconds it took.
+      std::cout << api::close_of_business_json(*domain::parse_date(*date), result, seconds) << "\n";
     } else {
       std::cout << "closed " << *date << " for " << result.loans << " loans (" << result.closed
                 << " changed) in " << seconds << " s\n";

@@ -11,6 +11,7 @@
 #include "ledger/engine/event_store.hpp"
 #include "ledger/replay/rebuild.hpp"
 #include "ledger/engine/balance_as_of.hpp"
+#include "ledger/api/json_views.hpp"
 #include "ledger/replay/replay.hpp"
 #include "metrics_file.hpp"
 #include "progress.hpp"
@@ -49,6 +50,24 @@ void write_totals(JsonWriter& w, const std::map<std::string, replay::CurrencyTot
     w.EndObject();
   }
   w.EndObject();
+}
+
+api::BalanceMoment balance_moment(const std::string& as_of, std::int64_t at_position) {
+  api::BalanceMoment moment;
+  if (!as_of.empty()) moment.as_of_us = parse_rfc3339(as_of);
+  if (at_position > 0) moment.at_position = at_position;
+  return moment;
+}
+
+void print_balance_text(const std::string& account, const engine::BalanceAsOf& found) {
+  const auto& a = found.state;
+  const std::int64_t balance = a.balance().value_or(Amount(0)).minor_units();
+  std::cout << "account " << account << " (" << a.currency.code() << ", " << domain::to_string(a.status)
+            << ") after position " << found.position.value() << ", recorded " << rfc3339(found.recorded_at_us)
+            << ":\n  balance " << balance << "  debits_posted " << a.debits_posted.minor_units()
+            << "  credits_posted " << a.credits_posted.minor_units() << "  debits_pending "
+            << a.debits_pending.minor_units() << "  credits_pending " << a.credits_pending.minor_units()
+            << "  version " << a.version.value() << "\n";
 }
 
 }  // namespace
@@ -230,37 +249,11 @@ CommandAction register_replay_command(CLI::App& root, Settings& settings) {
                   << (found ? " did not exist yet at that moment" : " does not exist") << "\n";
         return 1;
       }
-      const auto& a = found->state;
-      const std::int64_t balance = a.balance().value_or(Amount(0)).minor_units();
       if (*json) {
-        print_json([&](JsonWriter& w) {
-          w.Key("id");
-          w.String(account->c_str());
-          w.Key("position");
-          w.Int64(found->position.value());
-          w.Key("recorded_at");
-          w.String(rfc3339(found->recorded_at_us).c_str());
-          w.Key("currency");
-          w.String(std::string(a.currency.code()).c_str());
-          w.Key("status");
-          w.String(std::string(domain::to_string(a.status)).c_str());
-          for (const auto& [key, amount] : {std::pair{"debits_posted", a.debits_posted}, {"credits_posted", a.credits_posted},
-                                            {"debits_pending", a.debits_pending}, {"credits_pending", a.credits_pending}}) {
-            w.Key(key);
-            w.Int64(amount.minor_units());
-          }
-          w.Key("balance");
-          w.Int64(balance);
-          w.Key("version");
-          w.Int64(a.version.value());
-        });
+        // The same JSON as GET /v1/accounts/{id}/balance (ledger/api/json_views.hpp).
+        std::cout << api::balance_as_of_json(*account, *found, balance_moment(*as_of, *at_position)) << "\n";
       } else {
-        std::cout << "account " << *account << " (" << a.currency.code() << ", " << domain::to_string(a.status)
-                  << ") after position " << found->position.value() << ", recorded " << rfc3339(found->recorded_at_us)
-                  << ":\n  balance " << balance << "  debits_posted " << a.debits_posted.minor_units()
-                  << "  credits_posted " << a.credits_posted.minor_units() << "  debits_pending "
-                  << a.debits_pending.minor_units() << "  credits_pending " << a.credits_pending.minor_units()
-                  << "  version " << a.version.value() << "\n";
+        print_balance_text(*account, *found);
       }
       return 0;
     }

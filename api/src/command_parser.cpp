@@ -603,51 +603,56 @@ bool all_fields_optional(CommandRoute route) {
   return false;
 }
 
-domain::CommandBody parse(CommandRoute route, std::string_view path_id, std::string_view body,
-                          std::string_view today) {
-  if (has_path_id(route) && !domain::is_valid_id(path_id)) {
-    fail("invalid_id", "Invalid id",
-         "the id in the path must be 1 to 64 of A-Za-z0-9._:-, got " + quote(path_id));
-  }
-
-  rapidjson::Document document;
+// The body as a JSON object, strictly (an empty body is {} for routes whose fields are all
+// optional); fails with the problem otherwise.
+void parse_body(CommandRoute route, std::string_view body, rapidjson::Document& document) {
   if (is_json_whitespace(body)) {
     if (!all_fields_optional(route)) {
       fail("malformed_json", "Malformed JSON",
            "the request body is empty; this command needs a JSON object");
     }
     document.SetObject();
-  } else {
-    if (const std::size_t offset = invalid_utf8_offset(body); offset != std::string_view::npos) {
-      fail("invalid_utf8", "Invalid UTF-8",
-           "the request body is not valid UTF-8 (byte offset " + std::to_string(offset) + ")");
-    }
-    // A raw NUL is never valid JSON, but RapidJSON would take it for the end of the input.
-    if (const std::size_t nul = body.find('\0'); nul != std::string_view::npos) {
-      fail("malformed_json", "Malformed JSON",
-           "invalid JSON at offset " + std::to_string(nul) + ": NUL byte");
-    }
-    // A bare MemoryStream: Document::Parse(str, length) would skip a byte order mark, which
-    // RFC 8259 forbids senders to add.
-    rapidjson::MemoryStream stream(body.data(), body.size());
-    document.ParseStream<parse_flags, rapidjson::UTF8<>>(stream);
-    if (document.HasParseError()) {
-      const auto error = document.GetParseError();
-      const std::string where = " at offset " + std::to_string(document.GetErrorOffset());
-      if (error == rapidjson::kParseErrorStringInvalidEncoding ||
-          error == rapidjson::kParseErrorStringUnicodeSurrogateInvalid) {
-        fail("invalid_utf8", "Invalid UTF-8",
-             std::string("invalid UTF-8") + where + ": " + rapidjson::GetParseError_En(error));
-      }
-      fail("malformed_json", "Malformed JSON",
-           std::string("invalid JSON") + where + ": " + rapidjson::GetParseError_En(error));
-    }
-    if (!document.IsObject()) {
-      fail("malformed_json", "Malformed JSON",
-           "the request body must be a JSON object, got " + type_name(document));
-    }
-    check_document(document, route == CommandRoute::batch);
+    return;
   }
+  if (const std::size_t offset = invalid_utf8_offset(body); offset != std::string_view::npos) {
+    fail("invalid_utf8", "Invalid UTF-8",
+         "the request body is not valid UTF-8 (byte offset " + std::to_string(offset) + ")");
+  }
+  // A raw NUL is never valid JSON, but RapidJSON would take it for the end of the input.
+  if (const std::size_t nul = body.find('\0'); nul != std::string_view::npos) {
+    fail("malformed_json", "Malformed JSON",
+         "invalid JSON at offset " + std::to_string(nul) + ": NUL byte");
+  }
+  // A bare MemoryStream: Document::Parse(str, length) would skip a byte order mark, which
+  // RFC 8259 forbids senders to add.
+  rapidjson::MemoryStream stream(body.data(), body.size());
+  document.ParseStream<parse_flags, rapidjson::UTF8<>>(stream);
+  if (document.HasParseError()) {
+    const auto error = document.GetParseError();
+    const std::string where = " at offset " + std::to_string(document.GetErrorOffset());
+    if (error == rapidjson::kParseErrorStringInvalidEncoding ||
+        error == rapidjson::kParseErrorStringUnicodeSurrogateInvalid) {
+      fail("invalid_utf8", "Invalid UTF-8",
+           std::string("invalid UTF-8") + where + ": " + rapidjson::GetParseError_En(error));
+    }
+    fail("malformed_json", "Malformed JSON",
+         std::string("invalid JSON") + where + ": " + rapidjson::GetParseError_En(error));
+  }
+  if (!document.IsObject()) {
+    fail("malformed_json", "Malformed JSON",
+         "the request body must be a JSON object, got " + type_name(document));
+  }
+  check_document(document, route == CommandRoute::batch);
+}
+
+domain::CommandBody parse(CommandRoute route, std::string_view path_id, std::string_view body,
+                          std::string_view today) {
+  if (has_path_id(route) && !domain::is_valid_id(path_id)) {
+    fail("invalid_id", "Invalid id",
+         "the id in the path must be 1 to 64 of A-Za-z0-9._:-, got " + quote(path_id));
+  }
+  rapidjson::Document document;
+  parse_body(route, body, document);
 
   const Value& object = document;
   const std::string none;

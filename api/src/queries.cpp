@@ -7,8 +7,11 @@
 #include <chrono>
 #include <memory>
 
+#include "handlers/handlers.hpp"
 #include "json_text.hpp"
 #include "ledger/core/money.hpp"
+#include "ledger/domain/loan_book.hpp"
+#include "ledger/domain/state.hpp"
 #include "ledger/domain/types.hpp"
 #include "ledger/projections/read_models.hpp"
 
@@ -16,17 +19,12 @@ namespace ledger::api {
 
 namespace {
 
+using handlers::parse_integer;
+
 constexpr std::int64_t page_limit_max = 1'000;
 constexpr std::int64_t page_limit_default = 100;
 constexpr std::int64_t wait_ms_default = 2'000;
 constexpr std::int64_t wait_ms_max = 10'000;
-
-std::optional<std::int64_t> parse_integer(std::string_view text) {
-  std::int64_t value = 0;
-  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (text.empty() || error != std::errc() || end != text.data() + text.size()) return std::nullopt;
-  return value;
-}
 
 QueryAnswer problem(int status, std::string code, std::string title, std::string detail) {
   QueryAnswer answer;
@@ -102,14 +100,13 @@ std::string account_json(const projections::AccountView& a, std::int64_t waterma
   w.Int64(a.debits_pending);
   w.Key("credits_pending");
   w.Int64(a.credits_pending);
-  // Same checked arithmetic as the engine; an overflow here would be a corrupt read model.
-  const auto balance = ledger::Amount(a.credits_posted).checked_sub(ledger::Amount(a.debits_posted));
-  const auto available = balance ? balance->checked_sub(ledger::Amount(a.debits_pending)) : std::nullopt;
-  const auto with_overdraft = available ? available->checked_add(ledger::Amount(a.overdraft_limit)) : std::nullopt;
+  // The domain's rule (an overflow here would be a corrupt read model: null, not a wrapped number).
+  const auto balances = domain::account_balances(Amount(a.credits_posted), Amount(a.debits_posted),
+                                                 Amount(a.debits_pending), Amount(a.overdraft_limit));
   w.Key("balance");
-  balance ? w.Int64(balance->minor_units()) : w.Null();
+  balances.balance ? w.Int64(balances.balance->minor_units()) : w.Null();
   w.Key("available");
-  with_overdraft ? w.Int64(with_overdraft->minor_units()) : w.Null();
+  balances.available ? w.Int64(balances.available->minor_units()) : w.Null();
   w.Key("overdraft_limit");
   w.Int64(a.overdraft_limit);
   w.Key("version");
@@ -162,27 +159,57 @@ std::string entries_json(const projections::EntriesPage& page, std::int64_t wate
   return {buffer.GetString(), buffer.GetSize()};
 }
 
-// What a loan owes and has paid, from its installments.
-void write_loan_fields(JsonWriter& w, const projections::LoanView& loan) {
-  std::int64_t outstanding = 0, interest_paid = 0, interest_overdue = 0, penalties_due = 0, penalties_paid = 0;
-  const projections::LoanInstallmentView* next = nullptr;
+// The read model's installments as the domain's book (the due date stored as YYYY-MM-DD).
+std::vector<domain::InstallmentBook> installment_books(const projections::LoanView& loan) {
+  std::vector<domain::InstallmentBook> books;
+  books.reserve(loan.installments.size());
   for (const auto& i : loan.installments) {
-    outstanding += i.principal - i.principal_paid;
-    interest_paid += i.interest_paid;
-    if (i.overdue) interest_overdue += i.interest - i.interest_paid;
-    penalties_due += i.penalty - i.penalty_paid;
-    penalties_paid += i.penalty_paid;
-    if (next == nullptr && !i.settled()) next = &i;
+    domain::InstallmentBook book;
+    book.number = i.number;
+    book.due_date = domain::parse_date(i.due_date).value_or(domain::Date{});  // written from a Date
+    book.principal = i.principal;
+    book.interest = i.interest;
+    book.principal_paid = i.principal_paid;
+    book.interest_paid = i.interest_paid;
+    book.penalty = i.penalty;
+    book.penalty_paid = i.penalty_paid;
+    book.overdue = i.overdue;
+    book.interest_waived = i.interest_waived;
+    books.push_back(book);
   }
-  const bool active = loan.status == "active";
-  if (!active) next = nullptr;
-  std::int64_t next_amount = 0;  // the next installment with every arrear before it
-  if (next != nullptr) {
-    for (const auto& i : loan.installments) {
-      if (i.due_date > next->due_date) break;
-      next_amount += (i.principal - i.principal_paid) + (i.interest - i.interest_paid) + (i.penalty - i.penalty_paid);
-    }
+  return books;
+}
+
+void write_loan_amounts(JsonWriter& w, const projections::LoanView& loan) {
+  // What the loan owes and has paid, by the domain's rules (loan_book.hpp).
+  const domain::InstallmentTotals totals = domain::installment_totals(installment_books(loan));
+  const bool written_off = loan.status == "written_off";
+  // Only an active loan has a next installment to pay.
+  const projections::LoanInstallmentView* next =
+      loan.status == "active" && totals.next_unsettled ? &loan.installments[*totals.next_unsettled] : nullptr;
+  w.Key("outstanding_principal");
+  w.Int64(written_off ? 0 : totals.principal_outstanding);
+  w.Key("interest_accrued");
+  w.Int64(loan.interest_recognised);
+  w.Key("interest_paid");
+  w.Int64(totals.interest_paid);
+  w.Key("interest_overdue");
+  w.Int64(totals.interest_overdue);
+  w.Key("penalties_due");
+  w.Int64(written_off ? 0 : totals.penalties_due);
+  w.Key("penalties_paid");
+  w.Int64(totals.penalties_paid);
+  w.Key("next_due_date");
+  if (next == nullptr) {
+    w.Null();
+  } else {
+    write_string(w, next->due_date);
   }
+  w.Key("next_due_amount");
+  next == nullptr ? w.Null() : w.Int64(totals.next_due_amount);
+}
+
+void write_loan_fields(JsonWriter& w, const projections::LoanView& loan) {
   w.Key("id");
   write_string(w, loan.id);
   w.Key("account_id");
@@ -205,26 +232,7 @@ void write_loan_fields(JsonWriter& w, const projections::LoanView& loan) {
   } else {
     write_string(w, loan.closed_through);
   }
-  w.Key("outstanding_principal");
-  w.Int64(loan.status == "written_off" ? 0 : outstanding);
-  w.Key("interest_accrued");
-  w.Int64(loan.interest_recognised);
-  w.Key("interest_paid");
-  w.Int64(interest_paid);
-  w.Key("interest_overdue");
-  w.Int64(interest_overdue);
-  w.Key("penalties_due");
-  w.Int64(loan.status == "written_off" ? 0 : penalties_due);
-  w.Key("penalties_paid");
-  w.Int64(penalties_paid);
-  w.Key("next_due_date");
-  if (next == nullptr) {
-    w.Null();
-  } else {
-    write_string(w, next->due_date);
-  }
-  w.Key("next_due_amount");
-  next == nullptr ? w.Null() : w.Int64(next_amount);
+  write_loan_amounts(w, loan);
   w.Key("days_past_due");
   w.Int64(loan.days_past_due);
   w.Key("principal_written_off");

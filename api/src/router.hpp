@@ -7,6 +7,7 @@
 #include <functional>
 #include <string>
 
+#include "handlers/handlers.hpp"
 #include "health_snapshot.hpp"
 #include "ledger/api/server.hpp"
 #include "ledger/engine/engine.hpp"
@@ -24,10 +25,7 @@ class CommandSink {
   virtual void submit(domain::Command command, engine::Engine::Completion completion) = 0;
 };
 
-using Request = boost::beast::http::request<boost::beast::http::string_body>;
-using Response = boost::beast::http::response<boost::beast::http::string_body>;
-using Respond = std::function<void(Response)>;
-
+// Routing, authentication, rate limits and dispatch to the handlers (handlers/handlers.hpp).
 // Stateless apart from metrics; called on I/O threads. Command handlers complete on the
 // engine's writer thread and blocking reads run on `blocking`, so `respond` may be called from
 // any thread (the session posts it back to its own strand).

@@ -58,11 +58,29 @@ std::optional<std::string> loan_terms_problem(const LoanTerms& terms) {
   return std::nullopt;
 }
 
-std::int64_t LoanBook::principal_outstanding() const {
-  std::int64_t outstanding = 0;
-  for (const auto& installment : installments) outstanding += installment.principal_unpaid();
-  return outstanding;
+InstallmentTotals installment_totals(const std::vector<InstallmentBook>& installments) {
+  InstallmentTotals totals;
+  for (std::size_t i = 0; i < installments.size(); ++i) {
+    const InstallmentBook& installment = installments[i];
+    totals.principal_outstanding += installment.principal_unpaid();
+    totals.interest_paid += installment.interest_paid;
+    if (installment.overdue) totals.interest_overdue += installment.interest_unpaid();
+    totals.penalties_due += installment.penalty_unpaid();
+    totals.penalties_paid += installment.penalty_paid;
+    if (!totals.next_unsettled && !installment.settled()) totals.next_unsettled = i;
+  }
+  if (totals.next_unsettled) {
+    const Date next_due = installments[*totals.next_unsettled].due_date;
+    for (const InstallmentBook& installment : installments) {
+      if (installment.due_date > next_due) break;
+      totals.next_due_amount +=
+          installment.principal_unpaid() + installment.interest_unpaid() + installment.penalty_unpaid();
+    }
+  }
+  return totals;
 }
+
+std::int64_t LoanBook::principal_outstanding() const { return installment_totals(installments).principal_outstanding; }
 
 std::int64_t LoanBook::amount_due() const {
   std::int64_t due = 0;

@@ -139,11 +139,13 @@ std::optional<std::string_view> stream_entity_id(std::string_view stream_id, Str
   return stream_id.substr(prefix.size());
 }
 
-std::optional<Amount> AccountState::available() const {
-  auto result = balance();
-  if (result) result = result->checked_sub(debits_pending);
-  if (result) result = result->checked_add(overdraft_limit);
-  return result;
+AccountBalances account_balances(Amount credits_posted, Amount debits_posted, Amount debits_pending,
+                                 Amount overdraft_limit) {
+  AccountBalances balances;
+  balances.balance = credits_posted.checked_sub(debits_posted);
+  if (balances.balance) balances.available = balances.balance->checked_sub(debits_pending);
+  if (balances.available) balances.available = balances.available->checked_add(overdraft_limit);
+  return balances;
 }
 
 std::string_view command_name(const SingleCommand& command) {

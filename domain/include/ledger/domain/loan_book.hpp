@@ -76,6 +76,23 @@ struct InstallmentBook {
   friend bool operator==(const InstallmentBook&, const InstallmentBook&) = default;
 };
 
+// What a loan's installments owe and have paid, summed: the loan's book and the loan read
+// model's answers (GET /v1/loans/{id}) use this one definition.
+struct InstallmentTotals {
+  std::int64_t principal_outstanding = 0;
+  std::int64_t interest_paid = 0;
+  std::int64_t interest_overdue = 0;  // unpaid interest of overdue installments
+  std::int64_t penalties_due = 0;     // late fees charged and unpaid
+  std::int64_t penalties_paid = 0;
+  std::optional<std::size_t> next_unsettled;  // index of the first installment not settled
+  // What settles the next installment: its unpaid amounts and those of every installment due
+  // on or before it (0 when all are settled).
+  std::int64_t next_due_amount = 0;
+  friend bool operator==(const InstallmentTotals&, const InstallmentTotals&) = default;
+};
+// `installments` in due-date order, as a schedule lists them.
+[[nodiscard]] InstallmentTotals installment_totals(const std::vector<InstallmentBook>& installments);
+
 enum class LoanStatus : std::uint8_t { originated = 0, active = 1, repaid = 2, written_off = 3 };
 [[nodiscard]] std::string_view to_string(LoanStatus status);
 

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "ledger/core/money.hpp"
@@ -10,6 +11,17 @@
 #include "ledger/domain/types.hpp"
 
 namespace ledger::domain {
+
+// What an account's totals give (API.md): balance = credits_posted - debits_posted (a
+// customer's money; negative for the cash account), available = balance - debits_pending +
+// overdraft_limit. Each is std::nullopt when it would overflow int64. The one definition: the
+// account's fold and the balance read model's answers both use it.
+struct AccountBalances {
+  std::optional<Amount> balance;
+  std::optional<Amount> available;
+};
+[[nodiscard]] AccountBalances account_balances(Amount credits_posted, Amount debits_posted, Amount debits_pending,
+                                               Amount overdraft_limit);
 
 // The fold of an account stream.
 struct AccountState {
@@ -29,12 +41,13 @@ struct AccountState {
   std::int64_t pending_count = 0;  // holds not yet posted or ended
   StreamVersion version{0};
 
-  // credits_posted - debits_posted (a customer's money; negative for the cash account).
+  // account_balances of this account's totals.
   [[nodiscard]] std::optional<Amount> balance() const {
-    return credits_posted.checked_sub(debits_posted);
+    return account_balances(credits_posted, debits_posted, debits_pending, overdraft_limit).balance;
   }
-  // balance - debits_pending + overdraft_limit.
-  [[nodiscard]] std::optional<Amount> available() const;
+  [[nodiscard]] std::optional<Amount> available() const {
+    return account_balances(credits_posted, debits_posted, debits_pending, overdraft_limit).available;
+  }
 
   friend bool operator==(const AccountState&, const AccountState&) = default;
 };

@@ -1,0 +1,79 @@
+// GET /metrics: the front's own metrics (Metrics), then the database, engine, cache and
+// read-side gauges from the health snapshot (at most health_refresh_interval old).
+#include <fmt/format.h>
+
+#include "../read_side_health.hpp"
+#include "handlers.hpp"
+#include "ledger/core/histogram.hpp"
+#include "ledger/engine/engine.hpp"
+
+namespace ledger::api::handlers {
+
+namespace http = boost::beast::http;
+
+namespace {
+
+void append_database_metrics(std::string& out, const DatabaseHealth& database, std::uint64_t refreshes) {
+  out += "# TYPE ledger_health_refreshes_total counter\n";
+  out += fmt::format("ledger_health_refreshes_total {}\n", refreshes);
+  out += "# TYPE ledger_database_pool_connections gauge\n";
+  out += fmt::format("ledger_database_pool_connections{{state=\"open\"}} {}\n", database.pool_open);
+  out += fmt::format("ledger_database_pool_connections{{state=\"in_use\"}} {}\n", database.pool_in_use);
+  out += fmt::format("ledger_database_pool_connections{{state=\"max\"}} {}\n", database.pool_max);
+  out += fmt::format("ledger_database_up {}\n", database.reachable ? 1 : 0);
+}
+
+void append_cache_metrics(std::string& out, const engine::EngineStats& stats) {
+  out += "# TYPE ledger_state_cache_streams gauge\n";
+  out += fmt::format("ledger_state_cache_streams {}\n", stats.cache_streams);
+  out += fmt::format("ledger_state_cache_streams_max {}\n", stats.cache_streams_max);
+  out += "# TYPE ledger_state_cache_lookups_total counter\n";
+  out += fmt::format("ledger_state_cache_lookups_total{{result=\"hit\"}} {}\n", stats.cache_hits);
+  out += fmt::format("ledger_state_cache_lookups_total{{result=\"miss\"}} {}\n", stats.cache_misses);
+  if (stats.snapshots_enabled) {
+    out += "# TYPE ledger_snapshot_reads_total counter\n";
+    out += fmt::format("ledger_snapshot_reads_total{{result=\"hit\"}} {}\n", stats.snapshots.hits);
+    out += fmt::format("ledger_snapshot_reads_total{{result=\"miss\"}} {}\n", stats.snapshots.misses);
+    out += fmt::format("ledger_snapshot_reads_total{{result=\"corrupt\"}} {}\n", stats.snapshots.corrupt);
+    out += "# TYPE ledger_snapshot_writes_total counter\n";
+    out += fmt::format("ledger_snapshot_writes_total {}\n", stats.snapshots.written);
+  }
+}
+
+void append_engine_metrics(std::string& out, const engine::EngineStats& stats) {
+  out += "# TYPE ledger_engine_batches_total counter\n";
+  out += fmt::format("ledger_engine_batches_total {}\n", stats.batches);
+  out += fmt::format("ledger_engine_events_total {}\n", stats.events);
+  out += fmt::format("ledger_engine_commands_total{{outcome=\"accepted\"}} {}\n", stats.commands_accepted);
+  out += fmt::format("ledger_engine_commands_total{{outcome=\"rejected\"}} {}\n", stats.commands_rejected);
+  out += fmt::format("ledger_engine_conflicts_total {}\n", stats.conflicts);
+  out += fmt::format("ledger_engine_queued_commands {}\n", stats.queued);
+  out += "# HELP ledger_engine_circuit_open 1 while the database circuit breaker is open or half open.\n";
+  out += "# TYPE ledger_engine_circuit_open gauge\n";
+  out += fmt::format("ledger_engine_circuit_open {}\n", stats.circuit == engine::CircuitState::closed ? 0 : 1);
+  out += "# TYPE ledger_engine_circuit_opened_total counter\n";
+  out += fmt::format("ledger_engine_circuit_opened_total {}\n", stats.circuit_opened);
+  append_prometheus_histogram(out, "ledger_engine_commit_latency_seconds", "Time to append and commit a batch.",
+                              stats.commit_latency_seconds);
+  append_prometheus_histogram(out, "ledger_engine_batch_commands", "Commands per committed batch.",
+                              stats.batch_commands);
+  append_cache_metrics(out, stats);
+}
+
+}  // namespace
+
+void answer_metrics(const Context& context, const Reply& reply) {
+  context.health.get([context, reply](std::shared_ptr<const HealthSnapshot> snapshot) {
+    std::string extra;
+    append_database_metrics(extra, snapshot->database, context.health.refreshes());
+    if (context.services.engine != nullptr) append_engine_metrics(extra, context.services.engine->stats());
+    extra += read_side_metrics(snapshot->read_side);
+    Response response{http::status::ok, reply.version};
+    response.set(http::field::content_type, "text/plain; version=0.0.4");
+    response.body() = context.metrics.render(extra);
+    response.prepare_payload();
+    reply.send(std::move(response));
+  });
+}
+
+}  // namespace ledger::api::handlers

@@ -1,0 +1,31 @@
+// The read-model query routes: queries.cpp checks, waits and reads; this answers over HTTP.
+#include "handlers.hpp"
+
+namespace ledger::api::handlers {
+
+namespace http = boost::beast::http;
+
+void answer_query(const Context& context, QueryKind kind, std::string id, const QueryParameters& parameters,
+                  const Reply& reply) {
+  if (context.services.read_models == nullptr) {
+    reply.problem(503, "unavailable", "Service unavailable", "this server has no read models configured");
+    return;
+  }
+  run_query(*context.services.read_models, context.blocking, kind, std::move(id), parameters,
+            [reply](QueryAnswer answer) {
+              Response response;
+              if (answer.status == 200) {
+                response = Response{http::status::ok, reply.version};
+                response.set(http::field::content_type, "application/json");
+                response.body() = std::move(answer.body);
+                response.prepare_payload();
+              } else {
+                response = problem_response(answer.status, answer.code, answer.title, answer.detail,
+                                            reply.request_id, reply.version);
+              }
+              if (answer.watermark) response.set("X-Ledger-Watermark", std::to_string(*answer.watermark));
+              reply.send(std::move(response));
+            });
+}
+
+}  // namespace ledger::api::handlers
