@@ -2,7 +2,7 @@
 # The unit tier under ASan and UBSan: builds build-fuzz/ (clang-14, the LEDGER_FUZZ
 # configuration, which compiles every module the unit tests use with the sanitizers) and runs
 # the `sanitized` ctest label there: the unit-labelled doctest binaries of tests/core,
-# tests/engine and tests/api (not app_settings_test, which runs the `ledger` binary).
+# tests/domain, tests/engine and tests/api (not app_settings_test, which runs the `ledger` binary).
 # A sanitizer report fails the test that triggered it. Called by ops/fuzz.sh (so by CI);
 #   ops/sanitize.sh             build and run
 # The last line reads "sanitize: N passed, N failed".

@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "ledger/db/pool.hpp"
 #include "ledger/engine/engine.hpp"
 #include "test_cluster.hpp"
 
@@ -32,6 +33,13 @@ inline long long scalar(const std::string& url, const std::string& sql) {
   pqxx::connection connection(url);
   pqxx::read_transaction work(connection);
   return work.exec1(sql)[0].as<long long>();
+}
+
+inline db::ConnectionPool make_pool(const std::string& url, std::size_t connections = 6) {
+  db::PoolSettings settings;
+  settings.url = url;
+  settings.connections_max = connections;
+  return db::ConnectionPool(settings);
 }
 
 }  // namespace ledger::test

@@ -2,7 +2,7 @@
 """Schema growth as the Python example consumer meets it (docs/consumers.md, "Schemas grow").
 
 1. Built against today's schemas, it reads every released event version: each committed fixture
-   (tests/engine/event_fixtures/<type>.v<N>.bin, the bytes that version wrote) decodes to its type
+   (tests/domain/event_fixtures/<type>.v<N>.bin, the bytes that version wrote) decodes to its type
    with the example's own generated code.
 2. Built against an older schema, it reads today's events and skips what it does not know: code
    generated from a copy of events.fbs without the last field of every table and without the

@@ -1,5 +1,5 @@
 // Writes the seed corpora of the decoder targets from the project's own examples (the committed
-// event fixtures, tests/engine/event_fixtures, the bytes v1 wrote), and those of http_front
+// event fixtures, tests/domain/event_fixtures, the bytes v1 wrote), and those of http_front
 // (every route, each role's token, chunked, pipelined, the limits, every fake engine answer) and
 // round_trip (a valid body of each command type with a few made-up states). Run by
 // tests/fuzz/make_corpus.py; usage: fuzz_seeds <event_fixtures dir> <corpus dir>.

@@ -4,7 +4,7 @@
 command_parser: every JSON body in tests/api/command_parser_test.cpp (raw string literals;
 a field list after a template literal ending in "," completes that template), prefixed with its
 route (the nearest CommandRoute:: before it) and path id 0 ("alice").
-The decoder targets: fuzz_seeds (built by ops/fuzz.sh) from tests/engine/event_fixtures;
+The decoder targets: fuzz_seeds (built by ops/fuzz.sh) from tests/domain/event_fixtures;
 http_front and round_trip: fuzz_seeds from the bodies and requests written in it.
 Seeds are named by SHA-1 like libFuzzer's own; regression inputs (crash-*) are kept.
 Usage: make_corpus.py <build-fuzz dir>
@@ -54,7 +54,7 @@ def command_parser_seeds() -> int:
 def main() -> None:
     build = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "build-fuzz")
     print(f"make_corpus: command_parser: {command_parser_seeds()} bodies")
-    subprocess.run([str(build / "tests/fuzz/fuzz_seeds"), str(ROOT / "tests/engine/event_fixtures"),
+    subprocess.run([str(build / "tests/fuzz/fuzz_seeds"), str(ROOT / "tests/domain/event_fixtures"),
                     str(CORPUS)], check=True)
 
 

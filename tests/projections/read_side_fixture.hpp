@@ -8,8 +8,11 @@
 #include <pqxx/pqxx>
 #include <rapidjson/document.h>
 
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <future>
 #include <random>
 #include <set>
@@ -141,13 +144,6 @@ inline std::map<std::int32_t, std::vector<domain::RecordedEvent>> read_topic(con
   REQUIRE(static_cast<int>(ended.size()) == kafka.partitions());
   rd_kafka_consumer_close(consumer.get());
   return messages;
-}
-
-inline db::ConnectionPool make_pool(const std::string& url, std::size_t connections = 6) {
-  db::PoolSettings settings;
-  settings.url = url;
-  settings.connections_max = connections;
-  return db::ConnectionPool(settings);
 }
 
 inline relay::RelaySettings relay_settings(const MockKafka& kafka) {
@@ -448,5 +444,30 @@ struct ReadSideStack {
   }
 };
 
+// Opens `accounts` funded accounts and submits `transfers` random transfers between them, all
+// at once, for the process tests that need a backlog to publish or project.
+inline void make_backlog(engine::Engine& engine, int accounts, int transfers) {
+  for (int i = 0; i < accounts; ++i) {
+    REQUIRE(engine.execute(command(domain::OpenAccount{"k" + std::to_string(i), eur()})).accepted());
+    REQUIRE(engine.execute(command(domain::Deposit{"k" + std::to_string(i), Amount(1'000'000)})).accepted());
+  }
+  std::mt19937 random(99);
+  std::vector<std::future<domain::CommandOutcome>> outcomes;
+  for (int n = 0; n < transfers; ++n) {
+    const int from = static_cast<int>(random() % accounts);
+    const int to = (from + 1 + static_cast<int>(random() % (accounts - 1))) % accounts;
+    outcomes.push_back(engine.submit(command(
+        domain::Transfer{"", "k" + std::to_string(from), "k" + std::to_string(to), Amount(1 + random() % 500), eur()})));
+  }
+  for (auto& outcome : outcomes) REQUIRE(outcome.get().accepted());
+}
+
+// An empty directory of its own under the temporary directory, for a process's home.
+inline std::filesystem::path scratch_directory(const std::string& name) {
+  auto directory = std::filesystem::temp_directory_path() / ("ledger-" + name + "-" + std::to_string(getpid()));
+  std::filesystem::remove_all(directory);
+  std::filesystem::create_directories(directory);
+  return directory;
+}
 
 }  // namespace ledger::test

@@ -1,10 +1,10 @@
 // Replay for audits (issue 7): export round-trips, verify catches tampering and names the
-// position, as-of balances equal a fold, reconcile finds altered rows, publish re-sends.
+// position, reconcile finds altered rows, publish re-sends. The as-of fold it serves is the
+// engine's (tests/engine/balance_as_of_pgtest.cpp).
 #include <doctest/doctest.h>
 
 #include <atomic>
 #include <functional>
-#include <random>
 #include <set>
 #include <sstream>
 
@@ -13,7 +13,6 @@
 #include "ledger/core/hex.hpp"
 #include "ledger/core/time_text.hpp"
 #include "ledger/domain/events.hpp"
-#include "ledger/engine/balance_as_of.hpp"
 #include "ledger/replay/replay.hpp"
 
 using namespace ledger;
@@ -306,52 +305,6 @@ TEST_CASE("verify catches a tampered payload, a deleted event, a broken chain an
     CHECK(result.first_bad_position == last_alice->position);
     CHECK(result.problem.find("version") != std::string::npos);
   }
-}
-
-TEST_CASE("as-of balances equal a fold of the log at 100 random instants and 100 random positions") {
-  test::TestDatabase database;
-  auto settings = test::engine_settings(database);
-  std::atomic<std::int64_t> now_us{1'800'000'000'000'000};
-  settings.clock_us = [&] { return now_us += 1'000; };  // every batch a later time
-  Engine engine(settings);
-  for (int i = 0; i < 8; ++i) REQUIRE(engine.execute(command(domain::OpenAccount{"a" + std::to_string(i), eur()})).accepted());
-  std::mt19937 random(11);
-  for (int n = 0; n < 600; ++n) {
-    const int from = static_cast<int>(random() % 8), to = (from + 1 + static_cast<int>(random() % 7)) % 8;
-    const Amount amount(1 + static_cast<std::int64_t>(random() % 900));
-    if (n % 3 == 0) {
-      (void)engine.execute(command(domain::Deposit{"a" + std::to_string(from), amount}));
-    } else {
-      (void)engine.execute(command(domain::Transfer{"", "a" + std::to_string(from), "a" + std::to_string(to), amount, eur()}));
-    }
-  }
-  auto pool = test::make_pool(database.app_url(), 3);
-  const auto stored = whole_log(pool);
-  const EventStore store(pool);
-  for (int sample = 0; sample < 200; ++sample) {
-    const std::string account = "a" + std::to_string(random() % 8);
-    const auto& pivot = stored[random() % stored.size()];
-    // The expected state: the account's events at or before the pivot, folded by hand (by
-    // time, that includes the rest of the pivot's command: its events share one time).
-    const bool by_time = sample < 100;
-    domain::AccountState expected;
-    GlobalPosition last{0};
-    for (const auto& event : stored) {
-      if (by_time ? event.recorded_at_us > pivot.recorded_at_us : event.position > pivot.position) break;
-      last = event.position;
-      if (event.stream_id == "account-" + account) domain::apply(expected, *domain::decode_event(event.type, event.payload));
-    }
-    const auto found = engine::balance_as_of(store, account, by_time ? std::optional(pivot.recorded_at_us) : std::nullopt,
-                                             by_time ? std::nullopt : std::optional(pivot.position));
-    REQUIRE(found);
-    CHECK(found->state == expected);
-    CHECK(found->position <= last);
-  }
-  CHECK_FALSE(engine::balance_as_of(store, "nobody", std::nullopt, GlobalPosition(5)));
-  const auto before = engine::balance_as_of(store, "a7", std::nullopt, GlobalPosition(1));
-  REQUIRE(before);
-  CHECK_FALSE(before->state.exists);  // a7 was opened later
-  CHECK_THROWS_AS((void)engine::balance_as_of(store, "a1", std::nullopt, std::nullopt), std::invalid_argument);
 }
 
 TEST_CASE("reconcile passes caught-up read models and reports every row altered by hand") {

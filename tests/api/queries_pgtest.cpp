@@ -7,10 +7,10 @@
 
 #include <sstream>
 
-#include "../api/server_fixture.hpp"
+#include "server_fixture.hpp"
 #include "ledger/projections/read_models.hpp"
 #include "ledger/replay/replay.hpp"
-#include "read_side_fixture.hpp"
+#include "../projections/read_side_fixture.hpp"
 
 using namespace ledger;
 using test::HttpClient;

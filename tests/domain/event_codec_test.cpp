@@ -1,6 +1,6 @@
 // Event payloads round-trip through FlatBuffers, and every released event version still
 // decodes: the committed fixtures under event_fixtures/ are the bytes v1 wrote. Regenerate a
-// missing fixture only for a new event type: LEDGER_WRITE_FIXTURES=1 engine_event_codec_test.
+// missing fixture only for a new event type: LEDGER_WRITE_FIXTURES=1 domain_event_codec_test.
 #include <doctest/doctest.h>
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>

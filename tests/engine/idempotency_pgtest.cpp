@@ -1,0 +1,101 @@
+// Idempotency against a real PostgreSQL: a key with the same request answers the first
+// outcome, with another request it is refused; refusals replay with their code, also when the
+// stored key's request shares a batch with another request under that key.
+#include <doctest/doctest.h>
+
+#include "engine_fixture.hpp"
+#include "open_and_fund.hpp"
+
+using namespace ledger;
+using namespace ledger::domain;
+using namespace ledger::engine;
+using test::command;
+using test::eur;
+using test::open_and_fund;
+
+TEST_CASE("the same idempotency key and request answers the first outcome; another request is refused") {
+  test::TestDatabase database;
+  Engine engine(test::engine_settings(database));
+  open_and_fund(engine, "alice", 1'000);
+  const auto events_before = test::scalar(database.app_url(), "SELECT count(*) FROM events");
+
+  const auto first = engine.execute(command(domain::Withdrawal{"alice", Amount(300)}, "key-1", "withdraw 300"));
+  REQUIRE(first.accepted());
+  CHECK_FALSE(first.replayed);
+  const auto events_after_first = test::scalar(database.app_url(), "SELECT count(*) FROM events");
+  CHECK(events_after_first == events_before + 3);
+
+  const auto again = engine.execute(command(domain::Withdrawal{"alice", Amount(300)}, "key-1", "withdraw 300"));
+  CHECK(again.accepted());
+  CHECK(again.replayed);
+  CHECK(again.command_id == first.command_id);
+  CHECK(again.position == first.position);
+  CHECK(again.versions == first.versions);
+  CHECK(again.resource_ids == first.resource_ids);
+
+  const auto other = engine.execute(command(domain::Withdrawal{"alice", Amount(500)}, "key-1", "withdraw 500"));
+  CHECK(other.code == RejectionCode::idempotency_key_reused);
+  CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM events") == events_after_first);
+  CHECK(engine.read_account("alice")->balance() == Amount(700));
+
+  // A second engine (another instance, empty cache) answers the same from the store.
+  Engine other_instance(test::engine_settings(database));
+  const auto from_other =
+      other_instance.execute(command(domain::Withdrawal{"alice", Amount(300)}, "key-1", "withdraw 300"));
+  CHECK(from_other.replayed);
+  CHECK(from_other.position == first.position);
+
+  // A rejection is remembered too: retrying it gives the same answer even after funds arrive.
+  const auto refused = engine.execute(command(domain::Withdrawal{"alice", Amount(5'000)}, "key-2", "w 5000"));
+  CHECK(refused.code == RejectionCode::insufficient_funds);
+  REQUIRE(engine.execute(command(domain::Deposit{"alice", Amount(10'000)})).accepted());
+  const auto refused_again = engine.execute(command(domain::Withdrawal{"alice", Amount(5'000)}, "key-2", "w 5000"));
+  CHECK(refused_again.code == RejectionCode::insufficient_funds);
+  CHECK(refused_again.replayed);
+
+  // The same key twice inside one batch: one set of events.
+  auto a = engine.submit(command(domain::Withdrawal{"alice", Amount(1)}, "key-3", "w 1"));
+  auto b = engine.submit(command(domain::Withdrawal{"alice", Amount(1)}, "key-3", "w 1"));
+  const auto outcome_a = a.get();
+  const auto outcome_b = b.get();
+  CHECK(outcome_a.accepted());
+  CHECK(outcome_b.accepted());
+  CHECK(outcome_a.position == outcome_b.position);
+  CHECK(test::scalar(database.app_url(),
+                     "SELECT count(*) FROM events WHERE metadata->>'command_id' = '" +
+                         outcome_a.command_id + "'") == 3);
+}
+
+TEST_CASE("a keyed refusal replays with its code, whatever the code (none aborts the engine)") {
+  test::TestDatabase database;
+  Engine engine(test::engine_settings(database));
+  open_and_fund(engine, "alice", 100);
+  const std::string cash = domain::system_account_id(SystemAccount::cash, "EUR");
+  const auto first = engine.execute(command(domain::Transfer{"t1", "alice", cash, Amount(1), eur()}, "k1", "same"));
+  REQUIRE(first.code == RejectionCode::system_account);
+  const auto again = engine.execute(command(domain::Transfer{"t1", "alice", cash, Amount(1), eur()}, "k1", "same"));
+  CHECK(again.code == RejectionCode::system_account);
+  CHECK(again.replayed);
+  const auto loan = engine.execute(command(domain::RepayLoan{"nope", Amount(1), "r1"}, "k2", "repay"));
+  REQUIRE(loan.code == RejectionCode::unknown_loan);
+  CHECK(engine.execute(command(domain::RepayLoan{"nope", Amount(1), "r1"}, "k2", "repay")).code ==
+        RejectionCode::unknown_loan);
+}
+
+TEST_CASE("a stored key's request replays even when another request with that key comes first in a batch") {
+  test::TestDatabase database;
+  EngineSettings settings = test::engine_settings(database);
+  settings.commit_wait_max = std::chrono::milliseconds(100);  // both below share one batch
+  Engine engine(settings);
+  open_and_fund(engine, "alice", 100);
+  const auto stored = engine.execute(command(domain::Deposit{"alice", Amount(5)}, "k", "request X"));
+  REQUIRE(stored.accepted());
+  auto other = engine.submit(command(domain::Deposit{"alice", Amount(7)}, "k", "request Y"));
+  auto same = engine.submit(command(domain::Deposit{"alice", Amount(5)}, "k", "request X"));
+  CHECK(other.get().code == RejectionCode::idempotency_key_reused);
+  const auto replayed = same.get();
+  CHECK_MESSAGE(replayed.accepted(), to_string(replayed.code));
+  CHECK(replayed.replayed);
+  CHECK(replayed.position == stored.position);
+}
+

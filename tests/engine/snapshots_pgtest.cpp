@@ -1,0 +1,388 @@
+// The snapshot cache against a real PostgreSQL: a stale, missing, corrupt or foreign snapshot
+// changes no answer a client gets, and what the engine logs about it.
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <random>
+#include <utility>
+
+#include "engine_fixture.hpp"
+#include "ledger/engine/snapshot_store.hpp"
+#include "open_and_fund.hpp"
+
+using namespace ledger;
+using namespace ledger::domain;
+using namespace ledger::engine;
+using test::command;
+using test::eur;
+using test::open_and_fund;
+
+namespace {
+
+// Collects what the process logs (spdlog's default logger) while it lives, so a test can see
+// what was reported. Install it while no engine runs: spdlog's sink list is not thread-safe.
+class LogCapture {
+ public:
+  LogCapture() : sink_(std::make_shared<Sink>()) {
+    sink_->set_pattern("%l %v");
+    spdlog::default_logger()->sinks().push_back(sink_);
+  }
+  ~LogCapture() {
+    auto& sinks = spdlog::default_logger()->sinks();
+    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
+  }
+  LogCapture(const LogCapture&) = delete;
+  LogCapture& operator=(const LogCapture&) = delete;
+
+  // The lines logged since the last call ("level message"), and forgets them.
+  [[nodiscard]] std::vector<std::string> take() {
+    std::lock_guard lock(sink_->lines_mutex);
+    return std::exchange(sink_->lines, {});
+  }
+
+ private:
+  struct Sink : spdlog::sinks::base_sink<std::mutex> {
+    std::mutex lines_mutex;
+    std::vector<std::string> lines;
+
+   protected:
+    void sink_it_(const spdlog::details::log_msg& message) override {
+      spdlog::memory_buf_t formatted;
+      formatter_->format(message, formatted);
+      std::string line(formatted.data(), formatted.size());
+      while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+      std::lock_guard lock(lines_mutex);
+      lines.push_back(std::move(line));
+    }
+    void flush_() override {}
+  };
+  std::shared_ptr<Sink> sink_;
+};
+
+// How many of `lines` contain every one of `parts`.
+std::size_t count_lines(const std::vector<std::string>& lines,
+                        std::initializer_list<std::string_view> parts) {
+  return static_cast<std::size_t>(
+      std::count_if(lines.begin(), lines.end(), [&](const std::string& line) {
+        return std::all_of(parts.begin(), parts.end(), [&](std::string_view part) {
+          return line.find(part) != std::string::npos;
+        });
+      }));
+}
+
+std::string describe(const CommandOutcome& outcome) {
+  std::string text(to_string(outcome.code));
+  if (!outcome.detail.empty()) text += " (" + outcome.detail + ")";
+  if (outcome.failed_member) text += " member " + std::to_string(*outcome.failed_member);
+  text += " at " + std::to_string(outcome.position.value());
+  for (const auto& [stream_id, version] : outcome.versions) {
+    text += " " + stream_id + "@" + std::to_string(version.value());
+  }
+  for (const auto& id : outcome.resource_ids) text += " id " + id;
+  if (outcome.replayed) text += " replayed";
+  return text;
+}
+
+std::string describe(const std::optional<domain::AccountState>& account) {
+  if (!account) return "no such account";
+  const auto available = account->available();
+  return fmt::format("{} posted -{} +{} pending -{} +{} holds {} available {} version {}",
+                     to_string(account->status), account->debits_posted.minor_units(),
+                     account->credits_posted.minor_units(), account->debits_pending.minor_units(),
+                     account->credits_pending.minor_units(), account->pending_count,
+                     available ? std::to_string(available->minor_units()) : "overflow",
+                     account->version.value());
+}
+
+// The customer accounts of the snapshot test, named after what is done to their snapshot.
+const std::vector<std::string> snapshot_accounts = {
+    "intact",   // left alone: a current, valid snapshot
+    "behind",   // an older, valid snapshot: used, and the tail folded on top
+    "stale",    // the right version with a hash the store does not have, and a richer balance
+    "ahead",    // a version the event store has never reached
+    "missing",  // deleted
+    "corrupt",  // bytes that are not a snapshot
+    "flipped",  // a valid encoding with one byte flipped (fails its checksum)
+    "foreign",  // another stream's valid snapshot stored under this key
+};
+
+// Moments of a run between two engines, where the spoiled run changes the snapshot directory.
+enum class Pause { history_half_done, history_done, probed_once, probed_twice };
+
+// Every answer a client gets in one run, in order, each labelled with its question.
+using Transcript = std::vector<std::string>;
+
+// The same commands and queries each time: account states, and outcomes at the edges of the
+// available balance, holds, posts and voids, a freeze, a close and a linked command. A new
+// engine per phase, so each one starts with an empty in-memory cache.
+Transcript play(EngineSettings settings, const std::function<void(Pause)>& between) {
+  Transcript transcript;
+  // Generated ids are the same in every run, so outcomes compare as text.
+  auto generated = std::make_shared<std::atomic<int>>(0);
+  settings.generate_id = [generated] { return "generated-" + std::to_string(++*generated); };
+  const auto stage = [&](const std::function<void(Engine&)>& body) {
+    Engine engine(settings);
+    body(engine);
+  };
+
+  stage([&](Engine& engine) {
+    REQUIRE(engine.execute(command(domain::OpenAccount{"sink", eur()})).accepted());
+    for (const auto& id : snapshot_accounts) {
+      REQUIRE(engine.execute(command(domain::OpenAccount{id, eur()})).accepted());
+      transcript.push_back("deposit " + id + ": " +
+                           describe(engine.execute(command(domain::Deposit{id, Amount(1'000)}))));
+      for (int i = 0; i < 3; ++i) {
+        transcript.push_back(
+            "transfer " + id + ": " +
+            describe(engine.execute(command(domain::Transfer{"", id, "sink", Amount(10), eur()}))));
+      }
+      transcript.push_back("hold " + id + ": " +
+                           describe(engine.execute(command(domain::PlaceHold{
+                               "history-" + id + "-1", id, "sink", Amount(100), eur()}))));
+    }
+  });
+  between(Pause::history_half_done);
+  stage([&](Engine& engine) {
+    for (const auto& id : snapshot_accounts) {
+      for (int i = 0; i < 3; ++i) {
+        transcript.push_back(
+            "transfer " + id + ": " +
+            describe(engine.execute(command(domain::Transfer{"", id, "sink", Amount(10), eur()}))));
+      }
+      transcript.push_back("hold " + id + ": " +
+                           describe(engine.execute(command(
+                               domain::PlaceHold{"history-" + id + "-2", id, "sink", Amount(50), eur()}))));
+      transcript.push_back(
+          "post " + id + ": " +
+          describe(engine.execute(command(domain::PostHold{"history-" + id + "-1", std::nullopt}))));
+    }
+  });
+  between(Pause::history_done);
+
+  const auto probe = [&](const std::string& round) {
+    stage([&](Engine& engine) {
+      const auto ask = [&](const std::string& question, SingleCommand body) {
+        auto outcome = engine.execute(command(std::move(body)));
+        transcript.push_back(round + " " + question + ": " + describe(outcome));
+        return outcome;
+      };
+      const auto available = [&](const std::string& id) {
+        const auto account = engine.read_account(id);
+        REQUIRE(account.has_value());
+        return account->available()->minor_units();
+      };
+      for (const auto& id : snapshot_accounts) {
+        INFO(round << " " << id);
+        transcript.push_back(round + " state of " + id + ": " + describe(engine.read_account(id)));
+        ask("deposit to " + id, domain::Deposit{id, Amount(300)});
+        const std::int64_t before_hold = available(id);
+        CHECK(ask("withdraw one more than available from " + id,
+                  domain::Withdrawal{id, Amount(before_hold + 1)})
+                  .code == RejectionCode::insufficient_funds);
+        const std::string hold_id = round + "-" + id;
+        CHECK(ask("hold half of " + id,
+                  domain::PlaceHold{hold_id, id, "sink", Amount(before_hold / 2), eur()})
+                  .accepted());
+        CHECK(ask("transfer what the hold took from " + id,
+                  domain::Transfer{"", id, "sink", Amount(before_hold - before_hold / 2 + 1), eur()})
+                  .code == RejectionCode::insufficient_funds);
+        CHECK(ask("post half the hold of " + id, domain::PostHold{hold_id, Amount(before_hold / 4)})
+                  .accepted());
+        ask("post the posted history hold of " + id,
+            domain::PostHold{"history-" + id + "-1", std::nullopt});
+        ask("void the pending history hold of " + id, domain::VoidHold{"history-" + id + "-2"});
+        CHECK(ask("close non-empty " + id, domain::CloseAccount{id}).code ==
+              RejectionCode::account_not_empty);
+        CHECK(ask("withdraw all available from " + id, domain::Withdrawal{id, Amount(available(id))})
+                  .accepted());
+        CHECK(ask("withdraw one more from " + id, domain::Withdrawal{id, Amount(1)}).code ==
+              RejectionCode::insufficient_funds);
+        CHECK(ask("freeze " + id, domain::FreezeAccount{id}).accepted());
+        CHECK(ask("deposit to frozen " + id, domain::Deposit{id, Amount(1)}).code ==
+              RejectionCode::account_frozen);
+        CHECK(ask("unfreeze " + id, domain::UnfreezeAccount{id}).accepted());
+        domain::LinkedCommands linked;
+        linked.commands.push_back(domain::Deposit{id, Amount(100)});
+        linked.commands.push_back(domain::Transfer{"", id, "sink", Amount(1'000'000), eur()});
+        domain::Command linked_command{domain::CommandBody{std::move(linked)}, {}};
+        linked_command.context.actor = "test";
+        auto linked_outcome = engine.execute(std::move(linked_command));
+        transcript.push_back(round + " linked deposit and overdraw of " + id + ": " +
+                             describe(linked_outcome));
+        CHECK_FALSE(linked_outcome.accepted());
+        ask("deposit again to " + id, domain::Deposit{id, Amount(400)});
+        transcript.push_back(round + " state of " + id +
+                             " after: " + describe(engine.read_account(id)));
+      }
+      transcript.push_back(round + " state of sink: " + describe(engine.read_account("sink")));
+    });
+  };
+  probe("first");
+  between(Pause::probed_once);
+  probe("second");
+  between(Pause::probed_twice);
+  probe("third");
+  return transcript;
+}
+
+// Removes a directory however the scope ends (a failed REQUIRE throws).
+struct RemovedAtExit {
+  std::filesystem::path directory;
+  ~RemovedAtExit() { std::filesystem::remove_all(directory); }
+};
+
+// Overwrites every file of a RocksDB directory with the same number of random bytes.
+void write_garbage_over(const std::filesystem::path& directory) {
+  std::mt19937 random(20240601);
+  for (const auto& entry : std::filesystem::directory_iterator(directory)) {
+    if (!entry.is_regular_file()) continue;
+    const auto size = std::max<std::uintmax_t>(entry.file_size(), 64);
+    std::string garbage(size, '\0');
+    for (auto& byte : garbage) byte = static_cast<char>(random());
+    std::ofstream(entry.path(), std::ios::binary | std::ios::trunc) << garbage;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("a stale, a missing or a corrupt snapshot changes no answer") {
+  // The same commands against two fresh databases: one engine with no snapshot directory, and
+  // one whose snapshots are spoiled between phases and whose in-memory cache is off, so every
+  // command loads its streams through the snapshots. Every answer must be the same.
+  test::TestDatabase reference_database;
+  test::TestDatabase spoiled_database;
+  const auto directory =
+      std::filesystem::temp_directory_path() / ("ledger-snapshots-" + spoiled_database.name());
+  std::filesystem::remove_all(directory);
+  const RemovedAtExit removed_at_exit{directory};
+  LogCapture log;
+
+  const Transcript reference = play(test::engine_settings(reference_database), [](Pause) {});
+  (void)log.take();
+
+  auto settings = test::engine_settings(spoiled_database);
+  settings.snapshot_directory = directory.string();
+  settings.snapshot_every_events = 2;
+  settings.state_cache_streams_max = 0;
+  std::optional<domain::StreamState> behind;  // the "behind" account's snapshot halfway through history
+  const auto spoil = [&](Pause pause) {
+    switch (pause) {
+      case Pause::history_half_done: {
+        SnapshotStore snapshots(directory.string());
+        behind = snapshots.get(domain::account_stream("behind"));
+        REQUIRE(behind.has_value());
+        break;
+      }
+      case Pause::history_done: {
+        SnapshotStore snapshots(directory.string());
+        std::map<std::string, domain::StreamState> current;
+        for (const auto& id : snapshot_accounts) {
+          auto snapshot = snapshots.get(domain::account_stream(id));
+          REQUIRE_MESSAGE(snapshot.has_value(), id);
+          current.emplace(id, std::move(*snapshot));
+        }
+        REQUIRE(current.at("behind").version.value() > behind->version.value());
+        snapshots.put(domain::account_stream("behind"), *behind);
+
+        auto stale = current.at("stale");
+        std::get<domain::AccountState>(stale.aggregate).credits_posted = Amount(1'000'000);
+        stale.last_hash = std::string(32, 'x');
+        snapshots.put(domain::account_stream("stale"), stale);
+        // Its posted history hold, forged back to pending, would let a second post through.
+        auto stale_hold = snapshots.get(domain::transfer_stream("history-stale-1"));
+        REQUIRE(stale_hold.has_value());
+        REQUIRE(std::get<domain::TransferState>(stale_hold->aggregate).status ==
+                TransferStatus::pending_posted);
+        std::get<domain::TransferState>(stale_hold->aggregate).status = TransferStatus::pending;
+        stale_hold->last_hash = std::string(32, 'y');
+        snapshots.put(domain::transfer_stream("history-stale-1"), *stale_hold);
+
+        auto ahead = current.at("ahead");
+        ahead.version = StreamVersion(ahead.version.value() + 100);
+        std::get<domain::AccountState>(ahead.aggregate).credits_posted = Amount(1'000'000);
+        snapshots.put(domain::account_stream("ahead"), ahead);
+
+        snapshots.remove(domain::account_stream("missing"));
+        snapshots.put_raw(domain::account_stream("corrupt"), "not a snapshot at all");
+        std::string flipped =
+            SnapshotStore::encode(domain::account_stream("flipped"), current.at("flipped"));
+        flipped[flipped.size() / 2] = static_cast<char>(flipped[flipped.size() / 2] ^ 0x5a);
+        snapshots.put_raw(domain::account_stream("flipped"), flipped);
+        snapshots.put_raw(domain::account_stream("foreign"),
+                          SnapshotStore::encode(domain::account_stream("intact"), current.at("intact")));
+        (void)log.take();
+        break;
+      }
+      case Pause::probed_once: {
+        // Each spoiled snapshot was looked at, reported and dropped; the good ones were not.
+        const auto lines = log.take();
+        INFO(fmt::format("{}", fmt::join(lines, "\n")));
+        CHECK(count_lines(lines, {"snapshot of " + domain::account_stream("stale") + " does not match"}) ==
+              1);
+        CHECK(count_lines(lines, {"snapshot of " + domain::transfer_stream("history-stale-1") +
+                                  " does not match"}) == 1);
+        CHECK(count_lines(lines, {"snapshot of " + domain::account_stream("ahead") + " is ahead"}) == 1);
+        for (const char* id : {"corrupt", "flipped", "foreign"}) {
+          CHECK(count_lines(lines, {"snapshot of " + domain::account_stream(id) + " is corrupt"}) == 1);
+        }
+        for (const char* id : {"intact", "behind", "missing"}) {
+          CHECK(count_lines(lines, {"snapshot of " + domain::account_stream(id) + " "}) == 0);
+        }
+        // Deleting the whole directory.
+        std::filesystem::remove_all(directory);
+        break;
+      }
+      case Pause::probed_twice: {
+        const auto lines = log.take();
+        INFO(fmt::format("{}", fmt::join(lines, "\n")));
+        CHECK(count_lines(lines, {"snapshot"}) == 0);
+        // Garbage over every file of the directory, data files included.
+        bool has_data = false;
+        for (const auto& entry : std::filesystem::directory_iterator(directory)) {
+          has_data = has_data || entry.path().extension() == ".sst";
+        }
+        REQUIRE(has_data);
+        write_garbage_over(directory);
+        break;
+      }
+    }
+  };
+  const Transcript spoiled = play(settings, spoil);
+
+  // The corrupt directory was reported and rebuilt, not trusted.
+  {
+    const auto lines = log.take();
+    INFO(fmt::format("{}", fmt::join(lines, "\n")));
+    CHECK(count_lines(lines, {"error", "snapshot cache at " + directory.string(),
+                              "cannot be opened", "wiping and rebuilding"}) == 1);
+  }
+  {
+    SnapshotStore rebuilt(directory.string());
+    CHECK(log.take().empty());  // it opens as a sound RocksDB directory
+    pqxx::connection connection(spoiled_database.app_url());
+    pqxx::read_transaction work(connection);
+    for (const auto& id : snapshot_accounts) {
+      INFO(id);
+      const auto snapshot = rebuilt.get(domain::account_stream(id));
+      REQUIRE(snapshot.has_value());
+      const auto stored =
+          work.exec_params("SELECT hash FROM events WHERE stream_id = $1 AND version = $2",
+                           domain::account_stream(id), snapshot->version.value());
+      REQUIRE(stored.size() == 1);
+      CHECK(pqxx::binarystring(stored[0][0]).str() == snapshot->last_hash);
+    }
+    CHECK(rebuilt.stats().corrupt == 0);
+  }
+
+  REQUIRE(spoiled.size() == reference.size());
+  for (std::size_t i = 0; i < reference.size(); ++i) CHECK(spoiled[i] == reference[i]);
+}

@@ -1,0 +1,178 @@
+// The relay against a mock Kafka cluster (DESIGN.md invariants 8 and 9): it republishes from
+// an older checkpoint without changing a read model, lags while the broker is down and catches
+// up, detects a broker that lost its data, hands over to a standby, and recreates a producer
+// that hit a fatal error, losing and reordering nothing. Projectors consume what it publishes,
+// so each case also checks the read models still equal the fold of the event store.
+#include <doctest/doctest.h>
+
+#include <map>
+#include <set>
+
+#include "../engine/engine_fixture.hpp"
+#include "../projections/read_side_fixture.hpp"
+
+using namespace ledger;
+using namespace ledger::domain;
+using namespace ledger::engine;
+using namespace std::chrono_literals;
+
+using test::open_accounts;
+using test::Projectors;
+using test::random_workload;
+
+// Each projection reads or skips every event on its own.
+const auto projection_count = static_cast<std::int64_t>(projections::all_projections().size());
+
+TEST_CASE("a relay restarted from an older checkpoint republishes, and no read model changes") {
+  test::TestDatabase database;
+  test::MockKafka kafka;
+  auto pool = test::make_pool(database.app_url());
+  Engine engine(test::engine_settings(database));
+  auto relay = std::make_unique<relay::Relay>(test::relay_settings(kafka), pool);
+  relay->start();
+  Projectors projectors(pool, test::projector_settings(kafka));
+  open_accounts(engine);
+  random_workload(engine, 2'000);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+  const std::string before = test::read_model_digest(database.app_url());
+  const std::int64_t head = test::store_head(database.app_url());
+
+  relay->stop();
+  relay.reset();
+  {
+    pqxx::connection connection(database.admin_url());
+    pqxx::work work(connection);
+    work.exec("UPDATE checkpoints SET position = 0 WHERE name = 'relay'");
+    work.commit();
+  }
+  relay::Relay again(test::relay_settings(kafka), pool);
+  again.start();
+  // Every event is delivered a second time and skipped by both projections.
+  REQUIRE(test::eventually([&] { return projectors.duplicates_skipped() >= projection_count * head; }));
+  CHECK(test::read_model_digest(database.app_url()) == before);
+  CHECK(test::watermark(database.app_url(), "balance") == head);
+  test::check_read_models_equal_fold(database.app_url());
+}
+
+TEST_CASE("with the broker down commands succeed and the relay lags; then everything converges") {
+  test::TestDatabase database;
+  // No healing from the store while Kafka is quiet.
+  test::ReadSideStack stack(database, 6, [](auto& settings) { settings.gap_wait = std::chrono::hours(1); });
+  auto& [kafka, pool, engine, relay, projectors] = stack;
+  open_accounts(engine);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+
+  kafka.set_down(true);
+  const int accepted = random_workload(engine, 3'000);
+  CHECK(accepted > 1'500);  // commands do not wait for Kafka
+  const std::int64_t head = test::store_head(database.app_url());
+  std::this_thread::sleep_for(1s);
+  const auto during = relay.status();
+  CHECK(during.acknowledged.value() < head);
+  CHECK(test::watermark(database.app_url(), "balance") < head);
+
+  kafka.set_down(false);
+  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+  test::check_read_models_equal_fold(database.app_url());
+}
+
+TEST_CASE("a broker that lost its data is detected and the relay publishes again what read models need") {
+  test::TestDatabase database;
+  auto pool = test::make_pool(database.app_url());
+  Engine engine(test::engine_settings(database));
+  open_accounts(engine);
+  const std::int64_t head = test::store_head(database.app_url());
+  {
+    test::MockKafka first(1, 1);
+    relay::Relay relay(test::relay_settings(first), pool);
+    relay.start();
+    REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
+    relay.stop();
+  }
+  CHECK(test::scalar(database.app_url(), "SELECT position FROM checkpoints WHERE name = 'relay'") == head);
+
+  // The development broker restarted: same address book, no data. No read model has applied
+  // anything yet, so everything must be published again.
+  test::MockKafka second(1, 1);
+  relay::Relay relay(test::relay_settings(second), pool);
+  relay.start();
+  REQUIRE(test::eventually([&] { return relay.status().republishes >= 1; }, 30s));
+  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
+  auto settings = test::projector_settings(second);
+  settings.gap_wait = std::chrono::hours(1);  // everything must come through Kafka
+  Projectors projectors(pool, settings);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+  CHECK(projectors.events_from_store() == 0);
+  test::check_read_models_equal_fold(database.app_url());
+}
+
+TEST_CASE("one relay publishes at a time; a standby takes over within seconds when the leader stops") {
+  test::TestDatabase database;
+  test::MockKafka kafka;
+  auto pool = test::make_pool(database.app_url());
+  Engine engine(test::engine_settings(database));
+  auto first = std::make_unique<relay::Relay>(test::relay_settings(kafka), pool);
+  first->start();
+  REQUIRE(test::eventually([&] { return first->status().leader; }, 10s));
+  relay::Relay second(test::relay_settings(kafka), pool);
+  second.start();
+  std::this_thread::sleep_for(1s);
+  CHECK_FALSE(second.status().leader);  // the advisory lock is taken
+
+  open_accounts(engine);
+  const std::int64_t before = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return first->status().acknowledged.value() == before; }));
+  CHECK(second.status().events_acknowledged == 0);
+
+  const auto stopped = std::chrono::steady_clock::now();
+  first->stop();
+  first.reset();
+  REQUIRE(test::eventually([&] { return second.status().leader; }, 10s));
+  const auto took = std::chrono::steady_clock::now() - stopped;
+  MESSAGE("standby took over after " << std::chrono::duration<double>(took).count() << " s");
+  CHECK(took < 5s);
+  random_workload(engine, 500);
+  const std::int64_t after = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return second.status().acknowledged.value() == after; }));
+  CHECK(test::scalar(database.app_url(), "SELECT position FROM checkpoints WHERE name = 'relay'") <= after);
+}
+
+TEST_CASE("a relay whose producer hit a fatal error recreates it and publishes on, losing and reordering nothing") {
+  test::TestDatabase database;
+  // Everything must come through Kafka: no healing from the store while it is quiet.
+  test::ReadSideStack stack(database, 6, [](auto& settings) { settings.gap_wait = std::chrono::hours(1); });
+  auto& [kafka, pool, engine, relay, projectors] = stack;
+  open_accounts(engine);
+  const std::int64_t before = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == before; }));
+
+  // The next Produce request fails with a sequence error at the head of its partition's
+  // queue: for an idempotent producer that is fatal (librdkafka refuses every later produce).
+  kafka.fail_produce_requests(RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, 1);
+  random_workload(engine, 1'000);
+  const std::int64_t head = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }, 60s));
+  CHECK(relay.status().producer_recreations >= 1);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }, 60s));
+  test::check_read_models_equal_fold(database.app_url());
+
+  // On the topic: every position, and per stream every version in order once repeats (the
+  // republished tail) are dropped, as a consumer deduplicating by version sees them.
+  std::set<std::int64_t> positions;
+  std::map<std::string, std::int64_t> last_version;
+  int out_of_order = 0;
+  for (const auto& [partition, events] : test::read_topic(kafka)) {
+    for (const auto& event : events) {
+      positions.insert(event.position.value());
+      auto& last = last_version[event.stream_id];
+      if (event.version.value() <= last) continue;
+      if (event.version.value() != last + 1) ++out_of_order;
+      last = event.version.value();
+    }
+  }
+  CHECK(out_of_order == 0);
+  CHECK(static_cast<std::int64_t>(positions.size()) == head);
+  CHECK(*positions.rbegin() == head);
+}
+
