@@ -7,8 +7,10 @@
 #include <ctime>
 #include <optional>
 #include <string_view>
+#include <string>
 #include <unordered_map>
 
+#include "append_checks.hpp"
 #include "ledger/core/assert.hpp"
 #include "ledger/db/sql_text.hpp"
 
@@ -41,19 +43,10 @@ UPDATE event_store_head SET position = $8, hash = $9
 )sql";
 
 
-// Within a batch each stream's versions follow one another (the first one's predecessor is
-// checked by PostgreSQL: migration 0006). A gap here is a bug in deciding, never user input.
-void assert_streams_continue(const std::vector<RecordedEvent>& events) {
-  std::unordered_map<std::string_view, std::int64_t> last_version;
-  last_version.reserve(events.size());
-  for (const auto& event : events) {
-    const auto [previous, first] = last_version.try_emplace(event.stream_id, event.version.value());
-    if (!first) {
-      LEDGER_ASSERT(event.version.value() == previous->second + 1,
-                    "a batch skips a version of one of its streams");
-      previous->second = event.version.value();
-    }
-  }
+// A problem a check of append_checks.hpp found is a bug in deciding, never user input: stop
+// before anything is written.
+void assert_no_problem(const std::string& problem) {
+  LEDGER_ASSERT(problem.empty(), problem.c_str());
 }
 
 // The trigger of migration 0006 refused the batch: it would have left a version gap.
@@ -98,7 +91,8 @@ AppendOutcome append_batch(
     const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
     const std::vector<ExpiryRecord>& expiries, const std::vector<StreamRead>& unwritten_reads) {
   const auto count = static_cast<std::int64_t>(events.size());
-  assert_streams_continue(events);
+  assert_no_problem(check_batch_balanced(events));
+  assert_no_problem(check_streams_continue(events));
   const auto head = work.exec_params1(
       "UPDATE event_store_head SET position = position + $1 RETURNING position, hash", count);
   check_reads_current(work, events, unwritten_reads);
@@ -155,6 +149,7 @@ AppendOutcome append_batch(
         chunk.clear();
       }
     }
+    assert_no_problem(check_positions_dense(events, last - count));
     if (writer) writer->complete();
   } catch (const pqxx::unique_violation& error) {
     throw AppendConflict(error.what());
