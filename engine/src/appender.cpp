@@ -13,6 +13,7 @@
 #include "append_checks.hpp"
 #include "ledger/core/assert.hpp"
 #include "ledger/db/sql_text.hpp"
+#include "store_sql.hpp"
 
 namespace ledger::engine {
 
@@ -71,10 +72,7 @@ void check_reads_current(pqxx::work& work, const std::vector<RecordedEvent>& eve
   }
   if (!any) return;
   const auto stale = work.exec_params1(
-      "SELECT count(*) FROM unnest($1::text[], $2::bigint[]) AS r(stream_id, version) "
-      "WHERE coalesce((SELECT max(e.version) FROM events e WHERE e.stream_id = r.stream_id), 0) "
-      "<> r.version",
-      stream_ids.finish(), versions.finish());
+      domain::sql::count_stale_versions, stream_ids.finish(), versions.finish());
   if (stale[0].as<std::int64_t>() > 0) {
     throw AppendConflict("a refusal was decided on a state another writer has changed since");
   }
@@ -114,7 +112,7 @@ AppendOutcome append_batch(
   // newline-separated rows (the writer adds the last newline).
   std::optional<pqxx::tablewriter> writer;
   try {
-    if (count > 0) writer.emplace(work, "events");
+    if (count > 0) writer.emplace(work, domain::sql::events_table);
     for (std::int64_t i = 0; i < count; ++i) {
       RecordedEvent& event = events[static_cast<std::size_t>(i)];
       event.position = GlobalPosition(first + i);
