@@ -105,32 +105,9 @@ Decided BatchDecider::decide(const StoreReader& store, std::vector<Pending>& bat
   }
   resolve_idempotency(store, batch, slots);
 
-  // Load every stream the batch names (one query), then decide in order.
-  std::vector<std::string> wanted;
-  for (std::size_t i = 0; i < batch.size(); ++i) {
-    if (slots[i].kind == Slot::Kind::decide) domain::collect_streams(batch[i].command.body, wanted);
-  }
-  std::sort(wanted.begin(), wanted.end());
-  wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
-  std::vector<std::string> missing;
-  for (const auto& id : wanted) {
-    if (generated_streams_.contains(id)) {
-      working.put(id, empty_stream_state(id));
-      continue;
-    }
-    const StreamState* cached = fresh ? nullptr : cache_.find(id);
-    if (cached != nullptr) {
-      working.put(id, *cached);
-    } else {
-      missing.push_back(id);
-    }
-  }
-  if (!missing.empty()) {
-    for (auto& [id, state] : load_streams(store(), missing, snapshots_)) {
-      working.put(id, std::move(state));
-    }
-  }
+  load_working(store, batch, slots, fresh, working);
 
+  // Then decide in order.
   const std::int64_t now_us = clock_us_();
   const DecisionContext context{now_us};
   for (std::size_t i = 0; i < batch.size(); ++i) {
@@ -161,7 +138,44 @@ Decided BatchDecider::decide(const StoreReader& store, std::vector<Pending>& bat
     }
   }
 
-  // Turn the decided events into rows.
+  make_rows(batch, working, now_us, decided);
+  return decided;
+}
+
+// Loads every stream the batch's commands to decide name (the store in one query) into
+// `working`: generated ids as empty streams, then the cache (unless `fresh`), then the store.
+void BatchDecider::load_working(const StoreReader& store, const std::vector<Pending>& batch,
+                                const std::vector<Slot>& slots, bool fresh, WorkingSet& working) {
+  std::vector<std::string> wanted;
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    if (slots[i].kind == Slot::Kind::decide) domain::collect_streams(batch[i].command.body, wanted);
+  }
+  std::sort(wanted.begin(), wanted.end());
+  wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
+  std::vector<std::string> missing;
+  for (const auto& id : wanted) {
+    if (generated_streams_.contains(id)) {
+      working.put(id, empty_stream_state(id));
+      continue;
+    }
+    const StreamState* cached = fresh ? nullptr : cache_.find(id);
+    if (cached != nullptr) {
+      working.put(id, *cached);
+    } else {
+      missing.push_back(id);
+    }
+  }
+  if (!missing.empty()) {
+    for (auto& [id, state] : load_streams(store(), missing, snapshots_)) {
+      working.put(id, std::move(state));
+    }
+  }
+}
+
+// Turns the decided events into rows (and the holds among them into expiries).
+void BatchDecider::make_rows(const std::vector<Pending>& batch, const WorkingSet& working,
+                             std::int64_t now_us, Decided& decided) {
+  const auto& slots = decided.slots;
   const auto& new_events = working.new_events();
   decided.rows.resize(new_events.size());
   for (std::size_t i = 0; i < batch.size(); ++i) {
@@ -189,7 +203,6 @@ Decided BatchDecider::decide(const StoreReader& store, std::vector<Pending>& bat
       }
     }
   }
-  return decided;
 }
 
 // Answers commands whose idempotency key was seen before (in the store or earlier in the batch).

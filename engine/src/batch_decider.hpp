@@ -92,6 +92,10 @@ class BatchDecider {
                                                 const std::vector<Slot>& slots);
 
  private:
+  void load_working(const StoreReader& store, const std::vector<Pending>& batch,
+                    const std::vector<Slot>& slots, bool fresh, WorkingSet& working);
+  void make_rows(const std::vector<Pending>& batch, const WorkingSet& working,
+                 std::int64_t now_us, Decided& decided);
   void resolve_idempotency(const StoreReader& store, std::vector<Pending>& batch,
                            std::vector<Slot>& slots);
 
