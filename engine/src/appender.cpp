@@ -7,10 +7,13 @@
 #include <ctime>
 #include <optional>
 #include <string_view>
+#include <string>
 #include <unordered_map>
 
+#include "append_checks.hpp"
 #include "ledger/core/assert.hpp"
 #include "ledger/db/sql_text.hpp"
+#include "store_sql.hpp"
 
 namespace ledger::engine {
 
@@ -41,19 +44,10 @@ UPDATE event_store_head SET position = $8, hash = $9
 )sql";
 
 
-// Within a batch each stream's versions follow one another (the first one's predecessor is
-// checked by PostgreSQL: migration 0006). A gap here is a bug in deciding, never user input.
-void assert_streams_continue(const std::vector<RecordedEvent>& events) {
-  std::unordered_map<std::string_view, std::int64_t> last_version;
-  last_version.reserve(events.size());
-  for (const auto& event : events) {
-    const auto [previous, first] = last_version.try_emplace(event.stream_id, event.version.value());
-    if (!first) {
-      LEDGER_ASSERT(event.version.value() == previous->second + 1,
-                    "a batch skips a version of one of its streams");
-      previous->second = event.version.value();
-    }
-  }
+// A problem a check of append_checks.hpp found is a bug in deciding, never user input: stop
+// before anything is written.
+void assert_no_problem(const std::string& problem) {
+  LEDGER_ASSERT(problem.empty(), problem.c_str());
 }
 
 // The trigger of migration 0006 refused the batch: it would have left a version gap.
@@ -78,10 +72,7 @@ void check_reads_current(pqxx::work& work, const std::vector<RecordedEvent>& eve
   }
   if (!any) return;
   const auto stale = work.exec_params1(
-      "SELECT count(*) FROM unnest($1::text[], $2::bigint[]) AS r(stream_id, version) "
-      "WHERE coalesce((SELECT max(e.version) FROM events e WHERE e.stream_id = r.stream_id), 0) "
-      "<> r.version",
-      stream_ids.finish(), versions.finish());
+      domain::sql::count_stale_versions, stream_ids.finish(), versions.finish());
   if (stale[0].as<std::int64_t>() > 0) {
     throw AppendConflict("a refusal was decided on a state another writer has changed since");
   }
@@ -98,7 +89,8 @@ AppendOutcome append_batch(
     const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
     const std::vector<ExpiryRecord>& expiries, const std::vector<StreamRead>& unwritten_reads) {
   const auto count = static_cast<std::int64_t>(events.size());
-  assert_streams_continue(events);
+  assert_no_problem(check_batch_balanced(events));
+  assert_no_problem(check_streams_continue(events));
   const auto head = work.exec_params1(
       "UPDATE event_store_head SET position = position + $1 RETURNING position, hash", count);
   check_reads_current(work, events, unwritten_reads);
@@ -120,7 +112,7 @@ AppendOutcome append_batch(
   // newline-separated rows (the writer adds the last newline).
   std::optional<pqxx::tablewriter> writer;
   try {
-    if (count > 0) writer.emplace(work, "events");
+    if (count > 0) writer.emplace(work, domain::sql::events_table);
     for (std::int64_t i = 0; i < count; ++i) {
       RecordedEvent& event = events[static_cast<std::size_t>(i)];
       event.position = GlobalPosition(first + i);
@@ -155,6 +147,7 @@ AppendOutcome append_batch(
         chunk.clear();
       }
     }
+    assert_no_problem(check_positions_dense(events, last - count));
     if (writer) writer->complete();
   } catch (const pqxx::unique_violation& error) {
     throw AppendConflict(error.what());

@@ -53,7 +53,7 @@ std::vector<std::pair<GlobalPosition, std::string>> EventStore::streams_with_eve
   auto lease = pool_.acquire();
   pqxx::read_transaction work(*lease);
   const auto rows = work.exec_params(
-      "SELECT position, stream_id FROM events WHERE type = $1 AND position > $2 ORDER BY position LIMIT $3",
+      sql::select_streams_with_event,
       std::string(type), after.value(), static_cast<long long>(limit));
   std::vector<std::pair<GlobalPosition, std::string>> streams;
   streams.reserve(rows.size());

@@ -1,5 +1,6 @@
 #pragma once
-// SQL shared by the event store's reader and appender (private to the engine).
+// All SQL on the events table, for the event store's reader, the stream loader, the appender
+// and the in-doubt check (private to the engine).
 
 #include <pqxx/pqxx>
 
@@ -10,6 +11,34 @@ namespace ledger::domain::sql {
 inline constexpr const char* select_event_columns =
     "SELECT position, stream_id, version, event_id::text, type, schema_version, payload, "
     "metadata::text, (extract(epoch FROM recorded_at) * 1000000)::bigint, hash FROM events";
+
+// The table the appender COPYs rows into, in the column order of migration 0001.
+inline constexpr const char* events_table = "events";
+
+// Streams (unnest of ids and the version to start from) with their events from that version,
+// each stream's in order. LATERAL makes it one index range scan per stream; a plain join lets
+// the planner pick a (parallel) sequential scan of the whole log once it grows.
+inline constexpr const char* select_stream_tails =
+    "SELECT e.stream_id, e.version, e.type, e.payload, e.hash "
+    "FROM unnest($1::text[], $2::bigint[]) AS s(id, from_version) "
+    "CROSS JOIN LATERAL (SELECT stream_id, version, type, payload, hash FROM events "
+    "  WHERE stream_id = s.id AND version >= s.from_version ORDER BY version) e "
+    "ORDER BY e.stream_id, e.version";
+
+// How many of the (stream id, version) pairs are not the stream's stored version.
+inline constexpr const char* count_stale_versions =
+    "SELECT count(*) FROM unnest($1::text[], $2::bigint[]) AS r(stream_id, version) "
+    "WHERE coalesce((SELECT max(e.version) FROM events e WHERE e.stream_id = r.stream_id), 0) "
+    "<> r.version";
+
+inline constexpr const char* select_streams_with_event =
+    "SELECT position, stream_id FROM events WHERE type = $1 AND position > $2 ORDER BY position "
+    "LIMIT $3";
+
+// Whether the event with this id is stored.
+inline bool event_exists(pqxx::transaction_base& work, const std::string& event_id) {
+  return !work.exec_params("SELECT 1 FROM events WHERE event_id = $1::uuid", event_id).empty();
+}
 
 inline domain::RecordedEvent read_event_row(const pqxx::row& row) {
   domain::RecordedEvent event;

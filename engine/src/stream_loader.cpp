@@ -4,37 +4,15 @@
 
 #include <stdexcept>
 
+#include "ledger/db/sql_text.hpp"
+#include "store_sql.hpp"
+
 namespace ledger::engine {
 
 // The engine applies the domain's rules: its types are used unqualified here.
 using namespace domain;  // NOLINT(google-build-using-namespace)
 
 namespace {
-
-std::string array_of_text(const std::vector<std::string>& values) {
-  std::string text = "{";
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    if (i > 0) text.push_back(',');
-    text.push_back('"');
-    for (char c : values[i]) {
-      if (c == '"' || c == '\\') text.push_back('\\');
-      text.push_back(c);
-    }
-    text.push_back('"');
-  }
-  text.push_back('}');
-  return text;
-}
-
-std::string array_of_numbers(const std::vector<std::int64_t>& values) {
-  std::string text = "{";
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    if (i > 0) text.push_back(',');
-    text += std::to_string(values[i]);
-  }
-  text.push_back('}');
-  return text;
-}
 
 void fold_row(const std::string& stream_id, StreamState& state, const pqxx::row& row) {
   const std::int64_t version = row[1].as<std::int64_t>();
@@ -62,15 +40,10 @@ void fold_row(const std::string& stream_id, StreamState& state, const pqxx::row&
 
 pqxx::result query(pqxx::transaction_base& work, const std::vector<std::string>& ids,
                    const std::vector<std::int64_t>& from_versions) {
-  // LATERAL makes it one index range scan per stream; a plain join lets the planner pick a
-  // (parallel) sequential scan of the whole log once it grows.
-  return work.exec_params(
-      "SELECT e.stream_id, e.version, e.type, e.payload, e.hash "
-      "FROM unnest($1::text[], $2::bigint[]) AS s(id, from_version) "
-      "CROSS JOIN LATERAL (SELECT stream_id, version, type, payload, hash FROM events "
-      "  WHERE stream_id = s.id AND version >= s.from_version ORDER BY version) e "
-      "ORDER BY e.stream_id, e.version",
-      array_of_text(ids), array_of_numbers(from_versions));
+  db::ArrayLiteral id_array, version_array;
+  for (const auto& id : ids) id_array.add_text(id);
+  for (const auto version : from_versions) version_array.add_number(version);
+  return work.exec_params(sql::select_stream_tails, id_array.finish(), version_array.finish());
 }
 
 }  // namespace

@@ -12,8 +12,8 @@
 
 #include "ledger/core/histogram.hpp"
 #include "ledger/domain/commands.hpp"
-#include "ledger/engine/snapshot_store.hpp"
 #include "ledger/domain/state.hpp"
+#include "ledger/engine/snapshot_stats.hpp"
 
 namespace ledger::engine {
 
@@ -112,7 +112,7 @@ struct EngineStats {
   std::uint64_t cache_hits = 0;
   std::uint64_t cache_misses = 0;
   bool snapshots_enabled = false;
-  SnapshotStore::Stats snapshots;
+  SnapshotStats snapshots;
   // Commit latency of recent batches (microseconds), newest last; bounded.
   std::vector<std::uint32_t> recent_commit_latency_us;
   std::vector<std::uint32_t> recent_batch_commands;

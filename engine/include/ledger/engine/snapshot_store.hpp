@@ -7,6 +7,7 @@
 #include <string>
 
 #include "ledger/domain/decide.hpp"
+#include "ledger/engine/snapshot_stats.hpp"
 
 namespace ledger::engine {
 
@@ -27,13 +28,7 @@ class SnapshotStore {
   // Writes raw bytes under a stream's key (tests use it to plant corrupt values).
   void put_raw(const std::string& stream_id, const std::string& bytes);
 
-  struct Stats {
-    std::uint64_t hits = 0;
-    std::uint64_t misses = 0;
-    std::uint64_t corrupt = 0;
-    std::uint64_t written = 0;
-    bool directory_rebuilt = false;  // RocksDB could not open the directory: wiped at start
-  };
+  using Stats = SnapshotStats;
   [[nodiscard]] Stats stats() const;
 
   // Encoding, exposed for tests.

@@ -1,0 +1,657 @@
+#include "pipeline.hpp"
+
+#include <pqxx/pqxx>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+
+#include "appender.hpp"
+#include "batch_decider.hpp"
+#include "circuit_breaker.hpp"
+#include "idempotency_store.hpp"
+#include "ledger/core/logging.hpp"
+#include "ledger/db/retry.hpp"
+#include "state_cache.hpp"
+#include "stream_loader.hpp"
+
+namespace ledger::engine {
+
+namespace {
+
+constexpr std::size_t recent_samples_max = 65'536;
+
+// Errors after which the batch, which did not commit, may safely run again: the connection
+// was lost or shut down (SQLSTATE classes 08 and 57P), or PostgreSQL asks for a retry.
+bool is_retryable(const std::exception& error) {
+  return db::is_transient(error) || dynamic_cast<const db::DatabaseUnavailable*>(&error) != nullptr;
+}
+
+// Errors the data of one command can cause (SQLSTATE class 22, data exception, and 23,
+// integrity constraint violation): worth splitting the batch to find that command. Anything
+// else (a statement or lock timeout, a full disk, a missing privilege) fails every command
+// alike, and splitting would only multiply the attempts.
+bool is_data_error(const std::exception& error) {
+  const auto* sql = dynamic_cast<const pqxx::sql_error*>(&error);
+  if (sql == nullptr) return false;
+  const std::string& state = sql->sqlstate();
+  return state.starts_with("22") || state.starts_with("23");
+}
+
+template <typename T>
+void push_bounded(std::vector<T>& samples, T value) {
+  if (samples.size() >= recent_samples_max) samples.erase(samples.begin(), samples.begin() + recent_samples_max / 2);
+  samples.push_back(value);
+}
+
+}  // namespace
+
+struct Pipeline::Impl {
+  Impl(const EngineSettings& s, bool own_ids, db::ConnectionPool& p, UuidGenerator& u,
+       SnapshotStore* store, SnapshotWriter* writer)
+      : settings(s),
+        pool(p),
+        uuids(u),
+        snapshots(store),
+        snapshot_writer(writer),
+        cache(settings.state_cache_streams_max),
+        decider(settings.generate_id, own_ids, settings.clock_us, uuids, cache, snapshots) {
+    writer_thread = std::thread([this] { run_writer(); });
+    if (settings.decide_while_committing) committer_thread = std::thread([this] { run_committer(); });
+  }
+
+  const EngineSettings& settings;
+  db::ConnectionPool& pool;
+  UuidGenerator& uuids;
+  SnapshotStore* snapshots;
+  SnapshotWriter* snapshot_writer;
+  StateCache cache;  // writer thread only
+  BatchDecider decider;  // writer thread only
+
+  std::mutex queue_mutex;
+  std::condition_variable queue_not_empty;
+  std::deque<Pending> queue;
+  bool stopping = false;
+
+  mutable std::mutex stats_mutex;
+  EngineStats counters;
+  CircuitBreaker breaker{settings.circuit_open_initial, settings.circuit_open_max};
+
+  std::thread writer_thread;
+  std::thread committer_thread;
+
+  // ---- writer ---------------------------------------------------------------------------
+
+  // The writer (decider) thread. With decide_while_committing it decides batch N+1 while the
+  // committer thread appends batch N: the cache then holds N's states before N commits, so a
+  // batch the committer cannot commit comes back here (redo) and is run again the serial way,
+  // after the cache is cleared, together with every batch decided on top of it.
+  void run_writer() {
+    std::vector<Pending> batch;
+    while (true) {
+      if (redo_pending) {
+        recover();
+        continue;
+      }
+      {
+        std::unique_lock lock(queue_mutex);
+        queue_not_empty.wait(lock, [&] { return stopping || !queue.empty() || redo_pending; });
+        if (redo_pending) continue;
+        if (queue.empty() && stopping) break;
+        if (settings.commit_wait_max.count() > 0 &&
+            queue.size() < settings.append_batch_commands_max && !stopping) {
+          queue_not_empty.wait_for(lock, settings.commit_wait_max, [&] {
+            return stopping || queue.size() >= settings.append_batch_commands_max;
+          });
+        }
+        const std::size_t take = std::min(queue.size(), settings.append_batch_commands_max);
+        for (std::size_t i = 0; i < take; ++i) {
+          batch.push_back(std::move(queue.front()));
+          queue.pop_front();
+        }
+      }
+      if (const auto open_for = breaker.refuse()) {
+        // Queued before the breaker opened: fail fast too, rather than retry into a dead database.
+        fail_all_circuit_open(batch, *open_for);
+      } else if (settings.decide_while_committing) {
+        decide_ahead(batch);
+      } else {
+        process_batch(batch);
+      }
+      batch.clear();
+    }
+    // Everything queued is decided; let the committer finish, then redo what it gave back.
+    wait_committer_idle();
+    if (redo_pending) recover();
+  }
+
+  // Decides `batch` on the cached states and hands it to the committer.
+  void decide_ahead(std::vector<Pending>& batch) {
+    decider.assign_ids(batch);
+    const bool keyed = std::any_of(batch.begin(), batch.end(), [](const Pending& p) {
+      return !p.command.context.idempotency_key.empty();
+    });
+    if (keyed) {
+      // Keys are checked against the store: it must hold every earlier batch first.
+      wait_committer_idle();
+      if (redo_pending) recover();
+      process_batch(batch);
+      return;
+    }
+    // The cache must hold no state of a failed batch: recover first if one is pending. After
+    // that nothing is in flight, so the generation read here is the one the cache matches.
+    std::uint64_t decided_generation = 0;
+    {
+      std::unique_lock lock(handoff_mutex);
+      if (redo_pending) {
+        lock.unlock();
+        recover();
+        lock.lock();
+      }
+      decided_generation = generation;
+    }
+    Prepared prepared;
+    std::optional<db::ConnectionPool::Lease> lease;
+    std::optional<pqxx::read_transaction> read;
+    const StoreReader store = [&]() -> pqxx::transaction_base& {
+      if (!read) {
+        lease.emplace(pool.acquire());
+        read.emplace(**lease);
+      }
+      return *read;
+    };
+    try {
+      domain::WorkingSet working([&](const std::string& stream_id) {
+        if (const StreamState* cached = cache.find(stream_id)) return *cached;
+        return load_streams(store(), {stream_id}, snapshots).at(stream_id);
+      });
+      prepared.decided = decider.decide(store, batch, false, working);
+      if (read) {
+        read->commit();
+        read.reset();
+        lease.reset();
+      }
+      for (const auto& row : prepared.decided.rows) {
+        prepared.changed.try_emplace(row.stream_id, working.streams().at(row.stream_id));
+      }
+      for (auto& [stream_id, state] : working.streams()) cache.put(stream_id, std::move(state));
+    } catch (const std::exception& error) {
+      read.reset();
+      if (lease) lease->discard();
+      lease.reset();
+      // Deciding failed on the database: run the batch the serial way, which retries and
+      // answers every command whatever happens.
+      spdlog::warn("deciding a batch failed ({}); running it on its own", error.what());
+      wait_committer_idle();
+      if (redo_pending) recover();
+      cache.clear();
+      process_batch(batch);
+      return;
+    }
+    prepared.batch = std::move(batch);
+    prepared.generation = decided_generation;
+    {
+      // While the committer is busy, a batch decided later joins the one waiting for it, up to
+      // the batch bound: a command then waits for one commit ahead of it, not two.
+      std::unique_lock lock(handoff_mutex);
+      handoff_changed.wait(lock, [&] {
+        return !handoff.has_value() ||
+               (handoff->generation == prepared.generation &&
+                handoff->batch.size() + prepared.batch.size() <= settings.append_batch_commands_max);
+      });
+      if (handoff) {
+        handoff->merge(std::move(prepared));
+      } else {
+        handoff = std::move(prepared);
+      }
+    }
+    handoff_changed.notify_all();
+  }
+
+  // The committer thread: appends decided batches in order. A batch decided before a failure
+  // (an older generation) is not appended but given back to the writer.
+  void run_committer() {
+    while (true) {
+      Prepared prepared;
+      bool current = false;
+      {
+        std::unique_lock lock(handoff_mutex);
+        handoff_changed.wait(lock, [&] { return handoff.has_value() || committer_stopping; });
+        if (!handoff) return;
+        prepared = std::move(*handoff);
+        handoff.reset();
+        committer_busy = true;
+        current = prepared.generation == generation;
+      }
+      handoff_changed.notify_all();
+      bool committed = false;
+      bool answered = false;
+      bool outcome_unknown = false;
+      if (current) {
+        const auto started = std::chrono::steady_clock::now();
+        try {
+          auto lease = pool.acquire();
+          try {
+            prepare_append(*lease);
+            pqxx::work work(*lease);
+            committed = append_decided(work, prepared.batch, prepared.decided);
+          } catch (...) {
+            lease.discard();
+            throw;
+          }
+        } catch (const OutcomeUnknown& error) {
+          // Never run these commands again: they may have committed. Whether they did or not,
+          // the cache and every batch decided on top of this one are void (below).
+          answer_outcome_unknown(prepared.batch, error.what());
+          answered = true;
+          outcome_unknown = true;
+        } catch (const std::exception& error) {
+          spdlog::warn("appending a decided batch failed ({}); it runs again on its own",
+                       error.what());
+        }
+        if (committed) {
+          SnapshotWriter::remember_appended(snapshot_writer, prepared.changed, prepared.decided.rows);
+          answer(prepared.batch, prepared.decided.slots, prepared.decided.rows.size(), started);
+          answered = true;
+        }
+      }
+      {
+        std::lock_guard lock(handoff_mutex);
+        if (!answered) {
+          if (current) {
+            std::lock_guard stats(stats_mutex);
+            ++counters.conflicts;
+          }
+          ++generation;
+          redo.push_back(std::move(prepared.batch));
+          redo_pending = true;
+        } else if (outcome_unknown) {
+          // The cache holds this batch's states, which the store may not: later decisions
+          // (an older generation now) go back to the writer, which clears the cache first.
+          ++generation;
+          redo_pending = true;
+        }
+        committer_busy = false;
+      }
+      handoff_changed.notify_all();
+      if (!answered || outcome_unknown) {
+        { std::lock_guard wake(queue_mutex); }
+        queue_not_empty.notify_all();
+      }
+    }
+  }
+
+  void wait_committer_idle() {
+    std::unique_lock lock(handoff_mutex);
+    handoff_changed.wait(lock, [&] { return !handoff.has_value() && !committer_busy; });
+  }
+
+  // Runs the batches the committer gave back, in order, on a clean cache.
+  void recover() {
+    wait_committer_idle();
+    std::vector<std::vector<Pending>> batches;
+    {
+      std::lock_guard lock(handoff_mutex);
+      batches.swap(redo);
+      redo_pending = false;
+    }
+    cache.clear();
+    for (auto& batch : batches) process_batch(batch);
+  }
+
+  // The serial path: decides and appends `batch` in one transaction, retrying conflicts and
+  // transient errors, and answers every command.
+  void process_batch(std::vector<Pending>& batch) {
+    decider.assign_ids(batch);
+    int conflicts = 0;
+    int connection_failures = 0;
+    bool fresh = false;  // after a conflict, read streams from the store, not the cache
+    while (true) {
+      try {
+        auto lease = pool.acquire();
+        try {
+          if (attempt_batch(*lease, batch, fresh)) return;
+          // Lost an optimistic-concurrency race: reload and decide again.
+          ++conflicts;
+          {
+            std::lock_guard lock(stats_mutex);
+            ++counters.conflicts;
+          }
+          if (conflicts > settings.conflict_retries_max) {
+            answer_all_conflict(batch);
+            return;
+          }
+          fresh = true;
+        } catch (...) {
+          lease.discard();  // its state is unknown after an error
+          throw;
+        }
+      } catch (const OutcomeUnknown& error) {
+        cache.clear();  // the batch may have committed: nothing cached is trusted any more
+        answer_outcome_unknown(batch, error.what());
+        return;
+      } catch (const pqxx::in_doubt_error& error) {
+        // attempt_batch found the in-doubt commit did not happen: run the batch again.
+        fresh = true;
+        if (++connection_failures > settings.connection_retries_max) {
+          breaker.record_failure();
+          fail_all(batch, error.what());
+          return;
+        }
+      } catch (const UnstorableCommand& error) {
+        if (batch.size() > 1) {
+          process_halves(batch);
+          return;
+        }
+        spdlog::error("command refused: {}", error.what());
+        reject_all(batch, RejectionCode::invalid_command, error.what());
+        return;
+      } catch (const std::exception& error) {
+        if (is_data_error(error) && batch.size() > 1) {
+          // One command may have caused it: split the batch until that one fails alone and
+          // the rest commit.
+          spdlog::warn("batch of {} commands failed ({}); retrying it in halves", batch.size(),
+                       error.what());
+          process_halves(batch);
+          return;
+        }
+        if (!is_retryable(error) || ++connection_failures > settings.connection_retries_max) {
+          spdlog::error("batch of {} commands failed: {}", batch.size(), error.what());
+          if (is_retryable(error)) {
+            breaker.record_failure();
+            spdlog::warn("database circuit breaker open: commands fail fast until a probe commits");
+          }
+          fail_all(batch, error.what());
+          return;
+        }
+        spdlog::warn("batch failed on a database error (attempt {}), retrying: {}",
+                     connection_failures, error.what());
+        std::this_thread::sleep_for(std::chrono::milliseconds(50) * (1 << std::min(connection_failures, 6)));
+        fresh = true;
+      }
+    }
+  }
+
+  // Runs the first half of `batch`, then the second: a command that fails every batch it is in
+  // ends up alone. Order is kept, so a command still sees the effects of those before it.
+  void process_halves(std::vector<Pending>& batch) {
+    const auto middle = batch.begin() + static_cast<std::ptrdiff_t>(batch.size() / 2);
+    std::vector<Pending> first(std::make_move_iterator(batch.begin()), std::make_move_iterator(middle));
+    std::vector<Pending> second(std::make_move_iterator(middle), std::make_move_iterator(batch.end()));
+    process_batch(first);
+    process_batch(second);
+  }
+
+  // A decided batch on its way from the writer to the committer.
+  struct Prepared {
+    std::vector<Pending> batch;
+    Decided decided;
+    std::unordered_map<std::string, domain::StreamState> changed;  // copies, for snapshots
+    std::uint64_t generation = 0;
+
+    // Appends a batch decided after this one (on the states this one left in the cache).
+    void merge(Prepared&& later) {
+      const std::size_t command_offset = batch.size();
+      const std::size_t event_offset = decided.rows.size();
+      for (auto& slot : later.decided.slots) {
+        slot.first_event += event_offset;
+        slot.end_event += event_offset;
+        if (slot.kind == Slot::Kind::follows) slot.follows += command_offset;
+      }
+      std::move(later.batch.begin(), later.batch.end(), std::back_inserter(batch));
+      std::move(later.decided.slots.begin(), later.decided.slots.end(), std::back_inserter(decided.slots));
+      std::move(later.decided.rows.begin(), later.decided.rows.end(), std::back_inserter(decided.rows));
+      std::move(later.decided.expiries.begin(), later.decided.expiries.end(),
+                std::back_inserter(decided.expiries));
+      decided.keyed = decided.keyed || later.decided.keyed;
+      std::move(later.decided.unwritten_reads.begin(), later.decided.unwritten_reads.end(),
+                std::back_inserter(decided.unwritten_reads));
+      for (auto& [stream_id, state] : later.changed) changed.insert_or_assign(stream_id, std::move(state));
+    }
+  };
+  std::mutex handoff_mutex;
+  std::condition_variable handoff_changed;
+  std::optional<Prepared> handoff;  // at most one batch waits for the committer
+  bool committer_busy = false;
+  bool committer_stopping = false;
+  std::uint64_t generation = 0;  // bumped when a batch fails: later decisions are void
+  std::vector<std::vector<Pending>> redo;
+  std::atomic<bool> redo_pending{false};
+
+  // Phase two: appends and commits the decided rows in `work`. False on a version or key
+  // conflict (nothing written). When the connection dies during COMMIT the store is asked
+  // whether the batch landed: true if it did, the error again if it did not, and
+  // EngineUnavailable when the store cannot tell (retrying could then append twice).
+  bool append_decided(pqxx::work& work, std::vector<Pending>& batch, Decided& decided) {
+    if (decided.rows.empty() && !decided.keyed && decided.unwritten_reads.empty()) return true;
+    auto records_for = [&](GlobalPosition first) {
+      BatchDecider::fill_positions(decided.slots, decided.rows, first);
+      return BatchDecider::records(batch, decided.slots);
+    };
+    const int backend_pid = work.conn().backendpid();
+    try {
+      (void)append_batch(work, decided.rows, records_for, decided.expiries, decided.unwritten_reads);
+    } catch (const AppendConflict& conflict) {
+      spdlog::debug("append conflict, reloading: {}", conflict.what());
+      return false;
+    } catch (const pqxx::in_doubt_error& error) {
+      spdlog::warn("commit outcome unknown ({}); checking the event store", error.what());
+      if (decided.rows.empty()) {
+        throw OutcomeUnknown("the connection was lost during the commit of idempotency records");
+      }
+      const auto committed = committed_in_doubt(pool, decided.rows.front().event_id, backend_pid,
+                                              settings.connection_retries_max);
+      if (!committed) {
+        spdlog::error("the outcome of a commit of {} events is unknown: the event store could "
+                      "not be reached to check it", decided.rows.size());
+        throw OutcomeUnknown("the connection was lost during the commit and the event store "
+                             "could not be reached to check whether it landed");
+      }
+      if (!*committed) throw;
+      spdlog::info("the in-doubt batch did commit");
+    }
+    return true;
+  }
+
+  // One try at deciding and appending the batch, in one transaction (the serial path). False
+  // on a version or key conflict. After a conflict (`fresh`), the head row is locked first: no
+  // other appender can commit until this transaction ends, so what it reads stays current and
+  // the retry cannot conflict again.
+  bool attempt_batch(pqxx::connection& connection, std::vector<Pending>& batch, bool fresh) {
+    prepare_append(connection);
+    pqxx::work work(connection);
+    if (fresh) work.exec("SELECT 1 FROM event_store_head FOR UPDATE");
+    domain::WorkingSet working([&](const std::string& stream_id) {
+      if (!fresh) {
+        if (const StreamState* cached = cache.find(stream_id)) return *cached;
+      }
+      return load_streams(work, {stream_id}, snapshots).at(stream_id);
+    });
+    const StoreReader store = [&work]() -> pqxx::transaction_base& { return work; };
+    Decided decided = decider.decide(store, batch, fresh, working);
+    const auto commit_started = std::chrono::steady_clock::now();
+    bool appended = false;
+    try {
+      appended = append_decided(work, batch, decided);
+    } catch (const pqxx::in_doubt_error&) {
+      for (const auto& [id, state] : working.streams()) cache.erase(id);
+      throw;
+    }
+    if (!appended) {
+      for (const auto& [id, state] : working.streams()) cache.erase(id);
+      return false;
+    }
+    // Committed: whatever happens next, the batch must not run again.
+    try {
+      remember_streams(working, decided.rows);
+      answer(batch, decided.slots, decided.rows.size(), commit_started);
+    } catch (const std::exception& error) {
+      cache.clear();
+      spdlog::error("after a batch committed: {}", error.what());
+    }
+    return true;
+  }
+
+  // After a commit: each changed stream gets its last hash; every stream goes to the cache;
+  // streams that passed a multiple of snapshot_every_events get a snapshot.
+  void remember_streams(WorkingSet& working, const std::vector<RecordedEvent>& rows) {
+    SnapshotWriter::remember_appended(snapshot_writer, working.streams(), rows);
+    for (auto& [stream_id, state] : working.streams()) cache.put(stream_id, std::move(state));
+  }
+
+  // Completes every command of a committed (or refused) batch and counts it.
+  void answer(std::vector<Pending>& batch, std::vector<Slot>& slots, std::size_t events,
+              std::chrono::steady_clock::time_point commit_started) {
+    if (breaker.record_success()) spdlog::info("database circuit breaker closed: a batch committed");
+    const auto latency_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                                std::chrono::steady_clock::now() - commit_started)
+                                .count();
+    std::uint64_t accepted = 0;
+    std::uint64_t rejected = 0;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      Slot& slot = slots[i];
+      if (slot.kind == Slot::Kind::follows) {
+        slot.outcome = slots[slot.follows].outcome;
+        slot.outcome.replayed = true;
+      }
+      (slot.outcome.accepted() ? accepted : rejected) += 1;
+      if (!slot.outcome.accepted()) {
+        logging::RequestIdScope scope(batch[i].command.context.request_id);
+        spdlog::debug("command {} rejected: {} ({})", slot.outcome.command_id,
+                      to_string(slot.outcome.code), slot.outcome.detail);
+      }
+      batch[i].completion(nullptr, std::move(slot.outcome));
+    }
+    std::lock_guard lock(stats_mutex);
+    counters.commands += batch.size();
+    counters.commands_accepted += accepted;
+    counters.commands_rejected += rejected;
+    counters.events += events;
+    if (events > 0) {
+      ++counters.batches;
+      counters.commit_latency_seconds.observe(static_cast<double>(latency_us) / 1e6);
+      counters.batch_commands.observe(static_cast<double>(batch.size()));
+      push_bounded(counters.recent_commit_latency_us, static_cast<std::uint32_t>(latency_us));
+      push_bounded(counters.recent_batch_commands, static_cast<std::uint32_t>(batch.size()));
+    }
+  }
+
+  void answer_all_conflict(std::vector<Pending>& batch) {
+    for (auto& pending : batch) {
+      domain::CommandOutcome outcome;
+      outcome.code = RejectionCode::version_conflict;
+      outcome.detail = "the streams kept changing under concurrent writers; retry";
+      outcome.command_id = pending.command.context.command_id;
+      pending.completion(nullptr, std::move(outcome));
+    }
+  }
+
+  static void reject_all(std::vector<Pending>& batch, RejectionCode code, const std::string& detail) {
+    for (auto& pending : batch) {
+      domain::CommandOutcome outcome;
+      outcome.code = code;
+      outcome.detail = detail;
+      outcome.command_id = pending.command.context.command_id;
+      pending.completion(nullptr, std::move(outcome));
+    }
+  }
+
+  static void answer_outcome_unknown(std::vector<Pending>& batch, const std::string& reason) {
+    for (auto& pending : batch) {
+      pending.completion(std::make_exception_ptr(OutcomeUnknown(
+                             "the outcome of the commit is unknown (" + reason +
+                             "); retry with the same Idempotency-Key to learn it")),
+                         domain::CommandOutcome{});
+    }
+  }
+
+  static void fail_all_circuit_open(std::vector<Pending>& batch, std::chrono::milliseconds open_for) {
+    for (auto& pending : batch) {
+      pending.completion(std::make_exception_ptr(DatabaseCircuitOpen(
+                             "the event store is failing (circuit breaker open); nothing was written", open_for)),
+                         domain::CommandOutcome{});
+    }
+  }
+
+  static void fail_all(std::vector<Pending>& batch, const std::string& reason) {
+    for (auto& pending : batch) {
+      pending.completion(
+          std::make_exception_ptr(EngineUnavailable("the event store is unavailable: " + reason)),
+          domain::CommandOutcome{});
+    }
+  }
+
+  // ---- submission -----------------------------------------------------------------------
+
+  void enqueue(Command command, Engine::Completion completion) {
+    if (const auto open_for = breaker.refuse()) {
+      throw DatabaseCircuitOpen("the event store is failing (circuit breaker open); nothing was written", *open_for);
+    }
+    Pending pending{std::move(command), std::move(completion)};
+    {
+      std::lock_guard lock(queue_mutex);
+      if (stopping) throw EngineUnavailable("the engine is stopping");
+      if (queue.size() >= settings.command_queue_commands_max) {
+        throw EngineOverloaded("the command queue is full (" +
+                               std::to_string(settings.command_queue_commands_max) + ")");
+      }
+      queue.push_back(std::move(pending));
+    }
+    queue_not_empty.notify_one();
+  }
+
+  void stop() {
+    {
+      std::lock_guard lock(queue_mutex);
+      stopping = true;
+    }
+    queue_not_empty.notify_all();
+    if (writer_thread.joinable()) writer_thread.join();
+    {
+      std::lock_guard lock(handoff_mutex);
+      committer_stopping = true;
+    }
+    handoff_changed.notify_all();
+    if (committer_thread.joinable()) committer_thread.join();
+  }
+};
+
+Pipeline::Pipeline(const EngineSettings& settings, bool own_ids, db::ConnectionPool& pool,
+                   UuidGenerator& uuids, SnapshotStore* snapshots, SnapshotWriter* snapshot_writer)
+    : impl_(std::make_unique<Impl>(settings, own_ids, pool, uuids, snapshots, snapshot_writer)) {}
+
+Pipeline::~Pipeline() { impl_->stop(); }
+
+void Pipeline::submit(domain::Command command, Engine::Completion completion) {
+  impl_->enqueue(std::move(command), std::move(completion));
+}
+
+void Pipeline::stop() { impl_->stop(); }
+
+EngineStats Pipeline::stats() const {
+  EngineStats stats;
+  {
+    std::lock_guard lock(impl_->stats_mutex);
+    stats = impl_->counters;
+  }
+  {
+    std::lock_guard lock(impl_->queue_mutex);
+    stats.queued = impl_->queue.size();
+  }
+  stats.circuit = impl_->breaker.state();
+  stats.circuit_opened = impl_->breaker.times_opened();
+  const auto cache = impl_->cache.counts();
+  stats.cache_streams = cache.streams;
+  stats.cache_streams_max = cache.streams_max;
+  stats.cache_hits = cache.hits;
+  stats.cache_misses = cache.misses;
+  return stats;
+}
+
+}  // namespace ledger::engine
