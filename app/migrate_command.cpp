@@ -1,8 +1,11 @@
+#include <pqxx/pqxx>
+
 #include <ctime>
 #include <iostream>
 
 #include "commands.hpp"
 #include "ledger/db/migrations.hpp"
+#include "ledger/relay/relay.hpp"
 #include "metrics_file.hpp"
 
 namespace ledger::app {
@@ -15,6 +18,10 @@ CommandAction register_migrate_command(CLI::App& root, Settings& settings) {
   auto* status = migrate->add_subcommand("status", "List applied and pending migrations");
   auto* validate = migrate->add_subcommand("validate", "Check applied migrations are unchanged");
   auto* create = migrate->add_subcommand("create", "Write a new pair of migration files");
+  auto* new_incarnation = migrate->add_subcommand(
+      "new-incarnation",
+      "After a point-in-time restore, before anything appends: give the event store a new incarnation "
+      "beginning at its head (docs/operations.md, Backup and restore)");
 
   auto target = std::make_shared<int>(0);
   up->add_option("--to", *target, "Apply up to and including this version");
@@ -36,6 +43,13 @@ CommandAction register_migrate_command(CLI::App& root, Settings& settings) {
     configure_logging(settings, "migrate");
     if (create->parsed()) {
       std::cout << db::create_migration_files(*directory, *name) << "\n";
+      return 0;
+    }
+    if (new_incarnation->parsed()) {
+      pqxx::connection connection(resolve_admin_database_url(settings));
+      const auto incarnation = relay::begin_store_incarnation(connection);
+      std::cout << "new incarnation " << incarnation.id << " since position " << incarnation.since_position
+                << "\n";
       return 0;
     }
     db::MigrationRunner runner(resolve_admin_database_url(settings));

@@ -112,6 +112,13 @@ struct Projector::Impl {
   };
   std::optional<Stall> stall;
   std::chrono::milliseconds stall_backoff = stalled_retry_backoff_initial;
+  // The store's incarnation, read at start and again when a message names another one (a
+  // bump while running); messages of any other are skipped. Empty until read.
+  std::string incarnation;
+  // Skipped messages in a row, logged once when the run starts and once when it ends, and
+  // the incarnation last skipped (another one is checked against the store again).
+  std::int64_t other_incarnation_run = 0;
+  std::string skipped_incarnation;
 
   SharedStatus<ProjectorStatus> state;
   StoppableThread worker;  // last: it stops before the members it uses go
@@ -220,7 +227,51 @@ struct Projector::Impl {
   struct Collected {
     std::size_t messages = 0;     // seen, decoded or not
     std::int64_t duplicates = 0;  // skipped at or below the watermark
+    std::int64_t other_incarnation = 0;  // skipped: published under another incarnation
   };
+
+  // The store's current incarnation, read again (at start, and when a message names another).
+  void read_incarnation() {
+    auto lease = pool.acquire();
+    pqxx::read_transaction work(*lease);
+    const auto current = work.exec("SELECT id::text FROM store_incarnation")[0][0].as<std::string>();
+    if (current != incarnation) {
+      if (!incarnation.empty()) {
+        spdlog::warn("projector {}: the event store's incarnation changed from {} to {}; messages of {} are "
+                     "skipped from now on",
+                     name, incarnation, current, incarnation);
+      }
+      incarnation = current;
+      update_status([&](ProjectorStatus& s) { s.incarnation = current; });
+    }
+  }
+
+  // Whether a message published under an incarnation belongs to the store's current one. A
+  // message of another one comes from a timeline a point-in-time restore left behind (or the
+  // store was given a new incarnation meanwhile: read once more when one appears).
+  bool of_current_incarnation(const domain::DecodedEnvelope& decoded) {
+    const auto& id = decoded.incarnation->id;
+    if (id == incarnation) return true;
+    if (id != skipped_incarnation) {
+      read_incarnation();
+      if (id == incarnation) return true;
+      skipped_incarnation = id;
+    }
+    if (other_incarnation_run == 0) {
+      spdlog::warn("projector {}: skipping messages of incarnation {} (the event store's is {}): published "
+                   "before a restore, their positions may name other events now; the event store fills what "
+                   "they leave out",
+                   name, id, incarnation);
+    }
+    ++other_incarnation_run;
+    return false;
+  }
+
+  void end_other_incarnation_run() {
+    if (other_incarnation_run == 0) return;
+    spdlog::info("projector {}: skipped {} message(s) of another incarnation", name, other_incarnation_run);
+    other_incarnation_run = 0;
+  }
 
   // Collects up to batch_events_max messages, waiting at most batch_wait after the first
   // (first_wait_ms 0: only what is already fetched). Messages whose position header is at or
@@ -243,9 +294,14 @@ struct Projector::Impl {
         const auto position = header_position(message);
         if (position && *position <= skip_through) {
           if (*position <= watermark) ++collected.duplicates;
-        } else if (auto event = domain::decode_envelope(
+        } else if (auto decoded = domain::decode_envelope_with_incarnation(
                        {static_cast<const char*>(message->payload), message->len})) {
-          events.push_back(std::move(*event));
+          if (decoded->incarnation && !of_current_incarnation(*decoded)) {
+            ++collected.other_incarnation;
+          } else {
+            end_other_incarnation_run();
+            events.push_back(std::move(decoded->event));
+          }
         } else {
           // Not ours or damaged: its position, if any, is filled from the event store.
           spdlog::warn("projector {}: undecodable message at partition {} offset {}", name,
@@ -372,11 +428,12 @@ struct Projector::Impl {
         // A stall (of this instance or another) ends when the watermark passes it.
         work.exec_params(
             "UPDATE read.projections SET watermark = $2, applied = applied + $3, updated_at = now(), "
+            "incarnation = coalesce(nullif($4, '')::uuid, incarnation), "
             "stalled_reason = CASE WHEN stalled_position <= $2 THEN NULL ELSE stalled_reason END, "
             "stalled_since = CASE WHEN stalled_position <= $2 THEN NULL ELSE stalled_since END, "
             "stalled_position = CASE WHEN stalled_position <= $2 THEN NULL ELSE stalled_position END "
             "WHERE name = $1",
-            name, watermark, static_cast<std::int64_t>(to_apply.size()));
+            name, watermark, static_cast<std::int64_t>(to_apply.size()), incarnation);
       }
       work.commit();
       failed_attempt.reset();
@@ -520,6 +577,7 @@ struct Projector::Impl {
       try {
         if (consumer == nullptr) create_consumer();
         if (watermark < 0) watermark = stored_watermark();
+        if (incarnation.empty()) read_incarnation();
         auto now = Clock::now();
         if (now - head_read >= settings.head_check_interval) {
           head = store.head().position.value();
@@ -547,6 +605,9 @@ struct Projector::Impl {
         }
         incoming.clear();
         if (duplicates > 0) update_status([&](ProjectorStatus& s) { s.duplicates_skipped += duplicates; });
+        if (collected.other_incarnation > 0) {
+          update_status([&](ProjectorStatus& s) { s.messages_other_incarnation += collected.other_incarnation; });
+        }
 
         now = Clock::now();
         if (single_step) {

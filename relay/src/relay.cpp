@@ -94,12 +94,35 @@ void produce_message(rd_kafka_t* producer, const std::string& topic, const Recor
 // Publishes one event per the contract in DESIGN.md (key = stream id, the envelope, headers
 // event-type, position and content-type) and, when configured, its JSON view. Returns the
 // number of messages handed over (1 or 2).
-int produce_event(rd_kafka_t* producer, const RelaySettings& settings, const RecordedEvent& event) {
-  produce_message(producer, settings.topic, event, domain::encode_envelope(event), content_type);
+int produce_event(rd_kafka_t* producer, const RelaySettings& settings, const RecordedEvent& event,
+                  const Incarnation& incarnation) {
+  produce_message(producer, settings.topic, event, domain::encode_envelope(event, incarnation), content_type);
   if (settings.json_topic.empty()) return 1;
-  produce_message(producer, settings.json_topic, event, domain::recorded_event_to_json(event), json_content_type);
+  produce_message(producer, settings.json_topic, event, domain::envelope_json(event, incarnation),
+                  json_content_type);
   return 2;
 }
+
+}  // namespace
+
+Incarnation read_store_incarnation(pqxx::transaction_base& work) {
+  const auto row = work.exec1(
+      "SELECT id::text, since_position, (extract(epoch FROM created_at) * 1000000)::bigint FROM store_incarnation");
+  return Incarnation{row[0].as<std::string>(), row[1].as<std::int64_t>(), row[2].as<std::int64_t>()};
+}
+
+Incarnation begin_store_incarnation(pqxx::connection_base& connection) {
+  pqxx::work work(connection);
+  // The head is locked: no append commits between reading it and the new incarnation.
+  const auto head = work.exec1("SELECT position FROM event_store_head FOR UPDATE")[0].as<std::int64_t>();
+  work.exec("DELETE FROM store_incarnation");
+  work.exec_params("INSERT INTO store_incarnation (id, since_position) VALUES (gen_random_uuid(), $1)", head);
+  auto incarnation = read_store_incarnation(work);
+  work.commit();
+  return incarnation;
+}
+
+namespace {
 
 }  // namespace
 
@@ -129,6 +152,8 @@ struct Relay::Impl {
   // current one was: once it acknowledges something, the pause starts over.
   std::chrono::milliseconds recreate_backoff = producer_recreate_backoff_initial;
   std::int64_t acknowledged_at_recreation = -1;
+  // The store's incarnation, read at leadership start: every envelope carries it.
+  Incarnation incarnation;
 
   StoppableThread worker;  // last: it stops before the members it uses go
 
@@ -233,7 +258,7 @@ struct Relay::Impl {
   }
 
   void produce(const RecordedEvent& event) {
-    const int messages = produce_event(producer, settings, event);
+    const int messages = produce_event(producer, settings, event, incarnation);
     if (window.empty()) last_progress = Clock::now();
     window.push_back(static_cast<std::uint8_t>(messages));
     next = event.position.value() + 1;
@@ -263,8 +288,9 @@ struct Relay::Impl {
 
   void save_checkpoint(pqxx::connection& connection) {
     pqxx::work work(connection);
-    work.exec_params("UPDATE checkpoints SET position = $1, updated_at = now() WHERE name = $2",
-                     acknowledged, settings.checkpoint_name);
+    work.exec_params(
+        "UPDATE checkpoints SET position = $1, incarnation = $3::uuid, updated_at = now() WHERE name = $2",
+        acknowledged, settings.checkpoint_name, incarnation.id);
     for (const auto partition : partitions_changed) {
       work.exec_params(
           "INSERT INTO relay_partitions (topic, partition, acknowledged_offset) VALUES ($1, $2, $3) "
@@ -333,8 +359,26 @@ struct Relay::Impl {
       pqxx::work work(*connection);
       work.exec_params("INSERT INTO checkpoints (name, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
                        settings.checkpoint_name);
-      acknowledged = work.exec_params1("SELECT position FROM checkpoints WHERE name = $1",
-                                       settings.checkpoint_name)[0].as<std::int64_t>();
+      const auto checkpoint = work.exec_params1(
+          "SELECT position, incarnation::text FROM checkpoints WHERE name = $1", settings.checkpoint_name);
+      acknowledged = checkpoint[0].as<std::int64_t>();
+      incarnation = read_store_incarnation(work);
+      if (!checkpoint[1].is_null() && checkpoint[1].as<std::string>() != incarnation.id) {
+        // A point-in-time restore: the checkpoint came back with the store, so it lies at or
+        // below the restore point (a checkpoint above it would name events of the lost
+        // timeline: publish again from the restore point). Everything after the checkpoint is
+        // published again under the new incarnation, which consumers tell from the old one.
+        const auto restored = acknowledged;
+        acknowledged = std::min(acknowledged, incarnation.since_position);
+        spdlog::warn("relay: the event store's incarnation changed from {} to {} (restored to position {}); "
+                     "the checkpoint {} of the old incarnation is {} the restore point: publishing again from "
+                     "position {} under the new incarnation",
+                     checkpoint[1].as<std::string>(), incarnation.id, incarnation.since_position, restored,
+                     restored <= incarnation.since_position ? "at or below" : "above", acknowledged + 1);
+        update_status([](RelayStatus& s) { ++s.republishes; });
+      }
+      work.exec_params("UPDATE checkpoints SET position = $1, incarnation = $3::uuid WHERE name = $2",
+                       acknowledged, settings.checkpoint_name, incarnation.id);
       work.commit();
     }
     if (producer == nullptr) create_producer();
@@ -344,9 +388,11 @@ struct Relay::Impl {
     // Failed while this instance last led (after the window was reset: nothing in flight counts).
     if (producer_failed()) recreate_producer();
     republish_if_broker_lost_data(*connection);
-    spdlog::info("relay: leading; publishing to {} from position {}", settings.topic, next);
+    spdlog::info("relay: leading; publishing to {} from position {} under incarnation {}", settings.topic, next,
+                 incarnation.id);
     update_status([&](RelayStatus& s) {
       s.leader = true;
+      s.incarnation = incarnation.id;
       s.acknowledged = GlobalPosition(acknowledged);
     });
 
@@ -479,6 +525,11 @@ void on_publish_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void* o
 std::int64_t publish_range(const RelaySettings& settings, db::ConnectionPool& pool, GlobalPosition from,
                            GlobalPosition to, const std::function<void(std::int64_t)>& progress) {
   engine::EventStore store(pool);
+  const Incarnation incarnation = [&] {
+    auto lease = pool.acquire();
+    pqxx::read_transaction work(*lease);
+    return read_store_incarnation(work);
+  }();
   PublishDeliveries deliveries;
   char error[512];
   rd_kafka_conf_t* conf = producer_conf(settings);
@@ -504,7 +555,7 @@ std::int64_t publish_range(const RelaySettings& settings, db::ConnectionPool& po
     }
     for (const auto& event : batch) {
       if (event.position.value() > to.value()) break;
-      messages += produce_event(producer.get(), settings, event);
+      messages += produce_event(producer.get(), settings, event, incarnation);
       ++produced;
       next = event.position.value() + 1;
     }

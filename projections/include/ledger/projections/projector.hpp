@@ -58,6 +58,10 @@ struct ProjectorStatus {
   // Kafka messages whose event does not chain from the previous position's hash (forged or
   // corrupted): that position was read from the event store instead.
   std::int64_t messages_rejected = 0;
+  // Kafka messages published under another incarnation of the event store than its current
+  // one (the lost timeline of a point-in-time restore): skipped, never applied.
+  std::int64_t messages_other_incarnation = 0;
+  std::string incarnation;  // the store's incarnation this projector applies messages of
   // A position this projector cannot apply (0: none): it retries with backoff and reports the
   // projection as stalled, in read.projections, until it moves past it.
   GlobalPosition stalled_position{0};

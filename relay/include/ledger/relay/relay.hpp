@@ -10,10 +10,16 @@
 #include <string>
 
 #include "ledger/core/strong_type.hpp"
+#include "ledger/domain/envelope.hpp"
 
 namespace ledger::db {
 class ConnectionPool;
 }
+
+namespace pqxx {
+class connection_base;
+class transaction_base;
+}  // namespace pqxx
 
 namespace ledger::relay {
 
@@ -57,7 +63,16 @@ struct RelayStatus {
   bool kafka_reachable = false;
   std::string kafka_error;               // last error reported by librdkafka, if any
   double oldest_unacknowledged_seconds = 0;
+  std::string incarnation;               // the store's incarnation it publishes under
 };
+
+using domain::Incarnation;
+
+// The store's current incarnation (table store_incarnation).
+[[nodiscard]] Incarnation read_store_incarnation(pqxx::transaction_base& work);
+// Gives the store a new incarnation beginning at its current head (after a point-in-time
+// restore, before anything appends: `ledger migrate new-incarnation`). Needs the schema owner.
+Incarnation begin_store_incarnation(pqxx::connection_base& connection);
 
 // Runs on its own thread from start() to stop(). Reads with `pool`; takes one dedicated
 // connection for the leader lock and the append notifications.
