@@ -10,6 +10,7 @@
 #include <map>
 #include <unordered_map>
 
+#include "ledger/core/assert.hpp"
 #include "ledger/core/worker.hpp"
 #include "ledger/db/pool.hpp"
 #include "ledger/db/retry.hpp"
@@ -416,6 +417,12 @@ struct Projector::Impl {
       }
       if (up_to > watermark) fill_to(up_to);
       failed_attempt->through = std::max(watermark, start + 1);
+      // Applied positions follow the watermark read under the row lock, one by one: a hole
+      // would be a read model that never converges, a repeat an amount counted twice.
+      for (std::size_t i = 0; i < to_apply.size(); ++i) {
+        LEDGER_ASSERT(to_apply[i].position.value() == start + 1 + static_cast<std::int64_t>(i),
+                      "projector: positions applied contiguously after the watermark");
+      }
       projection->apply(work, to_apply);
       for (const auto& [partition, next_offset] : offsets) {
         work.exec_params(

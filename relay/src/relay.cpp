@@ -8,6 +8,7 @@
 #include <map>
 #include <set>
 
+#include "ledger/core/assert.hpp"
 #include "ledger/core/worker.hpp"
 #include "ledger/db/pool.hpp"
 #include "ledger/domain/envelope.hpp"
@@ -258,6 +259,10 @@ struct Relay::Impl {
   }
 
   void produce(const RecordedEvent& event) {
+    // Slot i of the window is position acknowledged + 1 + i: positions reach the producer in
+    // order and without holes, or advance() would acknowledge an event Kafka never took.
+    LEDGER_ASSERT(event.position.value() == acknowledged + 1 + static_cast<std::int64_t>(window.size()),
+                  "relay: positions go to the producer in order, each once after the acknowledged one");
     const int messages = produce_event(producer, settings, event, incarnation);
     if (window.empty()) last_progress = Clock::now();
     window.push_back(static_cast<std::uint8_t>(messages));
