@@ -80,9 +80,10 @@ TEST_CASE("a projector that finds a gap in what Kafka delivers fills it from the
   Projectors projectors(pool, settings);
   random_workload(engine, 1'000);
   REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
-  // Both projections read at least the unpublished events from the store (and, with several
+  // Every projection read at least the unpublished events from the store (and, with several
   // partitions, whatever another partition had not delivered yet when a later position came).
-  CHECK(projectors.events_from_store() >= projection_count * unpublished);
+  // A projector counts a batch after its commit, so the count may trail the watermark briefly.
+  CHECK(test::eventually([&] { return projectors.events_from_store() >= projection_count * unpublished; }));
   test::check_read_models_equal_fold(database.app_url());
 }
 
@@ -122,9 +123,15 @@ TEST_CASE("forged messages with the right key and position are not applied: the 
     return test::watermark(database.app_url(), "balance") >= other_hash.position.value() &&
            test::watermark(database.app_url(), "audit") >= other_hash.position.value();
   }, 60s));
-  // Every projector (the loan one too, which the wait above does not name) rejects both.
+  // Every projector (the loan one too, which the wait above does not name) meets both and
+  // applies neither: it rejects a forgery, or, when reading the store for the first one
+  // already took it past the second, drops the second as a repeat. Which depends on how the
+  // two arrive in batches; that no forgery was applied is what the fold check below proves.
   for (const auto& projector : projectors.running) {
-    CHECK(test::eventually([&] { return projector->status().messages_rejected >= 2; }, 60s));
+    CHECK(test::eventually([&] {
+      const auto status = projector->status();
+      return status.messages_rejected >= 1 && status.messages_rejected + status.duplicates_skipped >= 2;
+    }, 60s));
   }
 
   // The genuine messages follow (and are skipped as repeats); the read models equal the store.
