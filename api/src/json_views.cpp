@@ -15,23 +15,16 @@ std::string balance_as_of_json(std::string_view account_id, const engine::Balanc
   rapidjson::StringBuffer buffer;
   JsonWriter w(buffer);
   w.StartObject();
-  w.Key("id");
-  write_string(w, account_id);
+  write_member(w, "id", account_id);
   if (moment.as_of_us) {
-    w.Key("as_of");
-    write_string(w, rfc3339(*moment.as_of_us));
+    write_member(w, "as_of", rfc3339(*moment.as_of_us));
   } else if (moment.at_position) {
-    w.Key("at_position");
-    w.Int64(*moment.at_position);
+    write_member(w, "at_position", *moment.at_position);
   }
-  w.Key("position");
-  w.Int64(found.position.value());
-  w.Key("recorded_at");
-  write_string(w, rfc3339(found.recorded_at_us));
-  w.Key("currency");
-  write_string(w, a.currency.code());
-  w.Key("status");
-  write_string(w, domain::to_string(a.status));
+  write_member(w, "position", found.position.value());
+  write_member(w, "recorded_at", rfc3339(found.recorded_at_us));
+  write_member(w, "currency", a.currency.code());
+  write_member(w, "status", domain::to_string(a.status));
   for (const auto& [key, amount] : {std::pair{"debits_posted", a.debits_posted}, {"credits_posted", a.credits_posted},
                                     {"debits_pending", a.debits_pending}, {"credits_pending", a.credits_pending},
                                     {"overdraft_limit", a.overdraft_limit}}) {
@@ -44,8 +37,7 @@ std::string balance_as_of_json(std::string_view account_id, const engine::Balanc
   balance ? w.Int64(balance->minor_units()) : w.Null();
   w.Key("available");
   available ? w.Int64(available->minor_units()) : w.Null();
-  w.Key("version");
-  w.Int64(a.version.value());
+  write_member(w, "version", a.version.value());
   w.EndObject();
   return {buffer.GetString(), buffer.GetSize()};
 }
@@ -55,17 +47,12 @@ std::string close_of_business_json(std::chrono::year_month_day date, const engin
   rapidjson::StringBuffer buffer;
   JsonWriter w(buffer);
   w.StartObject();
-  w.Key("date");
-  write_string(w, domain::to_string(date));
-  w.Key("loans");
-  w.Int64(result.loans);
-  w.Key("closed");
-  w.Int64(result.closed);
-  w.Key("failed");
-  w.Int64(result.failed);
+  write_member(w, "date", domain::to_string(date));
+  write_member(w, "loans", result.loans);
+  write_member(w, "closed", result.closed);
+  write_member(w, "failed", result.failed);
   if (!result.first_failure.empty()) {
-    w.Key("first_failure");
-    write_string(w, result.first_failure);
+    write_member(w, "first_failure", result.first_failure);
   }
   if (seconds) {
     w.Key("seconds");

@@ -80,26 +80,16 @@ std::string account_json(const projections::AccountView& a, std::int64_t waterma
   rapidjson::StringBuffer buffer;
   JsonWriter w(buffer);
   w.StartObject();
-  w.Key("id");
-  write_string(w, a.id);
-  w.Key("currency");
-  write_string(w, a.currency);
-  w.Key("kind");
-  write_string(w, a.kind);
-  w.Key("owner");
-  write_string(w, a.owner);
-  w.Key("status");
-  write_string(w, a.status);
-  w.Key("ledger_code");
-  w.Int64(a.ledger_code);
-  w.Key("debits_posted");
-  w.Int64(a.debits_posted);
-  w.Key("credits_posted");
-  w.Int64(a.credits_posted);
-  w.Key("debits_pending");
-  w.Int64(a.debits_pending);
-  w.Key("credits_pending");
-  w.Int64(a.credits_pending);
+  write_member(w, "id", a.id);
+  write_member(w, "currency", a.currency);
+  write_member(w, "kind", a.kind);
+  write_member(w, "owner", a.owner);
+  write_member(w, "status", a.status);
+  write_member(w, "ledger_code", a.ledger_code);
+  write_member(w, "debits_posted", a.debits_posted);
+  write_member(w, "credits_posted", a.credits_posted);
+  write_member(w, "debits_pending", a.debits_pending);
+  write_member(w, "credits_pending", a.credits_pending);
   // The domain's rule (an overflow here would be a corrupt read model: null, not a wrapped number).
   const auto balances = domain::account_balances(Amount(a.credits_posted), Amount(a.debits_posted),
                                                  Amount(a.debits_pending), Amount(a.overdraft_limit));
@@ -107,12 +97,9 @@ std::string account_json(const projections::AccountView& a, std::int64_t waterma
   balances.balance ? w.Int64(balances.balance->minor_units()) : w.Null();
   w.Key("available");
   balances.available ? w.Int64(balances.available->minor_units()) : w.Null();
-  w.Key("overdraft_limit");
-  w.Int64(a.overdraft_limit);
-  w.Key("version");
-  w.Int64(a.version);
-  w.Key("watermark");
-  w.Int64(watermark);
+  write_member(w, "overdraft_limit", a.overdraft_limit);
+  write_member(w, "version", a.version);
+  write_member(w, "watermark", watermark);
   w.EndObject();
   return {buffer.GetString(), buffer.GetSize()};
 }
@@ -121,8 +108,7 @@ std::string account_json(const projections::AccountView& a, std::int64_t waterma
 void end_page(JsonWriter& w, const std::optional<std::int64_t>& next_cursor, std::int64_t watermark) {
   w.Key("next_cursor");
   next_cursor ? w.String(std::to_string(*next_cursor).c_str()) : w.Null();
-  w.Key("watermark");
-  w.Int64(watermark);
+  write_member(w, "watermark", watermark);
   w.EndObject();
 }
 
@@ -134,24 +120,15 @@ std::string entries_json(const projections::EntriesPage& page, std::int64_t wate
   w.StartArray();
   for (const auto& e : page.entries) {
     w.StartObject();
-    w.Key("position");
-    w.Int64(e.position);
-    w.Key("version");
-    w.Int64(e.version);
-    w.Key("transfer_id");
-    write_string(w, e.transfer_id);
-    w.Key("direction");
-    write_string(w, e.direction);
-    w.Key("phase");
-    write_string(w, e.phase);
-    w.Key("amount");
-    w.Int64(e.amount);
-    w.Key("counterparty");
-    write_string(w, e.counterparty);
-    w.Key("balance_after");
-    w.Int64(e.balance_after);
-    w.Key("recorded_at");
-    write_string(w, rfc3339(e.recorded_at_us));
+    write_member(w, "position", e.position);
+    write_member(w, "version", e.version);
+    write_member(w, "transfer_id", e.transfer_id);
+    write_member(w, "direction", e.direction);
+    write_member(w, "phase", e.phase);
+    write_member(w, "amount", e.amount);
+    write_member(w, "counterparty", e.counterparty);
+    write_member(w, "balance_after", e.balance_after);
+    write_member(w, "recorded_at", rfc3339(e.recorded_at_us));
     w.EndObject();
   }
   w.EndArray();
@@ -187,18 +164,12 @@ void write_loan_amounts(JsonWriter& w, const projections::LoanView& loan) {
   // Only an active loan has a next installment to pay.
   const projections::LoanInstallmentView* next =
       loan.status == "active" && totals.next_unsettled ? &loan.installments[*totals.next_unsettled] : nullptr;
-  w.Key("outstanding_principal");
-  w.Int64(written_off ? 0 : totals.principal_outstanding);
-  w.Key("interest_accrued");
-  w.Int64(loan.interest_recognised);
-  w.Key("interest_paid");
-  w.Int64(totals.interest_paid);
-  w.Key("interest_overdue");
-  w.Int64(totals.interest_overdue);
-  w.Key("penalties_due");
-  w.Int64(written_off ? 0 : totals.penalties_due);
-  w.Key("penalties_paid");
-  w.Int64(totals.penalties_paid);
+  write_member(w, "outstanding_principal", written_off ? 0 : totals.principal_outstanding);
+  write_member(w, "interest_accrued", loan.interest_recognised);
+  write_member(w, "interest_paid", totals.interest_paid);
+  write_member(w, "interest_overdue", totals.interest_overdue);
+  write_member(w, "penalties_due", written_off ? 0 : totals.penalties_due);
+  write_member(w, "penalties_paid", totals.penalties_paid);
   w.Key("next_due_date");
   if (next == nullptr) {
     w.Null();
@@ -210,22 +181,14 @@ void write_loan_amounts(JsonWriter& w, const projections::LoanView& loan) {
 }
 
 void write_loan_fields(JsonWriter& w, const projections::LoanView& loan) {
-  w.Key("id");
-  write_string(w, loan.id);
-  w.Key("account_id");
-  write_string(w, loan.borrower);
-  w.Key("currency");
-  write_string(w, loan.currency);
-  w.Key("status");
-  write_string(w, loan.status);
-  w.Key("principal");
-  w.Int64(loan.principal);
-  w.Key("rate_bps");
-  w.Int(loan.rate_bps);
-  w.Key("schedule");
-  write_string(w, loan.schedule_type);
-  w.Key("origination_date");
-  write_string(w, loan.origination_date);
+  write_member(w, "id", loan.id);
+  write_member(w, "account_id", loan.borrower);
+  write_member(w, "currency", loan.currency);
+  write_member(w, "status", loan.status);
+  write_member(w, "principal", loan.principal);
+  write_member(w, "rate_bps", loan.rate_bps);
+  write_member(w, "schedule", loan.schedule_type);
+  write_member(w, "origination_date", loan.origination_date);
   w.Key("business_date");
   if (loan.closed_through.empty()) {
     w.Null();
@@ -233,14 +196,10 @@ void write_loan_fields(JsonWriter& w, const projections::LoanView& loan) {
     write_string(w, loan.closed_through);
   }
   write_loan_amounts(w, loan);
-  w.Key("days_past_due");
-  w.Int64(loan.days_past_due);
-  w.Key("principal_written_off");
-  w.Int64(loan.principal_written_off);
-  w.Key("interest_reversed");
-  w.Int64(loan.interest_reversed);
-  w.Key("version");
-  w.Int64(loan.version);
+  write_member(w, "days_past_due", loan.days_past_due);
+  write_member(w, "principal_written_off", loan.principal_written_off);
+  write_member(w, "interest_reversed", loan.interest_reversed);
+  write_member(w, "version", loan.version);
 }
 
 std::string loan_json(const projections::LoanView& loan, std::int64_t watermark) {
@@ -248,8 +207,7 @@ std::string loan_json(const projections::LoanView& loan, std::int64_t watermark)
   JsonWriter w(buffer);
   w.StartObject();
   write_loan_fields(w, loan);
-  w.Key("watermark");
-  w.Int64(watermark);
+  write_member(w, "watermark", watermark);
   w.EndObject();
   return std::string(buffer.GetString(), buffer.GetSize());
 }
@@ -258,8 +216,7 @@ std::string schedule_json(const projections::LoanView& loan, std::int64_t waterm
   rapidjson::StringBuffer buffer;
   JsonWriter w(buffer);
   w.StartObject();
-  w.Key("id");
-  write_string(w, loan.id);
+  write_member(w, "id", loan.id);
   w.Key("installments");
   w.StartArray();
   for (const auto& i : loan.installments) {
@@ -268,31 +225,21 @@ std::string schedule_json(const projections::LoanView& loan, std::int64_t waterm
                          : (!loan.closed_through.empty() && i.due_date <= loan.closed_through) ? "due"
                                                                                                 : "pending";
     w.StartObject();
-    w.Key("n");
-    w.Int(i.number);
-    w.Key("due_date");
-    write_string(w, i.due_date);
-    w.Key("principal");
-    w.Int64(i.principal);
-    w.Key("interest");
-    w.Int64(i.interest);
-    w.Key("total");
-    w.Int64(i.principal + i.interest);
-    w.Key("paid");
-    w.Int64(i.principal_paid + i.interest_paid);
-    w.Key("penalty");
-    w.Int64(i.penalty);
-    w.Key("penalty_paid");
-    w.Int64(i.penalty_paid);
+    write_member(w, "n", i.number);
+    write_member(w, "due_date", i.due_date);
+    write_member(w, "principal", i.principal);
+    write_member(w, "interest", i.interest);
+    write_member(w, "total", i.principal + i.interest);
+    write_member(w, "paid", i.principal_paid + i.interest_paid);
+    write_member(w, "penalty", i.penalty);
+    write_member(w, "penalty_paid", i.penalty_paid);
     w.Key("interest_waived");
     w.Bool(i.interest_waived);
-    w.Key("status");
-    write_string(w, status);
+    write_member(w, "status", status);
     w.EndObject();
   }
   w.EndArray();
-  w.Key("watermark");
-  w.Int64(watermark);
+  write_member(w, "watermark", watermark);
   w.EndObject();
   return std::string(buffer.GetString(), buffer.GetSize());
 }
@@ -309,8 +256,7 @@ std::string account_loans_json(const std::vector<projections::LoanView>& loans, 
     w.EndObject();
   }
   w.EndArray();
-  w.Key("watermark");
-  w.Int64(watermark);
+  write_member(w, "watermark", watermark);
   w.EndObject();
   return std::string(buffer.GetString(), buffer.GetSize());
 }
@@ -323,18 +269,12 @@ std::string audit_json(const projections::AuditPage& page, std::int64_t watermar
   w.StartArray();
   for (const auto& row : page.rows) {
     w.StartObject();
-    w.Key("position");
-    w.Int64(row.position);
-    w.Key("stream_id");
-    write_string(w, row.stream_id);
-    w.Key("version");
-    w.Int64(row.version);
-    w.Key("type");
-    write_string(w, row.type);
-    w.Key("event_id");
-    write_string(w, row.event_id);
-    w.Key("recorded_at");
-    write_string(w, rfc3339(row.recorded_at_us));
+    write_member(w, "position", row.position);
+    write_member(w, "stream_id", row.stream_id);
+    write_member(w, "version", row.version);
+    write_member(w, "type", row.type);
+    write_member(w, "event_id", row.event_id);
+    write_member(w, "recorded_at", rfc3339(row.recorded_at_us));
     for (const auto& [key, value] :
          {std::pair{"actor", &row.actor}, {"command_id", &row.command_id},
           {"correlation_id", &row.correlation_id}, {"causation_id", &row.causation_id},

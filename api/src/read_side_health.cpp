@@ -43,22 +43,17 @@ void write_read_side_health(JsonWriter& w, const ReadSideHealth& health) {
   const RelayHealth& relay = health.relay;
   w.Key("kafka");
   w.StartObject();
-  w.Key("status");
-  write_string(w, !relay.enabled ? "not_running" : !relay.leader ? "unknown" : kafka_down(relay) ? "down" : "up");
+  write_member(w, "status", !relay.enabled ? "not_running" : !relay.leader ? "unknown" : kafka_down(relay) ? "down" : "up");
   // No librdkafka error text: it names brokers, and /health needs no token (the relay logs it).
   w.EndObject();
 
   w.Key("relay");
   w.StartObject();
-  w.Key("status");
-  write_string(w, !relay.enabled ? "not_running" : relay.leader ? (kafka_down(relay) ? "delayed" : "up") : "standby");
+  write_member(w, "status", !relay.enabled ? "not_running" : relay.leader ? (kafka_down(relay) ? "delayed" : "up") : "standby");
   if (relay.enabled) {
-    w.Key("acknowledged_position");
-    w.Int64(relay.acknowledged);
-    w.Key("head_position");
-    w.Int64(relay.head);
-    w.Key("lag_events");
-    w.Int64(relay.head - relay.acknowledged);
+    write_member(w, "acknowledged_position", relay.acknowledged);
+    write_member(w, "head_position", relay.head);
+    write_member(w, "lag_events", relay.head - relay.acknowledged);
     w.Key("oldest_unacknowledged_seconds");
     w.Double(relay.oldest_unacknowledged_seconds);
   }
@@ -87,17 +82,13 @@ void write_read_side_health(JsonWriter& w, const ReadSideHealth& health) {
                                                                          : "up");
     if (projection.stalled_position > 0) {
       // The projector cannot apply this position and retries it with backoff (projections/README.md).
-      w.Key("stalled_position");
-      w.Int64(projection.stalled_position);
-      w.Key("stalled_reason");
-      write_string(w, projection.stalled_reason);
+      write_member(w, "stalled_position", projection.stalled_position);
+      write_member(w, "stalled_reason", projection.stalled_reason);
       w.Key("stalled_seconds");
       w.Double(projection.stalled_seconds);
     }
-    w.Key("watermark");
-    w.Int64(projection.watermark);
-    w.Key("lag_events");
-    w.Int64(projection.lag_events);
+    write_member(w, "watermark", projection.watermark);
+    write_member(w, "lag_events", projection.lag_events);
     w.Key("lag_ms");
     w.Double(projection.lag_seconds * 1e3);
     w.Key("events_per_second");

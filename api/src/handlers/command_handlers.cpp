@@ -131,10 +131,8 @@ std::string accepted_json(const domain::CommandOutcome& outcome, const std::stri
   rapidjson::StringBuffer buffer;
   JsonWriter w(buffer);
   w.StartObject();
-  w.Key("command_id");
-  write_string(w, outcome.command_id);
-  w.Key("position");
-  w.Int64(outcome.position.value());
+  write_member(w, "command_id", outcome.command_id);
+  write_member(w, "position", outcome.position.value());
   w.Key("versions");
   w.StartObject();
   for (const auto& [stream, stream_version] : outcome.versions) {
@@ -150,8 +148,7 @@ std::string accepted_json(const domain::CommandOutcome& outcome, const std::stri
   } else {
     w.Key(kind.c_str());
     w.StartObject();
-    w.Key("id");
-    write_string(w, outcome.resource_ids.empty() ? "" : outcome.resource_ids.front());
+    write_member(w, "id", outcome.resource_ids.empty() ? "" : outcome.resource_ids.front());
     w.EndObject();
   }
   w.Key("replayed");

@@ -20,8 +20,7 @@ namespace {
 void write_snapshot_cache_health(JsonWriter& w, const engine::EngineStats& stats) {
   w.Key("snapshot_cache");
   w.StartObject();
-  w.Key("status");
-  write_string(w, stats.snapshots_enabled ? "up" : "disabled");
+  write_member(w, "status", stats.snapshots_enabled ? "up" : "disabled");
   w.Key("state_cache");
   w.StartObject();
   w.Key("streams");
@@ -54,8 +53,7 @@ void write_snapshot_cache_health(JsonWriter& w, const engine::EngineStats& stats
 void write_database_health(JsonWriter& w, const DatabaseHealth& database) {
   w.Key("database");
   w.StartObject();
-  w.Key("status");
-  write_string(w, database.reachable ? "up" : "down");
+  write_member(w, "status", database.reachable ? "up" : "down");
   w.Key("latency_ms");
   w.Double(database.latency_ms);
   w.Key("pool");
@@ -70,8 +68,7 @@ void write_database_health(JsonWriter& w, const DatabaseHealth& database) {
   w.EndObject();
   w.Key("migrations");
   w.StartObject();
-  w.Key("status");
-  write_string(w, database.pending_migrations.empty() ? "up" : "pending");
+  write_member(w, "status", database.pending_migrations.empty() ? "up" : "pending");
   w.Key("pending");
   w.StartArray();
   for (const auto& pending : database.pending_migrations) write_string(w, pending);
@@ -82,10 +79,8 @@ void write_database_health(JsonWriter& w, const DatabaseHealth& database) {
 void write_engine_health(JsonWriter& w, const engine::EngineStats& stats) {
   w.Key("engine");
   w.StartObject();
-  w.Key("status");
-  write_string(w, stats.circuit == engine::CircuitState::closed ? "up" : "failing_fast");
-  w.Key("circuit");
-  write_string(w, engine::to_string(stats.circuit));
+  write_member(w, "status", stats.circuit == engine::CircuitState::closed ? "up" : "failing_fast");
+  write_member(w, "circuit", engine::to_string(stats.circuit));
   w.Key("queued_commands");
   w.Uint64(stats.queued);
   w.Key("batches");
@@ -100,14 +95,12 @@ std::string ready_json(const DatabaseHealth& database) {
   rapidjson::StringBuffer buffer;
   JsonWriter w(buffer);
   w.StartObject();
-  w.Key("status");
-  write_string(w, is_ready(database) ? "ready" : "not_ready");
+  write_member(w, "status", is_ready(database) ? "ready" : "not_ready");
   if (!database.reachable) {
     w.Key("reason");
     write_string(w, "database unreachable");  // the cause is in the server log, not here
   } else if (!database.pending_migrations.empty()) {
-    w.Key("reason");
-    write_string(w, "migrations pending");
+    write_member(w, "reason", "migrations pending");
   }
   w.EndObject();
   return {buffer.GetString(), buffer.GetSize()};

@@ -37,18 +37,12 @@ bool is_valid_stream_id(std::string_view stream) {
 
 void write_event(JsonWriter& w, const domain::RecordedEvent& event) {
   w.StartObject();
-  w.Key("position");
-  w.Int64(event.position.value());
-  w.Key("stream_id");
-  write_string(w, event.stream_id);
-  w.Key("version");
-  w.Int64(event.version.value());
-  w.Key("type");
-  write_string(w, event.type);
-  w.Key("event_id");
-  write_string(w, event.event_id);
-  w.Key("recorded_at");
-  write_string(w, rfc3339(event.recorded_at_us));
+  write_member(w, "position", event.position.value());
+  write_member(w, "stream_id", event.stream_id);
+  write_member(w, "version", event.version.value());
+  write_member(w, "type", event.type);
+  write_member(w, "event_id", event.event_id);
+  write_member(w, "recorded_at", rfc3339(event.recorded_at_us));
   w.Key("data");
   const auto decoded = domain::decode_event(event.type, event.payload);
   const std::string data = decoded ? domain::event_to_json(*decoded) : "null";
