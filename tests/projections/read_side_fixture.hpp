@@ -13,14 +13,15 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
-#include <future>
-#include <random>
-#include <set>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
+#include <random>
+#include <set>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -109,9 +110,10 @@ inline void produce_envelope(const MockKafka& kafka, const domain::RecordedEvent
   REQUIRE(rd_kafka_flush(producer.get(), 10'000) == RD_KAFKA_RESP_ERR_NO_ERROR);
 }
 
-// Every message on the events topic, decoded, per partition in offset order (read from the
-// start of each partition to its end, as a new consumer would).
-inline std::map<std::int32_t, std::vector<domain::RecordedEvent>> read_topic(const MockKafka& kafka) {
+// Reads the events topic from the start of each partition to its end, as a new consumer
+// would, and hands every message's partition and payload to `visit` in the order they arrive.
+inline void for_each_topic_message(const MockKafka& kafka,
+                                   const std::function<void(std::int32_t, std::string_view)>& visit) {
   char error[256];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   rd_kafka_conf_set(conf, "bootstrap.servers", kafka.bootstrap().c_str(), error, sizeof error);
@@ -127,7 +129,6 @@ inline std::map<std::int32_t, std::vector<domain::RecordedEvent>> read_topic(con
   }
   rd_kafka_assign(consumer.get(), partitions);
   rd_kafka_topic_partition_list_destroy(partitions);
-  std::map<std::int32_t, std::vector<domain::RecordedEvent>> messages;
   std::set<std::int32_t> ended;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (static_cast<int>(ended.size()) < kafka.partitions() && std::chrono::steady_clock::now() < deadline) {
@@ -136,13 +137,20 @@ inline std::map<std::int32_t, std::vector<domain::RecordedEvent>> read_topic(con
     if (message->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
       ended.insert(message->partition);
     } else if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-      auto event = domain::decode_envelope({static_cast<const char*>(message->payload), message->len});
-      if (event) messages[message->partition].push_back(std::move(*event));
+      visit(message->partition, {static_cast<const char*>(message->payload), message->len});
     }
     rd_kafka_message_destroy(message);
   }
   REQUIRE(static_cast<int>(ended.size()) == kafka.partitions());
   rd_kafka_consumer_close(consumer.get());
+}
+
+// Every message on the events topic, decoded, per partition in offset order.
+inline std::map<std::int32_t, std::vector<domain::RecordedEvent>> read_topic(const MockKafka& kafka) {
+  std::map<std::int32_t, std::vector<domain::RecordedEvent>> messages;
+  for_each_topic_message(kafka, [&](std::int32_t partition, std::string_view payload) {
+    if (auto event = domain::decode_envelope(payload)) messages[partition].push_back(std::move(*event));
+  });
   return messages;
 }
 

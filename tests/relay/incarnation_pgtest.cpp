@@ -162,50 +162,21 @@ TEST_CASE("after a restore to position K, read models equal the fold while the t
   std::map<std::int64_t, std::string> by_position;
   std::map<std::int64_t, std::string> by_incarnation;
   std::optional<domain::Incarnation> adopted;
-  {
-    char error[256];
-    rd_kafka_conf_t* conf = rd_kafka_conf_new();
-    rd_kafka_conf_set(conf, "bootstrap.servers", kafka.bootstrap().c_str(), error, sizeof error);
-    rd_kafka_conf_set(conf, "group.id", "test-incarnation-reader", error, sizeof error);
-    rd_kafka_conf_set(conf, "enable.partition.eof", "true", error, sizeof error);
-    rd_kafka_conf_set(conf, "log_level", "2", error, sizeof error);
-    std::unique_ptr<rd_kafka_t, void (*)(rd_kafka_t*)> consumer(
-        rd_kafka_new(RD_KAFKA_CONSUMER, conf, error, sizeof error), &rd_kafka_destroy);
-    REQUIRE(consumer);
-    rd_kafka_topic_partition_list_t* partitions = rd_kafka_topic_partition_list_new(kafka.partitions());
-    for (int p = 0; p < kafka.partitions(); ++p) {
-      rd_kafka_topic_partition_list_add(partitions, events_topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+  for_each_topic_message(kafka, [&](std::int32_t, std::string_view payload) {
+    const auto decoded = domain::decode_envelope_with_incarnation(payload);
+    REQUIRE(decoded);
+    REQUIRE(decoded->incarnation);
+    const auto position = decoded->event.position.value();
+    by_position.try_emplace(position, decoded->event.hash);
+    const auto& incarnation = *decoded->incarnation;
+    if (!adopted || incarnation.started_us > adopted->started_us) {
+      if (adopted) by_incarnation.erase(by_incarnation.upper_bound(incarnation.since_position), by_incarnation.end());
+      adopted = incarnation;
     }
-    rd_kafka_assign(consumer.get(), partitions);
-    rd_kafka_topic_partition_list_destroy(partitions);
-    std::set<std::int32_t> ended;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (static_cast<int>(ended.size()) < kafka.partitions() && std::chrono::steady_clock::now() < deadline) {
-      rd_kafka_message_t* message = rd_kafka_consumer_poll(consumer.get(), 100);
-      if (message == nullptr) continue;
-      if (message->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-        ended.insert(message->partition);
-      } else if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        const auto decoded = domain::decode_envelope_with_incarnation(
-            {static_cast<const char*>(message->payload), message->len});
-        REQUIRE(decoded);
-        REQUIRE(decoded->incarnation);
-        const auto position = decoded->event.position.value();
-        by_position.try_emplace(position, decoded->event.hash);
-        const auto& incarnation = *decoded->incarnation;
-        if (!adopted || incarnation.started_us > adopted->started_us) {
-          if (adopted) by_incarnation.erase(by_incarnation.upper_bound(incarnation.since_position), by_incarnation.end());
-          adopted = incarnation;
-        }
-        if (incarnation.id == adopted->id || position <= adopted->since_position) {
-          by_incarnation.try_emplace(position, decoded->event.hash);
-        }
-      }
-      rd_kafka_message_destroy(message);
+    if (incarnation.id == adopted->id || position <= adopted->since_position) {
+      by_incarnation.try_emplace(position, decoded->event.hash);
     }
-    REQUIRE(static_cast<int>(ended.size()) == kafka.partitions());
-    rd_kafka_consumer_close(consumer.get());
-  }
+  });
   const std::int64_t head = store_head(database.app_url());
   int by_position_wrong = 0;
   int by_incarnation_wrong = 0;
