@@ -514,12 +514,14 @@ struct Pipeline::Impl {
                                 .count();
     std::uint64_t accepted = 0;
     std::uint64_t rejected = 0;
+    // Followers copy their leader's outcome before any outcome is moved into its answer.
+    for (Slot& slot : slots) {
+      if (slot.kind != Slot::Kind::follows) continue;
+      slot.outcome = slots[slot.follows].outcome;
+      slot.outcome.replayed = true;
+    }
     for (std::size_t i = 0; i < batch.size(); ++i) {
       Slot& slot = slots[i];
-      if (slot.kind == Slot::Kind::follows) {
-        slot.outcome = slots[slot.follows].outcome;
-        slot.outcome.replayed = true;
-      }
       (slot.outcome.accepted() ? accepted : rejected) += 1;
       if (!slot.outcome.accepted()) {
         logging::RequestIdScope scope(batch[i].command.context.request_id);

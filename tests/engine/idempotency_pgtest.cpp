@@ -66,6 +66,37 @@ TEST_CASE("the same idempotency key and request answers the first outcome; anoth
                          outcome_a.command_id + "'") == 3);
 }
 
+TEST_CASE("a command following another with its key in one batch gets the whole first outcome") {
+  test::TestDatabase database;
+  auto settings = test::engine_settings(database);
+  settings.commit_wait_max = std::chrono::milliseconds(100);  // the two below share one batch
+  settings.append_batch_commands_max = 2;
+  Engine engine(settings);
+  open_and_fund(engine, "alice", 1'000);
+  auto leader = engine.submit(command(domain::Transfer{"", "alice", "nobody", Amount(1), test::eur()}, "k", "t"));
+  auto follower = engine.submit(command(domain::Transfer{"", "alice", "nobody", Amount(1), test::eur()}, "k", "t"));
+  const auto first = leader.get();
+  const auto second = follower.get();
+  CHECK(first.code == RejectionCode::unknown_account);
+  CHECK(second.code == first.code);
+
+  auto withdraw = engine.submit(command(domain::Withdrawal{"alice", Amount(1)}, "k2", "w 1"));
+  auto again = engine.submit(command(domain::Withdrawal{"alice", Amount(1)}, "k2", "w 1"));
+  const auto a = withdraw.get();
+  const auto b = again.get();
+  REQUIRE(a.accepted());
+  REQUIRE(b.accepted());
+  CHECK(b.replayed);
+  CHECK_FALSE(a.command_id.empty());
+  CHECK(b.command_id == a.command_id);
+  CHECK(b.position == a.position);
+  CHECK_FALSE(a.versions.empty());
+  CHECK(b.versions == a.versions);
+  CHECK_FALSE(a.resource_ids.empty());
+  CHECK(b.resource_ids == a.resource_ids);
+  CHECK(engine.read_account("alice")->balance() == Amount(999));
+}
+
 TEST_CASE("a keyed refusal replays with its code, whatever the code (none aborts the engine)") {
   test::TestDatabase database;
   Engine engine(test::engine_settings(database));
