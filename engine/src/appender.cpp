@@ -55,48 +55,47 @@ bool is_version_gap(const pqxx::check_violation& error) {
   return std::string_view(error.what()).find("version gap") != std::string_view::npos;
 }
 
-// Holding the head row, no other appender can commit: a stream read for a refusal and not
-// written by this batch must still be at the version read, or the refusal may be stale.
-void check_reads_current(pqxx::work& work, const std::vector<RecordedEvent>& events,
-                         const std::vector<StreamRead>& reads) {
-  if (reads.empty()) return;
-  std::unordered_map<std::string_view, bool> written;
-  for (const auto& event : events) written.emplace(event.stream_id, true);
-  ArrayLiteral stream_ids, versions;
-  bool any = false;
-  for (const auto& read : reads) {
-    if (written.contains(read.stream_id)) continue;  // versions there are checked by UNIQUE
-    stream_ids.add_text(read.stream_id);
-    versions.add_number(read.version);
-    any = true;
-  }
-  if (!any) return;
-  const auto stale = work.exec_params1(
-      domain::sql::count_stale_versions, stream_ids.finish(), versions.finish());
-  if (stale[0].as<std::int64_t>() > 0) {
-    throw AppendConflict("a refusal was decided on a state another writer has changed since");
-  }
-}
-
 }  // namespace
 
 void prepare_append(pqxx::connection& connection) {
   connection.prepare(append_statement, append_sql);
 }
 
+LockedHead lock_head(pqxx::work& work) {
+  const auto row = work.exec1(domain::sql::lock_head);
+  return {row[0].as<std::int64_t>(), pqxx::binarystring(row[1]).str()};
+}
+
+std::unordered_map<std::string, std::int64_t> read_stored_versions(
+    pqxx::work& work, const std::vector<std::string>& stream_ids) {
+  std::unordered_map<std::string, std::int64_t> versions;
+  if (stream_ids.empty()) return versions;
+  ArrayLiteral ids;
+  for (const auto& id : stream_ids) ids.add_text(id);
+  for (const auto& row : work.exec_params(domain::sql::select_stored_versions, ids.finish())) {
+    versions.emplace(row[0].as<std::string>(), row[1].as<std::int64_t>());
+  }
+  return versions;
+}
+
+std::vector<std::string> streams_moved_between(pqxx::work& work, std::int64_t from, std::int64_t to) {
+  std::vector<std::string> streams;
+  for (const auto& row : work.exec_params(domain::sql::select_streams_between, from, to)) {
+    streams.push_back(row[0].as<std::string>());
+  }
+  return streams;
+}
+
 AppendOutcome append_batch(
-    pqxx::work& work, std::vector<RecordedEvent>& events,
+    pqxx::work& work, const LockedHead& head, std::vector<RecordedEvent>& events,
     const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
-    const std::vector<ExpiryRecord>& expiries, const std::vector<StreamRead>& unwritten_reads) {
+    const std::vector<ExpiryRecord>& expiries) {
   const auto count = static_cast<std::int64_t>(events.size());
   assert_no_problem(check_batch_balanced(events));
   assert_no_problem(check_streams_continue(events));
-  const auto head = work.exec_params1(
-      "UPDATE event_store_head SET position = position + $1 RETURNING position, hash", count);
-  check_reads_current(work, events, unwritten_reads);
-  const std::int64_t last = head[0].as<std::int64_t>();
-  const std::int64_t first = last - count + 1;
-  std::string previous_hash = pqxx::binarystring(head[1]).str();
+  const std::int64_t last = head.position + count;
+  const std::int64_t first = head.position + 1;
+  std::string previous_hash = head.hash;
 
   // The rows stream to PostgreSQL in chunks while the rest are still being hashed and
   // formatted, so the server parses and indexes one chunk while this thread prepares the next.
@@ -147,7 +146,7 @@ AppendOutcome append_batch(
         chunk.clear();
       }
     }
-    assert_no_problem(check_positions_dense(events, last - count));
+    assert_no_problem(check_positions_dense(events, head.position));
     if (writer) writer->complete();
   } catch (const pqxx::unique_violation& error) {
     throw AppendConflict(error.what());

@@ -4,6 +4,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <pqxx/pqxx>
@@ -26,6 +27,7 @@ struct IdempotencyRecord {
 struct ExpiryRecord {
   std::string transfer_id;
   std::int64_t expires_at_us = 0;
+  std::size_t command = 0;  // the batch's command that placed the hold (for splitting a batch)
 };
 
 // Prepares the append statement on a connection (once per connection; repeats are no-ops).
@@ -50,18 +52,33 @@ struct AppendOutcome {
   GlobalPosition last_position{0};
 };
 
-// Appends `events` (position and hash are filled in here) in the caller's transaction and
-// commits it: takes the head row (UPDATE ... RETURNING), which serializes appenders and keeps
-// positions dense and in commit order; extends the hash chain; inserts events, idempotency
-// records (built by `records_for` once positions are known) and expiries in one statement;
-// commits with synchronous_commit on. Throws AppendConflict on a version or key conflict, or
-// a version gap the store refuses (nothing written), pqxx::broken_connection when the connection is lost before the commit,
-// and pqxx::in_doubt_error when it is lost during it.
-// `unwritten_reads` are checked against the store once the head row is held: a stream whose
-// stored version differs is an AppendConflict too (the batch is decided again from the store).
+// The head of the store as an appender holds it (row locked): the last position and its hash.
+struct LockedHead {
+  std::int64_t position = 0;
+  std::string hash;
+};
+
+// Takes the head row (SELECT ... FOR UPDATE) in `work`: until the transaction ends no other
+// appender can commit, so positions stay dense and in commit order, and what is read next
+// about the streams stays current until the commit.
+LockedHead lock_head(pqxx::work& work);
+
+// The stored version of each stream (0 for a stream the store does not hold).
+std::unordered_map<std::string, std::int64_t> read_stored_versions(
+    pqxx::work& work, const std::vector<std::string>& stream_ids);
+
+// The streams appended to at positions after `from` up to `to`.
+std::vector<std::string> streams_moved_between(pqxx::work& work, std::int64_t from, std::int64_t to);
+
+// Appends `events` (position and hash are filled in here) after `head`, which the caller locked
+// in `work` (lock_head), and commits: extends the hash chain; inserts events, idempotency
+// records (built by `records_for` once positions are known) and expiries; moves the head; commits
+// with synchronous_commit on. Throws AppendConflict on a version or key conflict, or a version
+// gap the store refuses (nothing written), pqxx::broken_connection when the connection is lost
+// before the commit, and pqxx::in_doubt_error when it is lost during it.
 AppendOutcome append_batch(
-    pqxx::work& work, std::vector<RecordedEvent>& events,
+    pqxx::work& work, const LockedHead& head, std::vector<RecordedEvent>& events,
     const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
-    const std::vector<ExpiryRecord>& expiries, const std::vector<StreamRead>& unwritten_reads);
+    const std::vector<ExpiryRecord>& expiries);
 
 }  // namespace ledger::engine

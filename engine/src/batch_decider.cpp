@@ -198,7 +198,7 @@ void BatchDecider::make_rows(const std::vector<Pending>& batch, const WorkingSet
       row.recorded_at_us = now_us;
       if (const auto* pending = std::get_if<domain::events::TransferPending>(&new_events[e].event)) {
         if (pending->expires_at_us != 0) {
-          decided.expiries.push_back({pending->transfer_id, pending->expires_at_us});
+          decided.expiries.push_back({pending->transfer_id, pending->expires_at_us, i});
         }
       }
     }

@@ -19,7 +19,9 @@
 #include "ledger/core/logging.hpp"
 #include "ledger/db/retry.hpp"
 #include "state_cache.hpp"
+#include "store_sql.hpp"
 #include "stream_loader.hpp"
+#include "writer_coherence.hpp"
 
 namespace ledger::engine {
 
@@ -73,6 +75,7 @@ struct Pipeline::Impl {
   SnapshotWriter* snapshot_writer;
   StateCache cache;  // writer thread only
   BatchDecider decider;  // writer thread only
+  WriterCoherence coherence;
 
   std::mutex queue_mutex;
   std::condition_variable queue_not_empty;
@@ -157,6 +160,7 @@ struct Pipeline::Impl {
       decided_generation = generation;
     }
     Prepared prepared;
+    prepared.decided_at = coherence.sync(cache);
     std::optional<db::ConnectionPool::Lease> lease;
     std::optional<pqxx::read_transaction> read;
     const StoreReader store = [&]() -> pqxx::transaction_base& {
@@ -230,7 +234,7 @@ struct Pipeline::Impl {
         current = prepared.generation == generation;
       }
       handoff_changed.notify_all();
-      bool committed = false;
+      Appended appended;
       bool answered = false;
       bool outcome_unknown = false;
       if (current) {
@@ -240,7 +244,7 @@ struct Pipeline::Impl {
           try {
             prepare_append(*lease);
             pqxx::work work(*lease);
-            committed = append_decided(work, prepared.batch, prepared.decided);
+            appended = append_decided(work, prepared.batch, prepared.decided, prepared.decided_at);
           } catch (...) {
             lease.discard();
             throw;
@@ -255,21 +259,37 @@ struct Pipeline::Impl {
           spdlog::warn("appending a decided batch failed ({}); it runs again on its own",
                        error.what());
         }
-        if (committed) {
+        if (appended.committed) {
+          // The cache holds what the losers decided: it drops those streams before the next
+          // decision, and a command decided on them meanwhile loses too (WriterCoherence).
+          for (const auto& stream_id : appended.unreliable_streams) prepared.changed.erase(stream_id);
+          if (!appended.unreliable_streams.empty()) {
+            coherence.evict_after_losers(std::move(appended.unreliable_streams),
+                                         std::move(appended.loser_streams));
+          }
           SnapshotWriter::remember_appended(snapshot_writer, prepared.changed, prepared.decided.rows);
           answer(prepared.batch, prepared.decided.slots, prepared.decided.rows.size(), started);
           answered = true;
         }
       }
+      const bool sent_back = !appended.losers.empty();
+      if (!answered) {
+        // The cache holds this batch's states, which the store does not: a voided batch's
+        // streams are dropped; after a failure, everything (its cause may lie elsewhere).
+        coherence.evict(current ? std::vector<std::string>{} : changed_streams(prepared.changed), current);
+      } else if (outcome_unknown) {
+        coherence.evict({}, true);
+      }
       {
         std::lock_guard lock(handoff_mutex);
         if (!answered) {
-          if (current) {
-            std::lock_guard stats(stats_mutex);
-            ++counters.conflicts;
-          }
+          if (current) count_conflict(prepared.batch.size());
           ++generation;
           redo.push_back(std::move(prepared.batch));
+          redo_pending = true;
+        } else if (sent_back) {
+          count_conflict(appended.losers.size());
+          redo.push_back(std::move(appended.losers));
           redo_pending = true;
         } else if (outcome_unknown) {
           // The cache holds this batch's states, which the store may not: later decisions
@@ -280,7 +300,7 @@ struct Pipeline::Impl {
         committer_busy = false;
       }
       handoff_changed.notify_all();
-      if (!answered || outcome_unknown) {
+      if (!answered || outcome_unknown || sent_back) {
         { std::lock_guard wake(queue_mutex); }
         queue_not_empty.notify_all();
       }
@@ -292,7 +312,8 @@ struct Pipeline::Impl {
     handoff_changed.wait(lock, [&] { return !handoff.has_value() && !committer_busy; });
   }
 
-  // Runs the batches the committer gave back, in order, on a clean cache.
+  // Runs the batches the committer gave back, in order, once the cache has dropped what they
+  // (and the batches before them) left in it.
   void recover() {
     wait_committer_idle();
     std::vector<std::vector<Pending>> batches;
@@ -301,8 +322,22 @@ struct Pipeline::Impl {
       batches.swap(redo);
       redo_pending = false;
     }
-    cache.clear();
     for (auto& batch : batches) process_batch(batch);
+  }
+
+  static std::vector<std::string> changed_streams(
+      const std::unordered_map<std::string, domain::StreamState>& changed) {
+    std::vector<std::string> streams;
+    streams.reserve(changed.size());
+    for (const auto& [stream_id, state] : changed) streams.push_back(stream_id);
+    return streams;
+  }
+
+  // An append found streams another writer had moved: `commands` go back to be decided again.
+  void count_conflict(std::size_t commands) {
+    std::lock_guard lock(stats_mutex);
+    ++counters.conflicts;
+    counters.commands_redecided += commands;
   }
 
   // The serial path: decides and appends `batch` in one transaction, retrying conflicts and
@@ -316,14 +351,14 @@ struct Pipeline::Impl {
       try {
         auto lease = pool.acquire();
         try {
-          if (attempt_batch(*lease, batch, fresh)) return;
-          // Lost an optimistic-concurrency race: reload and decide again.
-          ++conflicts;
-          {
-            std::lock_guard lock(stats_mutex);
-            ++counters.conflicts;
-          }
-          if (conflicts > settings.conflict_retries_max) {
+          std::vector<Pending> losers;
+          const bool appended = attempt_batch(*lease, batch, fresh, losers);
+          if (appended && losers.empty()) return;
+          // Lost an optimistic-concurrency race: the losers (or the whole batch, when nothing
+          // was appended) are decided again on the stored states.
+          if (appended) batch = std::move(losers);
+          count_conflict(batch.size());
+          if (++conflicts > settings.conflict_retries_max) {
             answer_all_conflict(batch);
             return;
           }
@@ -394,6 +429,7 @@ struct Pipeline::Impl {
     Decided decided;
     std::unordered_map<std::string, domain::StreamState> changed;  // copies, for snapshots
     std::uint64_t generation = 0;
+    std::uint64_t decided_at = 0;  // the coherence epoch the decision started from
 
     // Appends a batch decided after this one (on the states this one left in the cache).
     void merge(Prepared&& later) {
@@ -407,8 +443,11 @@ struct Pipeline::Impl {
       std::move(later.batch.begin(), later.batch.end(), std::back_inserter(batch));
       std::move(later.decided.slots.begin(), later.decided.slots.end(), std::back_inserter(decided.slots));
       std::move(later.decided.rows.begin(), later.decided.rows.end(), std::back_inserter(decided.rows));
-      std::move(later.decided.expiries.begin(), later.decided.expiries.end(),
-                std::back_inserter(decided.expiries));
+      for (auto& expiry : later.decided.expiries) {
+        expiry.command += command_offset;
+        decided.expiries.push_back(std::move(expiry));
+      }
+      decided_at = std::min(decided_at, later.decided_at);
       decided.keyed = decided.keyed || later.decided.keyed;
       std::move(later.decided.unwritten_reads.begin(), later.decided.unwritten_reads.end(),
                 std::back_inserter(decided.unwritten_reads));
@@ -424,29 +463,55 @@ struct Pipeline::Impl {
   std::vector<std::vector<Pending>> redo;
   std::atomic<bool> redo_pending{false};
 
-  // Phase two: appends and commits the decided rows in `work`. False on a version or key
-  // conflict (nothing written). When the connection dies during COMMIT the store is asked
-  // whether the batch landed: true if it did, the error again if it did not, and
-  // EngineUnavailable when the store cannot tell (retrying could then append twice).
-  bool append_decided(pqxx::work& work, std::vector<Pending>& batch, Decided& decided) {
-    if (decided.rows.empty() && !decided.keyed && decided.unwritten_reads.empty()) return true;
+  // What appending a decided batch did.
+  struct Appended {
+    bool committed = false;          // false: a version or key conflict, nothing written
+    std::vector<Pending> losers;     // decided on streams another writer moved: not appended
+    std::vector<std::string> unreliable_streams;  // their decided states differ from the store's
+    std::vector<std::string> loser_streams;       // what the losers wrote (floating ones aside)
+  };
+
+  // Phase two: appends and commits the decided rows in `work`, minus the commands another
+  // writer's commits made stale (moved out of `batch` and `decided` into the result). When the
+  // connection dies during COMMIT the store is asked whether the batch landed: committed if it
+  // did, the error again if it did not, and OutcomeUnknown when the store cannot tell
+  // (retrying could then append twice).
+  Appended append_decided(pqxx::work& work, std::vector<Pending>& batch, Decided& decided,
+                          std::uint64_t decided_at) {
+    Appended result;
+    if (decided.rows.empty() && !decided.keyed && decided.unwritten_reads.empty()) {
+      result.committed = true;
+      return result;
+    }
     auto records_for = [&](GlobalPosition first) {
       BatchDecider::fill_positions(decided.slots, decided.rows, first);
       return BatchDecider::records(batch, decided.slots);
     };
     const int backend_pid = work.conn().backendpid();
     try {
-      (void)append_batch(work, decided.rows, records_for, decided.expiries, decided.unwritten_reads);
+      const LockedHead head = lock_head(work);
+      SplitOutcome split = coherence.reconcile(work, head, batch, decided, decided_at);
+      result.losers = std::move(split.losers);
+      result.unreliable_streams = std::move(split.unreliable_streams);
+      result.loser_streams = std::move(split.loser_streams);
+      (void)append_batch(work, head, decided.rows, records_for, decided.expiries);
+      coherence.committed(head.position + static_cast<std::int64_t>(decided.rows.size()));
     } catch (const AppendConflict& conflict) {
+      coherence.forget_head();
       spdlog::debug("append conflict, reloading: {}", conflict.what());
-      return false;
+      give_back(batch, result.losers);
+      return result;
     } catch (const pqxx::in_doubt_error& error) {
+      coherence.forget_head();
       spdlog::warn("commit outcome unknown ({}); checking the event store", error.what());
+      // The losers were not in the commit: unless it landed, they run again with the batch.
       if (decided.rows.empty()) {
+        give_back(batch, result.losers);
         throw OutcomeUnknown("the connection was lost during the commit of idempotency records");
       }
       const auto committed = committed_in_doubt(pool, decided.rows.front().event_id, backend_pid,
                                               settings.connection_retries_max);
+      if (!committed || !*committed) give_back(batch, result.losers);
       if (!committed) {
         spdlog::error("the outcome of a commit of {} events is unknown: the event store could "
                       "not be reached to check it", decided.rows.size());
@@ -455,18 +520,32 @@ struct Pipeline::Impl {
       }
       if (!*committed) throw;
       spdlog::info("the in-doubt batch did commit");
+    } catch (...) {
+      coherence.forget_head();
+      give_back(batch, result.losers);
+      throw;
     }
-    return true;
+    result.committed = true;
+    return result;
+  }
+
+  // Losers of a batch that did not commit: they run again with it.
+  static void give_back(std::vector<Pending>& batch, std::vector<Pending>& losers) {
+    std::move(losers.begin(), losers.end(), std::back_inserter(batch));
+    losers.clear();
   }
 
   // One try at deciding and appending the batch, in one transaction (the serial path). False
-  // on a version or key conflict. After a conflict (`fresh`), the head row is locked first: no
+  // on a key conflict (nothing written); true with `losers` when only those were decided on
+  // streams another writer moved. After a conflict (`fresh`), the head row is locked first: no
   // other appender can commit until this transaction ends, so what it reads stays current and
   // the retry cannot conflict again.
-  bool attempt_batch(pqxx::connection& connection, std::vector<Pending>& batch, bool fresh) {
+  bool attempt_batch(pqxx::connection& connection, std::vector<Pending>& batch, bool fresh,
+                     std::vector<Pending>& losers) {
+    const std::uint64_t decided_at = coherence.sync(cache);
     prepare_append(connection);
     pqxx::work work(connection);
-    if (fresh) work.exec("SELECT 1 FROM event_store_head FOR UPDATE");
+    if (fresh) work.exec(domain::sql::lock_head);
     domain::WorkingSet working([&](const std::string& stream_id) {
       if (!fresh) {
         if (const StreamState* cached = cache.find(stream_id)) return *cached;
@@ -476,25 +555,30 @@ struct Pipeline::Impl {
     const StoreReader store = [&work]() -> pqxx::transaction_base& { return work; };
     Decided decided = decider.decide(store, batch, fresh, working);
     const auto commit_started = std::chrono::steady_clock::now();
-    bool appended = false;
+    Appended appended;
     try {
-      appended = append_decided(work, batch, decided);
+      appended = append_decided(work, batch, decided, decided_at);
     } catch (const pqxx::in_doubt_error&) {
       for (const auto& [id, state] : working.streams()) cache.erase(id);
       throw;
     }
-    if (!appended) {
+    if (!appended.committed) {
       for (const auto& [id, state] : working.streams()) cache.erase(id);
       return false;
     }
     // Committed: whatever happens next, the batch must not run again.
     try {
+      for (const auto& stream_id : appended.unreliable_streams) {
+        working.streams().erase(stream_id);
+        cache.erase(stream_id);
+      }
       remember_streams(working, decided.rows);
       answer(batch, decided.slots, decided.rows.size(), commit_started);
     } catch (const std::exception& error) {
       cache.clear();
       spdlog::error("after a batch committed: {}", error.what());
     }
+    losers = std::move(appended.losers);
     return true;
   }
 

@@ -25,11 +25,17 @@ inline constexpr const char* select_stream_tails =
     "  WHERE stream_id = s.id AND version >= s.from_version ORDER BY version) e "
     "ORDER BY e.stream_id, e.version";
 
-// How many of the (stream id, version) pairs are not the stream's stored version.
-inline constexpr const char* count_stale_versions =
-    "SELECT count(*) FROM unnest($1::text[], $2::bigint[]) AS r(stream_id, version) "
-    "WHERE coalesce((SELECT max(e.version) FROM events e WHERE e.stream_id = r.stream_id), 0) "
-    "<> r.version";
+// The head row, locked until the transaction ends: appenders take it first.
+inline constexpr const char* lock_head = "SELECT position, hash FROM event_store_head FOR UPDATE";
+
+// Each stream's stored version (0: none).
+inline constexpr const char* select_stored_versions =
+    "SELECT s.id, coalesce((SELECT max(e.version) FROM events e WHERE e.stream_id = s.id), 0) "
+    "FROM unnest($1::text[]) AS s(id)";
+
+// The streams appended to in a range of positions (after $1, up to $2).
+inline constexpr const char* select_streams_between =
+    "SELECT DISTINCT stream_id FROM events WHERE position > $1 AND position <= $2";
 
 inline constexpr const char* select_streams_with_event =
     "SELECT position, stream_id FROM events WHERE type = $1 AND position > $2 ORDER BY position "

@@ -99,7 +99,10 @@ struct EngineStats {
   std::uint64_t commands_rejected = 0;
   std::uint64_t batches = 0;
   std::uint64_t events = 0;
-  std::uint64_t conflicts = 0;
+  std::uint64_t conflicts = 0;  // appends that found streams another writer had moved
+  // Commands sent back to be decided again on fresh state by those conflicts (only the ones
+  // whose streams moved; the rest of their batch was appended).
+  std::uint64_t commands_redecided = 0;
   std::uint64_t queued = 0;
   CircuitState circuit = CircuitState::closed;
   std::uint64_t circuit_opened = 0;  // times the breaker opened

@@ -1,0 +1,86 @@
+#include "writer_coherence.hpp"
+
+namespace ledger::engine {
+
+std::uint64_t WriterCoherence::sync(StateCache& cache) {
+  std::vector<std::string> streams;
+  bool all = false;
+  std::uint64_t epoch = 0;
+  {
+    std::lock_guard lock(mutex_);
+    streams.swap(evictions_);
+    all = evict_all_;
+    evict_all_ = false;
+    epoch = epoch_;
+  }
+  if (all) {
+    cache.clear();
+  } else {
+    for (const auto& stream_id : streams) cache.erase(stream_id);
+  }
+  return epoch;
+}
+
+void WriterCoherence::evict(std::vector<std::string> streams, bool all) {
+  std::lock_guard lock(mutex_);
+  post(std::move(streams), all);
+}
+
+void WriterCoherence::evict_after_losers(std::vector<std::string> unreliable_streams,
+                                         std::vector<std::string> loser_streams) {
+  std::lock_guard lock(mutex_);
+  post(std::move(unreliable_streams), false);
+  if (loser_streams.empty()) return;
+  taints_.emplace_back(epoch_, std::move(loser_streams));
+  if (taints_.size() > taints_max) {
+    taints_dropped_through_ = taints_.front().first;
+    taints_.pop_front();
+  }
+}
+
+void WriterCoherence::post(std::vector<std::string> streams, bool all) {
+  if (evictions_.empty()) {
+    evictions_ = std::move(streams);
+  } else {
+    evictions_.insert(evictions_.end(), streams.begin(), streams.end());
+  }
+  evict_all_ = evict_all_ || all;
+  ++epoch_;
+}
+
+SplitOutcome WriterCoherence::reconcile(pqxx::work& work, const LockedHead& head,
+                                        std::vector<Pending>& batch, Decided& decided,
+                                        std::uint64_t decided_at) {
+  const std::int64_t own_head = own_head_.load();
+  const bool foreign = own_head != head.position;
+  bool evicted_since = false;
+  bool taints_lost = false;
+  std::unordered_set<std::string> tainted;
+  {
+    std::lock_guard lock(mutex_);
+    evicted_since = epoch_ != decided_at;
+    taints_lost = decided_at < taints_dropped_through_;
+    for (const auto& [epoch, streams] : taints_) {
+      if (epoch > decided_at) tainted.insert(streams.begin(), streams.end());
+    }
+  }
+  if (taints_lost) {
+    // Too old to know what it built on: all of it is decided again.
+    SplitOutcome outcome;
+    outcome.losers = std::move(batch);
+    batch.clear();
+    decided = Decided{};
+    return outcome;
+  }
+  if (foreign) {
+    // Another writer committed since this engine's last append (or the last is unknown).
+    const bool listable = own_head != unknown_head && head.position - own_head <= moved_window_positions_max;
+    evict(listable ? streams_moved_between(work, own_head, head.position) : std::vector<std::string>{},
+          !listable);
+  }
+  // A refusal reads streams no version check covers: those are checked even alone.
+  if (!foreign && !evicted_since && decided.unwritten_reads.empty()) return {};
+  return split_stale(batch, decided, read_stored_versions(work, streams_to_check(decided)), tainted);
+}
+
+}  // namespace ledger::engine

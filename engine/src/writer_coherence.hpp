@@ -1,0 +1,74 @@
+#pragma once
+// Keeps one engine's state cache and appends coherent with the other writers of its store
+// (several `serve` processes on one database; private to the engine).
+//
+// An append finds the head row where this engine's last append left it unless another writer
+// committed in between. Then the streams those commits moved are dropped from the cache (so
+// later decisions read them fresh), and the batch is checked against the stored versions of
+// its streams while the head row is held: only the commands decided on a moved stream go back
+// to be decided again; system accounts' streams take the next stored versions. Alone on its
+// store an engine pays for none of this.
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include <pqxx/pqxx>
+
+#include "appender.hpp"
+#include "batch_split.hpp"
+#include "state_cache.hpp"
+
+namespace ledger::engine {
+
+class WriterCoherence {
+ public:
+  // Writer thread, before deciding: drops what was found stale from `cache`. Returns the epoch
+  // the decision starts from (hand it to reconcile()).
+  std::uint64_t sync(StateCache& cache);
+
+  // Any thread: `cache` must drop these streams (`all`: everything) before the next decision;
+  // batches decided before then are checked against the store.
+  void evict(std::vector<std::string> streams, bool all = false);
+
+  // After a commit that sent losers back: drops what the batch left unreliable, and until the
+  // cache has dropped it, a command decided on one of `loser_streams` loses too (it may have
+  // built on what a loser decided, which never reached the store).
+  void evict_after_losers(std::vector<std::string> unreliable_streams,
+                          std::vector<std::string> loser_streams);
+
+  // Under the head lock of `work`: splits off the commands of `batch` decided on states another
+  // writer has moved since (see split_stale), when one may have. `decided_at` is sync()'s epoch
+  // when the batch's decision started.
+  SplitOutcome reconcile(pqxx::work& work, const LockedHead& head, std::vector<Pending>& batch,
+                         Decided& decided, std::uint64_t decided_at);
+
+  // The batch committed: the head is where it left it.
+  void committed(std::int64_t head_after) { own_head_.store(head_after); }
+  // Whether and where the last append left the head is unknown (an error during it).
+  void forget_head() { own_head_.store(unknown_head); }
+
+ private:
+  static constexpr std::int64_t unknown_head = -1;
+
+  void post(std::vector<std::string> streams, bool all);  // with mutex_ held
+  // Beyond this many foreign positions, dropping the whole cache is cheaper than listing them.
+  static constexpr std::int64_t moved_window_positions_max = 20'000;
+
+  std::atomic<std::int64_t> own_head_{unknown_head};
+  std::mutex mutex_;
+  std::vector<std::string> evictions_;
+  bool evict_all_ = false;
+  std::uint64_t epoch_ = 0;  // bumped by every evict()
+  // Loser streams by the epoch their eviction was posted at, newest last; bounded (a batch
+  // decided before the oldest one kept loses whole).
+  static constexpr std::size_t taints_max = 256;
+  std::deque<std::pair<std::uint64_t, std::vector<std::string>>> taints_;
+  std::uint64_t taints_dropped_through_ = 0;  // epochs up to this one were dropped
+};
+
+}  // namespace ledger::engine

@@ -1,0 +1,114 @@
+// Two engines on one store (two `serve` processes behind a balancer): a version conflict costs
+// only the commands whose streams the other engine moved, and the currency's system accounts,
+// which every deposit touches, never conflict at all.
+#include <doctest/doctest.h>
+
+#include <future>
+#include <string>
+#include <vector>
+
+#include "engine_fixture.hpp"
+#include "open_and_fund.hpp"
+
+using namespace ledger;
+using namespace ledger::domain;
+using namespace ledger::engine;
+using test::command;
+using test::eur;
+using test::open_and_fund;
+
+namespace {
+
+const std::string cash_stream = account_stream(system_account_id(SystemAccount::cash, "EUR"));
+
+// Every stream's versions run 1..n, and positions 1..head.
+void check_dense(const test::TestDatabase& database) {
+  CHECK(test::scalar(database.app_url(),
+                     "SELECT count(*) FROM (SELECT stream_id FROM events GROUP BY stream_id "
+                     "HAVING max(version) <> count(*) OR min(version) <> 1) s") == 0);
+  CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM events") ==
+        test::scalar(database.app_url(), "SELECT position FROM event_store_head"));
+  CHECK(test::scalar(database.app_url(), "SELECT coalesce(max(position), 0) FROM events") ==
+        test::scalar(database.app_url(), "SELECT count(*) FROM events"));
+}
+
+EngineSettings settings_for(const test::TestDatabase& database, bool pipelined) {
+  auto settings = test::engine_settings(database);
+  settings.decide_while_committing = pipelined;
+  return settings;
+}
+
+}  // namespace
+
+TEST_CASE("deposits on two engines never conflict on the currency's cash account") {
+  for (const bool pipelined : {true, false}) {
+    INFO(std::string(pipelined ? "pipelined" : "serial"));
+    test::TestDatabase database;
+    const auto settings = settings_for(database, pipelined);
+    Engine mine(settings);
+    Engine theirs(settings);
+    open_and_fund(mine, "a", 0);
+    open_and_fund(theirs, "b", 0);
+    std::int64_t deposited = 0;
+    // Each engine's cached cash account is behind the store every time: the other deposited.
+    for (int round = 0; round < 20; ++round) {
+      const auto amount = Amount(100 + round);
+      const auto on_mine = mine.execute(command(Deposit{"a", amount}));
+      REQUIRE_MESSAGE(on_mine.accepted(), to_string(on_mine.code));
+      const auto on_theirs = theirs.execute(command(Withdrawal{"b", Amount(1'000'000)}));
+      CHECK(on_theirs.code == RejectionCode::insufficient_funds);
+      const auto deposit_theirs = theirs.execute(command(Deposit{"b", amount}));
+      REQUIRE_MESSAGE(deposit_theirs.accepted(), to_string(deposit_theirs.code));
+      deposited += 2 * amount.minor_units();
+      // The outcome names the cash account's version the deposit really got.
+      const auto cash_version = std::find_if(deposit_theirs.versions.begin(), deposit_theirs.versions.end(),
+                                             [](const auto& pair) { return pair.first == cash_stream; });
+      REQUIRE(cash_version != deposit_theirs.versions.end());
+      CHECK(cash_version->second.value() ==
+            test::scalar(database.app_url(), "SELECT max(version) FROM events WHERE stream_id = '" + cash_stream + "'"));
+    }
+    CHECK(mine.stats().conflicts == 0);
+    CHECK(theirs.stats().conflicts == 0);
+    CHECK(mine.stats().commands_redecided + theirs.stats().commands_redecided == 0);
+    check_dense(database);
+    // Both engines read the cash account as stored: every deposit on it.
+    const auto cash_id = system_account_id(SystemAccount::cash, "EUR");
+    CHECK(mine.read_account(cash_id)->balance()->minor_units() == -deposited);
+    CHECK(theirs.read_account(cash_id)->balance()->minor_units() == -deposited);
+  }
+}
+
+TEST_CASE("a conflict sends back only the commands whose streams the other engine moved") {
+  for (const bool pipelined : {true, false}) {
+    INFO(std::string(pipelined ? "pipelined" : "serial"));
+    test::TestDatabase database;
+    auto settings = settings_for(database, pipelined);
+    constexpr int accounts = 10;
+    // The ten withdrawals below are appended as one batch.
+    settings.append_batch_commands_max = accounts;
+    settings.commit_wait_max = std::chrono::milliseconds(100);
+    Engine mine(settings);
+    Engine theirs(settings);
+    for (int i = 0; i < accounts; ++i) open_and_fund(mine, "acct-" + std::to_string(i), 1'000);
+    // Mine caches acct-0 at 1,000; theirs takes 950 of it.
+    REQUIRE(theirs.execute(command(Withdrawal{"acct-0", Amount(950)})).accepted());
+    const auto batches_before = mine.stats().batches;
+
+    std::vector<std::future<CommandOutcome>> outcomes;
+    for (int i = 0; i < accounts; ++i) {
+      outcomes.push_back(mine.submit(command(Withdrawal{"acct-" + std::to_string(i), Amount(100)})));
+    }
+    std::vector<RejectionCode> codes;
+    for (auto& outcome : outcomes) codes.push_back(outcome.get().code);
+    // acct-0 was decided again on the stored state: 50 left, so the 100 is refused.
+    CHECK(codes[0] == RejectionCode::insufficient_funds);
+    for (int i = 1; i < accounts; ++i) CHECK(codes[static_cast<std::size_t>(i)] == RejectionCode::none);
+    CHECK(mine.stats().conflicts == 1);
+    CHECK(mine.stats().commands_redecided == 1);
+    // The nine others went in with the batch that found the conflict.
+    CHECK(mine.stats().batches - batches_before == 1);
+    CHECK(mine.read_account("acct-0")->balance() == Amount(50));
+    CHECK(mine.read_account("acct-9")->balance() == Amount(900));
+    check_dense(database);
+  }
+}
