@@ -546,3 +546,11 @@ TEST_CASE("two serves behind HAProxy, retries one after the other: every acknowl
           "balances equal the oracle") {
   check_two_serves(/*racing=*/false);
 }
+
+// The same, and one command in race_one_in is also sent on a second connection at the same
+// moment with the same key: the copies meet on two engines (the key's row decides) or in one
+// engine's batch (the first copy decides, the other follows it). Every copy must be told the
+// one outcome, command id and versions included.
+TEST_CASE("two serves behind HAProxy, the same key racing on two connections: every copy told the one outcome") {
+  check_two_serves(/*racing=*/true);
+}
