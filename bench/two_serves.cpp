@@ -188,13 +188,16 @@ TwoServesRun run_two_serves(const TwoServesSettings& settings) {
     const int a = serves[0].port;
     std::cout << "two serves: warming serve a (" << warm_up_seconds << " s) ...\n";
     (void)load_at_once(settings, WrkScript::transfers, {a}, connections, {a}, run_id + "-warm-a", warm_up_seconds);
-    for (auto& scenario : run.scenarios) {
-      const auto name = workload_name(scenario.workload);
-      std::cout << "two serves: " << name << ", one serve alone, " << connections << " connections, "
-                << settings.seconds << " s ...\n";
-      scenario.one = load_at_once(settings, scenario.workload, {a}, connections, {a}, run_id + "-one-" + name,
-                                  settings.seconds)[0];
-    }
+    auto one_alone = [&](const std::string& when) {
+      for (auto& scenario : run.scenarios) {
+        const auto name = workload_name(scenario.workload);
+        std::cout << "two serves: " << name << ", one serve alone (" << when << "), " << connections
+                  << " connections, " << settings.seconds << " s ...\n";
+        scenario.one.push_back(load_at_once(settings, scenario.workload, {a}, connections, {a},
+                                            run_id + "-one-" + when + "-" + name, settings.seconds)[0]);
+      }
+    };
+    one_alone("before");
     serves.push_back(start_serve(settings, "b"));
     const int b = serves[1].port;
     std::cout << "two serves: warming serve b (" << warm_up_seconds << " s) ...\n";
@@ -221,6 +224,9 @@ TwoServesRun run_two_serves(const TwoServesSettings& settings) {
                                        run_id + "-haproxy-" + name, settings.seconds)[0];
     }
     if (balancer != 0) (void)process::stop(balancer, SIGTERM, std::chrono::seconds(10));
+    (void)process::stop(serves[1].pid, SIGTERM, std::chrono::seconds(30));
+    serves.pop_back();
+    one_alone("after");
   } catch (...) {
     stop_all();
     throw;

@@ -2,7 +2,8 @@
 // The two-serves section of ledger-bench (issue 17, item 2): throughput and latency of one
 // `ledger serve` alone, then of two serve processes on the same database at once (wrk on each
 // directly, as the issue measured), then of the two behind HAProxy, for transfers and for
-// deposits (which all move the currency's one cash account). The version conflicts each engine
+// deposits (which all move the currency's one cash account), then the one serve alone again.
+// The version conflicts each engine
 // counts (`ledger_engine_conflicts_total` on its /metrics) are read before and after each run.
 
 #include <cstdint>
@@ -33,7 +34,9 @@ struct ServeLoad {
 
 struct TwoServesScenario {
   WrkScript workload = WrkScript::transfers;
-  ServeLoad one;               // one serve alone
+  // One serve alone, before and after the runs with two (the machine's load drifts: the ratio
+  // compares two with the mean of the two runs that bracket it).
+  std::vector<ServeLoad> one;
   std::vector<ServeLoad> two;  // each of two serves, loaded at the same time
   ServeLoad balanced;          // both serves through HAProxy (twice the connections)
   std::string balancer_problem;  // why the HAProxy run did not happen
