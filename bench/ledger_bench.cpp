@@ -335,7 +335,7 @@ void add_two_serves_rows(std::vector<Result>& results, const bench::TwoServesRun
         one_problem = load.wrk.problem;
         break;
       }
-      results.push_back({scenario, one + (i == 0 ? ", before the runs with two" : ", after them") + ": commands/s",
+      results.push_back({scenario, one + (i == 0 ? ", just before the run with two" : ", just after it") + ": commands/s",
                          load.wrk.rate(), "commands/s", "", ""});
       one_rate += load.wrk.rate() / static_cast<double>(s.one.size());
       one_p50 = std::max(one_p50, load.wrk.p50_ms);

@@ -185,48 +185,43 @@ TwoServesRun run_two_serves(const TwoServesSettings& settings) {
   };
   try {
     serves.push_back(start_serve(settings, "a"));
-    const int a = serves[0].port;
-    std::cout << "two serves: warming serve a (" << warm_up_seconds << " s) ...\n";
-    (void)load_at_once(settings, WrkScript::transfers, {a}, connections, {a}, run_id + "-warm-a", warm_up_seconds);
-    auto one_alone = [&](const std::string& when) {
-      for (auto& scenario : run.scenarios) {
-        const auto name = workload_name(scenario.workload);
-        std::cout << "two serves: " << name << ", one serve alone (" << when << "), " << connections
-                  << " connections, " << settings.seconds << " s ...\n";
-        scenario.one.push_back(load_at_once(settings, scenario.workload, {a}, connections, {a},
-                                            run_id + "-one-" + when + "-" + name, settings.seconds)[0]);
-      }
-    };
-    one_alone("before");
     serves.push_back(start_serve(settings, "b"));
+    const int a = serves[0].port;
     const int b = serves[1].port;
-    std::cout << "two serves: warming serve b (" << warm_up_seconds << " s) ...\n";
-    (void)load_at_once(settings, WrkScript::transfers, {b}, connections, {b}, run_id + "-warm-b", warm_up_seconds);
-    for (auto& scenario : run.scenarios) {
-      const auto name = workload_name(scenario.workload);
-      std::cout << "two serves: " << name << ", two serves at once, " << connections << " connections on each, "
-                << settings.seconds << " s ...\n";
-      scenario.two = load_at_once(settings, scenario.workload, {a, b}, connections, {a, b}, run_id + "-two-" + name,
-                                  settings.seconds);
+    for (const auto& [port, name] : {std::pair{a, "a"}, std::pair{b, "b"}}) {
+      std::cout << "two serves: warming serve " << name << " (" << warm_up_seconds << " s) ...\n";
+      (void)load_at_once(settings, WrkScript::transfers, {port}, connections, {port}, run_id + "-warm-" + name,
+                         warm_up_seconds);
     }
     int balancer_port = 0;
     std::string problem;
     const pid_t balancer = start_haproxy(settings, serves, balancer_port, problem);
+    // Per workload: a alone (b started and idle), both, a alone again, both behind HAProxy;
+    // the runs of one bracket the run of two closely, so the machine's drift shows in them.
     for (auto& scenario : run.scenarios) {
+      const auto name = workload_name(scenario.workload);
+      auto one_alone = [&](const std::string& when) {
+        std::cout << "two serves: " << name << ", one serve alone (" << when << "), " << connections
+                  << " connections, " << settings.seconds << " s ...\n";
+        scenario.one.push_back(load_at_once(settings, scenario.workload, {a}, connections, {a},
+                                            run_id + "-one-" + when + "-" + name, settings.seconds)[0]);
+      };
+      one_alone("before");
+      std::cout << "two serves: " << name << ", two serves at once, " << connections << " connections on each, "
+                << settings.seconds << " s ...\n";
+      scenario.two = load_at_once(settings, scenario.workload, {a, b}, connections, {a, b}, run_id + "-two-" + name,
+                                  settings.seconds);
+      one_alone("after");
       if (balancer == 0) {
         scenario.balancer_problem = problem;
         continue;
       }
-      const auto name = workload_name(scenario.workload);
       std::cout << "two serves: " << name << ", both behind HAProxy, " << 2 * connections << " connections, "
                 << settings.seconds << " s ...\n";
       scenario.balanced = load_at_once(settings, scenario.workload, {balancer_port}, 2 * connections, {a, b},
                                        run_id + "-haproxy-" + name, settings.seconds)[0];
     }
     if (balancer != 0) (void)process::stop(balancer, SIGTERM, std::chrono::seconds(10));
-    (void)process::stop(serves[1].pid, SIGTERM, std::chrono::seconds(30));
-    serves.pop_back();
-    one_alone("after");
   } catch (...) {
     stop_all();
     throw;

@@ -1,9 +1,9 @@
 #pragma once
-// The two-serves section of ledger-bench (issue 17, item 2): throughput and latency of one
-// `ledger serve` alone, then of two serve processes on the same database at once (wrk on each
-// directly, as the issue measured), then of the two behind HAProxy, for transfers and for
-// deposits (which all move the currency's one cash account), then the one serve alone again.
-// The version conflicts each engine
+// The two-serves section of ledger-bench (issue 17, item 2): per workload (transfers, and
+// deposits, which all move the currency's one cash account), throughput and latency of one
+// `ledger serve` alone (the second started and idle), of two serve processes on the same
+// database at once (wrk on each directly, as the issue measured), of the one alone again, and
+// of the two behind HAProxy. The version conflicts each engine
 // counts (`ledger_engine_conflicts_total` on its /metrics) are read before and after each run.
 
 #include <cstdint>
@@ -34,7 +34,7 @@ struct ServeLoad {
 
 struct TwoServesScenario {
   WrkScript workload = WrkScript::transfers;
-  // One serve alone, before and after the runs with two (the machine's load drifts: the ratio
+  // One serve alone, before and after the run with two (the machine's load drifts: the ratio
   // compares two with the mean of the two runs that bracket it).
   std::vector<ServeLoad> one;
   std::vector<ServeLoad> two;  // each of two serves, loaded at the same time
