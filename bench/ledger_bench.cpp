@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "http_load.hpp"
+#include "two_serves.hpp"
 #include "wrk_load.hpp"
 #include "plots.hpp"
 #include "read_side.hpp"
@@ -275,6 +276,134 @@ std::string machine_summary() {
   return out.str();
 }
 
+// results.{md,json} (or `name`.{md,json}) in `work_directory`, and the table on stdout.
+void write_reports(const std::vector<Result>& results, const std::string& work_directory, const std::string& name,
+                   const std::string& postgres_settings, double seconds, int accounts) {
+  std::ostringstream markdown;
+  markdown << "| scenario | metric | value | unit | target | verdict |\n|---|---|---:|---|---|---|\n";
+  for (const auto& r : results) {
+    char value[64];
+    std::snprintf(value, sizeof value, "%.1f", r.value);
+    markdown << "| " << r.scenario << " | " << r.metric << " | " << value << " | " << r.unit
+             << " | " << r.target << " | " << r.verdict << " |\n";
+  }
+  std::ostringstream json;
+  utsname names{};
+  uname(&names);
+  json << "{\n  \"machine\": \"" << machine_summary() << "\",\n  \"kernel\": \"" << names.release
+       << "\",\n  \"postgresql\": {" << postgres_settings << "}"
+       << ",\n  \"git_commit\": \"" << git_commit() << "\",\n  \"seconds_per_phase\": " << seconds
+       << ",\n  \"accounts\": " << accounts << ",\n  \"results\": [\n";
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const auto& r = results[i];
+    json << "    {\"scenario\": \"" << r.scenario << "\", \"metric\": \"" << r.metric
+         << "\", \"value\": " << r.value << ", \"unit\": \"" << r.unit << "\", \"target\": \""
+         << r.target << "\", \"verdict\": \"" << r.verdict << "\"}" << (i + 1 < results.size() ? "," : "")
+         << "\n";
+  }
+  json << "  ]\n}\n";
+  std::ofstream(work_directory + "/" + name + ".md") << markdown.str();
+  std::ofstream(work_directory + "/" + name + ".json") << json.str();
+  std::cout << "\n" << machine_summary() << ", commit " << git_commit() << "\n" << markdown.str();
+}
+
+// Issue 17's target for several serves on one database: two give at least this share of one's
+// throughput (on this 2-core machine; on more cores, more).
+constexpr double two_serves_ratio_min = 0.90;
+// As the issue measured: 1,000 funded accounts, 32 wrk connections on each serve.
+constexpr int two_serves_accounts = 1'000;
+constexpr int two_serves_connections = 32;
+
+// The two-serves section's rows: per workload, one serve alone (before and after), two at once
+// (wrk on each), the ratio to one, and the two behind HAProxy.
+void add_two_serves_rows(std::vector<Result>& results, const bench::TwoServesRun& run, int connections) {
+  const std::string scenario = "two serves";
+  auto per_thousand = [](std::int64_t conflicts, std::int64_t commands) {
+    return commands > 0 ? 1000.0 * static_cast<double>(conflicts) / static_cast<double>(commands) : 0.0;
+  };
+  auto errors = [](const bench::WrkResult& wrk) { return static_cast<double>(wrk.non_2xx + wrk.socket_errors); };
+  for (const auto& s : run.scenarios) {
+    const std::string what = s.workload == bench::WrkScript::deposits ? "deposits" : "transfers";
+    const std::string one = what + ", one serve (" + std::to_string(connections) + " connections)";
+    // The runs of one serve alone that bracket the runs with two: their mean is the reference.
+    double one_rate = 0, one_p50 = 0, one_p99 = 0, one_errors = 0;
+    std::int64_t one_conflicts = 0, one_commands = 0;
+    std::string one_problem = s.one.empty() ? "did not run" : "";
+    for (std::size_t i = 0; i < s.one.size(); ++i) {
+      const auto& load = s.one[i];
+      if (!load.wrk.ran) {
+        one_problem = load.wrk.problem;
+        break;
+      }
+      results.push_back({scenario, one + (i == 0 ? ", just before the run with two" : ", just after it") + ": commands/s",
+                         load.wrk.rate(), "commands/s", "", ""});
+      one_rate += load.wrk.rate() / static_cast<double>(s.one.size());
+      one_p50 = std::max(one_p50, load.wrk.p50_ms);
+      one_p99 = std::max(one_p99, load.wrk.p99_ms);
+      one_errors += errors(load.wrk);
+      one_conflicts += load.conflicts;
+      one_commands += load.commands;
+    }
+    if (!one_problem.empty()) {
+      results.push_back({scenario, one, 0, "commands/s", "", one_problem});
+      continue;
+    }
+    results.push_back({scenario, one + ": commands/s (mean)", one_rate, "commands/s", "", ""});
+    results.push_back({scenario, one + ": latency p50 (the slower run)", one_p50, "ms", "", ""});
+    results.push_back({scenario, one + ": latency p99 (the slower run)", one_p99, "ms", "", ""});
+    results.push_back({scenario, one + ": errors (non-2xx + socket)", one_errors, "requests", "", ""});
+    results.push_back({scenario, one + ": version conflicts per 1,000 commands",
+                       per_thousand(one_conflicts, one_commands), "conflicts", "", ""});
+    const std::string two = what + ", two serves at once (" + std::to_string(connections) + " connections on each)";
+    double together = 0, p50 = 0, p99 = 0, two_errors = 0;
+    std::int64_t conflicts = 0, commands = 0;
+    bool ran = s.two.size() == 2;
+    for (std::size_t i = 0; i < s.two.size(); ++i) {
+      const auto& load = s.two[i];
+      if (!load.wrk.ran) {
+        results.push_back({scenario, two + ": serve " + std::string(1, static_cast<char>('a' + i)), 0, "commands/s",
+                           "", load.wrk.problem});
+        ran = false;
+        continue;
+      }
+      results.push_back({scenario, two + ": serve " + std::string(1, static_cast<char>('a' + i)) + " commands/s",
+                         load.wrk.rate(), "commands/s", "", ""});
+      together += load.wrk.rate();
+      p50 = std::max(p50, load.wrk.p50_ms);
+      p99 = std::max(p99, load.wrk.p99_ms);
+      two_errors += errors(load.wrk);
+      conflicts += load.conflicts;
+      commands += load.commands;
+    }
+    if (ran) {
+      const double ratio = together / one_rate;
+      results.push_back({scenario, two + ": commands/s together", together, "commands/s", "", ""});
+      results.push_back({scenario, two + ": latency p50 (the slower serve)", p50, "ms", "", ""});
+      results.push_back({scenario, two + ": latency p99 (the slower serve)", p99, "ms", "", ""});
+      results.push_back({scenario, two + ": errors (non-2xx + socket)", two_errors, "requests", "", ""});
+      results.push_back({scenario, two + ": version conflicts per 1,000 commands", per_thousand(conflicts, commands),
+                         "conflicts", "", ""});
+      results.push_back({scenario, what + ": two serves / one serve", 100.0 * ratio, "%", ">= 90%",
+                         ratio >= two_serves_ratio_min ? "met" : "missed"});
+    }
+    const std::string balanced = what + ", two serves behind HAProxy (" + std::to_string(2 * connections) +
+                                 " connections)";
+    if (!s.balancer_problem.empty() || !s.balanced.wrk.ran) {
+      results.push_back({scenario, balanced, 0, "commands/s", "",
+                         s.balancer_problem.empty() ? s.balanced.wrk.problem : s.balancer_problem});
+      continue;
+    }
+    const double ratio = s.balanced.wrk.rate() / one_rate;
+    results.push_back({scenario, balanced + ": commands/s", s.balanced.wrk.rate(), "commands/s", "", ""});
+    results.push_back({scenario, balanced + ": latency p99", s.balanced.wrk.p99_ms, "ms", "", ""});
+    results.push_back({scenario, balanced + ": errors (non-2xx + socket)", errors(s.balanced.wrk), "requests", "", ""});
+    results.push_back({scenario, balanced + ": version conflicts per 1,000 commands",
+                       per_thousand(s.balanced.conflicts, s.balanced.commands), "conflicts", "", ""});
+    results.push_back({scenario, what + ": behind HAProxy / one serve", 100.0 * ratio, "%", ">= 90%",
+                       ratio >= two_serves_ratio_min ? "met" : "missed"});
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -309,6 +438,11 @@ int main(int argc, char** argv) {
                  "Only drive transfers at a running server on 127.0.0.1:PORT (accounts a0..a<N-1>)");
   app.add_option("--load-token", load_token, "Bearer token for --load-port")->envname("LEDGER_TOKEN");
   app.add_option("--load-rate", load_rate, "Fixed rate for --load-port (0: maximum)");
+  std::string only;
+  app.add_option("--only", only,
+                 "Run one section alone: two-serves (one serve, then two on the same database, then both behind "
+                 "HAProxy; results in results-two-serves.{md,json})")
+      ->check(CLI::IsMember({"two-serves"}));
   CLI11_PARSE(app, argc, argv);
   if (load_port != 0) {
     bench::LoadSettings load{load_port, 64, seconds, load_rate, accounts, load_token};
@@ -360,6 +494,43 @@ int main(int argc, char** argv) {
   }
 
   std::vector<Result> results;
+  const std::string ledger_binary =
+      (std::filesystem::path(process::self_executable()).parent_path().parent_path() / "app" / "ledger").string();
+  const std::string bench_secret = "bench-secret-of-at-least-thirty-two-bytes";
+  auto two_serves = [&] {
+    bench::TwoServesSettings two;
+    two.ledger_binary = ledger_binary;
+    two.database_url = app_url;
+    two.work_directory = work_directory;
+    two.jwt_secret = bench_secret;
+    two.seconds = seconds;
+    two.accounts = std::min(accounts, two_serves_accounts);
+    two.connections_per_serve = two_serves_connections;
+    add_two_serves_rows(results, bench::run_two_serves(two), two.connections_per_serve);
+  };
+  if (only == "two-serves") {
+    {
+      pqxx::connection connection(admin_url);
+      pqxx::work work(connection);
+      work.exec("DROP TABLE bench_events");
+      work.commit();
+    }
+    accounts = two_serves_accounts;
+    // A database of an earlier run (--database-url) already holds the funded accounts.
+    if (bench::query_scalar(app_url, "SELECT count(*) FROM events WHERE stream_id = 'account-a0'") == 0) {
+      engine::EngineSettings setup_settings;
+      setup_settings.database_url = app_url;
+      setup_settings.expiry_sweep_interval = std::chrono::milliseconds(0);
+      engine::Engine setup_engine(setup_settings);
+      std::cout << "engine: opening and funding " << accounts << " accounts ...\n";
+      setup_accounts(setup_engine, accounts);
+      setup_engine.stop();
+    }
+    two_serves();
+    write_reports(results, work_directory, "results-two-serves", postgres_settings, seconds, accounts);
+    if (postgres) postgres->stop();
+    return 0;
+  }
   std::cout << "baseline: single-row INSERT transactions, 8 connections, " << seconds << " s ...\n";
   const double single = baseline_single_row(admin_url, 8, seconds);
   results.push_back({"baseline", "single-row INSERT transactions (8 connections)", single, "tx/s", "", ""});
@@ -408,11 +579,9 @@ int main(int argc, char** argv) {
   results.push_back({"engine", "peak RSS (bench process, engine in-process)",
                      static_cast<double>(rss_kib) / 1024.0, "MiB", "", ""});
 
-  const std::string ledger_binary =
-      (std::filesystem::path(process::self_executable()).parent_path().parent_path() / "app" / "ledger").string();
   // HTTP end to end: `ledger serve` as its own process, the Asio load generator here.
   if (!skip_http) {
-    const std::string secret = "bench-secret-of-at-least-thirty-two-bytes";
+    const std::string& secret = bench_secret;
     const std::string port_file = work_directory + "/serve.port";
     // Snapshots of an earlier run describe another database: start the cache empty.
     std::filesystem::remove_all(work_directory + "/serve-snapshots");
@@ -701,33 +870,11 @@ int main(int argc, char** argv) {
                        static_cast<double>(std::max(rss_before, bench::peak_rss_kib())) / 1024.0, "MiB", "", ""});
   }
 
-  // Markdown and JSON reports.
-  std::ostringstream markdown;
-  markdown << "| scenario | metric | value | unit | target | verdict |\n|---|---|---:|---|---|---|\n";
-  for (const auto& r : results) {
-    char value[64];
-    std::snprintf(value, sizeof value, "%.1f", r.value);
-    markdown << "| " << r.scenario << " | " << r.metric << " | " << value << " | " << r.unit
-             << " | " << r.target << " | " << r.verdict << " |\n";
-  }
-  std::ostringstream json;
-  utsname names{};
-  uname(&names);
-  json << "{\n  \"machine\": \"" << machine_summary() << "\",\n  \"kernel\": \"" << names.release
-       << "\",\n  \"postgresql\": {" << postgres_settings << "}"
-       << ",\n  \"git_commit\": \"" << git_commit() << "\",\n  \"seconds_per_phase\": " << seconds
-       << ",\n  \"accounts\": " << accounts << ",\n  \"results\": [\n";
-  for (std::size_t i = 0; i < results.size(); ++i) {
-    const auto& r = results[i];
-    json << "    {\"scenario\": \"" << r.scenario << "\", \"metric\": \"" << r.metric
-         << "\", \"value\": " << r.value << ", \"unit\": \"" << r.unit << "\", \"target\": \""
-         << r.target << "\", \"verdict\": \"" << r.verdict << "\"}" << (i + 1 < results.size() ? "," : "")
-         << "\n";
-  }
-  json << "  ]\n}\n";
-  std::ofstream(work_directory + "/results.md") << markdown.str();
-  std::ofstream(work_directory + "/results.json") << json.str();
-  std::cout << "\n" << machine_summary() << ", commit " << git_commit() << "\n" << markdown.str();
+  // Several serves on one database (issue 17): last, so the events it appends change no
+  // figure above.
+  if (!skip_http) two_serves();
+
+  write_reports(results, work_directory, "results", postgres_settings, seconds, accounts);
   engine.reset();
   if (postgres) postgres->stop();
   return 0;

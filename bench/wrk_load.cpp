@@ -43,11 +43,12 @@ WrkResult run_wrk(const WrkSettings& settings) {
   options.extra_environment = {"LEDGER_BENCH_TOKEN=" + settings.token,
                                "LEDGER_BENCH_ACCOUNTS=" + std::to_string(settings.accounts),
                                "LEDGER_BENCH_RUN=" + settings.run_id};
-  const std::string script = LEDGER_BENCH_WRK_SCRIPT;
+  const std::string script = std::string(LEDGER_BENCH_WRK_DIRECTORY) +
+                             (settings.script == WrkScript::deposits ? "/deposits.lua" : "/transfers.lua");
   const std::vector<std::string> argv = {
       "wrk", "-t", std::to_string(settings.threads), "-c", std::to_string(settings.connections), "-d",
       std::to_string(static_cast<int>(settings.seconds)) + "s", "--timeout", "10s", "-s", script,
-      "http://127.0.0.1:" + std::to_string(settings.port) + "/v1/transfers"};
+      "http://127.0.0.1:" + std::to_string(settings.port) + "/"};  // the script sets each request's path
   std::string output;
   const double cpu_before = cpu_seconds_of_children();
   const auto started = std::chrono::steady_clock::now();

@@ -1,5 +1,6 @@
 #pragma once
-// Drives wrk (a Debian package, an efficient C load generator) with bench/wrk/transfers.lua:
+// Drives wrk (a Debian package, an efficient C load generator) with bench/wrk/transfers.lua
+// (or deposits.lua):
 // the HTTP rate that the bench's own Asio generator cannot reach because it costs as much CPU
 // as the server on a 2-core machine. Reports the generator's own CPU share.
 
@@ -8,6 +9,10 @@
 
 namespace ledger::bench {
 
+// The scripts under bench/wrk/: random transfers between the funded accounts, or deposits
+// into them (each of which also moves the currency's one cash account).
+enum class WrkScript { transfers, deposits };
+
 struct WrkSettings {
   int port = 0;
   int connections = 64;
@@ -15,7 +20,8 @@ struct WrkSettings {
   double seconds = 10;
   int accounts = 1'000;
   std::string token;
-  std::string run_id;  // makes the Idempotency-Keys unique across runs on one database
+  std::string run_id;  // makes the Idempotency-Keys unique across runs (and wrk processes) on one database
+  WrkScript script = WrkScript::transfers;
 };
 
 struct WrkResult {

@@ -19,6 +19,7 @@ packages=(
   libssl-dev
   curl procps python3 gnuplot-nox kcat python3-flatbuffers
   wrk  # bench: the HTTP load generator of the wrk rows (bench/wrk/transfers.lua)
+  haproxy  # tests/app/two_serves_e2e_test.cpp and the bench's two-serves section: a real load balancer
   python3-confluent-kafka python3-numpy  # examples/consumers/python (docs/consumers.md)
   clang-14 libclang-rt-14-dev  # ops/fuzz.sh: libFuzzer, ASan and UBSan (linked with libstdc++)
   # tests/ops: the deployment files are checked by the tools that will read them
