@@ -256,3 +256,26 @@ TEST_CASE("the consumer group prefix reaches the broker: the mock cluster's coor
   CHECK(cluster.log_lines_with("group ledger-projection-").empty());  // the default prefix never reached it
   fs::remove_all(directory);
 }
+
+TEST_CASE("the development broker makes the events topic with --topic-partitions, so serve's check agrees with it") {
+  const auto directory = scratch("broker");
+  const auto child = spawn_ledger(directory, {"--topic-partitions", "6", "--topic-prefix", "devtest", "broker",
+                                              "--address-file", (directory / "address").string()});
+  std::string bootstrap;
+  for (int attempt = 0; attempt < 300 && bootstrap.empty(); ++attempt) {
+    std::ifstream(directory / "address") >> bootstrap;
+    if (bootstrap.empty()) std::this_thread::sleep_for(50ms);
+  }
+  REQUIRE_MESSAGE(!bootstrap.empty(), read_file(child.log));
+  relay::AdminSettings admin;
+  admin.brokers = bootstrap;
+  const auto described = relay::describe_topic(admin, "devtest.events");
+  CHECK(described.exists);
+  CHECK(described.partitions == 6);
+  const auto checked = run_ledger({"--kafka-brokers", bootstrap, "--topic-prefix", "devtest", "--topic-partitions", "6",
+                                   "--topic-replication-factor", "1", "--topic-min-insync-replicas", "1", "kafka",
+                                   "ensure-topic"});
+  CHECK_MESSAGE(checked.status.success(), checked.output);
+  process::stop(child.pid, SIGTERM, 15s);
+  fs::remove_all(directory);
+}
