@@ -1,7 +1,7 @@
 // `ledger kafka ensure-topic`, serve's check of the events topic at start, and the consumer
 // group prefix, as an operator meets them: the `ledger` binary against librdkafka's mock
 // cluster (tests/relay/mock_cluster.hpp says which requests it answers; CreateTopics and
-// DescribeConfigs are not among them).
+// DescribeConfigs are not among them, and it names no controller to send them to).
 #include <doctest/doctest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -139,7 +139,7 @@ TEST_CASE("ensure-topic on a topic with another partition count exits 1 naming e
   CHECK(relay::describe_topic(admin, "ledger.events").partitions == 2);
 }
 
-TEST_CASE("ensure-topic on a missing topic sends CreateTopics; the mock refuses it, clearly, and nothing is created") {
+TEST_CASE("ensure-topic on a missing topic the mock cannot create (no controller) fails at once, clearly, creating nothing") {
   test::MockCluster cluster(1);
   const auto result = run_ledger({"--kafka-brokers", cluster.bootstrap(), "--topic-replication-factor", "1",
                               "--topic-min-insync-replicas", "1", "kafka", "ensure-topic"});
