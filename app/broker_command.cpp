@@ -17,20 +17,21 @@ CommandAction register_broker_command(CLI::App& root, Settings& settings) {
   auto* broker = root.add_subcommand("broker", "Run a development Kafka broker (mock cluster)");
   auto address_file = std::make_shared<std::string>();
   auto brokers = std::make_shared<int>(1);
-  auto partitions = std::make_shared<int>(4);
+  auto partitions = std::make_shared<int>(0);
   broker->add_option("--address-file", *address_file, "Write the bootstrap address here")
       ->envname("LEDGER_BROKER_ADDRESS_FILE");
   broker->add_option("--brokers", *brokers, "Number of mock brokers")
       ->envname("LEDGER_BROKER_COUNT")
       ->check(CLI::Range(1, 9))
       ->capture_default_str();
-  broker->add_option("--partitions", *partitions, "Partitions of the events topic")
+  // Unset, the events topic gets --topic-partitions, the count serve then expects.
+  auto* partitions_option = broker->add_option("--partitions", *partitions, "Partitions of the events topic (default: --topic-partitions)")
       ->envname("LEDGER_BROKER_PARTITIONS")
-      ->check(CLI::Range(1, 256))
-      ->capture_default_str();
+      ->check(CLI::Range(1, 256));
 
   return [=, &settings]() -> int {
     configure_logging(settings, "broker");
+    if (partitions_option->count() == 0) *partitions = settings.topic_partitions;
     // Block the stop signals before librdkafka starts threads, then wait for them below.
     const sigset_t stop_signals = block_stop_signals();
 

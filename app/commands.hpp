@@ -26,5 +26,6 @@ CommandAction register_replay_command(CLI::App& root, Settings& settings);
 CommandAction register_rebuild_command(CLI::App& root, Settings& settings);
 CommandAction register_loans_command(CLI::App& root, Settings& settings);
 CommandAction register_token_command(CLI::App& root, Settings& settings);
+CommandAction register_kafka_command(CLI::App& root, Settings& settings);
 
 }  // namespace ledger::app

@@ -335,7 +335,8 @@ CommandAction register_dev_command(CLI::App& root, Settings& settings) {
     const std::vector<std::string> common = {self, "--home", home.string(), "--log-format",
                                              settings.log_format, "--log-level",
                                              settings.log_level, "--topic-prefix",
-                                             settings.topic_prefix};
+                                             settings.topic_prefix, "--topic-partitions",
+                                             std::to_string(settings.topic_partitions)};
     const auto with = [&](std::vector<std::string> tail) {
       std::vector<std::string> argv = common;
       argv.insert(argv.end(), tail.begin(), tail.end());

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   add(register_rebuild_command(root, settings));
   add(register_loans_command(root, settings));
   add(register_token_command(root, settings));
+  add(register_kafka_command(root, settings));
 
   try {
     root.parse(argc, argv);

@@ -9,6 +9,7 @@
 
 #include "commands.hpp"
 #include "jwt_settings.hpp"
+#include "kafka_topic.hpp"
 #include "ledger/api/auth.hpp"
 #include "ledger/api/server.hpp"
 #include "ledger/db/migrations.hpp"
@@ -20,6 +21,10 @@
 
 namespace ledger::app {
 namespace {
+
+// How long the start-up check of the events topic waits for Kafka before serve starts anyway
+// (Kafka down delays the read side only).
+constexpr std::chrono::milliseconds topic_check_timeout{10'000};
 
 struct ServeOptions {
   std::string http_host = "127.0.0.1";
@@ -38,6 +43,8 @@ struct ServeOptions {
   std::size_t state_cache_streams_max = 500'000;
   int shutdown_grace_ms = 15'000;
   bool relay = true;
+  // Create a missing events topic at start (as `ledger kafka ensure-topic`) instead of refusing.
+  bool create_topic = false;
   // Per actor; 0 per second: no limit (the default).
   double command_rate = 0;
   int command_burst = 50;
@@ -103,6 +110,9 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
   serve->add_option("--relay", options->relay,
                     "Publish events to Kafka (one instance at a time; others stand by)")
       ->envname("LEDGER_RELAY")->capture_default_str();
+  serve->add_flag("--create-topic", options->create_topic,
+                  "Create the events topic at start when it is missing (else serve refuses: `ledger kafka ensure-topic`)")
+      ->envname("LEDGER_CREATE_TOPIC");
 
   return [options, &settings]() -> int {
     // The stop signals are waited for by the main thread; block them before threads start.
@@ -124,6 +134,11 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
         throw std::runtime_error("migrations are pending (" + names +
                                  "): run `ledger migrate up` or start with --migrate=auto");
       }
+    }
+
+    if (options->relay) {
+      // Before anything starts: a topic the relay must not publish into stops serve here.
+      check_events_topic_at_start(settings, options->create_topic, topic_check_timeout);
     }
 
     engine::EngineSettings engine_settings;

@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include <cctype>
+#include <charconv>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -16,6 +17,7 @@
 
 #include "ledger/core/logging.hpp"
 #include "ledger/db/database_url.hpp"
+#include "ledger/relay/topic_admin.hpp"
 
 namespace ledger::app {
 namespace {
@@ -29,6 +31,10 @@ CLI::Validator database_url_validator() {
       },
       "URL", "database URL");
 }
+
+// Kafka's own limits (a broker refuses more), so a typo fails here and not at the broker.
+constexpr int topic_partitions_max = 100'000;
+constexpr int topic_replication_factor_max = 32'767;
 
 // Properties the ledger's guarantees rest on (an idempotent producer acknowledged by every
 // replica; consumers whose offsets live with the read models) or that have a setting of their own.
@@ -183,6 +189,42 @@ void add_settings(CLI::App& app, Settings& settings) {
       ->check(broker_list_validator());
   app.add_option("--topic-prefix", settings.topic_prefix, "Kafka topic prefix (<prefix>.events)")
       ->envname("LEDGER_TOPIC_PREFIX")
+      ->capture_default_str()
+      ->check(CLI::Validator(
+          [](std::string& value) -> std::string {
+            // The longest topic made from it is the JSON view's.
+            return relay::topic_name_problem(value + ".events.json");
+          },
+          "PREFIX"));
+  app.add_option("--topic-partitions", settings.topic_partitions,
+                 "Partitions of the events topic (ensure-topic creates it so; serve refuses another count)")
+      ->envname("LEDGER_TOPIC_PARTITIONS")
+      ->check(CLI::Range(1, topic_partitions_max))
+      ->capture_default_str();
+  app.add_option("--topic-replication-factor", settings.topic_replication_factor,
+                 "Replicas of each partition of the events topic (fewer on the broker: a warning)")
+      ->envname("LEDGER_TOPIC_REPLICATION_FACTOR")
+      ->check(CLI::Range(1, topic_replication_factor_max))
+      ->capture_default_str();
+  app.add_option("--topic-min-insync-replicas", settings.topic_min_insync_replicas,
+                 "min.insync.replicas of the events topic: replicas an acknowledged event is on (acks=all)")
+      ->envname("LEDGER_TOPIC_MIN_INSYNC_REPLICAS")
+      ->check(CLI::Range(1, topic_replication_factor_max))
+      ->capture_default_str();
+  app.add_option("--topic-retention-ms", settings.topic_retention_ms,
+                 "retention.ms of the events topic; -1: forever (the audit trail, see README)")
+      ->envname("LEDGER_TOPIC_RETENTION_MS")
+      ->check(CLI::Validator(
+          [](std::string& value) -> std::string {
+            if (value == "-1") return {};
+            std::int64_t ms = 0;
+            const auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), ms);
+            if (error != std::errc() || end != value.data() + value.size() || ms < 1) {
+              return "expected -1 (forever) or a positive number of milliseconds, got '" + value + "'";
+            }
+            return {};
+          },
+          "MS"))
       ->capture_default_str();
   app.add_option("--kafka-property", settings.kafka_properties,
                  "A librdkafka property for every producer and consumer, NAME=VALUE (repeatable; e.g. "

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -24,6 +25,13 @@ struct Settings {
 
   std::string kafka_brokers;  // empty: the development broker of `ledger dev` (dev.env)
   std::string topic_prefix = "ledger";
+  // The events topic as `ledger kafka ensure-topic` creates it and `serve` expects it
+  // (relay/README.md, "The events topic"). The partition default matches `ledger broker`'s.
+  int topic_partitions = 4;
+  int topic_replication_factor = 3;
+  int topic_min_insync_replicas = 2;
+  // -1: kept forever. Events are the audit trail; see the README on retention.
+  std::int64_t topic_retention_ms = -1;
   // Also publish every event as JSON to <prefix>.events.json (docs/consumers.md).
   bool publish_json = false;
   // librdkafka properties for every producer and consumer (SASL, TLS, timeouts), NAME=VALUE;
