@@ -16,12 +16,22 @@ namespace {
 constexpr std::size_t expiry_sweep_batch_max = 500;
 constexpr const char* expiry_actor = "engine:expiry";
 
+// The server notices a leader that vanished without closing its connection (a host gone, a
+// cable cut) by TCP keepalive on the lock's session: after idle + interval * count seconds at
+// most (about 25 s) it ends the session, the lock is released and a standby takes over. A
+// leader that exits or is killed closes its socket, and the lock goes at once. (Unix-socket
+// sessions ignore these settings: their peer is on the same host.)
+constexpr int lock_keepalive_idle_seconds = 10;
+constexpr int lock_keepalive_interval_seconds = 5;
+constexpr int lock_keepalive_count = 3;
+
 }  // namespace
 
 HoldExpirySweeper::HoldExpirySweeper(Engine& engine, db::ConnectionPool& pool,
-                                     std::chrono::milliseconds interval,
+                                     std::chrono::milliseconds interval, std::int64_t lock_key,
                                      std::function<std::int64_t()> clock_us)
-    : engine_(engine), pool_(pool), interval_(interval), clock_us_(std::move(clock_us)) {
+    : engine_(engine), pool_(pool), interval_(interval), lock_key_(lock_key), clock_us_(std::move(clock_us)) {
+  stats_.enabled = true;
   thread_ = std::thread([this] { run(); });
 }
 
@@ -36,18 +46,65 @@ void HoldExpirySweeper::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+HoldExpiryStats HoldExpirySweeper::stats() const {
+  std::lock_guard lock(mutex_);
+  return stats_;
+}
+
 void HoldExpirySweeper::run() {
   while (true) {
     {
       std::unique_lock lock(mutex_);
-      if (wake_.wait_for(lock, interval_, [&] { return stopping_; })) return;
+      if (wake_.wait_for(lock, interval_, [&] { return stopping_; })) break;
     }
     try {
-      sweep();
+      if (lead()) sweep();
     } catch (const std::exception& error) {
-      spdlog::warn("expiry sweep failed (will retry): {}", error.what());
+      step_down(error.what());
     }
   }
+  // Closing the session releases the lock: a standby takes over at its next try.
+  const bool was_leader = stats().leader;
+  lock_connection_.reset();
+  std::lock_guard lock(mutex_);
+  stats_.leader = false;
+  if (was_leader) spdlog::info("hold expiry: stopped leading; the lock is released");
+}
+
+bool HoldExpirySweeper::lead() {
+  if (!lock_connection_) {
+    lock_connection_ = pool_.connect_dedicated();
+    pqxx::nontransaction settings(*lock_connection_);
+    settings.exec("SET tcp_keepalives_idle = " + std::to_string(lock_keepalive_idle_seconds));
+    settings.exec("SET tcp_keepalives_interval = " + std::to_string(lock_keepalive_interval_seconds));
+    settings.exec("SET tcp_keepalives_count = " + std::to_string(lock_keepalive_count));
+  }
+  pqxx::nontransaction query(*lock_connection_);
+  if (stats().leader) {
+    // A session lock lives as long as its session: the session answering means it is held.
+    query.exec("SELECT 1");
+    return true;
+  }
+  if (!query.exec_params1("SELECT pg_try_advisory_lock($1)", lock_key_)[0].as<bool>()) return false;
+  spdlog::info("hold expiry: leading (this instance sweeps expired holds; advisory lock {})", lock_key_);
+  std::lock_guard lock(mutex_);
+  stats_.leader = true;
+  ++stats_.leadership_acquired;
+  return true;
+}
+
+void HoldExpirySweeper::step_down(const char* reason) {
+  // The lock's session may be gone (and the lock with it): drop it and campaign again on a new
+  // one. A sweep cut short is finished by whoever leads next.
+  lock_connection_.reset();
+  std::lock_guard lock(mutex_);
+  if (stats_.leader) {
+    spdlog::warn("hold expiry: stopped leading ({}); standing by", reason);
+    ++stats_.leadership_lost;
+  } else {
+    spdlog::warn("hold expiry: sweep or lock check failed (will retry): {}", reason);
+  }
+  stats_.leader = false;
 }
 
 void HoldExpirySweeper::sweep() {
@@ -62,6 +119,10 @@ void HoldExpirySweeper::sweep() {
         clock_us_(), static_cast<long long>(expiry_sweep_batch_max));
     for (const auto& row : rows) due.push_back(row[0].as<std::string>());
   }
+  {
+    std::lock_guard lock(mutex_);
+    ++stats_.sweeps;
+  }
   if (due.empty()) return;
   std::vector<std::future<domain::CommandOutcome>> outcomes;
   for (const auto& id : due) {
@@ -70,12 +131,18 @@ void HoldExpirySweeper::sweep() {
     outcomes.push_back(engine_.submit(std::move(command)));
   }
   db::ArrayLiteral done;
+  std::uint64_t expired = 0;
   for (std::size_t i = 0; i < due.size(); ++i) {
     const domain::CommandOutcome outcome = outcomes[i].get();
+    if (outcome.accepted()) ++expired;
     if (outcome.accepted() || outcome.code == domain::RejectionCode::transfer_not_pending ||
         outcome.code == domain::RejectionCode::unknown_transfer) {
       done.add_text(due[i]);
     }
+  }
+  {
+    std::lock_guard lock(mutex_);
+    stats_.holds_expired += expired;
   }
   auto lease = pool_.acquire();
   pqxx::work work(*lease);
