@@ -16,15 +16,6 @@ namespace {
 constexpr std::size_t expiry_sweep_batch_max = 500;
 constexpr const char* expiry_actor = "engine:expiry";
 
-// The server notices a leader that vanished without closing its connection (a host gone, a
-// cable cut) by TCP keepalive on the lock's session: after idle + interval * count seconds at
-// most (about 25 s) it ends the session, the lock is released and a standby takes over. A
-// leader that exits or is killed closes its socket, and the lock goes at once. (Unix-socket
-// sessions ignore these settings: their peer is on the same host.)
-constexpr int lock_keepalive_idle_seconds = 10;
-constexpr int lock_keepalive_interval_seconds = 5;
-constexpr int lock_keepalive_count = 3;
-
 }  // namespace
 
 HoldExpirySweeper::HoldExpirySweeper(Engine& engine, db::ConnectionPool& pool,
@@ -57,10 +48,19 @@ void HoldExpirySweeper::run() {
       std::unique_lock lock(mutex_);
       if (wake_.wait_for(lock, interval_, [&] { return stopping_; })) break;
     }
+    bool leading = false;
     try {
-      if (lead()) sweep();
+      leading = lead();
     } catch (const std::exception& error) {
       step_down(error.what());
+    }
+    if (!leading) continue;
+    // A sweep that fails (the engine or the pool could not answer) is run again next time; the
+    // lock's own session decides leadership, not the sweep.
+    try {
+      sweep();
+    } catch (const std::exception& error) {
+      spdlog::warn("hold expiry: sweep failed (will retry): {}", error.what());
     }
   }
   // Closing the session releases the lock: a standby takes over at its next try.
@@ -72,13 +72,12 @@ void HoldExpirySweeper::run() {
 }
 
 bool HoldExpirySweeper::lead() {
-  if (!lock_connection_) {
-    lock_connection_ = pool_.connect_dedicated();
-    pqxx::nontransaction settings(*lock_connection_);
-    settings.exec("SET tcp_keepalives_idle = " + std::to_string(lock_keepalive_idle_seconds));
-    settings.exec("SET tcp_keepalives_interval = " + std::to_string(lock_keepalive_interval_seconds));
-    settings.exec("SET tcp_keepalives_count = " + std::to_string(lock_keepalive_count));
-  }
+  // A leader that exits or is killed closes its socket, and the server ends the session and the
+  // lock at once. One that vanishes without closing it (a host gone, a cable cut) is noticed by
+  // the TCP keepalives every pooled connection has on both ends (db's connection string: 10 s
+  // idle, then 3 probes 5 s apart, about 25 s); a leader cut off from the server likewise
+  // notices, at its next check, that its session is gone.
+  if (!lock_connection_) lock_connection_ = pool_.connect_dedicated();
   pqxx::nontransaction query(*lock_connection_);
   if (stats().leader) {
     // A session lock lives as long as its session: the session answering means it is held.
@@ -99,10 +98,10 @@ void HoldExpirySweeper::step_down(const char* reason) {
   lock_connection_.reset();
   std::lock_guard lock(mutex_);
   if (stats_.leader) {
-    spdlog::warn("hold expiry: stopped leading ({}); standing by", reason);
+    spdlog::warn("hold expiry: stopped leading, the lock's session failed ({}); standing by", reason);
     ++stats_.leadership_lost;
   } else {
-    spdlog::warn("hold expiry: sweep or lock check failed (will retry): {}", reason);
+    spdlog::warn("hold expiry: cannot try the lock (will retry): {}", reason);
   }
   stats_.leader = false;
 }

@@ -44,7 +44,8 @@ class HoldExpirySweeper {
  private:
   void run();
   // True while this sweeper holds the lock: checks that the lock's session is still there when
-  // leading, tries to take the lock otherwise. Throws when the database cannot be reached.
+  // leading, tries to take the lock otherwise. Throws when the database cannot be reached (then
+  // step_down drops the session: whatever it held is gone or about to be).
   bool lead();
   void step_down(const char* reason);
   void sweep();
