@@ -130,18 +130,17 @@ void HoldExpirySweeper::sweep() {
     outcomes.push_back(engine_.submit(std::move(command)));
   }
   db::ArrayLiteral done;
-  std::uint64_t expired = 0;
   for (std::size_t i = 0; i < due.size(); ++i) {
     const domain::CommandOutcome outcome = outcomes[i].get();
-    if (outcome.accepted()) ++expired;
+    if (outcome.accepted()) {
+      // Counted as each one is known: a later command that fails the sweep does not hide it.
+      std::lock_guard lock(mutex_);
+      ++stats_.holds_expired;
+    }
     if (outcome.accepted() || outcome.code == domain::RejectionCode::transfer_not_pending ||
         outcome.code == domain::RejectionCode::unknown_transfer) {
       done.add_text(due[i]);
     }
-  }
-  {
-    std::lock_guard lock(mutex_);
-    stats_.holds_expired += expired;
   }
   auto lease = pool_.acquire();
   pqxx::work work(*lease);
