@@ -143,9 +143,9 @@ TEST_CASE("two serve processes: one sweeps expired holds, and the other takes ov
   CHECK(standing_by.holds_expired == 0);
 
   // The leader dies without a word: its lock's session ends with its socket, and the standby leads.
+  const auto killed_at = std::chrono::steady_clock::now();
   REQUIRE(kill(serves[leader].pid, SIGKILL) == 0);
   CHECK(process::wait_for(serves[leader].pid, std::chrono::seconds(10)).has_value());
-  const auto killed_at = std::chrono::steady_clock::now();
   REQUIRE(eventually([&] { return hold_expiry(standby).status == "leader"; }));
   MESSAGE("the standby led "
           << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed_at).count()
