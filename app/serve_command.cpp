@@ -12,6 +12,7 @@
 #include "kafka_topic.hpp"
 #include "ledger/api/auth.hpp"
 #include "ledger/api/server.hpp"
+#include "ledger/api/trusted_proxies.hpp"
 #include "ledger/db/migrations.hpp"
 #include "ledger/db/pool.hpp"
 #include "ledger/engine/engine.hpp"
@@ -50,6 +51,8 @@ struct ServeOptions {
   int command_burst = 50;
   double query_rate = 0;
   int query_burst = 100;
+  // Addresses and CIDR blocks whose X-Forwarded-For is believed; empty: never.
+  std::vector<std::string> trusted_proxies;
 };
 
 std::vector<std::string> pending_migrations(const std::string& url) {
@@ -86,6 +89,12 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
       ->envname("LEDGER_RATE_LIMIT_QUERIES")->check(CLI::Range(0.0, 1'000'000.0))->capture_default_str();
   serve->add_option("--rate-limit-queries-burst", options->query_burst, "Queries an actor may send at once")
       ->envname("LEDGER_RATE_LIMIT_QUERIES_BURST")->check(CLI::Range(1, 1'000'000))->capture_default_str();
+  serve->add_option("--http-trusted-proxies", options->trusted_proxies,
+                    "Proxies (addresses or CIDR blocks, IPv4 or IPv6, comma-separated) whose X-Forwarded-For "
+                    "names the client for the audit and the logs; default none: the header is ignored")
+      ->envname("LEDGER_HTTP_TRUSTED_PROXIES")
+      ->delimiter(',')
+      ->check(CLI::Validator([](std::string& entry) { return api::trusted_proxy_error(entry); }, "ADDRESS|CIDR"));
   serve->add_option("--http-header-timeout-ms", options->header_timeout_ms, "Time allowed for headers")
       ->envname("LEDGER_HTTP_HEADER_TIMEOUT_MS")->check(CLI::Range(100, 600'000))->capture_default_str();
   serve->add_option("--http-body-timeout-ms", options->body_timeout_ms, "Time allowed for a body")
@@ -211,6 +220,7 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
     server_settings.tokens = token_verifier;
     server_settings.command_rate = {options->command_rate, options->command_burst};
     server_settings.query_rate = {options->query_rate, options->query_burst};
+    server_settings.trusted_proxies = api::TrustedProxies(options->trusted_proxies);
     api::Server server(server_settings, services);
     server.start();
     spdlog::info("serving on http://{}:{}", options->http_host, server.port());

@@ -384,8 +384,12 @@ Response Router::problem_response(int status, const std::string& code, const std
   return handlers::problem_response(status, code, title, detail, request_id, version);
 }
 
-void Router::handle(Request request, const std::string& client_address, Respond respond) {
+void Router::handle(Request request, const std::string& peer_address, Respond respond) {
   const auto started = Clock::now();
+  std::vector<std::string_view> forwarded_for;
+  const auto [first_forwarded, end_forwarded] = request.equal_range("X-Forwarded-For");
+  for (auto field = first_forwarded; field != end_forwarded; ++field) forwarded_for.push_back(view(field->value()));
+  const std::string client_address = api::client_address(settings_.trusted_proxies, peer_address, forwarded_for);
   // The first copied header that breaks the rule, refused below once the answer can be counted.
   const std::string_view bad_header = find_bad_copied_header(request);
   std::string request_id(request["X-Request-Id"]);
@@ -401,16 +405,18 @@ void Router::handle(Request request, const std::string& client_address, Respond 
   const std::string route_name = route ? route->pattern : (allowed.empty() ? "other" : "wrong_method");
 
   // Every answer passes here: metrics, access log, request id header.
-  auto finish = [this, respond = std::move(respond), route_name, method, started, request_id](Response response) {
+  auto finish = [this, respond = std::move(respond), route_name, method, started, request_id,
+                 client_address](Response response) {
     response.set("X-Request-Id", request_id);
     const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
     metrics_.observe_request(route_name, method, response.result_int(), seconds);
     if (response.result_int() >= 500) {
       logging::RequestIdScope scope(request_id);
-      spdlog::warn("{} {} -> {}", method, route_name, response.result_int());
+      spdlog::warn("{} {} from {} -> {}", method, route_name, client_address, response.result_int());
     } else if (spdlog::should_log(spdlog::level::debug)) {
       logging::RequestIdScope scope(request_id);
-      spdlog::debug("{} {} -> {} in {:.3f} ms", method, route_name, response.result_int(), seconds * 1e3);
+      spdlog::debug("{} {} from {} -> {} in {:.3f} ms", method, route_name, client_address, response.result_int(),
+                    seconds * 1e3);
     }
     respond(std::move(response));
   };

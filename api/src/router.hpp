@@ -36,7 +36,9 @@ class Router {
   Router(const ServerSettings& settings, Services services, boost::asio::thread_pool& blocking,
          CommandSink* commands = nullptr);
 
-  void handle(Request request, const std::string& client_address, Respond respond);
+  // `peer_address` is the TCP peer's; the client's is taken from X-Forwarded-For when the peer
+  // is a trusted proxy (ServerSettings::trusted_proxies).
+  void handle(Request request, const std::string& peer_address, Respond respond);
 
   // A problem response for errors found before routing (timeouts, limits, malformed HTTP).
   [[nodiscard]] Response problem_response(int status, const std::string& code,

@@ -62,7 +62,8 @@ struct Engine::Impl {
   // Started once the Engine exists: the sweeper submits through it.
   void start_sweeper(Engine& engine) {
     if (settings.expiry_sweep_interval.count() > 0) {
-      sweeper.emplace(engine, pool, settings.expiry_sweep_interval, settings.clock_us);
+      sweeper.emplace(engine, pool, settings.expiry_sweep_interval, settings.expiry_sweep_lock_key,
+                      settings.clock_us);
     }
   }
 
@@ -148,6 +149,7 @@ EngineStats Engine::stats() const {
   EngineStats stats = impl_->pipeline->stats();
   stats.snapshots_enabled = impl_->snapshots != nullptr;
   if (impl_->snapshots) stats.snapshots = impl_->snapshots->stats();
+  if (impl_->sweeper) stats.hold_expiry = impl_->sweeper->stats();
   return stats;
 }
 

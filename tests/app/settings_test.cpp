@@ -236,6 +236,22 @@ TEST_CASE("serve takes an identity provider's keys from --jwt-jwks-file, LEDGER_
                        "--jwt-jwks-file (LEDGER_JWT_JWKS_FILE): cannot read " + missing);
 }
 
+TEST_CASE("serve refuses a trusted proxy that is no address or CIDR block, as a flag, variable or config key") {
+  for (const std::string bad : {"10.0.0.0/33", "proxy.example", "fd00::/129", "10.0.0.1,unknown", "10.0.0.0/"}) {
+    INFO(bad);
+    check_one_line_error(run_ledger({"serve", "--http-trusted-proxies", bad}), "--http-trusted-proxies");
+    check_one_line_error(run_ledger({"serve"}, {"LEDGER_HTTP_TRUSTED_PROXIES=" + bad}), "--http-trusted-proxies");
+  }
+  const auto config = write_temporary_file("proxies.toml", "[serve]\nhttp-trusted-proxies = [\"10.0.0.1\", \"fd00::/129\"]\n");
+  check_one_line_error(run_ledger({"--config", config, "serve"}), "--http-trusted-proxies");
+  // Good lists pass: what fails then is the next setting, the missing token keys.
+  check_one_line_error(run_ledger({"serve", "--http-trusted-proxies", "10.0.0.0/8,192.0.2.7,fd00::/8"}),
+                       "--jwt-jwks-file");
+  check_one_line_error(run_ledger({"serve"}, {"LEDGER_HTTP_TRUSTED_PROXIES=10.0.0.0/8,::1"}), "--jwt-jwks-file");
+  const auto good = write_temporary_file("proxies-good.toml", "[serve]\nhttp-trusted-proxies = [\"10.0.0.1\", \"fd00::/8\"]\n");
+  check_one_line_error(run_ledger({"--config", good, "serve"}), "--jwt-jwks-file");
+}
+
 TEST_CASE("ledger token prints one HS256 token that verifies with the secret, issuer and audience given") {
   const auto file = write_temporary_file("token-secret", strong_secret + "\n");
   const auto before = std::chrono::system_clock::now();

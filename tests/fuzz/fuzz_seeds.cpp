@@ -168,6 +168,14 @@ int http_front_seeds(const fs::path& corpus) {
   seed(0, http_request("POST", "/v1/accounts", teller, R"({"currency":"EUR"})",
                        "Idempotency-Key: a\r\nIdempotency-Key: b\r\n"));
   seed(0, http_request("POST", "/v1/accounts", teller, R"({"currency":"EUR"})", "X-Request-Id: has space\r\n"));
+  // X-Forwarded-For chains (the standard router trusts the loopback peer): spoofed, IPv6 with
+  // ports, two lines, malformed.
+  seed(0, http_request("POST", "/v1/accounts", teller, R"({"currency":"EUR"})",
+                       "X-Forwarded-For: 198.51.100.66, 203.0.113.9, 127.0.0.2\r\n"));
+  seed(0, http_request("POST", "/v1/accounts", teller, R"({"currency":"EUR"})",
+                       "X-Forwarded-For: [2001:db8::7]:4711\r\nX-Forwarded-For: ::ffff:127.0.0.9, 127.0.0.1:80\r\n"));
+  seed(0, http_request("POST", "/v1/accounts", teller, R"({"currency":"EUR"})",
+                       "X-Forwarded-For: 203.0.113.9,,unknown, [fe80::1%eth0]\r\n"));
   seed(0, "POST /v1/accounts HTTP/1.1\r\nAuthorization: Bearer " + teller +
               "\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi");
   // Pipelining: three requests in one input, the last closing the connection.

@@ -76,6 +76,18 @@ void write_database_health(JsonWriter& w, const DatabaseHealth& database) {
   w.EndObject();
 }
 
+// One instance sweeps at a time (the leader); a standby is healthy, it takes over when needed.
+void write_hold_expiry_health(JsonWriter& w, const engine::HoldExpiryStats& expiry) {
+  w.Key("hold_expiry");
+  w.StartObject();
+  write_member(w, "status", !expiry.enabled ? "disabled" : expiry.leader ? "leader" : "standby");
+  if (expiry.enabled) {
+    write_member(w, "sweeps", expiry.sweeps);
+    write_member(w, "holds_expired", expiry.holds_expired);
+  }
+  w.EndObject();
+}
+
 void write_engine_health(JsonWriter& w, const engine::EngineStats& stats) {
   w.Key("engine");
   w.StartObject();
@@ -87,6 +99,7 @@ void write_engine_health(JsonWriter& w, const engine::EngineStats& stats) {
   w.Uint64(stats.batches);
   w.EndObject();
   write_snapshot_cache_health(w, stats);
+  write_hold_expiry_health(w, stats.hold_expiry);
 }
 
 bool is_ready(const DatabaseHealth& database) { return database.reachable && database.pending_migrations.empty(); }

@@ -40,6 +40,22 @@ void append_cache_metrics(std::string& out, const engine::EngineStats& stats) {
   }
 }
 
+// Per instance: summed over the instances, holds_expired counts each expired hold once.
+void append_hold_expiry_metrics(std::string& out, const engine::HoldExpiryStats& expiry) {
+  if (!expiry.enabled) return;
+  out += "# HELP ledger_hold_expiry_leader 1 while this instance holds the sweeper's lock and sweeps.\n";
+  out += "# TYPE ledger_hold_expiry_leader gauge\n";
+  out += fmt::format("ledger_hold_expiry_leader {}\n", expiry.leader ? 1 : 0);
+  out += "# TYPE ledger_hold_expiry_sweeps_total counter\n";
+  out += fmt::format("ledger_hold_expiry_sweeps_total {}\n", expiry.sweeps);
+  out += "# TYPE ledger_holds_expired_total counter\n";
+  out += fmt::format("ledger_holds_expired_total {}\n", expiry.holds_expired);
+  out += "# TYPE ledger_hold_expiry_leadership_acquired_total counter\n";
+  out += fmt::format("ledger_hold_expiry_leadership_acquired_total {}\n", expiry.leadership_acquired);
+  out += "# TYPE ledger_hold_expiry_leadership_lost_total counter\n";
+  out += fmt::format("ledger_hold_expiry_leadership_lost_total {}\n", expiry.leadership_lost);
+}
+
 void append_engine_metrics(std::string& out, const engine::EngineStats& stats) {
   out += "# TYPE ledger_engine_batches_total counter\n";
   out += fmt::format("ledger_engine_batches_total {}\n", stats.batches);
@@ -59,6 +75,7 @@ void append_engine_metrics(std::string& out, const engine::EngineStats& stats) {
   append_prometheus_histogram(out, "ledger_engine_batch_commands", "Commands per committed batch.",
                               stats.batch_commands);
   append_cache_metrics(out, stats);
+  append_hold_expiry_metrics(out, stats.hold_expiry);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "ledger/api/trusted_proxies.hpp"
 #include "ledger/db/health.hpp"
 
 namespace ledger::engine {
@@ -54,6 +55,10 @@ struct ServerSettings {
   // Per actor (the token's sub): beyond these, 429 rate_limited with Retry-After. Off by default.
   RateLimit command_rate;
   RateLimit query_rate;
+  // Peers whose X-Forwarded-For names the client (trusted_proxies.hpp: client_address); the
+  // client address goes into every command's metadata (the audit) and the access log. Empty
+  // (the default): the header is never believed, the TCP peer is the client.
+  TrustedProxies trusted_proxies;
 };
 
 using DatabaseHealth = db::DatabaseHealth;

@@ -54,6 +54,10 @@ struct EngineSettings {
 
   // How often expired holds are looked for; 0 disables the sweeper.
   std::chrono::milliseconds expiry_sweep_interval{1'000};
+  // Only the engine holding this PostgreSQL advisory lock (a session lock, on a connection of
+  // the sweeper's own) sweeps; the others try to take it every expiry_sweep_interval. Distinct
+  // from the relay's lock: the two duties are elected independently.
+  std::int64_t expiry_sweep_lock_key = 0x6c65646765720002;
 
   // Seams for determinism: the clock (microseconds since the Unix epoch) and id generation.
   std::function<std::int64_t()> clock_us;
@@ -93,6 +97,17 @@ class EngineOverloaded : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The hold-expiry sweeper of one engine. Several engines may share a database; one at a time
+// (the leader) sweeps, the others stand by.
+struct HoldExpiryStats {
+  bool enabled = false;  // expiry_sweep_interval > 0
+  bool leader = false;   // this engine holds the sweeper's lock and sweeps
+  std::uint64_t leadership_acquired = 0;  // times this engine took the lock
+  std::uint64_t leadership_lost = 0;      // times it lost the lock's connection while leading
+  std::uint64_t sweeps = 0;               // sweeps this engine ran as leader
+  std::uint64_t holds_expired = 0;        // ExpireHold commands of this engine that were accepted
+};
+
 struct EngineStats {
   std::uint64_t commands = 0;
   std::uint64_t commands_accepted = 0;
@@ -119,6 +134,7 @@ struct EngineStats {
   // Commit latency of recent batches (microseconds), newest last; bounded.
   std::vector<std::uint32_t> recent_commit_latency_us;
   std::vector<std::uint32_t> recent_batch_commands;
+  HoldExpiryStats hold_expiry;
 };
 
 // The write side. Commands are queued and a single writer thread decides and appends them in
