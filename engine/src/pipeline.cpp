@@ -147,6 +147,12 @@ struct Pipeline::Impl {
       process_batch(batch);
       return;
     }
+    // Evictions wait for the batches in flight (WriterCoherence::sync); other writers post
+    // them, and losers are costlier than one commit's wait.
+    if (coherence.has_pending()) {
+      wait_committer_idle();
+      if (redo_pending) recover();
+    }
     // The cache must hold no state of a failed batch: recover first if one is pending. After
     // that nothing is in flight, so the generation read here is the one the cache matches.
     std::uint64_t decided_generation = 0;
@@ -160,7 +166,7 @@ struct Pipeline::Impl {
       decided_generation = generation;
     }
     Prepared prepared;
-    prepared.decided_at = coherence.sync(cache);
+    prepared.decided_at = coherence.sync(cache, pipeline_idle());
     std::optional<db::ConnectionPool::Lease> lease;
     std::optional<pqxx::read_transaction> read;
     const StoreReader store = [&]() -> pqxx::transaction_base& {
@@ -305,6 +311,11 @@ struct Pipeline::Impl {
         queue_not_empty.notify_all();
       }
     }
+  }
+
+  bool pipeline_idle() {
+    std::lock_guard lock(handoff_mutex);
+    return !handoff.has_value() && !committer_busy;
   }
 
   void wait_committer_idle() {

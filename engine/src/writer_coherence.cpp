@@ -2,12 +2,19 @@
 
 namespace ledger::engine {
 
-std::uint64_t WriterCoherence::sync(StateCache& cache) {
+bool WriterCoherence::has_pending() {
+  std::lock_guard lock(mutex_);
+  return applied_epoch_ != epoch_;
+}
+
+std::uint64_t WriterCoherence::sync(StateCache& cache, bool may_evict) {
   std::vector<std::string> streams;
   bool all = false;
   std::uint64_t epoch = 0;
   {
     std::lock_guard lock(mutex_);
+    if (!may_evict) return applied_epoch_;
+    applied_epoch_ = epoch_;
     streams.swap(evictions_);
     all = evict_all_;
     evict_all_ = false;

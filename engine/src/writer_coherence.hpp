@@ -28,8 +28,13 @@ namespace ledger::engine {
 class WriterCoherence {
  public:
   // Writer thread, before deciding: drops what was found stale from `cache`. Returns the epoch
-  // the decision starts from (hand it to reconcile()).
-  std::uint64_t sync(StateCache& cache);
+  // the decision starts from (hand it to reconcile()). Only while no decided batch is waiting
+  // to commit (`may_evict`): one that is may have changed a stream in the cache, and the next
+  // decision must build on that state, not reload the store's; the evictions then wait, and
+  // the epoch returned is the last one applied, so the batch is checked against the store.
+  std::uint64_t sync(StateCache& cache, bool may_evict = true);
+  // Whether evictions wait to be applied.
+  [[nodiscard]] bool has_pending();
 
   // Any thread: `cache` must drop these streams (`all`: everything) before the next decision;
   // batches decided before then are checked against the store.
@@ -64,6 +69,7 @@ class WriterCoherence {
   std::vector<std::string> evictions_;
   bool evict_all_ = false;
   std::uint64_t epoch_ = 0;  // bumped by every evict()
+  std::uint64_t applied_epoch_ = 0;  // the last epoch sync() applied
   // Loser streams by the epoch their eviction was posted at, newest last; bounded (a batch
   // decided before the oldest one kept loses whole).
   static constexpr std::size_t taints_max = 256;
