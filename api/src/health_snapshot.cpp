@@ -48,6 +48,7 @@ std::shared_ptr<const HealthSnapshot> HealthSnapshots::overdue_snapshot() {
     snapshot->database.pool_max = last_->database.pool_max;
     snapshot->read_side.relay = last_->read_side.relay;
   }
+  if (services_.read_replica.check) snapshot->read_replica = ReadReplicaHealth{};  // unknown: not reachable
   snapshot->database.reachable = false;
   snapshot->database.error =
       fmt::format("the database check has not answered for {} ms", check_timeout_.count());
@@ -84,6 +85,7 @@ void HealthSnapshots::refresh() {
     // A check that throws must not leave `refreshing_` set: every later probe would wait.
     snapshot->read_side.projections_error = error.what();
   }
+  if (services_.read_replica.check) snapshot->read_replica = services_.read_replica.check();
   // The cause goes to the log only (connection text is for operators, not for probes); the
   // pool redacts passwords from it.
   const std::string error = snapshot->database.reachable ? std::string() : snapshot->database.error;

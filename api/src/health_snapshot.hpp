@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,7 @@ namespace ledger::api {
 struct HealthSnapshot {
   DatabaseHealth database;
   ReadSideHealth read_side;
+  std::optional<ReadReplicaHealth> read_replica;  // set when queries read from a replica
   std::chrono::steady_clock::time_point taken;
 };
 
