@@ -18,7 +18,6 @@
 #include "ledger/db/database_url.hpp"
 
 namespace ledger::app {
-namespace {
 
 CLI::Validator database_url_validator() {
   return CLI::Validator(
@@ -29,6 +28,8 @@ CLI::Validator database_url_validator() {
       },
       "URL", "database URL");
 }
+
+namespace {
 
 // Properties the ledger's guarantees rest on (an idempotent producer acknowledged by every
 // replica; consumers whose offsets live with the read models) or that have a setting of their own.
