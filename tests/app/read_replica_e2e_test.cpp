@@ -1,0 +1,126 @@
+// `ledger serve --read-database-url` as an operator runs it: a URL that cannot serve stops
+// start-up with one line naming the setting; a streaming replica started by the harness
+// answers the queries (its replay paused, history waits for it), and /health reports it.
+#include <doctest/doctest.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <rapidjson/document.h>
+
+#include "child_processes.hpp"
+#include "http_client.hpp"
+#include "ledger/api/auth.hpp"
+#include "ledger/core/process.hpp"
+#include "test_cluster.hpp"
+#include "test_replica.hpp"
+
+using namespace ledger;
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+namespace {
+
+const std::string secret = "read-replica-e2e-secret-of-32-bytes!!";
+
+rapidjson::Document parse(const std::string& text) {
+  rapidjson::Document document;
+  document.Parse(text.c_str());
+  REQUIRE_MESSAGE(!document.HasParseError(), text);
+  return document;
+}
+
+fs::path fresh_directory(const std::string& name) {
+  const fs::path directory = "/tmp/ledger-replica-e2e-" + name + "-" + std::to_string(getpid());
+  fs::remove_all(directory);
+  fs::create_directories(directory);
+  return directory;
+}
+
+// Runs `ledger serve` to its end (it is expected to refuse to start).
+std::pair<process::ExitStatus, std::string> serve_once(const std::string& database_url,
+                                                       const std::vector<std::string>& arguments) {
+  process::SpawnOptions options;
+  options.extra_environment = {"LEDGER_JWT_SECRET=" + secret, "LEDGER_HOME=" + fresh_directory("refused").string()};
+  std::vector<std::string> argv = {test::ledger_binary(), "--database-url", database_url, "serve",
+                                   "--http-port", "0", "--relay", "false"};
+  argv.insert(argv.end(), arguments.begin(), arguments.end());
+  std::string output;
+  const auto status = process::run(argv, output, options);
+  return {status, output};
+}
+
+}  // namespace
+
+TEST_CASE("serve refuses a --read-database-url that cannot serve, with one line naming the setting") {
+  test::TestDatabase database;
+  const std::string setting = "--read-database-url (LEDGER_READ_DATABASE_URL): ";
+
+  SUBCASE("nothing listens there") {
+    const auto [status, output] =
+        serve_once(database.app_url(), {"--read-database-url", "postgresql://ledger_app@127.0.0.1:1/ledger"});
+    CHECK(status.exited);
+    CHECK(status.code == 2);
+    CHECK_MESSAGE(output.find("ledger: error: " + setting + "cannot connect") != std::string::npos, output);
+  }
+  SUBCASE("a database without the ledger's schema") {
+    test::TestDatabase empty(/*migrated=*/false);
+    const auto [status, output] = serve_once(database.app_url(), {"--read-database-url", empty.admin_url()});
+    CHECK(status.code == 2);
+    CHECK_MESSAGE(output.find(setting) != std::string::npos, output);
+    CHECK(output.find("has no ledger schema") != std::string::npos);
+  }
+  SUBCASE("text libpq cannot parse, from the environment") {
+    process::SpawnOptions options;
+    options.extra_environment = {"LEDGER_JWT_SECRET=" + secret, "LEDGER_READ_DATABASE_URL=postgresql://[::1",
+                                 "LEDGER_HOME=" + fresh_directory("parse").string()};
+    std::string output;
+    const auto status = process::run(
+        {test::ledger_binary(), "--database-url", database.app_url(), "serve", "--http-port", "0"}, output, options);
+    CHECK(status.code == 2);
+    CHECK_MESSAGE(output.find("--read-database-url") != std::string::npos, output);
+    CHECK(output.find("invalid URL") != std::string::npos);
+  }
+}
+
+TEST_CASE("serve --read-database-url answers history from the replica once it has replayed the primary's head") {
+  test::TestDatabase database;
+  test::TestReplica replica;
+  const fs::path directory = fresh_directory("serve");
+  test::ChildStopper children;
+  process::SpawnOptions options;
+  options.output_file = (directory / "serve.log").string();
+  options.extra_environment = {"LEDGER_JWT_SECRET=" + secret};
+  children.pids.push_back(process::spawn(
+      {test::ledger_binary(), "--home", directory.string(), "--database-url", database.app_url(), "serve",
+       "--http-port", "0", "--port-file", (directory / "port").string(), "--relay", "false", "--read-database-url",
+       replica.url("ledger_app", database.name())},
+      options));
+  const std::string port = test::wait_for_file(directory / "port", children.pids.back());
+  REQUIRE_MESSAGE(!port.empty(), test::read_file(directory / "serve.log"));
+  test::HttpClient client(std::stoi(port));
+  const std::map<std::string, std::string> auth = {
+      {"Authorization", "Bearer " + api::issue_token(secret, "e2e", {"teller", "auditor"}, std::chrono::hours(1))}};
+
+  REQUIRE(client.request("POST", "/v1/accounts", R"({"id":"alice","currency":"EUR"})", auth).status == 201);
+  REQUIRE(client.request("GET", "/v1/streams/account-alice/events", "", auth).status == 200);
+  CHECK(parse(client.request("GET", "/health").body)["components"]["read_replica"]["status"].GetString() ==
+        std::string("up"));
+
+  replica.pause_replay();
+  REQUIRE(client.request("POST", "/v1/accounts/alice/deposits", R"({"amount":250})", auth).status == 201);
+  // The primary has two events for alice; the paused replica one: no stale page, a 504.
+  const auto held = client.request("GET", "/v1/streams/account-alice/events", "", auth);
+  CHECK(held.status == 504);
+  CHECK(parse(held.body)["code"].GetString() == std::string("read_model_behind"));
+  std::this_thread::sleep_for(1100ms);  // the health snapshot is at most 1 s old
+  CHECK(parse(client.request("GET", "/health").body)["components"]["read_replica"]["status"].GetString() ==
+        std::string("replay_paused"));
+
+  replica.resume_replay();
+  const auto events = client.request("GET", "/v1/streams/account-alice/events", "", auth);
+  REQUIRE_MESSAGE(events.status == 200, events.body);
+  CHECK(parse(events.body)["events"].Size() == 2);
+}
