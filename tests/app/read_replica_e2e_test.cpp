@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include <rapidjson/document.h>
@@ -39,17 +40,36 @@ fs::path fresh_directory(const std::string& name) {
   return directory;
 }
 
-// Runs `ledger serve` to its end (it is expected to refuse to start).
-std::pair<process::ExitStatus, std::string> serve_once(const std::string& database_url,
-                                                       const std::vector<std::string>& arguments) {
+// Runs `ledger serve` expecting it to refuse to start: its exit status and output, or
+// std::nullopt (and it is stopped) when it is still running after 30 s.
+std::pair<std::optional<process::ExitStatus>, std::string> serve_once(const std::vector<std::string>& argv,
+                                                                      std::vector<std::string> environment) {
+  const fs::path directory = fresh_directory("refused");
   process::SpawnOptions options;
-  options.extra_environment = {"LEDGER_JWT_SECRET=" + secret, "LEDGER_HOME=" + fresh_directory("refused").string()};
+  options.output_file = (directory / "serve.log").string();
+  environment.push_back("LEDGER_JWT_SECRET=" + secret);
+  environment.push_back("LEDGER_HOME=" + directory.string());
+  options.extra_environment = std::move(environment);
+  const pid_t pid = process::spawn(argv, options);
+  auto status = process::wait_for(pid, std::chrono::seconds(30));
+  if (!status) (void)process::stop(pid, SIGTERM, std::chrono::seconds(10));
+  return {status, test::read_file(directory / "serve.log")};
+}
+
+std::pair<std::optional<process::ExitStatus>, std::string> serve_once(const std::string& database_url,
+                                                                      const std::vector<std::string>& arguments) {
   std::vector<std::string> argv = {test::ledger_binary(), "--database-url", database_url, "serve",
                                    "--http-port", "0", "--relay", "false"};
   argv.insert(argv.end(), arguments.begin(), arguments.end());
-  std::string output;
-  const auto status = process::run(argv, output, options);
-  return {status, output};
+  return serve_once(argv, {});
+}
+
+// /health's components.read_replica.status, "" when it has none.
+std::string replica_status(test::HttpClient& client) {
+  const auto health = parse(client.request("GET", "/health").body);
+  const auto& components = health["components"];
+  if (!components.HasMember("read_replica")) return "";
+  return components["read_replica"]["status"].GetString();
 }
 
 }  // namespace
@@ -61,25 +81,25 @@ TEST_CASE("serve refuses a --read-database-url that cannot serve, with one line 
   SUBCASE("nothing listens there") {
     const auto [status, output] =
         serve_once(database.app_url(), {"--read-database-url", "postgresql://ledger_app@127.0.0.1:1/ledger"});
-    CHECK(status.exited);
-    CHECK(status.code == 2);
+    REQUIRE_MESSAGE(status, "serve started instead of refusing: " << output);
+    CHECK(status->exited);
+    CHECK(status->code == 2);
     CHECK_MESSAGE(output.find("ledger: error: " + setting + "cannot connect") != std::string::npos, output);
   }
   SUBCASE("a database without the ledger's schema") {
     test::TestDatabase empty(/*migrated=*/false);
     const auto [status, output] = serve_once(database.app_url(), {"--read-database-url", empty.admin_url()});
-    CHECK(status.code == 2);
+    REQUIRE_MESSAGE(status, "serve started instead of refusing: " << output);
+    CHECK(status->code == 2);
     CHECK_MESSAGE(output.find(setting) != std::string::npos, output);
     CHECK(output.find("has no ledger schema") != std::string::npos);
   }
   SUBCASE("text libpq cannot parse, from the environment") {
-    process::SpawnOptions options;
-    options.extra_environment = {"LEDGER_JWT_SECRET=" + secret, "LEDGER_READ_DATABASE_URL=postgresql://[::1",
-                                 "LEDGER_HOME=" + fresh_directory("parse").string()};
-    std::string output;
-    const auto status = process::run(
-        {test::ledger_binary(), "--database-url", database.app_url(), "serve", "--http-port", "0"}, output, options);
-    CHECK(status.code == 2);
+    const auto [status, output] =
+        serve_once({test::ledger_binary(), "--database-url", database.app_url(), "serve", "--http-port", "0"},
+                   {"LEDGER_READ_DATABASE_URL=postgresql://[::1"});
+    REQUIRE_MESSAGE(status, "serve started instead of refusing: " << output);
+    CHECK(status->code == 2);
     CHECK_MESSAGE(output.find("--read-database-url") != std::string::npos, output);
     CHECK(output.find("invalid URL") != std::string::npos);
   }
@@ -106,18 +126,22 @@ TEST_CASE("serve --read-database-url answers history from the replica once it ha
 
   REQUIRE(client.request("POST", "/v1/accounts", R"({"id":"alice","currency":"EUR"})", auth).status == 201);
   REQUIRE(client.request("GET", "/v1/streams/account-alice/events", "", auth).status == 200);
-  CHECK(parse(client.request("GET", "/health").body)["components"]["read_replica"]["status"].GetString() ==
-        std::string("up"));
+  CHECK(replica_status(client) == "up");
 
   replica.pause_replay();
   REQUIRE(client.request("POST", "/v1/accounts/alice/deposits", R"({"amount":250})", auth).status == 201);
   // The primary has two events for alice; the paused replica one: no stale page, a 504.
   const auto held = client.request("GET", "/v1/streams/account-alice/events", "", auth);
   CHECK(held.status == 504);
-  CHECK(parse(held.body)["code"].GetString() == std::string("read_model_behind"));
-  std::this_thread::sleep_for(1100ms);  // the health snapshot is at most 1 s old
-  CHECK(parse(client.request("GET", "/health").body)["components"]["read_replica"]["status"].GetString() ==
-        std::string("replay_paused"));
+  const auto problem = parse(held.body);
+  CHECK((problem.HasMember("code") && problem["code"].GetString() == std::string("read_model_behind")));
+  // /health answers from a snapshot at most 1 s old.
+  std::string status;
+  for (int attempt = 0; attempt < 50 && status != "replay_paused"; ++attempt) {
+    std::this_thread::sleep_for(100ms);
+    status = replica_status(client);
+  }
+  CHECK(status == "replay_paused");
 
   replica.resume_replay();
   const auto events = client.request("GET", "/v1/streams/account-alice/events", "", auth);
