@@ -40,11 +40,21 @@ fs::path fresh_directory(const std::string& name) {
   return directory;
 }
 
+// Removes a test's directory when the test ends (declare it before the children that use it).
+struct RemovedAtEnd {
+  fs::path directory;
+  ~RemovedAtEnd() {
+    std::error_code ignored;
+    fs::remove_all(directory, ignored);
+  }
+};
+
 // Runs `ledger serve` expecting it to refuse to start: its exit status and output, or
 // std::nullopt (and it is stopped) when it is still running after 30 s.
 std::pair<std::optional<process::ExitStatus>, std::string> serve_once(const std::vector<std::string>& argv,
                                                                       std::vector<std::string> environment) {
-  const fs::path directory = fresh_directory("refused");
+  const RemovedAtEnd removed{fresh_directory("refused")};
+  const fs::path& directory = removed.directory;
   process::SpawnOptions options;
   options.output_file = (directory / "serve.log").string();
   environment.push_back("LEDGER_JWT_SECRET=" + secret);
@@ -108,7 +118,8 @@ TEST_CASE("serve refuses a --read-database-url that cannot serve, with one line 
 TEST_CASE("serve --read-database-url answers history from the replica once it has replayed the primary's head") {
   test::TestDatabase database;
   test::TestReplica replica;
-  const fs::path directory = fresh_directory("serve");
+  const RemovedAtEnd removed{fresh_directory("serve")};
+  const fs::path& directory = removed.directory;
   test::ChildStopper children;
   process::SpawnOptions options;
   options.output_file = (directory / "serve.log").string();
