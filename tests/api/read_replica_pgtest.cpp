@@ -11,6 +11,7 @@
 #include "../projections/read_side_fixture.hpp"
 #include "ledger/db/health.hpp"
 #include "ledger/projections/read_models.hpp"
+#include "pg_fault_proxy.hpp"
 #include "server_fixture.hpp"
 #include "test_replica.hpp"
 
@@ -57,10 +58,13 @@ db::PoolSettings query_pool_settings(const std::string& url) {
 // The whole stack in this process, the engine, relay and projectors on the primary, and the
 // queries on a streaming replica of it, wired as `serve --read-database-url` wires them.
 struct ReplicaStack {
-  ReplicaStack()
-      : primary_pool(test::make_pool(database.app_url())),
+  // through_proxy: the queries reach the replica through a fault proxy (a partition to it).
+  explicit ReplicaStack(bool through_proxy = false)
+      : proxy(through_proxy ? std::make_unique<test::PgFaultProxy>(replica.directory(), replica.port()) : nullptr),
+        primary_pool(test::make_pool(database.app_url())),
         primary_read_models(primary_pool),
-        replica_pool(query_pool_settings(replica.url("ledger_app", database.name()))),
+        replica_pool(query_pool_settings(proxy ? proxy->url("ledger_app", database.name())
+                                               : replica.url("ledger_app", database.name()))),
         replica_read_models(replica_pool),
         replica_store(replica_pool),
         relay(test::relay_settings(kafka), primary_pool),
@@ -109,6 +113,7 @@ struct ReplicaStack {
 
   test::TestDatabase database;  // before the replica: the base backup copies it
   test::TestReplica replica;
+  std::unique_ptr<test::PgFaultProxy> proxy;
   test::MockKafka kafka;
   db::ConnectionPool primary_pool;
   projections::ReadModels primary_read_models;
@@ -230,9 +235,11 @@ TEST_CASE("history on the replica waits until it has replayed the primary's head
 TEST_CASE("a stopped replica fails the queries with 503 read_replica_unavailable; commands are still accepted") {
   ReplicaStack stack;
   auto client = stack.server.client();
-  post(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
+  const std::int64_t opened = post(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
   stack.settle();
-  REQUIRE(client.request("GET", "/v1/accounts/alice", "", teller).status == 200);
+  const auto before = client.request(
+      "GET", "/v1/accounts/alice?wait_ms=10000&min_position=" + std::to_string(opened), "", teller);
+  REQUIRE_MESSAGE(before.status == 200, before.body << " watermark " << before.header("X-Ledger-Watermark"));
 
   stack.replica.stop();
   const auto query = client.request("GET", "/v1/accounts/alice", "", teller);
@@ -259,4 +266,23 @@ TEST_CASE("a stopped replica fails the queries with 503 read_replica_unavailable
                                    "", teller);
   REQUIRE_MESSAGE(back.status == 200, back.body);
   CHECK(parse(back.body)["credits_posted"].GetInt64() == 500);
+}
+
+TEST_CASE("a partitioned replica is reported down by /health while readiness and commands stay up") {
+  ReplicaStack stack(/*through_proxy=*/true);
+  auto client = stack.server.client();
+  post(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
+  stack.settle();
+  REQUIRE(stack.health_becomes("up"));
+
+  // Connections to the replica stay open and nothing answers: its check hangs. It is checked
+  // apart from the database, so only the replica is reported down (after the 2 s check
+  // timeout), and the instance stays ready for commands.
+  stack.proxy->blackhole(8s);
+  CHECK(stack.health_becomes("down"));
+  const auto ready = client.request("GET", "/health/ready");
+  CHECK_MESSAGE(ready.status == 200, ready.body);
+  const auto health = parse(client.request("GET", "/health").body);
+  CHECK(health["components"]["database"]["status"].GetString() == std::string("up"));
+  CHECK(post(client, "/v1/accounts/alice/deposits", R"({"amount":75})") > 0);
 }

@@ -82,6 +82,17 @@ std::string replica_status(test::HttpClient& client) {
   return components["read_replica"]["status"].GetString();
 }
 
+// /health answers from a snapshot at most 1 s old, and the replica is checked apart from it:
+// polls (at most 5 s) until it reports `wanted`; returns the last status seen.
+std::string wait_for_replica_status(test::HttpClient& client, const std::string& wanted) {
+  std::string status = replica_status(client);
+  for (int attempt = 0; attempt < 50 && status != wanted; ++attempt) {
+    std::this_thread::sleep_for(100ms);
+    status = replica_status(client);
+  }
+  return status;
+}
+
 }  // namespace
 
 TEST_CASE("serve refuses a --read-database-url that cannot serve, with one line naming the setting") {
@@ -137,7 +148,7 @@ TEST_CASE("serve --read-database-url answers history from the replica once it ha
 
   REQUIRE(client.request("POST", "/v1/accounts", R"({"id":"alice","currency":"EUR"})", auth).status == 201);
   REQUIRE(client.request("GET", "/v1/streams/account-alice/events", "", auth).status == 200);
-  CHECK(replica_status(client) == "up");
+  CHECK(wait_for_replica_status(client, "up") == "up");
 
   replica.pause_replay();
   REQUIRE(client.request("POST", "/v1/accounts/alice/deposits", R"({"amount":250})", auth).status == 201);
@@ -146,13 +157,7 @@ TEST_CASE("serve --read-database-url answers history from the replica once it ha
   CHECK(held.status == 504);
   const auto problem = parse(held.body);
   CHECK((problem.HasMember("code") && problem["code"].GetString() == std::string("read_model_behind")));
-  // /health answers from a snapshot at most 1 s old.
-  std::string status;
-  for (int attempt = 0; attempt < 50 && status != "replay_paused"; ++attempt) {
-    std::this_thread::sleep_for(100ms);
-    status = replica_status(client);
-  }
-  CHECK(status == "replay_paused");
+  CHECK(wait_for_replica_status(client, "replay_paused") == "replay_paused");
 
   replica.resume_replay();
   const auto events = client.request("GET", "/v1/streams/account-alice/events", "", auth);
