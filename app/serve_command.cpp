@@ -1,11 +1,13 @@
 // `ledger serve`: the HTTP front, the command engine, the relay to Kafka and the queries.
 #include <signal.h>
 
+#include <pqxx/pqxx>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "commands.hpp"
 #include "jwt_settings.hpp"
@@ -13,6 +15,8 @@
 #include "ledger/api/auth.hpp"
 #include "ledger/api/server.hpp"
 #include "ledger/api/trusted_proxies.hpp"
+#include "ledger/db/database_url.hpp"
+#include "ledger/db/health.hpp"
 #include "ledger/db/migrations.hpp"
 #include "ledger/db/pool.hpp"
 #include "ledger/engine/engine.hpp"
@@ -46,6 +50,8 @@ struct ServeOptions {
   bool relay = true;
   // Create a missing events topic at start (as `ledger kafka ensure-topic`) instead of refusing.
   bool create_topic = false;
+  // A streaming replica of the database that answers the read-only query routes; empty: none.
+  std::string read_database_url;
   // Per actor; 0 per second: no limit (the default).
   double command_rate = 0;
   int command_burst = 50;
@@ -54,6 +60,58 @@ struct ServeOptions {
   // Addresses and CIDR blocks whose X-Forwarded-For is believed; empty: never.
   std::vector<std::string> trusted_proxies;
 };
+
+constexpr const char* read_database_url_setting = "--read-database-url (LEDGER_READ_DATABASE_URL)";
+
+// The cluster's identity: a physical replica shares its primary's system identifier, any other
+// cluster has its own. std::nullopt when the role may not read it.
+std::optional<std::string> system_identifier(pqxx::connection& connection) {
+  try {
+    pqxx::read_transaction work(connection);
+    return work.exec1("SELECT system_identifier::text FROM pg_control_system()")[0].as<std::string>();
+  } catch (const pqxx::insufficient_privilege&) {
+    return std::nullopt;
+  }
+}
+
+// Refuses, at start, a --read-database-url that cannot serve: one that does not connect, that
+// names another database cluster than --database-url (its read models would answer with
+// another ledger's balances), or whose schema is not the primary's (no read models yet).
+// A replica that is down later is reported by /health and answered 503
+// read_replica_unavailable; this only catches a wrong setting before anything runs.
+void check_read_replica(const std::string& read_url, const std::string& primary_url,
+                        const db::PoolSettings& settings) {
+  db::PoolSettings once = settings;
+  once.connect_attempts_max = 1;
+  std::unique_ptr<pqxx::connection> replica;
+  try {
+    replica = db::connect_with_retry(read_url, once);
+  } catch (const std::exception& error) {
+    throw SettingError(read_database_url_setting, error.what());
+  }
+  auto primary = db::connect_with_retry(primary_url, settings);
+  const auto replica_id = system_identifier(*replica);
+  const auto primary_id = system_identifier(*primary);
+  if (replica_id && primary_id && *replica_id != *primary_id) {
+    throw SettingError(read_database_url_setting,
+                       db::redact_database_url(read_url) + " is not a replica of --database-url's cluster "
+                       "(system identifier " + *replica_id + ", the primary's " + *primary_id + ")");
+  }
+  try {
+    pqxx::read_transaction work(*replica);
+    work.exec("SELECT 1 FROM read.projections LIMIT 1");
+    work.exec("SELECT 1 FROM event_store_head");
+  } catch (const std::exception& error) {
+    throw SettingError(read_database_url_setting, db::redact_database_url(read_url) +
+                                                      " has no ledger schema (is it a replica of the ledger's "
+                                                      "database?): " + std::string(error.what()));
+  }
+  pqxx::read_transaction work(*replica);
+  if (!work.exec1("SELECT pg_is_in_recovery()")[0].as<bool>()) {
+    spdlog::warn("{} is not in recovery (not a streaming replica); queries read it anyway",
+                 db::redact_database_url(read_url));
+  }
+}
 
 std::vector<std::string> pending_migrations(const std::string& url) {
   std::vector<std::string> pending;
@@ -116,6 +174,10 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
                     "In-memory state cache, in streams")
       ->envname("LEDGER_STATE_CACHE_STREAMS_MAX")->check(CLI::Range(0, 100'000'000))->capture_default_str();
 
+  serve->add_option("--read-database-url", options->read_database_url,
+                    "PostgreSQL URL of a streaming replica of --database-url that answers the queries (balances, "
+                    "statements, loans, audit, history, as-of); default: none, the primary answers them")
+      ->envname("LEDGER_READ_DATABASE_URL")->check(database_url_validator());
   serve->add_option("--relay", options->relay,
                     "Publish events to Kafka (one instance at a time; others stand by)")
       ->envname("LEDGER_RELAY")->capture_default_str();
@@ -174,6 +236,21 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
     engine::EventStore event_store(read_pool);
 
     projections::ReadModels read_models(read_pool);
+
+    // The replica's own pool, read models and event store: queries read there, the primary's
+    // read_models above still serve /health's projection progress and the relay.
+    std::unique_ptr<db::ConnectionPool> replica_pool;
+    std::unique_ptr<engine::EventStore> replica_store;
+    std::unique_ptr<projections::ReadModels> replica_models;
+    if (!options->read_database_url.empty()) {
+      db::PoolSettings replica_settings = read_pool_settings;
+      replica_settings.url = options->read_database_url;
+      check_read_replica(options->read_database_url, database_url, replica_settings);
+      replica_pool = std::make_unique<db::ConnectionPool>(replica_settings);
+      replica_store = std::make_unique<engine::EventStore>(*replica_pool);
+      replica_models = std::make_unique<projections::ReadModels>(*replica_pool);
+      spdlog::info("queries read from the replica at {}", db::redact_database_url(options->read_database_url));
+    }
     std::unique_ptr<relay::Relay> relay;
     if (options->relay) {
       relay::RelaySettings relay_settings;
@@ -208,6 +285,26 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
       return health;
     };
     services.check_database = [&read_pool] { return db::check_database(read_pool); };
+    if (replica_models) {
+      services.read_replica.read_models = replica_models.get();
+      services.read_replica.event_store = replica_store.get();
+      services.read_replica.check = [&replica_pool, &replica_store, &event_store] {
+        const db::StandbyHealth standby = db::check_standby(*replica_pool);
+        api::ReadReplicaHealth health;
+        health.reachable = standby.reachable;
+        health.in_recovery = standby.in_recovery;
+        health.replay_paused = standby.replay_paused;
+        health.replay_lag_seconds = standby.replay_lag_seconds;
+        if (!standby.reachable) return health;
+        try {
+          health.head = replica_store->head().position.value();
+          health.lag_events = std::max<std::int64_t>(0, event_store.head().position.value() - health.head);
+        } catch (const std::exception&) {
+          // The heads are only what the status reports; the reachability above is its verdict.
+        }
+        return health;
+      };
+    }
 
     api::ServerSettings server_settings;
     server_settings.host = options->http_host;

@@ -20,7 +20,6 @@
 #include "ledger/relay/topic_admin.hpp"
 
 namespace ledger::app {
-namespace {
 
 CLI::Validator database_url_validator() {
   return CLI::Validator(
@@ -31,6 +30,8 @@ CLI::Validator database_url_validator() {
       },
       "URL", "database URL");
 }
+
+namespace {
 
 // Kafka's own limits (a broker refuses more), so a typo fails here and not at the broker.
 constexpr int topic_partitions_max = 100'000;

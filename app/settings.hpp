@@ -46,6 +46,10 @@ struct Settings {
 // The --kafka-property and --kafka-property-file settings as a map.
 [[nodiscard]] std::map<std::string, std::string> kafka_property_map(const Settings& settings);
 
+// Accepts what libpq parses (postgresql:// URI or key=value conninfo) and empty; the error
+// quotes none of the text (it may hold a password).
+[[nodiscard]] CLI::Validator database_url_validator();
+
 // Registers the shared settings on `app` (inherited by subcommands through fallthrough).
 void add_settings(CLI::App& app, Settings& settings);
 

@@ -48,6 +48,7 @@ std::shared_ptr<const HealthSnapshot> HealthSnapshots::overdue_snapshot() {
     snapshot->database.pool_max = last_->database.pool_max;
     snapshot->read_side.relay = last_->read_side.relay;
   }
+  if (services_.read_replica.check) snapshot->read_replica = replica_health();
   snapshot->database.reachable = false;
   snapshot->database.error =
       fmt::format("the database check has not answered for {} ms", check_timeout_.count());
@@ -59,6 +60,29 @@ std::shared_ptr<const HealthSnapshot> HealthSnapshots::overdue_snapshot() {
     logged_error_ = snapshot->database.error;
   }
   return snapshot;
+}
+
+ReadReplicaHealth HealthSnapshots::replica_health() {
+  bool start = false;
+  ReadReplicaHealth answer;
+  {
+    std::lock_guard lock(replica_mutex_);
+    const auto now = std::chrono::steady_clock::now();
+    answer = replica_checking_ && now - replica_check_started_ >= check_timeout_ ? ReadReplicaHealth{} : replica_last_;
+    if (!replica_checking_) {
+      replica_checking_ = start = true;
+      replica_check_started_ = now;
+    }
+  }
+  if (start) {
+    boost::asio::post(blocking_, [this] {
+      ReadReplicaHealth checked = services_.read_replica.check();
+      std::lock_guard lock(replica_mutex_);
+      replica_last_ = checked;
+      replica_checking_ = false;
+    });
+  }
+  return answer;
 }
 
 void HealthSnapshots::answer_overdue(std::uint64_t generation) {
@@ -84,6 +108,7 @@ void HealthSnapshots::refresh() {
     // A check that throws must not leave `refreshing_` set: every later probe would wait.
     snapshot->read_side.projections_error = error.what();
   }
+  if (services_.read_replica.check) snapshot->read_replica = replica_health();
   // The cause goes to the log only (connection text is for operators, not for probes); the
   // pool redacts passwords from it.
   const std::string error = snapshot->database.reachable ? std::string() : snapshot->database.error;

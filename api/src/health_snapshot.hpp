@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,7 @@ namespace ledger::api {
 struct HealthSnapshot {
   DatabaseHealth database;
   ReadSideHealth read_side;
+  std::optional<ReadReplicaHealth> read_replica;  // set when queries read from a replica
   std::chrono::steady_clock::time_point taken;
 };
 
@@ -47,6 +49,11 @@ class HealthSnapshots {
 
  private:
   void refresh();
+  // The replica's health for a snapshot: the last finished check, or down while one has run
+  // longer than check_timeout; starts the next check when none runs. The replica is checked
+  // apart, so one that hangs (partitioned) never makes the database check overdue: that
+  // would report the database down and the instance unready, though commands still work.
+  [[nodiscard]] ReadReplicaHealth replica_health();
   // The refresh numbered `generation` is overdue: answers the probes waiting for it.
   void answer_overdue(std::uint64_t generation);
   // What a probe is told while a check is overdue; mutex_ held.
@@ -63,6 +70,10 @@ class HealthSnapshots {
   std::uint64_t refresh_generation_ = 0;
   std::vector<Use> waiting_;  // at most one per connection: a connection waits for its answer
   std::atomic<std::uint64_t> refreshes_{0};
+  std::mutex replica_mutex_;
+  ReadReplicaHealth replica_last_;  // down until the first check finishes
+  bool replica_checking_ = false;
+  std::chrono::steady_clock::time_point replica_check_started_{};
   // The last database error logged: an outage is logged once, not once per check.
   std::string logged_error_;
   std::string logged_projections_error_;

@@ -365,9 +365,16 @@ projections::ProjectionKind projection_of(QueryKind kind) {
 
 }  // namespace
 
-void run_query(projections::ReadModels& read_models, boost::asio::thread_pool& blocking,
-               QueryKind kind, std::string id, const QueryParameters& parameters,
-               std::function<void(QueryAnswer)> done) {
+QueryAnswer unavailable_answer(bool replica) {
+  if (replica) {
+    return problem(503, "read_replica_unavailable", "Service unavailable",
+                   "the read replica cannot be read now; commands are still accepted");
+  }
+  return problem(503, "database_unavailable", "Service unavailable", "the read models cannot be read now");
+}
+
+void run_query(QuerySource source, boost::asio::thread_pool& blocking, QueryKind kind, std::string id,
+               const QueryParameters& parameters, std::function<void(QueryAnswer)> done) {
   auto parsed = std::make_shared<Parsed>();
   if (auto failure = parse(kind, parameters, *parsed)) {
     done(std::move(*failure));
@@ -377,39 +384,53 @@ void run_query(projections::ReadModels& read_models, boost::asio::thread_pool& b
     done(problem(400, "invalid_id", "Invalid id", "ids are 1 to 64 of A-Za-z0-9._:-"));
     return;
   }
-  auto query = [&read_models, &blocking, kind, id = std::move(id), parsed, done]() {
-    boost::asio::post(blocking, [&read_models, kind, id, parsed, done] {
+  projections::ReadModels* models = &source.read_models;
+  const bool replica = source.replica;
+  // Reads on the blocking pool and hands the answer to `answer`, or the source's 503.
+  auto read_then = [models, &blocking, kind, id = std::move(id), parsed, replica](
+                       std::function<void(QueryAnswer)> answer) {
+    boost::asio::post(blocking, [models, kind, id, parsed, replica, answer = std::move(answer)] {
+      QueryAnswer result;
       try {
-        done(read(read_models, kind, id, *parsed));
+        result = read(*models, kind, id, *parsed);
       } catch (const std::exception& error) {
-        spdlog::warn("read model query failed: {}", error.what());
-        done(problem(503, "database_unavailable", "Service unavailable",
-                     "the read models cannot be read now"));
+        spdlog::warn("{} query failed: {}", replica ? "read replica" : "read model", error.what());
+        result = unavailable_answer(replica);
       }
+      answer(std::move(result));
     });
   };
   if (!parsed->min_position) {
-    query();
+    read_then(done);
     return;
   }
   const std::int64_t wanted = *parsed->min_position;
-  const std::string projection(projections::to_string(projection_of(kind)));
-  read_models.wait_for(projection_of(kind), wanted, std::chrono::milliseconds(parsed->wait_ms),
-                       [query, done, wanted, projection, parsed](bool reached, std::int64_t watermark) {
-                         if (reached) {
-                           query();
-                           return;
-                         }
-                         QueryAnswer answer = problem(
-                             504, "read_model_behind", "Read model behind",
-                             "the " + projection + " read model is at position " +
-                                 std::to_string(watermark) + ", below min_position " +
-                                 std::to_string(wanted) + ", after " +
-                                 std::to_string(parsed->wait_ms) + " ms");
-                         answer.watermark = watermark;
-                         done(std::move(answer));
-                       });
+  // Read first: an answer already at min_position needs no wait, and a source that cannot be
+  // read is answered 503 at once rather than "behind" when the wait runs out (the watcher keeps
+  // polling a source that is down). Rows and watermark come from one snapshot, so an answer
+  // below `wanted` is never sent as 200.
+  read_then([models, read_then, done, wanted, kind, parsed, replica](QueryAnswer first) {
+    if (first.status == 503 || (first.watermark && *first.watermark >= wanted)) {
+      done(std::move(first));
+      return;
+    }
+    const std::string projection(projections::to_string(projection_of(kind)));
+    models->wait_for(projection_of(kind), wanted, std::chrono::milliseconds(parsed->wait_ms),
+                         [read_then, done, wanted, projection, parsed, replica](bool reached, std::int64_t watermark) {
+                           if (reached) {
+                             read_then(done);
+                             return;
+                           }
+                           // No read here: this also runs when the read models are destroyed.
+                           QueryAnswer behind = problem(
+                               504, "read_model_behind", "Read model behind",
+                               "the " + projection + " read model" + (replica ? " on the read replica" : "") +
+                                   " is at position " + std::to_string(watermark) + ", below min_position " +
+                                   std::to_string(wanted) + ", after " + std::to_string(parsed->wait_ms) + " ms");
+                           behind.watermark = watermark;
+                           done(std::move(behind));
+                         });
+  });
 }
-
 
 }  // namespace ledger::api

@@ -29,10 +29,22 @@ struct QueryAnswer {
 
 using QueryParameters = std::vector<std::pair<std::string, std::string>>;
 
+// Where a query reads: the primary's read models, or a streaming replica's (serve
+// --read-database-url), which only changes the problem a failed read is answered with.
+struct QuerySource {
+  projections::ReadModels& read_models;
+  bool replica = false;
+};
+
+// The problem of a read that failed (503): `database_unavailable` on the primary,
+// `read_replica_unavailable` on a replica (commands are still accepted then).
+[[nodiscard]] QueryAnswer unavailable_answer(bool replica);
+
 // Checks `parameters`, waits for min_position when asked (at most wait_ms, default 2 s,
-// at most 10 s), reads on `blocking` and calls `done` exactly once, from any thread.
-void run_query(projections::ReadModels& read_models, boost::asio::thread_pool& blocking,
-               QueryKind kind, std::string id, const QueryParameters& parameters,
-               std::function<void(QueryAnswer)> done);
+// at most 10 s), reads on `blocking` and calls `done` exactly once, from any thread. A wait
+// that runs out reads once more before answering 504 `read_model_behind`: a source that cannot
+// be read is answered 503 (unavailable_answer), not "behind".
+void run_query(QuerySource source, boost::asio::thread_pool& blocking, QueryKind kind, std::string id,
+               const QueryParameters& parameters, std::function<void(QueryAnswer)> done);
 
 }  // namespace ledger::api

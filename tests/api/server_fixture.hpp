@@ -25,7 +25,8 @@ class ServerFixture {
  public:
   explicit ServerFixture(const std::string& database_url, api::ServerSettings settings = {},
                          projections::ReadModels* read_models = nullptr,
-                         std::function<api::RelayHealth()> check_relay = {}) {
+                         std::function<api::RelayHealth()> check_relay = {},
+                         const std::function<void(api::Services&)>& configure_services = {}) {
     engine::EngineSettings engine_settings;
     engine_settings.database_url = database_url;
     engine_settings.expiry_sweep_interval = std::chrono::milliseconds(0);
@@ -48,6 +49,7 @@ class ServerFixture {
       ++database_checks_;
       return db::check_database(*pool_);
     };
+    if (configure_services) configure_services(services);
     settings.port = 0;
     settings.tokens = std::make_shared<const api::TokenVerifier>(api::TokenSettings{.hs256_secret = test_jwt_secret});
     server_ = std::make_unique<api::Server>(settings, services);

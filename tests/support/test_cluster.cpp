@@ -11,6 +11,7 @@
 
 #include "ledger/db/embedded_postgres.hpp"
 #include "ledger/db/migrations.hpp"
+#include "test_replica.hpp"
 
 namespace ledger::test {
 namespace fs = std::filesystem;
@@ -43,6 +44,7 @@ int start_test_cluster(const fs::path& directory) {
   fs::create_directories(directory);
   fs::permissions(directory, fs::perms::owner_all | fs::perms::group_exec | fs::perms::others_exec,
                   fs::perm_options::replace);
+  stop_test_replicas(directory);  // left by an interrupted run
   db::EmbeddedPostgres postgres(options_for(directory));
   postgres.start();
   {
@@ -59,6 +61,7 @@ int start_test_cluster(const fs::path& directory) {
 }
 
 void stop_test_cluster(const fs::path& directory) {
+  stop_test_replicas(directory);  // before the primary they stream from
   db::EmbeddedPostgres postgres(options_for(directory));
   postgres.stop();
   fs::remove(directory / "cluster.port");

@@ -102,6 +102,28 @@ void write_engine_health(JsonWriter& w, const engine::EngineStats& stats) {
   write_hold_expiry_health(w, stats.hold_expiry);
 }
 
+// A replica only serves queries: down or lagging it degrades the service, never makes it
+// unready (commands still work on the primary).
+bool replica_degraded(const std::optional<ReadReplicaHealth>& replica) {
+  return replica && (!replica->reachable || !replica->in_recovery || replica->replay_paused);
+}
+
+void write_read_replica_health(JsonWriter& w, const ReadReplicaHealth& replica) {
+  w.Key("read_replica");
+  w.StartObject();
+  write_member(w, "status", !replica.reachable    ? "down"
+                            : !replica.in_recovery ? "not_a_replica"
+                            : replica.replay_paused ? "replay_paused"
+                                                    : "up");
+  if (replica.reachable) {
+    write_member(w, "head_position", replica.head);
+    write_member(w, "lag_events", replica.lag_events);
+    w.Key("replay_lag_seconds");
+    w.Double(replica.replay_lag_seconds);
+  }
+  w.EndObject();
+}
+
 bool is_ready(const DatabaseHealth& database) { return database.reachable && database.pending_migrations.empty(); }
 
 std::string ready_json(const DatabaseHealth& database) {
@@ -126,13 +148,16 @@ std::string health_json(const Context& context, const HealthSnapshot& snapshot) 
   w.StartObject();
   w.Key("status");
   write_string(w, !database.reachable                                          ? "unhealthy"
-                  : (is_ready(database) && !read_side_degraded(snapshot.read_side)) ? "healthy"
-                                                                                    : "degraded");
+                  : (is_ready(database) && !read_side_degraded(snapshot.read_side) &&
+                     !replica_degraded(snapshot.read_replica))
+                      ? "healthy"
+                      : "degraded");
   w.Key("components");
   w.StartObject();
   write_database_health(w, database);
   if (context.services.engine != nullptr) write_engine_health(w, context.services.engine->stats());
   write_read_side_health(w, snapshot.read_side);
+  if (snapshot.read_replica) write_read_replica_health(w, *snapshot.read_replica);
   w.EndObject();
   w.EndObject();
   return {buffer.GetString(), buffer.GetSize()};

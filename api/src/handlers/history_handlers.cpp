@@ -1,11 +1,14 @@
 // History from the event store itself: a stream's events (auditor) and an account's balances
 // as of a past moment. Both read on the blocking pool.
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <rapidjson/stringbuffer.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
+#include <memory>
 
 #include "../json_text.hpp"
 #include "handlers.hpp"
@@ -23,6 +26,10 @@ namespace {
 
 constexpr std::int64_t stream_page_events_default = 100;
 constexpr std::int64_t stream_page_events_max = 1'000;
+// On a read replica, how long a history read waits for the replica to replay the primary's
+// head (the default wait of the read-model queries), and how often it looks.
+constexpr auto replica_wait_ms_max = std::chrono::milliseconds(2'000);
+constexpr auto replica_poll_interval_ms = std::chrono::milliseconds(3);
 
 // A stream id is a kind prefix and an id, client-chosen or derived by the engine (`~`
 // separates a derived id's parts: `transfer-L1~r1~interest`).
@@ -72,16 +79,88 @@ std::string stream_events_json(const std::vector<domain::RecordedEvent>& events,
   return {buffer.GetString(), buffer.GetSize()};
 }
 
+// Where history reads: the replica's event store when one is configured, else the primary's.
+const engine::EventStore& history_store(const Context& context) {
+  const auto* replica = context.services.read_replica.event_store;
+  return replica != nullptr ? *replica : *context.services.event_store;
+}
+
+void answer_unreadable(const Context& context, const Reply& reply) {
+  const QueryAnswer problem = unavailable_answer(context.services.read_replica.event_store != nullptr);
+  reply.problem(problem.status, problem.code, problem.title, problem.detail);
+}
+
+// Holds a history read on a streaming replica until the replica has replayed everything the
+// primary had committed when the request came (its head, or `at_most` when lower), so the
+// answer is the one the primary would give: the replica lags, and a client that has just
+// written must see its write. Polls the replica's head on the blocking pool with a timer in
+// between (no thread held while waiting), at most replica_wait_ms_max; then 504
+// `read_model_behind`. Without a replica, `read` runs at once.
+void after_replica_caught_up(const Context& context, std::optional<std::int64_t> at_most, const Reply& reply,
+                             std::function<void()> read) {
+  if (context.services.read_replica.event_store == nullptr) return read();
+  std::int64_t target = 0;
+  try {
+    target = context.services.event_store->head().position.value();
+  } catch (const std::exception& error) {
+    logging::RequestIdScope scope(reply.request_id);
+    spdlog::warn("reading the primary's head for a replica read failed: {}", error.what());
+    reply.problem(503, "database_unavailable", "Service unavailable",
+                  "the primary's head cannot be read now, so the read replica cannot be trusted to be current");
+    return;
+  }
+  if (at_most) target = std::min(target, *at_most);
+  struct Wait {
+    Context context;
+    std::int64_t target;
+    std::chrono::steady_clock::time_point deadline;
+    Reply reply;
+    std::function<void()> read;
+    boost::asio::steady_timer timer;
+  };
+  auto wait = std::make_shared<Wait>(Wait{context, target, std::chrono::steady_clock::now() + replica_wait_ms_max,
+                                          reply, std::move(read),
+                                          boost::asio::steady_timer(context.blocking.get_executor())});
+  auto poll = std::make_shared<std::function<void()>>();
+  *poll = [wait, weak_poll = std::weak_ptr<std::function<void()>>(poll)] {
+    std::int64_t replayed = 0;
+    try {
+      replayed = wait->context.services.read_replica.event_store->head().position.value();
+    } catch (const std::exception& error) {
+      logging::RequestIdScope scope(wait->reply.request_id);
+      spdlog::warn("reading the read replica's head failed: {}", error.what());
+      answer_unreadable(wait->context, wait->reply);
+      return;
+    }
+    if (replayed >= wait->target) return wait->read();
+    if (std::chrono::steady_clock::now() >= wait->deadline) {
+      wait->reply.problem(504, "read_model_behind", "Read model behind",
+                          "the read replica has replayed to position " + std::to_string(replayed) +
+                              ", below the primary's position " + std::to_string(wait->target) + ", after " +
+                              std::to_string(replica_wait_ms_max.count()) + " ms");
+      return;
+    }
+    auto again = weak_poll.lock();
+    if (!again) return;
+    wait->timer.expires_after(replica_poll_interval_ms);
+    wait->timer.async_wait([again](const boost::system::error_code& error) {
+      if (!error) (*again)();
+    });
+  };
+  // The timer's handler holds `poll` alive between polls; the first poll runs here.
+  (*poll)();
+}
+
 void read_stream_events(const Context& context, const std::string& stream_id, std::int64_t from_version,
                         std::int64_t limit, const Reply& reply) {
   std::vector<domain::RecordedEvent> events;
   try {
-    events = context.services.event_store->read_stream(stream_id, StreamVersion(from_version),
-                                                       static_cast<std::size_t>(limit));
+    events = history_store(context).read_stream(stream_id, StreamVersion(from_version),
+                                                static_cast<std::size_t>(limit));
   } catch (const std::exception& error) {
     logging::RequestIdScope scope(reply.request_id);
     spdlog::warn("reading stream {} failed: {}", stream_id, error.what());
-    reply.problem(503, "database_unavailable", "Service unavailable", "the event store cannot be read now");
+    answer_unreadable(context, reply);
     return;
   }
   if (events.empty() && from_version == 1) {
@@ -95,13 +174,13 @@ void read_balance_as_of(const Context& context, const std::string& account_id, c
                         const Reply& reply) {
   std::optional<engine::BalanceAsOf> found;
   try {
-    found = engine::balance_as_of(*context.services.event_store, account_id, moment.as_of_us,
+    found = engine::balance_as_of(history_store(context), account_id, moment.as_of_us,
                                   moment.at_position ? std::optional<GlobalPosition>(*moment.at_position)
                                                      : std::nullopt);
   } catch (const std::exception& error) {
     logging::RequestIdScope scope(reply.request_id);
     spdlog::warn("folding account {} failed: {}", account_id, error.what());
-    reply.problem(503, "database_unavailable", "Service unavailable", "the event store cannot be read now");
+    answer_unreadable(context, reply);
     return;
   }
   if (!found || !found->state.exists) {
@@ -141,7 +220,9 @@ void answer_stream_events(const Context& context, const std::string& stream_id, 
     return;
   }
   boost::asio::post(context.blocking, [context, stream_id, from_version, limit, reply] {
-    read_stream_events(context, stream_id, from_version, limit, reply);
+    after_replica_caught_up(context, std::nullopt, reply, [context, stream_id, from_version, limit, reply] {
+      read_stream_events(context, stream_id, from_version, limit, reply);
+    });
   });
 }
 
@@ -168,7 +249,9 @@ void answer_balance_as_of(const Context& context, const std::string& account_id,
     return;
   }
   boost::asio::post(context.blocking, [context, account_id, moment, reply] {
-    read_balance_as_of(context, account_id, moment, reply);
+    after_replica_caught_up(context, moment.at_position, reply, [context, account_id, moment, reply] {
+      read_balance_as_of(context, account_id, moment, reply);
+    });
   });
 }
 

@@ -78,6 +78,15 @@ void append_engine_metrics(std::string& out, const engine::EngineStats& stats) {
   append_hold_expiry_metrics(out, stats.hold_expiry);
 }
 
+void append_read_replica_metrics(std::string& out, const ReadReplicaHealth& replica) {
+  out += "# TYPE ledger_read_replica_up gauge\n";
+  out += fmt::format("ledger_read_replica_up {}\n", replica.reachable && replica.in_recovery ? 1 : 0);
+  out += "# TYPE ledger_read_replica_lag_events gauge\n";
+  out += fmt::format("ledger_read_replica_lag_events {}\n", replica.lag_events);
+  out += "# TYPE ledger_read_replica_replay_lag_seconds gauge\n";
+  out += fmt::format("ledger_read_replica_replay_lag_seconds {}\n", replica.replay_lag_seconds);
+}
+
 }  // namespace
 
 void answer_metrics(const Context& context, const Reply& reply) {
@@ -86,6 +95,7 @@ void answer_metrics(const Context& context, const Reply& reply) {
     append_database_metrics(extra, snapshot->database, context.health.refreshes());
     if (context.services.engine != nullptr) append_engine_metrics(extra, context.services.engine->stats());
     extra += read_side_metrics(snapshot->read_side);
+    if (snapshot->read_replica) append_read_replica_metrics(extra, *snapshot->read_replica);
     Response response{http::status::ok, reply.version};
     response.set(http::field::content_type, "text/plain; version=0.0.4");
     response.body() = context.metrics.render(extra);

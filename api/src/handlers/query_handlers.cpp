@@ -11,7 +11,11 @@ void answer_query(const Context& context, QueryKind kind, std::string id, const 
     reply.problem(503, "unavailable", "Service unavailable", "this server has no read models configured");
     return;
   }
-  run_query(*context.services.read_models, context.blocking, kind, std::move(id), parameters,
+  // A streaming replica, when configured, answers every read-model query (Services::read_replica).
+  const ReadReplica& replica = context.services.read_replica;
+  const QuerySource source = replica.read_models != nullptr ? QuerySource{*replica.read_models, true}
+                                                            : QuerySource{*context.services.read_models, false};
+  run_query(source, context.blocking, kind, std::move(id), parameters,
             [reply](QueryAnswer answer) {
               Response response;
               if (answer.status == 200) {

@@ -73,6 +73,28 @@ struct RelayHealth {
   double oldest_unacknowledged_seconds = 0;
 };
 
+// What /health says of the streaming replica the queries read from.
+struct ReadReplicaHealth {
+  bool reachable = false;
+  bool in_recovery = false;          // false: the URL names a primary, not a standby
+  bool replay_paused = false;        // pg_wal_replay_pause() was called on it
+  std::int64_t head = 0;             // the last event position it has replayed
+  std::int64_t lag_events = 0;       // the primary's head minus `head` (0 when unknown)
+  double replay_lag_seconds = 0;     // age of the last transaction replayed while WAL waits; 0 caught up
+};
+
+// The streaming replica the read-only query routes read from (`serve --read-database-url`): its
+// read models, whose watermarks replicate with their rows in the same transactions, so
+// `min_position` keeps its meaning, and its event store (history and as-of balances, held until
+// the replica has replayed the primary's head). Commands, idempotency, close of business and
+// the write side's health stay on the primary. read_models null: no replica; queries read the
+// primary.
+struct ReadReplica {
+  projections::ReadModels* read_models = nullptr;
+  engine::EventStore* event_store = nullptr;
+  std::function<ReadReplicaHealth()> check;  // blocking, never throws
+};
+
 // What the server needs from the rest of the process (wired by the composition root).
 struct Services {
   engine::Engine* engine = nullptr;
@@ -83,6 +105,7 @@ struct Services {
   // Blocking: checks the database (run on the server's blocking pool, never on I/O threads);
   // usually db::check_database on a pool of its own.
   std::function<DatabaseHealth()> check_database;
+  ReadReplica read_replica;
 };
 
 // The HTTP/1.1 front (Boost.Beast): keep-alive, pipelining (answered in order), limits on
