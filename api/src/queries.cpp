@@ -351,6 +351,19 @@ QueryAnswer read(projections::ReadModels& read_models, QueryKind kind, const std
   return answer;
 }
 
+// The one stream a query reads, if it reads one: what its min_position waits for.
+std::optional<std::string> stream_of(QueryKind kind, const std::string& id) {
+  switch (kind) {
+    case QueryKind::account:
+    case QueryKind::entries: return domain::account_stream(id);
+    case QueryKind::loan:
+    case QueryKind::loan_schedule: return domain::loan_stream(id);
+    case QueryKind::audit:
+    case QueryKind::account_loans: return std::nullopt;
+  }
+  return std::nullopt;
+}
+
 projections::ProjectionKind projection_of(QueryKind kind) {
   switch (kind) {
     case QueryKind::audit: return projections::ProjectionKind::audit;
@@ -377,6 +390,7 @@ void run_query(projections::ReadModels& read_models, boost::asio::thread_pool& b
     done(problem(400, "invalid_id", "Invalid id", "ids are 1 to 64 of A-Za-z0-9._:-"));
     return;
   }
+  const std::string id_for_wait = id;
   auto query = [&read_models, &blocking, kind, id = std::move(id), parsed, done]() {
     boost::asio::post(blocking, [&read_models, kind, id, parsed, done] {
       try {
@@ -394,6 +408,8 @@ void run_query(projections::ReadModels& read_models, boost::asio::thread_pool& b
   }
   const std::int64_t wanted = *parsed->min_position;
   const std::string projection(projections::to_string(projection_of(kind)));
+  // A query about one stream waits for that stream's partition of the read model only (the
+  // others may lag without making the answer stale); the rest wait for every partition.
   read_models.wait_for(projection_of(kind), wanted, std::chrono::milliseconds(parsed->wait_ms),
                        [query, done, wanted, projection, parsed](bool reached, std::int64_t watermark) {
                          if (reached) {
@@ -408,7 +424,8 @@ void run_query(projections::ReadModels& read_models, boost::asio::thread_pool& b
                                  std::to_string(parsed->wait_ms) + " ms");
                          answer.watermark = watermark;
                          done(std::move(answer));
-                       });
+                       },
+                       stream_of(kind, id_for_wait));
 }
 
 

@@ -9,9 +9,12 @@
 #include <librdkafka/rdkafka.h>
 
 #include <map>
+#include <future>
 #include <set>
 
 #include "../engine/engine_fixture.hpp"
+#include "ledger/domain/types.hpp"
+#include "ledger/projections/read_models.hpp"
 #include "read_side_fixture.hpp"
 
 using namespace ledger;
@@ -215,4 +218,42 @@ TEST_CASE("progress markers move idle partitions; garbled and forged markers cha
   const std::int64_t later = test::store_head(database.app_url());
   REQUIRE(test::eventually([&] { return every_partition_at(database.app_url(), later, 4); }, 30s));
   test::check_read_models_equal_fold(database.app_url());
+}
+
+TEST_CASE("min_position on a stream waits for that stream's partition, other queries for the minimum") {
+  test::TestDatabase database;
+  auto pool = test::make_pool(database.app_url());
+  // Watermarks as a projector leaves them: partition 0 ahead, the others behind.
+  {
+    pqxx::connection connection(database.admin_url());
+    pqxx::work work(connection);
+    work.exec("UPDATE read.projections SET partitions = 4, watermark = 5 WHERE name = 'balance'");
+    work.exec("UPDATE read.projections SET watermark = 7 WHERE name = 'audit'");  // not split yet
+    work.exec("INSERT INTO read.partition_watermarks (projection, partition, position) "
+              "VALUES ('balance', 0, 100), ('balance', 1, 5), ('balance', 2, 5), ('balance', 3, 5)");
+    work.commit();
+  }
+  auto stream_in = [](std::int32_t partition) {
+    for (int i = 0;; ++i) {
+      const std::string id = "a" + std::to_string(i);
+      if (partition_for_stream(account_stream(id), 4) == partition) return id;
+    }
+  };
+  const std::string ahead = stream_in(0);
+  const std::string behind = stream_in(1);
+  projections::ReadModels read_models(pool);
+  auto wait = [&](std::optional<std::string> stream, std::int64_t position) {
+    std::promise<std::pair<bool, std::int64_t>> answer;
+    read_models.wait_for(
+        projections::ProjectionKind::balance, position, 300ms,
+        [&](bool reached, std::int64_t watermark) { answer.set_value({reached, watermark}); }, std::move(stream));
+    return answer.get_future().get();
+  };
+  CHECK(wait(account_stream(ahead), 50) == std::pair<bool, std::int64_t>{true, 100});
+  CHECK(wait(account_stream(behind), 50) == std::pair<bool, std::int64_t>{false, 5});
+  CHECK(wait(std::nullopt, 50) == std::pair<bool, std::int64_t>{false, 5});
+  // A query reports the watermark it can vouch for: its stream's partition's.
+  CHECK(read_models.account(ahead).watermark == 100);
+  CHECK(read_models.account(behind).watermark == 5);
+  CHECK(read_models.audit({}).watermark == 7);
 }
