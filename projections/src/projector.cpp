@@ -569,9 +569,22 @@ struct Projector::Impl {
         }
         if (!positions.empty()) first_expected = std::min(first_expected, positions.front());
       }
+      bool below_first = false;
       if (single_step && first_expected != std::numeric_limits<std::int64_t>::max()) {
-        // Looking for the position that fails: only the first one, wherever it is. Every other
-        // partition has none of its own below it, so each may move up to just below it.
+        for (const auto& [partition, target] : targets) below_first |= start[partition] < first_expected - 1;
+      }
+      if (below_first) {
+        // Looking for the position that fails, one position at a time: first every partition
+        // moves up to just below it (none has a position of its own there), so that while the
+        // position stalls the watermark says that everything before it is applied.
+        for (auto& [partition, target] : targets) {
+          expected[partition].clear();
+          target = std::max(start[partition], std::min(target, first_expected - 1));
+        }
+        first_expected = std::numeric_limits<std::int64_t>::max();
+      } else if (single_step && first_expected != std::numeric_limits<std::int64_t>::max()) {
+        // Then only that one position, wherever it is. Every other partition has none of its
+        // own below it, so each may move up to just below it.
         for (auto& [partition, target] : targets) {
           auto& positions = expected[partition];
           if (!positions.empty() && positions.front() == first_expected) {
@@ -697,7 +710,12 @@ struct Projector::Impl {
       std::int64_t watermark = -1;
       if (moved) {
         // Last in the transaction: every process of this projection updates this one row, so it
-        // is held only for the commit.
+        // is held only for the commit. The lock is taken before the minimum is read, in a
+        // statement of its own: every transaction that moved a partition before holds it until
+        // its commit, so the next statement's snapshot sees all of them. (Read in the UPDATE's
+        // own snapshot, two processes committing at once could each miss the other's partition
+        // and leave the minimum behind until the next batch, forever when idle.)
+        work.exec_params("SELECT 1 FROM read.projections WHERE name = $1 FOR UPDATE", name);
         watermark = work.exec_params1(
             "WITH lowest AS (SELECT min(position) AS position FROM read.partition_watermarks WHERE projection = $1) "
             "UPDATE read.projections SET watermark = greatest(watermark, lowest.position), "
