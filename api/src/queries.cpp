@@ -351,6 +351,19 @@ QueryAnswer read(projections::ReadModels& read_models, QueryKind kind, const std
   return answer;
 }
 
+// The one stream a query reads, if it reads one: what its min_position waits for.
+std::optional<std::string> stream_of(QueryKind kind, const std::string& id) {
+  switch (kind) {
+    case QueryKind::account:
+    case QueryKind::entries: return domain::account_stream(id);
+    case QueryKind::loan:
+    case QueryKind::loan_schedule: return domain::loan_stream(id);
+    case QueryKind::audit:
+    case QueryKind::account_loans: return std::nullopt;
+  }
+  return std::nullopt;
+}
+
 projections::ProjectionKind projection_of(QueryKind kind) {
   switch (kind) {
     case QueryKind::audit: return projections::ProjectionKind::audit;
@@ -384,6 +397,7 @@ void run_query(QuerySource source, boost::asio::thread_pool& blocking, QueryKind
     done(problem(400, "invalid_id", "Invalid id", "ids are 1 to 64 of A-Za-z0-9._:-"));
     return;
   }
+  const std::string id_for_wait = id;
   projections::ReadModels* models = &source.read_models;
   const bool replica = source.replica;
   // Reads on the blocking pool and hands the answer to `answer`, or the source's 503.
@@ -409,12 +423,14 @@ void run_query(QuerySource source, boost::asio::thread_pool& blocking, QueryKind
   // read is answered 503 at once rather than "behind" when the wait runs out (the watcher keeps
   // polling a source that is down). Rows and watermark come from one snapshot, so an answer
   // below `wanted` is never sent as 200.
-  read_then([models, read_then, done, wanted, kind, parsed, replica](QueryAnswer first) {
+  read_then([models, read_then, done, wanted, kind, parsed, replica, id_for_wait](QueryAnswer first) {
     if (first.status == 503 || (first.watermark && *first.watermark >= wanted)) {
       done(std::move(first));
       return;
     }
     const std::string projection(projections::to_string(projection_of(kind)));
+    // A query about one stream waits for that stream's partition of the read model only (the
+    // others may lag without making the answer stale); the rest wait for every partition.
     models->wait_for(projection_of(kind), wanted, std::chrono::milliseconds(parsed->wait_ms),
                          [read_then, done, wanted, projection, parsed, replica](bool reached, std::int64_t watermark) {
                            if (reached) {
@@ -429,7 +445,8 @@ void run_query(QuerySource source, boost::asio::thread_pool& blocking, QueryKind
                                    std::to_string(wanted) + ", after " + std::to_string(parsed->wait_ms) + " ms");
                            behind.watermark = watermark;
                            done(std::move(behind));
-                         });
+                         },
+                         stream_of(kind, id_for_wait));
   });
 }
 

@@ -8,6 +8,7 @@
 #include <charconv>
 #include <limits>
 #include <map>
+#include <set>
 #include <unordered_map>
 
 #include "ledger/core/assert.hpp"
@@ -27,6 +28,31 @@ using domain::RecordedEvent;
 
 // Where the batch's messages came from: the next offset to consume, per partition.
 using PartitionOffsets = std::map<std::int32_t, std::int64_t>;
+
+// One message of an assigned partition, decoded: an event, or a progress marker (no event;
+// `position` is what it covers).
+struct Message {
+  std::int64_t position = 0;
+  std::int64_t previous = 0;  // previous_position: the event sent to the partition before
+  std::optional<RecordedEvent> event;
+};
+using PartitionMessages = std::map<std::int32_t, std::vector<Message>>;
+
+// How long reading the topic's partition count may take.
+constexpr int metadata_timeout_ms = 10'000;
+// The store's positions, partitions and hashes are read this many rows a query.
+constexpr std::int64_t stored_range_rows = 20'000;
+// Events read from the store for a gap or a catch-up, at most this many a query.
+constexpr std::int64_t store_read_events_max = 10'000;
+// A read model whose watermarks were split over another partition count waits for a rebuild;
+// it checks again after this pause.
+constexpr auto partition_mismatch_retry_pause = std::chrono::milliseconds(5'000);
+
+// The topic's partition count differs from the one the read model's watermarks are split by.
+class PartitionCountChanged : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 // A position the projector cannot apply is retried after this pause, doubled on each failure
 // up to the maximum: a fixed version deployed later applies it, and a stall costs little.
@@ -93,10 +119,17 @@ struct Projector::Impl {
   std::unique_ptr<Projection> projection;
   rd_kafka_t* consumer = nullptr;
 
-  // The hash of the event at `chain_position` (the watermark this projector last committed):
-  // the next event must chain from it.
-  std::int64_t chain_position = -1;
-  std::string chain_hash_at;
+  // The events topic's partition count (read when the consumer is created), whether the
+  // read model's watermarks are split by it (read.partition_watermarks), the partitions Kafka
+  // assigned to this process (kept by on_rebalance, on this thread), and the last watermark
+  // known per partition: committed here, or read after an assignment or a failure. The row
+  // lock in apply() reads the true one; these only choose what to read.
+  std::int32_t partitions = 0;
+  bool partitions_ready = false;
+  std::set<std::int32_t> assigned;
+  bool refresh_watermarks = true;
+  std::map<std::int32_t, std::int64_t> watermarks;
+
   // The positions the last apply() tried, when it failed.
   struct Attempt {
     std::int64_t from = 0;
@@ -139,11 +172,15 @@ struct Projector::Impl {
   void pause(std::chrono::milliseconds duration) { worker.pause(duration); }
 
   // On assignment the consumer starts from the offsets stored with the read model, so what
-  // Kafka's own group offsets say never matters.
+  // Kafka's own group offsets say never matters. Runs on the projector's thread (inside
+  // rd_kafka_consumer_poll): the assigned set changes between rounds, never during apply().
   static void on_rebalance(rd_kafka_t* handle, rd_kafka_resp_err_t error,
                            rd_kafka_topic_partition_list_t* partitions, void* opaque) {
     auto* self = static_cast<Impl*>(opaque);
+    self->refresh_watermarks = true;
     if (error != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+      self->assigned.clear();
+      self->publish_assignment();
       rd_kafka_assign(handle, nullptr);
       return;
     }
@@ -161,12 +198,39 @@ struct Projector::Impl {
         partition.offset = found == stored.end() ? RD_KAFKA_OFFSET_BEGINNING : found->second;
       }
     } catch (const std::exception& failure) {
-      // Without the stored offsets, start from the beginning: the watermark skips repeats.
+      // Without the stored offsets, start from the beginning: the watermarks skip repeats.
       spdlog::warn("projector {}: reading stored offsets failed ({}); reading from the start",
                    self->name, failure.what());
       for (int i = 0; i < partitions->cnt; ++i) partitions->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING;
     }
+    self->assigned.clear();
+    for (int i = 0; i < partitions->cnt; ++i) self->assigned.insert(partitions->elems[i].partition);
+    self->publish_assignment();
     rd_kafka_assign(handle, partitions);
+  }
+
+  void publish_assignment() {
+    update_status([&](ProjectorStatus& s) { s.assigned.assign(assigned.begin(), assigned.end()); });
+  }
+
+  // The events topic's partition count as the brokers report it.
+  std::int32_t read_partition_count() {
+    rd_kafka_topic_t* topic = rd_kafka_topic_new(consumer, settings.topic.c_str(), nullptr);
+    const rd_kafka_metadata_t* metadata = nullptr;
+    const auto error = rd_kafka_metadata(consumer, 0, topic, &metadata, metadata_timeout_ms);
+    rd_kafka_topic_destroy(topic);
+    if (error != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      throw std::runtime_error("reading the partitions of topic " + settings.topic + ": " + rd_kafka_err2str(error));
+    }
+    std::int32_t count = 0;
+    for (int i = 0; i < metadata->topic_cnt; ++i) {
+      if (settings.topic == metadata->topics[i].topic && metadata->topics[i].err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        count = metadata->topics[i].partition_cnt;
+      }
+    }
+    rd_kafka_metadata_destroy(metadata);
+    if (count < 1) throw std::runtime_error("topic " + settings.topic + " does not exist (yet)");
+    return count;
   }
 
   void create_consumer() {
@@ -192,14 +256,16 @@ struct Projector::Impl {
     set("queued.min.messages", "20000");
     // A projector killed without leaving its group holds its partitions until the session
     // times out; a restarted one waits that long for them. Kafka's default is 45 s.
-    set("session.timeout.ms", "10000");
-    set("heartbeat.interval.ms", "2000");
+    set("session.timeout.ms", std::to_string(settings.session_timeout.count()));
+    set("heartbeat.interval.ms", std::to_string(std::max<std::int64_t>(settings.session_timeout.count() / 5, 100)));
     for (const auto& [key, value] : settings.kafka_properties) set(key, value);
     rd_kafka_conf_set_rebalance_cb(conf, &Impl::on_rebalance);
     rd_kafka_conf_set_opaque(conf, this);
     consumer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, error, sizeof error);
     if (consumer == nullptr) throw std::runtime_error(std::string("Kafka consumer: ") + error);
     rd_kafka_poll_set_consumer(consumer);
+    partitions = read_partition_count();
+    update_status([&](ProjectorStatus& s) { s.partitions = partitions; });
     rd_kafka_topic_partition_list_t* topics = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(topics, settings.topic.c_str(), RD_KAFKA_PARTITION_UA);
     const auto subscribed = rd_kafka_subscribe(consumer, topics);
@@ -209,27 +275,73 @@ struct Projector::Impl {
     }
   }
 
-  // The position a message's `position` header names, without decoding its value.
-  static std::optional<std::int64_t> header_position(const rd_kafka_message_t* message) {
-    rd_kafka_headers_t* headers = nullptr;
-    if (rd_kafka_message_headers(message, &headers) != RD_KAFKA_RESP_ERR_NO_ERROR) return std::nullopt;
-    const void* value = nullptr;
-    std::size_t size = 0;
-    if (rd_kafka_header_get_last(headers, "position", &value, &size) != RD_KAFKA_RESP_ERR_NO_ERROR) {
-      return std::nullopt;
+  // Splits the read model's watermark into one per partition the first time (each starts at
+  // the single watermark: every event at or below it is applied, none above), and checks that
+  // a split made earlier used the topic's partition count.
+  void ensure_partitions() {
+    auto lease = pool.acquire();
+    pqxx::work work(*lease);
+    const auto row = work.exec_params1(
+        "SELECT watermark, partitions FROM read.projections WHERE name = $1 FOR UPDATE", name);
+    const auto watermark = row[0].as<std::int64_t>();
+    if (row[1].is_null()) {
+      work.exec_params("UPDATE read.projections SET partitions = $2 WHERE name = $1", name, partitions);
+      work.exec_params(
+          "INSERT INTO read.partition_watermarks (projection, partition, position) "
+          "SELECT $1, p, $2 FROM generate_series(0, $3 - 1) AS p ON CONFLICT DO NOTHING",
+          name, watermark, partitions);
+      spdlog::info("projector {}: watermark {} split over the {} partitions of {}", name, watermark, partitions,
+                   settings.topic);
+    } else if (row[1].as<std::int32_t>() != partitions) {
+      throw PartitionCountChanged(
+          "topic " + settings.topic + " has " + std::to_string(partitions) + " partitions, but the " + name +
+          " read model's watermarks are split over " + row[1].as<std::string>() +
+          ": streams moved between partitions; run `ledger rebuild " + name + "` (it splits them again)");
     }
-    std::int64_t position = 0;
-    const char* text = static_cast<const char*>(value);
-    const auto [end, error] = std::from_chars(text, text + size, position);
-    if (error != std::errc() || end != text + size) return std::nullopt;
-    return position;
+    work.commit();
+    partitions_ready = true;
   }
 
-  struct Collected {
-    std::size_t messages = 0;     // seen, decoded or not
-    std::int64_t duplicates = 0;  // skipped at or below the watermark
-    std::int64_t other_incarnation = 0;  // skipped: published under another incarnation
-  };
+  // The watermark of every partition, and a stall recorded earlier (by this process or one
+  // before it), so moving past it is logged.
+  void read_watermarks() {
+    auto lease = pool.acquire();
+    pqxx::read_transaction work(*lease);
+    watermarks.clear();
+    for (const auto& row : work.exec_params(
+             "SELECT partition, position FROM read.partition_watermarks WHERE projection = $1", name)) {
+      watermarks[row[0].as<std::int32_t>()] = row[1].as<std::int64_t>();
+    }
+    const auto row = work.exec_params1(
+        "SELECT watermark, stalled_position, coalesce(stalled_reason, '') FROM read.projections WHERE name = $1",
+        name);
+    const auto watermark = row[0].as<std::int64_t>();
+    if (!stall && !row[1].is_null() && row[1].as<std::int64_t>() > watermark) {
+      stall = Stall{row[1].as<std::int64_t>(), row[2].as<std::string>(), true};
+      update_status([&](ProjectorStatus& s) {
+        s.stalled_position = GlobalPosition(stall->position);
+        s.stalled_reason = stall->reason;
+      });
+    }
+    update_status([&](ProjectorStatus& s) { s.watermark = GlobalPosition(watermark); });
+    refresh_watermarks = false;
+  }
+
+  // The lowest watermark of the partitions assigned here (none assigned: nothing to do).
+  [[nodiscard]] std::optional<std::int64_t> lowest_assigned() const {
+    std::optional<std::int64_t> lowest;
+    for (const auto partition : assigned) {
+      const auto found = watermarks.find(partition);
+      const std::int64_t watermark = found == watermarks.end() ? 0 : found->second;
+      if (!lowest || watermark < *lowest) lowest = watermark;
+    }
+    return lowest;
+  }
+
+  [[nodiscard]] std::int64_t watermark_of(std::int32_t partition) const {
+    const auto found = watermarks.find(partition);
+    return found == watermarks.end() ? 0 : found->second;
+  }
 
   // The store's current incarnation, read again (at start, and when a message names another).
   void read_incarnation() {
@@ -250,8 +362,7 @@ struct Projector::Impl {
   // Whether a message published under an incarnation belongs to the store's current one. A
   // message of another one comes from a timeline a point-in-time restore left behind (or the
   // store was given a new incarnation meanwhile: read once more when one appears).
-  bool of_current_incarnation(const domain::DecodedEnvelope& decoded) {
-    const auto& id = decoded.incarnation->id;
+  bool of_current_incarnation(const std::string& id) {
     if (id == incarnation) return true;
     if (id != skipped_incarnation) {
       read_incarnation();
@@ -274,12 +385,17 @@ struct Projector::Impl {
     other_incarnation_run = 0;
   }
 
+  struct Collected {
+    std::size_t messages = 0;            // seen, decoded or not
+    std::int64_t other_incarnation = 0;  // skipped: published under another incarnation
+    std::int64_t rejected = 0;           // undecodable events or garbled markers
+  };
+
   // Collects up to batch_events_max messages, waiting at most batch_wait after the first
-  // (first_wait_ms 0: only what is already fetched). Messages whose position header is at or
-  // below `skip_through` are not decoded: catching up from the store, Kafka's copies are only
-  // counted and dropped.
-  Collected collect(std::vector<RecordedEvent>& events, PartitionOffsets& offsets, int first_wait_ms,
-                    std::int64_t skip_through, std::int64_t watermark) {
+  // (first_wait_ms 0: only what is already fetched), into `incoming` per partition. With
+  // `skip_events` (catching up from the store) nothing is decoded: Kafka's copies are dropped,
+  // their offsets kept.
+  Collected collect(PartitionMessages& incoming, PartitionOffsets& offsets, int first_wait_ms, bool skip_events) {
     Collected collected;
     const auto started = Clock::now();
     int wait_ms = first_wait_ms;
@@ -292,22 +408,7 @@ struct Projector::Impl {
       if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         ++collected.messages;
         offsets[message->partition] = message->offset + 1;
-        const auto position = header_position(message);
-        if (position && *position <= skip_through) {
-          if (*position <= watermark) ++collected.duplicates;
-        } else if (auto decoded = domain::decode_envelope_with_incarnation(
-                       {static_cast<const char*>(message->payload), message->len})) {
-          if (decoded->incarnation && !of_current_incarnation(*decoded)) {
-            ++collected.other_incarnation;
-          } else {
-            end_other_incarnation_run();
-            events.push_back(std::move(decoded->event));
-          }
-        } else {
-          // Not ours or damaged: its position, if any, is filled from the event store.
-          spdlog::warn("projector {}: undecodable message at partition {} offset {}", name,
-                       message->partition, message->offset);
-        }
+        if (!skip_events) decode(message, incoming, collected);
       } else if (message->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
         update_status([&](ProjectorStatus& s) { s.last_error = rd_kafka_message_errstr(message); });
       }
@@ -318,110 +419,270 @@ struct Projector::Impl {
     return collected;
   }
 
-  // Applies what follows the watermark, in position order, filling any gap from the event
-  // store; `up_to` > 0 also reads the store up to that position (healing without Kafka).
-  // Returns the new watermark. The events are moved out, not copied; a batch that fails is
-  // not retried from memory: its positions come back from Kafka or the store.
-  std::int64_t apply(std::vector<RecordedEvent>& events, const PartitionOffsets& offsets,
-                     std::int64_t up_to) {
-    std::sort(events.begin(), events.end(),
-              [](const RecordedEvent& a, const RecordedEvent& b) { return a.position < b.position; });
+  // One message into `incoming`: an event, or a progress marker (the `ledger-progress`
+  // header). Anything that decodes as neither is logged and left out: the store fills its
+  // position, and a marker that cannot be read only delays an idle partition.
+  void decode(const rd_kafka_message_t* message, PartitionMessages& incoming, Collected& collected) {
+    const std::string_view payload{static_cast<const char*>(message->payload), message->len};
+    if (has_header(message, domain::progress_marker_header)) {
+      const auto marker = domain::decode_progress_marker(payload);
+      if (!marker) {
+        spdlog::warn("projector {}: a progress marker at partition {} offset {} does not decode; ignored", name,
+                     message->partition, message->offset);
+        ++collected.rejected;
+        return;
+      }
+      if (marker->incarnation && !of_current_incarnation(marker->incarnation->id)) {
+        ++collected.other_incarnation;
+        return;
+      }
+      incoming[message->partition].push_back(
+          Message{marker->through.value(), marker->previous_position.value(), std::nullopt});
+      return;
+    }
+    auto decoded = domain::decode_envelope_with_incarnation(payload);
+    if (!decoded) {
+      spdlog::warn("projector {}: undecodable message at partition {} offset {}", name, message->partition,
+                   message->offset);
+      ++collected.rejected;
+      return;
+    }
+    if (decoded->incarnation && !of_current_incarnation(decoded->incarnation->id)) {
+      ++collected.other_incarnation;
+      return;
+    }
+    end_other_incarnation_run();
+    const auto position = decoded->event.position.value();
+    incoming[message->partition].push_back(Message{position, decoded->previous_position, std::move(decoded->event)});
+  }
+
+  static bool has_header(const rd_kafka_message_t* message, const char* header) {
+    rd_kafka_headers_t* headers = nullptr;
+    if (rd_kafka_message_headers(message, &headers) != RD_KAFKA_RESP_ERR_NO_ERROR) return false;
+    const void* value = nullptr;
+    std::size_t size = 0;
+    return rd_kafka_header_get_last(headers, header, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR;
+  }
+
+  // What the store holds for positions (low, high]: each position's partition and hash, and the
+  // hash at `low` (what position low + 1 chains from).
+  struct StoredRange {
+    std::int64_t low = 0;
+    std::vector<std::int32_t> partition;  // [i]: position low + i (index 0 unused)
+    std::vector<std::string> hash;        // [i]: position low + i
+    [[nodiscard]] std::int32_t partition_of(std::int64_t position) const {
+      return partition[static_cast<std::size_t>(position - low)];
+    }
+    [[nodiscard]] const std::string& hash_of(std::int64_t position) const {
+      return hash[static_cast<std::size_t>(position - low)];
+    }
+  };
+
+  StoredRange read_stored_range(pqxx::transaction_base& work, std::int64_t low, std::int64_t high) {
+    StoredRange range;
+    range.low = low;
+    const auto size = static_cast<std::size_t>(high - low + 1);
+    range.partition.assign(size, -1);
+    range.hash.assign(size, std::string());
+    if (low == 0) {
+      range.hash[0] = domain::genesis_hash();
+    } else {
+      const auto rows = work.exec_params("SELECT hash FROM events WHERE position = $1", low);
+      if (rows.empty()) {
+        throw ProjectionError("position " + std::to_string(low) + ", a partition watermark, is missing from the event store");
+      }
+      range.hash[0] = pqxx::binarystring(rows[0][0]).str();
+    }
+    std::int64_t expected = low + 1;
+    for (std::int64_t from = low; from < high; from += stored_range_rows) {
+      const std::int64_t to = std::min(high, from + stored_range_rows);
+      for (const auto& row : work.exec_params(
+               "SELECT position, stream_id, hash FROM events WHERE position > $1 AND position <= $2 ORDER BY position",
+               from, to)) {
+        const auto position = row[0].as<std::int64_t>();
+        if (position != expected) break;
+        const auto index = static_cast<std::size_t>(position - low);
+        range.partition[index] = domain::partition_for_stream(row[1].as<std::string>(), partitions);
+        range.hash[index] = pqxx::binarystring(row[2]).str();
+        ++expected;
+      }
+      if (expected != to + 1) {
+        throw ProjectionError("position " + std::to_string(expected) + " is missing from the event store");
+      }
+    }
+    return range;
+  }
+
+  // Moves each partition in `targets` (all assigned here) up to its target in one transaction:
+  // locks the partitions' rows in read.partition_watermarks, lists from the store which
+  // positions in (watermark, target] belong to each partition, applies for each one the Kafka
+  // message that carries exactly the stored event (its stored hash, chaining from the stored
+  // hash before it) or else the store's event, stores the batch's Kafka offsets, the new
+  // partition watermarks and their minimum in read.projections. `single_step` applies only the
+  // first such position. Returns whether any partition moved. A batch that fails is not
+  // retried from memory: its positions come back from Kafka or the store.
+  bool apply(std::map<std::int32_t, std::int64_t> targets, PartitionMessages& incoming,
+             const PartitionOffsets& offsets, bool single_step) {
     auto lease = pool.acquire();
     try {
       pqxx::work work(*lease);
       // A read model is derived data: losing the last commits in a crash loses rows and
-      // watermark together (one transaction), and they are applied again. No fsync wait.
+      // watermarks together (one transaction), and they are applied again. No fsync wait.
       work.exec("SET LOCAL synchronous_commit = off");
-      // The row lock also keeps two instances of one projection from interleaving.
-      std::int64_t watermark = work.exec_params1(
-          "SELECT watermark FROM read.projections WHERE name = $1 FOR UPDATE", name)[0].as<std::int64_t>();
-      const std::int64_t start = watermark;
-      failed_attempt = Attempt{start + 1, start + 1};
-      std::string previous = hash_at(work, watermark);
+      std::string list = "{";
+      for (const auto& [partition, target] : targets) {
+        if (list.size() > 1) list += ',';
+        list += std::to_string(partition);
+      }
+      list += '}';
+      // The row lock keeps two processes (a rebalance in flight, a rebuild) from applying one
+      // partition at once; rows are locked in partition order, so two never wait on each other.
+      std::map<std::int32_t, std::int64_t> start;
+      for (const auto& row : work.exec_params(
+               "SELECT partition, position FROM read.partition_watermarks WHERE projection = $1 "
+               "AND partition = ANY($2::int[]) ORDER BY partition FOR UPDATE",
+               name, list)) {
+        start[row[0].as<std::int32_t>()] = row[1].as<std::int64_t>();
+      }
+      if (start.size() != targets.size()) {
+        partitions_ready = false;
+        throw std::runtime_error("the partition watermarks of " + name + " are missing (a rebuild splits them again)");
+      }
       // The relay publishes committed events only: a message beyond the head is not one of them.
-      const std::int64_t store_head =
-          events.empty() ? 0 : work.exec("SELECT position FROM event_store_head")[0][0].as<std::int64_t>();
-      // The hashes the store holds for the positions the messages name (one range read): a
-      // message counts only if it carries its position's stored hash and its content hashes
-      // to it from the previous one. A hash recomputed by a forger chains, but is not stored.
-      std::unordered_map<std::int64_t, std::string> stored_hashes;
-      if (!events.empty() && events.back().position.value() > watermark) {
-        const std::int64_t first = std::max(watermark + 1, events.front().position.value());
-        const std::int64_t last = std::min(store_head, events.back().position.value());
-        if (first <= last) {
-          for (const auto& row : work.exec_params(
-                   "SELECT position, hash FROM events WHERE position BETWEEN $1 AND $2", first, last)) {
-            stored_hashes.emplace(row[0].as<std::int64_t>(), pqxx::binarystring(row[1]).str());
+      const std::int64_t store_head = work.exec("SELECT position FROM event_store_head")[0][0].as<std::int64_t>();
+      std::int64_t low = std::numeric_limits<std::int64_t>::max();
+      std::int64_t high = 0;
+      for (auto& [partition, target] : targets) {
+        target = std::max(std::min(target, store_head), start[partition]);
+        low = std::min(low, start[partition]);
+        high = std::max(high, target);
+      }
+      const StoredRange stored = read_stored_range(work, low, std::max(low, high));
+
+      // Per partition, the positions of its streams in (watermark, target], in order.
+      std::map<std::int32_t, std::vector<std::int64_t>> expected;
+      std::int64_t first_expected = std::numeric_limits<std::int64_t>::max();
+      for (const auto& [partition, target] : targets) {
+        auto& positions = expected[partition];
+        for (std::int64_t position = start[partition] + 1; position <= target; ++position) {
+          if (stored.partition_of(position) == partition) positions.push_back(position);
+        }
+        if (!positions.empty()) first_expected = std::min(first_expected, positions.front());
+      }
+      bool below_first = false;
+      if (single_step && first_expected != std::numeric_limits<std::int64_t>::max()) {
+        for (const auto& [partition, target] : targets) below_first |= start[partition] < first_expected - 1;
+      }
+      if (below_first) {
+        // Looking for the position that fails, one position at a time: first every partition
+        // moves up to just below it (none has a position of its own there), so that while the
+        // position stalls the watermark says that everything before it is applied.
+        for (auto& [partition, target] : targets) {
+          expected[partition].clear();
+          target = std::max(start[partition], std::min(target, first_expected - 1));
+        }
+        first_expected = std::numeric_limits<std::int64_t>::max();
+      } else if (single_step && first_expected != std::numeric_limits<std::int64_t>::max()) {
+        // Then only that one position, wherever it is. Every other partition has none of its
+        // own below it, so each may move up to just below it.
+        for (auto& [partition, target] : targets) {
+          auto& positions = expected[partition];
+          if (!positions.empty() && positions.front() == first_expected) {
+            positions.resize(1);
+            target = first_expected;
+          } else {
+            positions.clear();
+            target = std::max(start[partition], std::min(target, first_expected - 1));
           }
         }
       }
+      std::int64_t last_expected = 0;
+      for (const auto& [partition, positions] : expected) {
+        if (!positions.empty()) last_expected = std::max(last_expected, positions.back());
+      }
+      if (last_expected > 0) failed_attempt = Attempt{first_expected, last_expected};
+
       std::vector<RecordedEvent> to_apply;
+      std::vector<std::int64_t> from_store;
       std::int64_t duplicates = 0;
-      std::int64_t from_store = 0;
       std::int64_t rejected = 0;
-      auto fill_to = [&](std::int64_t last) {
-        while (watermark < last) {
-          failed_attempt->through = watermark + 1;
-          auto missing = store.read_all(GlobalPosition(watermark + 1),
-                                        static_cast<std::size_t>(std::min<std::int64_t>(last - watermark, 10'000)));
-          if (missing.empty() || missing.front().position.value() != watermark + 1) {
-            throw ProjectionError("position " + std::to_string(watermark + 1) +
-                                  " is missing from the event store");
-          }
-          for (auto& event : missing) {
-            if (event.position.value() != watermark + 1 || watermark >= last) break;
-            // The store is the truth, but the hash held for the watermark may come from a
-            // Kafka message: one forged with a hash recomputed to chain passes its own check
-            // and is caught here, by the next position, which no longer chains.
-            if (domain::chain_hash(previous, event) != event.hash) {
-              throw ProjectionError("position " + std::to_string(event.position.value()) +
-                                    " of the event store does not chain from the hash the projection holds for "
-                                    "the position before it (a forged event applied, or an altered store: run "
-                                    "ledger replay verify, then rebuild the projection)");
+      std::int64_t gaps = 0;
+      std::int64_t markers = 0;
+      for (const auto& [partition, target] : targets) {
+        const std::int64_t watermark = start[partition];
+        std::unordered_map<std::int64_t, RecordedEvent*> offered;
+        bool gap_reported = false;
+        for (auto& message : incoming[partition]) {
+          if (!message.event) {
+            ++markers;
+            if (message.position > store_head) {
+              spdlog::warn("projector {}: a progress marker on partition {} names position {}, beyond the event "
+                           "store's head {}; ignored", name, partition, message.position, store_head);
+              ++rejected;
             }
-            previous = event.hash;
-            ++watermark;
-            ++from_store;
-            to_apply.push_back(std::move(event));
+            continue;
+          }
+          if (message.position <= watermark) {
+            ++duplicates;  // another process, or a retry after a commit whose answer was lost
+          } else if (message.position > store_head) {
+            spdlog::warn("projector {}: a message names position {}, beyond the event store's head {}; ignored",
+                         name, message.position, store_head);
+            ++rejected;
+          } else if (message.position <= target) {
+            if (!gap_reported && message.previous > watermark) {
+              ++gaps;  // the relay sent events of this partition that did not arrive: read below
+              gap_reported = true;
+            }
+            if (!offered.emplace(message.position, &*message.event).second) ++duplicates;
           }
         }
-      };
-      for (auto& event : events) {
-        const std::int64_t position = event.position.value();
-        if (position <= watermark) {
-          ++duplicates;  // another instance, or a retry after a commit whose answer was lost
-          continue;
+        for (const auto position : expected[partition]) {
+          const auto found = offered.find(position);
+          if (found != offered.end()) {
+            RecordedEvent& event = *found->second;
+            offered.erase(found);
+            // Only the stored event is applied: anything else on the topic (forged, corrupted,
+            // from another log) is logged and replaced by the store's. A forger who recomputes
+            // the hash to chain still does not have the stored one.
+            if (event.hash == stored.hash_of(position) &&
+                domain::chain_hash(stored.hash_of(position - 1), event) == event.hash) {
+              to_apply.push_back(std::move(event));
+              continue;
+            }
+            spdlog::warn("projector {}: the message for position {} (stream {}) is not the stored event (its hash "
+                         "differs or does not chain); reading that position from the event store",
+                         name, position, event.stream_id);
+            ++rejected;
+          }
+          from_store.push_back(position);
         }
-        if (position > store_head) {
-          spdlog::warn("projector {}: a message names position {}, beyond the event store's head {}; ignored",
-                       name, position, store_head);
-          ++rejected;
-          continue;
+        // What is left names a position whose stream the store puts in another partition (or
+        // beyond this round's target, after a single step): never applied from here.
+        for (const auto& [position, event] : offered) {
+          if (position <= target && stored.partition_of(position) != partition) {
+            spdlog::warn("projector {}: the message for position {} arrived on partition {}, but its stream "
+                         "belongs to partition {}; ignored", name, position, partition,
+                         stored.partition_of(position));
+            ++rejected;
+          }
         }
-        fill_to(position - 1);
-        // Only the stored event is applied: anything else on the topic (forged, corrupted, from
-        // another log) is logged and replaced by the store's.
-        const auto stored_hash = stored_hashes.find(position);
-        if (stored_hash == stored_hashes.end() || stored_hash->second != event.hash ||
-            domain::chain_hash(previous, event) != event.hash) {
-          spdlog::warn("projector {}: the message for position {} (stream {}) is not the stored event "
-                       "(its hash differs or does not chain); reading that position from the event store",
-                       name, position, event.stream_id);
-          ++rejected;
-          fill_to(position);
-          continue;
-        }
-        previous = event.hash;
-        to_apply.push_back(std::move(event));
-        watermark = position;
       }
-      if (up_to > watermark) fill_to(up_to);
-      failed_attempt->through = std::max(watermark, start + 1);
-      // Applied positions follow the watermark read under the row lock, one by one: a hole
-      // would be a read model that never converges, a repeat an amount counted twice.
-      for (std::size_t i = 0; i < to_apply.size(); ++i) {
-        LEDGER_ASSERT(to_apply[i].position.value() == start + 1 + static_cast<std::int64_t>(i),
-                      "projector: positions applied contiguously after the watermark");
+      read_from_store(from_store, stored, to_apply);
+      std::sort(to_apply.begin(), to_apply.end(),
+                [](const RecordedEvent& a, const RecordedEvent& b) { return a.position < b.position; });
+      // Applied positions are exactly each partition's stored positions after its watermark,
+      // in order: a hole would be a read model that never converges, a repeat an amount
+      // counted twice.
+      {
+        std::size_t total = 0;
+        for (const auto& [partition, positions] : expected) total += positions.size();
+        LEDGER_ASSERT(to_apply.size() == total, "projector: every position of a partition applied once");
+        std::map<std::int32_t, std::int64_t> last = start;
+        for (const auto& event : to_apply) {
+          auto& previous = last[stored.partition_of(event.position.value())];
+          LEDGER_ASSERT(event.position.value() > previous, "projector: positions applied in order after the watermark");
+          previous = event.position.value();
+        }
       }
       projection->apply(work, to_apply);
       for (const auto& [partition, next_offset] : offsets) {
@@ -431,30 +692,59 @@ struct Projector::Impl {
             "DO UPDATE SET next_offset = excluded.next_offset",
             name, settings.topic, partition, next_offset);
       }
-      if (watermark != start) {
-        // A stall (of this instance or another) ends when the watermark passes it.
+      bool moved = false;
+      // A stall (of this process or another) ends when the partition holding it moves past it.
+      std::int64_t passed_stall = 0;
+      for (const auto& [partition, target] : targets) {
+        if (target == start[partition]) continue;
+        moved = true;
         work.exec_params(
-            "UPDATE read.projections SET watermark = $2, applied = applied + $3, updated_at = now(), "
-            "incarnation = coalesce(nullif($4, '')::uuid, incarnation), "
-            "stalled_reason = CASE WHEN stalled_position <= $2 THEN NULL ELSE stalled_reason END, "
-            "stalled_since = CASE WHEN stalled_position <= $2 THEN NULL ELSE stalled_since END, "
-            "stalled_position = CASE WHEN stalled_position <= $2 THEN NULL ELSE stalled_position END "
-            "WHERE name = $1",
-            name, watermark, static_cast<std::int64_t>(to_apply.size()), incarnation);
+            "UPDATE read.partition_watermarks SET position = $3, updated_at = now() "
+            "WHERE projection = $1 AND partition = $2",
+            name, partition, target);
+        if (stall && stall->position > start[partition] && stall->position <= target &&
+            stall->position <= high && stall->position > low && stored.partition_of(stall->position) == partition) {
+          passed_stall = stall->position;
+        }
+      }
+      std::int64_t watermark = -1;
+      if (moved) {
+        // Last in the transaction: every process of this projection updates this one row, so it
+        // is held only for the commit. The lock is taken before the minimum is read, in a
+        // statement of its own: every transaction that moved a partition before holds it until
+        // its commit, so the next statement's snapshot sees all of them. (Read in the UPDATE's
+        // own snapshot, two processes committing at once could each miss the other's partition
+        // and leave the minimum behind until the next batch, forever when idle.)
+        work.exec_params("SELECT 1 FROM read.projections WHERE name = $1 FOR UPDATE", name);
+        watermark = work.exec_params1(
+            "WITH lowest AS (SELECT min(position) AS position FROM read.partition_watermarks WHERE projection = $1) "
+            "UPDATE read.projections SET watermark = greatest(watermark, lowest.position), "
+            "applied = applied + $2, updated_at = now(), "
+            "incarnation = coalesce(nullif($3, '')::uuid, incarnation), "
+            "stalled_reason = CASE WHEN stalled_position <= lowest.position OR stalled_position = $4 THEN NULL "
+            "ELSE stalled_reason END, "
+            "stalled_since = CASE WHEN stalled_position <= lowest.position OR stalled_position = $4 THEN NULL "
+            "ELSE stalled_since END, "
+            "stalled_position = CASE WHEN stalled_position <= lowest.position OR stalled_position = $4 THEN NULL "
+            "ELSE stalled_position END "
+            "FROM lowest WHERE name = $1 RETURNING watermark",
+            name, static_cast<std::int64_t>(to_apply.size()), incarnation, passed_stall)[0]
+                        .as<std::int64_t>();
       }
       work.commit();
       failed_attempt.reset();
-      chain_position = watermark;
-      chain_hash_at = previous;
+      for (const auto& [partition, target] : targets) watermarks[partition] = target;
       update_status([&](ProjectorStatus& s) {
-        s.watermark = GlobalPosition(watermark);
+        if (watermark >= 0) s.watermark = GlobalPosition(watermark);
         s.events_applied += static_cast<std::int64_t>(to_apply.size());
-        s.events_from_store += from_store;
+        s.events_from_store += static_cast<std::int64_t>(from_store.size());
         s.duplicates_skipped += duplicates;
         s.messages_rejected += rejected;
+        s.gaps_detected += gaps;
+        s.markers_seen += markers;
         ++s.batches;
       });
-      if (stall && watermark >= stall->position) {
+      if (stall && (passed_stall == stall->position || (watermark >= 0 && watermark >= stall->position))) {
         spdlog::info("projector {}: moved past position {}; no longer stalled", name, stall->position);
         stall.reset();
         stall_backoff = stalled_retry_backoff_initial;
@@ -464,43 +754,44 @@ struct Projector::Impl {
           s.stalled_retries = 0;
         });
       }
-      return watermark;
+      return moved;
     } catch (...) {
       lease.discard();
       throw;
     }
   }
 
-  // The hash the event after `watermark` must chain from: kept from the last commit, else
-  // read from the store (at start, or when another instance or a rebuild moved the watermark).
-  std::string hash_at(pqxx::transaction_base& work, std::int64_t watermark) {
-    if (watermark == chain_position) return chain_hash_at;
-    if (watermark == 0) return domain::genesis_hash();
-    const auto rows = work.exec_params("SELECT hash FROM events WHERE position = $1", watermark);
-    if (rows.empty()) {
-      throw ProjectionError("position " + std::to_string(watermark) +
-                            ", the projection's watermark, is missing from the event store");
+  // The store's events at `positions` (ascending), appended to `out`, each checked against the
+  // range read in the same transaction: one that does not chain means an altered store.
+  void read_from_store(const std::vector<std::int64_t>& positions, const StoredRange& stored,
+                       std::vector<RecordedEvent>& out) {
+    std::vector<std::int64_t> wanted = positions;
+    std::sort(wanted.begin(), wanted.end());
+    std::size_t next = 0;
+    while (next < wanted.size()) {
+      const std::int64_t from = wanted[next];
+      const std::int64_t span = std::min<std::int64_t>(wanted.back() - from + 1, store_read_events_max);
+      auto events = store.read_all(GlobalPosition(from), static_cast<std::size_t>(span));
+      if (events.empty() || events.front().position.value() != from) {
+        throw ProjectionError("position " + std::to_string(from) + " is missing from the event store");
+      }
+      for (auto& event : events) {
+        if (next >= wanted.size()) break;
+        const std::int64_t position = event.position.value();
+        if (position != wanted[next]) continue;
+        if (event.hash != stored.hash_of(position) ||
+            domain::chain_hash(stored.hash_of(position - 1), event) != event.hash) {
+          throw ProjectionError("position " + std::to_string(position) +
+                                " of the event store does not chain from the position before it (an altered "
+                                "store: run ledger replay verify, then rebuild the projection)");
+        }
+        out.push_back(std::move(event));
+        ++next;
+      }
+      if (next < wanted.size() && wanted[next] <= from + span - 1) {
+        throw ProjectionError("position " + std::to_string(wanted[next]) + " is missing from the event store");
+      }
     }
-    return pqxx::binarystring(rows[0][0]).str();
-  }
-
-  // The watermark, and a stall recorded earlier (by this process or one before it), so moving
-  // past it is logged.
-  std::int64_t stored_watermark() {
-    auto lease = pool.acquire();
-    pqxx::read_transaction work(*lease);
-    const auto row = work.exec_params1(
-        "SELECT watermark, stalled_position, coalesce(stalled_reason, '') FROM read.projections WHERE name = $1",
-        name);
-    const auto watermark = row[0].as<std::int64_t>();
-    if (!stall && !row[1].is_null() && row[1].as<std::int64_t>() > watermark) {
-      stall = Stall{row[1].as<std::int64_t>(), row[2].as<std::string>(), true};
-      update_status([&](ProjectorStatus& s) {
-        s.stalled_position = GlobalPosition(stall->position);
-        s.stalled_reason = stall->reason;
-      });
-    }
-    return watermark;
   }
 
   // Reports that `position` cannot be applied: one log line when the stall starts or moves,
@@ -563,130 +854,111 @@ struct Projector::Impl {
   }
 
   // Two ways in. Far behind the store's head (a backlog, a new or rebuilt projection, a
-  // relay that was down) the projector reads the event store in large sequential batches
-  // and drops what Kafka delivers meanwhile. Near the head it applies what Kafka delivers.
-  // Messages of one partition can run ahead of another's: what arrives above a gap waits in
-  // `ahead` for the gap to arrive too, and only a gap that stays is read from the store.
+  // relay that was down) the projector reads the event store for its partitions in large
+  // batches and drops what Kafka delivers meanwhile. Near the head it applies what Kafka
+  // delivers, each assigned partition on its own: a partition's messages arrive in order,
+  // so there is nothing to wait for; a gap within one (an envelope whose previous_position is
+  // above the partition's watermark, or simply a position the store lists for the partition
+  // and no message carried) is read from the store at once. Progress markers move an idle
+  // partition's watermark; without them (a relay that is down) `gap_wait` of quiet reads the
+  // store up to its head.
   void run() {
     update_status([](ProjectorStatus& s) { s.running = true; });
-    std::vector<RecordedEvent> incoming;
-    std::map<std::int64_t, RecordedEvent> ahead;
-    std::vector<RecordedEvent> ready;  // contiguous from the watermark, to apply next
+    PartitionMessages incoming;
     PartitionOffsets offsets;
-    std::int64_t heal_to = 0;
     std::int64_t head = 0;
     auto head_read = Clock::time_point{};
     auto last_progress = Clock::now();
-    auto gap_since = Clock::time_point{};
-    std::int64_t watermark = -1;
     const auto span_max = static_cast<std::int64_t>(settings.batch_events_max);
     while (!worker.stopping()) {
       try {
         if (consumer == nullptr) create_consumer();
-        if (watermark < 0) watermark = stored_watermark();
+        if (!partitions_ready) ensure_partitions();
         if (incarnation.empty()) read_incarnation();
+        if (refresh_watermarks) read_watermarks();
         auto now = Clock::now();
         if (now - head_read >= settings.head_check_interval) {
           head = store.head().position.value();
           head_read = now;
         }
+        const auto lowest = lowest_assigned();
         // Looking for (or stuck at) a position that fails: one position at a time, from the store.
-        const bool single_step = stall.has_value() || watermark < single_step_through;
-        const bool far_behind = single_step || head - watermark > settings.catch_up_events_min;
-        const bool ahead_ready = !ahead.empty() && ahead.begin()->first == watermark + 1;
-        const auto collected =
-            collect(incoming, offsets, far_behind || ahead_ready ? 0 : 100,
-                    far_behind ? std::numeric_limits<std::int64_t>::max() : watermark, watermark);
+        const bool single_step = lowest && (stall.has_value() || *lowest < single_step_through);
+        const bool far_behind = lowest && (single_step || head - *lowest > settings.catch_up_events_min);
+        const auto collected = collect(incoming, offsets, far_behind ? 0 : 100, far_behind);
         if (worker.stopping()) break;
-        // While Kafka hands over full batches the missing positions are probably just behind
-        // in another partition's queue: the reorder wait only runs once the consumer is idle.
-        const bool consumer_busy = collected.messages >= settings.batch_events_max;
-        std::int64_t duplicates = collected.duplicates;
-        for (auto& event : incoming) {
-          const std::int64_t position = event.position.value();
-          if (position <= watermark) {
-            ++duplicates;
-          } else if (!far_behind && !ahead.try_emplace(position, std::move(event)).second) {
-            ++duplicates;
-          }
+        if (collected.other_incarnation > 0 || collected.rejected > 0) {
+          update_status([&](ProjectorStatus& s) {
+            s.messages_other_incarnation += collected.other_incarnation;
+            s.messages_rejected += collected.rejected;
+          });
         }
-        incoming.clear();
-        if (duplicates > 0) update_status([&](ProjectorStatus& s) { s.duplicates_skipped += duplicates; });
-        if (collected.other_incarnation > 0) {
-          update_status([&](ProjectorStatus& s) { s.messages_other_incarnation += collected.other_incarnation; });
+        // A rebalance inside collect() may have taken partitions away: their messages and
+        // offsets belong to whichever process has them now.
+        for (auto it = incoming.begin(); it != incoming.end();) {
+          it = assigned.count(it->first) == 0 ? incoming.erase(it) : std::next(it);
         }
+        for (auto it = offsets.begin(); it != offsets.end();) {
+          it = assigned.count(it->first) == 0 ? offsets.erase(it) : std::next(it);
+        }
+        if (refresh_watermarks) read_watermarks();
 
+        std::map<std::int32_t, std::int64_t> targets;
         now = Clock::now();
-        if (single_step) {
-          ahead.clear();
-          heal_to = watermark + 1;
-        } else if (far_behind) {
-          ahead.clear();  // all of it is in the store, read in order below
-          heal_to = std::min(head, watermark + span_max);
+        if (far_behind) {
+          incoming.clear();  // all of it is in the store, read below
+          for (const auto partition : assigned) {
+            if (watermark_of(partition) < head) targets[partition] = std::min(head, *lowest + span_max);
+          }
         } else {
-          std::int64_t next = watermark + 1;
-          while (!ahead.empty() && ahead.begin()->first <= next && ready.size() < settings.batch_events_max) {
-            if (ahead.begin()->first == next) {
-              ready.push_back(std::move(ahead.begin()->second));
-              ++next;
-            }
-            ahead.erase(ahead.begin());
+          for (const auto& [partition, messages] : incoming) {
+            std::int64_t target = watermark_of(partition);
+            for (const auto& message : messages) target = std::max(target, message.position);
+            targets[partition] = target;
           }
-          const bool gap = !ahead.empty() && ahead.begin()->first > next;
-          if (!gap) {
-            gap_since = {};
-          } else if (gap_since == Clock::time_point{} ||
-                     (consumer_busy && ahead.size() <= settings.reorder_events_max)) {
-            gap_since = now;
-          } else if (now - gap_since >= settings.reorder_wait || ahead.size() > settings.reorder_events_max) {
-            // The gap stays: apply what is held within one batch's span, reading the gaps
-            // between from the store. What lies beyond the store's head was never published
-            // by the relay (forged or from another log): it would hold a gap open forever.
-            head = store.head().position.value();
-            head_read = now;
-            std::int64_t beyond_head = 0;
-            while (!ahead.empty() && ahead.rbegin()->first > head) {
-              ahead.erase(std::prev(ahead.end()));
-              ++beyond_head;
-            }
-            if (beyond_head > 0) {
-              spdlog::warn("projector {}: {} message(s) name positions beyond the event store's head {}; ignored",
-                           name, beyond_head, head);
-              update_status([&](ProjectorStatus& s) { s.messages_rejected += beyond_head; });
-            }
-            while (!ahead.empty() && ahead.begin()->first <= watermark + span_max) {
-              ready.push_back(std::move(ahead.begin()->second));
-              ahead.erase(ahead.begin());
-            }
-            if (ready.empty()) heal_to = std::min(head, watermark + span_max);
-            gap_since = {};
-          }
-          if (ready.empty() && heal_to == 0 && ahead.empty() && now - last_progress >= settings.gap_wait) {
+          if (incoming.empty() && lowest && now - last_progress >= settings.gap_wait) {
             // Kafka has been quiet: if the store is ahead, the missing events were lost on
             // the way (or the relay is down); read them from the store.
             head = store.head().position.value();
             head_read = now;
-            if (head > watermark) heal_to = std::min(head, watermark + span_max);
+            for (const auto partition : assigned) {
+              const auto watermark = watermark_of(partition);
+              if (watermark < head) targets[partition] = std::min(head, watermark + span_max);
+            }
             last_progress = now;
           }
         }
-        if (ready.empty() && offsets.empty() && heal_to == 0) continue;
-        const std::int64_t applied = apply(ready, offsets, heal_to);
-        if (applied != watermark) last_progress = Clock::now();
-        watermark = applied;
-        ready.clear();
+        // Offsets of messages that changed nothing are stored too (the next start skips them).
+        for (const auto& [partition, next_offset] : offsets) targets.try_emplace(partition, watermark_of(partition));
+        if (targets.empty()) continue;
+        if (apply(std::move(targets), incoming, offsets, single_step)) last_progress = Clock::now();
+        incoming.clear();
         offsets.clear();
-        heal_to = 0;
       } catch (const std::exception& error) {
-        // The failed batch was handed over: what it held comes back through the gap logic,
-        // from Kafka or the store. Read the watermark again: the commit may have happened.
-        ready.clear();
+        // The failed batch was handed over: what it held comes back from Kafka or the store.
+        // Read the watermarks again: the commit may have happened.
+        incoming.clear();
         offsets.clear();
-        heal_to = 0;
-        watermark = -1;
+        refresh_watermarks = true;
+        if (dynamic_cast<const PartitionCountChanged*>(&error) != nullptr) {
+          partitions_ready = false;
+          update_status([&](ProjectorStatus& s) { s.last_error = error.what(); });
+          spdlog::error("projector {}: {}", name, error.what());
+          pause(partition_mismatch_retry_pause);
+          continue;
+        }
         handle_failure(error);
       }
     }
+    // Leave the group now, not when the object goes: librdkafka keeps heartbeating for a
+    // consumer that is not polled, and its partitions would wait max.poll.interval.ms.
+    if (consumer != nullptr) {
+      rd_kafka_consumer_close(consumer);
+      rd_kafka_destroy(consumer);
+      consumer = nullptr;
+    }
+    assigned.clear();
+    publish_assignment();
     update_status([](ProjectorStatus& s) { s.running = false; });
   }
 };

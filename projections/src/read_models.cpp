@@ -12,6 +12,8 @@
 
 #include "ledger/db/pool.hpp"
 #include "ledger/db/retry.hpp"
+#include "ledger/domain/envelope.hpp"
+#include "ledger/domain/types.hpp"
 
 namespace ledger::projections {
 
@@ -24,10 +26,19 @@ using SnapshotRead = pqxx::transaction<pqxx::repeatable_read, pqxx::read_only>;
 constexpr auto watermark_poll_interval = std::chrono::milliseconds(3);
 constexpr const char* micros = "(extract(epoch FROM recorded_at) * 1000000)::bigint";
 
-std::int64_t read_watermark(SnapshotRead& work, std::string_view projection) {
-  const auto rows = work.exec_params("SELECT watermark FROM read.projections WHERE name = $1",
+// The projection's watermark or, given a stream, the watermark of the stream's partition.
+std::int64_t read_watermark(SnapshotRead& work, std::string_view projection,
+                            const std::optional<std::string>& stream_id = std::nullopt) {
+  const auto rows = work.exec_params("SELECT watermark, partitions FROM read.projections WHERE name = $1",
                                      std::string(projection));
-  return rows.empty() ? 0 : rows[0][0].as<std::int64_t>();
+  if (rows.empty()) return 0;
+  const auto watermark = rows[0][0].as<std::int64_t>();
+  if (!stream_id || rows[0][1].is_null()) return watermark;
+  const auto partition = domain::partition_for_stream(*stream_id, rows[0][1].as<std::int32_t>());
+  const auto mark = work.exec_params(
+      "SELECT position FROM read.partition_watermarks WHERE projection = $1 AND partition = $2",
+      std::string(projection), partition);
+  return mark.empty() ? watermark : std::max(watermark, mark[0][0].as<std::int64_t>());
 }
 
 }  // namespace
@@ -39,6 +50,7 @@ struct ReadModels::Impl {
 
   struct Waiter {
     std::string projection;
+    std::optional<std::string> stream_id;
     std::int64_t min_position;
     Clock::time_point deadline;
     std::function<void(bool, std::int64_t)> then;
@@ -56,6 +68,19 @@ struct ReadModels::Impl {
   std::condition_variable changed;
   std::list<Waiter> waiters;
   std::map<std::string, std::int64_t> watermarks;  // last read
+  // Per projection: the partition count its watermarks are split by, and each partition's.
+  std::map<std::string, std::pair<std::int32_t, std::map<std::int32_t, std::int64_t>>> partition_watermarks;
+
+  // The watermark a waiter waits for: its stream's partition's, or the projection's.
+  std::int64_t watermark_for(const Waiter& waiter) {
+    const std::int64_t watermark = watermarks[waiter.projection];
+    if (!waiter.stream_id) return watermark;
+    const auto found = partition_watermarks.find(waiter.projection);
+    if (found == partition_watermarks.end() || found->second.first < 1) return watermark;
+    const auto partition = domain::partition_for_stream(*waiter.stream_id, found->second.first);
+    const auto mark = found->second.second.find(partition);
+    return mark == found->second.second.end() ? watermark : std::max(watermark, mark->second);
+  }
   // Per projection: when progress() last read the applied counter, and its value.
   std::map<std::string, std::pair<Clock::time_point, std::int64_t>> applied_samples;
   bool stopping = false;
@@ -68,7 +93,7 @@ struct ReadModels::Impl {
     }
     changed.notify_all();
     if (watcher.joinable()) watcher.join();
-    for (auto& waiter : waiters) waiter.then(false, watermarks[waiter.projection]);
+    for (auto& waiter : waiters) waiter.then(false, watermark_for(waiter));
   }
 
   // Polls the watermarks while someone waits; answers each waiter once.
@@ -79,21 +104,27 @@ struct ReadModels::Impl {
       if (stopping) break;
       lock.unlock();
       std::map<std::string, std::int64_t> fresh;
+      std::map<std::string, std::pair<std::int32_t, std::map<std::int32_t, std::int64_t>>> fresh_partitions;
       try {
         auto lease = pool.acquire();
         pqxx::read_transaction work(*lease);
-        for (const auto& row : work.exec("SELECT name, watermark FROM read.projections")) {
+        for (const auto& row : work.exec("SELECT name, watermark, coalesce(partitions, 0) FROM read.projections")) {
           fresh[row[0].as<std::string>()] = row[1].as<std::int64_t>();
+          fresh_partitions[row[0].as<std::string>()].first = row[2].as<std::int32_t>();
+        }
+        for (const auto& row : work.exec("SELECT projection, partition, position FROM read.partition_watermarks")) {
+          fresh_partitions[row[0].as<std::string>()].second[row[1].as<std::int32_t>()] = row[2].as<std::int64_t>();
         }
       } catch (const std::exception& error) {
         spdlog::debug("reading projection watermarks failed: {}", error.what());
       }
       lock.lock();
       for (const auto& [name, value] : fresh) watermarks[name] = value;
+      for (auto& [name, value] : fresh_partitions) partition_watermarks[name] = std::move(value);
       const auto now = Clock::now();
       std::vector<std::pair<std::function<void(bool, std::int64_t)>, std::pair<bool, std::int64_t>>> ready;
       for (auto it = waiters.begin(); it != waiters.end();) {
-        const std::int64_t watermark = watermarks[it->projection];
+        const std::int64_t watermark = watermark_for(*it);
         if (watermark >= it->min_position || now >= it->deadline) {
           ready.push_back({std::move(it->then), {watermark >= it->min_position, watermark}});
           it = waiters.erase(it);
@@ -118,7 +149,7 @@ AtWatermark<std::optional<AccountView>> ReadModels::account(const std::string& i
     auto lease = impl_->pool.acquire();
     SnapshotRead work(*lease);
     AtWatermark<std::optional<AccountView>> result;
-    result.watermark = read_watermark(work, to_string(ProjectionKind::balance));
+    result.watermark = read_watermark(work, to_string(ProjectionKind::balance), domain::account_stream(id));
     const auto rows = work.exec_params(
         "SELECT account_id, currency, kind, owner, status, ledger_code, overdraft_limit, "
         "debits_posted, credits_posted, debits_pending, credits_pending, version "
@@ -174,7 +205,7 @@ AtWatermark<std::optional<LoanView>> ReadModels::loan(const std::string& id) con
     auto lease = impl_->pool.acquire();
     SnapshotRead work(*lease);
     AtWatermark<std::optional<LoanView>> result;
-    result.watermark = read_watermark(work, to_string(ProjectionKind::loan));
+    result.watermark = read_watermark(work, to_string(ProjectionKind::loan), domain::loan_stream(id));
     auto loans = read_loans(work, "loan_id", id);
     if (!loans.empty()) result.value = std::move(loans.front());
     return result;
@@ -200,7 +231,8 @@ AtWatermark<std::optional<EntriesPage>> ReadModels::entries(const std::string& a
     auto lease = impl_->pool.acquire();
     SnapshotRead work(*lease);
     AtWatermark<std::optional<EntriesPage>> result;
-    result.watermark = read_watermark(work, to_string(ProjectionKind::balance));
+    result.watermark =
+        read_watermark(work, to_string(ProjectionKind::balance), domain::account_stream(account_id));
     if (work.exec_params("SELECT 1 FROM read.balances WHERE account_id = $1", account_id).empty()) {
       return result;
     }
@@ -325,12 +357,14 @@ std::vector<ProjectionProgress> ReadModels::progress() const {
 
 void ReadModels::wait_for(ProjectionKind kind, std::int64_t min_position,
                           std::chrono::milliseconds wait,
-                          std::function<void(bool reached, std::int64_t watermark)> then) {
+                          std::function<void(bool reached, std::int64_t watermark)> then,
+                          std::optional<std::string> stream_id) {
   {
     std::lock_guard lock(impl_->mutex);
     if (impl_->stopping) return;
     if (!impl_->watcher.joinable()) impl_->watcher = std::thread([this] { impl_->watch(); });
-    impl_->waiters.push_back({std::string(to_string(kind)), min_position, Clock::now() + wait, std::move(then)});
+    impl_->waiters.push_back(
+        {std::string(to_string(kind)), std::move(stream_id), min_position, Clock::now() + wait, std::move(then)});
   }
   impl_->changed.notify_all();
 }

@@ -65,19 +65,90 @@ rd_kafka_conf_t* producer_conf(const RelaySettings& settings) {
   return conf;
 }
 
+// How long reading the topic's partition count may take when leadership begins.
+constexpr int metadata_timeout_ms = 10'000;
+// Reading the last position sent to each partition back from the store, this many rows a query.
+constexpr std::int64_t partition_scan_rows = 50'000;
+
+// The partition count of the events topic, as the brokers report it.
+std::int32_t topic_partition_count(rd_kafka_t* handle, const std::string& topic) {
+  rd_kafka_topic_t* topic_handle = rd_kafka_topic_new(handle, topic.c_str(), nullptr);
+  const rd_kafka_metadata_t* metadata = nullptr;
+  const auto error = rd_kafka_metadata(handle, 0, topic_handle, &metadata, metadata_timeout_ms);
+  rd_kafka_topic_destroy(topic_handle);
+  if (error != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    throw std::runtime_error("reading the partitions of topic " + topic + ": " + rd_kafka_err2str(error));
+  }
+  std::int32_t count = 0;
+  rd_kafka_resp_err_t topic_error = RD_KAFKA_RESP_ERR_NO_ERROR;
+  for (int i = 0; i < metadata->topic_cnt; ++i) {
+    if (topic == metadata->topics[i].topic) {
+      topic_error = metadata->topics[i].err;
+      count = metadata->topics[i].partition_cnt;
+    }
+  }
+  rd_kafka_metadata_destroy(metadata);
+  if (topic_error != RD_KAFKA_RESP_ERR_NO_ERROR || count < 1) {
+    throw std::runtime_error("topic " + topic + " has no partitions the brokers report (" +
+                             rd_kafka_err2str(topic_error) + "); create it first");
+  }
+  return count;
+}
+
+// For each partition, the highest position at or below `through` whose stream the partitioner
+// sends there (0: none): what the next envelope of that partition names as its previous one.
+// Reads (position, stream_id) backwards from `through` until every partition has been met or
+// the store's start is reached; a partition no stream maps to costs one scan of the store.
+std::vector<std::int64_t> last_positions_per_partition(db::ConnectionPool& pool, std::int64_t through,
+                                                       std::int32_t partitions) {
+  std::vector<std::int64_t> last(static_cast<std::size_t>(partitions), 0);
+  std::int32_t missing = partitions;
+  auto lease = pool.acquire();
+  pqxx::read_transaction work(*lease);
+  for (std::int64_t high = through; high > 0 && missing > 0; high -= partition_scan_rows) {
+    for (const auto& row : work.exec_params(
+             "SELECT position, stream_id FROM events WHERE position <= $1 AND position > $2 ORDER BY position DESC",
+             high, high - partition_scan_rows)) {
+      const auto partition = static_cast<std::size_t>(partition_for_stream(row[1].as<std::string>(), partitions));
+      if (last[partition] == 0) {
+        last[partition] = row[0].as<std::int64_t>();
+        if (--missing == 0) break;
+      }
+    }
+  }
+  return last;
+}
+
+// What the relay knows of one partition: the position of the last event it handed over for it
+// (the next envelope's previous_position), the last Kafka acknowledged as part of the
+// contiguous acknowledged prefix (where a rewind starts again), and what the last marker said.
+struct PartitionProgress {
+  std::int64_t last_sent = 0;
+  std::int64_t last_acknowledged = 0;
+  std::int64_t marked_through = 0;
+};
+
 // Hands one message to the producer, waiting while its queue is full. The position travels
-// as the message's opaque for the delivery report.
+// as the message's opaque for the delivery report. `partition` RD_KAFKA_PARTITION_UA leaves
+// the choice to librdkafka's partitioner (the JSON view); `previous` > 0 is written as the
+// `previous-position` header.
 void produce_message(rd_kafka_t* producer, const std::string& topic, const RecordedEvent& event,
-                     const std::string& value, const char* value_content_type) {
+                     const std::string& value, const char* value_content_type,
+                     std::int32_t partition = RD_KAFKA_PARTITION_UA, std::int64_t previous = 0) {
   const std::string position = std::to_string(event.position.value());
+  const std::string previous_text = std::to_string(previous);
   while (true) {
-    rd_kafka_headers_t* headers = rd_kafka_headers_new(3);
+    rd_kafka_headers_t* headers = rd_kafka_headers_new(4);
     rd_kafka_header_add(headers, "event-type", -1, event.type.data(),
                         static_cast<ssize_t>(event.type.size()));
     rd_kafka_header_add(headers, "position", -1, position.data(), static_cast<ssize_t>(position.size()));
     rd_kafka_header_add(headers, "content-type", -1, value_content_type, -1);
+    if (partition != RD_KAFKA_PARTITION_UA) {
+      rd_kafka_header_add(headers, "previous-position", -1, previous_text.data(),
+                          static_cast<ssize_t>(previous_text.size()));
+    }
     const rd_kafka_resp_err_t error = rd_kafka_producev(
-        producer, RD_KAFKA_V_TOPIC(topic.c_str()),
+        producer, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_PARTITION(partition),
         RD_KAFKA_V_KEY(event.stream_id.data(), event.stream_id.size()),
         RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers),
@@ -92,12 +163,37 @@ void produce_message(rd_kafka_t* producer, const std::string& topic, const Recor
   }
 }
 
-// Publishes one event per the contract in DESIGN.md (key = stream id, the envelope, headers
-// event-type, position and content-type) and, when configured, its JSON view. Returns the
-// number of messages handed over (1 or 2).
+// Hands one progress marker for `partition` to the producer (no key, the envelope flagged as a
+// marker, headers ledger-progress and content-type). Its opaque is 0: no position waits on it.
+void produce_marker(rd_kafka_t* producer, const std::string& topic, std::int32_t partition,
+                    const ProgressMarker& marker) {
+  const std::string value = encode_progress_marker(marker);
+  const std::string through = std::to_string(marker.through.value());
+  while (true) {
+    rd_kafka_headers_t* headers = rd_kafka_headers_new(2);
+    rd_kafka_header_add(headers, progress_marker_header, -1, through.data(), static_cast<ssize_t>(through.size()));
+    rd_kafka_header_add(headers, "content-type", -1, content_type, -1);
+    const rd_kafka_resp_err_t error = rd_kafka_producev(
+        producer, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_PARTITION(partition),
+        RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_OPAQUE(nullptr), RD_KAFKA_V_END);
+    if (error == RD_KAFKA_RESP_ERR_NO_ERROR) return;
+    rd_kafka_headers_destroy(headers);
+    if (error != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+      throw std::runtime_error(std::string("Kafka produce: ") + rd_kafka_err2str(error));
+    }
+    rd_kafka_poll(producer, 10);
+  }
+}
+
+// Publishes one event per the contract in DESIGN.md (key = stream id, partition chosen by
+// domain::partition_for_stream, the envelope with the partition's previous position, headers
+// event-type, position, previous-position and content-type) and, when configured, its JSON
+// view. Returns the number of messages handed over (1 or 2).
 int produce_event(rd_kafka_t* producer, const RelaySettings& settings, const RecordedEvent& event,
-                  const Incarnation& incarnation) {
-  produce_message(producer, settings.topic, event, domain::encode_envelope(event, incarnation), content_type);
+                  const Incarnation& incarnation, std::int32_t partition, std::int64_t previous) {
+  produce_message(producer, settings.topic, event, domain::encode_envelope(event, incarnation, previous),
+                  content_type, partition, previous);
   if (settings.json_topic.empty()) return 1;
   produce_message(producer, settings.json_topic, event, domain::envelope_json(event, incarnation),
                   json_content_type);
@@ -138,11 +234,22 @@ struct Relay::Impl {
 
   // Delivery tracking, touched only on the relay thread (delivery reports are served by
   // rd_kafka_poll there). window[i] is position acknowledged + 1 + i: the number of its
-  // messages (the envelope, and the JSON view when enabled) Kafka has not acknowledged yet.
+  // messages (the envelope, and the JSON view when enabled) Kafka has not acknowledged yet,
+  // and the partition it went to.
+  struct Slot {
+    std::uint8_t outstanding = 0;
+    std::int32_t partition = 0;
+  };
   rd_kafka_t* producer = nullptr;
   std::int64_t acknowledged = 0;
   std::int64_t next = 1;
-  std::deque<std::uint8_t> window;
+  std::deque<Slot> window;
+  // The events topic's partition count, read when leadership begins, and per partition what
+  // was sent and acknowledged there (the envelopes' previous_position, the markers).
+  std::int32_t partitions = 0;
+  std::vector<PartitionProgress> partition_progress;
+  Clock::time_point last_markers{};
+  std::int64_t markers_sent = 0;
   std::int64_t acknowledged_since_start = 0;
   bool delivery_failed = false;
   Clock::time_point last_progress = Clock::now();
@@ -193,7 +300,7 @@ struct Relay::Impl {
     }
     const std::int64_t index = position - self->acknowledged - 1;
     if (index >= 0 && index < static_cast<std::int64_t>(self->window.size())) {
-      auto& outstanding = self->window[static_cast<std::size_t>(index)];
+      auto& outstanding = self->window[static_cast<std::size_t>(index)].outstanding;
       if (outstanding > 0) --outstanding;
     }
     self->last_progress = Clock::now();
@@ -240,8 +347,7 @@ struct Relay::Impl {
     producer = nullptr;  // its last delivery reports are ignored (on_delivery)
     rd_kafka_purge(failed, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     rd_kafka_destroy(failed);
-    window.clear();
-    next = acknowledged + 1;
+    rewind_to_acknowledged();
     delivery_failed = false;
     if (acknowledged != acknowledged_at_recreation) recreate_backoff = producer_recreate_backoff_initial;
     spdlog::warn("relay: the Kafka producer failed fatally ({}); a new one publishes again from position {} "
@@ -263,18 +369,66 @@ struct Relay::Impl {
     // order and without holes, or advance() would acknowledge an event Kafka never took.
     LEDGER_ASSERT(event.position.value() == acknowledged + 1 + static_cast<std::int64_t>(window.size()),
                   "relay: positions go to the producer in order, each once after the acknowledged one");
-    const int messages = produce_event(producer, settings, event, incarnation);
+    const std::int32_t partition = partition_for_stream(event.stream_id, partitions);
+    auto& progress = partition_progress[static_cast<std::size_t>(partition)];
+    const int messages = produce_event(producer, settings, event, incarnation, partition, progress.last_sent);
+    progress.last_sent = event.position.value();
+    progress.marked_through = event.position.value();
     if (window.empty()) last_progress = Clock::now();
-    window.push_back(static_cast<std::uint8_t>(messages));
+    window.push_back(Slot{static_cast<std::uint8_t>(messages), partition});
     next = event.position.value() + 1;
   }
 
   // Moves the acknowledged position over the contiguous acknowledged prefix.
   void advance() {
-    while (!window.empty() && window.front() == 0) {
+    while (!window.empty() && window.front().outstanding == 0) {
+      const auto partition = static_cast<std::size_t>(window.front().partition);
       window.pop_front();
       ++acknowledged;
       ++acknowledged_since_start;
+      partition_progress[partition].last_acknowledged = acknowledged;
+    }
+  }
+
+  // Drops what is in flight and publishes again from the first position not acknowledged:
+  // each partition's next envelope names the last acknowledged event of that partition as its
+  // previous one (a consumer that saw the dropped ones skips the repeats by position).
+  void rewind_to_acknowledged() {
+    window.clear();
+    next = acknowledged + 1;
+    for (auto& progress : partition_progress) {
+      progress.last_sent = progress.last_acknowledged;
+      progress.marked_through = std::min(progress.marked_through, acknowledged);
+    }
+  }
+
+  // After the acknowledged position moved back (leadership began, a broker that lost data):
+  // what each partition was last sent is read back from the store.
+  void recompute_partitions() {
+    const auto last = last_positions_per_partition(pool, acknowledged, partitions);
+    partition_progress.assign(static_cast<std::size_t>(partitions), PartitionProgress{});
+    for (std::size_t partition = 0; partition < last.size(); ++partition) {
+      partition_progress[partition] = PartitionProgress{last[partition], last[partition], acknowledged};
+    }
+    window.clear();
+    next = acknowledged + 1;
+  }
+
+  // Once everything read has been handed over: a marker to each partition that has not been
+  // told about the positions sent since (at most every marker_interval), so its consumers
+  // advance their watermark for that partition without waiting for one of its events.
+  void send_markers() {
+    const std::int64_t through = next - 1;
+    const auto now = Clock::now();
+    if (through < 1 || now - last_markers < settings.marker_interval) return;
+    last_markers = now;
+    for (std::int32_t partition = 0; partition < partitions; ++partition) {
+      auto& progress = partition_progress[static_cast<std::size_t>(partition)];
+      if (progress.marked_through >= through) continue;
+      produce_marker(producer, settings.topic, partition,
+                     ProgressMarker{GlobalPosition(through), GlobalPosition(progress.last_sent), incarnation});
+      progress.marked_through = through;
+      ++markers_sent;
     }
   }
 
@@ -285,8 +439,7 @@ struct Relay::Impl {
     rd_kafka_poll(producer, 0);
     advance();
     spdlog::warn("relay: a delivery failed; publishing again from position {}", acknowledged + 1);
-    window.clear();
-    next = acknowledged + 1;
+    rewind_to_acknowledged();
     delivery_failed = false;
     update_status([](RelayStatus& s) { ++s.republishes; });
   }
@@ -341,9 +494,8 @@ struct Relay::Impl {
     partition_offsets.clear();
     partitions_changed.clear();
     rd_kafka_flush(producer, 5'000);
-    window.clear();
     acknowledged = std::min(acknowledged, needed);
-    next = acknowledged + 1;
+    recompute_partitions();
     save_checkpoint(connection);
     spdlog::warn("relay: publishing again from position {}", next);
     update_status([](RelayStatus& s) { ++s.republishes; });
@@ -387,16 +539,17 @@ struct Relay::Impl {
       work.commit();
     }
     if (producer == nullptr) create_producer();
-    window.clear();
-    next = acknowledged + 1;
+    partitions = topic_partition_count(producer, settings.topic);
+    recompute_partitions();
     delivery_failed = false;
     // Failed while this instance last led (after the window was reset: nothing in flight counts).
     if (producer_failed()) recreate_producer();
     republish_if_broker_lost_data(*connection);
-    spdlog::info("relay: leading; publishing to {} from position {} under incarnation {}", settings.topic, next,
-                 incarnation.id);
+    spdlog::info("relay: leading; publishing to {} ({} partitions) from position {} under incarnation {}",
+                 settings.topic, partitions, next, incarnation.id);
     update_status([&](RelayStatus& s) {
       s.leader = true;
+      s.partitions = partitions;
       s.incarnation = incarnation.id;
       s.acknowledged = GlobalPosition(acknowledged);
     });
@@ -447,6 +600,8 @@ struct Relay::Impl {
         maybe_more = events.size() == settings.read_batch_events;
         if (maybe_more) continue;
       }
+      // Everything in the store up to `next - 1` has been handed over.
+      if (!producer_failed()) send_markers();
       // Nothing more to read now: wait for an append, serving delivery reports meanwhile.
       listener.notified = false;
       if (window.empty()) {
@@ -473,6 +628,7 @@ struct Relay::Impl {
       s.acknowledged = GlobalPosition(acknowledged);
       s.published = GlobalPosition(next - 1);
       s.events_acknowledged = acknowledged_since_start;
+      s.markers_sent = markers_sent;
       s.oldest_unacknowledged_seconds = oldest;
       if (window.empty() || oldest < 1.0) s.kafka_reachable = true;
     });
@@ -547,6 +703,10 @@ std::int64_t publish_range(const RelaySettings& settings, db::ConnectionPool& po
     throw std::runtime_error(std::string("Kafka producer: ") + error);
   }
 
+  // Partitioned as the relay does; each envelope names the position sent to its partition
+  // before it in this run (the first of each, the last one before `from` in the store).
+  const std::int32_t partitions = topic_partition_count(producer.get(), settings.topic);
+  auto last_sent = last_positions_per_partition(pool, from.value() - 1, partitions);
   std::int64_t produced = 0;  // events
   std::int64_t messages = 0;  // messages: one per event, two with the JSON view
   std::int64_t next = from.value();
@@ -560,7 +720,10 @@ std::int64_t publish_range(const RelaySettings& settings, db::ConnectionPool& po
     }
     for (const auto& event : batch) {
       if (event.position.value() > to.value()) break;
-      messages += produce_event(producer.get(), settings, event, incarnation);
+      const auto partition = partition_for_stream(event.stream_id, partitions);
+      auto& previous = last_sent[static_cast<std::size_t>(partition)];
+      messages += produce_event(producer.get(), settings, event, incarnation, partition, previous);
+      previous = event.position.value();
       ++produced;
       next = event.position.value() + 1;
     }

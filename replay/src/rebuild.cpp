@@ -153,10 +153,16 @@ class Rebuilder {
     pqxx::work work(*lease);
     work.exec("SET LOCAL statement_timeout = 0");
     work.exec("SET LOCAL lock_timeout = '60s'");
-    // The row lock the live projector takes first in each batch: it waits here until the
-    // swap commits and then reads the new watermark.
+    // The row locks the live projectors take first in each batch, in their order (partition
+    // rows, then the projection's row): they wait here until the swap commits and then find
+    // the partition watermarks gone, and split the new watermark again.
+    work.exec_params(
+        "SELECT partition FROM read.partition_watermarks WHERE projection = $1 ORDER BY partition FOR UPDATE",
+        name_);
     const std::int64_t live_watermark = work.exec_params1(
-        "SELECT watermark FROM read.projections WHERE name = $1 FOR UPDATE", name_)[0].as<std::int64_t>();
+        "SELECT greatest(watermark, coalesce((SELECT max(position) FROM read.partition_watermarks "
+        "WHERE projection = $1), 0)) FROM read.projections WHERE name = $1 FOR UPDATE",
+        name_)[0].as<std::int64_t>();
     // The last stretch up to the head (at least up to the live watermark) goes in with the swap.
     const std::int64_t target = std::max(live_watermark, store_.head().position.value());
     while (watermark_ < target) {
@@ -166,8 +172,12 @@ class Rebuilder {
       apply(work, batch);
     }
     for (const auto& table : tables_) swap_table(work, table);
-    work.exec_params("UPDATE read.projections SET watermark = $2, updated_at = now() WHERE name = $1", name_,
-                     watermark_);
+    // Every event up to the rebuilt watermark is applied, in every partition: the watermarks
+    // start over from it, split by the topic's partition count when a projector next runs.
+    work.exec_params("DELETE FROM read.partition_watermarks WHERE projection = $1", name_);
+    work.exec_params("UPDATE read.projections SET watermark = $2, partitions = NULL, updated_at = now() "
+                     "WHERE name = $1",
+                     name_, watermark_);
     work.exec_params(std::string("DELETE FROM ") + shadow_schema + ".progress WHERE name = $1", name_);
     work.commit();
     if (progress_) progress_(watermark_ - started_at, watermark_ - started_at);

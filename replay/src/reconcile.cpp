@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "ledger/db/pool.hpp"
+#include "ledger/domain/envelope.hpp"
 #include "ledger/domain/events.hpp"
 #include "ledger/replay/replay.hpp"
 #include "log_reader.hpp"
@@ -170,12 +171,43 @@ ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report, std::i
   SnapshotTransaction tx(*lease);
   // The watermarks and every row below come from one snapshot; events at or below a
   // watermark are committed and immutable, so they can be read on other connections.
-  for (const auto& row : tx.exec("SELECT name, watermark FROM read.projections ORDER BY name")) {
+  // A read model split over partitions holds, per partition, every event of that partition's
+  // streams up to the partition's watermark (projections/README.md): an event belongs in it if
+  // its position is at or below the watermark of its stream's partition.
+  std::unordered_map<std::string, std::pair<std::int32_t, std::vector<std::int64_t>>> split;
+  for (const auto& row : tx.exec("SELECT name, watermark, coalesce(partitions, 0) FROM read.projections ORDER BY name")) {
     check.result.watermarks[row[0].as<std::string>()] = row[1].as<std::int64_t>();
+    const auto partitions = row[2].as<std::int32_t>();
+    if (partitions > 0) {
+      split[row[0].as<std::string>()] = {partitions, std::vector<std::int64_t>(static_cast<std::size_t>(partitions),
+                                                                               row[1].as<std::int64_t>())};
+    }
   }
-  const std::int64_t balance_watermark = check.result.watermarks["balance"];
-  const std::int64_t audit_watermark = check.result.watermarks["audit"];
-  const std::int64_t loan_watermark = check.result.watermarks["loan"];
+  for (const auto& row : tx.exec("SELECT projection, partition, position FROM read.partition_watermarks")) {
+    const auto found = split.find(row[0].as<std::string>());
+    const auto partition = row[1].as<std::int32_t>();
+    if (found != split.end() && partition < found->second.first) {
+      found->second.second[static_cast<std::size_t>(partition)] = row[2].as<std::int64_t>();
+    }
+  }
+  // The watermark an event at `position` of `stream_id` is compared with in `projection`.
+  auto watermark_of = [&](const std::string& projection, const std::string& stream_id) {
+    const auto found = split.find(projection);
+    if (found == split.end()) return check.result.watermarks[projection];
+    return found->second.second[static_cast<std::size_t>(
+        domain::partition_for_stream(stream_id, found->second.first))];
+  };
+  auto highest = [&](const std::string& projection) {
+    const auto found = split.find(projection);
+    std::int64_t high = check.result.watermarks[projection];
+    if (found != split.end()) {
+      for (const auto mark : found->second.second) high = std::max(high, mark);
+    }
+    return high;
+  };
+  const std::int64_t balance_watermark = highest("balance");
+  const std::int64_t audit_watermark = highest("audit");
+  const std::int64_t loan_watermark = highest("loan");
   const std::int64_t last = std::max({balance_watermark, audit_watermark, loan_watermark});
 
   RowCursor entries(tx, "reconcile_entries",
@@ -200,7 +232,7 @@ ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report, std::i
         throw std::runtime_error("position " + std::to_string(position) + ": the " + event.type +
                                  " payload does not decode (run `ledger replay verify`)");
       }
-      if (position <= audit_watermark) {
+      if (position <= watermark_of("audit", event.stream_id)) {
         // Rows the log does not have, then the row of this event.
         for (const pqxx::row* row = audit.peek(); row != nullptr && (*row)[0].as<std::int64_t>() < position;
              audit.pop(), row = audit.peek()) {
@@ -237,13 +269,13 @@ ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report, std::i
       }
 
       const auto loan_id = domain::stream_entity_id(event.stream_id, domain::StreamKind::loan);
-      if (position <= loan_watermark && loan_id) {
+      if (loan_id && position <= watermark_of("loan", event.stream_id)) {
         FoldedLoan& loan = loans[std::string(*loan_id)];
         domain::apply(loan.state, *decoded);
         loan.position = position;
       }
       const auto account_stream_id = domain::stream_entity_id(event.stream_id, domain::StreamKind::account);
-      if (position > balance_watermark || !account_stream_id) continue;
+      if (!account_stream_id || position > watermark_of("balance", event.stream_id)) continue;
       const std::string account_id(*account_stream_id);
       FoldedAccount& account = accounts[account_id];
       domain::apply(account.state, *decoded);

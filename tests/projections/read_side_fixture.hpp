@@ -189,6 +189,12 @@ inline std::int64_t watermark(const std::string& url, const std::string& project
   return scalar(url, "SELECT watermark FROM read.projections WHERE name = '" + projection + "'");
 }
 
+// The watermark of the projection's most advanced partition (projections/README.md, "Partitions").
+inline std::int64_t highest_partition_watermark(const std::string& url, const std::string& projection) {
+  return scalar(url, "SELECT coalesce(max(position), 0) FROM read.partition_watermarks WHERE projection = '" +
+                         projection + "'");
+}
+
 inline bool read_models_caught_up(const std::string& url) {
   const auto head = store_head(url);
   return watermark(url, "balance") == head && watermark(url, "audit") == head;

@@ -93,8 +93,15 @@ const schema::Envelope* verified_envelope(const RdKafka::Message& message) {
   return envelope;
 }
 
+// The relay's per-partition progress markers carry this header and no event: skip them.
+bool is_progress_marker(RdKafka::Message& message) {
+  RdKafka::Headers* headers = message.headers();
+  return headers != nullptr && headers->get_last("ledger-progress").err() == RdKafka::ERR_NO_ERROR;
+}
+
 // Applies one message inside the batch's transaction; false if it was delivered before.
-bool apply_message(pqxx::work& work, const RdKafka::Message& message) {
+bool apply_message(pqxx::work& work, RdKafka::Message& message) {
+  if (is_progress_marker(message)) return false;
   const schema::Envelope* envelope = verified_envelope(message);
   if (envelope == nullptr) {
     throw std::runtime_error("offset " + std::to_string(message.offset()) + " of partition " +

@@ -92,6 +92,9 @@ def apply_entry(database, account_id, entry):
 
 def apply_message(database, message):
     """Applies one Kafka message inside the caller's transaction; False if it was a duplicate."""
+    # The relay's per-partition progress markers carry this header and no event: skip them.
+    if any(key == "ledger-progress" for key, _ in (message.headers() or [])):
+        return False
     envelope = Envelope.Envelope.GetRootAs(message.value(), 0)
     stream_id = envelope.StreamId().decode()
     version = envelope.Version()

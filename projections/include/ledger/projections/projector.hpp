@@ -1,6 +1,7 @@
 #pragma once
-// The projector runtime: one Kafka consumer group per projection, each batch applied in one
-// PostgreSQL transaction with the projection's watermark and Kafka offsets (DESIGN.md inv. 8).
+// The projector runtime: one Kafka consumer group per projection; each process applies only
+// the partitions Kafka assigns it, each batch in one PostgreSQL transaction with those
+// partitions' watermarks and Kafka offsets (DESIGN.md inv. 8, projections/README.md).
 
 #include <chrono>
 #include <cstdint>
@@ -33,10 +34,6 @@ struct ProjectorSettings {
   std::size_t batch_events_max = 5'000;
   std::chrono::milliseconds batch_wait{5};  // collect a batch for at most this long
   std::chrono::milliseconds fetch_wait_max{5};  // librdkafka fetch.wait.max.ms
-  // Messages above a gap wait this long (or until this many wait) for the gap to arrive from
-  // another partition before the gap is read from the event store.
-  std::chrono::milliseconds reorder_wait{100};
-  std::size_t reorder_events_max = 100'000;
   // Further behind the store's head than this, read the store in order instead of Kafka
   // (catching up); the head is read at most every head_check_interval.
   std::int64_t catch_up_events_min = 20'000;
@@ -44,6 +41,9 @@ struct ProjectorSettings {
   // A position the store has but Kafka has not delivered for this long is read from the
   // event store (a dropped or lost message, a relay that is down).
   std::chrono::milliseconds gap_wait{1'000};
+  // A process that dies without leaving the group keeps its partitions this long (Kafka's
+  // session timeout); heartbeats go at a fifth of it.
+  std::chrono::milliseconds session_timeout{10'000};
   std::map<std::string, std::string> kafka_properties;
 };
 
@@ -52,7 +52,7 @@ struct ProjectorStatus {
   GlobalPosition watermark{0};
   std::int64_t events_applied = 0;     // since start
   std::int64_t events_from_store = 0;  // gaps filled by reading the event store
-  std::int64_t duplicates_skipped = 0; // redelivered events at or below the watermark
+  std::int64_t duplicates_skipped = 0; // redelivered events at or below their partition's watermark
   std::int64_t batches = 0;
   std::string last_error;
   // Kafka messages whose event does not chain from the previous position's hash (forged or
@@ -67,11 +67,18 @@ struct ProjectorStatus {
   GlobalPosition stalled_position{0};
   std::string stalled_reason;
   std::int64_t stalled_retries = 0;  // failed attempts since it stalled
+  std::int32_t partitions = 0;            // of the events topic
+  std::vector<std::int32_t> assigned;     // the partitions this process applies now
+  std::int64_t gaps_detected = 0;         // envelopes whose previous_position was above the watermark
+  std::int64_t markers_seen = 0;          // progress markers taken into account
 };
 
 // Consumes the events topic on its own thread from start() to stop(). Survives database and
-// Kafka outages by retrying; never skips a position. Checks that each event from Kafka chains
-// from the one before (domain::chain_hash) and reads the store instead when it does not.
+// Kafka outages by retrying; never skips a position. Applies a Kafka message only if it carries
+// the stored event of its position, chaining from the stored hash before it
+// (domain::chain_hash), and reads the store instead when it does not. Several processes of one
+// projection share the partitions (one consumer group); `watermark` in the status is the
+// minimum over all partitions, as read.projections holds it.
 class Projector {
  public:
   Projector(ProjectionKind kind, ProjectorSettings settings, db::ConnectionPool& pool);

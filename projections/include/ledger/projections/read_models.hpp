@@ -111,6 +111,9 @@ struct AuditPage {
   std::optional<std::int64_t> next_cursor;
 };
 
+// A query's answer and the watermark it was read at, from the same snapshot. A query about one
+// stream (an account, its entries, a loan) reports the watermark of that stream's partition;
+// the others the projection's, the minimum over its partitions.
 template <typename T>
 struct AtWatermark {
   T value;
@@ -154,9 +157,13 @@ class ReadModels {
   [[nodiscard]] std::int64_t lowest_watermark() const;
 
   // Calls `then(reached, watermark)` once `kind`'s watermark is at least `min_position`, or
-  // with reached=false after `wait`. Called on a watcher thread: keep it short.
+  // with reached=false after `wait`. Called on a watcher thread: keep it short. With a
+  // `stream_id`, the watermark is that of the stream's partition (domain::partition_for_stream
+  // over the count the projection's watermarks are split by): every event of the stream up to
+  // it is applied. Without one, the projection's watermark, the minimum over its partitions.
   void wait_for(ProjectionKind kind, std::int64_t min_position, std::chrono::milliseconds wait,
-                std::function<void(bool reached, std::int64_t watermark)> then);
+                std::function<void(bool reached, std::int64_t watermark)> then,
+                std::optional<std::string> stream_id = std::nullopt);
 
  private:
   struct Impl;

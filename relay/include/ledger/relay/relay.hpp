@@ -39,6 +39,10 @@ struct RelaySettings {
   // Fallback poll when no append notification arrives; also the standby's retry interval.
   std::chrono::milliseconds poll_interval{500};
   std::chrono::milliseconds checkpoint_interval{100};
+  // A progress marker per partition (the `ledger-progress` header; docs/consumers.md) at most
+  // this often, once the relay has sent everything it read: it tells the consumers of a
+  // partition no event has been sent that everything up to the position sent is there.
+  std::chrono::milliseconds marker_interval{20};
   // How often to check that the broker still holds what it acknowledged.
   std::chrono::milliseconds broker_check_interval{30'000};
   // A message Kafka has not acknowledged within this is republished (0: wait forever).
@@ -64,6 +68,8 @@ struct RelayStatus {
   std::string kafka_error;               // last error reported by librdkafka, if any
   double oldest_unacknowledged_seconds = 0;
   std::string incarnation;               // the store's incarnation it publishes under
+  std::int32_t partitions = 0;           // of the events topic, read when leadership began
+  std::int64_t markers_sent = 0;         // progress markers handed to the producer since start
 };
 
 using domain::Incarnation;

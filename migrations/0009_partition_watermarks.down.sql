@@ -1,0 +1,2 @@
+DROP TABLE read.partition_watermarks;
+ALTER TABLE read.projections DROP COLUMN partitions;

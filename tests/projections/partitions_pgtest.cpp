@@ -1,0 +1,259 @@
+// Read models that scale with partitions (projections/README.md, "Partitions"): every
+// projection keeps one watermark per partition of the events topic, in the same transaction as
+// its rows; several projectors of one projection in one consumer group each apply only the
+// partitions Kafka assigned them, and a rebalance moves a partition without losing or doubling
+// anything. Gaps in one partition are healed from the store, progress markers move idle
+// partitions, and a garbled or forged marker changes nothing.
+#include <doctest/doctest.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include <map>
+#include <future>
+#include <set>
+
+#include "../engine/engine_fixture.hpp"
+#include "ledger/domain/types.hpp"
+#include "ledger/projections/read_models.hpp"
+#include "read_side_fixture.hpp"
+
+using namespace ledger;
+using namespace ledger::domain;
+using namespace ledger::engine;
+using namespace std::chrono_literals;
+
+using test::open_accounts;
+using test::random_workload;
+
+namespace {
+
+std::map<std::int32_t, std::int64_t> partition_watermarks(const std::string& url, const std::string& projection) {
+  pqxx::connection connection(url);
+  pqxx::read_transaction work(connection);
+  std::map<std::int32_t, std::int64_t> result;
+  for (const auto& row : work.exec_params(
+           "SELECT partition, position FROM read.partition_watermarks WHERE projection = $1", projection)) {
+    result[row[0].as<std::int32_t>()] = row[1].as<std::int64_t>();
+  }
+  return result;
+}
+
+bool every_partition_at(const std::string& url, std::int64_t position, int partitions) {
+  for (const auto* projection : {"balance", "audit", "loan"}) {
+    const auto marks = partition_watermarks(url, projection);
+    if (static_cast<int>(marks.size()) != partitions) return false;
+    for (const auto& [partition, mark] : marks) {
+      if (mark != position) return false;
+    }
+  }
+  return true;
+}
+
+projections::ProjectorSettings fast_group_settings(const test::MockKafka& kafka) {
+  auto settings = test::projector_settings(kafka);
+  settings.session_timeout = 3'000ms;
+  return settings;
+}
+
+// Publishes raw bytes with the progress-marker header to one partition: what a forger or a
+// corrupted relay could put on the topic.
+void produce_marker_bytes(const test::MockKafka& kafka, std::int32_t partition, const std::string& header,
+                          const std::string& value) {
+  char error[256];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", kafka.bootstrap().c_str(), error, sizeof error);
+  rd_kafka_conf_set(conf, "log_level", "2", error, sizeof error);
+  std::unique_ptr<rd_kafka_t, void (*)(rd_kafka_t*)> producer(
+      rd_kafka_new(RD_KAFKA_PRODUCER, conf, error, sizeof error), &rd_kafka_destroy);
+  REQUIRE(producer);
+  rd_kafka_headers_t* headers = rd_kafka_headers_new(1);
+  rd_kafka_header_add(headers, progress_marker_header, -1, header.data(), static_cast<ssize_t>(header.size()));
+  REQUIRE(rd_kafka_producev(producer.get(), RD_KAFKA_V_TOPIC(test::events_topic), RD_KAFKA_V_PARTITION(partition),
+                            RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
+                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers),
+                            RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR_NO_ERROR);
+  REQUIRE(rd_kafka_flush(producer.get(), 10'000) == RD_KAFKA_RESP_ERR_NO_ERROR);
+}
+
+}  // namespace
+
+TEST_CASE("every projection keeps one watermark per partition; their minimum is read.projections'") {
+  test::TestDatabase database;
+  test::ReadSideStack stack(database);
+  auto& [kafka, pool, engine, relay, projectors] = stack;
+  open_accounts(engine);
+  random_workload(engine, 1'000);
+  const std::int64_t head = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return every_partition_at(database.app_url(), head, kafka.partitions()); }, 60s));
+  CHECK(test::read_models_caught_up(database.app_url()));
+  CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM read.projections WHERE partitions = 4") == 3);
+  for (const auto& projector : projectors.running) {
+    CHECK(projector->status().partitions == 4);
+    CHECK(projector->status().assigned.size() == 4);
+  }
+  test::check_read_models_equal_fold(database.app_url());
+}
+
+TEST_CASE("two projectors of one projection split the partitions, and a rebalance loses and doubles nothing") {
+  test::TestDatabase database;
+  test::MockKafka kafka(1, 4);
+  auto pool = test::make_pool(database.app_url(), 10);
+  Engine engine(test::engine_settings(database));
+  relay::Relay relay(test::relay_settings(kafka), pool);
+  relay.start();
+  const auto settings = fast_group_settings(kafka);
+  std::vector<std::unique_ptr<projections::Projector>> first;
+  for (const auto kind : projections::all_projections()) {
+    first.push_back(std::make_unique<projections::Projector>(kind, settings, pool));
+    first.back()->start();
+  }
+  open_accounts(engine);
+  std::vector<std::unique_ptr<projections::Projector>> second;
+  for (const auto kind : projections::all_projections()) {
+    second.push_back(std::make_unique<projections::Projector>(kind, settings, pool));
+    second.back()->start();
+  }
+  // Both members of each group get partitions, disjoint, together all four.
+  REQUIRE(test::eventually([&] {
+    for (std::size_t i = 0; i < first.size(); ++i) {
+      const auto a = first[i]->status().assigned;
+      const auto b = second[i]->status().assigned;
+      std::set<std::int32_t> all(a.begin(), a.end());
+      all.insert(b.begin(), b.end());
+      if (a.empty() || b.empty() || all.size() != 4 || a.size() + b.size() != 4) return false;
+    }
+    return true;
+  }, 60s));
+  random_workload(engine, 1'500);
+  // A member leaves mid-stream: the other takes its partitions from the stored offsets.
+  second[0]->stop();
+  random_workload(engine, 1'500, 4, 11);
+  const std::int64_t head = test::store_head(database.app_url());
+  const bool caught_up = test::eventually([&] { return every_partition_at(database.app_url(), head, 4); }, 120s);
+  if (!caught_up) {
+    for (const auto* projection : {"balance", "audit", "loan"}) {
+      for (const auto& [partition, mark] : partition_watermarks(database.app_url(), projection)) {
+        MESSAGE(std::string(projection) << " partition " << partition << " at " << mark << " of " << head);
+      }
+    }
+    for (const auto& projector : first) {
+      const auto status = projector->status();
+      MESSAGE("assigned " << status.assigned.size() << " error " << status.last_error << " stalled "
+                          << status.stalled_position.value());
+    }
+  }
+  REQUIRE(caught_up);
+  CHECK(first[0]->status().assigned.size() == 4);
+  test::check_read_models_equal_fold(database.app_url());
+  // Each event applied exactly once over both members (a double would count twice).
+  CHECK(test::scalar(database.app_url(), "SELECT applied FROM read.projections WHERE name = 'audit'") == head);
+}
+
+TEST_CASE("a gap within one partition is healed from the store for that partition") {
+  test::TestDatabase database;
+  test::MockKafka kafka(1, 4);
+  auto pool = test::make_pool(database.app_url());
+  Engine engine(test::engine_settings(database));
+  relay::Relay relay(test::relay_settings(kafka), pool);
+  relay.start();
+  open_accounts(engine);
+  random_workload(engine, 500);
+  const std::int64_t published = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == published; }));
+  // Partition 2's first messages never reach the projectors: they start past them.
+  {
+    pqxx::connection connection(database.admin_url());
+    pqxx::work work(connection);
+    for (const auto* projection : {"balance", "audit", "loan"}) {
+      work.exec_params("INSERT INTO read.kafka_offsets (projection, topic, partition, next_offset) "
+                       "VALUES ($1, $2, 2, 50)",
+                       projection, std::string(test::events_topic));
+    }
+    work.commit();
+  }
+  auto settings = test::projector_settings(kafka);
+  settings.gap_wait = std::chrono::hours(1);  // healed because of the gap, not because Kafka went quiet
+  test::Projectors projectors(pool, settings);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }, 60s));
+  std::int64_t gaps = 0;
+  for (const auto& projector : projectors.running) gaps += projector->status().gaps_detected;
+  CHECK(gaps >= 3);
+  // Only the skipped messages' events came from the store: the other partitions' came from Kafka.
+  CHECK(projectors.events_from_store() > 0);
+  CHECK(projectors.events_from_store() < 3 * published / 2);
+  test::check_read_models_equal_fold(database.app_url());
+}
+
+TEST_CASE("progress markers move idle partitions; garbled and forged markers change nothing") {
+  test::TestDatabase database;
+  // No healing from the store while Kafka is quiet: only markers can move idle partitions.
+  test::ReadSideStack stack(database, 6, [](auto& settings) { settings.gap_wait = std::chrono::hours(1); });
+  auto& [kafka, pool, engine, relay, projectors] = stack;
+  open_accounts(engine);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }, 60s));
+  // One deposit: two streams (the account and the currency's cash account), at most two partitions.
+  REQUIRE(engine.execute(test::command(Deposit{test::account_name(5), Amount(7)})).accepted());
+  const std::int64_t head = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return every_partition_at(database.app_url(), head, 4); }, 10s));
+  std::int64_t markers = 0;
+  for (const auto& projector : projectors.running) markers += projector->status().markers_seen;
+  CHECK(markers > 0);
+
+  const std::string digest = test::read_model_digest(database.app_url());
+  std::int64_t rejected_before = 0;
+  for (const auto& projector : projectors.running) rejected_before += projector->status().messages_rejected;
+  // Garbage with the marker header, and a well-formed marker beyond the store's head.
+  produce_marker_bytes(kafka, 1, "99", "not a flatbuffer");
+  produce_marker_bytes(kafka, 3, std::to_string(head + 1'000),
+                       encode_progress_marker({GlobalPosition(head + 1'000), GlobalPosition(0), std::nullopt}));
+  REQUIRE(test::eventually([&] {
+    std::int64_t rejected = 0;
+    for (const auto& projector : projectors.running) rejected += projector->status().messages_rejected;
+    return rejected >= rejected_before + 6;  // two messages, three projections
+  }, 20s));
+  CHECK(every_partition_at(database.app_url(), head, 4));
+  CHECK(test::read_model_digest(database.app_url()) == digest);
+  // And the projectors go on applying.
+  random_workload(engine, 200);
+  const std::int64_t later = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return every_partition_at(database.app_url(), later, 4); }, 30s));
+  test::check_read_models_equal_fold(database.app_url());
+}
+
+TEST_CASE("min_position on a stream waits for that stream's partition, other queries for the minimum") {
+  test::TestDatabase database;
+  auto pool = test::make_pool(database.app_url());
+  // Watermarks as a projector leaves them: partition 0 ahead, the others behind.
+  {
+    pqxx::connection connection(database.admin_url());
+    pqxx::work work(connection);
+    work.exec("UPDATE read.projections SET partitions = 4, watermark = 5 WHERE name = 'balance'");
+    work.exec("UPDATE read.projections SET watermark = 7 WHERE name = 'audit'");  // not split yet
+    work.exec("INSERT INTO read.partition_watermarks (projection, partition, position) "
+              "VALUES ('balance', 0, 100), ('balance', 1, 5), ('balance', 2, 5), ('balance', 3, 5)");
+    work.commit();
+  }
+  auto stream_in = [](std::int32_t partition) {
+    for (int i = 0;; ++i) {
+      const std::string id = "a" + std::to_string(i);
+      if (partition_for_stream(account_stream(id), 4) == partition) return id;
+    }
+  };
+  const std::string ahead = stream_in(0);
+  const std::string behind = stream_in(1);
+  projections::ReadModels read_models(pool);
+  auto wait = [&](std::optional<std::string> stream, std::int64_t position) {
+    std::promise<std::pair<bool, std::int64_t>> answer;
+    read_models.wait_for(
+        projections::ProjectionKind::balance, position, 300ms,
+        [&](bool reached, std::int64_t watermark) { answer.set_value({reached, watermark}); }, std::move(stream));
+    return answer.get_future().get();
+  };
+  CHECK(wait(account_stream(ahead), 50) == std::pair<bool, std::int64_t>{true, 100});
+  CHECK(wait(account_stream(behind), 50) == std::pair<bool, std::int64_t>{false, 5});
+  CHECK(wait(std::nullopt, 50) == std::pair<bool, std::int64_t>{false, 5});
+  // A query reports the watermark it can vouch for: its stream's partition's.
+  CHECK(read_models.account(ahead).watermark == 100);
+  CHECK(read_models.account(behind).watermark == 5);
+  CHECK(read_models.audit({}).watermark == 7);
+}
