@@ -402,6 +402,7 @@ void add_two_serves_rows(std::vector<Result>& results, const bench::TwoServesRun
     results.push_back({scenario, what + ": behind HAProxy / one serve", 100.0 * ratio, "%", ">= 90%",
                        ratio >= two_serves_ratio_min ? "met" : "missed"});
   }
+}
 
 // Catch-up with 1, 2 and 4 `ledger project all` processes per read model (one consumer group
 // each, the topic's 4 partitions shared among them; projections/README.md, "Partitions"): the
