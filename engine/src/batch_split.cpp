@@ -56,14 +56,26 @@ SplitOutcome split_stale(std::vector<Pending>& batch, Decided& decided, const St
     }
   }
   for (const auto& read : decided.unwritten_reads) {
+    // A stream the batch writes is checked by its first row (a read merged from a later
+    // decision holds the earlier rows' version); a system account's state decides nothing.
+    if (before.contains(read.stream_id)) continue;
+    if (read.stream_id.starts_with(system_stream_prefix()) && stored_version(stored, read.stream_id) > 0) continue;
     if (stored_version(stored, read.stream_id) != read.version) stale.insert(read.stream_id);
   }
 
   SplitOutcome outcome;
   outcome.unreliable_streams.assign(stale.begin(), stale.end());
   // Streams a command must not have relied on: stale, or written by a loser (of this batch or,
-  // given, of an earlier one).
-  std::unordered_set<std::string> tainted = tainted_before;
+  // given, of an earlier one). An earlier loser's system account stream only makes this
+  // batch's state of it unreliable (it is renumbered, never snapshotted from here).
+  std::unordered_set<std::string> tainted;
+  for (const auto& id : tainted_before) {
+    if (floating.contains(id)) {
+      outcome.unreliable_streams.push_back(id);
+    } else {
+      tainted.insert(id);
+    }
+  }
   tainted.insert(stale.begin(), stale.end());
   std::vector<bool> lost(batch.size(), false);
   std::vector<std::string> named;
@@ -74,6 +86,13 @@ SplitOutcome split_stale(std::vector<Pending>& batch, Decided& decided, const St
       continue;
     }
     if (slot.kind != Slot::Kind::decide || tainted.empty()) continue;
+    if (slot.first_event == slot.end_event) {
+      // It wrote nothing, so no row says what it read: the streams the rules load on demand
+      // (a hold's accounts, a loan's borrower) are not among those it names. It is decided
+      // again whenever anything before it may have been read stale.
+      lost[i] = true;
+      continue;
+    }
     named.clear();
     domain::collect_streams(batch[i].command.body, named);
     for (std::size_t e = slot.first_event; e < slot.end_event; ++e) named.push_back(decided.rows[e].stream_id);
@@ -81,10 +100,8 @@ SplitOutcome split_stale(std::vector<Pending>& batch, Decided& decided, const St
     if (!lost[i]) continue;
     for (std::size_t e = slot.first_event; e < slot.end_event; ++e) {
       const std::string& id = decided.rows[e].stream_id;
-      if (!floating.contains(id)) {
-        tainted.insert(id);
-        outcome.loser_streams.push_back(id);
-      }
+      if (!floating.contains(id)) tainted.insert(id);
+      outcome.loser_streams.push_back(id);
       outcome.unreliable_streams.push_back(id);  // the cache holds the loser's effect on it
     }
   }

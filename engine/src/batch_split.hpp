@@ -32,8 +32,9 @@ struct SplitOutcome {
   // Streams whose state the engine holds as decided is not what the store will hold: written
   // by a loser, found stale, or renumbered. The state cache must drop them.
   std::vector<std::string> unreliable_streams;
-  // The losers' streams, floating ones aside: a batch decided meanwhile on the cache may have
-  // built on what a loser decided there, which no version check can tell.
+  // The losers' streams: a batch decided meanwhile on the cache may have built on what a loser
+  // decided there, which no version check can tell (on a system account's stream, only its
+  // state is wrong: it is dropped, not the commands).
   std::vector<std::string> loser_streams;
 };
 

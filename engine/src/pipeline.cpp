@@ -479,7 +479,7 @@ struct Pipeline::Impl {
     bool committed = false;          // false: a version or key conflict, nothing written
     std::vector<Pending> losers;     // decided on streams another writer moved: not appended
     std::vector<std::string> unreliable_streams;  // their decided states differ from the store's
-    std::vector<std::string> loser_streams;       // what the losers wrote (floating ones aside)
+    std::vector<std::string> loser_streams;       // what the losers wrote
   };
 
   // Phase two: appends and commits the decided rows in `work`, minus the commands another

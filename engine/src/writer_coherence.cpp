@@ -72,8 +72,11 @@ SplitOutcome WriterCoherence::reconcile(pqxx::work& work, const LockedHead& head
     }
   }
   if (taints_lost) {
-    // Too old to know what it built on: all of it is decided again.
+    // Too old to know what it built on: all of it is decided again, and the cache drops what
+    // it decided.
     SplitOutcome outcome;
+    for (const auto& row : decided.rows) outcome.unreliable_streams.push_back(row.stream_id);
+    outcome.loser_streams = outcome.unreliable_streams;
     outcome.losers = std::move(batch);
     batch.clear();
     decided = Decided{};

@@ -214,3 +214,52 @@ TEST_CASE("a refusal read on a stream that moved since goes back; its read is ch
   CHECK(b.decided.unwritten_reads.empty());
   CHECK(streams_to_check(b.decided).size() == 3);
 }
+
+TEST_CASE("a command that wrote nothing goes back when anything before it was stale") {
+  // A refused post of a hold names only the transfer's stream; the rules loaded its accounts
+  // on demand, and one of them may be the stale one.
+  BatchBuilder b;
+  b.transfer("t1", "a", 4, "b", 7);
+  b.add(domain::PostHold{"h1", Amount(5)}, {});
+  b.transfer("t2", "c", 1, "d", 1);
+  auto stored = as_decided(b.decided);
+  stored[domain::account_stream("a")] = 4;
+  const auto outcome = split_stale(b.batch, b.decided, stored);
+  REQUIRE(outcome.losers.size() == 2);
+  CHECK(outcome.losers[1].command.context.command_id == "c2");
+  CHECK(b.command_ids() == std::vector<std::string>{"c3"});
+
+  BatchBuilder alone;
+  alone.add(domain::PostHold{"h1", Amount(5)}, {});
+  CHECK(split_stale(alone.batch, alone.decided, {}).losers.empty());
+}
+
+TEST_CASE("a read of a stream the batch writes, merged from a later decision, is not stale") {
+  BatchBuilder b;
+  b.transfer("t1", "a", 4, "b", 7);  // a: stored 3, written 4
+  b.add(domain::Withdrawal{"a", Amount(500), "", "w1"}, {});  // refused on a at 4
+  b.decided.unwritten_reads = {{domain::account_stream("a"), 4}};
+  const auto outcome = split_stale(b.batch, b.decided, as_decided(b.decided));
+  CHECK(outcome.losers.empty());
+  CHECK(b.batch.size() == 2);
+}
+
+TEST_CASE("a system account read by a refusal never makes it stale; an earlier loser's only drops its state") {
+  BatchBuilder b;
+  b.deposit("d1", "a", 3, 41);
+  b.add(domain::Withdrawal{"a", Amount(500), "", "w1"}, {});
+  b.decided.unwritten_reads = {{cash, 40}};
+  auto stored = as_decided(b.decided);
+  stored[cash] = 52;  // moved by another engine: renumbered, not stale
+  const auto outcome = split_stale(b.batch, b.decided, stored, {cash});
+  CHECK(outcome.losers.empty());
+  CHECK(b.decided.rows[1].version.value() == 53);
+  CHECK(std::count(outcome.unreliable_streams.begin(), outcome.unreliable_streams.end(), cash) == 1);
+
+  // Renumbered to the very version it was decided at, its state still holds the loser's effect.
+  BatchBuilder same;
+  same.deposit("d2", "b", 6, 42);
+  const auto unchanged = split_stale(same.batch, same.decided, as_decided(same.decided), {cash});
+  CHECK(unchanged.losers.empty());
+  CHECK(unchanged.unreliable_streams == std::vector<std::string>{cash});
+}
