@@ -869,6 +869,9 @@ struct Projector::Impl {
     std::int64_t head = 0;
     auto head_read = Clock::time_point{};
     auto last_progress = Clock::now();
+    // Without any partition assigned: each partition's watermark at the last look, and when.
+    std::map<std::int32_t, std::int64_t> unassigned_seen;
+    auto unassigned_looked = Clock::now();
     const auto span_max = static_cast<std::int64_t>(settings.batch_events_max);
     while (!worker.stopping()) {
       try {
@@ -915,6 +918,26 @@ struct Projector::Impl {
             std::int64_t target = watermark_of(partition);
             for (const auto& message : messages) target = std::max(target, message.position);
             targets[partition] = target;
+          }
+          if (assigned.empty() && now - unassigned_looked >= settings.gap_wait) {
+            // Kafka assigned this process nothing (a group that cannot form: a broker stopped
+            // while it joined, a coordinator gone). The store holds every event: a partition
+            // behind the head that nobody moved since the last look is applied from it. The
+            // row locks keep that exactly once should its owner move it meanwhile.
+            read_watermarks();
+            head = store.head().position.value();
+            head_read = now;
+            for (std::int32_t partition = 0; partition < partitions; ++partition) {
+              const auto watermark = watermark_of(partition);
+              const auto seen = unassigned_seen.find(partition);
+              if (watermark < head && seen != unassigned_seen.end() && seen->second == watermark) {
+                targets[partition] = std::min(head, watermark + span_max);
+              }
+              unassigned_seen[partition] = watermark;
+            }
+            unassigned_looked = now;
+          } else if (!assigned.empty()) {
+            unassigned_seen.clear();
           }
           if (incoming.empty() && lowest && now - last_progress >= settings.gap_wait) {
             // Kafka has been quiet: if the store is ahead, the missing events were lost on
