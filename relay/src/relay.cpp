@@ -539,7 +539,23 @@ struct Relay::Impl {
       work.commit();
     }
     if (producer == nullptr) create_producer();
-    partitions = topic_partition_count(producer, settings.topic);
+    // This instance leads (it holds the lock) even while Kafka cannot say how many partitions
+    // the topic has: /health must show Kafka down and the lag growing, not a standby.
+    while (true) {
+      try {
+        partitions = topic_partition_count(producer, settings.topic);
+        break;
+      } catch (const std::exception& error) {
+        spdlog::warn("relay: {}; retrying", error.what());
+        update_status([&](RelayStatus& s) {
+          s.leader = true;
+          s.kafka_reachable = false;
+          s.kafka_error = error.what();
+        });
+        pause(settings.poll_interval * 2);
+        if (worker.stopping()) return;
+      }
+    }
     recompute_partitions();
     delivery_failed = false;
     // Failed while this instance last led (after the window was reset: nothing in flight counts).
