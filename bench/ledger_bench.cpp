@@ -404,6 +404,25 @@ void add_two_serves_rows(std::vector<Result>& results, const bench::TwoServesRun
   }
 }
 
+// Starts `ledger broker` (librdkafka's mock cluster in its own process; `name`.log and
+// `name`.address in `work_directory`) and returns its pid and bootstrap address.
+std::pair<pid_t, std::string> start_broker(const std::string& ledger_binary, const std::string& work_directory,
+                                           const std::string& name) {
+  const std::string broker_address = work_directory + "/" + name + ".address";
+  std::filesystem::remove(broker_address);
+  process::SpawnOptions broker_options;
+  broker_options.output_file = work_directory + "/" + name + ".log";
+  const pid_t broker = process::spawn({ledger_binary, "--log-level", "warn", "broker", "--address-file", broker_address},
+                                      broker_options);
+  std::string kafka_brokers;
+  for (int attempt = 0; attempt < 600 && kafka_brokers.empty(); ++attempt) {
+    std::ifstream in(broker_address);
+    if (!(in >> kafka_brokers)) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (kafka_brokers.empty()) throw std::runtime_error("ledger broker did not start");
+  return {broker, kafka_brokers};
+}
+
 // Catch-up with 1, 2 and 4 `ledger project all` processes per read model (one consumer group
 // each, the topic's 4 partitions shared among them; projections/README.md, "Partitions"): the
 // backlog is published once by `ledger replay publish`, then for each count the read models
@@ -413,18 +432,7 @@ std::vector<Result> catch_up_scale(const std::string& ledger_binary, const std::
                                    const std::string& app_url, const std::string& work_directory,
                                    std::int64_t backlog) {
   std::vector<Result> results;
-  const std::string broker_address = work_directory + "/scale-broker.address";
-  std::filesystem::remove(broker_address);
-  process::SpawnOptions broker_options;
-  broker_options.output_file = work_directory + "/scale-broker.log";
-  const pid_t broker = process::spawn({ledger_binary, "--log-level", "warn", "broker", "--address-file", broker_address},
-                                      broker_options);
-  std::string kafka_brokers;
-  for (int attempt = 0; attempt < 600 && kafka_brokers.empty(); ++attempt) {
-    std::ifstream in(broker_address);
-    if (!(in >> kafka_brokers)) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  if (kafka_brokers.empty()) throw std::runtime_error("ledger broker did not start");
+  const auto [broker, kafka_brokers] = start_broker(ledger_binary, work_directory, "scale-broker");
   std::string output;
   std::cout << "projections (scale): publishing " << backlog << " events ...\n";
   if (!process::run({ledger_binary, "--log-level", "warn", "--database-url", app_url, "--kafka-brokers", kafka_brokers,
@@ -677,18 +685,7 @@ int main(int argc, char** argv) {
     serve_options.extra_environment = {"LEDGER_JWT_SECRET=" + secret, "LEDGER_LOG_LEVEL=warn"};
     // The development broker (librdkafka's mock cluster in its own process), so the relay and
     // the projectors speak the real Kafka protocol.
-    const std::string broker_address = work_directory + "/broker.address";
-    std::filesystem::remove(broker_address);
-    process::SpawnOptions broker_options;
-    broker_options.output_file = work_directory + "/broker.log";
-    const pid_t broker = process::spawn({ledger_binary, "--log-level", "warn", "broker", "--address-file", broker_address},
-                                        broker_options);
-    std::string kafka_brokers;
-    for (int attempt = 0; attempt < 600 && kafka_brokers.empty(); ++attempt) {
-      std::ifstream in(broker_address);
-      if (!(in >> kafka_brokers)) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    if (kafka_brokers.empty()) throw std::runtime_error("ledger broker did not start");
+    const auto [broker, kafka_brokers] = start_broker(ledger_binary, work_directory, "broker");
     const std::int64_t backlog = bench::query_scalar(app_url, "SELECT position FROM event_store_head");
     const auto serve_started = Clock::now();
     // `relay` false: the write path alone, nothing published.
