@@ -155,7 +155,8 @@ class Engine {
   // been). Keep it short: post elsewhere.
   using Completion = std::function<void(std::exception_ptr error, domain::CommandOutcome outcome)>;
 
-  // Throws EngineOverloaded when the queue is full, EngineUnavailable when stopping. The future
+  // Throws EngineOverloaded when the queue is full, EngineUnavailable when stopping and
+  // DatabaseCircuitOpen (an EngineUnavailable) while the breaker is open: nothing queued. The future
   // throws EngineUnavailable when the database could not be reached, OutcomeUnknown when the
   // commit's outcome could not be established.
   [[nodiscard]] std::future<domain::CommandOutcome> submit(domain::Command command);
