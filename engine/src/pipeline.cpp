@@ -9,7 +9,9 @@
 #include <deque>
 #include <mutex>
 #include <optional>
+#include <string_view>
 #include <thread>
+#include <unordered_set>
 #include <unordered_map>
 
 #include "appender.hpp"
@@ -140,16 +142,18 @@ struct Pipeline::Impl {
     const bool keyed = std::any_of(batch.begin(), batch.end(), [](const Pending& p) {
       return !p.command.context.idempotency_key.empty();
     });
-    if (keyed) {
-      // Keys are checked against the store: it must hold every earlier batch first.
+    if (keyed && keys_in_flight(batch)) {
+      // Keys are checked against the store: it must hold the batch in flight with the same key
+      // first (a client retrying before its first try was answered).
+      count_stall();
       wait_committer_idle();
       if (redo_pending) recover();
       process_batch(batch);
       return;
     }
-    // Evictions wait for the batches in flight (WriterCoherence::sync); other writers post
-    // them, and losers are costlier than one commit's wait.
-    if (coherence.has_pending()) {
+    // Dropping the whole cache waits for the batches in flight (WriterCoherence::sync).
+    if (coherence.must_drain()) {
+      count_stall();
       wait_committer_idle();
       if (redo_pending) recover();
     }
@@ -166,7 +170,7 @@ struct Pipeline::Impl {
       decided_generation = generation;
     }
     Prepared prepared;
-    prepared.decided_at = coherence.sync(cache, pipeline_idle());
+    prepared.start = sync_with_batches_in_flight();
     std::optional<db::ConnectionPool::Lease> lease;
     std::optional<pqxx::read_transaction> read;
     const StoreReader store = [&]() -> pqxx::transaction_base& {
@@ -187,9 +191,14 @@ struct Pipeline::Impl {
         read.reset();
         lease.reset();
       }
+      std::vector<std::string> written;
       for (const auto& row : prepared.decided.rows) {
-        prepared.changed.try_emplace(row.stream_id, working.streams().at(row.stream_id));
+        if (prepared.changed.try_emplace(row.stream_id, working.streams().at(row.stream_id)).second) {
+          written.push_back(row.stream_id);
+        }
       }
+      prepared.sequence = ++decided_sequence;
+      in_flight.push_back({prepared.sequence, std::move(written), keyed ? keys_of(prepared.batch) : std::vector<std::string>{}});
       for (auto& [stream_id, state] : working.streams()) cache.put(stream_id, std::move(state));
     } catch (const std::exception& error) {
       read.reset();
@@ -198,6 +207,7 @@ struct Pipeline::Impl {
       // Deciding failed on the database: run the batch the serial way, which retries and
       // answers every command whatever happens.
       spdlog::warn("deciding a batch failed ({}); running it on its own", error.what());
+      count_stall();
       wait_committer_idle();
       if (redo_pending) recover();
       cache.clear();
@@ -250,7 +260,7 @@ struct Pipeline::Impl {
           try {
             prepare_append(*lease);
             pqxx::work work(*lease);
-            appended = append_decided(work, prepared.batch, prepared.decided, prepared.decided_at);
+            appended = append_decided(work, prepared.batch, prepared.decided, prepared.start);
           } catch (...) {
             lease.discard();
             throw;
@@ -288,6 +298,7 @@ struct Pipeline::Impl {
       }
       {
         std::lock_guard lock(handoff_mutex);
+        finished_sequence.store(prepared.sequence);
         if (!answered) {
           if (current) count_conflict(prepared.batch.size());
           ++generation;
@@ -313,9 +324,44 @@ struct Pipeline::Impl {
     }
   }
 
-  bool pipeline_idle() {
-    std::lock_guard lock(handoff_mutex);
-    return !handoff.has_value() && !committer_busy;
+  // Writer thread: applies the evictions other writers and the committer posted, except those
+  // of streams a decided batch still in flight wrote (see WriterCoherence::sync).
+  DecisionStart sync_with_batches_in_flight() {
+    forget_finished();
+    if (in_flight.empty() || !coherence.has_pending()) return coherence.sync(cache);
+    std::unordered_set<std::string_view> held;
+    for (const auto& decided : in_flight) held.insert(decided.streams.begin(), decided.streams.end());
+    return coherence.sync(cache, [&held](const std::string& stream_id) { return held.contains(stream_id); });
+  }
+
+  // Writer thread: whether a command of `batch` has the idempotency key of one in flight.
+  bool keys_in_flight(const std::vector<Pending>& batch) {
+    forget_finished();
+    if (in_flight.empty()) return false;
+    const auto keys = keys_of(batch);
+    const std::unordered_set<std::string_view> wanted(keys.begin(), keys.end());
+    return std::any_of(in_flight.begin(), in_flight.end(), [&](const InFlight& decided) {
+      return std::any_of(decided.keys.begin(), decided.keys.end(),
+                         [&](const std::string& key) { return wanted.contains(key); });
+    });
+  }
+
+  // Actor and key of each keyed command, as one string each.
+  static std::vector<std::string> keys_of(const std::vector<Pending>& batch) {
+    std::vector<std::string> keys;
+    for (const auto& pending : batch) {
+      const auto& context = pending.command.context;
+      if (context.idempotency_key.empty()) continue;
+      keys.push_back(context.actor);
+      keys.back().push_back('\0');
+      keys.back() += context.idempotency_key;
+    }
+    return keys;
+  }
+
+  void forget_finished() {
+    const std::uint64_t finished = finished_sequence.load();
+    while (!in_flight.empty() && in_flight.front().sequence <= finished) in_flight.pop_front();
   }
 
   void wait_committer_idle() {
@@ -323,9 +369,17 @@ struct Pipeline::Impl {
     handoff_changed.wait(lock, [&] { return !handoff.has_value() && !committer_busy; });
   }
 
+  // The pipelined writer stops deciding ahead: it waits for the batches in flight, or runs a
+  // batch the serial way.
+  void count_stall() {
+    std::lock_guard lock(stats_mutex);
+    ++counters.pipeline_stalls;
+  }
+
   // Runs the batches the committer gave back, in order, once the cache has dropped what they
   // (and the batches before them) left in it.
   void recover() {
+    count_stall();
     wait_committer_idle();
     std::vector<std::vector<Pending>> batches;
     {
@@ -440,7 +494,8 @@ struct Pipeline::Impl {
     Decided decided;
     std::unordered_map<std::string, domain::StreamState> changed;  // copies, for snapshots
     std::uint64_t generation = 0;
-    std::uint64_t decided_at = 0;  // the coherence epoch the decision started from
+    DecisionStart start;  // where the decision started (the earliest, once merged)
+    std::uint64_t sequence = 0;  // the writer's number of the last decision merged into it
 
     // Appends a batch decided after this one (on the states this one left in the cache).
     void merge(Prepared&& later) {
@@ -458,7 +513,9 @@ struct Pipeline::Impl {
         expiry.command += command_offset;
         decided.expiries.push_back(std::move(expiry));
       }
-      decided_at = std::min(decided_at, later.decided_at);
+      start.epoch = std::min(start.epoch, later.start.epoch);
+      std::move(later.start.deferred.begin(), later.start.deferred.end(), std::back_inserter(start.deferred));
+      sequence = later.sequence;
       decided.keyed = decided.keyed || later.decided.keyed;
       std::move(later.decided.unwritten_reads.begin(), later.decided.unwritten_reads.end(),
                 std::back_inserter(decided.unwritten_reads));
@@ -473,6 +530,17 @@ struct Pipeline::Impl {
   std::uint64_t generation = 0;  // bumped when a batch fails: later decisions are void
   std::vector<std::vector<Pending>> redo;
   std::atomic<bool> redo_pending{false};
+  // Writer thread: what each decided batch wrote and the idempotency keys it stores, by
+  // decision number, until the committer has finished with it (finished_sequence: committed,
+  // refused or given back).
+  struct InFlight {
+    std::uint64_t sequence = 0;
+    std::vector<std::string> streams;
+    std::vector<std::string> keys;  // keys_of()
+  };
+  std::deque<InFlight> in_flight;
+  std::uint64_t decided_sequence = 0;
+  std::atomic<std::uint64_t> finished_sequence{0};
 
   // What appending a decided batch did.
   struct Appended {
@@ -488,7 +556,7 @@ struct Pipeline::Impl {
   // did, the error again if it did not, and OutcomeUnknown when the store cannot tell
   // (retrying could then append twice).
   Appended append_decided(pqxx::work& work, std::vector<Pending>& batch, Decided& decided,
-                          std::uint64_t decided_at) {
+                          const DecisionStart& start) {
     Appended result;
     if (decided.rows.empty() && !decided.keyed && decided.unwritten_reads.empty()) {
       result.committed = true;
@@ -501,7 +569,7 @@ struct Pipeline::Impl {
     const int backend_pid = work.conn().backendpid();
     try {
       const LockedHead head = lock_head(work);
-      SplitOutcome split = coherence.reconcile(work, head, batch, decided, decided_at);
+      SplitOutcome split = coherence.reconcile(work, head, batch, decided, start);
       result.losers = std::move(split.losers);
       result.unreliable_streams = std::move(split.unreliable_streams);
       result.loser_streams = std::move(split.loser_streams);
@@ -553,7 +621,7 @@ struct Pipeline::Impl {
   // the retry cannot conflict again.
   bool attempt_batch(pqxx::connection& connection, std::vector<Pending>& batch, bool fresh,
                      std::vector<Pending>& losers) {
-    const std::uint64_t decided_at = coherence.sync(cache);
+    const DecisionStart start = coherence.sync(cache);
     prepare_append(connection);
     pqxx::work work(connection);
     if (fresh) work.exec(domain::sql::lock_head);
@@ -568,7 +636,7 @@ struct Pipeline::Impl {
     const auto commit_started = std::chrono::steady_clock::now();
     Appended appended;
     try {
-      appended = append_decided(work, batch, decided, decided_at);
+      appended = append_decided(work, batch, decided, start);
     } catch (const pqxx::in_doubt_error&) {
       for (const auto& [id, state] : working.streams()) cache.erase(id);
       throw;

@@ -4,28 +4,50 @@ namespace ledger::engine {
 
 bool WriterCoherence::has_pending() {
   std::lock_guard lock(mutex_);
-  return applied_epoch_ != epoch_;
+  return evict_all_ || !evictions_.empty();
 }
 
-std::uint64_t WriterCoherence::sync(StateCache& cache, bool may_evict) {
+bool WriterCoherence::must_drain() {
+  std::lock_guard lock(mutex_);
+  return evict_all_;
+}
+
+DecisionStart WriterCoherence::sync(StateCache& cache, const HeldStreams& held) {
   std::vector<std::string> streams;
+  DecisionStart start;
   bool all = false;
-  std::uint64_t epoch = 0;
   {
     std::lock_guard lock(mutex_);
-    if (!may_evict) return applied_epoch_;
-    applied_epoch_ = epoch_;
+    if (evict_all_ && held) {
+      start.epoch = applied_epoch_;
+      return start;
+    }
     streams.swap(evictions_);
     all = evict_all_;
     evict_all_ = false;
-    epoch = epoch_;
+    applied_epoch_ = epoch_;
+    start.epoch = epoch_;
+    if (held) {
+      // Held streams stay pending; posts made meanwhile join them. The append checks the
+      // decision against the store for them (a system account's stream is renumbered there,
+      // any other one makes the commands naming it lose).
+      std::unordered_set<std::string> seen;
+      for (auto& stream_id : streams) {
+        if (!held(stream_id) || !seen.insert(stream_id).second) continue;
+        evictions_.push_back(stream_id);
+        start.deferred.push_back(stream_id);
+      }
+    }
   }
   if (all) {
     cache.clear();
-  } else {
-    for (const auto& stream_id : streams) cache.erase(stream_id);
+    return start;
   }
-  return epoch;
+  for (const auto& stream_id : streams) {
+    if (held && held(stream_id)) continue;
+    cache.erase(stream_id);
+  }
+  return start;
 }
 
 void WriterCoherence::evict(std::vector<std::string> streams, bool all) {
@@ -57,12 +79,13 @@ void WriterCoherence::post(std::vector<std::string> streams, bool all) {
 
 SplitOutcome WriterCoherence::reconcile(pqxx::work& work, const LockedHead& head,
                                         std::vector<Pending>& batch, Decided& decided,
-                                        std::uint64_t decided_at) {
+                                        const DecisionStart& start) {
+  const std::uint64_t decided_at = start.epoch;
   const std::int64_t own_head = own_head_.load();
   const bool foreign = own_head != head.position;
   bool evicted_since = false;
   bool taints_lost = false;
-  std::unordered_set<std::string> tainted;
+  std::unordered_set<std::string> tainted(start.deferred.begin(), start.deferred.end());
   {
     std::lock_guard lock(mutex_);
     evicted_since = epoch_ != decided_at;
@@ -89,7 +112,7 @@ SplitOutcome WriterCoherence::reconcile(pqxx::work& work, const LockedHead& head
           !listable);
   }
   // A refusal reads streams no version check covers: those are checked even alone.
-  if (!foreign && !evicted_since && decided.unwritten_reads.empty()) return {};
+  if (!foreign && !evicted_since && tainted.empty() && decided.unwritten_reads.empty()) return {};
   return split_stale(batch, decided, read_stored_versions(work, streams_to_check(decided)), tainted);
 }
 

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <unordered_set>
@@ -25,16 +26,32 @@
 
 namespace ledger::engine {
 
+// Where a decision starts: the eviction epoch it saw, and the streams whose eviction it could
+// not apply because a decided batch still in flight wrote them (the cache holds that batch's
+// states, which the next decision must build on, not the store's).
+struct DecisionStart {
+  std::uint64_t epoch = 0;
+  std::vector<std::string> deferred;
+};
+
 class WriterCoherence {
  public:
-  // Writer thread, before deciding: drops what was found stale from `cache`. Returns the epoch
-  // the decision starts from (hand it to reconcile()). Only while no decided batch is waiting
-  // to commit (`may_evict`): one that is may have changed a stream in the cache, and the next
-  // decision must build on that state, not reload the store's; the evictions then wait, and
-  // the epoch returned is the last one applied, so the batch is checked against the store.
-  std::uint64_t sync(StateCache& cache, bool may_evict = true);
-  // Whether evictions wait to be applied.
+  // The streams decided batches in flight (waiting for or in their commit) wrote.
+  using HeldStreams = std::function<bool(const std::string& stream_id)>;
+
+  // Writer thread, before deciding: drops what was found stale from `cache`, except the streams
+  // `held` names (none when null: nothing is in flight). Those stay pending, and a command of
+  // this decision that names one loses at the append (it may have built on a state another
+  // writer made stale; the batch in flight holding it then loses on it too, and its loss
+  // drains the pipeline). An eviction of everything is applied only with nothing in flight
+  // (must_drain()); meanwhile the epoch returned is the last one applied, so the batch is
+  // checked against the store.
+  DecisionStart sync(StateCache& cache, const HeldStreams& held = {});
+  // Whether evictions are pending.
   [[nodiscard]] bool has_pending();
+  // Whether an eviction of everything is pending: the writer lets the batches in flight commit
+  // first.
+  [[nodiscard]] bool must_drain();
 
   // Any thread: `cache` must drop these streams (`all`: everything) before the next decision;
   // batches decided before then are checked against the store.
@@ -47,10 +64,10 @@ class WriterCoherence {
                           std::vector<std::string> loser_streams);
 
   // Under the head lock of `work`: splits off the commands of `batch` decided on states another
-  // writer has moved since (see split_stale), when one may have. `decided_at` is sync()'s epoch
+  // writer has moved since (see split_stale), when one may have. `start` is what sync() returned
   // when the batch's decision started.
   SplitOutcome reconcile(pqxx::work& work, const LockedHead& head, std::vector<Pending>& batch,
-                         Decided& decided, std::uint64_t decided_at);
+                         Decided& decided, const DecisionStart& start);
 
   // The batch committed: the head is where it left it.
   void committed(std::int64_t head_after) { own_head_.store(head_after); }

@@ -3,6 +3,16 @@
 // stored key's request shares a batch with another request under that key.
 #include <doctest/doctest.h>
 
+#include <fmt/format.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
 #include "engine_fixture.hpp"
 #include "open_and_fund.hpp"
 
@@ -130,3 +140,74 @@ TEST_CASE("a stored key's request replays even when another request with that ke
   CHECK(replayed.position == stored.position);
 }
 
+
+// Keyed commands are decided while the batch before them commits (the client's usual case:
+// every HTTP command carries a key); a key still in flight waits for its first try's commit.
+TEST_CASE("keyed batches pipeline, and a retry of a key in flight answers its first outcome") {
+  test::TestDatabase database;
+  auto settings = test::engine_settings(database);
+  settings.decide_while_committing = true;
+  settings.commit_wait_max = std::chrono::milliseconds(0);
+  Engine engine(settings);
+  constexpr int accounts = 8;
+  for (int i = 0; i < accounts; ++i) open_and_fund(engine, "k" + std::to_string(i), 0);
+
+  constexpr int clients = 4;
+  constexpr int rounds = 25;
+  constexpr int in_flight = 16;
+  auto deposit = [](const std::string& key, int account) {
+    return command(domain::Deposit{"k" + std::to_string(account), Amount(1 + account)}, key, "deposit " + key);
+  };
+  // Each client keeps `in_flight` keyed deposits going; `twice`: each key is sent again right
+  // after its first try, usually while that one is in flight.
+  auto load = [&](const std::string& phase, bool twice) {
+    std::atomic<int> wrong{0};
+    std::vector<std::thread> threads;
+    for (int c = 0; c < clients; ++c) {
+      threads.emplace_back([&, c] {
+        for (int round = 0; round < rounds; ++round) {
+          std::vector<std::future<CommandOutcome>> outcomes;
+          for (int k = 0; k < in_flight; ++k) {
+            const std::string key = fmt::format("{}-{}-{}-{}", phase, c, round, k);
+            outcomes.push_back(engine.submit(deposit(key, (c + k) % accounts)));
+            if (twice) outcomes.push_back(engine.submit(deposit(key, (c + k) % accounts)));
+          }
+          const std::size_t step = twice ? 2 : 1;
+          for (std::size_t i = 0; i < outcomes.size(); i += step) {
+            const auto first = outcomes[i].get();
+            if (!first.accepted()) ++wrong;
+            if (!twice) continue;
+            const auto second = outcomes[i + 1].get();
+            if (!second.accepted() || second.position != first.position || second.command_id != first.command_id ||
+                second.versions != first.versions) {
+              ++wrong;
+            }
+          }
+        }
+      });
+    }
+    for (auto& thread : threads) thread.join();
+    return wrong.load();
+  };
+
+  // Distinct keys: the writer never stops deciding ahead.
+  const auto stalls_before = engine.stats().pipeline_stalls;
+  const auto batches_before = engine.stats().batches;
+  CHECK(load("once", false) == 0);
+  const auto batches = engine.stats().batches - batches_before;
+  const auto stalls = engine.stats().pipeline_stalls - stalls_before;
+  MESSAGE(batches << " keyed batches, " << stalls << " stalls");
+  CHECK(batches > 1);
+  CHECK(stalls == 0);
+
+  // Each key twice: one effect, and the retry answers the first outcome.
+  CHECK(load("twice", true) == 0);
+  std::map<int, std::int64_t> expected;
+  for (int c = 0; c < clients; ++c) {
+    for (int k = 0; k < in_flight; ++k) expected[(c + k) % accounts] += 2 * rounds * (1 + (c + k) % accounts);
+  }
+  for (int i = 0; i < accounts; ++i) {
+    CHECK(engine.read_account("k" + std::to_string(i))->balance()->minor_units() == expected[i]);
+  }
+  CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM idempotency_keys") == 2 * clients * rounds * in_flight);
+}

@@ -64,6 +64,9 @@ void append_engine_metrics(std::string& out, const engine::EngineStats& stats) {
   out += fmt::format("ledger_engine_commands_total{{outcome=\"rejected\"}} {}\n", stats.commands_rejected);
   out += fmt::format("ledger_engine_conflicts_total {}\n", stats.conflicts);
   out += fmt::format("ledger_engine_commands_redecided_total {}\n", stats.commands_redecided);
+  out += "# HELP ledger_engine_pipeline_stalls_total Times the writer stopped deciding ahead of the batches in flight.\n";
+  out += "# TYPE ledger_engine_pipeline_stalls_total counter\n";
+  out += fmt::format("ledger_engine_pipeline_stalls_total {}\n", stats.pipeline_stalls);
   out += fmt::format("ledger_engine_queued_commands {}\n", stats.queued);
   out += "# HELP ledger_engine_circuit_open 1 while the database circuit breaker is open or half open.\n";
   out += "# TYPE ledger_engine_circuit_open gauge\n";

@@ -118,6 +118,10 @@ struct EngineStats {
   // Commands sent back to be decided again on fresh state by those conflicts (only the ones
   // whose streams moved; the rest of their batch was appended).
   std::uint64_t commands_redecided = 0;
+  // Times the pipelined writer stopped deciding ahead, waiting for the batches in flight to
+  // commit or running a batch the serial way: losers or a failed batch to decide again, a key
+  // already in flight, the whole cache to drop.
+  std::uint64_t pipeline_stalls = 0;
   std::uint64_t queued = 0;
   CircuitState circuit = CircuitState::closed;
   std::uint64_t circuit_opened = 0;  // times the breaker opened
