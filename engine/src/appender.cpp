@@ -62,7 +62,9 @@ void prepare_append(pqxx::connection& connection) {
 }
 
 LockedHead lock_head(pqxx::work& work) {
-  const auto row = work.exec1(domain::sql::lock_head);
+  const auto result = domain::sql::exec_statement(work, domain::sql::lock_head_statement);
+  if (result.size() != 1) throw pqxx::unexpected_rows("the event store has no head row");
+  const auto row = result[0];
   return {row[0].as<std::int64_t>(), pqxx::binarystring(row[1]).str()};
 }
 
@@ -72,7 +74,7 @@ std::unordered_map<std::string, std::int64_t> read_stored_versions(
   if (stream_ids.empty()) return versions;
   ArrayLiteral ids;
   for (const auto& id : stream_ids) ids.add_text(id);
-  for (const auto& row : work.exec_params(domain::sql::select_stored_versions, ids.finish())) {
+  for (const auto& row : domain::sql::exec_statement(work, domain::sql::stored_versions_statement, ids.finish())) {
     versions.emplace(row[0].as<std::string>(), row[1].as<std::int64_t>());
   }
   return versions;
@@ -80,7 +82,7 @@ std::unordered_map<std::string, std::int64_t> read_stored_versions(
 
 std::vector<std::string> streams_moved_between(pqxx::work& work, std::int64_t from, std::int64_t to) {
   std::vector<std::string> streams;
-  for (const auto& row : work.exec_params(domain::sql::select_streams_between, from, to)) {
+  for (const auto& row : domain::sql::exec_statement(work, domain::sql::streams_between_statement, from, to)) {
     streams.push_back(row[0].as<std::string>());
   }
   return streams;
