@@ -1,8 +1,8 @@
 // ledger-bench-pg-cpu: the server's CPU for what a batch sends, measured alone (issue 18).
 //   keys URL BATCHES     1,000 idempotency records a transaction: array literals through a
-//                        prepared unnest INSERT against COPY (table ik, dropped first)
+//                        prepared unnest INSERT against COPY (table pgcpu_keys, dropped first)
 //   statements URL ROUNDS the batch's read statements as parameterized queries against
-//                        prepared (tables events and event_store_head, dropped first: a scratch
+//                        prepared (tables pgcpu_events and pgcpu_head, dropped first: a scratch
 //                        database only)
 // The backend's own CPU time comes from /proc (same machine), read around blocks of executions
 // (its ticks are 10 ms); the two ways alternate block by block.
@@ -36,13 +36,14 @@ void keys(const std::string& url, int batches) {
   {
     pqxx::work w(c);
     w.exec(
-        "DROP TABLE IF EXISTS ik; CREATE TABLE ik (actor text NOT NULL, key text NOT NULL, "
+        "DROP TABLE IF EXISTS pgcpu_keys; CREATE TABLE pgcpu_keys (actor text NOT NULL, key text "
+        "NOT NULL, "
         "request_hash bytea NOT NULL, outcome bytea NOT NULL, position bigint NOT NULL, created_at "
         "timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (actor, key))");
     w.commit();
   }
   c.prepare("ins",
-            "INSERT INTO ik (actor, key, request_hash, outcome, position) SELECT * FROM "
+            "INSERT INTO pgcpu_keys (actor, key, request_hash, outcome, position) SELECT * FROM "
             "unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::bigint[])");
   const std::string hash(32, '\x5a');
   const std::string outcome =
@@ -82,7 +83,7 @@ void keys(const std::string& url, int batches) {
           }
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-          pqxx::tablewriter t(w, "ik", columns.begin(), columns.end());
+          pqxx::tablewriter t(w, "pgcpu_keys", columns.begin(), columns.end());
           t.write_raw_line(lines);
           t.complete();
 #pragma GCC diagnostic pop
@@ -101,21 +102,23 @@ void statements(const std::string& url, int rounds) {
   pqxx::connection c(url);
   {
     pqxx::work w(c);
-    w.exec("DROP TABLE IF EXISTS events, event_store_head");
+    w.exec("DROP TABLE IF EXISTS pgcpu_events, pgcpu_head");
     w.exec(
-        "CREATE TABLE events (position bigint PRIMARY KEY, stream_id text NOT NULL, version bigint "
+        "CREATE TABLE pgcpu_events (position bigint PRIMARY KEY, stream_id text NOT NULL, version "
+        "bigint "
         "NOT NULL, "
         "type text NOT NULL, payload bytea NOT NULL, hash bytea NOT NULL, UNIQUE (stream_id, "
         "version))");
     w.exec(
-        "INSERT INTO events SELECT g, 'account-a' || (g % 10000), g / 10000 + 1, 'account_entry', "
+        "INSERT INTO pgcpu_events SELECT g, 'account-a' || (g % 10000), g / 10000 + 1, "
+        "'account_entry', "
         "'\\x00', '\\x00' "
         "FROM generate_series(1, 200000) g");
     w.exec(
-        "CREATE TABLE event_store_head (singleton boolean PRIMARY KEY, position bigint, hash "
+        "CREATE TABLE pgcpu_head (singleton boolean PRIMARY KEY, position bigint, hash "
         "bytea)");
-    w.exec("INSERT INTO event_store_head VALUES (true, 200000, '\\x00')");
-    w.exec("ANALYZE events");
+    w.exec("INSERT INTO pgcpu_head VALUES (true, 200000, '\\x00')");
+    w.exec("ANALYZE pgcpu_events");
     w.commit();
   }
   struct S {
@@ -124,20 +127,21 @@ void statements(const std::string& url, int rounds) {
     int params;
   };
   const S statements[] = {
-      {"lock_head", "SELECT position, hash FROM event_store_head FOR UPDATE", 0},
+      {"lock_head", "SELECT position, hash FROM pgcpu_head FOR UPDATE", 0},
       {"stored_versions",
-       "SELECT s.id, coalesce((SELECT max(e.version) FROM events e WHERE e.stream_id = s.id), 0) "
+       "SELECT s.id, coalesce((SELECT max(e.version) FROM pgcpu_events e WHERE e.stream_id = "
+       "s.id), 0) "
        "FROM unnest($1::text[]) AS s(id)",
        1},
       {"stream_tails",
        "SELECT e.stream_id, e.version, e.type, e.payload, e.hash "
        "FROM unnest($1::text[], $2::bigint[]) AS s(id, from_version) "
-       "CROSS JOIN LATERAL (SELECT stream_id, version, type, payload, hash FROM events "
+       "CROSS JOIN LATERAL (SELECT stream_id, version, type, payload, hash FROM pgcpu_events "
        "  WHERE stream_id = s.id AND version >= s.from_version ORDER BY version) e "
        "ORDER BY e.stream_id, e.version",
        2},
       {"streams_between",
-       "SELECT DISTINCT stream_id FROM events WHERE position > $1 AND position <= $2", 3}};
+       "SELECT DISTINCT stream_id FROM pgcpu_events WHERE position > $1 AND position <= $2", 3}};
   constexpr int block = 200;
   for (const auto& s : statements) {
     c.prepare(s.name, s.sql);
