@@ -15,6 +15,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -147,14 +149,17 @@ struct EngineRun {
   double transfers_per_second = 0;
   double events_per_second = 0;
   std::uint32_t commit_p50_us = 0;
+  double postgres_cpu_us_per_transfer = 0;  // 0: not measured (PostgreSQL not embedded)
   std::uint32_t commit_p99_us = 0;
   double mean_batch_commands = 0;
   std::int64_t transfers = 0;
   std::int64_t rejected = 0;
 };
 
+// `key_prefix` not empty: every command carries an Idempotency-Key (prefix, client, sequence),
+// as HTTP clients send them, so the batch also stores one idempotency record per command.
 EngineRun engine_append(engine::Engine& engine, int accounts, int clients, std::size_t window,
-                        double duration) {
+                        double duration, const std::string& key_prefix = "") {
   const Currency eur = *Currency::parse("EUR");
   const auto before = engine.stats();
   std::atomic<std::int64_t> accepted{0};
@@ -164,6 +169,7 @@ EngineRun engine_append(engine::Engine& engine, int accounts, int clients, std::
   for (int c = 0; c < clients; ++c) {
     threads.emplace_back([&, c] {
       std::mt19937 random(99 + c);
+      std::int64_t sequence = 0;
       std::deque<std::future<domain::CommandOutcome>> in_flight;
       auto settle_one = [&] {
         const auto outcome = in_flight.front().get();
@@ -179,6 +185,10 @@ EngineRun engine_append(engine::Engine& engine, int accounts, int clients, std::
                                     Amount(1 + static_cast<std::int64_t>(random() % 100)), eur}}},
                                 {}};
         command.context.actor = "bench";
+        if (!key_prefix.empty()) {
+          command.context.idempotency_key = key_prefix + std::to_string(c) + "-" + std::to_string(sequence++);
+          command.context.request_fingerprint = command.context.idempotency_key;
+        }
         in_flight.push_back(engine.submit(std::move(command)));
         if (in_flight.size() >= window) settle_one();
       }
@@ -204,6 +214,42 @@ EngineRun engine_append(engine::Engine& engine, int accounts, int clients, std::
                                 : static_cast<double>(after.commands - before.commands) /
                                       static_cast<double>(after.batches - before.batches);
   return run;
+}
+
+// CPU seconds PostgreSQL's processes have used: the postmaster's own and its ended children's
+// (utime, stime, cutime, cstime of /proc/PID/stat), plus each live child's (the backends, the
+// WAL writer, the checkpointer). 0 when /proc cannot tell (e.g. PostgreSQL not embedded).
+double postgres_cpu_seconds(pid_t postmaster) {
+  if (postmaster <= 0) return 0;
+  // Fields after the command name (which may hold spaces): state is field 3, ppid 4, utime 14.
+  auto read_stat = [](const std::string& path, long& ppid, double& own, double& children) {
+    std::ifstream in(path);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto close = text.rfind(')');
+    if (close == std::string::npos) return false;
+    std::istringstream fields(text.substr(close + 2));
+    std::vector<std::string> values{std::istream_iterator<std::string>(fields), std::istream_iterator<std::string>()};
+    if (values.size() < 15) return false;
+    const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+    ppid = std::stol(values[1]);
+    own = (std::stod(values[11]) + std::stod(values[12])) / tick;
+    children = (std::stod(values[13]) + std::stod(values[14])) / tick;
+    return true;
+  };
+  long ppid = 0;
+  double own = 0, children = 0;
+  if (!read_stat("/proc/" + std::to_string(postmaster) + "/stat", ppid, own, children)) return 0;
+  double total = own + children;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    long child_ppid = 0;
+    double child_own = 0, child_children = 0;
+    if (read_stat(entry.path().string() + "/stat", child_ppid, child_own, child_children) && child_ppid == postmaster) {
+      total += child_own + child_children;
+    }
+  }
+  return total;
 }
 
 void setup_accounts(engine::Engine& engine, int accounts) {
@@ -523,8 +569,12 @@ int main(int argc, char** argv) {
   std::string only;
   app.add_option("--only", only,
                  "Run one section alone: two-serves (one serve, then two on the same database, then both behind "
-                 "HAProxy; results in results-two-serves.{md,json})")
-      ->check(CLI::IsMember({"two-serves"}));
+                 "HAProxy; results in results-two-serves.{md,json}), or engine (the baselines and the engine "
+                 "phase, unkeyed then with an Idempotency-Key on every command; results in results-engine.{md,json})")
+      ->check(CLI::IsMember({"two-serves", "engine"}));
+  std::string pg_directory;
+  app.add_option("--pg-directory", pg_directory,
+                 "Data directory of the embedded PostgreSQL (emptied first; default /tmp/ledger-bench-pg-UID)");
   CLI11_PARSE(app, argc, argv);
   if (load_port != 0) {
     bench::LoadSettings load{load_port, 64, seconds, load_rate, accounts, load_token};
@@ -543,15 +593,17 @@ int main(int argc, char** argv) {
   std::filesystem::create_directories(work_directory);
 
   std::unique_ptr<db::EmbeddedPostgres> postgres;
+  pid_t postmaster = 0;  // embedded only: PostgreSQL's CPU per transfer is measured
   std::string admin_url = database_url;
   std::string app_url = database_url;
   if (database_url.empty()) {
     db::EmbeddedPostgresOptions options;
-    options.directory = "/tmp/ledger-bench-pg-" + std::to_string(getuid());
+    options.directory = pg_directory.empty() ? "/tmp/ledger-bench-pg-" + std::to_string(getuid()) : pg_directory;
     std::filesystem::remove_all(options.directory);
     options.fsync = true;
     postgres = std::make_unique<db::EmbeddedPostgres>(options);
     postgres->start();
+    std::ifstream(options.directory / "data" / "postmaster.pid") >> postmaster;
     postgres->ensure_database("bench");
     admin_url = postgres->superuser_url("bench");
     app_url = postgres->url("ledger_app", "bench");
@@ -642,7 +694,24 @@ int main(int argc, char** argv) {
   std::cout << "  done in " << seconds_since(setup_start) << " s\n";
   std::cout << "engine: random transfers, " << clients << " clients x " << window
             << " in flight, " << seconds << " s ...\n";
-  const EngineRun run = engine_append(*engine, accounts, clients, window, seconds);
+  // PostgreSQL's CPU per accepted transfer (issue 18: what each command costs the server).
+  auto postgres_cpu_per_transfer = [&](auto&& append) {
+    const double before = postgres_cpu_seconds(postmaster);
+    EngineRun measured = append();
+    if (before > 0 && measured.transfers > 0) {
+      measured.postgres_cpu_us_per_transfer =
+          (postgres_cpu_seconds(postmaster) - before) * 1e6 / static_cast<double>(measured.transfers);
+    }
+    return measured;
+  };
+  const EngineRun run =
+      postgres_cpu_per_transfer([&] { return engine_append(*engine, accounts, clients, window, seconds); });
+  std::optional<EngineRun> keyed_run;
+  if (only == "engine") {
+    std::cout << "engine: the same with an Idempotency-Key on every command, " << seconds << " s ...\n";
+    keyed_run = postgres_cpu_per_transfer(
+        [&] { return engine_append(*engine, accounts, clients, window, seconds, "bench-key-"); });
+  }
   if (big) {
     constexpr std::int64_t big_events = 10'000'000;
     for (std::int64_t head = 0; (head = bench::query_scalar(app_url, "SELECT position FROM event_store_head")) < big_events;) {
@@ -664,8 +733,29 @@ int main(int argc, char** argv) {
   results.push_back({"engine", "batch commit latency p50", run.commit_p50_us / 1000.0, "ms", "", ""});
   results.push_back({"engine", "batch commit latency p99", run.commit_p99_us / 1000.0, "ms", "", ""});
   results.push_back({"engine", "mean batch size", run.mean_batch_commands, "commands", "", ""});
+  if (run.postgres_cpu_us_per_transfer > 0) {
+    results.push_back({"engine", "PostgreSQL CPU per transfer", run.postgres_cpu_us_per_transfer, "µs", "", ""});
+  }
   results.push_back({"engine", "peak RSS (bench process, engine in-process)",
                      static_cast<double>(rss_kib) / 1024.0, "MiB", "", ""});
+  if (keyed_run) {
+    results.push_back({"engine", "keyed transfers (an Idempotency-Key on each)", keyed_run->transfers_per_second,
+                       "transfers/s", "", ""});
+    results.push_back({"engine", "keyed batch commit latency p50", keyed_run->commit_p50_us / 1000.0, "ms", "", ""});
+    results.push_back({"engine", "keyed batch commit latency p99", keyed_run->commit_p99_us / 1000.0, "ms", "", ""});
+    results.push_back({"engine", "keyed mean batch size", keyed_run->mean_batch_commands, "commands", "", ""});
+    if (keyed_run->postgres_cpu_us_per_transfer > 0) {
+      results.push_back({"engine", "keyed PostgreSQL CPU per transfer", keyed_run->postgres_cpu_us_per_transfer,
+                         "µs", "", ""});
+    }
+    for (const auto& result : results) {
+      std::printf("  %s: %s: %.1f %s\n", result.scenario.c_str(), result.metric.c_str(), result.value,
+                  result.unit.c_str());
+    }
+    write_reports(results, work_directory, "results-engine", postgres_settings, seconds, accounts);
+    if (postgres) postgres->stop();
+    return 0;
+  }
 
   if (scale_only) {
     skip_http = true;

@@ -9,6 +9,7 @@
 #include <string_view>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "append_checks.hpp"
 #include "ledger/core/assert.hpp"
@@ -29,19 +30,23 @@ namespace {
 
 constexpr const char* append_statement = "ledger_append_batch";
 
-// The events go in by COPY (the fastest way into PostgreSQL); the rest of the batch in one
-// statement whose data-modifying CTEs run even when unreferenced.
+// The events and the idempotency records go in by COPY (the fastest way into PostgreSQL: no
+// array literal for it to parse per batch); the rest of the batch in one statement whose
+// data-modifying CTE runs even when unreferenced.
 constexpr const char* append_sql = R"sql(
-WITH new_keys AS (
-  INSERT INTO idempotency_keys (actor, key, request_hash, outcome, position)
-  SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::bigint[])
-), new_expiries AS (
+WITH new_expiries AS (
   INSERT INTO pending_expiries (transfer_id, expires_at)
   SELECT id, 'epoch'::timestamptz + at * interval '1 microsecond'
-  FROM unnest($6::text[], $7::bigint[]) AS x(id, at)
+  FROM unnest($1::text[], $2::bigint[]) AS x(id, at)
 )
-UPDATE event_store_head SET position = $8, hash = $9
+UPDATE event_store_head SET position = $3, hash = $4
 )sql";
+
+// The columns of idempotency_keys the appender COPYs (created_at takes its default).
+const std::vector<std::string>& idempotency_key_columns() {
+  static const std::vector<std::string> columns = {"actor", "key", "request_hash", "outcome", "position"};
+  return columns;
+}
 
 
 // A problem a check of append_checks.hpp found is a bug in deciding, never user input: stop
@@ -55,6 +60,38 @@ bool is_version_gap(const pqxx::check_violation& error) {
   return std::string_view(error.what()).find("version gap") != std::string_view::npos;
 }
 
+// COPYs the batch's idempotency records into idempotency_keys. A key stored before (by
+// another writer) or twice in the batch is a unique violation: AppendConflict, and the
+// transaction writes nothing.
+void copy_idempotency_records(pqxx::work& work, const std::vector<IdempotencyRecord>& records) {
+  if (records.empty()) return;
+  std::string lines;
+  lines.reserve(records.size() * 160);
+  for (const auto& record : records) {
+    if (!lines.empty()) lines.push_back('\n');
+    copy_text(lines, record.actor);
+    lines.push_back('\t');
+    copy_text(lines, record.key);
+    lines.push_back('\t');
+    copy_bytes(lines, record.request_hash);
+    lines.push_back('\t');
+    copy_bytes(lines, record.outcome);
+    lines.push_back('\t');
+    lines += std::to_string(record.position);
+  }
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  try {
+    pqxx::tablewriter writer(work, domain::sql::idempotency_keys_table, idempotency_key_columns().begin(),
+                             idempotency_key_columns().end());
+    writer.write_raw_line(lines);
+    writer.complete();
+  } catch (const pqxx::unique_violation& error) {
+    throw AppendConflict(error.what());
+  }
+#pragma GCC diagnostic pop
+}
+
 }  // namespace
 
 void prepare_append(pqxx::connection& connection) {
@@ -62,7 +99,9 @@ void prepare_append(pqxx::connection& connection) {
 }
 
 LockedHead lock_head(pqxx::work& work) {
-  const auto row = work.exec1(domain::sql::lock_head);
+  const auto result = domain::sql::exec_statement(work, domain::sql::lock_head_statement);
+  if (result.size() != 1) throw pqxx::unexpected_rows("the event store has no head row");
+  const auto row = result[0];
   return {row[0].as<std::int64_t>(), pqxx::binarystring(row[1]).str()};
 }
 
@@ -72,7 +111,7 @@ std::unordered_map<std::string, std::int64_t> read_stored_versions(
   if (stream_ids.empty()) return versions;
   ArrayLiteral ids;
   for (const auto& id : stream_ids) ids.add_text(id);
-  for (const auto& row : work.exec_params(domain::sql::select_stored_versions, ids.finish())) {
+  for (const auto& row : domain::sql::exec_statement(work, domain::sql::stored_versions_statement, ids.finish())) {
     versions.emplace(row[0].as<std::string>(), row[1].as<std::int64_t>());
   }
   return versions;
@@ -80,7 +119,7 @@ std::unordered_map<std::string, std::int64_t> read_stored_versions(
 
 std::vector<std::string> streams_moved_between(pqxx::work& work, std::int64_t from, std::int64_t to) {
   std::vector<std::string> streams;
-  for (const auto& row : work.exec_params(domain::sql::select_streams_between, from, to)) {
+  for (const auto& row : domain::sql::exec_statement(work, domain::sql::streams_between_statement, from, to)) {
     streams.push_back(row[0].as<std::string>());
   }
   return streams;
@@ -158,14 +197,7 @@ AppendOutcome append_batch(
   }
 #pragma GCC diagnostic pop
 
-  ArrayLiteral key_actors, keys, request_hashes, outcomes, key_positions;
-  for (const auto& record : records_for(GlobalPosition(first))) {
-    key_actors.add_text(record.actor);
-    keys.add_text(record.key);
-    request_hashes.add_bytes(record.request_hash);
-    outcomes.add_bytes(record.outcome);
-    key_positions.add_number(record.position);
-  }
+  copy_idempotency_records(work, records_for(GlobalPosition(first)));
   ArrayLiteral expiry_ids, expiry_times;
   for (const auto& expiry : expiries) {
     expiry_ids.add_text(expiry.transfer_id);
@@ -173,9 +205,7 @@ AppendOutcome append_batch(
   }
 
   try {
-    work.exec_prepared(append_statement, key_actors.finish(),
-                       keys.finish(), request_hashes.finish(), outcomes.finish(),
-                       key_positions.finish(), expiry_ids.finish(), expiry_times.finish(), last,
+    work.exec_prepared(append_statement, expiry_ids.finish(), expiry_times.finish(), last,
                        pqxx::binarystring(previous_hash));
   } catch (const pqxx::unique_violation& error) {
     throw AppendConflict(error.what());

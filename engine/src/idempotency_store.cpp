@@ -35,12 +35,8 @@ std::vector<StoredIdempotencyKey> find_idempotency_keys(pqxx::transaction_base& 
     actors.add_text(actor);
     names.add_text(key);
   }
-  const auto rows = work.exec_params(
-      "SELECT k.actor, k.key, k.request_hash, k.outcome "
-      "FROM unnest($1::text[], $2::text[]) AS w(actor, key) "
-      "CROSS JOIN LATERAL (SELECT * FROM idempotency_keys "
-      "  WHERE actor = w.actor AND key = w.key) k",
-      actors.finish(), names.finish());
+  const auto rows = domain::sql::exec_statement(work, domain::sql::idempotency_keys_statement,
+                                                actors.finish(), names.finish());
   std::vector<StoredIdempotencyKey> stored;
   stored.reserve(rows.size());
   for (const auto& row : rows) {

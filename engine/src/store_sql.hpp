@@ -1,12 +1,31 @@
 #pragma once
 // All SQL on the events table, for the event store's reader, the stream loader, the appender
-// and the in-doubt check (private to the engine).
+// and the in-doubt check, and on the idempotency table (private to the engine). What a batch
+// runs is a Statement, prepared once per session (exec_statement).
 
 #include <pqxx/pqxx>
+
+#include <utility>
 
 #include "ledger/engine/event_store.hpp"
 
 namespace ledger::domain::sql {
+
+// A statement a batch runs (issue 18): PostgreSQL parses it once per session, not per batch.
+struct Statement {
+  const char* name;
+  const char* text;
+};
+
+// Runs `statement` prepared on the transaction's connection. Defining it there is a lookup in
+// the connection's own table once it is defined; pqxx sends the PREPARE with the first
+// execution on each session, so a session opened anew (a reconnect, a new pooled connection)
+// prepares it again by itself.
+template <typename... Args>
+pqxx::result exec_statement(pqxx::transaction_base& work, const Statement& statement, Args&&... args) {
+  work.conn().prepare(statement.name, statement.text);
+  return work.exec_prepared(statement.name, std::forward<Args>(args)...);
+}
 
 inline constexpr const char* select_event_columns =
     "SELECT position, stream_id, version, event_id::text, type, schema_version, payload, "
@@ -24,18 +43,33 @@ inline constexpr const char* select_stream_tails =
     "CROSS JOIN LATERAL (SELECT stream_id, version, type, payload, hash FROM events "
     "  WHERE stream_id = s.id AND version >= s.from_version ORDER BY version) e "
     "ORDER BY e.stream_id, e.version";
+inline constexpr Statement stream_tails_statement{"ledger_stream_tails", select_stream_tails};
 
 // The head row, locked until the transaction ends: appenders take it first.
 inline constexpr const char* lock_head = "SELECT position, hash FROM event_store_head FOR UPDATE";
+inline constexpr Statement lock_head_statement{"ledger_lock_head", lock_head};
 
 // Each stream's stored version (0: none).
 inline constexpr const char* select_stored_versions =
     "SELECT s.id, coalesce((SELECT max(e.version) FROM events e WHERE e.stream_id = s.id), 0) "
     "FROM unnest($1::text[]) AS s(id)";
+inline constexpr Statement stored_versions_statement{"ledger_stored_versions", select_stored_versions};
 
 // The streams appended to in a range of positions (after $1, up to $2).
 inline constexpr const char* select_streams_between =
     "SELECT DISTINCT stream_id FROM events WHERE position > $1 AND position <= $2";
+inline constexpr Statement streams_between_statement{"ledger_streams_between", select_streams_between};
+
+// The stored idempotency records of (actor, key) pairs (unnest of actors and keys).
+inline constexpr Statement idempotency_keys_statement{
+    "ledger_idempotency_keys",
+    "SELECT k.actor, k.key, k.request_hash, k.outcome "
+    "FROM unnest($1::text[], $2::text[]) AS w(actor, key) "
+    "CROSS JOIN LATERAL (SELECT actor, key, request_hash, outcome FROM idempotency_keys "
+    "  WHERE actor = w.actor AND key = w.key) k"};
+
+// The table and columns the appender COPYs idempotency records into.
+inline constexpr const char* idempotency_keys_table = "idempotency_keys";
 
 inline constexpr const char* select_streams_with_event =
     "SELECT position, stream_id FROM events WHERE type = $1 AND position > $2 ORDER BY position "

@@ -43,7 +43,7 @@ pqxx::result query(pqxx::transaction_base& work, const std::vector<std::string>&
   db::ArrayLiteral id_array, version_array;
   for (const auto& id : ids) id_array.add_text(id);
   for (const auto version : from_versions) version_array.add_number(version);
-  return work.exec_params(sql::select_stream_tails, id_array.finish(), version_array.finish());
+  return sql::exec_statement(work, sql::stream_tails_statement, id_array.finish(), version_array.finish());
 }
 
 }  // namespace

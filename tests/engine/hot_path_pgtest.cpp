@@ -1,0 +1,174 @@
+// The statements a batch runs on the append path (engine/src/store_sql.hpp) against a real
+// PostgreSQL: each is prepared once per session and prepared again on a new session after a
+// reconnect; idempotency records go in by COPY and a key stored first still refuses the batch
+// (AppendConflict, nothing written), so the command answers the first outcome.
+#include <doctest/doctest.h>
+
+#include <pqxx/pqxx>
+
+#include <future>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "appender.hpp"
+#include "engine_fixture.hpp"
+#include "idempotency_store.hpp"
+#include "open_and_fund.hpp"
+#include "store_sql.hpp"
+#include "stream_loader.hpp"
+
+using namespace ledger;
+using namespace ledger::engine;
+namespace sql = ledger::domain::sql;
+
+namespace {
+
+std::set<std::string> prepared_statements(pqxx::connection& connection) {
+  pqxx::read_transaction work(connection);
+  std::set<std::string> names;
+  for (const auto& row : work.exec("SELECT name FROM pg_prepared_statements")) names.insert(row[0].c_str());
+  return names;
+}
+
+// Every read of a batch's transaction, as the decider and the appender run them.
+void run_batch_reads(pqxx::connection& connection) {
+  prepare_append(connection);
+  pqxx::work work(connection);
+  const LockedHead head = lock_head(work);
+  (void)read_stored_versions(work, {"account-a", "account-b"});
+  (void)streams_moved_between(work, 0, head.position);
+  (void)load_streams(work, {"account-a"}, nullptr);
+  (void)find_idempotency_keys(work, {{"test", "k"}});
+  work.commit();
+}
+
+const std::set<std::string>& hot_path_statements() {
+  static const std::set<std::string> names = {
+      sql::lock_head_statement.name, sql::stored_versions_statement.name, sql::streams_between_statement.name,
+      sql::stream_tails_statement.name, sql::idempotency_keys_statement.name};
+  return names;
+}
+
+IdempotencyRecord record(const std::string& key, std::int64_t position) {
+  return {"test", key, std::string(32, 'h'), R"({"code":"ok"})", position};
+}
+
+// Appends a batch of no events (a keyed refusal's) holding `records`, as the pipeline does.
+void append_records(pqxx::connection& connection, const std::vector<IdempotencyRecord>& records) {
+  prepare_append(connection);
+  pqxx::work work(connection);
+  const LockedHead head = lock_head(work);
+  std::vector<domain::RecordedEvent> events;
+  (void)append_batch(work, head, events, [&](GlobalPosition) { return records; }, {});
+}
+
+}  // namespace
+
+TEST_CASE("every statement of a batch runs prepared, once per session") {
+  test::TestDatabase database;
+  pqxx::connection connection(database.app_url());
+  run_batch_reads(connection);
+  const auto names = prepared_statements(connection);
+  for (const auto& name : hot_path_statements()) CHECK_MESSAGE(names.count(name) == 1, name);
+  // A second batch on the same session uses them as they are (no second PREPARE, no error).
+  run_batch_reads(connection);
+  CHECK(prepared_statements(connection) == names);
+}
+
+TEST_CASE("prepared statements are prepared again on the session a reconnect opens") {
+  test::TestDatabase database;
+  pqxx::connection connection(database.app_url());
+  run_batch_reads(connection);
+  const int first_backend = connection.backendpid();
+  {
+    pqxx::connection admin(database.admin_url());
+    pqxx::nontransaction kill(admin);
+    kill.exec_params("SELECT pg_terminate_backend($1)", first_backend);
+  }
+  // pqxx reopens the connection on the next use after it saw the session end; the reads must
+  // then run on the new session, whose statements are prepared anew.
+  bool ran = false;
+  for (int attempt = 0; attempt < 3 && !ran; ++attempt) {
+    try {
+      run_batch_reads(connection);
+      ran = true;
+    } catch (const pqxx::broken_connection&) {
+    }
+  }
+  REQUIRE(ran);
+  CHECK(connection.backendpid() != first_backend);
+  const auto names = prepared_statements(connection);
+  for (const auto& name : hot_path_statements()) CHECK_MESSAGE(names.count(name) == 1, name);
+
+  // A new connection of the pool's (what a discarded lease gets) prepares them itself.
+  pqxx::connection fresh(database.app_url());
+  run_batch_reads(fresh);
+  CHECK(prepared_statements(fresh).count(sql::lock_head_statement.name) == 1);
+}
+
+TEST_CASE("an idempotency key stored first refuses the batch that repeats it, which writes nothing") {
+  test::TestDatabase database;
+  pqxx::connection connection(database.app_url());
+  append_records(connection, {record("k1", 0), record("k2", 0)});
+  CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM idempotency_keys") == 2);
+  CHECK(test::scalar(database.app_url(),
+                     "SELECT count(*) FROM idempotency_keys WHERE actor = 'test' AND key = 'k2' "
+                     "AND outcome = convert_to('{\"code\":\"ok\"}', 'UTF8') AND length(request_hash) = 32") == 1);
+
+  // Stored by another writer first: the whole batch is refused (the new key k3 too).
+  CHECK_THROWS_AS(append_records(connection, {record("k3", 0), record("k1", 0)}), AppendConflict);
+  // The same key twice inside one batch's COPY.
+  CHECK_THROWS_AS(append_records(connection, {record("k4", 0), record("k4", 0)}), AppendConflict);
+  CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM idempotency_keys") == 2);
+  CHECK(test::scalar(database.app_url(), "SELECT position FROM event_store_head") == 0);
+  // The connection serves the next batch.
+  append_records(connection, {record("k3", 0)});
+  CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM idempotency_keys") == 3);
+}
+
+TEST_CASE("two writers storing the same keys at once: every command answers the first outcome") {
+  test::TestDatabase database;
+  auto settings = test::engine_settings(database);
+  settings.commit_wait_max = std::chrono::milliseconds(20);
+  Engine first(settings);
+  Engine second(settings);
+  test::open_and_fund(first, "alice", 1'000);
+  constexpr int keys = 300;
+  // A keyed refusal writes its key and no event, so the second writer's batch meets the key
+  // itself (not a stream version) stored first.
+  std::vector<std::future<domain::CommandOutcome>> a, b;
+  for (int i = 0; i < keys; ++i) {
+    const std::string key = "k" + std::to_string(i);
+    a.push_back(first.submit(test::command(domain::Withdrawal{"nobody", Amount(1)}, key, "w")));
+    b.push_back(second.submit(test::command(domain::Withdrawal{"nobody", Amount(1)}, key, "w")));
+  }
+  int replayed = 0;
+  for (int i = 0; i < keys; ++i) {
+    const auto one = a[static_cast<std::size_t>(i)].get();
+    const auto other = b[static_cast<std::size_t>(i)].get();
+    CHECK(one.code == domain::RejectionCode::unknown_account);
+    CHECK(other.code == domain::RejectionCode::unknown_account);
+    CHECK(one.command_id == other.command_id);
+    CHECK(one.replayed != other.replayed);
+    replayed += (one.replayed ? 1 : 0) + (other.replayed ? 1 : 0);
+  }
+  CHECK(replayed == keys);
+  CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM idempotency_keys WHERE key LIKE 'k%'") == keys);
+  MESSAGE("append conflicts: " << first.stats().conflicts + second.stats().conflicts);
+}
+
+TEST_CASE("the tables the append path writes carry only the indexes engine/README.md justifies") {
+  test::TestDatabase database;
+  pqxx::connection connection(database.app_url());
+  pqxx::read_transaction work(connection);
+  std::set<std::string> indexes;
+  for (const auto& row : work.exec("SELECT tablename || '.' || indexname FROM pg_indexes "
+                                   "WHERE schemaname = 'public' AND tablename IN ('events', 'idempotency_keys')")) {
+    indexes.insert(row[0].c_str());
+  }
+  // Each one is paid for by every append: a new one needs a query and a line in the README's table.
+  CHECK(indexes == std::set<std::string>{"events.events_pkey", "events.events_event_id_key",
+                                         "events.events_stream_version_key", "idempotency_keys.idempotency_keys_pkey"});
+}
