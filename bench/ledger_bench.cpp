@@ -151,6 +151,9 @@ struct EngineRun {
   double mean_batch_commands = 0;
   std::int64_t transfers = 0;
   std::int64_t rejected = 0;
+  // The state cache's lookups of account streams during the run.
+  std::uint64_t account_cache_hits = 0;
+  std::uint64_t account_cache_misses = 0;
 };
 
 EngineRun engine_append(engine::Engine& engine, int accounts, int clients, std::size_t window,
@@ -199,6 +202,10 @@ EngineRun engine_append(engine::Engine& engine, int accounts, int clients, std::
                                        after.recent_commit_latency_us.end());
   run.commit_p50_us = percentile(latencies, 0.50);
   run.commit_p99_us = percentile(latencies, 0.99);
+  const auto account = static_cast<std::size_t>(engine::StateCacheKind::account);
+  run.account_cache_hits = after.cache_breakdown.lookups.at(account).hits - before.cache_breakdown.lookups.at(account).hits;
+  run.account_cache_misses =
+      after.cache_breakdown.lookups.at(account).misses - before.cache_breakdown.lookups.at(account).misses;
   run.mean_batch_commands = after.batches == before.batches
                                 ? 0
                                 : static_cast<double>(after.commands - before.commands) /
@@ -499,6 +506,10 @@ int main(int argc, char** argv) {
   app.add_option("--out", work_directory, "Results directory")->capture_default_str();
   app.add_option("--seconds", seconds, "Duration of each measured phase")->capture_default_str();
   app.add_option("--accounts", accounts, "Account population")->capture_default_str();
+  std::size_t state_cache_streams = engine::EngineSettings{}.state_cache_streams_max;
+  app.add_option("--state-cache-streams", state_cache_streams,
+                 "The engine phase's state cache, in streams (smaller than the accounts: a cold cache)")
+      ->capture_default_str();
   app.add_option("--clients", clients, "Engine client threads")->capture_default_str();
   app.add_option("--window", window, "Commands in flight per client")->capture_default_str();
   bool skip_http = false;
@@ -523,8 +534,9 @@ int main(int argc, char** argv) {
   std::string only;
   app.add_option("--only", only,
                  "Run one section alone: two-serves (one serve, then two on the same database, then both behind "
-                 "HAProxy; results in results-two-serves.{md,json})")
-      ->check(CLI::IsMember({"two-serves"}));
+                 "HAProxy; results in results-two-serves.{md,json}); engine (the baselines and the engine "
+                 "phase; results in results-engine.{md,json})")
+      ->check(CLI::IsMember({"two-serves", "engine"}));
   CLI11_PARSE(app, argc, argv);
   if (load_port != 0) {
     bench::LoadSettings load{load_port, 64, seconds, load_rate, accounts, load_token};
@@ -634,6 +646,7 @@ int main(int argc, char** argv) {
   settings.database_url = app_url;
   settings.expiry_sweep_interval = std::chrono::milliseconds(0);
   settings.snapshot_directory = work_directory + "/snapshots";
+  settings.state_cache_streams_max = state_cache_streams;
   std::filesystem::remove_all(settings.snapshot_directory);
   auto engine = std::make_unique<engine::Engine>(settings);
   std::cout << "engine: opening and funding " << accounts << " accounts ...\n";
@@ -664,8 +677,19 @@ int main(int argc, char** argv) {
   results.push_back({"engine", "batch commit latency p50", run.commit_p50_us / 1000.0, "ms", "", ""});
   results.push_back({"engine", "batch commit latency p99", run.commit_p99_us / 1000.0, "ms", "", ""});
   results.push_back({"engine", "mean batch size", run.mean_batch_commands, "commands", "", ""});
+  if (const auto lookups = run.account_cache_hits + run.account_cache_misses; lookups > 0) {
+    results.push_back({"engine", "account state cache hit rate",
+                       100.0 * static_cast<double>(run.account_cache_hits) / static_cast<double>(lookups), "%", "",
+                       ""});
+  }
   results.push_back({"engine", "peak RSS (bench process, engine in-process)",
                      static_cast<double>(rss_kib) / 1024.0, "MiB", "", ""});
+  if (only == "engine") {
+    write_reports(results, work_directory, "results-engine", postgres_settings, seconds, accounts);
+    engine.reset();
+    if (postgres) postgres->stop();
+    return 0;
+  }
 
   if (scale_only) {
     skip_http = true;
@@ -922,6 +946,7 @@ int main(int argc, char** argv) {
   if (!scale_only) {
     const int loans = loan_count > 0 ? loan_count : big ? 1'000'000 : quick ? 10'000 : 100'000;
     engine::EngineSettings loan_settings = settings;
+    loan_settings.state_cache_streams_max = engine::EngineSettings{}.state_cache_streams_max;
     loan_settings.snapshot_directory = work_directory + "/loan-snapshots";
     std::filesystem::remove_all(loan_settings.snapshot_directory);
     auto loan_engine = std::make_unique<engine::Engine>(loan_settings);
