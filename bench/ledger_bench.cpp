@@ -154,6 +154,7 @@ struct EngineRun {
   // The state cache's lookups of account streams during the run.
   std::uint64_t account_cache_hits = 0;
   std::uint64_t account_cache_misses = 0;
+  std::uint64_t conflicts = 0;  // appends that lost (a stale cache is one cause)
 };
 
 EngineRun engine_append(engine::Engine& engine, int accounts, int clients, std::size_t window,
@@ -206,6 +207,7 @@ EngineRun engine_append(engine::Engine& engine, int accounts, int clients, std::
   run.account_cache_hits = after.cache_breakdown.lookups.at(account).hits - before.cache_breakdown.lookups.at(account).hits;
   run.account_cache_misses =
       after.cache_breakdown.lookups.at(account).misses - before.cache_breakdown.lookups.at(account).misses;
+  run.conflicts = after.conflicts - before.conflicts;
   run.mean_batch_commands = after.batches == before.batches
                                 ? 0
                                 : static_cast<double>(after.commands - before.commands) /
@@ -677,6 +679,7 @@ int main(int argc, char** argv) {
   results.push_back({"engine", "batch commit latency p50", run.commit_p50_us / 1000.0, "ms", "", ""});
   results.push_back({"engine", "batch commit latency p99", run.commit_p99_us / 1000.0, "ms", "", ""});
   results.push_back({"engine", "mean batch size", run.mean_batch_commands, "commands", "", ""});
+  results.push_back({"engine", "version conflicts (appends sent back)", static_cast<double>(run.conflicts), "", "", ""});
   if (const auto lookups = run.account_cache_hits + run.account_cache_misses; lookups > 0) {
     results.push_back({"engine", "account state cache hit rate",
                        100.0 * static_cast<double>(run.account_cache_hits) / static_cast<double>(lookups), "%", "",
