@@ -154,6 +154,10 @@ struct EngineRun {
   double mean_batch_commands = 0;
   std::int64_t transfers = 0;
   std::int64_t rejected = 0;
+  // The state cache's lookups of account streams during the run.
+  std::uint64_t account_cache_hits = 0;
+  std::uint64_t account_cache_misses = 0;
+  std::uint64_t conflicts = 0;  // appends that lost (a stale cache is one cause)
 };
 
 // `key_prefix` not empty: every command carries an Idempotency-Key (prefix, client, sequence),
@@ -209,6 +213,11 @@ EngineRun engine_append(engine::Engine& engine, int accounts, int clients, std::
                                        after.recent_commit_latency_us.end());
   run.commit_p50_us = percentile(latencies, 0.50);
   run.commit_p99_us = percentile(latencies, 0.99);
+  const auto account = static_cast<std::size_t>(engine::StateCacheKind::account);
+  run.account_cache_hits = after.cache_breakdown.lookups.at(account).hits - before.cache_breakdown.lookups.at(account).hits;
+  run.account_cache_misses =
+      after.cache_breakdown.lookups.at(account).misses - before.cache_breakdown.lookups.at(account).misses;
+  run.conflicts = after.conflicts - before.conflicts;
   run.mean_batch_commands = after.batches == before.batches
                                 ? 0
                                 : static_cast<double>(after.commands - before.commands) /
@@ -545,6 +554,10 @@ int main(int argc, char** argv) {
   app.add_option("--out", work_directory, "Results directory")->capture_default_str();
   app.add_option("--seconds", seconds, "Duration of each measured phase")->capture_default_str();
   app.add_option("--accounts", accounts, "Account population")->capture_default_str();
+  std::size_t state_cache_streams = engine::EngineSettings{}.state_cache_streams_max;
+  app.add_option("--state-cache-streams", state_cache_streams,
+                 "The engine phase's state cache, in streams (smaller than the accounts: a cold cache)")
+      ->capture_default_str();
   app.add_option("--clients", clients, "Engine client threads")->capture_default_str();
   app.add_option("--window", window, "Commands in flight per client")->capture_default_str();
   bool skip_http = false;
@@ -686,6 +699,7 @@ int main(int argc, char** argv) {
   settings.database_url = app_url;
   settings.expiry_sweep_interval = std::chrono::milliseconds(0);
   settings.snapshot_directory = work_directory + "/snapshots";
+  settings.state_cache_streams_max = state_cache_streams;
   std::filesystem::remove_all(settings.snapshot_directory);
   auto engine = std::make_unique<engine::Engine>(settings);
   std::cout << "engine: opening and funding " << accounts << " accounts ...\n";
@@ -735,6 +749,12 @@ int main(int argc, char** argv) {
   results.push_back({"engine", "mean batch size", run.mean_batch_commands, "commands", "", ""});
   if (run.postgres_cpu_us_per_transfer > 0) {
     results.push_back({"engine", "PostgreSQL CPU per transfer", run.postgres_cpu_us_per_transfer, "µs", "", ""});
+  }
+  results.push_back({"engine", "version conflicts (appends sent back)", static_cast<double>(run.conflicts), "", "", ""});
+  if (const auto lookups = run.account_cache_hits + run.account_cache_misses; lookups > 0) {
+    results.push_back({"engine", "account state cache hit rate",
+                       100.0 * static_cast<double>(run.account_cache_hits) / static_cast<double>(lookups), "%", "",
+                       ""});
   }
   results.push_back({"engine", "peak RSS (bench process, engine in-process)",
                      static_cast<double>(rss_kib) / 1024.0, "MiB", "", ""});
@@ -1012,6 +1032,7 @@ int main(int argc, char** argv) {
   if (!scale_only) {
     const int loans = loan_count > 0 ? loan_count : big ? 1'000'000 : quick ? 10'000 : 100'000;
     engine::EngineSettings loan_settings = settings;
+    loan_settings.state_cache_streams_max = engine::EngineSettings{}.state_cache_streams_max;
     loan_settings.snapshot_directory = work_directory + "/loan-snapshots";
     std::filesystem::remove_all(loan_settings.snapshot_directory);
     auto loan_engine = std::make_unique<engine::Engine>(loan_settings);

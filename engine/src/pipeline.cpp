@@ -624,7 +624,7 @@ struct Pipeline::Impl {
     const DecisionStart start = coherence.sync(cache);
     prepare_append(connection);
     pqxx::work work(connection);
-    if (fresh) work.exec(domain::sql::lock_head);
+    if (fresh) (void)lock_head(work);
     domain::WorkingSet working([&](const std::string& stream_id) {
       if (!fresh) {
         if (const StreamState* cached = cache.find(stream_id)) return *cached;
@@ -816,6 +816,7 @@ EngineStats Pipeline::stats() const {
   stats.cache_streams_max = cache.streams_max;
   stats.cache_hits = cache.hits;
   stats.cache_misses = cache.misses;
+  stats.cache_breakdown = cache.breakdown;
   return stats;
 }
 

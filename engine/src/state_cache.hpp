@@ -1,7 +1,31 @@
 #pragma once
-// LRU cache of stream states, bounded in streams. Owned by the engine's writer thread; only
-// counts() may be read from other threads.
+// The writer's cache of stream states, bounded in streams. Owned by the engine's writer thread;
+// only counts() may be read from other threads.
+//
+// What is read again stays: accounts, loans, pending holds and every other stream live in an
+// LRU. A settled transfer (posted, voided or expired; or one that does not exist) is read again
+// only by a retry or a late post or void of the same id, so its stream goes to a FIFO of its
+// own, bounded to an eighth of the cache (settled_share_divisor): a transfer that settles no
+// longer evicts an account, and write-once transfer streams no longer fill the cache. The
+// policy is decided in put() from the state itself; callers do not change.
+//
+// Why a bounded FIFO and not "do not keep": the pipelined writer (decide_while_committing)
+// decides the next batch on the cached states before the previous batch committed. A stream
+// that batch changed must still be found in the cache: reloaded from the store it would be
+// stale (its events are still in flight), and the decision built on it would lose at the
+// append and be decided again. Dropped on put, a settled transfer would be exactly that stream
+// for the next command naming it. In the FIFO it stays until an eighth of the cache of newer
+// settled transfers came after it (62,500 with the default 500,000 streams, against at most
+// three batches in flight: 6,000 commands at the default batch size), so what the pipeline just decided is found, as it
+// is for every other stream while the cache is larger than the streams in flight. Beyond that
+// (a tiny cache) the store still decides right: a stale decision loses on the stored versions
+// (unique (stream_id, version), the version-gap check, the checked reads of a refusal) and is
+// decided again; the cache is only a cache.
+//
+// Whatever leaves the cache is read again from the snapshot store or the event store: slower,
+// never different.
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <list>
@@ -9,6 +33,7 @@
 #include <unordered_map>
 
 #include "ledger/domain/decide.hpp"
+#include "ledger/engine/engine.hpp"
 
 namespace ledger::engine {
 
@@ -17,49 +42,21 @@ using namespace domain;  // NOLINT(google-build-using-namespace)
 
 class StateCache {
  public:
-  explicit StateCache(std::size_t streams_max) : streams_max_(streams_max) {}
+  // Settled transfers take at most 1 / settled_share_divisor of the streams.
+  static constexpr std::size_t settled_share_divisor = 8;
 
-  [[nodiscard]] const StreamState* find(const std::string& stream_id) {
-    auto found = index_.find(stream_id);
-    if (found == index_.end()) {
-      misses_.fetch_add(1, std::memory_order_relaxed);
-      return nullptr;
-    }
-    hits_.fetch_add(1, std::memory_order_relaxed);
-    entries_.splice(entries_.begin(), entries_, found->second);
-    return &found->second->second;
-  }
+  explicit StateCache(std::size_t streams_max)
+      : streams_max_(streams_max), settled_max_(streams_max / settled_share_divisor) {}
 
-  void put(const std::string& stream_id, StreamState state) {
-    if (streams_max_ == 0) return;
-    auto found = index_.find(stream_id);
-    if (found != index_.end()) {
-      found->second->second = std::move(state);
-      entries_.splice(entries_.begin(), entries_, found->second);
-      return;
-    }
-    entries_.emplace_front(stream_id, std::move(state));
-    index_.emplace(stream_id, entries_.begin());
-    while (index_.size() > streams_max_) {
-      index_.erase(entries_.back().first);
-      entries_.pop_back();
-    }
-    streams_.store(index_.size(), std::memory_order_relaxed);
-  }
+  // The cached state of `stream_id`, or null; counted as a hit or a miss of its kind.
+  [[nodiscard]] const StreamState* find(const std::string& stream_id);
 
-  void erase(const std::string& stream_id) {
-    auto found = index_.find(stream_id);
-    if (found == index_.end()) return;
-    entries_.erase(found->second);
-    index_.erase(found);
-    streams_.store(index_.size(), std::memory_order_relaxed);
-  }
+  // Caches `state` as the current state of `stream_id`, in the LRU or, settled, in the FIFO
+  // (moving it between the two when its transfer settled), evicting beyond the bounds.
+  void put(const std::string& stream_id, StreamState state);
 
-  void clear() {
-    index_.clear();
-    entries_.clear();
-    streams_.store(0, std::memory_order_relaxed);
-  }
+  void erase(const std::string& stream_id);
+  void clear();
 
   [[nodiscard]] std::size_t size() const { return index_.size(); }
 
@@ -68,20 +65,34 @@ class StateCache {
     std::size_t streams_max = 0;
     std::uint64_t hits = 0;
     std::uint64_t misses = 0;
+    StateCacheBreakdown breakdown;
   };
-  [[nodiscard]] Counts counts() const {
-    return {streams_.load(std::memory_order_relaxed), streams_max_,
-            hits_.load(std::memory_order_relaxed), misses_.load(std::memory_order_relaxed)};
-  }
+  [[nodiscard]] Counts counts() const;
+
+  // Whether put() keeps `state` with the settled transfers.
+  [[nodiscard]] static bool is_settled(const StreamState& state);
+  [[nodiscard]] static StateCacheKind kind_of(const std::string& stream_id);
 
  private:
-  using Entry = std::pair<std::string, domain::StreamState>;
+  using Entry = std::pair<std::string, StreamState>;
+  struct Slot {
+    std::list<Entry>::iterator entry;
+    bool settled = false;
+  };
+
+  std::list<Entry>& list_of(const Slot& slot) { return slot.settled ? settled_ : recent_; }
+  void evict_oldest(std::list<Entry>& entries);
+  void publish_sizes();
+
   std::size_t streams_max_;
-  std::list<Entry> entries_;
-  std::unordered_map<std::string, std::list<Entry>::iterator> index_;
+  std::size_t settled_max_;
+  std::list<Entry> recent_;   // LRU, most recently used first
+  std::list<Entry> settled_;  // FIFO, newest first
+  std::unordered_map<std::string, Slot> index_;
   std::atomic<std::size_t> streams_{0};
-  std::atomic<std::uint64_t> hits_{0};
-  std::atomic<std::uint64_t> misses_{0};
+  std::atomic<std::size_t> settled_streams_{0};
+  std::array<std::atomic<std::uint64_t>, state_cache_kinds> hits_{};
+  std::array<std::atomic<std::uint64_t>, state_cache_kinds> misses_{};
 };
 
 }  // namespace ledger::engine

@@ -122,6 +122,15 @@ TEST_CASE("every command route succeeds and answers command id, position and ver
   CHECK(metric("ledger_engine_batch_commands_bucket{le=\"+Inf\"}") == batches);
   CHECK(metric("ledger_engine_batch_commands_sum") >= batches);
   CHECK(metrics.body.find("ledger_state_cache_streams ") != std::string::npos);
+  // The state cache's lookups per stream kind, next to the totals.
+  for (const std::string kind : {"account", "transfer", "loan", "other"}) {
+    for (const std::string result : {"hit", "miss"}) {
+      const std::string series =
+          "ledger_state_cache_kind_lookups_total{kind=\"" + kind + "\",result=\"" + result + "\"} ";
+      CHECK_MESSAGE(metrics.body.find(series) != std::string::npos, series);
+    }
+  }
+  CHECK(metrics.body.find("\nledger_state_cache_settled_transfer_streams ") != std::string::npos);
 }
 
 TEST_CASE("business rejections are problem+json with the engine's code and write nothing") {

@@ -30,6 +30,20 @@ void append_cache_metrics(std::string& out, const engine::EngineStats& stats) {
   out += "# TYPE ledger_state_cache_lookups_total counter\n";
   out += fmt::format("ledger_state_cache_lookups_total{{result=\"hit\"}} {}\n", stats.cache_hits);
   out += fmt::format("ledger_state_cache_lookups_total{{result=\"miss\"}} {}\n", stats.cache_misses);
+  // The same lookups by stream kind (their sums are the totals above): the account streams'
+  // hit rate is what a large account population needs.
+  out += "# TYPE ledger_state_cache_kind_lookups_total counter\n";
+  for (std::size_t kind = 0; kind < engine::state_cache_kinds; ++kind) {
+    const auto name = engine::to_string(static_cast<engine::StateCacheKind>(kind));
+    const auto& lookups = stats.cache_breakdown.lookups.at(kind);
+    out += fmt::format("ledger_state_cache_kind_lookups_total{{kind=\"{}\",result=\"hit\"}} {}\n", name, lookups.hits);
+    out += fmt::format("ledger_state_cache_kind_lookups_total{{kind=\"{}\",result=\"miss\"}} {}\n", name,
+                       lookups.misses);
+  }
+  out += "# HELP ledger_state_cache_settled_transfer_streams Settled transfers cached (an eighth at most).\n";
+  out += "# TYPE ledger_state_cache_settled_transfer_streams gauge\n";
+  out += fmt::format("ledger_state_cache_settled_transfer_streams {}\n",
+                     stats.cache_breakdown.settled_transfer_streams);
   if (stats.snapshots_enabled) {
     out += "# TYPE ledger_snapshot_reads_total counter\n";
     out += fmt::format("ledger_snapshot_reads_total{{result=\"hit\"}} {}\n", stats.snapshots.hits);

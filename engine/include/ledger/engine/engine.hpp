@@ -1,5 +1,6 @@
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -8,6 +9,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ledger/core/histogram.hpp"
@@ -44,7 +46,8 @@ struct EngineSettings {
   std::chrono::milliseconds circuit_open_initial{1'000};
   std::chrono::milliseconds circuit_open_max{30'000};
 
-  // In-memory state cache (LRU), in streams.
+  // In-memory state cache, in streams: an LRU of what is read again (accounts, loans, pending
+  // holds), and settled transfers (posted, voided, expired) in at most an eighth of it.
   std::size_t state_cache_streams_max = 500'000;
   // RocksDB snapshot directory; empty disables snapshots.
   std::string snapshot_directory;
@@ -108,6 +111,31 @@ struct HoldExpiryStats {
   std::uint64_t holds_expired = 0;        // ExpireHold commands of this engine that were accepted
 };
 
+// The kinds of stream the state cache counts its lookups by (stream id prefixes; "other" for
+// anything else).
+enum class StateCacheKind : std::uint8_t { account, transfer, loan, other };
+inline constexpr std::size_t state_cache_kinds = 4;
+[[nodiscard]] constexpr std::string_view to_string(StateCacheKind kind) {
+  switch (kind) {
+    case StateCacheKind::account: return "account";
+    case StateCacheKind::transfer: return "transfer";
+    case StateCacheKind::loan: return "loan";
+    case StateCacheKind::other: return "other";
+  }
+  return "other";
+}
+
+struct StateCacheLookups {
+  std::uint64_t hits = 0;
+  std::uint64_t misses = 0;
+};
+
+// The state cache's counters beyond the totals.
+struct StateCacheBreakdown {
+  std::array<StateCacheLookups, state_cache_kinds> lookups{};  // indexed by StateCacheKind
+  std::uint64_t settled_transfer_streams = 0;  // of cache_streams: posted, voided or expired
+};
+
 struct EngineStats {
   std::uint64_t commands = 0;
   std::uint64_t commands_accepted = 0;
@@ -133,6 +161,7 @@ struct EngineStats {
   std::uint64_t cache_streams_max = 0;
   std::uint64_t cache_hits = 0;
   std::uint64_t cache_misses = 0;
+  StateCacheBreakdown cache_breakdown;  // lookups per stream kind (their sums are the totals)
   bool snapshots_enabled = false;
   SnapshotStats snapshots;
   // Commit latency of recent batches (microseconds), newest last; bounded.
