@@ -432,7 +432,7 @@ void Router::handle(Request request, const std::string& peer_address, Respond re
     answer_unrouted(request, allowed, reply);
     return;
   }
-  const handlers::Context context{services_, blocking_, commands_, metrics_, health_};
+  const handlers::Context context{services_, blocking_, commands_, metrics_, health_, settings_.tokens.get()};
   if (!needs_token(route->handler)) {
     dispatch(context, *route, target, request, nullptr, client_address, reply);
     return;
