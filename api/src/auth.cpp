@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <jwt/jwt.hpp>
+#include <openssl/crypto.h>
 #include <rapidjson/document.h>
 #include <spdlog/spdlog.h>
 
@@ -13,6 +14,7 @@
 #include <cstring>
 #include <mutex>
 #include <set>
+#include <unordered_map>
 
 #include "hs256.hpp"
 #include "jwks.hpp"
@@ -138,6 +140,41 @@ std::string joined(const std::vector<std::string>& names) {
   return text;
 }
 
+// What an accepted token established: who, and until when (its exp, seconds since the epoch).
+struct VerifiedToken {
+  Principal principal;
+  std::int64_t exp = 0;
+};
+
+struct TokenHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view text) const noexcept { return std::hash<std::string_view>{}(text); }
+};
+
+// Equal texts, compared in constant time when the lengths agree: how many bytes of a forged
+// signature match a cached token's must not show in the time a lookup takes.
+struct TokenEqual {
+  using is_transparent = void;
+  bool operator()(std::string_view a, std::string_view b) const noexcept {
+    return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+  }
+};
+
+// Accepted tokens by their whole text (TokenVerifier's comment).
+struct TokenCache {
+  std::mutex mutex;  // guards tokens and generation
+  std::unordered_map<std::string, VerifiedToken, TokenHash, TokenEqual> tokens;
+  std::uint64_t generation = 0;  // moves on with every new key set
+  std::atomic<std::uint64_t> hits{0};
+  std::atomic<std::uint64_t> misses{0};
+
+  void clear() {
+    const std::lock_guard lock(mutex);
+    tokens.clear();
+    ++generation;
+  }
+};
+
 }  // namespace
 
 struct TokenVerifier::State {
@@ -146,11 +183,22 @@ struct TokenVerifier::State {
   mutable std::mutex mutex;                    // guards keys and stamp
   std::shared_ptr<const KeySet> keys;
   FileStamp stamp;
+  TokenCache cache;
+
+  // Verifies `token` from scratch (TokenVerifier's comment); `now` in seconds since the epoch.
+  std::variant<VerifiedToken, Problem> verify(std::string_view token, std::int64_t now);
 
   // The key set to verify with, after reading the file again if it is time to look and it
-  // changed. Only the thread that moves next_check_ns forward looks; the others go on with the
-  // key set they find.
+  // changed (check_keys).
   std::shared_ptr<const KeySet> current_keys() {
+    check_keys();
+    const std::lock_guard lock(mutex);
+    return keys;
+  }
+
+  // Reads the file again if it is time to look and it changed. Only the thread that moves
+  // next_check_ns forward looks; the others go on with the key set they find.
+  void check_keys() {
     const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
                                  std::chrono::steady_clock::now().time_since_epoch())
                                  .count();
@@ -160,8 +208,6 @@ struct TokenVerifier::State {
             next, now + std::chrono::nanoseconds(settings.jwks_check_interval).count())) {
       reload_if_changed();
     }
-    const std::lock_guard lock(mutex);
-    return keys;
   }
 
   void reload_if_changed() {
@@ -183,9 +229,14 @@ struct TokenVerifier::State {
       if (file.stable) seen = file.stamp;
       auto parsed = std::make_shared<const KeySet>(parse_jwks(file.text));
       const auto kids = kids_of(*parsed);
-      const std::lock_guard lock(mutex);
-      keys = std::move(parsed);
-      stamp = seen;
+      {
+        const std::lock_guard lock(mutex);
+        keys = std::move(parsed);
+        stamp = seen;
+      }
+      // After the swap: a verification that took the old keys either finds the generation
+      // moved on and caches nothing, or cached before this and is cleared with the rest.
+      cache.clear();
       spdlog::info("JWKS file {} reloaded: keys {}", settings.jwks_file, joined(kids));
     } catch (const JwksError& error) {
       const std::lock_guard lock(mutex);
@@ -222,14 +273,63 @@ std::vector<std::string> TokenVerifier::key_ids() const {
   return kids_of(*state_->current_keys());
 }
 
+TokenCacheStats TokenVerifier::cache_stats() const {
+  TokenCacheStats stats;
+  stats.hits = state_->cache.hits.load(std::memory_order_relaxed);
+  stats.misses = state_->cache.misses.load(std::memory_order_relaxed);
+  const std::lock_guard lock(state_->cache.mutex);
+  stats.entries = state_->cache.tokens.size();
+  return stats;
+}
+
 std::variant<Principal, Problem> TokenVerifier::authenticate(std::string_view authorization) const {
-  const TokenSettings& settings = state_->settings;
   constexpr std::string_view scheme = "Bearer ";
   if (authorization.empty()) return unauthorized("missing Authorization: Bearer token");
   if (authorization.size() <= scheme.size() || authorization.substr(0, scheme.size()) != scheme) {
     return unauthorized("Authorization must be 'Bearer <token>'");
   }
   const std::string_view token = authorization.substr(scheme.size());
+  // A new key set empties the cache, so it is looked for before the cache is asked, even when
+  // every token in use is cached.
+  if (!state_->settings.jwks_file.empty()) state_->check_keys();
+  const std::int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
+  TokenCache& cache = state_->cache;
+  const bool cacheable = token.size() <= jwt_cache_token_bytes_max;
+  std::uint64_t generation = 0;
+  if (cacheable) {
+    const std::lock_guard lock(cache.mutex);
+    const auto found = cache.tokens.find(token);
+    if (found != cache.tokens.end()) {
+      // Checked as the first use checked it (verify below): only the clock has moved since.
+      if (found->second.exp <= now - jwt_clock_leeway.count()) {
+        cache.tokens.erase(found);
+        return unauthorized("token expired");
+      }
+      cache.hits.fetch_add(1, std::memory_order_relaxed);
+      return found->second.principal;
+    }
+    generation = cache.generation;
+  }
+  cache.misses.fetch_add(1, std::memory_order_relaxed);
+  auto verified = state_->verify(token, now);
+  auto* accepted = std::get_if<VerifiedToken>(&verified);
+  if (accepted == nullptr) return std::get<Problem>(std::move(verified));
+  if (cacheable) {
+    const std::lock_guard lock(cache.mutex);
+    // Not when a new key set came while this token was verified with the one before.
+    if (cache.generation == generation) {
+      // Any entry may go: filling the cache takes tokens that verify, and a token pushed out
+      // is merely verified again at its next use.
+      if (cache.tokens.size() >= jwt_cache_entries_max) cache.tokens.erase(cache.tokens.begin());
+      cache.tokens.emplace(std::string(token), *accepted);
+    }
+  }
+  return std::move(accepted->principal);
+}
+
+std::variant<VerifiedToken, Problem> TokenVerifier::State::verify(std::string_view token, std::int64_t now) {
   const auto first_dot = token.find('.');
   const auto last_dot = token.rfind('.');
   if (first_dot == std::string_view::npos || last_dot == first_dot ||
@@ -258,7 +358,7 @@ std::variant<Principal, Problem> TokenVerifier::authenticate(std::string_view au
     }
     const auto kid = string_member(*header, "kid");
     if (!kid) return unauthorized("invalid token: no kid");
-    const auto keys = state_->current_keys();
+    const auto keys = current_keys();
     const auto found = keys->keys.find(*kid);
     if (found == keys->keys.end()) return unauthorized("invalid token: unknown kid");
     const KeyAlgorithm wanted = *alg == "RS256" ? KeyAlgorithm::rs256 : KeyAlgorithm::es256;
@@ -276,9 +376,6 @@ std::variant<Principal, Problem> TokenVerifier::authenticate(std::string_view au
   // Signed by a key we trust: now the claims.
   const auto claims = json_object(token.substr(first_dot + 1, last_dot - first_dot - 1));
   if (!claims) return unauthorized("malformed token: the claims are not a base64url JSON object");
-  const std::int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
-                               std::chrono::system_clock::now().time_since_epoch())
-                               .count();
   const std::int64_t leeway = jwt_clock_leeway.count();
   const auto exp = integer_member(*claims, "exp");
   if (!exp) return unauthorized("token has no exp claim");
@@ -297,7 +394,7 @@ std::variant<Principal, Problem> TokenVerifier::authenticate(std::string_view au
     return unauthorized("invalid token: it names an audience (aud) and this server has none");
   }
   if (!settings.audience.empty()) {
-    auto is_ours = [&settings](const rapidjson::Value& value) {
+    auto is_ours = [this](const rapidjson::Value& value) {
       return value.IsString() &&
              std::string_view(value.GetString(), value.GetStringLength()) == settings.audience;
     };
@@ -317,7 +414,9 @@ std::variant<Principal, Problem> TokenVerifier::authenticate(std::string_view au
     return unauthorized("the token's sub claim must be 1 to " + std::to_string(jwt_subject_bytes_max) +
                         " visible ASCII characters");
   }
-  Principal principal;
+  VerifiedToken verified;
+  verified.exp = *exp;
+  Principal& principal = verified.principal;
   principal.subject = std::string(*sub);
   const auto roles = claims->FindMember("roles");
   if (roles != claims->MemberEnd() && roles->value.IsArray()) {
@@ -329,7 +428,7 @@ std::variant<Principal, Problem> TokenVerifier::authenticate(std::string_view au
       if (name == "admin") principal.roles |= static_cast<std::uint8_t>(Role::admin);
     }
   }
-  return principal;
+  return verified;
 }
 
 std::string issue_token(const std::string& key, const std::string& subject,

@@ -4,6 +4,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <tuple>
 
 #include "ledger/core/histogram.hpp"
@@ -14,9 +15,10 @@ class Metrics {
  public:
   // `route` must come from a fixed set (route templates, `other`); a method the API does not
   // know is counted as `other`.
-  void observe_request(const std::string& route, const std::string& method, int status,
-                       double seconds);
-  void count_command(const std::string& type, const std::string& outcome);
+  // Both take views and look their series up without making a key: a request allocates
+  // nothing here once its series exists.
+  void observe_request(std::string_view route, std::string_view method, int status, double seconds);
+  void count_command(std::string_view type, std::string_view outcome);
   // A request refused by the per-actor rate limit; `request_class` is `command` or `query`.
   void count_rate_limited(const std::string& request_class);
   // The metrics in Prometheus text format, followed by `extra` (already formatted lines).
@@ -24,8 +26,8 @@ class Metrics {
 
  private:
   mutable std::mutex mutex_;
-  std::map<std::tuple<std::string, std::string, int>, std::uint64_t> requests_;
-  std::map<std::pair<std::string, std::string>, std::uint64_t> commands_;
+  std::map<std::tuple<std::string, std::string, int>, std::uint64_t, std::less<>> requests_;
+  std::map<std::tuple<std::string, std::string>, std::uint64_t, std::less<>> commands_;
   std::map<std::string, std::uint64_t> rate_limited_{{"command", 0}, {"query", 0}};
   Histogram latency_{{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5}};
 };

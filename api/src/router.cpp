@@ -106,7 +106,7 @@ enum class Handler {
 };
 
 struct Route {
-  std::string pattern;
+  std::string_view pattern;  // into route_table: static
   http::verb method = http::verb::post;
   Handler handler = Handler::command;
   CommandRoute command = CommandRoute::open_account;
@@ -198,7 +198,7 @@ std::optional<Route> match(const std::vector<std::string>& segments, http::verb 
       other_methods.emplace_back(name.data(), name.size());
       continue;
     }
-    return Route{std::string(spec.pattern), spec.method, spec.handler, spec.command, spec.role, std::move(*id),
+    return Route{spec.pattern, spec.method, spec.handler, spec.command, spec.role, std::move(*id),
                  spec.query};
   }
   for (const auto name : other_methods) {
@@ -402,7 +402,7 @@ void Router::handle(Request request, const std::string& peer_address, Respond re
   const auto route = match(target.segments, request.method(), allowed);
   // A fixed set of labels: the route's template, or `other` for a path no route has (made-up
   // paths must not add metric series); Metrics maps made-up methods to `other` likewise.
-  const std::string route_name = route ? route->pattern : (allowed.empty() ? "other" : "wrong_method");
+  const std::string_view route_name = route ? route->pattern : (allowed.empty() ? "other" : "wrong_method");
 
   // Every answer passes here: metrics, access log, request id header.
   auto finish = [this, respond = std::move(respond), route_name, method, started, request_id,
@@ -432,7 +432,7 @@ void Router::handle(Request request, const std::string& peer_address, Respond re
     answer_unrouted(request, allowed, reply);
     return;
   }
-  const handlers::Context context{services_, blocking_, commands_, metrics_, health_};
+  const handlers::Context context{services_, blocking_, commands_, metrics_, health_, settings_.tokens.get()};
   if (!needs_token(route->handler)) {
     dispatch(context, *route, target, request, nullptr, client_address, reply);
     return;

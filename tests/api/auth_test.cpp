@@ -586,3 +586,135 @@ TEST_CASE("threads verifying while the key set is replaced see the old set or th
   CHECK(a_refused == 0);
   CHECK(verified >= 200);
 }
+
+// The verified-token cache: a token used again is not verified again, but its exp still is,
+// a token that failed is never cached, and a new key set empties the cache.
+namespace {
+
+std::uint64_t hits(const api::TokenVerifier& verifier) { return verifier.cache_stats().hits; }
+std::uint64_t entries(const api::TokenVerifier& verifier) { return verifier.cache_stats().entries; }
+
+}  // namespace
+
+TEST_CASE("a token used again comes from the cache, with the same principal, for HS256, RS256 and ES256") {
+  const JwksFile file(test::jwks({&rsa_a(), &ec_a()}));
+  auto settings = file.settings();
+  settings.hs256_secret = secret;
+  const api::TokenVerifier verifier(settings);
+  const std::vector<std::string> tokens = {
+      make_token(R"({"alg":"HS256","typ":"JWT"})", claims(), secret),
+      rsa_a().token(claims()), ec_a().token(claims())};
+  for (const auto& token : tokens) {
+    const auto first = verifier.authenticate(bearer(token));
+    REQUIRE_MESSAGE(status_of(first) == 200, detail_of(first));
+    const auto hits_before = hits(verifier);
+    const auto again = verifier.authenticate(bearer(token));
+    REQUIRE_MESSAGE(status_of(again) == 200, detail_of(again));
+    CHECK(hits(verifier) == hits_before + 1);
+    CHECK(std::get<api::Principal>(again).subject == std::get<api::Principal>(first).subject);
+    CHECK(std::get<api::Principal>(again).roles == std::get<api::Principal>(first).roles);
+  }
+  CHECK(entries(verifier) == 3);
+  CHECK(verifier.cache_stats().misses == 3);
+}
+
+TEST_CASE("a cached token is refused once its exp has passed (with the leeway), and dropped") {
+  const api::TokenVerifier verifier(api::TokenSettings{.hs256_secret = secret});
+  // Valid for about two more seconds: exp 28 s ago, the leeway is 30 s.
+  const std::string token = make_token(R"({"alg":"HS256","typ":"JWT"})", claims("", seconds(-28)), secret);
+  REQUIRE(status_of(verifier.authenticate(bearer(token))) == 200);
+  REQUIRE(status_of(verifier.authenticate(bearer(token))) == 200);
+  CHECK(hits(verifier) == 1);
+  CHECK(entries(verifier) == 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(3'100));
+  const auto late = verifier.authenticate(bearer(token));
+  CHECK(status_of(late) == 401);
+  CHECK(detail_of(late) == "token expired");
+  CHECK(entries(verifier) == 0);
+  CHECK(hits(verifier) == 1);
+  CHECK(status_of(verifier.authenticate(bearer(token))) == 401);  // and so on, verified each time
+}
+
+TEST_CASE("a token that is refused is never cached: a wrong signature stays wrong") {
+  const JwksFile file(test::jwks({&rsa_a()}));
+  auto settings = file.settings();
+  settings.hs256_secret = secret;
+  const api::TokenVerifier verifier(settings);
+  const std::string c = claims();
+  const std::string good = make_token(R"({"alg":"HS256","typ":"JWT"})", c, secret);
+  const std::string forged = make_token(R"({"alg":"HS256","typ":"JWT"})", c, secret + "x");
+  const std::string rsa_good = rsa_a().token(c);
+  const std::string rsa_forged = rsa_b().token(c, "rsa-a");  // another key, the same kid
+  for (int round = 0; round < 3; ++round) {
+    CHECK(status_of(verifier.authenticate(bearer(forged))) == 401);
+    CHECK(status_of(verifier.authenticate(bearer(rsa_forged))) == 401);
+  }
+  CHECK(entries(verifier) == 0);
+  CHECK(verifier.cache_stats().misses == 6);
+  // The genuine tokens over the same header and claims are cached; the forged ones, which
+  // differ only in their signature, are still refused.
+  REQUIRE(status_of(verifier.authenticate(bearer(good))) == 200);
+  REQUIRE(status_of(verifier.authenticate(bearer(rsa_good))) == 200);
+  CHECK(entries(verifier) == 2);
+  CHECK(detail_of(verifier.authenticate(bearer(forged))) == "invalid token: bad signature");
+  CHECK(detail_of(verifier.authenticate(bearer(rsa_forged))) == "invalid token: bad signature");
+  const std::string truncated = good.substr(0, good.size() - 1);
+  CHECK(status_of(verifier.authenticate(bearer(truncated))) == 401);
+  CHECK(status_of(verifier.authenticate(bearer(good + "A"))) == 401);
+  CHECK(entries(verifier) == 2);
+  CHECK(hits(verifier) == 0);
+}
+
+TEST_CASE("a reloaded key set drops the cached tokens: removed and replaced keys stop working at once") {
+  const JwksFile file(test::jwks({&rsa_a(), &rsa_b()}));
+  const api::TokenVerifier verifier(file.settings());  // looks at the file on every call
+  const std::string token_a = rsa_a().token(claims());
+  const std::string token_b = rsa_b().token(claims());
+  REQUIRE(status_of(verifier.authenticate(bearer(token_a))) == 200);
+  REQUIRE(status_of(verifier.authenticate(bearer(token_b))) == 200);
+  REQUIRE(status_of(verifier.authenticate(bearer(token_a))) == 200);
+  CHECK(hits(verifier) == 1);
+  CHECK(entries(verifier) == 2);
+  // rsa-a removed: its cached token goes with it, and rsa-b's is verified again.
+  test::replace_file(file.path, test::jwks({&rsa_b()}));
+  const auto removed = verifier.authenticate(bearer(token_a));
+  CHECK(status_of(removed) == 401);
+  CHECK(detail_of(removed) == "invalid token: unknown kid");
+  CHECK(entries(verifier) == 0);
+  CHECK(status_of(verifier.authenticate(bearer(token_b))) == 200);
+  CHECK(hits(verifier) == 1);
+  CHECK(entries(verifier) == 1);
+  // rsa-b's kid now names another key (a compromised key replaced under the same name): the
+  // token signed by the old key was cached and is refused now.
+  static const auto replacement = test::SigningKey::rsa("rsa-b");
+  test::replace_file(file.path, test::jwks({&replacement}));
+  const auto replaced = verifier.authenticate(bearer(token_b));
+  CHECK(status_of(replaced) == 401);
+  CHECK(detail_of(replaced) == "invalid token: bad signature");
+  CHECK(status_of(verifier.authenticate(bearer(replacement.token(claims())))) == 200);
+  CHECK(entries(verifier) == 1);
+}
+
+TEST_CASE("the cache holds at most jwt_cache_entries_max tokens, and no token longer than the bound") {
+  const api::TokenVerifier verifier(api::TokenSettings{.hs256_secret = secret});
+  for (std::size_t i = 0; i < api::jwt_cache_entries_max + 100; ++i) {
+    const auto token = make_token(R"({"alg":"HS256","typ":"JWT"})",
+                                  R"({"sub":"user-)" + std::to_string(i) + R"(","exp":)" + future_exp() + "}", secret);
+    REQUIRE(status_of(verifier.authenticate(bearer(token))) == 200);
+  }
+  CHECK(entries(verifier) == api::jwt_cache_entries_max);
+  // The last one is in the cache (the entries made room for it).
+  const auto last = make_token(R"({"alg":"HS256","typ":"JWT"})",
+                               R"({"sub":"user-last","exp":)" + future_exp() + "}", secret);
+  REQUIRE(status_of(verifier.authenticate(bearer(last))) == 200);
+  const auto hits_before = hits(verifier);
+  REQUIRE(status_of(verifier.authenticate(bearer(last))) == 200);
+  CHECK(hits(verifier) == hits_before + 1);
+  // A long token is accepted but verified on every use.
+  const std::string padding(api::jwt_cache_token_bytes_max, 'p');
+  const auto long_token = make_token(R"({"alg":"HS256","typ":"JWT"})",
+                                     R"({"sub":"long","pad":")" + padding + R"(","exp":)" + future_exp() + "}", secret);
+  REQUIRE(status_of(verifier.authenticate(bearer(long_token))) == 200);
+  REQUIRE(status_of(verifier.authenticate(bearer(long_token))) == 200);
+  CHECK(hits(verifier) == hits_before + 1);
+}

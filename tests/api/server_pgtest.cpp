@@ -131,6 +131,10 @@ TEST_CASE("every command route succeeds and answers command id, position and ver
     }
   }
   CHECK(metrics.body.find("\nledger_state_cache_settled_transfer_streams ") != std::string::npos);
+  // The client sent one token on every request: verified once, then taken from the cache.
+  CHECK(metric("ledger_jwt_cache_lookups_total{result=\"hit\"}") > 0);
+  CHECK(metric("ledger_jwt_cache_lookups_total{result=\"miss\"}") >= 1);
+  CHECK(metric("ledger_jwt_cache_tokens") >= 1);
 }
 
 TEST_CASE("business rejections are problem+json with the engine's code and write nothing") {

@@ -159,7 +159,7 @@ std::string accepted_json(const domain::CommandOutcome& outcome, const std::stri
 
 void answer_outcome(const Context& context, const std::string& type, const std::string& kind,
                     const domain::CommandOutcome& outcome, const Reply& reply) {
-  context.metrics.count_command(type, std::string(outcome.accepted() ? "accepted" : domain::to_string(outcome.code)));
+  context.metrics.count_command(type, outcome.accepted() ? "accepted" : domain::to_string(outcome.code));
   if (!outcome.accepted()) {
     reply.problem(status_of(outcome.code), std::string(domain::to_string(outcome.code)), title_of(outcome.code),
                   outcome.detail);

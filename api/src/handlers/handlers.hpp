@@ -59,6 +59,7 @@ struct Context {
   CommandSink* commands;               // null: command routes answer 503 `unavailable`
   Metrics& metrics;
   HealthSnapshots& health;
+  const TokenVerifier* tokens = nullptr;  // its cache's counters in /metrics
 };
 
 // A whole decimal int64, nothing else (query parameters).

@@ -95,6 +95,15 @@ void append_engine_metrics(std::string& out, const engine::EngineStats& stats) {
   append_hold_expiry_metrics(out, stats.hold_expiry);
 }
 
+void append_token_cache_metrics(std::string& out, const TokenCacheStats& stats) {
+  out += "# HELP ledger_jwt_cache_lookups_total Bearer tokens found in the verified-token cache (hit) or verified (miss).\n";
+  out += "# TYPE ledger_jwt_cache_lookups_total counter\n";
+  out += fmt::format("ledger_jwt_cache_lookups_total{{result=\"hit\"}} {}\n", stats.hits);
+  out += fmt::format("ledger_jwt_cache_lookups_total{{result=\"miss\"}} {}\n", stats.misses);
+  out += "# TYPE ledger_jwt_cache_tokens gauge\n";
+  out += fmt::format("ledger_jwt_cache_tokens {}\n", stats.entries);
+}
+
 void append_read_replica_metrics(std::string& out, const ReadReplicaHealth& replica) {
   out += "# TYPE ledger_read_replica_up gauge\n";
   out += fmt::format("ledger_read_replica_up {}\n", replica.reachable && replica.in_recovery ? 1 : 0);
@@ -111,6 +120,7 @@ void answer_metrics(const Context& context, const Reply& reply) {
     std::string extra;
     append_database_metrics(extra, snapshot->database, context.health.refreshes());
     if (context.services.engine != nullptr) append_engine_metrics(extra, context.services.engine->stats());
+    if (context.tokens != nullptr) append_token_cache_metrics(extra, context.tokens->cache_stats());
     extra += read_side_metrics(snapshot->read_side);
     if (snapshot->read_replica) append_read_replica_metrics(extra, *snapshot->read_replica);
     Response response{http::status::ok, reply.version};

@@ -44,6 +44,18 @@ constexpr std::chrono::milliseconds jwks_check_interval{1'000};
 constexpr std::size_t jwks_file_bytes_max = 1 << 20;
 // RSA keys with a shorter modulus are refused when the JWKS file is read.
 constexpr int jwks_rsa_bits_min = 2048;
+// Verified tokens are cached (by their whole text) so that a client sending the same token on
+// every request is not verified again each time: at most this many tokens, each at most
+// jwt_cache_token_bytes_max long (longer ones are verified on every use, never cached).
+constexpr std::size_t jwt_cache_entries_max = 4'096;
+constexpr std::size_t jwt_cache_token_bytes_max = 4'096;
+
+// What the verified-token cache did (for /metrics and tests).
+struct TokenCacheStats {
+  std::uint64_t hits = 0;     // a cached token accepted without verifying it again
+  std::uint64_t misses = 0;   // verified (whether accepted or not)
+  std::uint64_t entries = 0;  // tokens cached now
+};
 
 // Which tokens a TokenVerifier accepts.
 struct TokenSettings {
@@ -76,6 +88,14 @@ class JwksError : public std::runtime_error {
 // Shared by the server's I/O threads: authenticate() is thread-safe. A changed JWKS file is
 // read again by the thread whose call finds the check interval over; a file that no longer
 // parses keeps the previous key set (and is logged as an error) until it is fixed.
+//
+// An accepted token is cached under its whole text (signature included, compared in constant
+// time) with its principal and `exp`: using it again checks only `exp` against the clock, as
+// the first use did (an expired one is refused and dropped). Only accepted tokens are cached,
+// so a token with a wrong signature is verified, and refused, every time. A new key set (the
+// JWKS file reloaded) empties the cache: a token of a removed or replaced key is verified
+// again against the keys now in force. The JWKS file is still looked at every check interval
+// when every token in use is cached.
 class TokenVerifier {
  public:
   // Throws JwksError when settings.jwks_file is set but cannot be used.
@@ -88,6 +108,8 @@ class TokenVerifier {
 
   // The `kid`s of the key set in use (sorted), for logs and tests.
   [[nodiscard]] std::vector<std::string> key_ids() const;
+
+  [[nodiscard]] TokenCacheStats cache_stats() const;
 
  private:
   struct State;
