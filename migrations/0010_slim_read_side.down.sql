@@ -1,3 +1,5 @@
+ALTER TABLE read.balances RESET (fillfactor);
+
 -- The dropped columns cannot be filled from the table itself: the audit model is recreated
 -- empty in its 0004 form and its watermark reset, so the projector refills it from the event
 -- store (it reads the store in order while far behind), as after a rebuild.
