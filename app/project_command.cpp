@@ -13,6 +13,7 @@ CommandAction register_project_command(CLI::App& root, Settings& settings) {
   auto* project = root.add_subcommand("project", "Run projectors that build the read models from Kafka");
   auto which = std::make_shared<std::string>("all");
   auto batch_events = std::make_shared<std::size_t>(5'000);
+  auto catch_up_batch_events = std::make_shared<std::size_t>(projections::ProjectorSettings{}.catch_up_batch_events_max);
   auto gap_wait_ms = std::make_shared<int>(1'000);
   std::vector<std::string> names{"all"};
   for (const auto kind : projections::all_projections()) names.emplace_back(projections::to_string(kind));
@@ -21,6 +22,10 @@ CommandAction register_project_command(CLI::App& root, Settings& settings) {
       ->capture_default_str();
   project->add_option("--batch-events-max", *batch_events, "Events applied per transaction")
       ->envname("LEDGER_PROJECT_BATCH_EVENTS_MAX")->check(CLI::Range(1, 1'000'000))->capture_default_str();
+  project->add_option("--catch-up-batch-events-max", *catch_up_batch_events,
+                      "Events applied per transaction while catching up from the event store (at least "
+                      "--batch-events-max)")
+      ->envname("LEDGER_PROJECT_CATCH_UP_BATCH_EVENTS_MAX")->check(CLI::Range(1, 1'000'000))->capture_default_str();
   project->add_option("--gap-wait-ms", *gap_wait_ms,
                       "Read a position from the event store when Kafka has not delivered it for this long")
       ->envname("LEDGER_PROJECT_GAP_WAIT_MS")->check(CLI::Range(10, 600'000))->capture_default_str();
@@ -42,6 +47,7 @@ CommandAction register_project_command(CLI::App& root, Settings& settings) {
     projector_settings.kafka_properties = kafka_property_map(settings);
     projector_settings.group_prefix = settings.consumer_group_prefix;
     projector_settings.batch_events_max = *batch_events;
+    projector_settings.catch_up_batch_events_max = *catch_up_batch_events;
     projector_settings.gap_wait = std::chrono::milliseconds(*gap_wait_ms);
 
     std::vector<std::unique_ptr<projections::Projector>> projectors;

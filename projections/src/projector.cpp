@@ -873,6 +873,9 @@ struct Projector::Impl {
     std::map<std::int32_t, std::int64_t> unassigned_seen;
     auto unassigned_looked = Clock::now();
     const auto span_max = static_cast<std::int64_t>(settings.batch_events_max);
+    // Far behind, larger rounds (never below the near-head size).
+    const auto catch_up_span_max =
+        std::max(span_max, static_cast<std::int64_t>(settings.catch_up_batch_events_max));
     while (!worker.stopping()) {
       try {
         if (consumer == nullptr) create_consumer();
@@ -911,7 +914,9 @@ struct Projector::Impl {
         if (far_behind) {
           incoming.clear();  // all of it is in the store, read below
           for (const auto partition : assigned) {
-            if (watermark_of(partition) < head) targets[partition] = std::min(head, *lowest + span_max);
+            if (watermark_of(partition) < head) {
+              targets[partition] = std::min(head, *lowest + (single_step ? span_max : catch_up_span_max));
+            }
           }
         } else {
           for (const auto& [partition, messages] : incoming) {

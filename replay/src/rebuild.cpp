@@ -59,6 +59,12 @@ std::int64_t prepare_shadow(pqxx::work& work, const std::string& name, const std
     work.exec("DROP TABLE IF EXISTS " + shadow(table));
     work.exec("CREATE TABLE " + shadow(table) + " (LIKE " + live(table) +
               " INCLUDING ALL EXCLUDING INDEXES)");
+    // LIKE copies no storage parameters: the live table's (read.balances' fillfactor, which
+    // keeps the projector's updates HOT) apply from the shadow's first page.
+    const auto options = work.exec_params1(
+        "SELECT coalesce(array_to_string(reloptions, ', '), '') FROM pg_class WHERE oid = $1::regclass",
+        live(table))[0].as<std::string>();
+    if (!options.empty()) work.exec("ALTER TABLE " + shadow(table) + " SET (" + options + ")");
     for (const auto& index : live_indexes(work, table)) {
       if (index.constraint.empty()) continue;
       work.exec("ALTER TABLE " + shadow(table) + " ADD CONSTRAINT " + work.quote_name(index.name) + " " +

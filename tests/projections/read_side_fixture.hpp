@@ -312,28 +312,19 @@ inline void check_read_models_equal_fold(const std::string& url) {
   CHECK(entries.size() == expected_entries.size());
   CHECK(entries == expected_entries);
 
+  // The audit row holds what its query filters by; the rest of an answer is read from the
+  // store (tests/replay: the slim audit answers what its jsonb copy did).
   const auto audit = work.exec(
-      "SELECT position, stream_id, version, type, event_id::text, actor, command_id, correlation_id, "
-      "causation_id, request_id, client_address, (extract(epoch FROM recorded_at) * 1000000)::bigint, "
-      "data::text FROM read.audit ORDER BY position");
+      "SELECT position, stream_id, type, actor, (extract(epoch FROM recorded_at) * 1000000)::bigint "
+      "FROM read.audit ORDER BY position");
   REQUIRE(audit.size() == all.size());
   int audit_mismatched = 0;
   for (std::size_t i = 0; i < all.size(); ++i) {
     const auto& e = all[i];
-    const auto& m = e.metadata;
     const auto& row = audit[static_cast<int>(i)];
-    // The event as JSON, compared as JSON (jsonb orders keys its own way).
-    rapidjson::Document stored;
-    rapidjson::Document expected;
-    stored.Parse(row[12].c_str());
-    expected.Parse(domain::event_to_json(*domain::decode_event(e.type, e.payload)).c_str());
     if (row[0].as<std::int64_t>() != e.position.value() || row[1].as<std::string>() != e.stream_id ||
-        row[2].as<std::int64_t>() != e.version.value() || row[3].as<std::string>() != e.type ||
-        row[4].as<std::string>() != e.event_id || row[5].as<std::string>() != m.actor ||
-        row[6].as<std::string>() != m.command_id || row[7].as<std::string>() != m.correlation_id ||
-        row[8].as<std::string>() != m.causation_id || row[9].as<std::string>() != m.request_id ||
-        row[10].as<std::string>() != m.client_address || row[11].as<std::int64_t>() != e.recorded_at_us ||
-        stored.HasParseError() || expected.HasParseError() || stored != expected) {
+        row[2].as<std::string>() != e.type || row[3].as<std::string>() != e.metadata.actor ||
+        row[4].as<std::int64_t>() != e.recorded_at_us) {
       ++audit_mismatched;
     }
   }

@@ -37,6 +37,9 @@ struct ProjectorSettings {
   // Further behind the store's head than this, read the store in order instead of Kafka
   // (catching up); the head is read at most every head_check_interval.
   std::int64_t catch_up_events_min = 20'000;
+  // While catching up, each round applies up to this many positions from the store (one
+  // transaction): fewer rounds, and an account touched again within a round is written once.
+  std::size_t catch_up_batch_events_max = 20'000;
   std::chrono::milliseconds head_check_interval{200};
   // A position the store has but Kafka has not delivered for this long is read from the
   // event store (a dropped or lost message, a relay that is down).
