@@ -438,7 +438,7 @@ TEST_CASE("a stalled projection that can apply its position again moves on and c
   post(client, "/v1/accounts", R"({"id":"dave","currency":"EUR"})");
   // The audit table refuses the entry of one deposit (a read model the code cannot write, until
   // an operator fixes it): the projector finds which position within its batch. (The audit
-  // row holds the stream, type, actor and time since migration 0010: the refusal names dave's
+  // row holds the stream, type, actor and time since migration 0011: the refusal names dave's
   // stream, where it named the deposit's amount in the row's jsonb copy before.)
   {
     pqxx::connection admin(stack.database.admin_url());

@@ -121,7 +121,7 @@ TEST_CASE("a rebuild under live write load swaps in a read model equal to the fo
                      "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                      "WHERE n.nspname = 'read' AND c.relname IN ('balances', 'entries', 'audit') "
                      "AND c.relpersistence = 'p'") == 3);
-  // ... and their storage parameters (migration 0010: read.balances keeps half of each page free).
+  // ... and their storage parameters (migration 0011: read.balances keeps half of each page free).
   CHECK(test::scalar(database.app_url(),
                      "SELECT count(*) FROM pg_class WHERE oid = 'read.balances'::regclass "
                      "AND reloptions @> ARRAY['fillfactor=50']") == 1);

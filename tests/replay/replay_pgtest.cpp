@@ -408,7 +408,7 @@ TEST_CASE("the slim audit model answers what its jsonb copy of every event answe
   (void)replay::rebuild(owner_pool, projections::ProjectionKind::audit, {});
   const auto stored = whole_log(pool);
 
-  // What the audit model stored and answered before migration 0010: the metadata columns and
+  // What the audit model stored and answered before migration 0011: the metadata columns and
   // `data`, the event's JSON as jsonb (the projector COPYed event_to_json into it) read back
   // as text.
   std::vector<projections::AuditRow> expected;
