@@ -60,13 +60,16 @@ inline constexpr const char* select_streams_between =
     "SELECT DISTINCT stream_id FROM events WHERE position > $1 AND position <= $2";
 inline constexpr Statement streams_between_statement{"ledger_streams_between", select_streams_between};
 
-// The stored idempotency records of (actor, key) pairs (unnest of actors and keys).
+// The stored idempotency records of (actor, key) pairs (unnest of actors and keys). LIMIT 1 (the
+// key is the primary key: at most one row) keeps the LATERAL subquery from being flattened into
+// a join the planner may hash after scanning the whole table: prepared, such a plan chosen once
+// stayed for the session (the bench saw thousands of whole-table scans a minute).
 inline constexpr Statement idempotency_keys_statement{
     "ledger_idempotency_keys",
     "SELECT k.actor, k.key, k.request_hash, k.outcome "
     "FROM unnest($1::text[], $2::text[]) AS w(actor, key) "
     "CROSS JOIN LATERAL (SELECT actor, key, request_hash, outcome FROM idempotency_keys "
-    "  WHERE actor = w.actor AND key = w.key) k"};
+    "  WHERE actor = w.actor AND key = w.key LIMIT 1) k"};
 
 // The table and columns the appender COPYs idempotency records into.
 inline constexpr const char* idempotency_keys_table = "idempotency_keys";

@@ -6,6 +6,7 @@
 
 #include <pqxx/pqxx>
 
+#include <chrono>
 #include <future>
 #include <set>
 #include <string>
@@ -171,4 +172,87 @@ TEST_CASE("the tables the append path writes carry only the indexes engine/READM
   // Each one is paid for by every append: a new one needs a query and a line in the README's table.
   CHECK(indexes == std::set<std::string>{"events.events_pkey", "events.events_event_id_key",
                                          "events.events_stream_version_key", "idempotency_keys.idempotency_keys_pkey"});
+}
+
+namespace {
+
+long long events_sequential_scans(const test::TestDatabase& database) {
+  // The cumulative statistics reach the view within a second of a backend going idle.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1'500));
+  return test::scalar(database.admin_url(),
+                      "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'events'");
+}
+
+}  // namespace
+
+// The statement trigger of migration 0006 checks that each appended stream continues where it
+// ended. Its plan is made once per session, at the session's first append, from that append's
+// row count and the log's size then: a large first batch on a small log planned a scan of the
+// whole events table, kept for the session's life, so every later append read the whole log
+// (in the bench one serve fell from about 5,000 transfers/s to 400 as the log grew).
+TEST_CASE("the dense-versions check probes the index, whatever the session's first append planned") {
+  test::TestDatabase database;
+  auto settings = test::engine_settings(database);
+  settings.database_connections = 1;  // every append on one session
+  settings.decide_while_committing = false;
+  settings.commit_wait_max = std::chrono::milliseconds(200);
+  Engine engine(settings);
+  // The session's first append: 3,000 streams at once into an empty log.
+  constexpr int accounts = 3'000;
+  std::vector<std::future<domain::CommandOutcome>> opened;
+  for (int i = 0; i < accounts; ++i) {
+    opened.push_back(engine.submit(test::command(domain::OpenAccount{"scan-" + std::to_string(i), test::eur()})));
+  }
+  for (auto& outcome : opened) REQUIRE(outcome.get().accepted());
+
+  // Then small appends that continue existing streams, as a serve's traffic does.
+  const auto scans_before = events_sequential_scans(database);
+  constexpr int deposits = 50;
+  for (int i = 0; i < deposits; ++i) {
+    REQUIRE(engine.execute(test::command(domain::Deposit{"scan-" + std::to_string(i), Amount(1)})).accepted());
+  }
+  const auto scans = events_sequential_scans(database) - scans_before;
+  MESSAGE(deposits << " appends scanned the events table " << scans << " times");
+  CHECK(scans == 0);
+}
+
+// The idempotency lookup is prepared: after five runs PostgreSQL may keep a generic plan for
+// the session. Planned while the table was small, a lookup of a large batch's keys joined them
+// by hashing after a scan of the whole table, and every later lookup of the session scanned it
+// (the bench saw thousands of such scans a minute).
+TEST_CASE("the idempotency lookup probes the key index, whatever the session planned first") {
+  test::TestDatabase database;
+  pqxx::connection connection(database.app_url());
+  auto keys = [](int count, int offset) {
+    std::vector<IdempotencyKey> keys;
+    for (int i = 0; i < count; ++i) keys.emplace_back("test", "k-" + std::to_string(offset + i));
+    return keys;
+  };
+  // Early in the session: lookups of large batches on an almost empty table.
+  for (int round = 0; round < 10; ++round) {
+    pqxx::read_transaction work(connection);
+    (void)find_idempotency_keys(work, keys(2'000, round * 2'000));
+    work.commit();
+  }
+  // The table grows (another writer's keys).
+  {
+    pqxx::connection admin(database.admin_url());
+    pqxx::work work(admin);
+    work.exec("INSERT INTO idempotency_keys (actor, key, request_hash, outcome, position) "
+              "SELECT 'other', 'o-' || i, '\\x00'::bytea, '\\x00'::bytea, 0 FROM generate_series(1, 50000) i");
+    work.commit();
+  }
+  const auto scans_before = test::scalar(database.admin_url(),
+                                         "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'idempotency_keys'");
+  for (int round = 0; round < 20; ++round) {
+    pqxx::read_transaction work(connection);
+    (void)find_idempotency_keys(work, keys(16, round * 16));
+    work.commit();
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(1'500));
+  const auto scans = test::scalar(database.admin_url(),
+                                  "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'idempotency_keys'") -
+                     scans_before;
+  MESSAGE("20 lookups of 16 keys scanned the whole table " << scans << " times");
+  CHECK(scans == 0);
 }
