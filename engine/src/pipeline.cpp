@@ -172,7 +172,9 @@ struct Pipeline::Impl {
     Prepared prepared;
     prepared.start = sync_with_batches_in_flight();
     std::optional<db::ConnectionPool::Lease> lease;
-    std::optional<pqxx::read_transaction> read;
+    // Reads outside a transaction: each statement sees what is committed when it runs, as in a
+    // read-committed transaction, without its BEGIN and COMMIT round trips.
+    std::optional<pqxx::nontransaction> read;
     const StoreReader store = [&]() -> pqxx::transaction_base& {
       if (!read) {
         lease.emplace(pool.acquire());
