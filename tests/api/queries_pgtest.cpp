@@ -435,7 +435,13 @@ TEST_CASE("a stalled projection that can apply its position again moves on and c
   auto health = [&] { return parse(client.request("GET", "/health", "", {}).body); };
   REQUIRE(test::eventually([&] { return health()["status"].GetString() == std::string("healthy"); }, 30s));
 
-  post(client, "/v1/accounts", R"({"id":"dave","currency":"EUR"})");
+  const std::int64_t dave_opened = post(client, "/v1/accounts", R"({"id":"dave","currency":"EUR"})");
+  // The refusal below names dave's stream: his opening must be applied first, or it is the
+  // opening that stalls, before the balance model got anywhere.
+  REQUIRE(test::eventually([&] {
+    return test::watermark(stack.database.app_url(), "audit") >= dave_opened &&
+           test::watermark(stack.database.app_url(), "balance") >= dave_opened;
+  }, 30s));
   // The audit table refuses the entry of one deposit (a read model the code cannot write, until
   // an operator fixes it): the projector finds which position within its batch. (The audit
   // row holds the stream, type, actor and time since migration 0011: the refusal names dave's
@@ -443,7 +449,8 @@ TEST_CASE("a stalled projection that can apply its position again moves on and c
   {
     pqxx::connection admin(stack.database.admin_url());
     pqxx::work work(admin);
-    work.exec("ALTER TABLE read.audit ADD CONSTRAINT refuse_777 CHECK (stream_id IS DISTINCT FROM 'account-dave')");
+    // NOT VALID: the rows already there (dave's opening) are not checked, only new ones.
+    work.exec("ALTER TABLE read.audit ADD CONSTRAINT refuse_777 CHECK (stream_id IS DISTINCT FROM 'account-dave') NOT VALID");
     work.commit();
   }
   for (int i = 0; i < 3; ++i) post(client, "/v1/accounts/alice/deposits", R"({"amount":5})");
@@ -455,7 +462,10 @@ TEST_CASE("a stalled projection that can apply its position again moves on and c
   const auto stalled = health()["components"]["projections"]["audit"]["stalled_position"].GetInt64();
   CHECK(stalled <= deposit);
   CHECK(test::watermark(stack.database.app_url(), "audit") == stalled - 1);  // everything before it applied
-  CHECK(test::watermark(stack.database.app_url(), "balance") == test::store_head(stack.database.app_url()));
+  // The balance model is not held back by the audit model's stall.
+  CHECK(test::eventually([&] {
+    return test::watermark(stack.database.app_url(), "balance") == test::store_head(stack.database.app_url());
+  }, 30s));
 
   {
     pqxx::connection admin(stack.database.admin_url());
