@@ -139,10 +139,8 @@ struct Pipeline::Impl {
   // Decides `batch` on the cached states and hands it to the committer.
   void decide_ahead(std::vector<Pending>& batch) {
     decider.assign_ids(batch);
-    const bool keyed = std::any_of(batch.begin(), batch.end(), [](const Pending& p) {
-      return !p.command.context.idempotency_key.empty();
-    });
-    if (keyed && keys_in_flight(batch)) {
+    std::vector<std::string> keys = keys_of(batch);
+    if (!keys.empty() && keys_in_flight(keys)) {
       // Keys are checked against the store: it must hold the batch in flight with the same key
       // first (a client retrying before its first try was answered).
       count_stall();
@@ -200,7 +198,7 @@ struct Pipeline::Impl {
         }
       }
       prepared.sequence = ++decided_sequence;
-      in_flight.push_back({prepared.sequence, std::move(written), keyed ? keys_of(prepared.batch) : std::vector<std::string>{}});
+      in_flight.push_back({prepared.sequence, std::move(written), std::move(keys)});
       for (auto& [stream_id, state] : working.streams()) cache.put(stream_id, std::move(state));
     } catch (const std::exception& error) {
       read.reset();
@@ -336,11 +334,10 @@ struct Pipeline::Impl {
     return coherence.sync(cache, [&held](const std::string& stream_id) { return held.contains(stream_id); });
   }
 
-  // Writer thread: whether a command of `batch` has the idempotency key of one in flight.
-  bool keys_in_flight(const std::vector<Pending>& batch) {
+  // Writer thread: whether one of `keys` (keys_of() a batch) is the key of a command in flight.
+  bool keys_in_flight(const std::vector<std::string>& keys) {
     forget_finished();
     if (in_flight.empty()) return false;
-    const auto keys = keys_of(batch);
     const std::unordered_set<std::string_view> wanted(keys.begin(), keys.end());
     return std::any_of(in_flight.begin(), in_flight.end(), [&](const InFlight& decided) {
       return std::any_of(decided.keys.begin(), decided.keys.end(),

@@ -32,21 +32,19 @@ DecisionStart WriterCoherence::sync(StateCache& cache, const HeldStreams& held) 
       // decision against the store for them (a system account's stream is renumbered there,
       // any other one makes the commands naming it lose).
       std::unordered_set<std::string> seen;
-      for (auto& stream_id : streams) {
-        if (!held(stream_id) || !seen.insert(stream_id).second) continue;
-        evictions_.push_back(stream_id);
-        start.deferred.push_back(stream_id);
-      }
+      std::erase_if(streams, [&](const std::string& stream_id) {
+        if (!held(stream_id)) return false;
+        if (seen.insert(stream_id).second) start.deferred.push_back(stream_id);
+        return true;
+      });
+      evictions_.insert(evictions_.end(), start.deferred.begin(), start.deferred.end());
     }
   }
   if (all) {
     cache.clear();
     return start;
   }
-  for (const auto& stream_id : streams) {
-    if (held && held(stream_id)) continue;
-    cache.erase(stream_id);
-  }
+  for (const auto& stream_id : streams) cache.erase(stream_id);
   return start;
 }
 
