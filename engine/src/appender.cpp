@@ -125,10 +125,9 @@ std::vector<std::string> streams_moved_between(pqxx::work& work, std::int64_t fr
   return streams;
 }
 
-AppendOutcome append_batch(
+LockedHead write_batch(
     pqxx::work& work, const LockedHead& head, std::vector<RecordedEvent>& events,
-    const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
-    const std::vector<ExpiryRecord>& expiries) {
+    const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for) {
   const auto count = static_cast<std::int64_t>(events.size());
   assert_no_problem(check_batch_balanced(events));
   assert_no_problem(check_streams_continue(events));
@@ -198,20 +197,31 @@ AppendOutcome append_batch(
 #pragma GCC diagnostic pop
 
   copy_idempotency_records(work, records_for(GlobalPosition(first)));
+  return {last, std::move(previous_hash)};
+}
+
+void commit_batch(pqxx::work& work, const LockedHead& head_after, const std::vector<ExpiryRecord>& expiries) {
   ArrayLiteral expiry_ids, expiry_times;
   for (const auto& expiry : expiries) {
     expiry_ids.add_text(expiry.transfer_id);
     expiry_times.add_number(expiry.expires_at_us);
   }
-
   try {
-    work.exec_prepared(append_statement, expiry_ids.finish(), expiry_times.finish(), last,
-                       pqxx::binarystring(previous_hash));
+    work.exec_prepared(append_statement, expiry_ids.finish(), expiry_times.finish(), head_after.position,
+                       pqxx::binarystring(head_after.hash));
   } catch (const pqxx::unique_violation& error) {
     throw AppendConflict(error.what());
   }
   work.commit();
-  return {GlobalPosition(first), GlobalPosition(last)};
+}
+
+AppendOutcome append_batch(
+    pqxx::work& work, const LockedHead& head, std::vector<RecordedEvent>& events,
+    const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
+    const std::vector<ExpiryRecord>& expiries) {
+  const LockedHead after = write_batch(work, head, events, records_for);
+  commit_batch(work, after, expiries);
+  return {GlobalPosition(head.position + 1), GlobalPosition(after.position)};
 }
 
 }  // namespace ledger::engine

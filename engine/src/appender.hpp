@@ -81,4 +81,13 @@ AppendOutcome append_batch(
     const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
     const std::vector<ExpiryRecord>& expiries);
 
+// append_batch in two steps, so one transaction can append several decisions under one head
+// lock: write_batch writes the events and idempotency records after `head` (the same checks
+// and errors) and returns the head after them; commit_batch inserts the expiries, moves the
+// head there and commits.
+LockedHead write_batch(
+    pqxx::work& work, const LockedHead& head, std::vector<RecordedEvent>& events,
+    const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for);
+void commit_batch(pqxx::work& work, const LockedHead& head_after, const std::vector<ExpiryRecord>& expiries);
+
 }  // namespace ledger::engine

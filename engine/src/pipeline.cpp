@@ -30,6 +30,8 @@ namespace ledger::engine {
 namespace {
 
 constexpr std::size_t recent_samples_max = 65'536;
+// The system accounts of every currency a batch touches (decide_again).
+constexpr std::size_t loser_cache_streams_max = 4'096;
 
 // Errors after which the batch, which did not commit, may safely run again: the connection
 // was lost or shut down (SQLSTATE classes 08 and 57P), or PostgreSQL asks for a retry.
@@ -65,7 +67,8 @@ struct Pipeline::Impl {
         snapshots(store),
         snapshot_writer(writer),
         cache(settings.state_cache_streams_max),
-        decider(settings.generate_id, own_ids, settings.clock_us, uuids, cache, snapshots) {
+        decider(settings.generate_id, own_ids, settings.clock_us, uuids, cache, snapshots),
+        loser_decider(settings.generate_id, own_ids, settings.clock_us, uuids, loser_cache, snapshots) {
     writer_thread = std::thread([this] { run_writer(); });
     if (settings.decide_while_committing) committer_thread = std::thread([this] { run_committer(); });
   }
@@ -77,6 +80,11 @@ struct Pipeline::Impl {
   SnapshotWriter* snapshot_writer;
   StateCache cache;  // writer thread only
   BatchDecider decider;  // writer thread only
+  // Committer thread only: decides a batch's losers again inside its appending transaction
+  // (decide_again), from the store but for the system accounts its cache holds.
+  StateCache loser_cache{loser_cache_streams_max};
+  BatchDecider loser_decider;
+  using DecidedStates = std::unordered_map<std::string, domain::StreamState>;
   WriterCoherence coherence;
 
   std::mutex queue_mutex;
@@ -260,7 +268,7 @@ struct Pipeline::Impl {
           try {
             prepare_append(*lease);
             pqxx::work work(*lease);
-            appended = append_decided(work, prepared.batch, prepared.decided, prepared.start);
+            appended = append_decided(work, prepared.batch, prepared.decided, prepared.start, &prepared.changed);
           } catch (...) {
             lease.discard();
             throw;
@@ -285,6 +293,11 @@ struct Pipeline::Impl {
           }
           SnapshotWriter::remember_appended(snapshot_writer, prepared.changed, prepared.decided.rows);
           answer(prepared.batch, prepared.decided.slots, prepared.decided.rows.size(), started);
+          if (!appended.decided_again.empty()) {
+            count_conflict(appended.decided_again.size());
+            answer(appended.decided_again, appended.decided_again_rows.slots,
+                   appended.decided_again_rows.rows.size(), started);
+          }
           answered = true;
         }
       }
@@ -547,6 +560,9 @@ struct Pipeline::Impl {
     std::vector<Pending> losers;     // decided on streams another writer moved: not appended
     std::vector<std::string> unreliable_streams;  // their decided states differ from the store's
     std::vector<std::string> loser_streams;       // what the losers wrote
+    // The losers decided again and appended in the same transaction (decide_losers_again).
+    std::vector<Pending> decided_again;
+    Decided decided_again_rows;
   };
 
   // Phase two: appends and commits the decided rows in `work`, minus the commands another
@@ -554,8 +570,15 @@ struct Pipeline::Impl {
   // connection dies during COMMIT the store is asked whether the batch landed: committed if it
   // did, the error again if it did not, and OutcomeUnknown when the store cannot tell
   // (retrying could then append twice).
+  //
+  //
+  // Given `decided_states` (the states the batch was decided to leave), the losers are decided
+  // again in `work` after the batch's rows are written, while the head row is held (nothing
+  // can move their streams before the commit), and appended in the same commit
+  // (decided_again): they cost no second transaction, and the writer keeps deciding ahead. A
+  // loser the domain cannot store (UnstorableCommand) goes back instead.
   Appended append_decided(pqxx::work& work, std::vector<Pending>& batch, Decided& decided,
-                          const DecisionStart& start) {
+                          const DecisionStart& start, const DecidedStates* decided_states = nullptr) {
     Appended result;
     if (decided.rows.empty() && !decided.keyed && decided.unwritten_reads.empty()) {
       result.committed = true;
@@ -566,30 +589,54 @@ struct Pipeline::Impl {
       return BatchDecider::records(batch, decided.slots);
     };
     const int backend_pid = work.conn().backendpid();
+    std::string first_event_id;  // of the commit: how the in-doubt check finds whether it landed
     try {
       const LockedHead head = lock_head(work);
       SplitOutcome split = coherence.reconcile(work, head, batch, decided, start);
       result.losers = std::move(split.losers);
       result.unreliable_streams = std::move(split.unreliable_streams);
       result.loser_streams = std::move(split.loser_streams);
-      (void)append_batch(work, head, decided.rows, records_for, decided.expiries);
-      coherence.committed(head.position + static_cast<std::int64_t>(decided.rows.size()));
+      if (!decided.rows.empty()) first_event_id = decided.rows.front().event_id;
+      if (decided_states == nullptr || result.losers.empty()) {
+        (void)append_batch(work, head, decided.rows, records_for, decided.expiries);
+        coherence.committed(head.position + static_cast<std::int64_t>(decided.rows.size()));
+      } else {
+        LockedHead after = write_batch(work, head, decided.rows, records_for);
+        std::vector<ExpiryRecord> expiries = decided.expiries;
+        if (decide_again(work, *decided_states, result)) {
+          Decided& again = result.decided_again_rows;
+          if (first_event_id.empty() && !again.rows.empty()) first_event_id = again.rows.front().event_id;
+          after = write_batch(work, after, again.rows, [&](GlobalPosition first) {
+            BatchDecider::fill_positions(again.slots, again.rows, first);
+            return BatchDecider::records(result.decided_again, again.slots);
+          });
+          for (const auto& expiry : again.expiries) expiries.push_back(expiry);
+        }
+        commit_batch(work, after, expiries);
+        coherence.committed(after.position);
+      }
     } catch (const AppendConflict& conflict) {
       coherence.forget_head();
       spdlog::debug("append conflict, reloading: {}", conflict.what());
+      give_back(batch, result.decided_again);
       give_back(batch, result.losers);
       return result;
     } catch (const pqxx::in_doubt_error& error) {
       coherence.forget_head();
       spdlog::warn("commit outcome unknown ({}); checking the event store", error.what());
-      // The losers were not in the commit: unless it landed, they run again with the batch.
-      if (decided.rows.empty()) {
+      // The losers not decided again were not in the commit: unless it landed, they run again
+      // with the batch. Those decided again were: they share the batch's outcome.
+      if (first_event_id.empty()) {
+        give_back(batch, result.decided_again);
         give_back(batch, result.losers);
         throw OutcomeUnknown("the connection was lost during the commit of idempotency records");
       }
-      const auto committed = committed_in_doubt(pool, decided.rows.front().event_id, backend_pid,
+      const auto committed = committed_in_doubt(pool, first_event_id, backend_pid,
                                               settings.connection_retries_max);
-      if (!committed || !*committed) give_back(batch, result.losers);
+      if (!committed || !*committed) {
+        give_back(batch, result.decided_again);
+        give_back(batch, result.losers);
+      }
       if (!committed) {
         spdlog::error("the outcome of a commit of {} events is unknown: the event store could "
                       "not be reached to check it", decided.rows.size());
@@ -600,11 +647,59 @@ struct Pipeline::Impl {
       spdlog::info("the in-doubt batch did commit");
     } catch (...) {
       coherence.forget_head();
+      give_back(batch, result.decided_again);
       give_back(batch, result.losers);
       throw;
     }
     result.committed = true;
     return result;
+  }
+
+  // Committer thread, under the head lock of `work`, after the batch's rows are written: decides
+  // `result.losers` again from the store (which `work` shows with those rows) and moves them to
+  // `result.decided_again`. The streams they write join the unreliable and loser streams: the
+  // writer's cache holds no state of theirs, and a batch decided ahead on one loses too. False,
+  // with the losers left to go back to the writer, when one cannot be stored.
+  //
+  // A system account's stream is not read from the store (a busy currency's cash account moves
+  // at every deposit of every writer: folding its events since the last snapshot would hold the
+  // head lock long): its decisions never read its balance, so the state the batch decided, at
+  // the stored version, serves (as batch_split renumbers its rows).
+  bool decide_again(pqxx::work& work, const DecidedStates& decided_states, Appended& result) {
+    loser_cache.clear();
+    std::vector<std::string> system_streams;
+    for (const auto& [stream_id, state] : decided_states) {
+      if (is_floating_stream(stream_id, state.version.value())) system_streams.push_back(stream_id);
+    }
+    for (const auto& [stream_id, version] : read_stored_versions(work, system_streams)) {
+      if (version == 0) continue;
+      StreamState state = decided_states.at(stream_id);
+      state.version = StreamVersion(version);
+      loser_cache.put(stream_id, std::move(state));
+    }
+    domain::WorkingSet working([&](const std::string& stream_id) {
+      if (const StreamState* system = loser_cache.find(stream_id)) return *system;
+      return load_streams(work, {stream_id}, snapshots).at(stream_id);
+    });
+    const StoreReader store = [&work]() -> pqxx::transaction_base& { return work; };
+    Decided again;
+    try {
+      // Not `fresh`: the loser cache holds the system accounts only.
+      again = loser_decider.decide(store, result.losers, /*fresh=*/false, working);
+    } catch (const UnstorableCommand& error) {
+      spdlog::warn("a command sent back by a conflict cannot be stored ({}); it runs on its own", error.what());
+      return false;
+    }
+    for (const auto& row : again.rows) {
+      result.unreliable_streams.push_back(row.stream_id);
+      result.loser_streams.push_back(row.stream_id);
+    }
+    // Decided under the head lock: what it read stays current until the commit.
+    again.unwritten_reads.clear();
+    result.decided_again = std::move(result.losers);
+    result.losers.clear();
+    result.decided_again_rows = std::move(again);
+    return true;
   }
 
   // Losers of a batch that did not commit: they run again with it.

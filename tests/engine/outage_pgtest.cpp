@@ -360,3 +360,47 @@ TEST_CASE("a session stranded mid-commit, which the in-doubt check could not end
                      "SELECT count(*) FROM (SELECT stream_id FROM events GROUP BY stream_id "
                      "HAVING max(version) <> count(*)) gaps") == 0);
 }
+
+TEST_CASE("a COMMIT lost or unanswered while it held losers decided again answers each command "
+          "once and stores it once") {
+  using Fault = test::PgFaultProxy::CommitFault;
+  for (const auto fault : {Fault::lose_commit, Fault::lose_reply}) {
+    for (const bool only_losers : {true, false}) {
+      INFO((fault == Fault::lose_commit ? "COMMIT lost" : "reply lost") << (only_losers ? ", losers only" : ", with a winner"));
+      test::TestDatabase database;
+      auto& cluster = test::TestCluster::instance();
+      test::PgFaultProxy proxy(cluster.directory(), cluster.port());
+      EngineSettings settings = test::engine_settings(database);
+      settings.decide_while_committing = true;
+      settings.commit_wait_max = 50ms;  // the commands below go in one batch
+      Engine theirs(settings);
+      settings.database_url = proxy.url("ledger_app", database.name());
+      Engine mine(settings);
+      for (const auto* id : {"x", "y"}) {
+        REQUIRE(mine.execute(command(domain::OpenAccount{id, eur()})).accepted());
+        REQUIRE(mine.execute(command(domain::Deposit{id, Amount(1'000)})).accepted());
+      }
+      // Mine caches x at 1,000; theirs moves it, so mine's deposit on x loses at the append and
+      // is decided again inside that append's transaction, whose COMMIT the proxy faults.
+      REQUIRE(theirs.execute(command(domain::Withdrawal{"x", Amount(900)})).accepted());
+      const auto events_before = test::scalar(database.admin_url(), "SELECT count(*) FROM events");
+      proxy.fault_next_commit(fault, 300ms);
+      auto on_x = mine.submit(command(domain::Deposit{"x", Amount(100)}));
+      std::optional<std::future<CommandOutcome>> on_y;
+      if (!only_losers) on_y = mine.submit(command(domain::Deposit{"y", Amount(10)}));
+      const auto x_outcome = on_x.get();
+      CHECK_MESSAGE(x_outcome.accepted(), to_string(x_outcome.code) << ": " << x_outcome.detail);
+      if (on_y) {
+        const auto y_outcome = on_y->get();
+        CHECK_MESSAGE(y_outcome.accepted(), to_string(y_outcome.code) << ": " << y_outcome.detail);
+      }
+      CHECK(proxy.commits_faulted() == 1);
+      CHECK(mine.stats().commands_redecided >= 1);
+      // Each deposit is three events (an entry on each account and the transfer's posting).
+      CHECK(test::scalar(database.admin_url(), "SELECT count(*) FROM events") == events_before + (only_losers ? 3 : 6));
+      Engine reader(test::engine_settings(database));
+      CHECK(reader.read_account("x")->balance() == Amount(200));
+      CHECK(reader.read_account("y")->balance() == Amount(only_losers ? 1'000 : 1'010));
+    }
+  }
+}

@@ -360,7 +360,13 @@ TEST_CASE("a command that lost the race to another instance is re-decided on the
   conflicts_before = mine.stats().conflicts;
   const auto accepted = mine.execute(command(domain::Withdrawal{"shared", Amount(100)}));
   CHECK(accepted.accepted());
-  CHECK(mine.stats().conflicts == conflicts_before + 1);
+  if (settings.decide_while_committing) {
+    // The committer decided the refusal again from the store and left the stream out of the
+    // cache: this one may be decided on the stored state, without a conflict.
+    CHECK(mine.stats().conflicts <= conflicts_before + 1);
+  } else {
+    CHECK(mine.stats().conflicts == conflicts_before + 1);
+  }
   const auto after = mine.read_account("shared");
   CHECK(after->balance() == Amount(50));
   CHECK(after->version.value() == winner->version.value() + 1);
