@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <chrono>
 #include <deque>
@@ -421,8 +422,12 @@ void add_two_serves_rows(std::vector<Result>& results, const bench::TwoServesRun
         ran = false;
         continue;
       }
-      results.push_back({scenario, two + ": serve " + std::string(1, static_cast<char>('a' + i)) + " commands/s",
-                         load.wrk.rate(), "commands/s", "", ""});
+      const std::string serve = two + ": serve " + std::string(1, static_cast<char>('a' + i));
+      results.push_back({scenario, serve + " commands/s", load.wrk.rate(), "commands/s", "", ""});
+      results.push_back({scenario, serve + " commands decided again per 1,000",
+                         per_thousand(load.redecided, load.commands), "commands", "", ""});
+      results.push_back({scenario, serve + " pipeline stalls per second",
+                         static_cast<double>(load.stalls) / load.wrk.seconds, "stalls/s", "", ""});
       together += load.wrk.rate();
       p50 = std::max(p50, load.wrk.p50_ms);
       p99 = std::max(p99, load.wrk.p99_ms);
@@ -641,8 +646,12 @@ int main(int argc, char** argv) {
   }
 
   std::vector<Result> results;
+  // LEDGER_BENCH_LEDGER_BINARY: another build's `ledger` (comparing two builds in turn).
+  const char* binary_override = std::getenv("LEDGER_BENCH_LEDGER_BINARY");
   const std::string ledger_binary =
-      (std::filesystem::path(process::self_executable()).parent_path().parent_path() / "app" / "ledger").string();
+      binary_override != nullptr && *binary_override != '\0'
+          ? std::string(binary_override)
+          : (std::filesystem::path(process::self_executable()).parent_path().parent_path() / "app" / "ledger").string();
   const std::string bench_secret = "bench-secret-of-at-least-thirty-two-bytes";
   auto two_serves = [&] {
     bench::TwoServesSettings two;

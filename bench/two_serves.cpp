@@ -53,13 +53,16 @@ std::int64_t metric(const std::string& metrics, const std::string& name) {
 struct EngineCounters {
   std::int64_t commands = 0;
   std::int64_t conflicts = 0;
+  std::int64_t redecided = 0;
+  std::int64_t stalls = 0;
 };
 
 EngineCounters counters(int port) {
   const std::string text = http_get(port, "/metrics");
   return {metric(text, "ledger_engine_commands_total{outcome=\"accepted\"}") +
               metric(text, "ledger_engine_commands_total{outcome=\"rejected\"}"),
-          metric(text, "ledger_engine_conflicts_total")};
+          metric(text, "ledger_engine_conflicts_total"), metric(text, "ledger_engine_commands_redecided_total"),
+          metric(text, "ledger_engine_pipeline_stalls_total")};
 }
 
 int free_port() {
@@ -163,6 +166,8 @@ std::vector<ServeLoad> load_at_once(const TwoServesSettings& settings, WrkScript
     ServeLoad& load = loads[counted.size() == ports.size() ? c : 0];
     load.commands += after.commands - before[c].commands;
     load.conflicts += after.conflicts - before[c].conflicts;
+    load.redecided += after.redecided - before[c].redecided;
+    load.stalls += after.stalls - before[c].stalls;
   }
   return loads;
 }

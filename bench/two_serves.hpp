@@ -29,7 +29,9 @@ struct TwoServesSettings {
 struct ServeLoad {
   WrkResult wrk;
   std::int64_t commands = 0;  // accepted + rejected, from /metrics
-  std::int64_t conflicts = 0;
+  std::int64_t conflicts = 0;   // appends that sent commands back
+  std::int64_t redecided = 0;   // commands sent back to be decided again
+  std::int64_t stalls = 0;      // times the pipelined writer waited for the committer
 };
 
 struct TwoServesScenario {
