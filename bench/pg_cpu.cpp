@@ -140,8 +140,10 @@ void statements(const std::string& url, int rounds) {
        "  WHERE stream_id = s.id AND version >= s.from_version ORDER BY version) e "
        "ORDER BY e.stream_id, e.version",
        2},
-      {"streams_between",
-       "SELECT DISTINCT stream_id FROM pgcpu_events WHERE position > $1 AND position <= $2", 3}};
+      {"events_between",
+       "SELECT stream_id, version, type, payload, hash FROM pgcpu_events WHERE position > $1 AND position <= $2 "
+       "ORDER BY position",
+       3}};
   constexpr int block = 200;
   for (const auto& s : statements) {
     c.prepare(s.name, s.sql);

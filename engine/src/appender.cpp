@@ -117,12 +117,15 @@ std::unordered_map<std::string, std::int64_t> read_stored_versions(
   return versions;
 }
 
-std::vector<std::string> streams_moved_between(pqxx::work& work, std::int64_t from, std::int64_t to) {
-  std::vector<std::string> streams;
-  for (const auto& row : domain::sql::exec_statement(work, domain::sql::streams_between_statement, from, to)) {
-    streams.push_back(row[0].as<std::string>());
+std::vector<StoredEvent> events_between(pqxx::work& work, std::int64_t from, std::int64_t to) {
+  const auto rows = domain::sql::exec_statement(work, domain::sql::events_between_statement, from, to);
+  std::vector<StoredEvent> events;
+  events.reserve(rows.size());
+  for (const auto& row : rows) {
+    events.push_back({row[0].as<std::string>(), row[1].as<std::int64_t>(), row[2].as<std::string>(),
+                      pqxx::binarystring(row[3]).str(), pqxx::binarystring(row[4]).str()});
   }
-  return streams;
+  return events;
 }
 
 LockedHead write_batch(

@@ -67,8 +67,17 @@ LockedHead lock_head(pqxx::work& work);
 std::unordered_map<std::string, std::int64_t> read_stored_versions(
     pqxx::work& work, const std::vector<std::string>& stream_ids);
 
-// The streams appended to at positions after `from` up to `to`.
-std::vector<std::string> streams_moved_between(pqxx::work& work, std::int64_t from, std::int64_t to);
+// An event as the state cache folds it in (stream_loader's fold_event).
+struct StoredEvent {
+  std::string stream_id;
+  std::int64_t version = 0;
+  std::string type;
+  std::string payload;
+  std::string hash;
+};
+
+// The events appended at positions after `from` up to `to`, in position order.
+std::vector<StoredEvent> events_between(pqxx::work& work, std::int64_t from, std::int64_t to);
 
 // Appends `events` (position and hash are filled in here) after `head`, which the caller locked
 // in `work` (lock_head), and commits: extends the hash chain; inserts events, idempotency

@@ -36,6 +36,11 @@ const StreamState* StateCache::find(const std::string& stream_id) {
   return &found->second.entry->second;
 }
 
+const StreamState* StateCache::peek(const std::string& stream_id) const {
+  const auto found = index_.find(stream_id);
+  return found == index_.end() ? nullptr : &found->second.entry->second;
+}
+
 void StateCache::put(const std::string& stream_id, StreamState state) {
   if (streams_max_ == 0) return;
   const bool settled = is_settled(state);

@@ -55,6 +55,10 @@ class StateCache {
   // (moving it between the two when its transfer settled), evicting beyond the bounds.
   void put(const std::string& stream_id, StreamState state);
 
+  // The cached state of `stream_id`, or null, neither counted nor made recent (for keeping the
+  // cache coherent, which is not a use).
+  [[nodiscard]] const StreamState* peek(const std::string& stream_id) const;
+
   void erase(const std::string& stream_id);
   void clear();
 

@@ -55,10 +55,12 @@ inline constexpr const char* select_stored_versions =
     "FROM unnest($1::text[]) AS s(id)";
 inline constexpr Statement stored_versions_statement{"ledger_stored_versions", select_stored_versions};
 
-// The streams appended to in a range of positions (after $1, up to $2).
-inline constexpr const char* select_streams_between =
-    "SELECT DISTINCT stream_id FROM events WHERE position > $1 AND position <= $2";
-inline constexpr Statement streams_between_statement{"ledger_streams_between", select_streams_between};
+// The events appended in a range of positions (after $1, up to $2), in position order: what
+// another writer committed, for the state cache to fold in.
+inline constexpr const char* select_events_between =
+    "SELECT stream_id, version, type, payload, hash FROM events WHERE position > $1 AND position <= $2 "
+    "ORDER BY position";
+inline constexpr Statement events_between_statement{"ledger_events_between", select_events_between};
 
 // The stored idempotency records of (actor, key) pairs (unnest of actors and keys). LIMIT 1 (the
 // key is the primary key: at most one row) keeps the LATERAL subquery from being flattened into

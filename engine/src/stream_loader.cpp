@@ -15,13 +15,26 @@ using namespace domain;  // NOLINT(google-build-using-namespace)
 namespace {
 
 void fold_row(const std::string& stream_id, StreamState& state, const pqxx::row& row) {
-  const std::int64_t version = row[1].as<std::int64_t>();
+  fold_event(stream_id, state, row[1].as<std::int64_t>(), row[2].as<std::string>(),
+             pqxx::binarystring(row[3]).str(), pqxx::binarystring(row[4]).str());
+}
+
+pqxx::result query(pqxx::transaction_base& work, const std::vector<std::string>& ids,
+                   const std::vector<std::int64_t>& from_versions) {
+  db::ArrayLiteral id_array, version_array;
+  for (const auto& id : ids) id_array.add_text(id);
+  for (const auto version : from_versions) version_array.add_number(version);
+  return sql::exec_statement(work, sql::stream_tails_statement, id_array.finish(), version_array.finish());
+}
+
+}  // namespace
+
+void fold_event(const std::string& stream_id, StreamState& state, std::int64_t version, const std::string& type,
+                const std::string& payload, std::string hash) {
   if (version != state.version.value() + 1) {
     throw std::runtime_error("stream " + stream_id + " is not dense at version " +
                              std::to_string(version));
   }
-  const std::string type = row[2].as<std::string>();
-  const std::string payload = pqxx::binarystring(row[3]).str();
   auto event = domain::decode_event(type, payload);
   if (!event) {
     throw std::runtime_error("event " + stream_id + "@" + std::to_string(version) +
@@ -35,18 +48,8 @@ void fold_row(const std::string& stream_id, StreamState& state, const pqxx::row&
       },
       state.aggregate);
   state.version = StreamVersion(version);
-  state.last_hash = pqxx::binarystring(row[4]).str();
+  state.last_hash = std::move(hash);
 }
-
-pqxx::result query(pqxx::transaction_base& work, const std::vector<std::string>& ids,
-                   const std::vector<std::int64_t>& from_versions) {
-  db::ArrayLiteral id_array, version_array;
-  for (const auto& id : ids) id_array.add_text(id);
-  for (const auto version : from_versions) version_array.add_number(version);
-  return sql::exec_statement(work, sql::stream_tails_statement, id_array.finish(), version_array.finish());
-}
-
-}  // namespace
 
 StreamState empty_stream_state(const std::string& stream_id) {
   StreamState state;

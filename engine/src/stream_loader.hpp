@@ -18,6 +18,12 @@ using namespace domain;  // NOLINT(google-build-using-namespace)
 // An empty state of the right aggregate kind for `stream_id` (account- or transfer-).
 [[nodiscard]] StreamState empty_stream_state(const std::string& stream_id);
 
+// Folds the event at `version` of `stream_id` (type and FlatBuffers payload as stored) into
+// `state`, which must hold the version before it; throws when it does not or the payload does
+// not decode.
+void fold_event(const std::string& stream_id, StreamState& state, std::int64_t version, const std::string& type,
+                const std::string& payload, std::string hash);
+
 // Loads every stream in `stream_ids` with one query (two when snapshots go stale). A snapshot
 // is used only when the event at its version still has its hash; otherwise it is dropped and
 // the stream refolded from version 1. Streams without events come back empty (version 0).

@@ -1,10 +1,44 @@
 #include "writer_coherence.hpp"
 
+#include <spdlog/spdlog.h>
+
+#include "stream_loader.hpp"
+
 namespace ledger::engine {
+
+namespace {
+
+// Folds another writer's `events` into the cached states they continue; drops a state an event
+// does not continue (the cache missed one), and skips events a state already holds (read from
+// the store after they were committed). `dropped` streams are out of the cache already.
+void fold_into(StateCache& cache, const std::vector<StoredEvent>& events,
+               const std::unordered_set<std::string>& dropped) {
+  for (const auto& event : events) {
+    if (dropped.contains(event.stream_id)) continue;
+    const StreamState* cached = cache.peek(event.stream_id);
+    if (cached == nullptr || cached->version.value() >= event.version) continue;
+    if (cached->version.value() + 1 != event.version) {
+      cache.erase(event.stream_id);
+      continue;
+    }
+    StreamState state = *cached;
+    try {
+      fold_event(event.stream_id, state, event.version, event.type, event.payload, event.hash);
+    } catch (const std::exception& error) {
+      spdlog::warn("another writer's event could not be folded into the cache ({}); dropping {}", error.what(),
+                   event.stream_id);
+      cache.erase(event.stream_id);
+      continue;
+    }
+    cache.put(event.stream_id, std::move(state));
+  }
+}
+
+}  // namespace
 
 bool WriterCoherence::has_pending() {
   std::lock_guard lock(mutex_);
-  return evict_all_ || !evictions_.empty();
+  return evict_all_ || !evictions_.empty() || !foreign_.empty();
 }
 
 bool WriterCoherence::must_drain() {
@@ -14,6 +48,7 @@ bool WriterCoherence::must_drain() {
 
 DecisionStart WriterCoherence::sync(StateCache& cache, const HeldStreams& held) {
   std::vector<std::string> streams;
+  std::vector<StoredEvent> foreign;
   DecisionStart start;
   bool all = false;
   {
@@ -23,20 +58,23 @@ DecisionStart WriterCoherence::sync(StateCache& cache, const HeldStreams& held) 
       return start;
     }
     streams.swap(evictions_);
+    foreign.swap(foreign_);
     all = evict_all_;
     evict_all_ = false;
     applied_epoch_ = epoch_;
     start.epoch = epoch_;
     if (held) {
-      // Held streams stay pending; posts made meanwhile join them. The append checks the
-      // decision against the store for them (a system account's stream is renumbered there,
-      // any other one makes the commands naming it lose).
+      // Held streams stay pending (as evictions, whatever moved them); posts made meanwhile
+      // join them. The append checks the decision against the store for them (a system
+      // account's stream is renumbered there, any other one makes the commands naming it lose).
       std::unordered_set<std::string> seen;
-      std::erase_if(streams, [&](const std::string& stream_id) {
+      auto defer = [&](const std::string& stream_id) {
         if (!held(stream_id)) return false;
         if (seen.insert(stream_id).second) start.deferred.push_back(stream_id);
         return true;
-      });
+      };
+      std::erase_if(streams, defer);
+      std::erase_if(foreign, [&](const StoredEvent& event) { return defer(event.stream_id); });
       evictions_.insert(evictions_.end(), start.deferred.begin(), start.deferred.end());
     }
   }
@@ -45,12 +83,23 @@ DecisionStart WriterCoherence::sync(StateCache& cache, const HeldStreams& held) 
     return start;
   }
   for (const auto& stream_id : streams) cache.erase(stream_id);
+  if (!foreign.empty()) fold_into(cache, foreign, {streams.begin(), streams.end()});
   return start;
 }
 
 void WriterCoherence::evict(std::vector<std::string> streams, bool all) {
   std::lock_guard lock(mutex_);
   post(std::move(streams), all);
+}
+
+void WriterCoherence::fold_foreign(std::vector<StoredEvent> events) {
+  std::lock_guard lock(mutex_);
+  if (foreign_.empty()) {
+    foreign_ = std::move(events);
+  } else {
+    std::move(events.begin(), events.end(), std::back_inserter(foreign_));
+  }
+  ++epoch_;
 }
 
 void WriterCoherence::evict_after_losers(std::vector<std::string> unreliable_streams,
@@ -106,8 +155,11 @@ SplitOutcome WriterCoherence::reconcile(pqxx::work& work, const LockedHead& head
   if (foreign) {
     // Another writer committed since this engine's last append (or the last is unknown).
     const bool listable = own_head != unknown_head && head.position - own_head <= moved_window_positions_max;
-    evict(listable ? streams_moved_between(work, own_head, head.position) : std::vector<std::string>{},
-          !listable);
+    if (listable) {
+      fold_foreign(events_between(work, own_head, head.position));
+    } else {
+      evict({}, true);
+    }
   }
   // A refusal reads streams no version check covers: those are checked even alone.
   if (!foreign && !evicted_since && tainted.empty() && decided.unwritten_reads.empty()) return {};

@@ -3,8 +3,8 @@
 // (several `serve` processes on one database; private to the engine).
 //
 // An append finds the head row where this engine's last append left it unless another writer
-// committed in between. Then the streams those commits moved are dropped from the cache (so
-// later decisions read them fresh), and the batch is checked against the stored versions of
+// committed in between. Then the events of those commits are read and folded into the cached
+// states they continue (dropping the others, so later decisions read them fresh), and the batch is checked against the stored versions of
 // its streams while the head row is held: only the commands decided on a moved stream go back
 // to be decided again; system accounts' streams take the next stored versions. Alone on its
 // store an engine pays for none of this.
@@ -57,6 +57,12 @@ class WriterCoherence {
   // batches decided before then are checked against the store.
   void evict(std::vector<std::string> streams, bool all = false);
 
+  // Any thread: another writer appended `events` (in position order). Before the next decision
+  // each is folded into the cached state it continues; a stream a batch in flight wrote is
+  // dropped (when no longer held), and so is one whose cached state it does not continue.
+  // Batches decided before then are checked against the store.
+  void fold_foreign(std::vector<StoredEvent> events);
+
   // After a commit that sent losers back: drops what the batch left unreliable, and until the
   // cache has dropped it, a command decided on one of `loser_streams` loses too (it may have
   // built on what a loser decided, which never reached the store).
@@ -78,14 +84,15 @@ class WriterCoherence {
   static constexpr std::int64_t unknown_head = -1;
 
   void post(std::vector<std::string> streams, bool all);  // with mutex_ held
-  // Beyond this many foreign positions, dropping the whole cache is cheaper than listing them.
+  // Beyond this many foreign positions, dropping the whole cache is cheaper than reading them.
   static constexpr std::int64_t moved_window_positions_max = 20'000;
 
   std::atomic<std::int64_t> own_head_{unknown_head};
   std::mutex mutex_;
   std::vector<std::string> evictions_;
+  std::vector<StoredEvent> foreign_;  // fold_foreign()'s, not yet applied
   bool evict_all_ = false;
-  std::uint64_t epoch_ = 0;  // bumped by every evict()
+  std::uint64_t epoch_ = 0;  // bumped by every evict() and fold_foreign()
   std::uint64_t applied_epoch_ = 0;  // the last epoch sync() applied
   // Loser streams by the epoch their eviction was posted at, newest last; bounded (a batch
   // decided before the oldest one kept loses whole).

@@ -39,7 +39,7 @@ void run_batch_reads(pqxx::connection& connection) {
   pqxx::work work(connection);
   const LockedHead head = lock_head(work);
   (void)read_stored_versions(work, {"account-a", "account-b"});
-  (void)streams_moved_between(work, 0, head.position);
+  (void)events_between(work, 0, head.position);
   (void)load_streams(work, {"account-a"}, nullptr);
   (void)find_idempotency_keys(work, {{"test", "k"}});
   work.commit();
@@ -47,7 +47,7 @@ void run_batch_reads(pqxx::connection& connection) {
 
 const std::set<std::string>& hot_path_statements() {
   static const std::set<std::string> names = {
-      sql::lock_head_statement.name, sql::stored_versions_statement.name, sql::streams_between_statement.name,
+      sql::lock_head_statement.name, sql::stored_versions_statement.name, sql::events_between_statement.name,
       sql::stream_tails_statement.name, sql::idempotency_keys_statement.name};
   return names;
 }

@@ -321,3 +321,33 @@ TEST_CASE("deposits that lose to another engine's commits are decided again on t
           per_account[static_cast<std::size_t>(i)].load());
   }
 }
+
+TEST_CASE("an engine folds another's commits into the states it caches instead of reading them again") {
+  for (const bool pipelined : {true, false}) {
+    INFO(std::string(pipelined ? "pipelined" : "serial"));
+    test::TestDatabase database;
+    const auto settings = settings_for(database, pipelined);
+    Engine mine(settings);
+    Engine theirs(settings);
+    open_and_fund(theirs, "fold-c", 1'000);
+    open_and_fund(mine, "fold-a", 1'000);
+    open_and_fund(mine, "fold-b", 1'000);
+    // Theirs moves fold-a, which mine caches (a transfer: the cash account, which a renumbered
+    // deposit drops from the cache, stays out of it); mine's next append meets that commit and
+    // folds it in.
+    REQUIRE(theirs.execute(command(Transfer{"", "fold-a", "fold-c", Amount(300), eur(), ""})).accepted());
+    REQUIRE(mine.execute(command(Deposit{"fold-b", Amount(1)})).accepted());
+    const auto before = mine.stats();
+    // Decided on the folded state (700): refused at once, with no store read and no conflict.
+    const auto refused = mine.execute(command(Withdrawal{"fold-a", Amount(701)}));
+    CHECK(refused.code == RejectionCode::insufficient_funds);
+    const auto accepted = mine.execute(command(Withdrawal{"fold-a", Amount(700)}));
+    CHECK_MESSAGE(accepted.accepted(), to_string(accepted.code));
+    CHECK(mine.stats().cache_misses == before.cache_misses);
+    CHECK(mine.stats().conflicts == before.conflicts);
+    check_dense(database);
+    Engine reader(settings);
+    CHECK(reader.read_account("fold-a")->balance() == Amount(0));
+    CHECK(*mine.read_account("fold-a") == *reader.read_account("fold-a"));
+  }
+}
