@@ -287,9 +287,11 @@ struct Pipeline::Impl {
           // The cache holds what the losers decided: it drops those streams before the next
           // decision, and a command decided on them meanwhile loses too (WriterCoherence).
           for (const auto& stream_id : appended.unreliable_streams) prepared.changed.erase(stream_id);
-          if (!appended.unreliable_streams.empty()) {
+          for (const auto& [stream_id, state] : appended.committed_states) prepared.changed.erase(stream_id);
+          if (!appended.unreliable_streams.empty() || !appended.committed_states.empty()) {
             coherence.evict_after_losers(std::move(appended.unreliable_streams),
-                                         std::move(appended.loser_streams));
+                                         std::move(appended.loser_streams),
+                                         std::move(appended.committed_states));
           }
           SnapshotWriter::remember_appended(snapshot_writer, prepared.changed, prepared.decided.rows);
           answer(prepared.batch, prepared.decided.slots, prepared.decided.rows.size(), started);
@@ -560,9 +562,12 @@ struct Pipeline::Impl {
     std::vector<Pending> losers;     // decided on streams another writer moved: not appended
     std::vector<std::string> unreliable_streams;  // their decided states differ from the store's
     std::vector<std::string> loser_streams;       // what the losers wrote
-    // The losers decided again and appended in the same transaction (decide_losers_again).
+    // The losers decided again and appended in the same transaction (decide_again), and the
+    // states of the streams they touched as committed: the writer's cache takes them instead
+    // of reading those streams again.
     std::vector<Pending> decided_again;
     Decided decided_again_rows;
+    std::vector<std::pair<std::string, StreamState>> committed_states;
   };
 
   // Phase two: appends and commits the decided rows in `work`, minus the commands another
@@ -657,9 +662,11 @@ struct Pipeline::Impl {
 
   // Committer thread, under the head lock of `work`, after the batch's rows are written: decides
   // `result.losers` again from the store (which `work` shows with those rows) and moves them to
-  // `result.decided_again`. The streams they write join the unreliable and loser streams: the
-  // writer's cache holds no state of theirs, and a batch decided ahead on one loses too. False,
-  // with the losers left to go back to the writer, when one cannot be stored.
+  // `result.decided_again`. The streams they write join the loser streams (a batch decided
+  // ahead on one loses too); the states of every stream they touched, as this commit leaves
+  // them, replace what the writer's cache holds (committed_states), but for system accounts',
+  // which are dropped (unreliable). False, with the losers left to go back to the writer, when
+  // one cannot be stored.
   //
   // A system account's stream is not read from the store (a busy currency's cash account moves
   // at every deposit of every writer: folding its events since the last snapshot would hold the
@@ -690,10 +697,18 @@ struct Pipeline::Impl {
       spdlog::warn("a command sent back by a conflict cannot be stored ({}); it runs on its own", error.what());
       return false;
     }
+    std::unordered_set<std::string> system(system_streams.begin(), system_streams.end());
     for (const auto& row : again.rows) {
-      result.unreliable_streams.push_back(row.stream_id);
       result.loser_streams.push_back(row.stream_id);
+      if (system.contains(row.stream_id)) result.unreliable_streams.push_back(row.stream_id);
     }
+    for (auto& [stream_id, state] : working.streams()) {
+      if (!system.contains(stream_id)) result.committed_states.emplace_back(stream_id, std::move(state));
+    }
+    // A replaced stream is not dropped as well.
+    std::unordered_set<std::string_view> replaced;
+    for (const auto& [stream_id, state] : result.committed_states) replaced.insert(stream_id);
+    std::erase_if(result.unreliable_streams, [&](const std::string& id) { return replaced.contains(id); });
     // Decided under the head lock: what it read stays current until the commit.
     again.unwritten_reads.clear();
     result.decided_again = std::move(result.losers);

@@ -38,7 +38,7 @@ void fold_into(StateCache& cache, const std::vector<StoredEvent>& events,
 
 bool WriterCoherence::has_pending() {
   std::lock_guard lock(mutex_);
-  return evict_all_ || !evictions_.empty() || !foreign_.empty();
+  return evict_all_ || !evictions_.empty() || !foreign_.empty() || !committed_.empty();
 }
 
 bool WriterCoherence::must_drain() {
@@ -49,6 +49,7 @@ bool WriterCoherence::must_drain() {
 DecisionStart WriterCoherence::sync(StateCache& cache, const HeldStreams& held) {
   std::vector<std::string> streams;
   std::vector<StoredEvent> foreign;
+  std::vector<std::pair<std::string, StreamState>> committed;
   DecisionStart start;
   bool all = false;
   {
@@ -59,6 +60,7 @@ DecisionStart WriterCoherence::sync(StateCache& cache, const HeldStreams& held) 
     }
     streams.swap(evictions_);
     foreign.swap(foreign_);
+    committed.swap(committed_);
     all = evict_all_;
     evict_all_ = false;
     applied_epoch_ = epoch_;
@@ -75,6 +77,7 @@ DecisionStart WriterCoherence::sync(StateCache& cache, const HeldStreams& held) 
       };
       std::erase_if(streams, defer);
       std::erase_if(foreign, [&](const StoredEvent& event) { return defer(event.stream_id); });
+      std::erase_if(committed, [&](const auto& entry) { return defer(entry.first); });
       evictions_.insert(evictions_.end(), start.deferred.begin(), start.deferred.end());
     }
   }
@@ -82,6 +85,8 @@ DecisionStart WriterCoherence::sync(StateCache& cache, const HeldStreams& held) 
     cache.clear();
     return start;
   }
+  // Committed states first: an eviction or another writer's event posted later applies on top.
+  for (auto& [stream_id, state] : committed) cache.put(stream_id, std::move(state));
   for (const auto& stream_id : streams) cache.erase(stream_id);
   if (!foreign.empty()) fold_into(cache, foreign, {streams.begin(), streams.end()});
   return start;
@@ -103,8 +108,10 @@ void WriterCoherence::fold_foreign(std::vector<StoredEvent> events) {
 }
 
 void WriterCoherence::evict_after_losers(std::vector<std::string> unreliable_streams,
-                                         std::vector<std::string> loser_streams) {
+                                         std::vector<std::string> loser_streams,
+                                         std::vector<std::pair<std::string, StreamState>> committed) {
   std::lock_guard lock(mutex_);
+  std::move(committed.begin(), committed.end(), std::back_inserter(committed_));
   post(std::move(unreliable_streams), false);
   if (loser_streams.empty()) return;
   taints_.emplace_back(epoch_, std::move(loser_streams));

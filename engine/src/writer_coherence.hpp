@@ -63,11 +63,13 @@ class WriterCoherence {
   // Batches decided before then are checked against the store.
   void fold_foreign(std::vector<StoredEvent> events);
 
-  // After a commit that sent losers back: drops what the batch left unreliable, and until the
-  // cache has dropped it, a command decided on one of `loser_streams` loses too (it may have
-  // built on what a loser decided, which never reached the store).
-  void evict_after_losers(std::vector<std::string> unreliable_streams,
-                          std::vector<std::string> loser_streams);
+  // After a commit that had losers: drops what the batch left unreliable, puts `committed`
+  // (states as the commit left them, of streams the losers decided again touched) in place of
+  // what the cache holds, and until the cache has done so, a command decided on one of
+  // `loser_streams` loses too (it may have built on what a loser decided, which never reached
+  // the store). A committed state of a stream a batch in flight holds is dropped instead.
+  void evict_after_losers(std::vector<std::string> unreliable_streams, std::vector<std::string> loser_streams,
+                          std::vector<std::pair<std::string, StreamState>> committed = {});
 
   // Under the head lock of `work`: splits off the commands of `batch` decided on states another
   // writer has moved since (see split_stale), when one may have. `start` is what sync() returned
@@ -91,6 +93,7 @@ class WriterCoherence {
   std::mutex mutex_;
   std::vector<std::string> evictions_;
   std::vector<StoredEvent> foreign_;  // fold_foreign()'s, not yet applied
+  std::vector<std::pair<std::string, StreamState>> committed_;  // evict_after_losers()'s
   bool evict_all_ = false;
   std::uint64_t epoch_ = 0;  // bumped by every evict() and fold_foreign()
   std::uint64_t applied_epoch_ = 0;  // the last epoch sync() applied

@@ -351,3 +351,32 @@ TEST_CASE("an engine folds another's commits into the states it caches instead o
     CHECK(*mine.read_account("fold-a") == *reader.read_account("fold-a"));
   }
 }
+
+TEST_CASE("after a loser is decided again in the commit, the engine's cache holds its streams as committed") {
+  test::TestDatabase database;
+  const auto settings = settings_for(database, true);
+  Engine mine(settings);
+  Engine theirs(settings);
+  open_and_fund(theirs, "z", 0);
+  open_and_fund(mine, "x", 1'000);
+  open_and_fund(mine, "y", 1'000);
+  // Mine caches x at 1,000; theirs takes 900 of it (a transfer: no system account moves).
+  REQUIRE(theirs.execute(command(Transfer{"", "x", "z", Amount(900), eur(), ""})).accepted());
+  const auto redecided_before = mine.stats().commands_redecided;
+  // Decided on the cached 1,000, lost at the append, decided again in the commit on 100.
+  const auto lost = mine.execute(command(Transfer{"", "y", "x", Amount(50), eur(), ""}));
+  REQUIRE_MESSAGE(lost.accepted(), to_string(lost.code));
+  CHECK(mine.stats().commands_redecided == redecided_before + 1);
+  // x (150) and y (950) as committed are in the cache: no store read, no conflict.
+  const auto before = mine.stats();
+  CHECK(mine.execute(command(Transfer{"", "x", "y", Amount(151), eur(), ""})).code == RejectionCode::insufficient_funds);
+  const auto emptied = mine.execute(command(Transfer{"", "x", "y", Amount(150), eur(), ""}));
+  CHECK_MESSAGE(emptied.accepted(), to_string(emptied.code));
+  CHECK(mine.stats().cache_misses == before.cache_misses);
+  CHECK(mine.stats().conflicts == before.conflicts);
+  check_dense(database);
+  Engine reader(settings);
+  CHECK(reader.read_account("x")->balance() == Amount(0));
+  CHECK(reader.read_account("y")->balance() == Amount(1'100));
+  CHECK(*mine.read_account("y") == *reader.read_account("y"));
+}
