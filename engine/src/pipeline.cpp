@@ -298,7 +298,8 @@ struct Pipeline::Impl {
           if (!appended.decided_again.empty()) {
             count_conflict(appended.decided_again.size());
             answer(appended.decided_again, appended.decided_again_rows.slots,
-                   appended.decided_again_rows.rows.size(), started);
+                   appended.decided_again_rows.rows.size(), started,
+                   /*commit=*/prepared.decided.rows.empty());
           }
           answered = true;
         }
@@ -778,8 +779,10 @@ struct Pipeline::Impl {
   }
 
   // Completes every command of a committed (or refused) batch and counts it.
+  // `commit` false: more commands of a commit whose batch was counted (decided again in it),
+  // not counted as a batch of their own.
   void answer(std::vector<Pending>& batch, std::vector<Slot>& slots, std::size_t events,
-              std::chrono::steady_clock::time_point commit_started) {
+              std::chrono::steady_clock::time_point commit_started, bool commit = true) {
     if (breaker.record_success()) spdlog::info("database circuit breaker closed: a batch committed");
     const auto latency_us = std::chrono::duration_cast<std::chrono::microseconds>(
                                 std::chrono::steady_clock::now() - commit_started)
@@ -807,7 +810,7 @@ struct Pipeline::Impl {
     counters.commands_accepted += accepted;
     counters.commands_rejected += rejected;
     counters.events += events;
-    if (events > 0) {
+    if (events > 0 && commit) {
       ++counters.batches;
       counters.commit_latency_seconds.observe(static_cast<double>(latency_us) / 1e6);
       counters.batch_commands.observe(static_cast<double>(batch.size()));

@@ -363,10 +363,12 @@ TEST_CASE("after a loser is decided again in the commit, the engine's cache hold
   // Mine caches x at 1,000; theirs takes 900 of it (a transfer: no system account moves).
   REQUIRE(theirs.execute(command(Transfer{"", "x", "z", Amount(900), eur(), ""})).accepted());
   const auto redecided_before = mine.stats().commands_redecided;
+  const auto batches_before = mine.stats().batches;
   // Decided on the cached 1,000, lost at the append, decided again in the commit on 100.
   const auto lost = mine.execute(command(Transfer{"", "y", "x", Amount(50), eur(), ""}));
   REQUIRE_MESSAGE(lost.accepted(), to_string(lost.code));
   CHECK(mine.stats().commands_redecided == redecided_before + 1);
+  CHECK(mine.stats().batches == batches_before + 1);  // one commit
   // x (150) and y (950) as committed are in the cache: no store read, no conflict.
   const auto before = mine.stats();
   CHECK(mine.execute(command(Transfer{"", "x", "y", Amount(151), eur(), ""})).code == RejectionCode::insufficient_funds);
