@@ -29,8 +29,12 @@ std::int64_t stored_version(const StoredVersions& stored, const std::string& str
 
 }  // namespace
 
+bool is_system_account_stream(const std::string& stream_id) {
+  return stream_id.starts_with(system_stream_prefix());
+}
+
 bool is_floating_stream(const std::string& stream_id, std::int64_t first_version) {
-  return first_version > 1 && stream_id.starts_with(system_stream_prefix());
+  return first_version > 1 && is_system_account_stream(stream_id);
 }
 
 std::vector<std::string> streams_to_check(const Decided& decided) {

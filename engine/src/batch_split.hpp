@@ -22,6 +22,8 @@ using StoredVersions = std::unordered_map<std::string, std::int64_t>;
 // its balance (no guard applies to system accounts), so its rows need no expected version:
 // they take the next versions inside the appending transaction and never conflict.
 [[nodiscard]] bool is_floating_stream(const std::string& stream_id, std::int64_t first_version);
+// Whether `stream_id` is a system account's (account-system.*).
+[[nodiscard]] bool is_system_account_stream(const std::string& stream_id);
 
 // Every stream of the batch the store must be asked about: written and read-but-unwritten.
 [[nodiscard]] std::vector<std::string> streams_to_check(const Decided& decided);

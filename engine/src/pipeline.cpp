@@ -177,6 +177,22 @@ struct Pipeline::Impl {
     }
     Prepared prepared;
     prepared.start = sync_with_batches_in_flight();
+    if (names_deferred(batch, prepared.start.deferred)) {
+      // Its commands would be decided on states another commit made stale, and lose; and the
+      // batches in flight, which keep those streams from being refreshed, may be followed by
+      // more like them. Let them commit, then refresh.
+      count_stall();
+      wait_committer_idle();
+      std::unique_lock lock(handoff_mutex);
+      if (redo_pending) {
+        lock.unlock();
+        recover();
+        lock.lock();
+      }
+      decided_generation = generation;
+      lock.unlock();
+      prepared.start = sync_with_batches_in_flight();  // nothing in flight: nothing deferred
+    }
     std::optional<db::ConnectionPool::Lease> lease;
     // Reads outside a transaction: each statement sees what is committed when it runs, as in a
     // read-committed transaction, without its BEGIN and COMMIT round trips.
@@ -344,10 +360,36 @@ struct Pipeline::Impl {
   // of streams a decided batch still in flight wrote (see WriterCoherence::sync).
   DecisionStart sync_with_batches_in_flight() {
     forget_finished();
-    if (in_flight.empty() || !coherence.has_pending()) return coherence.sync(cache);
-    std::unordered_set<std::string_view> held;
-    for (const auto& decided : in_flight) held.insert(decided.streams.begin(), decided.streams.end());
-    return coherence.sync(cache, [&held](const std::string& stream_id) { return held.contains(stream_id); });
+    if (in_flight.empty()) return coherence.sync(cache);
+    // Built when first asked: a post can arrive between any check of ours and the sync, so the
+    // sync always knows what is held.
+    std::optional<std::unordered_set<std::string_view>> held;
+    return coherence.sync(cache, [&](const std::string& stream_id) {
+      if (!held) {
+        held.emplace();
+        for (const auto& decided : in_flight) held->insert(decided.streams.begin(), decided.streams.end());
+      }
+      return held->contains(stream_id);
+    });
+  }
+
+  // Whether a command of `batch` names one of `deferred` (not a system account's: those are
+  // renumbered at the append, never lost on).
+  static bool names_deferred(const std::vector<Pending>& batch, const std::vector<std::string>& deferred) {
+    std::unordered_set<std::string_view> lost;
+    for (const auto& stream_id : deferred) {
+      if (!is_system_account_stream(stream_id)) lost.insert(stream_id);
+    }
+    if (lost.empty()) return false;
+    std::vector<std::string> named;
+    for (const auto& pending : batch) {
+      named.clear();
+      domain::collect_streams(pending.command.body, named);
+      for (const auto& stream_id : named) {
+        if (lost.contains(stream_id)) return true;
+      }
+    }
+    return false;
   }
 
   // Writer thread: whether one of `keys` (keys_of() a batch) is the key of a command in flight.
@@ -401,6 +443,10 @@ struct Pipeline::Impl {
       std::lock_guard lock(handoff_mutex);
       batches.swap(redo);
       redo_pending = false;
+    }
+    {
+      std::lock_guard lock(stats_mutex);
+      counters.batches_run_again += batches.size();
     }
     for (auto& batch : batches) process_batch(batch);
   }

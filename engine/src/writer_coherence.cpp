@@ -66,19 +66,31 @@ DecisionStart WriterCoherence::sync(StateCache& cache, const HeldStreams& held) 
     applied_epoch_ = epoch_;
     start.epoch = epoch_;
     if (held) {
-      // Held streams stay pending (as evictions, whatever moved them); posts made meanwhile
-      // join them. The append checks the decision against the store for them (a system
-      // account's stream is renumbered there, any other one makes the commands naming it lose).
+      // Held streams stay pending: another writer's events and evictions as evictions, committed
+      // states as they are (the version check on putting one keeps it from overwriting a later
+      // commit of its stream); posts made meanwhile join them. The append checks the decision
+      // against the store for them (a system account's stream is renumbered there, any other one
+      // makes the commands naming it lose).
       std::unordered_set<std::string> seen;
-      auto defer = [&](const std::string& stream_id) {
+      std::vector<std::string> evict_later;
+      auto defer = [&](const std::string& stream_id, bool evict) {
         if (!held(stream_id)) return false;
         if (seen.insert(stream_id).second) start.deferred.push_back(stream_id);
+        if (evict) evict_later.push_back(stream_id);
         return true;
       };
-      std::erase_if(streams, defer);
-      std::erase_if(foreign, [&](const StoredEvent& event) { return defer(event.stream_id); });
-      std::erase_if(committed, [&](const auto& entry) { return defer(entry.first); });
-      evictions_.insert(evictions_.end(), start.deferred.begin(), start.deferred.end());
+      std::erase_if(streams, [&](const std::string& stream_id) { return defer(stream_id, true); });
+      std::erase_if(foreign, [&](const StoredEvent& event) { return defer(event.stream_id, true); });
+      std::vector<std::pair<std::string, StreamState>> waiting;
+      std::erase_if(committed, [&](auto& entry) {
+        if (!defer(entry.first, false)) return false;
+        waiting.push_back(std::move(entry));
+        return true;
+      });
+      committed_ = std::move(waiting);  // before any posted later: they apply in order
+      std::sort(evict_later.begin(), evict_later.end());
+      evict_later.erase(std::unique(evict_later.begin(), evict_later.end()), evict_later.end());
+      evictions_.insert(evictions_.end(), evict_later.begin(), evict_later.end());
     }
   }
   if (all) {
@@ -86,7 +98,17 @@ DecisionStart WriterCoherence::sync(StateCache& cache, const HeldStreams& held) 
     return start;
   }
   // Committed states first: an eviction or another writer's event posted later applies on top.
-  for (auto& [stream_id, state] : committed) cache.put(stream_id, std::move(state));
+  // One older than what the cache holds (this engine committed the stream again since, or read
+  // it from the store) is not put back over it; at the same version it replaces what may be a
+  // loser's decided state.
+  for (auto& [stream_id, state] : committed) {
+    const StreamState* cached = cache.peek(stream_id);
+    if (cached != nullptr && cached->version.value() > state.version.value()) {
+      cache.erase(stream_id);  // which of the two is current is not known here: read it again
+      continue;
+    }
+    cache.put(stream_id, std::move(state));
+  }
   for (const auto& stream_id : streams) cache.erase(stream_id);
   if (!foreign.empty()) fold_into(cache, foreign, {streams.begin(), streams.end()});
   return start;

@@ -250,10 +250,13 @@ TEST_CASE("a pipelined engine whose commands lose to another's commits decides t
                          theirs.stats().commands_redecided - theirs_before.commands_redecided;
   const auto stalls = mine.stats().pipeline_stalls - mine_before.pipeline_stalls +
                       theirs.stats().pipeline_stalls - theirs_before.pipeline_stalls;
-  MESSAGE(redecided << " commands decided again, " << stalls << " pipeline stalls");
+  const auto run_again = mine.stats().batches_run_again - mine_before.batches_run_again +
+                         theirs.stats().batches_run_again - theirs_before.batches_run_again;
+  MESSAGE(redecided << " commands decided again, " << stalls << " pipeline stalls, " << run_again
+                    << " batches run again");
   // The race really happened, and no loser went back to its writer to be run the serial way.
   CHECK(redecided > 0);
-  CHECK(stalls == 0);
+  CHECK(run_again == 0);
   check_dense(database);
   // Every accepted transfer is stored once: the balances are the oracle's.
   Engine reader(settings);
@@ -363,12 +366,12 @@ TEST_CASE("after a loser is decided again in the commit, the engine's cache hold
   // Mine caches x at 1,000; theirs takes 900 of it (a transfer: no system account moves).
   REQUIRE(theirs.execute(command(Transfer{"", "x", "z", Amount(900), eur(), ""})).accepted());
   const auto redecided_before = mine.stats().commands_redecided;
-  const auto batches_before = mine.stats().batches;
   // Decided on the cached 1,000, lost at the append, decided again in the commit on 100.
   const auto lost = mine.execute(command(Transfer{"", "y", "x", Amount(50), eur(), ""}));
   REQUIRE_MESSAGE(lost.accepted(), to_string(lost.code));
   CHECK(mine.stats().commands_redecided == redecided_before + 1);
-  CHECK(mine.stats().batches == batches_before + 1);  // one commit
+  // Answered before its commit is done with: once a later command is answered, it is.
+  REQUIRE(mine.execute(command(OpenAccount{"w", eur()})).accepted());
   // x (150) and y (950) as committed are in the cache: no store read, no conflict.
   const auto before = mine.stats();
   CHECK(mine.execute(command(Transfer{"", "x", "y", Amount(151), eur(), ""})).code == RejectionCode::insufficient_funds);

@@ -81,6 +81,9 @@ void append_engine_metrics(std::string& out, const engine::EngineStats& stats) {
   out += "# HELP ledger_engine_pipeline_stalls_total Times the writer stopped deciding ahead of the batches in flight.\n";
   out += "# TYPE ledger_engine_pipeline_stalls_total counter\n";
   out += fmt::format("ledger_engine_pipeline_stalls_total {}\n", stats.pipeline_stalls);
+  out += "# HELP ledger_engine_batches_run_again_total Batches given back to the writer to run again the serial way.\n";
+  out += "# TYPE ledger_engine_batches_run_again_total counter\n";
+  out += fmt::format("ledger_engine_batches_run_again_total {}\n", stats.batches_run_again);
   out += fmt::format("ledger_engine_queued_commands {}\n", stats.queued);
   out += "# HELP ledger_engine_circuit_open 1 while the database circuit breaker is open or half open.\n";
   out += "# TYPE ledger_engine_circuit_open gauge\n";

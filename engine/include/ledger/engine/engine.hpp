@@ -147,9 +147,13 @@ struct EngineStats {
   // whose streams moved; the rest of their batch was appended).
   std::uint64_t commands_redecided = 0;
   // Times the pipelined writer stopped deciding ahead, waiting for the batches in flight to
-  // commit or running a batch the serial way: losers or a failed batch to decide again, a key
-  // already in flight, the whole cache to drop.
+  // commit or running a batch the serial way: a failed batch or losers that cannot be stored to
+  // run again, a key already in flight, the whole cache to drop, a batch naming streams the
+  // batches in flight keep from being refreshed.
   std::uint64_t pipeline_stalls = 0;
+  // Batches the committer gave back to the writer to run again the serial way (a failed or
+  // voided batch; losers it could not decide again in their commit).
+  std::uint64_t batches_run_again = 0;
   std::uint64_t queued = 0;
   CircuitState circuit = CircuitState::closed;
   std::uint64_t circuit_opened = 0;  // times the breaker opened
