@@ -1,6 +1,8 @@
 #pragma once
 // Reads positions [from, to] of the log in order, in batches, with the next batch read on
-// another thread while the caller works on this one (reading is half of a replay's time).
+// another thread while the caller works on this one. The events come through the engine's
+// binary COPY reader (engine::LogCopyReader), on a connection of the reader's own; the two
+// batches' storage is reused, so a replay allocates little per event.
 
 #include <future>
 #include <vector>
@@ -11,35 +13,37 @@ namespace ledger::replay {
 
 class LogReader {
  public:
-  LogReader(const engine::EventStore& store, std::int64_t from, std::int64_t to, std::size_t batch_events)
-      : store_(store), next_(from), to_(to), batch_events_(batch_events) {}
+  LogReader(const db::ConnectionPool& pool, std::int64_t from, std::int64_t to, std::size_t batch_events)
+      : copy_(pool, GlobalPosition(from), GlobalPosition(to)), batch_events_(batch_events) {}
+
+  ~LogReader() {
+    if (pending_.valid()) pending_.wait();
+  }
+
+  LogReader(const LogReader&) = delete;
+  LogReader& operator=(const LogReader&) = delete;
 
   // The next events in position order (gaps included as they are: callers check density);
-  // empty when the range is done.
-  std::vector<domain::RecordedEvent> next() {
-    std::vector<domain::RecordedEvent> batch = pending_.valid() ? pending_.get() : read(next_);
-    while (!batch.empty() && batch.back().position.value() > to_) batch.pop_back();
-    if (batch.empty()) {
-      next_ = to_ + 1;
-      return batch;
+  // empty when the range is done. Valid until the next call.
+  const std::vector<domain::RecordedEvent>& next() {
+    if (pending_.valid()) {
+      pending_.get();  // rethrows what the read threw
+      current_.swap(spare_);
+    } else {
+      copy_.read(current_, batch_events_);
     }
-    next_ = batch.back().position.value() + 1;
-    if (next_ <= to_) pending_ = std::async(std::launch::async, [this, from = next_] { return read(from); });
-    return batch;
+    if (!current_.empty()) {
+      pending_ = std::async(std::launch::async, [this] { copy_.read(spare_, batch_events_); });
+    }
+    return current_;
   }
 
  private:
-  std::vector<domain::RecordedEvent> read(std::int64_t from) const {
-    if (from > to_) return {};
-    const auto wanted = static_cast<std::size_t>(std::min<std::int64_t>(to_ - from + 1, static_cast<std::int64_t>(batch_events_)));
-    return store_.read_all(GlobalPosition(from), wanted);
-  }
-
-  const engine::EventStore& store_;
-  std::int64_t next_;
-  std::int64_t to_;
+  engine::LogCopyReader copy_;
   std::size_t batch_events_;
-  std::future<std::vector<domain::RecordedEvent>> pending_;
+  std::vector<domain::RecordedEvent> current_;
+  std::vector<domain::RecordedEvent> spare_;
+  std::future<void> pending_;  // last: waited for before the rest goes
 };
 
 }  // namespace ledger::replay

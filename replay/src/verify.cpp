@@ -175,9 +175,9 @@ VerifyResult verify(db::ConnectionPool& pool, const VerifyOptions& options, cons
     previous_hash = before.front().hash;
   }
   Verifier verifier(options, from, to, std::move(previous_hash));
-  LogReader reader(store, from, to, verify_batch_events);
-  for (auto batch = reader.next(); !batch.empty(); batch = reader.next()) {
-    for (const auto& event : batch) {
+  LogReader reader(pool, from, to, verify_batch_events);
+  for (const auto* batch = &reader.next(); !batch->empty(); batch = &reader.next()) {
+    for (const auto& event : *batch) {
       if (!verifier.check(event)) return verifier.finish();
     }
     if (progress) progress(verifier.expected() - from, to - from + 1);
