@@ -4,6 +4,8 @@
 // binary COPY reader (engine::LogCopyReader), on a connection of the reader's own; the two
 // batches' storage is reused, so a replay allocates little per event.
 
+#include <cstdint>
+#include <functional>
 #include <future>
 #include <vector>
 
@@ -13,8 +15,14 @@ namespace ledger::replay {
 
 class LogReader {
  public:
-  LogReader(const db::ConnectionPool& pool, std::int64_t from, std::int64_t to, std::size_t batch_events)
-      : copy_(pool, GlobalPosition(from), GlobalPosition(to)), batch_events_(batch_events) {}
+  // Work on a batch that needs no order across batches (verify's hash chain check): run on the
+  // reading thread as each batch arrives, so it overlaps the caller's work on the batch before;
+  // its result comes with the batch (mark()).
+  using BatchCheck = std::function<std::int64_t(const std::vector<domain::RecordedEvent>& batch)>;
+
+  LogReader(const db::ConnectionPool& pool, std::int64_t from, std::int64_t to, std::size_t batch_events,
+            BatchCheck check = {})
+      : copy_(pool, GlobalPosition(from), GlobalPosition(to)), batch_events_(batch_events), check_(std::move(check)) {}
 
   ~LogReader() {
     if (pending_.valid()) pending_.wait();
@@ -29,20 +37,32 @@ class LogReader {
     if (pending_.valid()) {
       pending_.get();  // rethrows what the read threw
       current_.swap(spare_);
+      current_mark_ = spare_mark_;
     } else {
-      copy_.read(current_, batch_events_);
+      current_mark_ = read(current_);
     }
     if (!current_.empty()) {
-      pending_ = std::async(std::launch::async, [this] { copy_.read(spare_, batch_events_); });
+      pending_ = std::async(std::launch::async, [this] { spare_mark_ = read(spare_); });
     }
     return current_;
   }
 
+  // What the BatchCheck returned for the batch next() returned last (0 without one).
+  [[nodiscard]] std::int64_t mark() const { return current_mark_; }
+
  private:
+  std::int64_t read(std::vector<domain::RecordedEvent>& batch) {
+    copy_.read(batch, batch_events_);
+    return check_ && !batch.empty() ? check_(batch) : 0;
+  }
+
   engine::LogCopyReader copy_;
   std::size_t batch_events_;
+  BatchCheck check_;
   std::vector<domain::RecordedEvent> current_;
   std::vector<domain::RecordedEvent> spare_;
+  std::int64_t current_mark_ = 0;
+  std::int64_t spare_mark_ = 0;
   std::future<void> pending_;  // last: waited for before the rest goes
 };
 

@@ -395,6 +395,63 @@ TEST_CASE("verify catches a tampered payload, a deleted event, a broken chain an
   }
 }
 
+TEST_CASE("verify names a damaged event wherever it falls among the parallel hash check's slices and batches") {
+  test::TestDatabase database;
+  EveryEventType log(database);
+  auto pool = test::make_pool(database.app_url(), 3);
+  const auto stored = whole_log(pool);
+  const auto head = static_cast<std::int64_t>(stored.size());
+  // Batches of 5 in 3 slices (2, 1 and 2 events): every position is the first or last of a
+  // slice, most are at a batch's edge too; ranges that start inside the log join at `from - 1`.
+  replay::VerifyOptions options;
+  options.batch_events = 5;
+  options.hash_threads = 3;
+  REQUIRE(replay::verify(pool, options).ok);
+  for (std::int64_t position = 1; position <= head; ++position) {
+    const std::string where = " WHERE position = " + std::to_string(position);
+    const std::string original = to_hex(stored[static_cast<std::size_t>(position - 1)].hash);
+    tamper(database, "UPDATE events SET hash = sha256(hash)" + where);
+    for (const std::int64_t from : {std::int64_t{1}, std::max<std::int64_t>(1, position - 3), position}) {
+      INFO("stored hash of position " << position << " altered, verify from " << from);
+      options.range = {GlobalPosition(from), GlobalPosition(0)};
+      const auto result = replay::verify(pool, options);
+      CHECK_FALSE(result.ok);
+      CHECK(result.first_bad_position.value() == position);
+      CHECK(result.problem.find("hash does not match") != std::string::npos);
+      CHECK(result.events_checked == position - from);
+    }
+    // The event before a range is its anchor: altered, the range's first event fails.
+    if (position < head) {
+      options.range = {GlobalPosition(position + 1), GlobalPosition(0)};
+      const auto anchored = replay::verify(pool, options);
+      CHECK_FALSE(anchored.ok);
+      CHECK(anchored.first_bad_position.value() == position + 1);
+    }
+    tamper(database, "UPDATE events SET hash = '\\x" + original + "'" + where);
+  }
+  options.range = {};
+  REQUIRE(replay::verify(pool, options).ok);
+
+  SUBCASE("a payload that does not decode, the chain recomputed after it, at a batch's first event") {
+    auto log_copy = stored;
+    log_copy[5].payload = "not flatbuffers";  // position 6: the first event of the second batch
+    tamper(database, rewrite_chain_from(log_copy, GlobalPosition(6), [](const RecordedEvent& event) {
+             return "payload = '\\x" + to_hex(event.payload) + "'";
+           }));
+    const auto result = replay::verify(pool, options);
+    CHECK_FALSE(result.ok);
+    CHECK(result.first_bad_position.value() == 6);
+    CHECK(result.problem.find("does not decode") != std::string::npos);
+  }
+  SUBCASE("an event deleted at a batch's edge: missing, not a hash failure") {
+    tamper(database, "DELETE FROM events WHERE position = 11");
+    const auto result = replay::verify(pool, options);
+    CHECK_FALSE(result.ok);
+    CHECK(result.first_bad_position.value() == 11);
+    CHECK(result.problem.find("missing") != std::string::npos);
+  }
+}
+
 TEST_CASE("reconcile passes caught-up read models and reports every row altered by hand") {
   test::TestDatabase database;
   test::ReadSideStack stack(database);
