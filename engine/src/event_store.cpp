@@ -7,6 +7,8 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <limits>
+
 #include "ledger/core/assert.hpp"
 #include "ledger/core/hex.hpp"
 #include "ledger/core/time_text.hpp"
@@ -382,6 +384,14 @@ void LogCopyReader::read(std::vector<RecordedEvent>& out, std::size_t limit) {
     ++count;
   }
   out.resize(count);
+}
+
+void LogCopyReader::read_range(GlobalPosition from, GlobalPosition to, std::vector<RecordedEvent>& out) {
+  if (impl_->copying) throw std::logic_error("LogCopyReader::read_range while a read() has a COPY open");
+  impl_->next_chunk_from = std::max<std::int64_t>(from.value(), 1);
+  impl_->to = to.value();
+  impl_->chunk_events = std::max<std::int64_t>(to.value() - impl_->next_chunk_from + 1, 1);
+  read(out, std::numeric_limits<std::size_t>::max());
 }
 
 }  // namespace ledger::engine

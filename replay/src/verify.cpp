@@ -23,43 +23,35 @@ struct OpenTransfer {
   std::int64_t first_position = 0;
 };
 
-// Checks the hash chain of consecutive batches on several threads. Event i's check needs only
-// the STORED hash of event i-1, not the outcome of i-1's check, so a batch splits into slices
-// checked at once, each slice's first event against the stored hash of the event before it
-// (the last of the slice before, or of the batch before): the slices join at their edges. An
-// event after a gap is compared with the wrong predecessor, but the ordered check reports the
-// gap first.
-class ChainChecker {
- public:
-  ChainChecker(std::string previous_hash, std::size_t threads)
-      : previous_hash_(std::move(previous_hash)), threads_(std::max<std::size_t>(threads, 1)) {}
-
-  // The position of the first event of `batch` whose hash does not follow its predecessor's
-  // stored hash; 0 when every one does. Batches must come in order.
-  std::int64_t check(const std::vector<domain::RecordedEvent>& batch) {
-    const std::size_t size = batch.size();
-    const std::size_t slices = std::min(threads_, size);
-    auto first_bad = [&](std::size_t begin, std::size_t end) {
-      for (std::size_t i = begin; i < end; ++i) {
-        const std::string& previous = i == 0 ? previous_hash_ : batch[i - 1].hash;
-        if (domain::chain_hash(previous, batch[i]) != batch[i].hash) return i;
-      }
-      return size;
-    };
-    std::vector<std::future<std::size_t>> others;
-    for (std::size_t slice = 1; slice < slices; ++slice) {
-      others.push_back(std::async(std::launch::async, first_bad, size * slice / slices, size * (slice + 1) / slices));
+// Event i's hash check needs only the STORED hash of event i-1, not the outcome of i-1's check,
+// so the chain is checked in pieces at once: each batch on its range reader's thread as it
+// arrives (LogReader), in slices on `threads` threads, each slice's first event against the
+// stored hash of the event before it in the batch; a batch's first event against the last
+// stored hash of the batch before it, on the verifying thread, which has both. The pieces join
+// at their edges. An event after a gap is compared with the wrong predecessor, but the ordered
+// check reports the gap first.
+//
+// The position of the first event of `batch` after its first whose hash does not follow its
+// predecessor's stored hash; 0 when every one does.
+std::int64_t first_bad_hash_inside(const std::vector<domain::RecordedEvent>& batch, std::size_t threads) {
+  const std::size_t size = batch.size();
+  const std::size_t checked = size > 0 ? size - 1 : 0;  // events 1 .. size-1
+  const std::size_t slices = std::min(std::max<std::size_t>(threads, 1), std::max<std::size_t>(checked, 1));
+  auto first_bad = [&batch, size](std::size_t begin, std::size_t end) {
+    for (std::size_t i = begin; i < end; ++i) {
+      if (domain::chain_hash(batch[i - 1].hash, batch[i]) != batch[i].hash) return i;
     }
-    std::size_t bad = first_bad(0, size / slices);
-    for (auto& other : others) bad = std::min(bad, other.get());
-    previous_hash_ = batch.back().hash;
-    return bad < size ? batch[bad].position.value() : 0;
+    return size;
+  };
+  auto slice_begin = [&](std::size_t slice) { return 1 + checked * slice / slices; };
+  std::vector<std::future<std::size_t>> others;
+  for (std::size_t slice = 1; slice < slices; ++slice) {
+    others.push_back(std::async(std::launch::async, first_bad, slice_begin(slice), slice_begin(slice + 1)));
   }
-
- private:
-  std::string previous_hash_;
-  std::size_t threads_;
-};
+  std::size_t bad = first_bad(slice_begin(0), slice_begin(1));
+  for (auto& other : others) bad = std::min(bad, other.get());
+  return bad < size ? batch[bad].position.value() : 0;
+}
 
 // What verify keeps of a stream: its last version and, for an account, the fold of it.
 struct StreamState {
@@ -224,11 +216,16 @@ VerifyResult verify(db::ConnectionPool& pool, const VerifyOptions& options, cons
   Verifier verifier(options, from, to);
   const std::size_t hash_threads =
       options.hash_threads > 0 ? options.hash_threads : std::max(1U, std::thread::hardware_concurrency());
-  ChainChecker chain(std::move(previous_hash), hash_threads);
-  LogReader reader(pool, from, to, std::max<std::size_t>(options.batch_events, 1),
-                   [&chain](const std::vector<domain::RecordedEvent>& batch) { return chain.check(batch); });
+  LogReader reader(
+      pool, from, to, options.batch_events,
+      [hash_threads](const std::vector<domain::RecordedEvent>& batch) { return first_bad_hash_inside(batch, hash_threads); },
+      options.read_lanes);
   for (const auto* batch = &reader.next(); !batch->empty(); batch = &reader.next()) {
-    const std::int64_t bad_hash = reader.mark();
+    std::int64_t bad_hash = reader.mark();
+    // The edge between this batch and the one before.
+    const auto& first = batch->front();
+    if (domain::chain_hash(previous_hash, first) != first.hash) bad_hash = first.position.value();
+    previous_hash = batch->back().hash;
     for (const auto& event : *batch) {
       if (!verifier.check(event, event.position.value() != bad_hash)) return verifier.finish();
     }

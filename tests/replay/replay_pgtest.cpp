@@ -221,6 +221,19 @@ TEST_CASE("the binary COPY reader returns exactly what read_all returns, across 
   REQUIRE(middle.size() == 8);
   for (std::size_t i = 0; i < middle.size(); ++i) check_same_event(middle[i], stored[i + 4]);
   CHECK(copy_read(pool, head + 1, head + 10, 4, 4).empty());
+  {
+    // Ranges one after another on one reader (how LogReader's range readers take their share).
+    engine::LogCopyReader reader(pool, GlobalPosition(1), GlobalPosition(head));
+    std::vector<RecordedEvent> batch;
+    for (const auto& [from, to] : {std::pair<std::int64_t, std::int64_t>{9, 13}, {2, 3}, {head, head + 5}, {4, 4}}) {
+      INFO("range " << from << " to " << to);
+      reader.read_range(GlobalPosition(from), GlobalPosition(to), batch);
+      REQUIRE(static_cast<std::int64_t>(batch.size()) == std::min(to, head) - from + 1);
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        check_same_event(batch[i], stored[static_cast<std::size_t>(from - 1) + i]);
+      }
+    }
+  }
 
   // Damage passes through as read_all passes it: a gap stays a gap, metadata that is not an
   // object of strings reads as empty (verify then names the event).
@@ -401,11 +414,13 @@ TEST_CASE("verify names a damaged event wherever it falls among the parallel has
   auto pool = test::make_pool(database.app_url(), 3);
   const auto stored = whole_log(pool);
   const auto head = static_cast<std::int64_t>(stored.size());
-  // Batches of 5 in 3 slices (2, 1 and 2 events): every position is the first or last of a
-  // slice, most are at a batch's edge too; ranges that start inside the log join at `from - 1`.
+  // Batches of 5 positions on 3 range readers, the 4 hashes inside each batch in 3 slices (1, 1
+  // and 2 events): every position is a batch's first (checked at the edge between batches) or
+  // the first or last of a slice; ranges that start inside the log join at `from - 1`.
   replay::VerifyOptions options;
   options.batch_events = 5;
   options.hash_threads = 3;
+  options.read_lanes = 3;
   REQUIRE(replay::verify(pool, options).ok);
   for (std::int64_t position = 1; position <= head; ++position) {
     const std::string where = " WHERE position = " + std::to_string(position);
@@ -442,6 +457,16 @@ TEST_CASE("verify names a damaged event wherever it falls among the parallel has
     CHECK_FALSE(result.ok);
     CHECK(result.first_bad_position.value() == 6);
     CHECK(result.problem.find("does not decode") != std::string::npos);
+  }
+  SUBCASE("a whole batch's positions deleted: the log goes on after them, it does not end") {
+    tamper(database, "DELETE FROM events WHERE position BETWEEN 11 AND 16");
+    const auto result = replay::verify(pool, options);
+    CHECK_FALSE(result.ok);
+    CHECK(result.first_bad_position.value() == 11);
+    CHECK(result.problem.find("the log goes on at 17") != std::string::npos);
+    // And an export skips the hole as the log has it.
+    replay::ExportFilter filter;
+    CHECK(lines_of(export_text(pool, filter)).size() == stored.size() - 6);
   }
   SUBCASE("an event deleted at a batch's edge: missing, not a hash failure") {
     tamper(database, "DELETE FROM events WHERE position = 11");

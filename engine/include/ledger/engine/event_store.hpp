@@ -78,6 +78,10 @@ class LogCopyReader {
   // is left empty when the range is done. Throws std::runtime_error when the server fails or
   // sends what the events table cannot hold.
   void read(std::vector<domain::RecordedEvent>& out, std::size_t limit);
+  // Fills `out` with every event of positions [from, to] through one COPY, reusing its storage,
+  // whatever range the constructor named: for range readers that each take their share of a
+  // log on a connection of their own. Not while a read() has a COPY open.
+  void read_range(GlobalPosition from, GlobalPosition to, std::vector<domain::RecordedEvent>& out);
 
  private:
   struct Impl;
