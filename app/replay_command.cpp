@@ -102,6 +102,10 @@ CommandAction register_replay_command(CLI::App& root, Settings& settings) {
   verify_app->add_option("--to", *verify_to, "Last position (default: the head)")->check(CLI::Range(std::int64_t{1}, INT64_MAX));
   verify_app->add_option("--checkpoint-every", *checkpoint_every, "Report the per-currency sums this often (events)")
       ->check(CLI::Range(std::int64_t{1}, INT64_MAX))->capture_default_str();
+  auto hash_threads = std::make_shared<std::size_t>(0);
+  verify_app->add_option("--hash-threads", *hash_threads,
+                         "Threads that check the hash chain, each a slice of every batch (default: one per core)")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{256}));
 
   auto verify_metrics_file = std::make_shared<std::string>();
   verify_app->add_option("--metrics-file", *verify_metrics_file,
@@ -172,6 +176,7 @@ CommandAction register_replay_command(CLI::App& root, Settings& settings) {
       replay::VerifyOptions options;
       options.range = {GlobalPosition(*verify_from), GlobalPosition(*verify_to)};
       options.checkpoint_every = *checkpoint_every;
+      options.hash_threads = *hash_threads;
       TerminalProgress progress("verify");
       const auto result = replay::verify(pool, options, std::ref(progress));
       const double seconds = progress.seconds();

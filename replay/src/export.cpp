@@ -106,9 +106,9 @@ ExportSummary export_events(db::ConnectionPool& pool, const ExportFilter& filter
       if (batch.back().position.value() >= to) break;
     }
   } else {
-    LogReader reader(store, from, to, export_batch_events);
-    for (auto batch = reader.next(); !batch.empty(); batch = reader.next()) {
-      write(batch);
+    LogReader reader(pool, from, to, export_batch_events);
+    for (const auto* batch = &reader.next(); !batch->empty(); batch = &reader.next()) {
+      write(*batch);
       if (progress) progress(summary.events_scanned, to - from + 1);
     }
   }

@@ -198,13 +198,13 @@ class Rebuilder {
   void fill_near_head(std::int64_t started_at) {
     for (std::int64_t head = store_.head().position.value(); head - watermark_ > options_.swap_within;
          head = store_.head().position.value()) {
-      LogReader reader(store_, watermark_ + 1, head, options_.batch_events);
-      for (auto batch = reader.next(); !batch.empty(); batch = reader.next()) {
+      LogReader reader(pool_, watermark_ + 1, head, options_.batch_events);
+      for (const auto* batch = &reader.next(); !batch->empty(); batch = &reader.next()) {
         auto lease = pool_.acquire();
         pqxx::work work(*lease);
         work.exec("SET LOCAL synchronous_commit = off");
         work.exec("SET LOCAL statement_timeout = 0");
-        apply(work, batch);
+        apply(work, *batch);
         work.exec_params(std::string("UPDATE ") + shadow_schema + ".progress SET watermark = $2 WHERE name = $1",
                          name_, watermark_);
         work.commit();

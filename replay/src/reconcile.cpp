@@ -219,11 +219,10 @@ ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report, std::i
 
   std::unordered_map<std::string, FoldedAccount> accounts;
   std::unordered_map<std::string, FoldedLoan> loans;
-  const engine::EventStore store(pool);
-  LogReader reader(store, 1, last, reconcile_batch_events);
+  LogReader reader(pool, 1, last, reconcile_batch_events);
   std::int64_t done = 0;
-  for (auto batch = reader.next(); !batch.empty(); batch = reader.next()) {
-    for (const auto& event : batch) {
+  for (const auto* batch = &reader.next(); !batch->empty(); batch = &reader.next()) {
+    for (const auto& event : *batch) {
       const std::int64_t position = event.position.value();
       const auto decoded = domain::decode_event(event.type, event.payload);
       if (!decoded) {
@@ -289,7 +288,7 @@ ReconcileResult reconcile(db::ConnectionPool& pool, std::ostream& report, std::i
       check.compare(where, "recorded_at", (*row)[9], event.recorded_at_us);
       entries.pop();
     }
-    done += static_cast<std::int64_t>(batch.size());
+    done += static_cast<std::int64_t>(batch->size());
     if (progress) progress(done, last);
   }
   for (const pqxx::row* row = audit.peek(); row != nullptr; audit.pop(), row = audit.peek()) {

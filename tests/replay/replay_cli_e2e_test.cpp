@@ -110,6 +110,10 @@ TEST_CASE("replay and rebuild from the command line") {
   cli.run({"replay", "verify"});
   CHECK(cli.status.code == 1);
   CHECK(cli.says("FAILED at position 3: the hash does not match the chain"));
+  // The same answer whatever the number of hash checking threads.
+  cli.run({"replay", "verify", "--hash-threads", "3"});
+  CHECK(cli.status.code == 1);
+  CHECK(cli.says("FAILED at position 3: the hash does not match the chain"));
 
   SUBCASE("bad arguments: one line, exit code 2, nothing run") {
     for (const std::vector<std::string>& arguments :
@@ -118,6 +122,7 @@ TEST_CASE("replay and rebuild from the command line") {
           {"replay", "balance", "--account", "alice"},
           {"replay", "export", "--format", "xml"},
           {"replay", "export", "--from", "0"},
+          {"replay", "verify", "--hash-threads", "0"},
           {"replay", "publish"},
           {"rebuild", "ledgers"},
           {"rebuild"}}) {

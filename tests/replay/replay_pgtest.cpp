@@ -156,6 +156,105 @@ TEST_CASE("export round-trips every event type: each line reads back to the stor
   CHECK_FALSE(replay::parse_exported_event("not json"));
 }
 
+namespace {
+
+// Every stored field of two events, for the reader that must return what read_all returns.
+void check_same_event(const RecordedEvent& read, const RecordedEvent& stored) {
+  INFO("position " << stored.position.value());
+  CHECK(read.position == stored.position);
+  CHECK(read.stream_id == stored.stream_id);
+  CHECK(read.version == stored.version);
+  CHECK(read.event_id == stored.event_id);
+  CHECK(read.type == stored.type);
+  CHECK(read.schema_version == stored.schema_version);
+  CHECK(read.payload == stored.payload);
+  CHECK(read.metadata == stored.metadata);
+  CHECK(read.recorded_at_us == stored.recorded_at_us);
+  CHECK(read.hash == stored.hash);
+}
+
+std::vector<RecordedEvent> copy_read(db::ConnectionPool& pool, std::int64_t from, std::int64_t to, std::int64_t chunk,
+                                     std::size_t limit) {
+  engine::LogCopyReader reader(pool, GlobalPosition(from), GlobalPosition(to), chunk);
+  std::vector<RecordedEvent> all, batch;
+  for (reader.read(batch, limit); !batch.empty(); reader.read(batch, limit)) {
+    CHECK(batch.size() <= limit);
+    all.insert(all.end(), batch.begin(), batch.end());
+  }
+  return all;
+}
+
+}  // namespace
+
+TEST_CASE("the binary COPY reader returns exactly what read_all returns, across chunks, batches and gaps") {
+  test::TestDatabase database;
+  EveryEventType log(database);
+  {
+    // Metadata that jsonb's text must escape (quote, backslash) and text beyond ASCII: the
+    // reader's fast path must hand the escapes to the JSON parser.
+    auto odd = command(domain::Deposit{"bob", Amount(5)});
+    odd.context.actor = "o\"brien\\x";
+    odd.context.request_id = "back\\slash";
+    odd.context.client_address = "caf\xc3\xa9 \xe2\x82\xac";
+    const auto odd_outcome = log.engine->execute(std::move(odd));
+    REQUIRE_MESSAGE(odd_outcome.accepted(), odd_outcome.detail);
+    auto plain = command(domain::Deposit{"bob", Amount(6)});
+    plain.context.client_address = "caf\xc3\xa9";
+    const auto plain_outcome = log.engine->execute(std::move(plain));
+    REQUIRE_MESSAGE(plain_outcome.accepted(), plain_outcome.detail);
+  }
+  auto pool = test::make_pool(database.app_url(), 3);
+  const auto stored = whole_log(pool);
+  const auto head = static_cast<std::int64_t>(stored.size());
+  REQUIRE(head == test::store_head(database.app_url()));
+
+  for (const std::int64_t chunk : {1, 3, 7, 1'000}) {
+    for (const std::size_t limit : {std::size_t{1}, std::size_t{4}, std::size_t{1'000}}) {
+      INFO("chunk " << chunk << ", batch " << limit);
+      const auto read = copy_read(pool, 1, head, chunk, limit);
+      REQUIRE(read.size() == stored.size());
+      for (std::size_t i = 0; i < read.size(); ++i) check_same_event(read[i], stored[i]);
+    }
+  }
+  // A range inside the log, and one past its end.
+  const auto middle = copy_read(pool, 5, 12, 3, 2);
+  REQUIRE(middle.size() == 8);
+  for (std::size_t i = 0; i < middle.size(); ++i) check_same_event(middle[i], stored[i + 4]);
+  CHECK(copy_read(pool, head + 1, head + 10, 4, 4).empty());
+  {
+    // Ranges one after another on one reader (how LogReader's range readers take their share).
+    engine::LogCopyReader reader(pool, GlobalPosition(1), GlobalPosition(head));
+    std::vector<RecordedEvent> batch;
+    for (const auto& [from, to] : {std::pair<std::int64_t, std::int64_t>{9, 13}, {2, 3}, {head, head + 5}, {4, 4}}) {
+      INFO("range " << from << " to " << to);
+      reader.read_range(GlobalPosition(from), GlobalPosition(to), batch);
+      REQUIRE(static_cast<std::int64_t>(batch.size()) == std::min(to, head) - from + 1);
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        check_same_event(batch[i], stored[static_cast<std::size_t>(from - 1) + i]);
+      }
+    }
+  }
+
+  // Damage passes through as read_all passes it: a gap stays a gap, metadata that is not an
+  // object of strings reads as empty (verify then names the event).
+  tamper(database, "DELETE FROM events WHERE position = 8; "
+                   "UPDATE events SET metadata = '{\"actor\": 7}' WHERE position = 10; "
+                   "UPDATE events SET metadata = '[\"actor\"]' WHERE position = 11; "
+                   // Control characters (the engine stores none): escaped in jsonb's text.
+                   "UPDATE events SET metadata = '{\"actor\": \"line\\nbreak\", \"request_id\": \"t\\u0001\"}' "
+                   "WHERE position = 12");
+  const auto damaged = whole_log(pool);
+  const auto read = copy_read(pool, 1, head, 3, 5);
+  REQUIRE(read.size() == damaged.size());
+  REQUIRE(read.size() == stored.size() - 1);
+  for (std::size_t i = 0; i < read.size(); ++i) check_same_event(read[i], damaged[i]);
+  CHECK(read[7].position.value() == 9);
+  CHECK(read[8].metadata == EventMetadata{});
+  CHECK(read[9].metadata == EventMetadata{});
+  CHECK(read[10].metadata.actor == "line\nbreak");
+  CHECK(read[10].metadata.request_id == "t\x01");
+}
+
 TEST_CASE("export filters by stream, position range, time range and type; CSV quotes what needs it") {
   test::TestDatabase database;
   EveryEventType log(database);
@@ -306,6 +405,75 @@ TEST_CASE("verify catches a tampered payload, a deleted event, a broken chain an
     CHECK_FALSE(result.ok);
     CHECK(result.first_bad_position == last_alice->position);
     CHECK(result.problem.find("version") != std::string::npos);
+  }
+}
+
+TEST_CASE("verify names a damaged event wherever it falls among the parallel hash check's slices and batches") {
+  test::TestDatabase database;
+  EveryEventType log(database);
+  auto pool = test::make_pool(database.app_url(), 3);
+  const auto stored = whole_log(pool);
+  const auto head = static_cast<std::int64_t>(stored.size());
+  // Batches of 5 positions on 3 range readers, the 4 hashes inside each batch in 3 slices (1, 1
+  // and 2 events): every position is a batch's first (checked at the edge between batches) or
+  // the first or last of a slice; ranges that start inside the log join at `from - 1`.
+  replay::VerifyOptions options;
+  options.batch_events = 5;
+  options.hash_threads = 3;
+  options.read_lanes = 3;
+  REQUIRE(replay::verify(pool, options).ok);
+  for (std::int64_t position = 1; position <= head; ++position) {
+    const std::string where = " WHERE position = " + std::to_string(position);
+    const std::string original = to_hex(stored[static_cast<std::size_t>(position - 1)].hash);
+    tamper(database, "UPDATE events SET hash = sha256(hash)" + where);
+    for (const std::int64_t from : {std::int64_t{1}, std::max<std::int64_t>(1, position - 3), position}) {
+      INFO("stored hash of position " << position << " altered, verify from " << from);
+      options.range = {GlobalPosition(from), GlobalPosition(0)};
+      const auto result = replay::verify(pool, options);
+      CHECK_FALSE(result.ok);
+      CHECK(result.first_bad_position.value() == position);
+      CHECK(result.problem.find("hash does not match") != std::string::npos);
+      CHECK(result.events_checked == position - from);
+    }
+    // The event before a range is its anchor: altered, the range's first event fails.
+    if (position < head) {
+      options.range = {GlobalPosition(position + 1), GlobalPosition(0)};
+      const auto anchored = replay::verify(pool, options);
+      CHECK_FALSE(anchored.ok);
+      CHECK(anchored.first_bad_position.value() == position + 1);
+    }
+    tamper(database, "UPDATE events SET hash = '\\x" + original + "'" + where);
+  }
+  options.range = {};
+  REQUIRE(replay::verify(pool, options).ok);
+
+  SUBCASE("a payload that does not decode, the chain recomputed after it, at a batch's first event") {
+    auto log_copy = stored;
+    log_copy[5].payload = "not flatbuffers";  // position 6: the first event of the second batch
+    tamper(database, rewrite_chain_from(log_copy, GlobalPosition(6), [](const RecordedEvent& event) {
+             return "payload = '\\x" + to_hex(event.payload) + "'";
+           }));
+    const auto result = replay::verify(pool, options);
+    CHECK_FALSE(result.ok);
+    CHECK(result.first_bad_position.value() == 6);
+    CHECK(result.problem.find("does not decode") != std::string::npos);
+  }
+  SUBCASE("a whole batch's positions deleted: the log goes on after them, it does not end") {
+    tamper(database, "DELETE FROM events WHERE position BETWEEN 11 AND 16");
+    const auto result = replay::verify(pool, options);
+    CHECK_FALSE(result.ok);
+    CHECK(result.first_bad_position.value() == 11);
+    CHECK(result.problem.find("the log goes on at 17") != std::string::npos);
+    // And an export skips the hole as the log has it.
+    replay::ExportFilter filter;
+    CHECK(lines_of(export_text(pool, filter)).size() == stored.size() - 6);
+  }
+  SUBCASE("an event deleted at a batch's edge: missing, not a hash failure") {
+    tamper(database, "DELETE FROM events WHERE position = 11");
+    const auto result = replay::verify(pool, options);
+    CHECK_FALSE(result.ok);
+    CHECK(result.first_bad_position.value() == 11);
+    CHECK(result.problem.find("missing") != std::string::npos);
   }
 }
 

@@ -86,6 +86,12 @@ struct VerifyResult {
 struct VerifyOptions {
   PositionRange range;
   std::int64_t checkpoint_every = 1'000'000;  // report totals at the first balanced position after
+  // Threads that check the hash chain, each a slice of every batch (0: one per core); the
+  // ordered checks (density, versions, double entry) run on the calling thread meanwhile.
+  std::size_t hash_threads = 0;
+  std::size_t batch_events = 20'000;  // positions read (and their hashes checked) at a time
+  // Range readers: batches read at once, each on a PostgreSQL connection of its own.
+  std::size_t read_lanes = 2;
 };
 
 // Checks dense positions, dense per-stream versions, the hash chain, that every payload
