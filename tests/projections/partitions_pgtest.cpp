@@ -257,3 +257,101 @@ TEST_CASE("min_position on a stream waits for that stream's partition, other que
   CHECK(read_models.account(behind).watermark == 5);
   CHECK(read_models.audit({}).watermark == 7);
 }
+
+TEST_CASE("catching up from a backlog, the partitions move together: each stored row is read about once per round") {
+  // A backlog far beyond catch_up_events_min: the projectors read the store in rounds. Their
+  // partitions, assigned while they first poll, must not run ahead on the first messages Kafka
+  // delivers: a partition far ahead made every later round read the store's rows of that
+  // partition again for nothing, and split the rounds (issue 18).
+  test::TestDatabase database;
+  test::MockKafka kafka(1, 4);
+  auto pool = test::make_pool(database.app_url(), 10);
+  Engine engine(test::engine_settings(database));
+  relay::Relay relay(test::relay_settings(kafka), pool);
+  relay.start();
+  open_accounts(engine);
+  random_workload(engine, 2'000);
+  const std::int64_t head = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
+  auto settings = test::projector_settings(kafka);
+  settings.batch_events_max = 400;
+  settings.catch_up_events_min = 500;
+  settings.catch_up_batch_events_max = 1'000;
+  test::Projectors projectors(pool, settings);
+  REQUIRE(test::eventually([&] { return every_partition_at(database.app_url(), head, 4); }, 60s));
+  for (const auto& projector : projectors.running) {
+    const auto status = projector->status();
+    MESSAGE("head " << head << ", rows read " << status.store_rows_read << ", rounds " << status.batches);
+    // Each position once for the partition list and once as an event, plus the ends of rounds.
+    CHECK(status.store_rows_read <= 2 * head + 2 * static_cast<std::int64_t>(settings.batch_events_max));
+    // Every position came from the store's rounds, none from the messages of the first poll.
+    CHECK(status.events_from_store == head);
+    CHECK(status.events_applied == head);
+  }
+  test::check_read_models_equal_fold(database.app_url());
+}
+
+TEST_CASE("a partition far ahead of the others does not stretch the store reads of the catch-up's rounds") {
+  test::TestDatabase database;
+  test::MockKafka kafka(1, 4);
+  auto pool = test::make_pool(database.app_url(), 10);
+  Engine engine(test::engine_settings(database));
+  relay::Relay relay(test::relay_settings(kafka), pool);
+  relay.start();
+  open_accounts(engine);
+  random_workload(engine, 2'000);
+  std::int64_t head = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
+  relay.stop();
+  // Partition 0 applied to the head from Kafka; the others' messages never arrive (their
+  // offsets start at the end of each partition) and nothing heals them from the store yet.
+  std::map<std::int32_t, std::int64_t> ends;
+  test::for_each_topic_message(kafka, [&](std::int32_t partition, std::string_view) { ++ends[partition]; });
+  {
+    pqxx::connection connection(database.admin_url());
+    pqxx::work work(connection);
+    for (const auto* projection : {"balance", "audit", "loan"}) {
+      for (std::int32_t partition = 1; partition < 4; ++partition) {
+        work.exec_params("INSERT INTO read.kafka_offsets (projection, topic, partition, next_offset) "
+                         "VALUES ($1, $2, $3, $4)",
+                         projection, std::string(test::events_topic), partition, ends[partition]);
+      }
+    }
+    work.commit();
+  }
+  auto settings = test::projector_settings(kafka);
+  settings.gap_wait = std::chrono::hours(1);
+  settings.catch_up_events_min = 1'000'000;
+  {
+    test::Projectors ahead(pool, settings);
+    REQUIRE(test::eventually([&] {
+      for (const auto* projection : {"balance", "audit", "loan"}) {
+        const auto marks = partition_watermarks(database.app_url(), projection);
+        if (marks.count(0) == 0 || marks.at(0) != head) return false;
+      }
+      return true;
+    }, 60s));
+  }
+  REQUIRE(partition_watermarks(database.app_url(), "balance").at(1) < head / 2);
+  // More events while the relay is down: partition 0 is ahead of the others, behind the head.
+  random_workload(engine, 500, 4, 7);
+  const std::int64_t ahead_at = head;
+  head = test::store_head(database.app_url());
+  REQUIRE(head > ahead_at);
+  // Now the catch-up from the store in rounds of 1,000 positions: partition 0 waits for the
+  // others, its watermark above the rounds' targets. (Every round from the store, up to the
+  // head: gap_wait's healing, which moves every partition, stays out of the way.)
+  settings.batch_events_max = 200;
+  settings.catch_up_events_min = 0;
+  settings.catch_up_batch_events_max = 1'000;
+  test::Projectors projectors(pool, settings);
+  REQUIRE(test::eventually([&] { return every_partition_at(database.app_url(), head, 4); }, 60s));
+  for (const auto& projector : projectors.running) {
+    const auto status = projector->status();
+    MESSAGE("head " << head << ", rows read " << status.store_rows_read << ", rounds " << status.batches);
+    // Each round reads its own positions (twice: the list and the events), not the whole range
+    // up to partition 0's watermark.
+    CHECK(status.store_rows_read <= 2 * head + 4'000);
+  }
+  test::check_read_models_equal_fold(database.app_url());
+}

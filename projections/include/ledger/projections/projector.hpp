@@ -55,6 +55,7 @@ struct ProjectorStatus {
   GlobalPosition watermark{0};
   std::int64_t events_applied = 0;     // since start
   std::int64_t events_from_store = 0;  // gaps filled by reading the event store
+  std::int64_t store_rows_read = 0;    // rows of the event store read (position lists and events)
   std::int64_t duplicates_skipped = 0; // redelivered events at or below their partition's watermark
   std::int64_t batches = 0;
   std::string last_error;
