@@ -31,8 +31,7 @@ std::string checksum(std::string_view bytes) {
 
 std::string str(const flatbuffers::String* value) { return value ? value->str() : std::string(); }
 
-// year * 10000 + month * 100 + day: exact for every year_month_day, valid or not (a loan's
-// unset dates are Date{}), so a decoded state compares equal to the folded one.
+// year * 10000 + month * 100 + day: exact, so a decoded state compares equal to the folded one.
 constexpr std::int32_t year_factor = 10'000;
 constexpr std::int32_t month_factor = 100;
 
@@ -47,9 +46,11 @@ std::optional<domain::Date> unpack_date(std::int32_t packed) {
   const std::int32_t year = packed / year_factor;
   const std::int32_t month = packed / month_factor % month_factor;
   const std::int32_t day = packed % month_factor;
-  if (month > 12 || day > 31) return std::nullopt;
-  return domain::Date{std::chrono::year(year), std::chrono::month(static_cast<unsigned>(month)),
-                      std::chrono::day(static_cast<unsigned>(day))};
+  const domain::Date date{std::chrono::year(year), std::chrono::month(static_cast<unsigned>(month)),
+                         std::chrono::day(static_cast<unsigned>(day))};
+  // Every date of a loan that exists is a calendar date: anything else is not a loan's fold.
+  if (!date.ok() || pack_date(date) != packed) return std::nullopt;
+  return date;
 }
 
 flatbuffers::Offset<fb::LoanSnapshot> encode_loan(flatbuffers::FlatBufferBuilder& builder, const domain::LoanState& loan) {
@@ -138,8 +139,10 @@ std::optional<domain::LoanState> decode_loan(const fb::LoanSnapshot& l) {
   book.interest_reversed = l.interest_reversed();
   if (const auto* repayments = l.repayments()) {
     for (const auto* r : *repayments) {
-      if (r->repayment_id() == nullptr) return std::nullopt;
-      loan.repayments.emplace(r->repayment_id()->str(), r->amount());
+      // A fold lists each repayment id once.
+      if (r->repayment_id() == nullptr || !loan.repayments.emplace(r->repayment_id()->str(), r->amount()).second) {
+        return std::nullopt;
+      }
     }
   }
   return loan;

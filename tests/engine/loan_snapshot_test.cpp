@@ -86,7 +86,8 @@ TEST_CASE("a loan snapshot that is corrupt, foreign or out of range decodes to n
   CHECK_FALSE(SnapshotStore::decode(loan_stream("L2"), bytes).has_value());
 
   // Sound FlatBuffers with the checksum right, but not a loan snapshot this engine can trust:
-  // a format version from the future, an unknown status, a month 13, no aggregate at all.
+  // a format version from the future, an unknown status, a month 13, a February 31, no date,
+  // no aggregate at all.
   const auto build = [&](std::uint16_t format_version, std::int8_t status, std::int32_t origination, bool with_loan) {
     flatbuffers::FlatBufferBuilder builder;
     const auto& loan = std::get<LoanState>(state.aggregate);
@@ -113,5 +114,7 @@ TEST_CASE("a loan snapshot that is corrupt, foreign or out of range decodes to n
   CHECK_FALSE(SnapshotStore::decode(stream, build(2, 1, 20260115, true)).has_value());
   CHECK_FALSE(SnapshotStore::decode(stream, build(1, 9, 20260115, true)).has_value());
   CHECK_FALSE(SnapshotStore::decode(stream, build(1, 1, 20261315, true)).has_value());
+  CHECK_FALSE(SnapshotStore::decode(stream, build(1, 1, 20260231, true)).has_value());
+  CHECK_FALSE(SnapshotStore::decode(stream, build(1, 1, 0, true)).has_value());
   CHECK_FALSE(SnapshotStore::decode(stream, build(1, 1, 20260115, false)).has_value());
 }
