@@ -576,6 +576,9 @@ int main(int argc, char** argv) {
   app.add_flag("--quick", quick, "Short run (5 s phases, 10,000 accounts) for a smoke test");
   int loan_count = 0;
   app.add_option("--loans", loan_count, "Active loans for close of business (default 100,000; --big 1,000,000)");
+  std::size_t loan_state_cache_streams = 0;
+  app.add_option("--loan-state-cache-streams", loan_state_cache_streams,
+                 "State cache of the loan run's engine, in streams (default 0: sized for every loan and account)");
   bool big = false;
   app.add_flag("--big", big,
                "Grow the log to 10,000,000 events before the replay and rebuild scenario "
@@ -682,7 +685,9 @@ int main(int argc, char** argv) {
     const std::size_t loan_run_streams =
         static_cast<std::size_t>(loans) + static_cast<std::size_t>(accounts) + loan_cache_headroom_streams;
     loan_settings.state_cache_streams_max =
-        std::max(engine::EngineSettings{}.state_cache_streams_max, loan_run_streams + loan_run_streams / 7 + 1);
+        loan_state_cache_streams > 0
+            ? loan_state_cache_streams
+            : std::max(engine::EngineSettings{}.state_cache_streams_max, loan_run_streams + loan_run_streams / 7 + 1);
     loan_settings.snapshot_directory = work_directory + "/loan-snapshots";
     std::filesystem::remove_all(loan_settings.snapshot_directory);
     auto loan_engine = std::make_unique<engine::Engine>(loan_settings);
