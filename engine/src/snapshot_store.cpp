@@ -5,8 +5,10 @@
 #include <rocksdb/options.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <filesystem>
 #include <stdexcept>
+#include <vector>
 
 #include "ledger/schemas/snapshot_generated.h"
 
@@ -28,6 +30,123 @@ std::string checksum(std::string_view bytes) {
 }
 
 std::string str(const flatbuffers::String* value) { return value ? value->str() : std::string(); }
+
+// year * 10000 + month * 100 + day: exact, so a decoded state compares equal to the folded one.
+constexpr std::int32_t year_factor = 10'000;
+constexpr std::int32_t month_factor = 100;
+
+std::int32_t pack_date(domain::Date date) {
+  return static_cast<std::int32_t>(date.year()) * year_factor +
+         static_cast<std::int32_t>(static_cast<unsigned>(date.month())) * month_factor +
+         static_cast<std::int32_t>(static_cast<unsigned>(date.day()));
+}
+
+std::optional<domain::Date> unpack_date(std::int32_t packed) {
+  if (packed < 0) return std::nullopt;  // no business date is before year 0
+  const std::int32_t year = packed / year_factor;
+  const std::int32_t month = packed / month_factor % month_factor;
+  const std::int32_t day = packed % month_factor;
+  const domain::Date date{std::chrono::year(year), std::chrono::month(static_cast<unsigned>(month)),
+                         std::chrono::day(static_cast<unsigned>(day))};
+  // Every date of a loan that exists is a calendar date: anything else is not a loan's fold.
+  if (!date.ok() || pack_date(date) != packed) return std::nullopt;
+  return date;
+}
+
+flatbuffers::Offset<fb::LoanSnapshot> encode_loan(flatbuffers::FlatBufferBuilder& builder, const domain::LoanState& loan) {
+  const domain::LoanBook& book = loan.book;
+  auto id = builder.CreateString(loan.id);
+  auto borrower = builder.CreateString(loan.borrower);
+  auto currency = builder.CreateString(loan.exists ? loan.currency.str() : "");
+  std::vector<fb::InstallmentSnapshot> installments;
+  installments.reserve(book.installments.size());
+  for (const auto& i : book.installments) {
+    installments.emplace_back(i.principal, i.interest, i.principal_paid, i.interest_paid, i.penalty, i.penalty_paid,
+                              i.number, pack_date(i.due_date), i.overdue, i.interest_waived);
+  }
+  auto installments_vector = builder.CreateVectorOfStructs(installments);
+  std::vector<flatbuffers::Offset<fb::RepaymentSnapshot>> repayments;
+  repayments.reserve(loan.repayments.size());
+  for (const auto& [repayment_id, amount] : loan.repayments) {
+    repayments.push_back(fb::CreateRepaymentSnapshot(builder, builder.CreateString(repayment_id), amount));
+  }
+  auto repayments_vector = builder.CreateVector(repayments);
+  const domain::LoanTerms& terms = book.terms;
+  return fb::CreateLoanSnapshot(
+      builder, id, borrower, currency, terms.principal, terms.rate_bps, terms.installments,
+      static_cast<std::int8_t>(terms.type), pack_date(terms.origination_date), pack_date(terms.first_due),
+      terms.origination_fee, terms.late_fee, terms.grace_days, static_cast<std::int8_t>(book.status),
+      installments_vector, book.closed_through.has_value(), book.closed_through ? pack_date(*book.closed_through) : 0,
+      book.interest_recognised, book.days_past_due, book.principal_written_off, book.interest_reversed,
+      repayments_vector);
+}
+
+// Every enum and date checked: the verifier guards the layout, not the values.
+std::optional<domain::LoanState> decode_loan(const fb::LoanSnapshot& l) {
+  domain::LoanState loan;
+  loan.exists = true;
+  loan.id = str(l.loan_id());
+  loan.borrower = str(l.borrower());
+  auto currency = Currency::parse(str(l.currency()));
+  if (!currency) return std::nullopt;
+  loan.currency = *currency;
+  domain::LoanBook& book = loan.book;
+  domain::LoanTerms& terms = book.terms;
+  terms.principal = l.principal();
+  terms.rate_bps = l.rate_bps();
+  terms.installments = l.installment_count();
+  if (l.schedule_type() < 0 || l.schedule_type() > static_cast<std::int8_t>(ScheduleType::equal_principal)) {
+    return std::nullopt;
+  }
+  terms.type = static_cast<ScheduleType>(l.schedule_type());
+  const auto origination = unpack_date(l.origination_date());
+  const auto first_due = unpack_date(l.first_due());
+  if (!origination || !first_due) return std::nullopt;
+  terms.origination_date = *origination;
+  terms.first_due = *first_due;
+  terms.origination_fee = l.origination_fee();
+  terms.late_fee = l.late_fee();
+  terms.grace_days = l.grace_days();
+  if (l.status() < 0 || l.status() > static_cast<std::int8_t>(LoanStatus::written_off)) return std::nullopt;
+  book.status = static_cast<LoanStatus>(l.status());
+  if (const auto* installments = l.installments()) {
+    book.installments.reserve(installments->size());
+    for (const auto* i : *installments) {
+      const auto due = unpack_date(i->due_date());
+      if (!due) return std::nullopt;
+      domain::InstallmentBook installment;
+      installment.number = i->number();
+      installment.due_date = *due;
+      installment.principal = i->principal();
+      installment.interest = i->interest();
+      installment.principal_paid = i->principal_paid();
+      installment.interest_paid = i->interest_paid();
+      installment.penalty = i->penalty();
+      installment.penalty_paid = i->penalty_paid();
+      installment.overdue = i->overdue();
+      installment.interest_waived = i->interest_waived();
+      book.installments.push_back(installment);
+    }
+  }
+  if (l.has_closed_through()) {
+    const auto closed = unpack_date(l.closed_through());
+    if (!closed) return std::nullopt;
+    book.closed_through = *closed;
+  }
+  book.interest_recognised = l.interest_recognised();
+  book.days_past_due = l.days_past_due();
+  book.principal_written_off = l.principal_written_off();
+  book.interest_reversed = l.interest_reversed();
+  if (const auto* repayments = l.repayments()) {
+    for (const auto* r : *repayments) {
+      // A fold lists each repayment id once.
+      if (r->repayment_id() == nullptr || !loan.repayments.emplace(r->repayment_id()->str(), r->amount()).second) {
+        return std::nullopt;
+      }
+    }
+  }
+  return loan;
+}
 
 }  // namespace
 
@@ -76,6 +195,7 @@ std::string SnapshotStore::encode(const std::string& stream_id, const StreamStat
                                    state.last_hash.size());
   flatbuffers::Offset<fb::AccountSnapshot> account = 0;
   flatbuffers::Offset<fb::TransferSnapshot> transfer = 0;
+  flatbuffers::Offset<fb::LoanSnapshot> loan = 0;
   if (const auto* a = std::get_if<domain::AccountState>(&state.aggregate)) {
     auto id = builder.CreateString(a->id);
     auto currency = builder.CreateString(a->exists ? a->currency.str() : "");
@@ -94,12 +214,17 @@ std::string SnapshotStore::encode(const std::string& stream_id, const StreamStat
     transfer = fb::CreateTransferSnapshot(builder, id, debit, credit, t->amount.minor_units(),
                                           currency, reference, static_cast<std::int8_t>(t->status),
                                           t->expires_at_us, t->posted_amount.minor_units());
+  } else if (const auto* l = std::get_if<domain::LoanState>(&state.aggregate)) {
+    loan = encode_loan(builder, *l);
   }
-  auto root = fb::CreateSnapshot(builder, 1, stream, state.version.value(), hash, account, transfer);
+  auto root = fb::CreateSnapshot(builder, 1, stream, state.version.value(), hash, account, transfer, loan);
   builder.Finish(root);
-  std::string bytes(reinterpret_cast<const char*>(builder.GetBufferPointer()), builder.GetSize());
-  bytes += checksum(bytes);
-  return bytes;
+  return with_checksum(std::string(reinterpret_cast<const char*>(builder.GetBufferPointer()), builder.GetSize()));
+}
+
+std::string SnapshotStore::with_checksum(std::string body) {
+  body += checksum(body);
+  return body;
 }
 
 std::optional<domain::StreamState> SnapshotStore::decode(const std::string& stream_id,
@@ -154,6 +279,11 @@ std::optional<domain::StreamState> SnapshotStore::decode(const std::string& stre
     transfer.posted_amount = Amount(t->posted_amount());
     transfer.version = state.version;
     state.aggregate = std::move(transfer);
+  } else if (const auto* l = snapshot->loan()) {
+    auto loan = decode_loan(*l);
+    if (!loan) return std::nullopt;
+    loan->version = state.version;
+    state.aggregate = std::move(*loan);
   } else {
     return std::nullopt;
   }
@@ -185,8 +315,6 @@ std::optional<domain::StreamState> SnapshotStore::get(const std::string& stream_
 }
 
 void SnapshotStore::put(const std::string& stream_id, const StreamState& state) {
-  // Loans fold from their stream (a snapshot format for them is still to come).
-  if (std::holds_alternative<domain::LoanState>(state.aggregate)) return;
   put_raw(stream_id, encode(stream_id, state));
   ++impl_->written;
 }

@@ -16,6 +16,9 @@
 #include <utility>
 
 #include "engine_fixture.hpp"
+#include "ledger/db/pool.hpp"
+#include "ledger/engine/close_of_business.hpp"
+#include "ledger/engine/event_store.hpp"
 #include "ledger/engine/snapshot_store.hpp"
 #include "open_and_fund.hpp"
 
@@ -385,4 +388,175 @@ TEST_CASE("a stale, a missing or a corrupt snapshot changes no answer") {
 
   REQUIRE(spoiled.size() == reference.size());
   for (std::size_t i = 0; i < reference.size(); ++i) CHECK(spoiled[i] == reference[i]);
+}
+
+namespace {
+
+// The loans of the loan snapshot test, named after what is done to their snapshot.
+const std::vector<std::string> snapshot_loans = {"intact", "behind", "stale", "ahead",
+                                                 "missing", "corrupt", "flipped", "foreign"};
+
+domain::OriginateLoan snapshot_loan(const std::string& id) {
+  domain::OriginateLoan loan;
+  loan.id = id;
+  loan.borrower = "borrower";
+  loan.currency = eur();
+  loan.principal = Amount(120'000);
+  loan.rate_bps = 1'200;
+  loan.installments = 12;
+  loan.schedule = ScheduleType::annuity;
+  loan.origination_date = "2026-01-15";
+  loan.first_due_date = "2026-02-15";
+  loan.origination_fee = Amount(1'000);
+  loan.late_fee = Amount(500);
+  loan.grace_days = 5;
+  return loan;
+}
+
+std::string describe(const std::optional<domain::LoanState>& loan) {
+  if (!loan) return "no such loan";
+  const auto& book = loan->book;
+  std::string text = fmt::format("{} through {} recognised {} dpd {} outstanding {} version {}",
+                                 to_string(book.status), book.closed_through ? to_string(*book.closed_through) : "-",
+                                 book.interest_recognised, book.days_past_due, book.principal_outstanding(),
+                                 loan->version.value());
+  for (const auto& i : book.installments) {
+    text += fmt::format(" [{} {}/{} {}/{} {}/{}{}]", i.number, i.principal_paid, i.principal, i.interest_paid,
+                        i.interest, i.penalty_paid, i.penalty, i.overdue ? " overdue" : "");
+  }
+  return text;
+}
+
+enum class LoanPause { disbursed, closed };
+
+// Loans originated, disbursed and closed through two days by one engine; then, each by a new
+// engine (an empty in-memory cache), close of business through a date past the first due date
+// and its grace days, a repayment, and another close. Every answer, in order.
+Transcript play_loans(EngineSettings settings, const std::function<void(LoanPause)>& between) {
+  Transcript transcript;
+  auto generated = std::make_shared<std::atomic<int>>(0);
+  settings.generate_id = [generated] { return "generated-" + std::to_string(++*generated); };
+  const auto stage = [&](const std::function<void(Engine&)>& body) {
+    Engine engine(settings);
+    body(engine);
+  };
+  stage([&](Engine& engine) {
+    REQUIRE(engine.execute(command(domain::OpenAccount{"borrower", eur()})).accepted());
+    REQUIRE(engine.execute(command(domain::Deposit{"borrower", Amount(1'000'000)})).accepted());
+    for (const auto& id : snapshot_loans) {
+      transcript.push_back("originate " + id + ": " + describe(engine.execute(command(snapshot_loan(id)))));
+      transcript.push_back("disburse " + id + ": " + describe(engine.execute(command(domain::DisburseLoan{id}))));
+    }
+  });
+  between(LoanPause::disbursed);
+  stage([&](Engine& engine) {
+    for (const auto& id : snapshot_loans) {
+      for (const char* day : {"2026-02-01", "2026-02-10"}) {
+        transcript.push_back(std::string("close ") + day + " " + id + ": " +
+                             describe(engine.execute(command(domain::CloseLoanBusinessDay{id, day}))));
+      }
+    }
+  });
+  between(LoanPause::closed);
+  stage([&](Engine& engine) {
+    db::PoolSettings pool_settings;
+    pool_settings.url = settings.database_url;
+    pool_settings.connections_max = 2;
+    db::ConnectionPool pool(pool_settings);
+    const EventStore store(pool);
+    const auto cob = close_of_business(engine, store, *domain::parse_date("2026-02-21"));
+    transcript.push_back(fmt::format("close of business 2026-02-21: {} loans, {} closed, {} failed {}", cob.loans,
+                                     cob.closed, cob.failed, cob.first_failure));
+    for (const auto& id : snapshot_loans) {
+      transcript.push_back("state of " + id + ": " + describe(engine.read_loan(id)));
+      transcript.push_back("repay " + id + ": " +
+                           describe(engine.execute(command(domain::RepayLoan{id, Amount(5'000), "r-" + id}))));
+      transcript.push_back("close 2026-03-20 " + id + ": " +
+                           describe(engine.execute(command(domain::CloseLoanBusinessDay{id, "2026-03-20"}))));
+      transcript.push_back("state of " + id + " after: " + describe(engine.read_loan(id)));
+    }
+  });
+  return transcript;
+}
+
+}  // namespace
+
+TEST_CASE("a stale, a foreign or a corrupt loan snapshot changes no decision: the loan is folded from the store") {
+  // As for accounts above: the same commands against a reference engine without snapshots and
+  // one with a snapshot of every loan event, spoiled before close of business, and no
+  // in-memory cache, so every decision loads its loan through the snapshots.
+  test::TestDatabase reference_database;
+  test::TestDatabase spoiled_database;
+  const auto directory =
+      std::filesystem::temp_directory_path() / ("ledger-loan-snapshots-" + spoiled_database.name());
+  std::filesystem::remove_all(directory);
+  const RemovedAtExit removed_at_exit{directory};
+  LogCapture log;
+
+  const Transcript reference = play_loans(test::engine_settings(reference_database), [](LoanPause) {});
+  (void)log.take();
+
+  auto settings = test::engine_settings(spoiled_database);
+  settings.snapshot_directory = directory.string();
+  settings.snapshot_every_events = 1;
+  settings.state_cache_streams_max = 0;
+  std::optional<domain::StreamState> behind;  // the "behind" loan's snapshot as disbursed
+  const auto spoil = [&](LoanPause pause) {
+    SnapshotStore snapshots(directory.string());
+    if (pause == LoanPause::disbursed) {
+      behind = snapshots.get(domain::loan_stream("behind"));
+      REQUIRE(behind.has_value());
+      CHECK(std::get<domain::LoanState>(behind->aggregate).book.status == LoanStatus::active);
+      return;
+    }
+    std::map<std::string, domain::StreamState> current;
+    for (const auto& id : snapshot_loans) {
+      auto snapshot = snapshots.get(domain::loan_stream(id));
+      REQUIRE_MESSAGE(snapshot.has_value(), id);  // loans are snapshotted like accounts
+      current.emplace(id, std::move(*snapshot));
+    }
+    REQUIRE(current.at("behind").version.value() > behind->version.value());
+    snapshots.put(domain::loan_stream("behind"), *behind);
+    // Trusted, each forgery would skip the day close that charges the late fee.
+    const auto forge = [](domain::StreamState& state) {
+      std::get<domain::LoanState>(state.aggregate).book.closed_through = *domain::parse_date("2026-03-31");
+    };
+    auto stale = current.at("stale");
+    forge(stale);
+    stale.last_hash = std::string(32, 'x');
+    snapshots.put(domain::loan_stream("stale"), stale);
+    auto ahead = current.at("ahead");
+    forge(ahead);
+    ahead.version = StreamVersion(ahead.version.value() + 100);
+    snapshots.put(domain::loan_stream("ahead"), ahead);
+    snapshots.remove(domain::loan_stream("missing"));
+    snapshots.put_raw(domain::loan_stream("corrupt"), "not a snapshot at all");
+    std::string flipped = SnapshotStore::encode(domain::loan_stream("flipped"), current.at("flipped"));
+    flipped[flipped.size() / 2] = static_cast<char>(flipped[flipped.size() / 2] ^ 0x5a);
+    snapshots.put_raw(domain::loan_stream("flipped"), flipped);
+    auto intact = current.at("intact");
+    forge(intact);
+    snapshots.put_raw(domain::loan_stream("foreign"), SnapshotStore::encode(domain::loan_stream("intact"), intact));
+    (void)log.take();
+  };
+  const Transcript spoiled = play_loans(settings, spoil);
+
+  const auto lines = log.take();
+  INFO(fmt::format("{}", fmt::join(lines, "\n")));
+  CHECK(count_lines(lines, {"snapshot of " + domain::loan_stream("stale") + " does not match"}) == 1);
+  CHECK(count_lines(lines, {"snapshot of " + domain::loan_stream("ahead") + " is ahead"}) == 1);
+  for (const char* id : {"corrupt", "flipped", "foreign"}) {
+    CHECK(count_lines(lines, {"snapshot of " + domain::loan_stream(id) + " is corrupt"}) == 1);
+  }
+  for (const char* id : {"intact", "behind", "missing"}) {
+    CHECK(count_lines(lines, {"snapshot of " + domain::loan_stream(id) + " "}) == 0);
+  }
+  REQUIRE(spoiled.size() == reference.size());
+  for (std::size_t i = 0; i < reference.size(); ++i) CHECK(spoiled[i] == reference[i]);
+  // The late fee the forgeries would have skipped was charged to every loan.
+  for (const auto& line : reference) {
+    if (line.rfind("state of ", 0) == 0 && line.find(" after") == std::string::npos) {
+      CHECK_MESSAGE(line.find("0/500") != std::string::npos, line);
+    }
+  }
 }

@@ -35,6 +35,8 @@ class SnapshotStore {
   [[nodiscard]] static std::string encode(const std::string& stream_id, const domain::StreamState& state);
   [[nodiscard]] static std::optional<domain::StreamState> decode(const std::string& stream_id,
                                                          const std::string& bytes);
+  // `body` followed by its checksum, as encode() frames a value.
+  [[nodiscard]] static std::string with_checksum(std::string body);
 
  private:
   struct Impl;
