@@ -623,7 +623,6 @@ struct Pipeline::Impl {
   // did, the error again if it did not, and OutcomeUnknown when the store cannot tell
   // (retrying could then append twice).
   //
-  //
   // Given `decided_states` (the states the batch was decided to leave), the losers are decided
   // again in `work` after the batch's rows are written, while the head row is held (nothing
   // can move their streams before the commit), and appended in the same commit

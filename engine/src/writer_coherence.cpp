@@ -36,11 +36,6 @@ void fold_into(StateCache& cache, const std::vector<StoredEvent>& events,
 
 }  // namespace
 
-bool WriterCoherence::has_pending() {
-  std::lock_guard lock(mutex_);
-  return evict_all_ || !evictions_.empty() || !foreign_.empty() || !committed_.empty();
-}
-
 bool WriterCoherence::must_drain() {
   std::lock_guard lock(mutex_);
   return evict_all_;

@@ -47,8 +47,6 @@ class WriterCoherence {
   // (must_drain()); meanwhile the epoch returned is the last one applied, so the batch is
   // checked against the store.
   DecisionStart sync(StateCache& cache, const HeldStreams& held = {});
-  // Whether evictions are pending.
-  [[nodiscard]] bool has_pending();
   // Whether an eviction of everything is pending: the writer lets the batches in flight commit
   // first.
   [[nodiscard]] bool must_drain();
