@@ -61,9 +61,9 @@ DecisionStart WriterCoherence::sync(StateCache& cache, const HeldStreams& held) 
     applied_epoch_ = epoch_;
     start.epoch = epoch_;
     if (held) {
-      // Held streams stay pending: another writer's events and evictions as evictions, committed
-      // states as they are (the version check on putting one keeps it from overwriting a later
-      // commit of its stream); posts made meanwhile join them. The append checks the decision
+      // Held streams stay pending: evictions as evictions, another writer's events and committed
+      // states as they are (folding checks versions, and so does putting a committed state, so
+      // neither overwrites a later commit of its stream); posts made meanwhile join them. The append checks the decision
       // against the store for them (a system account's stream is renumbered there, any other one
       // makes the commands naming it lose).
       std::unordered_set<std::string> seen;
@@ -75,7 +75,13 @@ DecisionStart WriterCoherence::sync(StateCache& cache, const HeldStreams& held) 
         return true;
       };
       std::erase_if(streams, [&](const std::string& stream_id) { return defer(stream_id, true); });
-      std::erase_if(foreign, [&](const StoredEvent& event) { return defer(event.stream_id, true); });
+      std::vector<StoredEvent> waiting_events;
+      std::erase_if(foreign, [&](StoredEvent& event) {
+        if (!defer(event.stream_id, false)) return false;
+        waiting_events.push_back(std::move(event));
+        return true;
+      });
+      foreign_ = std::move(waiting_events);  // before any posted later: they apply in order
       std::vector<std::pair<std::string, StreamState>> waiting;
       std::erase_if(committed, [&](auto& entry) {
         if (!defer(entry.first, false)) return false;
