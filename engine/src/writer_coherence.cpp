@@ -63,9 +63,9 @@ DecisionStart WriterCoherence::sync(StateCache& cache, const HeldStreams& held) 
     if (held) {
       // Held streams stay pending: evictions as evictions, another writer's events and committed
       // states as they are (folding checks versions, and so does putting a committed state, so
-      // neither overwrites a later commit of its stream); posts made meanwhile join them. The append checks the decision
-      // against the store for them (a system account's stream is renumbered there, any other one
-      // makes the commands naming it lose).
+      // neither overwrites a later commit of its stream); posts made meanwhile join them. The
+      // append checks the decision against the store for them (a system account's stream is
+      // renumbered there, any other one makes the commands naming it lose).
       std::unordered_set<std::string> seen;
       std::vector<std::string> evict_later;
       auto defer = [&](const std::string& stream_id, bool evict) {
