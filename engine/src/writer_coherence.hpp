@@ -4,10 +4,10 @@
 //
 // An append finds the head row where this engine's last append left it unless another writer
 // committed in between. Then the events of those commits are read and folded into the cached
-// states they continue (dropping the others, so later decisions read them fresh), and the batch is checked against the stored versions of
-// its streams while the head row is held: only the commands decided on a moved stream go back
-// to be decided again; system accounts' streams take the next stored versions. Alone on its
-// store an engine pays for none of this.
+// states they continue (dropping the others, so later decisions read them fresh), and the
+// batch is checked against the stored versions of its streams while the head row is held: only
+// the commands decided on a moved stream are decided again; system accounts' streams take the
+// next stored versions. Alone on its store an engine pays for none of this.
 
 #include <atomic>
 #include <cstdint>
@@ -56,8 +56,8 @@ class WriterCoherence {
   void evict(std::vector<std::string> streams, bool all = false);
 
   // Any thread: another writer appended `events` (in position order). Before the next decision
-  // each is folded into the cached state it continues; a stream a batch in flight wrote is
-  // dropped (when no longer held), and so is one whose cached state it does not continue.
+  // each is folded into the cached state it continues (one on a stream a batch in flight wrote
+  // waits until it is released); a stream whose cached state it does not continue is dropped.
   // Batches decided before then are checked against the store.
   void fold_foreign(std::vector<StoredEvent> events);
 
@@ -65,7 +65,8 @@ class WriterCoherence {
   // (states as the commit left them, of streams the losers decided again touched) in place of
   // what the cache holds, and until the cache has done so, a command decided on one of
   // `loser_streams` loses too (it may have built on what a loser decided, which never reached
-  // the store). A committed state of a stream a batch in flight holds is dropped instead.
+  // the store). A committed state of a stream a batch in flight holds waits until it is
+  // released, and never replaces a later state of its stream.
   void evict_after_losers(std::vector<std::string> unreliable_streams, std::vector<std::string> loser_streams,
                           std::vector<std::pair<std::string, StreamState>> committed = {});
 
