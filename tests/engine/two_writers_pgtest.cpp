@@ -39,6 +39,25 @@ void check_dense(const test::TestDatabase& database) {
         test::scalar(database.app_url(), "SELECT count(*) FROM events"));
 }
 
+// `clients` threads on `engine`, each submitting `rounds` rounds of `in_flight` commands at once
+// (`make(client, round, k)`) and handing every answer to `check(client, round, k, outcome)`, on
+// the client's thread.
+void load_at_once(Engine& engine, int clients, int rounds, int in_flight,
+                  const std::function<Command(int, int, int)>& make,
+                  const std::function<void(int, int, int, const CommandOutcome&)>& check) {
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&, c] {
+      for (int round = 0; round < rounds; ++round) {
+        std::vector<std::future<CommandOutcome>> outcomes;
+        for (int k = 0; k < in_flight; ++k) outcomes.push_back(engine.submit(make(c, round, k)));
+        for (int k = 0; k < in_flight; ++k) check(c, round, k, outcomes[static_cast<std::size_t>(k)].get());
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+}
+
 EngineSettings settings_for(const test::TestDatabase& database, bool pipelined) {
   auto settings = test::engine_settings(database);
   settings.decide_while_committing = pipelined;
@@ -144,20 +163,13 @@ TEST_CASE("a pipelined engine meeting another's commits on streams it is not wri
   constexpr int in_flight = 16;
   std::atomic<int> refused{0};
   auto load = [&](Engine& engine, const std::string& prefix) {
-    std::vector<std::thread> threads;
-    for (int c = 0; c < clients; ++c) {
-      threads.emplace_back([&, c] {
-        for (int round = 0; round < rounds; ++round) {
-          std::vector<std::future<CommandOutcome>> outcomes;
-          for (int k = 0; k < in_flight; ++k) {
-            const int account = (c + k) % accounts;
-            outcomes.push_back(engine.submit(command(Deposit{prefix + std::to_string(account), Amount(1 + account)})));
-          }
-          for (auto& outcome : outcomes) refused += outcome.get().accepted() ? 0 : 1;
-        }
-      });
-    }
-    for (auto& thread : threads) thread.join();
+    load_at_once(
+        engine, clients, rounds, in_flight,
+        [&](int c, int, int k) {
+          const int account = (c + k) % accounts;
+          return command(Deposit{prefix + std::to_string(account), Amount(1 + account)});
+        },
+        [&](int, int, int, const CommandOutcome& outcome) { refused += outcome.accepted() ? 0 : 1; });
   };
   auto theirs_done = std::async(std::launch::async, load, std::ref(theirs), std::string("theirs-"));
   load(mine, "mine-");
@@ -211,35 +223,32 @@ TEST_CASE("a pipelined engine whose commands lose to another's commits decides t
   std::mutex oracle_mutex;
   std::map<int, std::int64_t> oracle;  // net change per account, from the accepted outcomes
   std::atomic<int> answered{0};
+  struct Move {
+    int from, to;
+    std::int64_t amount;
+  };
+  auto move_of = [&](int seed, int c, int round, int k) {
+    const int from = (seed + c * 7 + round * 3 + k) % accounts;
+    return Move{from, (from + 1 + (k + seed) % (accounts - 1)) % accounts, 20 + (k * 13 + round) % 90};
+  };
   auto load = [&](Engine& engine, int seed) {
-    std::vector<std::thread> threads;
-    for (int c = 0; c < clients; ++c) {
-      threads.emplace_back([&, c] {
-        for (int round = 0; round < rounds; ++round) {
-          std::vector<std::pair<std::pair<int, int>, std::int64_t>> sent;
-          std::vector<std::future<CommandOutcome>> outcomes;
-          for (int k = 0; k < in_flight; ++k) {
-            const int from = (seed + c * 7 + round * 3 + k) % accounts;
-            const int to = (from + 1 + (k + seed) % (accounts - 1)) % accounts;
-            const std::int64_t amount = 20 + (k * 13 + round) % 90;
-            sent.push_back({{from, to}, amount});
-            outcomes.push_back(engine.submit(command(Transfer{"", "shared-" + std::to_string(from),
-                                                              "shared-" + std::to_string(to), Amount(amount), eur(), ""})));
-          }
-          for (std::size_t k = 0; k < outcomes.size(); ++k) {
-            const auto outcome = outcomes[k].get();
-            ++answered;
-            REQUIRE_MESSAGE((outcome.accepted() || outcome.code == RejectionCode::insufficient_funds),
-                            to_string(outcome.code));
-            if (!outcome.accepted()) continue;
-            std::lock_guard lock(oracle_mutex);
-            oracle[sent[k].first.first] -= sent[k].second;
-            oracle[sent[k].first.second] += sent[k].second;
-          }
-        }
-      });
-    }
-    for (auto& thread : threads) thread.join();
+    load_at_once(
+        engine, clients, rounds, in_flight,
+        [&](int c, int round, int k) {
+          const Move move = move_of(seed, c, round, k);
+          return command(Transfer{"", "shared-" + std::to_string(move.from), "shared-" + std::to_string(move.to),
+                                  Amount(move.amount), eur(), ""});
+        },
+        [&](int c, int round, int k, const CommandOutcome& outcome) {
+          ++answered;
+          REQUIRE_MESSAGE((outcome.accepted() || outcome.code == RejectionCode::insufficient_funds),
+                          to_string(outcome.code));
+          if (!outcome.accepted()) return;
+          const Move move = move_of(seed, c, round, k);
+          std::lock_guard lock(oracle_mutex);
+          oracle[move.from] -= move.amount;
+          oracle[move.to] += move.amount;
+        });
   };
   auto theirs_done = std::async(std::launch::async, load, std::ref(theirs), 1);
   load(mine, 0);
@@ -285,29 +294,19 @@ TEST_CASE("deposits that lose to another engine's commits are decided again on t
   constexpr int in_flight = 12;
   std::atomic<std::int64_t> deposited{0};
   std::array<std::atomic<std::int64_t>, accounts> per_account{};
+  auto account_of = [&](int seed, int c, int round, int k) { return (seed + c + round + k) % accounts; };
+  auto amount_of = [&](int seed, int round, int k) { return std::int64_t{1 + (k * 7 + round + seed) % 50}; };
   auto load = [&](Engine& engine, int seed) {
-    std::vector<std::thread> threads;
-    for (int c = 0; c < clients; ++c) {
-      threads.emplace_back([&, c] {
-        for (int round = 0; round < rounds; ++round) {
-          std::vector<std::pair<int, std::int64_t>> sent;
-          std::vector<std::future<CommandOutcome>> outcomes;
-          for (int k = 0; k < in_flight; ++k) {
-            const int account = (seed + c + round + k) % accounts;
-            const std::int64_t amount = 1 + (k * 7 + round + seed) % 50;
-            sent.emplace_back(account, amount);
-            outcomes.push_back(engine.submit(command(Deposit{"dep-" + std::to_string(account), Amount(amount)})));
-          }
-          for (std::size_t k = 0; k < outcomes.size(); ++k) {
-            const auto outcome = outcomes[k].get();
-            REQUIRE_MESSAGE(outcome.accepted(), to_string(outcome.code));
-            per_account[static_cast<std::size_t>(sent[k].first)] += sent[k].second;
-            deposited += sent[k].second;
-          }
-        }
-      });
-    }
-    for (auto& thread : threads) thread.join();
+    load_at_once(
+        engine, clients, rounds, in_flight,
+        [&](int c, int round, int k) {
+          return command(Deposit{"dep-" + std::to_string(account_of(seed, c, round, k)), Amount(amount_of(seed, round, k))});
+        },
+        [&](int c, int round, int k, const CommandOutcome& outcome) {
+          REQUIRE_MESSAGE(outcome.accepted(), to_string(outcome.code));
+          per_account[static_cast<std::size_t>(account_of(seed, c, round, k))] += amount_of(seed, round, k);
+          deposited += amount_of(seed, round, k);
+        });
   };
   auto theirs_done = std::async(std::launch::async, load, std::ref(theirs), 1);
   load(mine, 0);
@@ -384,4 +383,44 @@ TEST_CASE("after a loser is decided again in the commit, the engine's cache hold
   CHECK(reader.read_account("x")->balance() == Amount(0));
   CHECK(reader.read_account("y")->balance() == Amount(1'100));
   CHECK(*mine.read_account("y") == *reader.read_account("y"));
+}
+
+TEST_CASE("a client retrying a keyed command that lost to another engine gets its one outcome, stored once") {
+  test::TestDatabase database;
+  auto settings = settings_for(database, true);
+  settings.commit_wait_max = std::chrono::milliseconds(0);
+  Engine mine(settings);
+  Engine theirs(settings);
+  open_and_fund(theirs, "r-z", 0);
+  open_and_fund(mine, "r-x", 1'000);
+  open_and_fund(mine, "r-y", 0);
+  // Mine caches r-x at 1,000; theirs takes 900. Mine's transfer of 500 is decided on the cached
+  // 1,000, loses at the append and is decided again in that commit on 100: refused. The client
+  // retries with the same key while the first try is in flight, and once more after it.
+  REQUIRE(theirs.execute(command(Transfer{"", "r-x", "r-z", Amount(900), eur(), ""})).accepted());
+  const auto redecided_before = mine.stats().commands_redecided;
+  const auto retry = [] {
+    return command(Transfer{"t-retried", "r-x", "r-y", Amount(500), eur(), ""}, "key-retried", "transfer 500");
+  };
+  auto first = mine.submit(retry());
+  auto second = mine.submit(retry());
+  const auto first_outcome = first.get();
+  const auto second_outcome = second.get();
+  const auto third_outcome = mine.execute(retry());
+  CHECK(mine.stats().commands_redecided > redecided_before);
+  CHECK(first_outcome.code == RejectionCode::insufficient_funds);
+  for (const auto* outcome : {&second_outcome, &third_outcome}) {
+    CHECK(outcome->code == first_outcome.code);
+    CHECK(outcome->command_id == first_outcome.command_id);
+    CHECK(outcome->replayed);
+  }
+  // Then it succeeds with a new key, once.
+  const auto smaller = mine.execute(command(Transfer{"t-smaller", "r-x", "r-y", Amount(100), eur(), ""}, "key-smaller", "transfer 100"));
+  CHECK_MESSAGE(smaller.accepted(), to_string(smaller.code));
+  CHECK(mine.execute(command(Transfer{"t-smaller", "r-x", "r-y", Amount(100), eur(), ""}, "key-smaller", "transfer 100")).replayed);
+  check_dense(database);
+  Engine reader(settings);
+  CHECK(reader.read_account("r-x")->balance() == Amount(0));
+  CHECK(reader.read_account("r-y")->balance() == Amount(100));
+  CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM idempotency_keys WHERE key IN ('key-retried', 'key-smaller')") == 2);
 }
