@@ -381,6 +381,19 @@ void add_two_serves_rows(std::vector<Result>& results, const bench::TwoServesRun
     return commands > 0 ? 1000.0 * static_cast<double>(conflicts) / static_cast<double>(commands) : 0.0;
   };
   auto errors = [](const bench::WrkResult& wrk) { return static_cast<double>(wrk.non_2xx + wrk.socket_errors); };
+  // Where an engine's commits spend their time: all serialize on the store's head row.
+  auto add_head_lock_rows = [&](const std::string& prefix, const bench::ServeLoad& load) {
+    if (load.batches <= 0) return;
+    const auto batches = static_cast<double>(load.batches);
+    results.push_back({scenario, prefix + " commands per committed batch",
+                       static_cast<double>(load.commands) / batches, "commands", "", ""});
+    results.push_back({scenario, prefix + " head row waited for, per batch (mean)",
+                       1e3 * load.head_lock_wait_seconds / batches, "ms", "", ""});
+    results.push_back({scenario, prefix + " head row held, per batch (mean)",
+                       1e3 * load.head_lock_held_seconds / batches, "ms", "", ""});
+    results.push_back({scenario, prefix + " head row held, share of the run",
+                       100.0 * load.head_lock_held_seconds / load.wrk.seconds, "%", "", ""});
+  };
   for (const auto& s : run.scenarios) {
     const std::string what = s.workload == bench::WrkScript::deposits ? "deposits" : "transfers";
     const std::string one = what + ", one serve (" + std::to_string(connections) + " connections)";
@@ -396,6 +409,7 @@ void add_two_serves_rows(std::vector<Result>& results, const bench::TwoServesRun
       }
       results.push_back({scenario, one + (i == 0 ? ", just before the run with two" : ", just after it") + ": commands/s",
                          load.wrk.rate(), "commands/s", "", ""});
+      add_head_lock_rows(one + (i == 0 ? ", just before the run with two:" : ", just after it:"), load);
       one_rate += load.wrk.rate() / static_cast<double>(s.one.size());
       one_p50 = std::max(one_p50, load.wrk.p50_ms);
       one_p99 = std::max(one_p99, load.wrk.p99_ms);
@@ -431,6 +445,7 @@ void add_two_serves_rows(std::vector<Result>& results, const bench::TwoServesRun
                          per_thousand(load.redecided, load.commands), "commands", "", ""});
       results.push_back({scenario, serve + " pipeline stalls per second",
                          static_cast<double>(load.stalls) / load.wrk.seconds, "stalls/s", "", ""});
+      add_head_lock_rows(serve, load);
       together += load.wrk.rate();
       p50 = std::max(p50, load.wrk.p50_ms);
       p99 = std::max(p99, load.wrk.p99_ms);

@@ -50,19 +50,33 @@ std::int64_t metric(const std::string& metrics, const std::string& name) {
   return at == std::string::npos ? 0 : std::stoll(metrics.substr(at + name.size() + 2));
 }
 
+// A histogram's sum (`<name>_sum`) from a serve's /metrics (0 when absent).
+double metric_sum(const std::string& metrics, const std::string& name) {
+  const std::string line = "\n" + name + "_sum ";
+  const auto at = metrics.find(line);
+  return at == std::string::npos ? 0 : std::stod(metrics.substr(at + line.size()));
+}
+
 struct EngineCounters {
   std::int64_t commands = 0;
   std::int64_t conflicts = 0;
   std::int64_t redecided = 0;
   std::int64_t stalls = 0;
+  std::int64_t batches = 0;
+  double head_lock_wait_seconds = 0;
+  double head_lock_held_seconds = 0;
 };
 
 EngineCounters counters(int port) {
   const std::string text = http_get(port, "/metrics");
   return {metric(text, "ledger_engine_commands_total{outcome=\"accepted\"}") +
               metric(text, "ledger_engine_commands_total{outcome=\"rejected\"}"),
-          metric(text, "ledger_engine_conflicts_total"), metric(text, "ledger_engine_commands_redecided_total"),
-          metric(text, "ledger_engine_pipeline_stalls_total")};
+          metric(text, "ledger_engine_conflicts_total"),
+          metric(text, "ledger_engine_commands_redecided_total"),
+          metric(text, "ledger_engine_pipeline_stalls_total"),
+          metric(text, "ledger_engine_batches_total"),
+          metric_sum(text, "ledger_engine_head_lock_wait_seconds"),
+          metric_sum(text, "ledger_engine_head_lock_held_seconds")};
 }
 
 int free_port() {
@@ -168,6 +182,9 @@ std::vector<ServeLoad> load_at_once(const TwoServesSettings& settings, WrkScript
     load.conflicts += after.conflicts - before[c].conflicts;
     load.redecided += after.redecided - before[c].redecided;
     load.stalls += after.stalls - before[c].stalls;
+    load.batches += after.batches - before[c].batches;
+    load.head_lock_wait_seconds += after.head_lock_wait_seconds - before[c].head_lock_wait_seconds;
+    load.head_lock_held_seconds += after.head_lock_held_seconds - before[c].head_lock_held_seconds;
   }
   return loads;
 }

@@ -32,6 +32,10 @@ struct ServeLoad {
   std::int64_t conflicts = 0;   // appends that sent commands back
   std::int64_t redecided = 0;   // commands sent back to be decided again
   std::int64_t stalls = 0;      // times the pipelined writer waited for the committer
+  std::int64_t batches = 0;     // committed batches
+  // Sums over the committed appends: waiting for the head row, then holding it.
+  double head_lock_wait_seconds = 0;
+  double head_lock_held_seconds = 0;
 };
 
 struct TwoServesScenario {

@@ -641,8 +641,11 @@ struct Pipeline::Impl {
     };
     const int backend_pid = work.conn().backendpid();
     std::string first_event_id;  // of the commit: how the in-doubt check finds whether it landed
+    const auto lock_asked = std::chrono::steady_clock::now();
+    std::chrono::steady_clock::time_point lock_taken;
     try {
       const LockedHead head = lock_head(work);
+      lock_taken = std::chrono::steady_clock::now();
       SplitOutcome split = coherence.reconcile(work, head, batch, decided, start);
       result.losers = std::move(split.losers);
       result.unreliable_streams = std::move(split.unreliable_streams);
@@ -703,7 +706,16 @@ struct Pipeline::Impl {
       throw;
     }
     result.committed = true;
+    count_head_lock(lock_taken - lock_asked, std::chrono::steady_clock::now() - lock_taken);
     return result;
+  }
+
+  // A committed append's wait for the head row and its hold of it, through the COMMIT.
+  void count_head_lock(std::chrono::steady_clock::duration waited, std::chrono::steady_clock::duration held) {
+    using Seconds = std::chrono::duration<double>;
+    std::lock_guard lock(stats_mutex);
+    counters.head_lock_wait_seconds.observe(Seconds(waited).count());
+    counters.head_lock_held_seconds.observe(Seconds(held).count());
   }
 
   // Committer thread, under the head lock of `work`, after the batch's rows are written: decides

@@ -121,6 +121,10 @@ TEST_CASE("every command route succeeds and answers command id, position and ver
   CHECK(metric("ledger_engine_commit_latency_seconds_count") == batches);
   CHECK(metric("ledger_engine_batch_commands_bucket{le=\"+Inf\"}") == batches);
   CHECK(metric("ledger_engine_batch_commands_sum") >= batches);
+  // Every committed append waited for and held the store's head row (one with no event too).
+  CHECK(metric("ledger_engine_head_lock_wait_seconds_count") >= batches);
+  CHECK(metric("ledger_engine_head_lock_held_seconds_count") ==
+        metric("ledger_engine_head_lock_wait_seconds_count"));
   CHECK(metrics.body.find("ledger_state_cache_streams ") != std::string::npos);
   // The state cache's lookups per stream kind, next to the totals.
   for (const std::string kind : {"account", "transfer", "loan", "other"}) {

@@ -94,6 +94,12 @@ void append_engine_metrics(std::string& out, const engine::EngineStats& stats) {
                               stats.commit_latency_seconds);
   append_prometheus_histogram(out, "ledger_engine_batch_commands", "Commands per committed batch.",
                               stats.batch_commands);
+  append_prometheus_histogram(out, "ledger_engine_head_lock_wait_seconds",
+                              "Time a committed append waited for the event store's head row.",
+                              stats.head_lock_wait_seconds);
+  append_prometheus_histogram(out, "ledger_engine_head_lock_held_seconds",
+                              "Time a committed append held the event store's head row, through its COMMIT.",
+                              stats.head_lock_held_seconds);
   append_cache_metrics(out, stats);
   append_hold_expiry_metrics(out, stats.hold_expiry);
 }

@@ -160,6 +160,11 @@ struct EngineStats {
   // Every committed batch's commit latency and size.
   Histogram commit_latency_seconds{{0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5}};
   Histogram batch_commands{{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000}};
+  // Every append serializes on the event store's head row: how long each committed append
+  // waited for it (another writer's commit holds it) and then held it, through its COMMIT.
+  // Several serves on one store contend here; their sum of held times bounds their rate.
+  Histogram head_lock_wait_seconds{{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1}};
+  Histogram head_lock_held_seconds{{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1}};
   // The in-memory state cache (LRU, in streams) and the RocksDB snapshot cache behind it.
   std::uint64_t cache_streams = 0;
   std::uint64_t cache_streams_max = 0;
