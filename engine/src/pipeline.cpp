@@ -284,7 +284,8 @@ struct Pipeline::Impl {
           try {
             prepare_append(*lease);
             pqxx::work work(*lease);
-            appended = append_decided(work, prepared.batch, prepared.decided, prepared.start, &prepared.changed);
+            appended = append_decided(work, prepared.batch, prepared.decided, prepared.start, &prepared.changed,
+                                      [&] { join_waiting_batch(prepared); });
           } catch (...) {
             lease.discard();
             throw;
@@ -583,6 +584,25 @@ struct Pipeline::Impl {
       for (auto& [stream_id, state] : later.changed) changed.insert_or_assign(stream_id, std::move(state));
     }
   };
+
+  // Committer thread, holding the head row for `prepared`: the batch decided meanwhile, if it
+  // waits for the committer and fits, joins this commit. While another writer's commit held
+  // the head row, the commands decided behind this batch would otherwise wait for a commit of
+  // their own: under contention every commit then carries what queued during the wait, so the
+  // writers share the head row in fewer, larger commits (group commit across writers).
+  void join_waiting_batch(Prepared& prepared) {
+    {
+      std::lock_guard lock(handoff_mutex);
+      if (!handoff || handoff->generation != prepared.generation ||
+          prepared.batch.size() + handoff->batch.size() > settings.append_batch_commands_max) {
+        return;
+      }
+      prepared.merge(std::move(*handoff));
+      handoff.reset();
+    }
+    handoff_changed.notify_all();
+  }
+
   std::mutex handoff_mutex;
   std::condition_variable handoff_changed;
   std::optional<Prepared> handoff;  // at most one batch waits for the committer
@@ -628,8 +648,13 @@ struct Pipeline::Impl {
   // can move their streams before the commit), and appended in the same commit
   // (decided_again): they cost no second transaction, and the writer keeps deciding ahead. A
   // loser the domain cannot store (UnstorableCommand) goes back instead.
+  //
+  // `after_lock`, when given, runs once the head row is held and before anything is checked or
+  // written: it may append later decisions to `batch`, `decided`, `start` and `decided_states`
+  // (join_waiting_batch).
   Appended append_decided(pqxx::work& work, std::vector<Pending>& batch, Decided& decided,
-                          const DecisionStart& start, const DecidedStates* decided_states = nullptr) {
+                          const DecisionStart& start, const DecidedStates* decided_states = nullptr,
+                          const std::function<void()>& after_lock = {}) {
     Appended result;
     if (decided.rows.empty() && !decided.keyed && decided.unwritten_reads.empty()) {
       result.committed = true;
@@ -646,6 +671,7 @@ struct Pipeline::Impl {
     try {
       const LockedHead head = lock_head(work);
       lock_taken = std::chrono::steady_clock::now();
+      if (after_lock) after_lock();
       SplitOutcome split = coherence.reconcile(work, head, batch, decided, start);
       result.losers = std::move(split.losers);
       result.unreliable_streams = std::move(split.unreliable_streams);

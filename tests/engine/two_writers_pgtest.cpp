@@ -424,3 +424,55 @@ TEST_CASE("a client retrying a keyed command that lost to another engine gets it
   CHECK(reader.read_account("r-y")->balance() == Amount(100));
   CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM idempotency_keys WHERE key IN ('key-retried', 'key-smaller')") == 2);
 }
+TEST_CASE("commands decided while another writer holds the head row join the commit waiting for it") {
+  test::TestDatabase database;
+  auto settings = settings_for(database, true);
+  settings.commit_wait_max = std::chrono::milliseconds(0);
+  Engine mine(settings);
+  constexpr int accounts = 6;
+  for (int i = 0; i < accounts; ++i) open_and_fund(mine, "join-" + std::to_string(i), 100);
+  // Another writer's transaction holds the head row, as a commit of another serve does.
+  pqxx::connection holder(database.app_url());
+  pqxx::work held(holder);
+  held.exec("SELECT position FROM event_store_head FOR UPDATE");
+  const auto waiting_for_lock = [&] {
+    return test::scalar(database.app_url(),
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock'");
+  };
+  const auto before = mine.stats();
+  std::vector<std::future<CommandOutcome>> outcomes;
+  outcomes.push_back(mine.submit(command(Deposit{"join-0", Amount(1)})));
+  // The committer takes the head row's lock for the first deposit and waits for it ...
+  for (int attempt = 0; attempt < 500 && waiting_for_lock() == 0; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(waiting_for_lock() == 1);
+  // ... while the writer decides the others, one by one, behind it.
+  for (int i = 1; i < accounts; ++i) {
+    outcomes.push_back(mine.submit(command(Deposit{"join-" + std::to_string(i), Amount(1)})));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  held.abort();
+  for (auto& outcome : outcomes) {
+    const auto answered = outcome.get();
+    CHECK_MESSAGE(answered.accepted(), to_string(answered.code));
+  }
+  // Answers come before the stats are counted: wait for the count.
+  for (int attempt = 0; attempt < 500 && mine.stats().commands < before.commands + accounts; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const auto after = mine.stats();
+  REQUIRE(after.commands == before.commands + accounts);
+  // One commit for all of them: the decisions made during the wait joined it once it held the row.
+  CHECK(after.batches == before.batches + 1);
+  CHECK(after.head_lock_held_seconds.count() == before.head_lock_held_seconds.count() + 1);
+  CHECK(after.head_lock_wait_seconds.sum() - before.head_lock_wait_seconds.sum() >= 0.2);
+  check_dense(database);
+  Engine reader(settings);
+  for (int i = 0; i < accounts; ++i) {
+    CHECK(reader.read_account("join-" + std::to_string(i))->balance() == Amount(101));
+  }
+}
+
