@@ -27,6 +27,12 @@ pqxx::result query(pqxx::transaction_base& work, const std::vector<std::string>&
   return sql::exec_statement(work, sql::stream_tails_statement, id_array.finish(), version_array.finish());
 }
 
+// A stream folded over at least this many events past its snapshot (or from its start) gets a
+// snapshot of the state loaded: the next load starts there. Appends snapshot a stream only when
+// this engine's own append crosses a multiple of snapshot_every_events, so a stream another
+// writer moves (several serves on one store) would otherwise be folded further at every load.
+constexpr std::int64_t snapshot_after_folding_events = 32;
+
 }  // namespace
 
 void fold_event(const std::string& stream_id, StreamState& state, std::int64_t version, const std::string& type,
@@ -83,6 +89,7 @@ std::unordered_map<std::string, domain::StreamState> load_streams(pqxx::transact
   if (stream_ids.empty()) return states;
 
   std::vector<std::string> stale;
+  std::unordered_map<std::string, std::int64_t> folded;  // rows folded per stream, past any snapshot
   const auto rows = query(work, stream_ids, from_versions);
   std::string current;
   bool skipping = false;
@@ -111,6 +118,7 @@ std::unordered_map<std::string, domain::StreamState> load_streams(pqxx::transact
     }
     if (skipping) continue;
     fold_row(stream_id, state, row);
+    ++folded[stream_id];
   }
   // Snapshots of streams that returned no row at all (the event store has no such version).
   for (auto& [stream_id, snapshot] : snapshot_states) {
@@ -124,6 +132,13 @@ std::unordered_map<std::string, domain::StreamState> load_streams(pqxx::transact
     for (const auto& row : again) {
       const std::string stream_id = row[0].as<std::string>();
       fold_row(stream_id, states.at(stream_id), row);
+      ++folded[stream_id];
+    }
+  }
+  if (snapshots != nullptr) {
+    // What was read is the store's (checked against it again when the snapshot is used).
+    for (const auto& [stream_id, count] : folded) {
+      if (count >= snapshot_after_folding_events) snapshots->put(stream_id, states.at(stream_id));
     }
   }
   return states;

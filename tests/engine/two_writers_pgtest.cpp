@@ -6,6 +6,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <functional>
 #include <future>
 #include <map>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "engine_fixture.hpp"
+#include "ledger/engine/snapshot_store.hpp"
 #include "open_and_fund.hpp"
 
 using namespace ledger;
@@ -424,6 +426,7 @@ TEST_CASE("a client retrying a keyed command that lost to another engine gets it
   CHECK(reader.read_account("r-y")->balance() == Amount(100));
   CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM idempotency_keys WHERE key IN ('key-retried', 'key-smaller')") == 2);
 }
+
 TEST_CASE("commands decided while another writer holds the head row join the commit waiting for it") {
   test::TestDatabase database;
   auto settings = settings_for(database, true);
@@ -476,3 +479,41 @@ TEST_CASE("commands decided while another writer holds the head row join the com
   }
 }
 
+TEST_CASE("a stream another engine moved far is snapshotted when loaded, and the next load starts there") {
+  test::TestDatabase database;
+  const auto directory = std::filesystem::temp_directory_path() / ("ledger-snapshots-far-" + database.name());
+  std::filesystem::remove_all(directory);
+  struct RemovedAtExit {
+    std::filesystem::path directory;
+    ~RemovedAtExit() { std::filesystem::remove_all(directory); }
+  } removed{directory};
+  const auto theirs_settings = settings_for(database, true);
+  auto mine_settings = settings_for(database, true);
+  mine_settings.snapshot_directory = directory.string();  // every 64 events of its own appends
+  Engine theirs(theirs_settings);
+  open_and_fund(theirs, "far", 0);
+  // Theirs moves far to version 71; mine never wrote it, so no append of mine snapshots it.
+  for (int i = 0; i < 70; ++i) REQUIRE(theirs.execute(command(Deposit{"far", Amount(1)})).accepted());
+  const auto stored_version = test::scalar(
+      database.app_url(), "SELECT max(version) FROM events WHERE stream_id = '" + account_stream("far") + "'");
+  {
+    Engine mine(mine_settings);
+    // Mine folds far from its first event, then appends version 72 (no multiple of 64 passed).
+    REQUIRE(mine.execute(command(Withdrawal{"far", Amount(1)})).accepted());
+  }
+  {
+    SnapshotStore snapshots(directory.string());
+    const auto snapshot = snapshots.get(account_stream("far"));
+    REQUIRE(snapshot.has_value());
+    CHECK(snapshot->version.value() == stored_version);
+  }
+  for (int i = 0; i < 5; ++i) REQUIRE(theirs.execute(command(Deposit{"far", Amount(1)})).accepted());
+  Engine mine(mine_settings);
+  const auto hits_before = mine.stats().snapshots.hits;
+  // Refused on the snapshot with the tail folded on top (70 - 1 + 5 = 74): the state is right.
+  CHECK(mine.execute(command(Withdrawal{"far", Amount(75)})).code == RejectionCode::insufficient_funds);
+  CHECK(mine.stats().snapshots.hits > hits_before);
+  REQUIRE(mine.execute(command(Withdrawal{"far", Amount(74)})).accepted());
+  Engine reader(theirs_settings);
+  CHECK(reader.read_account("far")->balance() == Amount(0));
+}
