@@ -128,6 +128,39 @@ std::vector<StoredEvent> events_between(pqxx::work& work, std::int64_t from, std
   return events;
 }
 
+namespace {
+
+// One event as a line of the events table's COPY text (no newline). A command's events share
+// their metadata: `metadata_json` keeps the last one serialized (`last_metadata` its source).
+void append_copy_row(std::string& chunk, const RecordedEvent& event, const EventMetadata*& last_metadata,
+                     std::string& metadata_json) {
+  chunk += std::to_string(event.position.value());
+  chunk.push_back('\t');
+  copy_text(chunk, event.stream_id);
+  chunk.push_back('\t');
+  chunk += std::to_string(event.version.value());
+  chunk.push_back('\t');
+  chunk += event.event_id;
+  chunk.push_back('\t');
+  copy_text(chunk, event.type);
+  chunk.push_back('\t');
+  chunk += std::to_string(event.schema_version);
+  chunk.push_back('\t');
+  copy_bytes(chunk, event.payload);
+  chunk.push_back('\t');
+  if (last_metadata == nullptr || !(*last_metadata == event.metadata)) {
+    metadata_json = metadata_to_json(event.metadata);
+    last_metadata = &event.metadata;
+  }
+  copy_text(chunk, metadata_json);
+  chunk.push_back('\t');
+  copy_timestamp(chunk, event.recorded_at_us);
+  chunk.push_back('\t');
+  copy_bytes(chunk, event.hash);
+}
+
+}  // namespace
+
 LockedHead write_batch(
     pqxx::work& work, const LockedHead& head, std::vector<RecordedEvent>& events,
     const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for) {
@@ -141,7 +174,6 @@ LockedHead write_batch(
   // The rows stream to PostgreSQL in chunks while the rest are still being hashed and
   // formatted, so the server parses and indexes one chunk while this thread prepares the next.
   constexpr std::int64_t copy_chunk_rows = 256;
-  // A command's events share their metadata: serialize it once per command.
   const EventMetadata* last_metadata = nullptr;
   std::string metadata_json;
   std::string chunk;
@@ -159,29 +191,7 @@ LockedHead write_batch(
       event.hash = chain_hash(previous_hash, event);
       previous_hash = event.hash;
       if (!chunk.empty()) chunk.push_back('\n');
-      chunk += std::to_string(event.position.value());
-      chunk.push_back('\t');
-      copy_text(chunk, event.stream_id);
-      chunk.push_back('\t');
-      chunk += std::to_string(event.version.value());
-      chunk.push_back('\t');
-      chunk += event.event_id;
-      chunk.push_back('\t');
-      copy_text(chunk, event.type);
-      chunk.push_back('\t');
-      chunk += std::to_string(event.schema_version);
-      chunk.push_back('\t');
-      copy_bytes(chunk, event.payload);
-      chunk.push_back('\t');
-      if (last_metadata == nullptr || !(*last_metadata == event.metadata)) {
-        metadata_json = metadata_to_json(event.metadata);
-        last_metadata = &event.metadata;
-      }
-      copy_text(chunk, metadata_json);
-      chunk.push_back('\t');
-      copy_timestamp(chunk, event.recorded_at_us);
-      chunk.push_back('\t');
-      copy_bytes(chunk, event.hash);
+      append_copy_row(chunk, event, last_metadata, metadata_json);
       if ((i + 1) % copy_chunk_rows == 0 || i + 1 == count) {
         writer->write_raw_line(chunk);
         chunk.clear();
@@ -201,6 +211,54 @@ LockedHead write_batch(
 
   copy_idempotency_records(work, records_for(GlobalPosition(first)));
   return {last, std::move(previous_hash)};
+}
+
+LockedHead seal_rows(const LockedHead& head, std::vector<RecordedEvent>& events) {
+  std::string previous_hash = head.hash;
+  std::int64_t position = head.position;
+  for (RecordedEvent& event : events) {
+    event.position = GlobalPosition(++position);
+    event.hash = chain_hash(previous_hash, event);
+    previous_hash = event.hash;
+  }
+  return {position, std::move(previous_hash)};
+}
+
+void write_sealed(pqxx::work& work, const LockedHead& head, const std::vector<const std::vector<RecordedEvent>*>& parts,
+                  const std::vector<IdempotencyRecord>& records) {
+  std::vector<RecordedEvent> all;  // the checks look at the rows of every part together
+  std::size_t count = 0;
+  for (const auto* part : parts) count += part->size();
+  all.reserve(count);
+  for (const auto* part : parts) all.insert(all.end(), part->begin(), part->end());
+  assert_no_problem(check_batch_balanced(all));
+  assert_no_problem(check_streams_continue(all));
+  assert_no_problem(check_positions_dense(all, head.position));
+  const EventMetadata* last_metadata = nullptr;
+  std::string metadata_json;
+  std::string lines;
+  lines.reserve(count * 640);
+  for (const auto& event : all) {
+    if (!lines.empty()) lines.push_back('\n');
+    append_copy_row(lines, event, last_metadata, metadata_json);
+  }
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  try {
+    if (count > 0) {
+      pqxx::tablewriter writer(work, domain::sql::events_table);
+      writer.write_raw_line(lines);
+      writer.complete();
+    }
+  } catch (const pqxx::unique_violation& error) {
+    throw AppendConflict(error.what());
+  } catch (const pqxx::check_violation& error) {
+    if (!is_version_gap(error)) throw;
+    spdlog::error("append refused by the store: {}", error.what());
+    throw AppendConflict(error.what());
+  }
+#pragma GCC diagnostic pop
+  copy_idempotency_records(work, records);
 }
 
 void commit_batch(pqxx::work& work, const LockedHead& head_after, const std::vector<ExpiryRecord>& expiries) {

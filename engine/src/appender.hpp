@@ -99,4 +99,13 @@ LockedHead write_batch(
     const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for);
 void commit_batch(pqxx::work& work, const LockedHead& head_after, const std::vector<ExpiryRecord>& expiries);
 
+// write_batch split once more, so rows can be decided on rows not yet written: seal_rows gives
+// `events` their positions after `head` and extends the hash chain over them (nothing is
+// written) and returns the head after them; write_sealed writes the rows of `parts` (sealed one
+// after another from `head`) with one COPY and `records` with another (the same checks and
+// errors as write_batch).
+LockedHead seal_rows(const LockedHead& head, std::vector<RecordedEvent>& events);
+void write_sealed(pqxx::work& work, const LockedHead& head, const std::vector<const std::vector<RecordedEvent>*>& parts,
+                  const std::vector<IdempotencyRecord>& records);
+
 }  // namespace ledger::engine

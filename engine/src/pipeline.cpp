@@ -30,7 +30,7 @@ namespace ledger::engine {
 namespace {
 
 constexpr std::size_t recent_samples_max = 65'536;
-// The system accounts of every currency a batch touches (decide_again).
+// The system accounts of every currency a batch touches, and more (decide_again).
 constexpr std::size_t loser_cache_streams_max = 4'096;
 
 // Errors after which the batch, which did not commit, may safely run again: the connection
@@ -82,7 +82,10 @@ struct Pipeline::Impl {
   BatchDecider decider;  // writer thread only
   // Committer thread only: decides a batch's losers again inside its appending transaction
   // (decide_again), from the store but for the system accounts its cache holds.
-  StateCache loser_cache{loser_cache_streams_max};
+  // Bounded above what one batch's losers name (a transfer not yet stored counts as settled, in
+  // the cache's smaller share): a stream it dropped would be read again without the batch's rows.
+  StateCache loser_cache{StateCache::settled_share_divisor *
+                         (loser_cache_streams_max + 8 * settings.append_batch_commands_max)};
   BatchDecider loser_decider;
   using DecidedStates = std::unordered_map<std::string, domain::StreamState>;
   WriterCoherence coherence;
@@ -681,17 +684,23 @@ struct Pipeline::Impl {
         (void)append_batch(work, head, decided.rows, records_for, decided.expiries);
         coherence.committed(head.position + static_cast<std::int64_t>(decided.rows.size()));
       } else {
-        LockedHead after = write_batch(work, head, decided.rows, records_for);
+        // The winners' rows are sealed, not written: the losers are decided on them, and both
+        // go in with one COPY of events and one of idempotency records.
+        LockedHead after = seal_rows(head, decided.rows);
+        std::vector<IdempotencyRecord> records = records_for(GlobalPosition(head.position + 1));
         std::vector<ExpiryRecord> expiries = decided.expiries;
-        if (decide_again(work, *decided_states, result)) {
+        if (decide_again(work, *decided_states, decided.rows, result)) {
           Decided& again = result.decided_again_rows;
           if (first_event_id.empty() && !again.rows.empty()) first_event_id = again.rows.front().event_id;
-          after = write_batch(work, after, again.rows, [&](GlobalPosition first) {
-            BatchDecider::fill_positions(again.slots, again.rows, first);
-            return BatchDecider::records(result.decided_again, again.slots);
-          });
+          const GlobalPosition again_first(after.position + 1);
+          after = seal_rows(after, again.rows);
+          BatchDecider::fill_positions(again.slots, again.rows, again_first);
+          for (auto& record : BatchDecider::records(result.decided_again, again.slots)) {
+            records.push_back(std::move(record));
+          }
           for (const auto& expiry : again.expiries) expiries.push_back(expiry);
         }
+        write_sealed(work, head, {&decided.rows, &result.decided_again_rows.rows}, records);
         commit_batch(work, after, expiries);
         coherence.committed(after.position);
       }
@@ -744,9 +753,9 @@ struct Pipeline::Impl {
     counters.head_lock_held_seconds.observe(Seconds(held).count());
   }
 
-  // Committer thread, under the head lock of `work`, after the batch's rows are written: decides
-  // `result.losers` again from the store (which `work` shows with those rows) and moves them to
-  // `result.decided_again`. The streams they write join the loser streams (a batch decided
+  // Committer thread, under the head lock of `work`, once the batch's rows are sealed (not yet
+  // written): decides `result.losers` again on the store's states with the batch's `written`
+  // rows folded on top, and moves them to `result.decided_again`. The streams they write join the loser streams (a batch decided
   // ahead on one loses too); the states of every stream they touched, as this commit leaves
   // them, replace what the writer's cache holds (committed_states), but for system accounts',
   // which are dropped (unreliable). False, with the losers left to go back to the writer, when
@@ -755,22 +764,63 @@ struct Pipeline::Impl {
   // A system account's stream is not read from the store (a busy currency's cash account moves
   // at every deposit of every writer: folding its events since the last snapshot would hold the
   // head lock long): its decisions never read its balance, so the state the batch decided, at
-  // the stored version, serves (as batch_split renumbers its rows).
-  bool decide_again(pqxx::work& work, const DecidedStates& decided_states, Appended& result) {
+  // the version its stored and written rows reach, serves (as batch_split renumbers its rows).
+  //
+  // A state that missed one of `written` would write a version the batch writes too: the
+  // store's unique (stream_id, version) refuses the whole commit then (AppendConflict).
+  bool decide_again(pqxx::work& work, const DecidedStates& decided_states,
+                    const std::vector<RecordedEvent>& written, Appended& result) {
     loser_cache.clear();
+    std::unordered_map<std::string_view, std::vector<const RecordedEvent*>> written_rows;
+    for (const auto& row : written) written_rows[row.stream_id].push_back(&row);
+    // The store's state of a stream, then the batch's rows on it.
+    auto fold_written = [&](const std::string& stream_id, StreamState& state) {
+      const auto rows = written_rows.find(stream_id);
+      if (rows == written_rows.end()) return;
+      for (const RecordedEvent* row : rows->second) {
+        if (row->version.value() <= state.version.value()) continue;
+        fold_event(stream_id, state, row->version.value(), row->type, row->payload, row->hash);
+      }
+    };
     std::vector<std::string> system_streams;
     for (const auto& [stream_id, state] : decided_states) {
       if (is_floating_stream(stream_id, state.version.value())) system_streams.push_back(stream_id);
     }
-    for (const auto& [stream_id, version] : read_stored_versions(work, system_streams)) {
+    for (const auto& [stream_id, stored] : read_stored_versions(work, system_streams)) {
+      std::int64_t version = stored;
+      if (const auto rows = written_rows.find(stream_id); rows != written_rows.end()) {
+        version = std::max(version, rows->second.back()->version.value());
+      }
       if (version == 0) continue;
       StreamState state = decided_states.at(stream_id);
       state.version = StreamVersion(version);
       loser_cache.put(stream_id, std::move(state));
     }
+    // Every stream the losers name, read in one query, with the batch's rows on top.
+    std::vector<std::string> named;
+    for (const auto& loser : result.losers) domain::collect_streams(loser.command.body, named);
+    std::sort(named.begin(), named.end());
+    named.erase(std::unique(named.begin(), named.end()), named.end());
+    std::erase_if(named, [&](const std::string& id) { return loser_cache.find(id) != nullptr; });
+    for (auto& [stream_id, state] : load_streams(work, named, snapshots)) {
+      fold_written(stream_id, state);
+      loser_cache.put(stream_id, std::move(state));
+    }
+    // The decider reads what the cache misses from the store, without the batch's rows: a
+    // refusal decided on such a state would write nothing for the store to refuse.
+    const bool all_kept = std::all_of(named.begin(), named.end(), [&](const std::string& id) {
+      return loser_cache.peek(id) != nullptr;
+    });
+    if (!all_kept) {
+      spdlog::warn("the {} streams of a batch's losers do not fit the loser cache; they run on their own",
+                   named.size());
+      return false;
+    }
     domain::WorkingSet working([&](const std::string& stream_id) {
-      if (const StreamState* system = loser_cache.find(stream_id)) return *system;
-      return load_streams(work, {stream_id}, snapshots).at(stream_id);
+      if (const StreamState* cached = loser_cache.find(stream_id)) return *cached;
+      StreamState state = load_streams(work, {stream_id}, snapshots).at(stream_id);
+      fold_written(stream_id, state);
+      return state;
     });
     const StoreReader store = [&work]() -> pqxx::transaction_base& { return work; };
     Decided again;

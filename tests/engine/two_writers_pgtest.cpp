@@ -517,3 +517,54 @@ TEST_CASE("a stream another engine moved far is snapshotted when loaded, and the
   Engine reader(theirs_settings);
   CHECK(reader.read_account("far")->balance() == Amount(0));
 }
+
+TEST_CASE("a loser decided again in the commit sees what the commit's winners wrote before it") {
+  test::TestDatabase database;
+  auto settings = settings_for(database, true);
+  settings.commit_wait_max = std::chrono::milliseconds(0);
+  Engine mine(settings);
+  Engine theirs(settings);
+  open_and_fund(mine, "wl-x", 100);
+  open_and_fund(mine, "wl-y", 100);
+  open_and_fund(mine, "wl-z", 0);
+  open_and_fund(mine, "wl-hold", 0);
+  // Theirs moves wl-z, which mine caches: mine's next decision on it loses at the append.
+  REQUIRE(theirs.execute(command(Deposit{"wl-z", Amount(7)})).accepted());
+  pqxx::connection holder(database.app_url());
+  pqxx::work held(holder);
+  held.exec("SELECT position FROM event_store_head FOR UPDATE");
+  std::vector<std::future<CommandOutcome>> outcomes;
+  outcomes.push_back(mine.submit(command(Deposit{"wl-hold", Amount(1)})));
+  for (int attempt = 0; attempt < 500; ++attempt) {
+    if (test::scalar(database.app_url(), "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                         "AND wait_event_type = 'Lock'") == 1) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  // Decided behind the waiting commit on the cached states: the winner brings wl-x to 150, and
+  // the loser (wl-z moved) takes 120 of it; decided again, it must see the winner's 50.
+  const auto redecided_before = mine.stats().commands_redecided;
+  outcomes.push_back(mine.submit(command(Transfer{"", "wl-y", "wl-x", Amount(50), eur(), ""})));
+  outcomes.push_back(mine.submit(command(Transfer{"", "wl-x", "wl-z", Amount(120), eur(), ""})));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  held.abort();
+  for (auto& outcome : outcomes) {
+    const auto answered = outcome.get();
+    CHECK_MESSAGE(answered.accepted(), to_string(answered.code));
+  }
+  for (int attempt = 0; attempt < 500 && mine.stats().commands_redecided == redecided_before; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(mine.stats().commands_redecided == redecided_before + 1);
+  CHECK(mine.stats().batches_run_again == 0);
+  check_dense(database);
+  Engine reader(settings);
+  CHECK(reader.read_account("wl-x")->balance() == Amount(30));
+  CHECK(reader.read_account("wl-y")->balance() == Amount(50));
+  CHECK(reader.read_account("wl-z")->balance() == Amount(127));
+  // One commit: the winners' and the loser's rows, then the cache as committed.
+  CHECK(*mine.read_account("wl-x") == *reader.read_account("wl-x"));
+  CHECK(mine.execute(command(Withdrawal{"wl-x", Amount(31)})).code == RejectionCode::insufficient_funds);
+  CHECK(mine.execute(command(Withdrawal{"wl-x", Amount(30)})).accepted());
+}
