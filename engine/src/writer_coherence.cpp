@@ -121,6 +121,9 @@ void WriterCoherence::evict(std::vector<std::string> streams, bool all) {
 }
 
 void WriterCoherence::fold_foreign(std::vector<StoredEvent> events) {
+  std::vector<std::string> streams;
+  streams.reserve(events.size());
+  for (const auto& event : events) streams.push_back(event.stream_id);
   std::lock_guard lock(mutex_);
   if (foreign_.empty()) {
     foreign_ = std::move(events);
@@ -128,6 +131,15 @@ void WriterCoherence::fold_foreign(std::vector<StoredEvent> events) {
     std::move(events.begin(), events.end(), std::back_inserter(foreign_));
   }
   ++epoch_;
+  remember_moved(std::move(streams), false);
+}
+
+void WriterCoherence::remember_moved(std::vector<std::string> streams, bool all) {
+  moved_.push_back({epoch_, std::move(streams), all});
+  if (moved_.size() > moved_max) {
+    moved_dropped_through_ = moved_.front().epoch;
+    moved_.pop_front();
+  }
 }
 
 void WriterCoherence::evict_after_losers(std::vector<std::string> unreliable_streams,
@@ -145,6 +157,7 @@ void WriterCoherence::evict_after_losers(std::vector<std::string> unreliable_str
 }
 
 void WriterCoherence::post(std::vector<std::string> streams, bool all) {
+  std::vector<std::string> named = streams;
   if (evictions_.empty()) {
     evictions_ = std::move(streams);
   } else {
@@ -152,6 +165,7 @@ void WriterCoherence::post(std::vector<std::string> streams, bool all) {
   }
   evict_all_ = evict_all_ || all;
   ++epoch_;
+  remember_moved(std::move(named), all);
 }
 
 SplitOutcome WriterCoherence::reconcile(pqxx::work& work, const LockedHead& head,
@@ -171,6 +185,7 @@ SplitOutcome WriterCoherence::reconcile(pqxx::work& work, const LockedHead& head
       if (epoch > decided_at) tainted.insert(streams.begin(), streams.end());
     }
   }
+  // (taints_lost: everything is decided again below.)
   if (taints_lost) {
     // Too old to know what it built on: all of it is decided again, and the cache drops what
     // it decided.
@@ -193,7 +208,40 @@ SplitOutcome WriterCoherence::reconcile(pqxx::work& work, const LockedHead& head
   }
   // A refusal reads streams no version check covers: those are checked even alone.
   if (!foreign && !evicted_since && tainted.empty() && decided.unwritten_reads.empty()) return {};
-  return split_stale(batch, decided, read_stored_versions(work, streams_to_check(decided)), tainted);
+  return split_stale(batch, decided, stored_versions_of(work, decided, decided_at, tainted), tainted);
+}
+
+StoredVersions WriterCoherence::stored_versions_of(pqxx::work& work, const Decided& decided,
+                                                   std::uint64_t decided_at,
+                                                   const std::unordered_set<std::string>& tainted) {
+  // What may differ from the decision: streams another writer's events or an eviction named
+  // since it started (this append's own window of foreign events included: posted above),
+  // tainted ones, and the reads of refusals. Every other stream is at the version the batch
+  // decided on: no commit but this engine's own moved it since (and those the decision saw).
+  std::unordered_set<std::string> moved(tainted.begin(), tainted.end());
+  bool every_stream = false;
+  {
+    std::lock_guard lock(mutex_);
+    every_stream = decided_at < moved_dropped_through_;
+    for (const auto& entry : moved_) {
+      if (entry.epoch <= decided_at) continue;
+      if (entry.all) every_stream = true;
+      moved.insert(entry.streams.begin(), entry.streams.end());
+    }
+  }
+  for (const auto& read : decided.unwritten_reads) moved.insert(read.stream_id);
+  std::vector<std::string> streams = streams_to_check(decided);
+  if (every_stream) return read_stored_versions(work, streams);
+  StoredVersions stored;
+  for (const auto& row : decided.rows) {
+    // A stream's first row in the batch follows the version it was decided on.
+    stored.try_emplace(row.stream_id, row.version.value() - 1);
+  }
+  std::erase_if(streams, [&](const std::string& id) { return !moved.contains(id); });
+  if (!streams.empty()) {
+    for (auto& [stream_id, version] : read_stored_versions(work, streams)) stored[stream_id] = version;
+  }
+  return stored;
 }
 
 }  // namespace ledger::engine

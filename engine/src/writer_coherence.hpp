@@ -5,8 +5,9 @@
 // An append finds the head row where this engine's last append left it unless another writer
 // committed in between. Then the events of those commits are read and folded into the cached
 // states they continue (dropping the others, so later decisions read them fresh), and the
-// batch is checked against the stored versions of its streams while the head row is held: only
-// the commands decided on a moved stream are decided again; system accounts' streams take the
+// batch is checked against the stored versions of the streams that may have moved since its
+// decision started (what those events or an eviction named, or a loser tainted) while the head
+// row is held: only the commands decided on a moved stream are decided again; system accounts' streams take the
 // next stored versions. Alone on its store an engine pays for none of this.
 
 #include <atomic>
@@ -85,6 +86,10 @@ class WriterCoherence {
   static constexpr std::int64_t unknown_head = -1;
 
   void post(std::vector<std::string> streams, bool all);  // with mutex_ held
+  // The stored versions split_stale needs for `decided`, read from the store only for streams
+  // that may have moved since the decision started (epoch `decided_at`).
+  StoredVersions stored_versions_of(pqxx::work& work, const Decided& decided, std::uint64_t decided_at,
+                                    const std::unordered_set<std::string>& tainted);
   // Beyond this many foreign positions, dropping the whole cache is cheaper than reading them.
   static constexpr std::int64_t moved_window_positions_max = 20'000;
 
@@ -101,6 +106,19 @@ class WriterCoherence {
   static constexpr std::size_t taints_max = 256;
   std::deque<std::pair<std::uint64_t, std::vector<std::string>>> taints_;
   std::uint64_t taints_dropped_through_ = 0;  // epochs up to this one were dropped
+  // The streams each fold_foreign() and evict() named (`all`: every stream), by the epoch they
+  // were posted at, newest last; bounded (a batch decided before the oldest one kept is checked
+  // whole). A batch's stream none of them named since its decision started is as it decided:
+  // only the others are read from the store at its append.
+  struct Moved {
+    std::uint64_t epoch = 0;
+    std::vector<std::string> streams;
+    bool all = false;
+  };
+  static constexpr std::size_t moved_max = 256;
+  std::deque<Moved> moved_;
+  std::uint64_t moved_dropped_through_ = 0;
+  void remember_moved(std::vector<std::string> streams, bool all);  // with mutex_ held, after ++epoch_
 };
 
 }  // namespace ledger::engine

@@ -568,3 +568,34 @@ TEST_CASE("a loser decided again in the commit sees what the commit's winners wr
   CHECK(mine.execute(command(Withdrawal{"wl-x", Amount(31)})).code == RejectionCode::insufficient_funds);
   CHECK(mine.execute(command(Withdrawal{"wl-x", Amount(30)})).accepted());
 }
+
+TEST_CASE("after more of another engine's commits than an append reads, every stream of a batch is checked") {
+  test::TestDatabase database;
+  const auto settings = settings_for(database, true);
+  Engine mine(settings);
+  Engine theirs(settings);
+  open_and_fund(mine, "far-x", 1'000);
+  open_and_fund(mine, "far-y", 0);
+  open_and_fund(theirs, "far-z", 0);
+  open_and_fund(theirs, "far-busy", 0);
+  // Theirs takes 900 from far-x (which mine caches at 1,000), then appends more events than an
+  // append lists (20,000: WriterCoherence drops the whole cache instead of reading them).
+  REQUIRE(theirs.execute(command(Transfer{"", "far-x", "far-z", Amount(900), eur(), ""})).accepted());
+  std::vector<std::future<CommandOutcome>> deposits;
+  for (int i = 0; i < 10'001; ++i) deposits.push_back(theirs.submit(command(Deposit{"far-busy", Amount(1)})));
+  for (auto& deposit : deposits) REQUIRE(deposit.get().accepted());
+  const auto before = mine.stats();
+  // Decided on the cached 1,000; at the append, far-x is found moved though no event of it was
+  // read: decided again on the stored 100 and refused, in the same commit.
+  const auto refused = mine.execute(command(Transfer{"", "far-x", "far-y", Amount(500), eur(), ""}));
+  CHECK(refused.code == RejectionCode::insufficient_funds);
+  for (int attempt = 0; attempt < 500 && mine.stats().commands == before.commands; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(mine.stats().commands_redecided == before.commands_redecided + 1);
+  CHECK(mine.stats().batches_run_again == before.batches_run_again);
+  check_dense(database);
+  Engine reader(settings);
+  CHECK(reader.read_account("far-x")->balance() == Amount(100));
+  CHECK(reader.read_account("far-y")->balance() == Amount(0));
+}
