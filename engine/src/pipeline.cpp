@@ -180,10 +180,11 @@ struct Pipeline::Impl {
     }
     Prepared prepared;
     prepared.start = sync_with_batches_in_flight();
-    if (names_deferred(batch, prepared.start.deferred)) {
+    if (names_deferred(batch, prepared.start.deferred) || names_held_uncached(batch)) {
       // Its commands would be decided on states another commit made stale, and lose; and the
       // batches in flight, which keep those streams from being refreshed, may be followed by
-      // more like them. Let them commit, then refresh.
+      // more like them. Let them commit, then refresh. (Or a stream a batch in flight wrote has
+      // left the cache: the store does not hold that batch's state of it yet.)
       count_stall();
       wait_committer_idle();
       std::unique_lock lock(handoff_mutex);
@@ -210,6 +211,10 @@ struct Pipeline::Impl {
     try {
       domain::WorkingSet working([&](const std::string& stream_id) {
         if (const StreamState* cached = cache.find(stream_id)) return *cached;
+        if (held_by_batch_in_flight(stream_id)) {
+          // Read lazily, beyond what names_held_uncached() saw: the store is behind here.
+          throw std::runtime_error("stream " + stream_id + ", written by a batch in flight, is not cached");
+        }
         return load_streams(store(), {stream_id}, snapshots).at(stream_id);
       });
       prepared.decided = decider.decide(store, batch, false, working);
@@ -394,6 +399,30 @@ struct Pipeline::Impl {
       }
     }
     return false;
+  }
+
+  // Writer thread: whether a command of `batch` names a stream a batch in flight wrote that the
+  // cache no longer holds (a cache smaller than what is in flight): the store does not have
+  // that batch's state of it yet, and a decision on the store's would build on a stale state.
+  bool names_held_uncached(const std::vector<Pending>& batch) {
+    forget_finished();
+    if (in_flight.empty()) return false;
+    std::vector<std::string> named;
+    for (const auto& pending : batch) domain::collect_streams(pending.command.body, named);
+    std::erase_if(named, [&](const std::string& id) { return cache.peek(id) != nullptr; });
+    if (named.empty()) return false;
+    std::unordered_set<std::string_view> held;
+    for (const auto& decided : in_flight) held.insert(decided.streams.begin(), decided.streams.end());
+    return std::any_of(named.begin(), named.end(), [&](const std::string& id) { return held.contains(id); });
+  }
+
+  // Writer thread: whether a decided batch not yet finished with wrote `stream_id` (a scan: for
+  // the rare stream a decision reads beyond what its commands name).
+  bool held_by_batch_in_flight(const std::string& stream_id) {
+    forget_finished();
+    return std::any_of(in_flight.begin(), in_flight.end(), [&](const InFlight& decided) {
+      return std::find(decided.streams.begin(), decided.streams.end(), stream_id) != decided.streams.end();
+    });
   }
 
   // Writer thread: whether one of `keys` (keys_of() a batch) is the key of a command in flight.
@@ -626,6 +655,12 @@ struct Pipeline::Impl {
   std::uint64_t decided_sequence = 0;
   std::atomic<std::uint64_t> finished_sequence{0};
 
+  // When an append asked for the store's head row and got it.
+  struct HeadLockTimes {
+    std::chrono::steady_clock::time_point asked;
+    std::chrono::steady_clock::time_point taken;
+  };
+
   // What appending a decided batch did.
   struct Appended {
     bool committed = false;          // false: a version or key conflict, nothing written
@@ -655,9 +690,13 @@ struct Pipeline::Impl {
   // `after_lock`, when given, runs once the head row is held and before anything is checked or
   // written: it may append later decisions to `batch`, `decided`, `start` and `decided_states`
   // (join_waiting_batch).
+  //
+  // `locked_at`, when given, says when the caller asked for and got the head row it already holds
+  // in `work` (the serial path after a conflict): the head-row metrics count from there.
   Appended append_decided(pqxx::work& work, std::vector<Pending>& batch, Decided& decided,
                           const DecisionStart& start, const DecidedStates* decided_states = nullptr,
-                          const std::function<void()>& after_lock = {}) {
+                          const std::function<void()>& after_lock = {},
+                          const HeadLockTimes* locked_at = nullptr) {
     Appended result;
     if (decided.rows.empty() && !decided.keyed && decided.unwritten_reads.empty()) {
       result.committed = true;
@@ -669,11 +708,15 @@ struct Pipeline::Impl {
     };
     const int backend_pid = work.conn().backendpid();
     std::string first_event_id;  // of the commit: how the in-doubt check finds whether it landed
-    const auto lock_asked = std::chrono::steady_clock::now();
+    auto lock_asked = std::chrono::steady_clock::now();
     std::chrono::steady_clock::time_point lock_taken;
     try {
       const LockedHead head = lock_head(work);
       lock_taken = std::chrono::steady_clock::now();
+      if (locked_at != nullptr) {
+        lock_asked = locked_at->asked;
+        lock_taken = locked_at->taken;
+      }
       if (after_lock) after_lock();
       SplitOutcome split = coherence.reconcile(work, head, batch, decided, start);
       result.losers = std::move(split.losers);
@@ -766,19 +809,28 @@ struct Pipeline::Impl {
   // head lock long): its decisions never read its balance, so the state the batch decided, at
   // the version its stored and written rows reach, serves (as batch_split renumbers its rows).
   //
-  // A state that missed one of `written` would write a version the batch writes too: the
-  // store's unique (stream_id, version) refuses the whole commit then (AppendConflict).
+  // Throws AppendConflict when `written` does not continue a stream as stored (the batch was
+  // decided on a stale state: the store would refuse it).
   bool decide_again(pqxx::work& work, const DecidedStates& decided_states,
                     const std::vector<RecordedEvent>& written, Appended& result) {
     loser_cache.clear();
     std::unordered_map<std::string_view, std::vector<const RecordedEvent*>> written_rows;
     for (const auto& row : written) written_rows[row.stream_id].push_back(&row);
     // The store's state of a stream, then the batch's rows on it.
+    // Rows that do not follow the stored version were decided on a stale state: the store would
+    // refuse them, so the commit is refused as a conflict here (before anything is written).
+    auto check_follows = [&](const std::string& stream_id, std::int64_t stored_version) {
+      const auto rows = written_rows.find(stream_id);
+      if (rows != written_rows.end() && rows->second.front()->version.value() != stored_version + 1) {
+        throw AppendConflict("the batch's rows of " + stream_id + " do not follow its stored version " +
+                             std::to_string(stored_version));
+      }
+    };
     auto fold_written = [&](const std::string& stream_id, StreamState& state) {
+      check_follows(stream_id, state.version.value());
       const auto rows = written_rows.find(stream_id);
       if (rows == written_rows.end()) return;
       for (const RecordedEvent* row : rows->second) {
-        if (row->version.value() <= state.version.value()) continue;
         fold_event(stream_id, state, row->version.value(), row->type, row->payload, row->hash);
       }
     };
@@ -787,9 +839,10 @@ struct Pipeline::Impl {
       if (is_floating_stream(stream_id, state.version.value())) system_streams.push_back(stream_id);
     }
     for (const auto& [stream_id, stored] : read_stored_versions(work, system_streams)) {
+      check_follows(stream_id, stored);
       std::int64_t version = stored;
       if (const auto rows = written_rows.find(stream_id); rows != written_rows.end()) {
-        version = std::max(version, rows->second.back()->version.value());
+        version = rows->second.back()->version.value();
       }
       if (version == 0) continue;
       StreamState state = decided_states.at(stream_id);
@@ -867,7 +920,12 @@ struct Pipeline::Impl {
     const DecisionStart start = coherence.sync(cache);
     prepare_append(connection);
     pqxx::work work(connection);
-    if (fresh) (void)lock_head(work);
+    HeadLockTimes locked_at;
+    if (fresh) {
+      locked_at.asked = std::chrono::steady_clock::now();
+      (void)lock_head(work);
+      locked_at.taken = std::chrono::steady_clock::now();
+    }
     domain::WorkingSet working([&](const std::string& stream_id) {
       if (!fresh) {
         if (const StreamState* cached = cache.find(stream_id)) return *cached;
@@ -879,7 +937,7 @@ struct Pipeline::Impl {
     const auto commit_started = std::chrono::steady_clock::now();
     Appended appended;
     try {
-      appended = append_decided(work, batch, decided, start);
+      appended = append_decided(work, batch, decided, start, nullptr, {}, fresh ? &locked_at : nullptr);
     } catch (const pqxx::in_doubt_error&) {
       for (const auto& [id, state] : working.streams()) cache.erase(id);
       throw;

@@ -599,3 +599,43 @@ TEST_CASE("after more of another engine's commits than an append reads, every st
   CHECK(reader.read_account("far-x")->balance() == Amount(100));
   CHECK(reader.read_account("far-y")->balance() == Amount(0));
 }
+
+TEST_CASE("a stream a batch in flight wrote, gone from a small cache, is not decided on the store's older state") {
+  test::TestDatabase database;
+  auto settings = settings_for(database, true);
+  settings.commit_wait_max = std::chrono::milliseconds(0);
+  settings.state_cache_streams_max = 4;  // far fewer than the streams in flight
+  Engine mine(settings);
+  open_and_fund(mine, "small-x", 1'000);
+  for (int i = 0; i < 6; ++i) open_and_fund(mine, "small-" + std::to_string(i), 0);
+  pqxx::connection holder(database.app_url());
+  pqxx::work held(holder);
+  held.exec("SELECT position FROM event_store_head FOR UPDATE");
+  std::vector<std::future<CommandOutcome>> outcomes;
+  // The committer holds the first withdrawal, waiting for the head row ...
+  outcomes.push_back(mine.submit(command(Withdrawal{"small-x", Amount(600)})));
+  for (int attempt = 0; attempt < 500; ++attempt) {
+    if (test::scalar(database.app_url(), "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                         "AND wait_event_type = 'Lock'") == 1) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  // ... while deposits elsewhere push small-x out of the cache, and a second withdrawal of 600
+  // follows: the store still shows 1,000, but only 400 will be left.
+  for (int i = 0; i < 6; ++i) {
+    outcomes.push_back(mine.submit(command(Deposit{"small-" + std::to_string(i), Amount(1)})));
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  auto second = mine.submit(command(Withdrawal{"small-x", Amount(600)}));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  held.abort();
+  for (auto& outcome : outcomes) {
+    const auto answered = outcome.get();
+    CHECK_MESSAGE(answered.accepted(), to_string(answered.code));
+  }
+  CHECK(second.get().code == RejectionCode::insufficient_funds);
+  check_dense(database);
+  Engine reader(settings);
+  CHECK(reader.read_account("small-x")->balance() == Amount(400));
+}
