@@ -18,9 +18,9 @@
 // settled transfers came after it (62,500 with the default 500,000 streams, against at most
 // three batches in flight: 6,000 commands at the default batch size), so what the pipeline just decided is found, as it
 // is for every other stream while the cache is larger than the streams in flight. Beyond that
-// (a tiny cache) the store still decides right: a stale decision loses on the stored versions
-// (unique (stream_id, version), the version-gap check, the checked reads of a refusal) and is
-// decided again; the cache is only a cache.
+// (a tiny cache) the writer sees that a command names a stream a batch in flight wrote and the
+// cache lost, and waits for the batches in flight before deciding it (the pipeline's
+// names_held_uncached): the cache is only a cache.
 //
 // Whatever leaves the cache is read again from the snapshot store or the event store: slower,
 // never different.
