@@ -798,11 +798,12 @@ struct Pipeline::Impl {
 
   // Committer thread, under the head lock of `work`, once the batch's rows are sealed (not yet
   // written): decides `result.losers` again on the store's states with the batch's `written`
-  // rows folded on top, and moves them to `result.decided_again`. The streams they write join the loser streams (a batch decided
-  // ahead on one loses too); the states of every stream they touched, as this commit leaves
-  // them, replace what the writer's cache holds (committed_states), but for system accounts',
-  // which are dropped (unreliable). False, with the losers left to go back to the writer, when
-  // one cannot be stored.
+  // rows folded on top, and moves them to `result.decided_again`. The streams they write join
+  // the loser streams (a batch decided ahead on one loses too); the states of every stream they
+  // touched, as this commit leaves them, replace what the writer's cache holds
+  // (committed_states), but for system accounts', which are dropped (unreliable). False, with
+  // the losers left to go back to the writer, when one cannot be stored or their streams do not
+  // fit the loser cache.
   //
   // A system account's stream is not read from the store (a busy currency's cash account moves
   // at every deposit of every writer: folding its events since the last snapshot would hold the
@@ -816,7 +817,6 @@ struct Pipeline::Impl {
     loser_cache.clear();
     std::unordered_map<std::string_view, std::vector<const RecordedEvent*>> written_rows;
     for (const auto& row : written) written_rows[row.stream_id].push_back(&row);
-    // The store's state of a stream, then the batch's rows on it.
     // Rows that do not follow the stored version were decided on a stale state: the store would
     // refuse them, so the commit is refused as a conflict here (before anything is written).
     auto check_follows = [&](const std::string& stream_id, std::int64_t stored_version) {
@@ -826,6 +826,7 @@ struct Pipeline::Impl {
                              std::to_string(stored_version));
       }
     };
+    // The store's state of a stream, then the batch's rows on it.
     auto fold_written = [&](const std::string& stream_id, StreamState& state) {
       check_follows(stream_id, state.version.value());
       const auto rows = written_rows.find(stream_id);

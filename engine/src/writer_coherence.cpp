@@ -185,7 +185,6 @@ SplitOutcome WriterCoherence::reconcile(pqxx::work& work, const LockedHead& head
       if (epoch > decided_at) tainted.insert(streams.begin(), streams.end());
     }
   }
-  // (taints_lost: everything is decided again below.)
   if (taints_lost) {
     // Too old to know what it built on: all of it is decided again, and the cache drops what
     // it decided.
@@ -217,7 +216,9 @@ StoredVersions WriterCoherence::stored_versions_of(pqxx::work& work, const Decid
   // What may differ from the decision: streams another writer's events or an eviction named
   // since it started (this append's own window of foreign events included: posted above),
   // tainted ones, and the reads of refusals. Every other stream is at the version the batch
-  // decided on: no commit but this engine's own moved it since (and those the decision saw).
+  // decided on: only this engine's own commits moved it since, and the decision built on those
+  // (a stream a batch in flight wrote is never read from the store meanwhile: the pipeline's
+  // names_held_uncached).
   std::unordered_set<std::string> moved(tainted.begin(), tainted.end());
   bool every_stream = false;
   {
