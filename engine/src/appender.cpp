@@ -159,6 +159,21 @@ void append_copy_row(std::string& chunk, const RecordedEvent& event, const Event
   copy_bytes(chunk, event.hash);
 }
 
+// Runs `copy` (a COPY into events): a key written before or a version gap the store refuses
+// (the batch was decided on a state the store does not hold) is an AppendConflict.
+template <typename Copy>
+void copy_events_or_conflict(Copy&& copy) {
+  try {
+    copy();
+  } catch (const pqxx::unique_violation& error) {
+    throw AppendConflict(error.what());
+  } catch (const pqxx::check_violation& error) {
+    if (!is_version_gap(error)) throw;
+    spdlog::error("append refused by the store: {}", error.what());
+    throw AppendConflict(error.what());
+  }
+}
+
 }  // namespace
 
 LockedHead write_batch(
@@ -183,7 +198,7 @@ LockedHead write_batch(
   // pqxx 6 keeps raw COPY lines only on the deprecated tablewriter; a "line" may hold several
   // newline-separated rows (the writer adds the last newline).
   std::optional<pqxx::tablewriter> writer;
-  try {
+  copy_events_or_conflict([&] {
     if (count > 0) writer.emplace(work, domain::sql::events_table);
     for (std::int64_t i = 0; i < count; ++i) {
       RecordedEvent& event = events[static_cast<std::size_t>(i)];
@@ -199,14 +214,7 @@ LockedHead write_batch(
     }
     assert_no_problem(check_positions_dense(events, head.position));
     if (writer) writer->complete();
-  } catch (const pqxx::unique_violation& error) {
-    throw AppendConflict(error.what());
-  } catch (const pqxx::check_violation& error) {
-    if (!is_version_gap(error)) throw;
-    // The batch was decided on a state the store does not hold: decide again from the store.
-    spdlog::error("append refused by the store: {}", error.what());
-    throw AppendConflict(error.what());
-  }
+  });
 #pragma GCC diagnostic pop
 
   copy_idempotency_records(work, records_for(GlobalPosition(first)));
@@ -244,19 +252,12 @@ void write_sealed(pqxx::work& work, const LockedHead& head, const std::vector<co
   }
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-  try {
-    if (count > 0) {
-      pqxx::tablewriter writer(work, domain::sql::events_table);
-      writer.write_raw_line(lines);
-      writer.complete();
-    }
-  } catch (const pqxx::unique_violation& error) {
-    throw AppendConflict(error.what());
-  } catch (const pqxx::check_violation& error) {
-    if (!is_version_gap(error)) throw;
-    spdlog::error("append refused by the store: {}", error.what());
-    throw AppendConflict(error.what());
-  }
+  copy_events_or_conflict([&] {
+    if (count == 0) return;
+    pqxx::tablewriter writer(work, domain::sql::events_table);
+    writer.write_raw_line(lines);
+    writer.complete();
+  });
 #pragma GCC diagnostic pop
   copy_idempotency_records(work, records);
 }

@@ -60,6 +60,20 @@ void load_at_once(Engine& engine, int clients, int rounds, int in_flight,
   for (auto& thread : threads) thread.join();
 }
 
+// Sessions of `database` waiting for a lock (an engine's committer behind a held head row).
+long long lock_waiters(const test::TestDatabase& database) {
+  return test::scalar(database.app_url(),
+                      "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                      "AND wait_event_type = 'Lock'");
+}
+
+// Waits (5 s at most) until `count` sessions of `database` wait for a lock.
+void wait_for_lock_waiters(const test::TestDatabase& database, long long count) {
+  for (int attempt = 0; attempt < 500 && lock_waiters(database) != count; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
 EngineSettings settings_for(const test::TestDatabase& database, bool pipelined) {
   auto settings = test::engine_settings(database);
   settings.decide_while_committing = pipelined;
@@ -438,18 +452,12 @@ TEST_CASE("commands decided while another writer holds the head row join the com
   pqxx::connection holder(database.app_url());
   pqxx::work held(holder);
   held.exec("SELECT position FROM event_store_head FOR UPDATE");
-  const auto waiting_for_lock = [&] {
-    return test::scalar(database.app_url(),
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND wait_event_type = 'Lock'");
-  };
+  const auto waiting_for_lock = [&] { return lock_waiters(database); };
   const auto before = mine.stats();
   std::vector<std::future<CommandOutcome>> outcomes;
   outcomes.push_back(mine.submit(command(Deposit{"join-0", Amount(1)})));
   // The committer takes the head row's lock for the first deposit and waits for it ...
-  for (int attempt = 0; attempt < 500 && waiting_for_lock() == 0; ++attempt) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  wait_for_lock_waiters(database, 1);
   REQUIRE(waiting_for_lock() == 1);
   // ... while the writer decides the others, one by one, behind it.
   for (int i = 1; i < accounts; ++i) {
@@ -535,13 +543,7 @@ TEST_CASE("a loser decided again in the commit sees what the commit's winners wr
   held.exec("SELECT position FROM event_store_head FOR UPDATE");
   std::vector<std::future<CommandOutcome>> outcomes;
   outcomes.push_back(mine.submit(command(Deposit{"wl-hold", Amount(1)})));
-  for (int attempt = 0; attempt < 500; ++attempt) {
-    if (test::scalar(database.app_url(), "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                         "AND wait_event_type = 'Lock'") == 1) {
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  wait_for_lock_waiters(database, 1);
   // Decided behind the waiting commit on the cached states: the winner brings wl-x to 150, and
   // the loser (wl-z moved) takes 120 of it; decided again, it must see the winner's 50.
   const auto redecided_before = mine.stats().commands_redecided;
@@ -614,13 +616,7 @@ TEST_CASE("a stream a batch in flight wrote, gone from a small cache, is not dec
   std::vector<std::future<CommandOutcome>> outcomes;
   // The committer holds the first withdrawal, waiting for the head row ...
   outcomes.push_back(mine.submit(command(Withdrawal{"small-x", Amount(600)})));
-  for (int attempt = 0; attempt < 500; ++attempt) {
-    if (test::scalar(database.app_url(), "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                         "AND wait_event_type = 'Lock'") == 1) {
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  wait_for_lock_waiters(database, 1);
   // ... while deposits elsewhere push small-x out of the cache, and a second withdrawal of 600
   // follows: the store still shows 1,000, but only 400 will be left.
   for (int i = 0; i < 6; ++i) {
