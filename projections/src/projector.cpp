@@ -481,6 +481,45 @@ struct Projector::Impl {
   // Rows of the event store read by the current round (status: store_rows_read).
   std::int64_t rows_read = 0;
 
+  // Catching up, a round's positions all come from the store: one binary COPY of the range, on
+  // a connection of its own (engine::LogCopyReader), gives both the position list and the
+  // events. Created on first use, dropped after a failure; `range_events` keeps its storage.
+  std::unique_ptr<engine::LogCopyReader> range_reader;
+  std::vector<RecordedEvent> range_events;
+
+  // What the store holds for positions [low, high] (low > 0) or [1, high], read into
+  // range_events in one COPY, and the StoredRange of (low, high] made from it. The COPY's own
+  // snapshot sees every position up to the head the caller's transaction read (positions are
+  // committed in order, and a committed event never changes); density is checked here, the
+  // chain by the caller, as for read_stored_range.
+  StoredRange read_stored_events(std::int64_t low, std::int64_t high) {
+    if (!range_reader) {
+      range_reader = std::make_unique<engine::LogCopyReader>(pool, GlobalPosition(1), GlobalPosition(1));
+    }
+    const std::int64_t first = std::max<std::int64_t>(low, 1);
+    range_reader->read_range(GlobalPosition(first), GlobalPosition(high), range_events);
+    rows_read += static_cast<std::int64_t>(range_events.size());
+    StoredRange range;
+    range.low = low;
+    const auto size = static_cast<std::size_t>(high - low + 1);
+    range.partition.assign(size, -1);
+    range.hash.assign(size, std::string());
+    if (low == 0) range.hash[0] = domain::genesis_hash();
+    std::int64_t expected = first;
+    for (const auto& event : range_events) {
+      if (event.position.value() != expected) break;
+      const auto index = static_cast<std::size_t>(expected - low);
+      range.partition[index] = domain::partition_for_stream(event.stream_id, partitions);
+      range.hash[index] = event.hash;
+      ++expected;
+    }
+    if (expected != high + 1) {
+      throw ProjectionError("position " + std::to_string(expected) + (low > 0 && expected == low ? ", a partition watermark," : "") +
+                            " is missing from the event store");
+    }
+    return range;
+  }
+
   StoredRange read_stored_range(pqxx::transaction_base& work, std::int64_t low, std::int64_t high) {
     StoredRange range;
     range.low = low;
@@ -524,9 +563,10 @@ struct Projector::Impl {
   // hash before it) or else the store's event, stores the batch's Kafka offsets, the new
   // partition watermarks and their minimum in read.projections. `single_step` applies only the
   // first such position. Returns whether any partition moved. A batch that fails is not
-  // retried from memory: its positions come back from Kafka or the store.
+  // retried from memory: its positions come back from Kafka or the store. `catching_up`: no
+  // message was kept, every position comes from the store (read_stored_events).
   bool apply(std::map<std::int32_t, std::int64_t> targets, PartitionMessages& incoming,
-             const PartitionOffsets& offsets, bool single_step) {
+             const PartitionOffsets& offsets, bool single_step, bool catching_up) {
     auto lease = pool.acquire();
     try {
       pqxx::work work(*lease);
@@ -573,7 +613,10 @@ struct Projector::Impl {
         for (const auto& [partition, position] : start) low = std::min(low, position);
         high = low;
       }
-      const StoredRange stored = read_stored_range(work, low, std::max(low, high));
+      range_events.clear();
+      const bool one_read = catching_up && high > low;
+      const StoredRange stored =
+          one_read ? read_stored_events(low, high) : read_stored_range(work, low, std::max(low, high));
 
       // Per partition, the positions of its streams in (watermark, target], in order.
       std::map<std::int32_t, std::vector<std::int64_t>> expected;
@@ -683,7 +726,11 @@ struct Projector::Impl {
           }
         }
       }
-      read_from_store(from_store, stored, to_apply);
+      if (one_read) {
+        take_from_range(from_store, stored, to_apply);
+      } else {
+        read_from_store(from_store, stored, to_apply);
+      }
       std::sort(to_apply.begin(), to_apply.end(),
                 [](const RecordedEvent& a, const RecordedEvent& b) { return a.position < b.position; });
       // Applied positions are exactly each partition's stored positions after its watermark,
@@ -774,6 +821,7 @@ struct Projector::Impl {
       return moved;
     } catch (...) {
       lease.discard();
+      range_reader.reset();  // its connection may be inside a COPY, or gone
       throw;
     }
   }
@@ -809,6 +857,24 @@ struct Projector::Impl {
       if (next < wanted.size() && wanted[next] <= from + span - 1) {
         throw ProjectionError("position " + std::to_string(wanted[next]) + " is missing from the event store");
       }
+    }
+  }
+
+  // The events at `positions` (ascending, all inside the range read_stored_events read) moved
+  // from range_events to `out`, each checked to chain from the stored hash before it.
+  void take_from_range(const std::vector<std::int64_t>& positions, const StoredRange& stored,
+                       std::vector<RecordedEvent>& out) {
+    const std::int64_t first = range_events.empty() ? 0 : range_events.front().position.value();
+    for (const auto position : positions) {
+      LEDGER_ASSERT(position >= first && position - first < static_cast<std::int64_t>(range_events.size()),
+                    "projector: a position taken from the range read is inside it");
+      auto& event = range_events[static_cast<std::size_t>(position - first)];
+      if (domain::chain_hash(stored.hash_of(position - 1), event) != event.hash) {
+        throw ProjectionError("position " + std::to_string(position) +
+                              " of the event store does not chain from the position before it (an altered "
+                              "store: run ledger replay verify, then rebuild the projection)");
+      }
+      out.push_back(std::move(event));
     }
   }
 
@@ -985,7 +1051,9 @@ struct Projector::Impl {
         // Offsets of messages that changed nothing are stored too (the next start skips them).
         for (const auto& [partition, next_offset] : offsets) targets.try_emplace(partition, watermark_of(partition));
         if (targets.empty()) continue;
-        if (apply(std::move(targets), incoming, offsets, single_step)) last_progress = Clock::now();
+        if (apply(std::move(targets), incoming, offsets, single_step, far_behind && !single_step)) {
+          last_progress = Clock::now();
+        }
         incoming.clear();
         offsets.clear();
       } catch (const std::exception& error) {
