@@ -514,8 +514,8 @@ struct Projector::Impl {
       ++expected;
     }
     if (expected != high + 1) {
-      throw ProjectionError("position " + std::to_string(expected) + (low > 0 && expected == low ? ", a partition watermark," : "") +
-                            " is missing from the event store");
+      const char* what = low > 0 && expected == low ? ", a partition watermark," : "";
+      throw ProjectionError("position " + std::to_string(expected) + what + " is missing from the event store");
     }
     return range;
   }
