@@ -11,6 +11,8 @@
 #include <map>
 #include <future>
 #include <set>
+#include <thread>
+#include <atomic>
 
 #include "../engine/engine_fixture.hpp"
 #include "ledger/domain/types.hpp"
@@ -355,6 +357,56 @@ TEST_CASE("a partition far ahead of the others does not stretch the store reads 
     // Each round reads its own positions (once: the list and the events in one read), not the
     // whole range up to partition 0's watermark.
     CHECK(status.store_rows_read <= head + status.batches + 4'000);
+  }
+  test::check_read_models_equal_fold(database.app_url());
+}
+
+TEST_CASE("a catch-up whose store reads are cut off mid-COPY retries them and converges") {
+  // The one read of a catch-up round runs on a connection of its own (a binary COPY). A
+  // database that drops it mid-read (a restart, a failover, an operator's kill) must cost a
+  // retry, not a projector stuck on a dead connection or a position skipped.
+  test::TestDatabase database;
+  test::MockKafka kafka(1, 4);
+  auto pool = test::make_pool(database.app_url(), 10);
+  Engine engine(test::engine_settings(database));
+  relay::Relay relay(test::relay_settings(kafka), pool);
+  relay.start();
+  open_accounts(engine);
+  random_workload(engine, 2'000);
+  const std::int64_t head = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
+  auto settings = test::projector_settings(kafka);
+  settings.batch_events_max = 200;
+  settings.catch_up_events_min = 200;
+  settings.catch_up_batch_events_max = 500;
+  // Ends every COPY out of the events table it sees, for at most 20 s or 5 kills.
+  std::atomic<bool> stop{false};
+  std::atomic<int> killed{0};
+  std::thread killer([&] {
+    pqxx::connection admin(database.admin_url());
+    const auto until = std::chrono::steady_clock::now() + 20s;
+    while (!stop && killed < 5 && std::chrono::steady_clock::now() < until) {
+      pqxx::nontransaction work(admin);
+      killed += static_cast<int>(
+          work.exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND query LIKE 'COPY (SELECT%FROM events%' AND pid <> pg_backend_pid()")
+              .size());
+      std::this_thread::sleep_for(1ms);
+    }
+  });
+  {
+    test::Projectors projectors(pool, settings);
+    const bool caught_up = test::eventually([&] { return every_partition_at(database.app_url(), head, 4); }, 60s);
+    stop = true;
+    killer.join();
+    REQUIRE(caught_up);
+    MESSAGE("store reads cut off: " << killed.load());
+    CHECK(killed.load() > 0);
+    for (const auto& projector : projectors.running) {
+      const auto status = projector->status();
+      CHECK(status.events_applied == head);
+      CHECK(status.stalled_position.value() == 0);
+    }
   }
   test::check_read_models_equal_fold(database.app_url());
 }
