@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <future>
 #include <limits>
 #include <map>
 #include <set>
@@ -476,10 +477,17 @@ struct Projector::Impl {
     [[nodiscard]] const std::string& hash_of(std::int64_t position) const {
       return hash[static_cast<std::size_t>(position - low)];
     }
+    // Read ahead of its round: every position of (low, high] was checked to chain from the one
+    // before it when it was read, and the round checks the store still ends it with hash_of(high).
+    bool read_ahead = false;
   };
 
   // Rows of the event store read by the current round (status: store_rows_read).
   std::int64_t rows_read = 0;
+  // Ranges read ahead that the current round read again (status: read_ahead_stale).
+  std::int64_t read_ahead_stale = 0;
+  // The store's head as the last round's transaction read it.
+  std::int64_t last_store_head = 0;
 
   // Catching up, a round's positions all come from the store: one binary COPY of the range, on
   // a connection of its own (engine::LogCopyReader), gives both the position list and the
@@ -487,18 +495,31 @@ struct Projector::Impl {
   std::unique_ptr<engine::LogCopyReader> range_reader;
   std::vector<RecordedEvent> range_events;
 
-  // What the store holds for positions [low, high] (low > 0) or [1, high], read into
-  // range_events in one COPY, and the StoredRange of (low, high] made from it. The COPY's own
+  // Catching up, each round is otherwise a serial chain: read the store, write the read model,
+  // commit; the read is a third of it (issue 18). So the next round's range is read ahead, on
+  // a connection of its own, while this round writes and commits: one range only, and only
+  // when the store held all of it at this round's head, so that the next round (which starts
+  // at this one's target) asks for exactly it. Dropped when the next round asks for another
+  // range or after any failure. Declared after what its thread uses: destroyed first, it waits.
+  std::unique_ptr<engine::LogCopyReader> ahead_reader;
+  std::vector<RecordedEvent> ahead_events;
+  struct ReadAhead {
+    std::int64_t low = 0;
+    std::int64_t high = 0;
+    std::int32_t partitions = 0;
+    std::future<StoredRange> range;  // its events in ahead_events
+  };
+  std::optional<ReadAhead> ahead;
+
+  // The StoredRange of (low, high] (low > 0) or [1, high] made from `events`, the store's rows
+  // from max(low, 1) on, in order; throws naming the first position missing. The COPY's own
   // snapshot sees every position up to the head the caller's transaction read (positions are
-  // committed in order, and a committed event never changes); density is checked here, the
-  // chain by the caller, as for read_stored_range.
-  StoredRange read_stored_events(std::int64_t low, std::int64_t high) {
-    if (!range_reader) {
-      range_reader = std::make_unique<engine::LogCopyReader>(pool, GlobalPosition(1), GlobalPosition(1));
-    }
+  // committed in order, and a committed event never changes); the chain is checked by the
+  // caller, as for read_stored_range, or here for a range read ahead.
+  static StoredRange stored_range_of(std::int64_t low, std::int64_t high,
+                                     const std::vector<RecordedEvent>& events,
+                                     std::int32_t partition_count) {
     const std::int64_t first = std::max<std::int64_t>(low, 1);
-    range_reader->read_range(GlobalPosition(first), GlobalPosition(high), range_events);
-    rows_read += static_cast<std::int64_t>(range_events.size());
     StoredRange range;
     range.low = low;
     const auto size = static_cast<std::size_t>(high - low + 1);
@@ -506,10 +527,10 @@ struct Projector::Impl {
     range.hash.assign(size, std::string());
     if (low == 0) range.hash[0] = domain::genesis_hash();
     std::int64_t expected = first;
-    for (const auto& event : range_events) {
+    for (const auto& event : events) {
       if (event.position.value() != expected) break;
       const auto index = static_cast<std::size_t>(expected - low);
-      range.partition[index] = domain::partition_for_stream(event.stream_id, partitions);
+      range.partition[index] = domain::partition_for_stream(event.stream_id, partition_count);
       range.hash[index] = event.hash;
       ++expected;
     }
@@ -518,6 +539,88 @@ struct Projector::Impl {
       throw ProjectionError("position " + std::to_string(expected) + what + " is missing from the event store");
     }
     return range;
+  }
+
+  // What the store holds for positions [low, high] (low > 0) or [1, high], read into
+  // range_events in one COPY (or taken from the read ahead), and the StoredRange of (low, high]
+  // made from it.
+  StoredRange read_stored_events(std::int64_t low, std::int64_t high) {
+    if (auto range = take_read_ahead(low, high)) return std::move(*range);
+    if (!range_reader) {
+      range_reader =
+          std::make_unique<engine::LogCopyReader>(pool, GlobalPosition(1), GlobalPosition(1));
+    }
+    range_reader->read_range(GlobalPosition(std::max<std::int64_t>(low, 1)), GlobalPosition(high),
+                             range_events);
+    rows_read += static_cast<std::int64_t>(range_events.size());
+    return stored_range_of(low, high, range_events, partitions);
+  }
+
+  // Starts reading [high, high + catch-up span] ahead when the store held it all at `store_head`
+  // and the round after this one will still be catching up.
+  void start_read_ahead(std::int64_t high, std::int64_t store_head) {
+    const std::int64_t span = catch_up_span();
+    if (ahead || store_head - high < span || store_head - high <= settings.catch_up_events_min)
+      return;
+    ahead.emplace();
+    ahead->low = high;
+    ahead->high = high + span;
+    ahead->partitions = partitions;
+    ahead->range =
+        std::async(std::launch::async, [this, low = high, to = high + span, count = partitions] {
+          if (!ahead_reader) {
+            ahead_reader =
+                std::make_unique<engine::LogCopyReader>(pool, GlobalPosition(1), GlobalPosition(1));
+          }
+          ahead_reader->read_range(GlobalPosition(std::max<std::int64_t>(low, 1)),
+                                   GlobalPosition(to), ahead_events);
+          StoredRange range = stored_range_of(low, to, ahead_events, count);
+          const std::int64_t first = std::max<std::int64_t>(low, 1);
+          for (std::int64_t position = low + 1; position <= to; ++position) {
+            const auto& event = ahead_events[static_cast<std::size_t>(position - first)];
+            if (domain::chain_hash(range.hash_of(position - 1), event) != event.hash) {
+              throw ProjectionError("position " + std::to_string(position) +
+                                    " does not chain (read ahead)");
+            }
+          }
+          range.read_ahead = true;
+          return range;
+        });
+  }
+
+  // The range read ahead when it is [low, high] (its events moved into range_events); nothing
+  // when there is none, it is another range, or reading it failed (read again by the caller,
+  // which reports what is wrong, if anything still is).
+  std::optional<StoredRange> take_read_ahead(std::int64_t low, std::int64_t high) {
+    if (!ahead) return std::nullopt;
+    ReadAhead taken = std::move(*ahead);
+    ahead.reset();
+    try {
+      StoredRange range = taken.range.get();
+      rows_read += static_cast<std::int64_t>(ahead_events.size());
+      if (taken.low != low || taken.high != high || taken.partitions != partitions)
+        return std::nullopt;
+      std::swap(range_events, ahead_events);
+      return range;
+    } catch (const std::exception& failure) {
+      ahead_reader.reset();  // its connection may be inside a COPY, or gone
+      spdlog::debug("projector {}: reading positions {} to {} ahead failed: {}", name, taken.low,
+                    taken.high, failure.what());
+      return std::nullopt;
+    }
+  }
+
+  // Waits for a read ahead in flight and forgets it (after a failure: what it read may be of a
+  // store that has changed since, e.g. restored).
+  void drop_read_ahead() {
+    if (!ahead) return;
+    (void)take_read_ahead(-1, -1);
+    ahead_reader.reset();
+  }
+
+  [[nodiscard]] std::int64_t catch_up_span() const {
+    return static_cast<std::int64_t>(
+        std::max(settings.batch_events_max, settings.catch_up_batch_events_max));
   }
 
   StoredRange read_stored_range(pqxx::transaction_base& work, std::int64_t low, std::int64_t high) {
@@ -574,6 +677,7 @@ struct Projector::Impl {
       // watermarks together (one transaction), and they are applied again. No fsync wait.
       work.exec("SET LOCAL synchronous_commit = off");
       rows_read = 0;
+      read_ahead_stale = 0;
       std::string list = "{";
       for (const auto& [partition, target] : targets) {
         if (list.size() > 1) list += ',';
@@ -615,8 +719,25 @@ struct Projector::Impl {
       }
       range_events.clear();
       const bool one_read = catching_up && high > low;
-      const StoredRange stored =
-          one_read ? read_stored_events(low, high) : read_stored_range(work, low, std::max(low, high));
+      StoredRange stored = one_read ? read_stored_events(low, high)
+                                    : read_stored_range(work, low, std::max(low, high));
+      if (stored.read_ahead) {
+        // Read in another snapshot, maybe before a restore: this transaction's store must end
+        // the range with the same hash (the range chains up to it), or it is read again now.
+        const auto rows = work.exec_params("SELECT hash FROM events WHERE position = $1", high);
+        if (rows.empty() || pqxx::binarystring(rows[0][0]).str() != stored.hash_of(high)) {
+          spdlog::warn(
+              "projector {}: the store no longer ends positions {} to {} as read ahead; reading "
+              "them again",
+              name, low, high);
+          range_events.clear();
+          stored = read_stored_events(low, high);
+          ++read_ahead_stale;
+        }
+      }
+      const bool used_read_ahead = stored.read_ahead;
+      if (one_read) start_read_ahead(high, store_head);
+      last_store_head = store_head;
 
       // Per partition, the positions of its streams in (watermark, target], in order.
       std::map<std::int32_t, std::vector<std::int64_t>> expected;
@@ -802,6 +923,8 @@ struct Projector::Impl {
         s.events_applied += static_cast<std::int64_t>(to_apply.size());
         s.events_from_store += static_cast<std::int64_t>(from_store.size());
         s.store_rows_read += rows_read;
+        if (used_read_ahead) ++s.ranges_read_ahead;
+        s.read_ahead_stale += read_ahead_stale;
         s.duplicates_skipped += duplicates;
         s.messages_rejected += rejected;
         s.gaps_detected += gaps;
@@ -822,6 +945,7 @@ struct Projector::Impl {
     } catch (...) {
       lease.discard();
       range_reader.reset();  // its connection may be inside a COPY, or gone
+      drop_read_ahead();
       throw;
     }
   }
@@ -861,7 +985,8 @@ struct Projector::Impl {
   }
 
   // The events at `positions` (ascending, all inside the range read_stored_events read) moved
-  // from range_events to `out`, each checked to chain from the stored hash before it.
+  // from range_events to `out`, each checked to chain from the stored hash before it (a range
+  // read ahead was checked whole when it was read).
   void take_from_range(const std::vector<std::int64_t>& positions, const StoredRange& stored,
                        std::vector<RecordedEvent>& out) {
     const std::int64_t first = range_events.empty() ? 0 : range_events.front().position.value();
@@ -869,7 +994,8 @@ struct Projector::Impl {
       LEDGER_ASSERT(position >= first && position - first < static_cast<std::int64_t>(range_events.size()),
                     "projector: a position taken from the range read is inside it");
       auto& event = range_events[static_cast<std::size_t>(position - first)];
-      if (domain::chain_hash(stored.hash_of(position - 1), event) != event.hash) {
+      if (!stored.read_ahead &&
+          domain::chain_hash(stored.hash_of(position - 1), event) != event.hash) {
         throw ProjectionError("position " + std::to_string(position) +
                               " of the event store does not chain from the position before it (an altered "
                               "store: run ledger replay verify, then rebuild the projection)");
@@ -958,8 +1084,7 @@ struct Projector::Impl {
     auto unassigned_looked = Clock::now();
     const auto span_max = static_cast<std::int64_t>(settings.batch_events_max);
     // Far behind, larger rounds (never below the near-head size).
-    const auto catch_up_span_max =
-        std::max(span_max, static_cast<std::int64_t>(settings.catch_up_batch_events_max));
+    const auto catch_up_span_max = catch_up_span();
     while (!worker.stopping()) {
       try {
         if (consumer == nullptr) create_consumer();
@@ -1054,6 +1179,7 @@ struct Projector::Impl {
         if (apply(std::move(targets), incoming, offsets, single_step, far_behind && !single_step)) {
           last_progress = Clock::now();
         }
+        head = last_store_head;  // read by that round, after the one above
         incoming.clear();
         offsets.clear();
       } catch (const std::exception& error) {

@@ -56,6 +56,8 @@ struct ProjectorStatus {
   std::int64_t events_applied = 0;     // since start
   std::int64_t events_from_store = 0;  // gaps filled by reading the event store
   std::int64_t store_rows_read = 0;    // rows of the event store read (position lists and events)
+  std::int64_t ranges_read_ahead = 0;  // catch-up rounds whose range the round before read
+  std::int64_t read_ahead_stale = 0;   // read ahead, then again: the store had changed
   std::int64_t duplicates_skipped = 0; // redelivered events at or below their partition's watermark
   std::int64_t batches = 0;
   std::string last_error;
