@@ -416,8 +416,8 @@ TEST_CASE(
     "again") {
   // Catching up, each projector reads its next round's range while the round before writes
   // and commits: in another snapshot, so a store that changed in between (a point-in-time
-  // restore onto another timeline) must not be applied from memory. Here every projector is
-  // held at the end of its first round, with the second round's range read ahead, while the
+  // restore onto another timeline) must not be applied from memory. Here the balance and audit
+  // projectors are held in their first round, with the second round's range read ahead, while the
   // store's events from inside that range on are rewritten into another valid chain (other
   // recorded_at, hashes recomputed): the read models must come out equal to the fold of the
   // store as it now is.
@@ -452,20 +452,23 @@ TEST_CASE(
   auto hold = std::make_unique<pqxx::work>(holder);
   hold->exec("LOCK TABLE read.audit, read.balances, read.entries IN SHARE MODE");
   test::Projectors projectors(pool, settings);
-  // Held: the two rounds wait on the lock and no read of the store is still running.
+  // Held: the two rounds wait on the lock, and the six readers (each projector's range reader
+  // and read-ahead reader; the loan projector's have read everything) have each run a COPY and
+  // finished it, so the reads ahead saw the store as it was.
   const bool held = test::eventually(
       [&] {
         pqxx::connection admin(database.admin_url());
         pqxx::nontransaction look(admin);
         const auto waiting = look.exec(
             "SELECT count(*) FILTER (WHERE wait_event_type = 'Lock'), "
-            "count(*) FILTER (WHERE state = 'active' AND query LIKE 'COPY (SELECT%') "
+            "count(*) FILTER (WHERE state = 'idle' AND query LIKE 'COPY (SELECT%'), "
+            "count(*) FILTER (WHERE state <> 'idle' AND query LIKE 'COPY (SELECT%') "
             "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()");
-        return waiting[0][0].as<int>() == 2 && waiting[0][1].as<int>() == 0;
+        return waiting[0][0].as<int>() == 2 && waiting[0][1].as<int>() == 6 &&
+               waiting[0][2].as<int>() == 0;
       },
       30s);
   REQUIRE(held);
-  std::this_thread::sleep_for(500ms);  // the reads ahead check their chains once copied
 
   // Another timeline from position 701 on, inside the second round's range (500, 1000].
   {
