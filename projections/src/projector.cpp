@@ -618,6 +618,21 @@ struct Projector::Impl {
     ahead_reader.reset();
   }
 
+  // Near the head: the catch-up's two readers close their connections (they reconnect when a
+  // catch-up starts again), and a range read ahead that no round took is dropped once read.
+  void release_catch_up_readers() {
+    if (ahead) {
+      if (ahead->range.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return;
+      const std::int64_t round_rows = rows_read;
+      drop_read_ahead();
+      const std::int64_t dropped_rows = rows_read - round_rows;
+      rows_read = round_rows;
+      update_status([&](ProjectorStatus& s) { s.store_rows_read += dropped_rows; });
+    }
+    range_reader.reset();
+    ahead_reader.reset();
+  }
+
   [[nodiscard]] std::int64_t catch_up_span() const {
     return static_cast<std::int64_t>(
         std::max(settings.batch_events_max, settings.catch_up_batch_events_max));
@@ -1125,6 +1140,7 @@ struct Projector::Impl {
           lowest = lowest_assigned();
           far_behind = lowest && head - *lowest > settings.catch_up_events_min;
         }
+        if (!far_behind) release_catch_up_readers();
 
         std::map<std::int32_t, std::int64_t> targets;
         now = Clock::now();
