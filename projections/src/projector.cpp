@@ -503,10 +503,10 @@ struct Projector::Impl {
   // range or after any failure. Declared after what its thread uses: destroyed first, it waits.
   std::unique_ptr<engine::LogCopyReader> ahead_reader;
   std::vector<RecordedEvent> ahead_events;
-  struct ReadAhead {
-    std::int64_t low = 0;
-    std::int64_t high = 0;
-    std::int32_t partitions = 0;
+  struct ReadAhead {  // no default member initializers: clang 14 then cannot emplace() it here
+    std::int64_t low;
+    std::int64_t high;
+    std::int32_t partitions;
     std::future<StoredRange> range;  // its events in ahead_events
   };
   std::optional<ReadAhead> ahead;
