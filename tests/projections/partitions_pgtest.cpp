@@ -77,6 +77,17 @@ void produce_marker_bytes(const test::MockKafka& kafka, std::int32_t partition, 
   REQUIRE(rd_kafka_flush(producer.get(), 10'000) == RD_KAFKA_RESP_ERR_NO_ERROR);
 }
 
+// Opens the accounts, appends `transfers` random transfers and waits until the relay has
+// published every event: the backlog the catch-up tests start from. Returns the store's head.
+std::int64_t published_backlog(Engine& engine, const relay::Relay& relay, const std::string& url,
+                               int transfers) {
+  open_accounts(engine);
+  random_workload(engine, transfers);
+  const std::int64_t head = test::store_head(url);
+  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
+  return head;
+}
+
 }  // namespace
 
 TEST_CASE("every projection keeps one watermark per partition; their minimum is read.projections'") {
@@ -271,10 +282,7 @@ TEST_CASE("catching up from a backlog, the partitions move together: each stored
   Engine engine(test::engine_settings(database));
   relay::Relay relay(test::relay_settings(kafka), pool);
   relay.start();
-  open_accounts(engine);
-  random_workload(engine, 2'000);
-  const std::int64_t head = test::store_head(database.app_url());
-  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
+  const std::int64_t head = published_backlog(engine, relay, database.app_url(), 2'000);
   auto settings = test::projector_settings(kafka);
   settings.batch_events_max = 400;
   settings.catch_up_events_min = 500;
@@ -303,10 +311,7 @@ TEST_CASE("a partition far ahead of the others does not stretch the store reads 
   Engine engine(test::engine_settings(database));
   relay::Relay relay(test::relay_settings(kafka), pool);
   relay.start();
-  open_accounts(engine);
-  random_workload(engine, 2'000);
-  std::int64_t head = test::store_head(database.app_url());
-  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
+  std::int64_t head = published_backlog(engine, relay, database.app_url(), 2'000);
   relay.stop();
   // Partition 0 applied to the head from Kafka; the others' messages never arrive (their
   // offsets start at the end of each partition) and nothing heals them from the store yet.
@@ -371,10 +376,7 @@ TEST_CASE("a catch-up whose store reads are cut off mid-COPY retries them and co
   Engine engine(test::engine_settings(database));
   relay::Relay relay(test::relay_settings(kafka), pool);
   relay.start();
-  open_accounts(engine);
-  random_workload(engine, 2'000);
-  const std::int64_t head = test::store_head(database.app_url());
-  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
+  const std::int64_t head = published_backlog(engine, relay, database.app_url(), 2'000);
   auto settings = test::projector_settings(kafka);
   settings.batch_events_max = 200;
   settings.catch_up_events_min = 200;
@@ -412,8 +414,8 @@ TEST_CASE("a catch-up whose store reads are cut off mid-COPY retries them and co
 }
 
 TEST_CASE(
-    "a catch-up round's range read ahead is checked against the store: one that changed is read "
-    "again") {
+    "a catch-up round's range read ahead is checked against the store: one that changed, or whose "
+    "connection was cut, is read again") {
   // Catching up, each projector reads its next round's range while the round before writes
   // and commits: in another snapshot, so a store that changed in between (a point-in-time
   // restore onto another timeline) must not be applied from memory. Here the balance and audit
@@ -439,10 +441,7 @@ TEST_CASE(
     Engine engine(test::engine_settings(database));
     relay::Relay relay(test::relay_settings(kafka), pool);
     relay.start();
-    open_accounts(engine);
-    random_workload(engine, 1'500);
-    head = test::store_head(database.app_url());
-    REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
+    head = published_backlog(engine, relay, database.app_url(), 1'500);
   }
   REQUIRE(head > 2'000);
 
@@ -470,48 +469,68 @@ TEST_CASE(
       30s);
   REQUIRE(held);
 
-  // Another timeline from position 701 on, inside the second round's range (500, 1000].
-  {
-    pqxx::connection owner(database.admin_url());
-    pqxx::work rewrite(owner);
-    rewrite.exec("SET session_replication_role = replica");  // superuser bypass of the trigger
-    EventStore reader(pool);
-    std::string previous =
-        pqxx::binarystring(rewrite.exec1("SELECT hash FROM events WHERE position = 700")[0]).str();
-    for (std::int64_t from = 701; from <= head; from += 1'000) {
-      for (auto& event : reader.read_all(GlobalPosition(from), 1'000)) {
-        event.recorded_at_us += 3'600'000'000;
-        event.hash = domain::chain_hash(previous, event);
-        rewrite.exec_params(
-            "UPDATE events SET recorded_at = recorded_at + interval '1 hour', hash = $2 WHERE "
-            "position = $1",
-            event.position.value(), pqxx::binarystring(event.hash));
-        previous = event.hash;
+  SUBCASE("the store changed meanwhile (a restore onto another timeline)") {
+    // Another timeline from position 701 on, inside the second round's range (500, 1000].
+    {
+      pqxx::connection owner(database.admin_url());
+      pqxx::work rewrite(owner);
+      rewrite.exec("SET session_replication_role = replica");  // superuser bypass of the trigger
+      EventStore reader(pool);
+      std::string previous =
+          pqxx::binarystring(rewrite.exec1("SELECT hash FROM events WHERE position = 700")[0]).str();
+      for (std::int64_t from = 701; from <= head; from += 1'000) {
+        for (auto& event : reader.read_all(GlobalPosition(from), 1'000)) {
+          event.recorded_at_us += 3'600'000'000;
+          event.hash = domain::chain_hash(previous, event);
+          rewrite.exec_params(
+              "UPDATE events SET recorded_at = recorded_at + interval '1 hour', hash = $2 WHERE "
+              "position = $1",
+              event.position.value(), pqxx::binarystring(event.hash));
+          previous = event.hash;
+        }
       }
+      rewrite.exec_params("UPDATE event_store_head SET hash = $1", pqxx::binarystring(previous));
+      rewrite.commit();
     }
-    rewrite.exec_params("UPDATE event_store_head SET hash = $1", pqxx::binarystring(previous));
-    rewrite.commit();
-  }
-  hold->commit();
-  hold.reset();
+    hold->commit();
+    hold.reset();
 
-  REQUIRE(test::eventually([&] { return every_partition_at(database.app_url(), head, 4); }, 60s));
-  for (const auto& projector : projectors.running) {
-    const auto status = projector->status();
-    MESSAGE("rounds " << status.batches << ", read ahead " << status.ranges_read_ahead
-                      << ", read again " << status.read_ahead_stale);
-    if (projector.get() != projectors.running.back().get()) {  // balance and audit: held
-      CHECK(status.read_ahead_stale == 1);  // the second round's range, read before the rewrite
+    REQUIRE(test::eventually([&] { return every_partition_at(database.app_url(), head, 4); }, 60s));
+    for (const auto& projector : projectors.running) {
+      const auto status = projector->status();
+      MESSAGE("rounds " << status.batches << ", read ahead " << status.ranges_read_ahead
+                        << ", read again " << status.read_ahead_stale);
+      if (projector.get() != projectors.running.back().get()) {  // balance and audit: held
+        CHECK(status.read_ahead_stale == 1);  // the second round's range, read before the rewrite
+      }
+      CHECK(status.ranges_read_ahead >= 1);  // the rounds after it
+      CHECK(status.events_applied == head);
+      CHECK(status.stalled_position.value() == 0);
     }
-    CHECK(status.ranges_read_ahead >= 1);  // the rounds after it
-    CHECK(status.events_applied == head);
-    CHECK(status.stalled_position.value() == 0);
+    test::check_read_models_equal_fold(database.app_url());
+    // Near the head the catch-up's readers close their connections.
+    CHECK(test::eventually([&] {
+      return test::scalar(database.admin_url(),
+                          "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                          "AND query LIKE 'COPY (SELECT%'") == 0;
+    }));
   }
-  test::check_read_models_equal_fold(database.app_url());
-  // Near the head the catch-up's readers close their connections.
-  CHECK(test::eventually([&] {
-    return test::scalar(database.admin_url(),
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND query LIKE 'COPY (SELECT%'") == 0;
-  }));
+  SUBCASE("the connection of the read ahead is cut once it has read (a restart, an operator's kill)") {
+    // The range read ahead is whole and the round takes it; the next read ahead, on the dead
+    // connection, fails, and the round after reads its range on its own reader: no round fails.
+    CHECK(test::scalar(database.admin_url(),
+                       "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname "
+                       "= current_database() AND state = 'idle' AND query LIKE 'COPY (SELECT%BETWEEN "
+                       "500 AND 1000 %'") == 2);
+    hold->commit();
+    hold.reset();
+    REQUIRE(test::eventually([&] { return every_partition_at(database.app_url(), head, 4); }, 60s));
+    for (const auto& projector : projectors.running) {
+      const auto status = projector->status();
+      CHECK_MESSAGE(status.last_error.empty(), status.last_error);
+      CHECK(status.events_applied == head);
+      CHECK(status.stalled_position.value() == 0);
+    }
+    test::check_read_models_equal_fold(database.app_url());
+  }
 }
