@@ -29,6 +29,7 @@ struct Shared {
   Clock::time_point start;
   Clock::time_point end;
   LoadResult result;
+  int next_pair = 0;  // each_account_once: the next pair to send (one io thread)
 };
 
 class Connection : public std::enable_shared_from_this<Connection> {
@@ -53,6 +54,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
  private:
   void schedule() {
     if (Clock::now() >= shared_.end) return;
+    if (shared_.settings.each_account_once && 2 * shared_.next_pair >= shared_.settings.accounts)
+      return;
     if (interval_.count() == 0) {
       intended_ = Clock::now();
       return send();
@@ -65,8 +68,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void send() {
     const int accounts = shared_.settings.accounts;
-    const int from = static_cast<int>(random_() % accounts);
+    int from = static_cast<int>(random_() % accounts);
     int to = static_cast<int>(random_() % accounts);
+    if (shared_.settings.each_account_once) {
+      from = 2 * shared_.next_pair++;
+      to = (from + 1) % accounts;
+    }
     if (to == from) to = (to + 1) % accounts;
     body_ = "{\"from\":\"a" + std::to_string(from) + "\",\"to\":\"a" + std::to_string(to) +
             "\",\"amount\":" + std::to_string(1 + random_() % 100) + ",\"currency\":\"EUR\"}";

@@ -17,6 +17,9 @@ struct LoadSettings {
   double rate_per_second = 0;  // 0: maximum rate
   int accounts = 1'000;
   std::string token;
+  // Instead of random pairs: one transfer from a<2k> to a<2k+1> for each k, then the run ends
+  // (`seconds` bounds it still). Touches every account once: a serve's state cache warmed.
+  bool each_account_once = false;
 };
 
 struct LoadResult {

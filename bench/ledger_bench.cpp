@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "http_load.hpp"
+#include "serve_metrics.hpp"
 #include "two_serves.hpp"
 #include "wrk_load.hpp"
 #include "plots.hpp"
@@ -372,6 +373,16 @@ constexpr int two_serves_accounts = 1'000;
 // accounts and the transfers of the setup still in flight.
 constexpr std::size_t loan_cache_headroom_streams = 100'000;
 constexpr int two_serves_connections = 32;
+// The small population the HTTP rate is also measured with (issue 18, item 1).
+constexpr int hot_accounts = 1'000;
+
+// 100000 as "100,000", for row names.
+std::string with_thousands(int value) {
+  std::string digits = std::to_string(value);
+  for (auto at = static_cast<int>(digits.size()) - 3; at > 0; at -= 3)
+    digits.insert(static_cast<std::size_t>(at), ",");
+  return digits;
+}
 
 // The two-serves section's rows: per workload, one serve alone (before and after), two at once
 // (wrk on each), the ratio to one, and the two behind HAProxy.
@@ -1004,10 +1015,13 @@ int main(int argc, char** argv) {
     load.seconds = seconds;
     load.rate_per_second = std::max(100.0, std::min(30'000.0, 0.8 * max_rate));
     std::cout << "http: 64 connections, fixed " << load.rate_per_second << "/s, " << seconds << " s ...\n";
-    bench::LagSampler lag(app_url);
+    // The owner role: it sees the autovacuum workers in pg_stat_activity.
+    bench::LagSampler lag(admin_url);
+    const auto maintenance_before = bench::maintenance_counts(admin_url);
     lag.start();
     const auto fixed_run = bench::run_http_load(load);
     lag.stop();
+    const auto maintenance_after = bench::maintenance_counts(admin_url);
     by_load << load.rate_per_second << " " << percentile(fixed_run.latencies_us, 0.50) / 1e3 << " "
             << percentile(fixed_run.latencies_us, 0.90) / 1e3 << " " << percentile(fixed_run.latencies_us, 0.99) / 1e3
             << " " << percentile(fixed_run.latencies_us, 0.999) / 1e3 << "\n";
@@ -1016,8 +1030,46 @@ int main(int argc, char** argv) {
                             "HTTP latency percentiles by offered load (CO-corrected)");
     const long serve_rss = bench::peak_rss_kib(serve);
     const long project_rss = bench::peak_rss_kib(project);
-    (void)process::stop(project, SIGTERM, std::chrono::seconds(30));
+    // The rate by account population and cache warmth (issue 18, item 1), the whole stack still
+    // running: a restarted serve's in-memory cache is empty (its RocksDB snapshots stay), then
+    // every account is touched once, then the 1,000 accounts of a small population.
+    struct PopulationRun {
+      std::string what;
+      bench::WrkResult wrk;
+      double account_hit_rate = 0;
+    };
+    std::vector<PopulationRun> population_runs;
     (void)process::stop(serve, SIGTERM, std::chrono::seconds(30));
+    int population_port = 0;
+    const pid_t population_serve = start_serve(true, population_port);
+    auto population_run = [&](const std::string& what, int run_accounts) {
+      bench::WrkSettings run = wrk;
+      run.port = population_port;
+      run.accounts = run_accounts;
+      run.run_id = wrk.run_id + "-population-" + std::to_string(population_runs.size());
+      std::cout << "http (wrk): " << what << ", " << seconds << " s ...\n";
+      const auto before = bench::account_cache_lookups(population_port);
+      auto result = bench::run_wrk(run);
+      population_runs.push_back(
+          {what, std::move(result),
+           bench::hit_rate_percent(before, bench::account_cache_lookups(population_port))});
+    };
+    if (accounts > hot_accounts) {
+      population_run(with_thousands(accounts) + " accounts, cold (serve restarted)", accounts);
+      bench::LoadSettings warm = load;
+      warm.port = population_port;
+      warm.rate_per_second = 0;
+      warm.seconds = 600;
+      warm.each_account_once = true;
+      std::cout << "http: one transfer per pair of the " << accounts
+                << " accounts (warming the cache) ...\n";
+      (void)bench::run_http_load(warm);
+      population_run(with_thousands(accounts) + " accounts, warm (each touched once first)",
+                     accounts);
+      population_run(with_thousands(hot_accounts) + " accounts", hot_accounts);
+    }
+    (void)process::stop(project, SIGTERM, std::chrono::seconds(30));
+    (void)process::stop(population_serve, SIGTERM, std::chrono::seconds(30));
     // The write path alone: serve without its relay, no projectors, the same wrk run.
     int write_path_port = 0;
     const pid_t write_path_serve = start_serve(false, write_path_port);
@@ -1069,6 +1121,23 @@ int main(int argc, char** argv) {
     };
     wrk_rows("whole stack", wrk_run, 1.0, ">= 100%");
     wrk_rows("write path alone", write_path_run, 1.5, ">= 150%");
+    for (const auto& [what, run, account_hit_rate] : population_runs) {
+      if (!run.ran) {
+        results.push_back({"http (wrk) by accounts", what, 0, "commands/s", "", run.problem});
+        continue;
+      }
+      results.push_back(
+          {"http (wrk) by accounts", what + ": transfers/s", run.rate(), "commands/s", "", ""});
+      results.push_back({"http (wrk) by accounts", what + ": / single-row INSERT tx/s",
+                         100.0 * run.rate() / single, "%", "", ""});
+      results.push_back(
+          {"http (wrk) by accounts", what + ": latency p99", run.p99_ms, "ms", "", ""});
+      results.push_back({"http (wrk) by accounts", what + ": account state cache hit rate",
+                         account_hit_rate, "%", "", ""});
+      results.push_back({"http (wrk) by accounts", what + ": errors (non-2xx + socket)",
+                         static_cast<double>(run.non_2xx + run.socket_errors), "requests", "0",
+                         run.non_2xx + run.socket_errors == 0 ? "met" : "missed"});
+    }
     {
       std::ofstream throughput(work_directory + "/http_throughput.dat");
       for (std::size_t second = 0; second < max_run.completions_per_second.size(); ++second) {
@@ -1082,6 +1151,25 @@ int main(int argc, char** argv) {
                        percentile(lag.lags_ms(), 0.50), "ms", "", ""});
     results.push_back({"projections", "command-to-read-model lag p99 (fixed rate)", lag_p99, "ms", "<= 50",
                        lag_p99 <= 50 ? "met" : "missed"});
+    // What PostgreSQL's maintenance did in that window, and the lag with and without it.
+    for (const auto& [what, count] : maintenance_after) {
+      const auto before = maintenance_before.find(what);
+      const std::int64_t runs = count - (before == maintenance_before.end() ? 0 : before->second);
+      if (runs > 0) {
+        results.push_back({"projections", what + " runs during the fixed rate",
+                           static_cast<double>(runs), "", "", ""});
+      }
+    }
+    results.push_back({"projections", "share of the fixed rate with an autovacuum worker running",
+                       100.0 * lag.autovacuum_share(), "%", "", ""});
+    if (!lag.lags_during_autovacuum_ms().empty()) {
+      results.push_back({"projections", "lag p99 of positions that waited while an autovacuum ran",
+                         percentile(lag.lags_during_autovacuum_ms(), 0.99), "ms", "", ""});
+    }
+    if (!lag.lags_without_autovacuum_ms().empty()) {
+      results.push_back({"projections", "lag p99 of the other positions",
+                         percentile(lag.lags_without_autovacuum_ms(), 0.99), "ms", "", ""});
+    }
     results.push_back({"projections", "peak RSS of ledger project", project_rss / 1024.0, "MiB", "", ""});
     bench::plot(work_directory + "/http_throughput.dat", work_directory + "/http_throughput.png",
                 "HTTP transfers completed per second (maximum rate, 64 connections)", "second", "commands/s");

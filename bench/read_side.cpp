@@ -3,7 +3,7 @@
 #include <pqxx/pqxx>
 
 #include <deque>
-
+#include <map>
 
 namespace ledger::bench {
 
@@ -23,25 +23,39 @@ void LagSampler::stop() {
 
 void LagSampler::run() {
   pqxx::connection connection(url_);
-  connection.prepare("sample",
-                     "SELECT (SELECT position FROM event_store_head), "
-                     "(SELECT min(watermark) FROM read.projections)");
+  connection.prepare(
+      "sample",
+      "SELECT (SELECT position FROM event_store_head), "
+      "(SELECT min(watermark) FROM read.projections), "
+      "EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'autovacuum worker')");
   const auto started = Clock::now();
-  std::deque<std::pair<Clock::time_point, std::int64_t>> seen;  // (first seen, head)
+  struct Seen {
+    Clock::time_point at;  // the first sample that showed this head
+    std::int64_t head;
+    bool autovacuum;  // an autovacuum worker ran at some sample since
+  };
+  std::deque<Seen> seen;
   while (!stopping_) {
     const auto now = Clock::now();
     std::int64_t head = 0;
     std::int64_t watermark = 0;
+    bool autovacuum = false;
     {
       pqxx::nontransaction work(connection);
       const auto row = work.exec_prepared1("sample");
       head = row[0].as<std::int64_t>();
       watermark = row[1].as<std::int64_t>();
+      autovacuum = row[2].as<bool>();
     }
-    if (seen.empty() || head > seen.back().second) seen.emplace_back(now, head);
-    while (!seen.empty() && seen.front().second <= watermark) {
-      const double lag = std::chrono::duration<double, std::milli>(now - seen.front().first).count();
+    ++samples_;
+    if (autovacuum) ++autovacuum_samples_;
+    if (seen.empty() || head > seen.back().head) seen.push_back({now, head, false});
+    for (auto& waiting : seen) waiting.autovacuum = waiting.autovacuum || autovacuum;
+    while (!seen.empty() && seen.front().head <= watermark) {
+      const double lag = std::chrono::duration<double, std::milli>(now - seen.front().at).count();
       lags_ms_.push_back(lag);
+      (seen.front().autovacuum ? lags_during_autovacuum_ms_ : lags_without_autovacuum_ms_)
+          .push_back(lag);
       timeline_.emplace_back(std::chrono::duration<double>(now - started).count(), lag);
       seen.pop_front();
     }
@@ -53,6 +67,23 @@ std::int64_t query_scalar(const std::string& database_url, const std::string& sq
   pqxx::connection connection(database_url);
   pqxx::nontransaction work(connection);
   return work.exec1(sql)[0].as<std::int64_t>();
+}
+
+std::map<std::string, std::int64_t> maintenance_counts(const std::string& database_url) {
+  pqxx::connection connection(database_url);
+  pqxx::nontransaction work(connection);
+  std::map<std::string, std::int64_t> counts;
+  for (const auto& row :
+       work.exec("SELECT schemaname || '.' || relname, autovacuum_count, autoanalyze_count "
+                 "FROM pg_stat_user_tables")) {
+    counts["autovacuum " + row[0].as<std::string>()] = row[1].as<std::int64_t>();
+    counts["autoanalyze " + row[0].as<std::string>()] = row[2].as<std::int64_t>();
+  }
+  const auto checkpoints =
+      work.exec1("SELECT checkpoints_timed, checkpoints_req FROM pg_stat_bgwriter");
+  counts["checkpoints (timed)"] = checkpoints[0].as<std::int64_t>();
+  counts["checkpoints (requested)"] = checkpoints[1].as<std::int64_t>();
+  return counts;
 }
 
 double seconds_until(const std::string& database_url, const std::string& sql, std::int64_t target,

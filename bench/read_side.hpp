@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,6 +24,18 @@ class LagSampler {
   [[nodiscard]] const std::vector<double>& lags_ms() const { return lags_ms_; }
   // (seconds since start, lag in ms of the positions covered at that sample)
   [[nodiscard]] const std::vector<std::pair<double, double>>& timeline() const { return timeline_; }
+  // The same lags split by whether an autovacuum worker ran at any sample while the position
+  // waited (issue 18, item 4: is autovacuum the stall?), and the share of samples it ran at.
+  [[nodiscard]] const std::vector<double>& lags_during_autovacuum_ms() const {
+    return lags_during_autovacuum_ms_;
+  }
+  [[nodiscard]] const std::vector<double>& lags_without_autovacuum_ms() const {
+    return lags_without_autovacuum_ms_;
+  }
+  [[nodiscard]] double autovacuum_share() const {
+    return samples_ > 0 ? static_cast<double>(autovacuum_samples_) / static_cast<double>(samples_)
+                        : 0;
+  }
 
  private:
   void run();
@@ -32,7 +45,16 @@ class LagSampler {
   std::thread thread_;
   std::vector<double> lags_ms_;
   std::vector<std::pair<double, double>> timeline_;
+  std::vector<double> lags_during_autovacuum_ms_;
+  std::vector<double> lags_without_autovacuum_ms_;
+  std::int64_t samples_ = 0;
+  std::int64_t autovacuum_samples_ = 0;
 };
+
+// Autovacuum and autoanalyze runs per table ("autovacuum schema.table"), and checkpoints, so
+// far: two readings bracket a run.
+[[nodiscard]] std::map<std::string, std::int64_t> maintenance_counts(
+    const std::string& database_url);
 
 // One number from a query.
 [[nodiscard]] std::int64_t query_scalar(const std::string& database_url, const std::string& sql);

@@ -5,10 +5,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
-
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +16,7 @@
 
 #include "ledger/api/auth.hpp"
 #include "ledger/core/process.hpp"
+#include "serve_metrics.hpp"
 
 namespace ledger::bench {
 
@@ -29,33 +26,6 @@ namespace fs = std::filesystem;
 
 // Seconds of load before the measured runs, so a serve's state cache holds the accounts.
 constexpr double warm_up_seconds = 3;
-
-std::string http_get(int port, const std::string& target) {
-  namespace http = boost::beast::http;
-  boost::asio::io_context io;
-  boost::asio::ip::tcp::socket socket(io);
-  socket.connect({boost::asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)});
-  http::request<http::empty_body> request{http::verb::get, target, 11};
-  request.set(http::field::host, "127.0.0.1");
-  http::write(socket, request);
-  boost::beast::flat_buffer buffer;
-  http::response<http::string_body> response;
-  http::read(socket, buffer, response);
-  return response.body();
-}
-
-// A counter's value from a serve's /metrics (0 when absent).
-std::int64_t metric(const std::string& metrics, const std::string& name) {
-  const auto at = metrics.find("\n" + name + " ");
-  return at == std::string::npos ? 0 : std::stoll(metrics.substr(at + name.size() + 2));
-}
-
-// A histogram's sum (`<name>_sum`) from a serve's /metrics (0 when absent).
-double metric_sum(const std::string& metrics, const std::string& name) {
-  const std::string line = "\n" + name + "_sum ";
-  const auto at = metrics.find(line);
-  return at == std::string::npos ? 0 : std::stod(metrics.substr(at + line.size()));
-}
 
 struct EngineCounters {
   std::int64_t commands = 0;
