@@ -140,10 +140,15 @@ TEST_CASE("a rebuild under live write load swaps in a read model equal to the fo
                      "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                      "WHERE n.nspname = 'read' AND c.relname IN ('balances', 'entries', 'audit') "
                      "AND c.relpersistence = 'p'") == 3);
-  // ... and their storage parameters (migration 0011: read.balances keeps half of each page free).
+  // ... and their storage parameters (migration 0011: read.balances keeps half of each page free;
+  // 0013: the append-only tables vacuum every 100,000 inserted rows).
   CHECK(test::scalar(database.app_url(),
                      "SELECT count(*) FROM pg_class WHERE oid = 'read.balances'::regclass "
                      "AND reloptions @> ARRAY['fillfactor=50']") == 1);
+  CHECK(test::scalar(database.app_url(),
+                     "SELECT count(*) FROM pg_class WHERE oid IN ('read.entries'::regclass, "
+                     "'read.audit'::regclass) "
+                     "AND reloptions @> ARRAY['autovacuum_vacuum_insert_threshold=100000']") == 2);
 }
 
 TEST_CASE("a rebuild killed half way leaves the live read model untouched and resumes") {
