@@ -4,6 +4,7 @@
 
 #include <deque>
 #include <map>
+#include <sstream>
 
 namespace ledger::bench {
 
@@ -27,7 +28,8 @@ void LagSampler::run() {
       "sample",
       "SELECT (SELECT position FROM event_store_head), "
       "(SELECT min(watermark) FROM read.projections), "
-      "EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'autovacuum worker')");
+      "EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'), "
+      "(SELECT string_agg(name || '=' || watermark, ',' ORDER BY name) FROM read.projections)");
   const auto started = Clock::now();
   struct Seen {
     Clock::time_point at;  // the first sample that showed this head
@@ -35,17 +37,35 @@ void LagSampler::run() {
     bool autovacuum;  // an autovacuum worker ran at some sample since
   };
   std::deque<Seen> seen;
+  // Each read model's own: (first seen, head), to find which one the lag waits for.
+  std::map<std::string, std::deque<std::pair<Clock::time_point, std::int64_t>>> seen_by_projection;
   while (!stopping_) {
     const auto now = Clock::now();
     std::int64_t head = 0;
     std::int64_t watermark = 0;
     bool autovacuum = false;
+    std::string projection_watermarks;
     {
       pqxx::nontransaction work(connection);
       const auto row = work.exec_prepared1("sample");
       head = row[0].as<std::int64_t>();
       watermark = row[1].as<std::int64_t>();
       autovacuum = row[2].as<bool>();
+      projection_watermarks = row[3].c_str();
+    }
+    std::istringstream pairs(projection_watermarks);
+    for (std::string pair; std::getline(pairs, pair, ',');) {
+      const auto equals = pair.find('=');
+      if (equals == std::string::npos) continue;
+      const std::string name = pair.substr(0, equals);
+      const std::int64_t its_watermark = std::stoll(pair.substr(equals + 1));
+      auto& waiting = seen_by_projection[name];
+      if (waiting.empty() || head > waiting.back().second) waiting.emplace_back(now, head);
+      while (!waiting.empty() && waiting.front().second <= its_watermark) {
+        lags_by_projection_ms_[name].push_back(
+            std::chrono::duration<double, std::milli>(now - waiting.front().first).count());
+        waiting.pop_front();
+      }
     }
     ++samples_;
     if (autovacuum) ++autovacuum_samples_;

@@ -32,6 +32,10 @@ class LagSampler {
   [[nodiscard]] const std::vector<double>& lags_without_autovacuum_ms() const {
     return lags_without_autovacuum_ms_;
   }
+  // The lag of each read model alone (by its name in read.projections).
+  [[nodiscard]] const std::map<std::string, std::vector<double>>& lags_by_projection_ms() const {
+    return lags_by_projection_ms_;
+  }
   [[nodiscard]] double autovacuum_share() const {
     return samples_ > 0 ? static_cast<double>(autovacuum_samples_) / static_cast<double>(samples_)
                         : 0;
@@ -47,6 +51,7 @@ class LagSampler {
   std::vector<std::pair<double, double>> timeline_;
   std::vector<double> lags_during_autovacuum_ms_;
   std::vector<double> lags_without_autovacuum_ms_;
+  std::map<std::string, std::vector<double>> lags_by_projection_ms_;
   std::int64_t samples_ = 0;
   std::int64_t autovacuum_samples_ = 0;
 };
