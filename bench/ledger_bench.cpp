@@ -1172,8 +1172,10 @@ int main(int argc, char** argv) {
     }
     for (const auto& [name, lags] : lag.lags_by_projection_ms()) {
       if (lags.empty()) continue;
-      results.push_back({"projections", "lag p50 of " + name + " alone", percentile(lags, 0.50), "ms", "", ""});
-      results.push_back({"projections", "lag p99 of " + name + " alone", percentile(lags, 0.99), "ms", "", ""});
+      results.push_back(
+          {"projections", "lag p50 of " + name + " alone", percentile(lags, 0.50), "ms", "", ""});
+      results.push_back(
+          {"projections", "lag p99 of " + name + " alone", percentile(lags, 0.99), "ms", "", ""});
     }
     results.push_back({"projections", "peak RSS of ledger project", project_rss / 1024.0, "MiB", "", ""});
     bench::plot(work_directory + "/http_throughput.dat", work_directory + "/http_throughput.png",

@@ -1,9 +1,8 @@
 #include "read_side.hpp"
 
-#include <pqxx/pqxx>
-
 #include <deque>
 #include <map>
+#include <pqxx/pqxx>
 #include <sstream>
 
 namespace ledger::bench {
