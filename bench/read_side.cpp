@@ -1,8 +1,9 @@
 #include "read_side.hpp"
 
+#include <pqxx/pqxx>
+
 #include <deque>
 #include <map>
-#include <pqxx/pqxx>
 #include <sstream>
 
 namespace ledger::bench {

@@ -147,8 +147,8 @@ TEST_CASE("a rebuild under live write load swaps in a read model equal to the fo
                      "AND reloptions @> ARRAY['fillfactor=50']") == 1);
   CHECK(test::scalar(database.app_url(),
                      "SELECT count(*) FROM pg_class WHERE oid IN ('read.entries'::regclass, "
-                     "'read.audit'::regclass) "
-                     "AND reloptions @> ARRAY['autovacuum_vacuum_insert_threshold=100000']") == 2);
+                     "'read.audit'::regclass) AND "
+                     "reloptions @> ARRAY['autovacuum_vacuum_insert_threshold=100000']") == 2);
 }
 
 TEST_CASE("a rebuild killed half way leaves the live read model untouched and resumes") {
