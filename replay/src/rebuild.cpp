@@ -39,6 +39,19 @@ std::vector<LiveIndex> live_indexes(pqxx::work& work, const std::string& table) 
   return indexes;
 }
 
+// The live table's storage parameters, as `name=value, ...` ('' for none).
+std::string live_storage_parameters(pqxx::work& work, const std::string& table) {
+  return work
+      .exec_params1(
+          "SELECT coalesce(array_to_string(reloptions, ', '), '') FROM pg_class WHERE oid = $1::regclass",
+          live(table))[0]
+      .as<std::string>();
+}
+
+bool sets_autovacuum_enabled(const std::string& storage_parameters) {
+  return storage_parameters.find("autovacuum_enabled=") != std::string::npos;
+}
+
 // Resumes the shadow of `kind` when a previous run left one; else creates it empty, with the
 // live tables' columns, checks and key constraints (under the live names: the schema differs)
 // but none of their other indexes, which are built once at the end (much faster than
@@ -60,11 +73,14 @@ std::int64_t prepare_shadow(pqxx::work& work, const std::string& name, const std
     work.exec("CREATE TABLE " + shadow(table) + " (LIKE " + live(table) +
               " INCLUDING ALL EXCLUDING INDEXES)");
     // LIKE copies no storage parameters: the live table's (read.balances' fillfactor, which
-    // keeps the projector's updates HOT) apply from the shadow's first page.
-    const auto options = work.exec_params1(
-        "SELECT coalesce(array_to_string(reloptions, ', '), '') FROM pg_class WHERE oid = $1::regclass",
-        live(table))[0].as<std::string>();
-    if (!options.empty()) work.exec("ALTER TABLE " + shadow(table) + " SET (" + options + ")");
+    // keeps the projector's updates HOT) apply from the shadow's first page. Autovacuum stays
+    // off while the shadow is filled (a bulk load: one VACUUM before the swap does its work
+    // once), unless the live table sets it itself.
+    std::string options = live_storage_parameters(work, table);
+    if (!sets_autovacuum_enabled(options)) {
+      options += std::string(options.empty() ? "" : ", ") + "autovacuum_enabled = false";
+    }
+    work.exec("ALTER TABLE " + shadow(table) + " SET (" + options + ")");
     for (const auto& index : live_indexes(work, table)) {
       if (index.constraint.empty()) continue;
       work.exec("ALTER TABLE " + shadow(table) + " ADD CONSTRAINT " + work.quote_name(index.name) + " " +
@@ -97,6 +113,10 @@ void build_indexes(pqxx::work& work, const std::string& table) {
 // Replaces read.<table> by rebuild.<table>, keeping the live table's grants. The index and
 // constraint names are the live ones already (they are per schema).
 void swap_table(pqxx::work& work, const std::string& table) {
+  // The live table's autovacuum setting back (prepare_shadow turned it off for the fill).
+  if (!sets_autovacuum_enabled(live_storage_parameters(work, table))) {
+    work.exec("ALTER TABLE " + shadow(table) + " RESET (autovacuum_enabled)");
+  }
   const auto grants = work.exec_params(
       "SELECT grantee, string_agg(privilege_type, ', ') FROM information_schema.role_table_grants "
       "WHERE table_schema = 'read' AND table_name = $1 AND grantee <> current_user GROUP BY grantee",
@@ -150,7 +170,15 @@ class Rebuilder {
       work.exec("SET LOCAL maintenance_work_mem = '256MB'");
       for (const auto& table : tables_) build_indexes(work, table);
       work.commit();
-      for (const auto& table : tables_) pqxx::nontransaction(*lease).exec("ANALYZE " + shadow(table));
+      // The shadow's pages all-visible and frozen before it goes live (its autovacuum was off
+      // while it filled): else the first autovacuum after the swap vacuums the whole table at
+      // once, beside the live load (migration 0013's threshold is long passed). On a
+      // connection of its own: VACUUM cannot run in a transaction, so no SET LOCAL lifts the
+      // statement timeout for it, and a session SET must not reach the pool's other users.
+      const auto maintenance = pool_.connect_dedicated();
+      pqxx::nontransaction vacuum(*maintenance);
+      vacuum.exec("SET statement_timeout = 0");
+      for (const auto& table : tables_) vacuum.exec("VACUUM (FREEZE, ANALYZE) " + shadow(table));
     }
     // What arrived while the indexes were built, so the swap's own stretch stays short.
     fill_near_head(started_at);

@@ -145,10 +145,21 @@ TEST_CASE("a rebuild under live write load swaps in a read model equal to the fo
   CHECK(test::scalar(database.app_url(),
                      "SELECT count(*) FROM pg_class WHERE oid = 'read.balances'::regclass "
                      "AND reloptions @> ARRAY['fillfactor=50']") == 1);
+  const std::string append_only = "oid IN ('read.entries'::regclass, 'read.audit'::regclass)";
   CHECK(test::scalar(database.app_url(),
-                     "SELECT count(*) FROM pg_class WHERE oid IN ('read.entries'::regclass, "
-                     "'read.audit'::regclass) AND "
-                     "reloptions @> ARRAY['autovacuum_vacuum_insert_threshold=100000']") == 2);
+                     "SELECT count(*) FROM pg_class WHERE " + append_only +
+                         " AND reloptions @> ARRAY['autovacuum_vacuum_insert_scale_factor=0', "
+                         "'autovacuum_vacuum_insert_threshold=100000', "
+                         "'autovacuum_freeze_min_age=0']") == 2);
+  // The shadow filled with its autovacuum off, then was vacuumed before the swap (so the live
+  // model does not vacuum all of it at once later); the live tables' autovacuum is back on.
+  CHECK(test::scalar(database.app_url(),
+                     "SELECT count(*) FROM pg_class WHERE oid IN ('read.balances'::regclass, "
+                     "'read.entries'::regclass, 'read.audit'::regclass) AND "
+                     "array_to_string(reloptions, ',') LIKE '%autovacuum_enabled%'") == 0);
+  CHECK(test::scalar(database.app_url(),
+                     "SELECT count(*) FROM pg_class WHERE " + append_only +
+                         " AND relallvisible > 0") == 2);
 }
 
 TEST_CASE("a rebuild killed half way leaves the live read model untouched and resumes") {
