@@ -53,9 +53,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
  private:
   void schedule() {
-    if (Clock::now() >= shared_.end) return;
-    if (shared_.settings.each_account_once && 2 * shared_.next_pair >= shared_.settings.accounts)
-      return;
+    if (Clock::now() >= shared_.end || pairs_done()) return;
     if (interval_.count() == 0) {
       intended_ = Clock::now();
       return send();
@@ -66,11 +64,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
     timer_.async_wait([self = shared_from_this()](beast::error_code) { self->send(); });
   }
 
+  bool pairs_done() const {
+    return shared_.settings.each_account_once && 2 * shared_.next_pair >= shared_.settings.accounts;
+  }
+
   void send() {
     const int accounts = shared_.settings.accounts;
     int from = static_cast<int>(random_() % accounts);
     int to = static_cast<int>(random_() % accounts);
     if (shared_.settings.each_account_once) {
+      // Checked again here: at a fixed rate several connections are scheduled at once.
+      if (pairs_done()) return;
       from = 2 * shared_.next_pair++;
       to = (from + 1) % accounts;
     }

@@ -24,11 +24,17 @@ void LagSampler::stop() {
 
 void LagSampler::run() {
   pqxx::connection connection(url_);
+  // Other roles' sessions show no backend_type without this: the autovacuum rows would say
+  // "never" when they cannot know.
+  sees_autovacuum_ = pqxx::nontransaction(connection)
+                         .exec1("SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')")[0]
+                         .as<bool>();
   connection.prepare(
       "sample",
       "SELECT (SELECT position FROM event_store_head), "
       "(SELECT min(watermark) FROM read.projections), "
-      "EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'), "
+      "EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
+      "AND datname = current_database()), "
       "(SELECT string_agg(name || '=' || watermark, ',' ORDER BY name) FROM read.projections)");
   const auto started = Clock::now();
   struct Seen {
@@ -99,10 +105,14 @@ std::map<std::string, std::int64_t> maintenance_counts(const std::string& databa
     counts["autovacuum " + row[0].as<std::string>()] = row[1].as<std::int64_t>();
     counts["autoanalyze " + row[0].as<std::string>()] = row[2].as<std::int64_t>();
   }
-  const auto checkpoints =
-      work.exec1("SELECT checkpoints_timed, checkpoints_req FROM pg_stat_bgwriter");
-  counts["checkpoints (timed)"] = checkpoints[0].as<std::int64_t>();
-  counts["checkpoints (requested)"] = checkpoints[1].as<std::int64_t>();
+  // PostgreSQL 15's view (17 moved the counters to pg_stat_checkpointer): without it the rows
+  // are left out, not the run.
+  if (work.exec1("SELECT current_setting('server_version_num')::int < 170000")[0].as<bool>()) {
+    const auto checkpoints =
+        work.exec1("SELECT checkpoints_timed, checkpoints_req FROM pg_stat_bgwriter");
+    counts["checkpoints (timed)"] = checkpoints[0].as<std::int64_t>();
+    counts["checkpoints (requested)"] = checkpoints[1].as<std::int64_t>();
+  }
   return counts;
 }
 

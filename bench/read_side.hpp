@@ -36,6 +36,9 @@ class LagSampler {
   [[nodiscard]] const std::map<std::string, std::vector<double>>& lags_by_projection_ms() const {
     return lags_by_projection_ms_;
   }
+  // Whether the sampler's role can see autovacuum workers (pg_read_all_stats or superuser):
+  // the autovacuum figures mean nothing otherwise.
+  [[nodiscard]] bool sees_autovacuum() const { return sees_autovacuum_; }
   [[nodiscard]] double autovacuum_share() const {
     return samples_ > 0 ? static_cast<double>(autovacuum_samples_) / static_cast<double>(samples_)
                         : 0;
@@ -52,6 +55,7 @@ class LagSampler {
   std::vector<double> lags_during_autovacuum_ms_;
   std::vector<double> lags_without_autovacuum_ms_;
   std::map<std::string, std::vector<double>> lags_by_projection_ms_;
+  std::atomic<bool> sees_autovacuum_{false};
   std::int64_t samples_ = 0;
   std::int64_t autovacuum_samples_ = 0;
 };
