@@ -72,6 +72,15 @@ std::int64_t differences(db::ConnectionPool& pool) {
   return result.differences;
 }
 
+// Read-model tables left with autovacuum turned off: a rebuild fills its shadow tables that
+// way and must give the live setting back at the swap, whatever happened in between.
+std::int64_t live_tables_with_autovacuum_off(const std::string& url) {
+  return test::scalar(url,
+                      "SELECT count(*) FROM pg_class WHERE oid IN ('read.balances'::regclass, "
+                      "'read.entries'::regclass, 'read.audit'::regclass) AND "
+                      "array_to_string(reloptions, ',') LIKE '%autovacuum_enabled%'");
+}
+
 }  // namespace
 
 TEST_CASE("a rebuild under live write load swaps in a read model equal to the fold; queries never fail") {
@@ -153,10 +162,7 @@ TEST_CASE("a rebuild under live write load swaps in a read model equal to the fo
                          "'autovacuum_freeze_min_age=0']") == 2);
   // The shadow filled with its autovacuum off, then was vacuumed before the swap (so the live
   // model does not vacuum all of it at once later); the live tables' autovacuum is back on.
-  CHECK(test::scalar(database.app_url(),
-                     "SELECT count(*) FROM pg_class WHERE oid IN ('read.balances'::regclass, "
-                     "'read.entries'::regclass, 'read.audit'::regclass) AND "
-                     "array_to_string(reloptions, ',') LIKE '%autovacuum_enabled%'") == 0);
+  CHECK(live_tables_with_autovacuum_off(database.app_url()) == 0);
   CHECK(test::scalar(database.app_url(),
                      "SELECT count(*) FROM pg_class WHERE " + append_only +
                          " AND relallvisible > 0") == 2);
@@ -184,6 +190,11 @@ TEST_CASE("a rebuild killed half way leaves the live read model untouched and re
                   Killed);
   CHECK(test::read_model_digest(database.app_url()) == digest);
   CHECK(test::scalar(database.admin_url(), "SELECT watermark FROM rebuild.progress WHERE name = 'balance'") == 1'500);
+  // The killed rebuild's shadow fills with autovacuum off; the live tables keep theirs.
+  CHECK(test::scalar(database.admin_url(),
+                     "SELECT count(*) FROM pg_class WHERE oid = 'rebuild.balances'::regclass AND "
+                     "reloptions @> ARRAY['autovacuum_enabled=false']") == 1);
+  CHECK(live_tables_with_autovacuum_off(database.app_url()) == 0);
 
   // Two rebuilds of one read model never run at once.
   {
@@ -212,4 +223,6 @@ TEST_CASE("a rebuild killed half way leaves the live read model untouched and re
   CHECK(replay::rebuild(owner_pool, projections::ProjectionKind::audit, options).resumed_from.value() == 0);
   CHECK(test::read_model_digest(database.app_url()) == digest);
   CHECK(differences(pool) == 0);
+  // Resumed or restarted after a kill, the swapped-in tables have their autovacuum back.
+  CHECK(live_tables_with_autovacuum_off(database.app_url()) == 0);
 }
