@@ -351,6 +351,12 @@ CommandAction register_rebuild_command(CLI::App& root, Settings& settings) {
           w.Int64(result.resumed_from.value());
           w.Key("events_applied");
           w.Int64(result.events_applied);
+          w.Key("passes");
+          w.Int(result.passes);
+          w.Key("outrun");
+          w.Bool(result.outrun);
+          w.Key("swap_applied");
+          w.Int64(result.swap_applied);
           w.Key("seconds");
           w.Double(seconds);
         });
@@ -358,6 +364,10 @@ CommandAction register_rebuild_command(CLI::App& root, Settings& settings) {
         std::cout << "rebuilt " << name << " at position " << result.watermark.value() << ": "
                   << result.events_applied << " events in " << seconds << " s"
                   << (result.resumed_from.value() > 0 ? " (resumed after position " + std::to_string(result.resumed_from.value()) + ")" : "")
+                  << (result.outrun ? "; the log grew as fast as the rebuild read it: the swap "
+                                      "applied the last " +
+                                          std::to_string(result.swap_applied) + " events"
+                                    : "")
                   << "\n";
       }
     }

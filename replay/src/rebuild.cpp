@@ -199,6 +199,7 @@ class Rebuilder {
         name_)[0].as<std::int64_t>();
     // The last stretch up to the head (at least up to the live watermark) goes in with the swap.
     const std::int64_t target = std::max(live_watermark, store_.head().position.value());
+    const std::int64_t swap_from = watermark_;
     while (watermark_ < target) {
       auto batch = store_.read_all(GlobalPosition(watermark_ + 1),
                                    static_cast<std::size_t>(std::min<std::int64_t>(
@@ -217,27 +218,53 @@ class Rebuilder {
     if (progress_) progress_(watermark_ - started_at, watermark_ - started_at);
     result.watermark = GlobalPosition(watermark_);
     result.events_applied = watermark_ - started_at;
+    result.passes = passes_;
+    result.outrun = outrun_;
+    result.swap_applied = watermark_ - swap_from;
     return result;
   }
 
  private:
   // Fills the shadow until it is within swap_within of the head (which moves under load), one
-  // committed transaction per batch with the shadow's watermark.
+  // committed transaction per batch with the shadow's watermark, one pass up to the head of the
+  // moment at a time. A log that grows as fast as the rebuild reads it would keep it chasing
+  // for ever: after lagging_passes_max passes in a row that fail to shrink the distance to 3/4,
+  // it stops (here and in the second call) and the swap applies the rest.
   void fill_near_head(std::int64_t started_at) {
-    for (std::int64_t head = store_.head().position.value(); head - watermark_ > options_.swap_within;
-         head = store_.head().position.value()) {
-      LogReader reader(pool_, watermark_ + 1, head, options_.batch_events);
-      for (const auto* batch = &reader.next(); !batch->empty(); batch = &reader.next()) {
-        auto lease = pool_.acquire();
-        pqxx::work work(*lease);
-        work.exec("SET LOCAL synchronous_commit = off");
-        work.exec("SET LOCAL statement_timeout = 0");
-        apply(work, *batch);
-        work.exec_params(std::string("UPDATE ") + shadow_schema + ".progress SET watermark = $2 WHERE name = $1",
-                         name_, watermark_);
-        work.commit();
-        if (progress_) progress_(watermark_ - started_at, head - started_at);
+    std::int64_t head = store_.head().position.value();
+    while (head - watermark_ > options_.swap_within && !outrun_) {
+      const std::int64_t behind_at_start = head - watermark_;
+      fill_to(head, started_at);
+      ++passes_;
+      head = store_.head().position.value();
+      const std::int64_t behind = head - watermark_;
+      spdlog::info("rebuild {}: pass {} applied up to position {}; {} events behind the head",
+                   name_, passes_, watermark_, behind);
+      lagging_passes_ = 4 * behind > 3 * behind_at_start ? lagging_passes_ + 1 : 0;
+      if (lagging_passes_ >= options_.lagging_passes_max) {
+        spdlog::warn("rebuild {}: the event store grew about as fast as the rebuild read it for {} "
+                     "passes in a row; it stops chasing the head, and the swap applies the last {} "
+                     "events or more while the live {} projector waits for it",
+                     name_, lagging_passes_, behind, name_);
+        outrun_ = true;
       }
+    }
+  }
+
+  // One pass: the log from the shadow's watermark up to `head`.
+  void fill_to(std::int64_t head, std::int64_t started_at) {
+    LogReader reader(pool_, watermark_ + 1, head, options_.batch_events);
+    for (const auto* batch = &reader.next(); !batch->empty(); batch = &reader.next()) {
+      auto lease = pool_.acquire();
+      pqxx::work work(*lease);
+      work.exec("SET LOCAL synchronous_commit = off");
+      work.exec("SET LOCAL statement_timeout = 0");
+      apply(work, *batch);
+      work.exec_params(
+          std::string("UPDATE ") + shadow_schema + ".progress SET watermark = $2 WHERE name = $1",
+          name_, watermark_);
+      work.commit();
+      if (progress_) progress_(watermark_ - started_at, head - started_at);
     }
   }
 
@@ -260,6 +287,9 @@ class Rebuilder {
   const RebuildOptions& options_;
   const Progress& progress_;
   std::int64_t watermark_ = 0;
+  int passes_ = 0;
+  int lagging_passes_ = 0;  // in a row
+  bool outrun_ = false;
 };
 
 }  // namespace

@@ -226,3 +226,43 @@ TEST_CASE("a rebuild killed half way leaves the live read model untouched and re
   // Resumed or restarted after a kill, the swapped-in tables have their autovacuum back.
   CHECK(live_tables_with_autovacuum_off(database.app_url()) == 0);
 }
+
+TEST_CASE("a rebuild outrun by the log stops chasing the head after a bounded number of passes; the swap applies the rest") {
+  test::TestDatabase database;
+  auto owner_pool = test::make_pool(database.admin_url(), 3);
+  test::ReadSideStack stack(database);
+  auto& [kafka, pool, engine, relay, projectors] = stack;
+  test::open_accounts(engine);
+  test::random_workload(engine, 500);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+
+  // A log that grows faster than the rebuild reads it: after every batch the rebuild applies,
+  // half as many events again are appended, so no pass brings it closer to the head. Bounded:
+  // past batches_max batches the writes stop, so a rebuild that keeps chasing ends too (and
+  // fails the checks below) rather than running for ever.
+  replay::RebuildOptions options;
+  options.batch_events = 200;
+  options.swap_within = 100;
+  constexpr int batches_max = 300;
+  int batches = 0;
+  unsigned seed = 1'000;
+  const auto result = replay::rebuild(
+      owner_pool, projections::ProjectionKind::balance, options, [&](std::int64_t, std::int64_t) {
+        if (++batches > batches_max) return;
+        const std::int64_t grow_to =
+            test::store_head(database.app_url()) + static_cast<std::int64_t>(options.batch_events) * 3 / 2;
+        while (test::store_head(database.app_url()) < grow_to) test::random_workload(engine, 16, 2, ++seed);
+      });
+  CHECK(batches < batches_max);
+  CHECK(result.outrun);
+  CHECK(result.passes == options.lagging_passes_max);
+  CHECK(result.swap_applied > options.swap_within);
+  CHECK(result.events_applied == result.watermark.value());
+
+  // The live projector goes on from the rebuilt watermark.
+  test::random_workload(engine, 200, 2, 5);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+  test::check_read_models_equal_fold(database.app_url());
+  CHECK(differences(pool) == 0);
+  CHECK(live_tables_with_autovacuum_off(database.app_url()) == 0);
+}

@@ -17,12 +17,21 @@ struct RebuildOptions {
   bool restart = false;               // drop a half-done rebuild instead of resuming it
   // Swap once the shadow is this close to the head; the rest is applied inside the swap.
   std::int64_t swap_within = 20'000;
+  // Passes in a row that do not bring the shadow to 3/4 of its distance from the head (the log
+  // grows about as fast as the rebuild reads it) before the rebuild stops chasing the head and
+  // the swap applies the rest, however long, while the live projector waits for it.
+  int lagging_passes_max = 3;
 };
 
 struct RebuildResult {
   GlobalPosition watermark{0};     // of the swapped-in read model
   GlobalPosition resumed_from{0};  // 0: this run started from the first event
   std::int64_t events_applied = 0; // by this run
+  int passes = 0;                  // reads of the log up to the head of the moment, before the swap
+  // The log grew faster than the rebuild read it (lagging_passes_max): the swap applied the
+  // rest in its own transaction, swap_applied events, while the live projector waited.
+  bool outrun = false;
+  std::int64_t swap_applied = 0;
 };
 
 // Needs the owner role: it creates, drops and renames tables. A failure or a kill at any
