@@ -1201,12 +1201,25 @@ int main(int argc, char** argv) {
     const std::string scale = std::to_string(events) + " events" +
                               (events < 10'000'000 ? " (standard suite; --big for 10,000,000)" : "");
     std::cout << "replay: verify, export, reconcile and rebuild over " << events << " events ...\n";
+    // Each run with the autovacuum workers beside it: an append-only table's vacuum (migration
+    // 0013) that the earlier phases left due competes with the run for the two cores.
     auto cli = [&](const std::string& name, std::vector<std::string> arguments) {
       arguments.insert(arguments.begin(), {"--log-level", "warn", "--database-url", app_url,
                                            "--admin-database-url", admin_url});
+      bench::AutovacuumWatch vacuums(admin_url);
+      vacuums.start();
       auto cli_run = bench::run_cli(ledger_binary, arguments, work_directory + "/" + name + ".log");
+      vacuums.stop();
       if (!cli_run.ok) throw std::runtime_error("ledger " + name + " failed: " + cli_run.output);
       std::cout << "  " << name << ": " << cli_run.seconds << " s\n";
+      if (vacuums.sees_autovacuum()) {
+        const std::string tables = vacuums.tables();
+        results.push_back({"replay", "autovacuum beside " + name + (tables.empty() ? "" : " (" + tables + ")"),
+                           100 * vacuums.share(), "% of the run", "", ""});
+      } else {
+        results.push_back({"replay", "autovacuum beside " + name, 0, "", "",
+                           "not measured: the database role lacks pg_read_all_stats"});
+      }
       return cli_run;
     };
     auto rate = [&](const bench::CliRun& cli_run) { return static_cast<double>(events) / cli_run.seconds; };

@@ -89,6 +89,44 @@ void LagSampler::run() {
   }
 }
 
+AutovacuumWatch::AutovacuumWatch(std::string database_url, std::chrono::milliseconds interval)
+    : url_(std::move(database_url)), interval_(interval) {}
+
+AutovacuumWatch::~AutovacuumWatch() { stop(); }
+
+void AutovacuumWatch::start() { thread_ = std::thread([this] { run(); }); }
+
+void AutovacuumWatch::stop() {
+  stopping_ = true;
+  if (thread_.joinable()) thread_.join();
+}
+
+std::string AutovacuumWatch::tables() const {
+  std::string names;
+  for (const auto& [table, samples] : samples_by_table_) names += (names.empty() ? "" : ", ") + table;
+  return names;
+}
+
+void AutovacuumWatch::run() {
+  pqxx::connection connection(url_);
+  sees_autovacuum_ = pqxx::nontransaction(connection)
+                         .exec1("SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')")[0]
+                         .as<bool>();
+  // Workers only: the rebuild's own VACUUM before its swap is part of what is timed.
+  connection.prepare("sample",
+                     "SELECT p.relid::regclass::text FROM pg_stat_progress_vacuum p "
+                     "JOIN pg_stat_activity a ON a.pid = p.pid "
+                     "WHERE a.backend_type = 'autovacuum worker' AND p.datname = current_database()");
+  while (!stopping_) {
+    const auto now = Clock::now();
+    const auto rows = pqxx::nontransaction(connection).exec_prepared("sample");
+    ++samples_;
+    if (!rows.empty()) ++busy_samples_;
+    for (const auto& row : rows) ++samples_by_table_[row[0].as<std::string>()];
+    std::this_thread::sleep_until(now + interval_);
+  }
+}
+
 std::int64_t query_scalar(const std::string& database_url, const std::string& sql) {
   pqxx::connection connection(database_url);
   pqxx::nontransaction work(connection);

@@ -60,6 +60,36 @@ class LagSampler {
   std::int64_t autovacuum_samples_ = 0;
 };
 
+// Which autovacuum workers ran beside a stretch of the bench (a replay or rebuild run): every
+// `interval`, the tables of this database they were vacuuming. Needs a role that sees other
+// sessions (pg_read_all_stats); sees_autovacuum() says whether it had one.
+class AutovacuumWatch {
+ public:
+  explicit AutovacuumWatch(std::string database_url,
+                           std::chrono::milliseconds interval = std::chrono::milliseconds(100));
+  ~AutovacuumWatch();
+  void start();
+  void stop();
+  [[nodiscard]] bool sees_autovacuum() const { return sees_autovacuum_; }
+  // Of the samples, the share with an autovacuum worker running.
+  [[nodiscard]] double share() const {
+    return samples_ > 0 ? static_cast<double>(busy_samples_) / static_cast<double>(samples_) : 0;
+  }
+  // The tables vacuumed at some sample, comma-separated in name order; empty when none.
+  [[nodiscard]] std::string tables() const;
+
+ private:
+  void run();
+  std::string url_;
+  std::chrono::milliseconds interval_;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+  std::atomic<bool> sees_autovacuum_{false};
+  std::int64_t samples_ = 0;
+  std::int64_t busy_samples_ = 0;
+  std::map<std::string, std::int64_t> samples_by_table_;
+};
+
 // Autovacuum and autoanalyze runs per table ("autovacuum schema.table"), and checkpoints, so
 // far: two readings bracket a run.
 [[nodiscard]] std::map<std::string, std::int64_t> maintenance_counts(
