@@ -30,8 +30,11 @@ pqxx::result query(pqxx::transaction_base& work, const std::vector<std::string>&
 // A stream folded over at least this many events past its snapshot (or from its start) gets a
 // snapshot of the state loaded: the next load starts there. Appends snapshot a stream only when
 // this engine's own append crosses a multiple of snapshot_every_events, so a stream another
-// writer moves (several serves on one store) would otherwise be folded further at every load.
-constexpr std::int64_t snapshot_after_folding_events = 32;
+// writer moves (several serves on one store) would otherwise be folded further at every load,
+// and so would a stream shorter than that (most accounts of a large population): each event
+// folded is a heap page PostgreSQL reads for a miss on the writer's critical path, against one
+// RocksDB put without a WAL.
+constexpr std::int64_t snapshot_after_folding_events = 8;
 
 }  // namespace
 

@@ -560,3 +560,43 @@ TEST_CASE("a stale, a foreign or a corrupt loan snapshot changes no decision: th
     }
   }
 }
+
+TEST_CASE("an account shorter than snapshot_every_events is snapshotted when loaded cold; the next cold load starts there") {
+  // Most accounts of a large population never reach a multiple of snapshot_every_events, so no
+  // append of theirs writes a snapshot. Folded from their first event at every cold load
+  // (after a restart, or once evicted), each event read costs PostgreSQL a heap page on the
+  // writer's critical path: the first cold load snapshots what it folded.
+  test::TestDatabase database;
+  const auto directory =
+      std::filesystem::temp_directory_path() / ("ledger-snapshots-short-" + database.name());
+  std::filesystem::remove_all(directory);
+  const RemovedAtExit removed_at_exit{directory};
+  auto settings = test::engine_settings(database);
+  settings.snapshot_directory = directory.string();
+  settings.snapshot_every_events = 64;  // the appends below pass no multiple of it
+  {
+    Engine engine(settings);
+    open_and_fund(engine, "short", 0);
+    for (int i = 0; i < 10; ++i) REQUIRE(engine.execute(command(Deposit{"short", Amount(1)})).accepted());
+  }
+  {
+    SnapshotStore snapshots(directory.string());
+    REQUIRE_FALSE(snapshots.get(account_stream("short")).has_value());  // version 11: no multiple of 64
+  }
+  {
+    Engine engine(settings);  // an empty in-memory cache: the withdrawal folds all 11 events
+    REQUIRE(engine.execute(command(Withdrawal{"short", Amount(1)})).accepted());
+  }
+  {
+    SnapshotStore snapshots(directory.string());
+    const auto snapshot = snapshots.get(account_stream("short"));
+    REQUIRE(snapshot.has_value());
+    CHECK(snapshot->version.value() == 11);
+  }
+  Engine engine(settings);
+  const auto hits_before = engine.stats().snapshots.hits;
+  // Decided on the snapshot and the withdrawal folded on top: 10 - 1 = 9 left.
+  CHECK(engine.execute(command(Withdrawal{"short", Amount(10)})).code == RejectionCode::insufficient_funds);
+  CHECK(engine.stats().snapshots.hits > hits_before);
+  REQUIRE(engine.execute(command(Withdrawal{"short", Amount(9)})).accepted());
+}

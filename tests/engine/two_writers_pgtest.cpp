@@ -497,7 +497,8 @@ TEST_CASE("a stream another engine moved far is snapshotted when loaded, and the
   } removed{directory};
   const auto theirs_settings = settings_for(database, true);
   auto mine_settings = settings_for(database, true);
-  mine_settings.snapshot_directory = directory.string();  // every 64 events of its own appends
+  mine_settings.snapshot_directory = directory.string();
+  mine_settings.snapshot_every_events = 64;  // of its own appends
   Engine theirs(theirs_settings);
   open_and_fund(theirs, "far", 0);
   // Theirs moves far to version 71; mine never wrote it, so no append of mine snapshots it.
