@@ -577,11 +577,14 @@ TEST_CASE("an account shorter than snapshot_every_events is snapshotted when loa
   {
     Engine engine(settings);
     open_and_fund(engine, "short", 0);
-    for (int i = 0; i < 10; ++i) REQUIRE(engine.execute(command(Deposit{"short", Amount(1)})).accepted());
+    for (int i = 0; i < 10; ++i) {
+      REQUIRE(engine.execute(command(Deposit{"short", Amount(1)})).accepted());
+    }
   }
   {
+    // Version 11: no multiple of 64 passed.
     SnapshotStore snapshots(directory.string());
-    REQUIRE_FALSE(snapshots.get(account_stream("short")).has_value());  // version 11: no multiple of 64
+    REQUIRE_FALSE(snapshots.get(account_stream("short")).has_value());
   }
   {
     Engine engine(settings);  // an empty in-memory cache: the withdrawal folds all 11 events

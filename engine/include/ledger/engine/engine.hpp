@@ -51,8 +51,9 @@ struct EngineSettings {
   std::size_t state_cache_streams_max = 500'000;
   // RocksDB snapshot directory; empty disables snapshots.
   std::string snapshot_directory;
-  // A snapshot is written each time a stream's version passes a multiple of this.
-  std::int64_t snapshot_every_events = 64;
+  // A snapshot is written each time a stream's version passes a multiple of this: a cold load
+  // (after a restart or an eviction) folds at most this many events past it.
+  std::int64_t snapshot_every_events = 16;
   std::size_t snapshot_queue_max = 10'000;
 
   // How often expired holds are looked for; 0 disables the sweeper.
