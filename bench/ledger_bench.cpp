@@ -1212,7 +1212,11 @@ int main(int argc, char** argv) {
       vacuums.stop();
       if (!cli_run.ok) throw std::runtime_error("ledger " + name + " failed: " + cli_run.output);
       std::cout << "  " << name << ": " << cli_run.seconds << " s\n";
-      if (vacuums.sees_autovacuum()) {
+      if (!vacuums.problem().empty() || vacuums.samples() == 0) {
+        results.push_back(
+            {"replay", "autovacuum beside " + name, 0, "", "",
+             "not measured: " + (vacuums.problem().empty() ? "no sample" : vacuums.problem())});
+      } else if (vacuums.sees_autovacuum()) {
         const std::string tables = vacuums.tables();
         results.push_back({"replay", "autovacuum beside " + name + (tables.empty() ? "" : " (" + tables + ")"),
                            100 * vacuums.share(), "% of the run", "", ""});

@@ -61,8 +61,9 @@ class LagSampler {
 };
 
 // Which autovacuum workers ran beside a stretch of the bench (a replay or rebuild run): every
-// `interval`, the tables of this database they were vacuuming. Needs a role that sees other
-// sessions (pg_read_all_stats); sees_autovacuum() says whether it had one.
+// `interval`, what the workers in this database were doing (vacuum or analyze, and the table).
+// Needs a role that sees other sessions (pg_read_all_stats); sees_autovacuum() says whether it
+// had one. Read the figures after stop().
 class AutovacuumWatch {
  public:
   explicit AutovacuumWatch(std::string database_url,
@@ -75,8 +76,12 @@ class AutovacuumWatch {
   [[nodiscard]] double share() const {
     return samples_ > 0 ? static_cast<double>(busy_samples_) / static_cast<double>(samples_) : 0;
   }
-  // The tables vacuumed at some sample, comma-separated in name order; empty when none.
+  // What the workers did at some sample ("VACUUM public.events"), comma-separated in order;
+  // empty when none.
   [[nodiscard]] std::string tables() const;
+  [[nodiscard]] std::int64_t samples() const { return samples_; }
+  // Why the sampling stopped early (a lost connection); empty when it did not.
+  [[nodiscard]] const std::string& problem() const { return problem_; }
 
  private:
   void run();
@@ -88,6 +93,7 @@ class AutovacuumWatch {
   std::int64_t samples_ = 0;
   std::int64_t busy_samples_ = 0;
   std::map<std::string, std::int64_t> samples_by_table_;
+  std::string problem_;
 };
 
 // Autovacuum and autoanalyze runs per table ("autovacuum schema.table"), and checkpoints, so

@@ -227,12 +227,15 @@ class Rebuilder {
  private:
   // Fills the shadow until it is within swap_within of the head (which moves under load), one
   // committed transaction per batch with the shadow's watermark, one pass up to the head of the
-  // moment at a time. A log that grows as fast as the rebuild reads it would keep it chasing
-  // for ever: after lagging_passes_max passes in a row that fail to shrink the distance to 3/4,
-  // it stops (here and in the second call) and the swap applies the rest.
+  // moment at a time. A log that grows at least as fast as the rebuild reads it would keep it
+  // chasing for ever: after lagging_passes_max passes in a row that leave it no closer (and
+  // beyond swap_within), it stops, and the swap applies the rest if that is at most
+  // swap_stretch_max events; else it throws RebuildOutrun, its progress kept. The call after the
+  // index build always makes a pass (what arrived meanwhile); if that pass comes no closer
+  // either, it counts on from the passes before.
   void fill_near_head(std::int64_t started_at) {
     std::int64_t head = store_.head().position.value();
-    while (head - watermark_ > options_.swap_within && !outrun_) {
+    while (head - watermark_ > options_.swap_within) {
       const std::int64_t behind_at_start = head - watermark_;
       fill_to(head, started_at);
       ++passes_;
@@ -240,14 +243,28 @@ class Rebuilder {
       const std::int64_t behind = head - watermark_;
       spdlog::info("rebuild {}: pass {} applied up to position {}; {} events behind the head",
                    name_, passes_, watermark_, behind);
-      lagging_passes_ = 4 * behind > 3 * behind_at_start ? lagging_passes_ + 1 : 0;
-      if (lagging_passes_ >= options_.lagging_passes_max) {
-        spdlog::warn("rebuild {}: the event store grew about as fast as the rebuild read it for {} "
-                     "passes in a row; it stops chasing the head, and the swap applies the last {} "
-                     "events or more while the live {} projector waits for it",
-                     name_, lagging_passes_, behind, name_);
-        outrun_ = true;
+      const bool lagging = behind > options_.swap_within && behind >= behind_at_start;
+      lagging_passes_ = lagging ? lagging_passes_ + 1 : 0;
+      if (lagging_passes_ < options_.lagging_passes_max) continue;
+      if (behind > options_.swap_stretch_max) {
+        throw RebuildOutrun(
+            "rebuild " + name_ +
+            ": the event store grows at least as fast as the rebuild reads it (" +
+            std::to_string(behind) + " events behind the head after " +
+            std::to_string(lagging_passes_) +
+            " passes that came no closer), more than the swap may apply while the live projector "
+            "waits (" +
+            std::to_string(options_.swap_stretch_max) + "); its progress is kept up to position " +
+            std::to_string(watermark_) +
+            ": run it again when the write rate is lower, and it resumes there");
       }
+      spdlog::warn(
+          "rebuild {}: the event store grew at least as fast as the rebuild read it for {} "
+          "passes in a row; it stops chasing the head, and the swap applies the last {} events "
+          "or more while the live {} projector waits for it",
+          name_, lagging_passes_, behind, name_);
+      outrun_ = true;
+      return;
     }
   }
 
@@ -288,7 +305,7 @@ class Rebuilder {
   const Progress& progress_;
   std::int64_t watermark_ = 0;
   int passes_ = 0;
-  int lagging_passes_ = 0;  // in a row
+  int lagging_passes_ = 0;  // in a row, across the fills before and after the index build
   bool outrun_ = false;
 };
 

@@ -81,6 +81,25 @@ std::int64_t live_tables_with_autovacuum_off(const std::string& url) {
                       "array_to_string(reloptions, ',') LIKE '%autovacuum_enabled%'");
 }
 
+// A log that grows faster than a rebuild reads it: as the rebuild's progress callback, it
+// appends a quarter more events than each batch the rebuild applies, so no pass brings the
+// rebuild closer to the head. Bounded: past batches_max batches it appends nothing, so a rebuild
+// that keeps chasing ends too (and fails its test's checks) rather than running for ever.
+struct OutgrowingLog {
+  static constexpr int batches_max = 300;
+  engine::Engine& engine;
+  std::string url;
+  std::size_t batch_events;
+  int batches = 0;
+  unsigned seed = 1'000;
+
+  void operator()(std::int64_t, std::int64_t) {
+    if (++batches > batches_max) return;
+    const std::int64_t grow_to = test::store_head(url) + static_cast<std::int64_t>(batch_events) * 5 / 4;
+    while (test::store_head(url) < grow_to) test::random_workload(engine, 16, 2, ++seed);
+  }
+};
+
 }  // namespace
 
 TEST_CASE("a rebuild under live write load swaps in a read model equal to the fold; queries never fail") {
@@ -236,26 +255,16 @@ TEST_CASE("a rebuild outrun by the log stops chasing the head after a bounded nu
   test::random_workload(engine, 500);
   REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
 
-  // A log that grows faster than the rebuild reads it: after every batch the rebuild applies,
-  // half as many events again are appended, so no pass brings it closer to the head. Bounded:
-  // past batches_max batches the writes stop, so a rebuild that keeps chasing ends too (and
-  // fails the checks below) rather than running for ever.
   replay::RebuildOptions options;
   options.batch_events = 200;
   options.swap_within = 100;
-  constexpr int batches_max = 300;
-  int batches = 0;
-  unsigned seed = 1'000;
-  const auto result = replay::rebuild(
-      owner_pool, projections::ProjectionKind::balance, options, [&](std::int64_t, std::int64_t) {
-        if (++batches > batches_max) return;
-        const std::int64_t grow_to =
-            test::store_head(database.app_url()) + static_cast<std::int64_t>(options.batch_events) * 3 / 2;
-        while (test::store_head(database.app_url()) < grow_to) test::random_workload(engine, 16, 2, ++seed);
-      });
-  CHECK(batches < batches_max);
+  OutgrowingLog outgrowing{engine, database.app_url(), options.batch_events};
+  const auto result =
+      replay::rebuild(owner_pool, projections::ProjectionKind::balance, options, std::ref(outgrowing));
+  CHECK(outgrowing.batches < OutgrowingLog::batches_max);
   CHECK(result.outrun);
-  CHECK(result.passes == options.lagging_passes_max);
+  // Three passes that came no closer, then the pass after the index build, no closer either.
+  CHECK(result.passes == options.lagging_passes_max + 1);
   CHECK(result.swap_applied > options.swap_within);
   CHECK(result.events_applied == result.watermark.value());
 
@@ -265,4 +274,43 @@ TEST_CASE("a rebuild outrun by the log stops chasing the head after a bounded nu
   test::check_read_models_equal_fold(database.app_url());
   CHECK(differences(pool) == 0);
   CHECK(live_tables_with_autovacuum_off(database.app_url()) == 0);
+}
+
+TEST_CASE("a rebuild the log outgrows beyond swap_stretch_max fails with a clear error and resumes later") {
+  test::TestDatabase database;
+  auto owner_pool = test::make_pool(database.admin_url(), 3);
+  test::ReadSideStack stack(database);
+  auto& [kafka, pool, engine, relay, projectors] = stack;
+  test::open_accounts(engine);
+  test::random_workload(engine, 500);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+
+  replay::RebuildOptions options;
+  options.batch_events = 200;
+  options.swap_within = 100;
+  options.swap_stretch_max = 1'000;  // less than the log outgrows it by
+  OutgrowingLog outgrowing{engine, database.app_url(), options.batch_events};
+  std::string error;
+  try {
+    (void)replay::rebuild(owner_pool, projections::ProjectionKind::balance, options, std::ref(outgrowing));
+  } catch (const replay::RebuildOutrun& outrun) {
+    error = outrun.what();
+  }
+  CHECK(outgrowing.batches < OutgrowingLog::batches_max);
+  CHECK_MESSAGE(error.find("run it again when the write rate is lower, and it resumes there") != std::string::npos,
+                error);
+  const std::int64_t kept =
+      test::scalar(database.admin_url(), "SELECT watermark FROM rebuild.progress WHERE name = 'balance'");
+  CHECK(kept > 0);
+  CHECK(live_tables_with_autovacuum_off(database.app_url()) == 0);  // the live model untouched
+
+  // Once the writes calm down, the next run resumes from the kept progress.
+  outgrowing.batches = OutgrowingLog::batches_max;
+  const auto resumed = replay::rebuild(owner_pool, projections::ProjectionKind::balance, options);
+  CHECK(resumed.resumed_from.value() == kept);
+  CHECK_FALSE(resumed.outrun);
+  test::random_workload(engine, 200, 2, 5);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+  test::check_read_models_equal_fold(database.app_url());
+  CHECK(differences(pool) == 0);
 }

@@ -52,7 +52,9 @@ struct EngineSettings {
   // RocksDB snapshot directory; empty disables snapshots.
   std::string snapshot_directory;
   // A snapshot is written each time a stream's version passes a multiple of this: a cold load
-  // (after a restart or an eviction) folds at most this many events past it.
+  // (after a restart or an eviction) of a stream only this engine appends to usually folds at
+  // most this many events past it (a snapshot is only a cache: one dropped from a full queue or
+  // lost in a crash costs a longer fold).
   std::int64_t snapshot_every_events = 16;
   std::size_t snapshot_queue_max = 10'000;
 

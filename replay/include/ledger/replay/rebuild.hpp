@@ -6,6 +6,7 @@
 // every batch), so nothing is skipped and nothing applied twice.
 
 #include <cstdint>
+#include <stdexcept>
 
 #include "ledger/projections/projector.hpp"
 #include "ledger/replay/replay.hpp"
@@ -17,10 +18,20 @@ struct RebuildOptions {
   bool restart = false;               // drop a half-done rebuild instead of resuming it
   // Swap once the shadow is this close to the head; the rest is applied inside the swap.
   std::int64_t swap_within = 20'000;
-  // Passes in a row that do not bring the shadow to 3/4 of its distance from the head (the log
-  // grows about as fast as the rebuild reads it) before the rebuild stops chasing the head and
-  // the swap applies the rest, however long, while the live projector waits for it.
+  // Passes in a row after which the shadow, still beyond swap_within, is no closer to the head
+  // than when they started (the log grows at least as fast as the rebuild reads it): the
+  // rebuild stops chasing the head. If it is then at most swap_stretch_max events behind, the
+  // swap applies them while the live projector waits for it; else the rebuild fails, its
+  // progress kept for the next run to resume.
   int lagging_passes_max = 3;
+  std::int64_t swap_stretch_max = 500'000;
+};
+
+// The event store grows at least as fast as the rebuild reads it, and the swap would have to
+// apply more than RebuildOptions::swap_stretch_max events with the live projector waiting.
+class RebuildOutrun : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
 };
 
 struct RebuildResult {
@@ -28,15 +39,16 @@ struct RebuildResult {
   GlobalPosition resumed_from{0};  // 0: this run started from the first event
   std::int64_t events_applied = 0; // by this run
   int passes = 0;                  // reads of the log up to the head of the moment, before the swap
-  // The log grew faster than the rebuild read it (lagging_passes_max): the swap applied the
-  // rest in its own transaction, swap_applied events, while the live projector waited.
+  // The log grew as fast as the rebuild read it (lagging_passes_max) and the swap applied the
+  // rest: swap_applied events (also the last stretch of every rebuild), the projector waiting.
   bool outrun = false;
   std::int64_t swap_applied = 0;
 };
 
 // Needs the owner role: it creates, drops and renames tables. A failure or a kill at any
 // point leaves the live read model untouched, and the next run resumes from the shadow's
-// last committed batch (unless options.restart).
+// last committed batch (unless options.restart). Throws RebuildOutrun when the log outgrows it
+// beyond options.swap_stretch_max.
 RebuildResult rebuild(db::ConnectionPool& owner_pool, projections::ProjectionKind kind,
                       const RebuildOptions& options, const Progress& progress = {});
 
