@@ -302,7 +302,10 @@ TEST_CASE("a rebuild the log outgrows beyond swap_stretch_max fails with a clear
   const std::int64_t kept =
       test::scalar(database.admin_url(), "SELECT watermark FROM rebuild.progress WHERE name = 'balance'");
   CHECK(kept > 0);
-  CHECK(live_tables_with_autovacuum_off(database.app_url()) == 0);  // the live model untouched
+  // No swap: the shadow is still there, and the live tables keep their autovacuum.
+  CHECK(test::scalar(database.admin_url(),
+                     "SELECT count(*) FROM pg_tables WHERE schemaname = 'rebuild' AND tablename = 'balances'") == 1);
+  CHECK(live_tables_with_autovacuum_off(database.app_url()) == 0);
 
   // Once the writes calm down, the next run resumes from the kept progress.
   outgrowing.batches = OutgrowingLog::batches_max;
