@@ -10,6 +10,19 @@ namespace ledger::bench {
 
 using Clock = std::chrono::steady_clock;
 
+namespace {
+
+// Whether the connection's role sees other roles' sessions (pg_read_all_stats or superuser):
+// without it pg_stat_activity shows them with no backend_type, and an autovacuum figure would
+// say "never" when it cannot know.
+bool sees_other_sessions(pqxx::connection& connection) {
+  return pqxx::nontransaction(connection)
+      .exec1("SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')")[0]
+      .as<bool>();
+}
+
+}  // namespace
+
 LagSampler::LagSampler(std::string database_url, std::chrono::milliseconds interval)
     : url_(std::move(database_url)), interval_(interval) {}
 
@@ -24,11 +37,7 @@ void LagSampler::stop() {
 
 void LagSampler::run() {
   pqxx::connection connection(url_);
-  // Other roles' sessions show no backend_type without this: the autovacuum rows would say
-  // "never" when they cannot know.
-  sees_autovacuum_ = pqxx::nontransaction(connection)
-                         .exec1("SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')")[0]
-                         .as<bool>();
+  sees_autovacuum_ = sees_other_sessions(connection);
   connection.prepare(
       "sample",
       "SELECT (SELECT position FROM event_store_head), "
@@ -103,17 +112,14 @@ void AutovacuumWatch::stop() {
 
 std::string AutovacuumWatch::tables() const {
   std::string names;
-  for (const auto& [table, samples] : samples_by_table_) names += (names.empty() ? "" : ", ") + table;
+  for (const auto& what : seen_) names += (names.empty() ? "" : ", ") + what;
   return names;
 }
 
 void AutovacuumWatch::run() {
   try {
     pqxx::connection connection(url_);
-    sees_autovacuum_ =
-        pqxx::nontransaction(connection)
-            .exec1("SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')")[0]
-            .as<bool>();
+    sees_autovacuum_ = sees_other_sessions(connection);
     // Workers only (the rebuild's own VACUUM before its swap is part of what is timed), vacuum
     // or analyze: their query names the table ("autovacuum: VACUUM ANALYZE public.events").
     connection.prepare(
@@ -128,7 +134,7 @@ void AutovacuumWatch::run() {
       for (const auto& row : rows) {
         std::string what = row[0].c_str();
         if (what.starts_with("autovacuum: ")) what.erase(0, 12);
-        ++samples_by_table_[what];
+        seen_.insert(std::move(what));
       }
       std::this_thread::sleep_until(now + interval_);
     }

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -92,7 +93,7 @@ class AutovacuumWatch {
   std::atomic<bool> sees_autovacuum_{false};
   std::int64_t samples_ = 0;
   std::int64_t busy_samples_ = 0;
-  std::map<std::string, std::int64_t> samples_by_table_;
+  std::set<std::string> seen_;  // what the workers did, at some sample
   std::string problem_;
 };
 
