@@ -100,6 +100,25 @@ struct OutgrowingLog {
   }
 };
 
+// The two cases of a rebuild the log outgrows: a read side with some history, caught up, and
+// small rebuild batches.
+struct OutgrownRebuild {
+  OutgrownRebuild() {
+    test::open_accounts(engine);
+    test::random_workload(engine, 500);
+    REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+    options.batch_events = 200;
+    options.swap_within = 100;
+  }
+
+  test::TestDatabase database;
+  db::ConnectionPool owner_pool = test::make_pool(database.admin_url(), 3);
+  test::ReadSideStack stack{database};
+  db::ConnectionPool& pool = stack.pool;
+  engine::Engine& engine = stack.engine;
+  replay::RebuildOptions options;
+};
+
 }  // namespace
 
 TEST_CASE("a rebuild under live write load swaps in a read model equal to the fold; queries never fail") {
@@ -246,18 +265,7 @@ TEST_CASE("a rebuild killed half way leaves the live read model untouched and re
   CHECK(live_tables_with_autovacuum_off(database.app_url()) == 0);
 }
 
-TEST_CASE("a rebuild outrun by the log stops chasing the head after a bounded number of passes; the swap applies the rest") {
-  test::TestDatabase database;
-  auto owner_pool = test::make_pool(database.admin_url(), 3);
-  test::ReadSideStack stack(database);
-  auto& [kafka, pool, engine, relay, projectors] = stack;
-  test::open_accounts(engine);
-  test::random_workload(engine, 500);
-  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
-
-  replay::RebuildOptions options;
-  options.batch_events = 200;
-  options.swap_within = 100;
+TEST_CASE_FIXTURE(OutgrownRebuild, "a rebuild outrun by the log stops chasing the head after a bounded number of passes; the swap applies the rest") {
   OutgrowingLog outgrowing{engine, database.app_url(), options.batch_events};
   const auto result =
       replay::rebuild(owner_pool, projections::ProjectionKind::balance, options, std::ref(outgrowing));
@@ -276,18 +284,7 @@ TEST_CASE("a rebuild outrun by the log stops chasing the head after a bounded nu
   CHECK(live_tables_with_autovacuum_off(database.app_url()) == 0);
 }
 
-TEST_CASE("a rebuild the log outgrows beyond swap_stretch_max fails with a clear error and resumes later") {
-  test::TestDatabase database;
-  auto owner_pool = test::make_pool(database.admin_url(), 3);
-  test::ReadSideStack stack(database);
-  auto& [kafka, pool, engine, relay, projectors] = stack;
-  test::open_accounts(engine);
-  test::random_workload(engine, 500);
-  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
-
-  replay::RebuildOptions options;
-  options.batch_events = 200;
-  options.swap_within = 100;
+TEST_CASE_FIXTURE(OutgrownRebuild, "a rebuild the log outgrows beyond swap_stretch_max fails with a clear error and resumes later") {
   options.swap_stretch_max = 1'000;  // less than the log outgrows it by
   OutgrowingLog outgrowing{engine, database.app_url(), options.batch_events};
   std::string error;
