@@ -29,10 +29,11 @@ std::vector<RecordedEvent> EventStore::read_stream(const std::string& stream_id,
                                                    std::size_t limit) const {
   auto lease = pool_.acquire();
   pqxx::read_transaction work(*lease);
-  const auto rows = work.exec_params(std::string(sql::select_event_columns) +
-                                         " WHERE stream_id = $1 AND version >= $2 ORDER BY version "
-                                         "LIMIT $3",
-                                     stream_id, from_version.value(), static_cast<long long>(limit));
+  static const std::string text =
+      std::string(sql::select_event_columns) +
+      " WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3";
+  const auto rows = sql::exec_statement(work, "ledger_read_stream", text, stream_id,
+                                        from_version.value(), static_cast<long long>(limit));
   std::vector<RecordedEvent> events;
   events.reserve(rows.size());
   for (const auto& row : rows) events.push_back(sql::read_event_row(row));
@@ -42,9 +43,11 @@ std::vector<RecordedEvent> EventStore::read_stream(const std::string& stream_id,
 std::vector<RecordedEvent> EventStore::read_all(GlobalPosition from, std::size_t limit) const {
   auto lease = pool_.acquire();
   pqxx::read_transaction work(*lease);
-  const auto rows = work.exec_params(std::string(sql::select_event_columns) +
-                                         " WHERE position >= $1 ORDER BY position LIMIT $2",
-                                     from.value(), static_cast<long long>(limit));
+  // The relay's read, and a projector's for what Kafka did not bring: once per poll or round.
+  static const std::string text =
+      std::string(sql::select_event_columns) + " WHERE position >= $1 ORDER BY position LIMIT $2";
+  const auto rows = sql::exec_statement(work, "ledger_read_all", text, from.value(),
+                                        static_cast<long long>(limit));
   std::vector<RecordedEvent> events;
   events.reserve(rows.size());
   for (const auto& row : rows) events.push_back(sql::read_event_row(row));
@@ -56,9 +59,8 @@ std::vector<std::pair<GlobalPosition, std::string>> EventStore::streams_with_eve
                                                                                 std::size_t limit) const {
   auto lease = pool_.acquire();
   pqxx::read_transaction work(*lease);
-  const auto rows = work.exec_params(
-      sql::select_streams_with_event,
-      std::string(type), after.value(), static_cast<long long>(limit));
+  const auto rows = sql::exec_statement(work, sql::streams_with_event_statement, std::string(type),
+                                        after.value(), static_cast<long long>(limit));
   std::vector<std::pair<GlobalPosition, std::string>> streams;
   streams.reserve(rows.size());
   for (const auto& row : rows) streams.emplace_back(GlobalPosition(row[0].as<std::int64_t>()), row[1].as<std::string>());
@@ -68,7 +70,9 @@ std::vector<std::pair<GlobalPosition, std::string>> EventStore::streams_with_eve
 StoreHead EventStore::head() const {
   auto lease = pool_.acquire();
   pqxx::read_transaction work(*lease);
-  const auto row = work.exec1("SELECT position, hash FROM event_store_head");
+  const auto rows = sql::exec_statement(work, sql::read_head_statement);
+  if (rows.size() != 1) throw pqxx::unexpected_rows("the event store has no head row");
+  const auto row = rows[0];
   return {GlobalPosition(row[0].as<std::int64_t>()), pqxx::binarystring(row[1]).str()};
 }
 

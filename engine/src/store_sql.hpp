@@ -4,28 +4,16 @@
 // runs is a Statement, prepared once per session (exec_statement).
 
 #include <pqxx/pqxx>
-
 #include <utility>
 
+#include "ledger/db/prepared.hpp"
 #include "ledger/engine/event_store.hpp"
 
 namespace ledger::domain::sql {
 
 // A statement a batch runs (issue 18): PostgreSQL parses it once per session, not per batch.
-struct Statement {
-  const char* name;
-  const char* text;
-};
-
-// Runs `statement` prepared on the transaction's connection. Defining it there is a lookup in
-// the connection's own table once it is defined; pqxx sends the PREPARE with the first
-// execution on each session, so a session opened anew (a reconnect, a new pooled connection)
-// prepares it again by itself.
-template <typename... Args>
-pqxx::result exec_statement(pqxx::transaction_base& work, const Statement& statement, Args&&... args) {
-  work.conn().prepare(statement.name, statement.text);
-  return work.exec_prepared(statement.name, std::forward<Args>(args)...);
-}
+using db::exec_statement;
+using db::Statement;
 
 inline constexpr const char* select_event_columns =
     "SELECT position, stream_id, version, event_id::text, type, schema_version, payload, "
@@ -76,9 +64,14 @@ inline constexpr Statement idempotency_keys_statement{
 // The table and columns the appender COPYs idempotency records into.
 inline constexpr const char* idempotency_keys_table = "idempotency_keys";
 
-inline constexpr const char* select_streams_with_event =
+inline constexpr Statement streams_with_event_statement{
+    "ledger_streams_with_event",
     "SELECT position, stream_id FROM events WHERE type = $1 AND position > $2 ORDER BY position "
-    "LIMIT $3";
+    "LIMIT $3"};
+
+// The head, unlocked: where a reader or the relay stands.
+inline constexpr Statement read_head_statement{"ledger_read_head",
+                                               "SELECT position, hash FROM event_store_head"};
 
 // Whether the event with this id is stored.
 inline bool event_exists(pqxx::transaction_base& work, const std::string& event_id) {

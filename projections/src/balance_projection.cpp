@@ -6,6 +6,7 @@
 #include <string_view>
 #include <unordered_map>
 
+#include "ledger/db/prepared.hpp"
 #include "ledger/db/sql_text.hpp"
 #include "ledger/domain/events.hpp"
 #include "ledger/domain/types.hpp"
@@ -27,10 +28,38 @@ domain::AccountStatus status_from(std::string_view text) {
   return domain::AccountStatus::open;
 }
 
+// The statements of every batch, for the schema's table (a rebuild writes its shadow's).
+std::string select_balances_sql(const std::string& balances) {
+  return "SELECT account_id, currency, kind, owner, ledger_code, flags, overdraft_limit, status, "
+         "debits_posted, credits_posted, debits_pending, credits_pending, pending_count, version "
+         "FROM " +
+         balances + " WHERE account_id = ANY($1::text[])";
+}
+
+std::string store_balances_sql(const std::string& balances) {
+  return "INSERT INTO " + balances +
+         " (account_id, currency, kind, owner, ledger_code, flags, overdraft_limit, status, "
+         "debits_posted, credits_posted, debits_pending, credits_pending, pending_count, version, "
+         "position) "
+         "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], "
+         "$6::bigint[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], "
+         "$12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) "
+         "ON CONFLICT (account_id) DO UPDATE SET currency = excluded.currency, "
+         "kind = excluded.kind, owner = excluded.owner, ledger_code = excluded.ledger_code, "
+         "flags = excluded.flags, overdraft_limit = excluded.overdraft_limit, "
+         "status = excluded.status, debits_posted = excluded.debits_posted, "
+         "credits_posted = excluded.credits_posted, debits_pending = excluded.debits_pending, "
+         "credits_pending = excluded.credits_pending, pending_count = excluded.pending_count, "
+         "version = excluded.version, position = excluded.position";
+}
+
 class BalanceProjection final : public Projection {
  public:
   explicit BalanceProjection(const std::string& schema)
-      : balances_(schema + ".balances"), entries_(schema + ".entries") {}
+      : balances_(schema + ".balances"),
+        entries_(schema + ".entries"),
+        load_sql_(select_balances_sql(balances_)),
+        store_sql_(store_balances_sql(balances_)) {}
 
   void apply(pqxx::transaction_base& work, const std::vector<domain::RecordedEvent>& events) override {
     std::unordered_map<std::string, domain::AccountState> accounts;
@@ -84,11 +113,8 @@ class BalanceProjection final : public Projection {
  private:
   void load(pqxx::transaction_base& work, const std::string& ids,
                    std::unordered_map<std::string, domain::AccountState>& accounts) {
-    const auto rows = work.exec_params(
-        "SELECT account_id, currency, kind, owner, ledger_code, flags, overdraft_limit, status, "
-        "debits_posted, credits_posted, debits_pending, credits_pending, pending_count, version "
-        "FROM " + balances_ + " WHERE account_id = ANY($1::text[])",
-        ids);
+    // Prepared once per session under a name that holds the table.
+    const auto rows = db::exec_statement(work, "ledger_load_balances " + balances_, load_sql_, ids);
     for (const auto& row : rows) {
       domain::AccountState& s = accounts.at(row[0].as<std::string>());
       s.exists = true;
@@ -147,27 +173,17 @@ class BalanceProjection final : public Projection {
       version.add_number(s.version.value());
       position.add_number(last_position.at(account_id));
     }
-    work.exec_params(
-        "INSERT INTO " + balances_ + " (account_id, currency, kind, owner, ledger_code, flags, "
-        "overdraft_limit, status, debits_posted, credits_posted, debits_pending, credits_pending, "
-        "pending_count, version, position) "
-        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], "
-        "$6::bigint[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], "
-        "$12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) "
-        "ON CONFLICT (account_id) DO UPDATE SET currency = excluded.currency, kind = excluded.kind, "
-        "owner = excluded.owner, ledger_code = excluded.ledger_code, flags = excluded.flags, "
-        "overdraft_limit = excluded.overdraft_limit, status = excluded.status, "
-        "debits_posted = excluded.debits_posted, credits_posted = excluded.credits_posted, "
-        "debits_pending = excluded.debits_pending, credits_pending = excluded.credits_pending, "
-        "pending_count = excluded.pending_count, version = excluded.version, "
-        "position = excluded.position",
-        id.finish(), currency.finish(), kind.finish(), owner.finish(), ledger_code.finish(),
-        flags.finish(), overdraft.finish(), status.finish(), dp.finish(), cp.finish(), dpe.finish(),
-        cpe.finish(), pending.finish(), version.finish(), position.finish());
+    db::exec_statement(work, "ledger_store_balances " + balances_, store_sql_, id.finish(),
+                       currency.finish(), kind.finish(), owner.finish(), ledger_code.finish(),
+                       flags.finish(), overdraft.finish(), status.finish(), dp.finish(),
+                       cp.finish(), dpe.finish(), cpe.finish(), pending.finish(), version.finish(),
+                       position.finish());
   }
 
   std::string balances_;
   std::string entries_;
+  std::string load_sql_;
+  std::string store_sql_;
 };
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <unordered_map>
 
+#include "ledger/db/prepared.hpp"
 #include "ledger/db/sql_text.hpp"
 #include "ledger/domain/events.hpp"
 #include "ledger/domain/types.hpp"
@@ -29,10 +30,62 @@ domain::LoanStatus status_from(std::string_view text) {
   throw ProjectionError("read.loans holds an unknown status " + std::string(text));
 }
 
+// The statements of every batch, for the schema's tables (a rebuild writes its shadow's).
+std::string select_loans_sql(const std::string& loans) {
+  return "SELECT loan_id, borrower, currency, status, principal, rate_bps, installments, "
+         "schedule_type, origination_date, first_due_date, origination_fee, late_fee, grace_days, "
+         "closed_through, interest_recognised, days_past_due, principal_written_off, "
+         "interest_reversed, version FROM " +
+         loans + " WHERE loan_id = ANY($1::text[])";
+}
+
+std::string select_installments_sql(const std::string& installments) {
+  return "SELECT loan_id, number, due_date, principal, interest, principal_paid, interest_paid, "
+         "penalty, penalty_paid, overdue, interest_waived FROM " +
+         installments + " WHERE loan_id = ANY($1::text[]) ORDER BY loan_id, number";
+}
+
+std::string store_loans_sql(const std::string& loans) {
+  return "INSERT INTO " + loans +
+         " (loan_id, borrower, currency, status, principal, rate_bps, installments, schedule_type, "
+         "origination_date, first_due_date, origination_fee, late_fee, grace_days, closed_through, "
+         "interest_recognised, days_past_due, principal_written_off, interest_reversed, version, "
+         "position) "
+         "SELECT a, b, c, d, e, f, g, h, i, j, k, l, m, NULLIF(n, '')::date, o, p, q, r, s, t "
+         "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::int[], "
+         "$7::int[], $8::text[], $9::date[], $10::date[], $11::bigint[], $12::bigint[], "
+         "$13::int[], $14::text[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], "
+         "$19::bigint[], $20::bigint[]) "
+         "AS x(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t) "
+         "ON CONFLICT (loan_id) DO UPDATE SET status = excluded.status, "
+         "closed_through = excluded.closed_through, "
+         "interest_recognised = excluded.interest_recognised, "
+         "days_past_due = excluded.days_past_due, "
+         "principal_written_off = excluded.principal_written_off, "
+         "interest_reversed = excluded.interest_reversed, version = excluded.version, "
+         "position = excluded.position";
+}
+
+std::string store_installments_sql(const std::string& installments) {
+  return "INSERT INTO " + installments +
+         " (loan_id, number, due_date, principal, interest, principal_paid, interest_paid, "
+         "penalty, penalty_paid, overdue, interest_waived) "
+         "SELECT * FROM unnest($1::text[], $2::int[], $3::date[], $4::bigint[], $5::bigint[], "
+         "$6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::boolean[], "
+         "$11::boolean[])";
+}
+
 class LoanProjection final : public Projection {
  public:
   explicit LoanProjection(const std::string& schema)
-      : loans_(schema + ".loans"), installments_(schema + ".loan_installments") {}
+      : loans_(schema + ".loans"),
+        installments_(schema + ".loan_installments"),
+        load_sql_(select_loans_sql(loans_)),
+        installments_sql_(select_installments_sql(installments_)),
+        store_sql_(store_loans_sql(loans_)),
+        store_installments_sql_(store_installments_sql(installments_)),
+        delete_installments_sql_("DELETE FROM " + installments_ +
+                                 " WHERE loan_id = ANY($1::text[])") {}
 
   void apply(pqxx::transaction_base& work, const std::vector<domain::RecordedEvent>& events) override {
     std::unordered_map<std::string, domain::LoanState> loans;
@@ -70,12 +123,8 @@ class LoanProjection final : public Projection {
  private:
   void load(pqxx::transaction_base& work, const std::string& ids,
             std::unordered_map<std::string, domain::LoanState>& loans) {
-    for (const auto& row : work.exec_params(
-             "SELECT loan_id, borrower, currency, status, principal, rate_bps, installments, schedule_type, "
-             "origination_date, first_due_date, origination_fee, late_fee, grace_days, closed_through, "
-             "interest_recognised, days_past_due, principal_written_off, interest_reversed, version "
-             "FROM " + loans_ + " WHERE loan_id = ANY($1::text[])",
-             ids)) {
+    for (const auto& row :
+         db::exec_statement(work, "ledger_load_loans " + loans_, load_sql_, ids)) {
       domain::LoanState& s = loans.at(row[0].as<std::string>());
       s.exists = true;
       s.id = row[0].as<std::string>();
@@ -99,11 +148,8 @@ class LoanProjection final : public Projection {
       b.interest_reversed = row[17].as<std::int64_t>();
       s.version = StreamVersion(row[18].as<std::int64_t>());
     }
-    for (const auto& row : work.exec_params(
-             "SELECT loan_id, number, due_date, principal, interest, principal_paid, interest_paid, penalty, "
-             "penalty_paid, overdue, interest_waived FROM " + installments_ +
-                 " WHERE loan_id = ANY($1::text[]) ORDER BY loan_id, number",
-             ids)) {
+    for (const auto& row : db::exec_statement(work, "ledger_load_installments " + installments_,
+                                              installments_sql_, ids)) {
       domain::InstallmentBook i;
       i.number = row[1].as<std::int32_t>();
       i.due_date = date_from(row[2]);
@@ -162,39 +208,31 @@ class LoanProjection final : public Projection {
         i_waived.add_text(i.interest_waived ? "t" : "f");
       }
     }
-    work.exec_params(
-        "INSERT INTO " + loans_ +
-            " (loan_id, borrower, currency, status, principal, rate_bps, installments, schedule_type, "
-            "origination_date, first_due_date, origination_fee, late_fee, grace_days, closed_through, "
-            "interest_recognised, days_past_due, principal_written_off, interest_reversed, version, position) "
-            "SELECT a, b, c, d, e, f, g, h, i, j, k, l, m, NULLIF(n, '')::date, o, p, q, r, s, t FROM unnest("
-            "$1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::int[], $7::int[], $8::text[], "
-            "$9::date[], $10::date[], $11::bigint[], $12::bigint[], $13::int[], $14::text[], $15::bigint[], "
-            "$16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[]) "
-            "AS x(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t) "
-            "ON CONFLICT (loan_id) DO UPDATE SET status = excluded.status, closed_through = excluded.closed_through, "
-            "interest_recognised = excluded.interest_recognised, days_past_due = excluded.days_past_due, "
-            "principal_written_off = excluded.principal_written_off, interest_reversed = excluded.interest_reversed, "
-            "version = excluded.version, position = excluded.position",
-        id.finish(), borrower.finish(), currency.finish(), status.finish(), principal.finish(), rate.finish(),
-        count.finish(), type.finish(), originated.finish(), first_due.finish(), fee.finish(), late_fee.finish(),
-        grace.finish(), closed_through.finish(), recognised.finish(), dpd.finish(), written_off.finish(),
-        reversed.finish(), version.finish(), position.finish());
+    db::exec_statement(
+        work, "ledger_store_loans " + loans_, store_sql_, id.finish(), borrower.finish(),
+        currency.finish(), status.finish(), principal.finish(), rate.finish(), count.finish(),
+        type.finish(), originated.finish(), first_due.finish(), fee.finish(), late_fee.finish(),
+        grace.finish(), closed_through.finish(), recognised.finish(), dpd.finish(),
+        written_off.finish(), reversed.finish(), version.finish(), position.finish());
     // Installments change together with their loan: replaced as a whole.
-    work.exec_params("DELETE FROM " + installments_ + " WHERE loan_id = ANY($1::text[])", ids);
+    db::exec_statement(work, "ledger_delete_installments " + installments_,
+                       delete_installments_sql_, ids);
     if (i_loan.empty()) return;
-    work.exec_params(
-        "INSERT INTO " + installments_ +
-            " (loan_id, number, due_date, principal, interest, principal_paid, interest_paid, penalty, penalty_paid, "
-            "overdue, interest_waived) SELECT * FROM unnest($1::text[], $2::int[], $3::date[], $4::bigint[], "
-            "$5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::boolean[], $11::boolean[])",
-        i_loan.finish(), i_number.finish(), i_due.finish(), i_principal.finish(), i_interest.finish(),
-        i_principal_paid.finish(), i_interest_paid.finish(), i_penalty.finish(), i_penalty_paid.finish(),
-        i_overdue.finish(), i_waived.finish());
+    db::exec_statement(work, "ledger_store_installments " + installments_, store_installments_sql_,
+                       i_loan.finish(), i_number.finish(), i_due.finish(), i_principal.finish(),
+                       i_interest.finish(), i_principal_paid.finish(), i_interest_paid.finish(),
+                       i_penalty.finish(), i_penalty_paid.finish(), i_overdue.finish(),
+                       i_waived.finish());
   }
 
   std::string loans_;
   std::string installments_;
+  // Prepared once per session under a name that holds the table.
+  std::string load_sql_;
+  std::string installments_sql_;
+  std::string store_sql_;
+  std::string store_installments_sql_;
+  std::string delete_installments_sql_;
 };
 
 }  // namespace

@@ -1,7 +1,6 @@
 #include "ledger/projections/projector.hpp"
 
 #include <librdkafka/rdkafka.h>
-#include <pqxx/pqxx>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -9,13 +8,16 @@
 #include <future>
 #include <limits>
 #include <map>
+#include <pqxx/pqxx>
 #include <set>
 #include <unordered_map>
 
 #include "ledger/core/assert.hpp"
 #include "ledger/core/worker.hpp"
 #include "ledger/db/pool.hpp"
+#include "ledger/db/prepared.hpp"
 #include "ledger/db/retry.hpp"
+#include "ledger/db/sql_text.hpp"
 #include "ledger/domain/envelope.hpp"
 #include "ledger/engine/event_store.hpp"
 #include "ledger/projections/projection.hpp"
@@ -82,6 +84,64 @@ std::string stalled_reason(const std::exception& error) {
   }
   return reason;
 }
+
+// The statements of every round (apply), prepared once per session: sent with parameters
+// instead, PostgreSQL parsed and planned each one on every round (issue 18).
+namespace statements {
+
+// The partitions' rows, locked in partition order: two processes never wait on each other.
+constexpr db::Statement lock_partition_watermarks{
+    "ledger_projector_lock_partition_watermarks",
+    "SELECT partition, position FROM read.partition_watermarks WHERE projection = $1 "
+    "AND partition = ANY($2::int[]) ORDER BY partition FOR UPDATE"};
+
+constexpr db::Statement store_head{"ledger_projector_store_head",
+                                   "SELECT position FROM event_store_head"};
+
+constexpr db::Statement stored_hash{"ledger_projector_stored_hash",
+                                    "SELECT hash FROM events WHERE position = $1"};
+
+constexpr db::Statement stored_range{
+    "ledger_projector_stored_range",
+    "SELECT position, stream_id, hash FROM events WHERE position > $1 AND position <= $2 "
+    "ORDER BY position"};
+
+// Every partition's next offset in one statement (unnest of partitions and offsets).
+constexpr db::Statement store_offsets{
+    "ledger_projector_store_offsets",
+    "INSERT INTO read.kafka_offsets (projection, topic, partition, next_offset) "
+    "SELECT $1, $2, o.partition, o.next_offset "
+    "FROM unnest($3::int[], $4::bigint[]) AS o(partition, next_offset) "
+    "ON CONFLICT (projection, topic, partition) DO UPDATE SET next_offset = excluded.next_offset"};
+
+// Every moved partition's watermark in one statement (their rows are locked already).
+constexpr db::Statement move_partition_watermarks{
+    "ledger_projector_move_partition_watermarks",
+    "UPDATE read.partition_watermarks w SET position = m.position, updated_at = now() "
+    "FROM unnest($2::int[], $3::bigint[]) AS m(partition, position) "
+    "WHERE w.projection = $1 AND w.partition = m.partition"};
+
+constexpr db::Statement lock_projection{
+    "ledger_projector_lock_projection",
+    "SELECT 1 FROM read.projections WHERE name = $1 FOR UPDATE"};
+
+// The read model's watermark: the lowest of its partitions'; a stall it passed is cleared.
+constexpr db::Statement raise_watermark{
+    "ledger_projector_raise_watermark",
+    "WITH lowest AS (SELECT min(position) AS position FROM read.partition_watermarks "
+    "WHERE projection = $1) "
+    "UPDATE read.projections SET watermark = greatest(watermark, lowest.position), "
+    "applied = applied + $2, updated_at = now(), "
+    "incarnation = coalesce(nullif($3, '')::uuid, incarnation), "
+    "stalled_reason = CASE WHEN stalled_position <= lowest.position OR stalled_position = $4 "
+    "THEN NULL ELSE stalled_reason END, "
+    "stalled_since = CASE WHEN stalled_position <= lowest.position OR stalled_position = $4 "
+    "THEN NULL ELSE stalled_since END, "
+    "stalled_position = CASE WHEN stalled_position <= lowest.position OR stalled_position = $4 "
+    "THEN NULL ELSE stalled_position END "
+    "FROM lowest WHERE name = $1 RETURNING watermark"};
+
+}  // namespace statements
 
 }  // namespace
 
@@ -647,7 +707,7 @@ struct Projector::Impl {
     if (low == 0) {
       range.hash[0] = domain::genesis_hash();
     } else {
-      const auto rows = work.exec_params("SELECT hash FROM events WHERE position = $1", low);
+      const auto rows = db::exec_statement(work, statements::stored_hash, low);
       if (rows.empty()) {
         throw ProjectionError("position " + std::to_string(low) + ", a partition watermark, is missing from the event store");
       }
@@ -656,9 +716,7 @@ struct Projector::Impl {
     std::int64_t expected = low + 1;
     for (std::int64_t from = low; from < high; from += stored_range_rows) {
       const std::int64_t to = std::min(high, from + stored_range_rows);
-      for (const auto& row : work.exec_params(
-               "SELECT position, stream_id, hash FROM events WHERE position > $1 AND position <= $2 ORDER BY position",
-               from, to)) {
+      for (const auto& row : db::exec_statement(work, statements::stored_range, from, to)) {
         const auto position = row[0].as<std::int64_t>();
         if (position != expected) break;
         const auto index = static_cast<std::size_t>(position - low);
@@ -693,19 +751,13 @@ struct Projector::Impl {
       work.exec("SET LOCAL synchronous_commit = off");
       rows_read = 0;
       read_ahead_stale = 0;
-      std::string list = "{";
-      for (const auto& [partition, target] : targets) {
-        if (list.size() > 1) list += ',';
-        list += std::to_string(partition);
-      }
-      list += '}';
+      db::ArrayLiteral list;
+      for (const auto& [partition, target] : targets) list.add_number(partition);
       // The row lock keeps two processes (a rebalance in flight, a rebuild) from applying one
       // partition at once; rows are locked in partition order, so two never wait on each other.
       std::map<std::int32_t, std::int64_t> start;
-      for (const auto& row : work.exec_params(
-               "SELECT partition, position FROM read.partition_watermarks WHERE projection = $1 "
-               "AND partition = ANY($2::int[]) ORDER BY partition FOR UPDATE",
-               name, list)) {
+      for (const auto& row :
+           db::exec_statement(work, statements::lock_partition_watermarks, name, list.finish())) {
         start[row[0].as<std::int32_t>()] = row[1].as<std::int64_t>();
       }
       if (start.size() != targets.size()) {
@@ -713,7 +765,8 @@ struct Projector::Impl {
         throw std::runtime_error("the partition watermarks of " + name + " are missing (a rebuild splits them again)");
       }
       // The relay publishes committed events only: a message beyond the head is not one of them.
-      const std::int64_t store_head = work.exec("SELECT position FROM event_store_head")[0][0].as<std::int64_t>();
+      const std::int64_t store_head =
+          db::exec_statement(work, statements::store_head).at(0)[0].as<std::int64_t>();
       // The store's range covers the partitions that move, (their lowest watermark, their
       // highest target]: a partition that stays (its watermark already at or beyond the
       // round's target, e.g. one that ran ahead on Kafka's messages) must not stretch it, or
@@ -739,7 +792,7 @@ struct Projector::Impl {
       if (stored.read_ahead) {
         // Read in another snapshot, maybe before a restore: this transaction's store must end
         // the range with the same hash (the range chains up to it), or it is read again now.
-        const auto rows = work.exec_params("SELECT hash FROM events WHERE position = $1", high);
+        const auto rows = db::exec_statement(work, statements::stored_hash, high);
         if (rows.empty() || pqxx::binarystring(rows[0][0]).str() != stored.hash_of(high)) {
           spdlog::warn(
               "projector {}: the store no longer ends positions {} to {} as read ahead; reading "
@@ -884,23 +937,26 @@ struct Projector::Impl {
         }
       }
       projection->apply(work, to_apply);
-      for (const auto& [partition, next_offset] : offsets) {
-        work.exec_params(
-            "INSERT INTO read.kafka_offsets (projection, topic, partition, next_offset) "
-            "VALUES ($1, $2, $3, $4) ON CONFLICT (projection, topic, partition) "
-            "DO UPDATE SET next_offset = excluded.next_offset",
-            name, settings.topic, partition, next_offset);
+      if (!offsets.empty()) {
+        db::ArrayLiteral offset_partitions;
+        db::ArrayLiteral next_offsets;
+        for (const auto& [partition, next_offset] : offsets) {
+          offset_partitions.add_number(partition);
+          next_offsets.add_number(next_offset);
+        }
+        db::exec_statement(work, statements::store_offsets, name, settings.topic,
+                           offset_partitions.finish(), next_offsets.finish());
       }
+      db::ArrayLiteral moved_partitions;
+      db::ArrayLiteral moved_to;
       bool moved = false;
       // A stall (of this process or another) ends when the partition holding it moves past it.
       std::int64_t passed_stall = 0;
       for (const auto& [partition, target] : targets) {
         if (target == start[partition]) continue;
         moved = true;
-        work.exec_params(
-            "UPDATE read.partition_watermarks SET position = $3, updated_at = now() "
-            "WHERE projection = $1 AND partition = $2",
-            name, partition, target);
+        moved_partitions.add_number(partition);
+        moved_to.add_number(target);
         if (stall && stall->position > start[partition] && stall->position <= target &&
             stall->position <= high && stall->position > low && stored.partition_of(stall->position) == partition) {
           passed_stall = stall->position;
@@ -908,26 +964,19 @@ struct Projector::Impl {
       }
       std::int64_t watermark = -1;
       if (moved) {
+        db::exec_statement(work, statements::move_partition_watermarks, name,
+                           moved_partitions.finish(), moved_to.finish());
         // Last in the transaction: every process of this projection updates this one row, so it
         // is held only for the commit. The lock is taken before the minimum is read, in a
         // statement of its own: every transaction that moved a partition before holds it until
         // its commit, so the next statement's snapshot sees all of them. (Read in the UPDATE's
         // own snapshot, two processes committing at once could each miss the other's partition
         // and leave the minimum behind until the next batch, forever when idle.)
-        work.exec_params("SELECT 1 FROM read.projections WHERE name = $1 FOR UPDATE", name);
-        watermark = work.exec_params1(
-            "WITH lowest AS (SELECT min(position) AS position FROM read.partition_watermarks WHERE projection = $1) "
-            "UPDATE read.projections SET watermark = greatest(watermark, lowest.position), "
-            "applied = applied + $2, updated_at = now(), "
-            "incarnation = coalesce(nullif($3, '')::uuid, incarnation), "
-            "stalled_reason = CASE WHEN stalled_position <= lowest.position OR stalled_position = $4 THEN NULL "
-            "ELSE stalled_reason END, "
-            "stalled_since = CASE WHEN stalled_position <= lowest.position OR stalled_position = $4 THEN NULL "
-            "ELSE stalled_since END, "
-            "stalled_position = CASE WHEN stalled_position <= lowest.position OR stalled_position = $4 THEN NULL "
-            "ELSE stalled_position END "
-            "FROM lowest WHERE name = $1 RETURNING watermark",
-            name, static_cast<std::int64_t>(to_apply.size()), incarnation, passed_stall)[0]
+        db::exec_statement(work, statements::lock_projection, name);
+        watermark = db::exec_statement(work, statements::raise_watermark, name,
+                                       static_cast<std::int64_t>(to_apply.size()), incarnation,
+                                       passed_stall)
+                        .at(0)[0]
                         .as<std::int64_t>();
       }
       work.commit();

@@ -6,6 +6,9 @@
 
 #include <future>
 #include <random>
+#include <set>
+#include <string>
+#include <vector>
 
 #include "../engine/engine_fixture.hpp"
 #include "read_side_fixture.hpp"
@@ -188,4 +191,66 @@ TEST_CASE("a forged message whose hash was recomputed to chain is not applied ei
   CHECK(test::scalar(database.app_url(),
                      "SELECT count(*) FROM read.projections WHERE stalled_position IS NOT NULL") == 0);
   test::check_read_models_equal_fold(database.app_url());
+}
+
+namespace {
+
+// The prepared statements of every session the pool holds (all idle: nothing else runs).
+std::set<std::string> prepared_on_pool(db::ConnectionPool& pool) {
+  std::vector<db::ConnectionPool::Lease> leases;
+  std::set<std::string> names;
+  for (std::size_t i = 0; i < pool.settings().connections_max; ++i) {
+    leases.push_back(pool.acquire());
+    pqxx::read_transaction work(*leases.back());
+    for (const auto& row : work.exec("SELECT name FROM pg_prepared_statements")) names.insert(row[0].c_str());
+  }
+  return names;
+}
+
+}  // namespace
+
+TEST_CASE("every statement of a projector's round runs prepared, once per session (issue 18)") {
+  test::TestDatabase database;
+  // Four sessions for the relay and the three projectors, so the rounds share them.
+  test::ReadSideStack stack(database, 4, [](auto& settings) { settings.batch_events_max = 200; });
+  auto& [kafka, pool, engine, relay, projectors] = stack;
+  open_accounts(engine);
+  OriginateLoan loan;
+  loan.id = "L1";
+  loan.borrower = test::account_name(0);
+  loan.currency = eur();
+  loan.principal = Amount(12'000);
+  loan.rate_bps = 1'200;
+  loan.installments = 12;
+  loan.origination_date = "2026-01-15";
+  loan.first_due_date = "2026-02-15";
+  REQUIRE(engine.execute(command(loan)).accepted());
+  REQUIRE(engine.execute(command(DisburseLoan{"L1"})).accepted());
+  REQUIRE(engine.execute(command(RepayLoan{"L1", Amount(1'000), ""})).accepted());
+  random_workload(engine, 2'000);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+  test::check_read_models_equal_fold(database.app_url());
+  relay.stop();
+  for (auto& projector : projectors.running) {
+    projector->stop();
+    // Many rounds ran on each session: preparing a statement again there would have failed one.
+    CHECK_MESSAGE(projector->status().last_error.empty(), projector->status().last_error);
+    CHECK(projector->status().batches > 2);
+  }
+  const auto names = prepared_on_pool(pool);
+  const std::vector<std::string> expected = {
+      // Every round's.
+      "ledger_projector_lock_partition_watermarks", "ledger_projector_store_head",
+      "ledger_projector_stored_hash", "ledger_projector_stored_range", "ledger_projector_store_offsets",
+      "ledger_projector_move_partition_watermarks", "ledger_projector_lock_projection",
+      "ledger_projector_raise_watermark",
+      // Each read model's, named with its tables.
+      "ledger_load_balances read.balances", "ledger_store_balances read.balances",
+      "ledger_load_loans read.loans", "ledger_store_loans read.loans",
+      "ledger_load_installments read.loan_installments",
+      "ledger_delete_installments read.loan_installments",
+      "ledger_store_installments read.loan_installments",
+      // The relay's read of the log.
+      "ledger_read_all"};
+  for (const auto& name : expected) CHECK_MESSAGE(names.count(name) == 1, name);
 }
