@@ -166,7 +166,7 @@ void BatchDecider::load_working(const StoreReader& store, const std::vector<Pend
     }
   }
   if (!missing.empty()) {
-    for (auto& [id, state] : load_streams(store(), missing, snapshots_)) {
+    for (auto& [id, state] : load_streams(store(), missing, snapshots_, snapshot_writer_)) {
       working.put(id, std::move(state));
     }
   }

@@ -16,6 +16,7 @@
 #include "ledger/domain/decide.hpp"
 #include "ledger/engine/engine.hpp"
 #include "ledger/engine/snapshot_store.hpp"
+#include "snapshot_writer.hpp"
 #include "state_cache.hpp"
 #include "uuid_generator.hpp"
 
@@ -63,16 +64,17 @@ using StoreReader = std::function<pqxx::transaction_base&()>;
 class BatchDecider {
  public:
   // `generate_id` fills ids a command left empty; `own_ids`: it generates UUIDv7s, which name
-  // no existing stream. `snapshots` may be null.
+  // no existing stream. `snapshots` and `snapshot_writer` may be null.
   BatchDecider(std::function<std::string()> generate_id, bool own_ids,
                std::function<std::int64_t()> clock_us, UuidGenerator& uuids, StateCache& cache,
-               SnapshotStore* snapshots)
+               SnapshotStore* snapshots, SnapshotWriter* snapshot_writer)
       : generate_id_(std::move(generate_id)),
         own_ids_(own_ids),
         clock_us_(std::move(clock_us)),
         uuids_(uuids),
         cache_(cache),
-        snapshots_(snapshots) {}
+        snapshots_(snapshots),
+        snapshot_writer_(snapshot_writer) {}
 
   // Fills empty ids. Streams named by ids the engine generated cannot exist yet: they are
   // remembered so that nobody looks them up.
@@ -105,6 +107,7 @@ class BatchDecider {
   UuidGenerator& uuids_;
   StateCache& cache_;
   SnapshotStore* snapshots_;
+  SnapshotWriter* snapshot_writer_;
   std::unordered_set<std::string> generated_streams_;
 };
 

@@ -67,8 +67,9 @@ struct Pipeline::Impl {
         snapshots(store),
         snapshot_writer(writer),
         cache(settings.state_cache_streams_max),
-        decider(settings.generate_id, own_ids, settings.clock_us, uuids, cache, snapshots),
-        loser_decider(settings.generate_id, own_ids, settings.clock_us, uuids, loser_cache, snapshots) {
+        decider(settings.generate_id, own_ids, settings.clock_us, uuids, cache, snapshots, writer),
+        loser_decider(settings.generate_id, own_ids, settings.clock_us, uuids, loser_cache,
+                      snapshots, writer) {
     writer_thread = std::thread([this] { run_writer(); });
     if (settings.decide_while_committing) committer_thread = std::thread([this] { run_committer(); });
   }
@@ -215,7 +216,7 @@ struct Pipeline::Impl {
           // Read lazily, beyond what names_held_uncached() saw: the store is behind here.
           throw std::runtime_error("stream " + stream_id + ", written by a batch in flight, is not cached");
         }
-        return load_streams(store(), {stream_id}, snapshots).at(stream_id);
+        return load_streams(store(), {stream_id}, snapshots, snapshot_writer).at(stream_id);
       });
       prepared.decided = decider.decide(store, batch, false, working);
       if (read) {
@@ -856,7 +857,7 @@ struct Pipeline::Impl {
     std::sort(named.begin(), named.end());
     named.erase(std::unique(named.begin(), named.end()), named.end());
     std::erase_if(named, [&](const std::string& id) { return loser_cache.find(id) != nullptr; });
-    for (auto& [stream_id, state] : load_streams(work, named, snapshots)) {
+    for (auto& [stream_id, state] : load_streams(work, named, snapshots, snapshot_writer)) {
       fold_written(stream_id, state);
       loser_cache.put(stream_id, std::move(state));
     }
@@ -872,7 +873,7 @@ struct Pipeline::Impl {
     }
     domain::WorkingSet working([&](const std::string& stream_id) {
       if (const StreamState* cached = loser_cache.find(stream_id)) return *cached;
-      StreamState state = load_streams(work, {stream_id}, snapshots).at(stream_id);
+      StreamState state = load_streams(work, {stream_id}, snapshots, snapshot_writer).at(stream_id);
       fold_written(stream_id, state);
       return state;
     });
@@ -931,7 +932,7 @@ struct Pipeline::Impl {
       if (!fresh) {
         if (const StreamState* cached = cache.find(stream_id)) return *cached;
       }
-      return load_streams(work, {stream_id}, snapshots).at(stream_id);
+      return load_streams(work, {stream_id}, snapshots, snapshot_writer).at(stream_id);
     });
     const StoreReader store = [&work]() -> pqxx::transaction_base& { return work; };
     Decided decided = decider.decide(store, batch, fresh, working);

@@ -72,9 +72,9 @@ StreamState empty_stream_state(const std::string& stream_id) {
   return state;
 }
 
-std::unordered_map<std::string, domain::StreamState> load_streams(pqxx::transaction_base& work,
-                                                          const std::vector<std::string>& stream_ids,
-                                                          SnapshotStore* snapshots) {
+std::unordered_map<std::string, domain::StreamState> load_streams(
+    pqxx::transaction_base& work, const std::vector<std::string>& stream_ids,
+    SnapshotStore* snapshots, SnapshotWriter* writer) {
   std::unordered_map<std::string, domain::StreamState> states;
   std::unordered_map<std::string, domain::StreamState> snapshot_states;
   std::vector<std::int64_t> from_versions;
@@ -141,7 +141,12 @@ std::unordered_map<std::string, domain::StreamState> load_streams(pqxx::transact
   if (snapshots != nullptr) {
     // What was read is the store's (checked against it again when the snapshot is used).
     for (const auto& [stream_id, count] : folded) {
-      if (count >= snapshot_after_folding_events) snapshots->put(stream_id, states.at(stream_id));
+      if (count < snapshot_after_folding_events) continue;
+      if (writer != nullptr) {
+        writer->enqueue(stream_id, states.at(stream_id));
+      } else {
+        snapshots->put(stream_id, states.at(stream_id));
+      }
     }
   }
   return states;

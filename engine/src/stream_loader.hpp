@@ -9,6 +9,7 @@
 
 #include "ledger/domain/decide.hpp"
 #include "ledger/engine/snapshot_store.hpp"
+#include "snapshot_writer.hpp"
 
 namespace ledger::engine {
 
@@ -27,8 +28,11 @@ void fold_event(const std::string& stream_id, StreamState& state, std::int64_t v
 // Loads every stream in `stream_ids` with one query (two when snapshots go stale). A snapshot
 // is used only when the event at its version still has its hash; otherwise it is dropped and
 // the stream refolded from version 1. Streams without events come back empty (version 0).
+// A stream folded from 8 events or more is snapshotted: queued on `writer` when there is one
+// (the pipeline's loads, some under the head lock, never wait for RocksDB), else written to
+// `snapshots` here (a caller with no snapshot thread).
 [[nodiscard]] std::unordered_map<std::string, domain::StreamState> load_streams(
     pqxx::transaction_base& work, const std::vector<std::string>& stream_ids,
-    SnapshotStore* snapshots);
+    SnapshotStore* snapshots, SnapshotWriter* writer = nullptr);
 
 }  // namespace ledger::engine

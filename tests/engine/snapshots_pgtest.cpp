@@ -21,6 +21,8 @@
 #include "ledger/engine/event_store.hpp"
 #include "ledger/engine/snapshot_store.hpp"
 #include "open_and_fund.hpp"
+#include "snapshot_writer.hpp"
+#include "stream_loader.hpp"
 
 using namespace ledger;
 using namespace ledger::domain;
@@ -602,4 +604,48 @@ TEST_CASE("an account shorter than snapshot_every_events is snapshotted when loa
   CHECK(engine.execute(command(Withdrawal{"short", Amount(10)})).code == RejectionCode::insufficient_funds);
   CHECK(engine.stats().snapshots.hits > hits_before);
   REQUIRE(engine.execute(command(Withdrawal{"short", Amount(9)})).accepted());
+}
+
+TEST_CASE(
+    "a cold load's snapshot goes through the snapshot writer's queue, not a RocksDB write on the "
+    "loading thread") {
+  // The pipeline loads streams on its writer thread, some of them under the head lock (a batch
+  // decided again, the serial retry): a RocksDB write stall there would hold every writer.
+  test::TestDatabase database;
+  const auto directory =
+      std::filesystem::temp_directory_path() / ("ledger-snapshots-queued-" + database.name());
+  std::filesystem::remove_all(directory);
+  const RemovedAtExit removed_at_exit{directory};
+  {
+    auto settings = test::engine_settings(database);
+    Engine engine(settings);  // no snapshot directory: nothing snapshotted while appending
+    open_and_fund(engine, "queued", 0);
+    for (int i = 0; i < 10; ++i)
+      REQUIRE(engine.execute(command(Deposit{"queued", Amount(1)})).accepted());
+  }
+  const std::string stream = account_stream("queued");
+  SnapshotStore snapshots(directory.string());
+  pqxx::connection connection(database.app_url());
+  auto load = [&](SnapshotWriter* writer) {
+    pqxx::read_transaction work(connection);
+    return load_streams(work, {stream}, &snapshots, writer).at(stream).version.value();
+  };
+  {
+    // A writer whose queue holds nothing drops what it is given (snapshots are only a cache):
+    // a load that wrote to RocksDB itself would leave the snapshot anyway.
+    SnapshotWriter dropping(snapshots, 16, 0);
+    CHECK(load(&dropping) == 11);
+  }
+  CHECK_FALSE(snapshots.get(stream).has_value());
+  {
+    SnapshotWriter writer(snapshots, 16, 16);
+    CHECK(load(&writer) == 11);
+  }  // stopped: what it queued is written
+  const auto queued = snapshots.get(stream);
+  REQUIRE(queued.has_value());
+  CHECK(queued->version.value() == 11);
+  // A caller with no snapshot thread: the load writes it itself.
+  snapshots.remove(stream);
+  CHECK(load(nullptr) == 11);
+  REQUIRE(snapshots.get(stream).has_value());
 }
