@@ -110,6 +110,14 @@ void build_indexes(pqxx::work& work, const std::string& table) {
   }
 }
 
+// The read models' statements are prepared once per session (db::exec_statement). A shadow
+// grows from empty with autovacuum off (no ANALYZE, so nothing makes PostgreSQL plan again): a
+// generic plan it settled on while the shadow held a few pages (a sequential scan for
+// `account_id = ANY($1)`) would serve every later batch. Planned for each batch instead.
+void plan_for_a_growing_shadow(pqxx::work& work) {
+  work.exec("SET LOCAL plan_cache_mode = force_custom_plan");
+}
+
 // Replaces read.<table> by rebuild.<table>, keeping the live table's grants. The index and
 // constraint names are the live ones already (they are per schema).
 void swap_table(pqxx::work& work, const std::string& table) {
@@ -187,6 +195,7 @@ class Rebuilder {
     pqxx::work work(*lease);
     work.exec("SET LOCAL statement_timeout = 0");
     work.exec("SET LOCAL lock_timeout = '60s'");
+    plan_for_a_growing_shadow(work);  // a short log goes in whole with the swap
     // The row locks the live projectors take first in each batch, in their order (partition
     // rows, then the projection's row): they wait here until the swap commits and then find
     // the partition watermarks gone, and split the new watermark again.
@@ -276,6 +285,7 @@ class Rebuilder {
       pqxx::work work(*lease);
       work.exec("SET LOCAL synchronous_commit = off");
       work.exec("SET LOCAL statement_timeout = 0");
+      plan_for_a_growing_shadow(work);
       apply(work, *batch);
       work.exec_params(
           std::string("UPDATE ") + shadow_schema + ".progress SET watermark = $2 WHERE name = $1",

@@ -314,3 +314,42 @@ TEST_CASE_FIXTURE(OutgrownRebuild, "a rebuild the log outgrows beyond swap_stret
   test::check_read_models_equal_fold(database.app_url());
   CHECK(differences(pool) == 0);
 }
+
+TEST_CASE("a rebuild's statements are planned for its shadow as it grows, not once when empty") {
+  // The read models' statements are prepared once per session. A shadow table fills from
+  // empty with autovacuum off: a generic plan PostgreSQL settled on while it held a few pages
+  // (a sequential scan for `account_id = ANY($1)`) would serve every later batch of the fill.
+  test::TestDatabase database;
+  auto owner_pool = test::make_pool(database.admin_url(), 3);
+  test::ReadSideStack stack(database);
+  auto& [kafka, pool, engine, relay, projectors] = stack;
+  test::open_accounts(engine);
+  test::random_workload(engine, 1'500);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+
+  replay::RebuildOptions options;
+  options.batch_events = 100;  // many batches on each session
+  SUBCASE("filled in passes, then swapped") {
+    options.swap_within = 0;
+  }
+  SUBCASE("a log shorter than swap_within: all of it applied by the swap") {}
+  const auto result = replay::rebuild(owner_pool, projections::ProjectionKind::balance, options);
+  std::int64_t custom_plans = 0;
+  std::vector<db::ConnectionPool::Lease> leases;
+  for (int i = 0; i < 3; ++i) {
+    leases.push_back(owner_pool.acquire());
+    pqxx::read_transaction work(*leases.back());
+    for (const auto& row :
+         work.exec("SELECT name, generic_plans, custom_plans FROM pg_prepared_statements "
+                   "WHERE name LIKE '% rebuild.%'")) {
+      const std::string statement =
+          std::string(row[0].c_str()) + ", custom plans " + row[2].c_str();
+      CHECK_MESSAGE(row[1].as<std::int64_t>() == 0, statement);
+      custom_plans += row[2].as<std::int64_t>();
+    }
+  }
+  // The fill ran its statements there, planned for each batch.
+  CHECK(custom_plans >= result.events_applied / 100);
+  leases.clear();
+  CHECK(differences(owner_pool) == 0);
+}

@@ -16,8 +16,8 @@ struct Statement {
 };
 
 // Runs `text` prepared as `name` on the transaction's connection. Defining it there is a lookup
-// in the connection's own table once it is defined (a different text under the same name throws
-// pqxx::usage_error); pqxx sends the PREPARE with the first execution on each session, so a
+// in the connection's own table once it is defined (a different text under the same name
+// throws); pqxx sends the PREPARE with the first execution on each session, so a
 // session opened anew (a reconnect, a new pooled connection) prepares it again by itself. For
 // SQL built at run time (a rebuild's shadow tables), `name` must name the tables too.
 template <typename... Args>
