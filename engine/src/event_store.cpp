@@ -22,58 +22,81 @@ namespace ledger::engine {
 // The engine applies the domain's rules: its types are used unqualified here.
 using namespace domain;  // NOLINT(google-build-using-namespace)
 
+namespace {
+
+// Runs `read` in a read-only transaction on a pooled session. A session whose read failed is
+// dropped, not returned to the pool: a prepared statement the failure left unusable there (a
+// migration changed a column's type: "cached plan must not change result type") would fail
+// every later read on it, and a broken connection is of no use either.
+template <typename Read>
+auto read_pooled(db::ConnectionPool& pool, Read&& read) {
+  auto lease = pool.acquire();
+  try {
+    pqxx::read_transaction work(*lease);
+    return read(work);
+  } catch (...) {
+    lease.discard();
+    throw;
+  }
+}
+
+}  // namespace
+
 EventStore::EventStore(db::ConnectionPool& pool) : pool_(pool) {}
 
 std::vector<RecordedEvent> EventStore::read_stream(const std::string& stream_id,
                                                    StreamVersion from_version,
                                                    std::size_t limit) const {
-  auto lease = pool_.acquire();
-  pqxx::read_transaction work(*lease);
   static const std::string text =
       std::string(sql::select_event_columns) +
       " WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3";
-  const auto rows = sql::exec_statement(work, "ledger_read_stream", text, stream_id,
-                                        from_version.value(), static_cast<long long>(limit));
-  std::vector<RecordedEvent> events;
-  events.reserve(rows.size());
-  for (const auto& row : rows) events.push_back(sql::read_event_row(row));
-  return events;
+  return read_pooled(pool_, [&](pqxx::read_transaction& work) {
+    const auto rows = sql::exec_statement(work, "ledger_read_stream", text, stream_id,
+                                          from_version.value(), static_cast<long long>(limit));
+    std::vector<RecordedEvent> events;
+    events.reserve(rows.size());
+    for (const auto& row : rows) events.push_back(sql::read_event_row(row));
+    return events;
+  });
 }
 
 std::vector<RecordedEvent> EventStore::read_all(GlobalPosition from, std::size_t limit) const {
-  auto lease = pool_.acquire();
-  pqxx::read_transaction work(*lease);
   // The relay's read, and a projector's for what Kafka did not bring: once per poll or round.
   static const std::string text =
       std::string(sql::select_event_columns) + " WHERE position >= $1 ORDER BY position LIMIT $2";
-  const auto rows = sql::exec_statement(work, "ledger_read_all", text, from.value(),
-                                        static_cast<long long>(limit));
-  std::vector<RecordedEvent> events;
-  events.reserve(rows.size());
-  for (const auto& row : rows) events.push_back(sql::read_event_row(row));
-  return events;
+  return read_pooled(pool_, [&](pqxx::read_transaction& work) {
+    const auto rows = sql::exec_statement(work, "ledger_read_all", text, from.value(),
+                                          static_cast<long long>(limit));
+    std::vector<RecordedEvent> events;
+    events.reserve(rows.size());
+    for (const auto& row : rows) events.push_back(sql::read_event_row(row));
+    return events;
+  });
 }
 
 std::vector<std::pair<GlobalPosition, std::string>> EventStore::streams_with_event(std::string_view type,
                                                                                 GlobalPosition after,
                                                                                 std::size_t limit) const {
-  auto lease = pool_.acquire();
-  pqxx::read_transaction work(*lease);
-  const auto rows = sql::exec_statement(work, sql::streams_with_event_statement, std::string(type),
-                                        after.value(), static_cast<long long>(limit));
-  std::vector<std::pair<GlobalPosition, std::string>> streams;
-  streams.reserve(rows.size());
-  for (const auto& row : rows) streams.emplace_back(GlobalPosition(row[0].as<std::int64_t>()), row[1].as<std::string>());
-  return streams;
+  return read_pooled(pool_, [&](pqxx::read_transaction& work) {
+    const auto rows =
+        sql::exec_statement(work, sql::streams_with_event_statement, std::string(type),
+                            after.value(), static_cast<long long>(limit));
+    std::vector<std::pair<GlobalPosition, std::string>> streams;
+    streams.reserve(rows.size());
+    for (const auto& row : rows) {
+      streams.emplace_back(GlobalPosition(row[0].as<std::int64_t>()), row[1].as<std::string>());
+    }
+    return streams;
+  });
 }
 
 StoreHead EventStore::head() const {
-  auto lease = pool_.acquire();
-  pqxx::read_transaction work(*lease);
-  const auto rows = sql::exec_statement(work, sql::read_head_statement);
-  if (rows.size() != 1) throw pqxx::unexpected_rows("the event store has no head row");
-  const auto row = rows[0];
-  return {GlobalPosition(row[0].as<std::int64_t>()), pqxx::binarystring(row[1]).str()};
+  return read_pooled(pool_, [&](pqxx::read_transaction& work) {
+    const auto rows = sql::exec_statement(work, sql::read_head_statement);
+    if (rows.size() != 1) throw pqxx::unexpected_rows("the event store has no head row");
+    return StoreHead{GlobalPosition(rows[0][0].as<std::int64_t>()),
+                     pqxx::binarystring(rows[0][1]).str()};
+  });
 }
 
 ChainVerification EventStore::verify_chain(GlobalPosition from, GlobalPosition to) const {

@@ -4,10 +4,9 @@
 // (AppendConflict, nothing written), so the command answers the first outcome.
 #include <doctest/doctest.h>
 
-#include <pqxx/pqxx>
-
 #include <chrono>
 #include <future>
+#include <pqxx/pqxx>
 #include <set>
 #include <string>
 #include <thread>
@@ -16,6 +15,7 @@
 #include "appender.hpp"
 #include "engine_fixture.hpp"
 #include "idempotency_store.hpp"
+#include "ledger/engine/event_store.hpp"
 #include "open_and_fund.hpp"
 #include "store_sql.hpp"
 #include "stream_loader.hpp"
@@ -107,6 +107,34 @@ TEST_CASE("prepared statements are prepared again on the session a reconnect ope
   pqxx::connection fresh(database.app_url());
   run_batch_reads(fresh);
   CHECK(prepared_statements(fresh).count(sql::lock_head_statement.name) == 1);
+}
+
+TEST_CASE(
+    "a store read whose prepared statement a migration made unusable fails once; the next read "
+    "works") {
+  // A prepared SELECT keeps its result's column types: after a migration changes one, every
+  // execution on that session fails ("cached plan must not change result type", 0A000). The
+  // store drops a session whose read failed instead of returning it to the pool.
+  test::TestDatabase database;
+  auto pool = test::make_pool(database.app_url(), 1);  // one session: a kept one is reused
+  EventStore store(pool);
+  Engine engine(test::engine_settings(database));
+  test::open_and_fund(engine, "migrated", 100);
+  const auto before = store.read_all(GlobalPosition(1), 10);
+  REQUIRE_FALSE(before.empty());
+  const auto head = store.head();
+  {
+    pqxx::connection admin(database.admin_url());
+    pqxx::work migrate(admin);
+    migrate.exec("ALTER TABLE events ALTER COLUMN schema_version TYPE integer");
+    migrate.commit();
+  }
+  CHECK_THROWS(store.read_all(GlobalPosition(1), 10));
+  // New sessions, whose statements are prepared for the new column types.
+  const auto after = store.read_all(GlobalPosition(1), 10);
+  REQUIRE(after.size() == before.size());
+  CHECK(after.back().hash == before.back().hash);
+  CHECK(store.head().position == head.position);
 }
 
 TEST_CASE("an idempotency key stored first refuses the batch that repeats it, which writes nothing") {
