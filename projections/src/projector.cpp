@@ -1,6 +1,7 @@
 #include "ledger/projections/projector.hpp"
 
 #include <librdkafka/rdkafka.h>
+#include <pqxx/pqxx>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -8,7 +9,6 @@
 #include <future>
 #include <limits>
 #include <map>
-#include <pqxx/pqxx>
 #include <set>
 #include <unordered_map>
 

@@ -4,9 +4,10 @@
 // (AppendConflict, nothing written), so the command answers the first outcome.
 #include <doctest/doctest.h>
 
+#include <pqxx/pqxx>
+
 #include <chrono>
 #include <future>
-#include <pqxx/pqxx>
 #include <set>
 #include <string>
 #include <thread>
