@@ -4,6 +4,7 @@
 // prepared one once per session (or once per plan choice).
 
 #include <pqxx/pqxx>
+
 #include <string>
 #include <utility>
 
