@@ -254,3 +254,61 @@ TEST_CASE("every statement of a projector's round runs prepared, once per sessio
       "ledger_read_all"};
   for (const auto& name : expected) CHECK_MESSAGE(names.count(name) == 1, name);
 }
+
+TEST_CASE(
+    "sessions cut after their statements were prepared: the rounds prepare them again on new "
+    "ones") {
+  // A failover or a restarted PostgreSQL ends every session, and their prepared statements with
+  // them. The projectors' and the relay's next rounds must run on new sessions, not fail on a
+  // statement the server no longer knows, and the read models must still equal the fold.
+  test::TestDatabase database;
+  test::ReadSideStack stack(database, 4, [](auto& settings) { settings.batch_events_max = 200; });
+  auto& [kafka, pool, engine, relay, projectors] = stack;
+  open_accounts(engine);
+  random_workload(engine, 1'000);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+  REQUIRE(prepared_on_pool(pool).count("ledger_projector_raise_watermark") == 1);
+
+  std::set<int> cut;
+  {
+    std::vector<db::ConnectionPool::Lease> leases;
+    for (std::size_t i = 0; i < pool.settings().connections_max; ++i) {
+      leases.push_back(pool.acquire());
+      cut.insert(leases.back()->backendpid());
+    }
+    pqxx::connection admin(database.admin_url());
+    pqxx::nontransaction kill(admin);
+    for (const int pid : cut) kill.exec_params("SELECT pg_terminate_backend($1)", pid);
+  }  // the pool gets its dead sessions back; the read side finds out on its next rounds
+  const std::int64_t head_before = test::store_head(database.app_url());
+  random_workload(engine, 1'000, 4, 77);
+  REQUIRE(test::store_head(database.app_url()) > head_before);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+  test::check_read_models_equal_fold(database.app_url());
+
+  // The sessions the rounds used since are new ones, with the round's statements prepared
+  // again. (A pooled session no round has used since the cut is still the dead one: dropped.)
+  std::set<std::string> names;
+  int live = 0;
+  {
+    std::vector<db::ConnectionPool::Lease> leases;
+    for (std::size_t i = 0; i < pool.settings().connections_max; ++i) {
+      leases.push_back(pool.acquire());
+      try {
+        pqxx::read_transaction work(*leases.back());
+        for (const auto& row : work.exec("SELECT name FROM pg_prepared_statements"))
+          names.insert(row[0].c_str());
+        CHECK(cut.count(leases.back()->backendpid()) == 0);
+        ++live;
+      } catch (const pqxx::broken_connection&) {
+        leases.back().discard();
+      }
+    }
+  }
+  CHECK(live > 0);
+  for (const char* name :
+       {"ledger_projector_lock_partition_watermarks", "ledger_projector_store_offsets",
+        "ledger_projector_raise_watermark", "ledger_store_balances read.balances"}) {
+    CHECK_MESSAGE(names.count(name) == 1, name);
+  }
+}
