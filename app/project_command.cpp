@@ -50,10 +50,13 @@ CommandAction register_project_command(CLI::App& root, Settings& settings) {
     projector_settings.catch_up_batch_events_max = *catch_up_batch_events;
     projector_settings.gap_wait = std::chrono::milliseconds(*gap_wait_ms);
 
+    // Several projections in one process read each range of a catch-up once between them.
+    const auto shared_reads = *which == "all" ? projections::make_catch_up_reads(pool) : nullptr;
     std::vector<std::unique_ptr<projections::Projector>> projectors;
     for (const auto kind : projections::all_projections()) {
       if (*which != "all" && *which != projections::to_string(kind)) continue;
-      projectors.push_back(std::make_unique<projections::Projector>(kind, projector_settings, pool));
+      projectors.push_back(
+          std::make_unique<projections::Projector>(kind, projector_settings, pool, shared_reads));
       projectors.back()->start();
       spdlog::info("projecting {} from {} (topic {})", projections::to_string(kind),
                    projector_settings.brokers, projector_settings.topic);

@@ -21,6 +21,8 @@
 #include "ledger/domain/envelope.hpp"
 #include "ledger/engine/event_store.hpp"
 #include "ledger/projections/projection.hpp"
+#include "catch_up_reads.hpp"
+#include "stored_range.hpp"
 
 namespace ledger::projections {
 
@@ -168,9 +170,10 @@ const std::vector<ProjectionKind>& all_projections() {
 }
 
 struct Projector::Impl {
-  Impl(ProjectionKind k, ProjectorSettings s, db::ConnectionPool& p)
+  Impl(ProjectionKind k, ProjectorSettings s, db::ConnectionPool& p,
+       std::shared_ptr<CatchUpReads> shared)
       : kind(k), name(to_string(k)), settings(std::move(s)), pool(p), store(p),
-        projection(make_projection(k)) {}
+        projection(make_projection(k)), shared_reads(std::move(shared)) {}
 
   ProjectionKind kind;
   std::string name;
@@ -525,27 +528,12 @@ struct Projector::Impl {
     return rd_kafka_header_get_last(headers, header, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR;
   }
 
-  // What the store holds for positions (low, high]: each position's partition and hash, and the
-  // hash at `low` (what position low + 1 chains from).
-  struct StoredRange {
-    std::int64_t low = 0;
-    std::vector<std::int32_t> partition;  // [i]: position low + i (index 0 unused)
-    std::vector<std::string> hash;        // [i]: position low + i
-    [[nodiscard]] std::int32_t partition_of(std::int64_t position) const {
-      return partition[static_cast<std::size_t>(position - low)];
-    }
-    [[nodiscard]] const std::string& hash_of(std::int64_t position) const {
-      return hash[static_cast<std::size_t>(position - low)];
-    }
-    // Read ahead of its round: every position of (low, high] was checked to chain from the one
-    // before it when it was read, and the round checks the store still ends it with hash_of(high).
-    bool read_ahead = false;
-  };
-
   // Rows of the event store read by the current round (status: store_rows_read).
   std::int64_t rows_read = 0;
   // Ranges read ahead that the current round read again (status: read_ahead_stale).
   std::int64_t read_ahead_stale = 0;
+  // Whether the current round's range came from another projector's read (status: ranges_shared).
+  bool range_shared = false;
   // The store's head as the last round's transaction read it.
   std::int64_t last_store_head = 0;
 
@@ -571,40 +559,30 @@ struct Projector::Impl {
   };
   std::optional<ReadAhead> ahead;
 
-  // The StoredRange of (low, high] (low > 0) or [1, high] made from `events`, the store's rows
-  // from max(low, 1) on, in order; throws naming the first position missing. The COPY's own
-  // snapshot sees every position up to the head the caller's transaction read (positions are
-  // committed in order, and a committed event never changes); the chain is checked by the
-  // caller, as for read_stored_range, or here for a range read ahead.
-  static StoredRange stored_range_of(std::int64_t low, std::int64_t high,
-                                     const std::vector<RecordedEvent>& events,
-                                     std::int32_t partition_count) {
-    const std::int64_t first = std::max<std::int64_t>(low, 1);
-    StoredRange range;
-    range.low = low;
-    const auto size = static_cast<std::size_t>(high - low + 1);
-    range.partition.assign(size, -1);
-    range.hash.assign(size, std::string());
-    if (low == 0) range.hash[0] = domain::genesis_hash();
-    std::int64_t expected = first;
-    for (const auto& event : events) {
-      if (event.position.value() != expected) break;
-      const auto index = static_cast<std::size_t>(expected - low);
-      range.partition[index] = domain::partition_for_stream(event.stream_id, partition_count);
-      range.hash[index] = event.hash;
-      ++expected;
-    }
-    if (expected != high + 1) {
-      const char* what = low > 0 && expected == low ? ", a partition watermark," : "";
-      throw ProjectionError("position " + std::to_string(expected) + what + " is missing from the event store");
-    }
-    return range;
-  }
+  // With the other projectors of the process (`project all`): their catch-up reads, shared.
+  // Replaces range_reader and the read ahead while catching up; the current round's range is
+  // `shared_range`, whose events are copied, not moved, as the others use them too.
+  std::shared_ptr<CatchUpReads> shared_reads;
+  std::shared_ptr<const SharedRange> shared_range;
 
   // What the store holds for positions [low, high] (low > 0) or [1, high], read into
   // range_events in one COPY (or taken from the read ahead), and the StoredRange of (low, high]
   // made from it.
   StoredRange read_stored_events(std::int64_t low, std::int64_t high) {
+    if (shared_reads) {
+      auto taken = shared_reads->take(this, low, high, partitions);
+      shared_range = std::move(taken.range);
+      rows_read += taken.rows_read;
+      range_shared = taken.read_for_another;
+      return shared_range->stored;
+    }
+    return read_stored_events_alone(low, high);
+  }
+
+  // read_stored_events on this projector's own reader (or its read ahead).
+  StoredRange read_stored_events_alone(std::int64_t low, std::int64_t high) {
+    shared_range.reset();
+    range_shared = false;
     if (auto range = take_read_ahead(low, high)) return std::move(*range);
     if (!range_reader) {
       range_reader =
@@ -622,6 +600,10 @@ struct Projector::Impl {
     const std::int64_t span = catch_up_span();
     if (ahead || store_head - high < span || store_head - high <= settings.catch_up_events_min)
       return;
+    if (shared_reads) {
+      shared_reads->prefetch(this, high, high + span, partitions);
+      return;
+    }
     ahead.emplace();
     ahead->low = high;
     ahead->high = high + span;
@@ -635,14 +617,7 @@ struct Projector::Impl {
           ahead_reader->read_range(GlobalPosition(std::max<std::int64_t>(low, 1)),
                                    GlobalPosition(to), ahead_events);
           StoredRange range = stored_range_of(low, to, ahead_events, count);
-          const std::int64_t first = std::max<std::int64_t>(low, 1);
-          for (std::int64_t position = low + 1; position <= to; ++position) {
-            const auto& event = ahead_events[static_cast<std::size_t>(position - first)];
-            if (domain::chain_hash(range.hash_of(position - 1), event) != event.hash) {
-              throw ProjectionError("position " + std::to_string(position) +
-                                    " does not chain (read ahead)");
-            }
-          }
+          check_chain(range, to, ahead_events);
           range.read_ahead = true;
           return range;
         });
@@ -681,6 +656,8 @@ struct Projector::Impl {
   // Near the head: the catch-up's two readers close their connections (they reconnect when a
   // catch-up starts again), and a range read ahead that no round took is dropped once read.
   void release_catch_up_readers() {
+    shared_range.reset();
+    if (shared_reads) shared_reads->leave(this);
     if (ahead) {
       if (ahead->range.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return;
       const std::int64_t round_rows = rows_read;
@@ -786,6 +763,8 @@ struct Projector::Impl {
         high = low;
       }
       range_events.clear();
+      shared_range.reset();
+      range_shared = false;
       const bool one_read = catching_up && high > low;
       StoredRange stored = one_read ? read_stored_events(low, high)
                                     : read_stored_range(work, low, std::max(low, high));
@@ -799,7 +778,8 @@ struct Projector::Impl {
               "them again",
               name, low, high);
           range_events.clear();
-          stored = read_stored_events(low, high);
+          if (shared_reads) shared_reads->forget(low, high, partitions);
+          stored = read_stored_events_alone(low, high);
           ++read_ahead_stale;
         }
       }
@@ -987,7 +967,8 @@ struct Projector::Impl {
         s.events_applied += static_cast<std::int64_t>(to_apply.size());
         s.events_from_store += static_cast<std::int64_t>(from_store.size());
         s.store_rows_read += rows_read;
-        if (used_read_ahead) ++s.ranges_read_ahead;
+        if (used_read_ahead && !range_shared) ++s.ranges_read_ahead;
+        if (range_shared) ++s.ranges_shared;
         s.read_ahead_stale += read_ahead_stale;
         s.duplicates_skipped += duplicates;
         s.messages_rejected += rejected;
@@ -1010,6 +991,7 @@ struct Projector::Impl {
       lease.discard();
       range_reader.reset();  // its connection may be inside a COPY, or gone
       drop_read_ahead();
+      shared_range.reset();
       throw;
     }
   }
@@ -1049,22 +1031,30 @@ struct Projector::Impl {
   }
 
   // The events at `positions` (ascending, all inside the range read_stored_events read) moved
-  // from range_events to `out`, each checked to chain from the stored hash before it (a range
-  // read ahead was checked whole when it was read).
+  // from range_events (copied from a shared range) to `out`, each checked to chain from the
+  // stored hash before it (a range read ahead or shared was checked whole when it was read).
   void take_from_range(const std::vector<std::int64_t>& positions, const StoredRange& stored,
                        std::vector<RecordedEvent>& out) {
-    const std::int64_t first = range_events.empty() ? 0 : range_events.front().position.value();
+    const bool shared = shared_range != nullptr;
+    const auto& events = shared ? shared_range->events : range_events;
+    const std::int64_t first = events.empty() ? 0 : events.front().position.value();
+    out.reserve(out.size() + positions.size());
     for (const auto position : positions) {
-      LEDGER_ASSERT(position >= first && position - first < static_cast<std::int64_t>(range_events.size()),
+      LEDGER_ASSERT(position >= first && position - first < static_cast<std::int64_t>(events.size()),
                     "projector: a position taken from the range read is inside it");
-      auto& event = range_events[static_cast<std::size_t>(position - first)];
+      const auto index = static_cast<std::size_t>(position - first);
+      const RecordedEvent& event = events[index];
       if (!stored.read_ahead &&
           domain::chain_hash(stored.hash_of(position - 1), event) != event.hash) {
         throw ProjectionError("position " + std::to_string(position) +
                               " of the event store does not chain from the position before it (an altered "
                               "store: run ledger replay verify, then rebuild the projection)");
       }
-      out.push_back(std::move(event));
+      if (shared) {
+        out.push_back(event);
+      } else {
+        out.push_back(std::move(range_events[index]));
+      }
     }
   }
 
@@ -1195,10 +1185,12 @@ struct Projector::Impl {
         now = Clock::now();
         if (far_behind) {
           incoming.clear();  // all of it is in the store, read below
+          std::int64_t target = *lowest + (single_step ? span_max : catch_up_span_max);
+          // Sharing reads, the rounds end at multiples of the span: projectors that started
+          // from different watermarks then ask for the same ranges from their second round on.
+          if (shared_reads && !single_step) target -= target % catch_up_span_max;
           for (const auto partition : assigned) {
-            if (watermark_of(partition) < head) {
-              targets[partition] = std::min(head, *lowest + (single_step ? span_max : catch_up_span_max));
-            }
+            if (watermark_of(partition) < head) targets[partition] = std::min(head, target);
           }
         } else {
           for (const auto& [partition, messages] : incoming) {
@@ -1276,10 +1268,18 @@ struct Projector::Impl {
   }
 };
 
-Projector::Projector(ProjectionKind kind, ProjectorSettings settings, db::ConnectionPool& pool)
-    : impl_(std::make_unique<Impl>(kind, std::move(settings), pool)) {}
+std::shared_ptr<CatchUpReads> make_catch_up_reads(const db::ConnectionPool& pool) {
+  return std::make_shared<CatchUpReads>(pool, CatchUpReads::Limits{});
+}
 
-Projector::~Projector() { stop(); }
+Projector::Projector(ProjectionKind kind, ProjectorSettings settings, db::ConnectionPool& pool,
+                     std::shared_ptr<CatchUpReads> shared_reads)
+    : impl_(std::make_unique<Impl>(kind, std::move(settings), pool, std::move(shared_reads))) {}
+
+Projector::~Projector() {
+  stop();
+  if (impl_->shared_reads) impl_->shared_reads->leave(impl_.get());
+}
 
 void Projector::start() {
   impl_->worker.start([this] { impl_->run(); });

@@ -399,9 +399,12 @@ inline int random_workload(ledger::engine::Engine& engine, int count, int thread
 }
 
 struct Projectors {
-  Projectors(db::ConnectionPool& pool, const projections::ProjectorSettings& settings) {
+  // `share_reads`: as `ledger project all` runs them, catch-up reads shared.
+  Projectors(db::ConnectionPool& pool, const projections::ProjectorSettings& settings,
+             bool share_reads = false) {
+    const auto shared = share_reads ? projections::make_catch_up_reads(pool) : nullptr;
     for (const auto kind : projections::all_projections()) {
-      running.push_back(std::make_unique<projections::Projector>(kind, settings, pool));
+      running.push_back(std::make_unique<projections::Projector>(kind, settings, pool, shared));
       running.back()->start();
     }
   }

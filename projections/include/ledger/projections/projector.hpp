@@ -58,6 +58,7 @@ struct ProjectorStatus {
   std::int64_t store_rows_read = 0;    // rows of the event store read (position lists and events)
   std::int64_t ranges_read_ahead = 0;  // catch-up rounds whose range the round before read
   std::int64_t read_ahead_stale = 0;   // read ahead, then again: the store had changed
+  std::int64_t ranges_shared = 0;      // catch-up rounds whose range another projector read
   std::int64_t duplicates_skipped = 0; // redelivered events at or below their partition's watermark
   std::int64_t batches = 0;
   std::string last_error;
@@ -79,6 +80,11 @@ struct ProjectorStatus {
   std::int64_t markers_seen = 0;          // progress markers taken into account
 };
 
+// Catch-up reads of the event store shared by the projectors of one process: each range of a
+// catch-up is read, and its hash chain checked, once for all of them (catch_up_reads.hpp).
+class CatchUpReads;
+[[nodiscard]] std::shared_ptr<CatchUpReads> make_catch_up_reads(const db::ConnectionPool& pool);
+
 // Consumes the events topic on its own thread from start() to stop(). Survives database and
 // Kafka outages by retrying; never skips a position. Applies a Kafka message only if it carries
 // the stored event of its position, chaining from the stored hash before it
@@ -87,7 +93,9 @@ struct ProjectorStatus {
 // minimum over all partitions, as read.projections holds it.
 class Projector {
  public:
-  Projector(ProjectionKind kind, ProjectorSettings settings, db::ConnectionPool& pool);
+  // `shared_reads`: the same object for every projector of the process, or none.
+  Projector(ProjectionKind kind, ProjectorSettings settings, db::ConnectionPool& pool,
+            std::shared_ptr<CatchUpReads> shared_reads = nullptr);
   ~Projector();
   Projector(const Projector&) = delete;
   Projector& operator=(const Projector&) = delete;
