@@ -37,40 +37,33 @@ CatchUpReads::Taken CatchUpReads::take(const void* projector, std::int64_t low, 
   Taken taken;
   {
     std::unique_lock lock(mutex_);
-    auto found = find(low, high, partitions);
-    std::shared_ptr<Entry> entry;
-    if (found != entries_.end()) {
-      entry = *found;
-    } else {
-      // Room for it, or the oldest range ready goes: a projector far behind the others
-      // (stalled on a position, slow) then reads that one itself.
-      const auto deadline = Clock::now() + limits_.lead_wait;
-      while (entries_.size() >= limits_.ranges_max) {
-        drop_idle_participants();
-        erase_unwanted();
-        if (entries_.size() < limits_.ranges_max) break;
-        if (changed_.wait_until(lock, deadline) == std::cv_status::timeout) {
-          evict_oldest_ready();
-          break;
-        }
-      }
-      // Another projector may have asked for it while this one waited.
-      found = find(low, high, partitions);
-      entry = found != entries_.end() ? *found : start(projector, low, high, partitions, true);
-    }
+    const auto entry = find_or_start(lock, projector, low, high, partitions);
     entry->wanted_by.erase(projector);
     taken.read_for_another = entry->asked_first != projector;
-    if (!entry->rows_counted && !taken.read_for_another) {
+    if (!entry->rows_counted) {
       entry->rows_counted = true;
       taken.rows_read = -1;  // filled in below, once the read is done
     }
     result = entry->result;
-    note_progress(projector, high);
   }
   changed_.notify_all();
   taken.range = result.get();
   if (taken.rows_read < 0) taken.rows_read = static_cast<std::int64_t>(taken.range->events.size());
+  {
+    const std::lock_guard lock(mutex_);
+    note_progress(projector, high);
+  }
+  changed_.notify_all();
   return taken;
+}
+
+void CatchUpReads::request(const void* projector, std::int64_t low, std::int64_t high,
+                           std::int32_t partitions) {
+  {
+    std::unique_lock lock(mutex_);
+    (void)find_or_start(lock, projector, low, high, partitions);
+  }
+  changed_.notify_all();
 }
 
 void CatchUpReads::prefetch(const void* projector, std::int64_t low, std::int64_t high,
@@ -84,6 +77,32 @@ void CatchUpReads::prefetch(const void* projector, std::int64_t low, std::int64_
     start(projector, low, high, partitions, false);
   }
   changed_.notify_all();
+}
+
+std::shared_ptr<CatchUpReads::Entry> CatchUpReads::find_or_start(std::unique_lock<std::mutex>& lock,
+                                                                 const void* projector,
+                                                                 std::int64_t low, std::int64_t high,
+                                                                 std::int32_t partitions) {
+  const auto deadline = Clock::now() + limits_.lead_wait;
+  while (true) {
+    const auto found = find(low, high, partitions);
+    if (found != entries_.end()) return *found;  // maybe asked for by another while this waited
+    drop_idle_participants();
+    erase_unwanted();
+    if (entries_.size() < limits_.ranges_max) break;
+    // Full. Ahead of another projector, wait for it to take what is kept for it; the one
+    // furthest behind never waits. Either way, then the ready range needed last goes (read
+    // again by whoever reaches it).
+    const bool ahead = std::any_of(participants_.begin(), participants_.end(), [&](const auto& p) {
+      return p.first != projector && p.second.passed < low;
+    });
+    if (!ahead || changed_.wait_until(lock, deadline) == std::cv_status::timeout) {
+      if (find(low, high, partitions) != entries_.end()) continue;
+      evict_newest_ready(projector);
+      break;
+    }
+  }
+  return start(projector, low, high, partitions, true);
 }
 
 void CatchUpReads::forget(std::int64_t low, std::int64_t high, std::int32_t partitions) {
@@ -165,14 +184,14 @@ void CatchUpReads::erase_unwanted() {
   entries_.remove_if([](const auto& entry) { return entry->ready && entry->wanted_by.empty(); });
 }
 
-bool CatchUpReads::evict_oldest_ready() {
-  auto oldest = entries_.end();
+void CatchUpReads::evict_newest_ready(const void* projector) {
+  auto newest = entries_.end();
   for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-    if ((*it)->ready && (oldest == entries_.end() || (*it)->low < (*oldest)->low)) oldest = it;
+    const auto& entry = **it;
+    if (!entry.ready || entry.wanted_by.count(projector) > 0) continue;
+    if (newest == entries_.end() || entry.low > (*newest)->low) newest = it;
   }
-  if (oldest == entries_.end()) return false;
-  entries_.erase(oldest);
-  return true;
+  if (newest != entries_.end()) entries_.erase(newest);
 }
 
 void CatchUpReads::read_loop() {

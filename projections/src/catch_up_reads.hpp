@@ -3,9 +3,9 @@
 // all`): each round's range is read, and its hash chain checked, once for all of them instead
 // of once by each (issue 18: three reads of every range were 40 % of PostgreSQL's CPU in a
 // catch-up). A range stays until every projector that is catching up has taken or passed it,
-// at most `ranges_max` of them; a projector that runs ahead waits up to `lead_wait` for room,
-// then evicts the oldest. A projector that took no range for `idle_after` (stalled, near the
-// head, stopped) no longer holds any.
+// at most `ranges_max` of them; a projector ahead of another waits up to `lead_wait` for room,
+// then evicts the range needed last (the one furthest behind never waits). A projector that
+// took no range for `idle_after` (stalled, near the head, stopped) no longer holds any.
 
 #include <chrono>
 #include <condition_variable>
@@ -52,11 +52,15 @@ class CatchUpReads {
   struct Taken {
     std::shared_ptr<const SharedRange> range;
     bool read_for_another = false;  // another projector's request started the read
-    std::int64_t rows_read = 0;     // the rows the read fetched, counted by who asked first
+    std::int64_t rows_read = 0;     // the rows the read fetched, counted by its first taker
   };
   // The range [low, high] of a `partitions`-partition topic: started now unless it is read or
   // being read, then waited for. Throws what reading it threw.
   Taken take(const void* projector, std::int64_t low, std::int64_t high, std::int32_t partitions);
+  // take() without waiting for the range: started, after waiting for room as take() does
+  // (before a round's transaction, so that its wait holds no locks).
+  void request(const void* projector, std::int64_t low, std::int64_t high,
+               std::int32_t partitions);
   // Starts reading [low, high] unless it is read or being read, or no range has room.
   void prefetch(const void* projector, std::int64_t low, std::int64_t high,
                 std::int32_t partitions);
@@ -80,13 +84,16 @@ class CatchUpReads {
   using Entries = std::list<std::shared_ptr<Entry>>;
 
   Entries::iterator find(std::int64_t low, std::int64_t high, std::int32_t partitions);
+  std::shared_ptr<Entry> find_or_start(std::unique_lock<std::mutex>& lock, const void* projector,
+                                       std::int64_t low, std::int64_t high,
+                                       std::int32_t partitions);
   std::shared_ptr<Entry> start(const void* projector, std::int64_t low, std::int64_t high,
                                std::int32_t partitions, bool urgent);
   void note_progress(const void* projector, std::int64_t high);
   void drop_participant(const void* projector);
   void drop_idle_participants();
   void erase_unwanted();
-  bool evict_oldest_ready();
+  void evict_newest_ready(const void* projector);
   void read_loop();
 
   const db::ConnectionPool& pool_;

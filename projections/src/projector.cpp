@@ -570,11 +570,18 @@ struct Projector::Impl {
   // made from it.
   StoredRange read_stored_events(std::int64_t low, std::int64_t high) {
     if (shared_reads) {
-      auto taken = shared_reads->take(this, low, high, partitions);
-      shared_range = std::move(taken.range);
-      rows_read += taken.rows_read;
-      range_shared = taken.read_for_another;
-      return shared_range->stored;
+      try {
+        auto taken = shared_reads->take(this, low, high, partitions);
+        shared_range = std::move(taken.range);
+        rows_read += taken.rows_read;
+        range_shared = taken.read_for_another;
+        return shared_range->stored;
+      } catch (const ProjectionError& failure) {
+        // A position missing or not chaining: read alone, each event checked as it is taken,
+        // so that the round fails on the position itself and a stall names it.
+        spdlog::debug("projector {}: the shared read of positions {} to {} failed: {}", name, low,
+                      high, failure.what());
+      }
     }
     return read_stored_events_alone(low, high);
   }
@@ -967,7 +974,7 @@ struct Projector::Impl {
         s.events_applied += static_cast<std::int64_t>(to_apply.size());
         s.events_from_store += static_cast<std::int64_t>(from_store.size());
         s.store_rows_read += rows_read;
-        if (used_read_ahead && !range_shared) ++s.ranges_read_ahead;
+        if (used_read_ahead && !shared_range) ++s.ranges_read_ahead;
         if (range_shared) ++s.ranges_shared;
         s.read_ahead_stale += read_ahead_stale;
         s.duplicates_skipped += duplicates;
@@ -1188,7 +1195,12 @@ struct Projector::Impl {
           std::int64_t target = *lowest + (single_step ? span_max : catch_up_span_max);
           // Sharing reads, the rounds end at multiples of the span: projectors that started
           // from different watermarks then ask for the same ranges from their second round on.
-          if (shared_reads && !single_step) target -= target % catch_up_span_max;
+          if (shared_reads && !single_step) {
+            target -= target % catch_up_span_max;
+            // Any wait for room in the shared reads happens here, outside the round's
+            // transaction (the round takes what this starts).
+            shared_reads->request(this, *lowest, std::min(head, target), partitions);
+          }
           for (const auto partition : assigned) {
             if (watermark_of(partition) < head) targets[partition] = std::min(head, target);
           }

@@ -568,10 +568,11 @@ TEST_CASE("projectors of one process share their catch-up reads: each stored row
     CHECK(status.events_applied == head);
     CHECK(status.stalled_position.value() == 0);
   }
-  // Once between the three (each on its own: three times), plus the row before each range and
-  // what the rounds near the head read.
-  CHECK(rows_read <= head + rounds + 3 * static_cast<std::int64_t>(settings.batch_events_max));
-  CHECK(sharing >= 2);
+  // About once between the three (each on its own: three times). A projector whose first round
+  // starts after the others' first ranges were read and taken reads those alone.
+  MESSAGE("rows read by the three: " << rows_read << " in " << rounds << " rounds");
+  CHECK(rows_read * 2 < head * 3);
+  CHECK(sharing >= 1);
   test::check_read_models_equal_fold(database.app_url());
 }
 
@@ -593,12 +594,18 @@ TEST_CASE("a projector held in its round does not hold up the others' shared cat
   pqxx::connection holder(database.admin_url());
   auto hold = std::make_unique<pqxx::work>(holder);
   hold->exec("LOCK TABLE read.balances, read.entries IN SHARE MODE");
+  const auto started = std::chrono::steady_clock::now();
   test::Projectors projectors(pool, settings, true);
-  // Audit and loan reach the head while balance waits in its round.
+  // Audit and loan reach the head while balance waits in its round: after balance has taken
+  // nothing for 10 s, no longer waiting for it (5 s for each range beyond the 4 kept, about
+  // 14 ranges: over a minute, if every range waited).
   CHECK(test::eventually([&] {
     return test::watermark(database.app_url(), "audit") == head &&
            test::watermark(database.app_url(), "loan") == head;
   }, 90s));
+  const auto took = std::chrono::steady_clock::now() - started;
+  MESSAGE("audit and loan at the head after " << std::chrono::duration<double>(took).count() << " s");
+  CHECK(took < 40s);
   CHECK(test::watermark(database.app_url(), "balance") == 0);
   hold->commit();
   hold.reset();
@@ -643,19 +650,23 @@ TEST_CASE("a shared catch-up range the store no longer ends as read is read agai
   hold->exec("LOCK TABLE read.audit, read.balances, read.entries IN SHARE MODE");
   hold->exec("SELECT 1 FROM read.partition_watermarks WHERE projection = 'loan' FOR UPDATE");
   test::Projectors projectors(pool, settings, true);
-  REQUIRE(test::eventually(
+  std::string seen;
+  const bool held = test::eventually(
       [&] {
         pqxx::connection admin(database.admin_url());
         pqxx::nontransaction look(admin);
         const auto waiting = look.exec(
             "SELECT count(*) FILTER (WHERE wait_event_type = 'Lock'), "
             "count(*) FILTER (WHERE state = 'idle' AND query LIKE 'COPY (SELECT%BETWEEN 500 AND "
-            "1000 %'), count(*) FILTER (WHERE state <> 'idle' AND query LIKE 'COPY (SELECT%') "
+            "1000 %'), count(*) FILTER (WHERE state <> 'idle' AND query LIKE 'COPY (SELECT%'), "
+            "string_agg(state || ' ' || left(query, 120), '; ') "
             "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()");
-        return waiting[0][0].as<int>() == 3 && waiting[0][1].as<int>() == 1 &&
+        seen = waiting[0][3].c_str();
+        return waiting[0][0].as<int>() == 3 && waiting[0][1].as<int>() >= 1 &&
                waiting[0][2].as<int>() == 0;
       },
-      30s));
+      30s);
+  REQUIRE_MESSAGE(held, seen);
   {
     pqxx::connection owner(database.admin_url());
     pqxx::work rewrite(owner);
@@ -691,4 +702,40 @@ TEST_CASE("a shared catch-up range the store no longer ends as read is read agai
   }
   CHECK(stale >= 1);  // (500, 1000], read before the rewrite: the first to take it read it again
   test::check_read_models_equal_fold(database.app_url());
+}
+
+TEST_CASE("catching up over an altered stored event stalls at that position, reading alone or shared") {
+  // A shared range's chain is checked whole when it is read, before the round knows which
+  // positions it applies: that failure must not become an endless retry of the whole range
+  // (no stall reported), but the stall of the position itself, as reading alone gives.
+  test::TestDatabase database;
+  test::MockKafka kafka(1, 4);
+  auto pool = test::make_pool(database.app_url(), 10);
+  Engine engine(test::engine_settings(database));
+  relay::Relay relay(test::relay_settings(kafka), pool);
+  relay.start();
+  const std::int64_t head = published_backlog(engine, relay, database.app_url(), 600);
+  constexpr std::int64_t altered = 1'234;
+  REQUIRE(head > altered + 500);
+  {
+    pqxx::connection owner(database.admin_url());
+    pqxx::work work(owner);
+    work.exec("SET session_replication_role = replica");  // superuser bypass of the trigger
+    work.exec_params("UPDATE events SET recorded_at = recorded_at + interval '1 second' WHERE position = $1",
+                     altered);
+    work.commit();
+  }
+  bool share_reads = false;
+  SUBCASE("each projector on readers of its own") {}
+  SUBCASE("the projectors sharing their reads, as in ledger project all") { share_reads = true; }
+  auto settings = test::projector_settings(kafka);
+  settings.batch_events_max = 200;
+  settings.catch_up_events_min = 200;
+  settings.catch_up_batch_events_max = 500;
+  test::Projectors projectors(pool, settings, share_reads);
+  projections::Projector& audit = *projectors.running[1];  // every position is an audit row
+  REQUIRE(test::eventually([&] { return audit.status().stalled_position.value() == altered; }, 60s));
+  CHECK(test::watermark(database.app_url(), "audit") == altered - 1);
+  CHECK(test::scalar(database.app_url(),
+                     "SELECT stalled_position FROM read.projections WHERE name = 'audit'") == altered);
 }
