@@ -12,18 +12,28 @@ using Clock = std::chrono::steady_clock;
 
 CatchUpReads::CatchUpReads(const db::ConnectionPool& pool, Limits limits)
     : pool_(pool), limits_(limits) {
-  for (std::size_t i = 0; i < std::max<std::size_t>(limits_.reader_threads, 1); ++i) {
-    readers_.emplace_back([this] { read_loop(); });
+  try {
+    for (std::size_t i = 0; i < std::max<std::size_t>(limits_.reader_threads, 1); ++i) {
+      readers_.emplace_back([this] { read_loop(); });
+    }
+  } catch (...) {
+    stop_readers();  // a thread that could not start: those that did are joined, not leaked
+    throw;
   }
 }
 
-CatchUpReads::~CatchUpReads() {
+void CatchUpReads::stop_readers() {
   {
     const std::lock_guard lock(mutex_);
     stopping_ = true;
   }
   changed_.notify_all();
   for (auto& reader : readers_) reader.join();
+  readers_.clear();
+}
+
+CatchUpReads::~CatchUpReads() {
+  stop_readers();
   // Nobody waits any more (the projectors hold this object until they are gone), but a
   // promise destroyed unset would say "broken promise" to a waiter that is.
   for (auto& entry : queue_) {

@@ -95,6 +95,7 @@ class CatchUpReads {
   void erase_unwanted();
   void evict_newest_ready(const void* projector);
   void read_loop();
+  void stop_readers();
 
   const db::ConnectionPool& pool_;
   const Limits limits_;
