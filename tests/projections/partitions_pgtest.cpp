@@ -77,6 +77,43 @@ void produce_marker_bytes(const test::MockKafka& kafka, std::int32_t partition, 
   REQUIRE(rd_kafka_flush(producer.get(), 10'000) == RD_KAFKA_RESP_ERR_NO_ERROR);
 }
 
+// Catch-up rounds of 500 positions from a backlog beyond 200; no round before Kafka assigns
+// the partitions (gap_wait), so the first one catches up.
+projections::ProjectorSettings catch_up_in_rounds_of_500(const test::MockKafka& kafka) {
+  auto settings = fast_group_settings(kafka);
+  settings.batch_events_max = 200;
+  settings.catch_up_events_min = 200;
+  settings.catch_up_batch_events_max = 500;
+  settings.gap_wait = 60s;
+  return settings;
+}
+
+// Rewrites the store's events from `from` to `head` into another valid chain (recorded_at an
+// hour later, hashes recomputed, the head's hash too): what a point-in-time restore onto
+// another timeline leaves.
+void rewrite_timeline_from(const test::TestDatabase& database, db::ConnectionPool& pool,
+                           std::int64_t from, std::int64_t head) {
+  pqxx::connection owner(database.admin_url());
+  pqxx::work rewrite(owner);
+  rewrite.exec("SET session_replication_role = replica");  // superuser bypass of the trigger
+  EventStore reader(pool);
+  const auto before = rewrite.exec_params1("SELECT hash FROM events WHERE position = $1", from - 1);
+  std::string previous = pqxx::binarystring(before[0]).str();
+  for (std::int64_t next = from; next <= head; next += 1'000) {
+    for (auto& event : reader.read_all(GlobalPosition(next), 1'000)) {
+      event.recorded_at_us += 3'600'000'000;
+      event.hash = domain::chain_hash(previous, event);
+      rewrite.exec_params(
+          "UPDATE events SET recorded_at = recorded_at + interval '1 hour', hash = $2 WHERE "
+          "position = $1",
+          event.position.value(), pqxx::binarystring(event.hash));
+      previous = event.hash;
+    }
+  }
+  rewrite.exec_params("UPDATE event_store_head SET hash = $1", pqxx::binarystring(previous));
+  rewrite.commit();
+}
+
 // Opens the accounts, appends `transfers` random transfers and waits until the relay has
 // published every event: the backlog the catch-up tests start from. Returns the store's head.
 std::int64_t published_backlog(Engine& engine, const relay::Relay& relay, const std::string& url,
@@ -85,6 +122,23 @@ std::int64_t published_backlog(Engine& engine, const relay::Relay& relay, const 
   random_workload(engine, transfers);
   const std::int64_t head = test::store_head(url);
   REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
+  return head;
+}
+
+// The watermarks split over the partitions first (that writes read.projections too), then a
+// backlog of 1,500 transfers published while no projector runs. Returns the store's head.
+std::int64_t backlog_behind_split_watermarks(const test::TestDatabase& database,
+                                             const test::MockKafka& kafka, db::ConnectionPool& pool,
+                                             const projections::ProjectorSettings& settings) {
+  {
+    test::Projectors projectors(pool, settings);
+    REQUIRE(test::eventually([&] { return every_partition_at(database.app_url(), 0, 4); }));
+  }
+  Engine engine(test::engine_settings(database));
+  relay::Relay relay(test::relay_settings(kafka), pool);
+  relay.start();
+  const std::int64_t head = published_backlog(engine, relay, database.app_url(), 1'500);
+  REQUIRE(head > 2'000);
   return head;
 }
 
@@ -429,24 +483,8 @@ TEST_CASE(
   test::TestDatabase database;
   test::MockKafka kafka(1, 4);
   auto pool = test::make_pool(database.app_url(), 10);
-  auto settings = fast_group_settings(kafka);
-  settings.batch_events_max = 200;
-  settings.catch_up_events_min = 200;
-  settings.catch_up_batch_events_max = 500;
-  settings.gap_wait = 60s;  // no round before Kafka assigns the partitions: the first catches up
-  {
-    // The watermarks split over the partitions first (that writes read.projections too).
-    test::Projectors projectors(pool, settings);
-    REQUIRE(test::eventually([&] { return every_partition_at(database.app_url(), 0, 4); }));
-  }
-  std::int64_t head = 0;
-  {
-    Engine engine(test::engine_settings(database));
-    relay::Relay relay(test::relay_settings(kafka), pool);
-    relay.start();
-    head = published_backlog(engine, relay, database.app_url(), 1'500);
-  }
-  REQUIRE(head > 2'000);
+  const auto settings = catch_up_in_rounds_of_500(kafka);
+  const std::int64_t head = backlog_behind_split_watermarks(database, kafka, pool, settings);
 
   // The first round of the balance and audit projectors waits to write its rows (the workload
   // has no loan events: the loan projector writes none and is not held).
@@ -474,27 +512,7 @@ TEST_CASE(
 
   SUBCASE("the store changed meanwhile (a restore onto another timeline)") {
     // Another timeline from position 701 on, inside the second round's range (500, 1000].
-    {
-      pqxx::connection owner(database.admin_url());
-      pqxx::work rewrite(owner);
-      rewrite.exec("SET session_replication_role = replica");  // superuser bypass of the trigger
-      EventStore reader(pool);
-      std::string previous =
-          pqxx::binarystring(rewrite.exec1("SELECT hash FROM events WHERE position = 700")[0]).str();
-      for (std::int64_t from = 701; from <= head; from += 1'000) {
-        for (auto& event : reader.read_all(GlobalPosition(from), 1'000)) {
-          event.recorded_at_us += 3'600'000'000;
-          event.hash = domain::chain_hash(previous, event);
-          rewrite.exec_params(
-              "UPDATE events SET recorded_at = recorded_at + interval '1 hour', hash = $2 WHERE "
-              "position = $1",
-              event.position.value(), pqxx::binarystring(event.hash));
-          previous = event.hash;
-        }
-      }
-      rewrite.exec_params("UPDATE event_store_head SET hash = $1", pqxx::binarystring(previous));
-      rewrite.commit();
-    }
+    rewrite_timeline_from(database, pool, 701, head);
     hold->commit();
     hold.reset();
 
@@ -627,23 +645,8 @@ TEST_CASE("a shared catch-up range the store no longer ends as read is read agai
   test::TestDatabase database;
   test::MockKafka kafka(1, 4);
   auto pool = test::make_pool(database.app_url(), 10);
-  auto settings = fast_group_settings(kafka);
-  settings.batch_events_max = 200;
-  settings.catch_up_events_min = 200;
-  settings.catch_up_batch_events_max = 500;
-  settings.gap_wait = 60s;
-  {
-    test::Projectors projectors(pool, settings);
-    REQUIRE(test::eventually([&] { return every_partition_at(database.app_url(), 0, 4); }));
-  }
-  std::int64_t head = 0;
-  {
-    Engine engine(test::engine_settings(database));
-    relay::Relay relay(test::relay_settings(kafka), pool);
-    relay.start();
-    head = published_backlog(engine, relay, database.app_url(), 1'500);
-  }
-  REQUIRE(head > 2'000);
+  const auto settings = catch_up_in_rounds_of_500(kafka);
+  const std::int64_t head = backlog_behind_split_watermarks(database, kafka, pool, settings);
   // Balance and audit wait to write their first round; loan waits for its watermark rows.
   pqxx::connection holder(database.admin_url());
   auto hold = std::make_unique<pqxx::work>(holder);
@@ -667,27 +670,7 @@ TEST_CASE("a shared catch-up range the store no longer ends as read is read agai
       },
       30s);
   REQUIRE_MESSAGE(held, seen);
-  {
-    pqxx::connection owner(database.admin_url());
-    pqxx::work rewrite(owner);
-    rewrite.exec("SET session_replication_role = replica");  // superuser bypass of the trigger
-    EventStore reader(pool);
-    std::string previous =
-        pqxx::binarystring(rewrite.exec1("SELECT hash FROM events WHERE position = 700")[0]).str();
-    for (std::int64_t from = 701; from <= head; from += 1'000) {
-      for (auto& event : reader.read_all(GlobalPosition(from), 1'000)) {
-        event.recorded_at_us += 3'600'000'000;
-        event.hash = domain::chain_hash(previous, event);
-        rewrite.exec_params(
-            "UPDATE events SET recorded_at = recorded_at + interval '1 hour', hash = $2 WHERE "
-            "position = $1",
-            event.position.value(), pqxx::binarystring(event.hash));
-        previous = event.hash;
-      }
-    }
-    rewrite.exec_params("UPDATE event_store_head SET hash = $1", pqxx::binarystring(previous));
-    rewrite.commit();
-  }
+  rewrite_timeline_from(database, pool, 701, head);
   hold->commit();
   hold.reset();
   REQUIRE(test::eventually([&] { return every_partition_at(database.app_url(), head, 4); }, 60s));
