@@ -30,7 +30,7 @@ CloseOfBusinessResult close_of_business(Engine& engine, const EventStore& store,
   };
   // Every loan is disbursed exactly once, so its loan_disbursed event lists it exactly once.
   for (GlobalPosition after{0};;) {
-    const auto page = store.streams_with_event("loan_disbursed", after, settings.page_loans);
+    const auto page = store.loans_disbursed(after, settings.page_loans);
     if (page.empty()) break;
     for (const auto& [position, stream_id] : page) {
       const auto loan_id = domain::stream_entity_id(stream_id, StreamKind::loan);

@@ -74,13 +74,11 @@ std::vector<RecordedEvent> EventStore::read_all(GlobalPosition from, std::size_t
   });
 }
 
-std::vector<std::pair<GlobalPosition, std::string>> EventStore::streams_with_event(std::string_view type,
-                                                                                GlobalPosition after,
-                                                                                std::size_t limit) const {
+std::vector<std::pair<GlobalPosition, std::string>> EventStore::loans_disbursed(GlobalPosition after,
+                                                                             std::size_t limit) const {
   return read_pooled(pool_, [&](pqxx::read_transaction& work) {
-    const auto rows =
-        sql::exec_statement(work, sql::streams_with_event_statement, std::string(type),
-                            after.value(), static_cast<long long>(limit));
+    const auto rows = sql::exec_statement(work, sql::loans_disbursed_statement, after.value(),
+                                          static_cast<long long>(limit));
     std::vector<std::pair<GlobalPosition, std::string>> streams;
     streams.reserve(rows.size());
     for (const auto& row : rows) {

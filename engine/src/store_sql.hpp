@@ -64,10 +64,12 @@ inline constexpr Statement idempotency_keys_statement{
 // The table and columns the appender COPYs idempotency records into.
 inline constexpr const char* idempotency_keys_table = "idempotency_keys";
 
-inline constexpr Statement streams_with_event_statement{
-    "ledger_streams_with_event",
-    "SELECT position, stream_id FROM events WHERE type = $1 AND position > $2 ORDER BY position "
-    "LIMIT $3"};
+// The type is written out, not a parameter: only then can a plan use the partial index of
+// migration 0014, whose predicate it must match.
+inline constexpr Statement loans_disbursed_statement{
+    "ledger_loans_disbursed",
+    "SELECT position, stream_id FROM events WHERE type = 'loan_disbursed' AND position > $1 "
+    "ORDER BY position LIMIT $2"};
 
 // The head, unlocked: where a reader or the relay stands.
 inline constexpr Statement read_head_statement{"ledger_read_head",

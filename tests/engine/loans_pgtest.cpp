@@ -8,6 +8,7 @@
 #include "ledger/engine/close_of_business.hpp"
 #include "ledger/engine/event_store.hpp"
 #include "ledger/replay/replay.hpp"
+#include "store_sql.hpp"
 
 using namespace ledger;
 using namespace ledger::domain;
@@ -242,6 +243,50 @@ TEST_CASE("close of business over many loans: once per date, and a run cut short
   CHECK(again.closed == 0);  // the same date again changes nothing
   CHECK(ledger.head() == head);
   ledger.check_books_balance();
+}
+
+// Migration 0014. Close of business pages through every loan by its loan_disbursed event; with
+// the type a parameter, or no index on it, each page scanned the log after the page before
+// (230 to 430 ms a page on a store of 1,000,000 events, issue 18), and fetching each loan's row
+// from the log took 130 ms a page. The partial index answers the statement alone only when the
+// statement names the type as the index's predicate does (in the generic plan a prepared
+// statement settles on too) and reads no column the index lacks.
+TEST_CASE("close of business lists its loans through an index of their loan_disbursed events") {
+  test::TestDatabase database;
+  LoanLedger ledger(database);
+  for (int i = 0; i < 3; ++i) {
+    ledger.ok(loan_command("P" + std::to_string(i)));
+    ledger.ok(domain::DisburseLoan{"P" + std::to_string(i)});
+  }
+  ledger.ok(loan_command("never-disbursed"));
+
+  {
+    // Pages all-visible, as autovacuum leaves the log (migration 0013): the index alone answers.
+    pqxx::connection admin(database.admin_url());
+    pqxx::nontransaction vacuum(admin);
+    vacuum.exec("VACUUM (ANALYZE) events");
+  }
+  pqxx::connection connection(database.app_url());
+  pqxx::nontransaction work(connection);
+  work.exec("SET plan_cache_mode = force_generic_plan");
+  // As on a large log: a table this small is cheapest read whole.
+  work.exec("SET enable_seqscan = off");
+  work.exec(std::string("PREPARE listing AS ") + domain::sql::loans_disbursed_statement.text);
+  std::string plan;
+  for (const auto& row : work.exec("EXPLAIN EXECUTE listing(0, 10)")) plan += std::string(row[0].c_str()) + "\n";
+  CHECK_MESSAGE(plan.find("Index Only Scan using events_loan_disbursed_idx") != std::string::npos, plan);
+  CHECK_MESSAGE(plan.find("Filter") == std::string::npos, plan);  // no row read to be dropped
+
+  // The pages hold exactly the disbursed loans, in order, whatever the page size.
+  const EventStore store(ledger.pool);
+  const auto first = store.loans_disbursed(GlobalPosition(0), 2);
+  REQUIRE(first.size() == 2);
+  CHECK(first[0].second == "loan-P0");
+  CHECK(first[1].second == "loan-P1");
+  const auto rest = store.loans_disbursed(first.back().first, 2);
+  REQUIRE(rest.size() == 1);
+  CHECK(rest[0].second == "loan-P2");
+  CHECK(store.loans_disbursed(rest.back().first, 2).empty());
 }
 
 TEST_CASE("issue 13: a first due date whose schedule passes 2199-12-31 is refused and nothing is written") {

@@ -5,7 +5,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "ledger/core/strong_type.hpp"
@@ -41,10 +40,11 @@ class EventStore {
   [[nodiscard]] std::vector<domain::RecordedEvent> read_all(GlobalPosition from, std::size_t limit) const;
   [[nodiscard]] StoreHead head() const;
 
-  // Streams with an event of `type` after position `after`, in position order, at most
-  // `limit`: (position, stream id) pairs to page through (close of business lists loans).
-  [[nodiscard]] std::vector<std::pair<GlobalPosition, std::string>> streams_with_event(
-      std::string_view type, GlobalPosition after, std::size_t limit) const;
+  // The loan_disbursed events after position `after`, in position order, at most `limit`:
+  // (position, stream id) pairs to page through (close of business lists every loan). Read
+  // through an index of those events alone (migration 0014), not the log.
+  [[nodiscard]] std::vector<std::pair<GlobalPosition, std::string>> loans_disbursed(
+      GlobalPosition after, std::size_t limit) const;
 
   // Walks positions [from, to] checking density and the hash chain; names the first position
   // that fails. `to` 0 means the head.

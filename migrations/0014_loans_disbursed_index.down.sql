@@ -1,0 +1,1 @@
+DROP INDEX events_loan_disbursed_idx;
