@@ -139,7 +139,16 @@ std::vector<ScheduledInstallment> compute_schedule(const ScheduleTerms& terms) {
 std::int64_t accrued_interest(std::int64_t scheduled_interest, std::int64_t days_elapsed, std::int64_t days_in_period) {
   LEDGER_ASSERT(days_in_period > 0, "a period of no days");
   const std::int64_t elapsed = std::clamp<std::int64_t>(days_elapsed, 0, days_in_period);
-  return round_half_away(Rational(Integer(scheduled_interest) * elapsed, days_in_period));
+  // Close of business runs this for every installment of every loan: in fixed 128 bits (the
+  // product of two int64 fits) it allocates nothing, where a rational took a tenth of a close's
+  // CPU (issue 18). The same exact quotient and rounding as round_half_away.
+  using Wide = boost::multiprecision::checked_int128_t;
+  const Wide numerator = Wide(scheduled_interest) * elapsed;
+  const Wide magnitude = (2 * abs(numerator) + days_in_period) / (2 * Wide(days_in_period));
+  const Wide rounded = numerator < 0 ? Wide(-magnitude) : magnitude;
+  LEDGER_ASSERT(rounded >= std::numeric_limits<std::int64_t>::min() && rounded <= std::numeric_limits<std::int64_t>::max(),
+                "accrued interest beyond int64");
+  return rounded.convert_to<std::int64_t>();
 }
 
 }  // namespace ledger::domain

@@ -168,6 +168,35 @@ TEST_CASE("accrual spreads a period's interest over its days without drift") {
   CHECK(domain::accrued_interest(1'000, 1, 30) == 33);
 }
 
+// accrued_interest works in fixed 128-bit integers: the same as exact rational arithmetic,
+// halves rounded away from zero, at the ends of int64 too.
+TEST_CASE("accrued interest equals the exact rational quotient, rounded half away from zero") {
+  auto exact = [](std::int64_t interest, std::int64_t elapsed, std::int64_t days) {
+    Integer product = interest;
+    product *= std::clamp<std::int64_t>(elapsed, 0, days);
+    const Rational value(product, Integer(days));
+    const Integer n = boost::multiprecision::numerator(value), d = boost::multiprecision::denominator(value);
+    const Integer magnitude = (2 * abs(n) + d) / (2 * d);
+    return (n < 0 ? Integer(-magnitude) : magnitude).convert_to<std::int64_t>();
+  };
+  constexpr std::int64_t max = std::numeric_limits<std::int64_t>::max();
+  constexpr std::int64_t min = std::numeric_limits<std::int64_t>::min();
+  const std::int64_t interests[] = {0, 1, -1, 3, -3, 999, 1'000, -1'001, 123'456'789, 833'333'333'333'333, max, max - 1, min, min + 1};
+  const std::int64_t periods[] = {1, 2, 3, 7, 28, 29, 30, 31, 365, 83'000, max};
+  for (const std::int64_t interest : interests) {
+    for (const std::int64_t days : periods) {
+      for (const std::int64_t elapsed : {std::int64_t{-5}, std::int64_t{0}, std::int64_t{1}, days / 2, days / 3, days - 1, days, days < max ? days + 1 : days}) {
+        CHECK_MESSAGE(domain::accrued_interest(interest, elapsed, days) == exact(interest, elapsed, days),
+                      interest << " over " << elapsed << " of " << days << " days");
+      }
+    }
+  }
+  CHECK(domain::accrued_interest(1, 1, 2) == 1);    // a half rounds away from zero
+  CHECK(domain::accrued_interest(-1, 1, 2) == -1);
+  CHECK(domain::accrued_interest(5, 1, 4) == 1);    // 1.25
+  CHECK(domain::accrued_interest(7, 1, 4) == 2);    // 1.75
+}
+
 TEST_CASE("dates are bounded: every due date of a schedule within 1970-01-01 to 2199-12-31") {
   CHECK(domain::is_business_date(date(1970, 1, 1)));
   CHECK(domain::is_business_date(date(2199, 12, 31)));
