@@ -25,4 +25,18 @@ const std::vector<std::string>& projection_tables(ProjectionKind kind) {
   throw std::logic_error("unknown projection");
 }
 
+const std::vector<std::string>& tables_written_by_key(ProjectionKind kind) {
+  // balances: ON CONFLICT (account_id); loans: ON CONFLICT (loan_id); loan_installments: a
+  // loan's rows deleted and written again. entries and audit are COPYed to, nothing else.
+  static const std::vector<std::string> balance{"balances"};
+  static const std::vector<std::string> audit{};
+  static const std::vector<std::string> loan{"loans", "loan_installments"};
+  switch (kind) {
+    case ProjectionKind::balance: return balance;
+    case ProjectionKind::audit: return audit;
+    case ProjectionKind::loan: return loan;
+  }
+  throw std::logic_error("unknown projection");
+}
+
 }  // namespace ledger::projections

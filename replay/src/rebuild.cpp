@@ -1,5 +1,7 @@
 #include "ledger/replay/rebuild.hpp"
 
+#include <algorithm>
+
 #include <pqxx/pqxx>
 #include <spdlog/spdlog.h>
 
@@ -52,12 +54,27 @@ bool sets_autovacuum_enabled(const std::string& storage_parameters) {
   return storage_parameters.find("autovacuum_enabled=") != std::string::npos;
 }
 
+void add_constraint(pqxx::work& work, const std::string& table, const LiveIndex& index) {
+  work.exec("ALTER TABLE " + shadow(table) + " ADD CONSTRAINT " + work.quote_name(index.name) + " " +
+            index.constraint);
+}
+
+bool shadow_has_constraint(pqxx::work& work, const std::string& table, const std::string& name) {
+  return work
+      .exec_params1("SELECT count(*) FROM pg_constraint WHERE conrelid = $1::regclass AND conname = $2",
+                    shadow(table), name)[0]
+      .as<int>() > 0;
+}
+
 // Resumes the shadow of `kind` when a previous run left one; else creates it empty, with the
-// live tables' columns, checks and key constraints (under the live names: the schema differs)
-// but none of their other indexes, which are built once at the end (much faster than
-// maintaining them row by row).
+// live tables' columns and checks, and the key constraints (under the live names: the schema
+// differs) of the tables in `keyed`, which the projection's writer finds rows by. Every other
+// index, the other tables' keys included, is built once at the end: much faster than
+// maintaining it row by row (an append-only table's primary key maintained through the fill
+// took 8.1 s for 1,528,708 statement rows, against 1.9 s without it and 1.5 s to build it
+// after; 4.4 s against 1.6 + 1.2 s for 2,232,659 audit rows).
 std::int64_t prepare_shadow(pqxx::work& work, const std::string& name, const std::vector<std::string>& tables,
-                            bool restart) {
+                            const std::vector<std::string>& keyed, bool restart) {
   work.exec(std::string("CREATE SCHEMA IF NOT EXISTS ") + shadow_schema);
   work.exec(std::string("CREATE TABLE IF NOT EXISTS ") + shadow_schema +
             ".progress (name text PRIMARY KEY, watermark bigint NOT NULL)");
@@ -81,10 +98,9 @@ std::int64_t prepare_shadow(pqxx::work& work, const std::string& name, const std
       options += std::string(options.empty() ? "" : ", ") + "autovacuum_enabled = false";
     }
     work.exec("ALTER TABLE " + shadow(table) + " SET (" + options + ")");
+    if (std::find(keyed.begin(), keyed.end(), table) == keyed.end()) continue;
     for (const auto& index : live_indexes(work, table)) {
-      if (index.constraint.empty()) continue;
-      work.exec("ALTER TABLE " + shadow(table) + " ADD CONSTRAINT " + work.quote_name(index.name) + " " +
-                index.constraint);
+      if (!index.constraint.empty()) add_constraint(work, table, index);
     }
   }
   work.exec_params(std::string("INSERT INTO ") + shadow_schema +
@@ -94,11 +110,16 @@ std::int64_t prepare_shadow(pqxx::work& work, const std::string& name, const std
   return 0;
 }
 
-// The live table's other indexes, under their names, on the filled shadow.
+// The live table's other indexes and the key constraints the fill went without, under their
+// names, on the filled shadow. A run resumed after this committed finds them there. A key the
+// rows break (a row twice) fails here, before the swap, leaving the live table as it was.
 void build_indexes(pqxx::work& work, const std::string& table) {
   const std::string on_live = " ON " + live(table) + " ";
   for (const auto& index : live_indexes(work, table)) {
-    if (!index.constraint.empty()) continue;
+    if (!index.constraint.empty()) {
+      if (!shadow_has_constraint(work, table, index.name)) add_constraint(work, table, index);
+      continue;
+    }
     std::string definition = index.definition;
     const auto on = definition.find(on_live);
     if (on == std::string::npos || !definition.starts_with("CREATE ")) {
@@ -145,6 +166,7 @@ class Rebuilder {
         store_(pool),
         name_(projections::to_string(kind)),
         tables_(projections::projection_tables(kind)),
+        keyed_tables_(projections::tables_written_by_key(kind)),
         writer_(projections::make_projection(kind, shadow_schema)),
         options_(options),
         progress_(progress) {}
@@ -162,7 +184,7 @@ class Rebuilder {
     {
       auto lease = pool_.acquire();
       pqxx::work work(*lease);
-      watermark_ = prepare_shadow(work, name_, tables_, options_.restart);
+      watermark_ = prepare_shadow(work, name_, tables_, keyed_tables_, options_.restart);
       work.commit();
     }
     result.resumed_from = GlobalPosition(watermark_);
@@ -310,6 +332,7 @@ class Rebuilder {
   engine::EventStore store_;
   std::string name_;
   const std::vector<std::string>& tables_;
+  const std::vector<std::string>& keyed_tables_;
   std::unique_ptr<projections::Projection> writer_;
   const RebuildOptions& options_;
   const Progress& progress_;

@@ -29,6 +29,10 @@ class Projection {
                                                           const std::string& schema = "read");
 // The tables a projection writes (unqualified names), all under one watermark.
 [[nodiscard]] const std::vector<std::string>& projection_tables(ProjectionKind kind);
+// Those of its tables whose writer finds rows by their key (an upsert, a delete by key). The
+// others are only appended to: a rebuild fills them without their key constraints and adds
+// those at the end, with the other indexes.
+[[nodiscard]] const std::vector<std::string>& tables_written_by_key(ProjectionKind kind);
 
 // A corrupt or inconsistent input the projector must not paper over (it stalls at that position
 // and retries with backoff).
