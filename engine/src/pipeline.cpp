@@ -128,8 +128,8 @@ struct Pipeline::Impl {
           });
         }
         const std::size_t take = std::min(queue.size(), settings.append_batch_commands_max);
-        // The batch's storage goes with it to the committer: without this it grew from nothing,
-        // moving every command about eleven times (8 % of a close of business's CPU).
+        // The batch's storage goes with it to the committer: without this it grew from nothing
+        // through about eleven reallocations a batch (8 % of a close of business's CPU).
         batch.reserve(take);
         for (std::size_t i = 0; i < take; ++i) {
           batch.push_back(std::move(queue.front()));

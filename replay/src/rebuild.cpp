@@ -73,18 +73,32 @@ bool shadow_has_constraint(pqxx::work& work, const std::string& table, const std
 // maintaining it row by row (an append-only table's primary key maintained through the fill
 // took 8.1 s for 1,528,708 statement rows, against 1.9 s without it and 1.5 s to build it
 // after; 4.4 s against 1.6 + 1.2 s for 2,232,659 audit rows).
-std::int64_t prepare_shadow(pqxx::work& work, const std::string& name, const std::vector<std::string>& tables,
-                            const std::vector<std::string>& keyed, bool restart) {
+//
+// The progress row is named `progress_name` and records the shadow tables' oids: a run resumes
+// only the shadow it (or a binary of the same layout) created. A binary of the layout before
+// (keys made with the tables) knows the row by the model's bare name, so it never resumes a
+// shadow of this layout, which it would swap in without the keys; and when it made shadows of
+// its own under the same table names, their oids differ here, so they are started over.
+std::int64_t prepare_shadow(pqxx::work& work, const std::string& progress_name,
+                            const std::vector<std::string>& tables, const std::vector<std::string>& keyed,
+                            bool restart) {
   work.exec(std::string("CREATE SCHEMA IF NOT EXISTS ") + shadow_schema);
   work.exec(std::string("CREATE TABLE IF NOT EXISTS ") + shadow_schema +
             ".progress (name text PRIMARY KEY, watermark bigint NOT NULL)");
+  work.exec(std::string("ALTER TABLE ") + shadow_schema + ".progress ADD COLUMN IF NOT EXISTS shadow_tables text");
+  auto shadow_oids = [&] {
+    std::string oids;
+    for (const auto& table : tables) {
+      oids += work.exec_params1("SELECT coalesce(to_regclass($1)::oid::text, '-')", shadow(table))[0].as<std::string>() + " ";
+    }
+    return oids;
+  };
   const auto progress = work.exec_params(
-      std::string("SELECT watermark FROM ") + shadow_schema + ".progress WHERE name = $1", name);
-  bool complete = !progress.empty();
-  for (const auto& table : tables) {
-    complete = complete && work.exec_params1("SELECT to_regclass($1) IS NOT NULL", shadow(table))[0].as<bool>();
+      std::string("SELECT watermark, coalesce(shadow_tables, '') FROM ") + shadow_schema + ".progress WHERE name = $1",
+      progress_name);
+  if (!restart && !progress.empty() && progress[0][1].as<std::string>() == shadow_oids()) {
+    return progress[0][0].as<std::int64_t>();
   }
-  if (!restart && complete) return progress[0][0].as<std::int64_t>();
   for (const auto& table : tables) {
     work.exec("DROP TABLE IF EXISTS " + shadow(table));
     work.exec("CREATE TABLE " + shadow(table) + " (LIKE " + live(table) +
@@ -103,11 +117,26 @@ std::int64_t prepare_shadow(pqxx::work& work, const std::string& name, const std
       if (!index.constraint.empty()) add_constraint(work, table, index);
     }
   }
+  // A binary of the layout before must not resume these tables as its own shadow either.
+  work.exec_params(std::string("DELETE FROM ") + shadow_schema + ".progress WHERE name = $1",
+                   progress_name.substr(0, progress_name.find('@')));
   work.exec_params(std::string("INSERT INTO ") + shadow_schema +
-                       ".progress (name, watermark) VALUES ($1, 0) "
-                       "ON CONFLICT (name) DO UPDATE SET watermark = 0",
-                   name);
+                       ".progress (name, watermark, shadow_tables) VALUES ($1, 0, $2) "
+                       "ON CONFLICT (name) DO UPDATE SET watermark = 0, shadow_tables = excluded.shadow_tables",
+                   progress_name, shadow_oids());
   return 0;
+}
+
+// Every key constraint of the live table on its shadow: checked before the swap, whoever made
+// the shadow, since a live table swapped in without its keys would keep that for good (later
+// rebuilds copy the live table's).
+void check_shadow_keys(pqxx::work& work, const std::string& table) {
+  for (const auto& index : live_indexes(work, table)) {
+    if (!index.constraint.empty() && !shadow_has_constraint(work, table, index.name)) {
+      throw std::runtime_error("rebuild: the shadow of read." + table + " lacks the key " + index.name +
+                               "; nothing was swapped in (run the rebuild again with --restart)");
+    }
+  }
 }
 
 // The live table's other indexes and the key constraints the fill went without, under their
@@ -165,6 +194,7 @@ class Rebuilder {
       : pool_(pool),
         store_(pool),
         name_(projections::to_string(kind)),
+        progress_name_(name_ + "@2"),
         tables_(projections::projection_tables(kind)),
         keyed_tables_(projections::tables_written_by_key(kind)),
         writer_(projections::make_projection(kind, shadow_schema)),
@@ -184,7 +214,7 @@ class Rebuilder {
     {
       auto lease = pool_.acquire();
       pqxx::work work(*lease);
-      watermark_ = prepare_shadow(work, name_, tables_, keyed_tables_, options_.restart);
+      watermark_ = prepare_shadow(work, progress_name_, tables_, keyed_tables_, options_.restart);
       work.commit();
     }
     result.resumed_from = GlobalPosition(watermark_);
@@ -198,7 +228,14 @@ class Rebuilder {
       pqxx::work work(*lease);
       work.exec("SET LOCAL statement_timeout = 0");
       work.exec("SET LOCAL maintenance_work_mem = '256MB'");
-      for (const auto& table : tables_) build_indexes(work, table);
+      try {
+        for (const auto& table : tables_) build_indexes(work, table);
+      } catch (const pqxx::sql_error& error) {
+        // Resuming would build the same indexes on the same rows: say how to get out.
+        throw std::runtime_error("rebuild " + name_ + ": building the shadow's indexes failed (" + error.what() +
+                                 "); the live read model is unchanged: run `ledger rebuild " + name_ +
+                                 " --restart` to fill the shadow again from the start");
+      }
       work.commit();
       // The shadow's pages all-visible and frozen before it goes live (its autovacuum was off
       // while it filled): else the first autovacuum after the swap vacuums the whole table at
@@ -237,6 +274,7 @@ class Rebuilder {
                                        target - watermark_, static_cast<std::int64_t>(options_.batch_events))));
       apply(work, batch);
     }
+    for (const auto& table : tables_) check_shadow_keys(work, table);
     for (const auto& table : tables_) swap_table(work, table);
     // Every event up to the rebuilt watermark is applied, in every partition: the watermarks
     // start over from it, split by the topic's partition count when a projector next runs.
@@ -244,7 +282,7 @@ class Rebuilder {
     work.exec_params("UPDATE read.projections SET watermark = $2, partitions = NULL, updated_at = now() "
                      "WHERE name = $1",
                      name_, watermark_);
-    work.exec_params(std::string("DELETE FROM ") + shadow_schema + ".progress WHERE name = $1", name_);
+    work.exec_params(std::string("DELETE FROM ") + shadow_schema + ".progress WHERE name = $1", progress_name_);
     work.commit();
     if (progress_) progress_(watermark_ - started_at, watermark_ - started_at);
     result.watermark = GlobalPosition(watermark_);
@@ -311,7 +349,7 @@ class Rebuilder {
       apply(work, *batch);
       work.exec_params(
           std::string("UPDATE ") + shadow_schema + ".progress SET watermark = $2 WHERE name = $1",
-          name_, watermark_);
+          progress_name_, watermark_);
       work.commit();
       if (progress_) progress_(watermark_ - started_at, head - started_at);
     }
@@ -331,6 +369,9 @@ class Rebuilder {
   db::ConnectionPool& pool_;
   engine::EventStore store_;
   std::string name_;
+  // The shadow's layout after the model's name: 2 since the append-only tables fill without
+  // their keys (prepare_shadow).
+  std::string progress_name_;
   const std::vector<std::string>& tables_;
   const std::vector<std::string>& keyed_tables_;
   std::unique_ptr<projections::Projection> writer_;

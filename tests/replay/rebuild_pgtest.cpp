@@ -231,7 +231,7 @@ TEST_CASE("a rebuild killed half way leaves the live read model untouched and re
                                   }),
                   Killed);
   CHECK(test::read_model_digest(database.app_url()) == digest);
-  CHECK(test::scalar(database.admin_url(), "SELECT watermark FROM rebuild.progress WHERE name = 'balance'") == 1'500);
+  CHECK(test::scalar(database.admin_url(), "SELECT watermark FROM rebuild.progress WHERE name = 'balance@2'") == 1'500);
   // The killed rebuild's shadow fills with autovacuum off; the live tables keep theirs.
   CHECK(test::scalar(database.admin_url(),
                      "SELECT count(*) FROM pg_class WHERE oid = 'rebuild.balances'::regclass AND "
@@ -314,6 +314,9 @@ TEST_CASE("a rebuild fills append-only tables without their keys and adds them b
   options.restart = false;
   CHECK_THROWS_WITH_AS(replay::rebuild(owner_pool, projections::ProjectionKind::balance, options),
                        doctest::Contains("entries_pkey"), std::exception);
+  // Resuming builds the same key on the same rows: the error says how to get out.
+  CHECK_THROWS_WITH_AS(replay::rebuild(owner_pool, projections::ProjectionKind::balance, options),
+                       doctest::Contains("ledger rebuild balance --restart"), std::exception);
   CHECK(test::read_model_digest(database.app_url()) == digest);
   CHECK(constraints_of("read.entries") == 1);
 
@@ -330,6 +333,19 @@ TEST_CASE("a rebuild fills append-only tables without their keys and adds them b
   CHECK(test::read_model_digest(database.app_url()) == digest);
   CHECK(constraints_of("read.entries") == 1);
   CHECK(constraints_of("read.balances") == 1);
+
+  // A binary of the layout before (keys made with the tables, progress under the bare name)
+  // never resumes this layout's shadow; and shadow tables made anew under the same names by
+  // such a binary are not resumed here: they are started over.
+  kill_after_two_batches();
+  CHECK(test::scalar(database.admin_url(), "SELECT count(*) FROM rebuild.progress WHERE name = 'balance'") == 0);
+  execute("DROP TABLE rebuild.entries; CREATE TABLE rebuild.entries (LIKE read.entries INCLUDING ALL); "
+          "INSERT INTO rebuild.progress (name, watermark) VALUES ('balance', 0)");
+  const auto started_over = replay::rebuild(owner_pool, projections::ProjectionKind::balance, options);
+  CHECK(started_over.resumed_from.value() == 0);
+  CHECK(test::read_model_digest(database.app_url()) == digest);
+  CHECK(constraints_of("read.entries") == 1);
+  CHECK(test::scalar(database.admin_url(), "SELECT count(*) FROM rebuild.progress") == 0);
 
   // The audit model's one table, likewise.
   const auto audit = replay::rebuild(owner_pool, projections::ProjectionKind::audit, options);
@@ -371,7 +387,7 @@ TEST_CASE_FIXTURE(OutgrownRebuild, "a rebuild the log outgrows beyond swap_stret
   CHECK_MESSAGE(error.find("run it again when the write rate is lower, and it resumes there") != std::string::npos,
                 error);
   const std::int64_t kept =
-      test::scalar(database.admin_url(), "SELECT watermark FROM rebuild.progress WHERE name = 'balance'");
+      test::scalar(database.admin_url(), "SELECT watermark FROM rebuild.progress WHERE name = 'balance@2'");
   CHECK(kept > 0);
   // No swap: the shadow is still there, and the live tables keep their autovacuum.
   CHECK(test::scalar(database.admin_url(),

@@ -161,7 +161,7 @@ TEST_CASE("ledger rebuild killed with SIGKILL half way leaves the live read mode
                                     "--batch-events", "100"});
   const auto deadline = std::chrono::steady_clock::now() + 60s;
   auto shadow_watermark = [&] {
-    return scalar("SELECT coalesce((SELECT watermark FROM rebuild.progress WHERE name = 'audit'), 0)");
+    return scalar("SELECT coalesce((SELECT watermark FROM rebuild.progress WHERE name = 'audit@2'), 0)");
   };
   while (shadow_watermark() < 2'000 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(5ms);
   const auto killed = process::stop(pid, SIGKILL, 1s);
