@@ -55,15 +55,14 @@ bool sets_autovacuum_enabled(const std::string& storage_parameters) {
 }
 
 void add_constraint(pqxx::work& work, const std::string& table, const LiveIndex& index) {
-  work.exec("ALTER TABLE " + shadow(table) + " ADD CONSTRAINT " + work.quote_name(index.name) + " " +
-            index.constraint);
+  work.exec("ALTER TABLE " + shadow(table) + " ADD CONSTRAINT " + work.quote_name(index.name) +
+            " " + index.constraint);
 }
 
 bool shadow_has_constraint(pqxx::work& work, const std::string& table, const std::string& name) {
-  return work
-      .exec_params1("SELECT count(*) FROM pg_constraint WHERE conrelid = $1::regclass AND conname = $2",
-                    shadow(table), name)[0]
-      .as<int>() > 0;
+  constexpr const char* named =
+      "SELECT count(*) FROM pg_constraint WHERE conrelid = $1::regclass AND conname = $2";
+  return work.exec_params1(named, shadow(table), name)[0].as<int>() > 0;
 }
 
 // Resumes the shadow of `kind` when a previous run left one; else creates it empty, with the
@@ -80,22 +79,27 @@ bool shadow_has_constraint(pqxx::work& work, const std::string& table, const std
 // shadow of this layout, which it would swap in without the keys; and when it made shadows of
 // its own under the same table names, their oids differ here, so they are started over.
 std::int64_t prepare_shadow(pqxx::work& work, const std::string& progress_name,
-                            const std::vector<std::string>& tables, const std::vector<std::string>& keyed,
-                            bool restart) {
+                            const std::vector<std::string>& tables,
+                            const std::vector<std::string>& keyed, bool restart) {
   work.exec(std::string("CREATE SCHEMA IF NOT EXISTS ") + shadow_schema);
   work.exec(std::string("CREATE TABLE IF NOT EXISTS ") + shadow_schema +
             ".progress (name text PRIMARY KEY, watermark bigint NOT NULL)");
-  work.exec(std::string("ALTER TABLE ") + shadow_schema + ".progress ADD COLUMN IF NOT EXISTS shadow_tables text");
+  work.exec(std::string("ALTER TABLE ") + shadow_schema +
+            ".progress ADD COLUMN IF NOT EXISTS shadow_tables text");
   auto shadow_oids = [&] {
     std::string oids;
     for (const auto& table : tables) {
-      oids += work.exec_params1("SELECT coalesce(to_regclass($1)::oid::text, '-')", shadow(table))[0].as<std::string>() + " ";
+      oids +=
+          work.exec_params1("SELECT coalesce(to_regclass($1)::oid::text, '-')", shadow(table))[0]
+              .as<std::string>() +
+          " ";
     }
     return oids;
   };
-  const auto progress = work.exec_params(
-      std::string("SELECT watermark, coalesce(shadow_tables, '') FROM ") + shadow_schema + ".progress WHERE name = $1",
-      progress_name);
+  const auto progress =
+      work.exec_params(std::string("SELECT watermark, coalesce(shadow_tables, '') FROM ") +
+                           shadow_schema + ".progress WHERE name = $1",
+                       progress_name);
   if (!restart && !progress.empty() && progress[0][1].as<std::string>() == shadow_oids()) {
     return progress[0][0].as<std::int64_t>();
   }
@@ -120,10 +124,11 @@ std::int64_t prepare_shadow(pqxx::work& work, const std::string& progress_name,
   // A binary of the layout before must not resume these tables as its own shadow either.
   work.exec_params(std::string("DELETE FROM ") + shadow_schema + ".progress WHERE name = $1",
                    progress_name.substr(0, progress_name.find('@')));
-  work.exec_params(std::string("INSERT INTO ") + shadow_schema +
-                       ".progress (name, watermark, shadow_tables) VALUES ($1, 0, $2) "
-                       "ON CONFLICT (name) DO UPDATE SET watermark = 0, shadow_tables = excluded.shadow_tables",
-                   progress_name, shadow_oids());
+  work.exec_params(
+      std::string("INSERT INTO ") + shadow_schema +
+          ".progress (name, watermark, shadow_tables) VALUES ($1, 0, $2) "
+          "ON CONFLICT (name) DO UPDATE SET watermark = 0, shadow_tables = excluded.shadow_tables",
+      progress_name, shadow_oids());
   return 0;
 }
 
@@ -133,7 +138,8 @@ std::int64_t prepare_shadow(pqxx::work& work, const std::string& progress_name,
 void check_shadow_keys(pqxx::work& work, const std::string& table) {
   for (const auto& index : live_indexes(work, table)) {
     if (!index.constraint.empty() && !shadow_has_constraint(work, table, index.name)) {
-      throw std::runtime_error("rebuild: the shadow of read." + table + " lacks the key " + index.name +
+      throw std::runtime_error("rebuild: the shadow of read." + table + " lacks the key " +
+                               index.name +
                                "; nothing was swapped in (run the rebuild again with --restart)");
     }
   }
@@ -230,11 +236,12 @@ class Rebuilder {
       work.exec("SET LOCAL maintenance_work_mem = '256MB'");
       try {
         for (const auto& table : tables_) build_indexes(work, table);
-      } catch (const pqxx::sql_error& error) {
-        // Resuming would build the same indexes on the same rows: say how to get out.
-        throw std::runtime_error("rebuild " + name_ + ": building the shadow's indexes failed (" + error.what() +
-                                 "); the live read model is unchanged: run `ledger rebuild " + name_ +
-                                 " --restart` to fill the shadow again from the start");
+      } catch (const pqxx::unique_violation& error) {
+        // Resuming would build the same key on the same rows: say how to get out.
+        throw std::runtime_error("rebuild " + name_ + ": the shadow's rows break a key (" +
+                                 error.what() +
+                                 "); the live read model is unchanged: run `ledger rebuild " +
+                                 name_ + " --restart` to fill the shadow again from the start");
       }
       work.commit();
       // The shadow's pages all-visible and frozen before it goes live (its autovacuum was off
@@ -282,7 +289,8 @@ class Rebuilder {
     work.exec_params("UPDATE read.projections SET watermark = $2, partitions = NULL, updated_at = now() "
                      "WHERE name = $1",
                      name_, watermark_);
-    work.exec_params(std::string("DELETE FROM ") + shadow_schema + ".progress WHERE name = $1", progress_name_);
+    work.exec_params(std::string("DELETE FROM ") + shadow_schema + ".progress WHERE name = $1",
+                     progress_name_);
     work.commit();
     if (progress_) progress_(watermark_ - started_at, watermark_ - started_at);
     result.watermark = GlobalPosition(watermark_);
