@@ -326,8 +326,11 @@ CommandAction register_rebuild_command(CLI::App& root, Settings& settings) {
       ->required()
       ->check(CLI::IsMember(names));
   rebuild_app->add_flag("--restart", options->restart, "Drop a half-done rebuild instead of resuming it");
-  rebuild_app->add_option("--batch-events", options->batch_events, "Events per transaction")
-      ->check(CLI::Range(std::size_t{100}, std::size_t{1'000'000}))->capture_default_str();
+  rebuild_app
+      ->add_option("--batch-events", options->batch_events,
+                   "Events per shadow transaction (a kill loses at most one)")
+      ->check(CLI::Range(std::size_t{100}, std::size_t{1'000'000}))
+      ->capture_default_str();
   rebuild_app->add_flag("--json", *json, "Print a machine-readable summary");
 
   return [=, &settings]() -> int {

@@ -55,31 +55,61 @@ std::string store_balances_sql(const std::string& balances) {
 
 class BalanceProjection final : public Projection {
  public:
-  explicit BalanceProjection(const std::string& schema)
+  BalanceProjection(const std::string& schema, const WriterOptions& options)
       : balances_(schema + ".balances"),
         entries_(schema + ".entries"),
         load_sql_(select_balances_sql(balances_)),
-        store_sql_(store_balances_sql(balances_)) {}
+        store_sql_(store_balances_sql(balances_)),
+        options_(options) {}
 
   void apply(pqxx::transaction_base& work, const std::vector<domain::RecordedEvent>& events) override {
-    std::unordered_map<std::string, domain::AccountState> accounts;
-    db::ArrayLiteral ids;
+    const bool keeps = options_.states_kept > 0;
+    // Shared tables: another process may have moved any account since our last batch.
+    if (!keeps) forget();
+    try {
+      fold(work, events);
+      if (!keeps) flush(work);
+    } catch (...) {
+      forget();  // what was folded may not be in the database: read it again next time
+      throw;
+    }
+  }
+
+  void flush(pqxx::transaction_base& work) override {
+    if (!changed_.empty()) {
+      try {
+        store_balances(work);
+      } catch (...) {
+        forget();
+        throw;
+      }
+    }
+    changed_.clear();
+    if (accounts_.size() > options_.states_kept) accounts_.clear();
+  }
+
+ private:
+  void forget() {
+    accounts_.clear();
+    changed_.clear();
+  }
+
+  // Folds `events` into accounts_ (reading the accounts it lacks) and COPYs their entry rows.
+  void fold(pqxx::transaction_base& work, const std::vector<domain::RecordedEvent>& events) {
+    db::ArrayLiteral missing;
     for (const auto& event : events) {
       const auto account = domain::stream_entity_id(event.stream_id, domain::StreamKind::account);
       if (!account) continue;
-      auto id = std::string(*account);
-      if (accounts.try_emplace(id).second) ids.add_text(id);
+      if (accounts_.try_emplace(std::string(*account)).second) missing.add_text(*account);
     }
-    if (accounts.empty()) return;
-    load(work, ids.finish(), accounts);
+    if (!missing.empty()) load(work, missing.finish());
 
     std::string entry_rows;
-    std::unordered_map<std::string, std::int64_t> last_position;
     for (const auto& event : events) {
       const auto account = domain::stream_entity_id(event.stream_id, domain::StreamKind::account);
       if (!account) continue;
       const std::string id(*account);
-      domain::AccountState& state = accounts.at(id);
+      domain::AccountState& state = accounts_.at(id);
       // Events are applied in global order, so each stream's versions arrive dense.
       if (event.version.value() != state.version.value() + 1) {
         throw ProjectionError("stream " + event.stream_id + ": version " +
@@ -92,12 +122,11 @@ class BalanceProjection final : public Projection {
                               ": undecodable " + event.type + " payload");
       }
       domain::apply(state, *decoded);
-      last_position[id] = event.position.value();
+      changed_[id] = event.position.value();
       if (const auto* entry = std::get_if<domain::events::AccountEntry>(&*decoded)) {
         add_entry_row(entry_rows, id, event, *entry, state.balance().value_or(Amount(0)).minor_units());
       }
     }
-    store_balances(work, accounts, last_position);
     if (!entry_rows.empty()) {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
@@ -110,13 +139,11 @@ class BalanceProjection final : public Projection {
     }
   }
 
- private:
-  void load(pqxx::transaction_base& work, const std::string& ids,
-                   std::unordered_map<std::string, domain::AccountState>& accounts) {
+  void load(pqxx::transaction_base& work, const std::string& ids) {
     // Prepared once per session under a name that holds the table.
     const auto rows = db::exec_statement(work, "ledger_load_balances " + balances_, load_sql_, ids);
     for (const auto& row : rows) {
-      domain::AccountState& s = accounts.at(row[0].as<std::string>());
+      domain::AccountState& s = accounts_.at(row[0].as<std::string>());
       s.exists = true;
       s.id = row[0].as<std::string>();
       s.currency = Currency::parse(row[1].as<std::string>()).value_or(Currency{});
@@ -151,12 +178,12 @@ class BalanceProjection final : public Projection {
     rows += '\n';
   }
 
-  void store_balances(pqxx::transaction_base& work,
-                             const std::unordered_map<std::string, domain::AccountState>& accounts,
-                             const std::unordered_map<std::string, std::int64_t>& last_position) {
+  // The accounts changed since the last flush, each with the position of its last event.
+  void store_balances(pqxx::transaction_base& work) {
     db::ArrayLiteral id, currency, kind, owner, ledger_code, flags, overdraft, status, dp, cp,
         dpe, cpe, pending, version, position;
-    for (const auto& [account_id, s] : accounts) {
+    for (const auto& [account_id, last_position] : changed_) {
+      const domain::AccountState& s = accounts_.at(account_id);
       id.add_text(account_id);
       currency.add_text(s.currency.code());
       kind.add_text(domain::to_string(s.kind));
@@ -171,7 +198,7 @@ class BalanceProjection final : public Projection {
       cpe.add_number(s.credits_pending.minor_units());
       pending.add_number(s.pending_count);
       version.add_number(s.version.value());
-      position.add_number(last_position.at(account_id));
+      position.add_number(last_position);
     }
     db::exec_statement(work, "ledger_store_balances " + balances_, store_sql_, id.finish(),
                        currency.finish(), kind.finish(), owner.finish(), ledger_code.finish(),
@@ -184,12 +211,16 @@ class BalanceProjection final : public Projection {
   std::string entries_;
   std::string load_sql_;
   std::string store_sql_;
+  WriterOptions options_;
+  std::unordered_map<std::string, domain::AccountState> accounts_;  // folded, as written or to be
+  std::unordered_map<std::string, std::int64_t> changed_;  // since the last flush: last position
 };
 
 }  // namespace
 
-std::unique_ptr<Projection> make_balance_projection(const std::string& schema) {
-  return std::make_unique<BalanceProjection>(schema);
+std::unique_ptr<Projection> make_balance_projection(const std::string& schema,
+                                                    const WriterOptions& options) {
+  return std::make_unique<BalanceProjection>(schema, options);
 }
 
 }  // namespace ledger::projections

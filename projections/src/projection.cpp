@@ -4,9 +4,11 @@
 
 namespace ledger::projections {
 
-std::unique_ptr<Projection> make_projection(ProjectionKind kind, const std::string& schema) {
+std::unique_ptr<Projection> make_projection(ProjectionKind kind, const std::string& schema,
+                                            const WriterOptions& options) {
+  // Only balances keep states (a rebuild's hottest upsert); the others write every batch.
   switch (kind) {
-    case ProjectionKind::balance: return make_balance_projection(schema);
+    case ProjectionKind::balance: return make_balance_projection(schema, options);
     case ProjectionKind::audit: return make_audit_projection(schema);
     case ProjectionKind::loan: return make_loan_projection(schema);
   }

@@ -5,7 +5,8 @@
 
 namespace ledger::projections {
 
-[[nodiscard]] std::unique_ptr<Projection> make_balance_projection(const std::string& schema);
+[[nodiscard]] std::unique_ptr<Projection> make_balance_projection(const std::string& schema,
+                                                                  const WriterOptions& options);
 [[nodiscard]] std::unique_ptr<Projection> make_audit_projection(const std::string& schema);
 [[nodiscard]] std::unique_ptr<Projection> make_loan_projection(const std::string& schema);
 

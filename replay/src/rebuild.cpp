@@ -195,15 +195,17 @@ void swap_table(pqxx::work& work, const std::string& table) {
 
 class Rebuilder {
  public:
-  Rebuilder(db::ConnectionPool& pool, projections::ProjectionKind kind, const RebuildOptions& options,
-            const Progress& progress)
+  Rebuilder(db::ConnectionPool& pool, projections::ProjectionKind kind,
+            const RebuildOptions& options, const Progress& progress)
       : pool_(pool),
         store_(pool),
         name_(projections::to_string(kind)),
         progress_name_(name_ + "@2"),
         tables_(projections::projection_tables(kind)),
         keyed_tables_(projections::tables_written_by_key(kind)),
-        writer_(projections::make_projection(kind, shadow_schema)),
+        // The shadow's only writer (the advisory lock below), so it may keep rows in memory.
+        writer_(projections::make_projection(
+            kind, shadow_schema, {.states_kept = std::max<std::size_t>(options.states_kept, 1)})),
         options_(options),
         progress_(progress) {}
 
@@ -276,11 +278,13 @@ class Rebuilder {
     const std::int64_t target = std::max(live_watermark, store_.head().position.value());
     const std::int64_t swap_from = watermark_;
     while (watermark_ < target) {
-      auto batch = store_.read_all(GlobalPosition(watermark_ + 1),
-                                   static_cast<std::size_t>(std::min<std::int64_t>(
-                                       target - watermark_, static_cast<std::int64_t>(options_.batch_events))));
+      auto batch =
+          store_.read_all(GlobalPosition(watermark_ + 1),
+                          static_cast<std::size_t>(std::min<std::int64_t>(
+                              target - watermark_, static_cast<std::int64_t>(read_events()))));
       apply(work, batch);
     }
+    writer_->flush(work);
     for (const auto& table : tables_) check_shadow_keys(work, table);
     for (const auto& table : tables_) swap_table(work, table);
     // Every event up to the rebuilt watermark is applied, in every partition: the watermarks
@@ -345,22 +349,34 @@ class Rebuilder {
     }
   }
 
-  // One pass: the log from the shadow's watermark up to `head`.
+  // One pass: the log from the shadow's watermark up to `head`, read in pieces of
+  // read_events(), committed (with the watermark) every batch_events.
   void fill_to(std::int64_t head, std::int64_t started_at) {
-    LogReader reader(pool_, watermark_ + 1, head, options_.batch_events);
-    for (const auto* batch = &reader.next(); !batch->empty(); batch = &reader.next()) {
+    LogReader reader(pool_, watermark_ + 1, head, read_events());
+    const auto* batch = &reader.next();
+    while (!batch->empty()) {
       auto lease = pool_.acquire();
       pqxx::work work(*lease);
       work.exec("SET LOCAL synchronous_commit = off");
       work.exec("SET LOCAL statement_timeout = 0");
       plan_for_a_growing_shadow(work);
-      apply(work, *batch);
+      std::size_t applied = 0;
+      for (; !batch->empty() && applied < std::max<std::size_t>(options_.batch_events, 1);
+           batch = &reader.next()) {
+        apply(work, *batch);
+        applied += batch->size();
+      }
+      writer_->flush(work);
       work.exec_params(
           std::string("UPDATE ") + shadow_schema + ".progress SET watermark = $2 WHERE name = $1",
           progress_name_, watermark_);
       work.commit();
       if (progress_) progress_(watermark_ - started_at, head - started_at);
     }
+  }
+
+  [[nodiscard]] std::size_t read_events() const {
+    return std::max<std::size_t>(std::min(options_.read_events, options_.batch_events), 1);
   }
 
   // Applies a batch that must follow the shadow's watermark without a gap.

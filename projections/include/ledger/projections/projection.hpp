@@ -3,6 +3,7 @@
 // caller's transaction. The live projector and `ledger rebuild` share it, so a rebuilt read
 // model is written by exactly the code that maintains it.
 
+#include <cstddef>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -22,11 +23,24 @@ class Projection {
   virtual ~Projection() = default;
   // `events` are contiguous in position and follow the projection's watermark.
   virtual void apply(pqxx::transaction_base& work, const std::vector<domain::RecordedEvent>& events) = 0;
+  // Writes the rows apply() held back (WriterOptions::states_kept); the caller calls it before
+  // every commit. A writer that keeps nothing wrote everything in apply().
+  virtual void flush(pqxx::transaction_base& /*work*/) {}
+};
+
+struct WriterOptions {
+  // 0: every apply() reads the rows it updates by key and writes them back, so several
+  // processes may share the tables (the live projectors). Above 0, the writer is the tables'
+  // only writer (a rebuild's shadow): it keeps up to this many folded rows in memory across
+  // apply() and transactions, reads only those it lacks, and writes the changed ones once, in
+  // flush(). After a transaction it wrote in fails to commit, discard the writer.
+  std::size_t states_kept = 0;
 };
 
 // The writer of `kind` into the tables of `schema` ("read" live; a shadow schema to rebuild).
 [[nodiscard]] std::unique_ptr<Projection> make_projection(ProjectionKind kind,
-                                                          const std::string& schema = "read");
+                                                          const std::string& schema = "read",
+                                                          const WriterOptions& options = {});
 // The tables a projection writes (unqualified names), all under one watermark.
 [[nodiscard]] const std::vector<std::string>& projection_tables(ProjectionKind kind);
 // Those of its tables whose writer finds rows by their key (an upsert, a delete by key). The

@@ -14,7 +14,11 @@
 namespace ledger::replay {
 
 struct RebuildOptions {
-  std::size_t batch_events = 50'000;  // events per shadow transaction
+  std::size_t batch_events = 500'000;  // events per shadow transaction (a kill loses at most one)
+  std::size_t read_events = 50'000;    // events read from the log and folded at a time
+  // Folded rows (balances) the rebuild keeps in memory between its transactions: it reads a
+  // row only the first time, and writes a changed one once per transaction, not per read.
+  std::size_t states_kept = 1'000'000;
   bool restart = false;               // drop a half-done rebuild instead of resuming it
   // Swap once the shadow is this close to the head; the rest is applied inside the swap.
   std::int64_t swap_within = 20'000;
