@@ -86,6 +86,8 @@ std::int64_t prepare_shadow(pqxx::work& work, const std::string& progress_name,
             ".progress (name text PRIMARY KEY, watermark bigint NOT NULL)");
   work.exec(std::string("ALTER TABLE ") + shadow_schema +
             ".progress ADD COLUMN IF NOT EXISTS shadow_tables text");
+  work.exec(std::string("ALTER TABLE ") + shadow_schema +
+            ".progress ADD COLUMN IF NOT EXISTS owner text");
   auto shadow_oids = [&] {
     std::string oids;
     for (const auto& table : tables) {
@@ -223,6 +225,11 @@ class Rebuilder {
       auto lease = pool_.acquire();
       pqxx::work work(*lease);
       watermark_ = prepare_shadow(work, progress_name_, tables_, keyed_tables_, options_.restart);
+      owner_ = work.exec_params1(std::string("UPDATE ") + shadow_schema +
+                                     ".progress SET owner = gen_random_uuid()::text WHERE name = "
+                                     "$1 RETURNING owner",
+                                 progress_name_)[0]
+                   .as<std::string>();
       work.commit();
     }
     result.resumed_from = GlobalPosition(watermark_);
@@ -293,8 +300,9 @@ class Rebuilder {
     work.exec_params("UPDATE read.projections SET watermark = $2, partitions = NULL, updated_at = now() "
                      "WHERE name = $1",
                      name_, watermark_);
-    work.exec_params(std::string("DELETE FROM ") + shadow_schema + ".progress WHERE name = $1",
-                     progress_name_);
+    still_the_owner(work.exec_params(
+        std::string("DELETE FROM ") + shadow_schema + ".progress WHERE name = $1 AND owner = $2",
+        progress_name_, owner_));
     work.commit();
     if (progress_) progress_(watermark_ - started_at, watermark_ - started_at);
     result.watermark = GlobalPosition(watermark_);
@@ -350,29 +358,45 @@ class Rebuilder {
   }
 
   // One pass: the log from the shadow's watermark up to `head`, read in pieces of
-  // read_events(), committed (with the watermark) every batch_events.
+  // read_events(), committed (with the watermark) once a transaction holds batch_events or
+  // more (whole pieces).
   void fill_to(std::int64_t head, std::int64_t started_at) {
+    const std::size_t per_transaction = std::max<std::size_t>(options_.batch_events, 1);
     LogReader reader(pool_, watermark_ + 1, head, read_events());
-    const auto* batch = &reader.next();
-    while (!batch->empty()) {
+    for (const auto* batch = &reader.next(); !batch->empty();) {
       auto lease = pool_.acquire();
       pqxx::work work(*lease);
       work.exec("SET LOCAL synchronous_commit = off");
       work.exec("SET LOCAL statement_timeout = 0");
       plan_for_a_growing_shadow(work);
       std::size_t applied = 0;
-      for (; !batch->empty() && applied < std::max<std::size_t>(options_.batch_events, 1);
-           batch = &reader.next()) {
+      do {
         apply(work, *batch);
         applied += batch->size();
-      }
+        // The next piece is awaited only while this transaction wants it, not before the commit.
+        batch = applied < per_transaction ? &reader.next() : nullptr;
+      } while (batch != nullptr && !batch->empty());
       writer_->flush(work);
-      work.exec_params(
-          std::string("UPDATE ") + shadow_schema + ".progress SET watermark = $2 WHERE name = $1",
-          progress_name_, watermark_);
+      still_the_owner(work.exec_params(std::string("UPDATE ") + shadow_schema +
+                                           ".progress SET watermark = $2 WHERE name = $1 AND "
+                                           "owner = $3",
+                                       progress_name_, watermark_, owner_));
       work.commit();
       if (progress_) progress_(watermark_ - started_at, head - started_at);
+      if (batch == nullptr) batch = &reader.next();
     }
+  }
+
+  // The advisory lock makes this run the shadow's only writer, which the balances its writer
+  // keeps in memory rely on. Should the lock's session have ended and another run have taken
+  // the shadow over (its start sets the progress row's owner), this run stops at its next
+  // commit instead of writing what it kept over that run's rows. `changed`: the progress
+  // row's update or delete, which finds no row once the owner changed.
+  void still_the_owner(const pqxx::result& changed) const {
+    if (changed.affected_rows() == 1) return;
+    throw std::runtime_error("rebuild " + name_ +
+                             ": another run took over the shadow tables (this run's lock was "
+                             "lost); this run stops, the live read model is unchanged");
   }
 
   [[nodiscard]] std::size_t read_events() const {
@@ -401,6 +425,7 @@ class Rebuilder {
   std::unique_ptr<projections::Projection> writer_;
   const RebuildOptions& options_;
   const Progress& progress_;
+  std::string owner_;  // this run's mark on the progress row
   std::int64_t watermark_ = 0;
   int passes_ = 0;
   int lagging_passes_ = 0;  // in a row, across the fills before and after the index build

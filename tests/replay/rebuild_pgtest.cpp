@@ -101,15 +101,30 @@ struct OutgrowingLog {
   }
 };
 
-// The two cases of a rebuild the log outgrows: a read side with some history, caught up, and
-// small rebuild batches.
-struct OutgrownRebuild {
-  OutgrownRebuild() {
+// How many times the sessions of `pool` (a rebuild's, of at most 3) ran the prepared
+// statement `name`: a rebuild plans each execution anew (force_custom_plan).
+std::int64_t executions(db::ConnectionPool& pool, const std::string& name) {
+  std::int64_t count = 0;
+  std::vector<db::ConnectionPool::Lease> leases;
+  for (int i = 0; i < 3; ++i) {
+    leases.push_back(pool.acquire());
+    pqxx::read_transaction work(*leases.back());
+    count += work.exec_params1(
+                     "SELECT coalesce(sum(generic_plans + custom_plans), 0) FROM "
+                     "pg_prepared_statements WHERE name = $1",
+                     name)[0]
+                 .as<std::int64_t>();
+  }
+  return count;
+}
+
+// What most cases here start from: a read side with some history (`commands` random commands
+// over the test accounts), caught up.
+struct CaughtUpReadSide {
+  explicit CaughtUpReadSide(int commands) {
     test::open_accounts(engine);
-    test::random_workload(engine, 500);
+    test::random_workload(engine, commands);
     REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
-    options.batch_events = 200;
-    options.swap_within = 100;
   }
 
   test::TestDatabase database;
@@ -117,6 +132,20 @@ struct OutgrownRebuild {
   test::ReadSideStack stack{database};
   db::ConnectionPool& pool = stack.pool;
   engine::Engine& engine = stack.engine;
+};
+
+// The two cases of a rebuild the log outgrows: small rebuild batches.
+struct OutgrownRebuild {
+  OutgrownRebuild() {
+    options.batch_events = 200;
+    options.swap_within = 100;
+  }
+
+  CaughtUpReadSide side{500};
+  test::TestDatabase& database = side.database;
+  db::ConnectionPool& owner_pool = side.owner_pool;
+  db::ConnectionPool& pool = side.pool;
+  engine::Engine& engine = side.engine;
   replay::RebuildOptions options;
 };
 
@@ -213,13 +242,8 @@ TEST_CASE("a rebuild under live write load swaps in a read model equal to the fo
 }
 
 TEST_CASE("a rebuild killed half way leaves the live read model untouched and resumes") {
-  test::TestDatabase database;
-  auto owner_pool = test::make_pool(database.admin_url(), 3);
-  test::ReadSideStack stack(database);
-  auto& [kafka, pool, engine, relay, projectors] = stack;
-  test::open_accounts(engine);
-  test::random_workload(engine, 2'000);
-  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+  CaughtUpReadSide side(2'000);
+  auto& [database, owner_pool, stack, pool, engine] = side;
   const std::string digest = test::read_model_digest(database.app_url());
 
   replay::RebuildOptions options;
@@ -275,16 +299,12 @@ TEST_CASE("a rebuild killed half way leaves the live read model untouched and re
 // its reads and transactions and writes each changed one once per transaction (issue 18: the
 // per-read upsert was a rebuild's largest cost). What it kept must be what it wrote: with a
 // memory smaller than the accounts (dropped after every transaction, read back from the
-// shadow), with several reads per transaction, and resumed by a new run after a kill between
-// transactions, the swapped-in model equals the fold.
+// shadow), with several reads per transaction, resumed by a new run after a kill between
+// transactions, and stopped when another run took the shadow over, the swapped-in model
+// equals the fold.
 TEST_CASE("a rebuild keeps folded balances across reads and transactions and writes each one") {
-  test::TestDatabase database;
-  auto owner_pool = test::make_pool(database.admin_url(), 3);
-  test::ReadSideStack stack(database);
-  auto& [kafka, pool, engine, relay, projectors] = stack;
-  test::open_accounts(engine);
-  test::random_workload(engine, 2'000);
-  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+  CaughtUpReadSide side(2'000);
+  auto& [database, owner_pool, stack, pool, engine] = side;
   const std::string digest = test::read_model_digest(database.app_url());
   const std::int64_t head = test::store_head(database.app_url());
   REQUIRE(head > 4'000);
@@ -300,10 +320,23 @@ TEST_CASE("a rebuild keeps folded balances across reads and transactions and wri
         replay::rebuild(owner_pool, projections::ProjectionKind::balance, options,
                         [&](std::int64_t done, std::int64_t) { committed.push_back(done); });
     CHECK(result.events_applied == head);
-    // One commit per 1,000 events (the last one shorter), not one per read of 150.
+    // One commit per 1,000 events or more in whole reads (the last one shorter), not one per
+    // read of 150; and the kept balances written once in each, just before it commits.
     REQUIRE(committed.size() >= 2);
     CHECK(committed[0] == 1'050);
     CHECK(committed[1] == 2'100);
+    // The fill's transactions (the last call is the swap's) that moved an account.
+    std::int64_t moving_accounts = 0;
+    for (std::size_t i = 0; i + 1 < committed.size(); ++i) {
+      moving_accounts += test::scalar(
+          database.admin_url(),
+          "SELECT (count(*) > 0)::int FROM events WHERE stream_id LIKE 'account-%' AND "
+          "position > " +
+              std::to_string(i == 0 ? 0 : committed[i - 1]) +
+              " AND position <= " + std::to_string(committed[i]));
+    }
+    CHECK(moving_accounts == static_cast<std::int64_t>(committed.size()) - 1);
+    CHECK(executions(owner_pool, "ledger_store_balances rebuild.balances") == moving_accounts);
   }
   SUBCASE("every account kept, killed after two transactions and resumed") {
     struct Killed {};
@@ -316,7 +349,14 @@ TEST_CASE("a rebuild keeps folded balances across reads and transactions and wri
     CHECK(test::scalar(database.admin_url(),
                        "SELECT watermark FROM rebuild.progress WHERE name = 'balance@2'") == 2'100);
     // What the shadow holds at the kill is exactly the fold up to its watermark: the kept
-    // balances of both transactions were written before each commit.
+    // balances of both transactions were written before each commit, once each, and read
+    // only while an account was new to the run (fewer reads of balances than of the log).
+    CHECK(executions(owner_pool, "ledger_store_balances rebuild.balances") == 2);
+    CHECK(executions(owner_pool, "ledger_load_balances rebuild.balances") < 2'100 / 150);
+    CHECK(test::scalar(database.admin_url(), "SELECT count(*) FROM rebuild.balances") ==
+          test::scalar(database.admin_url(),
+                       "SELECT count(DISTINCT stream_id) FROM events WHERE stream_id LIKE "
+                       "'account-%' AND position <= 2100"));
     CHECK(test::scalar(database.admin_url(),
                        "SELECT count(*) FROM rebuild.balances WHERE position > 2100") == 0);
     CHECK(test::scalar(
@@ -327,6 +367,22 @@ TEST_CASE("a rebuild keeps folded balances across reads and transactions and wri
     const auto resumed = replay::rebuild(owner_pool, projections::ProjectionKind::balance, options);
     CHECK(resumed.resumed_from.value() == 2'100);
   }
+  SUBCASE("another run takes the shadow over (this run's lock was lost): this run stops") {
+    auto take_over = [&](std::int64_t, std::int64_t) {
+      pqxx::connection other(database.admin_url());
+      pqxx::nontransaction(other).exec(
+          "UPDATE rebuild.progress SET owner = 'another run' WHERE name = 'balance@2'");
+    };
+    CHECK_THROWS_WITH_AS(
+        replay::rebuild(owner_pool, projections::ProjectionKind::balance, options, take_over),
+        doctest::Contains("another run took over the shadow tables"), std::runtime_error);
+    // Its second transaction rolled back; the live model is as it was.
+    CHECK(test::scalar(database.admin_url(),
+                       "SELECT watermark FROM rebuild.progress WHERE name = 'balance@2'") == 1'050);
+    CHECK(test::read_model_digest(database.app_url()) == digest);
+    const auto resumed = replay::rebuild(owner_pool, projections::ProjectionKind::balance, options);
+    CHECK(resumed.resumed_from.value() == 1'050);
+  }
   CHECK(test::read_model_digest(database.app_url()) == digest);
   CHECK(differences(pool) == 0);
 }
@@ -336,13 +392,8 @@ TEST_CASE("a rebuild keeps folded balances across reads and transactions and wri
 // took about four times as long). The key still guards them: rows that break it fail the
 // rebuild before the swap, and a run resumed after the keys were built finds them there.
 TEST_CASE("a rebuild fills append-only tables without their keys and adds them before the swap") {
-  test::TestDatabase database;
-  auto owner_pool = test::make_pool(database.admin_url(), 3);
-  test::ReadSideStack stack(database);
-  auto& [kafka, pool, engine, relay, projectors] = stack;
-  test::open_accounts(engine);
-  test::random_workload(engine, 1'500);
-  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+  CaughtUpReadSide side(1'500);
+  auto& [database, owner_pool, stack, pool, engine] = side;
   const std::string digest = test::read_model_digest(database.app_url());
   auto execute = [&](const std::string& sql) {
     pqxx::connection connection(database.admin_url());
@@ -471,13 +522,8 @@ TEST_CASE("a rebuild's statements are planned for its shadow as it grows, not on
   // The read models' statements are prepared once per session. A shadow table fills from
   // empty with autovacuum off: a generic plan PostgreSQL settled on while it held a few pages
   // (a sequential scan for `account_id = ANY($1)`) would serve every later batch of the fill.
-  test::TestDatabase database;
-  auto owner_pool = test::make_pool(database.admin_url(), 3);
-  test::ReadSideStack stack(database);
-  auto& [kafka, pool, engine, relay, projectors] = stack;
-  test::open_accounts(engine);
-  test::random_workload(engine, 1'500);
-  REQUIRE(test::eventually([&] { return test::read_models_caught_up(database.app_url()); }));
+  CaughtUpReadSide side(1'500);
+  auto& [database, owner_pool, stack, pool, engine] = side;
 
   replay::RebuildOptions options;
   options.batch_events = 100;  // many batches on each session

@@ -33,7 +33,9 @@ struct WriterOptions {
   // processes may share the tables (the live projectors). Above 0, the writer is the tables'
   // only writer (a rebuild's shadow): it keeps up to this many folded rows in memory across
   // apply() and transactions, reads only those it lacks, and writes the changed ones once, in
-  // flush(). After a transaction it wrote in fails to commit, discard the writer.
+  // flush(); beyond this many it drops them all after a flush (so it holds at most this many
+  // plus those one transaction touches, about 250 bytes each). After apply() or flush() threw,
+  // or a transaction it wrote in did not commit, roll back and discard the writer.
   std::size_t states_kept = 0;
 };
 

@@ -14,10 +14,13 @@
 namespace ledger::replay {
 
 struct RebuildOptions {
-  std::size_t batch_events = 500'000;  // events per shadow transaction (a kill loses at most one)
-  std::size_t read_events = 50'000;    // events read from the log and folded at a time
+  // Events per shadow transaction (a kill loses at most one), in whole reads: a transaction
+  // commits once it holds this many or more.
+  std::size_t batch_events = 500'000;
+  std::size_t read_events = 50'000;  // events read from the log and folded at a time
   // Folded rows (balances) the rebuild keeps in memory between its transactions: it reads a
   // row only the first time, and writes a changed one once per transaction, not per read.
+  // Memory: about 250 bytes a row, this many plus those one transaction touches.
   std::size_t states_kept = 1'000'000;
   bool restart = false;               // drop a half-done rebuild instead of resuming it
   // Swap once the shadow is this close to the head; the rest is applied inside the swap.
