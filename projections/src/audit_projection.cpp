@@ -19,7 +19,7 @@ class AuditProjection final : public Projection {
  public:
   explicit AuditProjection(const std::string& schema) : audit_(schema + ".audit") {}
 
-  void apply(pqxx::transaction_base& work, const std::vector<domain::RecordedEvent>& events) override {
+  void apply(pqxx::transaction_base& work, std::span<const domain::RecordedEvent> events) override {
     if (events.empty()) return;
     std::string rows;
     for (const auto& event : events) {

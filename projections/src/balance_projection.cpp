@@ -62,7 +62,7 @@ class BalanceProjection final : public Projection {
         store_sql_(store_balances_sql(balances_)),
         options_(options) {}
 
-  void apply(pqxx::transaction_base& work, const std::vector<domain::RecordedEvent>& events) override {
+  void apply(pqxx::transaction_base& work, std::span<const domain::RecordedEvent> events) override {
     const bool keeps = options_.states_kept > 0;
     // Shared tables: another process may have moved any account since our last batch.
     if (!keeps) forget();
@@ -95,7 +95,7 @@ class BalanceProjection final : public Projection {
   }
 
   // Folds `events` into accounts_ (reading the accounts it lacks) and COPYs their entry rows.
-  void fold(pqxx::transaction_base& work, const std::vector<domain::RecordedEvent>& events) {
+  void fold(pqxx::transaction_base& work, std::span<const domain::RecordedEvent> events) {
     db::ArrayLiteral missing;
     for (const auto& event : events) {
       const auto account = domain::stream_entity_id(event.stream_id, domain::StreamKind::account);

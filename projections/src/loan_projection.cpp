@@ -87,7 +87,7 @@ class LoanProjection final : public Projection {
         delete_installments_sql_("DELETE FROM " + installments_ +
                                  " WHERE loan_id = ANY($1::text[])") {}
 
-  void apply(pqxx::transaction_base& work, const std::vector<domain::RecordedEvent>& events) override {
+  void apply(pqxx::transaction_base& work, std::span<const domain::RecordedEvent> events) override {
     std::unordered_map<std::string, domain::LoanState> loans;
     db::ArrayLiteral ids;
     for (const auto& event : events) {

@@ -10,6 +10,7 @@
 #include <limits>
 #include <map>
 #include <set>
+#include <span>
 #include <unordered_map>
 
 #include "ledger/core/assert.hpp"
@@ -902,28 +903,50 @@ struct Projector::Impl {
           }
         }
       }
-      if (one_read) {
+      // A catch-up round over a range shared with the process's other projectors that applies
+      // every event of it (the process holds every partition) applies the range itself: a
+      // copy of each event for each projector, then sorting the copies, was most of this
+      // process's own CPU in a catch-up (issue 18).
+      std::span<const RecordedEvent> shared_after_low;
+      if (one_read && shared_range != nullptr) {
+        const auto& events = shared_range->events;
+        // The range holds the row at `low` too, for its hash: never applied.
+        const std::size_t at_low =
+            !events.empty() && events.front().position.value() <= low ? 1 : 0;
+        shared_after_low = std::span<const RecordedEvent>(events).subspan(at_low);
+      }
+      const bool whole_shared_range = one_read && shared_range != nullptr && to_apply.empty() &&
+                                      from_store.size() == shared_after_low.size();
+      if (whole_shared_range) {
+        check_inside(shared_after_low, from_store);
+      } else if (one_read) {
         take_from_range(from_store, stored, to_apply);
       } else {
         read_from_store(from_store, stored, to_apply);
       }
-      std::sort(to_apply.begin(), to_apply.end(),
-                [](const RecordedEvent& a, const RecordedEvent& b) { return a.position < b.position; });
+      if (!whole_shared_range) {
+        std::sort(
+            to_apply.begin(), to_apply.end(),
+            [](const RecordedEvent& a, const RecordedEvent& b) { return a.position < b.position; });
+      }
+      const std::span<const RecordedEvent> applied =
+          whole_shared_range ? shared_after_low : std::span<const RecordedEvent>(to_apply);
       // Applied positions are exactly each partition's stored positions after its watermark,
       // in order: a hole would be a read model that never converges, a repeat an amount
       // counted twice.
       {
         std::size_t total = 0;
         for (const auto& [partition, positions] : expected) total += positions.size();
-        LEDGER_ASSERT(to_apply.size() == total, "projector: every position of a partition applied once");
+        LEDGER_ASSERT(applied.size() == total,
+                      "projector: every position of a partition applied once");
         std::map<std::int32_t, std::int64_t> last = start;
-        for (const auto& event : to_apply) {
+        for (const auto& event : applied) {
           auto& previous = last[stored.partition_of(event.position.value())];
           LEDGER_ASSERT(event.position.value() > previous, "projector: positions applied in order after the watermark");
           previous = event.position.value();
         }
       }
-      projection->apply(work, to_apply);
+      projection->apply(work, applied);
       if (!offsets.empty()) {
         db::ArrayLiteral offset_partitions;
         db::ArrayLiteral next_offsets;
@@ -960,22 +983,23 @@ struct Projector::Impl {
         // own snapshot, two processes committing at once could each miss the other's partition
         // and leave the minimum behind until the next batch, forever when idle.)
         db::exec_statement(work, statements::lock_projection, name);
-        watermark = db::exec_statement(work, statements::raise_watermark, name,
-                                       static_cast<std::int64_t>(to_apply.size()), incarnation,
-                                       passed_stall)
-                        .at(0)[0]
-                        .as<std::int64_t>();
+        watermark =
+            db::exec_statement(work, statements::raise_watermark, name,
+                               static_cast<std::int64_t>(applied.size()), incarnation, passed_stall)
+                .at(0)[0]
+                .as<std::int64_t>();
       }
       work.commit();
       failed_attempt.reset();
       for (const auto& [partition, target] : targets) watermarks[partition] = target;
       update_status([&](ProjectorStatus& s) {
         if (watermark >= 0) s.watermark = GlobalPosition(watermark);
-        s.events_applied += static_cast<std::int64_t>(to_apply.size());
+        s.events_applied += static_cast<std::int64_t>(applied.size());
         s.events_from_store += static_cast<std::int64_t>(from_store.size());
         s.store_rows_read += rows_read;
         if (used_read_ahead && !shared_range) ++s.ranges_read_ahead;
         if (range_shared) ++s.ranges_shared;
+        if (whole_shared_range) ++s.ranges_applied_whole;
         s.read_ahead_stale += read_ahead_stale;
         s.duplicates_skipped += duplicates;
         s.messages_rejected += rejected;
@@ -1034,6 +1058,18 @@ struct Projector::Impl {
       if (next < wanted.size() && wanted[next] <= from + span - 1) {
         throw ProjectionError("position " + std::to_string(wanted[next]) + " is missing from the event store");
       }
+    }
+  }
+
+  // Every one of `positions` (distinct, as each partition's are) is the position of one of
+  // `events` (contiguous): as many of them as there are events are then all of them.
+  static void check_inside(std::span<const RecordedEvent> events,
+                           const std::vector<std::int64_t>& positions) {
+    const std::int64_t first = events.empty() ? 0 : events.front().position.value();
+    for (const auto position : positions) {
+      LEDGER_ASSERT(
+          position >= first && position - first < static_cast<std::int64_t>(events.size()),
+          "projector: a position taken from the range read is inside it");
     }
   }
 

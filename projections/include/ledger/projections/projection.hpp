@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -22,7 +23,8 @@ class Projection {
  public:
   virtual ~Projection() = default;
   // `events` are contiguous in position and follow the projection's watermark.
-  virtual void apply(pqxx::transaction_base& work, const std::vector<domain::RecordedEvent>& events) = 0;
+  virtual void apply(pqxx::transaction_base& work,
+                     std::span<const domain::RecordedEvent> events) = 0;
   // Writes the rows apply() held back (WriterOptions::states_kept); the caller calls it before
   // every commit. A writer that keeps nothing wrote everything in apply().
   virtual void flush(pqxx::transaction_base& /*work*/) {}

@@ -59,6 +59,7 @@ struct ProjectorStatus {
   std::int64_t ranges_read_ahead = 0;  // catch-up rounds whose range the round before read
   std::int64_t read_ahead_stale = 0;   // read ahead, then again: the store had changed
   std::int64_t ranges_shared = 0;      // catch-up rounds whose range another projector read
+  std::int64_t ranges_applied_whole = 0;  // shared catch-up ranges applied as read, not copied
   std::int64_t duplicates_skipped = 0; // redelivered events at or below their partition's watermark
   std::int64_t batches = 0;
   std::string last_error;
