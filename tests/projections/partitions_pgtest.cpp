@@ -576,7 +576,6 @@ TEST_CASE("projectors of one process share their catch-up reads: each stored row
   std::int64_t rows_read = 0;
   std::int64_t rounds = 0;
   int sharing = 0;
-  std::int64_t applied_whole = 0;
   for (const auto& projector : projectors.running) {
     const auto status = projector->status();
     MESSAGE("head " << head << ", rows read " << status.store_rows_read << ", rounds "
@@ -584,7 +583,11 @@ TEST_CASE("projectors of one process share their catch-up reads: each stored row
                     << ", applied whole " << status.ranges_applied_whole);
     rows_read += status.store_rows_read;
     rounds += status.batches;
-    applied_whole += status.ranges_applied_whole;
+    // Holding every partition, it applies shared ranges as read, without copying them (the row
+    // at a range's low end, there for its hash, left out): more than its first round's (from
+    // position 0, no such row). The always-on order and count assertions and the folds below
+    // check what was applied.
+    CHECK(status.ranges_applied_whole >= 2);
     if (status.ranges_shared > 0) ++sharing;
     CHECK(status.events_applied == head);
     CHECK(status.stalled_position.value() == 0);
@@ -594,9 +597,6 @@ TEST_CASE("projectors of one process share their catch-up reads: each stored row
   MESSAGE("rows read by the three: " << rows_read << " in " << rounds << " rounds");
   CHECK(rows_read * 2 < head * 3);
   CHECK(sharing >= 1);
-  // Holding every partition, a projector applies a shared range as read, without copying it
-  // (the row at the range's low end, there for its hash, left out): the folds below check it.
-  CHECK(applied_whole >= 1);
   test::check_read_models_equal_fold(database.app_url());
 }
 

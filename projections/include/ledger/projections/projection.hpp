@@ -22,7 +22,8 @@ namespace ledger::projections {
 class Projection {
  public:
   virtual ~Projection() = default;
-  // `events` are contiguous in position and follow the projection's watermark.
+  // `events` ascend in position; each partition's follow its watermark without a gap (all of
+  // them contiguous when the caller holds every partition, as a rebuild does).
   virtual void apply(pqxx::transaction_base& work,
                      std::span<const domain::RecordedEvent> events) = 0;
   // Writes the rows apply() held back (WriterOptions::states_kept); the caller calls it before
