@@ -118,7 +118,7 @@ ChainVerification EventStore::verify_chain(GlobalPosition from, GlobalPosition t
       if (event.position.value() != expected) {
         return {false, result.events_checked, GlobalPosition(expected), "event missing"};
       }
-      if (chain_hash(previous, event) != event.hash) {
+      if (!chains_from(previous, event)) {
         return {false, result.events_checked, event.position,
                 "hash does not match the chain (event or its predecessor was altered)"};
       }

@@ -881,7 +881,7 @@ struct Projector::Impl {
             // from another log) is logged and replaced by the store's. A forger who recomputes
             // the hash to chain still does not have the stored one.
             if (event.hash == stored.hash_of(position) &&
-                domain::chain_hash(stored.hash_of(position - 1), event) == event.hash) {
+                domain::chains_from(stored.hash_of(position - 1), event)) {
               to_apply.push_back(std::move(event));
               continue;
             }
@@ -1047,7 +1047,7 @@ struct Projector::Impl {
         const std::int64_t position = event.position.value();
         if (position != wanted[next]) continue;
         if (event.hash != stored.hash_of(position) ||
-            domain::chain_hash(stored.hash_of(position - 1), event) != event.hash) {
+            !domain::chains_from(stored.hash_of(position - 1), event)) {
           throw ProjectionError("position " + std::to_string(position) +
                                 " of the event store does not chain from the position before it (an altered "
                                 "store: run ledger replay verify, then rebuild the projection)");
@@ -1087,8 +1087,7 @@ struct Projector::Impl {
                     "projector: a position taken from the range read is inside it");
       const auto index = static_cast<std::size_t>(position - first);
       const RecordedEvent& event = events[index];
-      if (!stored.read_ahead &&
-          domain::chain_hash(stored.hash_of(position - 1), event) != event.hash) {
+      if (!stored.read_ahead && !domain::chains_from(stored.hash_of(position - 1), event)) {
         throw ProjectionError("position " + std::to_string(position) +
                               " of the event store does not chain from the position before it (an altered "
                               "store: run ledger replay verify, then rebuild the projection)");

@@ -39,7 +39,7 @@ std::int64_t first_bad_hash_inside(const std::vector<domain::RecordedEvent>& bat
   const std::size_t slices = std::min(std::max<std::size_t>(threads, 1), std::max<std::size_t>(checked, 1));
   auto first_bad = [&batch, size](std::size_t begin, std::size_t end) {
     for (std::size_t i = begin; i < end; ++i) {
-      if (domain::chain_hash(batch[i - 1].hash, batch[i]) != batch[i].hash) return i;
+      if (!domain::chains_from(batch[i - 1].hash, batch[i])) return i;
     }
     return size;
   };
@@ -224,7 +224,7 @@ VerifyResult verify(db::ConnectionPool& pool, const VerifyOptions& options, cons
     std::int64_t bad_hash = reader.mark();
     // The edge between this batch and the one before.
     const auto& first = batch->front();
-    if (domain::chain_hash(previous_hash, first) != first.hash) bad_hash = first.position.value();
+    if (!domain::chains_from(previous_hash, first)) bad_hash = first.position.value();
     previous_hash = batch->back().hash;
     for (const auto& event : *batch) {
       if (!verifier.check(event, event.position.value() != bad_hash)) return verifier.finish();

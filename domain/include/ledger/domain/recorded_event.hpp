@@ -46,6 +46,8 @@ constexpr std::size_t event_hash_size = 32;
 // SHA-256(previous_hash ‖ canonical bytes of the event): position, stream, version, event id,
 // type, schema version, time, payload and metadata, each length-prefixed (DESIGN.md inv. 6).
 [[nodiscard]] std::string chain_hash(std::string_view previous_hash, const RecordedEvent& event);
+// Whether event.hash is chain_hash(previous_hash, event), without allocating.
+[[nodiscard]] bool chains_from(std::string_view previous_hash, const RecordedEvent& event);
 // The event as one JSON object, the line format of `ledger replay export` and of the relay's
 // JSON topic: position, stream_id, version, event_id, type, schema_version, recorded_at
 // (RFC 3339), data (the decoded payload), metadata and hash (hex). Throws when the payload does
