@@ -1,6 +1,7 @@
-// audit: one row per event with what the audit query filters and orders by (position, stream,
-// type, actor, time). The rest of an answer is read from the event store by position
-// (ReadModels::audit): the store already is the audit trail, a copy of it cost a jsonb row.
+// audit: one row per event with what the audit query filters and orders by (position, type,
+// actor, time). The rest of an answer is read from the event store by position
+// (ReadModels::audit): the store already is the audit trail, a copy of it cost a jsonb row. A
+// query by stream walks the store's (stream_id, version) index (migration 0015).
 #include <pqxx/pqxx>
 #include <pqxx/tablewriter>
 
@@ -13,7 +14,7 @@ namespace ledger::projections {
 namespace {
 
 // Named, so the COPY does not depend on the table's column order.
-const std::vector<std::string> audit_columns{"position", "stream_id", "type", "actor", "recorded_at"};
+const std::vector<std::string> audit_columns{"position", "type", "actor", "recorded_at"};
 
 class AuditProjection final : public Projection {
  public:
@@ -29,8 +30,6 @@ class AuditProjection final : public Projection {
                               ": undecodable " + event.type + " payload");
       }
       rows += std::to_string(event.position.value()) + '\t';
-      db::copy_text(rows, event.stream_id);
-      rows += '\t';
       db::copy_text(rows, event.type);
       rows += '\t';
       db::copy_text(rows, event.metadata.actor);

@@ -44,6 +44,44 @@ std::int64_t read_watermark(SnapshotRead& work, std::string_view projection,
   return mark.empty() ? watermark : std::max(watermark, mark[0][0].as<std::int64_t>());
 }
 
+// The last version of `stream_id` recorded at or before `position` (0 when none): a page of the
+// stream after that position starts above it. Within a stream versions grow with positions
+// (both follow the commit order), so paging by position through a stream is paging by version
+// through the event store's (stream_id, version) index.
+std::int64_t stream_version_at(SnapshotRead& work, const std::string& stream_id,
+                               std::int64_t position) {
+  if (position <= 0) return 0;
+  // A cursor from the page before is one of the stream's events: one primary-key probe.
+  const auto at = work.exec_params(
+      "SELECT version FROM events WHERE position = $1 AND stream_id = $2", position, stream_id);
+  if (!at.empty()) return at[0][0].as<std::int64_t>();
+  // Any other position: a binary search over the stream's versions, one index probe a step.
+  // Invariant: `low` is 0 or a version recorded at or before `position`; every version above
+  // `high` was recorded after it. Each step reads the first version at or after the middle, so
+  // a version gap (a store written before migration 0006) does not end the search early. A
+  // result too low would only cost time (the query also filters by position); too high loses
+  // rows, which the tests look for from every cursor.
+  std::int64_t low = 0;
+  std::int64_t high =
+      work.exec_params1("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1",
+                        stream_id)[0]
+          .as<std::int64_t>();
+  while (low < high) {
+    const std::int64_t middle = low + (high - low + 1) / 2;
+    const auto next = work.exec_params(
+        "SELECT version, position FROM events WHERE stream_id = $1 AND version >= $2 ORDER BY "
+        "version LIMIT 1",
+        stream_id, middle);
+    if (!next.empty() && next[0][0].as<std::int64_t>() <= high &&
+        next[0][1].as<std::int64_t>() <= position) {
+      low = next[0][0].as<std::int64_t>();
+    } else {
+      high = middle - 1;  // no version in [middle, high], or the first of them is after position
+    }
+  }
+  return low;
+}
+
 }  // namespace
 
 struct ReadModels::Impl {
@@ -275,20 +313,29 @@ AtWatermark<AuditPage> ReadModels::audit(const AuditFilter& filter) const {
     };
     const auto from = time(filter.from_us);
     const auto to = time(filter.to_us);
-    // read.audit holds what the filters and the order need; everything an answer shows comes
-    // from the event store's row at the same position (one primary-key probe per row).
+    // read.audit holds what the filters and the order need but the stream; everything an answer
+    // shows comes from the event store's row at the same position (one primary-key probe per
+    // row). A query by stream walks the store's (stream_id, version) index from the version the
+    // cursor stands at, and joins read.audit by position for the other filters (migration 0015).
+    const std::int64_t after_version =
+        filter.stream_id ? stream_version_at(work, *filter.stream_id, filter.after_position) : 0;
     const auto rows = work.exec_params(
-        "SELECT e.position, e.stream_id, e.version, e.type, e.event_id::text, e.metadata::text, "
-        "(extract(epoch FROM e.recorded_at) * 1000000)::bigint, e.payload "
-        "FROM read.audit a JOIN events e ON e.position = a.position WHERE a.position > $1 "
-        "AND ($2::text IS NULL OR a.actor = $2) AND ($3::text IS NULL OR a.stream_id = $3) "
-        "AND ($4::text IS NULL OR a.type = $4) "
-        "AND ($5::bigint IS NULL OR a.recorded_at >= 'epoch'::timestamptz + $5::bigint * interval '1 microsecond') "
-        "AND ($6::bigint IS NULL OR a.recorded_at < 'epoch'::timestamptz + $6::bigint * interval '1 microsecond') "
-        "ORDER BY a.position LIMIT $7",
+        std::string(
+            "SELECT e.position, e.stream_id, e.version, e.type, e.event_id::text, "
+            "e.metadata::text, "
+            "(extract(epoch FROM e.recorded_at) * 1000000)::bigint, e.payload "
+            "FROM read.audit a JOIN events e ON e.position = a.position WHERE a.position > $1 "
+            "AND ($2::text IS NULL OR a.actor = $2) "
+            "AND ($3::text IS NULL OR (e.stream_id = $3 AND e.version > $8::bigint)) "
+            "AND ($4::text IS NULL OR a.type = $4) "
+            "AND ($5::bigint IS NULL OR a.recorded_at >= 'epoch'::timestamptz + $5::bigint * "
+            "interval '1 microsecond') "
+            "AND ($6::bigint IS NULL OR a.recorded_at < 'epoch'::timestamptz + $6::bigint * "
+            "interval '1 microsecond') ") +
+            (filter.stream_id ? "ORDER BY e.version LIMIT $7" : "ORDER BY a.position LIMIT $7"),
         filter.after_position, text(filter.actor), text(filter.stream_id), text(filter.type),
         from ? from->c_str() : nullptr, to ? to->c_str() : nullptr,
-        static_cast<long long>(filter.limit));
+        static_cast<long long>(filter.limit), after_version);
     for (const auto& row : rows) {
       AuditRow audit;
       audit.position = row[0].as<std::int64_t>();
