@@ -118,6 +118,19 @@ std::int64_t executions(db::ConnectionPool& pool, const std::string& name) {
   return count;
 }
 
+// A rebuild that dies, as a killed process would, at the progress report of its `commits`-th
+// commit; the test goes on with what it left.
+void rebuild_killed_at_commit(db::ConnectionPool& pool, projections::ProjectionKind kind,
+                              const replay::RebuildOptions& options, int commits) {
+  struct Killed {};
+  int seen = 0;
+  CHECK_THROWS_AS(replay::rebuild(pool, kind, options,
+                                  [&](std::int64_t, std::int64_t) {
+                                    if (++seen == commits) throw Killed{};
+                                  }),
+                  Killed);
+}
+
 // What most cases here start from: a read side with some history (`commands` random commands
 // over the test accounts), caught up.
 struct CaughtUpReadSide {
@@ -249,13 +262,7 @@ TEST_CASE("a rebuild killed half way leaves the live read model untouched and re
   replay::RebuildOptions options;
   options.batch_events = 500;
   options.swap_within = 0;
-  struct Killed {};
-  int batches = 0;
-  CHECK_THROWS_AS(replay::rebuild(owner_pool, projections::ProjectionKind::balance, options,
-                                  [&](std::int64_t, std::int64_t) {
-                                    if (++batches == 3) throw Killed{};
-                                  }),
-                  Killed);
+  rebuild_killed_at_commit(owner_pool, projections::ProjectionKind::balance, options, 3);
   CHECK(test::read_model_digest(database.app_url()) == digest);
   CHECK(test::scalar(database.admin_url(), "SELECT watermark FROM rebuild.progress WHERE name = 'balance@2'") == 1'500);
   // The killed rebuild's shadow fills with autovacuum off; the live tables keep theirs.
@@ -281,12 +288,7 @@ TEST_CASE("a rebuild killed half way leaves the live read model untouched and re
   CHECK(test::scalar(database.admin_url(), "SELECT count(*) FROM rebuild.progress") == 0);
 
   // --restart throws a half-done shadow away instead.
-  batches = 0;
-  CHECK_THROWS_AS(replay::rebuild(owner_pool, projections::ProjectionKind::audit, options,
-                                  [&](std::int64_t, std::int64_t) {
-                                    if (++batches == 2) throw Killed{};
-                                  }),
-                  Killed);
+  rebuild_killed_at_commit(owner_pool, projections::ProjectionKind::audit, options, 2);
   options.restart = true;
   CHECK(replay::rebuild(owner_pool, projections::ProjectionKind::audit, options).resumed_from.value() == 0);
   CHECK(test::read_model_digest(database.app_url()) == digest);
@@ -339,13 +341,7 @@ TEST_CASE("a rebuild keeps folded balances across reads and transactions and wri
     CHECK(executions(owner_pool, "ledger_store_balances rebuild.balances") == moving_accounts);
   }
   SUBCASE("every account kept, killed after two transactions and resumed") {
-    struct Killed {};
-    int transactions = 0;
-    CHECK_THROWS_AS(replay::rebuild(owner_pool, projections::ProjectionKind::balance, options,
-                                    [&](std::int64_t, std::int64_t) {
-                                      if (++transactions == 2) throw Killed{};
-                                    }),
-                    Killed);
+    rebuild_killed_at_commit(owner_pool, projections::ProjectionKind::balance, options, 2);
     CHECK(test::scalar(database.admin_url(),
                        "SELECT watermark FROM rebuild.progress WHERE name = 'balance@2'") == 2'100);
     // What the shadow holds at the kill is exactly the fold up to its watermark: the kept
@@ -408,16 +404,7 @@ TEST_CASE("a rebuild fills append-only tables without their keys and adds them b
   replay::RebuildOptions options;
   options.batch_events = 500;
   options.swap_within = 0;
-  struct Killed {};
-  auto kill_after_two_batches = [&] {
-    int batches = 0;
-    CHECK_THROWS_AS(replay::rebuild(owner_pool, projections::ProjectionKind::balance, options,
-                                    [&](std::int64_t, std::int64_t) {
-                                      if (++batches == 2) throw Killed{};
-                                    }),
-                    Killed);
-  };
-  kill_after_two_batches();
+  rebuild_killed_at_commit(owner_pool, projections::ProjectionKind::balance, options, 2);
   CHECK(constraints_of("rebuild.balances") == 1);  // its upserts find rows by it
   CHECK(constraints_of("rebuild.entries") == 0);
 
@@ -436,7 +423,7 @@ TEST_CASE("a rebuild fills append-only tables without their keys and adds them b
   // Killed again from the start; then its keys built, as by a run that died between building
   // them and the swap: the next run resumes and goes on to the swap.
   options.restart = true;
-  kill_after_two_batches();
+  rebuild_killed_at_commit(owner_pool, projections::ProjectionKind::balance, options, 2);
   options.restart = false;
   CHECK(constraints_of("rebuild.entries") == 0);
   execute("ALTER TABLE rebuild.entries ADD CONSTRAINT entries_pkey PRIMARY KEY (account_id, position)");
@@ -450,7 +437,7 @@ TEST_CASE("a rebuild fills append-only tables without their keys and adds them b
   // A binary of the layout before (keys made with the tables, progress under the bare name)
   // never resumes this layout's shadow; and shadow tables made anew under the same names by
   // such a binary are not resumed here: they are started over.
-  kill_after_two_batches();
+  rebuild_killed_at_commit(owner_pool, projections::ProjectionKind::balance, options, 2);
   CHECK(test::scalar(database.admin_url(), "SELECT count(*) FROM rebuild.progress WHERE name = 'balance'") == 0);
   execute("DROP TABLE rebuild.entries; CREATE TABLE rebuild.entries (LIKE read.entries INCLUDING ALL); "
           "INSERT INTO rebuild.progress (name, watermark) VALUES ('balance', 0)");
