@@ -1,15 +1,19 @@
 -- The audit query by stream walks the event store's own (stream_id, version) index and joins
--- read.audit by position (projections/src/read_models.cpp), so the audit model no longer keeps
--- the stream id nor an index on it (issue 18, item 4). That index's keys are random (a
--- `transfer-<id>` stream per transfer): on the bench's store it was 115 MB beside a 210 MB
--- table, and copying 600,000 audit rows into the table with every index took 3.06 s, 1.65 s
--- without it (2026-12-01). Within a stream, versions grow with positions (both follow the commit
--- order), so paging by position through a stream is paging by version.
-DROP INDEX read.audit_stream_idx;
--- Marks the column dropped: no table rewrite, milliseconds on a table of any size. Its space is
--- given back by `ledger rebuild audit` or VACUUM FULL read.audit.
-ALTER TABLE read.audit DROP COLUMN stream_id;
--- A rebuild interrupted before this migration left a shadow table that still has the column,
--- which the projector no longer writes: drop it, so the next run starts the shadow over (its
--- progress row no longer names the shadow's tables).
-DROP TABLE IF EXISTS rebuild.audit;
+-- read.audit by position (projections/src/read_models.cpp), so the audit projector no longer
+-- writes the stream id (issue 18, item 4): its rows leave the column NULL. The index on it
+-- had random keys (a `transfer-<id>` stream per transfer); NULL keys all go to its end, in
+-- position order, so it now grows like the primary key. Measured 2026-12-02 on the bench's
+-- store (catch-up from empty read models to position 1,118,483): the `COPY read.audit`
+-- statements took 24.2 and 28.0 s of PostgreSQL's time with the stream ids written, 22.2 and
+-- 18.0 s with NULLs and the index, 15.5 and 18.0 s without the index; per row, 105 heap and
+-- 210 index bytes with the ids, 78 and 169 with NULLs.
+--
+-- The column and its index stay for the previous release: its serves, which run on the
+-- migrated schema while the serves are rolled (docs/operations.md, "Upgrade with migrations"),
+-- still filter by the column through the index, and its projectors still write it. A later
+-- migration drops both, once no binary that reads them runs. Catalogue changes only: no row
+-- is read or rewritten.
+ALTER TABLE read.audit ALTER COLUMN stream_id DROP NOT NULL;
+-- A rebuild interrupted before this migration left a shadow made LIKE the table before: the
+-- new projector resumes it too.
+ALTER TABLE IF EXISTS rebuild.audit ALTER COLUMN stream_id DROP NOT NULL;

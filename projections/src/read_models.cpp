@@ -17,6 +17,7 @@
 #include "ledger/domain/recorded_event.hpp"
 #include "ledger/domain/types.hpp"
 #include "jsonb_text.hpp"
+#include "stream_cursor.hpp"
 
 namespace ledger::projections {
 
@@ -42,44 +43,6 @@ std::int64_t read_watermark(SnapshotRead& work, std::string_view projection,
       "SELECT position FROM read.partition_watermarks WHERE projection = $1 AND partition = $2",
       std::string(projection), partition);
   return mark.empty() ? watermark : std::max(watermark, mark[0][0].as<std::int64_t>());
-}
-
-// The last version of `stream_id` recorded at or before `position` (0 when none): a page of the
-// stream after that position starts above it. Within a stream versions grow with positions
-// (both follow the commit order), so paging by position through a stream is paging by version
-// through the event store's (stream_id, version) index.
-std::int64_t stream_version_at(SnapshotRead& work, const std::string& stream_id,
-                               std::int64_t position) {
-  if (position <= 0) return 0;
-  // A cursor from the page before is one of the stream's events: one primary-key probe.
-  const auto at = work.exec_params(
-      "SELECT version FROM events WHERE position = $1 AND stream_id = $2", position, stream_id);
-  if (!at.empty()) return at[0][0].as<std::int64_t>();
-  // Any other position: a binary search over the stream's versions, one index probe a step.
-  // Invariant: `low` is 0 or a version recorded at or before `position`; every version above
-  // `high` was recorded after it. Each step reads the first version at or after the middle, so
-  // a version gap (a store written before migration 0006) does not end the search early. A
-  // result too low would only cost time (the query also filters by position); too high loses
-  // rows, which the tests look for from every cursor.
-  std::int64_t low = 0;
-  std::int64_t high =
-      work.exec_params1("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1",
-                        stream_id)[0]
-          .as<std::int64_t>();
-  while (low < high) {
-    const std::int64_t middle = low + (high - low + 1) / 2;
-    const auto next = work.exec_params(
-        "SELECT version, position FROM events WHERE stream_id = $1 AND version >= $2 ORDER BY "
-        "version LIMIT 1",
-        stream_id, middle);
-    if (!next.empty() && next[0][0].as<std::int64_t>() <= high &&
-        next[0][1].as<std::int64_t>() <= position) {
-      low = next[0][0].as<std::int64_t>();
-    } else {
-      high = middle - 1;  // no version in [middle, high], or the first of them is after position
-    }
-  }
-  return low;
 }
 
 }  // namespace

@@ -452,7 +452,8 @@ TEST_CASE("a stalled projection that can apply its position again moves on and c
     work.exec(
         "CREATE FUNCTION read.refuse_777() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
         "IF (SELECT stream_id FROM events WHERE position = NEW.position) = 'account-dave' THEN "
-        "RAISE EXCEPTION 'refuse_777: an entry of account-dave'; END IF; RETURN NEW; END $$");
+        "RAISE EXCEPTION 'refuse_777: an entry of account-dave' USING ERRCODE = 'check_violation'; "
+        "END IF; RETURN NEW; END $$");
     work.exec(
         "CREATE TRIGGER refuse_777 BEFORE INSERT ON read.audit FOR EACH ROW "
         "EXECUTE FUNCTION read.refuse_777()");
@@ -476,6 +477,7 @@ TEST_CASE("a stalled projection that can apply its position again moves on and c
     pqxx::connection admin(stack.database.admin_url());
     pqxx::work work(admin);
     work.exec("DROP TRIGGER refuse_777 ON read.audit");
+    work.exec("DROP FUNCTION read.refuse_777()");
     work.commit();
   }
   REQUIRE(test::eventually([&] {

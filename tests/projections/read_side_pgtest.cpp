@@ -5,6 +5,8 @@
 #include <doctest/doctest.h>
 
 #include <future>
+#include <limits>
+#include <map>
 #include <random>
 #include <set>
 #include <string>
@@ -12,6 +14,7 @@
 
 #include "../engine/engine_fixture.hpp"
 #include "read_side_fixture.hpp"
+#include "stream_cursor.hpp"
 
 using namespace ledger;
 using namespace ledger::domain;
@@ -311,4 +314,45 @@ TEST_CASE(
         "ledger_projector_raise_watermark", "ledger_store_balances read.balances"}) {
     CHECK_MESSAGE(names.count(name) == 1, name);
   }
+}
+
+// The audit query by stream starts its walk of the store's (stream_id, version) index at the
+// version the cursor stands at (projections/src/stream_cursor.hpp). A start too high loses
+// rows; one too low walks the stream from further back on every page: the answer must be
+// exact, for every cursor, also over version gaps (a store written before migration 0006).
+TEST_CASE("a stream's version at a position is exact for every position, across version gaps") {
+  test::TestDatabase database;
+  // Stream s at positions 3, 4, 9, 15, 22, 23 with versions 1, 2, 3, 6, 7, 9; other streams in
+  // between. Written as the owner with the store's triggers off (they refuse the gaps).
+  const std::map<std::int64_t, std::int64_t> version_at_position{{3, 1},  {4, 2},  {9, 3},
+                                                                 {15, 6}, {22, 7}, {23, 9}};
+  {
+    pqxx::connection owner(database.admin_url());
+    pqxx::work work(owner);
+    work.exec("SET LOCAL session_replication_role = replica");
+    for (std::int64_t position = 1; position <= 30; ++position) {
+      const auto found = version_at_position.find(position);
+      const std::string stream =
+          found != version_at_position.end() ? "s" : "other-" + std::to_string(position);
+      const std::int64_t version = found != version_at_position.end() ? found->second : 1;
+      work.exec_params(
+          "INSERT INTO events (position, stream_id, version, event_id, type, schema_version, "
+          "payload, metadata, recorded_at, hash) VALUES ($1, $2, $3, gen_random_uuid(), "
+          "'account_opened', 1, '\\x00', '{}', now(), decode(repeat('00', 32), 'hex'))",
+          position, stream, version);
+    }
+    work.commit();
+  }
+  pqxx::connection connection(database.app_url());
+  pqxx::read_transaction work(connection);
+  for (std::int64_t cursor = -2; cursor <= 32; ++cursor) {
+    std::int64_t expected = 0;
+    for (const auto& [position, version] : version_at_position) {
+      if (position <= cursor) expected = version;
+    }
+    CAPTURE(cursor);
+    CHECK(projections::stream_version_at(work, "s", cursor) == expected);
+    CHECK(projections::stream_version_at(work, "no-such-stream", cursor) == 0);
+  }
+  CHECK(projections::stream_version_at(work, "s", std::numeric_limits<std::int64_t>::max()) == 9);
 }

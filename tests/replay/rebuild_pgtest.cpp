@@ -225,8 +225,8 @@ TEST_CASE("a rebuild under live write load swaps in a read model equal to the fo
   // The swapped-in tables carry the live ones' index names and the application role's grants.
   CHECK(test::scalar(database.app_url(),
                      "SELECT count(*) FROM pg_indexes WHERE schemaname = 'read' AND indexname IN "
-                     "('balances_pkey', 'entries_pkey', 'audit_pkey', 'audit_actor_idx', "
-                     "'audit_type_idx', 'audit_recorded_at_idx')") == 6);
+                     "('balances_pkey', 'entries_pkey', 'audit_pkey', 'audit_actor_idx', 'audit_stream_idx', "
+                     "'audit_type_idx', 'audit_recorded_at_idx')") == 7);
   CHECK(test::scalar(database.app_url(),
                      "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                      "WHERE n.nspname = 'read' AND c.relname IN ('balances', 'entries', 'audit') "
