@@ -13,6 +13,11 @@
 -- still filter by the column through the index, and its projectors still write it. A later
 -- migration drops both, once no binary that reads them runs. Catalogue changes only: no row
 -- is read or rewritten.
+
+-- The ALTERs need the tables' exclusive lock, and every audit read and write would queue behind
+-- one still waiting for it (a running `ledger replay reconcile` holds the table for its whole
+-- run): give up after 5 s instead; `ledger migrate up` can be run again.
+SET LOCAL lock_timeout = '5s';
 ALTER TABLE read.audit ALTER COLUMN stream_id DROP NOT NULL;
 -- A rebuild interrupted before this migration left a shadow made LIKE the table before: the
 -- new projector resumes it too.

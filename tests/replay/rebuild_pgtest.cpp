@@ -10,6 +10,7 @@
 
 #include "../engine/engine_fixture.hpp"
 #include "../projections/read_side_fixture.hpp"
+#include "ledger/db/migrations.hpp"
 #include "ledger/projections/read_models.hpp"
 #include "ledger/replay/rebuild.hpp"
 
@@ -543,4 +544,49 @@ TEST_CASE("a rebuild's statements are planned for its shadow as it grows, not on
   CHECK(custom_plans >= executions(result));
   leases.clear();
   CHECK(differences(owner_pool) == 0);
+}
+
+// Migration 0015 keeps read.audit's stream column, NULL in this release's rows, for the release
+// before. Going down fills it from the store, in the live table and in a half-built shadow, and
+// makes it required again; going up relaxes both, and this release resumes the shadow.
+TEST_CASE("migration 0015 goes down and up over the audit rows of this release and a shadow") {
+  CaughtUpReadSide side(1'000);
+  auto& [database, owner_pool, stack, pool, engine] = side;
+  const std::string admin = database.admin_url();
+  CHECK(test::scalar(admin, "SELECT count(*) FROM read.audit WHERE stream_id IS NULL") ==
+        test::store_head(admin));
+  replay::RebuildOptions options;
+  options.batch_events = 500;
+  options.swap_within = 0;
+  rebuild_killed_at_commit(owner_pool, projections::ProjectionKind::audit, options, 1);
+  CHECK(test::scalar(admin, "SELECT count(*) FROM rebuild.audit WHERE stream_id IS NULL") == 500);
+
+  auto streams_differing = [&](const std::string& table) {
+    return test::scalar(admin, "SELECT count(*) FROM " + table +
+                                   " a LEFT JOIN events e ON e.position = a.position "
+                                   "WHERE a.stream_id IS DISTINCT FROM e.stream_id");
+  };
+  auto stream_required = [&](const std::string& table) {
+    return test::scalar(admin, "SELECT attnotnull::int FROM pg_attribute WHERE attrelid = '" +
+                                   table + "'::regclass AND attname = 'stream_id'") == 1;
+  };
+  db::MigrationRunner runner(admin, db::embedded_migrations());
+  REQUIRE(runner.down(1) == std::vector<int>{15});
+  for (const std::string table : {"read.audit", "rebuild.audit"}) {
+    CAPTURE(table);
+    CHECK(streams_differing(table) == 0);
+    CHECK(stream_required(table));
+  }
+  CHECK(test::scalar(admin, "SELECT count(*) FROM rebuild.audit") == 500);
+
+  REQUIRE(runner.up().size() == 1);
+  CHECK_FALSE(stream_required("read.audit"));
+  CHECK_FALSE(stream_required("rebuild.audit"));
+  // This release resumes the shadow the down filled: its swapped-in table holds both kinds.
+  const auto resumed = replay::rebuild(owner_pool, projections::ProjectionKind::audit, options);
+  CHECK(resumed.resumed_from.value() == 500);
+  CHECK(differences(pool) == 0);
+  CHECK(test::scalar(admin, "SELECT count(*) FROM read.audit WHERE stream_id IS NOT NULL") == 500);
+  CHECK(test::scalar(admin, "SELECT count(*) FROM read.audit") == test::store_head(admin));
+  CHECK(streams_differing("read.audit") == test::store_head(admin) - 500);  // the NULLs
 }

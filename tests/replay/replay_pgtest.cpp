@@ -703,6 +703,8 @@ TEST_CASE("the slim audit model answers what its jsonb copy of every event answe
     CHECK(check_filter(with_actor, [&](const auto& row) {
             return row.stream_id == stream && row.actor == *with_actor.actor;
           }) > 0);
+    with_actor.actor = "nobody";
+    CHECK(check_filter(with_actor, [](const auto&) { return false; }) == 0);
     projections::AuditFilter with_time = by_time;
     with_time.stream_id = stream;
     (void)check_filter(with_time, [&](const auto& row) {
