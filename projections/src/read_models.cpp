@@ -280,8 +280,16 @@ AtWatermark<AuditPage> ReadModels::audit(const AuditFilter& filter) const {
     // shows comes from the event store's row at the same position (one primary-key probe per
     // row). A query by stream walks the store's (stream_id, version) index from the version the
     // cursor stands at, and joins read.audit by position for the other filters (migration 0015).
-    const std::int64_t after_version =
-        filter.stream_id ? stream_version_at(work, *filter.stream_id, filter.after_position) : 0;
+    std::int64_t after_version = 0;
+    std::int64_t through_version = 0;
+    if (filter.stream_id) {
+      after_version = stream_version_at(work, *filter.stream_id, filter.after_position);
+      // The walk stops at the stream's last event the model holds: a model behind the store (a
+      // stalled projector) would otherwise walk every later event of the stream to fill a page.
+      const auto highest =
+          work.exec("SELECT coalesce(max(position), 0) FROM read.audit")[0][0].as<std::int64_t>();
+      through_version = stream_version_at(work, *filter.stream_id, highest);
+    }
     const auto rows = work.exec_params(
         std::string(
             "SELECT e.position, e.stream_id, e.version, e.type, e.event_id::text, "
@@ -289,7 +297,8 @@ AtWatermark<AuditPage> ReadModels::audit(const AuditFilter& filter) const {
             "(extract(epoch FROM e.recorded_at) * 1000000)::bigint, e.payload "
             "FROM read.audit a JOIN events e ON e.position = a.position WHERE a.position > $1 "
             "AND ($2::text IS NULL OR a.actor = $2) "
-            "AND ($3::text IS NULL OR (e.stream_id = $3 AND e.version > $8::bigint)) "
+            "AND ($3::text IS NULL OR (e.stream_id = $3 AND e.version > $8::bigint "
+            "AND e.version <= $9::bigint)) "
             "AND ($4::text IS NULL OR a.type = $4) "
             "AND ($5::bigint IS NULL OR a.recorded_at >= 'epoch'::timestamptz + $5::bigint * "
             "interval '1 microsecond') "
@@ -298,7 +307,7 @@ AtWatermark<AuditPage> ReadModels::audit(const AuditFilter& filter) const {
             (filter.stream_id ? "ORDER BY e.version LIMIT $7" : "ORDER BY a.position LIMIT $7"),
         filter.after_position, text(filter.actor), text(filter.stream_id), text(filter.type),
         from ? from->c_str() : nullptr, to ? to->c_str() : nullptr,
-        static_cast<long long>(filter.limit), after_version);
+        static_cast<long long>(filter.limit), after_version, through_version);
     for (const auto& row : rows) {
       AuditRow audit;
       audit.position = row[0].as<std::int64_t>();

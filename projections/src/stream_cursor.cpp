@@ -17,11 +17,15 @@ std::int64_t stream_version_at(pqxx::transaction_base& work, const std::string& 
   // first version at or after the middle, so a version gap (a store written before migration
   // 0006) does not end the search low. A result too low costs time (the audit query also
   // filters by position), too high loses rows: tests/projections pins the exact answer.
+  const auto last = work.exec_params(
+      "SELECT version, position FROM events WHERE stream_id = $1 ORDER BY version DESC LIMIT 1",
+      stream_id);
+  if (last.empty()) return 0;
+  // A position at or after the stream's last event (the audit model's highest row, when the
+  // stream's last event was applied): one probe.
+  if (last[0][1].as<std::int64_t>() <= position) return last[0][0].as<std::int64_t>();
   std::int64_t low = 0;
-  std::int64_t high =
-      work.exec_params1("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1",
-                        stream_id)[0]
-          .as<std::int64_t>();
+  std::int64_t high = last[0][0].as<std::int64_t>() - 1;
   while (low < high) {
     const std::int64_t span = high - low;  // >= 1; the middle rounds up, so `low` moves
     const std::int64_t middle = low + span / 2 + span % 2;
