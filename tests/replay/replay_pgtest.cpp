@@ -714,12 +714,23 @@ TEST_CASE("the slim audit model answers what its jsonb copy of every event answe
   }
 
   // A model behind the store (a stalled projector): the walk stops at the stream's last event
-  // the model holds, and loses nothing before it.
+  // the model holds, and loses nothing before it. Also holes below that row, as partitioned
+  // projectors leave (alice's partition behind the others): the bound is the model's highest
+  // row, not a watermark.
   const auto held = static_cast<std::int64_t>(expected.size()) / 2;
+  std::set<std::int64_t> missing;
+  for (const auto& row : expected) {
+    if (row.position > held || (row.stream_id == "account-alice" && row.position > held / 2)) {
+      missing.insert(row.position);
+    }
+  }
+  REQUIRE(std::count_if(missing.begin(), missing.end(), [&](auto at) { return at <= held; }) > 0);
   {
     pqxx::connection owner(database.admin_url());
     pqxx::work work(owner);
-    work.exec_params("DELETE FROM read.audit WHERE position > $1", held);
+    for (const auto position : missing) {
+      work.exec_params("DELETE FROM read.audit WHERE position = $1", position);
+    }
     work.commit();
   }
   std::size_t found_behind = 0;
@@ -730,7 +741,7 @@ TEST_CASE("the slim audit model answers what its jsonb copy of every event answe
       after.stream_id = stream;
       after.after_position = cursor;
       found_behind += check_filter(after, [&](const auto& row) {
-        return row.stream_id == stream && row.position > cursor && row.position <= held;
+        return row.stream_id == stream && row.position > cursor && missing.count(row.position) == 0;
       });
     }
   }
