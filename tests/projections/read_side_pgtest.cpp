@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../engine/engine_fixture.hpp"
+#include "catch_up_reads.hpp"
 #include "read_side_fixture.hpp"
 #include "stream_cursor.hpp"
 
@@ -355,4 +356,36 @@ TEST_CASE("a stream's version at a position is exact for every position, across 
     CHECK(projections::stream_version_at(work, "no-such-stream", cursor) == 0);
   }
   CHECK(projections::stream_version_at(work, "s", std::numeric_limits<std::int64_t>::max()) == 9);
+}
+
+// The projectors of `ledger project all` share their catch-up reads (catch_up_reads.hpp): a
+// range one projector took is kept for another still behind it. When a projector finds that
+// the store no longer ends a range as it was read (a restore), it forgets the range: the one
+// behind must read it again, not take the stale copy.
+TEST_CASE("a forgotten catch-up range is read again by the projector behind, not handed out") {
+  test::TestDatabase database;
+  Engine engine(test::engine_settings(database));
+  open_accounts(engine);
+  (void)random_workload(engine, 20, 1);
+  REQUIRE(test::store_head(database.app_url()) >= 15);
+  auto pool = test::make_pool(database.app_url(), 3);
+  projections::CatchUpReads reads(pool, {});
+  const int ahead = 0;
+  const int behind = 0;
+  (void)reads.take(&ahead, 0, 5, 1);
+  (void)reads.take(&behind, 0, 5, 1);
+
+  // Kept for the projector behind: it takes what the one ahead read.
+  const auto first = reads.take(&ahead, 5, 10, 1);
+  const auto shared = reads.take(&behind, 5, 10, 1);
+  CHECK(shared.read_for_another);
+  CHECK(shared.range == first.range);
+
+  const auto stale = reads.take(&ahead, 10, 15, 1);
+  reads.forget(10, 15, 1);
+  const auto again = reads.take(&behind, 10, 15, 1);
+  CHECK_FALSE(again.read_for_another);
+  CHECK(again.range != stale.range);
+  CHECK(again.rows_read == 6);  // positions 10 to 15, the row at low for its hash
+  CHECK(again.range->events.size() == stale.range->events.size());
 }
