@@ -664,6 +664,7 @@ TEST_CASE("the slim audit model answers what its jsonb copy of every event answe
   std::set<std::string> streams{"account-nobody"};
   for (const auto& row : expected) streams.insert(row.stream_id);
   CHECK(streams.size() > 8);
+  std::set<std::int64_t> missing;  // positions deleted from the model below
   auto check_stream_from_every_cursor = [&](const std::string& stream) {
     std::size_t found = 0;
     for (std::int64_t cursor = 0; cursor <= static_cast<std::int64_t>(expected.size()) + 1;
@@ -671,8 +672,9 @@ TEST_CASE("the slim audit model answers what its jsonb copy of every event answe
       projections::AuditFilter after;
       after.stream_id = stream;
       after.after_position = cursor;
-      found += check_filter(
-          after, [&](const auto& row) { return row.stream_id == stream && row.position > cursor; });
+      found += check_filter(after, [&](const auto& row) {
+        return row.stream_id == stream && row.position > cursor && missing.count(row.position) == 0;
+      });
     }
     return found;
   };
@@ -718,7 +720,6 @@ TEST_CASE("the slim audit model answers what its jsonb copy of every event answe
   // projectors leave (alice's partition behind the others): the bound is the model's highest
   // row, not a watermark.
   const auto held = static_cast<std::int64_t>(expected.size()) / 2;
-  std::set<std::int64_t> missing;
   for (const auto& row : expected) {
     if (row.position > held || (row.stream_id == "account-alice" && row.position > held / 2)) {
       missing.insert(row.position);
@@ -734,16 +735,6 @@ TEST_CASE("the slim audit model answers what its jsonb copy of every event answe
     work.commit();
   }
   std::size_t found_behind = 0;
-  for (const auto& stream : streams) {
-    for (std::int64_t cursor = 0; cursor <= static_cast<std::int64_t>(expected.size()) + 1;
-         ++cursor) {
-      projections::AuditFilter after;
-      after.stream_id = stream;
-      after.after_position = cursor;
-      found_behind += check_filter(after, [&](const auto& row) {
-        return row.stream_id == stream && row.position > cursor && missing.count(row.position) == 0;
-      });
-    }
-  }
+  for (const auto& stream : streams) found_behind += check_stream_from_every_cursor(stream);
   CHECK(found_behind > 0);
 }
