@@ -226,8 +226,8 @@ TEST_CASE("a rebuild under live write load swaps in a read model equal to the fo
   // The swapped-in tables carry the live ones' index names and the application role's grants.
   CHECK(test::scalar(database.app_url(),
                      "SELECT count(*) FROM pg_indexes WHERE schemaname = 'read' AND indexname IN "
-                     "('balances_pkey', 'entries_pkey', 'audit_pkey', 'audit_actor_idx', 'audit_stream_idx', "
-                     "'audit_type_idx', 'audit_recorded_at_idx')") == 7);
+                     "('balances_pkey', 'entries_pkey', 'audit_pkey', 'audit_actor_idx', "
+                     "'audit_type_idx', 'audit_recorded_at_idx')") == 6);
   CHECK(test::scalar(database.app_url(),
                      "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                      "WHERE n.nspname = 'read' AND c.relname IN ('balances', 'entries', 'audit') "
@@ -546,47 +546,67 @@ TEST_CASE("a rebuild's statements are planned for its shadow as it grows, not on
   CHECK(differences(owner_pool) == 0);
 }
 
-// Migration 0015 keeps read.audit's stream column, NULL in this release's rows, for the release
-// before. Going down fills it from the store, in the live table and in a half-built shadow, and
-// makes it required again; going up relaxes both, and this release resumes the shadow.
-TEST_CASE("migration 0015 goes down and up over the audit rows of this release and a shadow") {
+// Migration 0015 left read.audit's stream column NULL in the rows its release wrote, and kept
+// it for the release before; 0016 drops it. Going down through both fills it from the store, in
+// the live table and in a half-built shadow, and makes it required again; going up drops it
+// from both, and this release resumes the shadow.
+TEST_CASE("migrations 0016 and 0015 go down and up over the audit rows of this release and a shadow") {
   CaughtUpReadSide side(1'000);
   auto& [database, owner_pool, stack, pool, engine] = side;
   const std::string admin = database.admin_url();
-  CHECK(test::scalar(admin, "SELECT count(*) FROM read.audit WHERE stream_id IS NULL") ==
-        test::store_head(admin));
   replay::RebuildOptions options;
   options.batch_events = 500;
   options.swap_within = 0;
   rebuild_killed_at_commit(owner_pool, projections::ProjectionKind::audit, options, 1);
-  CHECK(test::scalar(admin, "SELECT count(*) FROM rebuild.audit WHERE stream_id IS NULL") == 500);
+  CHECK(test::scalar(admin, "SELECT count(*) FROM rebuild.audit") == 500);
 
   auto streams_differing = [&](const std::string& table) {
     return test::scalar(admin, "SELECT count(*) FROM " + table +
                                    " a LEFT JOIN events e ON e.position = a.position "
                                    "WHERE a.stream_id IS DISTINCT FROM e.stream_id");
   };
-  auto stream_required = [&](const std::string& table) {
-    return test::scalar(admin, "SELECT attnotnull::int FROM pg_attribute WHERE attrelid = '" +
-                                   table + "'::regclass AND attname = 'stream_id'") == 1;
+  // -1: no such column; 0: nullable; 1: required.
+  auto stream_column = [&](const std::string& table) {
+    return test::scalar(admin,
+                        "SELECT coalesce((SELECT attnotnull::int FROM pg_attribute WHERE attrelid = '" +
+                            table + "'::regclass AND attname = 'stream_id' AND NOT attisdropped), -1)");
   };
+  auto stream_index = [&] {
+    return test::scalar(admin, "SELECT count(*) FROM pg_indexes WHERE schemaname = 'read' AND "
+                               "indexname = 'audit_stream_idx'");
+  };
+  CHECK(stream_column("read.audit") == -1);
+  CHECK(stream_column("rebuild.audit") == -1);
+  CHECK(stream_index() == 0);
+
   db::MigrationRunner runner(admin, db::embedded_migrations());
+  REQUIRE(runner.down(1) == std::vector<int>{16});
+  // As 0015 left them: nullable, NULL everywhere, indexed.
+  for (const std::string table : {"read.audit", "rebuild.audit"}) {
+    CAPTURE(table);
+    CHECK(stream_column(table) == 0);
+    CHECK(test::scalar(admin, "SELECT count(*) FROM " + table + " WHERE stream_id IS NOT NULL") == 0);
+  }
+  CHECK(stream_index() == 1);
+
   REQUIRE(runner.down(1) == std::vector<int>{15});
   for (const std::string table : {"read.audit", "rebuild.audit"}) {
     CAPTURE(table);
     CHECK(streams_differing(table) == 0);
-    CHECK(stream_required(table));
+    CHECK(stream_column(table) == 1);
   }
   CHECK(test::scalar(admin, "SELECT count(*) FROM rebuild.audit") == 500);
+  CHECK(test::scalar(admin, "SELECT count(*) FROM read.audit") == test::store_head(admin));
 
-  REQUIRE(runner.up().size() == 1);
-  CHECK_FALSE(stream_required("read.audit"));
-  CHECK_FALSE(stream_required("rebuild.audit"));
-  // This release resumes the shadow the down filled: its swapped-in table holds both kinds.
+  REQUIRE(runner.up().size() == 2);
+  CHECK(stream_column("read.audit") == -1);
+  CHECK(stream_column("rebuild.audit") == -1);
+  CHECK(stream_index() == 0);
+  // This release resumes the shadow the migrations changed under it.
   const auto resumed = replay::rebuild(owner_pool, projections::ProjectionKind::audit, options);
   CHECK(resumed.resumed_from.value() == 500);
   CHECK(differences(pool) == 0);
-  CHECK(test::scalar(admin, "SELECT count(*) FROM read.audit WHERE stream_id IS NOT NULL") == 500);
   CHECK(test::scalar(admin, "SELECT count(*) FROM read.audit") == test::store_head(admin));
-  CHECK(streams_differing("read.audit") == test::store_head(admin) - 500);  // the NULLs
+  CHECK(stream_column("read.audit") == -1);
+  CHECK(stream_index() == 0);
 }
