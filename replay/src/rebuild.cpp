@@ -168,6 +168,28 @@ void build_indexes(pqxx::work& work, const std::string& table) {
   }
 }
 
+// The live table's index set on the shadow, in the swap's transaction: a migration that added
+// or dropped a live index after build_indexes ran (a rollback while a rebuild finishes) is
+// followed here, or the swapped-in table would keep the set of the build's time for good
+// (later rebuilds copy the live table's). Usually nothing to do.
+void follow_live_indexes(pqxx::work& work, const std::string& table) {
+  const auto live_set = live_indexes(work, table);
+  const auto shadow_plain = work.exec_params(
+      "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+      "WHERE i.indrelid = $1::regclass AND NOT EXISTS "
+      "(SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid)",
+      shadow(table));
+  for (const auto& row : shadow_plain) {
+    const std::string name = row[0].as<std::string>();
+    const bool on_live = std::any_of(live_set.begin(), live_set.end(),
+                                     [&](const LiveIndex& index) { return index.name == name; });
+    if (!on_live) {
+      work.exec(std::string("DROP INDEX ") + shadow_schema + "." + work.quote_name(name));
+    }
+  }
+  build_indexes(work, table);
+}
+
 // The read models' statements are prepared once per session (db::exec_statement). A shadow
 // grows from empty with autovacuum off (no ANALYZE, so nothing makes PostgreSQL plan again): a
 // generic plan it settled on while the shadow held a few pages (a sequential scan for
@@ -293,6 +315,7 @@ class Rebuilder {
     }
     writer_->flush(work);
     for (const auto& table : tables_) check_shadow_keys(work, table);
+    for (const auto& table : tables_) follow_live_indexes(work, table);
     for (const auto& table : tables_) swap_table(work, table);
     // Every event up to the rebuilt watermark is applied, in every partition: the watermarks
     // start over from it, split by the topic's partition count when a projector next runs.

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <functional>
+#include <future>
 #include <sstream>
 #include <thread>
 
@@ -609,4 +610,55 @@ TEST_CASE("migrations 0016 and 0015 go down and up over the audit rows of this r
   CHECK(test::scalar(admin, "SELECT count(*) FROM read.audit") == test::store_head(admin));
   CHECK(stream_column("read.audit") == -1);
   CHECK(stream_index() == 0);
+}
+
+// A migration that adds or drops a live index while a rebuild finishes (after the shadow's
+// indexes were built from the live table's: `ledger migrate down` of 0016 re-creates
+// audit_stream_idx) must not be undone by the swap: the swapped-in table has the live table's
+// index set of the swap's moment, or it would keep the old one for good.
+TEST_CASE("a rebuild swaps in the live table's indexes as they are at the swap, not at the index build") {
+  CaughtUpReadSide side(1'000);
+  auto& [database, owner_pool, stack, pool, engine] = side;
+  const std::string admin = database.admin_url();
+  auto audit_indexes = [&](const std::string& schema) {
+    pqxx::connection connection(admin);
+    pqxx::read_transaction work(connection);
+    return work
+        .exec_params1("SELECT coalesce(string_agg(indexname, ',' ORDER BY indexname), '') "
+                      "FROM pg_indexes WHERE schemaname = $1 AND tablename = 'audit'",
+                      schema)[0]
+        .as<std::string>();
+  };
+  const std::string before = audit_indexes("read");
+  CHECK(before == "audit_actor_idx,audit_pkey,audit_recorded_at_idx,audit_type_idx");
+
+  // The rows the swap locks first, held: the rebuild builds the shadow's indexes, then waits.
+  pqxx::connection holder(admin);
+  pqxx::work held(holder);
+  held.exec("SELECT 1 FROM read.partition_watermarks WHERE projection = 'audit' FOR UPDATE");
+  held.exec("SELECT 1 FROM read.projections WHERE name = 'audit' FOR UPDATE");
+  replay::RebuildOptions options;
+  options.batch_events = 500;
+  options.swap_within = 0;
+  auto rebuilt = std::async(std::launch::async, [&] {
+    return replay::rebuild(owner_pool, projections::ProjectionKind::audit, options);
+  });
+  const bool swap_waits = test::eventually([&] {
+    return audit_indexes("rebuild") == before &&
+           test::scalar(admin, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                               "'Lock' AND query LIKE 'SELECT partition FROM read.partition_watermarks%'") > 0;
+  });
+  CHECK(swap_waits);
+  // Meanwhile a migration adds a live index and drops another.
+  {
+    pqxx::connection connection(admin);
+    pqxx::nontransaction migrate(connection);
+    migrate.exec("CREATE INDEX audit_added_idx ON read.audit (recorded_at, position)");
+    migrate.exec("DROP INDEX read.audit_type_idx");
+  }
+  held.commit();
+  const auto result = rebuilt.get();
+  CHECK(result.watermark.value() == test::store_head(admin));
+  CHECK(audit_indexes("read") == "audit_actor_idx,audit_added_idx,audit_pkey,audit_recorded_at_idx");
+  CHECK(differences(pool) == 0);
 }
