@@ -27,18 +27,23 @@ struct LiveIndex {
   std::string constraint;  // PRIMARY KEY (…) / UNIQUE (…) when a constraint owns it
 };
 
-std::vector<LiveIndex> live_indexes(pqxx::work& work, const std::string& table) {
+// The indexes of `relation` (schema-qualified), live or shadow.
+std::vector<LiveIndex> indexes_of(pqxx::work& work, const std::string& relation) {
   std::vector<LiveIndex> indexes;
   const auto rows = work.exec_params(
       "SELECT c.relname, pg_get_indexdef(i.indexrelid), coalesce(pg_get_constraintdef(con.oid), '') "
       "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
       "LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.contype IN ('p', 'u') "
       "WHERE i.indrelid = $1::regclass ORDER BY c.relname",
-      live(table));
+      relation);
   for (const auto& row : rows) {
     indexes.push_back({row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<std::string>()});
   }
   return indexes;
+}
+
+std::vector<LiveIndex> live_indexes(pqxx::work& work, const std::string& table) {
+  return indexes_of(work, live(table));
 }
 
 // The live table's storage parameters, as `name=value, ...` ('' for none).
@@ -150,44 +155,58 @@ void check_shadow_keys(pqxx::work& work, const std::string& table) {
 // The live table's other indexes and the key constraints the fill went without, under their
 // names, on the filled shadow. A run resumed after this committed finds them there. A key the
 // rows break (a row twice) fails here, before the swap, leaving the live table as it was.
-void build_indexes(pqxx::work& work, const std::string& table) {
+// A live index's definition, made on the shadow table (as pg_get_indexdef prints the shadow's).
+std::string on_shadow(const std::string& table, const LiveIndex& index) {
   const std::string on_live = " ON " + live(table) + " ";
+  std::string definition = index.definition;
+  const auto on = definition.find(on_live);
+  if (on == std::string::npos || !definition.starts_with("CREATE ")) {
+    throw std::runtime_error("rebuild: cannot read the definition of index " + index.name);
+  }
+  definition.replace(on, on_live.size(), " ON " + shadow(table) + " ");
+  return definition;
+}
+
+void build_indexes(pqxx::work& work, const std::string& table) {
   for (const auto& index : live_indexes(work, table)) {
     if (!index.constraint.empty()) {
       if (!shadow_has_constraint(work, table, index.name)) add_constraint(work, table, index);
       continue;
     }
-    std::string definition = index.definition;
-    const auto on = definition.find(on_live);
-    if (on == std::string::npos || !definition.starts_with("CREATE ")) {
-      throw std::runtime_error("rebuild: cannot read the definition of index " + index.name);
-    }
-    definition.replace(on, on_live.size(), " ON " + shadow(table) + " ");
+    std::string definition = on_shadow(table, index);
     definition.insert(definition.find(" INDEX ") + 7, "IF NOT EXISTS ");
     work.exec(definition);
   }
 }
 
-// The live table's index set on the shadow, in the swap's transaction: a migration that added
-// or dropped a live index after build_indexes ran (a rollback while a rebuild finishes) is
-// followed here, or the swapped-in table would keep the set of the build's time for good
-// (later rebuilds copy the live table's). Usually nothing to do.
-void follow_live_indexes(pqxx::work& work, const std::string& table) {
-  const auto live_set = live_indexes(work, table);
-  const auto shadow_plain = work.exec_params(
-      "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-      "WHERE i.indrelid = $1::regclass AND NOT EXISTS "
-      "(SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid)",
-      shadow(table));
-  for (const auto& row : shadow_plain) {
-    const std::string name = row[0].as<std::string>();
-    const bool on_live = std::any_of(live_set.begin(), live_set.end(),
-                                     [&](const LiveIndex& index) { return index.name == name; });
-    if (!on_live) {
-      work.exec(std::string("DROP INDEX ") + shadow_schema + "." + work.quote_name(name));
+// The live tables' index sets on the shadows, in the swap's transaction: a migration that
+// added, dropped or redefined a live index or key after build_indexes ran (a rollback while a
+// rebuild finishes) is followed here, or the swapped-in table would keep the set of the
+// build's time for good (later rebuilds copy the live table's). The tables are locked first
+// against DDL (not against readers; the live projectors already wait for the swap's row
+// locks), shadows before live tables as the swap takes them, so the set read stays the live
+// one until the swap commits. Usually nothing to do.
+void follow_live_indexes(pqxx::work& work, const std::vector<std::string>& tables) {
+  for (const auto& table : tables) work.exec("LOCK TABLE " + shadow(table) + " IN SHARE ROW EXCLUSIVE MODE");
+  for (const auto& table : tables) work.exec("LOCK TABLE " + live(table) + " IN SHARE ROW EXCLUSIVE MODE");
+  // Every table's stale indexes go before any is built: a name moved from one table to
+  // another of the model is free again when its new table's turn comes.
+  for (const auto& table : tables) {
+    const auto live_set = live_indexes(work, table);
+    for (const auto& index : indexes_of(work, shadow(table))) {
+      const auto same = std::find_if(live_set.begin(), live_set.end(),
+                                     [&](const LiveIndex& l) { return l.name == index.name; });
+      const bool kept = same != live_set.end() && same->constraint == index.constraint &&
+                        on_shadow(table, *same) == index.definition;
+      if (kept) continue;
+      if (index.constraint.empty()) {
+        work.exec(std::string("DROP INDEX ") + shadow_schema + "." + work.quote_name(index.name));
+      } else {
+        work.exec("ALTER TABLE " + shadow(table) + " DROP CONSTRAINT " + work.quote_name(index.name));
+      }
     }
   }
-  build_indexes(work, table);
+  for (const auto& table : tables) build_indexes(work, table);
 }
 
 // The read models' statements are prepared once per session (db::exec_statement). A shadow
@@ -292,6 +311,7 @@ class Rebuilder {
     pqxx::work work(*lease);
     work.exec("SET LOCAL statement_timeout = 0");
     work.exec("SET LOCAL lock_timeout = '60s'");
+    work.exec("SET LOCAL maintenance_work_mem = '256MB'");  // an index follow_live_indexes builds
     plan_for_a_growing_shadow(work);  // a short log goes in whole with the swap
     // The row locks the live projectors take first in each batch, in their order (partition
     // rows, then the projection's row): they wait here until the swap commits and then find
@@ -314,8 +334,8 @@ class Rebuilder {
       apply(work, batch);
     }
     writer_->flush(work);
+    follow_live_indexes(work, tables_);
     for (const auto& table : tables_) check_shadow_keys(work, table);
-    for (const auto& table : tables_) follow_live_indexes(work, table);
     for (const auto& table : tables_) swap_table(work, table);
     // Every event up to the rebuilt watermark is applied, in every partition: the watermarks
     // start over from it, split by the topic's partition count when a projector next runs.

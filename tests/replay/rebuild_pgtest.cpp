@@ -612,22 +612,33 @@ TEST_CASE("migrations 0016 and 0015 go down and up over the audit rows of this r
   CHECK(stream_index() == 0);
 }
 
-// A migration that adds or drops a live index while a rebuild finishes (after the shadow's
-// indexes were built from the live table's: `ledger migrate down` of 0016 re-creates
+// A migration that adds, drops or redefines a live index while a rebuild finishes (after the
+// shadow's indexes were built from the live table's: `ledger migrate down` of 0016 re-creates
 // audit_stream_idx) must not be undone by the swap: the swapped-in table has the live table's
-// index set of the swap's moment, or it would keep the old one for good.
+// index set of the swap's moment, or it would keep the old one for good. Indexes that did not
+// change are not built again.
 TEST_CASE("a rebuild swaps in the live table's indexes as they are at the swap, not at the index build") {
   CaughtUpReadSide side(1'000);
   auto& [database, owner_pool, stack, pool, engine] = side;
   const std::string admin = database.admin_url();
-  auto audit_indexes = [&](const std::string& schema) {
+  auto text = [&](const std::string& sql) {
     pqxx::connection connection(admin);
     pqxx::read_transaction work(connection);
-    return work
-        .exec_params1("SELECT coalesce(string_agg(indexname, ',' ORDER BY indexname), '') "
-                      "FROM pg_indexes WHERE schemaname = $1 AND tablename = 'audit'",
-                      schema)[0]
-        .as<std::string>();
+    return work.exec1(sql)[0].as<std::string>();
+  };
+  auto execute = [&](const std::string& sql) {
+    pqxx::connection connection(admin);
+    pqxx::nontransaction(connection).exec(sql);
+  };
+  auto audit_indexes = [&](const std::string& schema) {
+    return text("SELECT coalesce(string_agg(indexname, ',' ORDER BY indexname), '') FROM pg_indexes "
+                "WHERE schemaname = '" + schema + "' AND tablename = 'audit'");
+  };
+  auto statement_waits = [&](const std::string& prefix) {
+    return test::eventually([&] {
+      return test::scalar(admin, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                                 "'Lock' AND query LIKE '" + prefix + "%'") > 0;
+    });
   };
   const std::string before = audit_indexes("read");
   CHECK(before == "audit_actor_idx,audit_pkey,audit_recorded_at_idx,audit_type_idx");
@@ -643,22 +654,30 @@ TEST_CASE("a rebuild swaps in the live table's indexes as they are at the swap, 
   auto rebuilt = std::async(std::launch::async, [&] {
     return replay::rebuild(owner_pool, projections::ProjectionKind::audit, options);
   });
-  const bool swap_waits = test::eventually([&] {
-    return audit_indexes("rebuild") == before &&
-           test::scalar(admin, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
-                               "'Lock' AND query LIKE 'SELECT partition FROM read.partition_watermarks%'") > 0;
-  });
-  CHECK(swap_waits);
-  // Meanwhile a migration adds a live index and drops another.
-  {
-    pqxx::connection connection(admin);
-    pqxx::nontransaction migrate(connection);
-    migrate.exec("CREATE INDEX audit_added_idx ON read.audit (recorded_at, position)");
-    migrate.exec("DROP INDEX read.audit_type_idx");
-  }
+  CHECK(test::eventually([&] { return audit_indexes("rebuild") == before; }));
+  CHECK(statement_waits("SELECT partition FROM read.partition_watermarks"));
+  const std::string shadow_key = text("SELECT 'rebuild.audit_pkey'::regclass::oid::text");
+  // Meanwhile a migration adds a live index, drops one and redefines another.
+  execute("CREATE INDEX audit_added_idx ON read.audit (recorded_at, position)");
+  execute("DROP INDEX read.audit_type_idx");
+  execute("DROP INDEX read.audit_actor_idx");
+  execute("CREATE INDEX audit_actor_idx ON read.audit (actor)");
+  // And another once the swap has started: it waits for the shadow's lock here, and must read
+  // the live set only once it holds the tables.
+  pqxx::connection blocker(admin);
+  pqxx::work blocking(blocker);
+  blocking.exec("LOCK TABLE rebuild.audit IN ROW EXCLUSIVE MODE");
   held.commit();
+  CHECK(statement_waits("LOCK TABLE rebuild.audit"));
+  execute("CREATE INDEX audit_late_idx ON read.audit (type)");
+  blocking.commit();
+
   const auto result = rebuilt.get();
   CHECK(result.watermark.value() == test::store_head(admin));
-  CHECK(audit_indexes("read") == "audit_actor_idx,audit_added_idx,audit_pkey,audit_recorded_at_idx");
+  CHECK(audit_indexes("read") ==
+        "audit_actor_idx,audit_added_idx,audit_late_idx,audit_pkey,audit_recorded_at_idx");
+  CHECK(text("SELECT pg_get_indexdef('read.audit_actor_idx'::regclass)") ==
+        "CREATE INDEX audit_actor_idx ON read.audit USING btree (actor)");
+  CHECK(text("SELECT 'read.audit_pkey'::regclass::oid::text") == shadow_key);  // not built again
   CHECK(differences(pool) == 0);
 }
