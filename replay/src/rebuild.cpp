@@ -152,9 +152,6 @@ void check_shadow_keys(pqxx::work& work, const std::string& table) {
   }
 }
 
-// The live table's other indexes and the key constraints the fill went without, under their
-// names, on the filled shadow. A run resumed after this committed finds them there. A key the
-// rows break (a row twice) fails here, before the swap, leaving the live table as it was.
 // A live index's definition, made on the shadow table (as pg_get_indexdef prints the shadow's).
 std::string on_shadow(const std::string& table, const LiveIndex& index) {
   const std::string on_live = " ON " + live(table) + " ";
@@ -167,6 +164,9 @@ std::string on_shadow(const std::string& table, const LiveIndex& index) {
   return definition;
 }
 
+// The live table's other indexes and the key constraints the fill went without, under their
+// names, on the filled shadow. A run resumed after this committed finds them there. A key the
+// rows break (a row twice) fails here, before the swap, leaving the live table as it was.
 void build_indexes(pqxx::work& work, const std::string& table) {
   for (const auto& index : live_indexes(work, table)) {
     if (!index.constraint.empty()) {
