@@ -681,3 +681,47 @@ TEST_CASE("a rebuild swaps in the live table's indexes as they are at the swap, 
   CHECK(text("SELECT 'read.audit_pkey'::regclass::oid::text") == shadow_key);  // not built again
   CHECK(differences(pool) == 0);
 }
+
+// The swap fails half way through following the live indexes (a migration added a column and
+// an index on it to the live table only: the shadow cannot build it): its transaction rolls
+// back whole, so the live table keeps its rows and indexes and the shadow the indexes the swap
+// had already dropped from it, and the run fails with the database's error.
+TEST_CASE("a swap that fails while following the live indexes leaves the live table and the shadow as they were") {
+  CaughtUpReadSide side(1'000);
+  auto& [database, owner_pool, stack, pool, engine] = side;
+  const std::string admin = database.admin_url();
+  auto audit_indexes = [&](const std::string& schema) {
+    pqxx::connection connection(admin);
+    pqxx::read_transaction work(connection);
+    return work
+        .exec1("SELECT coalesce(string_agg(indexname, ',' ORDER BY indexname), '') FROM pg_indexes "
+               "WHERE schemaname = '" + schema + "' AND tablename = 'audit'")[0]
+        .as<std::string>();
+  };
+  const std::string before = audit_indexes("read");
+  pqxx::connection holder(admin);
+  pqxx::work held(holder);
+  held.exec("SELECT 1 FROM read.partition_watermarks WHERE projection = 'audit' FOR UPDATE");
+  held.exec("SELECT 1 FROM read.projections WHERE name = 'audit' FOR UPDATE");
+  replay::RebuildOptions options;
+  options.batch_events = 500;
+  options.swap_within = 0;
+  auto rebuilt = std::async(std::launch::async, [&] {
+    return replay::rebuild(owner_pool, projections::ProjectionKind::audit, options);
+  });
+  CHECK(test::eventually([&] { return audit_indexes("rebuild") == before; }));
+  {
+    pqxx::connection connection(admin);
+    pqxx::nontransaction migrate(connection);
+    migrate.exec("DROP INDEX read.audit_type_idx");  // the swap drops the shadow's first
+    migrate.exec("ALTER TABLE read.audit ADD COLUMN extra bigint");
+    migrate.exec("CREATE INDEX audit_extra_idx ON read.audit (extra)");
+  }
+  held.commit();
+  CHECK_THROWS_WITH(rebuilt.get(), doctest::Contains("extra"));
+  CHECK(audit_indexes("read") ==
+        "audit_actor_idx,audit_extra_idx,audit_pkey,audit_recorded_at_idx");
+  CHECK(audit_indexes("rebuild") == before);  // audit_type_idx's drop rolled back
+  CHECK(test::scalar(admin, "SELECT count(*) FROM read.audit") == test::store_head(admin));
+  CHECK(differences(pool) == 0);
+}
