@@ -1,6 +1,8 @@
 #include "ledger/replay/rebuild.hpp"
 
 #include <algorithm>
+#include <memory>
+#include <utility>
 
 #include <pqxx/pqxx>
 #include <spdlog/spdlog.h>
@@ -54,6 +56,38 @@ std::string live_storage_parameters(pqxx::work& work, const std::string& table) 
           live(table))[0]
       .as<std::string>();
 }
+
+// A session advisory lock on a connection of its own, released however the run ends. Released
+// by statement, not by closing the connection: the server ends a closed session a moment later,
+// and a rebuild started meanwhile (a retry after an error, in the same process) found the lock
+// still taken.
+class RunLock {
+ public:
+  RunLock(const db::ConnectionPool& pool, std::string key)
+      : connection_(pool.connect_dedicated()), key_(std::move(key)) {
+    held_ = pqxx::nontransaction(*connection_)
+                .exec_params1("SELECT pg_try_advisory_lock(hashtext($1))", key_)[0]
+                .as<bool>();
+  }
+  RunLock(const RunLock&) = delete;
+  RunLock& operator=(const RunLock&) = delete;
+  ~RunLock() {
+    if (!held_) return;
+    try {
+      pqxx::nontransaction(*connection_)
+          .exec_params("SELECT pg_advisory_unlock(hashtext($1))", key_);
+    } catch (const std::exception&) {
+      // The connection is gone, and the session's lock with it.
+    }
+  }
+
+  bool held() const { return held_; }
+
+ private:
+  std::unique_ptr<pqxx::connection> connection_;
+  std::string key_;
+  bool held_ = false;
+};
 
 bool sets_autovacuum_enabled(const std::string& storage_parameters) {
   return storage_parameters.find("autovacuum_enabled=") != std::string::npos;
@@ -254,14 +288,9 @@ class Rebuilder {
 
   RebuildResult run() {
     RebuildResult result;
-    // One rebuild of a read model at a time: two would write the same shadow tables. The
-    // session lock lives as long as this connection, which closes however run() ends.
-    const auto lock = pool_.connect_dedicated();
-    if (!pqxx::nontransaction(*lock)
-             .exec_params1("SELECT pg_try_advisory_lock(hashtext($1))", "ledger rebuild " + name_)[0]
-             .as<bool>()) {
-      throw std::runtime_error("another `ledger rebuild " + name_ + "` is running");
-    }
+    // One rebuild of a read model at a time: two would write the same shadow tables.
+    const RunLock lock(pool_, "ledger rebuild " + name_);
+    if (!lock.held()) throw std::runtime_error("another `ledger rebuild " + name_ + "` is running");
     {
       auto lease = pool_.acquire();
       pqxx::work work(*lease);

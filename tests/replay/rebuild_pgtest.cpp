@@ -131,6 +131,14 @@ void rebuild_killed_at_commit(db::ConnectionPool& pool, projections::ProjectionK
                                     if (++seen == commits) throw Killed{};
                                   }),
                   Killed);
+  // Free for the next run at once: a rebuild that ends in an error releases its lock by
+  // statement, so a retry in the same process never finds it still held by the closing session.
+  const auto other = pool.connect_dedicated();
+  const std::string key = "ledger rebuild " + std::string(projections::to_string(kind));
+  CHECK(pqxx::nontransaction(*other)
+            .exec_params1("SELECT pg_try_advisory_lock(hashtext($1))", key)[0]
+            .as<bool>());
+  pqxx::nontransaction(*other).exec_params("SELECT pg_advisory_unlock(hashtext($1))", key);
 }
 
 // What most cases here start from: a read side with some history (`commands` random commands
