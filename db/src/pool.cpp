@@ -60,6 +60,16 @@ ConnectionPool::Lease ConnectionPool::acquire() {
                               std::to_string(settings_.acquire_timeout.count()) + " ms (pool of " +
                               std::to_string(settings_.connections_max) + ")");
   }
+  return take_slot(lock);
+}
+
+std::optional<ConnectionPool::Lease> ConnectionPool::try_acquire() {
+  std::unique_lock lock(mutex_);
+  if (idle_.empty() && open_ >= settings_.connections_max) return std::nullopt;
+  return take_slot(lock);
+}
+
+ConnectionPool::Lease ConnectionPool::take_slot(std::unique_lock<std::mutex>& lock) {
   if (!idle_.empty()) {
     auto connection = std::move(idle_.back());
     idle_.pop_back();

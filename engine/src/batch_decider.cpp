@@ -89,7 +89,7 @@ void BatchDecider::assign_ids(std::vector<Pending>& batch) {
 }
 
 Decided BatchDecider::decide(const StoreReader& store, std::vector<Pending>& batch, bool fresh,
-                           WorkingSet& working) {
+                             WorkingSet& working, const MissingStreamsLoader& load_missing) {
   Decided decided;
   decided.slots.resize(batch.size());
   auto& slots = decided.slots;
@@ -105,7 +105,7 @@ Decided BatchDecider::decide(const StoreReader& store, std::vector<Pending>& bat
   }
   resolve_idempotency(store, batch, slots);
 
-  load_working(store, batch, slots, fresh, working);
+  load_working(store, load_missing, batch, slots, fresh, working);
 
   // Then decide in order.
   const std::int64_t now_us = clock_us_();
@@ -144,8 +144,9 @@ Decided BatchDecider::decide(const StoreReader& store, std::vector<Pending>& bat
 
 // Loads every stream the batch's commands to decide name (the store in one query) into
 // `working`: generated ids as empty streams, then the cache (unless `fresh`), then the store.
-void BatchDecider::load_working(const StoreReader& store, const std::vector<Pending>& batch,
-                                const std::vector<Slot>& slots, bool fresh, WorkingSet& working) {
+void BatchDecider::load_working(const StoreReader& store, const MissingStreamsLoader& load_missing,
+                                const std::vector<Pending>& batch, const std::vector<Slot>& slots,
+                                bool fresh, WorkingSet& working) {
   std::vector<std::string> wanted;
   for (std::size_t i = 0; i < batch.size(); ++i) {
     if (slots[i].kind == Slot::Kind::decide) domain::collect_streams(batch[i].command.body, wanted);
@@ -166,9 +167,9 @@ void BatchDecider::load_working(const StoreReader& store, const std::vector<Pend
     }
   }
   if (!missing.empty()) {
-    for (auto& [id, state] : load_streams(store(), missing, snapshots_, snapshot_writer_)) {
-      working.put(id, std::move(state));
-    }
+    auto loaded = load_missing ? load_missing(missing)
+                               : load_streams(store(), missing, snapshots_, snapshot_writer_);
+    for (auto& [id, state] : loaded) working.put(id, std::move(state));
   }
 }
 

@@ -7,6 +7,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -60,6 +61,11 @@ class UnstorableCommand : public std::runtime_error {
 // alone needs no round trip to the store.
 using StoreReader = std::function<pqxx::transaction_base&()>;
 
+// Reads the streams a batch needs that the cache lacks (load_streams through the StoreReader
+// unless the caller gives another way).
+using MissingStreamsLoader =
+    std::function<std::unordered_map<std::string, StreamState>(const std::vector<std::string>&)>;
+
 // Used on the writer thread only.
 class BatchDecider {
  public:
@@ -80,10 +86,10 @@ class BatchDecider {
   // remembered so that nobody looks them up.
   void assign_ids(std::vector<Pending>& batch);
 
-  // Reads through `store` what the cache (unless `fresh`) does not have; `working` ends
-  // holding every stream the batch touched. Throws UnstorableCommand.
+  // Reads through `store` (or `load_missing`, when given) what the cache (unless `fresh`) does
+  // not have; `working` ends holding every stream the batch touched. Throws UnstorableCommand.
   Decided decide(const StoreReader& store, std::vector<Pending>& batch, bool fresh,
-                 WorkingSet& working);
+                 WorkingSet& working, const MissingStreamsLoader& load_missing = {});
 
   // Positions and versions of each decided command's outcome, from the batch's first position.
   static void fill_positions(std::vector<Slot>& slots, const std::vector<RecordedEvent>& rows,
@@ -94,8 +100,9 @@ class BatchDecider {
                                                 const std::vector<Slot>& slots);
 
  private:
-  void load_working(const StoreReader& store, const std::vector<Pending>& batch,
-                    const std::vector<Slot>& slots, bool fresh, WorkingSet& working);
+  void load_working(const StoreReader& store, const MissingStreamsLoader& load_missing,
+                    const std::vector<Pending>& batch, const std::vector<Slot>& slots, bool fresh,
+                    WorkingSet& working);
   void make_rows(const std::vector<Pending>& batch, const WorkingSet& working,
                  std::int64_t now_us, Decided& decided);
   void resolve_idempotency(const StoreReader& store, std::vector<Pending>& batch,

@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <exception>
+#include <future>
 #include <stdexcept>
 
 #include "ledger/db/sql_text.hpp"
@@ -35,6 +38,10 @@ pqxx::result query(pqxx::transaction_base& work, const std::vector<std::string>&
 // folded is a heap page PostgreSQL reads for a miss on the writer's critical path, against one
 // RocksDB put without a WAL.
 constexpr std::int64_t snapshot_after_folding_events = 8;
+
+// A range read on a connection of its own has at least this many streams: below it the
+// thread and the round trip cost more than the reads they overlap.
+constexpr std::size_t streams_per_spread_range_min = 16;
 
 }  // namespace
 
@@ -149,6 +156,63 @@ std::unordered_map<std::string, domain::StreamState> load_streams(
       }
     }
   }
+  return states;
+}
+
+std::unordered_map<std::string, domain::StreamState> load_streams_spread(
+    pqxx::transaction_base& work, db::ConnectionPool& pool,
+    const std::vector<std::string>& stream_ids, std::size_t extra_connections_max,
+    SnapshotStore* snapshots, SnapshotWriter* writer) {
+  // One free connection is left to the pool's other users (the committer's next batch).
+  const db::PoolStats pool_now = pool.stats();
+  const std::size_t free_now =
+      pool_now.connections_max - std::min(pool_now.connections_max, pool_now.in_use);
+  const std::size_t extra = std::min(extra_connections_max, free_now > 1 ? free_now - 1 : 0);
+  const std::size_t ranges_max =
+      std::min(extra + 1, stream_ids.size() / streams_per_spread_range_min);
+  std::vector<db::ConnectionPool::Lease> leases;
+  while (leases.size() + 1 < ranges_max) {
+    auto lease = pool.try_acquire();
+    if (!lease) break;
+    leases.push_back(std::move(*lease));
+  }
+  if (leases.empty()) return load_streams(work, stream_ids, snapshots, writer);
+
+  // Consecutive ranges of the ids (the callers' are sorted: neighbours share index pages).
+  const std::size_t ranges = leases.size() + 1;
+  std::vector<std::vector<std::string>> range_ids(ranges);
+  for (std::size_t r = 0; r < ranges; ++r) {
+    const auto first =
+        stream_ids.begin() + static_cast<std::ptrdiff_t>(stream_ids.size() * r / ranges);
+    const auto last =
+        stream_ids.begin() + static_cast<std::ptrdiff_t>(stream_ids.size() * (r + 1) / ranges);
+    range_ids[r].assign(first, last);
+  }
+  // Declared after the leases: destroyed first, each future joins its thread before its
+  // connection goes back to the pool.
+  std::vector<std::future<std::unordered_map<std::string, domain::StreamState>>> others;
+  for (std::size_t r = 1; r < ranges; ++r) {
+    others.push_back(std::async(std::launch::async, [&, r] {
+      db::ConnectionPool::Lease& lease = leases[r - 1];
+      try {
+        pqxx::nontransaction read(*lease);
+        return load_streams(read, range_ids[r], snapshots, writer);
+      } catch (...) {
+        lease.discard();  // in doubt: another statement may still be running on it
+        throw;
+      }
+    }));
+  }
+  auto states = load_streams(work, range_ids[0], snapshots, writer);
+  std::exception_ptr failure;
+  for (auto& other : others) {
+    try {
+      states.merge(other.get());
+    } catch (...) {
+      if (!failure) failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
   return states;
 }
 

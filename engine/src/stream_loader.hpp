@@ -1,12 +1,14 @@
 #pragma once
 // Folding streams from the event store, optionally starting from trusted snapshots.
 
+#include <cstddef>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include <pqxx/pqxx>
 
+#include "ledger/db/pool.hpp"
 #include "ledger/domain/decide.hpp"
 #include "ledger/engine/snapshot_store.hpp"
 #include "snapshot_writer.hpp"
@@ -34,5 +36,16 @@ void fold_event(const std::string& stream_id, StreamState& state, std::int64_t v
 [[nodiscard]] std::unordered_map<std::string, domain::StreamState> load_streams(
     pqxx::transaction_base& work, const std::vector<std::string>& stream_ids,
     SnapshotStore* snapshots, SnapshotWriter* writer = nullptr);
+
+// As load_streams, with the streams split in ranges read at once: the first through `work`, each
+// other through a connection of `pool` free now (up to `extra_connections_max`), outside a
+// transaction. A cold store is read one heap page at a time per statement, so the reads in
+// flight grow with the statements. Only for a caller that needs no common snapshot of the
+// streams (each statement sees what is committed when it runs): the pipelined decision path,
+// whose reads are checked by the append's versions. Small loads stay in one statement.
+[[nodiscard]] std::unordered_map<std::string, domain::StreamState> load_streams_spread(
+    pqxx::transaction_base& work, db::ConnectionPool& pool,
+    const std::vector<std::string>& stream_ids, std::size_t extra_connections_max,
+    SnapshotStore* snapshots, SnapshotWriter* writer);
 
 }  // namespace ledger::engine

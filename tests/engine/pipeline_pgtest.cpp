@@ -8,6 +8,7 @@
 #include <future>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "engine_fixture.hpp"
 #include "ledger/db/pool.hpp"
@@ -426,4 +427,43 @@ TEST_CASE("a refusal is never decided on a state another engine has changed sinc
     CHECK_MESSAGE(transfer.accepted(), to_string(transfer.code));
     CHECK(b.read_account("alice")->balance() == Amount(40));
   }
+}
+
+TEST_CASE("a cold engine decides a batch of many uncached streams, read on several connections") {
+  // After a restart every account a batch names is read from the store; the pipelined path
+  // reads them in ranges on the engine's free connections at once (a cold store is read one
+  // heap page at a time per statement). The answers must be those of a warm engine: each
+  // refusal decided on the account's stored state, each transfer on its balance.
+  test::TestDatabase database;
+  auto settings = test::engine_settings(database);
+  settings.database_connections = 6;
+  settings.commit_wait_max = std::chrono::milliseconds(300);  // all of it in one batch
+  constexpr int accounts = 100;
+  auto id = [](int i) { return fmt::format("cold-{:03}", i); };
+  {
+    Engine warm(settings);
+    for (int i = 0; i < accounts; ++i) open_and_fund(warm, id(i), 1'000);
+  }
+  Engine cold(settings);
+  std::vector<std::future<CommandOutcome>> moves, overdraws;
+  for (int i = 0; i < accounts; ++i) {
+    moves.push_back(
+        cold.submit(command(Transfer{"", id(i), id((i + 1) % accounts), Amount(i + 1), eur()})));
+    if (i % 10 == 0) {
+      overdraws.push_back(
+          cold.submit(command(Transfer{"", id(i), id(i + 1), Amount(2'000), eur()})));
+    }
+  }
+  for (auto& outcome : moves) CHECK(outcome.get().accepted());
+  for (auto& outcome : overdraws) CHECK(outcome.get().code == RejectionCode::insufficient_funds);
+  for (int i = 0; i < accounts; ++i) {
+    const std::int64_t received = (i + accounts - 1) % accounts + 1;
+    CHECK(cold.read_account(id(i))->balance() == Amount(1'000 - (i + 1) + received));
+  }
+  // More connections than the decider's and the committer's: the ranges' (the pool keeps them).
+  CHECK(test::scalar(database.app_url(),
+                     "SELECT count(*) - 1 FROM pg_stat_activity WHERE datname = current_database() "
+                     "AND usename = current_user") >= 4);
+  db::ConnectionPool pool(pool_settings(database.app_url()));
+  CHECK(EventStore(pool).verify_chain().ok);
 }

@@ -13,7 +13,10 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <string>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "engine_fixture.hpp"
 #include "ledger/db/pool.hpp"
@@ -648,4 +651,106 @@ TEST_CASE(
   snapshots.remove(stream);
   CHECK(load(nullptr) == 11);
   REQUIRE(snapshots.get(stream).has_value());
+}
+
+TEST_CASE("a load of many streams spread over several connections folds what one statement folds") {
+  // The pipelined decision path reads a cold batch's streams in ranges on the connections the
+  // pool has free (a cold store is read one heap page at a time per statement). Every range
+  // must fold, snapshot and refold as the single statement does, and a range that fails must
+  // fail the load and give up its connection.
+  test::TestDatabase database;
+  const auto directory =
+      std::filesystem::temp_directory_path() / ("ledger-snapshots-spread-" + database.name());
+  std::filesystem::remove_all(directory);
+  const RemovedAtExit removed_at_exit{directory};
+  constexpr int accounts = 100;
+  std::vector<std::string> ids;
+  {
+    Engine engine(test::engine_settings(database));  // no snapshot directory
+    for (int i = 0; i < accounts; ++i) {
+      const std::string id = fmt::format("spread-{:03}", i);
+      open_and_fund(engine, id, i + 1);
+      // Every tenth account long enough to be snapshotted when loaded (8 events folded).
+      for (int d = 0; i % 10 == 0 && d < 10; ++d) {
+        REQUIRE(engine.execute(command(Deposit{id, Amount(1)})).accepted());
+      }
+      ids.push_back(account_stream(id));
+    }
+  }
+  ids.push_back(account_stream("spread-none"));  // no events: comes back empty
+  std::sort(ids.begin(), ids.end());
+
+  // What one statement folds, without snapshots.
+  std::map<std::string, std::string> expected;
+  {
+    pqxx::connection connection(database.app_url());
+    pqxx::read_transaction work(connection);
+    for (const auto& [id, state] : load_streams(work, ids, nullptr)) {
+      expected[id] = SnapshotStore::encode(id, state);
+    }
+  }
+  REQUIRE(expected.size() == ids.size());
+  auto encoded = [](const std::unordered_map<std::string, StreamState>& states) {
+    std::map<std::string, std::string> bytes;
+    for (const auto& [id, state] : states) bytes[id] = SnapshotStore::encode(id, state);
+    return bytes;
+  };
+
+  SnapshotStore snapshots(directory.string());
+  const std::string last_long = account_stream("spread-090");  // in the last range
+  snapshots.put_raw(last_long, "not a snapshot");
+  db::ConnectionPool pool = test::make_pool(database.app_url(), 5);
+  {
+    auto first = pool.acquire();
+    pqxx::nontransaction work(*first);
+    const auto states = load_streams_spread(work, pool, ids, 7, &snapshots, nullptr);
+    CHECK(encoded(states) == expected);
+    // Four ranges: the pool's five connections less the caller's and one left free.
+    CHECK(pool.stats().open == 4);
+  }
+  // Each range snapshotted its long accounts (the corrupt one dropped and written again).
+  for (int i = 0; i < accounts; i += 10) {
+    const auto snapshot = snapshots.get(account_stream(fmt::format("spread-{:03}", i)));
+    REQUIRE(snapshot.has_value());
+    CHECK(snapshot->version.value() == 12);  // opened, funded, ten deposits
+  }
+  SUBCASE("again, from the snapshots") {
+    auto first = pool.acquire();
+    pqxx::nontransaction work(*first);
+    const auto hits_before = snapshots.stats().hits;
+    CHECK(encoded(load_streams_spread(work, pool, ids, 7, &snapshots, nullptr)) == expected);
+    CHECK(snapshots.stats().hits == hits_before + accounts / 10);
+  }
+  SUBCASE("no connection free: one statement") {
+    std::vector<db::ConnectionPool::Lease> held;
+    for (int i = 0; i < 5; ++i) held.push_back(pool.acquire());
+    pqxx::nontransaction work(*held.front());
+    CHECK(encoded(load_streams_spread(work, pool, ids, 7, &snapshots, nullptr)) == expected);
+    CHECK(pool.stats().in_use == 5);
+  }
+  SUBCASE("few streams: one statement") {
+    db::ConnectionPool small = test::make_pool(database.app_url(), 5);
+    auto first = small.acquire();
+    pqxx::nontransaction work(*first);
+    const std::vector<std::string> few(ids.begin(), ids.begin() + 31);
+    CHECK(load_streams_spread(work, small, few, 7, &snapshots, nullptr).size() == few.size());
+    CHECK(small.stats().open == 1);
+  }
+  SUBCASE("a range that fails fails the load, and its connection is dropped") {
+    {
+      pqxx::connection admin(database.admin_url());
+      pqxx::work work(admin);
+      work.exec("SET session_replication_role = replica");  // superuser bypass of the trigger
+      work.exec("UPDATE events SET payload = '\\x00'::bytea WHERE stream_id = '" + last_long +
+                "' AND version = 2");
+      work.commit();
+    }
+    snapshots.remove(last_long);  // folded from the store, through the altered event
+    auto first = pool.acquire();
+    pqxx::nontransaction work(*first);
+    CHECK_THROWS_WITH_AS(load_streams_spread(work, pool, ids, 7, &snapshots, nullptr),
+                         doctest::Contains("cannot be decoded"), std::runtime_error);
+    CHECK(pool.stats().open == 3);  // the failed range's connection discarded, the others back
+    CHECK(pool.stats().in_use == 1);
+  }
 }

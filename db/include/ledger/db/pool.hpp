@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -70,6 +71,9 @@ class ConnectionPool {
   // Waits up to acquire_timeout for a free slot; connects (with retries) when needed.
   // Throws DatabaseUnavailable when no connection can be had.
   [[nodiscard]] Lease acquire();
+  // A connection only if a slot is free now (idle, or one more may be opened): for work that
+  // can do without one, such as an extra reader beside a leased connection.
+  [[nodiscard]] std::optional<Lease> try_acquire();
 
   [[nodiscard]] PoolStats stats() const;
   [[nodiscard]] const PoolSettings& settings() const { return settings_; }
@@ -79,6 +83,8 @@ class ConnectionPool {
   [[nodiscard]] std::unique_ptr<pqxx::connection> connect_dedicated() const;
 
  private:
+  // With `lock` held and a slot free: an idle connection, or a new one (connected unlocked).
+  Lease take_slot(std::unique_lock<std::mutex>& lock);
   void release(std::unique_ptr<pqxx::connection> connection, bool discard);
 
   PoolSettings settings_;
