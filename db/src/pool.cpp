@@ -3,6 +3,7 @@
 #include <pqxx/except>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <thread>
 
 #include "ledger/db/database_url.hpp"
@@ -60,16 +61,24 @@ ConnectionPool::Lease ConnectionPool::acquire() {
                               std::to_string(settings_.acquire_timeout.count()) + " ms (pool of " +
                               std::to_string(settings_.connections_max) + ")");
   }
-  return take_slot(lock);
+  return take_slot(lock, /*one_attempt=*/false);
 }
 
-std::optional<ConnectionPool::Lease> ConnectionPool::try_acquire() {
+std::optional<ConnectionPool::Lease> ConnectionPool::try_acquire(std::size_t keep_free) {
   std::unique_lock lock(mutex_);
+  if (settings_.connections_max - std::min(settings_.connections_max, in_use_) <= keep_free) {
+    return std::nullopt;
+  }
   if (idle_.empty() && open_ >= settings_.connections_max) return std::nullopt;
-  return take_slot(lock);
+  try {
+    return take_slot(lock, /*one_attempt=*/true);
+  } catch (const std::exception&) {
+    return std::nullopt;  // a server refusing clients, or not answering: do without
+  }
 }
 
-ConnectionPool::Lease ConnectionPool::take_slot(std::unique_lock<std::mutex>& lock) {
+ConnectionPool::Lease ConnectionPool::take_slot(std::unique_lock<std::mutex>& lock,
+                                                bool one_attempt) {
   if (!idle_.empty()) {
     auto connection = std::move(idle_.back());
     idle_.pop_back();
@@ -81,7 +90,9 @@ ConnectionPool::Lease ConnectionPool::take_slot(std::unique_lock<std::mutex>& lo
   ++in_use_;
   lock.unlock();
   try {
-    return Lease(this, connect_with_retry(settings_.url, settings_));
+    PoolSettings attempt = settings_;
+    if (one_attempt) attempt.connect_attempts_max = 1;
+    return Lease(this, connect_with_retry(settings_.url, attempt));
   } catch (...) {
     lock.lock();
     --open_;

@@ -42,6 +42,9 @@ constexpr std::int64_t snapshot_after_folding_events = 8;
 // A range read on a connection of its own has at least this many streams: below it the
 // thread and the round trip cost more than the reads they overlap.
 constexpr std::size_t streams_per_spread_range_min = 16;
+// Free connections a spread load leaves to the pool's other users: the committer's next batch,
+// and a second one for its check of a commit in doubt, the hold sweeper or a query.
+constexpr std::size_t spread_load_keeps_free = 2;
 
 }  // namespace
 
@@ -163,16 +166,11 @@ std::unordered_map<std::string, domain::StreamState> load_streams_spread(
     pqxx::transaction_base& work, db::ConnectionPool& pool,
     const std::vector<std::string>& stream_ids, std::size_t extra_connections_max,
     SnapshotStore* snapshots, SnapshotWriter* writer) {
-  // One free connection is left to the pool's other users (the committer's next batch).
-  const db::PoolStats pool_now = pool.stats();
-  const std::size_t free_now =
-      pool_now.connections_max - std::min(pool_now.connections_max, pool_now.in_use);
-  const std::size_t extra = std::min(extra_connections_max, free_now > 1 ? free_now - 1 : 0);
   const std::size_t ranges_max =
-      std::min(extra + 1, stream_ids.size() / streams_per_spread_range_min);
+      std::min(extra_connections_max + 1, stream_ids.size() / streams_per_spread_range_min);
   std::vector<db::ConnectionPool::Lease> leases;
   while (leases.size() + 1 < ranges_max) {
-    auto lease = pool.try_acquire();
+    auto lease = pool.try_acquire(spread_load_keeps_free);
     if (!lease) break;
     leases.push_back(std::move(*lease));
   }
@@ -192,15 +190,10 @@ std::unordered_map<std::string, domain::StreamState> load_streams_spread(
   // connection goes back to the pool.
   std::vector<std::future<std::unordered_map<std::string, domain::StreamState>>> others;
   for (std::size_t r = 1; r < ranges; ++r) {
+    // A range that fails leaves its connection to the pool, which drops it if it broke.
     others.push_back(std::async(std::launch::async, [&, r] {
-      db::ConnectionPool::Lease& lease = leases[r - 1];
-      try {
-        pqxx::nontransaction read(*lease);
-        return load_streams(read, range_ids[r], snapshots, writer);
-      } catch (...) {
-        lease.discard();  // in doubt: another statement may still be running on it
-        throw;
-      }
+      pqxx::nontransaction read(*leases[r - 1]);
+      return load_streams(read, range_ids[r], snapshots, writer);
     }));
   }
   auto states = load_streams(work, range_ids[0], snapshots, writer);

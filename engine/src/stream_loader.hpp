@@ -38,11 +38,12 @@ void fold_event(const std::string& stream_id, StreamState& state, std::int64_t v
     SnapshotStore* snapshots, SnapshotWriter* writer = nullptr);
 
 // As load_streams, with the streams split in ranges read at once: the first through `work`, each
-// other through a connection of `pool` free now (up to `extra_connections_max`), outside a
-// transaction. A cold store is read one heap page at a time per statement, so the reads in
-// flight grow with the statements. Only for a caller that needs no common snapshot of the
-// streams (each statement sees what is committed when it runs): the pipelined decision path,
-// whose reads are checked by the append's versions. Small loads stay in one statement.
+// other through a connection of `pool` free now (up to `extra_connections_max`, leaving two
+// free, none opened with retries), outside a transaction. A cold store is read one heap page
+// at a time per statement, so the reads in flight grow with the statements. Only for a caller
+// that needs no common snapshot of the streams (each statement sees what is committed when it
+// runs): the pipelined decision path, which reads outside a transaction already and learns at
+// the append what other writers committed since. Small loads stay in one statement.
 [[nodiscard]] std::unordered_map<std::string, domain::StreamState> load_streams_spread(
     pqxx::transaction_base& work, db::ConnectionPool& pool,
     const std::vector<std::string>& stream_ids, std::size_t extra_connections_max,

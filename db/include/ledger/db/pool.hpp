@@ -71,9 +71,10 @@ class ConnectionPool {
   // Waits up to acquire_timeout for a free slot; connects (with retries) when needed.
   // Throws DatabaseUnavailable when no connection can be had.
   [[nodiscard]] Lease acquire();
-  // A connection only if a slot is free now (idle, or one more may be opened): for work that
-  // can do without one, such as an extra reader beside a leased connection.
-  [[nodiscard]] std::optional<Lease> try_acquire();
+  // A connection only if more than `keep_free` slots are free now and one is idle or opens at
+  // the first attempt (nothing when it does not): for work that can do without one, such as
+  // an extra reader beside a leased connection, leaving `keep_free` to the pool's other users.
+  [[nodiscard]] std::optional<Lease> try_acquire(std::size_t keep_free = 0);
 
   [[nodiscard]] PoolStats stats() const;
   [[nodiscard]] const PoolSettings& settings() const { return settings_; }
@@ -84,7 +85,7 @@ class ConnectionPool {
 
  private:
   // With `lock` held and a slot free: an idle connection, or a new one (connected unlocked).
-  Lease take_slot(std::unique_lock<std::mutex>& lock);
+  Lease take_slot(std::unique_lock<std::mutex>& lock, bool one_attempt);
   void release(std::unique_ptr<pqxx::connection> connection, bool discard);
 
   PoolSettings settings_;
