@@ -33,7 +33,7 @@ constexpr std::size_t recent_samples_max = 65'536;
 // The system accounts of every currency a batch touches, and more (decide_again).
 constexpr std::size_t loser_cache_streams_max = 4'096;
 // Connections beside the decider's own that a load of many uncached streams may use at once
-// (those the pool has free now, leaving one).
+// (at most those the pool has free now, less two: load_streams_spread).
 constexpr std::size_t spread_load_extra_connections = 7;
 
 // Errors after which the batch, which did not commit, may safely run again: the connection
@@ -224,8 +224,9 @@ struct Pipeline::Impl {
         }
         return load_streams(store(), {stream_id}, snapshots, snapshot_writer).at(stream_id);
       });
-      // Reads here need no common snapshot (the append checks their versions): the streams a
-      // batch misses in the cache, when many (a cold start), are read on several connections.
+      // Reads here need no common snapshot (each statement already sees what is committed when
+      // it runs, and the append learns what other writers committed since): the streams a batch
+      // misses in the cache, when many (a cold start), are read on several connections.
       const MissingStreamsLoader load_spread = [&](const std::vector<std::string>& ids) {
         return load_streams_spread(store(), pool, ids, spread_load_extra_connections, snapshots,
                                    snapshot_writer);
