@@ -10,6 +10,15 @@
 
 namespace ledger::db {
 
+namespace {
+
+// try_acquire's connections: one attempt, waiting at most this long (libpq counts whole seconds,
+// at least 2), and none tried for a while after one failed.
+constexpr std::chrono::milliseconds optional_connect_timeout_max{2'000};
+constexpr std::chrono::seconds optional_opens_pause{10};
+
+}  // namespace
+
 std::unique_ptr<pqxx::connection> connect_with_retry(const std::string& url,
                                                      const PoolSettings& settings) {
   const std::string conninfo =
@@ -69,11 +78,19 @@ std::optional<ConnectionPool::Lease> ConnectionPool::try_acquire(std::size_t kee
   if (settings_.connections_max - std::min(settings_.connections_max, in_use_) <= keep_free) {
     return std::nullopt;
   }
-  if (idle_.empty() && open_ >= settings_.connections_max) return std::nullopt;
+  const auto now = std::chrono::steady_clock::now();
+  if (idle_.empty() && now < optional_opens_paused_until_) return std::nullopt;
   try {
     return take_slot(lock, /*one_attempt=*/true);
-  } catch (const std::exception&) {
-    return std::nullopt;  // a server refusing clients, or not answering: do without
+  } catch (const DatabaseUnavailable& error) {
+    // A server refusing clients or slow to answer: do without, and do not try again for a
+    // while (each try may wait for the connect timeout).
+    optional_opens_paused_until_ = now + optional_opens_pause;
+    spdlog::warn(
+        "an optional PostgreSQL connection could not be opened; not trying again for {} s: {}",
+        std::chrono::duration_cast<std::chrono::seconds>(optional_opens_pause).count(),
+        error.what());
+    return std::nullopt;
   }
 }
 
@@ -91,7 +108,10 @@ ConnectionPool::Lease ConnectionPool::take_slot(std::unique_lock<std::mutex>& lo
   lock.unlock();
   try {
     PoolSettings attempt = settings_;
-    if (one_attempt) attempt.connect_attempts_max = 1;
+    if (one_attempt) {
+      attempt.connect_attempts_max = 1;
+      attempt.connect_timeout = std::min(settings_.connect_timeout, optional_connect_timeout_max);
+    }
     return Lease(this, connect_with_retry(settings_.url, attempt));
   } catch (...) {
     lock.lock();

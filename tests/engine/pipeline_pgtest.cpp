@@ -450,10 +450,12 @@ TEST_CASE("a cold engine decides a batch of many uncached streams, read on sever
   const std::string sessions =
       "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND usename = "
       "current_user AND pid <> pg_backend_pid()";
-  for (int wait = 0; wait < 100 && test::scalar(database.app_url(), sessions) > 0; ++wait) {
+  long long left = test::scalar(database.app_url(), sessions);
+  for (int wait = 0; wait < 100 && left > 0; ++wait) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    left = test::scalar(database.app_url(), sessions);
   }
-  REQUIRE(test::scalar(database.app_url(), sessions) == 0);
+  REQUIRE(left == 0);
   Engine cold(settings);
   std::vector<std::future<CommandOutcome>> moves, overdraws;
   for (int i = 0; i < accounts; ++i) {

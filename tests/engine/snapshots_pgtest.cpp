@@ -752,26 +752,43 @@ TEST_CASE("a load of many streams spread over several connections folds what one
     CHECK_THROWS_WITH_AS(load_streams_spread(work, pool, ids, 7, &snapshots, nullptr),
                          doctest::Contains("cannot be decoded"), std::runtime_error);
     CHECK(pool.stats().in_use == 1);
-    CHECK(pool.stats().open == 3);  // a statement that failed leaves its connection usable
-    CHECK(encoded(load_streams(work, {ids.front()}, nullptr)).size() == 1);
+    CHECK(pool.stats().open == 3);  // a statement that failed leaves its connection usable:
+    std::vector<db::ConnectionPool::Lease> back;
+    for (int i = 0; i < 2; ++i) back.push_back(pool.acquire());
+    for (auto& lease : back) {
+      pqxx::nontransaction read(*lease);
+      CHECK(load_streams(read, {ids.front()}, nullptr).size() == 1);
+    }
+    CHECK(pool.stats().open == 3);
   }
   SUBCASE("a server that refuses more clients: the ranges it lets in") {
     // The pool may open more than the server allows (other processes hold the rest): the load
-    // reads on what it has, at once, without the pool's connect retries, and answers.
+    // reads on what it has (here one idle connection beside the caller's) at once, without the
+    // pool's connect retries, and answers; the next loads try no new connection for a while.
     db::ConnectionPool crowded = test::make_pool(database.app_url(), 8);
     auto first = crowded.acquire();
     auto second = crowded.acquire();
+    { auto idle = crowded.acquire(); }
     // No new connection of a non-superuser (the ones open stay).
     pqxx::connection admin(database.admin_url());
     const std::string alter = "ALTER DATABASE " + admin.quote_name(database.name());
     pqxx::nontransaction(admin).exec(alter + " CONNECTION LIMIT 0");
+    LogCapture log;
     pqxx::nontransaction work(*first);
     const auto started = std::chrono::steady_clock::now();
     const auto states = load_streams_spread(work, crowded, ids, 7, &snapshots, nullptr);
     const auto took = std::chrono::steady_clock::now() - started;
+    const auto again = load_streams_spread(work, crowded, ids, 7, &snapshots, nullptr);
     pqxx::nontransaction(admin).exec(alter + " CONNECTION LIMIT -1");
     CHECK(encoded(states) == expected);
-    CHECK(crowded.stats().open == 2);
+    CHECK(encoded(again) == expected);
+    CHECK(crowded.stats().open == 3);
+    CHECK(crowded.stats().in_use == 2);
     CHECK(took < std::chrono::seconds(2));  // the pool's retries back off for seconds
+    const auto lines = log.take();
+    CHECK(std::count_if(lines.begin(), lines.end(), [](const std::string& line) {
+            return line.find("an optional PostgreSQL connection could not be opened") !=
+                   std::string::npos;
+          }) == 1);  // tried once, not again by the second load
   }
 }

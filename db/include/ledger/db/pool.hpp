@@ -72,8 +72,9 @@ class ConnectionPool {
   // Throws DatabaseUnavailable when no connection can be had.
   [[nodiscard]] Lease acquire();
   // A connection only if more than `keep_free` slots are free now and one is idle or opens at
-  // the first attempt (nothing when it does not): for work that can do without one, such as
-  // an extra reader beside a leased connection, leaving `keep_free` to the pool's other users.
+  // the first attempt within 2 s (nothing when it does not, and no new connection tried for the
+  // next 10 s): for work that can do without one, such as an extra reader beside a leased
+  // connection, leaving `keep_free` to the pool's other users.
   [[nodiscard]] std::optional<Lease> try_acquire(std::size_t keep_free = 0);
 
   [[nodiscard]] PoolStats stats() const;
@@ -95,6 +96,7 @@ class ConnectionPool {
   std::vector<std::unique_ptr<pqxx::connection>> idle_;
   std::size_t open_ = 0;
   std::size_t in_use_ = 0;
+  std::chrono::steady_clock::time_point optional_opens_paused_until_{};
 };
 
 // Opens one connection to `url`, retrying with exponential backoff per `settings`.
