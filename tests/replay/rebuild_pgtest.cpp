@@ -172,6 +172,38 @@ struct OutgrownRebuild {
   replay::RebuildOptions options;
 };
 
+// The index names of <schema>.audit, in order, comma-separated.
+std::string audit_indexes(const std::string& url, const std::string& schema) {
+  pqxx::connection connection(url);
+  pqxx::read_transaction work(connection);
+  return work
+      .exec1("SELECT coalesce(string_agg(indexname, ',' ORDER BY indexname), '') FROM pg_indexes "
+             "WHERE schemaname = '" + schema + "' AND tablename = 'audit'")[0]
+      .as<std::string>();
+}
+
+// An audit rebuild started while the rows its swap locks first are held: it builds the
+// shadow's indexes from the live table's, fills, then waits at the swap until release().
+struct AuditRebuildHeldAtSwap {
+  AuditRebuildHeldAtSwap(const std::string& admin_url, db::ConnectionPool& owner_pool)
+      : holder(admin_url), held(holder) {
+    held.exec("SELECT 1 FROM read.partition_watermarks WHERE projection = 'audit' FOR UPDATE");
+    held.exec("SELECT 1 FROM read.projections WHERE name = 'audit' FOR UPDATE");
+    options.batch_events = 500;
+    options.swap_within = 0;
+    rebuilt = std::async(std::launch::async, [this, &owner_pool] {
+      return replay::rebuild(owner_pool, projections::ProjectionKind::audit, options);
+    });
+  }
+  void release() { held.commit(); }
+
+  replay::RebuildOptions options;
+  // Declared before the held rows: a test that fails early lets them go before it waits here.
+  std::future<replay::RebuildResult> rebuilt;
+  pqxx::connection holder;
+  pqxx::work held;
+};
+
 }  // namespace
 
 TEST_CASE("a rebuild under live write load swaps in a read model equal to the fold; queries never fail") {
@@ -638,10 +670,7 @@ TEST_CASE("a rebuild swaps in the live table's indexes as they are at the swap, 
     pqxx::connection connection(admin);
     pqxx::nontransaction(connection).exec(sql);
   };
-  auto audit_indexes = [&](const std::string& schema) {
-    return text("SELECT coalesce(string_agg(indexname, ',' ORDER BY indexname), '') FROM pg_indexes "
-                "WHERE schemaname = '" + schema + "' AND tablename = 'audit'");
-  };
+  auto audit_indexes = [&](const std::string& schema) { return ::audit_indexes(admin, schema); };
   auto statement_waits = [&](const std::string& prefix) {
     return test::eventually([&] {
       return test::scalar(admin, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
@@ -652,16 +681,7 @@ TEST_CASE("a rebuild swaps in the live table's indexes as they are at the swap, 
   CHECK(before == "audit_actor_idx,audit_pkey,audit_recorded_at_idx,audit_type_idx");
 
   // The rows the swap locks first, held: the rebuild builds the shadow's indexes, then waits.
-  pqxx::connection holder(admin);
-  pqxx::work held(holder);
-  held.exec("SELECT 1 FROM read.partition_watermarks WHERE projection = 'audit' FOR UPDATE");
-  held.exec("SELECT 1 FROM read.projections WHERE name = 'audit' FOR UPDATE");
-  replay::RebuildOptions options;
-  options.batch_events = 500;
-  options.swap_within = 0;
-  auto rebuilt = std::async(std::launch::async, [&] {
-    return replay::rebuild(owner_pool, projections::ProjectionKind::audit, options);
-  });
+  AuditRebuildHeldAtSwap rebuild(admin, owner_pool);
   CHECK(test::eventually([&] { return audit_indexes("rebuild") == before; }));
   CHECK(statement_waits("SELECT partition FROM read.partition_watermarks"));
   const std::string shadow_key = text("SELECT 'rebuild.audit_pkey'::regclass::oid::text");
@@ -675,12 +695,12 @@ TEST_CASE("a rebuild swaps in the live table's indexes as they are at the swap, 
   pqxx::connection blocker(admin);
   pqxx::work blocking(blocker);
   blocking.exec("LOCK TABLE rebuild.audit IN ROW EXCLUSIVE MODE");
-  held.commit();
+  rebuild.release();
   CHECK(statement_waits("LOCK TABLE rebuild.audit"));
   execute("CREATE INDEX audit_late_idx ON read.audit (type)");
   blocking.commit();
 
-  const auto result = rebuilt.get();
+  const auto result = rebuild.rebuilt.get();
   CHECK(result.watermark.value() == test::store_head(admin));
   CHECK(audit_indexes("read") ==
         "audit_actor_idx,audit_added_idx,audit_late_idx,audit_pkey,audit_recorded_at_idx");
@@ -698,25 +718,9 @@ TEST_CASE("a swap that fails while following the live indexes leaves the live ta
   CaughtUpReadSide side(1'000);
   auto& [database, owner_pool, stack, pool, engine] = side;
   const std::string admin = database.admin_url();
-  auto audit_indexes = [&](const std::string& schema) {
-    pqxx::connection connection(admin);
-    pqxx::read_transaction work(connection);
-    return work
-        .exec1("SELECT coalesce(string_agg(indexname, ',' ORDER BY indexname), '') FROM pg_indexes "
-               "WHERE schemaname = '" + schema + "' AND tablename = 'audit'")[0]
-        .as<std::string>();
-  };
+  auto audit_indexes = [&](const std::string& schema) { return ::audit_indexes(admin, schema); };
   const std::string before = audit_indexes("read");
-  pqxx::connection holder(admin);
-  pqxx::work held(holder);
-  held.exec("SELECT 1 FROM read.partition_watermarks WHERE projection = 'audit' FOR UPDATE");
-  held.exec("SELECT 1 FROM read.projections WHERE name = 'audit' FOR UPDATE");
-  replay::RebuildOptions options;
-  options.batch_events = 500;
-  options.swap_within = 0;
-  auto rebuilt = std::async(std::launch::async, [&] {
-    return replay::rebuild(owner_pool, projections::ProjectionKind::audit, options);
-  });
+  AuditRebuildHeldAtSwap rebuild(admin, owner_pool);
   CHECK(test::eventually([&] { return audit_indexes("rebuild") == before; }));
   {
     pqxx::connection connection(admin);
@@ -725,8 +729,8 @@ TEST_CASE("a swap that fails while following the live indexes leaves the live ta
     migrate.exec("ALTER TABLE read.audit ADD COLUMN extra bigint");
     migrate.exec("CREATE INDEX audit_extra_idx ON read.audit (extra)");
   }
-  held.commit();
-  CHECK_THROWS_WITH(rebuilt.get(), doctest::Contains("extra"));
+  rebuild.release();
+  CHECK_THROWS_WITH(rebuild.rebuilt.get(), doctest::Contains("extra"));
   CHECK(audit_indexes("read") ==
         "audit_actor_idx,audit_extra_idx,audit_pkey,audit_recorded_at_idx");
   CHECK(audit_indexes("rebuild") == before);  // audit_type_idx's drop rolled back
