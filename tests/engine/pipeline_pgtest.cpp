@@ -479,3 +479,50 @@ TEST_CASE("a cold engine decides a batch of many uncached streams, read on sever
   db::ConnectionPool pool(pool_settings(database.app_url()));
   CHECK(EventStore(pool).verify_chain().ok);
 }
+
+TEST_CASE("a spread load on connections the server cut answers every command once, decided afresh") {
+  // The server ends the engine's sessions while they sit idle in its pool (a failover, an
+  // operator's pg_terminate_backend): the next cold batch's ranges read on dead connections.
+  // The failed decision falls back to the serial path, which reconnects: every command is
+  // answered once, on the stored states.
+  test::TestDatabase database;
+  auto settings = test::engine_settings(database);
+  settings.database_connections = 6;
+  settings.commit_wait_max = std::chrono::milliseconds(300);  // each round in one batch
+  constexpr int accounts = 100;
+  auto id = [](int round, int i) { return fmt::format("cut-{}-{:03}", round, i); };
+  {
+    auto one_by_one = settings;
+    one_by_one.commit_wait_max = {};
+    Engine warm(one_by_one);
+    for (int round = 0; round < 2; ++round) {
+      for (int i = 0; i < accounts; ++i) open_and_fund(warm, id(round, i), 1'000);
+    }
+  }
+  const long long events_before = test::scalar(database.app_url(), "SELECT count(*) FROM events");
+  Engine cold(settings);
+  auto run_round = [&](int round) {
+    std::vector<std::future<CommandOutcome>> moves;
+    for (int i = 0; i < accounts; ++i) {
+      const Transfer move{"", id(round, i), id(round, (i + 1) % accounts), Amount(i + 1), eur()};
+      moves.push_back(cold.submit(command(move)));
+    }
+    for (auto& outcome : moves) CHECK(outcome.get().accepted());
+  };
+  run_round(0);  // spread: the pool now holds several idle connections
+  const std::string terminate =
+      "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+      "current_database() AND usename = current_user AND pid <> pg_backend_pid()";
+  REQUIRE(test::scalar(database.app_url(), terminate) >= 4);
+  run_round(1);  // its accounts uncached: read on the cut connections first
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < accounts; ++i) {
+      const std::int64_t received = (i + accounts - 1) % accounts + 1;
+      CHECK(cold.read_account(id(round, i))->balance() == Amount(1'000 - (i + 1) + received));
+    }
+  }
+  // Each transfer once: 2 rounds of 100, three events each.
+  CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM events") == events_before + 600);
+  db::ConnectionPool pool(pool_settings(database.app_url()));
+  CHECK(EventStore(pool).verify_chain().ok);
+}
