@@ -1096,7 +1096,9 @@ int main(int argc, char** argv) {
     wrk.port = write_path_port;
     wrk.run_id += "-write-path";
     std::cout << "http (wrk): write path alone (no relay, no projectors), " << seconds << " s ...\n";
+    const auto steps_before = bench::commit_steps(write_path_port);
     const auto write_path_run = bench::run_wrk(wrk);
+    const auto steps_after = bench::commit_steps(write_path_port);
     (void)process::stop(write_path_serve, SIGTERM, std::chrono::seconds(30));
     (void)process::stop(broker, SIGTERM, std::chrono::seconds(10));
 
@@ -1146,6 +1148,30 @@ int main(int argc, char** argv) {
     };
     wrk_rows("whole stack", wrk_run, 1.0, ">= 100%");
     wrk_rows("write path alone", write_path_run, 1.5, ">= 150%");
+    // Where the write path's time goes: one committer appends one batch at a time, holding the
+    // head row for each; its steps per batch.
+    if (const auto batches = steps_after.batches - steps_before.batches;
+        write_path_run.ran && batches > 0) {
+      const std::string what = "write path alone: ";
+      const double per_batch = 1e3 / static_cast<double>(batches);
+      results.push_back({"http (wrk)", what + "commands per committed batch",
+                         static_cast<double>(steps_after.commands - steps_before.commands) /
+                             static_cast<double>(batches),
+                         "commands", "", ""});
+      results.push_back({"http (wrk)", what + "head row held, per batch (mean)",
+                         per_batch * (steps_after.held_seconds - steps_before.held_seconds), "ms",
+                         "", ""});
+      results.push_back({"http (wrk)", what + "of it, COPY of the events (density check included)",
+                         per_batch * (steps_after.events_seconds - steps_before.events_seconds),
+                         "ms", "", ""});
+      results.push_back({"http (wrk)", what + "of it, COPY of the idempotency records",
+                         per_batch * (steps_after.idempotency_keys_seconds -
+                                      steps_before.idempotency_keys_seconds),
+                         "ms", "", ""});
+      results.push_back({"http (wrk)", what + "of it, the head's move and COMMIT",
+                         per_batch * (steps_after.commit_seconds - steps_before.commit_seconds),
+                         "ms", "", ""});
+    }
     for (const auto& [what, run, account_hit_rate] : population_runs) {
       if (!run.ran) {
         results.push_back({"http (wrk) by accounts", what, 0, "commands/s", "", run.problem});

@@ -4,6 +4,8 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <exception>
+
 namespace ledger::bench {
 
 std::string http_get(int port, const std::string& target) {
@@ -26,9 +28,33 @@ std::int64_t metric(const std::string& metrics, const std::string& name) {
 }
 
 double metric_sum(const std::string& metrics, const std::string& name) {
-  const std::string line = "\n" + name + "_sum ";
+  return metric_value(metrics, name + "_sum");
+}
+
+double metric_value(const std::string& metrics, const std::string& name) {
+  const std::string line = "\n" + name + " ";
   const auto at = metrics.find(line);
   return at == std::string::npos ? 0 : std::stod(metrics.substr(at + line.size()));
+}
+
+CommitSteps commit_steps(int port) {
+  std::string text;
+  try {
+    text = http_get(port, "/metrics");
+  } catch (const std::exception&) {
+    return {};  // no serve answering: the run reports no rows for it
+  }
+  auto step = [&](const char* name) {
+    return metric_value(
+        text, std::string(R"(ledger_engine_append_step_seconds_total{step=")") + name + "\"}");
+  };
+  return {metric(text, "ledger_engine_batches_total"),
+          metric(text, R"(ledger_engine_commands_total{outcome="accepted"})") +
+              metric(text, R"(ledger_engine_commands_total{outcome="rejected"})"),
+          metric_sum(text, "ledger_engine_head_lock_held_seconds"),
+          step("events"),
+          step("idempotency_keys"),
+          step("commit")};
 }
 
 AccountCacheLookups account_cache_lookups(int port) {

@@ -16,6 +16,22 @@ namespace ledger::bench {
 // A histogram's sum (`<name>_sum`) in a /metrics text (0 when absent).
 [[nodiscard]] double metric_sum(const std::string& metrics, const std::string& name);
 
+// A series' value, fractional (counters of seconds), in a /metrics text (0 when absent).
+[[nodiscard]] double metric_value(const std::string& metrics, const std::string& name);
+
+// The serve's commits so far and where their hold of the head row went (the engine's
+// append steps): a run's figures are the difference of two readings. All zero when the serve
+// does not answer.
+struct CommitSteps {
+  std::int64_t batches = 0;
+  std::int64_t commands = 0;
+  double held_seconds = 0;
+  double events_seconds = 0;
+  double idempotency_keys_seconds = 0;
+  double commit_seconds = 0;
+};
+[[nodiscard]] CommitSteps commit_steps(int port);
+
 // The serve's state cache lookups of account streams so far.
 struct AccountCacheLookups {
   std::int64_t hits = 0;

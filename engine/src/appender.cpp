@@ -4,10 +4,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <ctime>
 #include <optional>
-#include <string_view>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -17,6 +18,8 @@
 #include "store_sql.hpp"
 
 namespace ledger::engine {
+
+using Clock = std::chrono::steady_clock;
 
 // The engine applies the domain's rules: its types are used unqualified here.
 using namespace domain;  // NOLINT(google-build-using-namespace)
@@ -48,6 +51,11 @@ const std::vector<std::string>& idempotency_key_columns() {
   return columns;
 }
 
+// Adds the time since `started` to `step` of `times`, when the caller asked for them.
+void add_step_time(AppendStepTimes* times, Clock::duration AppendStepTimes::*step,
+                   Clock::time_point started) {
+  if (times != nullptr) times->*step += Clock::now() - started;
+}
 
 // A problem a check of append_checks.hpp found is a bug in deciding, never user input: stop
 // before anything is written.
@@ -178,7 +186,9 @@ void copy_events_or_conflict(Copy&& copy) {
 
 LockedHead write_batch(
     pqxx::work& work, const LockedHead& head, std::vector<RecordedEvent>& events,
-    const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for) {
+    const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
+    AppendStepTimes* times) {
+  const auto events_started = Clock::now();
   const auto count = static_cast<std::int64_t>(events.size());
   assert_no_problem(check_batch_balanced(events));
   assert_no_problem(check_streams_continue(events));
@@ -216,8 +226,11 @@ LockedHead write_batch(
     if (writer) writer->complete();
   });
 #pragma GCC diagnostic pop
+  add_step_time(times, &AppendStepTimes::events, events_started);
 
+  const auto keys_started = Clock::now();
   copy_idempotency_records(work, records_for(GlobalPosition(first)));
+  add_step_time(times, &AppendStepTimes::idempotency_keys, keys_started);
   return {last, std::move(previous_hash)};
 }
 
@@ -232,8 +245,10 @@ LockedHead seal_rows(const LockedHead& head, std::vector<RecordedEvent>& events)
   return {position, std::move(previous_hash)};
 }
 
-void write_sealed(pqxx::work& work, const LockedHead& head, const std::vector<const std::vector<RecordedEvent>*>& parts,
-                  const std::vector<IdempotencyRecord>& records) {
+void write_sealed(pqxx::work& work, const LockedHead& head,
+                  const std::vector<const std::vector<RecordedEvent>*>& parts,
+                  const std::vector<IdempotencyRecord>& records, AppendStepTimes* times) {
+  const auto events_started = Clock::now();
   std::vector<RecordedEvent> all;  // the checks look at the rows of every part together
   std::size_t count = 0;
   for (const auto* part : parts) count += part->size();
@@ -259,10 +274,15 @@ void write_sealed(pqxx::work& work, const LockedHead& head, const std::vector<co
     writer.complete();
   });
 #pragma GCC diagnostic pop
+  add_step_time(times, &AppendStepTimes::events, events_started);
+  const auto keys_started = Clock::now();
   copy_idempotency_records(work, records);
+  add_step_time(times, &AppendStepTimes::idempotency_keys, keys_started);
 }
 
-void commit_batch(pqxx::work& work, const LockedHead& head_after, const std::vector<ExpiryRecord>& expiries) {
+void commit_batch(pqxx::work& work, const LockedHead& head_after,
+                  const std::vector<ExpiryRecord>& expiries, AppendStepTimes* times) {
+  const auto started = Clock::now();
   ArrayLiteral expiry_ids, expiry_times;
   for (const auto& expiry : expiries) {
     expiry_ids.add_text(expiry.transfer_id);
@@ -275,14 +295,15 @@ void commit_batch(pqxx::work& work, const LockedHead& head_after, const std::vec
     throw AppendConflict(error.what());
   }
   work.commit();
+  add_step_time(times, &AppendStepTimes::commit, started);
 }
 
 AppendOutcome append_batch(
     pqxx::work& work, const LockedHead& head, std::vector<RecordedEvent>& events,
     const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
-    const std::vector<ExpiryRecord>& expiries) {
-  const LockedHead after = write_batch(work, head, events, records_for);
-  commit_batch(work, after, expiries);
+    const std::vector<ExpiryRecord>& expiries, AppendStepTimes* times) {
+  const LockedHead after = write_batch(work, head, events, records_for, times);
+  commit_batch(work, after, expiries, times);
   return {GlobalPosition(head.position + 1), GlobalPosition(after.position)};
 }
 

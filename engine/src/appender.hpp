@@ -1,13 +1,13 @@
 #pragma once
 // Writes one batch of events in one PostgreSQL transaction (private to the engine).
 
+#include <chrono>
 #include <functional>
+#include <pqxx/pqxx>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <vector>
-
-#include <pqxx/pqxx>
 
 #include "ledger/engine/event_store.hpp"
 
@@ -58,6 +58,13 @@ struct LockedHead {
   std::string hash;
 };
 
+// How long an append's steps took; the functions below add to it when given one.
+struct AppendStepTimes {
+  std::chrono::steady_clock::duration events{};
+  std::chrono::steady_clock::duration idempotency_keys{};
+  std::chrono::steady_clock::duration commit{};  // moving the head and COMMIT
+};
+
 // Takes the head row (SELECT ... FOR UPDATE) in `work`: until the transaction ends no other
 // appender can commit, so positions stay dense and in commit order, and what is read next
 // about the streams stays current until the commit.
@@ -88,7 +95,7 @@ std::vector<StoredEvent> events_between(pqxx::work& work, std::int64_t from, std
 AppendOutcome append_batch(
     pqxx::work& work, const LockedHead& head, std::vector<RecordedEvent>& events,
     const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
-    const std::vector<ExpiryRecord>& expiries);
+    const std::vector<ExpiryRecord>& expiries, AppendStepTimes* times = nullptr);
 
 // append_batch in two steps, so one transaction can append several decisions under one head
 // lock: write_batch writes the events and idempotency records after `head` (the same checks
@@ -96,8 +103,10 @@ AppendOutcome append_batch(
 // head there and commits.
 LockedHead write_batch(
     pqxx::work& work, const LockedHead& head, std::vector<RecordedEvent>& events,
-    const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for);
-void commit_batch(pqxx::work& work, const LockedHead& head_after, const std::vector<ExpiryRecord>& expiries);
+    const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
+    AppendStepTimes* times = nullptr);
+void commit_batch(pqxx::work& work, const LockedHead& head_after,
+                  const std::vector<ExpiryRecord>& expiries, AppendStepTimes* times = nullptr);
 
 // write_batch split once more, so rows can be decided on rows not yet written: seal_rows gives
 // `events` their positions after `head` and extends the hash chain over them (nothing is
@@ -105,7 +114,8 @@ void commit_batch(pqxx::work& work, const LockedHead& head_after, const std::vec
 // after another from `head`) with one COPY and `records` with another (the same checks and
 // errors as write_batch).
 LockedHead seal_rows(const LockedHead& head, std::vector<RecordedEvent>& events);
-void write_sealed(pqxx::work& work, const LockedHead& head, const std::vector<const std::vector<RecordedEvent>*>& parts,
-                  const std::vector<IdempotencyRecord>& records);
+void write_sealed(pqxx::work& work, const LockedHead& head,
+                  const std::vector<const std::vector<RecordedEvent>*>& parts,
+                  const std::vector<IdempotencyRecord>& records, AppendStepTimes* times = nullptr);
 
 }  // namespace ledger::engine

@@ -724,6 +724,7 @@ struct Pipeline::Impl {
     std::string first_event_id;  // of the commit: how the in-doubt check finds whether it landed
     auto lock_asked = std::chrono::steady_clock::now();
     std::chrono::steady_clock::time_point lock_taken;
+    AppendStepTimes steps;
     try {
       const LockedHead head = lock_head(work);
       lock_taken = std::chrono::steady_clock::now();
@@ -738,7 +739,7 @@ struct Pipeline::Impl {
       result.loser_streams = std::move(split.loser_streams);
       if (!decided.rows.empty()) first_event_id = decided.rows.front().event_id;
       if (decided_states == nullptr || result.losers.empty()) {
-        (void)append_batch(work, head, decided.rows, records_for, decided.expiries);
+        (void)append_batch(work, head, decided.rows, records_for, decided.expiries, &steps);
         coherence.committed(head.position + static_cast<std::int64_t>(decided.rows.size()));
       } else {
         // The winners' rows are sealed, not written: the losers are decided on them, and both
@@ -757,8 +758,8 @@ struct Pipeline::Impl {
           }
           for (const auto& expiry : again.expiries) expiries.push_back(expiry);
         }
-        write_sealed(work, head, {&decided.rows, &result.decided_again_rows.rows}, records);
-        commit_batch(work, after, expiries);
+        write_sealed(work, head, {&decided.rows, &result.decided_again_rows.rows}, records, &steps);
+        commit_batch(work, after, expiries, &steps);
         coherence.committed(after.position);
       }
     } catch (const AppendConflict& conflict) {
@@ -798,16 +799,20 @@ struct Pipeline::Impl {
       throw;
     }
     result.committed = true;
-    count_head_lock(lock_taken - lock_asked, std::chrono::steady_clock::now() - lock_taken);
+    count_head_lock(lock_taken - lock_asked, std::chrono::steady_clock::now() - lock_taken, steps);
     return result;
   }
 
   // A committed append's wait for the head row and its hold of it, through the COMMIT.
-  void count_head_lock(std::chrono::steady_clock::duration waited, std::chrono::steady_clock::duration held) {
+  void count_head_lock(std::chrono::steady_clock::duration waited,
+                       std::chrono::steady_clock::duration held, const AppendStepTimes& steps) {
     using Seconds = std::chrono::duration<double>;
     std::lock_guard lock(stats_mutex);
     counters.head_lock_wait_seconds.observe(Seconds(waited).count());
     counters.head_lock_held_seconds.observe(Seconds(held).count());
+    counters.append_step_seconds.events += Seconds(steps.events).count();
+    counters.append_step_seconds.idempotency_keys += Seconds(steps.idempotency_keys).count();
+    counters.append_step_seconds.commit += Seconds(steps.commit).count();
   }
 
   // Committer thread, under the head lock of `work`, once the batch's rows are sealed (not yet

@@ -125,6 +125,11 @@ TEST_CASE("every command route succeeds and answers command id, position and ver
   CHECK(metric("ledger_engine_head_lock_wait_seconds_count") >= batches);
   CHECK(metric("ledger_engine_head_lock_held_seconds_count") ==
         metric("ledger_engine_head_lock_wait_seconds_count"));
+  // Where the hold went, by step (the engine's tests check each step's share).
+  for (const std::string step : {"events", "idempotency_keys", "commit"}) {
+    const std::string series = "ledger_engine_append_step_seconds_total{step=\"" + step + "\"} ";
+    CHECK_MESSAGE(metrics.body.find(series) != std::string::npos, series);
+  }
   CHECK(metrics.body.find("ledger_state_cache_streams ") != std::string::npos);
   // The state cache's lookups per stream kind, next to the totals.
   for (const std::string kind : {"account", "transfer", "loan", "other"}) {

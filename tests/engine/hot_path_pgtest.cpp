@@ -286,3 +286,49 @@ TEST_CASE("the idempotency lookup probes the key index, whatever the session pla
   MESSAGE("20 lookups of 16 keys scanned the whole table " << scans << " times");
   CHECK(scans == 0);
 }
+
+TEST_CASE(
+    "an append's hold of the head row is told apart by step: events, idempotency records, commit") {
+  test::TestDatabase database;
+  Engine engine(test::engine_settings(database));
+  REQUIRE(engine.execute(test::command(domain::OpenAccount{"alice", test::eur()})).accepted());
+  // Each step made slow by its own, distinct delay: the COPY of events, the COPY of idempotency
+  // records, and the COMMIT (a deferred trigger on the head row runs there).
+  {
+    pqxx::connection admin(database.admin_url());
+    pqxx::work work(admin);
+    work.exec(R"sql(
+      CREATE FUNCTION slow_step() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN PERFORM pg_sleep(TG_ARGV[0]::float8); RETURN NULL; END $$;
+      CREATE TRIGGER slow_events AFTER INSERT ON events
+        FOR EACH STATEMENT EXECUTE FUNCTION slow_step('0.2');
+      CREATE TRIGGER slow_keys AFTER INSERT ON idempotency_keys
+        FOR EACH STATEMENT EXECUTE FUNCTION slow_step('0.5');
+      CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON event_store_head
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_step('0.8');
+    )sql");
+    work.commit();
+  }
+  const auto before = engine.stats();
+  REQUIRE(
+      engine.execute(test::command(domain::Deposit{"alice", Amount(5)}, "step-key")).accepted());
+  for (int attempt = 0; attempt < 500 && engine.stats().batches == before.batches; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const auto after = engine.stats();
+  REQUIRE(after.batches == before.batches + 1);
+  const double events = after.append_step_seconds.events - before.append_step_seconds.events;
+  const double keys =
+      after.append_step_seconds.idempotency_keys - before.append_step_seconds.idempotency_keys;
+  const double commit = after.append_step_seconds.commit - before.append_step_seconds.commit;
+  const double held = after.head_lock_held_seconds.sum() - before.head_lock_held_seconds.sum();
+  INFO("events " << events << " s, keys " << keys << " s, commit " << commit << " s, held " << held
+                 << " s");
+  CHECK(events >= 0.2);
+  CHECK(events < 0.5);
+  CHECK(keys >= 0.5);
+  CHECK(keys < 0.8);
+  CHECK(commit >= 0.8);
+  CHECK(commit < 1.3);
+  CHECK(events + keys + commit <= held);
+}

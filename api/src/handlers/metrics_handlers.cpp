@@ -100,6 +100,19 @@ void append_engine_metrics(std::string& out, const engine::EngineStats& stats) {
   append_prometheus_histogram(out, "ledger_engine_head_lock_held_seconds",
                               "Time a committed append held the event store's head row, through its COMMIT.",
                               stats.head_lock_held_seconds);
+  out +=
+      "# HELP ledger_engine_append_step_seconds_total Time committed appends spent in each step of "
+      "their hold of the head row: the COPY of the events, of the idempotency records, and the "
+      "head's move with the COMMIT.\n";
+  out += "# TYPE ledger_engine_append_step_seconds_total counter\n";
+  const std::pair<const char*, double> steps[] = {
+      {"events", stats.append_step_seconds.events},
+      {"idempotency_keys", stats.append_step_seconds.idempotency_keys},
+      {"commit", stats.append_step_seconds.commit}};
+  for (const auto& [step, seconds] : steps) {
+    out +=
+        fmt::format("ledger_engine_append_step_seconds_total{{step=\"{}\"}} {}\n", step, seconds);
+  }
   append_cache_metrics(out, stats);
   append_hold_expiry_metrics(out, stats.hold_expiry);
 }
