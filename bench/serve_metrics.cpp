@@ -48,7 +48,9 @@ CommitSteps commit_steps(int port) {
     return metric_value(
         text, std::string(R"(ledger_engine_append_step_seconds_total{step=")") + name + "\"}");
   };
-  return {metric(text, "ledger_engine_batches_total"),
+  return {true,
+          metric(text, "ledger_engine_head_lock_held_seconds_count"),
+          metric(text, "ledger_engine_batches_total"),
           metric(text, R"(ledger_engine_commands_total{outcome="accepted"})") +
               metric(text, R"(ledger_engine_commands_total{outcome="rejected"})"),
           metric_sum(text, "ledger_engine_head_lock_held_seconds"),

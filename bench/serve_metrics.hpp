@@ -20,9 +20,11 @@ namespace ledger::bench {
 [[nodiscard]] double metric_value(const std::string& metrics, const std::string& name);
 
 // The serve's commits so far and where their hold of the head row went (the engine's
-// append steps): a run's figures are the difference of two readings. All zero when the serve
-// does not answer.
+// append steps): a run's figures are the difference of two readings. Not `read` (all zero)
+// when the serve does not answer.
 struct CommitSteps {
+  bool read = false;       // the serve answered
+  std::int64_t holds = 0;  // committed appends (each held the head row once)
   std::int64_t batches = 0;
   std::int64_t commands = 0;
   double held_seconds = 0;

@@ -228,8 +228,9 @@ LockedHead write_batch(
 #pragma GCC diagnostic pop
   add_step_time(times, &AppendStepTimes::events, events_started);
 
+  const std::vector<IdempotencyRecord> records = records_for(GlobalPosition(first));
   const auto keys_started = Clock::now();
-  copy_idempotency_records(work, records_for(GlobalPosition(first)));
+  copy_idempotency_records(work, records);
   add_step_time(times, &AppendStepTimes::idempotency_keys, keys_started);
   return {last, std::move(previous_hash)};
 }
@@ -294,7 +295,13 @@ void commit_batch(pqxx::work& work, const LockedHead& head_after,
   } catch (const pqxx::unique_violation& error) {
     throw AppendConflict(error.what());
   }
-  work.commit();
+  try {
+    work.commit();
+  } catch (const pqxx::in_doubt_error&) {
+    // The caller asks the store whether it landed; if it did, this time was its commit's.
+    add_step_time(times, &AppendStepTimes::commit, started);
+    throw;
+  }
   add_step_time(times, &AppendStepTimes::commit, started);
 }
 

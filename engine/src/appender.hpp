@@ -1,9 +1,10 @@
 #pragma once
 // Writes one batch of events in one PostgreSQL transaction (private to the engine).
 
+#include <pqxx/pqxx>
+
 #include <chrono>
 #include <functional>
-#include <pqxx/pqxx>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -58,11 +59,15 @@ struct LockedHead {
   std::string hash;
 };
 
-// How long an append's steps took; the functions below add to it when given one.
+// How long an append's steps took; the functions below add to it when given one. `events` is
+// the events' COPY (write_batch hashes the rows as they stream into it; write_sealed's rows
+// were hashed by seal_rows, outside it); `idempotency_keys` the records' COPY (not building
+// them); `commit` the expiries' insert, the head's move and the COMMIT, also when the COMMIT's
+// outcome is in doubt.
 struct AppendStepTimes {
   std::chrono::steady_clock::duration events{};
   std::chrono::steady_clock::duration idempotency_keys{};
-  std::chrono::steady_clock::duration commit{};  // moving the head and COMMIT
+  std::chrono::steady_clock::duration commit{};
 };
 
 // Takes the head row (SELECT ... FOR UPDATE) in `work`: until the transaction ends no other

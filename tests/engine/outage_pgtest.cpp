@@ -384,6 +384,7 @@ TEST_CASE("a COMMIT lost or unanswered while it held losers decided again answer
       // is decided again inside that append's transaction, whose COMMIT the proxy faults.
       REQUIRE(theirs.execute(command(domain::Withdrawal{"x", Amount(900)})).accepted());
       const auto events_before = test::scalar(database.admin_url(), "SELECT count(*) FROM events");
+      const auto stats_before = mine.stats();
       proxy.fault_next_commit(fault, 300ms);
       auto on_x = mine.submit(command(domain::Deposit{"x", Amount(100)}));
       std::optional<std::future<CommandOutcome>> on_y;
@@ -396,6 +397,13 @@ TEST_CASE("a COMMIT lost or unanswered while it held losers decided again answer
       }
       CHECK(proxy.commits_faulted() == 1);
       CHECK(mine.stats().commands_redecided >= 1);
+      if (fault == Fault::lose_reply) {
+        // The COMMIT landed: its hold counts once, with the time its COMMIT took until in doubt.
+        const auto stats_after = mine.stats();
+        CHECK(stats_after.head_lock_held_seconds.count() ==
+              stats_before.head_lock_held_seconds.count() + 1);
+        CHECK(stats_after.append_step_seconds.commit > stats_before.append_step_seconds.commit);
+      }
       // Each deposit is three events (an entry on each account and the transfer's posting).
       CHECK(test::scalar(database.admin_url(), "SELECT count(*) FROM events") == events_before + (only_losers ? 3 : 6));
       Engine reader(test::engine_settings(database));

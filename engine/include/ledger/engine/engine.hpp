@@ -175,10 +175,11 @@ struct EngineStats {
   // Several serves on one store contend here; their sum of held times bounds their rate.
   Histogram head_lock_wait_seconds{{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1}};
   Histogram head_lock_held_seconds{{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1}};
-  // Where the committed appends' hold of the head row went, summed over them: the COPY of the
-  // events (with the store's density check, and the hashing that streams into it), the COPY of
-  // the idempotency records, and moving the head with the COMMIT (its WAL flush). What is left
-  // of the hold is the engine's own work between them (deciding losers again, for one).
+  // Where the committed appends' hold of the head row went, summed over the holds
+  // head_lock_held_seconds counts: the COPY of the events (with the store's density check),
+  // the COPY of the idempotency records, and the expiries' insert with the head's move and the
+  // COMMIT (its WAL flush). What is left of the hold is the engine's own work between them
+  // (hashing, building the records, deciding losers again).
   AppendStepSeconds append_step_seconds;
   // The in-memory state cache (LRU, in streams) and the RocksDB snapshot cache behind it.
   std::uint64_t cache_streams = 0;
