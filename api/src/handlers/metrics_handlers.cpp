@@ -103,7 +103,8 @@ void append_engine_metrics(std::string& out, const engine::EngineStats& stats) {
   out +=
       "# HELP ledger_engine_append_step_seconds_total Time committed appends spent in each step of "
       "their hold of the head row: the COPY of the events, of the idempotency records, and the "
-      "head's move with the COMMIT (per hold: ledger_engine_head_lock_held_seconds_count).\n";
+      "expiries' insert with the head's move and the COMMIT (per hold: "
+      "ledger_engine_head_lock_held_seconds_count).\n";
   out += "# TYPE ledger_engine_append_step_seconds_total counter\n";
   const std::pair<const char*, double> steps[] = {
       {"events", stats.append_step_seconds.events},

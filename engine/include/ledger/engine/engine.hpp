@@ -178,8 +178,9 @@ struct EngineStats {
   // Where the committed appends' hold of the head row went, summed over the holds
   // head_lock_held_seconds counts: the COPY of the events (with the store's density check),
   // the COPY of the idempotency records, and the expiries' insert with the head's move and the
-  // COMMIT (its WAL flush). What is left of the hold is the engine's own work between them
-  // (hashing, building the records, deciding losers again).
+  // COMMIT (its WAL flush). The rest of the hold: building the records, the reads and
+  // decisions under the lock when another writer moved the head (reconcile, losers decided
+  // again), and, after a COMMIT in doubt that landed, the check that found it.
   AppendStepSeconds append_step_seconds;
   // The in-memory state cache (LRU, in streams) and the RocksDB snapshot cache behind it.
   std::uint64_t cache_streams = 0;
