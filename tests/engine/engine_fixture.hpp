@@ -1,9 +1,11 @@
 #pragma once
 // Shared helpers for engine tests against a real PostgreSQL.
 
+#include <chrono>
+#include <cstdint>
 #include <pqxx/pqxx>
-
 #include <string>
+#include <thread>
 
 #include "ledger/db/pool.hpp"
 #include "ledger/engine/engine.hpp"
@@ -16,6 +18,15 @@ inline engine::EngineSettings engine_settings(const TestDatabase& database) {
   settings.database_url = database.app_url();
   settings.expiry_sweep_interval = std::chrono::milliseconds(0);
   return settings;
+}
+
+// The engine's stats once it counted `commands` commands, waiting up to 5 s: a command is
+// answered before its batch is counted.
+inline engine::EngineStats stats_once_counted(engine::Engine& engine, std::uint64_t commands) {
+  for (int attempt = 0; attempt < 500 && engine.stats().commands < commands; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return engine.stats();
 }
 
 inline Currency eur() { return *Currency::parse("EUR"); }

@@ -332,14 +332,6 @@ void check_one_append_by_step(const EngineStats& before, const EngineStats& afte
   CHECK(events + keys + commit <= held);
 }
 
-// Waits until `engine` counted `commands` commands (answers come before the stats).
-EngineStats stats_after(Engine& engine, std::uint64_t commands) {
-  for (int attempt = 0; attempt < 500 && engine.stats().commands < commands; ++attempt) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return engine.stats();
-}
-
 }  // namespace
 
 TEST_CASE(
@@ -351,7 +343,7 @@ TEST_CASE(
   const auto before = engine.stats();
   REQUIRE(
       engine.execute(test::command(domain::Deposit{"alice", Amount(5)}, "step-key")).accepted());
-  check_one_append_by_step(before, stats_after(engine, before.commands + 1));
+  check_one_append_by_step(before, test::stats_once_counted(engine, before.commands + 1));
 }
 
 TEST_CASE("a commit whose loser is decided again in it counts each step of its hold once") {
@@ -374,7 +366,7 @@ TEST_CASE("a commit whose loser is decided again in it counts each step of its h
   auto on_y = mine.submit(test::command(domain::Withdrawal{"y", Amount(50)}, "winner-y"));
   CHECK(on_x.get().accepted());
   CHECK(on_y.get().accepted());
-  const auto after = stats_after(mine, before.commands + 2);
+  const auto after = test::stats_once_counted(mine, before.commands + 2);
   REQUIRE(after.commands_redecided == before.commands_redecided + 1);
   CHECK(after.batches == before.batches + 1);
   check_one_append_by_step(before, after);

@@ -470,11 +470,7 @@ TEST_CASE("commands decided while another writer holds the head row join the com
     const auto answered = outcome.get();
     CHECK_MESSAGE(answered.accepted(), to_string(answered.code));
   }
-  // Answers come before the stats are counted: wait for the count.
-  for (int attempt = 0; attempt < 500 && mine.stats().commands < before.commands + accounts; ++attempt) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  const auto after = mine.stats();
+  const auto after = test::stats_once_counted(mine, before.commands + accounts);
   REQUIRE(after.commands == before.commands + accounts);
   // One commit for all of them: the decisions made during the wait joined it once it held the row.
   CHECK(after.batches == before.batches + 1);
