@@ -1,9 +1,10 @@
 #pragma once
 // Shared helpers for engine tests against a real PostgreSQL.
 
+#include <pqxx/pqxx>
+
 #include <chrono>
 #include <cstdint>
-#include <pqxx/pqxx>
 #include <string>
 #include <thread>
 
