@@ -35,7 +35,10 @@ struct Shared {
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
   Connection(net::io_context& io, Shared& shared, int index)
-      : socket_(io), timer_(io), shared_(shared), random_(static_cast<unsigned>(index) * 7919u + 1) {
+      : socket_(io),
+        timer_(io),
+        shared_(shared),
+        random_(static_cast<unsigned>(index) * 7919u + 1 + shared.settings.seed * 104'729u) {
     if (shared.settings.rate_per_second > 0) {
       interval_ = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
           shared.settings.connections / shared.settings.rate_per_second));
@@ -70,6 +73,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void send() {
     const int accounts = shared_.settings.accounts;
+    if (shared_.settings.request != LoadRequest::transfer) {
+      const std::string account = "a" + std::to_string(random_() % accounts);
+      const std::string target = shared_.settings.request == LoadRequest::account
+                                     ? "/v1/accounts/" + account
+                                     : "/v1/accounts/" + account + "/entries?limit=20";
+      request_ = "GET " + target + " HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer " +
+                 shared_.settings.token + "\r\n\r\n";
+      return write_request();
+    }
     int from = static_cast<int>(random_() % accounts);
     int to = static_cast<int>(random_() % accounts);
     if (shared_.settings.each_account_once) {
@@ -84,6 +96,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
     request_ = "POST /v1/transfers HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer " +
                shared_.settings.token + "\r\nContent-Type: application/json\r\nContent-Length: " +
                std::to_string(body_.size()) + "\r\n\r\n" + body_;
+    write_request();
+  }
+
+  void write_request() {
     net::async_write(socket_, net::buffer(request_),
                      [self = shared_from_this()](beast::error_code error, std::size_t) {
                        if (error) return self->fail();
@@ -99,7 +115,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
                        const auto now = Clock::now();
                        auto& result = self->shared_.result;
                        const int status = self->parser_->get().result_int();
-                       if (status == 201) {
+                       const int answered =
+                           self->shared_.settings.request == LoadRequest::transfer ? 201 : 200;
+                       if (status == answered) {
                          ++result.ok;
                        } else {
                          ++result.errors;
