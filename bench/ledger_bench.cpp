@@ -1044,10 +1044,15 @@ int main(int argc, char** argv) {
     by_load.close();
     bench::plot_percentiles(work_directory + "/latency_by_load.dat", work_directory + "/latency_by_load.png",
                             "HTTP latency percentiles by offered load (CO-corrected)");
+    // Peak RSS of the runs above (the window below is not part of them).
+    const long serve_rss = bench::peak_rss_kib(serve);
+    const long project_rss = bench::peak_rss_kib(project);
     // Read-model queries under write load (issue 18's read side), in a window of their own so
     // that the 80 % rows stay comparable with earlier runs (beside it, 2026-12-02, that run
     // achieved 1,065 of 1,213/s). Transfers at half the maximum rate, and beside them two
-    // connections each for an account and its statement at 100/s.
+    // connections each for an account and its statement at 100/s. First a few seconds for the
+    // queue the 80 % run may have left to drain.
+    std::this_thread::sleep_for(std::chrono::seconds(3));
     auto half_load = load;
     half_load.rate_per_second = std::max(50.0, 0.5 * sustained_rate);
     half_load.seconds = std::max(5.0, seconds / 2);
@@ -1069,8 +1074,6 @@ int main(int argc, char** argv) {
     const auto beside_queries_run = bench::run_http_load(half_load);
     const auto account_query_run = account_run.get();
     const auto entries_query_run = entries_run.get();
-    const long serve_rss = bench::peak_rss_kib(serve);
-    const long project_rss = bench::peak_rss_kib(project);
     // The rate by account population and cache warmth (issue 18, item 1), the whole stack still
     // running: a restarted serve's in-memory cache is empty (its RocksDB snapshots stay), then
     // every account is touched once, then the 1,000 accounts of a small population.

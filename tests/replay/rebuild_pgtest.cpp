@@ -290,10 +290,10 @@ TEST_CASE("a rebuild under live write load swaps in a read model equal to the fo
                          "'autovacuum_freeze_min_age=0']") == 2);
   // The shadow filled with its autovacuum off, then was vacuumed before the swap (so the live
   // model does not vacuum all of it at once later); the live tables' autovacuum is back on.
-  // Asked of the statistics, which follow the table through its renames: the pages it could
-  // mark all-visible (relallvisible) depend on the snapshots the live load holds meanwhile,
-  // and under CI's load it marked none (2026-12-02). A manual VACUUM is the rebuild's; the
-  // live load inserts too few rows for an autovacuum here.
+  // Asked of the statistics, which follow the table (its oid) through the swap: the pages it
+  // could mark all-visible (relallvisible) depend on the snapshots the live load holds
+  // meanwhile, and under CI's load it marked none (2026-12-02). vacuum_count counts manual
+  // VACUUMs only (autovacuum has a count of its own), and only the rebuild runs one here.
   CHECK(live_tables_with_autovacuum_off(database.app_url()) == 0);
   CHECK(test::scalar(database.app_url(),
                      "SELECT count(*) FROM pg_stat_all_tables WHERE relid IN "
