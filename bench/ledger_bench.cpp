@@ -1060,7 +1060,6 @@ int main(int argc, char** argv) {
     account_queries.connections = 2;
     account_queries.rate_per_second = 100;
     account_queries.request = bench::LoadRequest::account;
-    account_queries.each_account_once = false;
     account_queries.seed = 1;
     auto entries_queries = account_queries;
     entries_queries.request = bench::LoadRequest::entries;
