@@ -30,6 +30,7 @@ struct Shared {
   Clock::time_point end;
   LoadResult result;
   int next_pair = 0;  // each_account_once: the next pair to send (one io thread)
+  std::int64_t in_flight = 0;  // requests sent and neither answered nor failed
 };
 
 class Connection : public std::enable_shared_from_this<Connection> {
@@ -100,6 +101,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   void write_request() {
+    ++shared_.in_flight;
     net::async_write(socket_, net::buffer(request_),
                      [self = shared_from_this()](beast::error_code error, std::size_t) {
                        if (error) return self->fail();
@@ -113,6 +115,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
                      [self = shared_from_this()](beast::error_code error, std::size_t) {
                        if (error) return self->fail();
                        const auto now = Clock::now();
+                       --self->shared_.in_flight;
                        auto& result = self->shared_.result;
                        const int status = self->parser_->get().result_int();
                        const int answered =
@@ -134,7 +137,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
                      });
   }
 
-  void fail() {
+  void fail() {  // the request in flight failed; the connection is not reopened
+    --shared_.in_flight;
     ++shared_.result.errors;
     beast::error_code ignored;
     socket_.close(ignored);
@@ -165,7 +169,11 @@ LoadResult run_http_load(const LoadSettings& settings) {
   for (int i = 0; i < settings.connections; ++i) {
     std::make_shared<Connection>(io, shared, i)->start();
   }
-  io.run();
+  io.run_for(std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(settings.seconds + settings.answer_wait_seconds)));
+  // What the server left unanswered; its connections close with the io_context.
+  shared.result.unanswered = shared.in_flight;
+  shared.result.errors += shared.in_flight;
   shared.result.seconds = std::chrono::duration<double>(Clock::now() - shared.start).count();
   return std::move(shared.result);
 }

@@ -32,11 +32,16 @@ struct LoadSettings {
   // Mixed into each connection's random seed: generators running at once draw different
   // accounts (with one seed, query k went to the account transfer k had just touched).
   unsigned seed = 0;
+  // How long after `seconds` a request sent may still be answered: then the run ends and
+  // what is unanswered counts as errors (a server that stops answering must not hang the
+  // bench).
+  double answer_wait_seconds = 10;
 };
 
 struct LoadResult {
   std::int64_t ok = 0;
-  std::int64_t errors = 0;
+  std::int64_t errors = 0;      // answered otherwise, failed, or unanswered
+  std::int64_t unanswered = 0;  // sent and still unanswered answer_wait_seconds after the run
   double seconds = 0;
   std::vector<std::uint32_t> latencies_us;  // one per answered request
   std::vector<std::int64_t> completions_per_second;
