@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <fstream>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "ledger/db/migrations.hpp"
 #include "test_cluster.hpp"
@@ -140,11 +142,23 @@ TEST_CASE("create writes the next numbered pair of files") {
   std::filesystem::remove_all(directory);
   std::filesystem::create_directories(directory);
   std::ofstream(directory / "0007_existing.up.sql") << "SELECT 1;";
+  // Files that are not NNNN_<name>.up.sql do not count toward the next number.
+  for (const char* decoy : {"0042_later.down.sql", "999_short.up.sql", "00a9_letters.up.sql",
+                            "0099.up.sql", "0077_notes.up.sql.orig", "12345_long.up.sql"}) {
+    std::ofstream(directory / decoy) << "SELECT 1;";
+  }
   const auto path = db::create_migration_files(directory.string(), "add_things");
   CHECK(path == (directory / "0008_add_things.up.sql").string());
   CHECK(std::filesystem::exists(directory / "0008_add_things.down.sql"));
-  CHECK_THROWS_AS((void)db::create_migration_files(directory.string(), "Bad Name"),
-                  db::MigrationError);
+  const std::string longest(60, 'a');
+  CHECK(db::create_migration_files(directory.string(), longest) ==
+        (directory / ("0009_" + longest + ".up.sql")).string());
+  for (const std::string& bad :
+       std::vector<std::string>{"Bad Name", "", "a-b", "x.sql", std::string(61, 'a')}) {
+    INFO(bad);
+    CHECK_THROWS_AS((void)db::create_migration_files(directory.string(), bad), db::MigrationError);
+  }
+  CHECK_FALSE(std::filesystem::exists(directory / "0010_x.sql.up.sql"));
   std::filesystem::remove_all(directory);
 }
 
