@@ -109,10 +109,13 @@ TEST_CASE("read your writes: 1,000 writes each read back at once with min_positi
   for (int i = 1; i <= 1'000; ++i) {
     const std::int64_t position =
         post(client, "/v1/transfers", R"({"from":"alice","to":"bob","amount":3,"currency":"EUR"})");
-    const std::string target = i % 2 == 0 ? "/v1/accounts/bob?min_position=" + std::to_string(position)
-                                          : "/v1/accounts/bob/entries?limit=1&cursor=" +
-                                                std::to_string(position - 1) +
-                                                "&min_position=" + std::to_string(position);
+    // The longest wait the API allows: the default 2 s is a latency budget a loaded machine
+    // (ctest -j 4 on two cores) can miss, and a 504 here would say nothing about staleness.
+    const std::string target = (i % 2 == 0 ? "/v1/accounts/bob?min_position=" + std::to_string(position)
+                                           : "/v1/accounts/bob/entries?limit=1&cursor=" +
+                                                 std::to_string(position - 1) +
+                                                 "&min_position=" + std::to_string(position)) +
+                               "&wait_ms=10000";
     const auto response = client.request("GET", target, "", teller);
     REQUIRE_MESSAGE(response.status == 200, target << " -> " << response.status << " " << response.body);
     const auto document = parse(response.body);

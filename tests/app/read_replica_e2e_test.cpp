@@ -86,10 +86,11 @@ std::string replica_status(test::HttpClient& client) {
 }
 
 // /health answers from a snapshot at most 1 s old, and the replica is checked apart from it:
-// polls (at most 5 s) until it reports `wanted`; returns the last status seen.
+// polls (at most 20 s: a change takes about two refreshes and a check, longer on a loaded
+// machine) until it reports `wanted`; returns the last status seen.
 std::string wait_for_replica_status(test::HttpClient& client, const std::string& wanted) {
   std::string status = replica_status(client);
-  for (int attempt = 0; attempt < 50 && status != wanted; ++attempt) {
+  for (int attempt = 0; attempt < 200 && status != wanted; ++attempt) {
     std::this_thread::sleep_for(100ms);
     status = replica_status(client);
   }

@@ -346,8 +346,9 @@ TEST_CASE("a session stranded mid-commit, which the in-doubt check could not end
   REQUIRE(engine.execute(command(domain::OpenAccount{"alice", eur()})).accepted());
   REQUIRE(engine.execute(command(domain::Deposit{"alice", Amount(1)})).accepted());
   // The COMMIT never arrives and its session stays open, holding the head row, while the
-  // database is unreachable for longer than the in-doubt check tries (about 3.3 s).
-  proxy.fault_next_commit(test::PgFaultProxy::CommitFault::strand_session, 5'000ms);
+  // database is unreachable for longer than the in-doubt check tries (about 3.3 s; well
+  // longer, as a loaded machine stretches the check).
+  proxy.fault_next_commit(test::PgFaultProxy::CommitFault::strand_session, 10'000ms);
   auto lost = engine.submit(command(domain::Deposit{"alice", Amount(100)}));
   CHECK_THROWS_AS(lost.get(), OutcomeUnknown);
   while (proxy.down()) std::this_thread::sleep_for(20ms);

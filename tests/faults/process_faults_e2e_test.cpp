@@ -878,8 +878,10 @@ TEST_CASE("PostgreSQL connections cut and refused for a while") {
   test::TestDatabase database;
   run_scenario(shared_cluster(database), {"pg-refuse",
                                           [](Stack& stack) {
-                                            stack.proxy().cut(4s);
-                                            std::this_thread::sleep_for(4s);
+                                            // Long enough for a health probe to see it
+                                            // on a loaded machine (a refresh is up to 1 s).
+                                            stack.proxy().cut(8s);
+                                            std::this_thread::sleep_for(8s);
                                           },
                                           "database down", says_database_down, expect_no_exits});
 }
@@ -889,7 +891,7 @@ TEST_CASE("a COMMIT lost on its way, then the database cut off") {
   run_scenario(shared_cluster(database),
                {"commit-lost",
                 [](Stack& stack) {
-                  stack.proxy().fault_next_commit(test::PgFaultProxy::CommitFault::lose_commit, 3s);
+                  stack.proxy().fault_next_commit(test::PgFaultProxy::CommitFault::lose_commit, 8s);
                   const auto deadline = Clock::now() + 10s;
                   while (stack.proxy().armed() && Clock::now() < deadline) std::this_thread::sleep_for(10ms);
                   REQUIRE_MESSAGE(!stack.proxy().armed(), "no COMMIT went through the proxy");
