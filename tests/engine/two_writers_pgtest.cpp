@@ -464,6 +464,13 @@ TEST_CASE("commands decided while another writer holds the head row join the com
     outcomes.push_back(mine.submit(command(Deposit{"join-" + std::to_string(i), Amount(1)})));
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+  // The writer has taken every one from the queue (a loaded machine may wake it late), and
+  // had time to decide the last.
+  const auto taken_by = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (mine.stats().queued != 0 && std::chrono::steady_clock::now() < taken_by) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(mine.stats().queued == 0);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   held.abort();
   for (auto& outcome : outcomes) {
