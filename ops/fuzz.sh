@@ -42,6 +42,12 @@ fuzz_target() {
 # LEDGER_FUZZ_JOBS targets at a time (default 2, one per core: each runs single-threaded, so
 # every target still gets its full time on a core).
 jobs="${LEDGER_FUZZ_JOBS:-2}"
+if ! [[ "$jobs" =~ ^[1-9][0-9]*$ ]]; then
+  echo "ops/fuzz.sh: LEDGER_FUZZ_JOBS must be a whole number of 1 or more, not '$jobs'" >&2
+  exit 2
+fi
+# A stopped script (Ctrl-C, a CI timeout) takes its fuzzers with it.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 running=0
 for target in "${targets[@]}"; do
   if [ "$running" -ge "$jobs" ]; then
@@ -63,7 +69,7 @@ for target in "${targets[@]}"; do
   # A target that stops on a seed prints neither line: `|| true` keeps set -e from ending here.
   executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1 || true)
   coverage=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)
-  found=$(find "$findings" -maxdepth 1 -type f | wc -l)
+  found=$(find "$findings" -maxdepth 1 -type f 2>/dev/null | wc -l || true)
   if [ "$status" = 0 ] && [ "$found" -eq 0 ]; then
     passed=$((passed + 1))
     echo "fuzz: $target: ok, ${executions:-0} executions in ${seconds} s, coverage ${coverage:-?} edges"
