@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -160,6 +161,29 @@ TEST_CASE("create writes the next numbered pair of files") {
   }
   CHECK_FALSE(std::filesystem::exists(directory / "0010_x.sql.up.sql"));
   std::filesystem::remove_all(directory);
+}
+
+TEST_CASE("create refuses a name that would write outside the migrations directory, and writes nothing") {
+  // The name is checked by hand, character by character: a path separator, a parent step or a
+  // NUL byte (which would cut the path short in the C library) must never reach the file name.
+  const auto parent = std::filesystem::temp_directory_path() / "ledger-migrations-escape";
+  const auto directory = parent / "migrations";
+  std::filesystem::remove_all(parent);
+  std::filesystem::create_directories(directory);
+  const auto files_under = [&] {
+    return std::distance(std::filesystem::recursive_directory_iterator(parent),
+                         std::filesystem::recursive_directory_iterator{});
+  };
+  const auto before = files_under();
+  for (const std::string& hostile :
+       std::vector<std::string>{"../escape", "sub/dir", "/tmp/absolute", "..", std::string("a\0b", 3),
+                                "name\n", "caf\xc3\xa9"}) {
+    INFO(hostile);
+    CHECK_THROWS_AS((void)db::create_migration_files(directory.string(), hostile), db::MigrationError);
+  }
+  CHECK(files_under() == before);
+  CHECK_FALSE(std::filesystem::exists(parent / "0001_escape.up.sql"));
+  std::filesystem::remove_all(parent);
 }
 
 TEST_CASE("the application role cannot update, delete or truncate events; nobody can by default") {
