@@ -2,6 +2,8 @@
 
 #include <cstdio>
 #include <ctime>
+#include <limits>
+#include <stdexcept>
 
 #include "ledger/core/hex.hpp"
 
@@ -70,6 +72,110 @@ void ArrayLiteral::add_bytes(std::string_view bytes) {
 std::string ArrayLiteral::finish() {
   text_.push_back('}');
   return std::move(text_);
+}
+
+namespace {
+
+// The binary format is big-endian throughout.
+void put_u16(std::string& out, std::uint16_t value) {
+  out.push_back(static_cast<char>(value >> 8));
+  out.push_back(static_cast<char>(value));
+}
+
+void put_u32(std::string& out, std::uint32_t value) {
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<char>(value >> shift));
+}
+
+void put_u64(std::string& out, std::uint64_t value) {
+  for (int shift = 56; shift >= 0; shift -= 8) out.push_back(static_cast<char>(value >> shift));
+}
+
+// An element's length prefix: the format has 32 bits for it (PostgreSQL caps a value at 1 GB).
+void put_length(std::string& out, std::size_t length) {
+  if (length > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max())) {
+    throw std::length_error("an array element longer than PostgreSQL's binary format allows");
+  }
+  put_u32(out, static_cast<std::uint32_t>(length));
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// timestamptz counts microseconds from 2000-01-01 00:00:00 UTC.
+constexpr std::int64_t postgres_epoch_micros = 946'684'800'000'000;
+
+}  // namespace
+
+BinaryArray::BinaryArray(Element element) : element_(element) {}
+
+void BinaryArray::add_int8(std::int64_t value) {
+  put_u32(elements_, 8);
+  put_u64(elements_, static_cast<std::uint64_t>(value));
+  ++count_;
+}
+
+void BinaryArray::add_int2(std::int16_t value) {
+  put_u32(elements_, 2);
+  put_u16(elements_, static_cast<std::uint16_t>(value));
+  ++count_;
+}
+
+void BinaryArray::add_bytes(std::string_view bytes) {
+  put_length(elements_, bytes.size());
+  elements_ += bytes;
+  ++count_;
+}
+
+void BinaryArray::add_timestamp(std::int64_t micros_since_epoch) {
+  add_int8(micros_since_epoch - postgres_epoch_micros);
+}
+
+void BinaryArray::add_uuid(std::string_view text) {
+  std::string bytes;
+  bytes.reserve(16);
+  std::size_t i = 0;
+  while (i < text.size() && bytes.size() < 16) {
+    if (text[i] == '-' && !bytes.empty()) {
+      ++i;
+      continue;
+    }
+    const int high = hex_value(text[i]);
+    const int low = i + 1 < text.size() ? hex_value(text[i + 1]) : -1;
+    if (high < 0 || low < 0) break;
+    bytes.push_back(static_cast<char>(high << 4 | low));
+    i += 2;
+  }
+  if (bytes.size() != 16 || i != text.size()) {
+    throw std::invalid_argument("not a UUID: \"" + std::string(text) + "\"");
+  }
+  add_bytes(bytes);
+}
+
+void BinaryArray::add_jsonb(std::string_view json) {
+  put_length(elements_, json.size() + 1);
+  elements_.push_back('\1');  // jsonb's binary format version
+  elements_ += json;
+  ++count_;
+}
+
+std::string BinaryArray::finish() {
+  std::string array;
+  array.reserve(20 + elements_.size());
+  put_u32(array, count_ == 0 ? 0 : 1);  // dimensions: an empty array has none
+  put_u32(array, 0);                    // no NULL elements
+  put_u32(array, static_cast<std::uint32_t>(element_));
+  if (count_ > 0) {
+    put_length(array, count_);
+    put_u32(array, 1);  // lower bound
+  }
+  array += elements_;
+  elements_.clear();
+  count_ = 0;
+  return array;
 }
 
 }  // namespace ledger::db

@@ -1,5 +1,6 @@
 #pragma once
-// Text forms PostgreSQL parses fast: COPY's text format and array literals (for unnest/ANY).
+// Forms PostgreSQL reads fast: COPY's text format, array literals (for unnest/ANY) and arrays
+// in the binary wire format (parameters the server reads without parsing text).
 
 #include <cstdint>
 #include <string>
@@ -29,6 +30,46 @@ class ArrayLiteral {
     if (text_.size() > 1) text_.push_back(',');
   }
   std::string text_;
+};
+
+// Builds a one-dimensional array in PostgreSQL's binary format (what array_recv reads), for a
+// parameter sent in binary (pqxx 6 sends a pqxx::binarystring so) to a statement that casts it,
+// e.g. `unnest($1::bytea[])`: the server copies each element's bytes, parsing no text, and
+// checks the element type against the cast. No element is NULL.
+class BinaryArray {
+ public:
+  // The element types the engine sends, by their fixed PostgreSQL type OIDs.
+  enum class Element : std::uint32_t {
+    bytea = 17,
+    int8 = 20,
+    int2 = 21,
+    text = 25,
+    timestamptz = 1184,
+    uuid = 2950,
+    jsonb = 3802,
+  };
+
+  explicit BinaryArray(Element element);
+  void add_int8(std::int64_t value);
+  void add_int2(std::int16_t value);
+  // text and bytea: the bytes as they are.
+  void add_bytes(std::string_view bytes);
+  // Microseconds since the Unix epoch.
+  void add_timestamp(std::int64_t micros_since_epoch);
+  // A UUID in its text form (32 hex digits, either case, hyphens allowed between pairs of
+  // them; the canonical form among them); throws std::invalid_argument for anything else and
+  // adds nothing.
+  void add_uuid(std::string_view text);
+  // A JSON document (the server still parses it into jsonb).
+  void add_jsonb(std::string_view json);
+  [[nodiscard]] std::size_t size() const { return count_; }
+  // The whole array; the builder is empty afterwards.
+  std::string finish();
+
+ private:
+  Element element_;
+  std::string elements_;
+  std::size_t count_ = 0;
 };
 
 }  // namespace ledger::db
