@@ -54,8 +54,8 @@ CommitSteps commit_steps(int port) {
           metric(text, R"(ledger_engine_commands_total{outcome="accepted"})") +
               metric(text, R"(ledger_engine_commands_total{outcome="rejected"})"),
           metric_sum(text, "ledger_engine_head_lock_held_seconds"),
-          step("events"),
-          step("idempotency_keys"),
+          step("rows"),
+          step("write"),
           step("commit")};
 }
 

@@ -28,8 +28,8 @@ struct CommitSteps {
   std::int64_t batches = 0;
   std::int64_t commands = 0;
   double held_seconds = 0;
-  double events_seconds = 0;
-  double idempotency_keys_seconds = 0;
+  double rows_seconds = 0;
+  double write_seconds = 0;
   double commit_seconds = 0;
 };
 [[nodiscard]] CommitSteps commit_steps(int port);

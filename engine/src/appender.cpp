@@ -1,12 +1,8 @@
 #include "appender.hpp"
 
-#include <pqxx/tablewriter>
-
 #include <spdlog/spdlog.h>
 
 #include <chrono>
-#include <ctime>
-#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -25,31 +21,32 @@ using Clock = std::chrono::steady_clock;
 using namespace domain;  // NOLINT(google-build-using-namespace)
 
 using db::ArrayLiteral;
-using db::copy_bytes;
-using db::copy_text;
-using db::copy_timestamp;
+using db::BinaryArray;
 
 namespace {
 
 constexpr const char* append_statement = "ledger_append_batch";
 
-// The events and the idempotency records go in by COPY (the fastest way into PostgreSQL: no
-// array literal for it to parse per batch); the rest of the batch in one statement whose
-// data-modifying CTE runs even when unreferenced.
+// The whole append in one statement, so a commit costs one round trip besides BEGIN, the head's
+// lock and COMMIT. Every row travels as binary array parameters (BinaryArray): PostgreSQL
+// parses no text for them but the metadata's JSON. The data-modifying CTEs run even when
+// unreferenced; the events' density check (migration 0006's statement trigger) runs at the
+// statement's end.
 constexpr const char* append_sql = R"sql(
-WITH new_expiries AS (
+WITH new_events AS (
+  INSERT INTO events (position, stream_id, version, event_id, type, schema_version, payload,
+                      metadata, recorded_at, hash)
+  SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[],
+                       $6::smallint[], $7::bytea[], $8::jsonb[], $9::timestamptz[], $10::bytea[])
+), new_keys AS (
+  INSERT INTO idempotency_keys (actor, key, request_hash, outcome, position)
+  SELECT * FROM unnest($11::text[], $12::text[], $13::bytea[], $14::bytea[], $15::bigint[])
+), new_expiries AS (
   INSERT INTO pending_expiries (transfer_id, expires_at)
-  SELECT id, 'epoch'::timestamptz + at * interval '1 microsecond'
-  FROM unnest($1::text[], $2::bigint[]) AS x(id, at)
+  SELECT * FROM unnest($16::text[], $17::timestamptz[])
 )
-UPDATE event_store_head SET position = $3, hash = $4
+UPDATE event_store_head SET position = $18, hash = $19
 )sql";
-
-// The columns of idempotency_keys the appender COPYs (created_at takes its default).
-const std::vector<std::string>& idempotency_key_columns() {
-  static const std::vector<std::string> columns = {"actor", "key", "request_hash", "outcome", "position"};
-  return columns;
-}
 
 // Adds the time since `started` to `step` of `times`, when the caller asked for them.
 void add_step_time(AppendStepTimes* times, Clock::duration AppendStepTimes::*step,
@@ -66,38 +63,6 @@ void assert_no_problem(const std::string& problem) {
 // The trigger of migration 0006 refused the batch: it would have left a version gap.
 bool is_version_gap(const pqxx::check_violation& error) {
   return std::string_view(error.what()).find("version gap") != std::string_view::npos;
-}
-
-// COPYs the batch's idempotency records into idempotency_keys. A key stored before (by
-// another writer) or twice in the batch is a unique violation: AppendConflict, and the
-// transaction writes nothing.
-void copy_idempotency_records(pqxx::work& work, const std::vector<IdempotencyRecord>& records) {
-  if (records.empty()) return;
-  std::string lines;
-  lines.reserve(records.size() * 160);
-  for (const auto& record : records) {
-    if (!lines.empty()) lines.push_back('\n');
-    copy_text(lines, record.actor);
-    lines.push_back('\t');
-    copy_text(lines, record.key);
-    lines.push_back('\t');
-    copy_bytes(lines, record.request_hash);
-    lines.push_back('\t');
-    copy_bytes(lines, record.outcome);
-    lines.push_back('\t');
-    lines += std::to_string(record.position);
-  }
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-  try {
-    pqxx::tablewriter writer(work, domain::sql::idempotency_keys_table, idempotency_key_columns().begin(),
-                             idempotency_key_columns().end());
-    writer.write_raw_line(lines);
-    writer.complete();
-  } catch (const pqxx::unique_violation& error) {
-    throw AppendConflict(error.what());
-  }
-#pragma GCC diagnostic pop
 }
 
 }  // namespace
@@ -138,41 +103,84 @@ std::vector<StoredEvent> events_between(pqxx::work& work, std::int64_t from, std
 
 namespace {
 
-// One event as a line of the events table's COPY text (no newline). A command's events share
-// their metadata: `metadata_json` keeps the last one serialized (`last_metadata` its source).
-void append_copy_row(std::string& chunk, const RecordedEvent& event, const EventMetadata*& last_metadata,
-                     std::string& metadata_json) {
-  chunk += std::to_string(event.position.value());
-  chunk.push_back('\t');
-  copy_text(chunk, event.stream_id);
-  chunk.push_back('\t');
-  chunk += std::to_string(event.version.value());
-  chunk.push_back('\t');
-  chunk += event.event_id;
-  chunk.push_back('\t');
-  copy_text(chunk, event.type);
-  chunk.push_back('\t');
-  chunk += std::to_string(event.schema_version);
-  chunk.push_back('\t');
-  copy_bytes(chunk, event.payload);
-  chunk.push_back('\t');
-  if (last_metadata == nullptr || !(*last_metadata == event.metadata)) {
-    metadata_json = metadata_to_json(event.metadata);
-    last_metadata = &event.metadata;
+// The append statement's parameters: one binary array per column (BinaryArray).
+struct AppendParameters {
+  BinaryArray positions{BinaryArray::Element::int8};
+  BinaryArray stream_ids{BinaryArray::Element::text};
+  BinaryArray versions{BinaryArray::Element::int8};
+  BinaryArray event_ids{BinaryArray::Element::uuid};
+  BinaryArray types{BinaryArray::Element::text};
+  BinaryArray schema_versions{BinaryArray::Element::int2};
+  BinaryArray payloads{BinaryArray::Element::bytea};
+  BinaryArray metadata{BinaryArray::Element::jsonb};
+  BinaryArray recorded_at{BinaryArray::Element::timestamptz};
+  BinaryArray hashes{BinaryArray::Element::bytea};
+  BinaryArray key_actors{BinaryArray::Element::text};
+  BinaryArray keys{BinaryArray::Element::text};
+  BinaryArray request_hashes{BinaryArray::Element::bytea};
+  BinaryArray outcomes{BinaryArray::Element::bytea};
+  BinaryArray key_positions{BinaryArray::Element::int8};
+  BinaryArray expiry_ids{BinaryArray::Element::text};
+  BinaryArray expiry_times{BinaryArray::Element::timestamptz};
+
+  // A command's events share their metadata: serialized once per run of equal metadata.
+  void add_events(const std::vector<RecordedEvent>& events) {
+    const EventMetadata* last_metadata = nullptr;
+    std::string metadata_json;
+    for (const auto& event : events) {
+      positions.add_int8(event.position.value());
+      stream_ids.add_bytes(event.stream_id);
+      versions.add_int8(event.version.value());
+      event_ids.add_uuid(event.event_id);
+      types.add_bytes(event.type);
+      schema_versions.add_int2(event.schema_version);
+      payloads.add_bytes(event.payload);
+      if (last_metadata == nullptr || !(*last_metadata == event.metadata)) {
+        metadata_json = metadata_to_json(event.metadata);
+        last_metadata = &event.metadata;
+      }
+      metadata.add_jsonb(metadata_json);
+      recorded_at.add_timestamp(event.recorded_at_us);
+      hashes.add_bytes(event.hash);
+    }
   }
-  copy_text(chunk, metadata_json);
-  chunk.push_back('\t');
-  copy_timestamp(chunk, event.recorded_at_us);
-  chunk.push_back('\t');
-  copy_bytes(chunk, event.hash);
+
+  void add_records(const std::vector<IdempotencyRecord>& records) {
+    for (const auto& record : records) {
+      key_actors.add_bytes(record.actor);
+      keys.add_bytes(record.key);
+      request_hashes.add_bytes(record.request_hash);
+      outcomes.add_bytes(record.outcome);
+      key_positions.add_int8(record.position);
+    }
+  }
+
+  void add_expiries(const std::vector<ExpiryRecord>& expiries) {
+    for (const auto& expiry : expiries) {
+      expiry_ids.add_bytes(expiry.transfer_id);
+      expiry_times.add_timestamp(expiry.expires_at_us);
+    }
+  }
+};
+
+// A parameter pqxx 6 sends in binary.
+pqxx::binarystring binary(BinaryArray& array) {
+  const std::string bytes = array.finish();
+  return pqxx::binarystring(bytes);
 }
 
-// Runs `copy` (a COPY into events): a key written before or a version gap the store refuses
-// (the batch was decided on a state the store does not hold) is an AppendConflict.
-template <typename Copy>
-void copy_events_or_conflict(Copy&& copy) {
+// Runs the append statement: a key written before (an event's or an idempotency record's) or
+// a version gap the store refuses (the batch was decided on a state the store does not hold)
+// is an AppendConflict, and the transaction writes nothing.
+void run_append_statement(pqxx::work& work, AppendParameters& p, const LockedHead& head_after) {
   try {
-    copy();
+    work.exec_prepared(append_statement, binary(p.positions), binary(p.stream_ids),
+                       binary(p.versions), binary(p.event_ids), binary(p.types),
+                       binary(p.schema_versions), binary(p.payloads), binary(p.metadata),
+                       binary(p.recorded_at), binary(p.hashes), binary(p.key_actors),
+                       binary(p.keys), binary(p.request_hashes), binary(p.outcomes),
+                       binary(p.key_positions), binary(p.expiry_ids), binary(p.expiry_times),
+                       head_after.position, pqxx::binarystring(head_after.hash));
   } catch (const pqxx::unique_violation& error) {
     throw AppendConflict(error.what());
   } catch (const pqxx::check_violation& error) {
@@ -183,57 +191,6 @@ void copy_events_or_conflict(Copy&& copy) {
 }
 
 }  // namespace
-
-LockedHead write_batch(
-    pqxx::work& work, const LockedHead& head, std::vector<RecordedEvent>& events,
-    const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
-    AppendStepTimes* times) {
-  const auto events_started = Clock::now();
-  const auto count = static_cast<std::int64_t>(events.size());
-  assert_no_problem(check_batch_balanced(events));
-  assert_no_problem(check_streams_continue(events));
-  const std::int64_t last = head.position + count;
-  const std::int64_t first = head.position + 1;
-  std::string previous_hash = head.hash;
-
-  // The rows stream to PostgreSQL in chunks while the rest are still being hashed and
-  // formatted, so the server parses and indexes one chunk while this thread prepares the next.
-  constexpr std::int64_t copy_chunk_rows = 256;
-  const EventMetadata* last_metadata = nullptr;
-  std::string metadata_json;
-  std::string chunk;
-  chunk.reserve(static_cast<std::size_t>(copy_chunk_rows) * 640);
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-  // pqxx 6 keeps raw COPY lines only on the deprecated tablewriter; a "line" may hold several
-  // newline-separated rows (the writer adds the last newline).
-  std::optional<pqxx::tablewriter> writer;
-  copy_events_or_conflict([&] {
-    if (count > 0) writer.emplace(work, domain::sql::events_table);
-    for (std::int64_t i = 0; i < count; ++i) {
-      RecordedEvent& event = events[static_cast<std::size_t>(i)];
-      event.position = GlobalPosition(first + i);
-      event.hash = chain_hash(previous_hash, event);
-      previous_hash = event.hash;
-      if (!chunk.empty()) chunk.push_back('\n');
-      append_copy_row(chunk, event, last_metadata, metadata_json);
-      if ((i + 1) % copy_chunk_rows == 0 || i + 1 == count) {
-        writer->write_raw_line(chunk);
-        chunk.clear();
-      }
-    }
-    assert_no_problem(check_positions_dense(events, head.position));
-    if (writer) writer->complete();
-  });
-#pragma GCC diagnostic pop
-  add_step_time(times, &AppendStepTimes::events, events_started);
-
-  const std::vector<IdempotencyRecord> records = records_for(GlobalPosition(first));
-  const auto keys_started = Clock::now();
-  copy_idempotency_records(work, records);
-  add_step_time(times, &AppendStepTimes::idempotency_keys, keys_started);
-  return {last, std::move(previous_hash)};
-}
 
 LockedHead seal_rows(const LockedHead& head, std::vector<RecordedEvent>& events) {
   std::string previous_hash = head.hash;
@@ -246,71 +203,52 @@ LockedHead seal_rows(const LockedHead& head, std::vector<RecordedEvent>& events)
   return {position, std::move(previous_hash)};
 }
 
-void write_sealed(pqxx::work& work, const LockedHead& head,
-                  const std::vector<const std::vector<RecordedEvent>*>& parts,
-                  const std::vector<IdempotencyRecord>& records, AppendStepTimes* times) {
-  const auto events_started = Clock::now();
-  std::vector<RecordedEvent> all;  // the checks look at the rows of every part together
-  std::size_t count = 0;
-  for (const auto* part : parts) count += part->size();
-  all.reserve(count);
-  for (const auto* part : parts) all.insert(all.end(), part->begin(), part->end());
-  assert_no_problem(check_batch_balanced(all));
-  assert_no_problem(check_streams_continue(all));
-  assert_no_problem(check_positions_dense(all, head.position));
-  const EventMetadata* last_metadata = nullptr;
-  std::string metadata_json;
-  std::string lines;
-  lines.reserve(count * 640);
-  for (const auto& event : all) {
-    if (!lines.empty()) lines.push_back('\n');
-    append_copy_row(lines, event, last_metadata, metadata_json);
+void write_and_commit(pqxx::work& work, const LockedHead& head, const LockedHead& head_after,
+                      const std::vector<const std::vector<RecordedEvent>*>& parts,
+                      const std::vector<IdempotencyRecord>& records,
+                      const std::vector<ExpiryRecord>& expiries, AppendStepTimes* times) {
+  const auto rows_started = Clock::now();
+  // The checks look at the rows of every part together.
+  std::vector<RecordedEvent> joined;
+  const std::vector<RecordedEvent>* all = parts.size() == 1 ? parts.front() : &joined;
+  if (parts.size() != 1) {
+    for (const auto* part : parts) joined.insert(joined.end(), part->begin(), part->end());
   }
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-  copy_events_or_conflict([&] {
-    if (count == 0) return;
-    pqxx::tablewriter writer(work, domain::sql::events_table);
-    writer.write_raw_line(lines);
-    writer.complete();
-  });
-#pragma GCC diagnostic pop
-  add_step_time(times, &AppendStepTimes::events, events_started);
-  const auto keys_started = Clock::now();
-  copy_idempotency_records(work, records);
-  add_step_time(times, &AppendStepTimes::idempotency_keys, keys_started);
-}
+  assert_no_problem(check_batch_balanced(*all));
+  assert_no_problem(check_streams_continue(*all));
+  assert_no_problem(check_positions_dense(*all, head.position));
+  LEDGER_ASSERT(head.position + static_cast<std::int64_t>(all->size()) == head_after.position,
+                "the head after an append must follow its last row");
+  AppendParameters parameters;
+  parameters.add_events(*all);
+  parameters.add_records(records);
+  parameters.add_expiries(expiries);
+  add_step_time(times, &AppendStepTimes::rows, rows_started);
 
-void commit_batch(pqxx::work& work, const LockedHead& head_after,
-                  const std::vector<ExpiryRecord>& expiries, AppendStepTimes* times) {
-  const auto started = Clock::now();
-  ArrayLiteral expiry_ids, expiry_times;
-  for (const auto& expiry : expiries) {
-    expiry_ids.add_text(expiry.transfer_id);
-    expiry_times.add_number(expiry.expires_at_us);
-  }
-  try {
-    work.exec_prepared(append_statement, expiry_ids.finish(), expiry_times.finish(), head_after.position,
-                       pqxx::binarystring(head_after.hash));
-  } catch (const pqxx::unique_violation& error) {
-    throw AppendConflict(error.what());
-  }
+  const auto write_started = Clock::now();
+  run_append_statement(work, parameters, head_after);
+  add_step_time(times, &AppendStepTimes::write, write_started);
+
+  const auto commit_started = Clock::now();
   try {
     work.commit();
   } catch (const pqxx::in_doubt_error&) {
     // The caller asks the store whether it landed; if it did, this time was its commit's.
-    add_step_time(times, &AppendStepTimes::commit, started);
+    add_step_time(times, &AppendStepTimes::commit, commit_started);
     throw;
   }
-  add_step_time(times, &AppendStepTimes::commit, started);
+  add_step_time(times, &AppendStepTimes::commit, commit_started);
 }
 
 AppendOutcome append_batch(
     pqxx::work& work, const LockedHead& head, std::vector<RecordedEvent>& events,
     const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
     const std::vector<ExpiryRecord>& expiries, AppendStepTimes* times) {
-  const LockedHead after = write_batch(work, head, events, records_for, times);
-  commit_batch(work, after, expiries, times);
+  const auto rows_started = Clock::now();
+  const LockedHead after = seal_rows(head, events);
+  const std::vector<IdempotencyRecord> records = records_for(GlobalPosition(head.position + 1));
+  add_step_time(times, &AppendStepTimes::rows, rows_started);
+  write_and_commit(work, head, after, {&events}, records, expiries, times);
   return {GlobalPosition(head.position + 1), GlobalPosition(after.position)};
 }
 

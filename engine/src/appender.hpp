@@ -59,14 +59,14 @@ struct LockedHead {
   std::string hash;
 };
 
-// How long an append's steps took; the functions below add to it when given one. `events` is
-// the events' COPY (write_batch hashes the rows as they stream into it; write_sealed's rows
-// were hashed by seal_rows, outside it); `idempotency_keys` the records' COPY (not building
-// them); `commit` the expiries' insert, the head's move and the COMMIT, also when the COMMIT's
-// outcome is in doubt.
+// How long an append's steps took; the functions below add to it when given one. `rows`:
+// hashing the events into the chain and encoding them, the idempotency records and the expiries
+// (no round trip); `write`: the one statement that inserts them and moves the head, the store's
+// density check included; `commit`: the COMMIT (its WAL flush), also when its outcome is in
+// doubt.
 struct AppendStepTimes {
-  std::chrono::steady_clock::duration events{};
-  std::chrono::steady_clock::duration idempotency_keys{};
+  std::chrono::steady_clock::duration rows{};
+  std::chrono::steady_clock::duration write{};
   std::chrono::steady_clock::duration commit{};
 };
 
@@ -93,34 +93,24 @@ std::vector<StoredEvent> events_between(pqxx::work& work, std::int64_t from, std
 
 // Appends `events` (position and hash are filled in here) after `head`, which the caller locked
 // in `work` (lock_head), and commits: extends the hash chain; inserts events, idempotency
-// records (built by `records_for` once positions are known) and expiries; moves the head; commits
-// with synchronous_commit on. Throws AppendConflict on a version or key conflict, or a version
-// gap the store refuses (nothing written), pqxx::broken_connection when the connection is lost
-// before the commit, and pqxx::in_doubt_error when it is lost during it.
+// records (built by `records_for` once positions are known) and expiries and moves the head, all
+// in one statement; commits with synchronous_commit on. Throws AppendConflict on a version or key
+// conflict, or a version gap the store refuses (nothing written), pqxx::broken_connection when
+// the connection is lost before the commit, and pqxx::in_doubt_error when it is lost during it.
 AppendOutcome append_batch(
     pqxx::work& work, const LockedHead& head, std::vector<RecordedEvent>& events,
     const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
     const std::vector<ExpiryRecord>& expiries, AppendStepTimes* times = nullptr);
 
-// append_batch in two steps, so one transaction can append several decisions under one head
-// lock: write_batch writes the events and idempotency records after `head` (the same checks
-// and errors) and returns the head after them; commit_batch inserts the expiries, moves the
-// head there and commits.
-LockedHead write_batch(
-    pqxx::work& work, const LockedHead& head, std::vector<RecordedEvent>& events,
-    const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
-    AppendStepTimes* times = nullptr);
-void commit_batch(pqxx::work& work, const LockedHead& head_after,
-                  const std::vector<ExpiryRecord>& expiries, AppendStepTimes* times = nullptr);
-
-// write_batch split once more, so rows can be decided on rows not yet written: seal_rows gives
+// append_batch in two steps, so rows can be decided on rows not yet written: seal_rows gives
 // `events` their positions after `head` and extends the hash chain over them (nothing is
-// written) and returns the head after them; write_sealed writes the rows of `parts` (sealed one
-// after another from `head`) with one COPY and `records` with another (the same checks and
-// errors as write_batch).
+// written) and returns the head after them; write_and_commit writes the rows of `parts` (sealed
+// one after another from `head` up to `head_after`), `records` and `expiries`, moves the head to
+// `head_after` and commits (the same checks and errors as append_batch).
 LockedHead seal_rows(const LockedHead& head, std::vector<RecordedEvent>& events);
-void write_sealed(pqxx::work& work, const LockedHead& head,
-                  const std::vector<const std::vector<RecordedEvent>*>& parts,
-                  const std::vector<IdempotencyRecord>& records, AppendStepTimes* times = nullptr);
+void write_and_commit(pqxx::work& work, const LockedHead& head, const LockedHead& head_after,
+                      const std::vector<const std::vector<RecordedEvent>*>& parts,
+                      const std::vector<IdempotencyRecord>& records,
+                      const std::vector<ExpiryRecord>& expiries, AppendStepTimes* times = nullptr);
 
 }  // namespace ledger::engine

@@ -758,8 +758,8 @@ struct Pipeline::Impl {
           }
           for (const auto& expiry : again.expiries) expiries.push_back(expiry);
         }
-        write_sealed(work, head, {&decided.rows, &result.decided_again_rows.rows}, records, &steps);
-        commit_batch(work, after, expiries, &steps);
+        write_and_commit(work, head, after, {&decided.rows, &result.decided_again_rows.rows}, records,
+                         expiries, &steps);
         coherence.committed(after.position);
       }
     } catch (const AppendConflict& conflict) {
@@ -810,8 +810,8 @@ struct Pipeline::Impl {
     std::lock_guard lock(stats_mutex);
     counters.head_lock_wait_seconds.observe(Seconds(waited).count());
     counters.head_lock_held_seconds.observe(Seconds(held).count());
-    counters.append_step_seconds.events += Seconds(steps.events).count();
-    counters.append_step_seconds.idempotency_keys += Seconds(steps.idempotency_keys).count();
+    counters.append_step_seconds.rows += Seconds(steps.rows).count();
+    counters.append_step_seconds.write += Seconds(steps.write).count();
     counters.append_step_seconds.commit += Seconds(steps.commit).count();
   }
 

@@ -126,7 +126,7 @@ TEST_CASE("every command route succeeds and answers command id, position and ver
   CHECK(metric("ledger_engine_head_lock_held_seconds_count") ==
         metric("ledger_engine_head_lock_wait_seconds_count"));
   // Where the hold went, by step (the engine's tests check each step's share).
-  for (const std::string step : {"events", "idempotency_keys", "commit"}) {
+  for (const std::string step : {"rows", "write", "commit"}) {
     const std::string series = "ledger_engine_append_step_seconds_total{step=\"" + step + "\"} ";
     CHECK_MESSAGE(metrics.body.find(series) != std::string::npos, series);
   }

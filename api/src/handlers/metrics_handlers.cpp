@@ -102,13 +102,13 @@ void append_engine_metrics(std::string& out, const engine::EngineStats& stats) {
                               stats.head_lock_held_seconds);
   out +=
       "# HELP ledger_engine_append_step_seconds_total Time committed appends spent in each step of "
-      "their hold of the head row: the COPY of the events, of the idempotency records, and the "
-      "expiries' insert with the head's move and the COMMIT (per hold: "
+      "their hold of the head row: hashing and encoding the rows, the statement that writes them "
+      "and moves the head, and the COMMIT (per hold: "
       "ledger_engine_head_lock_held_seconds_count).\n";
   out += "# TYPE ledger_engine_append_step_seconds_total counter\n";
   const std::pair<const char*, double> steps[] = {
-      {"events", stats.append_step_seconds.events},
-      {"idempotency_keys", stats.append_step_seconds.idempotency_keys},
+      {"rows", stats.append_step_seconds.rows},
+      {"write", stats.append_step_seconds.write},
       {"commit", stats.append_step_seconds.commit}};
   for (const auto& [step, seconds] : steps) {
     out +=

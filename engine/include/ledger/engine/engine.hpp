@@ -141,8 +141,8 @@ struct StateCacheBreakdown {
 
 // Seconds the committed appends spent in the steps of their hold of the head row.
 struct AppendStepSeconds {
-  double events = 0;
-  double idempotency_keys = 0;
+  double rows = 0;
+  double write = 0;
   double commit = 0;
 };
 
@@ -176,9 +176,9 @@ struct EngineStats {
   Histogram head_lock_wait_seconds{{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1}};
   Histogram head_lock_held_seconds{{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1}};
   // Where the committed appends' hold of the head row went, summed over the holds
-  // head_lock_held_seconds counts: the COPY of the events (with the store's density check),
-  // the COPY of the idempotency records, and the expiries' insert with the head's move and the
-  // COMMIT (its WAL flush). The rest of the hold: building the records, the reads and
+  // head_lock_held_seconds counts: hashing and encoding the rows (events, idempotency records,
+  // expiries), the one statement that writes them and moves the head (the store's density
+  // check included), and the COMMIT (its WAL flush). The rest of the hold: the reads and
   // decisions under the lock when another writer moved the head (reconcile, losers decided
   // again), and, after a COMMIT in doubt that landed, the check that found it.
   AppendStepSeconds append_step_seconds;
