@@ -19,9 +19,6 @@ inline constexpr const char* select_event_columns =
     "SELECT position, stream_id, version, event_id::text, type, schema_version, payload, "
     "metadata::text, (extract(epoch FROM recorded_at) * 1000000)::bigint, hash FROM events";
 
-// The table the appender COPYs rows into, in the column order of migration 0001.
-inline constexpr const char* events_table = "events";
-
 // Streams (unnest of ids and the version to start from) with their events from that version,
 // each stream's in order. LATERAL makes it one index range scan per stream; a plain join lets
 // the planner pick a (parallel) sequential scan of the whole log once it grows.
@@ -60,9 +57,6 @@ inline constexpr Statement idempotency_keys_statement{
     "FROM unnest($1::text[], $2::text[]) AS w(actor, key) "
     "CROSS JOIN LATERAL (SELECT actor, key, request_hash, outcome FROM idempotency_keys "
     "  WHERE actor = w.actor AND key = w.key LIMIT 1) k"};
-
-// The table and columns the appender COPYs idempotency records into.
-inline constexpr const char* idempotency_keys_table = "idempotency_keys";
 
 // The type is written out, not a parameter: only then can a plan use the partial index of
 // migration 0014, whose predicate it must match.
