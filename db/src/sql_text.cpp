@@ -98,19 +98,15 @@ void put_length(std::string& out, std::size_t length) {
   put_u32(out, static_cast<std::uint32_t>(length));
 }
 
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
+// A lowercase hex digit's value.
+int hex_value(char c) { return c <= '9' ? c - '0' : c - 'a' + 10; }
 
 // timestamptz counts microseconds from 2000-01-01 00:00:00 UTC.
 constexpr std::int64_t postgres_epoch_micros = 946'684'800'000'000;
 
 }  // namespace
 
-BinaryArray::BinaryArray(Element element) : element_(element) {}
+BinaryArray::BinaryArray(Element element) : element_(element), elements_(header_bytes, '\0') {}
 
 void BinaryArray::add_int8(std::int64_t value) {
   put_u32(elements_, 8);
@@ -131,28 +127,37 @@ void BinaryArray::add_bytes(std::string_view bytes) {
 }
 
 void BinaryArray::add_timestamp(std::int64_t micros_since_epoch) {
-  add_int8(micros_since_epoch - postgres_epoch_micros);
+  // timestamptz starts at 4714-11-24 BC (in microseconds from 2000: `lowest`); the server
+  // refuses earlier values, and the first int64 below them would wrap. Its end (294276 AD) lies
+  // beyond every int64 of Unix microseconds.
+  constexpr std::int64_t lowest = -211'813'488'000'000'000;
+  std::int64_t micros = 0;
+  if (__builtin_sub_overflow(micros_since_epoch, postgres_epoch_micros, &micros) || micros < lowest) {
+    throw std::out_of_range("a time before PostgreSQL's timestamptz range: " +
+                            std::to_string(micros_since_epoch) + " µs since the Unix epoch");
+  }
+  add_int8(micros);
 }
 
 void BinaryArray::add_uuid(std::string_view text) {
-  std::string bytes;
-  bytes.reserve(16);
-  std::size_t i = 0;
-  while (i < text.size() && bytes.size() < 16) {
-    if (text[i] == '-' && !bytes.empty()) {
-      ++i;
-      continue;
-    }
-    const int high = hex_value(text[i]);
-    const int low = i + 1 < text.size() ? hex_value(text[i + 1]) : -1;
-    if (high < 0 || low < 0) break;
-    bytes.push_back(static_cast<char>(high << 4 | low));
-    i += 2;
+  // Only the canonical form: the hash chain covers an event id's text, and the column keeps
+  // 16 bytes that read back canonical, so any other spelling would fail verification forever.
+  bool canonical = text.size() == 36;
+  for (std::size_t at = 0; canonical && at < text.size(); ++at) {
+    const char c = text[at];
+    canonical = at == 8 || at == 13 || at == 18 || at == 23 ? c == '-'
+                                                            : (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
   }
-  if (bytes.size() != 16 || i != text.size()) {
-    throw std::invalid_argument("not a UUID: \"" + std::string(text) + "\"");
+  if (!canonical) {
+    throw std::invalid_argument("not a UUID in canonical form (lowercase 8-4-4-4-12): \"" +
+                                std::string(text) + "\"");
   }
-  add_bytes(bytes);
+  put_u32(elements_, 16);
+  for (std::size_t i = 0; i < text.size(); i += 2) {
+    if (text[i] == '-') ++i;
+    elements_.push_back(static_cast<char>(hex_value(text[i]) << 4 | hex_value(text[i + 1])));
+  }
+  ++count_;
 }
 
 void BinaryArray::add_jsonb(std::string_view json) {
@@ -164,16 +169,22 @@ void BinaryArray::add_jsonb(std::string_view json) {
 
 std::string BinaryArray::finish() {
   std::string array;
-  array.reserve(20 + elements_.size());
-  put_u32(array, count_ == 0 ? 0 : 1);  // dimensions: an empty array has none
-  put_u32(array, 0);                    // no NULL elements
-  put_u32(array, static_cast<std::uint32_t>(element_));
-  if (count_ > 0) {
-    put_length(array, count_);
-    put_u32(array, 1);  // lower bound
+  if (count_ == 0) {
+    put_u32(array, 0);  // an empty array has no dimensions
+    put_u32(array, 0);
+    put_u32(array, static_cast<std::uint32_t>(element_));
+    return array;
   }
-  array += elements_;
-  elements_.clear();
+  // The header goes into the room left before the elements (no copy of them).
+  std::string header;
+  put_u32(header, 1);  // dimensions
+  put_u32(header, 0);  // no NULL elements
+  put_u32(header, static_cast<std::uint32_t>(element_));
+  put_length(header, count_);
+  put_u32(header, 1);  // lower bound
+  elements_.replace(0, header_bytes, header);
+  array = std::move(elements_);
+  elements_.assign(header_bytes, '\0');
   count_ = 0;
   return array;
 }

@@ -26,12 +26,13 @@ using db::BinaryArray;
 namespace {
 
 constexpr const char* append_statement = "ledger_append_batch";
+constexpr const char* append_records_statement = "ledger_append_records";
 
 // The whole append in one statement, so a commit costs one round trip besides BEGIN, the head's
 // lock and COMMIT. Every row travels as binary array parameters (BinaryArray): PostgreSQL
-// parses no text for them but the metadata's JSON. The data-modifying CTEs run even when
-// unreferenced; the events' density check (migration 0006's statement trigger) runs at the
-// statement's end.
+// copies each element's bytes (checking text as UTF-8) and parses only the metadata's JSON. The
+// data-modifying CTEs run even when unreferenced; the events' density check (migration 0006's
+// statement trigger) runs at the statement's end.
 constexpr const char* append_sql = R"sql(
 WITH new_events AS (
   INSERT INTO events (position, stream_id, version, event_id, type, schema_version, payload,
@@ -48,6 +49,19 @@ WITH new_events AS (
 UPDATE event_store_head SET position = $18, hash = $19
 )sql";
 
+// A batch of no events (keyed refusals only): an INSERT into events, even of no rows, would fire
+// its statement triggers (the relay's wake-up, the density check) for nothing.
+constexpr const char* append_records_sql = R"sql(
+WITH new_keys AS (
+  INSERT INTO idempotency_keys (actor, key, request_hash, outcome, position)
+  SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::bigint[])
+), new_expiries AS (
+  INSERT INTO pending_expiries (transfer_id, expires_at)
+  SELECT * FROM unnest($6::text[], $7::timestamptz[])
+)
+UPDATE event_store_head SET position = $8, hash = $9
+)sql";
+
 // Adds the time since `started` to `step` of `times`, when the caller asked for them.
 void add_step_time(AppendStepTimes* times, Clock::duration AppendStepTimes::*step,
                    Clock::time_point started) {
@@ -60,15 +74,19 @@ void assert_no_problem(const std::string& problem) {
   LEDGER_ASSERT(problem.empty(), problem.c_str());
 }
 
-// The trigger of migration 0006 refused the batch: it would have left a version gap.
+// The trigger of migration 0006 refused the batch: it would have left a version gap. Its
+// message is the error's primary one, on the first line of libpq's text after the severity
+// (which the server's lc_messages may translate); a DETAIL line below may quote row data.
 bool is_version_gap(const pqxx::check_violation& error) {
-  return std::string_view(error.what()).find("version gap") != std::string_view::npos;
+  const std::string_view text(error.what());
+  return text.substr(0, text.find('\n')).find(":  version gap: stream ") != std::string_view::npos;
 }
 
 }  // namespace
 
 void prepare_append(pqxx::connection& connection) {
   connection.prepare(append_statement, append_sql);
+  connection.prepare(append_records_statement, append_records_sql);
 }
 
 LockedHead lock_head(pqxx::work& work) {
@@ -174,6 +192,13 @@ pqxx::binarystring binary(BinaryArray& array) {
 // is an AppendConflict, and the transaction writes nothing.
 void run_append_statement(pqxx::work& work, AppendParameters& p, const LockedHead& head_after) {
   try {
+    if (p.positions.size() == 0) {
+      work.exec_prepared(append_records_statement, binary(p.key_actors), binary(p.keys),
+                         binary(p.request_hashes), binary(p.outcomes), binary(p.key_positions),
+                         binary(p.expiry_ids), binary(p.expiry_times), head_after.position,
+                         pqxx::binarystring(head_after.hash));
+      return;
+    }
     work.exec_prepared(append_statement, binary(p.positions), binary(p.stream_ids),
                        binary(p.versions), binary(p.event_ids), binary(p.types),
                        binary(p.schema_versions), binary(p.payloads), binary(p.metadata),
@@ -219,6 +244,8 @@ void write_and_commit(pqxx::work& work, const LockedHead& head, const LockedHead
   assert_no_problem(check_positions_dense(*all, head.position));
   LEDGER_ASSERT(head.position + static_cast<std::int64_t>(all->size()) == head_after.position,
                 "the head after an append must follow its last row");
+  LEDGER_ASSERT(head_after.hash == (all->empty() ? head.hash : all->back().hash),
+                "the head after an append must hold its last row's hash");
   AppendParameters parameters;
   parameters.add_events(*all);
   parameters.add_records(records);

@@ -743,13 +743,17 @@ struct Pipeline::Impl {
         coherence.committed(head.position + static_cast<std::int64_t>(decided.rows.size()));
       } else {
         // The winners' rows are sealed, not written: the losers are decided on them, and both
-        // go in with one COPY of events and one of idempotency records.
+        // go in with the one append statement. Sealing and building records count as the
+        // `rows` step, as in append_batch; deciding again is the rest of the hold.
+        auto rows_started = std::chrono::steady_clock::now();
         LockedHead after = seal_rows(head, decided.rows);
         std::vector<IdempotencyRecord> records = records_for(GlobalPosition(head.position + 1));
         std::vector<ExpiryRecord> expiries = decided.expiries;
+        steps.rows += std::chrono::steady_clock::now() - rows_started;
         if (decide_again(work, *decided_states, decided.rows, result)) {
           Decided& again = result.decided_again_rows;
           if (first_event_id.empty() && !again.rows.empty()) first_event_id = again.rows.front().event_id;
+          rows_started = std::chrono::steady_clock::now();
           const GlobalPosition again_first(after.position + 1);
           after = seal_rows(after, again.rows);
           BatchDecider::fill_positions(again.slots, again.rows, again_first);
@@ -757,6 +761,7 @@ struct Pipeline::Impl {
             records.push_back(std::move(record));
           }
           for (const auto& expiry : again.expiries) expiries.push_back(expiry);
+          steps.rows += std::chrono::steady_clock::now() - rows_started;
         }
         write_and_commit(work, head, after, {&decided.rows, &result.decided_again_rows.rows}, records,
                          expiries, &steps);

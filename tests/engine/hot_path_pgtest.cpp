@@ -238,14 +238,17 @@ TEST_CASE("the append statement writes a whole batch or nothing, and stores each
   const auto stored = store.read_all(GlobalPosition(1), 1);
   REQUIRE(stored.size() == 1);
   domain::RecordedEvent expected = event_of("s", 1, first_id);
-  expected.position = GlobalPosition(1);
+  // What was stored is what was hashed: every column the chain covers reads back as hashed.
+  CHECK(domain::chains_from(domain::genesis_hash(), stored[0]));
+  CHECK(stored[0].position.value() == 1);
+  CHECK(stored[0].version.value() == 1);
+  CHECK(stored[0].schema_version == expected.schema_version);
   CHECK(stored[0].stream_id == expected.stream_id);
   CHECK(stored[0].event_id == expected.event_id);
   CHECK(stored[0].type == expected.type);
   CHECK(stored[0].payload == expected.payload);
   CHECK(stored[0].metadata == expected.metadata);
   CHECK(stored[0].recorded_at_us == expected.recorded_at_us);
-  CHECK(stored[0].hash == domain::chain_hash(domain::genesis_hash(), expected));
   CHECK(test::scalar(database.app_url(),
                      "SELECT count(*) FROM idempotency_keys WHERE actor = 'test' AND key = 'k1' AND position = 1 "
                      "AND outcome = convert_to('{\"code\":\"ok\"}', 'UTF8') AND request_hash = "
@@ -253,6 +256,39 @@ TEST_CASE("the append statement writes a whole batch or nothing, and stores each
   CHECK(test::scalar(database.app_url(),
                      "SELECT (extract(epoch FROM expires_at) * 1000000)::bigint FROM pending_expiries "
                      "WHERE transfer_id = 't1'") == 1'764'720'999'000'001);
+}
+
+TEST_CASE("a check the store fails that is not a version gap is an error, not a conflict to retry") {
+  test::TestDatabase database;
+  pqxx::connection connection(database.app_url());
+  prepare_append(connection);
+  pqxx::work work(connection);
+  (void)lock_head(work);
+  // A head hash of 31 bytes breaks event_store_head's CHECK (length(hash) = 32).
+  std::vector<domain::RecordedEvent> none;
+  CHECK_THROWS_AS(append_batch(work, LockedHead{0, std::string(31, 'x')}, none,
+                               [](GlobalPosition) { return std::vector<IdempotencyRecord>{record("k", 0)}; }, {}),
+                  pqxx::check_violation);
+}
+
+// The relay's wake-up (migration 0004) is a statement trigger on events: a commit of keyed
+// refusals only, which appends no event, must not wake it.
+TEST_CASE("a commit of idempotency records alone does not wake the relay; one with events does") {
+  test::TestDatabase database;
+  struct Receiver : pqxx::notification_receiver {
+    using pqxx::notification_receiver::notification_receiver;
+    int received = 0;
+    void operator()(const std::string&, int) override { ++received; }
+  };
+  pqxx::connection listening(database.app_url());
+  Receiver receiver(listening, "ledger_events_appended");
+  pqxx::connection connection(database.app_url());
+  append_records(connection, {record("alone", 0)});
+  for (int i = 0; i < 5; ++i) (void)listening.await_notification(0, 100'000);
+  CHECK(receiver.received == 0);
+  (void)append_rows(connection, {event_of("woken", 1, "0189f7a2-4c1e-7d3b-9a5f-00000000001a")}, {}, {});
+  for (int i = 0; i < 50 && receiver.received == 0; ++i) (void)listening.await_notification(0, 100'000);
+  CHECK(receiver.received == 1);
 }
 
 TEST_CASE("two writers storing the same keys at once: every command answers the first outcome") {

@@ -2,6 +2,7 @@
 // Forms PostgreSQL reads fast: COPY's text format, array literals (for unnest/ANY) and arrays
 // in the binary wire format (parameters the server reads without parsing text).
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -54,11 +55,11 @@ class BinaryArray {
   void add_int2(std::int16_t value);
   // text and bytea: the bytes as they are.
   void add_bytes(std::string_view bytes);
-  // Microseconds since the Unix epoch.
+  // Microseconds since the Unix epoch; throws std::out_of_range before timestamptz's range
+  // (4714-11-24 BC) and adds nothing.
   void add_timestamp(std::int64_t micros_since_epoch);
-  // A UUID in its text form (32 hex digits, either case, hyphens allowed between pairs of
-  // them; the canonical form among them); throws std::invalid_argument for anything else and
-  // adds nothing.
+  // A UUID in its canonical text form (lowercase, 8-4-4-4-12); throws std::invalid_argument for
+  // any other spelling and adds nothing.
   void add_uuid(std::string_view text);
   // A JSON document (the server still parses it into jsonb).
   void add_jsonb(std::string_view json);
@@ -67,8 +68,10 @@ class BinaryArray {
   std::string finish();
 
  private:
+  // A one-dimensional array's header: dimensions, NULL flag, element type, length, lower bound.
+  static constexpr std::size_t header_bytes = 20;
   Element element_;
-  std::string elements_;
+  std::string elements_;  // the header's room, then the elements
   std::size_t count_ = 0;
 };
 
