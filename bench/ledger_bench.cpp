@@ -228,11 +228,12 @@ EngineRun engine_append(engine::Engine& engine, int accounts, int clients, std::
   return run;
 }
 
-// CPU seconds PostgreSQL's processes have used: the postmaster's own and its ended children's
-// (utime, stime, cutime, cstime of /proc/PID/stat), plus each live child's (the backends, the
-// WAL writer, the checkpointer). 0 when /proc cannot tell (e.g. PostgreSQL not embedded).
-double postgres_cpu_seconds(pid_t postmaster) {
-  if (postmaster <= 0) return 0;
+// CPU seconds a process and its children have used: its own and its ended children's (utime,
+// stime, cutime, cstime of /proc/PID/stat), plus each live child's. For the postmaster, all of
+// PostgreSQL (the backends, the WAL writer, the checkpointer). 0 when /proc cannot tell (e.g.
+// PostgreSQL not embedded).
+double cpu_seconds_with_children(pid_t root) {
+  if (root <= 0) return 0;
   // Fields after the command name (which may hold spaces): state is field 3, ppid 4, utime 14.
   auto read_stat = [](const std::string& path, long& ppid, double& own, double& children) {
     std::ifstream in(path);
@@ -250,14 +251,14 @@ double postgres_cpu_seconds(pid_t postmaster) {
   };
   long ppid = 0;
   double own = 0, children = 0;
-  if (!read_stat("/proc/" + std::to_string(postmaster) + "/stat", ppid, own, children)) return 0;
+  if (!read_stat("/proc/" + std::to_string(root) + "/stat", ppid, own, children)) return 0;
   double total = own + children;
   for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
     const std::string name = entry.path().filename().string();
     if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
     long child_ppid = 0;
     double child_own = 0, child_children = 0;
-    if (read_stat(entry.path().string() + "/stat", child_ppid, child_own, child_children) && child_ppid == postmaster) {
+    if (read_stat(entry.path().string() + "/stat", child_ppid, child_own, child_children) && child_ppid == root) {
       total += child_own + child_children;
     }
   }
@@ -830,11 +831,11 @@ int main(int argc, char** argv) {
             << " in flight, " << seconds << " s ...\n";
   // PostgreSQL's CPU per accepted transfer (issue 18: what each command costs the server).
   auto postgres_cpu_per_transfer = [&](auto&& append) {
-    const double before = postgres_cpu_seconds(postmaster);
+    const double before = cpu_seconds_with_children(postmaster);
     EngineRun measured = append();
     if (before > 0 && measured.transfers > 0) {
       measured.postgres_cpu_us_per_transfer =
-          (postgres_cpu_seconds(postmaster) - before) * 1e6 / static_cast<double>(measured.transfers);
+          (cpu_seconds_with_children(postmaster) - before) * 1e6 / static_cast<double>(measured.transfers);
     }
     return measured;
   };
@@ -1125,7 +1126,17 @@ int main(int argc, char** argv) {
     wrk.run_id += "-write-path";
     std::cout << "http (wrk): write path alone (no relay, no projectors), " << seconds << " s ...\n";
     const auto steps_before = bench::commit_steps(write_path_port);
+    const double postgres_cpu_before = cpu_seconds_with_children(postmaster);
+    const double serve_cpu_before = cpu_seconds_with_children(write_path_serve);
     const auto write_path_run = bench::run_wrk(wrk);
+    // CPU per transfer of the two processes a command passes through (0: not measured).
+    const double write_path_transfers = write_path_run.rate() * write_path_run.seconds;
+    const auto cpu_us_per_transfer = [&](double cpu_seconds) {
+      return write_path_transfers > 0 && cpu_seconds > 0 ? cpu_seconds * 1e6 / write_path_transfers : 0;
+    };
+    const double write_path_postgres_us = postmaster > 0
+        ? cpu_us_per_transfer(cpu_seconds_with_children(postmaster) - postgres_cpu_before) : 0;
+    const double write_path_serve_us = cpu_us_per_transfer(cpu_seconds_with_children(write_path_serve) - serve_cpu_before);
     const auto steps_after = bench::commit_steps(write_path_port);
     (void)process::stop(write_path_serve, SIGTERM, std::chrono::seconds(30));
     (void)process::stop(broker, SIGTERM, std::chrono::seconds(10));
@@ -1187,6 +1198,8 @@ int main(int argc, char** argv) {
                          run.non_2xx + run.socket_errors == 0 ? "met" : "missed"});
       results.push_back({"http (wrk)", what + ": wrk's own CPU share of the machine", 100.0 * run.generator_cpu_share,
                          "%", "", ""});
+      results.push_back({"http (wrk)", what + ": the machine's CPU busy (every process)",
+                         100.0 * run.machine_busy_share, "%", "", ""});
     };
     wrk_rows("whole stack", wrk_run, 1.0, ">= 100%");
     wrk_rows("write path alone", write_path_run, 1.5, ">= 150%");
@@ -1215,6 +1228,14 @@ int main(int argc, char** argv) {
       results.push_back({"http (wrk)", what + "of it, the COMMIT", commit, "ms", "", ""});
       results.push_back({"http (wrk)", what + "of it, the rest (reads under the lock)",
                          held - rows - write - commit, "ms", "", ""});
+    }
+    if (write_path_run.ran && write_path_serve_us > 0) {
+      results.push_back({"http (wrk)", "write path alone: serve's CPU per transfer", write_path_serve_us, "µs",
+                         "", ""});
+    }
+    if (write_path_run.ran && write_path_postgres_us > 0) {
+      results.push_back({"http (wrk)", "write path alone: PostgreSQL's CPU per transfer", write_path_postgres_us,
+                         "µs", "", ""});
     }
     for (const auto& [what, run, account_hit_rate] : population_runs) {
       if (!run.ran) {

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
 #include <map>
 #include <sstream>
 
@@ -18,6 +19,27 @@ double cpu_seconds_of_children() {
   getrusage(RUSAGE_CHILDREN, &usage);
   return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
          static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
+}
+
+// The machine's CPU time since boot from /proc/stat's first line, in ticks: all of it, and the
+// part neither idle nor waiting on I/O.
+struct MachineTicks {
+  double total = 0;
+  double busy = 0;
+};
+
+MachineTicks machine_ticks() {
+  std::ifstream stat("/proc/stat");
+  std::string cpu;
+  stat >> cpu;
+  MachineTicks ticks;
+  for (int field = 0; field < 8; ++field) {  // user nice system idle iowait irq softirq steal
+    double value = 0;
+    if (!(stat >> value)) return {};
+    ticks.total += value;
+    if (field != 3 && field != 4) ticks.busy += value;
+  }
+  return ticks;
 }
 
 // The `ledger-bench: name=value ...` line the script's done() writes.
@@ -51,10 +73,12 @@ WrkResult run_wrk(const WrkSettings& settings) {
       "http://127.0.0.1:" + std::to_string(settings.port) + "/"};  // the script sets each request's path
   std::string output;
   const double cpu_before = cpu_seconds_of_children();
+  const MachineTicks machine_before = machine_ticks();
   const auto started = std::chrono::steady_clock::now();
   const auto status = process::run(argv, output, options);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   const double cpu = cpu_seconds_of_children() - cpu_before;
+  const MachineTicks machine_after = machine_ticks();
   if (!status.success()) {
     result.problem = status.exited && status.code == 127 ? "wrk is not installed (ops/setup.sh installs it)"
                                                           : "wrk failed: " + output;
@@ -76,6 +100,8 @@ WrkResult run_wrk(const WrkSettings& settings) {
   result.p999_ms = static_cast<double>(fields.at("p999_us")) / 1e3;
   const long cores = sysconf(_SC_NPROCESSORS_ONLN);
   result.generator_cpu_share = wall > 0 && cores > 0 ? cpu / (wall * static_cast<double>(cores)) : 0;
+  const double ticks = machine_after.total - machine_before.total;
+  result.machine_busy_share = ticks > 0 ? (machine_after.busy - machine_before.busy) / ticks : 0;
   return result;
 }
 

@@ -34,6 +34,9 @@ struct WrkResult {
   double p50_ms = 0, p90_ms = 0, p99_ms = 0, p999_ms = 0;
   // wrk's user+system CPU over the wall time times the cores: its share of the machine.
   double generator_cpu_share = 0;
+  // The whole machine's busy share (every process, neither idle nor waiting on I/O) over the
+  // run: well below 1, the load is bound by waits (round trips, fsync), not by CPU.
+  double machine_busy_share = 0;
   [[nodiscard]] double rate() const { return seconds > 0 ? static_cast<double>(requests - non_2xx) / seconds : 0; }
 };
 
