@@ -22,16 +22,25 @@ int hex_value(char c) {
 }
 }  // namespace
 
-std::optional<std::string> from_hex(std::string_view hex) {
-  if (hex.size() % 2 != 0) return std::nullopt;
-  std::string out;
-  out.reserve(hex.size() / 2);
+bool append_from_hex(std::string& out, std::string_view hex) {
+  if (hex.size() % 2 != 0) return false;
+  const std::size_t size_before = out.size();
   for (std::size_t i = 0; i < hex.size(); i += 2) {
     const int high = hex_value(hex[i]);
     const int low = hex_value(hex[i + 1]);
-    if (high < 0 || low < 0) return std::nullopt;
+    if (high < 0 || low < 0) {
+      out.resize(size_before);
+      return false;
+    }
     out.push_back(static_cast<char>((high << 4) | low));
   }
+  return true;
+}
+
+std::optional<std::string> from_hex(std::string_view hex) {
+  std::string out;
+  out.reserve(hex.size() / 2);
+  if (!append_from_hex(out, hex)) return std::nullopt;
   return out;
 }
 

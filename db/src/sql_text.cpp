@@ -4,6 +4,7 @@
 #include <ctime>
 #include <limits>
 #include <stdexcept>
+#include <utility>
 
 #include "ledger/core/hex.hpp"
 
@@ -98,9 +99,6 @@ void put_length(std::string& out, std::size_t length) {
   put_u32(out, static_cast<std::uint32_t>(length));
 }
 
-// A lowercase hex digit's value.
-int hex_value(char c) { return c <= '9' ? c - '0' : c - 'a' + 10; }
-
 // timestamptz counts microseconds from 2000-01-01 00:00:00 UTC.
 constexpr std::int64_t postgres_epoch_micros = 946'684'800'000'000;
 
@@ -153,10 +151,10 @@ void BinaryArray::add_uuid(std::string_view text) {
                                 std::string(text) + "\"");
   }
   put_u32(elements_, 16);
-  for (std::size_t i = 0; i < text.size(); i += 2) {
-    if (text[i] == '-') ++i;
-    elements_.push_back(static_cast<char>(hex_value(text[i]) << 4 | hex_value(text[i + 1])));
-  }
+  // The five groups of hex digits between the hyphens (checked above).
+  static constexpr std::pair<std::size_t, std::size_t> groups[] = {
+      {0, 8}, {9, 4}, {14, 4}, {19, 4}, {24, 12}};
+  for (const auto& [at, digits] : groups) (void)append_from_hex(elements_, text.substr(at, digits));
   ++count_;
 }
 

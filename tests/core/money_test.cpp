@@ -35,6 +35,13 @@ TEST_CASE("hex round-trips and rejects malformed input") {
   CHECK(ledger::from_hex("0001FEff") == bytes);
   CHECK_FALSE(ledger::from_hex("abc").has_value());
   CHECK_FALSE(ledger::from_hex("zz").has_value());
+  // Appending: the bytes go after what `out` holds; a malformed input leaves it as it was.
+  std::string out = "ab";
+  CHECK(ledger::append_from_hex(out, "0001"));
+  CHECK(out == std::string("ab\x00\x01", 4));
+  CHECK_FALSE(ledger::append_from_hex(out, "ffzz"));
+  CHECK_FALSE(ledger::append_from_hex(out, "fff"));
+  CHECK(out == std::string("ab\x00\x01", 4));
 }
 
 TEST_CASE("strong types compare by value") {
