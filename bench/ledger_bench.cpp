@@ -999,7 +999,43 @@ int main(int argc, char** argv) {
     wrk.seconds = seconds;
     wrk.run_id = std::to_string(std::chrono::system_clock::now().time_since_epoch().count());
     std::cout << "http (wrk): 64 connections, maximum rate, " << seconds << " s ...\n";
+    // Where the whole stack's CPU goes, per transfer and per process (0: not measured).
+    const std::vector<std::pair<std::string, pid_t>> stack_processes = {
+        {"serve (with its relay)", serve},
+        {"PostgreSQL (every process)", postmaster},
+        {"project all", project},
+        {"the broker", broker}};
+    std::vector<double> stack_cpu_before;
+    for (const auto& [what, pid] : stack_processes)
+      stack_cpu_before.push_back(cpu_seconds_with_children(pid));
+    // Every client's transactions (serve's commits, the relay's checkpoints, each projector's
+    // rounds): a projector's round costs about a dozen statements and a commit whatever it holds.
+    const char* commits_sql =
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()";
+    // A projector's round updates its row of read.projections once, and a commit of serve's
+    // moves the head row once (both tables' updated-row counts).
+    const char* rounds_sql =
+        "SELECT n_tup_upd FROM pg_stat_user_tables WHERE schemaname = 'read' AND relname = "
+        "'projections'";
+    const char* appends_sql =
+        "SELECT n_tup_upd FROM pg_stat_user_tables WHERE schemaname = 'public' AND relname = "
+        "'event_store_head'";
+    const std::int64_t commits_before = bench::query_scalar(app_url, commits_sql);
+    const std::int64_t rounds_before = bench::query_scalar(app_url, rounds_sql);
+    const std::int64_t appends_before = bench::query_scalar(app_url, appends_sql);
     const auto wrk_run = bench::run_wrk(wrk);
+    std::vector<double> stack_cpu_us;
+    for (std::size_t i = 0; i < stack_processes.size(); ++i) {
+      const double used =
+          cpu_seconds_with_children(stack_processes[i].second) - stack_cpu_before[i];
+      const double transfers = wrk_run.rate() * wrk_run.seconds;
+      stack_cpu_us.push_back(transfers > 0 && used > 0 ? used * 1e6 / transfers : 0);
+    }
+    // A busy backend reports its transactions to pg_stat_database at most once a second, before
+    // the run as after it: the difference is the run's, give or take a second's worth.
+    const std::int64_t stack_commits = bench::query_scalar(app_url, commits_sql) - commits_before;
+    const std::int64_t stack_rounds = bench::query_scalar(app_url, rounds_sql) - rounds_before;
+    const std::int64_t stack_appends = bench::query_scalar(app_url, appends_sql) - appends_before;
     std::cout << "http: 64 connections, maximum rate, " << seconds << " s ...\n";
     // A rate the HTTP front reaches while the projectors fall behind is not one the whole stack
     // sustains: 80 % of it only measures a queue. So the share of the run's events the read
@@ -1228,6 +1264,22 @@ int main(int argc, char** argv) {
       results.push_back({"http (wrk)", what + "of it, the COMMIT", commit, "ms", "", ""});
       results.push_back({"http (wrk)", what + "of it, the rest (reads under the lock)",
                          held - rows - write - commit, "ms", "", ""});
+    }
+    if (wrk_run.ran && wrk_run.seconds > 0) {
+      results.push_back({"http (wrk)",
+                         "whole stack: PostgreSQL transactions committed per second (every client)",
+                         static_cast<double>(stack_commits) / wrk_run.seconds, "tx/s", "", ""});
+      results.push_back({"http (wrk)", "whole stack: of them, serve's appends",
+                         static_cast<double>(stack_appends) / wrk_run.seconds, "tx/s", "", ""});
+      results.push_back({"http (wrk)",
+                         "whole stack: of them, the projectors' rounds (three read models)",
+                         static_cast<double>(stack_rounds) / wrk_run.seconds, "tx/s", "", ""});
+    }
+    for (std::size_t i = 0; wrk_run.ran && i < stack_processes.size(); ++i) {
+      if (stack_cpu_us[i] <= 0) continue;
+      results.push_back({"http (wrk)",
+                         "whole stack: " + stack_processes[i].first + "'s CPU per transfer",
+                         stack_cpu_us[i], "µs", "", ""});
     }
     if (write_path_run.ran && write_path_serve_us > 0) {
       results.push_back({"http (wrk)", "write path alone: serve's CPU per transfer", write_path_serve_us, "µs",
