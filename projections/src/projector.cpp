@@ -456,30 +456,47 @@ struct Projector::Impl {
     std::int64_t rejected = 0;           // undecodable events or garbled markers
   };
 
-  // Collects up to batch_events_max messages, waiting at most batch_wait after the first
-  // (first_wait_ms 0: only what is already fetched), into `incoming` per partition. With
-  // `skip_events` (catching up from the store) nothing is decoded: Kafka's copies are dropped,
-  // their offsets kept.
+  // Collects up to batch_events_max messages into `incoming` per partition: the first within
+  // first_wait_ms, then what arrives within batch_wait of it (first_wait_ms 0: only what is
+  // already fetched). A round costs about a dozen statements and a commit whatever it holds, so
+  // under load a round takes what its window brings, not what one fetch did: ended at the
+  // first empty poll, rounds held one fetch each and cost the three projectors of one process
+  // as much PostgreSQL CPU as the write path (issue 18). With `skip_events` (catching up from
+  // the store) nothing is decoded: Kafka's copies are dropped, their offsets kept.
   Collected collect(PartitionMessages& incoming, PartitionOffsets& offsets, int first_wait_ms, bool skip_events) {
     Collected collected;
     const auto started = Clock::now();
+    Clock::time_point window_end;  // batch_wait after the first message
     int wait_ms = first_wait_ms;
     while (collected.messages < settings.batch_events_max && !worker.stopping()) {
       rd_kafka_message_t* message = rd_kafka_consumer_poll(consumer, wait_ms);
+      const auto now = Clock::now();
       if (message == nullptr) {
-        if (collected.messages > 0 || first_wait_ms == 0 || Clock::now() - started >= settings.batch_wait) break;
-        continue;
+        if (first_wait_ms == 0) break;
+        if (collected.messages > 0 ? now >= window_end : now - started >= settings.batch_wait)
+          break;
+      } else {
+        if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+          if (collected.messages == 0) window_end = now + settings.batch_wait;
+          ++collected.messages;
+          offsets[message->partition] = message->offset + 1;
+          if (!skip_events) decode(message, incoming, collected);
+        } else if (message->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+          update_status(
+              [&](ProjectorStatus& s) { s.last_error = rd_kafka_message_errstr(message); });
+        }
+        rd_kafka_message_destroy(message);
+        if (collected.messages > 0 && now >= window_end) break;
       }
-      if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        ++collected.messages;
-        offsets[message->partition] = message->offset + 1;
-        if (!skip_events) decode(message, incoming, collected);
-      } else if (message->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-        update_status([&](ProjectorStatus& s) { s.last_error = rd_kafka_message_errstr(message); });
+      if (collected.messages == 0) {
+        wait_ms = first_wait_ms;
+      } else if (first_wait_ms == 0) {
+        wait_ms = 0;
+      } else {
+        // The window's rest, rounded up: a poll of 0 ms would spin.
+        const auto rest = std::chrono::ceil<std::chrono::milliseconds>(window_end - now).count();
+        wait_ms = static_cast<int>(std::max<std::int64_t>(1, rest));
       }
-      rd_kafka_message_destroy(message);
-      if (collected.messages > 0 && Clock::now() - started >= settings.batch_wait) break;
-      wait_ms = collected.messages == 0 ? first_wait_ms : 1;
     }
     return collected;
   }

@@ -129,6 +129,16 @@ TEST_CASE("a consumer group prefix must be a plain Kafka group name") {
                        "--database-url");
 }
 
+TEST_CASE(
+    "a projector's round window outside 1 to 1,000 ms, as a flag or an environment variable") {
+  check_one_line_error(run_ledger({"project", "all", "--batch-wait-ms", "0"}), "--batch-wait-ms");
+  check_one_line_error(run_ledger({"project", "all", "--batch-wait-ms", "1001"}),
+                       "--batch-wait-ms");
+  check_one_line_error(run_ledger({"project", "all", "--batch-wait-ms", "5ms"}), "--batch-wait-ms");
+  check_one_line_error(run_ledger({"project", "all"}, {"LEDGER_PROJECT_BATCH_WAIT_MS=-1"}),
+                       "--batch-wait-ms");
+}
+
 TEST_CASE("a bad value in the config file") {
   const auto path = std::filesystem::temp_directory_path() / "ledger-settings-test.toml";
   std::ofstream(path) << "log-level = \"chatty\"\n";

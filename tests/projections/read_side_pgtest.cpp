@@ -10,6 +10,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../engine/engine_fixture.hpp"
@@ -212,6 +213,38 @@ std::set<std::string> prepared_on_pool(db::ConnectionPool& pool) {
 }
 
 }  // namespace
+
+TEST_CASE(
+    "a projector's round takes what arrives within its window after the first message (issue 18)") {
+  test::TestDatabase database;
+  // A window long enough that a loaded machine still appends the second deposit inside it.
+  test::ReadSideStack stack(database, 6, [](auto& settings) { settings.batch_wait = 3s; });
+  auto& [kafka, pool, engine, relay, projectors] = stack;
+  const std::string url = database.app_url();
+  open_accounts(engine);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(url); }, 60s));
+  std::int64_t rounds_before = 0;
+  for (const auto& projector : projectors.running) rounds_before += projector->status().batches;
+
+  REQUIRE(engine.execute(command(Deposit{test::account_name(5), Amount(7)})).accepted());
+  const std::int64_t first = test::store_head(url);
+  // The relay publishes within milliseconds: a round that ended at its first empty poll (as
+  // before) would have applied the deposit by now. Its window keeps the round open instead.
+  std::this_thread::sleep_for(300ms);
+  for (const char* projection : {"balance", "audit", "loan"}) {
+    CHECK_MESSAGE(test::highest_partition_watermark(url, projection) < first, projection);
+  }
+  REQUIRE(engine.execute(command(Deposit{test::account_name(6), Amount(9)})).accepted());
+  const std::int64_t second = test::store_head(url);
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(url); }, 30s));
+  CHECK(test::watermark(url, "loan") == second);
+  test::check_read_models_equal_fold(url);
+  // Both deposits, and the relay's markers for the partitions they did not touch, in one round
+  // per projection; at most one more for markers sent after the window closed.
+  std::int64_t rounds = 0;
+  for (const auto& projector : projectors.running) rounds += projector->status().batches;
+  CHECK(rounds - rounds_before <= 2 * projection_count);
+}
 
 TEST_CASE("every statement of a projector's round runs prepared, once per session (issue 18)") {
   test::TestDatabase database;

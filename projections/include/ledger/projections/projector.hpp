@@ -32,7 +32,8 @@ struct ProjectorSettings {
   std::string topic = "ledger.events";
   std::string group_prefix = "ledger-projection-";  // consumer group: prefix + projection name
   std::size_t batch_events_max = 5'000;
-  std::chrono::milliseconds batch_wait{5};  // collect a batch for at most this long
+  // After a round's first message, how long it collects more (near the head).
+  std::chrono::milliseconds batch_wait{5};
   std::chrono::milliseconds fetch_wait_max{5};  // librdkafka fetch.wait.max.ms
   // Further behind the store's head than this, read the store in order instead of Kafka
   // (catching up); the head is read at most every head_check_interval.
