@@ -15,8 +15,7 @@ CommandAction register_project_command(CLI::App& root, Settings& settings) {
   auto batch_events = std::make_shared<std::size_t>(5'000);
   auto catch_up_batch_events = std::make_shared<std::size_t>(projections::ProjectorSettings{}.catch_up_batch_events_max);
   auto gap_wait_ms = std::make_shared<int>(1'000);
-  auto batch_wait_ms =
-      std::make_shared<int>(static_cast<int>(projections::ProjectorSettings{}.batch_wait.count()));
+  auto batch_linger_ms = std::make_shared<int>(0);
   std::vector<std::string> names{"all"};
   for (const auto kind : projections::all_projections()) names.emplace_back(projections::to_string(kind));
   project->add_option("projection", *which, "Which read model: all, balance (with statements), audit, loan")
@@ -30,11 +29,12 @@ CommandAction register_project_command(CLI::App& root, Settings& settings) {
       ->envname("LEDGER_PROJECT_CATCH_UP_BATCH_EVENTS_MAX")->check(CLI::Range(1, 1'000'000))->capture_default_str();
   project
       ->add_option(
-          "--batch-wait-ms", *batch_wait_ms,
-          "After a round's first event, how long it collects more before applying them (a round "
-          "costs about a dozen statements whatever it holds)")
-      ->envname("LEDGER_PROJECT_BATCH_WAIT_MS")
-      ->check(CLI::Range(1, 1'000))
+          "--batch-linger-ms", *batch_linger_ms,
+          "After a round's first event, how long it waits for more before applying them (0: "
+          "applies once nothing more is fetched; a round costs about a dozen statements "
+          "whatever it holds)")
+      ->envname("LEDGER_PROJECT_BATCH_LINGER_MS")
+      ->check(CLI::Range(0, 1'000))
       ->capture_default_str();
   project->add_option("--gap-wait-ms", *gap_wait_ms,
                       "Read a position from the event store when Kafka has not delivered it for this long")
@@ -59,7 +59,7 @@ CommandAction register_project_command(CLI::App& root, Settings& settings) {
     projector_settings.batch_events_max = *batch_events;
     projector_settings.catch_up_batch_events_max = *catch_up_batch_events;
     projector_settings.gap_wait = std::chrono::milliseconds(*gap_wait_ms);
-    projector_settings.batch_wait = std::chrono::milliseconds(*batch_wait_ms);
+    projector_settings.batch_linger = std::chrono::milliseconds(*batch_linger_ms);
 
     // Several projections in one process read each range of a catch-up once between them.
     const auto shared_reads = *which == "all" ? projections::make_catch_up_reads(pool) : nullptr;

@@ -457,27 +457,32 @@ struct Projector::Impl {
   };
 
   // Collects up to batch_events_max messages into `incoming` per partition: the first within
-  // first_wait_ms, then what arrives within batch_wait of it (first_wait_ms 0: only what is
-  // already fetched). A round costs about a dozen statements and a commit whatever it holds, so
-  // under load a round takes what its window brings, not what one fetch did: ended at the
-  // first empty poll, rounds held one fetch each and cost the three projectors of one process
-  // as much PostgreSQL CPU as the write path (issue 18). With `skip_events` (catching up from
-  // the store) nothing is decoded: Kafka's copies are dropped, their offsets kept.
+  // first_wait_ms, then what follows within batch_wait of it (first_wait_ms 0: only what is
+  // already fetched). Near the head the round ends as soon as a poll finds nothing more, or,
+  // with a batch_linger, once nothing more came within that long of the first message: a
+  // round costs about a dozen statements and a commit whatever it holds, and lingering trades
+  // lag for fewer rounds (projections/README.md, "Rounds under load"). With `skip_events`
+  // (catching up from the store) nothing is decoded: Kafka's copies are dropped, their
+  // offsets kept.
   Collected collect(PartitionMessages& incoming, PartitionOffsets& offsets, int first_wait_ms, bool skip_events) {
     Collected collected;
     const auto started = Clock::now();
-    Clock::time_point window_end;  // batch_wait after the first message
+    Clock::time_point window_end;  // batch_wait after the first message: the round ends
+    Clock::time_point linger_end;  // batch_linger after it: an empty poll ends the round
     int wait_ms = first_wait_ms;
     while (collected.messages < settings.batch_events_max && !worker.stopping()) {
       rd_kafka_message_t* message = rd_kafka_consumer_poll(consumer, wait_ms);
       const auto now = Clock::now();
       if (message == nullptr) {
         if (first_wait_ms == 0) break;
-        if (collected.messages > 0 ? now >= window_end : now - started >= settings.batch_wait)
+        if (collected.messages > 0 ? now >= linger_end : now - started >= settings.batch_wait)
           break;
       } else {
         if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-          if (collected.messages == 0) window_end = now + settings.batch_wait;
+          if (collected.messages == 0) {
+            window_end = now + std::max(settings.batch_wait, settings.batch_linger);
+            linger_end = now + settings.batch_linger;
+          }
           ++collected.messages;
           offsets[message->partition] = message->offset + 1;
           if (!skip_events) decode(message, incoming, collected);
@@ -493,8 +498,8 @@ struct Projector::Impl {
       } else if (first_wait_ms == 0) {
         wait_ms = 0;
       } else {
-        // The window's rest, rounded up: a poll of 0 ms would spin.
-        const auto rest = std::chrono::ceil<std::chrono::milliseconds>(window_end - now).count();
+        // What is left of the linger, rounded up; at least 1 ms, a poll of 0 would spin.
+        const auto rest = std::chrono::ceil<std::chrono::milliseconds>(linger_end - now).count();
         wait_ms = static_cast<int>(std::max<std::int64_t>(1, rest));
       }
     }

@@ -130,13 +130,15 @@ TEST_CASE("a consumer group prefix must be a plain Kafka group name") {
 }
 
 TEST_CASE(
-    "a projector's round window outside 1 to 1,000 ms, as a flag or an environment variable") {
-  check_one_line_error(run_ledger({"project", "all", "--batch-wait-ms", "0"}), "--batch-wait-ms");
-  check_one_line_error(run_ledger({"project", "all", "--batch-wait-ms", "1001"}),
-                       "--batch-wait-ms");
-  check_one_line_error(run_ledger({"project", "all", "--batch-wait-ms", "5ms"}), "--batch-wait-ms");
-  check_one_line_error(run_ledger({"project", "all"}, {"LEDGER_PROJECT_BATCH_WAIT_MS=-1"}),
-                       "--batch-wait-ms");
+    "a projector's round linger outside 0 to 1,000 ms, as a flag or an environment variable") {
+  check_one_line_error(run_ledger({"project", "all", "--batch-linger-ms", "-1"}),
+                       "--batch-linger-ms");
+  check_one_line_error(run_ledger({"project", "all", "--batch-linger-ms", "1001"}),
+                       "--batch-linger-ms");
+  check_one_line_error(run_ledger({"project", "all", "--batch-linger-ms", "5ms"}),
+                       "--batch-linger-ms");
+  check_one_line_error(run_ledger({"project", "all"}, {"LEDGER_PROJECT_BATCH_LINGER_MS=many"}),
+                       "--batch-linger-ms");
 }
 
 TEST_CASE("a bad value in the config file") {

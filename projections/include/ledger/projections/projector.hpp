@@ -32,8 +32,11 @@ struct ProjectorSettings {
   std::string topic = "ledger.events";
   std::string group_prefix = "ledger-projection-";  // consumer group: prefix + projection name
   std::size_t batch_events_max = 5'000;
-  // After a round's first message, how long it collects more (near the head).
+  // Near the head, a round collects for at most batch_wait after its first message; it ends
+  // sooner when a poll finds nothing more, unless batch_linger after the first message has not
+  // passed yet (0: at the first empty poll).
   std::chrono::milliseconds batch_wait{5};
+  std::chrono::milliseconds batch_linger{0};
   std::chrono::milliseconds fetch_wait_max{5};  // librdkafka fetch.wait.max.ms
   // Further behind the store's head than this, read the store in order instead of Kafka
   // (catching up); the head is read at most every head_check_interval.
