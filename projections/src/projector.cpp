@@ -46,6 +46,10 @@ using PartitionMessages = std::map<std::int32_t, std::vector<Message>>;
 
 // How long reading the topic's partition count may take.
 constexpr int metadata_timeout_ms = 10'000;
+// The longest batch_linger accepted (`ledger project --batch-linger-ms` allows up to 1 s), and
+// the longest single poll while a round lingers.
+constexpr auto batch_linger_max = std::chrono::milliseconds(60'000);
+constexpr auto linger_poll_max = std::chrono::milliseconds(100);
 // The store's positions, partitions and hashes are read this many rows a query.
 constexpr std::int64_t stored_range_rows = 20'000;
 // Events read from the store for a gap or a catch-up, at most this many a query.
@@ -173,8 +177,19 @@ const std::vector<ProjectionKind>& all_projections() {
 struct Projector::Impl {
   Impl(ProjectionKind k, ProjectorSettings s, db::ConnectionPool& p,
        std::shared_ptr<CatchUpReads> shared)
-      : kind(k), name(to_string(k)), settings(std::move(s)), pool(p), store(p),
-        projection(make_projection(k)), shared_reads(std::move(shared)) {}
+      : kind(k),
+        name(to_string(k)),
+        settings(std::move(s)),
+        pool(p),
+        store(p),
+        projection(make_projection(k)),
+        shared_reads(std::move(shared)) {
+    if (settings.batch_linger < std::chrono::milliseconds(0) ||
+        settings.batch_linger > batch_linger_max) {
+      throw std::invalid_argument("projector " + name + ": batch_linger must be 0 to " +
+                                  std::to_string(batch_linger_max.count()) + " ms");
+    }
+  }
 
   ProjectionKind kind;
   std::string name;
@@ -496,11 +511,12 @@ struct Projector::Impl {
       if (collected.messages == 0) {
         wait_ms = first_wait_ms;
       } else if (first_wait_ms == 0) {
-        wait_ms = 0;
+        wait_ms = 1;
       } else {
-        // What is left of the linger, rounded up; at least 1 ms, a poll of 0 would spin.
+        // What is left of the linger, rounded up: at least 1 ms (a poll of 0 would spin), at most
+        // linger_poll_max (a stop is seen between polls).
         const auto rest = std::chrono::ceil<std::chrono::milliseconds>(linger_end - now).count();
-        wait_ms = static_cast<int>(std::max<std::int64_t>(1, rest));
+        wait_ms = static_cast<int>(std::clamp<std::int64_t>(rest, 1, linger_poll_max.count()));
       }
     }
     return collected;

@@ -216,8 +216,12 @@ std::set<std::string> prepared_on_pool(db::ConnectionPool& pool) {
 
 TEST_CASE("a projector's round lingers after its first message and takes what arrives meanwhile") {
   test::TestDatabase database;
-  // Long enough that a loaded machine still appends the second deposit within it.
-  test::ReadSideStack stack(database, 6, [](auto& settings) { settings.batch_linger = 3s; });
+  // Long enough that a loaded machine still appends the second deposit within it; no healing
+  // from the store while Kafka is quiet (it would apply the deposit without a round of Kafka's).
+  test::ReadSideStack stack(database, 6, [](auto& settings) {
+    settings.batch_linger = 3s;
+    settings.gap_wait = 1h;
+  });
   auto& [kafka, pool, engine, relay, projectors] = stack;
   const std::string url = database.app_url();
   // Every read model at the head, the loan model's too (read_models_caught_up leaves it out).
@@ -238,8 +242,9 @@ TEST_CASE("a projector's round lingers after its first message and takes what ar
 
   REQUIRE(engine.execute(command(Deposit{test::account_name(5), Amount(7)})).accepted());
   const std::int64_t first = test::store_head(url);
-  // The relay publishes within milliseconds: a round that ended at its first empty poll (the
-  // default, batch_linger 0) would have applied the deposit by now. Lingering, it is still open.
+  // Once the broker has the deposit, a round that ended at its first empty poll (the default,
+  // batch_linger 0) applies it within milliseconds. Lingering, it is still open 300 ms later.
+  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() >= first; }, 2s));
   std::this_thread::sleep_for(300ms);
   for (const char* projection : {"balance", "audit", "loan"}) {
     CHECK_MESSAGE(test::highest_partition_watermark(url, projection) < first, projection);
@@ -253,6 +258,21 @@ TEST_CASE("a projector's round lingers after its first message and takes what ar
   std::int64_t rounds = 0;
   for (const auto& projector : projectors.running) rounds += projector->status().batches;
   CHECK(rounds - rounds_before <= 2 * projection_count);
+}
+
+TEST_CASE("a projector refuses a linger below 0 or above 60 s") {
+  test::TestDatabase database;
+  test::MockKafka kafka;
+  auto pool = test::make_pool(database.app_url());
+  for (const auto linger : {-1ms, 60'001ms, std::chrono::milliseconds::max()}) {
+    auto settings = test::projector_settings(kafka);
+    settings.batch_linger = linger;
+    CHECK_THROWS_AS(projections::Projector(projections::ProjectionKind::balance, settings, pool),
+                    std::invalid_argument);
+  }
+  auto settings = test::projector_settings(kafka);
+  settings.batch_linger = 60'000ms;
+  CHECK_NOTHROW(projections::Projector(projections::ProjectionKind::balance, settings, pool));
 }
 
 TEST_CASE("every statement of a projector's round runs prepared, once per session (issue 18)") {
