@@ -265,6 +265,12 @@ double cpu_seconds_with_children(pid_t root) {
   return total;
 }
 
+// Microseconds of `cpu_seconds` per transfer a wrk run made (0: nothing to divide or by).
+double cpu_us_per_transfer(double cpu_seconds, const bench::WrkResult& run) {
+  const double transfers = run.rate() * run.seconds;
+  return transfers > 0 && cpu_seconds > 0 ? cpu_seconds * 1e6 / transfers : 0;
+}
+
 void setup_accounts(engine::Engine& engine, int accounts) {
   const Currency eur = *Currency::parse("EUR");
   std::vector<std::future<domain::CommandOutcome>> pending;
@@ -1026,10 +1032,8 @@ int main(int argc, char** argv) {
     const auto wrk_run = bench::run_wrk(wrk);
     std::vector<double> stack_cpu_us;
     for (std::size_t i = 0; i < stack_processes.size(); ++i) {
-      const double used =
-          cpu_seconds_with_children(stack_processes[i].second) - stack_cpu_before[i];
-      const double transfers = wrk_run.rate() * wrk_run.seconds;
-      stack_cpu_us.push_back(transfers > 0 && used > 0 ? used * 1e6 / transfers : 0);
+      stack_cpu_us.push_back(cpu_us_per_transfer(
+          cpu_seconds_with_children(stack_processes[i].second) - stack_cpu_before[i], wrk_run));
     }
     // A busy backend reports its transactions to pg_stat_database at most once a second, before
     // the run as after it: the difference is the run's, give or take a second's worth.
@@ -1166,13 +1170,13 @@ int main(int argc, char** argv) {
     const double serve_cpu_before = cpu_seconds_with_children(write_path_serve);
     const auto write_path_run = bench::run_wrk(wrk);
     // CPU per transfer of the two processes a command passes through (0: not measured).
-    const double write_path_transfers = write_path_run.rate() * write_path_run.seconds;
-    const auto cpu_us_per_transfer = [&](double cpu_seconds) {
-      return write_path_transfers > 0 && cpu_seconds > 0 ? cpu_seconds * 1e6 / write_path_transfers : 0;
-    };
-    const double write_path_postgres_us = postmaster > 0
-        ? cpu_us_per_transfer(cpu_seconds_with_children(postmaster) - postgres_cpu_before) : 0;
-    const double write_path_serve_us = cpu_us_per_transfer(cpu_seconds_with_children(write_path_serve) - serve_cpu_before);
+    const double write_path_postgres_us =
+        postmaster > 0
+            ? cpu_us_per_transfer(cpu_seconds_with_children(postmaster) - postgres_cpu_before,
+                                  write_path_run)
+            : 0;
+    const double write_path_serve_us = cpu_us_per_transfer(
+        cpu_seconds_with_children(write_path_serve) - serve_cpu_before, write_path_run);
     const auto steps_after = bench::commit_steps(write_path_port);
     (void)process::stop(write_path_serve, SIGTERM, std::chrono::seconds(30));
     (void)process::stop(broker, SIGTERM, std::chrono::seconds(10));
