@@ -224,11 +224,18 @@ namespace {
 }  // namespace
 
 struct Relay::Impl {
-  Impl(RelaySettings s, db::ConnectionPool& p) : settings(std::move(s)), pool(p), store(p) {}
+  Impl(RelaySettings s, db::ConnectionPool& p) : settings(std::move(s)), pool(p) {}
 
   RelaySettings settings;
   db::ConnectionPool& pool;
-  engine::EventStore store;
+  // The log's new events, read in binary on a connection of its own (issue 18: read as text,
+  // PostgreSQL hex-encoded every payload and hash and the relay decoded them again); opened on
+  // the first read, dropped when a read fails.
+  std::unique_ptr<engine::LogCopyReader> log_reader;
+  std::vector<RecordedEvent> read_events;
+  // The position the store lacks where publishing stopped (0: none), and when it was logged.
+  std::int64_t missing_position = 0;
+  Clock::time_point missing_logged{};
 
   SharedStatus<RelayStatus> state;
 
@@ -377,6 +384,46 @@ struct Relay::Impl {
     if (window.empty()) last_progress = Clock::now();
     window.push_back(Slot{static_cast<std::uint8_t>(messages), partition});
     next = event.position.value() + 1;
+  }
+
+  // Positions are dense: a hole is a damaged store (a restore gone wrong, a hand edit). What
+  // precedes it is published, nothing after it (its envelope would name a previous position
+  // Kafka never got), and nothing is rewound: the relay keeps leading, serves its in-flight
+  // messages, and reads again at the poll interval. Logged when first met, then every minute.
+  void report_missing(std::int64_t next_stored) {
+    const auto now = Clock::now();
+    if (missing_position == next && now - missing_logged < std::chrono::minutes(1)) return;
+    spdlog::error(
+        "relay: position {} is missing from the event store (the next stored one is {}); nothing "
+        "after it is published until it is back (`ledger replay verify` checks the log)",
+        next, next_stored);
+    missing_position = next;
+    missing_logged = now;
+    update_status([&](RelayStatus& s) { s.missing_position = GlobalPosition(next); });
+  }
+
+  void clear_missing() {
+    if (missing_position == 0) return;
+    spdlog::info("relay: position {} is in the event store again; publishing on", missing_position);
+    missing_position = 0;
+    update_status([](RelayStatus& s) { s.missing_position = GlobalPosition(0); });
+  }
+
+  // The stored events from `next` on, at most read_batch_events: one binary COPY of
+  // [next, next + read_batch_events - 1]. A reader whose read failed is not used again (its
+  // connection may be broken, its COPY left open).
+  const std::vector<RecordedEvent>& read_from_store() {
+    const auto last = next + static_cast<std::int64_t>(settings.read_batch_events) - 1;
+    try {
+      if (!log_reader)
+        log_reader = std::make_unique<engine::LogCopyReader>(pool, GlobalPosition(next),
+                                                             GlobalPosition(last));
+      log_reader->read_range(GlobalPosition(next), GlobalPosition(last), read_events);
+    } catch (...) {
+      log_reader.reset();
+      throw;
+    }
+    return read_events;
   }
 
   // Moves the acknowledged position over the contiguous acknowledged prefix.
@@ -603,8 +650,14 @@ struct Relay::Impl {
 
       if (now - last_read >= settings.poll_interval) maybe_more = true;
       if (maybe_more && window.size() < settings.in_flight_events_max) {
-        const auto events = store.read_all(GlobalPosition(next), settings.read_batch_events);
+        const auto& events = read_from_store();
+        bool hole = false;
         for (const auto& event : events) {
+          if (event.position.value() != next) {
+            hole = true;
+            report_missing(event.position.value());
+            break;
+          }
           try {
             produce(event);
           } catch (const std::exception&) {
@@ -612,8 +665,10 @@ struct Relay::Impl {
             break;  // replaced at the top of the loop
           }
         }
+        if (!hole && !events.empty()) clear_missing();
         last_read = now;
-        maybe_more = events.size() == settings.read_batch_events;
+        // At a hole: read again at the poll interval, meanwhile serve what is in flight.
+        maybe_more = !hole && events.size() == settings.read_batch_events;
         if (maybe_more) continue;
       }
       // Everything in the store up to `next - 1` has been handed over.
@@ -627,7 +682,9 @@ struct Relay::Impl {
         rd_kafka_poll(producer, 5);
         connection->get_notifs();
       }
-      if (listener.notified) maybe_more = true;
+      // At a hole, appends do not wake a read (each would read the events past the hole
+      // again): the poll interval does.
+      if (listener.notified && missing_position == 0) maybe_more = true;
     }
     // Stopping: give in-flight messages a moment, record how far Kafka acknowledged.
     rd_kafka_flush(producer, 5'000);
@@ -657,6 +714,7 @@ struct Relay::Impl {
         lead();
       } catch (const std::exception& error) {
         spdlog::warn("relay: {}; retrying", error.what());
+        log_reader.reset();  // a standby holds no connection to read the log
         update_status([](RelayStatus& s) { s.leader = false; });
         pause(settings.poll_interval * 2);
       }
@@ -699,9 +757,9 @@ void on_publish_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void* o
 
 }  // namespace
 
-std::int64_t publish_range(const RelaySettings& settings, db::ConnectionPool& pool, GlobalPosition from,
-                           GlobalPosition to, const std::function<void(std::int64_t)>& progress) {
-  engine::EventStore store(pool);
+std::int64_t publish_range(const RelaySettings& settings, db::ConnectionPool& pool,
+                           GlobalPosition from, GlobalPosition to,
+                           const std::function<void(std::int64_t)>& progress) {
   const Incarnation incarnation = [&] {
     auto lease = pool.acquire();
     pqxx::read_transaction work(*lease);
@@ -726,16 +784,22 @@ std::int64_t publish_range(const RelaySettings& settings, db::ConnectionPool& po
   std::int64_t produced = 0;  // events
   std::int64_t messages = 0;  // messages: one per event, two with the JSON view
   std::int64_t next = from.value();
+  // The range in binary, read_batch_events a COPY (as the relay reads).
+  const auto chunk =
+      static_cast<std::int64_t>(std::max<std::size_t>(settings.read_batch_events, 1));
+  engine::LogCopyReader reader(pool, from, to, chunk);
+  std::vector<RecordedEvent> batch;
   while (next <= to.value()) {
-    const auto batch = store.read_all(
-        GlobalPosition(next),
-        static_cast<std::size_t>(std::min<std::int64_t>(to.value() - next + 1,
-                                                        static_cast<std::int64_t>(settings.read_batch_events))));
-    if (batch.empty() || batch.front().position.value() != next) {
+    reader.read(batch, static_cast<std::size_t>(chunk));
+    if (batch.empty()) {
       throw std::runtime_error("position " + std::to_string(next) + " is missing from the event store");
     }
     for (const auto& event : batch) {
-      if (event.position.value() > to.value()) break;
+      // A hole anywhere in the range, not only at a batch's start.
+      if (event.position.value() != next) {
+        throw std::runtime_error("position " + std::to_string(next) +
+                                 " is missing from the event store");
+      }
       const auto partition = partition_for_stream(event.stream_id, partitions);
       auto& previous = last_sent[static_cast<std::size_t>(partition)];
       messages += produce_event(producer.get(), settings, event, incarnation, partition, previous);

@@ -561,6 +561,15 @@ TEST_CASE("publish re-sends a range to Kafka exactly as the relay does; projecto
   nowhere.brokers = "127.0.0.1:1";
   nowhere.kafka_properties["message.timeout.ms"] = "1000";
   CHECK_THROWS((void)replay::publish(pool, nowhere, {GlobalPosition(1), GlobalPosition(3)}));
+
+  // A hole inside a batch is refused, not stepped over (read as text, only a hole at a
+  // batch's first position was).
+  const std::int64_t missing = head / 2;
+  tamper(database, "DELETE FROM events WHERE position = " + std::to_string(missing));
+  const std::string refusal =
+      "position " + std::to_string(missing) + " is missing from the event store";
+  CHECK_THROWS_WITH((void)replay::publish(pool, settings, {GlobalPosition(1), GlobalPosition(0)}),
+                    doctest::Contains(refusal.c_str()));
 }
 
 TEST_CASE("the slim audit model answers what its jsonb copy of every event answered, to the byte") {

@@ -70,6 +70,8 @@ struct RelayStatus {
   std::string incarnation;               // the store's incarnation it publishes under
   std::int32_t partitions = 0;           // of the events topic, read when leadership began
   std::int64_t markers_sent = 0;         // progress markers handed to the producer since start
+  // A position the event store lacks, where publishing stopped until it is back (0: none).
+  GlobalPosition missing_position{0};
 };
 
 using domain::Incarnation;
@@ -81,7 +83,8 @@ using domain::Incarnation;
 Incarnation begin_store_incarnation(pqxx::connection_base& connection);
 
 // Runs on its own thread from start() to stop(). Reads with `pool`; takes one dedicated
-// connection for the leader lock and the append notifications.
+// connection for the leader lock and the append notifications and, while it leads, one more
+// from the pool's URL for reading the log (a binary COPY, which libpqxx 6 cannot run).
 class Relay {
  public:
   Relay(RelaySettings settings, db::ConnectionPool& pool);
