@@ -259,6 +259,24 @@ MigrationRunner::MigrationRunner(std::string url, std::vector<Migration> migrati
             [](const Migration& a, const Migration& b) { return a.version < b.version; });
 }
 
+std::optional<std::string> collation_warning(const std::string& url) {
+  auto connection = connect(url);
+  pqxx::read_transaction work(*connection);
+  const auto row = work.exec1(
+      "SELECT current_database(), datlocprovider, datcollate, coalesce(daticulocale, '') "
+      "FROM pg_database WHERE datname = current_database()");
+  const std::string provider = row[1].as<std::string>();
+  const std::string collate = row[2].as<std::string>();
+  if (provider == "c" && (collate == "C" || collate == "POSIX")) return std::nullopt;
+  const std::string locale =
+      provider == "i" ? "the ICU locale \"" + row[3].as<std::string>() + "\"" : "the locale \"" + collate + "\"";
+  return "database " + row[0].as<std::string>() + " orders text by " + locale +
+         ", not C: every index on the ledger's ids (stream ids, account ids, actors, idempotency keys) "
+         "compares through it on each append and projection, and an operating-system upgrade that "
+         "changes its order leaves those indexes corrupt until REINDEX. Create the ledger's database "
+         "with LC_COLLATE 'C' (docs/operations.md, \"The database\")";
+}
+
 MigrationStatus MigrationRunner::status() const {
   auto connection = connect(url_);
   return read_status(*connection, migrations_, /*create=*/false);
@@ -296,6 +314,7 @@ std::vector<int> MigrationRunner::up(std::optional<int> target_version) {
     spdlog::info("applied migration {}", label(migration.version, migration.name));
     applied.push_back(migration.version);
   }
+  if (const auto warning = collation_warning(url_)) spdlog::warn("{}", *warning);
   return applied;
 }
 

@@ -342,3 +342,29 @@ TEST_CASE("the append-only tables vacuum every 100,000 inserted rows, freezing w
   CHECK(runner.up().size() == reverted);
   CHECK(count(database.admin_url(), tuned) == 4);
 }
+
+TEST_CASE("a database that orders text by a locale, not C, is named with the risk; a C database is not") {
+  test::TestDatabase database(false);
+  CHECK_FALSE(db::collation_warning(database.admin_url()).has_value());
+
+  // C.utf8 is built into the C library of every Debian 12 machine.
+  const std::string name = database.name() + "_locale";
+  const std::string admin = test::TestCluster::instance().superuser_url("postgres");
+  {
+    pqxx::connection connection(admin);
+    pqxx::nontransaction work(connection);
+    work.exec("CREATE DATABASE " + name + " TEMPLATE template0 LC_COLLATE 'C.utf8' LC_CTYPE 'C.utf8'");
+  }
+  const std::string url = test::TestCluster::instance().superuser_url(name);
+  const auto warning = db::collation_warning(url);
+  REQUIRE(warning.has_value());
+  CHECK(warning->find("database " + name + " orders text by the locale \"C.utf8\", not C") != std::string::npos);
+  CHECK(warning->find("REINDEX") != std::string::npos);
+  // A warning, not a refusal: the migrations apply.
+  CHECK_FALSE(db::MigrationRunner(url).up().empty());
+  {
+    pqxx::connection connection(admin);
+    pqxx::nontransaction work(connection);
+    work.exec("DROP DATABASE " + name + " WITH (FORCE)");
+  }
+}

@@ -50,6 +50,13 @@ enum class DroppingRows {
   allow,   // `ledger migrate down --force`: drop them (each is logged)
 };
 
+// What is wrong with how the database at `url` orders text, for the operator (nullopt: it
+// collates as C, byte order). The ledger's indexes are on text ids (stream ids, account ids,
+// actors, idempotency keys): under a locale every comparison goes through it, and an operating
+// system upgrade that changes the locale's order leaves those indexes corrupt until REINDEX.
+// `MigrationRunner::up` logs it as a warning (docs/operations.md, "The database").
+[[nodiscard]] std::optional<std::string> collation_warning(const std::string& url);
+
 // Applies and reverts migrations. Each migration runs in its own transaction; concurrent
 // runners are serialized by a PostgreSQL advisory lock, so each migration applies once.
 class MigrationRunner {
