@@ -262,12 +262,18 @@ MigrationRunner::MigrationRunner(std::string url, std::vector<Migration> migrati
 std::optional<std::string> collation_warning(const std::string& url) {
   auto connection = connect(url);
   pqxx::read_transaction work(*connection);
+  // Through to_jsonb: the provider column exists from PostgreSQL 15 on, and the ICU locale's
+  // column is daticulocale in 15 and 16, datlocale from 17 on.
   const auto row = work.exec1(
-      "SELECT current_database(), datlocprovider, datcollate, coalesce(daticulocale, '') "
-      "FROM pg_database WHERE datname = current_database()");
-  const std::string provider = row[1].as<std::string>();
-  const std::string collate = row[2].as<std::string>();
-  if (provider == "c" && (collate == "C" || collate == "POSIX")) return std::nullopt;
+      "SELECT current_database(), d.datcollate, coalesce(j->>'datlocprovider', 'c'), "
+      "coalesce(j->>'daticulocale', j->>'datlocale', '') "
+      "FROM pg_database d CROSS JOIN LATERAL to_jsonb(d) AS j WHERE d.datname = "
+      "current_database()");
+  const std::string provider = row[2].as<std::string>();
+  const std::string collate = row[1].as<std::string>();
+  // 'b': PostgreSQL 17's builtin provider, code-point order that no library upgrade changes.
+  if (provider == "b" || (provider == "c" && (collate == "C" || collate == "POSIX")))
+    return std::nullopt;
   const std::string locale =
       provider == "i" ? "the ICU locale \"" + row[3].as<std::string>() + "\"" : "the locale \"" + collate + "\"";
   return "database " + row[0].as<std::string>() + " orders text by " + locale +
@@ -314,7 +320,12 @@ std::vector<int> MigrationRunner::up(std::optional<int> target_version) {
     spdlog::info("applied migration {}", label(migration.version, migration.name));
     applied.push_back(migration.version);
   }
-  if (const auto warning = collation_warning(url_)) spdlog::warn("{}", *warning);
+  // Advice only: a check that fails must not fail a migration that succeeded.
+  try {
+    if (const auto warning = collation_warning(url_)) spdlog::warn("{}", *warning);
+  } catch (const std::exception& error) {
+    spdlog::warn("could not check the database's collation: {}", error.what());
+  }
   return applied;
 }
 

@@ -1,11 +1,12 @@
 #include "ledger/relay/relay.hpp"
 
 #include <librdkafka/rdkafka.h>
-#include <pqxx/pqxx>
 #include <spdlog/spdlog.h>
 
 #include <deque>
 #include <map>
+#include <optional>
+#include <pqxx/pqxx>
 #include <set>
 
 #include "ledger/core/assert.hpp"
@@ -236,6 +237,7 @@ struct Relay::Impl {
   // The position the store lacks where publishing stopped (0: none), and when it was logged.
   std::int64_t missing_position = 0;
   Clock::time_point missing_logged{};
+  Clock::time_point read_failure_logged{};  // the last failed read of the log that was logged
 
   SharedStatus<RelayStatus> state;
 
@@ -402,11 +404,53 @@ struct Relay::Impl {
     update_status([&](RelayStatus& s) { s.missing_position = GlobalPosition(next); });
   }
 
+  // Once the missing event has been handed over (not merely any read without a hole: after a
+  // rewind the relay reads positions below it again).
   void clear_missing() {
     if (missing_position == 0) return;
     spdlog::info("relay: position {} is in the event store again; publishing on", missing_position);
+    forget_missing();
+  }
+
+  // Quietly: when leadership begins or ends (a standby shows none).
+  void forget_missing() {
     missing_position = 0;
+    missing_logged = Clock::time_point{};
     update_status([](RelayStatus& s) { s.missing_position = GlobalPosition(0); });
+  }
+
+  // The next batch of the log, or null after logging (the first time, then at most every
+  // minute) why it could not be read: a read that fails (a cut connection, no connection free
+  // for the reader) is tried again at the poll interval by this leader, which keeps its lock.
+  const std::vector<RecordedEvent>* read_or_report() {
+    try {
+      return &read_from_store();
+    } catch (const std::exception& error) {
+      const auto now = Clock::now();
+      if (now - read_failure_logged >= std::chrono::minutes(1)) {
+        spdlog::warn(
+            "relay: reading the event store from position {} failed: {}; reading again every {} ms",
+            next, error.what(), settings.poll_interval.count());
+        read_failure_logged = now;
+      }
+      return nullptr;
+    }
+  }
+
+  // The lowest stored position at or after `from` (none: `from` is past the last event).
+  std::optional<std::int64_t> first_stored_from(std::int64_t from) {
+    try {
+      auto lease = pool.acquire();
+      pqxx::read_transaction work(*lease);
+      const auto row =
+          work.exec_params1("SELECT min(position) FROM events WHERE position >= $1", from);
+      if (row[0].is_null()) return std::nullopt;
+      return row[0].as<std::int64_t>();
+    } catch (const std::exception& error) {
+      spdlog::warn("relay: reading the event store from position {} failed: {}", from,
+                   error.what());
+      return std::nullopt;
+    }
   }
 
   // The stored events from `next` on, at most read_batch_events: one binary COPY of
@@ -558,6 +602,7 @@ struct Relay::Impl {
       pause(settings.poll_interval);
     }
     if (worker.stopping()) return;
+    forget_missing();  // found again by this leader's reads, if it still is
     AppendListener listener(*connection);
     {
       pqxx::work work(*connection);
@@ -650,26 +695,39 @@ struct Relay::Impl {
 
       if (now - last_read >= settings.poll_interval) maybe_more = true;
       if (maybe_more && window.size() < settings.in_flight_events_max) {
-        const auto& events = read_from_store();
-        bool hole = false;
-        for (const auto& event : events) {
-          if (event.position.value() != next) {
-            hole = true;
-            report_missing(event.position.value());
-            break;
-          }
-          try {
-            produce(event);
-          } catch (const std::exception&) {
-            if (!producer_failed()) throw;
-            break;  // replaced at the top of the loop
-          }
-        }
-        if (!hole && !events.empty()) clear_missing();
         last_read = now;
-        // At a hole: read again at the poll interval, meanwhile serve what is in flight.
-        maybe_more = !hole && events.size() == settings.read_batch_events;
-        if (maybe_more) continue;
+        maybe_more = false;
+        if (const auto* events = read_or_report()) {
+          bool hole = false;
+          for (const auto& event : *events) {
+            if (event.position.value() != next) {
+              hole = true;
+              report_missing(event.position.value());
+              break;
+            }
+            try {
+              produce(event);
+            } catch (const std::exception&) {
+              if (!producer_failed()) throw;
+              break;  // replaced at the top of the loop
+            }
+            if (event.position.value() == missing_position) clear_missing();
+          }
+          // Nothing at [next, next + batch): the head, or a hole at least a batch wide.
+          if (events->empty()) {
+            if (const auto stored = first_stored_from(next)) {
+              if (*stored > next) {
+                hole = true;
+                report_missing(*stored);
+              } else {
+                maybe_more = true;  // appended since the read
+              }
+            }
+          }
+          // At a hole: read again at the poll interval, meanwhile serve what is in flight.
+          maybe_more = maybe_more || (!hole && events->size() == settings.read_batch_events);
+          if (maybe_more) continue;
+        }
       }
       // Everything in the store up to `next - 1` has been handed over.
       if (!producer_failed()) send_markers();
@@ -715,6 +773,7 @@ struct Relay::Impl {
       } catch (const std::exception& error) {
         spdlog::warn("relay: {}; retrying", error.what());
         log_reader.reset();  // a standby holds no connection to read the log
+        forget_missing();
         update_status([](RelayStatus& s) { s.leader = false; });
         pause(settings.poll_interval * 2);
       }

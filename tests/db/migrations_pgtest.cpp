@@ -362,9 +362,22 @@ TEST_CASE("a database that orders text by a locale, not C, is named with the ris
   CHECK(warning->find("REINDEX") != std::string::npos);
   // A warning, not a refusal: the migrations apply.
   CHECK_FALSE(db::MigrationRunner(url).up().empty());
+
+  // An ICU locale orders by its library's rules, which change with its version too.
+  const std::string icu = database.name() + "_icu";
+  {
+    pqxx::connection connection(admin);
+    pqxx::nontransaction work(connection);
+    work.exec("CREATE DATABASE " + icu +
+              " TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'und' LOCALE 'C'");
+  }
+  const auto icu_warning = db::collation_warning(test::TestCluster::instance().superuser_url(icu));
+  REQUIRE(icu_warning.has_value());
+  CHECK(icu_warning->find("orders text by the ICU locale \"und\", not C") != std::string::npos);
   {
     pqxx::connection connection(admin);
     pqxx::nontransaction work(connection);
     work.exec("DROP DATABASE " + name + " WITH (FORCE)");
+    work.exec("DROP DATABASE " + icu + " WITH (FORCE)");
   }
 }

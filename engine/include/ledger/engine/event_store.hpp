@@ -56,13 +56,14 @@ class EventStore {
 };
 
 // Reads positions [from, to] of the log in position order for the tools that read all of it
-// (`ledger replay`, `ledger rebuild`). One `COPY (SELECT …) TO STDOUT (FORMAT binary)` per
-// chunk of positions, on a libpq connection of its own opened from the pool's URL (libpqxx 6
-// has no binary COPY): bytea, uuid, int8 and timestamps arrive as their bytes, so neither
-// PostgreSQL nor this process formats or parses their text (issue 18: hex and JSON text were
-// a third of a verify's CPU). The events are exactly what EventStore::read_all returns; gaps
-// are passed on as they are (callers check density). A chunk is one statement, so the pool's
-// statement timeout bounds a chunk, not the log. Not thread-safe: one reader per thread.
+// (`ledger replay`, `ledger rebuild`), the projectors' catch-up and the relay (which keeps one
+// open while it leads and reads the next positions with each read_range). One `COPY (SELECT …) TO
+// STDOUT (FORMAT binary)` per chunk of positions, on a libpq connection of its own opened from the
+// pool's URL (libpqxx 6 has no binary COPY): bytea, uuid, int8 and timestamps arrive as their
+// bytes, so neither PostgreSQL nor this process formats or parses their text (issue 18: hex and
+// JSON text were a third of a verify's CPU). The events are exactly what EventStore::read_all
+// returns; gaps are passed on as they are (callers check density). A chunk is one statement, so the
+// pool's statement timeout bounds a chunk, not the log. Not thread-safe: one reader per thread.
 class LogCopyReader {
  public:
   // Positions per COPY statement.
