@@ -231,7 +231,7 @@ struct Relay::Impl {
   db::ConnectionPool& pool;
   // The log's new events, read in binary on a connection of its own (issue 18: read as text,
   // PostgreSQL hex-encoded every payload and hash and the relay decoded them again); opened on
-  // the first read, dropped when a read fails.
+  // the first read, dropped when a read fails or leadership ends.
   std::unique_ptr<engine::LogCopyReader> log_reader;
   std::vector<RecordedEvent> read_events;
   // The position the store lacks where publishing stopped (0: none), and when it was logged.
