@@ -225,10 +225,11 @@ namespace {
 }  // namespace
 
 struct Relay::Impl {
-  Impl(RelaySettings s, db::ConnectionPool& p) : settings(std::move(s)), pool(p) {}
+  Impl(RelaySettings s, db::ConnectionPool& p) : settings(std::move(s)), pool(p), store(p) {}
 
   RelaySettings settings;
   db::ConnectionPool& pool;
+  engine::EventStore store;  // the next stored position after a read that found nothing
   // The log's new events, read in binary on a connection of its own (issue 18: read as text,
   // PostgreSQL hex-encoded every payload and hash and the relay decoded them again); opened on
   // the first read, dropped when a read fails or leadership ends.
@@ -440,15 +441,11 @@ struct Relay::Impl {
   // The lowest stored position at or after `from` (none: `from` is past the last event).
   std::optional<std::int64_t> first_stored_from(std::int64_t from) {
     try {
-      auto lease = pool.acquire();
-      pqxx::read_transaction work(*lease);
-      const auto row =
-          work.exec_params1("SELECT min(position) FROM events WHERE position >= $1", from);
-      if (row[0].is_null()) return std::nullopt;
-      return row[0].as<std::int64_t>();
+      const auto first = store.read_all(GlobalPosition(from), 1);
+      if (first.empty()) return std::nullopt;
+      return first.front().position.value();
     } catch (const std::exception& error) {
-      spdlog::warn("relay: reading the event store from position {} failed: {}", from,
-                   error.what());
+      spdlog::warn("relay: reading the event store from position {} failed: {}", from, error.what());
       return std::nullopt;
     }
   }
