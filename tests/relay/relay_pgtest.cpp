@@ -244,3 +244,48 @@ TEST_CASE(
   CHECK(static_cast<std::int64_t>(positions.size()) == head);
   CHECK(messages == head);
 }
+
+TEST_CASE("the relay's connection for reading the log cut again and again: it reconnects, keeps leading, publishes each position once") {
+  test::TestDatabase database;
+  test::MockKafka kafka;
+  auto pool = test::make_pool(database.app_url());
+  Engine engine(test::engine_settings(database));
+  open_accounts(engine);
+  relay::Relay relay(test::relay_settings(kafka), pool);
+  relay.start();
+  REQUIRE(test::eventually([&] { return relay.status().leader; }, 10s));
+
+  // A database that drops the reader's session (a restarted pooler, an administrator, a
+  // network cut) between and during its COPYs, while commands keep appending.
+  pqxx::connection superuser(test::TestCluster::instance().superuser_url(database.name()));
+  int cut = 0;
+  for (int round = 0; round < 10; ++round) {
+    random_workload(engine, 60);
+    pqxx::nontransaction work(superuser);
+    cut += work.exec1("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                      "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                      "AND query LIKE 'COPY (SELECT position%'")[0]
+               .as<int>();
+    // Caught up again before the next cut: each cut finds a reader connected.
+    const std::int64_t appended = test::store_head(database.app_url());
+    REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == appended; }));
+  }
+  MESSAGE("cut the reader's connection " << cut << " times");
+  CHECK(cut >= 3);
+  const std::int64_t head = test::store_head(database.app_url());
+  REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
+  // The leader never let go (a read that fails is read again, not a new leadership that
+  // republishes from the checkpoint), so each position reached Kafka exactly once.
+  CHECK(relay.status().leader);
+  CHECK(relay.status().republishes == 0);
+  std::int64_t messages = 0;
+  std::set<std::int64_t> positions;
+  for (const auto& [partition, events] : test::read_topic(kafka)) {
+    for (const auto& event : events) {
+      positions.insert(event.position.value());
+      ++messages;
+    }
+  }
+  CHECK(static_cast<std::int64_t>(positions.size()) == head);
+  CHECK(messages == head);
+}
