@@ -16,6 +16,7 @@ CommandAction register_project_command(CLI::App& root, Settings& settings) {
   auto catch_up_batch_events = std::make_shared<std::size_t>(projections::ProjectorSettings{}.catch_up_batch_events_max);
   auto gap_wait_ms = std::make_shared<int>(1'000);
   auto batch_linger_ms = std::make_shared<int>(0);
+  auto states_kept = std::make_shared<std::size_t>(projections::ProjectorSettings{}.states_kept);
   std::vector<std::string> names{"all"};
   for (const auto kind : projections::all_projections()) names.emplace_back(projections::to_string(kind));
   project->add_option("projection", *which, "Which read model: all, balance (with statements), audit, loan")
@@ -35,6 +36,14 @@ CommandAction register_project_command(CLI::App& root, Settings& settings) {
           "whatever it holds)")
       ->envname("LEDGER_PROJECT_BATCH_LINGER_MS")
       ->check(CLI::Range(0, 1'000))
+      ->capture_default_str();
+  project
+      ->add_option(
+          "--balance-states-kept", *states_kept,
+          "Accounts the balance projector keeps folded in memory between rounds, about 250 "
+          "bytes each (0: every round reads the accounts it touches from the table)")
+      ->envname("LEDGER_PROJECT_BALANCE_STATES_KEPT")
+      ->check(CLI::Range(std::size_t{0}, std::size_t{100'000'000}))
       ->capture_default_str();
   project->add_option("--gap-wait-ms", *gap_wait_ms,
                       "Read a position from the event store when Kafka has not delivered it for this long")
@@ -60,6 +69,7 @@ CommandAction register_project_command(CLI::App& root, Settings& settings) {
     projector_settings.catch_up_batch_events_max = *catch_up_batch_events;
     projector_settings.gap_wait = std::chrono::milliseconds(*gap_wait_ms);
     projector_settings.batch_linger = std::chrono::milliseconds(*batch_linger_ms);
+    projector_settings.states_kept = *states_kept;
 
     // Several projections in one process read each range of a catch-up once between them.
     const auto shared_reads = *which == "all" ? projections::make_catch_up_reads(pool) : nullptr;

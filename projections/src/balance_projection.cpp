@@ -64,7 +64,7 @@ class BalanceProjection final : public Projection {
 
   void apply(pqxx::transaction_base& work, std::span<const domain::RecordedEvent> events) override {
     const bool keeps = options_.states_kept > 0;
-    // Shared tables: another process may have moved any account since our last batch.
+    // Nothing kept: another process may have moved any account since our last batch.
     if (!keeps) forget();
     try {
       fold(work, events);
@@ -74,6 +74,8 @@ class BalanceProjection final : public Projection {
       throw;
     }
   }
+
+  void forget_kept() override { forget(); }
 
   void flush(pqxx::transaction_base& work) override {
     if (!changed_.empty()) {

@@ -182,7 +182,7 @@ struct Projector::Impl {
         settings(std::move(s)),
         pool(p),
         store(p),
-        projection(make_projection(k)),
+        projection(make_projection(k, "read", {.states_kept = settings.states_kept})),
         shared_reads(std::move(shared)) {
     if (settings.batch_linger < std::chrono::milliseconds(0) ||
         settings.batch_linger > batch_linger_max) {
@@ -209,6 +209,12 @@ struct Projector::Impl {
   std::set<std::int32_t> assigned;
   bool refresh_watermarks = true;
   std::map<std::int32_t, std::int64_t> watermarks;
+  // The watermark each partition had after this process's last commit that moved or held it:
+  // what the projection kept (WriterOptions::states_kept) is the table's rows there. A round
+  // that finds a partition's locked watermark anywhere else (another process or a rebuild
+  // moved it, a crash lost the commit) has the projection forget what it kept first. Partitions
+  // missing here have nothing kept.
+  std::map<std::int32_t, std::int64_t> kept_at;
 
   // The positions the last apply() tried, when it failed.
   struct Attempt {
@@ -787,6 +793,13 @@ struct Projector::Impl {
         partitions_ready = false;
         throw std::runtime_error("the partition watermarks of " + name + " are missing (a rebuild splits them again)");
       }
+      for (const auto& [partition, position] : start) {
+        const auto kept = kept_at.find(partition);
+        if (kept != kept_at.end() && kept->second != position) {
+          forget_kept();
+          break;
+        }
+      }
       // The relay publishes committed events only: a message beyond the head is not one of them.
       const std::int64_t store_head =
           db::exec_statement(work, statements::store_head).at(0)[0].as<std::int64_t>();
@@ -985,6 +998,7 @@ struct Projector::Impl {
         }
       }
       projection->apply(work, applied);
+      projection->flush(work);
       if (!offsets.empty()) {
         db::ArrayLiteral offset_partitions;
         db::ArrayLiteral next_offsets;
@@ -1029,7 +1043,10 @@ struct Projector::Impl {
       }
       work.commit();
       failed_attempt.reset();
-      for (const auto& [partition, target] : targets) watermarks[partition] = target;
+      for (const auto& [partition, target] : targets) {
+        watermarks[partition] = target;
+        kept_at[partition] = target;
+      }
       update_status([&](ProjectorStatus& s) {
         if (watermark >= 0) s.watermark = GlobalPosition(watermark);
         s.events_applied += static_cast<std::int64_t>(applied.size());
@@ -1057,12 +1074,18 @@ struct Projector::Impl {
       }
       return moved;
     } catch (...) {
+      forget_kept();  // maybe written in a transaction that did not commit
       lease.discard();
       range_reader.reset();  // its connection may be inside a COPY, or gone
       drop_read_ahead();
       shared_range.reset();
       throw;
     }
+  }
+
+  void forget_kept() {
+    projection->forget_kept();
+    kept_at.clear();
   }
 
   // The store's events at `positions` (ascending), appended to `out`, each checked against the

@@ -216,6 +216,64 @@ TEST_CASE("two projectors of one projection split the partitions, and a rebalanc
   CHECK(test::scalar(database.app_url(), "SELECT applied FROM read.projections WHERE name = 'audit'") == head);
 }
 
+TEST_CASE(
+    "a balance projector forgets the accounts it kept when another process moved their partition") {
+  // The balance projector keeps the accounts it folded from round to round
+  // (ProjectorSettings::states_kept). Here the first process folds every account, a second
+  // one takes some partitions and moves their accounts on, then leaves. Given those
+  // partitions back, the first must read their accounts again rather than fold onto what it
+  // kept: that would miss the second's events (a version gap: an error, then a retry one
+  // position at a time), or write them over.
+  test::TestDatabase database;
+  test::MockKafka kafka(1, 4);
+  auto pool = test::make_pool(database.app_url(), 10);
+  Engine engine(test::engine_settings(database));
+  relay::Relay relay(test::relay_settings(kafka), pool);
+  relay.start();
+  const auto settings = fast_group_settings(kafka);
+  const auto start_projectors = [&] {
+    std::vector<std::unique_ptr<projections::Projector>> projectors;
+    for (const auto kind : projections::all_projections()) {
+      projectors.push_back(std::make_unique<projections::Projector>(kind, settings, pool));
+      projectors.back()->start();
+    }
+    return projectors;
+  };
+  const auto caught_up = [&] {
+    const std::int64_t head = test::store_head(database.app_url());
+    return test::eventually([&] { return every_partition_at(database.app_url(), head, 4); }, 120s);
+  };
+  auto first = start_projectors();
+  open_accounts(engine);
+  random_workload(engine, 500);
+  REQUIRE(caught_up());
+  REQUIRE(first[0]->status().assigned.size() == 4);
+
+  auto second = start_projectors();
+  REQUIRE(test::eventually(
+      [&] {
+        const auto a = first[0]->status().assigned;
+        const auto b = second[0]->status().assigned;
+        return !a.empty() && !b.empty() && a.size() + b.size() == 4;
+      },
+      60s));
+  random_workload(engine, 500, 4, 11);
+  REQUIRE(caught_up());
+  CHECK(second[0]->status().events_applied > 0);
+  for (auto& projector : second) projector->stop();
+
+  REQUIRE(test::eventually([&] { return first[0]->status().assigned.size() == 4; }, 60s));
+  random_workload(engine, 500, 4, 13);
+  REQUIRE(caught_up());
+  const auto status = first[0]->status();
+  CHECK(status.last_error == "");
+  CHECK(status.stalled_position.value() == 0);
+  test::check_read_models_equal_fold(database.app_url());
+  CHECK(test::scalar(database.app_url(),
+                     "SELECT applied FROM read.projections WHERE name = 'balance'") ==
+        test::store_head(database.app_url()));
+}
+
 TEST_CASE("a gap within one partition is healed from the store for that partition") {
   test::TestDatabase database;
   test::MockKafka kafka(1, 4);

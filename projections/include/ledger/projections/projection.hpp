@@ -29,16 +29,22 @@ class Projection {
   // Writes the rows apply() held back (WriterOptions::states_kept); the caller calls it before
   // every commit. A writer that keeps nothing wrote everything in apply().
   virtual void flush(pqxx::transaction_base& /*work*/) {}
+  // Drops every row kept across transactions (WriterOptions::states_kept): another writer may
+  // have changed them, or a transaction they were written in did not commit.
+  virtual void forget_kept() {}
 };
 
 struct WriterOptions {
-  // 0: every apply() reads the rows it updates by key and writes them back, so several
-  // processes may share the tables (the live projectors). Above 0, the writer is the tables'
-  // only writer (a rebuild's shadow): it keeps up to this many folded rows in memory across
-  // apply() and transactions, reads only those it lacks, and writes the changed ones once, in
-  // flush(); beyond this many it drops them all after a flush (so it holds at most this many
-  // plus those one transaction touches, about 250 bytes each). After apply() or flush() threw,
-  // or a transaction it wrote in did not commit, roll back and discard the writer.
+  // 0: every apply() reads the rows it updates by key and writes them back. Above 0, the writer
+  // keeps up to this many folded rows in memory across apply() and transactions, reads only
+  // those it lacks, and writes the changed ones in flush(); beyond this many it drops them all
+  // after a flush (so it holds at most this many plus those one transaction touches, about 250
+  // bytes each). A kept row is trusted to be what the table holds: the caller calls
+  // forget_kept() whenever another writer may have changed the table since (the live
+  // projector: a partition's watermark that is not the one its own last commit left, see
+  // projections/README.md "Kept balances"; a rebuild's shadow has no other writer). After
+  // apply() or flush() threw, or a transaction it wrote in did not commit, roll back and call
+  // forget_kept() (or discard the writer).
   std::size_t states_kept = 0;
 };
 

@@ -51,6 +51,10 @@ struct ProjectorSettings {
   // A process that dies without leaving the group keeps its partitions this long (Kafka's
   // session timeout); heartbeats go at a fifth of it.
   std::chrono::milliseconds session_timeout{10'000};
+  // Account balances the balance projector keeps folded between rounds, so that a round reads
+  // from the table only the accounts it lacks (about 250 bytes each; beyond this many it drops
+  // them all and reads them again). 0: every round reads every account it touches.
+  std::size_t states_kept = 200'000;
   std::map<std::string, std::string> kafka_properties;
 };
 
