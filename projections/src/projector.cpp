@@ -97,10 +97,11 @@ std::string stalled_reason(const std::exception& error) {
 namespace statements {
 
 // The partitions' rows, locked in partition order: two processes never wait on each other.
+// With each row's xmin: the transaction that wrote it (kept_at).
 constexpr db::Statement lock_partition_watermarks{
     "ledger_projector_lock_partition_watermarks",
-    "SELECT partition, position FROM read.partition_watermarks WHERE projection = $1 "
-    "AND partition = ANY($2::int[]) ORDER BY partition FOR UPDATE"};
+    "SELECT partition, position, xmin::text::bigint FROM read.partition_watermarks "
+    "WHERE projection = $1 AND partition = ANY($2::int[]) ORDER BY partition FOR UPDATE"};
 
 constexpr db::Statement store_head{"ledger_projector_store_head",
                                    "SELECT position FROM event_store_head"};
@@ -126,7 +127,8 @@ constexpr db::Statement move_partition_watermarks{
     "ledger_projector_move_partition_watermarks",
     "UPDATE read.partition_watermarks w SET position = m.position, updated_at = now() "
     "FROM unnest($2::int[], $3::bigint[]) AS m(partition, position) "
-    "WHERE w.projection = $1 AND w.partition = m.partition"};
+    "WHERE w.projection = $1 AND w.partition = m.partition "
+    "RETURNING w.partition, w.xmin::text::bigint"};
 
 constexpr db::Statement lock_projection{
     "ledger_projector_lock_projection",
@@ -209,12 +211,18 @@ struct Projector::Impl {
   std::set<std::int32_t> assigned;
   bool refresh_watermarks = true;
   std::map<std::int32_t, std::int64_t> watermarks;
-  // The watermark each partition had after this process's last commit that moved or held it:
+  // Each partition's row in read.partition_watermarks as this process's last commit left it:
   // what the projection kept (WriterOptions::states_kept) is the table's rows there. A round
-  // that finds a partition's locked watermark anywhere else (another process or a rebuild
-  // moved it, a crash lost the commit) has the projection forget what it kept first. Partitions
-  // missing here have nothing kept.
-  std::map<std::int32_t, std::int64_t> kept_at;
+  // that finds a partition's row otherwise (another position: another process moved it, or a
+  // crash lost the commit; another xmin, the transaction that wrote the row: a rebuild split
+  // the partitions again, maybe at the same position, or another process moved it and a
+  // restore took it back) has the projection forget what it kept first. Partitions missing
+  // here have nothing kept.
+  struct PartitionRow {
+    std::int64_t position = 0;
+    std::int64_t written_by = 0;  // xmin
+  };
+  std::map<std::int32_t, PartitionRow> kept_at;
 
   // The positions the last apply() tried, when it failed.
   struct Attempt {
@@ -439,6 +447,7 @@ struct Projector::Impl {
         spdlog::warn("projector {}: the event store's incarnation changed from {} to {}; messages of {} are "
                      "skipped from now on",
                      name, incarnation, current, incarnation);
+        forget_kept();  // folded on the timeline left behind
       }
       incarnation = current;
       update_status([&](ProjectorStatus& s) { s.incarnation = current; });
@@ -785,17 +794,21 @@ struct Projector::Impl {
       // The row lock keeps two processes (a rebalance in flight, a rebuild) from applying one
       // partition at once; rows are locked in partition order, so two never wait on each other.
       std::map<std::int32_t, std::int64_t> start;
+      std::map<std::int32_t, PartitionRow> rows_after;  // as this round leaves them
       for (const auto& row :
            db::exec_statement(work, statements::lock_partition_watermarks, name, list.finish())) {
         start[row[0].as<std::int32_t>()] = row[1].as<std::int64_t>();
+        rows_after[row[0].as<std::int32_t>()] = {row[1].as<std::int64_t>(),
+                                                 row[2].as<std::int64_t>()};
       }
       if (start.size() != targets.size()) {
         partitions_ready = false;
         throw std::runtime_error("the partition watermarks of " + name + " are missing (a rebuild splits them again)");
       }
-      for (const auto& [partition, position] : start) {
+      for (const auto& [partition, row] : rows_after) {
         const auto kept = kept_at.find(partition);
-        if (kept != kept_at.end() && kept->second != position) {
+        if (kept != kept_at.end() &&
+            (kept->second.position != row.position || kept->second.written_by != row.written_by)) {
           forget_kept();
           break;
         }
@@ -1026,8 +1039,10 @@ struct Projector::Impl {
       }
       std::int64_t watermark = -1;
       if (moved) {
-        db::exec_statement(work, statements::move_partition_watermarks, name,
-                           moved_partitions.finish(), moved_to.finish());
+        for (const auto& row : db::exec_statement(work, statements::move_partition_watermarks, name,
+                                                  moved_partitions.finish(), moved_to.finish())) {
+          rows_after[row[0].as<std::int32_t>()].written_by = row[1].as<std::int64_t>();
+        }
         // Last in the transaction: every process of this projection updates this one row, so it
         // is held only for the commit. The lock is taken before the minimum is read, in a
         // statement of its own: every transaction that moved a partition before holds it until
@@ -1045,7 +1060,7 @@ struct Projector::Impl {
       failed_attempt.reset();
       for (const auto& [partition, target] : targets) {
         watermarks[partition] = target;
-        kept_at[partition] = target;
+        kept_at[partition] = {target, rows_after[partition].written_by};
       }
       update_status([&](ProjectorStatus& s) {
         if (watermark >= 0) s.watermark = GlobalPosition(watermark);

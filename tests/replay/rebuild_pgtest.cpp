@@ -433,6 +433,83 @@ TEST_CASE("a rebuild keeps folded balances across reads and transactions and wri
 // primary key, which is built at the end with the other indexes (a key maintained row by row
 // took about four times as long). The key still guards them: rows that break it fail the
 // rebuild before the swap, and a run resumed after the keys were built finds them there.
+TEST_CASE(
+    "a balance a rebuild repaired is not written over by a projector that kept the damaged row") {
+  // projections/README.md, "Kept balances". A balance projector that read a damaged row keeps
+  // it. On a quiet ledger the rebuild that repairs the table ends at the watermark that
+  // projector last committed, and another process may split the partitions again before that
+  // projector's next round: equal positions, but rows another transaction wrote.
+  test::TestDatabase database;
+  test::MockKafka kafka(1, 4);
+  auto pool = test::make_pool(database.app_url(), 10);
+  auto owner_pool = test::make_pool(database.admin_url(), 3);
+  Engine engine(test::engine_settings(database));
+  relay::Relay relay(test::relay_settings(kafka), pool);
+  relay.start();
+  auto settings = test::projector_settings(kafka);
+  settings.session_timeout = 3'000ms;
+  settings.gap_wait = std::chrono::hours(1);  // no round while the ledger is quiet
+  const auto balance = projections::ProjectionKind::balance;
+  const auto caught_up = [&] {
+    const std::int64_t head = test::store_head(database.app_url());
+    return test::eventually([&] { return test::watermark(database.app_url(), "balance") == head; },
+                            120s);
+  };
+  const std::string account = test::account_name(0);
+  const auto deposit = [&] {
+    REQUIRE(engine.execute(test::command(Deposit{account, Amount(7)})).accepted());
+  };
+  test::open_accounts(engine);
+  test::random_workload(engine, 300);
+  {
+    projections::Projector first(balance, settings, pool);
+    first.start();
+    REQUIRE(caught_up());
+  }
+  // A damaged row (a hand edit): the account's credits raised, its version left as it was.
+  {
+    pqxx::connection owner(database.admin_url());
+    pqxx::work work(owner);
+    work.exec_params(
+        "UPDATE read.balances SET credits_posted = credits_posted + 1000 WHERE account_id = $1",
+        account);
+    work.commit();
+  }
+  projections::Projector keeper(balance, settings, pool);
+  keeper.start();
+  deposit();
+  REQUIRE(caught_up());  // the keeper read the damaged row, and keeps it
+
+  replay::RebuildOptions options;
+  options.swap_within = 0;
+  (void)replay::rebuild(owner_pool, balance, options);
+  {
+    // Another process splits the partitions again (at the rebuild's watermark) and leaves.
+    projections::Projector other(balance, settings, pool);
+    other.start();
+    REQUIRE(test::eventually([&] {
+      return test::scalar(
+                 database.app_url(),
+                 "SELECT count(*) FROM read.partition_watermarks WHERE projection = 'balance'") ==
+             4;
+    }));
+  }
+  REQUIRE(test::eventually([&] { return keeper.status().assigned.size() == 4; }, 60s));
+  deposit();
+  REQUIRE(caught_up());
+
+  engine::EventStore store(pool);
+  AccountState folded;
+  for (const auto& event : store.read_stream("account-" + account, StreamVersion(1), 1'000)) {
+    domain::apply(folded, *domain::decode_event(event.type, event.payload));
+  }
+  CHECK(test::scalar(database.app_url(),
+                     "SELECT credits_posted FROM read.balances WHERE account_id = '" + account +
+                         "'") == folded.credits_posted.minor_units());
+  CHECK(test::scalar(database.app_url(), "SELECT version FROM read.balances WHERE account_id = '" +
+                                             account + "'") == folded.version.value());
+}
+
 TEST_CASE("a rebuild fills append-only tables without their keys and adds them before the swap") {
   CaughtUpReadSide side(1'500);
   auto& [database, owner_pool, stack, pool, engine] = side;
