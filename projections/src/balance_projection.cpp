@@ -180,33 +180,44 @@ class BalanceProjection final : public Projection {
     rows += '\n';
   }
 
-  // The accounts changed since the last flush, each with the position of its last event.
+  // The accounts changed since the last flush, each with the position of its last event. The
+  // columns travel as binary arrays (db::BinaryArray): sent as text, PostgreSQL parsed every
+  // element of the fifteen array literals, about a fifth of the statement's time (issue 18).
   void store_balances(pqxx::transaction_base& work) {
-    db::ArrayLiteral id, currency, kind, owner, ledger_code, flags, overdraft, status, dp, cp,
-        dpe, cpe, pending, version, position;
+    using db::BinaryArray;
+    BinaryArray id(BinaryArray::Element::text), currency(BinaryArray::Element::text),
+        kind(BinaryArray::Element::text), owner(BinaryArray::Element::text),
+        ledger_code(BinaryArray::Element::int8), flags(BinaryArray::Element::int8),
+        overdraft(BinaryArray::Element::int8), status(BinaryArray::Element::text),
+        dp(BinaryArray::Element::int8), cp(BinaryArray::Element::int8),
+        dpe(BinaryArray::Element::int8), cpe(BinaryArray::Element::int8),
+        pending(BinaryArray::Element::int8), version(BinaryArray::Element::int8),
+        position(BinaryArray::Element::int8);
     for (const auto& [account_id, last_position] : changed_) {
       const domain::AccountState& s = accounts_.at(account_id);
-      id.add_text(account_id);
-      currency.add_text(s.currency.code());
-      kind.add_text(domain::to_string(s.kind));
-      owner.add_text(s.owner);
-      ledger_code.add_number(s.ledger_code);
-      flags.add_number(s.flags);
-      overdraft.add_number(s.overdraft_limit.minor_units());
-      status.add_text(domain::to_string(s.status));
-      dp.add_number(s.debits_posted.minor_units());
-      cp.add_number(s.credits_posted.minor_units());
-      dpe.add_number(s.debits_pending.minor_units());
-      cpe.add_number(s.credits_pending.minor_units());
-      pending.add_number(s.pending_count);
-      version.add_number(s.version.value());
-      position.add_number(last_position);
+      id.add_bytes(account_id);
+      currency.add_bytes(s.currency.code());
+      kind.add_bytes(domain::to_string(s.kind));
+      owner.add_bytes(s.owner);
+      ledger_code.add_int8(s.ledger_code);
+      flags.add_int8(s.flags);
+      overdraft.add_int8(s.overdraft_limit.minor_units());
+      status.add_bytes(domain::to_string(s.status));
+      dp.add_int8(s.debits_posted.minor_units());
+      cp.add_int8(s.credits_posted.minor_units());
+      dpe.add_int8(s.debits_pending.minor_units());
+      cpe.add_int8(s.credits_pending.minor_units());
+      pending.add_int8(s.pending_count);
+      version.add_int8(s.version.value());
+      position.add_int8(last_position);
     }
-    db::exec_statement(work, "ledger_store_balances " + balances_, store_sql_, id.finish(),
-                       currency.finish(), kind.finish(), owner.finish(), ledger_code.finish(),
-                       flags.finish(), overdraft.finish(), status.finish(), dp.finish(),
-                       cp.finish(), dpe.finish(), cpe.finish(), pending.finish(), version.finish(),
-                       position.finish());
+    // pqxx 6 sends a binarystring parameter in binary.
+    const auto binary = [](BinaryArray& array) { return pqxx::binarystring(array.finish()); };
+    db::exec_statement(work, "ledger_store_balances " + balances_, store_sql_, binary(id),
+                       binary(currency), binary(kind), binary(owner), binary(ledger_code),
+                       binary(flags), binary(overdraft), binary(status), binary(dp), binary(cp),
+                       binary(dpe), binary(cpe), binary(pending), binary(version),
+                       binary(position));
   }
 
   std::string balances_;
