@@ -277,6 +277,7 @@ CommandAction register_serve_command(CLI::App& root, Settings& settings) {
       health.kafka_reachable = status.kafka_reachable;
       health.kafka_error = status.kafka_error;
       health.oldest_unacknowledged_seconds = status.oldest_unacknowledged_seconds;
+      health.missing_position = status.missing_position.value();
       try {
         health.head = event_store.head().position.value();
       } catch (const std::exception&) {

@@ -15,6 +15,11 @@ bool kafka_down(const RelayHealth& relay) {
          (!relay.kafka_reachable || relay.oldest_unacknowledged_seconds > kafka_stuck_seconds);
 }
 
+// The leading relay waits at a position the event store lacks: nothing after it reaches Kafka.
+bool relay_stopped_at_hole(const RelayHealth& relay) {
+  return relay.enabled && relay.leader && relay.missing_position > 0;
+}
+
 }  // namespace
 
 ReadSideHealth check_read_side(const Services& services) {
@@ -32,7 +37,7 @@ ReadSideHealth check_read_side(const Services& services) {
 }
 
 bool read_side_degraded(const ReadSideHealth& health) {
-  if (kafka_down(health.relay)) return true;
+  if (kafka_down(health.relay) || relay_stopped_at_hole(health.relay)) return true;
   for (const auto& projection : health.projections) {
     if (projection.stalled_position > 0 || projection.lag_seconds > projection_behind_seconds) return true;
   }
@@ -49,7 +54,13 @@ void write_read_side_health(JsonWriter& w, const ReadSideHealth& health) {
 
   w.Key("relay");
   w.StartObject();
-  write_member(w, "status", !relay.enabled ? "not_running" : relay.leader ? (kafka_down(relay) ? "delayed" : "up") : "standby");
+  write_member(w, "status",
+               !relay.enabled                 ? "not_running"
+               : !relay.leader                ? "standby"
+               : relay_stopped_at_hole(relay) ? "stalled"
+               : kafka_down(relay)            ? "delayed"
+                                              : "up");
+  if (relay_stopped_at_hole(relay)) write_member(w, "missing_position", relay.missing_position);
   if (relay.enabled) {
     write_member(w, "acknowledged_position", relay.acknowledged);
     write_member(w, "head_position", relay.head);
@@ -108,6 +119,9 @@ std::string read_side_metrics(const ReadSideHealth& health) {
     out += fmt::format("ledger_relay_lag_events {}\n", relay.head - relay.acknowledged);
     out += fmt::format("ledger_relay_acknowledged_position {}\n", relay.acknowledged);
     out += fmt::format("ledger_kafka_up {}\n", kafka_down(relay) ? 0 : 1);
+    out += "# TYPE ledger_relay_missing_position gauge\n";
+    out += fmt::format("ledger_relay_missing_position {}\n",
+                       relay_stopped_at_hole(relay) ? relay.missing_position : 0);
   }
   if (!health.projections.empty()) {
     out += "# TYPE ledger_projection_watermark gauge\n";

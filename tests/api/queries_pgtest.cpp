@@ -60,6 +60,7 @@ struct Stack {
     health.kafka_reachable = status.kafka_reachable;
     health.kafka_error = status.kafka_error;
     health.oldest_unacknowledged_seconds = status.oldest_unacknowledged_seconds;
+    health.missing_position = status.missing_position.value();
     return health;
   }
   test::TestDatabase database;
@@ -265,6 +266,83 @@ TEST_CASE("health says degraded with the relay lag while Kafka is down, and heal
     const auto h = health();
     return h["status"].GetString() == std::string("healthy") && h["components"]["relay"]["lag_events"].GetInt64() == 0;
   }, 60s));
+}
+
+TEST_CASE(
+    "a position missing from the event store shows in /health and /metrics while the relay waits "
+    "at it") {
+  test::TestDatabase database;
+  test::MockKafka kafka;
+  auto pool = test::make_pool(database.app_url());
+  // The relay starts once the store has its hole; the server asks for it from the start.
+  std::unique_ptr<relay::Relay> relay;
+  std::atomic<relay::Relay*> started{nullptr};
+  ServerFixture server(database.app_url(), {}, nullptr, [&] {
+    api::RelayHealth health;
+    const relay::Relay* running = started.load();
+    if (running == nullptr) return health;
+    const auto status = running->status();
+    health.enabled = true;
+    health.leader = status.leader;
+    health.acknowledged = status.acknowledged.value();
+    health.head = test::store_head(database.app_url());
+    health.kafka_reachable = status.kafka_reachable;
+    health.oldest_unacknowledged_seconds = status.oldest_unacknowledged_seconds;
+    health.missing_position = status.missing_position.value();
+    return health;
+  });
+  auto client = server.client();
+  post(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
+  for (int i = 0; i < 6; ++i) post(client, "/v1/accounts/alice/deposits", R"({"amount":5})");
+  const std::int64_t head = test::store_head(database.app_url());
+  const std::int64_t missing = head / 2;
+  REQUIRE(missing > 1);
+  // A damaged store: one event taken out (past the store's own triggers), kept aside.
+  const auto as_superuser = [&](const std::string& sql) {
+    pqxx::connection connection(test::TestCluster::instance().superuser_url(database.name()));
+    pqxx::work work(connection);
+    work.exec("SET session_replication_role = replica");
+    work.exec(sql);
+    work.commit();
+  };
+  as_superuser(
+      "CREATE TABLE taken_out AS SELECT * FROM events WHERE position = " + std::to_string(missing) +
+      "; DELETE FROM events WHERE position = " + std::to_string(missing));
+  relay = std::make_unique<relay::Relay>(test::relay_settings(kafka), pool);
+  relay->start();
+  started = relay.get();
+
+  const auto health = [&] { return parse(client.request("GET", "/health", "", {}).body); };
+  const auto metrics = [&] { return client.request("GET", "/metrics", "", {}).body; };
+  const std::string missing_metric =
+      "ledger_relay_missing_position " + std::to_string(missing) + "\n";
+  REQUIRE(test::eventually(
+      [&] {
+        const auto h = health();
+        return h["components"]["relay"]["status"].GetString() == std::string("stalled");
+      },
+      30s));
+  const auto stalled = health();
+  CHECK(stalled["status"].GetString() == std::string("degraded"));
+  CHECK(stalled["components"]["relay"]["missing_position"].GetInt64() == missing);
+  CHECK(stalled["components"]["relay"]["acknowledged_position"].GetInt64() == missing - 1);
+  CHECK(stalled["components"]["kafka"]["status"].GetString() ==
+        std::string("up"));  // not Kafka's doing
+  CHECK(metrics().find(missing_metric) != std::string::npos);
+  CHECK(client.request("GET", "/health/ready", "", {}).status == 200);  // commands are still taken
+  post(client, "/v1/accounts/alice/deposits", R"({"amount":5})");
+
+  as_superuser("INSERT INTO events SELECT * FROM taken_out; DROP TABLE taken_out");
+  REQUIRE(test::eventually(
+      [&] {
+        const auto h = health();
+        return h["status"].GetString() == std::string("healthy") &&
+               h["components"]["relay"]["status"].GetString() == std::string("up") &&
+               h["components"]["relay"]["lag_events"].GetInt64() == 0;
+      },
+      30s));
+  CHECK(!health()["components"]["relay"].HasMember("missing_position"));
+  CHECK(metrics().find("ledger_relay_missing_position 0\n") != std::string::npos);
 }
 
 TEST_CASE("the loan read model over HTTP follows each step and equals the fold of the loan's events") {

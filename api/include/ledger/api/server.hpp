@@ -71,6 +71,9 @@ struct RelayHealth {
   bool kafka_reachable = false;
   std::string kafka_error;
   double oldest_unacknowledged_seconds = 0;
+  // A position the event store lacks (a damaged database): the leading relay publishes nothing
+  // past it until it is back. 0: none.
+  std::int64_t missing_position = 0;
 };
 
 // What /health says of the streaming replica the queries read from.
