@@ -429,10 +429,6 @@ TEST_CASE("a rebuild keeps folded balances across reads and transactions and wri
   CHECK(differences(pool) == 0);
 }
 
-// The statement rows and the audit rows are only appended to: their shadows fill without a
-// primary key, which is built at the end with the other indexes (a key maintained row by row
-// took about four times as long). The key still guards them: rows that break it fail the
-// rebuild before the swap, and a run resumed after the keys were built finds them there.
 TEST_CASE(
     "a balance a rebuild repaired is not written over by a projector that kept the damaged row") {
   // projections/README.md, "Kept balances". A balance projector that read a damaged row keeps
@@ -510,6 +506,10 @@ TEST_CASE(
                                              account + "'") == folded.version.value());
 }
 
+// The statement rows and the audit rows are only appended to: their shadows fill without a
+// primary key, which is built at the end with the other indexes (a key maintained row by row
+// took about four times as long). The key still guards them: rows that break it fail the
+// rebuild before the swap, and a run resumed after the keys were built finds them there.
 TEST_CASE("a rebuild fills append-only tables without their keys and adds them before the swap") {
   CaughtUpReadSide side(1'500);
   auto& [database, owner_pool, stack, pool, engine] = side;
