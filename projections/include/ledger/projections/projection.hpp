@@ -41,7 +41,7 @@ struct WriterOptions {
   // after a flush (so it holds at most this many plus those one transaction touches, about 250
   // bytes each). A kept row is trusted to be what the table holds: the caller calls
   // forget_kept() whenever another writer may have changed the table since (the live
-  // projector: a partition's watermark that is not the one its own last commit left, see
+  // projector: a partition's watermark row that is not as its own last commit left it, see
   // projections/README.md "Kept balances"; a rebuild's shadow has no other writer). After
   // apply() or flush() threw, or a transaction it wrote in did not commit, roll back and call
   // forget_kept() (or discard the writer).
