@@ -1,15 +1,15 @@
 // `ledger serve` as an operator runs it: it refuses pending migrations by name, and SIGTERM
 // finishes in-flight work and exits 0.
 #include <doctest/doctest.h>
+#include <rapidjson/document.h>
 #include <signal.h>
 
 #include <filesystem>
 #include <fstream>
+#include <pqxx/pqxx>
 #include <thread>
 
-#include <pqxx/pqxx>
-#include <rapidjson/document.h>
-
+#include "../relay/mock_cluster.hpp"
 #include "http_client.hpp"
 #include "jwt_keys.hpp"
 #include "ledger/api/auth.hpp"
@@ -29,18 +29,23 @@ struct ServeProcess {
 };
 
 // `ledger serve` with its home (and so its snapshot cache) in `directory`, on a free port;
-// the JWT secret in the environment unless other `environment` is given.
+// the JWT secret in the environment unless other `environment` is given. Its relay publishes
+// to `kafka_brokers`; none: no relay.
 ServeProcess start_serve(const fs::path& directory, const std::string& database_url,
                          const std::vector<std::string>& serve_arguments = {},
-                         std::vector<std::string> environment = {"LEDGER_JWT_SECRET=" + secret}) {
+                         std::vector<std::string> environment = {"LEDGER_JWT_SECRET=" + secret},
+                         const std::string& kafka_brokers = {}) {
   process::SpawnOptions options;
   options.output_file = (directory / "serve.log").string();
   options.extra_environment = std::move(environment);
   ServeProcess serve;
   serve.log = options.output_file;
-  std::vector<std::string> argv = {test::ledger_binary(), "--home", directory.string(), "--database-url",
-                                   database_url, "serve", "--http-port", "0", "--port-file",
-                                   (directory / "port").string(), "--relay", "false"};
+  std::vector<std::string> argv = {test::ledger_binary(), "--home", directory.string(),
+                                   "--database-url", database_url};
+  if (!kafka_brokers.empty()) argv.insert(argv.end(), {"--kafka-brokers", kafka_brokers});
+  argv.insert(argv.end(),
+              {"serve", "--http-port", "0", "--port-file", (directory / "port").string(), "--relay",
+               kafka_brokers.empty() ? "false" : "true"});
   argv.insert(argv.end(), serve_arguments.begin(), serve_arguments.end());
   serve.pid = process::spawn(argv, options);
   for (int attempt = 0; attempt < 300 && serve.port == 0; ++attempt) {
@@ -109,6 +114,74 @@ TEST_CASE("serve answers, then stops on SIGTERM with exit code 0 after in-flight
   pqxx::connection connection(database.app_url());
   pqxx::read_transaction work(connection);
   CHECK(work.exec1("SELECT count(*) FROM events WHERE stream_id = 'account-a'")[0].as<int>() >= 1 + answered);
+  fs::remove_all(directory);
+}
+
+TEST_CASE(
+    "serve's /health and /metrics name a position missing from the event store while its relay "
+    "waits there") {
+  test::TestDatabase database;
+  test::MockCluster cluster(1);
+  cluster.create_topic("ledger.events", 4, 1);
+  const fs::path directory = "/tmp/ledger-serve-e2e-hole-" + std::to_string(getpid());
+  fs::remove_all(directory);
+  fs::create_directories(directory);
+  const std::map<std::string, std::string> auth = {
+      {"Authorization",
+       "Bearer " + api::issue_token(secret, "e2e", {"teller"}, std::chrono::hours(1))}};
+  {
+    // Events no relay has published: a serve without one takes the commands.
+    const auto [pid, port, log] = start_serve(directory, database.app_url());
+    REQUIRE_MESSAGE(port > 0, "serve did not start; see " << log);
+    test::HttpClient client(port);
+    REQUIRE(client.request("POST", "/v1/accounts", R"({"id":"a","currency":"EUR"})", auth).status ==
+            201);
+    for (int i = 0; i < 6; ++i) {
+      REQUIRE(client.request("POST", "/v1/accounts/a/deposits", R"({"amount":1})", auth).status ==
+              201);
+    }
+    kill(pid, SIGTERM);
+    REQUIRE(process::wait_for(pid, std::chrono::seconds(30)).has_value());
+  }
+  // A damaged store: one of those events taken out, past the store's own triggers.
+  std::int64_t missing = 0;
+  {
+    pqxx::connection owner(test::TestCluster::instance().superuser_url(database.name()));
+    pqxx::work work(owner);
+    work.exec("SET session_replication_role = replica");
+    missing = work.exec1("SELECT max(position) / 2 FROM events")[0].as<std::int64_t>();
+    REQUIRE(missing > 1);
+    work.exec("DELETE FROM events WHERE position = " + std::to_string(missing));
+    work.commit();
+  }
+  fs::remove(directory / "port");
+  const auto [pid, port, log] = start_serve(directory, database.app_url(), {},
+                                            {"LEDGER_JWT_SECRET=" + secret}, cluster.bootstrap());
+  REQUIRE_MESSAGE(port > 0, "serve did not start; see " << log);
+  test::HttpClient client(port);
+  // Everything before the hole is acknowledged, nothing after it.
+  std::string relay_status;
+  std::int64_t acknowledged = 0;
+  for (int attempt = 0; attempt < 300 && (relay_status != "stalled" || acknowledged != missing - 1);
+       ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const auto health = parse(client.request("GET", "/health").body);
+    relay_status = health["components"]["relay"]["status"].GetString();
+    acknowledged = health["components"]["relay"]["acknowledged_position"].GetInt64();
+  }
+  REQUIRE_MESSAGE(relay_status == "stalled", "the relay's status stayed " << relay_status << " at "
+                                                                          << acknowledged
+                                                                          << "; see " << log);
+  CHECK(acknowledged == missing - 1);
+  const auto health = parse(client.request("GET", "/health").body);
+  CHECK(health["status"].GetString() == std::string("degraded"));
+  CHECK(health["components"]["relay"]["missing_position"].GetInt64() == missing);
+  const std::string metrics = client.request("GET", "/metrics").body;
+  CHECK(metrics.find("ledger_relay_missing_position " + std::to_string(missing) + "\n") !=
+        std::string::npos);
+  CHECK(client.request("GET", "/health/ready").status == 200);
+  kill(pid, SIGTERM);
+  CHECK(process::wait_for(pid, std::chrono::seconds(30)).has_value());
   fs::remove_all(directory);
 }
 
