@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "../relay/mock_cluster.hpp"
+#include "child_processes.hpp"
 #include "http_client.hpp"
 #include "jwt_keys.hpp"
 #include "ledger/api/auth.hpp"
@@ -129,9 +130,11 @@ TEST_CASE(
   const std::map<std::string, std::string> auth = {
       {"Authorization",
        "Bearer " + api::issue_token(secret, "e2e", {"teller"}, std::chrono::hours(1))}};
+  test::ChildStopper serves;  // a failed check stops them too
   {
     // Events no relay has published: a serve without one takes the commands.
     const auto [pid, port, log] = start_serve(directory, database.app_url());
+    serves.pids.push_back(pid);
     REQUIRE_MESSAGE(port > 0, "serve did not start; see " << log);
     test::HttpClient client(port);
     REQUIRE(client.request("POST", "/v1/accounts", R"({"id":"a","currency":"EUR"})", auth).status ==
@@ -140,8 +143,7 @@ TEST_CASE(
       REQUIRE(client.request("POST", "/v1/accounts/a/deposits", R"({"amount":1})", auth).status ==
               201);
     }
-    kill(pid, SIGTERM);
-    REQUIRE(process::wait_for(pid, std::chrono::seconds(30)).has_value());
+    serves.stop_all();
   }
   // A damaged store: one of those events taken out, past the store's own triggers.
   std::int64_t missing = 0;
@@ -157,6 +159,7 @@ TEST_CASE(
   fs::remove(directory / "port");
   const auto [pid, port, log] = start_serve(directory, database.app_url(), {},
                                             {"LEDGER_JWT_SECRET=" + secret}, cluster.bootstrap());
+  serves.pids.push_back(pid);
   REQUIRE_MESSAGE(port > 0, "serve did not start; see " << log);
   test::HttpClient client(port);
   // Everything before the hole is acknowledged, nothing after it.
@@ -180,8 +183,7 @@ TEST_CASE(
   CHECK(metrics.find("ledger_relay_missing_position " + std::to_string(missing) + "\n") !=
         std::string::npos);
   CHECK(client.request("GET", "/health/ready").status == 200);
-  kill(pid, SIGTERM);
-  CHECK(process::wait_for(pid, std::chrono::seconds(30)).has_value());
+  serves.stop_all();
   fs::remove_all(directory);
 }
 
