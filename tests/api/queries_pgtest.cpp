@@ -35,6 +35,21 @@ std::int64_t post(HttpClient& client, const std::string& target, const std::stri
   return parse(response.body)["position"].GetInt64();
 }
 
+// What `serve` reports of its relay in /health.
+api::RelayHealth relay_health_of(const relay::Relay& relay, const std::string& database_url) {
+  const auto status = relay.status();
+  api::RelayHealth health;
+  health.enabled = true;
+  health.leader = status.leader;
+  health.acknowledged = status.acknowledged.value();
+  health.head = test::store_head(database_url);
+  health.kafka_reachable = status.kafka_reachable;
+  health.kafka_error = status.kafka_error;
+  health.oldest_unacknowledged_seconds = status.oldest_unacknowledged_seconds;
+  health.missing_position = status.missing_position.value();
+  return health;
+}
+
 // The whole read side in this process: engine and HTTP front, relay, projectors.
 struct Stack {
   explicit Stack(bool with_projectors = true)
@@ -49,20 +64,7 @@ struct Stack {
       projectors.back()->start();
     }
   }
-  // What `serve` reports of its relay in /health.
-  api::RelayHealth relay_health() {
-    const auto status = relay.status();
-    api::RelayHealth health;
-    health.enabled = true;
-    health.leader = status.leader;
-    health.acknowledged = status.acknowledged.value();
-    health.head = test::store_head(database.app_url());
-    health.kafka_reachable = status.kafka_reachable;
-    health.kafka_error = status.kafka_error;
-    health.oldest_unacknowledged_seconds = status.oldest_unacknowledged_seconds;
-    health.missing_position = status.missing_position.value();
-    return health;
-  }
+  api::RelayHealth relay_health() { return relay_health_of(relay, database.app_url()); }
   test::TestDatabase database;
   test::MockKafka kafka;
   db::ConnectionPool pool;
@@ -278,18 +280,8 @@ TEST_CASE(
   std::unique_ptr<relay::Relay> relay;
   std::atomic<relay::Relay*> started{nullptr};
   ServerFixture server(database.app_url(), {}, nullptr, [&] {
-    api::RelayHealth health;
     const relay::Relay* running = started.load();
-    if (running == nullptr) return health;
-    const auto status = running->status();
-    health.enabled = true;
-    health.leader = status.leader;
-    health.acknowledged = status.acknowledged.value();
-    health.head = test::store_head(database.app_url());
-    health.kafka_reachable = status.kafka_reachable;
-    health.oldest_unacknowledged_seconds = status.oldest_unacknowledged_seconds;
-    health.missing_position = status.missing_position.value();
-    return health;
+    return running == nullptr ? api::RelayHealth{} : relay_health_of(*running, database.app_url());
   });
   auto client = server.client();
   post(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");

@@ -142,6 +142,17 @@ std::int64_t backlog_behind_split_watermarks(const test::TestDatabase& database,
   return head;
 }
 
+// One projector per read model, started: what one `ledger project all` process runs.
+std::vector<std::unique_ptr<projections::Projector>> start_projectors(
+    const projections::ProjectorSettings& settings, db::ConnectionPool& pool) {
+  std::vector<std::unique_ptr<projections::Projector>> projectors;
+  for (const auto kind : projections::all_projections()) {
+    projectors.push_back(std::make_unique<projections::Projector>(kind, settings, pool));
+    projectors.back()->start();
+  }
+  return projectors;
+}
+
 }  // namespace
 
 TEST_CASE("every projection keeps one watermark per partition; their minimum is read.projections'") {
@@ -169,17 +180,9 @@ TEST_CASE("two projectors of one projection split the partitions, and a rebalanc
   relay::Relay relay(test::relay_settings(kafka), pool);
   relay.start();
   const auto settings = fast_group_settings(kafka);
-  std::vector<std::unique_ptr<projections::Projector>> first;
-  for (const auto kind : projections::all_projections()) {
-    first.push_back(std::make_unique<projections::Projector>(kind, settings, pool));
-    first.back()->start();
-  }
+  auto first = start_projectors(settings, pool);
   open_accounts(engine);
-  std::vector<std::unique_ptr<projections::Projector>> second;
-  for (const auto kind : projections::all_projections()) {
-    second.push_back(std::make_unique<projections::Projector>(kind, settings, pool));
-    second.back()->start();
-  }
+  auto second = start_projectors(settings, pool);
   // Both members of each group get partitions, disjoint, together all four.
   REQUIRE(test::eventually([&] {
     for (std::size_t i = 0; i < first.size(); ++i) {
@@ -231,25 +234,17 @@ TEST_CASE(
   relay::Relay relay(test::relay_settings(kafka), pool);
   relay.start();
   const auto settings = fast_group_settings(kafka);
-  const auto start_projectors = [&] {
-    std::vector<std::unique_ptr<projections::Projector>> projectors;
-    for (const auto kind : projections::all_projections()) {
-      projectors.push_back(std::make_unique<projections::Projector>(kind, settings, pool));
-      projectors.back()->start();
-    }
-    return projectors;
-  };
   const auto caught_up = [&] {
     const std::int64_t head = test::store_head(database.app_url());
     return test::eventually([&] { return every_partition_at(database.app_url(), head, 4); }, 120s);
   };
-  auto first = start_projectors();
+  auto first = start_projectors(settings, pool);
   open_accounts(engine);
   random_workload(engine, 500);
   REQUIRE(caught_up());
   REQUIRE(first[0]->status().assigned.size() == 4);
 
-  auto second = start_projectors();
+  auto second = start_projectors(settings, pool);
   REQUIRE(test::eventually(
       [&] {
         const auto a = first[0]->status().assigned;

@@ -23,6 +23,24 @@ using test::random_workload;
 // Each projection reads or skips every event on its own.
 const auto projection_count = static_cast<std::int64_t>(projections::all_projections().size());
 
+namespace {
+
+// Every position from 1 to `head` is on the topic, each exactly once.
+void check_each_position_once(const test::MockKafka& kafka, std::int64_t head) {
+  std::int64_t messages = 0;
+  std::set<std::int64_t> positions;
+  for (const auto& [partition, events] : test::read_topic(kafka)) {
+    for (const auto& event : events) {
+      positions.insert(event.position.value());
+      ++messages;
+    }
+  }
+  CHECK(static_cast<std::int64_t>(positions.size()) == head);
+  CHECK(messages == head);
+}
+
+}  // namespace
+
 TEST_CASE("a relay restarted from an older checkpoint republishes, and no read model changes") {
   test::TestDatabase database;
   test::MockKafka kafka;
@@ -233,16 +251,7 @@ TEST_CASE(
   REQUIRE(test::eventually([&] { return relay.status().acknowledged.value() == head; }));
   CHECK(relay.status().missing_position.value() == 0);
   // Each position once (nothing was published twice while it waited).
-  std::int64_t messages = 0;
-  std::set<std::int64_t> positions;
-  for (const auto& [partition, events] : test::read_topic(kafka)) {
-    for (const auto& event : events) {
-      positions.insert(event.position.value());
-      ++messages;
-    }
-  }
-  CHECK(static_cast<std::int64_t>(positions.size()) == head);
-  CHECK(messages == head);
+  check_each_position_once(kafka, head);
 }
 
 TEST_CASE("the relay's connection for reading the log cut again and again: it reconnects, keeps leading, publishes each position once") {
@@ -278,14 +287,5 @@ TEST_CASE("the relay's connection for reading the log cut again and again: it re
   // republishes from the checkpoint), so each position reached Kafka exactly once.
   CHECK(relay.status().leader);
   CHECK(relay.status().republishes == 0);
-  std::int64_t messages = 0;
-  std::set<std::int64_t> positions;
-  for (const auto& [partition, events] : test::read_topic(kafka)) {
-    for (const auto& event : events) {
-      positions.insert(event.position.value());
-      ++messages;
-    }
-  }
-  CHECK(static_cast<std::int64_t>(positions.size()) == head);
-  CHECK(messages == head);
+  check_each_position_once(kafka, head);
 }
