@@ -5,6 +5,8 @@
 
 #include <string_view>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "ledger/db/prepared.hpp"
 #include "ledger/db/sql_text.hpp"
@@ -86,6 +88,7 @@ class BalanceProjection final : public Projection {
         throw;
       }
     }
+    for (const auto& account : changed_) account->second.changed_at = 0;
     changed_.clear();
     if (accounts_.size() > options_.states_kept) accounts_.clear();
   }
@@ -98,20 +101,26 @@ class BalanceProjection final : public Projection {
 
   // Folds `events` into accounts_ (reading the accounts it lacks) and COPYs their entry rows.
   void fold(pqxx::transaction_base& work, std::span<const domain::RecordedEvent> events) {
+    // Each account event's entry of accounts_, looked up once: three lookups an event were a
+    // third of this projector's own CPU in a catch-up (issue 18).
+    accounts_of_events_.clear();
     db::ArrayLiteral missing;
     for (const auto& event : events) {
       const auto account = domain::stream_entity_id(event.stream_id, domain::StreamKind::account);
       if (!account) continue;
-      if (accounts_.try_emplace(std::string(*account)).second) missing.add_text(*account);
+      const auto [entry, added] = accounts_.try_emplace(std::string(*account));
+      if (added) missing.add_text(*account);
+      accounts_of_events_.push_back(&*entry);
     }
     if (!missing.empty()) load(work, missing.finish());
 
     std::string entry_rows;
+    auto next_account = accounts_of_events_.begin();
     for (const auto& event : events) {
-      const auto account = domain::stream_entity_id(event.stream_id, domain::StreamKind::account);
-      if (!account) continue;
-      const std::string id(*account);
-      domain::AccountState& state = accounts_.at(id);
+      if (!domain::stream_entity_id(event.stream_id, domain::StreamKind::account)) continue;
+      Account* const account = *next_account++;
+      const std::string& id = account->first;
+      domain::AccountState& state = account->second.state;
       // Events are applied in global order, so each stream's versions arrive dense.
       if (event.version.value() != state.version.value() + 1) {
         throw ProjectionError("stream " + event.stream_id + ": version " +
@@ -124,7 +133,8 @@ class BalanceProjection final : public Projection {
                               ": undecodable " + event.type + " payload");
       }
       domain::apply(state, *decoded);
-      changed_[id] = event.position.value();
+      if (account->second.changed_at == 0) changed_.push_back(account);
+      account->second.changed_at = event.position.value();
       if (const auto* entry = std::get_if<domain::events::AccountEntry>(&*decoded)) {
         add_entry_row(entry_rows, id, event, *entry, state.balance().value_or(Amount(0)).minor_units());
       }
@@ -145,7 +155,7 @@ class BalanceProjection final : public Projection {
     // Prepared once per session under a name that holds the table.
     const auto rows = db::exec_statement(work, "ledger_load_balances " + balances_, load_sql_, ids);
     for (const auto& row : rows) {
-      domain::AccountState& s = accounts_.at(row[0].as<std::string>());
+      domain::AccountState& s = accounts_.at(row[0].as<std::string>()).state;
       s.exists = true;
       s.id = row[0].as<std::string>();
       s.currency = Currency::parse(row[1].as<std::string>()).value_or(Currency{});
@@ -193,8 +203,10 @@ class BalanceProjection final : public Projection {
         dpe(BinaryArray::Element::int8), cpe(BinaryArray::Element::int8),
         pending(BinaryArray::Element::int8), version(BinaryArray::Element::int8),
         position(BinaryArray::Element::int8);
-    for (const auto& [account_id, last_position] : changed_) {
-      const domain::AccountState& s = accounts_.at(account_id);
+    for (const Account* account : changed_) {
+      const std::string& account_id = account->first;
+      const domain::AccountState& s = account->second.state;
+      const std::int64_t last_position = account->second.changed_at;
       id.add_bytes(account_id);
       currency.add_bytes(s.currency.code());
       kind.add_bytes(domain::to_string(s.kind));
@@ -225,8 +237,16 @@ class BalanceProjection final : public Projection {
   std::string load_sql_;
   std::string store_sql_;
   WriterOptions options_;
-  std::unordered_map<std::string, domain::AccountState> accounts_;  // folded, as written or to be
-  std::unordered_map<std::string, std::int64_t> changed_;  // since the last flush: last position
+  // An account folded, as written or to be, and the position of its last event since the last
+  // flush (0: none since).
+  struct Kept {
+    domain::AccountState state;
+    std::int64_t changed_at = 0;
+  };
+  using Account = std::pair<const std::string, Kept>;  // an entry of accounts_, which never moves
+  std::unordered_map<std::string, Kept> accounts_;
+  std::vector<Account*> changed_;  // since the last flush, each once
+  std::vector<Account*> accounts_of_events_;  // fold's, one per account event of its batch
 };
 
 }  // namespace
