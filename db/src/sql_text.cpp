@@ -54,8 +54,8 @@ constexpr std::int64_t four_digit_years_end_us = 253'402'300'800LL * 1'000'000;
 void copy_timestamp(std::string& line, std::int64_t micros_since_epoch) {
   if (micros_since_epoch < four_digit_years_first_us ||
       micros_since_epoch >= four_digit_years_end_us) {
-    // Out of any clock's reach (an import of odd data): the C library's calendar, as PostgreSQL
-    // reads it for years past 9999.
+    // Years before 1 or past 9999 (an import of odd data): the formatting used before, kept
+    // as it was (PostgreSQL reads years past 9999 so; it has no year 0).
     const std::int64_t seconds = micros_since_epoch >= 0
                                      ? micros_since_epoch / 1'000'000
                                      : (micros_since_epoch - 999'999) / 1'000'000;

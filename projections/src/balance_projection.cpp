@@ -238,7 +238,7 @@ class BalanceProjection final : public Projection {
   std::string store_sql_;
   WriterOptions options_;
   // An account folded, as written or to be, and the position of its last event since the last
-  // flush (0: none since).
+  // flush (0: none since; a stored position is never 0, the events table checks position > 0).
   struct Kept {
     domain::AccountState state;
     std::int64_t changed_at = 0;
