@@ -409,6 +409,14 @@ struct Projectors {
       running.back()->start();
     }
   }
+  // Whether every projector's status has counted its rounds up to `position`: a projector
+  // updates its status after its round commits, so the database can show a round first.
+  [[nodiscard]] bool counted_through(std::int64_t position) const {
+    for (const auto& projector : running) {
+      if (projector->status().watermark.value() < position) return false;
+    }
+    return true;
+  }
   std::int64_t duplicates_skipped() const {
     std::int64_t total = 0;
     for (const auto& projector : running) total += projector->status().duplicates_skipped;
