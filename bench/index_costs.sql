@@ -14,6 +14,11 @@
 -- The audit model's rows as the projector writes them (migration 0016).
 COPY (SELECT position, type, metadata->>'actor', recorded_at FROM events ORDER BY position)
   TO '/tmp/ledger_index_costs_audit.txt';
+-- The same rows with the type and the actor as integer codes (dense ranks of the text), to
+-- weigh audit keys that compare as integers against the text keys read.audit has.
+COPY (SELECT position, dense_rank() OVER (ORDER BY type), dense_rank() OVER (ORDER BY metadata->>'actor'),
+             recorded_at FROM events ORDER BY position)
+  TO '/tmp/ledger_index_costs_audit_codes.txt';
 -- The event store's rows, in binary as the appender sends them.
 COPY (SELECT * FROM events ORDER BY position) TO '/tmp/ledger_index_costs_events.bin' (FORMAT binary);
 
@@ -29,6 +34,12 @@ CREATE TABLE scratch_audit_all (LIKE scratch_audit_pk INCLUDING ALL);
 CREATE INDEX ON scratch_audit_all (actor, position);
 CREATE INDEX ON scratch_audit_all (type, position);
 CREATE INDEX ON scratch_audit_all USING brin (recorded_at);
+
+CREATE TABLE scratch_audit_codes (position bigint PRIMARY KEY, type_code integer NOT NULL,
+                                  actor_code integer NOT NULL, recorded_at timestamptz NOT NULL);
+CREATE INDEX ON scratch_audit_codes (actor_code, position);
+CREATE INDEX ON scratch_audit_codes (type_code, position);
+CREATE INDEX ON scratch_audit_codes USING brin (recorded_at);
 
 CREATE TABLE scratch_events_heap (LIKE events);
 CREATE TABLE scratch_events_pk (LIKE events);
@@ -51,6 +62,8 @@ COPY scratch_audit_type FROM '/tmp/ledger_index_costs_audit.txt';
 COPY scratch_audit_brin FROM '/tmp/ledger_index_costs_audit.txt';
 \echo audit: all four, as read.audit
 COPY scratch_audit_all FROM '/tmp/ledger_index_costs_audit.txt';
+\echo audit: all four, the type and the actor as integer codes
+COPY scratch_audit_codes FROM '/tmp/ledger_index_costs_audit_codes.txt';
 
 CHECKPOINT;
 \echo events: no index
@@ -67,5 +80,6 @@ COPY scratch_events_brin FROM '/tmp/ledger_index_costs_events.bin' (FORMAT binar
 \timing off
 SELECT count(*) AS rows_each FROM scratch_audit_pk;
 DROP TABLE scratch_audit_pk, scratch_audit_actor, scratch_audit_type, scratch_audit_brin, scratch_audit_all,
+           scratch_audit_codes,
            scratch_events_heap, scratch_events_pk, scratch_events_event_id, scratch_events_stream_version,
            scratch_events_brin;
