@@ -103,22 +103,22 @@ class BalanceProjection final : public Projection {
   void fold(pqxx::transaction_base& work, std::span<const domain::RecordedEvent> events) {
     // Each account event's entry of accounts_, looked up once: three lookups an event were a
     // third of this projector's own CPU in a catch-up (issue 18).
-    accounts_of_events_.clear();
+    accounts_of_events_.assign(events.size(), nullptr);
     db::ArrayLiteral missing;
-    for (const auto& event : events) {
-      const auto account = domain::stream_entity_id(event.stream_id, domain::StreamKind::account);
+    for (std::size_t i = 0; i < events.size(); ++i) {
+      const auto account = domain::stream_entity_id(events[i].stream_id, domain::StreamKind::account);
       if (!account) continue;
       const auto [entry, added] = accounts_.try_emplace(std::string(*account));
       if (added) missing.add_text(*account);
-      accounts_of_events_.push_back(&*entry);
+      accounts_of_events_[i] = &*entry;
     }
     if (!missing.empty()) load(work, missing.finish());
 
     std::string entry_rows;
-    auto next_account = accounts_of_events_.begin();
-    for (const auto& event : events) {
-      if (!domain::stream_entity_id(event.stream_id, domain::StreamKind::account)) continue;
-      Account* const account = *next_account++;
+    for (std::size_t i = 0; i < events.size(); ++i) {
+      Account* const account = accounts_of_events_[i];
+      if (account == nullptr) continue;  // not an account's event
+      const domain::RecordedEvent& event = events[i];
       const std::string& id = account->first;
       domain::AccountState& state = account->second.state;
       // Events are applied in global order, so each stream's versions arrive dense.
@@ -246,7 +246,8 @@ class BalanceProjection final : public Projection {
   using Account = std::pair<const std::string, Kept>;  // an entry of accounts_, which never moves
   std::unordered_map<std::string, Kept> accounts_;
   std::vector<Account*> changed_;  // since the last flush, each once
-  std::vector<Account*> accounts_of_events_;  // fold's, one per account event of its batch
+  // fold's, one per event of its batch (null: not an account's event).
+  std::vector<Account*> accounts_of_events_;
 };
 
 }  // namespace
