@@ -503,6 +503,73 @@ TEST_CASE("an event the projectors cannot decode stalls them visibly: health, me
   CHECK(log.count("projector balance: stalled at position " + std::to_string(bad)) == 1);
 }
 
+TEST_CASE(
+    "a balance round whose upsert is refused after its fold stalls at the position itself, and "
+    "the balances it folded are neither kept nor counted twice") {
+  // The balance projector keeps the accounts it folded between rounds (projections/README.md,
+  // "Kept balances"). Here a round folds alice's and dave's deposits in memory, then the
+  // database refuses the balances' upsert: what it folded must be forgotten, or the round run
+  // again position by position would add alice's deposits a second time (or fail on her
+  // versions instead of stalling at dave's deposit).
+  CapturedLog log;
+  Stack stack;
+  auto client = stack.server.client();
+  const auto& url = stack.database.app_url();
+  post(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
+  const std::int64_t dave_opened = post(client, "/v1/accounts", R"({"id":"dave","currency":"EUR"})");
+  REQUIRE(test::eventually([&] { return test::watermark(url, "balance") >= dave_opened; }, 30s));
+  {
+    pqxx::connection admin(stack.database.admin_url());
+    pqxx::work work(admin);
+    work.exec(
+        "CREATE FUNCTION read.refuse_dave_credit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.account_id = 'dave' AND NEW.credits_posted > 0 THEN "
+        "RAISE EXCEPTION 'refuse_dave_credit: a credit of dave' USING ERRCODE = 'check_violation'; "
+        "END IF; RETURN NEW; END $$");
+    work.exec(
+        "CREATE TRIGGER refuse_dave_credit BEFORE INSERT OR UPDATE ON read.balances FOR EACH ROW "
+        "EXECUTE FUNCTION read.refuse_dave_credit()");
+    work.commit();
+  }
+  for (int i = 0; i < 3; ++i) post(client, "/v1/accounts/alice/deposits", R"({"amount":5})");
+  const std::int64_t deposit = post(client, "/v1/accounts/dave/deposits", R"({"amount":777})");
+  for (int i = 0; i < 3; ++i) post(client, "/v1/accounts/alice/deposits", R"({"amount":5})");
+  auto health = [&] { return parse(client.request("GET", "/health", "", {}).body); };
+  REQUIRE(test::eventually(
+      [&] { return health()["components"]["projections"]["balance"].HasMember("stalled_position"); },
+      30s));
+  const auto stalled_health = health();
+  const auto& balance = stalled_health["components"]["projections"]["balance"];
+  const std::int64_t stalled = balance["stalled_position"].GetInt64();
+  CHECK(stalled <= deposit);
+  CHECK(stalled > dave_opened);
+  CHECK(std::string(balance["stalled_reason"].GetString()).find("refuse_dave_credit") !=
+        std::string::npos);
+  CHECK(test::watermark(url, "balance") == stalled - 1);  // everything before it applied
+  // alice's three deposits before dave's, each counted once.
+  CHECK(test::scalar(url, "SELECT credits_posted FROM read.balances WHERE account_id = 'alice'") ==
+        15);
+  CHECK(test::scalar(url, "SELECT credits_posted FROM read.balances WHERE account_id = 'dave'") ==
+        0);
+  {
+    pqxx::connection admin(stack.database.admin_url());
+    pqxx::work work(admin);
+    work.exec("DROP TRIGGER refuse_dave_credit ON read.balances");
+    work.exec("DROP FUNCTION read.refuse_dave_credit()");
+    work.commit();
+  }
+  REQUIRE(test::eventually(
+      [&] { return !health()["components"]["projections"]["balance"].HasMember("stalled_position"); },
+      60s));
+  REQUIRE(test::eventually([&] { return test::read_models_caught_up(url); }, 30s));
+  CHECK(test::scalar(url, "SELECT credits_posted FROM read.balances WHERE account_id = 'alice'") ==
+        30);
+  CHECK(test::scalar(url, "SELECT credits_posted FROM read.balances WHERE account_id = 'dave'") ==
+        777);
+  test::check_read_models_equal_fold(url);
+  CHECK(log.count("projector balance: stalled at position " + std::to_string(stalled)) == 1);
+}
+
 TEST_CASE("a stalled projection that can apply its position again moves on and clears the stall") {
   CapturedLog log;
   Stack stack;
