@@ -100,7 +100,8 @@ TEST_CASE("each partition's envelopes chain by previous_position, and markers re
     return marked.size() == 4 && std::all_of(marked.begin(), marked.end(),
                                              [&](const auto& entry) { return entry.second == head; });
   }, 30s));
-  CHECK(relay->status().markers_sent > 0);
+  // The status is copied from the relay's loop after the markers were produced: wait for it.
+  CHECK(test::eventually([&] { return relay->status().markers_sent > 0; }));
 
   // A restarted relay continues each partition's chain from what the store says it sent.
   relay->stop();
