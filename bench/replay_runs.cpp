@@ -9,13 +9,26 @@
 
 namespace ledger::bench {
 
-long peak_rss_kib(pid_t pid) {
+namespace {
+
+// The KiB of `field` ("VmHWM:", "VmRSS:") in /proc/<pid>/status; 0 when unknown.
+long status_kib(pid_t pid, const std::string& field) {
   std::ifstream status(pid == 0 ? std::string("/proc/self/status") : "/proc/" + std::to_string(pid) + "/status");
   std::string line;
   while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+    if (line.rfind(field, 0) == 0) return std::stol(line.substr(field.size()));
   }
   return 0;
+}
+
+}  // namespace
+
+long peak_rss_kib(pid_t pid) {
+  return status_kib(pid, "VmHWM:");
+}
+
+long rss_kib(pid_t pid) {
+  return status_kib(pid, "VmRSS:");
 }
 
 CliRun run_cli(const std::string& binary, const std::vector<std::string>& arguments, const std::string& output_file) {

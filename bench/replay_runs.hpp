@@ -22,6 +22,8 @@ struct CliRun {
 
 // Peak resident set size (VmHWM) of process `pid` in KiB, 0 meaning this process; 0 when unknown.
 [[nodiscard]] long peak_rss_kib(pid_t pid = 0);
+// Its resident set size now (VmRSS), the same way.
+[[nodiscard]] long rss_kib(pid_t pid = 0);
 
 // The number after "key": in the CLI's JSON summary; 0 when absent.
 [[nodiscard]] double json_number(const std::string& text, const std::string& key);
