@@ -43,7 +43,9 @@ struct ProjectorSettings {
   std::int64_t catch_up_events_min = 20'000;
   // While catching up, each round applies up to this many positions from the store (one
   // transaction): fewer rounds, and an account touched again within a round is written once.
-  std::size_t catch_up_batch_events_max = 20'000;
+  // 100,000 against 20,000, four alternated pairs: 56,900 to 69,200 events/s against 44,700
+  // to 56,600 for one `project all`, peak RSS about 690 MiB against 310 (projections/README.md).
+  std::size_t catch_up_batch_events_max = 100'000;
   std::chrono::milliseconds head_check_interval{200};
   // A position the store has but Kafka has not delivered for this long is read from the
   // event store (a dropped or lost message, a relay that is down).
