@@ -181,8 +181,9 @@ void EmbeddedPostgres::start() {
   if (!run_as_user_.empty()) change_owner_recursively(options_.directory, run_as_user_);
   const std::string server_options =
       "-p " + std::to_string(port_) + " -k " + options_.directory.string() +
-      " -c listen_addresses=127.0.0.1 -c max_connections=" +
-      std::to_string(options_.max_connections) + " -c fsync=" + (options_.fsync ? "on" : "off") +
+      " -c listen_addresses=" + (options_.listen_on_loopback ? "127.0.0.1" : "''") +
+      " -c max_connections=" + std::to_string(options_.max_connections) +
+      " -c fsync=" + (options_.fsync ? "on" : "off") +
       " -c synchronous_commit=on -c full_page_writes=" + (options_.fsync ? "on" : "off") +
       " -c shared_buffers=256MB -c max_wal_size=2GB -c log_min_messages=warning";
   std::vector<std::string> argv = {binary_directory_ + "/pg_ctl",

@@ -20,6 +20,9 @@ db::EmbeddedPostgresOptions private_cluster_options(const std::string& name) {
   db::EmbeddedPostgresOptions options;
   options.directory = "/tmp/ledger-health-test-" + name + "-" + std::to_string(getpid());
   options.fsync = false;
+  // Restarted on its port after an outage: over the unix socket alone, another test's cluster
+  // or connection cannot have taken that port meanwhile (CI saw "Address already in use").
+  options.listen_on_loopback = false;
   std::filesystem::remove_all(options.directory);
   return options;
 }

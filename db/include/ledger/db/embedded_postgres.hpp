@@ -12,6 +12,10 @@ struct EmbeddedPostgresOptions {
   std::filesystem::path directory;
   // 0 picks a free loopback port.
   int port = 0;
+  // Also listen on 127.0.0.1:port; false: the unix socket only (whose name holds the port, in
+  // `directory`), so a cluster restarted on its port cannot find that TCP port taken meanwhile
+  // by another process (a test's outage: the port is free while the cluster is down).
+  bool listen_on_loopback = true;
   // Off only for tests: a crash of the machine may then lose committed data.
   bool fsync = true;
   // Directory with initdb/pg_ctl/postgres; empty finds the newest under /usr/lib/postgresql.
