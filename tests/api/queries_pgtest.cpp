@@ -35,6 +35,38 @@ std::int64_t post(HttpClient& client, const std::string& target, const std::stri
   return parse(response.body)["position"].GetInt64();
 }
 
+// A read model the projector cannot write until an operator fixes it: a row trigger `name` on
+// `table` (`events`: e.g. "BEFORE INSERT") raises a check_violation whose message starts with
+// `name` for each row `condition` (on NEW) names. drop_refusal() removes it.
+void refuse_rows(const std::string& admin_url, const std::string& name, const std::string& table,
+                 const std::string& events, const std::string& condition,
+                 const std::string& message) {
+  pqxx::connection admin(admin_url);
+  pqxx::work work(admin);
+  work.exec("CREATE FUNCTION read." + name + "() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF " +
+            condition + " THEN RAISE EXCEPTION '" + name + ": " + message +
+            "' USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$");
+  work.exec("CREATE TRIGGER " + name + " " + events + " ON " + table +
+            " FOR EACH ROW EXECUTE FUNCTION read." + name + "()");
+  work.commit();
+}
+
+void drop_refusal(const std::string& admin_url, const std::string& name, const std::string& table) {
+  pqxx::connection admin(admin_url);
+  pqxx::work work(admin);
+  work.exec("DROP TRIGGER " + name + " ON " + table);
+  work.exec("DROP FUNCTION read." + name + "()");
+  work.commit();
+}
+
+// Three deposits of 5 to alice, one of 777 to dave, three more to alice: dave's position.
+std::int64_t deposit_around_dave(HttpClient& client) {
+  for (int i = 0; i < 3; ++i) post(client, "/v1/accounts/alice/deposits", R"({"amount":5})");
+  const std::int64_t deposit = post(client, "/v1/accounts/dave/deposits", R"({"amount":777})");
+  for (int i = 0; i < 3; ++i) post(client, "/v1/accounts/alice/deposits", R"({"amount":5})");
+  return deposit;
+}
+
 // What `serve` reports of its relay in /health.
 api::RelayHealth relay_health_of(const relay::Relay& relay, const std::string& database_url) {
   const auto status = relay.status();
@@ -518,22 +550,10 @@ TEST_CASE(
   post(client, "/v1/accounts", R"({"id":"alice","currency":"EUR"})");
   const std::int64_t dave_opened = post(client, "/v1/accounts", R"({"id":"dave","currency":"EUR"})");
   REQUIRE(test::eventually([&] { return test::watermark(url, "balance") >= dave_opened; }, 30s));
-  {
-    pqxx::connection admin(stack.database.admin_url());
-    pqxx::work work(admin);
-    work.exec(
-        "CREATE FUNCTION read.refuse_dave_credit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        "IF NEW.account_id = 'dave' AND NEW.credits_posted > 0 THEN "
-        "RAISE EXCEPTION 'refuse_dave_credit: a credit of dave' USING ERRCODE = 'check_violation'; "
-        "END IF; RETURN NEW; END $$");
-    work.exec(
-        "CREATE TRIGGER refuse_dave_credit BEFORE INSERT OR UPDATE ON read.balances FOR EACH ROW "
-        "EXECUTE FUNCTION read.refuse_dave_credit()");
-    work.commit();
-  }
-  for (int i = 0; i < 3; ++i) post(client, "/v1/accounts/alice/deposits", R"({"amount":5})");
-  const std::int64_t deposit = post(client, "/v1/accounts/dave/deposits", R"({"amount":777})");
-  for (int i = 0; i < 3; ++i) post(client, "/v1/accounts/alice/deposits", R"({"amount":5})");
+  refuse_rows(stack.database.admin_url(), "refuse_dave_credit", "read.balances",
+              "BEFORE INSERT OR UPDATE", "NEW.account_id = 'dave' AND NEW.credits_posted > 0",
+              "a credit of dave");
+  const std::int64_t deposit = deposit_around_dave(client);
   auto health = [&] { return parse(client.request("GET", "/health", "", {}).body); };
   REQUIRE(test::eventually(
       [&] { return health()["components"]["projections"]["balance"].HasMember("stalled_position"); },
@@ -551,13 +571,7 @@ TEST_CASE(
         15);
   CHECK(test::scalar(url, "SELECT credits_posted FROM read.balances WHERE account_id = 'dave'") ==
         0);
-  {
-    pqxx::connection admin(stack.database.admin_url());
-    pqxx::work work(admin);
-    work.exec("DROP TRIGGER refuse_dave_credit ON read.balances");
-    work.exec("DROP FUNCTION read.refuse_dave_credit()");
-    work.commit();
-  }
+  drop_refusal(stack.database.admin_url(), "refuse_dave_credit", "read.balances");
   REQUIRE(test::eventually(
       [&] { return !health()["components"]["projections"]["balance"].HasMember("stalled_position"); },
       60s));
@@ -589,22 +603,10 @@ TEST_CASE("a stalled projection that can apply its position again moves on and c
   // an operator fixes it): the projector finds which position within its batch. (The audit
   // row holds neither the amount nor, since migration 0015, the stream: a trigger looks the
   // row's stream up in the store and refuses dave's.)
-  {
-    pqxx::connection admin(stack.database.admin_url());
-    pqxx::work work(admin);
-    work.exec(
-        "CREATE FUNCTION read.refuse_777() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        "IF (SELECT stream_id FROM events WHERE position = NEW.position) = 'account-dave' THEN "
-        "RAISE EXCEPTION 'refuse_777: an entry of account-dave' USING ERRCODE = 'check_violation'; "
-        "END IF; RETURN NEW; END $$");
-    work.exec(
-        "CREATE TRIGGER refuse_777 BEFORE INSERT ON read.audit FOR EACH ROW "
-        "EXECUTE FUNCTION read.refuse_777()");
-    work.commit();
-  }
-  for (int i = 0; i < 3; ++i) post(client, "/v1/accounts/alice/deposits", R"({"amount":5})");
-  const std::int64_t deposit = post(client, "/v1/accounts/dave/deposits", R"({"amount":777})");
-  for (int i = 0; i < 3; ++i) post(client, "/v1/accounts/alice/deposits", R"({"amount":5})");
+  refuse_rows(stack.database.admin_url(), "refuse_777", "read.audit", "BEFORE INSERT",
+              "(SELECT stream_id FROM events WHERE position = NEW.position) = 'account-dave'",
+              "an entry of account-dave");
+  const std::int64_t deposit = deposit_around_dave(client);
   REQUIRE(test::eventually([&] {
     return health()["components"]["projections"]["audit"].HasMember("stalled_position");
   }, 30s));
@@ -616,13 +618,7 @@ TEST_CASE("a stalled projection that can apply its position again moves on and c
     return test::watermark(stack.database.app_url(), "balance") == test::store_head(stack.database.app_url());
   }, 30s));
 
-  {
-    pqxx::connection admin(stack.database.admin_url());
-    pqxx::work work(admin);
-    work.exec("DROP TRIGGER refuse_777 ON read.audit");
-    work.exec("DROP FUNCTION read.refuse_777()");
-    work.commit();
-  }
+  drop_refusal(stack.database.admin_url(), "refuse_777", "read.audit");
   REQUIRE(test::eventually([&] {
     const auto h = health();
     return h["status"].GetString() == std::string("healthy") &&
