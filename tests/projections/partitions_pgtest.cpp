@@ -416,6 +416,45 @@ TEST_CASE("catching up from a backlog, the partitions move together: each stored
   test::check_read_models_equal_fold(database.app_url());
 }
 
+TEST_CASE(
+    "a projector that caught up, freed its ranges at the head and falls behind again catches up "
+    "again, "
+    "counting each position once") {
+  // Near the head a projector frees the ranges its catch-up read and trims the heap
+  // (release_catch_up_readers): the next catch-up of the same projector starts from empty
+  // buffers and new readers. The relay is stopped before the second backlog, so every position
+  // of both comes from the store's rounds.
+  test::TestDatabase database;
+  test::MockKafka kafka(1, 4);
+  auto pool = test::make_pool(database.app_url(), 10);
+  Engine engine(test::engine_settings(database));
+  relay::Relay relay(test::relay_settings(kafka), pool);
+  relay.start();
+  const std::int64_t head = published_backlog(engine, relay, database.app_url(), 1'000);
+  auto settings = test::projector_settings(kafka);
+  settings.batch_events_max = 400;
+  settings.catch_up_events_min = 500;
+  settings.catch_up_batch_events_max = 1'000;
+  test::Projectors projectors(pool, settings);
+  REQUIRE(test::eventually([&] { return every_partition_at(database.app_url(), head, 4); }, 60s));
+  REQUIRE(test::eventually([&] { return projectors.counted_through(head); }, 10s));
+  std::this_thread::sleep_for(500ms);  // a few rounds at the head: the catch-up's ranges freed
+
+  relay.stop();
+  random_workload(engine, 1'000);
+  const std::int64_t later_head = test::store_head(database.app_url());
+  REQUIRE(later_head - head > settings.catch_up_events_min);
+  REQUIRE(
+      test::eventually([&] { return every_partition_at(database.app_url(), later_head, 4); }, 60s));
+  REQUIRE(test::eventually([&] { return projectors.counted_through(later_head); }, 10s));
+  for (const auto& projector : projectors.running) {
+    const auto status = projector->status();
+    CHECK(status.events_from_store == later_head);
+    CHECK(status.events_applied == later_head);
+  }
+  test::check_read_models_equal_fold(database.app_url());
+}
+
 TEST_CASE("a partition far ahead of the others does not stretch the store reads of the catch-up's rounds") {
   test::TestDatabase database;
   test::MockKafka kafka(1, 4);
