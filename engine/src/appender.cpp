@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -49,6 +50,35 @@ WITH new_events AS (
 UPDATE event_store_head SET position = $18, hash = $19
 )sql";
 
+// append_sql on a head the writer expects (append_on_head), in a statement of its own with no
+// transaction around it: the head's row is updated first (the main query reads `head`, the
+// inserts run after it) and only if it still is where the writer left it; the inserts take
+// their rows only when it was. The row lock taken by the update is held through the
+// statement's implicit commit, as lock_head's is through COMMIT.
+constexpr const char* append_on_head_statement = "ledger_append_on_head";
+constexpr const char* append_on_head_sql = R"sql(
+WITH head AS (
+  UPDATE event_store_head SET position = $18, hash = $19
+  WHERE position = $20 AND hash = $21
+  RETURNING 1
+), new_events AS (
+  INSERT INTO events (position, stream_id, version, event_id, type, schema_version, payload,
+                      metadata, recorded_at, hash)
+  SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[],
+                       $6::smallint[], $7::bytea[], $8::jsonb[], $9::timestamptz[], $10::bytea[])
+  WHERE EXISTS (SELECT FROM head)
+), new_keys AS (
+  INSERT INTO idempotency_keys (actor, key, request_hash, outcome, position)
+  SELECT * FROM unnest($11::text[], $12::text[], $13::bytea[], $14::bytea[], $15::bigint[])
+  WHERE EXISTS (SELECT FROM head)
+), new_expiries AS (
+  INSERT INTO pending_expiries (transfer_id, expires_at)
+  SELECT * FROM unnest($16::text[], $17::timestamptz[])
+  WHERE EXISTS (SELECT FROM head)
+)
+SELECT count(*) FROM head
+)sql";
+
 // A batch of no events (keyed refusals only): an INSERT into events, even of no rows, would fire
 // its statement triggers (the relay's wake-up, the density check) for nothing.
 constexpr const char* append_records_sql = R"sql(
@@ -87,6 +117,7 @@ bool is_version_gap(const pqxx::check_violation& error) {
 void prepare_append(pqxx::connection& connection) {
   connection.prepare(append_statement, append_sql);
   connection.prepare(append_records_statement, append_records_sql);
+  connection.prepare(append_on_head_statement, append_on_head_sql);
 }
 
 LockedHead lock_head(pqxx::work& work) {
@@ -187,11 +218,25 @@ pqxx::binarystring binary(BinaryArray& array) {
   return pqxx::binarystring(bytes);
 }
 
-// Runs the append statement: a key written before (an event's or an idempotency record's) or
-// a version gap the store refuses (the batch was decided on a state the store does not hold)
-// is an AppendConflict, and the transaction writes nothing.
-void run_append_statement(pqxx::work& work, AppendParameters& p, const LockedHead& head_after) {
+// Runs `statement`, mapping the store's refusals: a key written before (an event's or an
+// idempotency record's) or a version gap the store refuses (the batch was decided on a state
+// the store does not hold) is an AppendConflict, and the transaction writes nothing.
+template <typename Statement>
+auto refusals_as_conflicts(Statement statement) {
   try {
+    return statement();
+  } catch (const pqxx::unique_violation& error) {
+    throw AppendConflict(error.what());
+  } catch (const pqxx::check_violation& error) {
+    if (!is_version_gap(error)) throw;
+    spdlog::error("append refused by the store: {}", error.what());
+    throw AppendConflict(error.what());
+  }
+}
+
+// Runs the append statement in `work` (refusals as in refusals_as_conflicts).
+void run_append_statement(pqxx::work& work, AppendParameters& p, const LockedHead& head_after) {
+  refusals_as_conflicts([&] {
     if (p.positions.size() == 0) {
       work.exec_prepared(append_records_statement, binary(p.key_actors), binary(p.keys),
                          binary(p.request_hashes), binary(p.outcomes), binary(p.key_positions),
@@ -206,13 +251,7 @@ void run_append_statement(pqxx::work& work, AppendParameters& p, const LockedHea
                        binary(p.keys), binary(p.request_hashes), binary(p.outcomes),
                        binary(p.key_positions), binary(p.expiry_ids), binary(p.expiry_times),
                        head_after.position, pqxx::binarystring(head_after.hash));
-  } catch (const pqxx::unique_violation& error) {
-    throw AppendConflict(error.what());
-  } catch (const pqxx::check_violation& error) {
-    if (!is_version_gap(error)) throw;
-    spdlog::error("append refused by the store: {}", error.what());
-    throw AppendConflict(error.what());
-  }
+  });
 }
 
 }  // namespace
@@ -228,11 +267,14 @@ LockedHead seal_rows(const LockedHead& head, std::vector<RecordedEvent>& events)
   return {position, std::move(previous_hash)};
 }
 
-void write_and_commit(pqxx::work& work, const LockedHead& head, const LockedHead& head_after,
-                      const std::vector<const std::vector<RecordedEvent>*>& parts,
-                      const std::vector<IdempotencyRecord>& records,
-                      const std::vector<ExpiryRecord>& expiries, AppendStepTimes* times) {
-  const auto rows_started = Clock::now();
+namespace {
+
+// The append's parameters for the rows of `parts` (sealed one after another from `head` up to
+// `head_after`), `records` and `expiries`, once the rows pass the batch's checks.
+AppendParameters checked_parameters(const LockedHead& head, const LockedHead& head_after,
+                                    const std::vector<const std::vector<RecordedEvent>*>& parts,
+                                    const std::vector<IdempotencyRecord>& records,
+                                    const std::vector<ExpiryRecord>& expiries) {
   // The checks look at the rows of every part together.
   std::vector<RecordedEvent> joined;
   const std::vector<RecordedEvent>* all = parts.size() == 1 ? parts.front() : &joined;
@@ -250,6 +292,17 @@ void write_and_commit(pqxx::work& work, const LockedHead& head, const LockedHead
   parameters.add_events(*all);
   parameters.add_records(records);
   parameters.add_expiries(expiries);
+  return parameters;
+}
+
+}  // namespace
+
+void write_and_commit(pqxx::work& work, const LockedHead& head, const LockedHead& head_after,
+                      const std::vector<const std::vector<RecordedEvent>*>& parts,
+                      const std::vector<IdempotencyRecord>& records,
+                      const std::vector<ExpiryRecord>& expiries, AppendStepTimes* times) {
+  const auto rows_started = Clock::now();
+  AppendParameters parameters = checked_parameters(head, head_after, parts, records, expiries);
   add_step_time(times, &AppendStepTimes::rows, rows_started);
 
   const auto write_started = Clock::now();
@@ -276,7 +329,47 @@ AppendOutcome append_batch(
   const std::vector<IdempotencyRecord> records = records_for(GlobalPosition(head.position + 1));
   add_step_time(times, &AppendStepTimes::rows, rows_started);
   write_and_commit(work, head, after, {&events}, records, expiries, times);
-  return {GlobalPosition(head.position + 1), GlobalPosition(after.position)};
+  const GlobalPosition last(after.position);
+  return {GlobalPosition(head.position + 1), last, std::move(after)};
+}
+
+std::optional<LockedHead> append_on_head(
+    pqxx::connection& connection, const LockedHead& head, std::vector<RecordedEvent>& events,
+    const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
+    const std::vector<ExpiryRecord>& expiries, AppendStepTimes* times) {
+  LEDGER_ASSERT(!events.empty(), "an append on the head carries events");
+  const auto rows_started = Clock::now();
+  LockedHead after = seal_rows(head, events);
+  const std::vector<IdempotencyRecord> records = records_for(GlobalPosition(head.position + 1));
+  AppendParameters p = checked_parameters(head, after, {&events}, records, expiries);
+  add_step_time(times, &AppendStepTimes::rows, rows_started);
+
+  const auto write_started = Clock::now();
+  // A connection found dead here has sent nothing: a plain error (nothing written), not a
+  // commit in doubt. The statement's PREPARE goes first for the same reason.
+  connection.prepare_now(append_on_head_statement);
+  pqxx::nontransaction statement(connection);
+  bool moved = false;
+  try {
+    const pqxx::result result = refusals_as_conflicts([&] {
+      return statement.exec_prepared(
+          append_on_head_statement, binary(p.positions), binary(p.stream_ids), binary(p.versions),
+          binary(p.event_ids), binary(p.types), binary(p.schema_versions), binary(p.payloads),
+          binary(p.metadata), binary(p.recorded_at), binary(p.hashes), binary(p.key_actors),
+          binary(p.keys), binary(p.request_hashes), binary(p.outcomes), binary(p.key_positions),
+          binary(p.expiry_ids), binary(p.expiry_times), after.position,
+          pqxx::binarystring(after.hash), head.position, pqxx::binarystring(head.hash));
+    });
+    moved = result.at(0).at(0).as<std::int64_t>() == 0;
+  } catch (const pqxx::broken_connection& error) {
+    // Sent or not, committed or not: only the store can tell (the caller asks it).
+    add_step_time(times, &AppendStepTimes::write, write_started);
+    throw pqxx::in_doubt_error(
+        std::string("the connection was lost during an append on the head: ") + error.what());
+  }
+  add_step_time(times, &AppendStepTimes::write, write_started);
+  if (moved) return std::nullopt;
+  return after;
 }
 
 }  // namespace ledger::engine

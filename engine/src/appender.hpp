@@ -1,10 +1,10 @@
 #pragma once
 // Writes one batch of events in one PostgreSQL transaction (private to the engine).
 
-#include <pqxx/pqxx>
-
 #include <chrono>
 #include <functional>
+#include <optional>
+#include <pqxx/pqxx>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -48,22 +48,24 @@ struct StreamRead {
   std::int64_t version = 0;
 };
 
-struct AppendOutcome {
-  GlobalPosition first_position{0};
-  GlobalPosition last_position{0};
-};
-
 // The head of the store as an appender holds it (row locked): the last position and its hash.
 struct LockedHead {
   std::int64_t position = 0;
   std::string hash;
 };
 
+struct AppendOutcome {
+  GlobalPosition first_position{0};
+  GlobalPosition last_position{0};
+  LockedHead head_after;  // where the append left the head
+};
+
 // How long an append's steps took; the functions below add to it when given one. `rows`:
 // hashing the events into the chain and encoding them, the idempotency records and the expiries
 // (no round trip); `write`: the one statement that inserts them and moves the head, the store's
 // density check included; `commit`: the COMMIT (its WAL flush), also when its outcome is in
-// doubt.
+// doubt. An append on the head (append_on_head) commits within its statement: there `write`
+// holds the commit too.
 struct AppendStepTimes {
   std::chrono::steady_clock::duration rows{};
   std::chrono::steady_clock::duration write{};
@@ -108,6 +110,20 @@ AppendOutcome append_batch(
 // one after another from `head` up to `head_after`), `records` and `expiries`, moves the head to
 // `head_after` and commits (the same checks and errors as append_batch).
 LockedHead seal_rows(const LockedHead& head, std::vector<RecordedEvent>& events);
+
+// Appends `events` after `head` as append_batch does, but without a transaction around it: one
+// autocommit statement moves the head only if it still is `head` (taking its row lock first and
+// holding it through the statement's commit, so positions stay dense and in commit order) and
+// inserts the rows only then. One round trip instead of four (BEGIN, the head's lock, the
+// append, COMMIT), for a writer that knows where its own last commit left the head. Returns
+// the head after the append, or nothing when the head has moved (another writer committed:
+// nothing is written). `events` must not be empty. Throws AppendConflict as append_batch does,
+// and pqxx::in_doubt_error when the connection is lost during the statement (it may have
+// committed).
+std::optional<LockedHead> append_on_head(
+    pqxx::connection& connection, const LockedHead& head, std::vector<RecordedEvent>& events,
+    const std::function<std::vector<IdempotencyRecord>(GlobalPosition first)>& records_for,
+    const std::vector<ExpiryRecord>& expiries, AppendStepTimes* times = nullptr);
 void write_and_commit(pqxx::work& work, const LockedHead& head, const LockedHead& head_after,
                       const std::vector<const std::vector<RecordedEvent>*>& parts,
                       const std::vector<IdempotencyRecord>& records,

@@ -3,14 +3,14 @@
 // batch stores with its events (appender.hpp writes them), and whether a commit whose outcome
 // was lost did land.
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
+#include <pqxx/pqxx>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
-
-#include <pqxx/pqxx>
 
 #include "appender.hpp"
 #include "ledger/db/pool.hpp"
@@ -46,5 +46,13 @@ struct StoredIdempotencyKey {
 [[nodiscard]] std::optional<bool> committed_in_doubt(db::ConnectionPool& pool,
                                                      const std::string& first_event_id,
                                                      int backend_pid, int attempts_max);
+
+// Ends the session `backend_pid` of this role if it is still the one that started more than
+// `abandoned_for` ago (a later session that reused the pid started after it was abandoned).
+// True when that session is gone or was told to end. The committing session of a commit whose
+// check could not reach the store may still be running, holding the head row: one left
+// between its statement and the Sync that commits it has no server timeout but TCP keepalive.
+[[nodiscard]] bool end_abandoned_session(pqxx::connection& connection, int backend_pid,
+                                         std::chrono::milliseconds abandoned_for);
 
 }  // namespace ledger::engine

@@ -1,6 +1,5 @@
 #include "pipeline.hpp"
 
-#include <pqxx/pqxx>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -9,10 +8,12 @@
 #include <deque>
 #include <mutex>
 #include <optional>
+#include <pqxx/pqxx>
 #include <string_view>
 #include <thread>
-#include <unordered_set>
 #include <unordered_map>
+#include <unordered_set>
+#include <utility>
 
 #include "appender.hpp"
 #include "batch_decider.hpp"
@@ -101,6 +102,16 @@ struct Pipeline::Impl {
 
   mutable std::mutex stats_mutex;
   EngineStats counters;
+  // Sessions of commits whose in-doubt check could not reach the store (end_abandoned_sessions).
+  struct AbandonedSession {
+    int backend_pid = 0;
+    std::chrono::steady_clock::time_point since;
+  };
+  std::mutex abandoned_mutex;
+  std::vector<AbandonedSession> abandoned_sessions;
+  // A try of an append on the engine's own head that found the head moved waited in its
+  // statement for the other writer's commit: the next committed append's wait counts it.
+  std::chrono::steady_clock::duration head_wait_carried{};
   CircuitBreaker breaker{settings.circuit_open_initial, settings.circuit_open_max};
 
   std::thread writer_thread;
@@ -305,9 +316,15 @@ struct Pipeline::Impl {
           auto lease = pool.acquire();
           try {
             prepare_append(*lease);
-            pqxx::work work(*lease);
-            appended = append_decided(work, prepared.batch, prepared.decided, prepared.start, &prepared.changed,
-                                      [&] { join_waiting_batch(prepared); });
+            end_abandoned_sessions(*lease);
+            if (std::optional<Appended> on_own_head = append_on_own_head(*lease, prepared)) {
+              appended = std::move(*on_own_head);
+            } else {
+              pqxx::work work(*lease);
+              appended = append_decided(work, prepared.batch, prepared.decided, prepared.start,
+                                        &prepared.changed, [&] { join_waiting_batch(prepared); });
+              if (appended.committed) head_likely_own = appended.on_own_head;
+            }
           } catch (...) {
             lease.discard();
             throw;
@@ -652,6 +669,9 @@ struct Pipeline::Impl {
   std::mutex handoff_mutex;
   std::condition_variable handoff_changed;
   std::optional<Prepared> handoff;  // at most one batch waits for the committer
+  // Committer thread: whether the last append in a transaction found the head where this
+  // engine's commit before it had left it (append_on_own_head tries only then).
+  bool head_likely_own = false;
   bool committer_busy = false;
   bool committer_stopping = false;
   std::uint64_t generation = 0;  // bumped when a batch fails: later decisions are void
@@ -678,6 +698,7 @@ struct Pipeline::Impl {
   // What appending a decided batch did.
   struct Appended {
     bool committed = false;          // false: a version or key conflict, nothing written
+    bool on_own_head = false;        // the store's head was where this engine's last commit left it
     std::vector<Pending> losers;     // decided on streams another writer moved: not appended
     std::vector<std::string> unreliable_streams;  // their decided states differ from the store's
     std::vector<std::string> loser_streams;       // what the losers wrote
@@ -728,6 +749,7 @@ struct Pipeline::Impl {
     try {
       const LockedHead head = lock_head(work);
       lock_taken = std::chrono::steady_clock::now();
+      result.on_own_head = coherence.is_own_head(head);
       if (locked_at != nullptr) {
         lock_asked = locked_at->asked;
         lock_taken = locked_at->taken;
@@ -739,8 +761,9 @@ struct Pipeline::Impl {
       result.loser_streams = std::move(split.loser_streams);
       if (!decided.rows.empty()) first_event_id = decided.rows.front().event_id;
       if (decided_states == nullptr || result.losers.empty()) {
-        (void)append_batch(work, head, decided.rows, records_for, decided.expiries, &steps);
-        coherence.committed(head.position + static_cast<std::int64_t>(decided.rows.size()));
+        coherence.committed(
+            append_batch(work, head, decided.rows, records_for, decided.expiries, &steps)
+                .head_after);
       } else {
         // The winners' rows are sealed, not written: the losers are decided on them, and both
         // go in with the one append statement. Sealing and building records count as the
@@ -765,7 +788,7 @@ struct Pipeline::Impl {
         }
         write_and_commit(work, head, after, {&decided.rows, &result.decided_again_rows.rows}, records,
                          expiries, &steps);
-        coherence.committed(after.position);
+        coherence.committed(after);
       }
     } catch (const AppendConflict& conflict) {
       coherence.forget_head();
@@ -775,28 +798,21 @@ struct Pipeline::Impl {
       return result;
     } catch (const pqxx::in_doubt_error& error) {
       coherence.forget_head();
-      spdlog::warn("commit outcome unknown ({}); checking the event store", error.what());
       // The losers not decided again were not in the commit: unless it landed, they run again
       // with the batch. Those decided again were: they share the batch's outcome.
-      if (first_event_id.empty()) {
+      bool landed = false;
+      try {
+        landed = landed_in_doubt(error, first_event_id, backend_pid, decided.rows.size());
+      } catch (...) {
         give_back(batch, result.decided_again);
         give_back(batch, result.losers);
-        throw OutcomeUnknown("the connection was lost during the commit of idempotency records");
+        throw;
       }
-      const auto committed = committed_in_doubt(pool, first_event_id, backend_pid,
-                                              settings.connection_retries_max);
-      if (!committed || !*committed) {
+      if (!landed) {
         give_back(batch, result.decided_again);
         give_back(batch, result.losers);
+        throw;
       }
-      if (!committed) {
-        spdlog::error("the outcome of a commit of {} events is unknown: the event store could "
-                      "not be reached to check it", decided.rows.size());
-        throw OutcomeUnknown("the connection was lost during the commit and the event store "
-                             "could not be reached to check whether it landed");
-      }
-      if (!*committed) throw;
-      spdlog::info("the in-doubt batch did commit");
     } catch (...) {
       coherence.forget_head();
       give_back(batch, result.decided_again);
@@ -808,11 +824,120 @@ struct Pipeline::Impl {
     return result;
   }
 
+  // The connection was lost while a commit whose first event is `first_event_id` (none: a
+  // commit of idempotency records alone) was under way on the session `backend_pid`: true when
+  // it landed, false when it did not, OutcomeUnknown when the store cannot tell (retrying could
+  // then append twice).
+  bool landed_in_doubt(const pqxx::in_doubt_error& error, const std::string& first_event_id,
+                       int backend_pid, std::size_t events) {
+    spdlog::warn("commit outcome unknown ({}); checking the event store", error.what());
+    if (first_event_id.empty()) {
+      throw OutcomeUnknown("the connection was lost during the commit of idempotency records");
+    }
+    const auto committed =
+        committed_in_doubt(pool, first_event_id, backend_pid, settings.connection_retries_max);
+    if (!committed) {
+      spdlog::error(
+          "the outcome of a commit of {} events is unknown: the event store could "
+          "not be reached to check it",
+          events);
+      if (backend_pid != 0) {
+        std::lock_guard lock(abandoned_mutex);
+        abandoned_sessions.push_back({backend_pid, std::chrono::steady_clock::now()});
+      }
+      throw OutcomeUnknown(
+          "the connection was lost during the commit and the event store "
+          "could not be reached to check whether it landed");
+    }
+    if (*committed) spdlog::info("the in-doubt batch did commit");
+    return *committed;
+  }
+
+  // Before an append on `connection` (writer or committer thread): ends the sessions of
+  // commits whose in-doubt check could not reach the store (end_abandoned_session). Each may
+  // still hold the head row, and the server ends one left between its statement and the Sync
+  // that would commit it only by TCP keepalive; one still running would make every append
+  // after it wait out its statement timeout. A session it cannot end yet is tried again before
+  // the next append.
+  void end_abandoned_sessions(pqxx::connection& connection) {
+    std::lock_guard lock(abandoned_mutex);
+    std::erase_if(abandoned_sessions, [&](const AbandonedSession& abandoned) {
+      const auto abandoned_for = std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::steady_clock::now() - abandoned.since);
+      try {
+        if (!end_abandoned_session(connection, abandoned.backend_pid, abandoned_for)) return false;
+        spdlog::warn("ended session {} of a commit whose outcome was unknown",
+                     abandoned.backend_pid);
+        return true;
+      } catch (const std::exception& error) {
+        spdlog::warn("ending session {} of a commit whose outcome was unknown failed: {}",
+                     abandoned.backend_pid, error.what());
+        return false;
+      }
+    });
+  }
+
+  // Committer thread: appends `prepared` on the head this engine's last commit left, in one
+  // autocommit statement (append_on_head): no BEGIN, no lock of the head and no COMMIT of their
+  // own, so a commit costs one round trip instead of four. Nothing (nothing written) when the
+  // batch needs the store read first (WriterCoherence::own_head_if_unmoved), when the last
+  // append in a transaction found another writer's commits before it (with two writers the
+  // head moves between most commits: each try would be a statement wasted) or when the head has
+  // moved; the caller then appends it in a transaction. The batch decided meanwhile joins it
+  // first, as it would join a commit that waited for the head row.
+  std::optional<Appended> append_on_own_head(pqxx::connection& connection, Prepared& prepared) {
+    if (!head_likely_own) return std::nullopt;
+    join_waiting_batch(prepared);
+    Decided& decided = prepared.decided;
+    if (decided.rows.empty()) return std::nullopt;
+    const std::optional<LockedHead> head = coherence.own_head_if_unmoved(decided, prepared.start);
+    if (!head) return std::nullopt;
+    const int backend_pid = connection.backendpid();
+    const std::string first_event_id = decided.rows.front().event_id;
+    const auto records_for = [&](GlobalPosition first) {
+      BatchDecider::fill_positions(decided.slots, decided.rows, first);
+      return BatchDecider::records(prepared.batch, decided.slots);
+    };
+    const auto started = std::chrono::steady_clock::now();
+    AppendStepTimes steps;
+    Appended result;
+    try {
+      const std::optional<LockedHead> after =
+          append_on_head(connection, *head, decided.rows, records_for, decided.expiries, &steps);
+      if (!after) {
+        spdlog::debug("another writer moved the head past {}: appending after it", head->position);
+        head_likely_own = false;
+        std::lock_guard lock(stats_mutex);
+        ++counters.appends_on_own_head_missed;
+        head_wait_carried += std::chrono::steady_clock::now() - started;
+        return std::nullopt;
+      }
+      coherence.committed(*after);
+    } catch (const AppendConflict& conflict) {
+      coherence.forget_head();
+      spdlog::debug("append conflict, reloading: {}", conflict.what());
+      return result;
+    } catch (const pqxx::in_doubt_error& error) {
+      coherence.forget_head();
+      if (!landed_in_doubt(error, first_event_id, backend_pid, decided.rows.size())) throw;
+    } catch (...) {
+      coherence.forget_head();
+      throw;
+    }
+    result.committed = true;
+    result.on_own_head = true;
+    count_head_lock({}, std::chrono::steady_clock::now() - started, steps, /*on_own_head=*/true);
+    return result;
+  }
+
   // A committed append's wait for the head row and its hold of it, through the COMMIT.
   void count_head_lock(std::chrono::steady_clock::duration waited,
-                       std::chrono::steady_clock::duration held, const AppendStepTimes& steps) {
+                       std::chrono::steady_clock::duration held, const AppendStepTimes& steps,
+                       bool on_own_head = false) {
     using Seconds = std::chrono::duration<double>;
     std::lock_guard lock(stats_mutex);
+    if (on_own_head) ++counters.appends_on_own_head;
+    waited += std::exchange(head_wait_carried, {});
     counters.head_lock_wait_seconds.observe(Seconds(waited).count());
     counters.head_lock_held_seconds.observe(Seconds(held).count());
     counters.append_step_seconds.rows += Seconds(steps.rows).count();
@@ -944,6 +1069,7 @@ struct Pipeline::Impl {
                      std::vector<Pending>& losers) {
     const DecisionStart start = coherence.sync(cache);
     prepare_append(connection);
+    end_abandoned_sessions(connection);
     pqxx::work work(connection);
     HeadLockTimes locked_at;
     if (fresh) {

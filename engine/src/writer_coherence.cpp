@@ -210,6 +210,27 @@ SplitOutcome WriterCoherence::reconcile(pqxx::work& work, const LockedHead& head
   return split_stale(batch, decided, stored_versions_of(work, decided, decided_at, tainted), tainted);
 }
 
+std::optional<LockedHead> WriterCoherence::own_head_if_unmoved(const Decided& decided,
+                                                               const DecisionStart& start) {
+  // reconcile()'s early return, for a head that is this engine's own.
+  if (!decided.unwritten_reads.empty() || !start.deferred.empty()) return std::nullopt;
+  std::lock_guard lock(mutex_);
+  const std::int64_t own_head = own_head_.load();
+  if (own_head == unknown_head || epoch_ != start.epoch || start.epoch < taints_dropped_through_) {
+    return std::nullopt;
+  }
+  for (const auto& [epoch, streams] : taints_) {
+    if (epoch > start.epoch) return std::nullopt;
+  }
+  return LockedHead{own_head, own_head_hash_};
+}
+
+void WriterCoherence::committed(LockedHead head_after) {
+  std::lock_guard lock(mutex_);
+  own_head_hash_ = std::move(head_after.hash);
+  own_head_.store(head_after.position);
+}
+
 StoredVersions WriterCoherence::stored_versions_of(pqxx::work& work, const Decided& decided,
                                                    std::uint64_t decided_at,
                                                    const std::unordered_set<std::string>& tainted) {

@@ -15,11 +15,11 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <optional>
+#include <pqxx/pqxx>
 #include <string>
 #include <unordered_set>
 #include <vector>
-
-#include <pqxx/pqxx>
 
 #include "appender.hpp"
 #include "batch_split.hpp"
@@ -77,8 +77,16 @@ class WriterCoherence {
   SplitOutcome reconcile(pqxx::work& work, const LockedHead& head, std::vector<Pending>& batch,
                          Decided& decided, const DecisionStart& start);
 
+  // Without reading the store: the head this engine's last commit left, when reconcile() would
+  // find nothing to do for `decided` were the store's head still there (nothing evicted or
+  // tainted since the decision started, no refusal's read to check). The committer may then
+  // append on it (append_on_head), which writes nothing if the head has moved.
+  std::optional<LockedHead> own_head_if_unmoved(const Decided& decided, const DecisionStart& start);
+  // Whether `head`, as locked, is where this engine's last commit left it.
+  bool is_own_head(const LockedHead& head) const { return own_head_.load() == head.position; }
+
   // The batch committed: the head is where it left it.
-  void committed(std::int64_t head_after) { own_head_.store(head_after); }
+  void committed(LockedHead head_after);
   // Whether and where the last append left the head is unknown (an error during it).
   void forget_head() { own_head_.store(unknown_head); }
 
@@ -94,6 +102,7 @@ class WriterCoherence {
   static constexpr std::int64_t moved_window_positions_max = 20'000;
 
   std::atomic<std::int64_t> own_head_{unknown_head};
+  std::string own_head_hash_;  // with mutex_ held: the hash at own_head_
   std::mutex mutex_;
   std::vector<std::string> evictions_;
   std::vector<StoredEvent> foreign_;  // fold_foreign()'s, not yet applied

@@ -258,6 +258,95 @@ TEST_CASE("the append statement writes a whole batch or nothing, and stores each
                      "WHERE transfer_id = 't1'") == 1'764'720'999'000'001);
 }
 
+TEST_CASE("an append on the head writes only while the head is where the writer left it") {
+  test::TestDatabase database;
+  pqxx::connection connection(database.app_url());
+  prepare_append(connection);
+  const auto rows = [&] {
+    return test::scalar(database.app_url(),
+                        "SELECT (SELECT count(*) FROM events) * 10000 + (SELECT count(*) FROM "
+                        "idempotency_keys) * 100 + (SELECT count(*) FROM pending_expiries)");
+  };
+  const auto stored_head = [&] {
+    pqxx::connection reader(database.app_url());
+    pqxx::read_transaction work(reader);
+    const auto row = work.exec1("SELECT position, hash FROM event_store_head");
+    return LockedHead{row[0].as<std::int64_t>(), pqxx::binarystring(row[1]).str()};
+  };
+  const auto append = [&](const LockedHead& head, std::vector<domain::RecordedEvent> events,
+                          std::vector<IdempotencyRecord> records,
+                          std::vector<ExpiryRecord> expiries) {
+    return append_on_head(
+        connection, head, events, [&](GlobalPosition) { return records; }, expiries);
+  };
+  const LockedHead genesis = stored_head();
+  const auto first = append(genesis,
+                            {event_of("h", 1, "0189f7a2-4c1e-7d3b-9a5f-00000000002a"),
+                             event_of("h", 2, "0189f7a2-4c1e-7d3b-9a5f-00000000002b")},
+                            {record("h1", 2)}, {{"th1", 1, 0}});
+  REQUIRE(first.has_value());
+  CHECK(first->position == 2);
+  CHECK(rows() == 20101);
+  const LockedHead after_first = stored_head();
+  CHECK(after_first.position == first->position);
+  CHECK(after_first.hash == first->hash);
+
+  // A writer that believes the head is still at the genesis: nothing of its batch is written.
+  CHECK_FALSE(append(genesis, {event_of("g", 1, "0189f7a2-4c1e-7d3b-9a5f-00000000002c")},
+                     {record("g1", 1)}, {{"tg1", 1, 0}})
+                  .has_value());
+  // Nor with the right position and another hash (a head moved and moved back cannot pass).
+  CHECK_FALSE(append(LockedHead{after_first.position, genesis.hash},
+                     {event_of("g", 1, "0189f7a2-4c1e-7d3b-9a5f-00000000002d")}, {record("g1", 1)},
+                     {})
+                  .has_value());
+  // On the right head, a key stored first refuses the whole batch (the head stays).
+  CHECK_THROWS_AS(append(after_first, {event_of("g", 1, "0189f7a2-4c1e-7d3b-9a5f-00000000002e")},
+                         {record("g1", 3), record("h1", 3)}, {}),
+                  AppendConflict);
+  // So does a version gap.
+  CHECK_THROWS_AS(
+      append(after_first, {event_of("h", 4, "0189f7a2-4c1e-7d3b-9a5f-00000000002f")}, {}, {}),
+      AppendConflict);
+  CHECK(rows() == 20101);
+  CHECK(stored_head().position == 2);
+
+  // While another writer's transaction holds the head row, the append waits for it; once that
+  // writer moved the head, it writes nothing.
+  pqxx::connection other(database.app_url());
+  prepare_append(other);
+  pqxx::work held(other);
+  const LockedHead locked = lock_head(held);
+  auto waiting = std::async(std::launch::async, [&] {
+    return append(after_first, {event_of("w", 1, "0189f7a2-4c1e-7d3b-9a5f-00000000003a")}, {}, {});
+  });
+  CHECK(waiting.wait_for(std::chrono::milliseconds(300)) == std::future_status::timeout);
+  std::vector<domain::RecordedEvent> theirs = {
+      event_of("o", 1, "0189f7a2-4c1e-7d3b-9a5f-00000000003b")};
+  (void)append_batch(held, locked, theirs,
+                     [](GlobalPosition) { return std::vector<IdempotencyRecord>{}; }, {});
+  CHECK_FALSE(waiting.get().has_value());
+  CHECK(rows() == 30101);
+  CHECK(stored_head().position == 3);
+  CHECK(test::scalar(database.app_url(), "SELECT count(*) FROM events WHERE stream_id = 'w'") == 0);
+
+  // On the head as stored, it goes on, chained after the other writer's event.
+  const LockedHead now = stored_head();
+  const auto last = append(now, {event_of("w", 1, "0189f7a2-4c1e-7d3b-9a5f-00000000003c")}, {}, {});
+  REQUIRE(last.has_value());
+  CHECK(last->position == 4);
+  auto pool = test::make_pool(database.app_url(), 1);
+  EventStore store(pool);
+  const auto stored = store.read_all(GlobalPosition(1), 10);
+  REQUIRE(stored.size() == 4);
+  std::string previous = genesis.hash;
+  for (const auto& event : stored) {
+    CHECK(domain::chains_from(previous, event));
+    previous = event.hash;
+  }
+  CHECK(previous == stored_head().hash);
+}
+
 TEST_CASE("a check the store fails that is not a version gap is an error, not a conflict to retry") {
   test::TestDatabase database;
   pqxx::connection connection(database.app_url());

@@ -336,30 +336,47 @@ TEST_CASE("the in-doubt check ends the committing session before it asks, so a l
 
 TEST_CASE("a session stranded mid-commit, which the in-doubt check could not end, does not block "
           "later appends for good") {
-  test::TestDatabase database;
-  auto& cluster = test::TestCluster::instance();
-  test::PgFaultProxy proxy(cluster.directory(), cluster.port());
-  EngineSettings settings = test::engine_settings(database);
-  settings.database_url = proxy.url("ledger_app", database.name());
-  settings.connection_retries_max = 1;
-  Engine engine(settings);
-  REQUIRE(engine.execute(command(domain::OpenAccount{"alice", eur()})).accepted());
-  REQUIRE(engine.execute(command(domain::Deposit{"alice", Amount(1)})).accepted());
-  // The COMMIT never arrives and its session stays open, holding the head row, while the
-  // database is unreachable for longer than the in-doubt check tries (about 3.3 s; well
-  // longer, as a loaded machine stretches the check).
-  proxy.fault_next_commit(test::PgFaultProxy::CommitFault::strand_session, 10'000ms);
-  auto lost = engine.submit(command(domain::Deposit{"alice", Amount(100)}));
-  CHECK_THROWS_AS(lost.get(), OutcomeUnknown);
-  while (proxy.down()) std::this_thread::sleep_for(20ms);
-  // The server ends the stranded session (idle in transaction, 10 s) and appends go on; without
-  // that they would wait out their statement timeout behind it, again and again.
-  const auto after = engine.execute(command(domain::Deposit{"alice", Amount(10)}));
-  CHECK_MESSAGE(after.accepted(), after.detail);
-  CHECK(engine.read_account("alice")->credits_posted == Amount(11));
-  CHECK(test::scalar(database.admin_url(),
-                     "SELECT count(*) FROM (SELECT stream_id FROM events GROUP BY stream_id "
-                     "HAVING max(version) <> count(*)) gaps") == 0);
+  // Serial, the append is a transaction whose COMMIT is stranded; pipelined, the engine's own
+  // head is known, so it is the one statement of an append on the head (PgFaultProxy).
+  for (const bool pipelined : {false, true}) {
+    INFO(std::string(pipelined ? "pipelined: an append on the head" : "serial: a COMMIT"));
+    test::TestDatabase database;
+    auto& cluster = test::TestCluster::instance();
+    test::PgFaultProxy proxy(cluster.directory(), cluster.port());
+    EngineSettings settings = test::engine_settings(database);
+    settings.database_url = proxy.url("ledger_app", database.name());
+    settings.connection_retries_max = 1;
+    settings.decide_while_committing = pipelined;
+    Engine engine(settings);
+    REQUIRE(engine.execute(command(domain::OpenAccount{"alice", eur()})).accepted());
+    REQUIRE(engine.execute(command(domain::Deposit{"alice", Amount(1)})).accepted());
+    CHECK(engine.stats().appends_on_own_head == 0);
+    // The commit never arrives and its session stays open, holding the head row, while the
+    // database is unreachable for longer than the in-doubt check tries (about 3.3 s; well
+    // longer, as a loaded machine stretches the check).
+    proxy.fault_next_commit(test::PgFaultProxy::CommitFault::strand_session, 10'000ms);
+    auto lost = engine.submit(command(domain::Deposit{"alice", Amount(100)}));
+    CHECK_THROWS_AS(lost.get(), OutcomeUnknown);
+    CHECK(proxy.commits_faulted() == 1);
+    CHECK(proxy.autocommit_appends_faulted() == (pipelined ? 1 : 0));
+    while (proxy.down()) std::this_thread::sleep_for(20ms);
+    // The engine ends the stranded session before its next append (the server would end one
+    // idle in its transaction after 10 s, but never one left before the Sync of an append on
+    // the head) and appends go on; without that they would wait out their statement timeout
+    // behind it, again and again.
+    const auto after = engine.execute(command(domain::Deposit{"alice", Amount(10)}));
+    CHECK_MESSAGE(after.accepted(), after.detail);
+    CHECK(engine.read_account("alice")->credits_posted == Amount(11));
+    CHECK(test::scalar(database.admin_url(),
+                       "SELECT count(*) FROM (SELECT stream_id FROM events GROUP BY stream_id "
+                       "HAVING max(version) <> count(*)) gaps") == 0);
+    if (pipelined) {
+      // Later appends go on the head again once one in a transaction found it as left.
+      for (int i = 0; i < 3; ++i)
+        REQUIRE(engine.execute(command(domain::Deposit{"alice", Amount(1)})).accepted());
+      CHECK(engine.stats().appends_on_own_head > 0);
+    }
+  }
 }
 
 TEST_CASE("a COMMIT lost or unanswered while it held losers decided again answers each command "

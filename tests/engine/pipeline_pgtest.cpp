@@ -66,6 +66,50 @@ TEST_CASE("appends get dense positions, dense versions and a verifiable hash cha
   CHECK(engine.read_account("alice")->balance() == Amount(7'500));
 }
 
+TEST_CASE(
+    "an engine alone appends on its own head in one statement: deposits and transfers, the chain "
+    "verifies") {
+  test::TestDatabase database;
+  auto settings = test::engine_settings(database);
+  settings.decide_while_committing = true;
+  Engine engine(settings);
+  constexpr int accounts = 20;
+  for (int i = 0; i < accounts; ++i) open_and_fund(engine, fmt::format("own-{}", i), 1'000);
+  for (const bool deposits : {true, false}) {
+    INFO(std::string(deposits ? "deposits" : "transfers"));
+    const auto before = engine.stats();
+    std::vector<std::future<CommandOutcome>> outcomes;
+    for (int round = 0; round < 20; ++round) {
+      for (int i = 0; i < accounts; ++i) {
+        const std::string account = fmt::format("own-{}", i);
+        outcomes.push_back(engine.submit(
+            deposits
+                ? command(domain::Deposit{account, Amount(1)})
+                : command(domain::Transfer{"", account, fmt::format("own-{}", (i + 1) % accounts),
+                                           Amount(1), eur()})));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    for (auto& outcome : outcomes) REQUIRE(outcome.get().accepted());
+    const auto after = test::stats_once_counted(engine, before.commands + outcomes.size());
+    MESSAGE(std::string(deposits ? "deposits: " : "transfers: ")
+            << after.batches - before.batches << " commits, "
+            << after.appends_on_own_head - before.appends_on_own_head
+            << " on the engine's own head");
+    // Every commit but the first after a transaction's went on the head in one statement; none
+    // found the head moved (no other writer).
+    CHECK(after.appends_on_own_head - before.appends_on_own_head + 1 >=
+          after.batches - before.batches);
+    CHECK(after.appends_on_own_head_missed == 0);
+  }
+  db::ConnectionPool pool(pool_settings(database.app_url()));
+  EventStore store(pool);
+  CHECK(store.verify_chain().ok);
+  CHECK(test::scalar(database.app_url(),
+                     "SELECT count(*) FROM (SELECT stream_id FROM events GROUP BY stream_id "
+                     "HAVING max(version) <> count(*)) gaps") == 0);
+}
+
 TEST_CASE("commit_wait_max gathers what is submitted at once into one large batch; the chain verifies") {
   test::TestDatabase database;
   auto settings = test::engine_settings(database);

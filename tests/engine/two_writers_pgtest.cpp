@@ -448,19 +448,26 @@ TEST_CASE("commands decided while another writer holds the head row join the com
   auto settings = settings_for(database, true);
   settings.commit_wait_max = std::chrono::milliseconds(0);
   Engine mine(settings);
+  Engine theirs(settings);
+  open_and_fund(theirs, "join-theirs", 0);
   constexpr int accounts = 6;
   for (int i = 0; i < accounts; ++i) open_and_fund(mine, "join-" + std::to_string(i), 100);
-  // Another writer's transaction holds the head row, as a commit of another serve does.
+  // Mine's last commits found the head where mine had left it: its next append goes on that
+  // head in one statement, which waits for the row inside that statement.
+  REQUIRE(mine.stats().appends_on_own_head > 0);
+  // Another writer's commit holds the head row (a transaction of the test's, then theirs, which
+  // moves the head once it gets the row) ...
   pqxx::connection holder(database.app_url());
   pqxx::work held(holder);
   held.exec("SELECT position FROM event_store_head FOR UPDATE");
-  const auto waiting_for_lock = [&] { return lock_waiters(database); };
+  auto their_deposit = theirs.submit(command(Deposit{"join-theirs", Amount(1)}));
+  wait_for_lock_waiters(database, 1);
   const auto before = mine.stats();
   std::vector<std::future<CommandOutcome>> outcomes;
   outcomes.push_back(mine.submit(command(Deposit{"join-0", Amount(1)})));
-  // The committer takes the head row's lock for the first deposit and waits for it ...
-  wait_for_lock_waiters(database, 1);
-  REQUIRE(waiting_for_lock() == 1);
+  // ... mine's committer waits for the row for the first deposit ...
+  wait_for_lock_waiters(database, 2);
+  REQUIRE(lock_waiters(database) == 2);
   // ... while the writer decides the others, one by one, behind it.
   for (int i = 1; i < accounts; ++i) {
     outcomes.push_back(mine.submit(command(Deposit{"join-" + std::to_string(i), Amount(1)})));
@@ -475,18 +482,23 @@ TEST_CASE("commands decided while another writer holds the head row join the com
   REQUIRE(mine.stats().queued == 0);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   held.abort();
+  CHECK(their_deposit.get().accepted());
   for (auto& outcome : outcomes) {
     const auto answered = outcome.get();
     CHECK_MESSAGE(answered.accepted(), to_string(answered.code));
   }
   const auto after = test::stats_once_counted(mine, before.commands + accounts);
   REQUIRE(after.commands == before.commands + accounts);
-  // One commit for all of them: the decisions made during the wait joined it once it held the row.
+  // The append on mine's head found theirs first and wrote nothing; then one commit for all of
+  // them: the decisions made during the wait joined it once it held the row.
+  CHECK(after.appends_on_own_head_missed == before.appends_on_own_head_missed + 1);
+  CHECK(after.appends_on_own_head == before.appends_on_own_head);
   CHECK(after.batches == before.batches + 1);
   CHECK(after.head_lock_held_seconds.count() == before.head_lock_held_seconds.count() + 1);
   CHECK(after.head_lock_wait_seconds.sum() - before.head_lock_wait_seconds.sum() >= 0.2);
   check_dense(database);
   Engine reader(settings);
+  CHECK(reader.read_account("join-theirs")->balance() == Amount(1));
   for (int i = 0; i < accounts; ++i) {
     CHECK(reader.read_account("join-" + std::to_string(i))->balance() == Amount(101));
   }

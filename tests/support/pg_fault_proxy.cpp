@@ -11,6 +11,8 @@
 #include <cstring>
 #include <memory>
 #include <stdexcept>
+#include <string_view>
+#include <utility>
 
 namespace ledger::test {
 
@@ -38,6 +40,22 @@ bool write_all(int fd, const char* data, std::size_t size) {
     size -= static_cast<std::size_t>(written);
   }
   return true;
+}
+
+// The engine's append on its own head (engine/src/appender.cpp) runs as a prepared statement
+// with no transaction around it: it commits at the Sync that follows its Bind.
+constexpr std::string_view autocommit_append_statement = "ledger_append_on_head";
+
+// Whether the Bind message at `offset` (type byte first) binds `statement`: its body starts
+// with the portal's name and then the statement's, each NUL-terminated.
+bool binds(const std::string& buffer, std::size_t offset, std::size_t length,
+           std::string_view statement) {
+  const std::string_view body(buffer.data() + offset + 5, length - 5);
+  const std::size_t portal_end = body.find('\0');
+  if (portal_end == std::string_view::npos) return false;
+  const std::string_view rest = body.substr(portal_end + 1);
+  return rest.size() > statement.size() && rest.substr(0, statement.size()) == statement &&
+         rest[statement.size()] == '\0';
 }
 
 }  // namespace
@@ -222,6 +240,7 @@ void PgFaultProxy::open_link(int client) {
 void PgFaultProxy::relay_client(Link* link) {
   std::string buffer;
   bool started = false;
+  bool autocommit_append_bound = false;
   char chunk[relay_chunk_bytes];
   while (true) {
     if (!wait_readable(link->client_fd)) break;
@@ -250,10 +269,17 @@ void PgFaultProxy::relay_client(Link* link) {
       if (buffer.size() - offset < 5) break;
       const auto length = static_cast<std::size_t>(read_int32(buffer, offset + 1)) + 1;
       if (buffer.size() - offset < length) break;
-      const bool commit = buffer[offset] == 'Q' && length == 1 + 4 + 7 &&
-                          std::memcmp(buffer.data() + offset + 5, "COMMIT", 7) == 0;
+      // A commit: a simple-query COMMIT, or the Sync after the autocommit append's Bind (the
+      // statement runs at its Execute; it commits only once the server reads the Sync).
+      const char type = buffer[offset];
+      if (type == 'B')
+        autocommit_append_bound = binds(buffer, offset, length, autocommit_append_statement);
+      const bool autocommit = type == 'S' && std::exchange(autocommit_append_bound, false);
+      const bool commit = autocommit || (type == 'Q' && length == 1 + 4 + 7 &&
+                                         std::memcmp(buffer.data() + offset + 5, "COMMIT", 7) == 0);
       if (commit && armed_.exchange(false)) {
         ++commits_faulted_;
+        if (autocommit) ++autocommit_appends_faulted_;
         std::chrono::milliseconds outage;
         CommitFault fault;
         {

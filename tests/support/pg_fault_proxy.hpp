@@ -18,8 +18,9 @@ namespace ledger::test {
 
 // Listens on 127.0.0.1 (a free port) and relays every connection to the PostgreSQL unix
 // socket `<socket_directory>/.s.PGSQL.<port>`. It reads the client's side of the protocol
-// message by message, so it can recognise a simple-query COMMIT. Owned by one test; its
-// threads (one acceptor, two per connection) stop in the destructor.
+// message by message, so it can recognise a commit: a simple-query COMMIT, or the Sync that
+// ends the engine's append on its own head (a statement that commits by itself). Owned by one test;
+// its threads (one acceptor, two per connection) stop in the destructor.
 class PgFaultProxy {
  public:
   PgFaultProxy(std::filesystem::path socket_directory, int port);
@@ -31,7 +32,8 @@ class PgFaultProxy {
   // A libpq URL through the proxy for `role` on `database`.
   [[nodiscard]] std::string url(const std::string& role, const std::string& database) const;
 
-  // What happens to the next COMMIT any client sends:
+  // What happens to the next COMMIT any client sends (or the Sync that commits an append on
+  // the head: everything below holds for it, the statement having run up to its commit):
   // - lose_commit: lost on its way (the server never sees it, so nothing commits), then every
   //   connection is cut and new ones are refused for `outage`;
   // - lose_reply: delivered with its reply lost (the transaction commits, the client never
@@ -41,7 +43,9 @@ class PgFaultProxy {
   //   as a slow network does; new connections are accepted meanwhile;
   // - strand_session: held back for good while the client's side is cut, the session left open
   //   (idle in its transaction, holding its locks) as a half-open connection leaves it; new
-  //   connections are refused for `outage`, others cut.
+  //   connections are refused for `outage`, others cut. For an append on the head the session
+  //   is left between its statement and the Sync, where no server timeout ends it (only TCP
+  //   keepalive, which this proxy keeps from firing).
   // - blackhole_commit: a partition (see blackhole) for `outage` begins as the COMMIT arrives,
   //   which is held until it heals and then delivered: the session waits idle in its
   //   transaction, holding its locks, for the whole partition, as the server sees it.
@@ -59,6 +63,10 @@ class PgFaultProxy {
 
   [[nodiscard]] bool armed() const { return armed_.load(); }
   [[nodiscard]] std::uint64_t commits_faulted() const { return commits_faulted_.load(); }
+  // Of them, the Syncs of appends on the head.
+  [[nodiscard]] std::uint64_t autocommit_appends_faulted() const {
+    return autocommit_appends_faulted_.load();
+  }
   [[nodiscard]] std::uint64_t connections_cut() const { return connections_cut_.load(); }
   // True while new connections are refused.
   [[nodiscard]] bool down() const;
@@ -81,6 +89,7 @@ class PgFaultProxy {
   std::atomic<bool> stopping_{false};
   std::atomic<bool> armed_{false};
   std::atomic<std::uint64_t> commits_faulted_{0};
+  std::atomic<std::uint64_t> autocommit_appends_faulted_{0};
   std::atomic<std::uint64_t> connections_cut_{0};
   std::chrono::milliseconds armed_outage_{0};
   CommitFault armed_fault_ = CommitFault::lose_commit;

@@ -84,6 +84,15 @@ void append_engine_metrics(std::string& out, const engine::EngineStats& stats) {
   out += "# HELP ledger_engine_batches_run_again_total Batches given back to the writer to run again the serial way.\n";
   out += "# TYPE ledger_engine_batches_run_again_total counter\n";
   out += fmt::format("ledger_engine_batches_run_again_total {}\n", stats.batches_run_again);
+  out +=
+      "# HELP ledger_engine_appends_on_own_head_total Appends in one autocommit statement on the "
+      "head the serve's last commit left; head_moved: tries that found another writer's commits "
+      "first.\n";
+  out += "# TYPE ledger_engine_appends_on_own_head_total counter\n";
+  out += fmt::format("ledger_engine_appends_on_own_head_total{{outcome=\"committed\"}} {}\n",
+                     stats.appends_on_own_head);
+  out += fmt::format("ledger_engine_appends_on_own_head_total{{outcome=\"head_moved\"}} {}\n",
+                     stats.appends_on_own_head_missed);
   out += fmt::format("ledger_engine_queued_commands {}\n", stats.queued);
   out += "# HELP ledger_engine_circuit_open 1 while the database circuit breaker is open or half open.\n";
   out += "# TYPE ledger_engine_circuit_open gauge\n";

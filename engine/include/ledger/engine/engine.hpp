@@ -164,6 +164,11 @@ struct EngineStats {
   // Batches the committer gave back to the writer to run again the serial way (a failed or
   // voided batch; losers it could not decide again in their commit).
   std::uint64_t batches_run_again = 0;
+  // Commits appended in one autocommit statement on the head this engine's last commit left (no
+  // BEGIN, no lock of the head, no COMMIT of their own), and tries of one that found another
+  // writer's commits first and wrote nothing (the batch then went in a transaction).
+  std::uint64_t appends_on_own_head = 0;
+  std::uint64_t appends_on_own_head_missed = 0;
   std::uint64_t queued = 0;
   CircuitState circuit = CircuitState::closed;
   std::uint64_t circuit_opened = 0;  // times the breaker opened
@@ -171,15 +176,18 @@ struct EngineStats {
   Histogram commit_latency_seconds{{0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5}};
   Histogram batch_commands{{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000}};
   // Every append serializes on the event store's head row: how long each committed append
-  // waited for it (another writer's commit holds it) and then held it, through its COMMIT.
+  // waited for it (another writer's commit holds it) and then held it, through its COMMIT. An
+  // append on the engine's own head waits and holds inside its one statement: all of that counts
+  // as held, and a try that found the head moved counts as the next commit's wait.
   // Several serves on one store contend here; their sum of held times bounds their rate.
   Histogram head_lock_wait_seconds{{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1}};
   Histogram head_lock_held_seconds{{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1}};
   // Where the committed appends' hold of the head row went, summed over the holds
   // head_lock_held_seconds counts: hashing and encoding the rows (events, idempotency records,
   // expiries), the one statement that writes them and moves the head (the store's density
-  // check included), and the COMMIT (its WAL flush). The rest of the hold: the reads and
-  // decisions under the lock when another writer moved the head (reconcile, losers decided
+  // check included), and the COMMIT (its WAL flush; in an append on the engine's own head the
+  // statement commits by itself, and `write` holds its commit too). The rest of the hold: the reads
+  // and decisions under the lock when another writer moved the head (reconcile, losers decided
   // again), and, after a COMMIT in doubt that landed, the check that found it.
   AppendStepSeconds append_step_seconds;
   // The in-memory state cache (LRU, in streams) and the RocksDB snapshot cache behind it.
