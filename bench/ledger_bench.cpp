@@ -412,6 +412,11 @@ void add_two_serves_rows(std::vector<Result>& results, const bench::TwoServesRun
                        1e3 * load.head_lock_held_seconds / batches, "ms", "", ""});
     results.push_back({scenario, prefix + " head row held, share of the run",
                        100.0 * load.head_lock_held_seconds / load.wrk.seconds, "%", "", ""});
+    results.push_back({scenario, prefix + " batches appended on its own head in one statement",
+                       100.0 * static_cast<double>(load.on_own_head) / batches, "%", "", ""});
+    results.push_back({scenario,
+                       prefix + " appends on its own head that found it moved, per 1,000 batches",
+                       per_thousand(load.on_own_head_missed, load.batches), "tries", "", ""});
   };
   for (const auto& s : run.scenarios) {
     const std::string what = s.workload == bench::WrkScript::deposits ? "deposits" : "transfers";

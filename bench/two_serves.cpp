@@ -33,6 +33,8 @@ struct EngineCounters {
   std::int64_t redecided = 0;
   std::int64_t stalls = 0;
   std::int64_t batches = 0;
+  std::int64_t on_own_head = 0;
+  std::int64_t on_own_head_missed = 0;
   double head_lock_wait_seconds = 0;
   double head_lock_held_seconds = 0;
 };
@@ -45,6 +47,8 @@ EngineCounters counters(int port) {
           metric(text, "ledger_engine_commands_redecided_total"),
           metric(text, "ledger_engine_pipeline_stalls_total"),
           metric(text, "ledger_engine_batches_total"),
+          metric(text, "ledger_engine_appends_on_own_head_total{outcome=\"committed\"}"),
+          metric(text, "ledger_engine_appends_on_own_head_total{outcome=\"head_moved\"}"),
           metric_sum(text, "ledger_engine_head_lock_wait_seconds"),
           metric_sum(text, "ledger_engine_head_lock_held_seconds")};
 }
@@ -153,6 +157,8 @@ std::vector<ServeLoad> load_at_once(const TwoServesSettings& settings, WrkScript
     load.redecided += after.redecided - before[c].redecided;
     load.stalls += after.stalls - before[c].stalls;
     load.batches += after.batches - before[c].batches;
+    load.on_own_head += after.on_own_head - before[c].on_own_head;
+    load.on_own_head_missed += after.on_own_head_missed - before[c].on_own_head_missed;
     load.head_lock_wait_seconds += after.head_lock_wait_seconds - before[c].head_lock_wait_seconds;
     load.head_lock_held_seconds += after.head_lock_held_seconds - before[c].head_lock_held_seconds;
   }

@@ -33,6 +33,10 @@ struct ServeLoad {
   std::int64_t redecided = 0;   // commands sent back to be decided again
   std::int64_t stalls = 0;      // times the pipelined writer waited for the committer
   std::int64_t batches = 0;     // committed batches
+  // Of them, appended on the serve's own head in one statement; and tries of that which found
+  // another serve's commits first (nothing written, the batch then went in a transaction).
+  std::int64_t on_own_head = 0;
+  std::int64_t on_own_head_missed = 0;
   // Sums over the committed appends: waiting for the head row, then holding it.
   double head_lock_wait_seconds = 0;
   double head_lock_held_seconds = 0;
