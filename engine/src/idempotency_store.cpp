@@ -87,8 +87,8 @@ bool end_abandoned_session(pqxx::connection& connection, int backend_pid,
                            std::chrono::milliseconds abandoned_for) {
   pqxx::nontransaction session(connection);
   const auto rows = session.exec_params(
-      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND usename = "
-      "current_user "
+      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+      "WHERE pid = $1 AND usename = current_user "
       "AND backend_start < now() - make_interval(secs => $2::double precision / 1000)",
       backend_pid, abandoned_for.count());
   return rows.empty() || rows[0][0].as<bool>();

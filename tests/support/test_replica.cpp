@@ -29,6 +29,9 @@ db::EmbeddedPostgresOptions replica_options(const fs::path& directory, int port)
   options.fsync = false;
   // A hot standby needs at least the primary's max_connections (test_cluster.cpp).
   options.max_connections = 300;
+  // Every client reaches it through its unix socket, in the test's own directory: start()
+  // after stop() keeps the port, and a TCP port could be taken by then (health_pgtest's case).
+  options.listen_on_loopback = false;
   return options;
 }
 
