@@ -125,6 +125,40 @@ std::int64_t published_backlog(Engine& engine, const relay::Relay& relay, const 
   return head;
 }
 
+// A store whose backlog of `transfers` random transfers the relay has published to a mock
+// cluster of four partitions before any projector runs (the relay keeps running): what the
+// catch-up tests start from. Tests take the parts by structured binding:
+// auto& [kafka, pool, engine, relay, head].
+struct PublishedBacklog {
+  PublishedBacklog(const test::TestDatabase& database, int transfers)
+      : pool(test::make_pool(database.app_url(), 10)),
+        engine(test::engine_settings(database)),
+        relay(test::relay_settings(kafka), pool),
+        head(started_and_published(engine, relay, database.app_url(), transfers)) {}
+
+  test::MockKafka kafka{1, 4};
+  db::ConnectionPool pool;
+  Engine engine;
+  relay::Relay relay;
+  std::int64_t head;
+
+ private:
+  static std::int64_t started_and_published(Engine& engine, relay::Relay& relay, const std::string& url,
+                                            int transfers) {
+    relay.start();
+    return published_backlog(engine, relay, url, transfers);
+  }
+};
+
+// Catch-up in store rounds of 1,000 positions once 500 behind; batches of 400 near the head.
+projections::ProjectorSettings rounds_of_a_thousand(const test::MockKafka& kafka) {
+  auto settings = test::projector_settings(kafka);
+  settings.batch_events_max = 400;
+  settings.catch_up_events_min = 500;
+  settings.catch_up_batch_events_max = 1'000;
+  return settings;
+}
+
 // The watermarks split over the partitions first (that writes read.projections too), then a
 // backlog of 1,500 transfers published while no projector runs. Returns the store's head.
 std::int64_t backlog_behind_split_watermarks(const test::TestDatabase& database,
@@ -388,16 +422,9 @@ TEST_CASE("catching up from a backlog, the partitions move together: each stored
   // delivers: a partition far ahead made every later round read the store's rows of that
   // partition again for nothing, and split the rounds (issue 18).
   test::TestDatabase database;
-  test::MockKafka kafka(1, 4);
-  auto pool = test::make_pool(database.app_url(), 10);
-  Engine engine(test::engine_settings(database));
-  relay::Relay relay(test::relay_settings(kafka), pool);
-  relay.start();
-  const std::int64_t head = published_backlog(engine, relay, database.app_url(), 2'000);
-  auto settings = test::projector_settings(kafka);
-  settings.batch_events_max = 400;
-  settings.catch_up_events_min = 500;
-  settings.catch_up_batch_events_max = 1'000;
+  PublishedBacklog backlog(database, 2'000);
+  auto& [kafka, pool, engine, relay, head] = backlog;
+  auto settings = rounds_of_a_thousand(kafka);
   test::Projectors projectors(pool, settings);
   REQUIRE(test::eventually([&] { return every_partition_at(database.app_url(), head, 4); }, 60s));
   REQUIRE(test::eventually([&] { return projectors.counted_through(head); }, 10s));
@@ -416,25 +443,16 @@ TEST_CASE("catching up from a backlog, the partitions move together: each stored
   test::check_read_models_equal_fold(database.app_url());
 }
 
-TEST_CASE(
-    "a projector that caught up, freed its ranges at the head and falls behind again catches up "
-    "again, "
-    "counting each position once") {
+TEST_CASE("a projector that caught up, freed its ranges at the head and falls behind again catches up "
+          "again, counting each position once") {
   // Near the head a projector frees the ranges its catch-up read and trims the heap
   // (release_catch_up_readers): the next catch-up of the same projector starts from empty
   // buffers and new readers. The relay is stopped before the second backlog, so every position
   // of both comes from the store's rounds.
   test::TestDatabase database;
-  test::MockKafka kafka(1, 4);
-  auto pool = test::make_pool(database.app_url(), 10);
-  Engine engine(test::engine_settings(database));
-  relay::Relay relay(test::relay_settings(kafka), pool);
-  relay.start();
-  const std::int64_t head = published_backlog(engine, relay, database.app_url(), 1'000);
-  auto settings = test::projector_settings(kafka);
-  settings.batch_events_max = 400;
-  settings.catch_up_events_min = 500;
-  settings.catch_up_batch_events_max = 1'000;
+  PublishedBacklog backlog(database, 1'000);
+  auto& [kafka, pool, engine, relay, head] = backlog;
+  auto settings = rounds_of_a_thousand(kafka);
   test::Projectors projectors(pool, settings);
   REQUIRE(test::eventually([&] { return every_partition_at(database.app_url(), head, 4); }, 60s));
   REQUIRE(test::eventually([&] { return projectors.counted_through(head); }, 10s));
@@ -457,12 +475,9 @@ TEST_CASE(
 
 TEST_CASE("a partition far ahead of the others does not stretch the store reads of the catch-up's rounds") {
   test::TestDatabase database;
-  test::MockKafka kafka(1, 4);
-  auto pool = test::make_pool(database.app_url(), 10);
-  Engine engine(test::engine_settings(database));
-  relay::Relay relay(test::relay_settings(kafka), pool);
-  relay.start();
-  std::int64_t head = published_backlog(engine, relay, database.app_url(), 2'000);
+  PublishedBacklog backlog(database, 2'000);
+  auto& [kafka, pool, engine, relay, published_head] = backlog;
+  std::int64_t head = published_head;
   relay.stop();
   // Partition 0 applied to the head from Kafka; the others' messages never arrive (their
   // offsets start at the end of each partition) and nothing heals them from the store yet.
@@ -523,12 +538,8 @@ TEST_CASE("a catch-up whose store reads are cut off mid-COPY retries them and co
   // database that drops it mid-read (a restart, a failover, an operator's kill) must cost a
   // retry, not a projector stuck on a dead connection or a position skipped.
   test::TestDatabase database;
-  test::MockKafka kafka(1, 4);
-  auto pool = test::make_pool(database.app_url(), 10);
-  Engine engine(test::engine_settings(database));
-  relay::Relay relay(test::relay_settings(kafka), pool);
-  relay.start();
-  const std::int64_t head = published_backlog(engine, relay, database.app_url(), 2'000);
+  PublishedBacklog backlog(database, 2'000);
+  auto& [kafka, pool, engine, relay, head] = backlog;
   auto settings = test::projector_settings(kafka);
   settings.batch_events_max = 200;
   settings.catch_up_events_min = 200;
@@ -662,16 +673,9 @@ TEST_CASE("projectors of one process share their catch-up reads: each stored row
   // from the store on its own: three COPYs of every range, 40 % of PostgreSQL's CPU in a
   // catch-up (issue 18). Shared, each range is read once and the read models are the same.
   test::TestDatabase database;
-  test::MockKafka kafka(1, 4);
-  auto pool = test::make_pool(database.app_url(), 10);
-  Engine engine(test::engine_settings(database));
-  relay::Relay relay(test::relay_settings(kafka), pool);
-  relay.start();
-  const std::int64_t head = published_backlog(engine, relay, database.app_url(), 2'000);
-  auto settings = test::projector_settings(kafka);
-  settings.batch_events_max = 400;
-  settings.catch_up_events_min = 500;
-  settings.catch_up_batch_events_max = 1'000;
+  PublishedBacklog backlog(database, 2'000);
+  auto& [kafka, pool, engine, relay, head] = backlog;
+  auto settings = rounds_of_a_thousand(kafka);
   test::Projectors projectors(pool, settings, true);
   REQUIRE(test::eventually([&] { return every_partition_at(database.app_url(), head, 4); }, 60s));
   REQUIRE(test::eventually([&] { return projectors.counted_through(head); }, 10s));
@@ -709,12 +713,8 @@ TEST_CASE("a projector held in its round does not hold up the others' shared cat
   // ranges it read stay until the other takes them), but only for a bounded time: one that
   // takes nothing (stalled on a position, its tables locked) stops counting.
   test::TestDatabase database;
-  test::MockKafka kafka(1, 4);
-  auto pool = test::make_pool(database.app_url(), 10);
-  Engine engine(test::engine_settings(database));
-  relay::Relay relay(test::relay_settings(kafka), pool);
-  relay.start();
-  const std::int64_t head = published_backlog(engine, relay, database.app_url(), 2'000);
+  PublishedBacklog backlog(database, 2'000);
+  auto& [kafka, pool, engine, relay, head] = backlog;
   auto settings = test::projector_settings(kafka);
   settings.batch_events_max = 200;
   settings.catch_up_events_min = 200;
