@@ -334,6 +334,72 @@ TEST_CASE("the in-doubt check ends the committing session before it asks, so a l
   }
 }
 
+TEST_CASE("an append on the head whose Sync or reply is lost charges once, and a keyed retry "
+          "answers that one charge") {
+  using Fault = test::PgFaultProxy::CommitFault;
+  for (const auto fault : {Fault::lose_commit, Fault::lose_reply}) {
+    for (const bool keyed : {false, true}) {
+      INFO(std::string(fault == Fault::lose_commit ? "Sync lost: nothing commits" : "reply lost: it commits")
+           << (keyed ? ", keyed" : ", unkeyed (the engine names the transfer)"));
+      test::TestDatabase database;
+      auto& cluster = test::TestCluster::instance();
+      test::PgFaultProxy proxy(cluster.directory(), cluster.port());
+      EngineSettings settings = test::engine_settings(database);
+      settings.database_url = proxy.url("ledger_app", database.name());
+      settings.decide_while_committing = true;
+      Engine engine(settings);
+      // Two commits in transactions: the second finds the head where the first left it, so the
+      // next append goes on the head in one statement.
+      REQUIRE(engine.execute(command(domain::OpenAccount{"alice", eur()})).accepted());
+      REQUIRE(engine.execute(command(domain::Deposit{"alice", Amount(1)})).accepted());
+      proxy.fault_next_commit(fault, 300ms);
+      const auto make = [keyed] {
+        const domain::Deposit body{"alice", Amount(100), "", ""};
+        return keyed ? command(body, "key-once", "deposit once") : command(body);
+      };
+      // As a client does on 503 (the breaker may open after the fault): the same command again.
+      const auto until_written = [&] {
+        const auto deadline = std::chrono::steady_clock::now() + 40s;
+        while (true) {
+          try {
+            return engine.execute(make());
+          } catch (const EngineUnavailable&) {
+            REQUIRE(std::chrono::steady_clock::now() < deadline);
+            std::this_thread::sleep_for(100ms);
+          }
+        }
+      };
+      const auto first = until_written();
+      CHECK(proxy.commits_faulted() == 1);
+      CHECK(proxy.autocommit_appends_faulted() == 1);
+      // The in-doubt check found whether it landed: run again when it did not, answered as
+      // committed when it did; either way the deposit is stored once.
+      CHECK_MESSAGE(first.accepted(), first.detail);
+      CHECK_FALSE(first.replayed);
+      CHECK(engine.read_account("alice")->credits_posted == Amount(101));
+      if (keyed) {
+        // The client retries anyway (it may not have heard): the first outcome, not a second charge.
+        const auto again = until_written();
+        CHECK(again.replayed);
+        CHECK(again.position == first.position);
+        CHECK(engine.read_account("alice")->credits_posted == Amount(101));
+      }
+      CHECK(test::scalar(database.admin_url(),
+                         "SELECT count(*) FROM events WHERE type = 'transfer_posted'") == 2);
+      // Appends go on, on the head the store holds.
+      REQUIRE(engine.execute(command(domain::Deposit{"alice", Amount(10)})).accepted());
+      CHECK(test::scalar(database.admin_url(),
+                         "SELECT count(*) FROM (SELECT stream_id FROM events GROUP BY stream_id "
+                         "HAVING max(version) <> count(*)) gaps") == 0);
+      db::PoolSettings pool_settings;
+      pool_settings.url = database.app_url();
+      pool_settings.connections_max = 2;
+      db::ConnectionPool pool(pool_settings);
+      CHECK(replay::verify(pool, replay::VerifyOptions{}).ok);
+    }
+  }
+}
+
 TEST_CASE("a session stranded mid-commit, which the in-doubt check could not end, does not block "
           "later appends for good") {
   // Serial, the append is a transaction whose COMMIT is stranded; pipelined, the engine's own
